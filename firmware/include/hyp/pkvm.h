@@ -1,0 +1,43 @@
+/* The shadow VM state hyp keeps for each protected VM (seed: "Introduce shadow VM state at EL2"). */
+#ifndef __HYP_PKVM_H__
+#define __HYP_PKVM_H__
+#include <hyp/kvm_host.h>
+
+/* Maximum number of protected VMs that can be created. */
+#define KVM_MAX_PVMS 255
+
+static inline unsigned long hyp_shadow_table_pages(void)
+{
+	return PAGE_ALIGN(KVM_MAX_PVMS * sizeof(void *)) >> PAGE_SHIFT;
+}
+
+struct kvm_shadow_vcpu_state {
+	struct kvm_vcpu shadow_vcpu;
+	struct kvm_vcpu *host_vcpu;
+	struct kvm_shadow_vm *shadow_vm;
+};
+
+struct kvm_shadow_vm {
+	struct kvm kvm;			/* hyp's own copy, not the host's */
+	struct kvm *host_kvm;
+	size_t shadow_area_size;	/* the whole donated shadow area */
+	struct kvm_pgtable pgt;		/* the guest's stage-2 */
+	struct kvm_shadow_vcpu_state shadow_vcpu_states[0];
+};
+
+static inline struct kvm_shadow_vcpu_state *get_shadow_state(struct kvm_vcpu *shadow_vcpu)
+{
+	return container_of(shadow_vcpu, struct kvm_shadow_vcpu_state, shadow_vcpu);
+}
+
+void hyp_shadow_table_init(void *tbl);
+int __pkvm_init_shadow(struct kvm *kvm, unsigned long shadow_hva,
+		       size_t shadow_size, unsigned long pgd_hva);
+int __pkvm_teardown_shadow(unsigned int shadow_handle);
+int __pkvm_host_donate_guest(u64 pfn, u64 gfn, unsigned int shadow_handle);
+
+/* mem_protect.c: the guest stage-2 side */
+int kvm_guest_prepare_stage2(struct kvm_shadow_vm *vm, void *pgd);
+void reclaim_guest_pages(struct kvm_shadow_vm *vm);
+
+#endif

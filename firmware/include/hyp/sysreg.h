@@ -1,0 +1,77 @@
+/* System registers and the architectural bits the hypervisor programs (ARM ARM D19). */
+#ifndef __HYP_SYSREG_H__
+#define __HYP_SYSREG_H__
+#include <hyp/types.h>
+
+#define read_sysreg(r) ({ u64 __v; asm volatile("mrs %0, " #r : "=r"(__v)); __v; })
+#define write_sysreg(v, r) do { u64 __v = (u64)(v); asm volatile("msr " #r ", %0" : : "r"(__v)); } while (0)
+#define isb() asm volatile("isb" : : : "memory")
+#define dsb(opt) asm volatile("dsb " #opt : : : "memory")
+
+/* HCR_EL2 */
+#define HCR_VM		BIT(0)	/* stage-2 translation for EL1&0 */
+#define HCR_SWIO	BIT(1)
+#define HCR_FMO		BIT(3)
+#define HCR_IMO		BIT(4)
+#define HCR_AMO		BIT(5)
+#define HCR_TSC		BIT(19)	/* trap SMC */
+#define HCR_RW		BIT(31)	/* EL1 is AArch64 */
+#define HCR_HOST_FLAGS	(HCR_VM | HCR_RW | HCR_TSC)
+
+/* SCTLR_EL2 */
+#define SCTLR_ELx_M	BIT(0)
+#define SCTLR_ELx_A	BIT(1)
+#define SCTLR_ELx_C	BIT(2)
+#define SCTLR_ELx_SA	BIT(3)
+#define SCTLR_ELx_I	BIT(12)
+#define SCTLR_ELx_WXN	BIT(19)
+#define SCTLR_EL2_RES1	(BIT(4) | BIT(5) | BIT(11) | BIT(16) | BIT(18) | BIT(22) | BIT(23) | BIT(28) | BIT(29))
+
+/* TCR_EL2 (non-VHE layout) */
+#define TCR_EL2_RES1	(BIT(31) | BIT(23))
+#define TCR_T0SZ(x)	((u64)(x) << 0)
+#define TCR_IRGN0_WBWA	(1UL << 8)
+#define TCR_ORGN0_WBWA	(1UL << 10)
+#define TCR_SH0_INNER	(3UL << 12)
+#define TCR_TG0_4K	(0UL << 14)
+#define TCR_EL2_PS(x)	((u64)(x) << 16)
+
+/* VTCR_EL2 */
+#define VTCR_EL2_RES1	BIT(31)
+#define VTCR_T0SZ(x)	((u64)(x) << 0)
+#define VTCR_SL0(x)	((u64)(x) << 6)
+#define VTCR_IRGN0_WBWA	(1UL << 8)
+#define VTCR_ORGN0_WBWA	(1UL << 10)
+#define VTCR_SH0_INNER	(3UL << 12)
+#define VTCR_TG0_4K	(0UL << 14)
+#define VTCR_PS(x)	((u64)(x) << 16)
+#define VTTBR_VMID_SHIFT 48
+
+/* MAIR: index 0 normal write-back, index 1 device-nGnRE */
+#define MAIR_ATTR_NORMAL	0xffUL
+#define MAIR_ATTR_DEVICE	0x04UL
+#define MAIR_EL2_VALUE		(MAIR_ATTR_NORMAL | (MAIR_ATTR_DEVICE << 8))
+
+/* SPSR / PSTATE */
+#define PSR_MODE_EL1h	0x5
+#define PSR_MODE_EL2h	0x9
+#define PSR_DAIF_MASK	(0xfUL << 6)
+
+/* ESR_ELx */
+#define ESR_ELx_EC_SHIFT	26
+#define ESR_ELx_EC(esr)		(((esr) >> ESR_ELx_EC_SHIFT) & 0x3f)
+#define ESR_ELx_IL		BIT(25)
+#define ESR_ELx_EC_UNKNOWN	0x00
+#define ESR_ELx_EC_HVC64	0x16
+#define ESR_ELx_EC_SMC64	0x17
+#define ESR_ELx_EC_SYS64	0x18
+#define ESR_ELx_EC_IABT_LOW	0x20
+#define ESR_ELx_EC_IABT_CUR	0x21
+#define ESR_ELx_EC_DABT_LOW	0x24
+#define ESR_ELx_EC_DABT_CUR	0x25
+#define ESR_ELx_FSC		0x3fUL
+
+/* HPFAR_EL2.FIPA holds IPA[47:12] in bits [43:4] */
+#define HPFAR_FIPA_TO_IPA(hpfar)	(((hpfar) >> 4) << 12)
+
+#endif

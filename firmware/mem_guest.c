@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * The guest side of memory protection: each protected VM's stage-2, pages the
+ * host donates to a guest, and reclaiming them (zeroed) at teardown.  Guest
+ * stage-2 tables below the host-donated PGD come from the hyp page pool.
+ */
+#include <hyp/errno.h>
+#include <hyp/gfp.h>
+#include <hyp/mem_protect.h>
+#include <hyp/memory.h>
+#include <hyp/panic.h>
+#include <hyp/pkvm.h>
+#include <hyp/sysreg.h>
+
+/*
+ * One hyp VA outside the identity map whose level-3 entry is set up at boot,
+ * so hyp can zero a page it does not map without allocating (pKVM's fixmap).
+ */
+#define HYP_FIXMAP_VA	0x7ffffff000UL
+static kvm_pte_t *fixmap_ptep;
+
+void hyp_fixmap_init(void)
+{
+	u32 level;
+
+	BUG_ON(kvm_pgtable_map(&hyp_pgtable, HYP_FIXMAP_VA, PAGE_SIZE,
+			       hyp_pa(__hyp_image_start), PAGE_HYP));
+	fixmap_ptep = kvm_pgtable_get_ptep(&hyp_pgtable, HYP_FIXMAP_VA, &level);
+	BUG_ON(level != PGT_LAST_LEVEL);
+	WRITE_ONCE(*fixmap_ptep, 0);	/* the table stays; the slot is empty */
+}
+
+static void hyp_zero_page_fixmap(phys_addr_t phys)
+{
+	WRITE_ONCE(*fixmap_ptep, phys | PAGE_HYP | KVM_PTE_VALID | KVM_PTE_TYPE);
+	dsb(ishst);
+	isb();
+	memset((void *)HYP_FIXMAP_VA, 0, PAGE_SIZE);
+	WRITE_ONCE(*fixmap_ptep, 0);
+	dsb(ishst);
+	asm volatile("tlbi vae2is, %0" : : "r"(HYP_FIXMAP_VA >> PAGE_SHIFT) : "memory");
+	dsb(ish);
+	isb();
+}
+
+int kvm_guest_prepare_stage2(struct kvm_shadow_vm *vm, void *pgd)
+{
+	vm->pgt = (struct kvm_pgtable){ .pgd = pgd, .ia_bits = 64 - (vm->kvm.arch.vtcr & 0x3f),
+					.start_level = 1, .stage2 = true };
+	return 0;
+}
+
+static enum pkvm_page_state guest_get_page_state(kvm_pte_t pte)
+{
+	if (!kvm_pte_valid(pte))
+		return PKVM_NOPAGE;
+	return pte & PKVM_PAGE_STATE_PROT_MASK;
+}
+
+static int check_donate_guest(struct kvm_shadow_vm *vm, u64 addr, u64 ipa)
+{
+	int ret = __host_check_page_state_range(addr, PAGE_SIZE, PKVM_PAGE_OWNED);
+
+	if (!ret && guest_get_page_state(kvm_pgtable_get_leaf(&vm->pgt, ipa, NULL)) != PKVM_NOPAGE)
+		ret = -EPERM;	/* that guest frame already holds a page */
+	if (!ret && hyp_pool_free_pages() < 2 * PGT_MAX_NEW_TABLES)
+		ret = -ENOMEM;
+	return ret;
+}
+
+/* Called with shadow_lock held and @vm found from the host's handle. */
+int __pkvm_host_donate_guest_locked(struct kvm_shadow_vm *vm, u64 pfn, u64 gfn)
+{
+	u64 addr = hyp_pfn_to_phys(pfn), ipa = hyp_pfn_to_phys(gfn);
+	int ret;
+
+	if (pfn > (~0UL >> PAGE_SHIFT) || !range_is_memory(addr, PAGE_SIZE))
+		return -EINVAL;
+	if (gfn >= (1UL << (vm->pgt.ia_bits - PAGE_SHIFT)))
+		return -EINVAL;	/* outside the guest's IPA space */
+	ret = check_donate_guest(vm, addr, ipa);
+	if (ret)
+		return ret;
+	/* host OWNED -> not mapped, annotated GUEST; guest NOPAGE -> OWNED at gfn */
+	BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, addr, PAGE_SIZE, PKVM_ID_GUEST));
+	BUG_ON(kvm_pgtable_map(&vm->pgt, ipa, PAGE_SIZE, addr, KVM_PGTABLE_PROT_GUEST | PKVM_PAGE_OWNED));
+	return 0;
+}
+
+/* A guest page goes back to the host only after hyp has zeroed it. */
+static void reclaim_guest_page(u64 ipa, kvm_pte_t pte, u32 level, void *arg)
+{
+	phys_addr_t phys = kvm_pte_to_phys(pte);
+
+	(void)ipa;
+	(void)arg;
+	BUG_ON(level != PGT_LAST_LEVEL);	/* guests only ever get single pages */
+	hyp_zero_page_fixmap(phys);
+	/* The host entry is already a level-3 annotation: no split, no allocation. */
+	BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, phys, PAGE_SIZE, PKVM_ID_HOST));
+}
+
+void reclaim_guest_pages(struct kvm_shadow_vm *vm)
+{
+	unsigned long nr_pages;
+
+	kvm_pgtable_walk_leaves(&vm->pgt, reclaim_guest_page, NULL);
+	kvm_pgtable_destroy_tables(&vm->pgt);
+	nr_pages = kvm_pgtable_stage2_pgd_size(vm->kvm.arch.vtcr) >> PAGE_SHIFT;
+	WARN_ON(__pkvm_hyp_donate_host(hyp_virt_to_pfn(vm->pgt.pgd), nr_pages));
+}

@@ -1,0 +1,37 @@
+"""A few A64 instruction encodings (ARM ARM C6), for the host kernel model's tiny stubs.
+
+Tests check each against capstone's disassembly, so a wrong bit cannot hide.
+"""
+
+from __future__ import annotations
+
+NOP = 0xD503201F
+
+
+def hvc(imm16: int = 0) -> int:
+    return 0xD4000002 | (imm16 & 0xFFFF) << 5
+
+
+def brk(imm16: int) -> int:
+    return 0xD4200000 | (imm16 & 0xFFFF) << 5
+
+
+def b(offset: int) -> int:
+    """``B`` to ``pc + offset`` (a multiple of 4 within +-128 MiB)."""
+    assert offset % 4 == 0 and -(1 << 27) <= offset < (1 << 27)
+    return 0x14000000 | ((offset >> 2) & 0x3FFFFFF)
+
+
+# Load/store (unsigned immediate offset): size bits [31:30], opc [23:22]
+_LDST = {("ldr", 8): 0xF9400000, ("ldr", 4): 0xB9400000, ("ldr", 2): 0x79400000, ("ldr", 1): 0x39400000,
+         ("str", 8): 0xF9000000, ("str", 4): 0xB9000000, ("str", 2): 0x79000000, ("str", 1): 0x39000000}
+
+
+def ldst(op: str, size: int, rt: int, rn: int, offset: int = 0) -> int:
+    """``LDR/STR{B,H,W,X} rt, [xn, #offset]`` with a non-negative offset scaled by ``size``."""
+    assert offset % size == 0 and 0 <= offset // size < 4096
+    return _LDST[(op, size)] | (offset // size) << 10 | (rn & 31) << 5 | (rt & 31)
+
+
+def words(*insns: int) -> bytes:
+    return b"".join(i.to_bytes(4, "little") for i in insns)

@@ -1,0 +1,63 @@
+"""pkvmlab's exceptions: one small hierarchy, each naming what went wrong in words."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+def errno_words(err: int) -> str:
+    """``-12`` or ``12`` -> ``"ENOMEM (Cannot allocate memory)"``."""
+    err = abs(err)
+    name = _errno.errorcode.get(err, f"errno {err}")
+    return f"{name} ({os.strerror(err)})"
+
+
+class PkvmLabError(Exception):
+    """Base of every error pkvmlab raises on purpose."""
+
+
+class UsageError(PkvmLabError, ValueError):
+    """The Python API was used wrongly (bad name, wrong type, outside RAM...)."""
+
+
+class FirmwareBuildError(PkvmLabError):
+    """The EL2 firmware did not compile or link; carries the compiler's message."""
+
+    def __init__(self, message: str, compiler_output: str = ""):
+        super().__init__(message + ("\n" + compiler_output if compiler_output else ""))
+        self.compiler_output = compiler_output
+
+
+class MachineError(PkvmLabError):
+    """The emulated core stopped somewhere pkvmlab did not expect (or ran too long)."""
+
+
+class HypercallError(PkvmLabError):
+    """A hypercall returned a negative errno; names the call, its arguments and the errno."""
+
+    def __init__(self, call: str, args: tuple, err: int):
+        self.call = call
+        self.args_ = tuple(args)
+        self.errno = abs(err)
+        shown = ", ".join(hex(a) if isinstance(a, int) else repr(a) for a in args)
+        super().__init__(f"{call}({shown}) failed: -{errno_words(err)}")
+
+
+class HostAccessFault(PkvmLabError):
+    """The host touched memory stage-2 does not let it touch; hyp injected an abort."""
+
+    def __init__(self, message: str, *, esr: int, far: int, elr: int, access: str, address: int):
+        super().__init__(message)
+        self.esr, self.far, self.elr = esr, far, elr
+        self.access, self.address = access, address
+
+
+class HypPanic(PkvmLabError):
+    """The hypervisor itself faulted or called hyp_panic(); the machine is dead."""
+
+    def __init__(self, message: str, *, esr: int | None = None, elr: int = 0, far: int | None = None,
+                 instruction: str = "", reason: str = ""):
+        super().__init__(message)
+        self.esr, self.elr, self.far = esr, elr, far
+        self.instruction, self.reason = instruction, reason

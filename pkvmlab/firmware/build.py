@@ -1,0 +1,88 @@
+"""Compile ``firmware/`` with ``python -m ziglang cc``: no system cross-compiler needed.
+
+The result is cached under a hash of every source byte, the flags and the compiler version, so an
+unchanged tree costs one hash (well under a second) and an edited one rebuilds by itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pkvmlab.arch.smccc import hcall_ids_header
+from pkvmlab.errors import FirmwareBuildError
+
+FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
+
+CFLAGS = (
+    "-target", "aarch64-freestanding-none", "-mcpu=cortex_a72",
+    "-ffreestanding", "-nostdlib", "-mgeneral-regs-only", "-fno-stack-protector",
+    "-fno-pic", "-fno-pie", "-fno-builtin", "-fno-omit-frame-pointer",
+    "-O2", "-g", "-gdwarf-4", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
+)
+LDFLAGS = ("-Wl,--build-id=none", "-Wl,--no-gc-sections")
+SOURCE_SUFFIXES = (".c", ".S", ".h", ".ld")
+
+
+def cache_dir() -> Path:
+    """Where built firmware is kept: $PKVMLAB_CACHE, else ``build/`` beside ``firmware/``."""
+    env = os.environ.get("PKVMLAB_CACHE")
+    return Path(env) if env else FIRMWARE_DIR.parent / "build" / "firmware"
+
+
+def _sources(src: Path) -> list[Path]:
+    return sorted(p for p in src.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file())
+
+
+def _zig_version() -> str:
+    try:
+        import ziglang  # noqa: F401  (the wheel ships the compiler as package data)
+    except ImportError as e:  # pragma: no cover - setup problem
+        raise FirmwareBuildError("the `ziglang` package is missing: run `make lab` (or pip install ziglang)") from e
+    from importlib.metadata import version
+
+    return version("ziglang")
+
+
+def source_hash(src: Path = FIRMWARE_DIR) -> str:
+    h = hashlib.sha256()
+    for p in _sources(src):
+        h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes() + b"\0")
+    h.update(" ".join(CFLAGS + LDFLAGS).encode())
+    h.update(hcall_ids_header().encode())
+    h.update(_zig_version().encode())
+    return h.hexdigest()[:16]
+
+
+def build_firmware(src: str | os.PathLike = FIRMWARE_DIR, *, force: bool = False) -> Path:
+    """Build (or find in the cache) the firmware in ``src``; returns the path of ``hyp.elf``.
+
+    A compile or link error raises FirmwareBuildError with the compiler's own message.
+    """
+    src = Path(src).resolve()
+    if not (src / "link.ld").is_file():
+        raise FirmwareBuildError(f"{src} does not look like a firmware tree (no link.ld)")
+    out_dir = cache_dir() / source_hash(src)
+    elf = out_dir / "hyp.elf"
+    if elf.is_file() and not force:
+        return elf
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen = out_dir / "gen"
+    gen.mkdir(exist_ok=True)
+    (gen / "hcall_ids.h").write_text(hcall_ids_header())
+    units = [str(p) for p in _sources(src) if p.suffix in (".c", ".S")]
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        tmp_elf = Path(tmp) / "hyp.elf"
+        cmd = [sys.executable, "-m", "ziglang", "cc", *CFLAGS, f"-I{src / 'include'}", f"-I{gen}",
+               f"-Wl,-T,{src / 'link.ld'}", *LDFLAGS, "-o", str(tmp_elf), *units]
+        env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=str(cache_dir() / "zig-cache"),
+                   ZIG_LOCAL_CACHE_DIR=str(cache_dir() / "zig-cache"))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0 or not tmp_elf.is_file():
+            raise FirmwareBuildError(f"building the firmware in {src} failed", (proc.stderr + proc.stdout).strip())
+        os.replace(tmp_elf, elf)
+    return elf

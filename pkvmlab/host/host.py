@@ -1,0 +1,147 @@
+"""The host kernel model: it runs at EL1 and only ever acts through instructions on the core.
+
+``hvc()`` executes a real ``HVC #0``; ``read()``/``write()`` execute real loads and stores, so the
+host stage-2 applies and an access to memory the host gave away faults into the hypervisor, which
+injects an abort back: that comes out as HostAccessFault.
+"""
+
+from __future__ import annotations
+
+from pkvmlab.arch import esr as E
+from pkvmlab.arch.smccc import (HYPERCALL_ARGS, HYPERCALLS, SMCCC_RET_NOT_SUPPORTED, SMCCC_RET_SUCCESS)
+from pkvmlab.errors import HostAccessFault, HypercallError, MachineError, UsageError
+from pkvmlab.host import kernel_image as K
+from pkvmlab.machine.core import Core, HostVector
+
+TIMEOUT_MS = 0  # the firmware's handlers are short; a hang would be a firmware bug
+
+
+def _u64(v: int) -> int:
+    return v & (1 << 64) - 1
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >> 63 else v
+
+
+class Host:
+    """What the host kernel does, as EL1 code on the core."""
+
+    def __init__(self, core: Core, image_base: int):
+        self.core = core
+        self.image_base = image_base
+        self.log: list[tuple[str, tuple, int]] = []   # (call, args, result or -errno), newest last
+
+    def setup(self) -> None:
+        """What the host kernel does first at EL1: point VBAR_EL1 at its vectors, set its stack."""
+        self.core.set_sysreg("VBAR_EL1", self.image_base + K.VECTORS)
+        self.core.set_sysreg("SP_EL1", self.image_base + K.IMAGE_PAGES * 4096)
+
+    # -- running stubs ---------------------------------------------------------------------
+    def _run_stub(self, offset: int, what: str, address: int | None = None):
+        start = self.image_base + offset
+        res = self.core.run(start, self.image_base + K.stub_end(offset), timeout_ms=TIMEOUT_MS)
+        if isinstance(res, HostVector):
+            self._host_exception(res, what, address)
+
+    def _host_exception(self, res: HostVector, what: str, address: int | None):
+        c = self.core
+        esr, far, elr = c.sysreg("ESR_EL1"), c.sysreg("FAR_EL1"), c.sysreg("ELR_EL1")
+        vec = res.pc - (self.image_base + K.VECTORS)
+        d = E.decode(esr)
+        if d.is_abort:
+            raise HostAccessFault(
+                f"host {what} faulted: the hypervisor injected \"{d.words()}\" "
+                f"(ESR_EL1={esr:#x}, FAR_EL1={far:#x}): stage 2 does not let the host touch "
+                f"the page at {far & ~0xFFF:#x}",
+                esr=esr, far=far, elr=elr, access=what, address=address if address is not None else far)
+        raise MachineError(f"host {what}: took an unexpected exception at its vector "
+                           f"{K.VECTOR_NAMES.get(vec, hex(vec))}: {d.words()} (ELR_EL1={elr:#x})")
+
+    # -- hypercalls ------------------------------------------------------------------------
+    def hvc(self, func_id: int, *args: int) -> tuple[int, int, int, int]:
+        """Issue ``HVC #0`` with x0 = ``func_id`` and x1.. = ``args``; returns x0..x3 as the host sees them."""
+        if not isinstance(func_id, int) or any(not isinstance(a, int) for a in args):
+            raise UsageError(f"hvc() takes integers, got {(func_id, *args)!r}")
+        if len(args) > 6:
+            raise UsageError("a host hypercall takes at most 6 arguments (x1..x6)")
+        c = self.core
+        c.x[0] = _u64(func_id)
+        for i in range(1, 7):
+            c.x[i] = _u64(args[i - 1]) if i <= len(args) else 0
+        self._run_stub(K.HVC, f"hypercall {func_id:#x}")
+        return c.x[0], c.x[1], c.x[2], c.x[3]
+
+    def call(self, name: str, *args: int) -> int:
+        """A named host hypercall: returns x1, or raises HypercallError naming the call and errno."""
+        if name not in HYPERCALLS:
+            raise UsageError(f"unknown hypercall {name!r}; known: {', '.join(HYPERCALLS)}")
+        want = HYPERCALL_ARGS[name]
+        if len(args) != len(want):
+            raise UsageError(f"{name} takes ({', '.join(want)}), got {len(args)} argument(s)")
+        x0, x1, _, _ = self.hvc(HYPERCALLS[name], *args)
+        if x0 == SMCCC_RET_NOT_SUPPORTED:
+            self.log.append((name, args, -95))
+            raise HypercallError(name, args, -95)  # EOPNOTSUPP: the firmware has no such handler
+        if x0 != SMCCC_RET_SUCCESS:
+            raise MachineError(f"{name}: unexpected SMCCC status x0={x0:#x}")
+        ret = _signed(x1)
+        self.log.append((name, args, ret))
+        if -4095 <= ret < 0:
+            raise HypercallError(name, args, ret)
+        return ret
+
+    # -- memory, as the host: real loads and stores at EL1 -----------------------------------
+    def read_u64(self, pa: int) -> int:
+        self._check_addr(pa, 8)
+        self.core.x[0] = pa
+        self._run_stub(K.LOAD64, f"read of 8 bytes at {pa:#x}", pa)
+        return self.core.x[1]
+
+    def write_u64(self, pa: int, value: int) -> None:
+        self._check_addr(pa, 8)
+        self.core.x[0], self.core.x[1] = pa, _u64(value)
+        self._run_stub(K.STORE64, f"write of 8 bytes at {pa:#x}", pa)
+
+    def read(self, pa: int, n: int) -> bytes:
+        """Read ``n`` bytes at ``pa`` with EL1 loads (so stage 2 applies)."""
+        self._check_addr(pa, n)
+        out = bytearray()
+        addr, end = pa, pa + n
+        c = self.core
+        while addr < end:
+            if addr % K.BLOCK == 0 and end - addr >= K.BLOCK:
+                c.x[0] = addr
+                self._run_stub(K.LOAD_BLOCK, f"read of {n} bytes at {pa:#x}", addr)
+                out += b"".join(c.x[i].to_bytes(8, "little") for i in range(1, 9))
+                addr += K.BLOCK
+            else:
+                c.x[0] = addr
+                self._run_stub(K.LOAD8, f"read of {n} bytes at {pa:#x}", addr)
+                out.append(c.x[1] & 0xFF)
+                addr += 1
+        return bytes(out)
+
+    def write(self, pa: int, data: bytes) -> None:
+        """Write ``data`` at ``pa`` with EL1 stores (so stage 2 applies)."""
+        data = bytes(data)
+        self._check_addr(pa, len(data))
+        addr, end, c = pa, pa + len(data), self.core
+        while addr < end:
+            off = addr - pa
+            if addr % K.BLOCK == 0 and end - addr >= K.BLOCK:
+                c.x[0] = addr
+                for i in range(8):
+                    c.x[1 + i] = int.from_bytes(data[off + 8 * i:off + 8 * i + 8], "little")
+                self._run_stub(K.STORE_BLOCK, f"write of {len(data)} bytes at {pa:#x}", addr)
+                addr += K.BLOCK
+            else:
+                c.x[0], c.x[1] = addr, data[off]
+                self._run_stub(K.STORE8, f"write of {len(data)} bytes at {pa:#x}", addr)
+                addr += 1
+
+    @staticmethod
+    def _check_addr(pa: int, n: int) -> None:
+        if not isinstance(pa, int) or not isinstance(n, int) or n < 0 or pa < 0 or pa + n > 1 << 48:
+            raise UsageError(f"host memory access needs an int address and size within the 48-bit PA space, "
+                             f"got {pa!r}, {n!r}")

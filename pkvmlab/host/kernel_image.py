@@ -1,0 +1,52 @@
+"""The host kernel's few instructions: stubs the host model runs at EL1, and its vector table.
+
+Every host action is a real instruction on the core: ``hvc #0`` for a hypercall, ``ldr``/``str`` for
+memory, so stage 2 applies.  Offsets are from the start of the host image (the first host page).
+"""
+
+from __future__ import annotations
+
+from pkvmlab.arch import insn as I
+
+HVC = 0x000            # hvc #0
+LOAD64 = 0x010         # ldr x1, [x0]
+LOAD8 = 0x020          # ldrb w1, [x0]
+STORE64 = 0x030        # str x1, [x0]
+STORE8 = 0x040         # strb w1, [x0]
+LOAD_BLOCK = 0x100     # ldr x1..x8, [x0, #0..56]: 64 bytes
+STORE_BLOCK = 0x200    # str x1..x8, [x0, #0..56]
+BLOCK = 64
+ENTRY = 0x7F0          # where the firmware drops to EL1 at boot
+VECTORS = 0x800        # VBAR_EL1: every entry is BRK #offset, so the run stops and says which
+IMAGE_PAGES = 2        # text + vectors, then a stack page
+
+# (start offset, instructions): each stub's end is where the run stops
+STUBS = {
+    HVC: [I.hvc(0)],
+    LOAD64: [I.ldst("ldr", 8, 1, 0)],
+    LOAD8: [I.ldst("ldr", 1, 1, 0)],
+    STORE64: [I.ldst("str", 8, 1, 0)],
+    STORE8: [I.ldst("str", 1, 1, 0)],
+    LOAD_BLOCK: [I.ldst("ldr", 8, 1 + i, 0, 8 * i) for i in range(8)],
+    STORE_BLOCK: [I.ldst("str", 8, 1 + i, 0, 8 * i) for i in range(8)],
+}
+
+
+def stub_end(offset: int) -> int:
+    return offset + 4 * len(STUBS[offset])
+
+
+VECTOR_NAMES = {0x000: "current EL, SP0, sync", 0x200: "current EL, SPx, sync", 0x400: "lower EL, AArch64, sync",
+                0x080: "current EL, SP0, IRQ", 0x280: "current EL, SPx, IRQ"}
+
+
+def build_image() -> bytes:
+    """The host's first page: stubs, the boot landing pad and the vector table."""
+    page = bytearray(4096)
+    for off, insns in STUBS.items():
+        page[off:off + 4 * len(insns)] = I.words(*insns)
+    page[ENTRY:ENTRY + 4] = I.words(I.b(0))
+    for entry in range(16):
+        off = VECTORS + 0x80 * entry
+        page[off:off + 4] = I.words(I.brk(0x80 * entry))
+    return bytes(page)

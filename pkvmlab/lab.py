@@ -1,0 +1,114 @@
+"""The front door: ``lab = Lab()`` builds (cached) and boots the firmware, and hands you the host at EL1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+
+from pkvmlab.errors import MachineError
+from pkvmlab.firmware import Firmware, load_firmware
+from pkvmlab.host import Host
+from pkvmlab.host import kernel_image as K
+from pkvmlab.machine import RAM_BASE, RAM_SIZE, Core
+from pkvmlab.machine.boot import boot
+
+HYP_SIZE = 8 << 20
+PAGE = 4096
+
+
+@dataclass(frozen=True)
+class Region:
+    """A named range of physical memory, [start, end)."""
+
+    name: str
+    start: int
+    end: int
+    description: str = ""
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    def __contains__(self, pa: int) -> bool:
+        return self.start <= pa < self.end
+
+    def __repr__(self) -> str:
+        return f"Region({self.name!r}, {self.start:#x}-{self.end:#x})"
+
+
+class MemoryMap(tuple):
+    """The physical memory map, drawn as a table in a notebook."""
+
+    def find(self, name: str) -> Region:
+        for r in self:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def region_of(self, pa: int) -> Region | None:
+        """The most specific region containing ``pa``."""
+        hits = [r for r in self if pa in r]
+        return min(hits, key=lambda r: r.size) if hits else None
+
+    def __repr__(self) -> str:
+        rows = [f"{r.start:#012x}-{r.end:#012x} {r.size >> 10:>8} KiB  {r.name:<16} {r.description}" for r in self]
+        return "\n".join(rows)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td><code>{r.start:#x}</code></td><td><code>{r.end:#x}</code></td>"
+                       f"<td style='text-align:right'>{r.size >> 10} KiB</td><td><b>{escape(r.name)}</b></td>"
+                       f"<td>{escape(r.description)}</td></tr>" for r in self)
+        return ("<table><thead><tr><th>start</th><th>end</th><th>size</th><th>region</th><th>what</th>"
+                f"</tr></thead><tbody>{rows}</tbody></table>")
+
+
+class Lab:
+    """A booted machine: ``lab.core`` (the CPU), ``lab.host`` (you, at EL1), ``lab.fw`` (the firmware)."""
+
+    def __init__(self, *, ram_size: int = RAM_SIZE, hyp_size: int = HYP_SIZE, firmware: Firmware | str | None = None,
+                 native: bool | None = None):
+        self.fw = firmware if isinstance(firmware, Firmware) else load_firmware(firmware)
+        self.core = Core(RAM_BASE, ram_size, native=native)
+        self.hyp_size = hyp_size
+        host_image = RAM_BASE + hyp_size
+        self.core.phys.write(host_image, K.build_image())   # the host kernel's text, as a boot loader would
+        boot(self.core, self.fw, hyp_size=hyp_size, host_entry=host_image + K.ENTRY)
+        self.host = Host(self.core, host_image)
+        self.host.setup()
+        version, el, _ = self.hyp_info()
+        if el != 2:
+            raise MachineError(f"the hypervisor's info call ran at EL{el}, not EL2")
+        self.version = version
+
+    def hyp_info(self) -> tuple[int, int, int]:
+        """``__pkvm_hyp_info``: (firmware version, CurrentEL the handler saw, free hyp pool pages)."""
+        from pkvmlab.arch.smccc import HYPERCALLS
+
+        _, version, el, free = self.host.hvc(HYPERCALLS["__pkvm_hyp_info"])
+        return version, el, free
+
+    @property
+    def memory_map(self) -> MemoryMap:
+        fw, base = self.fw, RAM_BASE
+        image_end = fw.symbol("__hyp_image_end")
+        pool = _page_align(image_end + (self.core.ram_size // PAGE) * fw.layout("hyp_page").size)
+        hyp_end = base + self.hyp_size
+        host_image = hyp_end
+        return MemoryMap((
+            Region("RAM", base, base + self.core.ram_size, "all of physical memory"),
+            Region("hyp", base, hyp_end, "the hypervisor's carve-out: the host may never touch it"),
+            Region("hyp image", base, image_end, "EL2 code, data, stacks (firmware/)"),
+            Region("hyp vmemmap", image_end, pool, "a refcount per page of RAM"),
+            Region("hyp pool", pool, hyp_end, "pages for hyp's page tables and the shadow table"),
+            Region("host kernel", host_image, host_image + K.IMAGE_PAGES * PAGE, "the host model's stubs, vectors, stack"),
+            Region("host RAM", host_image + K.IMAGE_PAGES * PAGE, base + self.core.ram_size,
+                   "what the host's page allocator hands out"),
+        ))
+
+    def __repr__(self) -> str:
+        return (f"Lab(firmware {self.version >> 16}.{self.version & 0xFFFF}, RAM {self.core.ram_size >> 20} MiB at "
+                f"{RAM_BASE:#x}, hyp carve-out {self.hyp_size >> 20} MiB, host at EL{self.core.current_el})")
+
+
+def _page_align(x: int) -> int:
+    return (x + PAGE - 1) & ~(PAGE - 1)

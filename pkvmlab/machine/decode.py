@@ -1,0 +1,93 @@
+"""Decode the host's faulting load/store with capstone: the address it touched and the ESR syndrome.
+
+Unicorn reports a stage-2 abort without FAR or ISS, so the machine layer recovers them from the
+instruction itself, as the ARM ARM defines them (D19.2.37: ISV is set only for single-register
+loads/stores without writeback).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import capstone
+from capstone import arm64 as cs_arm64
+
+
+@lru_cache(maxsize=1)
+def _cs() -> capstone.Cs:
+    md = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+    md.detail = True
+    return md
+
+
+def disassemble(code: bytes, addr: int) -> str:
+    """``"ldr x1, [x0]"`` for the first instruction in ``code``, or ``".word 0x…"``."""
+    for insn in _cs().disasm(code, addr, 1):
+        return f"{insn.mnemonic} {insn.op_str}".strip()
+    return f".word {int.from_bytes(code[:4], 'little'):#010x}"
+
+
+@dataclass(frozen=True)
+class MemAccess:
+    """What a load/store instruction accesses, in the ESR's own terms."""
+
+    va: int
+    size: int
+    write: bool
+    isv: bool      # the syndrome below is valid (single register, no writeback)
+    srt: int       # transfer register number
+    sf: bool       # 64-bit register
+    sse: bool      # sign-extending load
+    ar: bool       # acquire/release
+    text: str
+
+    @property
+    def sas(self) -> int:
+        return {1: 0, 2: 1, 4: 2, 8: 3}.get(self.size, 3)
+
+
+_ACQ_REL = ("ldar", "stlr", "ldapr", "ldaxr", "stlxr")
+
+
+def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAccess | None:
+    """The memory access made by the instruction at ``pc``; None if it is not a load/store."""
+    insns = list(_cs().disasm(code, pc, 1))
+    if not insns:
+        return None
+    insn = insns[0]
+    m = insn.mnemonic
+    ops = insn.operands
+    mem = next((o for o in ops if o.type == cs_arm64.ARM64_OP_MEM), None)
+    if mem is None:
+        return None
+    regs = [insn.reg_name(o.reg) for o in ops if o.type == cs_arm64.ARM64_OP_REG]
+    rt = regs[0] if regs else "xzr"
+    post_index = any(o.type == cs_arm64.ARM64_OP_IMM for o in ops[ops.index(mem) + 1:]) if mem in ops else False
+    base = read_reg(insn.reg_name(mem.mem.base))
+    va = base if post_index else base + mem.mem.disp
+    if mem.mem.index:
+        idx = read_reg(insn.reg_name(mem.mem.index))
+        if mem.ext in (cs_arm64.ARM64_EXT_UXTW, cs_arm64.ARM64_EXT_SXTW):
+            idx &= 0xFFFFFFFF
+            if mem.ext == cs_arm64.ARM64_EXT_SXTW and idx & 0x80000000:
+                idx -= 1 << 32
+        va += idx << (mem.shift.value if mem.shift.type else 0)
+    va &= (1 << 64) - 1
+    pair = m.startswith(("ldp", "stp", "ldnp", "stnp"))
+    reg_bytes = 8 if rt.startswith("x") else 4
+    if m.endswith("b") and not m.startswith(("ldp", "stp")):
+        size = 1
+    elif m.endswith("h"):
+        size = 2
+    elif m.endswith("sw"):
+        size = 4
+    else:
+        size = reg_bytes * (2 if pair else 1)
+    write = m.startswith("st")
+    writeback = bool(getattr(insn, "writeback", False)) or post_index
+    srt = 31 if rt in ("xzr", "wzr") else int(rt[1:])
+    return MemAccess(va=va, size=size, write=write, isv=not pair and not writeback, srt=srt,
+                     sf=rt.startswith("x"), sse=m.startswith("ldrs"), ar=m.startswith(_ACQ_REL),
+                     text=f"{m} {insn.op_str}")
