@@ -5,8 +5,15 @@
     lab.host.hvc(...)      # a real HVC
 """
 
-from pkvmlab.errors import (FirmwareBuildError, HostAccessFault, HypercallError, HypPanic, MachineError,
-                            PkvmLabError, UsageError)
+from pkvmlab.errors import (
+                            FirmwareBuildError,
+                            HostAccessFault,
+                            HypercallError,
+                            HypPanic,
+                            MachineError,
+                            PkvmLabError,
+                            UsageError,
+)
 from pkvmlab.lab import Lab
 
 __all__ = ["FirmwareBuildError", "HostAccessFault", "HypPanic", "HypercallError", "Lab", "MachineError",

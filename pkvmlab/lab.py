@@ -9,6 +9,7 @@ from pkvmlab.errors import MachineError
 from pkvmlab.firmware import Firmware, load_firmware
 from pkvmlab.host import Host
 from pkvmlab.host import kernel_image as K
+from pkvmlab.inspect import Hyp
 from pkvmlab.machine import RAM_BASE, RAM_SIZE, Core
 from pkvmlab.machine.boot import boot
 
@@ -63,7 +64,7 @@ class MemoryMap(tuple):
 
 
 class Lab:
-    """A booted machine: ``lab.core`` (the CPU), ``lab.host`` (you, at EL1), ``lab.fw`` (the firmware)."""
+    """A booted machine: ``lab.core`` (the CPU), ``lab.host`` (you, at EL1), ``lab.hyp`` (EL2's state)."""
 
     def __init__(self, *, ram_size: int = RAM_SIZE, hyp_size: int = HYP_SIZE, firmware: Firmware | str | None = None,
                  native: bool | None = None):
@@ -75,6 +76,7 @@ class Lab:
         boot(self.core, self.fw, hyp_size=hyp_size, host_entry=host_image + K.ENTRY)
         self.host = Host(self.core, host_image)
         self.host.setup()
+        self.hyp = Hyp(self.core, self.fw, self)
         version, el, _ = self.hyp_info()
         if el != 2:
             raise MachineError(f"the hypervisor's info call ran at EL{el}, not EL2")
@@ -82,10 +84,7 @@ class Lab:
 
     def hyp_info(self) -> tuple[int, int, int]:
         """``__pkvm_hyp_info``: (firmware version, CurrentEL the handler saw, free hyp pool pages)."""
-        from pkvmlab.arch.smccc import HYPERCALLS
-
-        _, version, el, free = self.host.hvc(HYPERCALLS["__pkvm_hyp_info"])
-        return version, el, free
+        return self.host.hyp_info()
 
     @property
     def memory_map(self) -> MemoryMap:

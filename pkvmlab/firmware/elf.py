@@ -28,7 +28,7 @@ class Field:
     offset: int
     size: int
     type_name: str
-    layout: "Layout | None" = None  # for struct/union members
+    layout: Layout | None = None  # for struct/union members
     count: int | None = None        # for array members: number of elements
 
 

@@ -8,9 +8,10 @@ injects an abort back: that comes out as HostAccessFault.
 from __future__ import annotations
 
 from pkvmlab.arch import esr as E
-from pkvmlab.arch.smccc import (HYPERCALL_ARGS, HYPERCALLS, SMCCC_RET_NOT_SUPPORTED, SMCCC_RET_SUCCESS)
+from pkvmlab.arch.smccc import HYPERCALL_ARGS, HYPERCALLS, SMCCC_RET_NOT_SUPPORTED, SMCCC_RET_SUCCESS
 from pkvmlab.errors import HostAccessFault, HypercallError, MachineError, UsageError
 from pkvmlab.host import kernel_image as K
+from pkvmlab.host.page_alloc import PageAllocator
 from pkvmlab.machine.core import Core, HostVector
 
 TIMEOUT_MS = 0  # the firmware's handlers are short; a hang would be a firmware bug
@@ -31,6 +32,60 @@ class Host:
         self.core = core
         self.image_base = image_base
         self.log: list[tuple[str, tuple, int]] = []   # (call, args, result or -errno), newest last
+        first_free = (image_base >> 12) + K.IMAGE_PAGES
+        self.pages = PageAllocator(first_free, (core.ram_base + core.ram_size) >> 12)
+        self.vms: dict[int, object] = {}   # handle -> VM, the VMs this host created and has not torn down
+
+    # -- the host's page allocator ---------------------------------------------------------
+    def alloc_pages(self, nr_pages: int = 1, *, align: int = 1) -> int:
+        """Allocate ``nr_pages`` contiguous host pages; returns the first pfn."""
+        return self.pages.alloc_pages(nr_pages, align=align)
+
+    def free_pages(self, pfn: int, nr_pages: int = 1) -> None:
+        self.pages.free_pages(pfn, nr_pages)
+
+    # -- the hypercalls, by pKVM's names (each raises HypercallError with the errno in words) --
+    def hyp_info(self) -> tuple[int, int, int]:
+        """``__pkvm_hyp_info``: (firmware version, CurrentEL the handler saw, free hyp pool pages)."""
+        _, version, el, free = self.hvc(HYPERCALLS["__pkvm_hyp_info"])
+        return version, el, free
+
+    def share_hyp(self, pfn: int) -> None:
+        """``__pkvm_host_share_hyp``: host OWNED -> SHARED_OWNED, hyp NOPAGE -> SHARED_BORROWED."""
+        self.call("__pkvm_host_share_hyp", pfn)
+
+    def unshare_hyp(self, pfn: int) -> None:
+        """``__pkvm_host_unshare_hyp``: the reverse; -EBUSY while hyp has the page pinned."""
+        self.call("__pkvm_host_unshare_hyp", pfn)
+
+    def donate_hyp(self, pfn: int, nr_pages: int = 1) -> None:
+        """``__pkvm_host_donate_hyp``: the pages become hyp's; the host can no longer touch them."""
+        self.call("__pkvm_host_donate_hyp", pfn, nr_pages)
+
+    def init_shadow(self, host_kvm: int, shadow_va: int, shadow_size: int, pgd: int) -> int:
+        """``__pkvm_init_shadow`` with raw arguments; returns the new VM's handle."""
+        return self.call("__pkvm_init_shadow", host_kvm, shadow_va, shadow_size, pgd)
+
+    def teardown_shadow(self, handle: int) -> None:
+        """``__pkvm_teardown_shadow`` with a raw handle."""
+        self.call("__pkvm_teardown_shadow", handle)
+
+    def donate_guest(self, pfn: int, gfn: int, handle: int) -> None:
+        """``__pkvm_host_donate_guest``: the page becomes the guest's, mapped at ``gfn``."""
+        self.call("__pkvm_host_donate_guest", pfn, gfn, handle)
+
+    # -- protected VMs, as the host kernel makes them (pkvmlab/host/vm.py) -------------------
+    def create_vm(self, nr_vcpus: int = 2):
+        """Allocate and share ``struct kvm`` and vCPUs, donate a shadow area and PGD, ``__pkvm_init_shadow``."""
+        from pkvmlab.host.vm import create_vm
+
+        return create_vm(self, nr_vcpus)
+
+    def teardown_vm(self, handle: int) -> None:
+        """``__pkvm_teardown_shadow``, then unshare and free what the host had given."""
+        from pkvmlab.host.vm import teardown_vm
+
+        teardown_vm(self, handle)
 
     def setup(self) -> None:
         """What the host kernel does first at EL1: point VBAR_EL1 at its vectors, set its stack."""

@@ -60,7 +60,7 @@ class PhysMemory:
     ``lab.host.read/write`` instead, which run real loads and stores at EL1.
     """
 
-    def __init__(self, core: "Core"):
+    def __init__(self, core: Core):
         self._uc = core.uc
         self.base, self.size = core.ram_base, core.ram_size
 
@@ -91,7 +91,7 @@ class PhysMemory:
 class Registers:
     """``core.x[0]`` reads x0; ``core.x[0] = 5`` writes it."""
 
-    def __init__(self, core: "Core"):
+    def __init__(self, core: Core):
         self._core = core
 
     def __getitem__(self, i: int) -> int:

@@ -7,9 +7,9 @@ loads/stores without writeback).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 import capstone
 from capstone import arm64 as cs_arm64

@@ -1,0 +1,48 @@
+# pkvmlab: `make lab` to learn, `make test` to check.  Both install what they need and are safe to rerun.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup lab test dot firmware bench docs lint clean
+
+setup: $(STAMP) dot firmware
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pkvmlab needs Python >= 3.11 (set PYTHON=python3.11)")'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Graphviz's `dot` is a system binary: install it with apt when we can, else say how.
+dot:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Graphviz (dot) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; \
+	  else \
+	    echo "Graphviz 'dot' is missing. Install it with:  sudo apt-get install graphviz"; \
+	    echo "  (macOS: brew install graphviz; conda: conda install -c conda-forge graphviz)"; exit 1; \
+	  fi; }
+
+firmware: $(STAMP)
+	$(PY) -m pkvmlab.firmware
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+lint: $(STAMP)
+	$(PY) -m ruff check pkvmlab tests bench
+
+test: setup lint
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf build .pytest_cache
