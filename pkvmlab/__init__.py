@@ -3,18 +3,20 @@
     from pkvmlab import Lab
     lab = Lab()            # builds (cached) and boots the firmware; you are the host at EL1
     lab.host.hvc(...)      # a real HVC
+
+``Lab`` is imported on first use, so ``pkvmlab.arch`` (pure facts) loads without the emulator.
 """
 
-from pkvmlab.errors import (
-                            FirmwareBuildError,
-                            HostAccessFault,
-                            HypercallError,
-                            HypPanic,
-                            MachineError,
-                            PkvmLabError,
-                            UsageError,
-)
-from pkvmlab.lab import Lab
+from pkvmlab.errors import (FirmwareBuildError, HostAccessFault, HypercallError, HypPanic, MachineError,
+                            PkvmLabError, UsageError)
 
 __all__ = ["FirmwareBuildError", "HostAccessFault", "HypPanic", "HypercallError", "Lab", "MachineError",
            "PkvmLabError", "UsageError"]
+
+
+def __getattr__(name: str):
+    if name == "Lab":
+        from pkvmlab.lab import Lab
+
+        return Lab
+    raise AttributeError(f"module 'pkvmlab' has no attribute {name!r}")
