@@ -61,6 +61,11 @@ class Layout:
         return f"Layout({self.name}, size={self.size}: {inner})"
 
 
+def is_section_marker(name: str) -> bool:
+    """Linker-script boundaries (``__hyp_text_end``, ``__hyp_stack_top``) name places, not code or data."""
+    return name.endswith(("_start", "_end", "_top")) and name.startswith("__")
+
+
 def _attr(die, name, default=None):
     a = die.attributes.get(name)
     return a.value if a is not None else default
@@ -131,8 +136,7 @@ class Firmware:
                 if s.name and not s.name.startswith("$") and s["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE"):
                     self.symbols.setdefault(s.name, s["st_value"])
                     self._sizes.setdefault(s.name, s["st_size"])
-        self._by_addr = sorted((a, n) for n, a in self.symbols.items()
-                               if not n.startswith("__hyp_") or self._sizes.get(n))
+        self._by_addr = sorted((a, n) for n, a in self.symbols.items() if not is_section_marker(n))
 
     def symbol(self, name: str) -> int:
         """The address of a firmware symbol; a missing one names a few close matches."""

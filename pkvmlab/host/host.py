@@ -93,9 +93,9 @@ class Host:
         self.core.set_sysreg("SP_EL1", self.image_base + K.IMAGE_PAGES * 4096)
 
     # -- running stubs ---------------------------------------------------------------------
-    def _run_stub(self, offset: int, what: str, address: int | None = None):
+    def _run_stub(self, offset: int, what: str, address: int | None = None, *, resumed: bool = False):
         start = self.image_base + offset
-        res = self.core.run(start, self.image_base + K.stub_end(offset), timeout_ms=TIMEOUT_MS)
+        res = self.core.run(start, self.image_base + K.stub_end(offset), timeout_ms=TIMEOUT_MS, resumed=resumed)
         if isinstance(res, HostVector):
             self._host_exception(res, what, address)
 
@@ -121,6 +121,13 @@ class Host:
         if len(args) > 6:
             raise UsageError("a host hypercall takes at most 6 arguments (x1..x6)")
         c = self.core
+        if c.native is not None and c.panic is None:  # fast path: one native call (x0..x6 in, x0..x3 out)
+            regs = (_u64(func_id), *map(_u64, args), *(0,) * (6 - len(args)))
+            out = c.native.hvc(self.image_base + K.HVC, self.image_base + K.stub_end(K.HVC), regs, TIMEOUT_MS)
+            if out is not None:
+                return out
+            self._run_stub(K.HVC, f"hypercall {func_id:#x}", resumed=True)
+            return c.x[0], c.x[1], c.x[2], c.x[3]
         c.x[0] = _u64(func_id)
         for i in range(1, 7):
             c.x[i] = _u64(args[i - 1]) if i <= len(args) else 0
@@ -170,6 +177,11 @@ class Host:
                 self._run_stub(K.LOAD_BLOCK, f"read of {n} bytes at {pa:#x}", addr)
                 out += b"".join(c.x[i].to_bytes(8, "little") for i in range(1, 9))
                 addr += K.BLOCK
+            elif addr % 8 == 0 and end - addr >= 8:
+                c.x[0] = addr
+                self._run_stub(K.LOAD64, f"read of {n} bytes at {pa:#x}", addr)
+                out += c.x[1].to_bytes(8, "little")
+                addr += 8
             else:
                 c.x[0] = addr
                 self._run_stub(K.LOAD8, f"read of {n} bytes at {pa:#x}", addr)
@@ -190,6 +202,10 @@ class Host:
                     c.x[1 + i] = int.from_bytes(data[off + 8 * i:off + 8 * i + 8], "little")
                 self._run_stub(K.STORE_BLOCK, f"write of {len(data)} bytes at {pa:#x}", addr)
                 addr += K.BLOCK
+            elif addr % 8 == 0 and end - addr >= 8:
+                c.x[0], c.x[1] = addr, int.from_bytes(data[off:off + 8], "little")
+                self._run_stub(K.STORE64, f"write of {len(data)} bytes at {pa:#x}", addr)
+                addr += 8
             else:
                 c.x[0], c.x[1] = addr, data[off]
                 self._run_stub(K.STORE8, f"write of {len(data)} bytes at {pa:#x}", addr)

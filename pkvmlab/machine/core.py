@@ -236,22 +236,27 @@ class Core:
         return int(d["FST"]), bool(d["PTW"])
 
     # -- running ---------------------------------------------------------------------------
-    def run(self, begin: int, until: int, *, timeout_ms: int = 0) -> HostVector | None:
+    def run(self, begin: int, until: int, *, timeout_ms: int = 0, resumed: bool = False) -> HostVector | None:
         """Run from ``begin`` until PC reaches ``until``, entering EL2 on the way as needed.
 
         Returns None when ``until`` was reached, HostVector when the host took an exception at
         EL1.  Raises HypPanic for any exception at EL2, MachineError for anything else unexpected.
+        ``resumed``: the first leg from ``begin`` already ran in ``native.hvc()`` and stopped early;
+        handle that stop (its event and error are kept natively) instead of starting.
         """
         if self.panic is not None:
             raise MachineError("the hypervisor has panicked; this machine is dead: create a new Lab()") from self.panic
         pc = begin
         while True:
-            self._event = None
-            err = None
-            try:
-                self.uc.emu_start(pc, until, timeout=timeout_ms * 1000)  # unicorn takes microseconds
-            except unicorn.UcError as e:
-                err = e
+            if resumed:
+                resumed, err = False, self.native.take_error()
+            else:
+                self._event = None
+                err = None
+                try:
+                    self.uc.emu_start(pc, until, timeout=timeout_ms * 1000)  # unicorn takes microseconds
+                except unicorn.UcError as e:
+                    err = e
             ev = self._event
             if ev is None and self.native is not None:
                 ev = self.native.take_event()
@@ -350,7 +355,8 @@ class Core:
         return (par >> 1) & 0x3F if par & 1 else 0
 
     def _symbolize(self, addr: int) -> str:
-        best = max(((a, n) for n, a in self.symbols.items() if a <= addr and not n.startswith("__hyp_")),
+        best = max(((a, n) for n, a in self.symbols.items()
+                    if a <= addr and not (n.startswith("__") and n.endswith(("_start", "_end", "_top")))),
                    default=None)
         return f"{best[1]}+{addr - best[0]:#x}" if best else f"{addr:#x}"
 
