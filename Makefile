@@ -36,7 +36,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
 lint: $(STAMP)
-	$(PY) -m ruff check pkvmlab tests bench
+	$(PY) -m ruff check pkvmlab tests $(wildcard bench)
 
 test: setup lint
 	$(PY) -m pytest -q tests
