@@ -20,6 +20,106 @@
 	at_probe __debug_at_s1e2r, s1e2r
 	at_probe __debug_at_s1e2w, s1e2w
 
+/*
+ * x0 = IPA, x1 = a VTTBR_EL2 value (root table | VMID << 48): AT S12E1R/W
+ * through that stage-2 (a guest's, or the host's), then put the current
+ * VTTBR_EL2 back.  The TLB for the probed VMID is invalidated first, so
+ * the answer reflects the tables in memory now, not an older translation.
+ */
+	.macro	at_probe_vttbr name, op
+	.global	\name
+\name:
+	mrs	x2, vttbr_el2
+	msr	vttbr_el2, x1
+	isb
+	tlbi	vmalls12e1
+	dsb	nsh
+	isb
+	at	\op, x0
+	isb
+	mrs	x0, par_el1
+	msr	vttbr_el2, x2
+	isb
+	ret
+	.endm
+
+	at_probe_vttbr __debug_at_s12e1r_vttbr, s12e1r
+	at_probe_vttbr __debug_at_s12e1w_vttbr, s12e1w
+
+/*
+ * Batches, so a differential test asks the CPU about thousands of addresses in
+ * a few calls: x0 = a buffer of x1 addresses (hyp VA = PA), each replaced in
+ * place by its PAR_EL1; stage 2 through x2 = VTTBR_EL2 (put back after).  The
+ * loops use no stack, so the debugger may use its own stack page as the buffer.
+ */
+	.macro	at_batch_s12 name, op
+	.global	\name
+\name:
+	mrs	x4, vttbr_el2
+	msr	vttbr_el2, x2
+	isb
+	tlbi	vmalls12e1
+	dsb	nsh
+	isb
+1:	cbz	x1, 2f
+	ldr	x3, [x0]
+	at	\op, x3
+	isb
+	mrs	x3, par_el1
+	str	x3, [x0], #8
+	sub	x1, x1, #1
+	b	1b
+2:	msr	vttbr_el2, x4
+	isb
+	mov	x0, xzr
+	ret
+	.endm
+
+	at_batch_s12 __debug_at_s12e1r_batch, s12e1r
+	at_batch_s12 __debug_at_s12e1w_batch, s12e1w
+
+	.macro	at_batch_s1e2 name, op
+	.global	\name
+\name:
+1:	cbz	x1, 2f
+	ldr	x3, [x0]
+	at	\op, x3
+	isb
+	mrs	x3, par_el1
+	str	x3, [x0], #8
+	sub	x1, x1, #1
+	b	1b
+2:	mov	x0, xzr
+	ret
+	.endm
+
+	at_batch_s1e2 __debug_at_s1e2r_batch, s1e2r
+	at_batch_s1e2 __debug_at_s1e2w_batch, s1e2w
+
+/* x0 = a VTTBR_EL2 value: invalidate that VMID's stage-1&2 TLB entries (after a debugger write to its tables). */
+	.global	__debug_tlbi_vmid
+__debug_tlbi_vmid:
+	mrs	x2, vttbr_el2
+	dsb	ishst
+	msr	vttbr_el2, x0
+	isb
+	tlbi	vmalls12e1is
+	dsb	ish
+	msr	vttbr_el2, x2
+	isb
+	mov	x0, xzr
+	ret
+
+/* Invalidate every EL2 translation (after a debugger write to the hyp stage-1). */
+	.global	__debug_tlbi_alle2
+__debug_tlbi_alle2:
+	dsb	ishst
+	tlbi	alle2is
+	dsb	ish
+	isb
+	mov	x0, xzr
+	ret
+
 /* Debugger calls return here; the emulator stops before executing it. */
 	.global	__debug_call_done
 __debug_call_done:
