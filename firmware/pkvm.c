@@ -40,6 +40,9 @@ unsigned int nr_shadow_entries;
 /* The next entry index to try to allocate from. */
 unsigned int next_shadow_alloc;
 
+/* KVM_MAX_PVMS is a macro, so DWARF does not carry it: the inspector reads it here. */
+const unsigned int kvm_max_pvms = KVM_MAX_PVMS;
+
 void hyp_shadow_table_init(void *tbl)
 {
 	WARN_ON(shadow_table);

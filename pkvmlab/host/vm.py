@@ -1,0 +1,231 @@
+"""Protected VMs as the host kernel makes them: ``struct kvm`` and vCPUs in host memory, then ``__pkvm_init_shadow``.
+
+The host's steps, in order (what ``pkvm_create_hyp_vm`` does upstream, with the seed's names):
+
+1. allocate a page for ``struct kvm`` and one per ``struct kvm_vcpu``, fill them with EL1 stores
+   (layouts from the firmware's DWARF, never typed twice);
+2. share those pages with hyp (``__pkvm_host_share_hyp``): hyp pins them while the VM lives;
+3. allocate the shadow area (``PAGE_ALIGN(sizeof(struct kvm_shadow_vm) + n * sizeof(struct
+   kvm_shadow_vcpu_state))``) and the stage-2 PGD (``kvm_pgtable_stage2_pgd_size``: 2 pages, 8 KiB
+   aligned); ``__pkvm_init_shadow`` takes both by donation and returns the handle;
+4. record the handle in ``kvm->arch.pkvm.shadow_handle`` (a store to a shared page).
+
+Teardown is the reverse: ``__pkvm_teardown_shadow`` gives back the shadow area, the PGD and every
+guest page (zeroed), then the host unshares and frees its own structures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from pkvmlab.errors import HypercallError, UsageError
+
+PAGE = 4096
+BLOCK = 64   # the host's widest store: 8 registers
+
+
+@dataclass(frozen=True)
+class HostLayouts:
+    """What the host needs from the firmware's DWARF, read once per firmware image."""
+
+    kvm_size: int
+    vcpu_size: int
+    max_vcpus: int
+    shadow_vm_size: int
+    shadow_vcpu_state_size: int
+    pgd_pages: int
+    off: dict = field(default_factory=dict)   # "kvm.created_vcpus" -> (offset, size), ...
+
+    def shadow_size(self, nr_vcpus: int) -> int:
+        """``PAGE_ALIGN(sizeof(struct kvm_shadow_vm) + nr_vcpus * sizeof(struct kvm_shadow_vcpu_state))``."""
+        return -(-(self.shadow_vm_size + nr_vcpus * self.shadow_vcpu_state_size) // PAGE) * PAGE
+
+
+@lru_cache(maxsize=8)
+def _layouts(fw) -> HostLayouts:
+    kvm, vcpu = fw.layout("kvm"), fw.layout("kvm_vcpu")
+    off = {}
+    for struct, lay, paths in (("kvm", kvm, ("created_vcpus", "vcpus", "arch.vtcr", "arch.pkvm.shadow_handle")),
+                               ("kvm_vcpu", vcpu, ("kvm", "vcpu_id", "vcpu_idx", "arch.hw_mmu"))):
+        for p in paths:
+            f = lay.field(p)
+            off[f"{struct}.{p}"] = (f.offset, f.size)
+    off["kvm.arch.mmu"] = (kvm.offset("arch.mmu"), 0)
+    # kvm_pgtable_stage2_pgd_size(vtcr) for the 40-bit IPA the firmware gives every guest: two
+    # concatenated level-1 tables.  The firmware checks it; the host only has to agree.
+    return HostLayouts(kvm.size, vcpu.size, kvm.field("vcpus").count, fw.layout("kvm_shadow_vm").size,
+                       fw.layout("kvm_shadow_vcpu_state").size, 2, off)
+
+
+def _put(buf: bytearray, lay: HostLayouts, name: str, value: int) -> None:
+    offset, size = lay.off[name]
+    buf[offset:offset + size] = value.to_bytes(size, "little")
+
+
+def _padded(n: int) -> int:
+    """Round a struct up to whole 64-byte blocks: one store each (the rest of its page is the host's)."""
+    return -(-n // BLOCK) * BLOCK
+
+
+class VM:
+    """A protected VM the host created: its handle and everything the host gave for it."""
+
+    def __init__(self, host, handle: int, nr_vcpus: int, host_kvm: int, vcpus: tuple[int, ...],
+                 shadow_va: int, shadow_size: int, pgd: int, pgd_size: int):
+        self.host, self.handle, self.nr_vcpus = host, handle, nr_vcpus
+        self.host_kvm, self.vcpus = host_kvm, vcpus
+        self.shadow_va, self.shadow_size = shadow_va, shadow_size
+        self.pgd, self.pgd_size = pgd, pgd_size
+        self.guest_pages: dict[int, int] = {}   # gfn -> pfn the host donated
+        self.alive = True
+
+    @property
+    def index(self) -> int:
+        return self.handle - 0x1000
+
+    def donate(self, gfn: int, pfn: int | None = None) -> int:
+        """Give the guest a page at ``gfn`` (``__pkvm_host_donate_guest``); allocates one unless ``pfn`` is given.
+
+        Returns the pfn.  From now on the host faults on it; teardown gives it back zeroed.
+        """
+        self._check_alive("donate a page to")
+        own = pfn is None
+        if own:
+            pfn = self.host.alloc_pages(1)
+        try:
+            self.host.donate_guest(pfn, gfn, self.handle)
+        except HypercallError:
+            if own:
+                self.host.free_pages(pfn)
+            raise
+        self.guest_pages[gfn] = pfn
+        return pfn
+
+    def teardown(self) -> None:
+        """``__pkvm_teardown_shadow``, then unshare and free what the host gave."""
+        self._check_alive("tear down")
+        teardown_vm(self.host, self.handle)
+
+    def _check_alive(self, what: str) -> None:
+        if not self.alive:
+            raise UsageError(f"cannot {what} VM {self.handle:#x}: it was torn down")
+
+    def __repr__(self) -> str:
+        state = "" if self.alive else ", torn down"
+        vcpus = ", ".join(f"{v:#x}" for v in self.vcpus)
+        return (f"VM(handle={self.handle:#x}, {self.nr_vcpus} vCPU{'s' if self.nr_vcpus != 1 else ''}, "
+                f"kvm at {self.host_kvm:#x}, vcpus at [{vcpus}], shadow area {self.shadow_va:#x} "
+                f"({self.shadow_size >> 10} KiB), pgd {self.pgd:#x}, {len(self.guest_pages)} guest page(s){state})")
+
+
+def host_layouts(host) -> HostLayouts:
+    """The layouts for the firmware this host runs on (``host.fw`` if the lab set it, else the repository's build)."""
+    lay = host.__dict__.get("_vm_layouts")
+    if lay is None:
+        fw = getattr(host, "fw", None)
+        if fw is None:
+            fw = _repo_firmware()
+            if fw.symbols != host.core.symbols:
+                raise UsageError("this host runs a firmware other than the repository's build; set host.fw to it "
+                                 "so create_vm can read struct kvm's layout from its DWARF")
+        lay = host._vm_layouts = _layouts(fw)
+    return lay
+
+
+@lru_cache(maxsize=1)
+def _repo_firmware():
+    from pkvmlab.firmware import load_firmware
+
+    return load_firmware()
+
+
+def write_kvm(host, lay: HostLayouts, kvm: int, nr_vcpus: int, vcpus: tuple[int, ...]) -> bytearray:
+    """Fill ``struct kvm`` at ``kvm`` with EL1 stores: ``created_vcpus`` and the ``vcpus[]`` pointers.
+
+    Returns what was written (the struct, zero-padded to whole 64-byte stores).
+    """
+    buf = bytearray(_padded(lay.kvm_size))
+    _put(buf, lay, "kvm.created_vcpus", nr_vcpus)
+    vcpus_off, _ = lay.off["kvm.vcpus"]
+    for i, v in enumerate(vcpus):
+        buf[vcpus_off + 8 * i:vcpus_off + 8 * i + 8] = v.to_bytes(8, "little")
+    host.write(kvm, buf)
+    return buf
+
+
+def set_kvm_field(host, lay: HostLayouts, kvm: int, buf: bytearray, name: str, value: int) -> None:
+    """Update one field of the host's ``struct kvm`` with a single 8-byte store of the word that holds it."""
+    _put(buf, lay, name, value)
+    word = lay.off[name][0] & ~7
+    host.write_u64(kvm + word, int.from_bytes(buf[word:word + 8], "little"))
+
+
+def write_vcpu(host, lay: HostLayouts, vcpu: int, kvm: int, idx: int) -> None:
+    """Fill ``struct kvm_vcpu`` at ``vcpu``: its kvm, id and index, and ``hw_mmu = &kvm->arch.mmu``."""
+    buf = bytearray(_padded(lay.vcpu_size))
+    _put(buf, lay, "kvm_vcpu.kvm", kvm)
+    _put(buf, lay, "kvm_vcpu.vcpu_id", idx)
+    _put(buf, lay, "kvm_vcpu.vcpu_idx", idx)
+    _put(buf, lay, "kvm_vcpu.arch.hw_mmu", kvm + lay.off["kvm.arch.mmu"][0])
+    host.write(vcpu, buf)
+
+
+def create_vm(host, nr_vcpus: int = 2) -> VM:
+    """What the host kernel does to create a protected VM; returns the VM, registered in ``host.vms``."""
+    lay = host_layouts(host)
+    if not isinstance(nr_vcpus, int) or not 1 <= nr_vcpus <= lay.max_vcpus:
+        raise UsageError(f"create_vm needs 1..{lay.max_vcpus} vCPUs (KVM_MAX_VCPUS), got {nr_vcpus!r}; "
+                         f"to see hyp refuse a bad count, call lab.host.init_shadow() with raw arguments")
+    given: list[tuple[int, int]] = []     # (pfn, nr) allocated
+    shared: list[int] = []                # pfns shared with hyp
+    try:
+        kvm_pfn = host.alloc_pages(1)
+        given.append((kvm_pfn, 1))
+        vcpu_pfns = []
+        for _ in range(nr_vcpus):
+            vcpu_pfns.append(host.alloc_pages(1))
+            given.append((vcpu_pfns[-1], 1))
+        kvm, vcpus = kvm_pfn * PAGE, tuple(p * PAGE for p in vcpu_pfns)
+        kvm_buf = write_kvm(host, lay, kvm, nr_vcpus, vcpus)
+        for i, v in enumerate(vcpus):
+            write_vcpu(host, lay, v, kvm, i)
+        for pfn in (kvm_pfn, *vcpu_pfns):
+            host.share_hyp(pfn)
+            shared.append(pfn)
+        shadow_size = lay.shadow_size(nr_vcpus)
+        shadow_pfn = host.alloc_pages(shadow_size // PAGE)
+        given.append((shadow_pfn, shadow_size // PAGE))
+        pgd_pfn = host.alloc_pages(lay.pgd_pages, align=lay.pgd_pages)
+        given.append((pgd_pfn, lay.pgd_pages))
+        handle = host.init_shadow(kvm, shadow_pfn * PAGE, shadow_size, pgd_pfn * PAGE)
+    except BaseException:
+        for pfn in reversed(shared):
+            host.unshare_hyp(pfn)
+        for pfn, nr in reversed(given):
+            host.free_pages(pfn, nr)
+        raise
+    set_kvm_field(host, lay, kvm, kvm_buf, "kvm.arch.pkvm.shadow_handle", handle)   # as kvm->arch.pkvm.shadow_handle = ret
+    vm = VM(host, handle, nr_vcpus, kvm, vcpus, shadow_pfn * PAGE, shadow_size, pgd_pfn * PAGE,
+            lay.pgd_pages * PAGE)
+    host.vms[handle] = vm
+    return vm
+
+
+def teardown_vm(host, handle: int) -> None:
+    """``__pkvm_teardown_shadow(handle)``; then the host unshares its kvm and vCPUs and frees every page it gave."""
+    vm = host.vms.get(handle)
+    if vm is None:
+        raise UsageError(f"the host has no VM with handle {handle:#x}; live: {[hex(h) for h in host.vms]}; "
+                         f"to send hyp a raw handle, call lab.host.teardown_shadow()")
+    host.teardown_shadow(handle)
+    del host.vms[handle]
+    vm.alive = False
+    # Back from hyp: the shadow area, the PGD and the guest's pages (zeroed) are the host's again.
+    host.free_pages(vm.shadow_va // PAGE, vm.shadow_size // PAGE)
+    host.free_pages(vm.pgd // PAGE, vm.pgd_size // PAGE)
+    for pfn in vm.guest_pages.values():
+        host.free_pages(pfn)
+    for addr in (vm.host_kvm, *vm.vcpus):
+        host.unshare_hyp(addr // PAGE)
+        host.free_pages(addr // PAGE)

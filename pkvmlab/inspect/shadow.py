@@ -1,0 +1,169 @@
+"""The shadow VM table, read out of EL2 memory: ``lab.hyp.shadow_table()``.
+
+Everything comes from the hypervisor's own variables (``shadow_table``, ``nr_shadow_entries``,
+``next_shadow_alloc``) and from each ``struct kvm_shadow_vm`` the table points at, with offsets
+from the firmware's DWARF.  The snapshot is frozen: it does not change when the machine does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+
+from pkvmlab.arch.pgtable import ADDR_MASK, ENTRIES, PAGE_SHIFT, TYPE, VALID, granule, granule_shift
+
+HANDLE_OFFSET = 0x1000   # the seed's: handle = index + HANDLE_OFFSET
+
+
+@dataclass(frozen=True)
+class ShadowVCpu:
+    """One ``struct kvm_shadow_vcpu_state``: hyp's vCPU and the host vCPU it keeps pinned."""
+
+    vcpu_idx: int
+    vcpu_id: int
+    host_vcpu: int       # the host's struct kvm_vcpu (PA), pinned while the VM lives
+    address: int         # where this state lives in the shadow area
+
+
+@dataclass(frozen=True)
+class ShadowVM:
+    """One used slot of the shadow table: a ``struct kvm_shadow_vm`` in memory the host donated."""
+
+    index: int
+    handle: int          # kvm.arch.pkvm.shadow_handle
+    vmid: int            # kvm.arch.mmu.vmid.id
+    host_kvm: int        # the host's struct kvm (PA), pinned while the VM lives
+    nr_vcpus: int        # kvm.created_vcpus
+    shadow_area: int     # the slot's pointer: the donated shadow area
+    shadow_area_size: int
+    pgd: int             # pgt.pgd: the guest stage-2's top level (host-donated)
+    ia_bits: int
+    vcpus: tuple[ShadowVCpu, ...]
+    guest_pages: tuple[tuple[int, int], ...]   # (gfn, pfn) for every page mapped in the guest stage-2
+
+    @property
+    def host_vcpus(self) -> tuple[int, ...]:
+        return tuple(v.host_vcpu for v in self.vcpus)
+
+    def __repr__(self) -> str:
+        return (f"ShadowVM(index={self.index}, handle={self.handle:#x}, vmid={self.vmid}, host_kvm={self.host_kvm:#x}, "
+                f"{self.nr_vcpus} vCPU(s), shadow area {self.shadow_area:#x}+{self.shadow_area_size:#x}, "
+                f"pgd={self.pgd:#x}, {len(self.guest_pages)} guest page(s))")
+
+
+@dataclass(frozen=True)
+class ShadowTable:
+    """``shadow_table[KVM_MAX_PVMS]`` with ``nr_shadow_entries`` and ``next_shadow_alloc``."""
+
+    address: int                 # where the table itself lives (0: never set up)
+    nr_shadow_entries: int
+    next_shadow_alloc: int
+    slots: tuple[ShadowVM | None, ...]
+
+    @property
+    def vms(self) -> tuple[ShadowVM, ...]:
+        """The used slots, in index order."""
+        return tuple(s for s in self.slots if s is not None)
+
+    def by_handle(self, handle: int) -> ShadowVM | None:
+        i = handle - HANDLE_OFFSET
+        return self.slots[i] if 0 <= i < len(self.slots) else None
+
+    def __len__(self) -> int:
+        return len(self.vms)
+
+    def _rows(self) -> list[tuple[str, ...]]:
+        rows = []
+        for vm in self.vms:
+            rows.append((str(vm.index), f"{vm.handle:#x}", str(vm.vmid), f"{vm.host_kvm:#x}", str(vm.nr_vcpus),
+                         " ".join(f"{v:#x}" for v in vm.host_vcpus),
+                         f"{vm.shadow_area:#x}", f"{vm.shadow_area_size >> 10} KiB", f"{vm.pgd:#x}",
+                         str(len(vm.guest_pages))))
+        return rows
+
+    _HEAD = ("idx", "handle", "vmid", "host kvm", "vcpus", "host vcpus (pinned)", "shadow area", "size", "pgd",
+             "guest pages")
+
+    def _title(self) -> str:
+        return (f"shadow_table: {self.nr_shadow_entries} of {len(self.slots)} slots used, "
+                f"next_shadow_alloc = {self.next_shadow_alloc}")
+
+    def __repr__(self) -> str:
+        rows = self._rows()
+        if not rows:
+            return self._title()
+        widths = [max(len(r[i]) for r in [self._HEAD, *rows]) for i in range(len(self._HEAD))]
+        lines = ["  ".join(c.rjust(w) if i in (0, 2, 4, 9) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                 .rstrip() for r in [self._HEAD, *rows]]
+        return "\n".join([self._title(), *lines])
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{escape(h)}</th>" for h in self._HEAD)
+        body = "".join("<tr>" + "".join(f"<td><code>{escape(c)}</code></td>" for c in r) + "</tr>" for r in self._rows())
+        return (f"<p><b>{escape(self._title())}</b></p>"
+                f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def _u(buf: bytes, offset: int, size: int) -> int:
+    return int.from_bytes(buf[offset:offset + size], "little")
+
+
+def guest_leaves(phys, pgd: int, ia_bits: int, start_level: int = 1) -> list[tuple[int, int]]:
+    """(gfn, pfn) of every valid page a stage-2 maps, walking the tables in memory (blocks as their pages)."""
+    out: list[tuple[int, int]] = []
+
+    def walk(table: int, level: int, base: int, n: int) -> None:
+        data = phys.read(table, 8 * n)
+        for i in range(n):
+            pte = int.from_bytes(data[8 * i:8 * i + 8], "little")
+            if not pte & VALID:
+                continue
+            addr = base + (i << granule_shift(level))
+            if level < 3 and pte & TYPE:
+                walk(pte & ADDR_MASK, level + 1, addr, ENTRIES)
+            else:
+                pa = pte & ADDR_MASK & ~(granule(level) - 1)
+                out.extend(((addr + j) >> PAGE_SHIFT, (pa + j) >> PAGE_SHIFT) for j in range(0, granule(level), 1 << PAGE_SHIFT))
+
+    walk(pgd, start_level, 0, 1 << (ia_bits - granule_shift(start_level)))
+    return out
+
+
+def read_shadow_table(hyp) -> ShadowTable:
+    """Read the whole table: one read for the pointers, one per used slot for its ``struct kvm_shadow_vm``."""
+    fw, phys = hyp.fw, hyp.core.phys
+    max_pvms = hyp.read_global("kvm_max_pvms", 4)   # KVM_MAX_PVMS, exported by pkvm.c
+    table = hyp.read_global("shadow_table")
+    nr = hyp.read_global("nr_shadow_entries", 4)
+    nxt = hyp.read_global("next_shadow_alloc", 4)
+    if not table:
+        return ShadowTable(0, nr, nxt, (None,) * max_pvms)
+    ptrs = phys.read(table, 8 * max_pvms)
+    vm_lay, st_lay = fw.layout("kvm_shadow_vm"), fw.layout("kvm_shadow_vcpu_state")
+    f = {p: vm_lay.field(p) for p in ("kvm.arch.pkvm.shadow_handle", "kvm.arch.mmu.vmid.id", "host_kvm",
+                                     "kvm.created_vcpus", "shadow_area_size", "pgt.pgd", "pgt.ia_bits",
+                                     "pgt.start_level", "shadow_vcpu_states")}
+    g = {p: st_lay.field(p) for p in ("shadow_vcpu.vcpu_idx", "shadow_vcpu.vcpu_id", "host_vcpu")}
+    slots: list[ShadowVM | None] = []
+    for i in range(max_pvms):
+        addr = _u(ptrs, 8 * i, 8)
+        if not addr:
+            slots.append(None)
+            continue
+        head = phys.read(addr, vm_lay.size)
+
+        def val(name: str, buf: bytes = head, base: int = 0, fields: dict = f) -> int:
+            return _u(buf, base + fields[name].offset, fields[name].size)
+
+        n = val("kvm.created_vcpus")
+        n_read = min(n, 64)   # a corrupt count must not make the inspector read megabytes
+        states = phys.read(addr + f["shadow_vcpu_states"].offset, n_read * st_lay.size) if n_read else b""
+        vcpus = tuple(ShadowVCpu(val("shadow_vcpu.vcpu_idx", states, k * st_lay.size, g),
+                                 val("shadow_vcpu.vcpu_id", states, k * st_lay.size, g),
+                                 val("host_vcpu", states, k * st_lay.size, g),
+                                 addr + f["shadow_vcpu_states"].offset + k * st_lay.size) for k in range(n_read))
+        pgd, ia_bits = val("pgt.pgd"), val("pgt.ia_bits")
+        pages = tuple(guest_leaves(phys, pgd, ia_bits, val("pgt.start_level"))) if pgd and 30 < ia_bits <= 48 else ()
+        slots.append(ShadowVM(i, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"), n,
+                              addr, val("shadow_area_size"), pgd, ia_bits, vcpus, pages))
+    return ShadowTable(table, nr, nxt, tuple(slots))

@@ -1,0 +1,124 @@
+"""Guest memory: ``__pkvm_host_donate_guest`` maps a host page into a protected VM's stage-2, and
+teardown (the seed's ``reclaim_guest_pages``) zeroes it before the host gets it back."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from conftest import assert_invariants
+from test_shadow_table import expect_errno, ownership_map, pins, trace
+
+from pkvmlab import HostAccessFault, Lab
+
+PAGE = 4096
+PATTERN = bytes(range(256)) * 16
+
+
+def step(lab: Lab) -> None:
+    assert lab.core.panic is None
+    assert_invariants(lab)
+
+
+def test_host_cannot_touch_a_guest_page(lab):
+    """Issue 4: a page donated to the guest is annotated GUEST in the host stage-2: host loads and
+    stores fault (HostAccessFault), while the guest stage-2 maps it at the gfn."""
+    vm = lab.host.create_vm(2)
+    pfn = vm.donate(0x123)
+    step(lab)
+    with pytest.raises(HostAccessFault):
+        lab.host.read_u64(pfn * PAGE)
+    with pytest.raises(HostAccessFault):
+        lab.host.write_u64(pfn * PAGE + 8, 1)
+    step(lab)
+    assert lab.hyp.shadow_table().by_handle(vm.handle).guest_pages == ((0x123, pfn),)
+
+
+def test_reclaim_guest_pages_zeroes_them_before_the_host_gets_them_back(lab):
+    """Seed, reclaim_guest_pages at teardown; issue 4: guest pages are zeroed before the host gets them
+    back.  The host writes a pattern, donates, tears down, and reads zeros with its own loads."""
+    vm = lab.host.create_vm(1)
+    pfns = [lab.host.alloc_pages(1) for _ in range(3)]
+    for pfn in pfns:
+        lab.host.write(pfn * PAGE, PATTERN)
+        assert lab.host.read(pfn * PAGE, 64) == PATTERN[:64]
+    for i, pfn in enumerate(pfns):
+        vm.donate(0x1000 * i + 7, pfn)
+        step(lab)
+    assert lab.core.phys.read(pfns[0] * PAGE, PAGE) == PATTERN     # hyp does not zero on the way in
+    lab.host.teardown_shadow(vm.handle)
+    step(lab)
+    for pfn in pfns:
+        assert lab.host.read(pfn * PAGE, PAGE) == bytes(PAGE)
+    lab.host.write_u64(pfns[0] * PAGE, 0x5A)                       # and the host owns them again
+    step(lab)
+
+
+def test_donate_guest_errors_leave_no_trace(lab):
+    """Issue 4's __pkvm_host_donate_guest: an unknown handle -> -ENOENT, a page the host does not own or
+    a gfn that already holds a page -> -EPERM, a pfn outside RAM or a gfn outside the guest's IPA
+    space -> -EINVAL; each leaves pool, owners, pins and the guest stage-2 as they were."""
+    h = lab.host
+    vm = h.create_vm(2)
+    other = h.create_vm(1)
+    held = vm.donate(5)
+    free = h.alloc_pages(1)
+    h.write_u64(free * PAGE, 1)      # the host has touched it: mapped in its stage-2
+    cases = [
+        (errno.ENOENT, (free, 6, 0xFFF)),
+        (errno.ENOENT, (free, 6, other.handle + 1)),
+        (errno.EPERM, (held, 6, vm.handle)),                 # already the guest's
+        (errno.EPERM, (free, 5, vm.handle)),                 # gfn 5 already holds a page
+        (errno.EPERM, (vm.host_kvm // PAGE, 6, vm.handle)),  # shared with hyp
+        (errno.EPERM, (vm.shadow_va // PAGE, 6, vm.handle)),  # hyp's
+        (errno.EPERM, (lab.core.ram_base // PAGE, 6, vm.handle)),  # the carve-out
+        (errno.EPERM, (other.pgd // PAGE, 6, vm.handle)),
+        (errno.EINVAL, (1, 6, vm.handle)),
+        (errno.EINVAL, ((lab.core.ram_base + lab.core.ram_size) // PAGE, 6, vm.handle)),
+        (errno.EINVAL, (free, 1 << 28, vm.handle)),
+        (errno.EINVAL, ((1 << 64) - 1, (1 << 64) - 1, vm.handle)),
+    ]
+    before = trace(lab), lab.hyp.shadow_table()
+    for err, args in cases:
+        expect_errno(err, h.donate_guest, *args)
+        step(lab)
+        assert (trace(lab), lab.hyp.shadow_table()) == before, args
+    h.donate_guest(free, 6, other.handle)                  # the same page to the right place is fine
+
+
+def test_donated_page_is_mapped_at_its_gfn_in_the_guest_stage2(lab):
+    """Issue 4: the page becomes the guest's, mapped at gfn in the guest stage-2 (tables from the hyp pool);
+    the inspector reads the mapping back from the guest's tables."""
+    vm = lab.host.create_vm(1)
+    gfns = [0, 1, 511, 512, 0x40000, (1 << 28) - 1]
+    want = {g: vm.donate(g) for g in gfns}
+    step(lab)
+    s = lab.hyp.shadow_table().by_handle(vm.handle)
+    assert dict(s.guest_pages) == want
+    assert list(s.guest_pages) == sorted(s.guest_pages)
+
+
+def test_guest_stage2_tables_go_back_to_the_pool(lab):
+    """Seed, reclaim_guest_pages: the guest's stage-2 tables below the host-donated PGD come from the hyp
+    pool and go back to it; after a warm-up cycle, N VMs with pages spread over the IPA space
+    leave the pool, owners and pins exactly as before."""
+    def cycle() -> None:
+        vms = [lab.host.create_vm(2) for _ in range(4)]
+        for k, vm in enumerate(vms):
+            for g in range(6):
+                vm.donate((k * 7 + g) << 18 | g)       # a fresh level-2 and level-3 table each
+        assert lab.hyp.pool().free_pages < before[0]
+        for vm in vms:
+            vm.teardown()
+
+    before = trace(lab)
+    cycle()
+    step(lab)
+    before = trace(lab)
+    for _ in range(3):
+        cycle()
+        step(lab)
+    after = trace(lab)
+    assert after[0] == before[0], "hyp pool pages leaked"
+    assert (ownership_map(lab), pins(lab)) == before[1:3], "a page changed owner or kept a pin"
+    assert after[3] == 0

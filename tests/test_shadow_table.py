@@ -1,0 +1,429 @@
+"""The shadow VM table at EL2, one test per behaviour of the seed.
+
+The seed is the review of "[PATCH v2 12/24] KVM: arm64: Introduce shadow VM state at EL2"
+(shared/seed/000_fa9cad8163fc7443.txt): ``insert_shadow_table``, ``find_shadow_by_handle``,
+``set_host_vcpus``, ``__pkvm_init_shadow`` and ``__pkvm_teardown_shadow``.  Every test drives the
+real firmware through real HVCs, and checks the ownership invariants after each step.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from conftest import assert_invariants
+
+from pkvmlab import HostAccessFault, HypercallError, Lab
+from pkvmlab.arch.pgtable import ADDR_MASK, TYPE, VALID, granule_shift, host_page_state, hyp_page_state, pte_owner
+from pkvmlab.host.vm import host_layouts, write_kvm, write_vcpu
+
+PAGE = 4096
+HANDLE_OFFSET = 0x1000
+KVM_MAX_PVMS = 255
+
+
+# -- helpers: what "leaves no trace" means ----------------------------------------------------------
+
+def _leaves(phys, pgd: int, ia_bits: int, start_level: int, lo: int, hi: int):
+    """(start, end, pte) for every non-table entry of a table tree that overlaps [lo, hi)."""
+    out = []
+
+    def walk(table: int, level: int, base: int, n: int) -> None:
+        data = phys.read(table, 8 * n)
+        size = 1 << granule_shift(level)
+        for i in range(n):
+            start = base + i * size
+            if start + size <= lo or start >= hi:
+                continue
+            pte = int.from_bytes(data[8 * i:8 * i + 8], "little")
+            if level < 3 and pte & VALID and pte & TYPE:
+                walk(pte & ADDR_MASK, level + 1, start, 512)
+            else:
+                out.append((max(start, lo), min(start + size, hi), pte))
+
+    walk(pgd, start_level, 0, 1 << (ia_bits - granule_shift(start_level)))
+    return out
+
+
+def _merged(ranges):
+    out = []
+    for start, end, label in ranges:
+        if out and out[-1][1] == start and out[-1][2] == label:
+            out[-1] = (out[-1][0], end, label)
+        else:
+            out.append((start, end, label))
+    return out
+
+
+def ownership_map(lab: Lab) -> tuple:
+    """Who owns each page of RAM, by meaning: a mapped host page and a not-yet-mapped one are both host OWNED.
+
+    Page-table *shape* may differ (a block split by a donation stays split); what each page is may not.
+    """
+    hyp, phys = lab.hyp, lab.core.phys
+    lo, hi = lab.core.ram_base, lab.core.ram_base + lab.core.ram_size
+
+    def tree(sym: str, struct: str, prefix: str):
+        pgd, ia_bits, start = (hyp.global_field(sym, struct, prefix + p) for p in ("pgd", "ia_bits", "start_level"))
+        return _leaves(phys, pgd, ia_bits, start, lo, hi)
+
+    host = [(s, e, ("host", int(host_page_state(p))) if p & VALID or not p else ("owner", pte_owner(p)))
+            for s, e, p in tree("host_mmu", "host_mmu", "pgt.")]
+    hyp_s1 = [(s, e, int(hyp_page_state(p))) for s, e, p in tree("hyp_pgtable", "kvm_pgtable", "")]
+    return tuple(_merged(host)), tuple(_merged(hyp_s1))
+
+
+def pins(lab: Lab) -> bytes:
+    """The vmemmap entries (refcount, flags) of host RAM: hyp's pins on host pages."""
+    lay = lab.fw.layout("hyp_page")
+    vmemmap = lab.hyp.read_global("hyp_vmemmap")
+    host_ram = lab.memory_map.find("host RAM")
+    first = (host_ram.start - lab.core.ram_base) // PAGE
+    return lab.core.phys.read(vmemmap + first * lay.size, (host_ram.size // PAGE) * lay.size)
+
+
+def trace(lab: Lab) -> tuple:
+    """Everything a hypercall could leave behind: pool count, ownership, pins, the table's slots and counters."""
+    t = lab.hyp.shadow_table()
+    return (lab.hyp.pool().free_pages, ownership_map(lab), pins(lab), t.nr_shadow_entries, t.next_shadow_alloc,
+            tuple(s.index for s in t.vms))
+
+
+def step(lab: Lab) -> None:
+    """After every step: the ownership invariant checker, and the hypervisor still answers from EL2."""
+    assert lab.core.panic is None
+    assert_invariants(lab)
+
+
+def raw_host_vm(lab: Lab, nr_vcpus: int = 2, *, created_vcpus: int | None = None, share: tuple[bool, ...] | None = None):
+    """The host's half of create_vm by hand: struct kvm and vCPUs written and (selectively) shared.
+
+    Returns (kvm, vcpus, shadow area, shadow size, pgd) ready for a raw ``__pkvm_init_shadow``.
+    """
+    h, lay = lab.host, host_layouts(lab.host)
+    kvm = h.alloc_pages(1) * PAGE
+    vcpus = tuple(h.alloc_pages(1) * PAGE for _ in range(nr_vcpus))
+    write_kvm(h, lay, kvm, nr_vcpus if created_vcpus is None else created_vcpus, vcpus)
+    for i, v in enumerate(vcpus):
+        write_vcpu(h, lay, v, kvm, i)
+    share = share if share is not None else (True,) * (1 + nr_vcpus)
+    for addr, s in zip((kvm, *vcpus), share):
+        if s:
+            h.share_hyp(addr // PAGE)
+    size = lay.shadow_size(max(nr_vcpus, 1))
+    shadow = h.alloc_pages(size // PAGE) * PAGE
+    pgd = h.alloc_pages(2, align=2) * PAGE
+    return kvm, vcpus, shadow, size, pgd
+
+
+def expect_errno(err: int, fn, *args):
+    with pytest.raises(HypercallError) as e:
+        fn(*args)
+    assert e.value.errno == err, str(e.value)
+    return e.value
+
+
+# -- the seed's behaviours --------------------------------------------------------------------------
+
+def test_insert_shadow_table_allocates_round_robin_from_next_shadow_alloc(lab):
+    """Seed, insert_shadow_table: "Find the next free entry in the shadow table" starts at
+    next_shadow_alloc, so a hole left by a teardown is not reused until the search wraps round."""
+    a, b, c = (lab.host.create_vm(2) for _ in range(3))
+    step(lab)
+    assert [vm.index for vm in (a, b, c)] == [0, 1, 2]
+    b.teardown()
+    step(lab)
+    t = lab.hyp.shadow_table()
+    assert (t.nr_shadow_entries, t.next_shadow_alloc, [s.index for s in t.vms]) == (2, 3, [0, 2])
+    d = lab.host.create_vm(1)
+    step(lab)
+    assert d.handle == HANDLE_OFFSET + 3, "the slot after the last used, not the hole at index 1"
+    assert lab.hyp.shadow_table().next_shadow_alloc == 4
+
+
+def test_round_robin_wraps_after_KVM_MAX_PVMS(lab):
+    """Seed: next_shadow_alloc = (next_shadow_alloc + 1) % KVM_MAX_PVMS: after slot 254 the search wraps to
+    slot 0 and walks to the first hole."""
+    vms = [lab.host.create_vm(1) for _ in range(KVM_MAX_PVMS)]
+    step(lab)
+    assert lab.hyp.shadow_table().next_shadow_alloc == 0
+    vms[200].teardown()
+    vms[7].teardown()
+    step(lab)
+    assert lab.host.create_vm(1).index == 7          # from 0, the first hole
+    assert lab.host.create_vm(1).index == 200        # from 8, the next one
+    t = lab.hyp.shadow_table()
+    assert (t.nr_shadow_entries, t.next_shadow_alloc) == (KVM_MAX_PVMS, 201)
+    step(lab)
+
+
+def test_full_table_gives_ENOMEM_to_the_256th(lab):
+    """Seed, insert_shadow_table: nr_shadow_entries >= KVM_MAX_PVMS (255) -> -ENOMEM; the failed
+    init gives back everything it took."""
+    for _ in range(KVM_MAX_PVMS):
+        lab.host.create_vm(2)
+    step(lab)
+    kvm, _, shadow, size, pgd = raw_host_vm(lab, 2)
+    before = trace(lab)
+    expect_errno(errno.ENOMEM, lab.host.init_shadow, kvm, shadow, size, pgd)
+    step(lab)
+    assert trace(lab) == before
+    with pytest.raises(HypercallError, match="ENOMEM"):
+        lab.host.create_vm(1)
+    step(lab)
+    assert trace(lab)[1:] == before[1:]   # the host's own share/unshare may leave a split table behind
+
+
+def test_insert_shadow_table_EEXIST_for_the_same_host_kvm(lab):
+    """Seed: "Check that a shadow hasn't been created before for this host KVM" (__exists_shadow) -> -EEXIST."""
+    vm = lab.host.create_vm(2)
+    h = lab.host
+    shadow, pgd = h.alloc_pages(1) * PAGE, h.alloc_pages(2, align=2) * PAGE
+    before = trace(lab)
+    expect_errno(errno.EEXIST, h.init_shadow, vm.host_kvm, shadow, vm.shadow_size, pgd)
+    step(lab)
+    assert trace(lab) == before
+
+
+def test_init_shadow_EINVAL_for_zero_vcpus(lab):
+    """Issue 4 on the seed's init: created_vcpus < 1 -> -EINVAL (nothing to shadow)."""
+    kvm, _, shadow, size, pgd = raw_host_vm(lab, 1, created_vcpus=0)
+    before = trace(lab)
+    expect_errno(errno.EINVAL, lab.host.init_shadow, kvm, shadow, size, pgd)
+    step(lab)
+    assert trace(lab) == before
+
+
+@pytest.mark.parametrize("delta", [-PAGE, PAGE, 8, -8, 1 << 40])
+def test_init_shadow_EINVAL_for_wrong_shadow_size(lab, delta):
+    """Seed: the shadow area must be exactly PAGE_ALIGN(sizeof(struct kvm_shadow_vm) + nr_vcpus *
+    sizeof(struct kvm_shadow_vcpu_state)); anything else -> -EINVAL."""
+    kvm, _, shadow, size, pgd = raw_host_vm(lab, 2)
+    before = trace(lab)
+    expect_errno(errno.EINVAL, lab.host.init_shadow, kvm, shadow, size + delta, pgd)
+    step(lab)
+    assert trace(lab) == before
+    assert lab.host.init_shadow(kvm, shadow, size, pgd) == HANDLE_OFFSET   # the right size works
+
+
+def test_shadow_size_matches_dwarf(lab):
+    """The host computes the seed's shadow size from DWARF sizes, and hyp records it in shadow_area_size."""
+    lay = host_layouts(lab.host)
+    vm = lab.host.create_vm(8)
+    expected = lay.shadow_vm_size + 8 * lay.shadow_vcpu_state_size
+    assert vm.shadow_size == (expected + PAGE - 1) // PAGE * PAGE
+    assert lab.hyp.shadow_table().by_handle(vm.handle).shadow_area_size == vm.shadow_size
+
+
+@pytest.mark.parametrize("handle", [0, 0xFFF, HANDLE_OFFSET + KVM_MAX_PVMS, "torn-down", "never-used", 0xFFFFFFFF])
+def test_find_shadow_by_handle_ENOENT_on_teardown(lab, handle):
+    """Seed, find_shadow_by_handle: shadow_idx = handle - HANDLE_OFFSET, unsigned, so a handle below 0x1000
+    wraps to a huge index; shadow_idx >= KVM_MAX_PVMS or an empty slot -> NULL -> -ENOENT."""
+    vm = lab.host.create_vm(2)
+    if handle == "torn-down":
+        other = lab.host.create_vm(1)
+        other.teardown()
+        handle = other.handle
+    elif handle == "never-used":
+        handle = HANDLE_OFFSET + 42
+    before = trace(lab)
+    expect_errno(errno.ENOENT, lab.host.teardown_shadow, handle)
+    step(lab)
+    assert trace(lab) == before
+    assert lab.hyp.shadow_table().by_handle(vm.handle) is not None
+
+
+def test_vmid_is_index_plus_one_and_handle_is_index_plus_HANDLE_OFFSET(lab):
+    """Seed: "VMID 0 is reserved for the host": vmid = next_shadow_alloc + 1; shadow_handle =
+    idx_to_shadow_handle(idx) = idx + HANDLE_OFFSET.  Read back from EL2 memory, not from Python."""
+    vms = [lab.host.create_vm(1 + i % 3) for i in range(6)]
+    vms[2].teardown()
+    vms.append(lab.host.create_vm(2))
+    t = lab.hyp.shadow_table()
+    assert len(t) == 6
+    for s in t.vms:
+        assert s.vmid == s.index + 1
+        assert s.handle == s.index + HANDLE_OFFSET
+    assert max(s.vmid for s in t.vms) == 7 and 0 not in {s.vmid for s in t.vms}
+    for vm in vms[:2] + vms[3:]:
+        s = t.by_handle(vm.handle)
+        assert (s.host_kvm, s.nr_vcpus, s.shadow_area, s.pgd) == (vm.host_kvm, vm.nr_vcpus, vm.shadow_va, vm.pgd)
+        assert s.host_vcpus == vm.vcpus
+        assert [v.vcpu_idx for v in s.vcpus] == list(range(vm.nr_vcpus))
+    assert "0x1000" in repr(t) and "<table>" in t._repr_html_()
+
+
+def test_host_cannot_read_the_donated_shadow_area_or_pgd(lab):
+    """Seed: the shadow area and the PGD are donated to hyp; a host load from either faults."""
+    vm = lab.host.create_vm(2)
+    for addr in (vm.shadow_va, vm.shadow_va + vm.shadow_size - 8, vm.pgd, vm.pgd + PAGE):
+        with pytest.raises(HostAccessFault):
+            lab.host.read_u64(addr)
+        step(lab)
+    vm.teardown()
+    assert lab.host.read_u64(vm.shadow_va) == 0      # given back zeroed
+    step(lab)
+
+
+def test_set_host_vcpus_pins_host_vcpus_until_teardown(lab):
+    """Seed, set_host_vcpus: hyp_pin_shared_mem(host_vcpu, host_vcpu + 1) for each vCPU, and
+    unpin_host_vcpus at teardown: while pinned, unsharing the page -> -EBUSY."""
+    vm = lab.host.create_vm(3)
+    for addr in (*vm.vcpus, vm.host_kvm):
+        expect_errno(errno.EBUSY, lab.host.unshare_hyp, addr // PAGE)
+        step(lab)
+    lab.host.teardown_shadow(vm.handle)
+    step(lab)
+    for addr in (*vm.vcpus, vm.host_kvm):
+        lab.host.unshare_hyp(addr // PAGE)       # unpinned: the host may take it back now
+        step(lab)
+
+
+def test_create_and_teardown_many_vms_leaks_nothing(lab):
+    """Seed: teardown undoes init: reclaim_guest_pages gives the PGD back, unpin_host_vcpus drops the pins,
+    the shadow area goes back.  After a warm-up cycle (which may leave split page tables), N more
+    cycles leave the pool count, every page's owner and state, and every pin exactly as they were."""
+    def cycle(n: int) -> None:
+        vms = [lab.host.create_vm(1 + i % 8) for i in range(n)]
+        for i, vm in enumerate(vms):
+            vm.donate(i * 513)
+        for vm in vms[::2] + vms[1::2]:
+            vm.teardown()
+
+    cycle(20)
+    step(lab)
+    before = trace(lab)
+    for _ in range(5):
+        cycle(20)
+        step(lab)
+    after = trace(lab)
+    assert after[0] == before[0], "hyp pool pages leaked"
+    assert after[1:3] == before[1:3], "a page changed owner or kept a pin"
+    assert after[3] == 0 and lab.host.vms == {}
+
+
+@pytest.mark.parametrize("case", ["second vcpu not shared", "pgd not owned", "pgd is hyp's", "shadow not owned",
+                                  "shadow is another vm's pgd", "vcpu pointer into the carve-out",
+                                  "vcpu pointer outside RAM", "kvm not shared"])
+def test_failed_init_leaves_no_trace(lab, case):
+    """Seed: every failure path in __pkvm_init_shadow unwinds what came before it (unpin_host_vcpus
+    on a failed pin, then the PGD and shadow area given back): same pool, owners, pins, slots."""
+    h = lab.host
+    other = h.create_vm(1)
+    share = (False, True, True) if case == "kvm not shared" else \
+        (True, True, False) if case == "second vcpu not shared" else None
+    kvm, vcpus, shadow, size, pgd = raw_host_vm(lab, 2, share=share)
+    want = errno.EBUSY if case.startswith(("second vcpu", "vcpu pointer")) else errno.EPERM
+    if case == "pgd not owned":
+        h.share_hyp(pgd // PAGE + 1)
+    elif case == "pgd is hyp's":
+        h.donate_hyp(pgd // PAGE, 2)
+    elif case == "shadow not owned":
+        h.share_hyp(shadow // PAGE)
+    elif case == "shadow is another vm's pgd":
+        shadow = other.pgd
+    elif case.startswith("vcpu pointer"):
+        bad = lab.core.ram_base + PAGE if "carve-out" in case else 0x1000
+        lay = host_layouts(h)
+        h.write_u64(kvm + lay.off["kvm.vcpus"][0] + 8, bad)
+    elif case == "kvm not shared":
+        want = errno.EPERM
+    step(lab)
+    before = trace(lab)
+    expect_errno(want, h.init_shadow, kvm, shadow, size, pgd)
+    step(lab)
+    assert trace(lab) == before
+    assert lab.hyp.shadow_table().by_handle(HANDLE_OFFSET + 1) is None
+
+
+HOSTILE = {
+    "misaligned kvm": lambda v: (v.kvm + 4, v.shadow, v.size, v.pgd),
+    "misaligned shadow": lambda v: (v.kvm, v.shadow + 8, v.size, v.pgd),
+    "pgd aligned to 4 KiB only": lambda v: (v.kvm, v.shadow, v.size, v.pgd + PAGE),
+    "kvm outside RAM": lambda v: (0x1000, v.shadow, v.size, v.pgd),
+    "kvm wraps": lambda v: ((1 << 64) - 8, v.shadow, v.size, v.pgd),
+    "shadow outside RAM": lambda v: (v.kvm, 1 << 40, v.size, v.pgd),
+    "shadow in hyp carve-out": lambda v: (v.kvm, v.ram, v.size, v.pgd),
+    "shadow at end of RAM": lambda v: (v.kvm, v.ram_end - PAGE, 2 * PAGE, v.pgd),
+    "pgd outside RAM": lambda v: (v.kvm, v.shadow, v.size, v.ram_end),
+    "shadow is kvm": lambda v: (v.kvm, v.kvm, v.size, v.pgd),
+    "shadow is a vcpu": lambda v: (v.kvm, v.vcpus[0], v.size, v.pgd),
+    "shadow overlaps pgd": lambda v: (v.kvm, v.pgd, v.size, v.pgd),
+    "kvm is a vcpu": lambda v: (v.vcpus[1], v.shadow, v.size, v.pgd),
+    "kvm is in the shadow": lambda v: (v.shadow, v.shadow, v.size, v.pgd),
+    "huge size": lambda v: (v.kvm, v.shadow, (1 << 64) - PAGE, v.pgd),
+    "all ones": lambda v: ((1 << 64) - 1,) * 4,
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_init_shadow_arguments_get_an_errno_never_a_panic(lab, case):
+    """Seed: "a malicious host could trigger this function": raw __pkvm_init_shadow arguments that are
+    misaligned, outside RAM, overlapping or not shared get an errno, leave no trace, and hyp lives on."""
+    kvm, vcpus, shadow, size, pgd = raw_host_vm(lab, 2)
+
+    class V:
+        pass
+    v = V()
+    v.kvm, v.vcpus, v.shadow, v.size, v.pgd = kvm, vcpus, shadow, size, pgd
+    v.ram, v.ram_end = lab.core.ram_base, lab.core.ram_base + lab.core.ram_size
+    before = trace(lab)
+    with pytest.raises(HypercallError) as e:
+        lab.host.init_shadow(*HOSTILE[case](v))
+    assert e.value.errno in (errno.EINVAL, errno.EPERM, errno.EBUSY, errno.ENOMEM)
+    step(lab)
+    assert trace(lab) == before
+    assert lab.host.init_shadow(kvm, shadow, size, pgd) == HANDLE_OFFSET
+
+
+def _drain_pool(lab: Lab, sink, target: int) -> None:
+    """Donate guest pages, each at a new 2 MiB of IPA (one new table), until the pool holds ``target`` pages."""
+    gfn = 0
+    while lab.hyp.pool().free_pages > target:
+        gfn += 512
+        try:
+            sink.donate(gfn)
+        except HypercallError as e:
+            assert e.errno == errno.ENOMEM
+            break
+
+
+def test_failed_init_gives_back_without_pool_pages(lab):
+    """Seed: the unwind of a failed init cannot itself fail.  With the pool nearly empty, the shadow-area
+    donation (splitting fresh tables) succeeds, the PGD's fails with -ENOMEM, and giving the shadow area
+    back must not need pool pages (it did, and hyp panicked in WARN_ON(__pkvm_hyp_donate_host))."""
+    h = lab.host
+    sink = h.create_vm(1)
+    _drain_pool(lab, sink, 9)
+    assert lab.hyp.pool().free_pages == 9
+    lay = host_layouts(h)
+    far = h.alloc_pages(1024, align=512)        # 4 MiB no table covers yet: donating there splits
+    kvm, vcpu = h.alloc_pages(1) * PAGE, h.alloc_pages(1) * PAGE
+    write_kvm(h, lay, kvm, 1, (vcpu,))
+    write_vcpu(h, lay, vcpu, kvm, 0)
+    h.share_hyp(kvm // PAGE)
+    h.share_hyp(vcpu // PAGE)
+    before = trace(lab)
+    expect_errno(errno.ENOMEM, h.init_shadow, kvm, far * PAGE, PAGE, (far + 512) * PAGE)
+    step(lab)
+    assert trace(lab) == before
+
+
+def test_teardown_does_not_need_pool_pages(lab):
+    """Seed: __pkvm_teardown_shadow only fails for an unknown handle; with the pool drained below what a
+    page-table change may need, tearing down a VM without guest pages still gives everything back."""
+    h = lab.host
+    victim = h.create_vm(2)
+    sink = h.create_vm(1)
+    _drain_pool(lab, sink, 0)
+    assert lab.hyp.pool().free_pages < 8
+    h.teardown_shadow(victim.handle)          # raw: the host's own unshares come after, and need the pool
+    step(lab)
+    assert lab.hyp.shadow_table().by_handle(victim.handle) is None
+    for addr in (victim.shadow_va, victim.pgd, victim.pgd + PAGE):
+        assert h.read_u64(addr) == 0
+    sink.teardown()
+    step(lab)
+    for addr in (victim.host_kvm, *victim.vcpus):
+        h.unshare_hyp(addr // PAGE)           # no longer pinned
+    step(lab)
