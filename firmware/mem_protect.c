@@ -198,15 +198,54 @@ int __pkvm_host_donate_hyp(u64 pfn, u64 nr_pages)
 	return 0;
 }
 
+/* A change of exactly [addr, addr + size) splits a block only if a leaf at either end sticks out. */
+static bool range_needs_split(struct kvm_pgtable *pgt, u64 addr, u64 size)
+{
+	u32 level;
+
+	kvm_pgtable_get_leaf(pgt, addr, &level);
+	if (!IS_ALIGNED(addr, PGT_GRANULE(level)))
+		return true;
+	kvm_pgtable_get_leaf(pgt, addr + size - 1, &level);
+	return !IS_ALIGNED(addr + size, PGT_GRANULE(level));
+}
+
+/* Every page of [addr, addr + size) is annotated in the host stage-2 as @owner's. */
+static int host_check_owner_range(u64 addr, u64 size, enum pkvm_component_id owner)
+{
+	u64 end = addr + size;
+
+	while (addr < end) {
+		u32 level;
+		kvm_pte_t pte = kvm_pgtable_get_leaf(&host_mmu.pgt, addr, &level);
+
+		if (kvm_pte_valid(pte) || !pte || kvm_pte_owner(pte) != owner)
+			return -EPERM;
+		addr = (addr & ~(PGT_GRANULE(level) - 1)) + PGT_GRANULE(level);
+	}
+	return 0;
+}
+
+static bool range_overlaps_carveout(u64 addr, u64 size)
+{
+	return addr < hyp_memory.hyp_end && addr + size > hyp_memory.hyp_start;
+}
+
 static int check_hyp_donate_host(u64 addr, u64 size)
 {
 	int ret = __hyp_check_page_state_range(addr, size, PKVM_PAGE_OWNED);
 
+	/* Only what the host stage-2 records as hyp's may move, not a guest's page. */
 	if (!ret)
-		ret = check_page_state_range(&host_mmu.pgt, addr, size, host_get_page_state, PKVM_NOPAGE);
-	if (!ret && addr_is_hyp_carveout(addr))
+		ret = host_check_owner_range(addr, size, PKVM_ID_HYP);
+	if (!ret && range_overlaps_carveout(addr, size))
 		ret = -EPERM;	/* the carve-out itself never goes to the host */
-	if (!ret)
+	/*
+	 * Giving back exactly what was donated splits nothing, so it must not
+	 * depend on the pool: teardown and init's unwind cannot fail.
+	 */
+	if (!ret && (range_needs_split(&hyp_pgtable, addr, size) ||
+		     range_needs_split(&host_mmu.pgt, addr, size)))
 		ret = check_pool_for_two_tables();
 	return ret;
 }
@@ -238,6 +277,9 @@ int hyp_pin_shared_mem(void *from, void *to)
 	ret = __host_check_page_state_range(start, end - start, PKVM_PAGE_SHARED_OWNED);
 	if (!ret)
 		ret = __hyp_check_page_state_range(start, end - start, PKVM_PAGE_SHARED_BORROWED);
+	for (u64 p = start; !ret && p < end; p += PAGE_SIZE)
+		if (hyp_phys_to_page(p)->refcount == (u16)~0)
+			ret = -EBUSY;	/* one more pin would wrap the count */
 	if (ret)
 		return ret;
 	for (u64 p = start; p < end; p += PAGE_SIZE)

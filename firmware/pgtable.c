@@ -78,44 +78,78 @@ static bool block_ok(const struct pgt_leaf *leaf, u64 offset, u32 level)
 	return !leaf->valid || IS_ALIGNED(leaf->phys + offset, PGT_GRANULE(level));
 }
 
+/* One range change in progress: what to write, and what the TLB must forget after. */
+struct pgt_update {
+	struct kvm_pgtable *pgt;
+	const struct pgt_leaf *leaf;
+	u64 range_start;
+	bool flush;	/* a valid translation (or a table walks may cache) changed */
+};
+
+/*
+ * A table below the top level counts its non-zero entries in its page's
+ * refcount (1 + entries, as upstream's page_count()), so "is it empty now?"
+ * costs one load instead of a scan of 512 entries.
+ */
+static void set_pte(struct pgt_update *u, kvm_pte_t *table, u32 level, kvm_pte_t *ptep, kvm_pte_t new)
+{
+	kvm_pte_t old = *ptep;
+
+	if (level != u->pgt->start_level && !old != !new) {
+		struct hyp_page *p = hyp_virt_to_page(table);
+
+		p->refcount = new ? p->refcount + 1 : p->refcount - 1;
+	}
+	/*
+	 * Only a valid entry can be in the TLB, and SW0/SW1 (pKVM's page state)
+	 * mean nothing to the MMU: making an entry valid, or changing only its
+	 * state bits, needs no invalidation (share and lazy mapping stay cheap).
+	 */
+	if (kvm_pte_valid(old) && ((old ^ new) & ~PKVM_PAGE_STATE_PROT_MASK))
+		u->flush = true;
+	WRITE_ONCE(*ptep, new);
+}
+
+static bool table_empty(kvm_pte_t *table)
+{
+	return hyp_page_count(table) == 1;
+}
+
+/* Drop a whole subtree: its entries are not counted down one by one. */
 static void free_table(kvm_pte_t *table, u32 level)
 {
 	for (u32 i = 0; i < PGT_ENTRIES; i++)
 		if (kvm_pte_table(table[i], level))
 			free_table(kvm_pte_follow(table[i]), level + 1);
+	hyp_virt_to_page(table)->refcount = 1;
 	hyp_put_page(table);
 }
 
-static bool table_empty(kvm_pte_t *table)
-{
-	for (u32 i = 0; i < PGT_ENTRIES; i++)
-		if (table[i])
-			return false;
-	return true;
-}
-
 /* Replace a block (or invalid entry) by a table of 512 entries that say the same. */
-static kvm_pte_t *split_entry(kvm_pte_t *ptep, u32 level)
+static kvm_pte_t *split_entry(struct pgt_update *u, kvm_pte_t *parent, u32 level, kvm_pte_t *ptep)
 {
 	kvm_pte_t pte = *ptep, *table = hyp_alloc_pages();
 	u64 step = PGT_GRANULE(level + 1);
 
 	BUG_ON(!table);	/* callers reserve PGT_MAX_NEW_TABLES first */
-	for (u32 i = 0; i < PGT_ENTRIES; i++) {
-		if (!kvm_pte_valid(pte))
-			table[i] = pte;
-		else if (level + 1 == PGT_LAST_LEVEL)
-			table[i] = (pte + i * step) | KVM_PTE_TYPE;
-		else
-			table[i] = pte + i * step;
+	/* A pool page comes zeroed: an empty entry splits into an empty table as it is. */
+	if (pte) {
+		for (u32 i = 0; i < PGT_ENTRIES; i++) {
+			if (!kvm_pte_valid(pte))
+				table[i] = pte;
+			else if (level + 1 == PGT_LAST_LEVEL)
+				table[i] = (pte + i * step) | KVM_PTE_TYPE;
+			else
+				table[i] = pte + i * step;
+		}
+		hyp_virt_to_page(table)->refcount += PGT_ENTRIES;
 	}
 	dsb(ishst);
-	WRITE_ONCE(*ptep, hyp_pa(table) | KVM_PTE_TYPE | KVM_PTE_VALID);
+	set_pte(u, parent, level, ptep, hyp_pa(table) | KVM_PTE_TYPE | KVM_PTE_VALID);
 	return table;
 }
 
-static void set_range(struct kvm_pgtable *pgt, kvm_pte_t *table, u32 level,
-		      u64 addr, u64 end, u64 range_start, const struct pgt_leaf *leaf)
+static void set_range(struct pgt_update *u, kvm_pte_t *table, u32 level, u64 addr, u64 end)
 {
 	u64 granule = PGT_GRANULE(level);
 
@@ -123,22 +157,22 @@ static void set_range(struct kvm_pgtable *pgt, kvm_pte_t *table, u32 level,
 		u64 entry_start = addr & ~(granule - 1);
 		u64 entry_end = entry_start + granule;
 		u64 hi = end < entry_end ? end : entry_end;
-		kvm_pte_t *ptep = &table[pgt_index(pgt, addr, level)];
+		u64 offset = addr - u->range_start;
+		kvm_pte_t *ptep = &table[pgt_index(u->pgt, addr, level)];
 		kvm_pte_t pte = *ptep;
 
-		if (addr == entry_start && hi == entry_end &&
-		    block_ok(leaf, addr - range_start, level)) {
+		if (addr == entry_start && hi == entry_end && block_ok(u->leaf, offset, level)) {
 			/* The whole entry takes the new value; whatever table was below goes. */
-			WRITE_ONCE(*ptep, leaf_pte(leaf, addr - range_start, level));
+			set_pte(u, table, level, ptep, leaf_pte(u->leaf, offset, level));
 			if (kvm_pte_table(pte, level))
 				free_table(kvm_pte_follow(pte), level + 1);
 		} else {
 			kvm_pte_t *child = kvm_pte_table(pte, level) ? kvm_pte_follow(pte)
-								     : split_entry(ptep, level);
+								     : split_entry(u, table, level, ptep);
 
-			set_range(pgt, child, level + 1, addr, hi, range_start, leaf);
+			set_range(u, child, level + 1, addr, hi);
 			if (table_empty(child)) {
-				WRITE_ONCE(*ptep, 0);
+				set_pte(u, table, level, ptep, 0);
 				hyp_put_page(child);
 			}
 		}
@@ -146,13 +180,26 @@ static void set_range(struct kvm_pgtable *pgt, kvm_pte_t *table, u32 level,
 	}
 }
 
-static void tlb_flush(struct kvm_pgtable *pgt)
+/* Up to this many pages, invalidating hyp VAs one by one beats flushing all of EL2. */
+#define TLBI_VA_MAX_PAGES	16
+
+/*
+ * QEMU (like hardware without VMID-tagged walks) keeps no stage-2-only
+ * entries, so stage 2 is flushed for the whole current VMID.  Callers that
+ * change a table other than the live one (a guest's, before it runs) get
+ * more flushing than they need, never less.
+ */
+static void tlb_flush(struct kvm_pgtable *pgt, u64 addr, u64 size)
 {
 	dsb(ishst);
-	if (pgt->stage2)
+	if (pgt->stage2) {
 		asm volatile("tlbi vmalls12e1is" : : : "memory");
-	else
+	} else if (size <= TLBI_VA_MAX_PAGES * PAGE_SIZE) {
+		for (u64 va = addr; va < addr + size; va += PAGE_SIZE)
+			asm volatile("tlbi vae2is, %0" : : "r"(va >> PAGE_SHIFT) : "memory");
+	} else {
 		asm volatile("tlbi alle2is" : : : "memory");
+	}
 	dsb(ish);
 	isb();
 }
@@ -163,12 +210,15 @@ static void tlb_flush(struct kvm_pgtable *pgt)
  */
 int kvm_pgtable_set_range(struct kvm_pgtable *pgt, u64 addr, u64 size, const struct pgt_leaf *leaf)
 {
+	struct pgt_update u = { .pgt = pgt, .leaf = leaf, .range_start = addr };
+
 	if (!size || !IS_ALIGNED(addr | size, PAGE_SIZE) || addr + size < addr ||
 	    addr + size > (1UL << pgt->ia_bits))
 		return -EINVAL;
 
-	set_range(pgt, pgt->pgd, pgt->start_level, addr, addr + size, addr, leaf);
-	tlb_flush(pgt);
+	set_range(&u, pgt->pgd, pgt->start_level, addr, addr + size);
+	if (u.flush)
+		tlb_flush(pgt, addr, size);
 	return 0;
 }
 
@@ -239,5 +289,5 @@ void kvm_pgtable_destroy_tables(struct kvm_pgtable *pgt)
 			free_table(kvm_pte_follow(pgt->pgd[i]), pgt->start_level + 1);
 		pgt->pgd[i] = 0;
 	}
-	tlb_flush(pgt);
+	tlb_flush(pgt, 0, 1UL << pgt->ia_bits);
 }

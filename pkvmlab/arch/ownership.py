@@ -1,0 +1,119 @@
+"""pKVM's ownership transitions, written once as data.
+
+Each transition moves every page of its range from one pair of states to another: the *initiator*
+(the component that asks) goes ``initiator_from -> initiator_to`` and the *completer* (the other
+side) goes ``completer_from -> completer_to``; a donation also moves the ownership.  The firmware
+(``firmware/mem_protect.c``) implements exactly these; the tests check the firmware against this
+table page by page, the invariant checker and the diagrams read it too.
+
+Owner ids and page states themselves live in :mod:`pkvmlab.arch.pgtable`.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, replace
+
+from pkvmlab.arch.pgtable import STATE_NAMES, Owner, PageState
+
+OWNED, SHARED_OWNED, SHARED_BORROWED, NOPAGE = (PageState.OWNED, PageState.SHARED_OWNED,
+                                                PageState.SHARED_BORROWED, PageState.NOPAGE)
+HOST, HYP, GUEST = Owner.HOST, Owner.HYP, Owner.GUEST
+
+
+@dataclass(frozen=True)
+class PageView:
+    """One page as pKVM sees it: its owner, each component's state of it, and hyp's pins on it."""
+
+    owner: Owner
+    host: PageState
+    hyp: PageState
+    guest: PageState = NOPAGE
+    pins: int = 0
+
+    def state(self, who: Owner) -> PageState:
+        return getattr(self, who.name.lower())
+
+    def with_state(self, who: Owner, state: PageState) -> PageView:
+        return replace(self, **{who.name.lower(): state})
+
+    def __str__(self) -> str:
+        pins = f", {self.pins} pin(s)" if self.pins else ""
+        return (f"owner {self.owner.name}, host {STATE_NAMES[self.host]}, hyp {STATE_NAMES[self.hyp]}"
+                + (f", guest {STATE_NAMES[self.guest]}" if self.guest != NOPAGE else "") + pins)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a call does to a page: the errno it returns (0 on success) and the page afterwards.
+
+    ``bug`` marks a hyp-internal caller error the firmware refuses with ``BUG()`` (a hyp panic),
+    never reachable from a host hypercall.
+    """
+
+    errno: int
+    after: PageView
+    bug: bool = False
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One call's effect on each page of its range (pKVM's ``struct pkvm_mem_transition``)."""
+
+    call: str                 # the firmware function, by pKVM's name
+    initiator: Owner
+    completer: Owner
+    initiator_from: PageState
+    initiator_to: PageState
+    completer_from: PageState
+    completer_to: PageState
+    donate: bool = False      # ownership moves from initiator to completer
+    hypercall: bool = True    # reachable by a host HVC; else hyp-internal only
+    pins: int = 0             # change in hyp's pin count on the page
+    refused_while_pinned: bool = False
+    doc: str = ""
+
+    def outcome(self, page: PageView) -> Outcome:
+        """The errno this call returns for ``page`` and the page afterwards, as the firmware must do it."""
+        if self.pins < 0 and page.pins < -self.pins:
+            return Outcome(0, page, bug=True)   # unpinning what was never pinned
+        if (page.state(self.initiator) != self.initiator_from
+                or page.state(self.completer) != self.completer_from):
+            return Outcome(errno.EPERM, page)
+        if self.refused_while_pinned and page.pins:
+            return Outcome(errno.EBUSY, page)
+        after = page.with_state(self.initiator, self.initiator_to).with_state(self.completer, self.completer_to)
+        after = replace(after, pins=page.pins + self.pins)
+        if self.donate:
+            after = replace(after, owner=self.completer)
+        return Outcome(0, after)
+
+    def __str__(self) -> str:
+        return (f"{self.call}: {self.initiator.name} {self.initiator_from.name} -> {self.initiator_to.name}, "
+                f"{self.completer.name} {self.completer_from.name} -> {self.completer_to.name}"
+                + (", ownership moves" if self.donate else "") + (f", pins {self.pins:+d}" if self.pins else ""))
+
+
+TRANSITIONS: tuple[Transition, ...] = (
+    Transition("__pkvm_host_share_hyp", HOST, HYP, OWNED, SHARED_OWNED, NOPAGE, SHARED_BORROWED,
+               doc="the host lends a page to hyp; both can touch it"),
+    Transition("__pkvm_host_unshare_hyp", HOST, HYP, SHARED_OWNED, OWNED, SHARED_BORROWED, NOPAGE,
+               refused_while_pinned=True, doc="the host takes a lent page back, unless hyp has pinned it"),
+    Transition("__pkvm_host_donate_hyp", HOST, HYP, OWNED, NOPAGE, NOPAGE, OWNED, donate=True,
+               doc="the host gives pages to hyp for good; it can no longer touch them"),
+    Transition("__pkvm_hyp_donate_host", HYP, HOST, OWNED, NOPAGE, NOPAGE, OWNED, donate=True, hypercall=False,
+               doc="hyp gives pages back (teardown, reclaim); the host maps them again on its next touch"),
+    Transition("hyp_pin_shared_mem", HYP, HOST, SHARED_BORROWED, SHARED_BORROWED, SHARED_OWNED, SHARED_OWNED,
+               hypercall=False, pins=+1, doc="hyp keeps a borrowed page from being unshared while it uses it"),
+    Transition("hyp_unpin_shared_mem", HYP, HOST, SHARED_BORROWED, SHARED_BORROWED, SHARED_OWNED, SHARED_OWNED,
+               hypercall=False, pins=-1, doc="hyp is done with a pinned page"),
+)
+
+TRANSITION: dict[str, Transition] = {t.call: t for t in TRANSITIONS}
+
+
+def initial_page(owner: Owner) -> PageView:
+    """A page right after boot: the host owns all of RAM but hyp's carve-out."""
+    if owner == HYP:
+        return PageView(HYP, host=NOPAGE, hyp=OWNED)
+    return PageView(HOST, host=OWNED, hyp=NOPAGE)

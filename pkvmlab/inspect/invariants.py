@@ -1,0 +1,139 @@
+"""What must hold of every ownership snapshot, whatever the host did: pKVM's memory invariants.
+
+``check_invariants(snapshot)`` returns every violation (an empty list when all is well), one per
+run of consecutive pages broken the same way, each with a one-sentence message.  Like the
+Cambridge ghost specification's checks, it works on the abstract state (who owns what, who maps
+what) read back from the page tables, not on anything the firmware says about itself.
+
+The rules, per page of RAM:
+- ``owner``: exactly one component owns it (OWNED or SHARED_OWNED in its table; a page annotated
+  for a component whose table is not in the snapshot counts as that component's);
+- ``share``: SHARED_OWNED on one side if and only if SHARED_BORROWED on another;
+- ``host-mapped``: the host stage-2 maps it only if the host owns it and nobody else does, or
+  borrows it from the component that shares it, and it maps it at its own address;
+- ``hyp-mapped``: hyp's stage-1 maps it only if hyp owns it (the host stage-2 records it as hyp's)
+  or borrows it, and only RAM;
+- ``carveout``: every page of the hypervisor's carve-out is owned by hyp and mapped by hyp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pkvmlab.arch.pgtable import Owner, PageState
+from pkvmlab.inspect.ownership import Ownership, owner_name
+
+KINDS = ("owner", "share", "host-mapped", "hyp-mapped", "carveout")
+OWNED, SHARED_OWNED, SHARED_BORROWED, NOPAGE = (PageState.OWNED, PageState.SHARED_OWNED,
+                                                PageState.SHARED_BORROWED, PageState.NOPAGE)
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken invariant over the pages [start_pfn, start_pfn + nr_pages)."""
+
+    kind: str
+    start_pfn: int
+    nr_pages: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.kind}] {self.message}"
+
+
+def _pages(start: int, n: int) -> str:
+    return f"page {start:#x}" if n == 1 else f"pages {start:#x}-{start + n - 1:#x} ({n} pages)"
+
+
+def _signature(snap: Ownership) -> np.ndarray:
+    """Per page, a number that changes wherever owner, a state, a mapping or an annotation does."""
+    sig = snap.owner.astype(np.int64)
+    for s in snap.sides.values():
+        sig = (sig << 12) | (s.state.astype(np.int64) << 9) | (s.mapped.astype(np.int64) << 8) | s.annotation
+    return sig
+
+
+def _runs(snap: Ownership, kind: str, bad: np.ndarray, why, sig: np.ndarray) -> list[Violation]:
+    """One Violation per run of consecutive pages broken alike; ``why(i)`` words the problem at index i."""
+    idx = np.flatnonzero(bad)
+    if not len(idx):
+        return []
+    starts = np.concatenate(([0], np.flatnonzero((np.diff(idx) != 1) | (np.diff(sig[idx]) != 0)) + 1))
+    ends = np.append(starts[1:], len(idx))
+    out = []
+    for a, b in zip(starts, ends):
+        i, n = int(idx[a]), int(b - a)
+        out.append(Violation(kind, snap.start_pfn + i, n, f"{_pages(snap.start_pfn + i, n)}: {why(i)}."))
+    return out
+
+
+def _states(snap: Ownership, i: int) -> str:
+    return ", ".join(f"{s.name} says {PageState(int(s.state[i])).name}"
+                     + (" (mapped)" if s.mapped[i] else "") for s in snap.sides.values())
+
+
+def check_invariants(snap: Ownership) -> list[Violation]:
+    """Every violation of pKVM's ownership invariants in ``snap`` (empty when the state is sound)."""
+    host, sides = snap.host, list(snap.sides.values())
+    others = [s for s in sides if s is not host]
+    out: list[Violation] = []
+    sig = _signature(snap)
+
+    # owner: claims from each walked table, plus annotations for components not walked (guests for now).
+    walked = {int(s.owner_id) for s in sides}
+    claims = sum((np.isin(s.state, (OWNED, SHARED_OWNED))).astype(np.int8) for s in sides)
+    unwalked = host.annotated & ~np.isin(host.annotation, list(walked))
+    claims = claims + unwalked
+    unknown = host.annotated & ~np.isin(host.annotation, [int(o) for o in Owner])
+
+    def why_owner(i: int) -> str:
+        if unknown[i]:
+            return f"the host stage-2 names {owner_name(int(host.annotation[i]))} as the owner"
+        return (f"owned by {'no component' if claims[i] == 0 else f'{claims[i]} components'} "
+                f"({_states(snap, i)}" + (f", annotated {owner_name(int(host.annotation[i]))}" if host.annotated[i]
+                                          else "") + ")")
+    out += _runs(snap, "owner", (claims != 1) | unknown, why_owner, sig)
+
+    # share: one lender iff at least one borrower.
+    lenders = sum((s.state == SHARED_OWNED).astype(np.int8) for s in sides)
+    borrowers = sum((s.state == SHARED_BORROWED).astype(np.int8) for s in sides)
+    out += _runs(snap, "share", (lenders > 1) | ((lenders == 1) != (borrowers >= 1)),
+                 lambda i: f"a shared page needs one SHARED_OWNED side and a SHARED_BORROWED one, but {_states(snap, i)}", sig)
+
+    # host-mapped: only what the host owns alone, or borrows from the lender, at its own address.
+    other_claims = sum((np.isin(s.state, (OWNED, SHARED_OWNED))).astype(np.int8) for s in others)
+    other_lends = sum((s.state == SHARED_OWNED).astype(np.int8) for s in others)
+    host_may = ((np.isin(host.state, (OWNED, SHARED_OWNED)) & (other_claims == 0))
+                | ((host.state == SHARED_BORROWED) & (other_lends == 1)))
+    out += _runs(snap, "host-mapped", host.mapped & ~host_may,
+                 lambda i: f"the host stage-2 maps a page the host neither owns nor borrows ({_states(snap, i)}, "
+                           f"owner {owner_name(int(snap.owner[i]))})", sig)
+    for lf in host.remapped + host.outside_ram:
+        out.append(Violation("host-mapped", lf.addr >> 12, lf.size >> 12,
+                             f"the host stage-2 maps IPA {lf.addr:#x} to PA {lf.phys:#x}: the host's map must be "
+                             "the identity, over RAM only."))
+
+    # hyp-mapped: only what the host stage-2 records as hyp's, or what hyp borrows / lends.
+    hyp = snap.hyp
+    recorded_hyp = host.annotated & (host.annotation == Owner.HYP)
+    host_lends = host.state == SHARED_OWNED
+    hyp_may = (((hyp.state == OWNED) & recorded_hyp)
+               | ((hyp.state == SHARED_BORROWED) & host_lends)
+               | ((hyp.state == SHARED_OWNED) & (host.state == SHARED_BORROWED)))
+    out += _runs(snap, "hyp-mapped", hyp.mapped & ~hyp_may,
+                 lambda i: f"hyp's stage-1 maps a page hyp neither owns nor borrows ({_states(snap, i)}, "
+                           f"owner {owner_name(int(snap.owner[i]))})", sig)
+    for lf in hyp.outside_ram:
+        out.append(Violation("hyp-mapped", lf.addr >> 12, lf.size >> 12,
+                             f"hyp's stage-1 maps VA {lf.addr:#x} to PA {lf.phys:#x}, outside RAM."))
+
+    # carveout: hyp's own memory is hyp's, mapped by hyp, and never the host's.
+    lo, hi = ((a - snap.ram_start) >> 12 for a in snap.carveout)
+    bad = np.zeros(snap.nr_pages, bool)
+    bad[lo:hi] = ~(recorded_hyp[lo:hi] & (hyp.state[lo:hi] == OWNED) & hyp.mapped[lo:hi])
+    out += _runs(snap, "carveout", bad,
+                 lambda i: f"the hypervisor's carve-out must be owned and mapped by hyp alone, but {_states(snap, i)}, "
+                           f"owner {owner_name(int(snap.owner[i]))}", sig)
+    return out

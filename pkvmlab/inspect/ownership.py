@@ -1,0 +1,422 @@
+"""Who owns every page of RAM, read from the hypervisor's own page tables in emulated memory.
+
+pKVM keeps ownership *in* the page tables: a page the host owns is mapped (or not yet mapped) in
+the host stage-2, a page given away is an invalid host stage-2 entry annotated with its owner's
+id, and SW0/SW1 of a valid leaf hold the page state.  ``read_ownership(hyp)`` walks the host
+stage-2 and the hyp stage-1 with the debugger (``core.phys``), blocks as blocks, so its cost
+grows with the number of mappings, not with the size of RAM, and decodes them into one array per
+page of RAM.  Nothing here keeps a Python-side copy of the state or runs code on the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from html import escape
+
+import numpy as np
+
+from pkvmlab.arch import pgtable as pt
+from pkvmlab.arch.ownership import PageView
+from pkvmlab.arch.pgtable import OWNER_NAMES, STATE_NAMES, Owner, PageState
+
+NO_OWNER = 0xFF          # a page nobody can be found to own (only in a broken state)
+_OWNED_STATES = (PageState.OWNED, PageState.SHARED_OWNED)
+_COLOURS = {Owner.HOST: "#cfe8ff", Owner.HYP: "#ffd7a8", Owner.GUEST: "#d4f5c9"}
+
+
+def owner_name(owner: int) -> str:
+    return OWNER_NAMES[Owner(owner)] if owner in Owner._value2member_map_ else (
+        "no owner" if owner == NO_OWNER else f"unknown owner {owner}")
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One non-empty descriptor that decides a range: a valid block/page, or an annotated invalid entry."""
+
+    stage: int
+    addr: int        # input address: IPA (stage 2) or hyp VA (stage 1)
+    level: int
+    pte: int
+    ptep: int        # physical address of the descriptor itself
+
+    @property
+    def size(self) -> int:
+        return pt.granule(self.level)
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.pte & pt.VALID)
+
+    @property
+    def phys(self) -> int | None:
+        return self.pte & pt.ADDR_MASK & ~(self.size - 1) if self.valid else None
+
+    @property
+    def descriptor(self) -> pt.Descriptor:
+        return pt.Descriptor(self.pte, self.level, self.stage)
+
+    def __str__(self) -> str:
+        return f"{self.addr:#x}+{self.size >> 10}K L{self.level} @{self.ptep:#x}: {self.descriptor.words()}"
+
+
+@dataclass(frozen=True, eq=False)
+class StageView:
+    """One component's page table decoded per page of RAM (index = pfn - first pfn of RAM).
+
+    A valid leaf counts for the page it *outputs* to; an invalid annotated entry for the page at its
+    input address (the host stage-2 is an identity map, so the two agree unless something is wrong).
+    """
+
+    name: str
+    owner_id: Owner
+    stage: int
+    state: np.ndarray        # uint8 PageState
+    mapped: np.ndarray       # bool: a valid leaf maps the page
+    annotation: np.ndarray   # uint8 owner id of an annotated invalid entry (0 elsewhere)
+    annotated: np.ndarray    # bool
+    level: np.ndarray        # uint8 level of the non-empty descriptor that decides the page, 0 if none
+    nr_tables: int           # tables below the top level (pages taken from the hyp pool)
+    table_pages: tuple[int, ...]
+    _leaves: tuple[np.ndarray, ...] = field(repr=False)   # addr, pte, level, ptep of every non-empty leaf
+    outside_ram: tuple[Leaf, ...] = ()                      # valid leaves that output outside RAM
+    remapped: tuple[Leaf, ...] = ()                         # valid leaves whose output != input
+
+    @property
+    def nr_leaves(self) -> int:
+        return len(self._leaves[0])
+
+    def leaves(self) -> list[Leaf]:
+        """Every valid leaf and annotated invalid entry, in input-address order."""
+        a, p, lv, pp = self._leaves
+        return [Leaf(self.stage, int(x), int(y), int(z), int(w)) for x, z, y, w in zip(a, p, lv, pp)]
+
+    def leaf(self, addr: int) -> Leaf | None:
+        """The non-empty descriptor that decides input address ``addr`` (None: empty)."""
+        a, p, lv, pp = self._leaves
+        i = int(np.searchsorted(a, addr, side="right")) - 1
+        if i >= 0 and addr < int(a[i]) + pt.granule(int(lv[i])):
+            return Leaf(self.stage, int(a[i]), int(lv[i]), int(p[i]), int(pp[i]))
+        return None
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    """Everything the snapshot knows about one page."""
+
+    pfn: int
+    owner: int
+    host: PageState
+    hyp: PageState
+    pins: int
+    host_mapped: bool
+    hyp_mapped: bool
+    host_level: int
+    hyp_level: int
+    pool: bool
+
+    @property
+    def view(self) -> PageView:
+        """The page in the terms of :mod:`pkvmlab.arch.ownership` (to compare with a transition)."""
+        return PageView(Owner(self.owner) if self.owner in Owner._value2member_map_ else self.owner,
+                        self.host, self.hyp, pins=self.pins)
+
+    def __str__(self) -> str:
+        def where(mapped: bool, level: int) -> str:
+            return f"mapped L{level}" if mapped else (f"annotated L{level}" if level else "unmapped")
+        return (f"pfn {self.pfn:#x}: {owner_name(self.owner)}; host {STATE_NAMES[self.host]} "
+                f"({where(self.host_mapped, self.host_level)}), hyp {STATE_NAMES[self.hyp]} "
+                f"({where(self.hyp_mapped, self.hyp_level)})" + (f", {self.pins} pin(s)" if self.pins else "")
+                + (", hyp pool" if self.pool else ""))
+
+
+@dataclass(frozen=True)
+class Range:
+    """A run of pages with the same owner and the same host and hyp states, [start_pfn, end_pfn)."""
+
+    start_pfn: int
+    end_pfn: int
+    owner: int
+    host: PageState
+    hyp: PageState
+
+    @property
+    def nr_pages(self) -> int:
+        return self.end_pfn - self.start_pfn
+
+    def __str__(self) -> str:
+        return (f"{self.start_pfn << 12:#012x}-{self.end_pfn << 12:#012x} {self.nr_pages:>7} pages  "
+                f"{owner_name(self.owner):<14} host {self.host.name:<15} hyp {self.hyp.name}")
+
+
+@dataclass(frozen=True, eq=False)
+class Ownership:
+    """A frozen snapshot of who owns each page of RAM, as the hypervisor's page tables say.
+
+    ``sides`` holds one :class:`StageView` per component whose table was walked (``"host"``,
+    ``"hyp"``; a later issue adds guests).  ``owner`` is the owner as the host stage-2 records it.
+    """
+
+    ram_start: int
+    nr_pages: int
+    carveout: tuple[int, int]
+    owner: np.ndarray        # uint8 owner id, NO_OWNER if nobody
+    pins: np.ndarray         # uint16 hyp's pins on a shared host page
+    pool: np.ndarray         # bool: a hyp pool page
+    pool_free: int
+    pool_pages: int
+    sides: dict[str, StageView]
+
+    @property
+    def host(self) -> StageView:
+        return self.sides["host"]
+
+    @property
+    def hyp(self) -> StageView:
+        return self.sides["hyp"]
+
+    @property
+    def start_pfn(self) -> int:
+        return self.ram_start >> pt.PAGE_SHIFT
+
+    def index(self, pfn: int) -> int:
+        i = pfn - self.start_pfn
+        if not 0 <= i < self.nr_pages:
+            raise IndexError(f"pfn {pfn:#x} is outside RAM [{self.start_pfn:#x}, {self.start_pfn + self.nr_pages:#x})")
+        return i
+
+    def page(self, pfn: int) -> PageInfo:
+        i = self.index(pfn)
+        h, y = self.host, self.hyp
+        return PageInfo(pfn, int(self.owner[i]), PageState(int(h.state[i])), PageState(int(y.state[i])),
+                        int(self.pins[i]), bool(h.mapped[i]), bool(y.mapped[i]), int(h.level[i]), int(y.level[i]),
+                        bool(self.pool[i]))
+
+    def ranges(self) -> list[Range]:
+        """Runs of pages with equal owner, host state and hyp state, in address order."""
+        key = (self.owner.astype(np.uint32) << 16) | (self.host.state.astype(np.uint32) << 8) | self.hyp.state
+        starts = np.concatenate(([0], np.flatnonzero(key[1:] != key[:-1]) + 1))
+        ends = np.append(starts[1:], self.nr_pages)
+        s0 = self.start_pfn
+        return [Range(s0 + int(a), s0 + int(b), int(self.owner[a]), PageState(int(self.host.state[a])),
+                      PageState(int(self.hyp.state[a]))) for a, b in zip(starts, ends)]
+
+    def owner_counts(self) -> dict[str, int]:
+        """Pages per owner, by pKVM's name."""
+        ids, n = np.unique(self.owner, return_counts=True)
+        return {owner_name(int(i)): int(c) for i, c in zip(ids, n)}
+
+    def state_counts(self, side: str = "host") -> dict[str, int]:
+        """Pages per page state in one component's table."""
+        ids, n = np.unique(self.sides[side].state, return_counts=True)
+        return {STATE_NAMES[PageState(int(i))]: int(c) for i, c in zip(ids, n)}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {"owner": self.owner_counts(), **{s: self.state_counts(s) for s in self.sides}}
+
+    def diff(self, other: Ownership) -> list[int]:
+        """The pfns whose owner, states, mappings or pins differ between two snapshots."""
+        if (self.ram_start, self.nr_pages) != (other.ram_start, other.nr_pages):
+            raise ValueError("snapshots of different RAM cannot be compared page by page")
+        d = (self.owner != other.owner) | (self.pins != other.pins)
+        for name, s in self.sides.items():
+            o = other.sides[name]
+            d |= (s.state != o.state) | (s.mapped != o.mapped) | (s.annotation != o.annotation)
+        return [self.start_pfn + int(i) for i in np.flatnonzero(d)]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ownership) and set(self.sides) == set(other.sides) and not self.diff(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        rs = self.ranges()
+        head = (f"Ownership of {self.nr_pages} pages ({self.nr_pages >> 8} MiB at {self.ram_start:#x}): "
+                + ", ".join(f"{k} {v}" for k, v in self.owner_counts().items())
+                + f"; {len(rs)} ranges; tables: " + ", ".join(f"{n} {s.nr_tables}" for n, s in self.sides.items())
+                + f"; hyp pool {self.pool_free}/{self.pool_pages} free")
+        shown = rs if len(rs) <= 12 else rs[:6] + rs[-6:]
+        lines = [head] + ["  " + str(r) for r in shown]
+        if len(rs) > 12:
+            lines.insert(7, f"  ... {len(rs) - 12} more ranges ...")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rs = self.ranges()
+        rows = "".join(
+            f"<tr style='background:{_COLOURS.get(r.owner, '#ffb3b3')}'><td><code>{r.start_pfn << 12:#x}</code></td>"
+            f"<td><code>{r.end_pfn << 12:#x}</code></td><td style='text-align:right'>{r.nr_pages}</td>"
+            f"<td><b>{escape(owner_name(r.owner))}</b></td><td>{STATE_NAMES[r.host]}</td><td>{STATE_NAMES[r.hyp]}</td></tr>"
+            for r in rs[:200])
+        more = f"<p>... and {len(rs) - 200} more ranges</p>" if len(rs) > 200 else ""
+        counts = ", ".join(f"{escape(k)}: {v} pages" for k, v in self.owner_counts().items())
+        return (f"<p><b>Ownership</b> of {self.nr_pages} pages at <code>{self.ram_start:#x}</code> ({counts})</p>"
+                "<table><thead><tr><th>start</th><th>end</th><th>pages</th><th>owner</th><th>host stage-2</th>"
+                f"<th>hyp stage-1</th></tr></thead><tbody>{rows}</tbody></table>{more}")
+
+
+# -- the walk ---------------------------------------------------------------------------------------
+
+class _Walker:
+    """Collects every non-empty, non-table descriptor of one table tree, reading each table once."""
+
+    def __init__(self, phys, ia_bits: int, start_level: int):
+        self.phys, self.ia_bits, self.start_level = phys, ia_bits, start_level
+        self.addr: list[np.ndarray] = []
+        self.pte: list[np.ndarray] = []
+        self.level: list[np.ndarray] = []
+        self.ptep: list[np.ndarray] = []
+        self.tables: list[int] = []
+
+    def walk(self, table_pa: int, level: int, base: int, n: int) -> None:
+        t = np.frombuffer(self.phys.read(table_pa, n * 8), dtype="<u8")
+        nz = np.flatnonzero(t)
+        if not len(nz):
+            return
+        ptes = t[nz]
+        is_table = (ptes & 3) == 3 if level < 3 else np.zeros(len(nz), bool)
+        leaf = ~is_table
+        shift = pt.granule_shift(level)
+        if leaf.any():
+            idx = nz[leaf].astype(np.uint64)
+            self.addr.append(np.uint64(base) + (idx << np.uint64(shift)))
+            self.pte.append(ptes[leaf])
+            self.level.append(np.full(len(idx), level, np.uint8))
+            self.ptep.append(np.uint64(table_pa) + idx * np.uint64(8))
+        for i in nz[is_table]:
+            child = int(t[i]) & pt.ADDR_MASK
+            self.tables.append(child)
+            self.walk(child, level + 1, base + (int(i) << shift), pt.ENTRIES)
+
+    def run(self, pgd: int) -> tuple[np.ndarray, ...]:
+        n = 1 << (self.ia_bits - pt.granule_shift(self.start_level))
+        self.walk(pgd, self.start_level, 0, n)
+        if not self.addr:
+            e = np.zeros(0, np.uint64)
+            return e, e, np.zeros(0, np.uint8), e
+        addr = np.concatenate(self.addr)
+        order = np.argsort(addr, kind="stable")
+        return (addr[order], np.concatenate(self.pte)[order], np.concatenate(self.level)[order],
+                np.concatenate(self.ptep)[order])
+
+
+def _stage_view(name: str, owner_id: Owner, stage: int, walker: _Walker, leaves, ram_start: int, nr_pages: int,
+                default_state: PageState) -> StageView:
+    addr, pte, level, ptep = leaves
+    state = np.full(nr_pages, default_state, np.uint8)
+    mapped = np.zeros(nr_pages, bool)
+    annotation = np.zeros(nr_pages, np.uint8)
+    annotated = np.zeros(nr_pages, bool)
+    lv = np.zeros(nr_pages, np.uint8)
+    base = ram_start >> pt.PAGE_SHIFT
+    valid = (pte & np.uint64(pt.VALID)) != 0
+    outside, remapped = [], []
+
+    # Pages (level 3): all at once.
+    small = level == 3
+    for is_valid in (True, False):
+        sel = small & (valid if is_valid else ~valid)
+        if not sel.any():
+            continue
+        p = pte[sel]
+        src = (p & np.uint64(pt.ADDR_MASK)) if is_valid else addr[sel]
+        i = (src >> np.uint64(pt.PAGE_SHIFT)).astype(np.int64) - base
+        ok = (i >= 0) & (i < nr_pages)
+        i, p = i[ok], p[ok]
+        lv[i] = 3
+        if is_valid:
+            state[i] = ((p >> np.uint64(55)) & np.uint64(3)).astype(np.uint8)
+            mapped[i] = True
+        else:
+            state[i] = PageState.NOPAGE
+            annotated[i] = True
+            annotation[i] = ((p >> np.uint64(pt.OWNER_SHIFT)) & np.uint64(0xFF)).astype(np.uint8)
+
+    # Blocks: one slice each, so a 1 GiB block costs what a page does.
+    for j in np.flatnonzero(~small):
+        lf = Leaf(stage, int(addr[j]), int(level[j]), int(pte[j]), int(ptep[j]))
+        start = (lf.phys if lf.valid else lf.addr) >> pt.PAGE_SHIFT
+        a, b = max(start - base, 0), min(start + (lf.size >> pt.PAGE_SHIFT) - base, nr_pages)
+        if lf.valid and (lf.phys != lf.addr):
+            remapped.append(lf)
+        if a >= b:
+            if lf.valid:
+                outside.append(lf)
+            continue
+        lv[a:b] = lf.level
+        if lf.valid:
+            state[a:b] = pt.pte_state(lf.pte)
+            mapped[a:b] = True
+        else:
+            state[a:b] = PageState.NOPAGE
+            annotated[a:b] = True
+            annotation[a:b] = pt.pte_owner(lf.pte)
+    if (small & valid).any():   # at most 64 of each kind: enough to report, cheap when all is broken
+        s = small & valid
+        out = pte[s] & np.uint64(pt.ADDR_MASK)
+        o = (out >> np.uint64(pt.PAGE_SHIFT)).astype(np.int64) - base
+        for bad, into in ((np.flatnonzero((o < 0) | (o >= nr_pages)), outside), (np.flatnonzero(out != addr[s]), remapped)):
+            into += [Leaf(stage, int(addr[s][j]), 3, int(pte[s][j]), int(ptep[s][j])) for j in bad[:64]]
+    return StageView(name, owner_id, stage, state, mapped, annotation, annotated, lv, len(walker.tables),
+                     tuple(walker.tables), leaves, tuple(outside), tuple(remapped))
+
+
+def _read_pgtable(hyp, symbol: str, path: str = "") -> tuple[int, int, int]:
+    """(pgd, ia_bits, start_level) of a ``struct kvm_pgtable`` global, offsets from DWARF."""
+    struct = "host_mmu" if path else "kvm_pgtable"
+    return tuple(hyp.global_field(symbol, struct, f"{path}{m}") for m in ("pgd", "ia_bits", "start_level"))
+
+
+def _walk(hyp, symbol: str, path: str = ""):
+    pgd, ia_bits, start_level = _read_pgtable(hyp, symbol, path)
+    w = _Walker(hyp.core.phys, ia_bits, start_level)
+    return w, w.run(pgd)
+
+
+def read_ownership(hyp) -> Ownership:
+    """Walk the host stage-2 and hyp stage-1 in emulated memory: who owns each page, in what state."""
+    mem = {m: hyp.global_field("hyp_memory", "hyp_memory", m) for m in ("ram_start", "ram_end", "hyp_start", "hyp_end")}
+    ram_start, nr_pages = mem["ram_start"], (mem["ram_end"] - mem["ram_start"]) >> pt.PAGE_SHIFT
+    hw, hl = _walk(hyp, "host_mmu", "pgt.")
+    yw, yl = _walk(hyp, "hyp_pgtable")
+    host = _stage_view("host stage-2", Owner.HOST, 2, hw, hl, ram_start, nr_pages, PageState.OWNED)
+    hypv = _stage_view("hyp stage-1", Owner.HYP, 1, yw, yl, ram_start, nr_pages, PageState.NOPAGE)
+    sides = {"host": host, "hyp": hypv}
+
+    # The owner, as the host stage-2 records it: annotated -> that id; else the host, unless it only borrows.
+    owner = np.full(nr_pages, Owner.HOST, np.uint8)
+    owner[host.annotated] = host.annotation[host.annotated]
+    borrowed = host.state == PageState.SHARED_BORROWED
+    owner[borrowed] = NO_OWNER
+    for s in sides.values():
+        if s is not host:
+            owner[borrowed & (s.state == PageState.SHARED_OWNED)] = s.owner_id
+
+    # hyp's vmemmap: a refcount per page of RAM; outside the pool it counts pins.
+    lay = hyp.fw.layout("hyp_page")
+    vm = np.frombuffer(hyp.core.phys.read(hyp.read_global("hyp_vmemmap"), nr_pages * lay.size), dtype=np.dtype(
+        {"names": ["refcount"], "formats": ["<u2"], "offsets": [lay.field("refcount").offset], "itemsize": lay.size}))
+    pool_start, pool_end = (hyp.global_field("hyp_pool", "hyp_pool", m) for m in ("start", "end"))
+    pool = np.zeros(nr_pages, bool)
+    pool[(pool_start - ram_start) >> pt.PAGE_SHIFT:(pool_end - ram_start) >> pt.PAGE_SHIFT] = True
+    pins = np.where(pool, 0, vm["refcount"]).astype(np.uint16)
+    ps = hyp.pool()
+    return Ownership(ram_start, nr_pages, (mem["hyp_start"], mem["hyp_end"]), owner, pins, pool,
+                     ps.free_pages, ps.nr_pages, sides)
+
+
+def find_descriptor(hyp, side: str, addr: int) -> tuple[int, int, int]:
+    """(physical address of the descriptor, its level, its value) deciding ``addr`` in ``side``'s table.
+
+    A debugger helper: tests use it to plant a broken descriptor with ``core.phys.write``.
+    """
+    pgd, ia_bits, level = _read_pgtable(hyp, *(("host_mmu", "pgt.") if side == "host" else ("hyp_pgtable",)))
+    table, phys = pgd, hyp.core.phys
+    while True:
+        shift = pt.granule_shift(level)
+        bits = ia_bits - shift if table == pgd else 9
+        ptep = table + ((addr >> shift) & ((1 << bits) - 1)) * 8
+        pte = phys.read_u64(ptep)
+        if level == 3 or (pte & 3) != 3:
+            return ptep, level, pte
+        table, level = pte & pt.ADDR_MASK, level + 1
+

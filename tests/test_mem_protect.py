@@ -1,0 +1,317 @@
+"""Memory ownership at EL2 on the core: every transition, checked against pkvmlab.arch.ownership's data."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from conftest import assert_invariants
+
+from pkvmlab import HostAccessFault, HypercallError, HypPanic, Lab
+from pkvmlab.arch.ownership import TRANSITION, TRANSITIONS, PageView
+from pkvmlab.arch.pgtable import Owner, PageState
+
+PAGE = 4096
+OWNED, SHARED_OWNED, SHARED_BORROWED, NOPAGE = (PageState.OWNED, PageState.SHARED_OWNED,
+                                                PageState.SHARED_BORROWED, PageState.NOPAGE)
+
+
+def hyp_internal(lab: Lab, name: str, *args: int) -> int:
+    """Call a hyp-internal C function at EL2 (debugger path); its int result, sign-extended."""
+    r = lab.core.call_symbol(name, *args) & 0xFFFF_FFFF
+    return r - (1 << 32) if r >> 31 else r
+
+
+def invoke(lab: Lab, call: str, pfn: int) -> int:
+    """Run one transition on one page, by whichever door it has: a host HVC or a hyp-internal call."""
+    pa = pfn * PAGE
+    try:
+        if call == "__pkvm_host_share_hyp":
+            lab.host.share_hyp(pfn)
+        elif call == "__pkvm_host_unshare_hyp":
+            lab.host.unshare_hyp(pfn)
+        elif call == "__pkvm_host_donate_hyp":
+            lab.host.donate_hyp(pfn, 1)
+        elif call == "__pkvm_hyp_donate_host":
+            return -hyp_internal(lab, call, pfn, 1)
+        elif call in ("hyp_pin_shared_mem", "hyp_unpin_shared_mem"):
+            ret = hyp_internal(lab, call, pa, pa + PAGE)
+            return -ret if call == "hyp_pin_shared_mem" else 0
+        else:
+            raise AssertionError(call)
+    except HypercallError as e:
+        return e.errno
+    return 0
+
+
+# The starting states of a page: how to get there from a fresh page, and what pKVM must then say.
+def _touch(lab, pfn):
+    lab.host.read(pfn * PAGE, 8)
+
+
+def _pin(lab, pfn):
+    lab.host.share_hyp(pfn)
+    assert hyp_internal(lab, "hyp_pin_shared_mem", pfn * PAGE, pfn * PAGE + PAGE) == 0
+
+
+START = {
+    "host-owned-unmapped": ([], PageView(Owner.HOST, OWNED, NOPAGE)),
+    "host-owned-mapped": ([_touch], PageView(Owner.HOST, OWNED, NOPAGE)),
+    "shared": ([_touch, lambda lab, pfn: lab.host.share_hyp(pfn)], PageView(Owner.HOST, SHARED_OWNED, SHARED_BORROWED)),
+    "donated": ([lambda lab, pfn: lab.host.donate_hyp(pfn, 1)], PageView(Owner.HYP, NOPAGE, OWNED)),
+    "pinned": ([_pin], PageView(Owner.HOST, SHARED_OWNED, SHARED_BORROWED, pins=1)),
+}
+
+
+def fresh_page(lab: Lab) -> int:
+    """A host page at the start of a 2 MiB region nobody has touched yet."""
+    return lab.host.alloc_pages(1, align=512)
+
+
+@pytest.mark.parametrize("start", list(START))
+@pytest.mark.parametrize("call", [t.call for t in TRANSITIONS])
+def test_transition_matches_the_arch_table(lab, call, start):
+    """Each call on a page in each starting state returns the errno and leaves the states arch.ownership says."""
+    steps, view = START[start]
+    pfn = fresh_page(lab)
+    for step in steps:
+        step(lab, pfn)
+    before = lab.hyp.ownership()
+    assert before.page(pfn).view == view
+    assert before.page(pfn).host_mapped == (start != "host-owned-unmapped" and view.host != NOPAGE)
+    want = TRANSITION[call].outcome(view)
+    if want.bug:
+        with pytest.raises(HypPanic, match="BUG"):
+            invoke(lab, call, pfn)
+        return
+    assert invoke(lab, call, pfn) == want.errno
+    after = lab.hyp.ownership()
+    assert after.page(pfn).view == want.after
+    assert set(before.diff(after)) <= {pfn}, "a transition touched a page outside its range"
+    if want.errno:
+        assert after == before
+    assert_invariants(lab)
+
+
+def test_every_transition_is_listed_once_with_its_door():
+    """The arch table names each transition once; only host-reachable ones are host hypercalls."""
+    from pkvmlab.arch.smccc import HYPERCALLS
+
+    assert len(TRANSITION) == len(TRANSITIONS)
+    for t in TRANSITIONS:
+        assert (t.call in HYPERCALLS) == t.hypercall, t.call
+
+
+def test_host_cannot_read_or_write_a_page_it_donated(lab):
+    """After donate_hyp the host's loads and stores of that page fault back into the host."""
+    pfn = lab.host.alloc_pages(2)
+    pa = pfn * PAGE
+    lab.host.write(pa, b"mine")
+    lab.host.donate_hyp(pfn, 1)
+    with pytest.raises(HostAccessFault) as read:
+        lab.host.read(pa, 4)
+    assert read.value.far == pa
+    with pytest.raises(HostAccessFault):
+        lab.host.write(pa + 0x800, b"x")
+    with pytest.raises(HostAccessFault):
+        lab.host.read_u64(pa + PAGE - 8)
+    assert lab.host.read(pa + PAGE, 4) == bytes(4), "the next page is still the host's"
+    assert_invariants(lab)
+
+
+def test_shared_page_holds_the_same_bytes_for_host_and_hyp(lab):
+    """After share_hyp the host still reads and writes the page, and hyp's own mapping sees the same bytes."""
+    pfn = lab.host.alloc_pages(1)
+    pa = pfn * PAGE
+    lab.host.share_hyp(pfn)
+    lab.host.write(pa, b"from the host")
+    par = lab.core.call_symbol("__debug_at_s1e2r", pa)
+    assert not par & 1, f"hyp stage-1 does not translate {pa:#x}: PAR_EL1={par:#x}"
+    assert par & 0xFFFF_FFFF_F000 == pa
+    assert lab.core.phys.read(par & 0xFFFF_FFFF_F000, 13) == b"from the host"
+    # hyp writes through its stage-1 (a real EL2 store: memset runs with hyp's MMU on) ...
+    lab.core.call_symbol("memset", pa + 64, 0xAB, 16)
+    # ... and the host reads it through its stage-2.
+    assert lab.host.read(pa + 64, 16) == b"\xab" * 16
+    assert_invariants(lab)
+
+
+def test_unshare_removes_hyp_mapping(lab):
+    """After unshare_hyp hyp's stage-1 no longer translates the page, and a hyp access to it is a hyp fault."""
+    pfn = lab.host.alloc_pages(1)
+    pa = pfn * PAGE
+    lab.host.share_hyp(pfn)
+    lab.host.unshare_hyp(pfn)
+    assert lab.core.call_symbol("__debug_at_s1e2r", pa) & 1, "AT S1E2R still translates the page"
+    snap = lab.hyp.ownership()
+    assert not snap.hyp.mapped[snap.index(pfn)]
+    lab.host.write(pa, b"still the host's")
+    assert_invariants(lab)
+    with pytest.raises(HypPanic, match="abort"):
+        lab.core.call_symbol("memset", pa, 0, 8)
+
+
+def test_pinned_page_cannot_be_unshared_until_unpinned(lab):
+    """hyp_pin_shared_mem makes unshare_hyp fail with EBUSY (twice pinned, twice unpinned), then it succeeds."""
+    pfn = lab.host.alloc_pages(1)
+    pa = pfn * PAGE
+    lab.host.share_hyp(pfn)
+    assert hyp_internal(lab, "hyp_pin_shared_mem", pa, pa + PAGE) == 0
+    assert hyp_internal(lab, "hyp_pin_shared_mem", pa + 8, pa + 16) == 0, "a sub-page range pins its page"
+    assert lab.hyp.ownership().page(pfn).pins == 2
+    for _ in range(2):
+        with pytest.raises(HypercallError) as e:
+            lab.host.unshare_hyp(pfn)
+        assert e.value.errno == errno.EBUSY
+        assert lab.hyp.ownership().page(pfn).view == PageView(Owner.HOST, SHARED_OWNED, SHARED_BORROWED,
+                                                              pins=lab.hyp.ownership().page(pfn).pins)
+        lab.core.call_symbol("hyp_unpin_shared_mem", pa, pa + PAGE)
+    lab.host.unshare_hyp(pfn)
+    assert lab.hyp.ownership().page(pfn).view == PageView(Owner.HOST, OWNED, NOPAGE)
+    assert_invariants(lab)
+
+
+def test_pin_refuses_a_range_not_wholly_shared(lab):
+    """Pinning two pages of which only one is shared fails with EPERM and pins nothing."""
+    pfn = lab.host.alloc_pages(2)
+    lab.host.share_hyp(pfn)
+    before = lab.hyp.ownership()
+    assert hyp_internal(lab, "hyp_pin_shared_mem", pfn * PAGE, (pfn + 2) * PAGE) == -errno.EPERM
+    assert lab.hyp.ownership() == before
+    assert before.page(pfn).pins == 0
+
+
+def _pool_tables(lab: Lab) -> tuple[int, int]:
+    snap = lab.hyp.ownership()
+    return snap.pool_free, snap.host.nr_tables + snap.hyp.nr_tables
+
+
+def test_share_unshare_cycles_leak_no_hyp_pages(lab):
+    """Repeated share/unshare leaves the pool exactly as after the first cycle; every used page is a table."""
+    pfn = lab.host.alloc_pages(1, align=512)
+    free0, tables0 = _pool_tables(lab)
+    lab.host.share_hyp(pfn)
+    lab.host.unshare_hyp(pfn)
+    free1, tables1 = _pool_tables(lab)
+    assert free1 + tables1 == free0 + tables0, "a pool page went missing outside any page table"
+    for _ in range(20):
+        lab.host.share_hyp(pfn)
+        lab.host.unshare_hyp(pfn)
+    assert _pool_tables(lab) == (free1, tables1)
+    assert lab.hyp.pool().free_pages == free1
+
+
+def test_donate_and_give_back_cycles_leak_no_hyp_pages(lab):
+    """donate_hyp then __pkvm_hyp_donate_host, many times over many pages: pool + tables stay constant."""
+    pfn = lab.host.alloc_pages(64, align=512)
+    lab.host.read(pfn * PAGE, 8)
+    free0, tables0 = _pool_tables(lab)
+    for n in (1, 3, 17, 64):
+        lab.host.donate_hyp(pfn, n)
+        assert hyp_internal(lab, "__pkvm_hyp_donate_host", pfn, n) == 0
+        free, tables = _pool_tables(lab)
+        assert free + tables == free0 + tables0
+    assert lab.host.read(pfn * PAGE, 4) == bytes(4), "the host can use the pages it got back"
+    assert_invariants(lab)
+
+
+def test_hyp_gives_back_only_what_it_owns(lab):
+    """__pkvm_hyp_donate_host refuses host pages, shared pages and the carve-out with EPERM, changing nothing."""
+    pfn = lab.host.alloc_pages(4)
+    lab.host.share_hyp(pfn + 1)
+    lab.host.donate_hyp(pfn + 2, 1)
+    carveout = lab.hyp.global_field("hyp_memory", "hyp_memory", "hyp_start") // PAGE
+    pool_page = lab.hyp.global_field("hyp_pool", "hyp_pool", "end") // PAGE - 1
+    before = lab.hyp.ownership()
+    for p, n in ((pfn, 1), (pfn + 1, 1), (pfn + 2, 2), (carveout, 1), (pool_page, 1), (pool_page, 2)):
+        assert hyp_internal(lab, "__pkvm_hyp_donate_host", p, n) == -errno.EPERM, (hex(p), n)
+    assert lab.hyp.ownership() == before
+
+
+RAM_END_PFN = 0x80000
+U64 = (1 << 64) - 1
+HOSTILE = [
+    # (what, hypercall, args, errno); "P" stands for a fresh host page, "C" for the hyp carve-out's first page
+    ("pfn 0", "share_hyp", (0,), errno.EINVAL),
+    ("pfn just below RAM", "share_hyp", (0x3FFFF,), errno.EINVAL),
+    ("pfn just past RAM", "share_hyp", (RAM_END_PFN,), errno.EINVAL),
+    ("pfn whose address overflows", "share_hyp", (1 << 52,), errno.EINVAL),
+    ("pfn all ones", "unshare_hyp", (U64,), errno.EINVAL),
+    ("pfn in the hyp image", "share_hyp", ("C",), errno.EPERM),
+    ("unshare a hyp image page", "unshare_hyp", ("C",), errno.EPERM),
+    ("unshare a page never shared", "unshare_hyp", ("P",), errno.EPERM),
+    ("donate the hyp image", "donate_hyp", ("C", 1), errno.EPERM),
+    ("donate zero pages", "donate_hyp", ("P", 0), errno.EINVAL),
+    ("donate huge nr_pages", "donate_hyp", ("P", 1 << 40), errno.EINVAL),
+    ("donate all of RAM from P", "donate_hyp", ("P", 0x40000), errno.EINVAL),
+    ("donate nr_pages all ones", "donate_hyp", ("P", U64), errno.EINVAL),
+    ("donate where pfn + nr wraps", "donate_hyp", ("P", "WRAP"), errno.EINVAL),
+    ("donate across the end of RAM", "donate_hyp", (RAM_END_PFN - 1, 2), errno.EINVAL),
+    ("donate reaching back into the carve-out", "donate_hyp", (0x407FF, 2), errno.EPERM),
+    ("donate the host page after a shared one", "donate_hyp", ("S", 2), errno.EPERM),
+]
+
+
+def _resolve(lab: Lab, args: tuple, p: int, s: int) -> tuple[int, ...]:
+    carveout = lab.hyp.global_field("hyp_memory", "hyp_memory", "hyp_start") // PAGE
+    out = []
+    for a in args:
+        a = {"P": p, "C": carveout, "S": s}.get(a, a) if isinstance(a, str) else a
+        out.append(a)
+    if "WRAP" in out:
+        out[out.index("WRAP")] = (1 << 52) - out[0] + 1   # (pfn + nr) << 12 wraps past 2^64
+    return tuple(out)
+
+
+@pytest.mark.parametrize("what,call,args,err", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_arguments_get_an_errno_and_change_nothing(lab, what, call, args, err):
+    """Bad pfns and sizes come back as the errno, leave every page as it was, and never panic hyp."""
+    p = lab.host.alloc_pages(1)
+    s = lab.host.alloc_pages(2)
+    lab.host.share_hyp(s)
+    lab.host.read(p * PAGE, 8)
+    before, free = lab.hyp.ownership(), lab.hyp.pool().free_pages
+    with pytest.raises(HypercallError) as e:
+        getattr(lab.host, call)(*_resolve(lab, args, p, s))
+    assert e.value.errno == err, str(e.value)
+    assert lab.core.panic is None
+    assert lab.hyp.ownership() == before
+    assert lab.hyp.pool().free_pages == free
+    assert lab.host.hyp_info()[1] == 2
+
+
+@pytest.mark.parametrize("call,args", [("share_hyp", ()), ("donate_hyp", (1,))])
+def test_repeating_a_transition_is_refused(lab, call, args):
+    """Sharing a shared page or donating a donated one fails with EPERM and changes nothing."""
+    pfn = lab.host.alloc_pages(1)
+    getattr(lab.host, call)(pfn, *args)
+    before = lab.hyp.ownership()
+    for again in ("share_hyp", "donate_hyp"):
+        with pytest.raises(HypercallError) as e:
+            getattr(lab.host, again)(pfn, *((1,) if again == "donate_hyp" else ()))
+        assert e.value.errno == errno.EPERM
+    assert lab.hyp.ownership() == before
+
+
+def test_a_failed_donation_of_a_range_changes_no_page_of_it(lab):
+    """Donating 8 pages of which the last is shared fails, and the first 7 stay the host's, still mapped."""
+    pfn = lab.host.alloc_pages(8, align=512)
+    lab.host.read(pfn * PAGE, 8)
+    lab.host.share_hyp(pfn + 7)
+    before = lab.hyp.ownership()
+    with pytest.raises(HypercallError):
+        lab.host.donate_hyp(pfn, 8)
+    assert lab.hyp.ownership() == before
+    aborts = lab.core.stats["stage2_abort"]
+    lab.host.read(pfn * PAGE, 8)
+    assert lab.core.stats["stage2_abort"] == aborts
+
+
+@pytest.mark.parametrize("pa", [0x1000, 0x3FFFF000, 0x40000000, 0x40100000, 0x407FF000, 1 << 39])
+def test_host_touching_memory_it_does_not_own_gets_a_fault_not_a_panic(lab, pa):
+    """Host loads outside RAM or in the carve-out are injected back as aborts; hyp keeps running."""
+    before = lab.hyp.ownership()
+    with pytest.raises(HostAccessFault):
+        lab.host.read_u64(pa)
+    assert lab.core.panic is None and lab.host.hyp_info()[1] == 2
+    assert lab.hyp.ownership() == before
