@@ -90,7 +90,8 @@ class Host:
     def setup(self) -> None:
         """What the host kernel does first at EL1: point VBAR_EL1 at its vectors, set its stack."""
         self.core.set_sysreg("VBAR_EL1", self.image_base + K.VECTORS)
-        self.core.set_sysreg("SP_EL1", self.image_base + K.IMAGE_PAGES * 4096)
+        # At EL1h the live SP is SP_EL1; QEMU keeps it in SP itself, not in the banked copy.
+        self.core.set_reg("sp", self.image_base + K.IMAGE_PAGES * 4096)
 
     # -- running stubs ---------------------------------------------------------------------
     def _run_stub(self, offset: int, what: str, address: int | None = None, *, resumed: bool = False):
