@@ -15,19 +15,21 @@
 /*
  * One hyp VA outside the identity map whose level-3 entry is set up at boot,
  * so hyp can zero a page it does not map without allocating (pKVM's fixmap).
+ * Between uses the slot holds an invalid entry annotated as hyp's, not 0: a
+ * non-zero entry keeps its table's count of used entries honest, so the table
+ * is never freed under us.
  */
-#define HYP_FIXMAP_VA	0x7ffffff000UL
+#define HYP_FIXMAP_VA		0x7ffffff000UL
+#define HYP_FIXMAP_PARKED	((kvm_pte_t)PKVM_ID_HYP << KVM_INVALID_PTE_OWNER_SHIFT)
 static kvm_pte_t *fixmap_ptep;
 
 void hyp_fixmap_init(void)
 {
 	u32 level;
 
-	BUG_ON(kvm_pgtable_map(&hyp_pgtable, HYP_FIXMAP_VA, PAGE_SIZE,
-			       hyp_pa(__hyp_image_start), PAGE_HYP));
+	BUG_ON(kvm_pgtable_set_owner(&hyp_pgtable, HYP_FIXMAP_VA, PAGE_SIZE, PKVM_ID_HYP));
 	fixmap_ptep = kvm_pgtable_get_ptep(&hyp_pgtable, HYP_FIXMAP_VA, &level);
-	BUG_ON(level != PGT_LAST_LEVEL);
-	WRITE_ONCE(*fixmap_ptep, 0);	/* the table stays; the slot is empty */
+	BUG_ON(level != PGT_LAST_LEVEL || *fixmap_ptep != HYP_FIXMAP_PARKED);
 }
 
 static void hyp_zero_page_fixmap(phys_addr_t phys)
@@ -36,7 +38,7 @@ static void hyp_zero_page_fixmap(phys_addr_t phys)
 	dsb(ishst);
 	isb();
 	memset((void *)HYP_FIXMAP_VA, 0, PAGE_SIZE);
-	WRITE_ONCE(*fixmap_ptep, 0);
+	WRITE_ONCE(*fixmap_ptep, HYP_FIXMAP_PARKED);
 	dsb(ishst);
 	asm volatile("tlbi vae2is, %0" : : "r"(HYP_FIXMAP_VA >> PAGE_SHIFT) : "memory");
 	dsb(ish);

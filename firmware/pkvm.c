@@ -138,12 +138,14 @@ static bool __exists_shadow(struct kvm *host_kvm)
  * Return a unique handle to the protected VM on success,
  * negative error code on failure.
  *
- * Kept as in the seed, on purpose: the review's first point is that this
- * returns negative errnos through an unsigned int.  It only works because
- * the caller stores the result in an int and two's complement round-trips
- * it; notebook 6 has the learner fix it.  The VMID bound 0xff is also the
- * seed's literal (review: it could come from the VMID width), and with
- * KVM_MAX_PVMS = 255 it can never trigger: the largest index gives VMID 255.
+ * The seed's signature, kept on purpose: it returns negative errnos through
+ * an unsigned int, which only works because the caller stores the result in
+ * an int and two's complement round-trips it (the lab teaches the fix; the
+ * review of v2 did not raise it).  Two points the review did raise stay as in
+ * the seed too: the free-slot search below "could be merged with
+ * __exists_shadow which already knows the first free shadow_table idx", and
+ * "couldn't the 0xff be found with get_vmid_bits()" -- with KVM_MAX_PVMS = 255
+ * that bound can never trigger: the largest index gives VMID 255.
  */
 static unsigned int insert_shadow_table(struct kvm *kvm,
 					struct kvm_shadow_vm *vm,
@@ -169,7 +171,7 @@ static unsigned int insert_shadow_table(struct kvm *kvm,
 	if (unlikely(__exists_shadow(kvm)))
 		return -EEXIST;
 
-	/* Find the next free entry in the shadow table (review: __exists_shadow could find it). */
+	/* Find the next free entry in the shadow table. */
 	while (shadow_table[next_shadow_alloc])
 		next_shadow_alloc = (next_shadow_alloc + 1) % KVM_MAX_PVMS;
 	shadow_handle = idx_to_shadow_handle(next_shadow_alloc);

@@ -9,7 +9,8 @@ import pytest
 from conftest import assert_invariants
 from test_shadow_table import expect_errno, ownership_map, pins, trace
 
-from pkvmlab import HostAccessFault, Lab
+from pkvmlab import HostAccessFault, HypercallError, Lab
+from pkvmlab.host.vm import host_layouts, write_kvm, write_vcpu
 
 PAGE = 4096
 PATTERN = bytes(range(256)) * 16
@@ -122,3 +123,58 @@ def test_guest_stage2_tables_go_back_to_the_pool(lab):
     assert after[0] == before[0], "hyp pool pages leaked"
     assert (ownership_map(lab), pins(lab)) == before[1:3], "a page changed owner or kept a pin"
     assert after[3] == 0
+
+
+# -- the pool: guest stage-2 tables drain it; giving pages back must not need it -----------------------
+
+def _drain_pool(lab: Lab, sink, target: int) -> None:
+    """Donate guest pages, each at a new 2 MiB of IPA (one new table), until the pool holds ``target`` pages."""
+    gfn = 0
+    while lab.hyp.pool().free_pages > target:
+        gfn += 512
+        try:
+            sink.donate(gfn)
+        except HypercallError as e:
+            assert e.errno == errno.ENOMEM
+            break
+
+
+def test_failed_init_gives_back_without_pool_pages(lab):
+    """Seed: the unwind of a failed init cannot itself fail.  With the pool nearly empty, the shadow-area
+    donation (splitting fresh tables) succeeds, the PGD's fails with -ENOMEM, and giving the shadow area
+    back must not need pool pages (it did, and hyp panicked in WARN_ON(__pkvm_hyp_donate_host))."""
+    h = lab.host
+    sink = h.create_vm(1)
+    _drain_pool(lab, sink, 9)
+    assert lab.hyp.pool().free_pages == 9
+    lay = host_layouts(h)
+    far = h.alloc_pages(1024, align=512)        # 4 MiB no table covers yet: donating there splits
+    kvm, vcpu = h.alloc_pages(1) * PAGE, h.alloc_pages(1) * PAGE
+    write_kvm(h, lay, kvm, 1, (vcpu,))
+    write_vcpu(h, lay, vcpu, kvm, 0)
+    h.share_hyp(kvm // PAGE)
+    h.share_hyp(vcpu // PAGE)
+    before = trace(lab)
+    expect_errno(errno.ENOMEM, h.init_shadow, kvm, far * PAGE, PAGE, (far + 512) * PAGE)
+    step(lab)
+    assert trace(lab) == before
+
+
+def test_teardown_does_not_need_pool_pages(lab):
+    """Seed: __pkvm_teardown_shadow only fails for an unknown handle; with the pool drained below what a
+    page-table change may need, tearing down a VM without guest pages still gives everything back."""
+    h = lab.host
+    victim = h.create_vm(2)
+    sink = h.create_vm(1)
+    _drain_pool(lab, sink, 0)
+    assert lab.hyp.pool().free_pages < 8
+    h.teardown_shadow(victim.handle)          # raw: the host's own unshares come after, and need the pool
+    step(lab)
+    assert lab.hyp.shadow_table().by_handle(victim.handle) is None
+    for addr in (victim.shadow_va, victim.pgd, victim.pgd + PAGE):
+        assert h.read_u64(addr) == 0
+    sink.teardown()
+    step(lab)
+    for addr in (victim.host_kvm, *victim.vcpus):
+        h.unshare_hyp(addr // PAGE)           # no longer pinned
+    step(lab)
