@@ -271,11 +271,14 @@ int __pkvm_init_shadow(struct kvm *host_kvm, unsigned long shadow_hva,
 
 	ret = kvm_guest_prepare_stage2(vm, hyp_va(pgd_hva));
 	if (ret)
-		goto err_unlock;	/* cannot happen: it only records the PGD */
+		goto err_remove_table_entry;	/* it only records the PGD today */
 	hyp_spin_unlock(&shadow_lock);
 
 	return vm->kvm.arch.pkvm.shadow_handle;
 
+err_remove_table_entry:
+	shadow_table[shadow_handle_to_idx(vm->kvm.arch.pkvm.shadow_handle)] = NULL;
+	nr_shadow_entries--;
 err_unlock:
 	hyp_spin_unlock(&shadow_lock);
 	unpin_host_vcpus(vm->shadow_vcpu_states, nr_vcpus);

@@ -13,6 +13,7 @@ from pkvmlab import HostAccessFault, HypercallError, Lab
 from pkvmlab.host.vm import host_layouts, write_kvm, write_vcpu
 
 PAGE = 4096
+HANDLE_OFFSET = 0x1000
 PATTERN = bytes(range(256)) * 16
 
 
@@ -178,3 +179,60 @@ def test_teardown_does_not_need_pool_pages(lab):
     for addr in (victim.host_kvm, *victim.vcpus):
         h.unshare_hyp(addr // PAGE)           # no longer pinned
     step(lab)
+
+
+# -- everything at once: a seeded random host ---------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_host_sequences_never_panic_and_tear_down_clean(lab, seed):
+    """The seed's "a malicious host could trigger this function", generalised: a seeded random mix of
+    create_vm, teardown, donate_guest and raw init/teardown/share calls with hostile addresses only
+    ever gets errnos; invariants hold throughout; tearing down every handle the table holds leaves
+    the table empty and no host page pinned."""
+    import random
+
+    rng, h = random.Random(seed), lab.host
+    host_image = lab.memory_map.find("host kernel")
+
+    def addr() -> int:
+        known = [a for vm in h.vms.values() for a in (vm.host_kvm, vm.shadow_va, vm.pgd, *vm.vcpus)]
+        if known and rng.random() < 0.6:
+            return rng.choice(known) + rng.choice([0, 0, 8, 4, PAGE, -PAGE])
+        if rng.random() < 0.5:
+            return rng.choice([0, lab.core.ram_base, lab.core.ram_base + lab.core.ram_size, 1 << 40, (1 << 64) - 8])
+        return h.alloc_pages(2, align=2) * PAGE
+
+    for i in range(300):
+        op = rng.random()
+        try:
+            if op < 0.25:
+                h.create_vm(rng.randint(1, 8))
+            elif op < 0.35 and h.vms:
+                rng.choice(list(h.vms.values())).teardown()
+            elif op < 0.5 and h.vms:
+                rng.choice(list(h.vms.values())).donate(rng.randrange(1 << 28))
+            elif op < 0.7:
+                h.init_shadow(addr(), addr(), rng.choice([PAGE, 2 * PAGE, 0]), addr())
+            elif op < 0.8:
+                h.teardown_shadow(HANDLE_OFFSET + rng.randrange(-2, 260))
+            else:
+                pfn = max(addr(), 0) // PAGE
+                if pfn * PAGE not in host_image:
+                    call = rng.choice(["share", "unshare", "donate"])
+                    if call == "donate":
+                        h.donate_guest(pfn, i, HANDLE_OFFSET)
+                    else:
+                        (h.share_hyp if call == "share" else h.unshare_hyp)(pfn)
+        except HypercallError:
+            pass
+        if i % 25 == 0:
+            step(lab)
+    step(lab)
+    for vm in lab.hyp.shadow_table().vms:
+        h.teardown_shadow(vm.handle)
+    step(lab)
+    assert len(lab.hyp.shadow_table()) == 0
+    lay = lab.fw.layout("hyp_page")
+    ref, raw = lay.field("refcount"), pins(lab)
+    assert not any(int.from_bytes(raw[o + ref.offset:o + ref.offset + ref.size], "little")
+                   for o in range(0, len(raw), lay.size)), "a host page is still pinned"

@@ -168,10 +168,12 @@ def test_full_table_gives_ENOMEM_to_the_256th(lab):
     expect_errno(errno.ENOMEM, lab.host.init_shadow, kvm, shadow, size, pgd)
     step(lab)
     assert trace(lab) == before
+    nr_free = lab.host.pages.nr_free
     with pytest.raises(HypercallError, match="ENOMEM"):
         lab.host.create_vm(1)
     step(lab)
     assert trace(lab)[1:] == before[1:]   # the host's own share/unshare may leave a split table behind
+    assert lab.host.pages.nr_free == nr_free, "create_vm's unwind frees every page it allocated"
 
 
 def test_insert_shadow_table_EEXIST_for_the_same_host_kvm(lab):

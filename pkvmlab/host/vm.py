@@ -200,10 +200,10 @@ def create_vm(host, nr_vcpus: int = 2) -> VM:
         given.append((pgd_pfn, lay.pgd_pages))
         handle = host.init_shadow(kvm, shadow_pfn * PAGE, shadow_size, pgd_pfn * PAGE)
     except BaseException:
-        for pfn in reversed(shared):
-            host.unshare_hyp(pfn)
+        still_shared = _unshare_all(host, reversed(shared))
         for pfn, nr in reversed(given):
-            host.free_pages(pfn, nr)
+            if pfn not in still_shared:
+                host.free_pages(pfn, nr)
         raise
     set_kvm_field(host, lay, kvm, kvm_buf, "kvm.arch.pkvm.shadow_handle", handle)   # as kvm->arch.pkvm.shadow_handle = ret
     vm = VM(host, handle, nr_vcpus, kvm, vcpus, shadow_pfn * PAGE, shadow_size, pgd_pfn * PAGE,
@@ -226,6 +226,21 @@ def teardown_vm(host, handle: int) -> None:
     host.free_pages(vm.pgd // PAGE, vm.pgd_size // PAGE)
     for pfn in vm.guest_pages.values():
         host.free_pages(pfn)
-    for addr in (vm.host_kvm, *vm.vcpus):
-        host.unshare_hyp(addr // PAGE)
-        host.free_pages(addr // PAGE)
+    pfns = [addr // PAGE for addr in (vm.host_kvm, *vm.vcpus)]
+    still_shared = _unshare_all(host, pfns)
+    for pfn in pfns:
+        if pfn not in still_shared:
+            host.free_pages(pfn)
+    if still_shared:
+        raise next(iter(still_shared.values()))
+
+
+def _unshare_all(host, pfns) -> dict[int, HypercallError]:
+    """Unshare each page; one that hyp refuses stays shared and allocated (as the kernel would WARN and leak it)."""
+    failed = {}
+    for pfn in pfns:
+        try:
+            host.unshare_hyp(pfn)
+        except HypercallError as e:
+            failed[pfn] = e
+    return failed
