@@ -36,7 +36,7 @@ int __pkvm_init_shadow(struct kvm *kvm, unsigned long shadow_hva,
 int __pkvm_teardown_shadow(unsigned int shadow_handle);
 int __pkvm_host_donate_guest(u64 pfn, u64 gfn, unsigned int shadow_handle);
 
-/* mem_protect.c: the guest stage-2 side */
+/* mem_guest.c: the guest stage-2 side (the seed puts these in mem_protect.c) */
 int kvm_guest_prepare_stage2(struct kvm_shadow_vm *vm, void *pgd);
 void reclaim_guest_pages(struct kvm_shadow_vm *vm);
 
