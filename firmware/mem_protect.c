@@ -92,10 +92,17 @@ static int __hyp_check_page_state_range(u64 addr, u64 size, enum pkvm_page_state
 	return check_page_state_range(&hyp_pgtable, addr, size, hyp_get_page_state, state);
 }
 
-/* Each side's table change may split blocks at both ends of the range. */
-static int check_pool_for_two_tables(void)
+/*
+ * Both tables change over the same range; each may split a block at either
+ * end.  Counting exactly keeps a change that splits nothing (giving back
+ * exactly what was donated, as teardown does) from depending on the pool.
+ */
+static int check_pool_for_range(u64 addr, u64 size)
 {
-	return hyp_pool_free_pages() < 2 * PGT_MAX_NEW_TABLES ? -ENOMEM : 0;
+	u64 need = kvm_pgtable_tables_needed(&host_mmu.pgt, addr, size) +
+		   kvm_pgtable_tables_needed(&hyp_pgtable, addr, size);
+
+	return hyp_pool_free_pages() < need ? -ENOMEM : 0;
 }
 
 /* pfn .. pfn + nr_pages is a non-empty range of RAM that does not wrap. */
@@ -125,7 +132,7 @@ static int check_share_hyp(u64 addr)
 	if (!ret)
 		ret = __hyp_check_page_state_range(addr, PAGE_SIZE, PKVM_NOPAGE);
 	if (!ret)
-		ret = check_pool_for_two_tables();
+		ret = check_pool_for_range(addr, PAGE_SIZE);
 	return ret;
 }
 
@@ -153,7 +160,7 @@ static int check_unshare_hyp(u64 addr)
 	if (!ret && hyp_phys_to_page(addr)->refcount)
 		ret = -EBUSY;	/* hyp has pinned it (e.g. a host vCPU of a live VM) */
 	if (!ret)
-		ret = check_pool_for_two_tables();
+		ret = check_pool_for_range(addr, PAGE_SIZE);
 	return ret;
 }
 
@@ -179,7 +186,7 @@ static int check_donate_hyp(u64 addr, u64 size)
 	if (!ret)
 		ret = __hyp_check_page_state_range(addr, size, PKVM_NOPAGE);
 	if (!ret)
-		ret = check_pool_for_two_tables();
+		ret = check_pool_for_range(addr, size);
 	return ret;
 }
 
@@ -196,18 +203,6 @@ int __pkvm_host_donate_hyp(u64 pfn, u64 nr_pages)
 	BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, addr, size, PKVM_ID_HYP));
 	BUG_ON(hyp_map_state(addr, size, PKVM_PAGE_OWNED));
 	return 0;
-}
-
-/* A change of exactly [addr, addr + size) splits a block only if a leaf at either end sticks out. */
-static bool range_needs_split(struct kvm_pgtable *pgt, u64 addr, u64 size)
-{
-	u32 level;
-
-	kvm_pgtable_get_leaf(pgt, addr, &level);
-	if (!IS_ALIGNED(addr, PGT_GRANULE(level)))
-		return true;
-	kvm_pgtable_get_leaf(pgt, addr + size - 1, &level);
-	return !IS_ALIGNED(addr + size, PGT_GRANULE(level));
 }
 
 /* Every page of [addr, addr + size) is annotated in the host stage-2 as @owner's. */
@@ -240,13 +235,9 @@ static int check_hyp_donate_host(u64 addr, u64 size)
 		ret = host_check_owner_range(addr, size, PKVM_ID_HYP);
 	if (!ret && range_overlaps_carveout(addr, size))
 		ret = -EPERM;	/* the carve-out itself never goes to the host */
-	/*
-	 * Giving back exactly what was donated splits nothing, so it must not
-	 * depend on the pool: teardown and init's unwind cannot fail.
-	 */
-	if (!ret && (range_needs_split(&hyp_pgtable, addr, size) ||
-		     range_needs_split(&host_mmu.pgt, addr, size)))
-		ret = check_pool_for_two_tables();
+	/* Giving back exactly what was donated splits nothing: teardown cannot fail. */
+	if (!ret)
+		ret = check_pool_for_range(addr, size);
 	return ret;
 }
 
@@ -309,8 +300,6 @@ static int host_stage2_idmap(phys_addr_t addr)
 
 	if (!addr_is_memory(addr))
 		return -EPERM;
-	if (hyp_pool_free_pages() < PGT_MAX_NEW_TABLES)
-		return -ENOMEM;
 	pte = kvm_pgtable_get_leaf(&host_mmu.pgt, addr, &level);
 	if (pte)
 		return kvm_pte_valid(pte) ? -EAGAIN : -EPERM;
@@ -320,6 +309,9 @@ static int host_stage2_idmap(phys_addr_t addr)
 		if (level == PGT_LAST_LEVEL || range_is_memory(start, granule))
 			break;
 	}
+	/* A block that fits where the walk stopped needs no table: the host never waits on the pool. */
+	if (hyp_pool_free_pages() < kvm_pgtable_tables_needed(&host_mmu.pgt, start, granule))
+		return -ENOMEM;
 	return kvm_pgtable_map(&host_mmu.pgt, start, granule, start, KVM_PGTABLE_PROT_HOST);
 }
 

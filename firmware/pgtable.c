@@ -222,6 +222,29 @@ int kvm_pgtable_set_range(struct kvm_pgtable *pgt, u64 addr, u64 size, const str
 	return 0;
 }
 
+/* Tables a change would add at one boundary: one per level from the leaf found down to an aligned one. */
+static u32 boundary_tables(struct kvm_pgtable *pgt, u64 lookup, u64 boundary)
+{
+	u32 level, target;
+
+	kvm_pgtable_get_ptep(pgt, lookup, &level);
+	for (target = level; target < PGT_LAST_LEVEL; target++)
+		if (IS_ALIGNED(boundary, PGT_GRANULE(target)))
+			break;
+	return target - level;
+}
+
+/*
+ * How many pool pages setting [addr, addr + size) to an identity mapping or
+ * an owner annotation would take: only a leaf sticking out at either end is
+ * split.  An upper bound (both ends may share a table), never above
+ * PGT_MAX_NEW_TABLES, and 0 to undo exactly what an earlier change did.
+ */
+u32 kvm_pgtable_tables_needed(struct kvm_pgtable *pgt, u64 addr, u64 size)
+{
+	return boundary_tables(pgt, addr, addr) + boundary_tables(pgt, addr + size - 1, addr + size);
+}
+
 int kvm_pgtable_map(struct kvm_pgtable *pgt, u64 addr, u64 size, phys_addr_t phys, kvm_pte_t attrs)
 {
 	struct pgt_leaf leaf = { .valid = true, .phys = phys, .attrs = attrs };

@@ -315,3 +315,62 @@ def test_host_touching_memory_it_does_not_own_gets_a_fault_not_a_panic(lab, pa):
         lab.host.read_u64(pa)
     assert lab.core.panic is None and lab.host.hyp_info()[1] == 2
     assert lab.hyp.ownership() == before
+
+
+def drain_pool(lab: Lab, leave: int) -> list[int]:
+    """Take pages from the hyp pool (a hyp-internal call) until ``leave`` remain; returns them."""
+    taken = []
+    while lab.hyp.pool().free_pages > leave:
+        taken.append(lab.core.call_symbol("hyp_alloc_pages"))
+    return taken
+
+
+def test_an_empty_pool_refuses_only_what_needs_a_new_table(lab):
+    """With 0 free pool pages: a share needing tables gets ENOMEM and changes nothing; what needs none works."""
+    block = lab.host.alloc_pages(512, align=512)
+    lab.host.read_u64(block * PAGE)                      # one 2 MiB block mapping
+    lab.host.donate_hyp(block + 1, 1)                   # split: block + 2 is now a level-3 entry
+    lab.host.share_hyp(block + 3)                       # hyp has a level-3 table here too
+    taken = drain_pool(lab, 0)
+    before = lab.hyp.ownership()
+    far = lab.host.alloc_pages(512, align=512)
+    with pytest.raises(HypercallError) as e:
+        lab.host.share_hyp(far)                         # needs a host split and a hyp table
+    assert e.value.errno == errno.ENOMEM
+    assert lab.hyp.ownership() == before
+    lab.host.share_hyp(block + 2)                       # both tables already there
+    lab.host.unshare_hyp(block + 2)
+    assert hyp_internal(lab, "__pkvm_hyp_donate_host", block + 1, 1) == 0, "giving back must not need the pool"
+    lab.host.read_u64(far * PAGE)                       # a fresh 2 MiB block maps without a table
+    lab.host.read_u64((block + 1) * PAGE)               # so does a page in an existing table
+    assert lab.core.panic is None
+    assert_invariants(lab)
+    for va in taken:
+        lab.core.call_symbol("hyp_put_page", va)
+    lab.host.share_hyp(far + 1)
+
+
+def test_share_succeeds_with_exactly_the_tables_it_needs(lab):
+    """A share that needs two new tables fails with one free pool page and succeeds with two."""
+    pfn = lab.host.alloc_pages(1, align=512)
+    lab.host.read_u64(pfn * PAGE)
+    taken = drain_pool(lab, 1)
+    with pytest.raises(HypercallError):
+        lab.host.share_hyp(pfn)
+    lab.core.call_symbol("hyp_put_page", taken.pop())
+    lab.host.share_hyp(pfn)
+    assert lab.hyp.pool().free_pages == 0
+    assert_invariants(lab)
+
+
+def test_host_fault_needing_a_table_with_an_empty_pool_is_refused_not_fatal():
+    """When RAM ends inside a 1 GiB entry, mapping there needs a table: with none free the host gets a fault."""
+    lab = Lab(ram_size=(1 << 30) + (4 << 20))
+    pa = lab.core.ram_base + (1 << 30)
+    taken = drain_pool(lab, 0)
+    with pytest.raises(HostAccessFault):
+        lab.host.read_u64(pa)
+    assert lab.core.panic is None
+    lab.core.call_symbol("hyp_put_page", taken.pop())
+    lab.host.read_u64(pa)
+    assert_invariants(lab)

@@ -1,0 +1,191 @@
+"""The ownership snapshot and the lazy host stage-2 it reads, on the core."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_invariants
+
+from pkvmlab import Lab
+from pkvmlab.arch.pgtable import Owner, PageState
+from pkvmlab.inspect.ownership import Ownership
+
+PAGE, BLOCK = 4096, 2 << 20
+
+
+def aborts(lab: Lab) -> int:
+    return lab.core.stats["stage2_abort"]
+
+
+def block_pfn(lab: Lab) -> int:
+    """The first page of a 2 MiB region the host has never touched."""
+    return lab.host.alloc_pages(512, align=512)
+
+
+def test_boot_snapshot_gives_the_carveout_to_hyp_and_the_rest_to_the_host(lab):
+    """Right after boot hyp owns exactly its carve-out (mapped in its stage-1) and the host owns all the rest."""
+    snap = lab.hyp.ownership()
+    assert isinstance(snap, Ownership) and snap.nr_pages == lab.core.ram_size // PAGE
+    hyp_pages = lab.hyp_size // PAGE
+    assert snap.owner_counts() == {"PKVM_ID_HYP": hyp_pages, "PKVM_ID_HOST": snap.nr_pages - hyp_pages}
+    r = snap.ranges()
+    assert [(x.owner, x.host, x.hyp, x.nr_pages) for x in r] == [
+        (Owner.HYP, PageState.NOPAGE, PageState.OWNED, hyp_pages),
+        (Owner.HOST, PageState.OWNED, PageState.NOPAGE, snap.nr_pages - hyp_pages)]
+    assert snap.hyp.mapped[:hyp_pages].all() and not snap.hyp.mapped[hyp_pages:].any()
+    assert snap.pool[:hyp_pages].sum() == snap.pool_pages and not snap.pool[hyp_pages:].any()
+    assert_invariants(lab)
+
+
+def test_first_touch_maps_a_whole_2mib_block_with_one_abort(lab):
+    """The host's first access to an untouched 2 MiB region costs one stage-2 abort and maps a block."""
+    pfn = block_pfn(lab)
+    before = lab.hyp.ownership()
+    assert not before.host.mapped[before.index(pfn):before.index(pfn) + 512].any()
+    n = aborts(lab)
+    lab.host.write(pfn * PAGE + 0x123, b"x")
+    assert aborts(lab) == n + 1
+    for off in (0, PAGE, 100 * PAGE, BLOCK - 8):
+        lab.host.read_u64(pfn * PAGE + off)
+    assert aborts(lab) == n + 1, "a page in the same block faulted again"
+    snap = lab.hyp.ownership()
+    leaf = snap.host.leaf(pfn * PAGE)
+    assert (leaf.level, leaf.size, leaf.phys, leaf.descriptor.kind) == (2, BLOCK, pfn * PAGE, "block")
+    assert snap.host.mapped[snap.index(pfn):snap.index(pfn) + 512].all()
+    assert snap.host.nr_leaves == before.host.nr_leaves + 1
+    assert lab.host.read(pfn * PAGE + 0x123, 1) == b"x"
+
+
+def test_donating_a_page_splits_the_block_and_keeps_its_neighbours_mapped(lab):
+    """Donating one page of a mapped block splits it into pages: the neighbours stay mapped, no new aborts."""
+    pfn = block_pfn(lab)
+    lab.host.read_u64(pfn * PAGE)
+    free = lab.hyp.pool().free_pages
+    lab.host.donate_hyp(pfn + 7, 1)
+    snap = lab.hyp.ownership()
+    i = snap.index(pfn)
+    assert (snap.host.level[i:i + 512] == 3).all()
+    assert snap.host.mapped[i:i + 512].sum() == 511 and not snap.host.mapped[i + 7]
+    assert snap.owner[i + 7] == Owner.HYP and snap.host.annotation[i + 7] == Owner.HYP
+    assert lab.hyp.pool().free_pages < free, "the split took a table from the hyp pool"
+    n = aborts(lab)
+    for p in (pfn, pfn + 6, pfn + 8, pfn + 511):
+        lab.host.read_u64(p * PAGE)
+    assert aborts(lab) == n
+    assert_invariants(lab)
+
+
+def test_lazy_mapping_next_to_a_donated_page_maps_single_pages(lab):
+    """Where a donation already split the region, a first touch maps only the 4 KiB page touched."""
+    pfn = block_pfn(lab)
+    lab.host.donate_hyp(pfn + 3, 1)
+    n = aborts(lab)
+    lab.host.read_u64((pfn + 4) * PAGE)
+    lab.host.read_u64((pfn + 5) * PAGE)
+    assert aborts(lab) == n + 2
+    snap = lab.hyp.ownership()
+    i = snap.index(pfn)
+    assert list(snap.host.mapped[i:i + 6]) == [False, False, False, False, True, True]
+    assert snap.host.leaf((pfn + 4) * PAGE).level == 3
+    assert snap.host.leaf(pfn * PAGE) is None, "an untouched host page has an empty entry"
+
+
+def test_touching_a_block_that_runs_past_ram_maps_only_what_is_ram():
+    """Past the first GiB, with RAM ending 4 MiB later, a first touch maps a 2 MiB block, not 1 GiB."""
+    lab = Lab(ram_size=(1 << 30) + (4 << 20))
+    last = (lab.core.ram_base + lab.core.ram_size) // PAGE - 1
+    lab.host.read_u64(last * PAGE)
+    leaf = lab.hyp.ownership().host.leaf(last * PAGE)
+    assert (leaf.level, leaf.addr) == (2, (last * PAGE) & ~(BLOCK - 1))
+    assert_invariants(lab)
+
+
+def test_a_1gib_block_is_mapped_and_split_twice_for_one_donated_page():
+    """An empty, all-RAM level-1 entry maps as a 1 GiB block; donating a page inside splits it to 2 MiB and 4 KiB."""
+    lab = Lab(ram_size=2 << 30)
+    pa = lab.core.ram_base + (1 << 30)
+    n = aborts(lab)
+    lab.host.read_u64(pa + 0x12345000)
+    assert aborts(lab) == n + 1
+    snap = lab.hyp.ownership()
+    assert snap.host.leaf(pa).level == 1 and snap.host.leaf(pa).size == 1 << 30
+    free, tables = lab.hyp.pool().free_pages, snap.host.nr_tables + snap.hyp.nr_tables
+    lab.host.donate_hyp((pa >> 12) + 1, 1)
+    snap = lab.hyp.ownership()
+    assert lab.hyp.pool().free_pages == free - 4, "an L2 and an L3 table each for host stage-2 and hyp stage-1"
+    assert snap.host.nr_tables + snap.hyp.nr_tables == tables + 4
+    assert snap.host.leaf(pa).level == 3 and snap.host.leaf(pa + BLOCK).level == 2
+    assert snap.host.leaf(pa + (1 << 30) - PAGE).level == 2
+    lab.host.read_u64(pa)
+    lab.host.read_u64(pa + (1 << 30) - 8)
+    assert aborts(lab) == n + 1
+    assert_invariants(lab)
+
+
+def test_snapshot_agrees_with_the_cpu_about_every_mapping():
+    """For every page, the snapshot says mapped exactly when the CPU's AT S12E1R / AT S1E2R translates it."""
+    lab = Lab(ram_size=32 << 20)
+    h = lab.host
+    pfn = h.alloc_pages(16)
+    h.read_u64(pfn * PAGE)
+    h.share_hyp(pfn + 1)
+    h.donate_hyp(pfn + 2, 3)
+    h.read_u64(block_pfn(lab) * PAGE)
+    snap = lab.hyp.ownership()
+    for i in range(0, snap.nr_pages, 7):   # every 7th page: all kinds of region, a few seconds at most
+        pa = (snap.start_pfn + i) * PAGE
+        s2 = lab.core.call_symbol("__debug_at_s12e1r", pa)
+        s1 = lab.core.call_symbol("__debug_at_s1e2r", pa)
+        assert (not s2 & 1) == bool(snap.host.mapped[i]), f"host stage-2 at {pa:#x}: PAR {s2:#x}"
+        assert (not s1 & 1) == bool(snap.hyp.mapped[i]), f"hyp stage-1 at {pa:#x}: PAR {s1:#x}"
+        if not s2 & 1:
+            assert s2 & 0xFFFF_FFFF_F000 == pa
+
+
+def test_page_ranges_and_counts_describe_the_same_pages(lab):
+    """ranges() tiles RAM in order, counts add up to all pages, page() matches both, diff() finds changes."""
+    pfn = lab.host.alloc_pages(4)
+    before = lab.hyp.ownership()
+    lab.host.share_hyp(pfn)
+    lab.host.donate_hyp(pfn + 2, 2)
+    snap = lab.hyp.ownership()
+    r = snap.ranges()
+    assert r[0].start_pfn == snap.start_pfn and r[-1].end_pfn == snap.start_pfn + snap.nr_pages
+    assert all(a.end_pfn == b.start_pfn for a, b in zip(r, r[1:]))
+    for part in snap.counts().values():
+        assert sum(part.values()) == snap.nr_pages
+    for x in r:
+        for p in (x.start_pfn, x.end_pfn - 1):
+            info = snap.page(p)
+            assert (info.owner, info.host, info.hyp) == (x.owner, x.host, x.hyp)
+    assert snap.diff(before) == [pfn, pfn + 2, pfn + 3]
+    assert snap != before and snap == lab.hyp.ownership()
+    with pytest.raises(IndexError):
+        snap.page(snap.start_pfn + snap.nr_pages)
+
+
+def test_snapshot_reads_like_a_table_in_text_and_html(lab):
+    """repr names owners, states and ranges; the HTML is a table with one row per range."""
+    pfn = lab.host.alloc_pages(2)
+    lab.host.share_hyp(pfn)
+    snap = lab.hyp.ownership()
+    text = repr(snap)
+    assert "PKVM_ID_HYP" in text and "SHARED_OWNED" in text and f"{pfn * PAGE:#012x}" in text
+    html = snap._repr_html_()
+    assert html.count("<tr style=") == len(snap.ranges())
+    assert "PKVM_PAGE_SHARED_BORROWED" in html
+    assert "mapped L3" in str(snap.page(pfn)) and "PKVM_PAGE_SHARED_OWNED" in str(snap.page(pfn))
+
+
+def test_snapshot_cost_grows_with_mappings_not_with_ram():
+    """Doubling RAM adds no descriptors to read; donating scattered pages adds one per page."""
+    small, big = Lab(ram_size=64 << 20), Lab(ram_size=1 << 30)
+    a, b = small.hyp.ownership(), big.hyp.ownership()
+    assert a.host.nr_leaves == b.host.nr_leaves and a.host.nr_tables == b.host.nr_tables
+    pfn = big.host.alloc_pages(512 * 8, align=512)
+    for k in range(8):
+        big.host.donate_hyp(pfn + 512 * k + 5, 1)
+    c = big.hyp.ownership()
+    assert c.host.nr_tables == b.host.nr_tables + 8
+    assert c.host.nr_leaves == b.host.nr_leaves + 8
+    assert np.count_nonzero(c.owner == Owner.HYP) == np.count_nonzero(b.owner == Owner.HYP) + 8
