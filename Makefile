@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup lab test dot firmware bench docs lint clean
+.PHONY: setup lab test dot chromium firmware bench docs lint clean
 
 setup: $(STAMP) dot firmware
 
@@ -29,6 +29,16 @@ dot:
 	    echo "  (macOS: brew install graphviz; conda: conda install -c conda-forge graphviz)"; exit 1; \
 	  fi; }
 
+# The browser test drives Debian's `chromium` package with Playwright (never `playwright install`).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Chromium with apt-get (for tests/test_browser.py)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "Chromium is missing: tests/test_browser.py will be skipped. Install it with:  sudo apt-get install chromium"; \
+	  fi; }
+
 firmware: $(STAMP)
 	$(PY) -m pkvmlab.firmware
 
@@ -38,8 +48,10 @@ lab: setup
 lint: $(STAMP)
 	$(PY) -m ruff check pkvmlab tests $(wildcard bench)
 
-test: setup lint
-	$(PY) -m pytest -q tests
+# tests/ and the notebooks (nbval) in one run; the browser test must run wherever Chromium is installed.
+test: setup chromium lint
+	PKVMLAB_REQUIRE_BROWSER=$$(test -x /usr/bin/chromium && echo 1 || echo 0) \
+	  $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env
 
 bench: setup
 	$(PY) bench/run_all.py

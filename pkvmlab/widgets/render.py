@@ -1,0 +1,155 @@
+"""Rendering helpers shared by the dashboards: diagrams to SVG/PNG, the hypercall log and status lines as HTML.
+
+Everything here is pure: it turns a ``graphviz.Digraph``, a matplotlib ``Figure``, the host's hypercall log
+or an exception into a string (or PNG bytes) that an ipywidgets ``HTML``/``Image`` shows.  The widgets own
+the state; this module only draws it, so two widgets never carry two copies of the same drawing code.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Iterable
+from html import escape
+
+from pkvmlab.arch.smccc import HYPERCALL_ARGS
+from pkvmlab.errors import HypercallError, HypPanic, PkvmLabError, errno_words
+
+PAGE = 4096
+
+# Colours for the status line: the same three everywhere.
+_STATUS = {"ok": ("#1b5e20", "#e8f5e9", "✔"), "error": ("#b71c1c", "#ffebee", "✖"), "info": ("#0d47a1", "#e3f2fd", "ℹ")}
+
+
+def status_html(kind: str, message: str) -> str:
+    """One status line: ``kind`` is "ok", "error" or "info"; ``message`` is plain text (escaped here)."""
+    fg, bg, mark = _STATUS.get(kind, _STATUS["info"])
+    return (f"<div class='pkvmlab-status pkvmlab-status-{kind}' style='color:{fg};background:{bg};"
+            f"padding:4px 8px;border-radius:4px;font-family:sans-serif'>{mark} {escape(message)}</div>")
+
+
+def error_message(exc: BaseException) -> str:
+    """What went wrong, in words, for the status line (never a traceback)."""
+    if isinstance(exc, HypercallError):
+        return f"{exc} — the hypervisor said no (errno {exc.errno})"
+    if isinstance(exc, HypPanic):
+        return f"the hypervisor panicked: {exc}. The machine is dead: make a new Lab() to go on."
+    if isinstance(exc, PkvmLabError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def guarded(set_status: Callable[[str, str], None], action: Callable[[], str | None]) -> bool:
+    """Run ``action``; its returned text (if any) becomes an "ok" status, any exception an "error" status.
+
+    Returns whether the action succeeded.  Nothing propagates: a dashboard must never show a traceback.
+    """
+    try:
+        message = action()
+    except Exception as exc:  # noqa: BLE001 - by design: every failure is shown in the widget, in words
+        set_status("error", error_message(exc))
+        return False
+    if message:
+        set_status("ok", message)
+    return True
+
+
+# -- diagrams ------------------------------------------------------------------------------------
+
+_XML_PROLOGUE = re.compile(r"^\s*<\?xml[^>]*>\s*(<!DOCTYPE[^>]*>\s*)?(<!--.*?-->\s*)*", re.S)
+
+
+def svg_of(diagram) -> str:
+    """A ``graphviz.Digraph`` (or anything with ``pipe``/``_repr_image_svg_xml``) as an inline ``<svg>`` string."""
+    if hasattr(diagram, "pipe"):
+        svg = diagram.pipe(format="svg", encoding="utf-8")
+    elif hasattr(diagram, "_repr_image_svg_xml"):
+        svg = diagram._repr_image_svg_xml()
+    else:
+        svg = str(diagram)
+    # Inline SVG inside HTML: the XML prologue and DOCTYPE are not allowed there, and graphviz's comment
+    # carries its version; drop them so the markup is stable and embeddable.
+    return _XML_PROLOGUE.sub("", svg, count=1)
+
+
+def diagram_html(diagram, css_class: str, max_height: str = "560px") -> str:
+    """A diagram in a scrollable box tagged with ``css_class`` (the browser test finds it by that class)."""
+    return (f"<div class='{css_class}' style='max-height:{max_height};overflow:auto;border:1px solid #ddd;"
+            f"padding:4px'>{svg_of(diagram)}</div>")
+
+
+def figure_png(fig, dpi: int = 80) -> bytes:
+    """A matplotlib ``Figure`` as PNG bytes (metadata stripped so the bytes only depend on the picture); closes it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    try:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    except Exception:  # noqa: BLE001 - a Figure made without pyplot has nothing to close
+        pass
+    return buf.getvalue()
+
+
+def unavailable_html(what: str, exc: BaseException) -> str:
+    """What a panel shows when its drawing failed (e.g. Graphviz's ``dot`` missing): the reason, not a traceback."""
+    return (f"<div class='pkvmlab-unavailable' style='color:#777;font-style:italic'>{escape(what)} is not available: "
+            f"{escape(error_message(exc))}</div>")
+
+
+# -- the hypercall log ---------------------------------------------------------------------------
+
+def format_args(call: str, args: Iterable[int]) -> str:
+    """``__pkvm_host_share_hyp`` and ``(0x40802,)`` -> ``pfn=0x40802``, with the argument names pKVM uses."""
+    names = HYPERCALL_ARGS.get(call, ())
+    out = []
+    for i, a in enumerate(args):
+        shown = hex(a) if isinstance(a, int) else repr(a)
+        out.append(f"{names[i]}={shown}" if i < len(names) else shown)
+    return ", ".join(out)
+
+
+def format_result(call: str, result: int) -> str:
+    """A hypercall's result in words: "-ENOMEM (Cannot allocate memory)", "handle 0x1000", "0 (ok)"."""
+    if -4095 <= result < 0:
+        return f"-{errno_words(result)}"
+    if call == "__pkvm_init_shadow":
+        return f"handle {result:#x}"
+    if result == 0:
+        return "0 (ok)"
+    return f"{result:#x}"
+
+
+def log_html(log: list[tuple[str, tuple, int]], start: int = 0, limit: int = 40) -> str:
+    """The host's hypercall log from entry ``start`` on (newest last, at most ``limit`` rows) as an HTML table."""
+    entries = list(enumerate(log))[start:]
+    hidden = max(0, len(entries) - limit)
+    entries = entries[hidden:]
+    if not entries:
+        return "<div class='pkvmlab-log' style='color:#777'>no hypercalls yet</div>"
+    rows = []
+    for i, (call, args, result) in entries:
+        failed = -4095 <= result < 0
+        colour = "#b71c1c" if failed else "#1b5e20"
+        rows.append(f"<tr><td style='color:#777;text-align:right'>{i}</td><td><code>{escape(call)}</code></td>"
+                    f"<td><code>{escape(format_args(call, args))}</code></td>"
+                    f"<td style='color:{colour}'><code>{escape(format_result(call, result))}</code></td></tr>")
+    more = f"<div style='color:#777'>… {hidden} earlier call(s) not shown</div>" if hidden else ""
+    return (f"<div class='pkvmlab-log' style='max-height:260px;overflow:auto'>{more}"
+            "<table style='font-size:90%'><thead><tr><th>#</th><th>hypercall</th><th>arguments</th><th>result</th>"
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def log_text(log: list[tuple[str, tuple, int]], start: int = 0) -> str:
+    """The same log as plain lines, for tests and text frontends."""
+    return "\n".join(f"{call}({format_args(call, args)}) -> {format_result(call, result)}"
+                     for call, args, result in log[start:])
+
+
+def parse_address(text: str) -> int | None:
+    """Parse an address as Python would ("0x4080_2000", "1082138624"); None when it is not a number >= 0."""
+    try:
+        value = int(text.strip(), 0)
+    except ValueError:
+        return None
+    return value if value >= 0 else None

@@ -1,0 +1,71 @@
+"""Make executed notebooks fit to commit, or check that they are.
+
+    python tools/strip_widget_state.py notebooks/*.ipynb          # strip in place
+    python tools/strip_widget_state.py --check notebooks/*.ipynb  # exit 1 and say why if one is not fit
+
+``jupyter nbconvert --execute --inplace`` stores every widget's state in ``metadata.widgets`` and
+per-cell timestamps in ``metadata.execution``; a displayed widget's output carries a random model
+id.  Stripping removes all three (a widget output keeps its ``text/plain`` repr, which is what nbval
+compares and what a reader sees without a kernel), so re-executing an unchanged notebook gives an
+identical file.  A committed notebook must be executed: every code cell with source has an
+execution count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def problems(nb: dict) -> list[str]:
+    """Why this notebook (parsed JSON) is not fit to commit; empty when it is."""
+    out = []
+    if "widgets" in nb.get("metadata", {}):
+        out.append("carries widget state (metadata.widgets): run tools/strip_widget_state.py on it")
+    if "kernelspec" not in nb.get("metadata", {}):
+        out.append("has no metadata.kernelspec: JupyterLab would ask which kernel to use")
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code" or not "".join(cell.get("source", "")).strip():
+            continue
+        if cell.get("execution_count") is None:
+            out.append(f"code cell {i} was not executed")
+    return out
+
+
+def strip(nb: dict) -> bool:
+    """Remove widget state, widget model ids and execution timestamps in place; returns whether anything changed."""
+    changed = nb.get("metadata", {}).pop("widgets", None) is not None
+    for cell in nb.get("cells", []):
+        changed |= cell.get("metadata", {}).pop("execution", None) is not None
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW in data:
+                del data[WIDGET_VIEW]
+                changed = True
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="only check; exit 1 if a notebook is not fit to commit")
+    ap.add_argument("notebooks", nargs="+", type=Path)
+    args = ap.parse_args(argv)
+    bad = 0
+    for path in args.notebooks:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        if args.check:
+            for p in problems(nb):
+                print(f"{path}: {p}")
+                bad += 1
+        elif strip(nb):
+            path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+            print(f"stripped {path}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
