@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from pkvmlab import HostAccessFault, HypercallError, Lab
 from pkvmlab.arch import pgtable as pt
-from pkvmlab.arch.ownership import TRANSITION, initial_page
+from pkvmlab.arch.ownership import TRANSITION, initial_page, reachable_views
 from pkvmlab.arch.pgtable import Owner
 from pkvmlab.inspect.invariants import KINDS, Violation, check_invariants
 from pkvmlab.inspect.ownership import find_descriptor
@@ -90,7 +90,7 @@ def test_host_mapping_that_is_not_the_identity_is_reported(lab, pfn):
     lab.host.donate_hyp(pfn + 1, 1)
     plant(lab, "host", pfn * PAGE, valid_like(lab, "host", pfn * PAGE, lab.core.ram_base))
     msgs = [v.message for v in check_invariants(lab.hyp.ownership()) if v.kind == "host-mapped"]
-    assert any(f"IPA {pfn * PAGE:#x} to PA {lab.core.ram_base:#x}" in m for m in msgs), msgs
+    assert any(f"IPA {pfn * PAGE:#x} points to PA {lab.core.ram_base:#x}" in m for m in msgs), msgs
 
 
 def test_hyp_mapping_a_host_page_is_reported(lab, pfn):
@@ -107,6 +107,17 @@ def test_hyp_mapping_outside_ram_is_reported(lab, pfn):
     plant(lab, "hyp", (pfn + 1) * PAGE, valid_like(lab, "hyp", pfn * PAGE, 0x1000))
     msgs = [v.message for v in check_invariants(lab.hyp.ownership()) if v.kind == "hyp-mapped"]
     assert any("outside RAM" in m for m in msgs), msgs
+
+
+def test_a_table_pointer_outside_ram_is_reported_not_followed(lab, pfn):
+    """A hyp stage-1 table descriptor pointing outside RAM is a hyp-mapped violation, and the walk survives it."""
+    lab.host.share_hyp(pfn)
+    ptep, level, pte = find_descriptor(lab.hyp, "hyp", pfn * PAGE, stop_level=2)
+    assert level == 2 and pte & 3 == 3, "the shared page is mapped through a level-3 table"
+    lab.core.phys.write_u64(ptep, 0x1000 | 3)
+    hits = [v for v in check_invariants(lab.hyp.ownership()) if v.kind == "hyp-mapped" and "table for VA" in v.message]
+    assert hits and "outside RAM" in hits[0].message, hits
+    found(lab, "share", pfn)   # the page it mapped is now lent to nobody
 
 
 @pytest.mark.parametrize("annotation", [Owner.HOST, Owner.GUEST])
@@ -157,6 +168,7 @@ def test_no_sequence_of_calls_breaks_an_invariant(ops):
     base = lab.host.alloc_pages(NPAGES + 2, align=512)   # two spare pages so a 3-page range can run past the tracked ones
     model = {base + i: initial_page(Owner.HOST) for i in range(NPAGES + 2)}
     snap = lab.hyp.ownership()
+    reachable = reachable_views(max_pins=len(ops))
     for call, i, n in ops:
         pfn = base + i
         if call == "touch":
@@ -176,6 +188,7 @@ def test_no_sequence_of_calls_breaks_an_invariant(ops):
                 model.update({p: o.after for p, o in zip(range(pfn, pfn + n), outcomes)})
         prev, snap = snap, lab.hyp.ownership()
         assert {p: snap.page(p).view for p in model} == model
+        assert set(model.values()) <= reachable
         for p in set(prev.diff(snap)) - set(model):   # elsewhere only a touch may map a page, changing no state
             assert call == "touch" and snap.page(p).view == prev.page(p).view and snap.page(p).host_mapped
         assert check_invariants(snap) == []

@@ -7,6 +7,7 @@ import pytest
 from conftest import assert_invariants
 
 from pkvmlab import Lab
+from pkvmlab.arch.ownership import reachable_views
 from pkvmlab.arch.pgtable import Owner, PageState
 from pkvmlab.inspect.ownership import Ownership
 
@@ -34,6 +35,7 @@ def test_boot_snapshot_gives_the_carveout_to_hyp_and_the_rest_to_the_host(lab):
         (Owner.HOST, PageState.OWNED, PageState.NOPAGE, snap.nr_pages - hyp_pages)]
     assert snap.hyp.mapped[:hyp_pages].all() and not snap.hyp.mapped[hyp_pages:].any()
     assert snap.pool[:hyp_pages].sum() == snap.pool_pages and not snap.pool[hyp_pages:].any()
+    assert {snap.page(x.start_pfn).view for x in r} <= reachable_views()
     assert_invariants(lab)
 
 

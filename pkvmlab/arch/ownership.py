@@ -102,7 +102,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("__pkvm_host_donate_hyp", HOST, HYP, OWNED, NOPAGE, NOPAGE, OWNED, donate=True,
                doc="the host gives pages to hyp for good; it can no longer touch them"),
     Transition("__pkvm_hyp_donate_host", HYP, HOST, OWNED, NOPAGE, NOPAGE, OWNED, donate=True, hypercall=False,
-               doc="hyp gives pages back (teardown, reclaim); the host maps them again on its next touch"),
+               doc="hyp gives pages back (teardown, reclaim), never its carve-out; the host maps them on its next touch"),
     Transition("hyp_pin_shared_mem", HYP, HOST, SHARED_BORROWED, SHARED_BORROWED, SHARED_OWNED, SHARED_OWNED,
                hypercall=False, pins=+1, doc="hyp keeps a borrowed page from being unshared while it uses it"),
     Transition("hyp_unpin_shared_mem", HYP, HOST, SHARED_BORROWED, SHARED_BORROWED, SHARED_OWNED, SHARED_OWNED,
@@ -117,3 +117,23 @@ def initial_page(owner: Owner) -> PageView:
     if owner == HYP:
         return PageView(HYP, host=NOPAGE, hyp=OWNED)
     return PageView(HOST, host=OWNED, hyp=NOPAGE)
+
+
+def reachable_views(max_pins: int = 1) -> frozenset[PageView]:
+    """Every page view the transitions can reach from boot (pins up to ``max_pins``).
+
+    The closure of :data:`TRANSITIONS` over the two boot-time pages: what a legend of possible
+    states draws, and what any page read back from the tables must be one of.
+    """
+    seen: set[PageView] = set()
+    todo = [initial_page(HOST), initial_page(HYP)]
+    while todo:
+        page = todo.pop()
+        if page in seen or page.pins > max_pins:
+            continue
+        seen.add(page)
+        for t in TRANSITIONS:
+            out = t.outcome(page)
+            if not out.errno and not out.bug:
+                todo.append(out.after)
+    return frozenset(seen)

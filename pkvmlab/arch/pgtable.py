@@ -20,6 +20,7 @@ ADDR_MASK = ((1 << 48) - 1) & ~(PAGE_SIZE - 1)
 AF = 1 << 10
 SW0 = 1 << 55
 SW1 = 1 << 56
+STATE_SHIFT = 55  # pKVM's page state: SW1:SW0 of a valid leaf
 XN = 1 << 54
 S2AP_R = 1 << 6
 S2AP_W = 1 << 7
@@ -64,11 +65,11 @@ STATE_NAMES = {PageState.OWNED: "PKVM_PAGE_OWNED", PageState.SHARED_OWNED: "PKVM
 
 def pte_state(pte: int) -> PageState:
     """The page state held in a valid leaf's SW0/SW1."""
-    return PageState((pte >> 55) & 3)
+    return PageState((pte >> STATE_SHIFT) & 3)
 
 
 def state_bits(state: PageState) -> int:
-    return int(state) << 55
+    return int(state) << STATE_SHIFT
 
 
 def pte_owner(pte: int) -> int:

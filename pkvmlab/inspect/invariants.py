@@ -112,8 +112,8 @@ def check_invariants(snap: Ownership) -> list[Violation]:
                            f"owner {owner_name(int(snap.owner[i]))})", sig)
     for lf in host.remapped + host.outside_ram:
         out.append(Violation("host-mapped", lf.addr >> 12, lf.size >> 12,
-                             f"the host stage-2 maps IPA {lf.addr:#x} to PA {lf.phys:#x}: the host's map must be "
-                             "the identity, over RAM only."))
+                             f"the host stage-2 {lf.descriptor.kind} for IPA {lf.addr:#x} points to PA "
+                             f"{lf.descriptor.output_address:#x}, but the host's map must be the identity over RAM."))
 
     # hyp-mapped: only what the host stage-2 records as hyp's, or what hyp borrows / lends.
     hyp = snap.hyp
@@ -127,7 +127,8 @@ def check_invariants(snap: Ownership) -> list[Violation]:
                            f"owner {owner_name(int(snap.owner[i]))})", sig)
     for lf in hyp.outside_ram:
         out.append(Violation("hyp-mapped", lf.addr >> 12, lf.size >> 12,
-                             f"hyp's stage-1 maps VA {lf.addr:#x} to PA {lf.phys:#x}, outside RAM."))
+                             f"hyp's stage-1 {lf.descriptor.kind} for VA {lf.addr:#x} points to PA "
+                             f"{lf.descriptor.output_address:#x}, outside RAM."))
 
     # carveout: hyp's own memory is hyp's, mapped by hyp, and never the host's.
     lo, hi = ((a - snap.ram_start) >> 12 for a in snap.carveout)

@@ -20,7 +20,6 @@ from pkvmlab.arch.ownership import PageView
 from pkvmlab.arch.pgtable import OWNER_NAMES, STATE_NAMES, Owner, PageState
 
 NO_OWNER = 0xFF          # a page nobody can be found to own (only in a broken state)
-_OWNED_STATES = (PageState.OWNED, PageState.SHARED_OWNED)
 _COLOURS = {Owner.HOST: "#cfe8ff", Owner.HYP: "#ffd7a8", Owner.GUEST: "#d4f5c9"}
 
 
@@ -78,7 +77,7 @@ class StageView:
     nr_tables: int           # tables below the top level (pages taken from the hyp pool)
     table_pages: tuple[int, ...]
     _leaves: tuple[np.ndarray, ...] = field(repr=False)   # addr, pte, level, ptep of every non-empty leaf
-    outside_ram: tuple[Leaf, ...] = ()                      # valid leaves that output outside RAM
+    outside_ram: tuple[Leaf, ...] = ()                      # valid leaves (or tables) outside RAM
     remapped: tuple[Leaf, ...] = ()                         # valid leaves whose output != input
 
     @property
@@ -87,8 +86,7 @@ class StageView:
 
     def leaves(self) -> list[Leaf]:
         """Every valid leaf and annotated invalid entry, in input-address order."""
-        a, p, lv, pp = self._leaves
-        return [Leaf(self.stage, int(x), int(y), int(z), int(w)) for x, z, y, w in zip(a, p, lv, pp)]
+        return [Leaf(self.stage, int(a), int(lv), int(pte), int(pp)) for a, pte, lv, pp in zip(*self._leaves)]
 
     def leaf(self, addr: int) -> Leaf | None:
         """The non-empty descriptor that decides input address ``addr`` (None: empty)."""
@@ -259,44 +257,38 @@ class Ownership:
 class _Walker:
     """Collects every non-empty, non-table descriptor of one table tree, reading each table once."""
 
-    def __init__(self, phys, ia_bits: int, start_level: int):
-        self.phys, self.ia_bits, self.start_level = phys, ia_bits, start_level
-        self.addr: list[np.ndarray] = []
-        self.pte: list[np.ndarray] = []
-        self.level: list[np.ndarray] = []
-        self.ptep: list[np.ndarray] = []
+    def __init__(self, phys, ia_bits: int, start_level: int, stage: int):
+        self.phys, self.ia_bits, self.start_level, self.stage = phys, ia_bits, start_level, stage
+        self.found: list[tuple[np.ndarray, ...]] = []     # (addr, pte, level, ptep) per table
         self.tables: list[int] = []
+        self.bad_tables: list[Leaf] = []                  # table descriptors pointing outside RAM
 
     def walk(self, table_pa: int, level: int, base: int, n: int) -> None:
         t = np.frombuffer(self.phys.read(table_pa, n * 8), dtype="<u8")
         nz = np.flatnonzero(t)
-        if not len(nz):
-            return
         ptes = t[nz]
-        is_table = (ptes & 3) == 3 if level < 3 else np.zeros(len(nz), bool)
-        leaf = ~is_table
+        is_table = (ptes & np.uint64(3)) == 3 if level < 3 else np.zeros(len(nz), bool)
         shift = pt.granule_shift(level)
-        if leaf.any():
-            idx = nz[leaf].astype(np.uint64)
-            self.addr.append(np.uint64(base) + (idx << np.uint64(shift)))
-            self.pte.append(ptes[leaf])
-            self.level.append(np.full(len(idx), level, np.uint8))
-            self.ptep.append(np.uint64(table_pa) + idx * np.uint64(8))
+        if (~is_table).any():
+            idx = nz[~is_table].astype(np.uint64)
+            self.found.append((np.uint64(base) + (idx << np.uint64(shift)), ptes[~is_table],
+                               np.full(len(idx), level, np.uint8), np.uint64(table_pa) + idx * np.uint64(8)))
         for i in nz[is_table]:
-            child = int(t[i]) & pt.ADDR_MASK
+            child, addr = int(t[i]) & pt.ADDR_MASK, base + (int(i) << shift)
+            if not self.phys.base <= child < self.phys.base + self.phys.size:
+                self.bad_tables.append(Leaf(self.stage, addr, level, int(t[i]), table_pa + 8 * int(i)))
+                continue
             self.tables.append(child)
-            self.walk(child, level + 1, base + (int(i) << shift), pt.ENTRIES)
+            self.walk(child, level + 1, addr, pt.ENTRIES)
 
     def run(self, pgd: int) -> tuple[np.ndarray, ...]:
-        n = 1 << (self.ia_bits - pt.granule_shift(self.start_level))
-        self.walk(pgd, self.start_level, 0, n)
-        if not self.addr:
+        self.walk(pgd, self.start_level, 0, 1 << (self.ia_bits - pt.granule_shift(self.start_level)))
+        if not self.found:
             e = np.zeros(0, np.uint64)
             return e, e, np.zeros(0, np.uint8), e
-        addr = np.concatenate(self.addr)
-        order = np.argsort(addr, kind="stable")
-        return (addr[order], np.concatenate(self.pte)[order], np.concatenate(self.level)[order],
-                np.concatenate(self.ptep)[order])
+        cols = [np.concatenate(c) for c in zip(*self.found)]
+        order = np.argsort(cols[0], kind="stable")
+        return tuple(c[order] for c in cols)
 
 
 def _stage_view(name: str, owner_id: Owner, stage: int, walker: _Walker, leaves, ram_start: int, nr_pages: int,
@@ -324,12 +316,12 @@ def _stage_view(name: str, owner_id: Owner, stage: int, walker: _Walker, leaves,
         i, p = i[ok], p[ok]
         lv[i] = 3
         if is_valid:
-            state[i] = ((p >> np.uint64(55)) & np.uint64(3)).astype(np.uint8)
+            state[i] = ((p >> np.uint64(pt.STATE_SHIFT)) & np.uint64(3)).astype(np.uint8)
             mapped[i] = True
         else:
             state[i] = PageState.NOPAGE
             annotated[i] = True
-            annotation[i] = ((p >> np.uint64(pt.OWNER_SHIFT)) & np.uint64(0xFF)).astype(np.uint8)
+            annotation[i] = ((p & np.uint64(pt.OWNER_MASK)) >> np.uint64(pt.OWNER_SHIFT)).astype(np.uint8)
 
     # Blocks: one slice each, so a 1 GiB block costs what a page does.
     for j in np.flatnonzero(~small):
@@ -357,7 +349,7 @@ def _stage_view(name: str, owner_id: Owner, stage: int, walker: _Walker, leaves,
         for bad, into in ((np.flatnonzero((o < 0) | (o >= nr_pages)), outside), (np.flatnonzero(out != addr[s]), remapped)):
             into += [Leaf(stage, int(addr[s][j]), 3, int(pte[s][j]), int(ptep[s][j])) for j in bad[:64]]
     return StageView(name, owner_id, stage, state, mapped, annotation, annotated, lv, len(walker.tables),
-                     tuple(walker.tables), leaves, tuple(outside), tuple(remapped))
+                     tuple(walker.tables), leaves, tuple(outside + walker.bad_tables), tuple(remapped))
 
 
 def _read_pgtable(hyp, symbol: str, path: str = "") -> tuple[int, int, int]:
@@ -368,7 +360,7 @@ def _read_pgtable(hyp, symbol: str, path: str = "") -> tuple[int, int, int]:
 
 def _walk(hyp, symbol: str, path: str = ""):
     pgd, ia_bits, start_level = _read_pgtable(hyp, symbol, path)
-    w = _Walker(hyp.core.phys, ia_bits, start_level)
+    w = _Walker(hyp.core.phys, ia_bits, start_level, 2 if path else 1)
     return w, w.run(pgd)
 
 
@@ -404,8 +396,9 @@ def read_ownership(hyp) -> Ownership:
                      ps.free_pages, ps.nr_pages, sides)
 
 
-def find_descriptor(hyp, side: str, addr: int) -> tuple[int, int, int]:
-    """(physical address of the descriptor, its level, its value) deciding ``addr`` in ``side``'s table.
+def find_descriptor(hyp, side: str, addr: int, stop_level: int = 3) -> tuple[int, int, int]:
+    """(physical address of the descriptor, its level, its value) deciding ``addr`` in ``side``'s table
+    (``"host"`` or ``"hyp"``), or the table descriptor at ``stop_level`` if the walk gets there first.
 
     A debugger helper: tests use it to plant a broken descriptor with ``core.phys.write``.
     """
@@ -416,7 +409,6 @@ def find_descriptor(hyp, side: str, addr: int) -> tuple[int, int, int]:
         bits = ia_bits - shift if table == pgd else 9
         ptep = table + ((addr >> shift) & ((1 << bits) - 1)) * 8
         pte = phys.read_u64(ptep)
-        if level == 3 or (pte & 3) != 3:
+        if level >= stop_level or (pte & 3) != 3:
             return ptep, level, pte
         table, level = pte & pt.ADDR_MASK, level + 1
-
