@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable
 from html import escape
 
+from pkvmlab.arch.esr import fsc_words, par_decode
 from pkvmlab.arch.smccc import HYPERCALL_ARGS
 from pkvmlab.errors import HypercallError, HypPanic, PkvmLabError, errno_words
 
@@ -72,10 +73,18 @@ def svg_of(diagram) -> str:
     return _XML_PROLOGUE.sub("", svg, count=1)
 
 
+_SVG_SIZE = re.compile(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"')
+
+
+def fit_svg(svg: str) -> str:
+    """Let graphviz's fixed-size SVG shrink to its box (never grow past its natural size); the viewBox keeps its shape."""
+    return _SVG_SIZE.sub(lambda m: f'<svg width="100%" style="max-width:{m.group(1)}pt"', svg, count=1)
+
+
 def diagram_html(diagram, css_class: str, max_height: str = "560px") -> str:
     """A diagram in a scrollable box tagged with ``css_class`` (the browser test finds it by that class)."""
     return (f"<div class='{css_class}' style='max-height:{max_height};overflow:auto;border:1px solid #ddd;"
-            f"padding:4px'>{svg_of(diagram)}</div>")
+            f"padding:4px'>{fit_svg(svg_of(diagram))}</div>")
 
 
 def figure_png(fig, dpi: int = 80) -> bytes:
@@ -95,6 +104,31 @@ def unavailable_html(what: str, exc: BaseException) -> str:
     """What a panel shows when its drawing failed (e.g. Graphviz's ``dot`` missing): the reason, not a traceback."""
     return (f"<div class='pkvmlab-unavailable' style='color:#777;font-style:italic'>{escape(what)} is not available: "
             f"{escape(error_message(exc))}</div>")
+
+
+def pre_html(text: str) -> str:
+    """Preformatted text (a repr), escaped."""
+    return f"<pre style='font-size:85%;white-space:pre-wrap'>{escape(text)}</pre>"
+
+
+def panel_html(title: str, body_html: str) -> str:
+    """A titled box around some HTML."""
+    return (f"<div style='border:1px solid #ddd;border-radius:4px;padding:6px 10px'><b>{escape(title)}</b>"
+            f"{body_html}</div>")
+
+
+def par_fields(par: int) -> str:
+    """``PAR_EL1`` decoded field by field (ARM ARM D19.2.103) as a small table."""
+    rows = []
+    for name, value in par_decode(par).items():
+        if isinstance(value, bool):
+            shown = str(int(value))
+        elif name == "FST":
+            shown = f"{value:#08b}: {fsc_words(value)}"
+        else:
+            shown = f"{value:#x}"
+        rows.append(f"<tr><td><code>{escape(name)}</code></td><td><code>{escape(shown)}</code></td></tr>")
+    return f"<table style='font-size:90%'>{''.join(rows)}</table>"
 
 
 # -- the hypercall log ---------------------------------------------------------------------------

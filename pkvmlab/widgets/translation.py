@@ -1,0 +1,245 @@
+"""The translation explorer: pick a stage and a VM, type or slide an address, see the walk and the CPU's answer.
+
+    from pkvmlab.widgets import TranslationExplorer
+    TranslationExplorer(lab)                       # host stage-2, first page of host RAM
+    TranslationExplorer(lab, stage="guest-s2", vm=vm.handle, addr=0x3000)
+
+Left: ``viz.translation(lab.hyp.walk(addr, stage=..., vm=..., access=...))``, the software walk over
+the tables in emulated memory.  Right: what the emulated CPU itself says (``AT S12E1R/W`` for stage 2,
+``AT S1E2R/W`` for hyp stage 1, read back from ``PAR_EL1``) and whether the two agree.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+import ipywidgets as W
+
+from pkvmlab.errors import UsageError
+from pkvmlab.widgets import render
+
+PAGE = 4096
+STAGES = (("host stage-2 (host IPA -> PA)", "host-s2"), ("guest stage-2 (guest IPA -> PA)", "guest-s2"),
+          ("hyp stage-1 (EL2 VA -> PA)", "hyp-s1"))
+ACCESSES = (("read", "r"), ("write", "w"), ("fetch", "x"))
+GUEST_MIN_PAGES = 64     # the guest slider covers at least this many gfns
+
+
+class TranslationExplorer(W.VBox):
+    """Stage, VM, access and address in; the walk diagram and the CPU's ``AT`` answer out, side by side."""
+
+    def __init__(self, lab, *, stage: str = "host-s2", vm=None, addr: int | None = None, access: str = "r"):
+        self.lab = lab
+        self.walk = None          # the last pkvmlab.inspect.walk.Walk drawn
+        self.at_result = None     # the last AtResult (None for fetches: AT has no fetch variant)
+        self._syncing = False
+
+        self.stage = W.Dropdown(options=STAGES, value=stage, description="stage", style={"description_width": "60px"})
+        self.vm = W.Dropdown(options=[], value=None, description="VM", style={"description_width": "40px"},
+                             layout=W.Layout(width="200px"))
+        self.access = W.ToggleButtons(options=ACCESSES, value=access, style={"button_width": "60px"})
+        self.address = W.Text(description="address", placeholder="0x40802000", continuous_update=False,
+                              style={"description_width": "60px"}, layout=W.Layout(width="260px"))
+        self.slider = W.IntSlider(min=0, max=1, description="page", readout=False, continuous_update=False,
+                                  style={"description_width": "60px"}, layout=W.Layout(width="520px"))
+        self.range_note = W.HTML()
+        self.refresh_button = W.Button(description="Refresh", icon="refresh", tooltip="re-read the VMs and walk again")
+        self.status = W.HTML()
+        self.walk_view = W.HTML(layout=W.Layout(width="62%"))
+        self.walk_view.add_class("pkvmlab-walk-diagram")
+        self.at_view = W.HTML(layout=W.Layout(width="36%"))
+        self.at_view.add_class("pkvmlab-at-answer")
+
+        self._refresh_vms(prefer=getattr(vm, "handle", vm))
+        self._set_range(addr)
+        self.stage.observe(lambda _c: self._stage_changed(), names="value")
+        self.vm.observe(lambda _c: self._vm_changed(), names="value")
+        self.access.observe(lambda _c: self.explore(), names="value")
+        self.address.observe(lambda _c: self._address_typed(), names="value")
+        self.slider.observe(lambda _c: self._slid(), names="value")
+        self.refresh_button.on_click(lambda _b: self.refresh())
+
+        super().__init__([
+            W.HTML("<b>Translation explorer</b>"),
+            W.HBox([self.stage, self.vm, self.access, self.refresh_button]),
+            W.HBox([self.address, self.slider, self.range_note]),
+            self.status,
+            W.HBox([self.walk_view, self.at_view]),
+        ])
+        self.add_class("pkvmlab-translation-explorer")
+        self.explore()
+
+    # -- public ----------------------------------------------------------------------------------
+    @property
+    def addr(self) -> int | None:
+        return render.parse_address(self.address.value)
+
+    def show(self, addr: int, stage: str | None = None, vm=None, access: str | None = None) -> bool:
+        """Point the explorer at ``addr`` (optionally changing stage, VM, access) and walk; returns success."""
+        self._syncing = True
+        try:
+            if stage is not None:
+                self.stage.value = stage
+                self._refresh_vms(prefer=getattr(vm, "handle", vm))
+            elif vm is not None:
+                self._refresh_vms(prefer=getattr(vm, "handle", vm))
+            if access is not None:
+                self.access.value = access
+            self._set_range(addr)
+        finally:
+            self._syncing = False
+        return self.explore()
+
+    def refresh(self) -> bool:
+        """Re-read the live VMs (created or torn down elsewhere) and walk again."""
+        self._syncing = True
+        try:
+            before = self.vm.value
+            self._refresh_vms(prefer=before)
+            self._set_range(self.addr if self.vm.value == before else None)   # another VM: start at its first page
+        finally:
+            self._syncing = False
+        return self.explore()
+
+    def explore(self) -> bool:
+        """Walk the current address in software, ask the CPU, draw both; errors go to the status line."""
+        return render.guarded(self._set_status, self._explore)
+
+    def __repr__(self) -> str:
+        return f"TranslationExplorer({self.stage.value}, {self.address.value or '?'}, access {self.access.value!r})"
+
+    # -- internals -------------------------------------------------------------------------------
+    def _explore(self) -> None:
+        addr, stage, access = self.addr, self.stage.value, self.access.value
+        self.walk = self.at_result = None
+        if addr is None:
+            self.walk_view.value = self.at_view.value = ""
+            raise UsageError(f"{self.address.value!r} is not an address: type it as 0x40802000 (or in decimal)")
+        if stage == "guest-s2" and self.vm.value is None:
+            self.walk_view.value = self.at_view.value = ""
+            raise UsageError("there is no protected VM to walk: create one (lab.host.create_vm or the VM builder), "
+                             "then press Refresh")
+        vm = self.vm.value if stage == "guest-s2" else None
+        self.walk = self.lab.hyp.walk(addr, stage=stage, vm=vm, access=access)
+        try:
+            from pkvmlab import viz
+
+            self.walk_view.value = render.diagram_html(viz.translation(self.walk), "pkvmlab-walk-svg", "640px")
+        except Exception as exc:  # noqa: BLE001 - no diagram (e.g. no `dot`): the walk in text instead
+            self.walk_view.value = render.unavailable_html("The walk diagram", exc) + render.pre_html(repr(self.walk))
+        self.at_view.value = self._at_html(addr, stage, vm, access)
+        self._set_status("ok" if self.walk.ok else "info", f"software walk: {self.walk.words()}")
+
+    def _at_html(self, addr: int, stage: str, vm, access: str) -> str:
+        insn = {"hyp-s1": "AT S1E2", "host-s2": "AT S12E1", "guest-s2": "AT S12E1"}[stage]
+        if access == "x":
+            return render.panel_html("The CPU's answer", "<p>AT asks about reads and writes only: there is no AT for an "
+                                     "instruction fetch. The software walk above applies the execute permission.</p>")
+        from pkvmlab.inspect import walk as walk_mod
+
+        at = getattr(self.lab.hyp, "at", None)
+        self.at_result = (at(addr, stage=stage, vm=vm, access=access) if at is not None
+                          else walk_mod.at(self.lab.hyp, addr, stage, vm, access))
+        a = self.at_result
+        agrees = walk_mod.agrees(self.walk, a)
+        fields = render.par_fields(a.par)
+        verdict = ("<p style='color:#1b5e20'>✔ agrees with the software walk</p>" if agrees else
+                   "<p style='color:#b71c1c'><b>✖ disagrees with the software walk</b>: one of them has a bug</p>")
+        body = (f"<p><code>{insn}{access.upper()}</code> of <code>{addr:#x}</code> at EL2, then read "
+                f"<code>PAR_EL1</code>:</p><p><code>PAR_EL1 = {a.par:#018x}</code></p>{fields}"
+                f"<p><b>{'→ ' if a.ok else ''}{escape(a.words())}</b></p>{verdict}")
+        return render.panel_html("The CPU's answer", body)
+
+    def _set_status(self, kind: str, message: str) -> None:
+        self.status.value = render.status_html(kind, message)
+
+    def _refresh_vms(self, prefer=None) -> None:
+        try:
+            vms = self.lab.hyp.shadow_table().vms
+        except Exception:  # noqa: BLE001 - no table yet: no VMs to offer
+            vms = ()
+        options = [(f"{v.handle:#x} (VMID {v.vmid})", v.handle) for v in vms]
+        handles = [h for _, h in options]
+        keep = prefer if prefer in handles else self.vm.value if self.vm.value in handles else None
+        self.vm.options = options
+        self.vm.value = keep if keep is not None else (handles[0] if handles else None)
+        self.vm.disabled = self.stage.value != "guest-s2"
+
+    def _stage_range(self) -> tuple[int, int, int]:
+        """[lo, hi) for the slider of this stage, and the address to start at."""
+        stage, mm = self.stage.value, self.lab.memory_map
+        if stage == "host-s2":
+            ram, host = mm.find("RAM"), mm.find("host RAM")
+            return ram.start, ram.end, host.start
+        if stage == "hyp-s1":
+            hyp = mm.find("hyp")
+            return hyp.start, hyp.end, hyp.start
+        vm = next((v for v in self._shadow_vms() if v.handle == self.vm.value), None)
+        top = max((gfn for gfn, _ in vm.guest_pages), default=-1) + 1 if vm else 0
+        first = min((gfn for gfn, _ in vm.guest_pages), default=0) if vm else 0
+        return 0, max(GUEST_MIN_PAGES, -(-(top + 16) // 16) * 16) * PAGE, first * PAGE
+
+    def _shadow_vms(self):
+        try:
+            return self.lab.hyp.shadow_table().vms
+        except Exception:  # noqa: BLE001
+            return ()
+
+    def _set_range(self, addr: int | None) -> None:
+        lo, hi, start = self._stage_range()
+        self._lo = lo
+        if addr is None:
+            addr = start
+        syncing, self._syncing = self._syncing, True
+        try:
+            self.slider.max = max(1, (hi - lo) // PAGE - 1)
+            if lo <= addr < hi:
+                self.slider.value = (addr - lo) // PAGE
+            self.address.value = f"{addr:#x}"
+        finally:
+            self._syncing = syncing
+        self.range_note.value = f"<small>slide over <code>{lo:#x}</code>–<code>{hi:#x}</code></small>"
+
+    def _stage_changed(self) -> None:
+        if self._syncing:
+            return
+        self._syncing = True
+        try:
+            self._refresh_vms(prefer=self.vm.value)
+            self._set_range(None)
+        finally:
+            self._syncing = False
+        self.explore()
+
+    def _vm_changed(self) -> None:
+        if self._syncing:
+            return
+        self._syncing = True
+        try:
+            self._set_range(None)
+        finally:
+            self._syncing = False
+        self.explore()
+
+    def _address_typed(self) -> None:
+        if self._syncing:
+            return
+        addr = self.addr
+        if addr is not None and self._lo <= addr < self._lo + (self.slider.max + 1) * PAGE:
+            self._syncing = True
+            try:
+                self.slider.value = (addr - self._lo) // PAGE
+            finally:
+                self._syncing = False
+        self.explore()
+
+    def _slid(self) -> None:
+        if self._syncing:
+            return
+        offset = (self.addr or 0) & (PAGE - 1)
+        self._syncing = True
+        try:
+            self.address.value = f"{self._lo + self.slider.value * PAGE + offset:#x}"
+        finally:
+            self._syncing = False
+        self.explore()

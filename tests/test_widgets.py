@@ -1,0 +1,250 @@
+"""The dashboards, driven as a learner would: set values, click(), read what they show.  No kernel, no browser."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from pkvmlab.widgets import TranslationExplorer, VMBuilder, render
+
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
+
+
+def _viz_missing(name: str) -> str:
+    """Why ``pkvmlab.viz.<name>`` cannot draw yet (its module has not landed), or "" when it can be called."""
+    import pkvmlab.viz
+
+    try:
+        getattr(pkvmlab.viz, name)(None)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith("pkvmlab"):
+            return str(exc)
+    except Exception:  # noqa: BLE001 - it exists and choked on None: fine
+        pass
+    return ""
+
+
+needs_ownership_map = pytest.mark.skipif(bool(_viz_missing("ownership_map")), reason="viz.ownership_map has not landed")
+needs_shadow_diagram = pytest.mark.skipif(bool(_viz_missing("shadow_table")), reason="viz.shadow_table has not landed")
+
+
+def words(html: str) -> str:
+    """The text of some HTML, entities decoded: what a reader sees."""
+    import html as h
+
+    return h.unescape(re.sub(r"<[^>]+>", " ", html))
+
+
+def status_kind(widget) -> str:
+    m = re.search(r"pkvmlab-status-(\w+)", widget.status.value)
+    return m.group(1) if m else ""
+
+
+@pytest.fixture
+def builder(lab) -> VMBuilder:
+    return VMBuilder(lab)
+
+
+# -- VMBuilder -----------------------------------------------------------------------------------
+
+def test_builder_starts_empty(builder: VMBuilder) -> None:
+    assert builder.handles == [] and builder.selected is None
+    assert status_kind(builder) == "info"
+    assert "no hypercalls yet" in builder.hypercall_log.value
+    assert repr(builder) == "VMBuilder(0 live VM(s), 0 hypercall(s) logged)"
+    assert builder.snapshot is not None and len(builder.snapshot) == 0
+
+
+@needs_dot
+@needs_shadow_diagram
+def test_create_shows_the_handle_everywhere(builder: VMBuilder, lab) -> None:
+    builder.vcpus.value, builder.pages.value = 2, 2
+    builder.create_button.click()
+    assert status_kind(builder) == "ok", words(builder.status.value)
+    assert "created VM 0x1000 with 2 vCPU(s) and 2 guest page(s)" in words(builder.status.value)
+    assert builder.handles == [0x1000] and builder.vm_list.value == 0x1000
+    assert builder.selected is lab.host.vms[0x1000]
+    assert "<svg" in builder.diagram.value and "0x1000" in builder.diagram.value
+    assert "<?xml" not in builder.diagram.value          # inline SVG: no XML prologue inside HTML
+    [shadow] = builder.snapshot.vms
+    assert (shadow.handle, shadow.vmid, shadow.nr_vcpus, len(shadow.guest_pages)) == (0x1000, 1, 2, 2)
+    log = words(builder.hypercall_log.value)
+    assert log.count("__pkvm_host_share_hyp") == 3      # struct kvm and two vCPUs
+    assert "__pkvm_init_shadow" in log and "handle 0x1000" in log
+    assert log.count("__pkvm_host_donate_guest") == 2 and "gfn=0x1" in log
+    assert builder.gfn.value == 2                        # the next free gfn is suggested
+
+
+@needs_ownership_map
+def test_create_redraws_the_ownership_map_of_host_ram_in_use(builder: VMBuilder, lab) -> None:
+    assert builder.ownership_map.value.startswith(b"\x89PNG")
+    before = builder.ownership_map.value
+    builder.pages.value = 40
+    builder.create_button.click()
+    assert builder.ownership_map.value.startswith(b"\x89PNG") and builder.ownership_map.value != before
+    start, end = builder.map_range
+    assert start == lab.host.pages.start_pfn * 4096
+    assert end > max(lab.host.vms[0x1000].guest_pages.values()) * 4096
+    assert f"{(end - start) // 4096} pages" in words(builder.ownership_note.value)
+
+
+def test_teardown_with_nothing_selected_is_an_error_in_words(builder: VMBuilder, lab) -> None:
+    builder.teardown_button.click()                      # must not raise
+    assert status_kind(builder) == "error"
+    assert "select a VM" in words(builder.status.value)
+    assert lab.host.log == []
+
+
+def test_create_with_zero_vcpus_is_refused_in_the_widget(builder: VMBuilder, lab) -> None:
+    builder.vcpus.value = 0
+    builder.create_button.click()
+    assert status_kind(builder) == "error"
+    assert "1..8 vCPUs" in words(builder.status.value)
+    assert builder.handles == [] and lab.host.vms == {}
+
+
+def test_a_refused_hypercall_shows_its_errno_in_words(builder: VMBuilder, lab) -> None:
+    builder.pages.value = 1
+    builder.create_button.click()
+    builder.gfn.value = 0                                # the guest already has gfn 0
+    assert builder.donate_button.click() is None
+    status = words(builder.status.value)
+    assert status_kind(builder) == "error"
+    assert "__pkvm_host_donate_guest" in status and "-EPERM (Operation not permitted)" in status
+    call, args, result = lab.host.log[-1]
+    assert (call, args[1:], result) == ("__pkvm_host_donate_guest", (0, 0x1000), -1)
+    assert "-EPERM (Operation not permitted)" in words(builder.hypercall_log.value)
+
+
+def test_donate_then_teardown(builder: VMBuilder, lab) -> None:
+    builder.pages.value = 0
+    builder.create_button.click()
+    builder.donate_button.click()
+    assert "choose at least one guest page" in words(builder.status.value)
+    builder.pages.value = 3
+    builder.donate_button.click()
+    assert "donated 3 page(s) to VM 0x1000 at gfn 0x0-0x2" in words(builder.status.value)
+    assert sorted(lab.host.vms[0x1000].guest_pages) == [0, 1, 2] and builder.gfn.value == 3
+    builder.teardown_button.click()
+    assert status_kind(builder) == "ok" and "tore down VM 0x1000" in words(builder.status.value)
+    assert builder.handles == [] and builder.snapshot.vms == ()
+    assert lab.host.log[-1][0] == "__pkvm_host_unshare_hyp"
+
+
+def test_donate_with_nothing_selected(builder: VMBuilder) -> None:
+    builder.donate_button.click()
+    assert status_kind(builder) == "error" and "select a VM" in words(builder.status.value)
+
+
+def test_several_vms_and_round_robin_slots(builder: VMBuilder, lab) -> None:
+    for _ in range(3):
+        builder.create_button.click()
+    assert builder.handles == [0x1000, 0x1001, 0x1002] and builder.vm_list.value == 0x1002
+    builder.vm_list.value = 0x1001
+    builder.teardown_button.click()
+    assert builder.handles == [0x1000, 0x1002]
+    builder.create_button.click()
+    assert builder.vm_list.value == builder.handles[-1] == lab.hyp.shadow_table().vms[-1].handle
+    assert sorted(lab.host.vms) == builder.handles
+
+
+def test_refresh_sees_what_notebook_cells_did(builder: VMBuilder, lab) -> None:
+    vm = lab.host.create_vm(1)
+    assert builder.handles == []
+    builder.refresh_button.click()
+    assert builder.handles == [vm.handle]
+    lab.host.teardown_vm(vm.handle)                      # behind the widget's back
+    builder.teardown_button.click()
+    assert status_kind(builder) == "error" and "is gone" in words(builder.status.value)
+    assert builder.handles == []                         # the list was redrawn after the error
+
+
+def test_nothing_escapes_a_click(builder: VMBuilder, lab, monkeypatch) -> None:
+    def boom(nr_vcpus):
+        raise RuntimeError("the host kernel had a bad day")
+
+    monkeypatch.setattr(lab.host, "create_vm", boom)
+    builder.create_button.click()
+    assert status_kind(builder) == "error"
+    assert "RuntimeError: the host kernel had a bad day" in words(builder.status.value)
+
+
+def test_a_diagram_that_cannot_be_drawn_falls_back_to_the_table(builder: VMBuilder, lab, monkeypatch) -> None:
+    import pkvmlab.viz
+
+    def no_dot(snap, **kw):
+        raise RuntimeError("dot is not installed")
+
+    monkeypatch.setattr(pkvmlab.viz, "shadow_table", no_dot)
+    builder.create_button.click()
+    assert status_kind(builder) == "ok"
+    text = words(builder.diagram.value)
+    assert "not available" in text and "dot is not installed" in text and "0x1000" in text
+
+
+# -- TranslationExplorer ---------------------------------------------------------------------------
+
+@needs_dot
+def test_explorer_walks_host_ram_and_agrees_with_the_cpu(lab) -> None:
+    t = TranslationExplorer(lab)
+    host_ram = lab.memory_map.find("host RAM").start
+    assert t.addr == host_ram and t.stage.value == "host-s2"
+    assert t.walk.ok and t.walk.output == host_ram
+    assert t.at_result.ok and t.at_result.output == host_ram
+    assert "<svg" in t.walk_view.value and "agrees with the software walk" in words(t.at_view.value)
+    assert "AT S12E1R" in words(t.at_view.value) and "PAR_EL1" in t.at_view.value
+
+
+def test_explorer_typed_address_faults_and_the_slider_follows(lab) -> None:
+    t = TranslationExplorer(lab)
+    t.address.value = "0x40000000"                       # the hypervisor's own memory
+    assert not t.walk.ok and t.walk.fault.kind == "translation"
+    assert not t.at_result.ok and t.at_result.fsc == t.walk.fault.fsc
+    assert "Translation fault" in words(t.status.value) and "agrees" in words(t.at_view.value)
+    assert t.slider.value == 0
+    t.slider.value = 0x802                               # page 0x802 of RAM: host RAM again
+    assert t.address.value == "0x40802000" and t.walk.ok
+    t.access.value = "x"
+    assert t.at_result is None and "no AT for an instruction fetch" in words(t.at_view.value)
+    t.address.value = "not an address"
+    assert status_kind(t) == "error" and "is not an address" in words(t.status.value)
+
+
+def test_explorer_guest_stage2(lab) -> None:
+    t = TranslationExplorer(lab, stage="guest-s2")
+    assert status_kind(t) == "error" and "no protected VM" in words(t.status.value)
+    vm = lab.host.create_vm(1)
+    pfn = vm.donate(3)
+    t.refresh_button.click()
+    assert t.vm.value == vm.handle and not t.vm.disabled
+    assert t.addr == 0x3000                              # starts at the guest's first page
+    assert t.walk.ok and t.walk.output == pfn * 4096 and t.at_result.output == pfn * 4096
+    assert t.show(0x4000) and not t.walk.ok             # gfn 4 was never donated
+
+
+def test_explorer_hyp_stage1(lab) -> None:
+    t = TranslationExplorer(lab)
+    assert t.show(lab.memory_map.find("hyp image").start, stage="hyp-s1", access="w")
+    assert t.vm.disabled
+    assert not t.walk.ok and t.walk.fault.kind == "permission"   # hyp text is read-only
+    assert "AT S1E2W" in words(t.at_view.value) and "agrees" in words(t.at_view.value)
+
+
+# -- shared rendering helpers ----------------------------------------------------------------------
+
+def test_render_helpers() -> None:
+    assert render.format_result("__pkvm_init_shadow", 0x1000) == "handle 0x1000"
+    assert render.format_result("__pkvm_host_share_hyp", -12) == "-ENOMEM (Cannot allocate memory)"
+    assert render.format_result("__pkvm_host_share_hyp", 0) == "0 (ok)"
+    assert render.format_args("__pkvm_host_donate_guest", (0x40808, 0, 0x1000)) == "pfn=0x40808, gfn=0x0, shadow_handle=0x1000"
+    assert render.log_text([("__pkvm_teardown_shadow", (0x1005,), -2)]) == \
+        "__pkvm_teardown_shadow(shadow_handle=0x1005) -> -ENOENT (No such file or directory)"
+    assert render.parse_address(" 0x4080_2000 ") == 0x40802000 and render.parse_address("12") == 12
+    assert render.parse_address("0xzz") is None and render.parse_address("-1") is None
+    assert render.svg_of('<?xml version="1.0"?>\n<!DOCTYPE svg>\n<!-- dot 2.43 -->\n<svg/>') == "<svg/>"
+    assert 'width="100%"' in render.fit_svg('<svg width="100pt" height="50pt" viewBox="0 0 100 50">')
+    assert "&lt;b&gt;" in render.status_html("error", "<b>")
+    assert "1 of 3 earlier" not in render.log_html([("x", (), 0)] * 3, limit=2)
+    assert "1 earlier call(s) not shown" in render.log_html([("x", (), 0)] * 3, limit=2)
