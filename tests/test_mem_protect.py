@@ -7,7 +7,7 @@ import errno
 import pytest
 from conftest import assert_invariants
 
-from pkvmlab import HostAccessFault, HypercallError, HypPanic, Lab
+from pkvmlab import HostAccessFault, HypercallError, HypPanic, Lab, UsageError
 from pkvmlab.arch.ownership import TRANSITION, TRANSITIONS, PageView
 from pkvmlab.arch.pgtable import Owner, PageState
 
@@ -232,23 +232,23 @@ RAM_END_PFN = 0x80000
 U64 = (1 << 64) - 1
 HOSTILE = [
     # (what, hypercall, args, errno); "P" stands for a fresh host page, "C" for the hyp carve-out's first page
-    ("pfn 0", "share_hyp", (0,), errno.EINVAL),
-    ("pfn just below RAM", "share_hyp", (0x3FFFF,), errno.EINVAL),
-    ("pfn just past RAM", "share_hyp", (RAM_END_PFN,), errno.EINVAL),
-    ("pfn whose address overflows", "share_hyp", (1 << 52,), errno.EINVAL),
-    ("pfn all ones", "unshare_hyp", (U64,), errno.EINVAL),
-    ("pfn in the hyp image", "share_hyp", ("C",), errno.EPERM),
-    ("unshare a hyp image page", "unshare_hyp", ("C",), errno.EPERM),
-    ("unshare a page never shared", "unshare_hyp", ("P",), errno.EPERM),
-    ("donate the hyp image", "donate_hyp", ("C", 1), errno.EPERM),
-    ("donate zero pages", "donate_hyp", ("P", 0), errno.EINVAL),
-    ("donate huge nr_pages", "donate_hyp", ("P", 1 << 40), errno.EINVAL),
-    ("donate all of RAM from P", "donate_hyp", ("P", 0x40000), errno.EINVAL),
-    ("donate nr_pages all ones", "donate_hyp", ("P", U64), errno.EINVAL),
-    ("donate where pfn + nr wraps", "donate_hyp", ("P", "WRAP"), errno.EINVAL),
-    ("donate across the end of RAM", "donate_hyp", (RAM_END_PFN - 1, 2), errno.EINVAL),
-    ("donate reaching back into the carve-out", "donate_hyp", (0x407FF, 2), errno.EPERM),
-    ("donate the host page after a shared one", "donate_hyp", ("S", 2), errno.EPERM),
+    ("pfn 0", "__pkvm_host_share_hyp", (0,), errno.EINVAL),
+    ("pfn just below RAM", "__pkvm_host_share_hyp", (0x3FFFF,), errno.EINVAL),
+    ("pfn just past RAM", "__pkvm_host_share_hyp", (RAM_END_PFN,), errno.EINVAL),
+    ("pfn whose address overflows", "__pkvm_host_share_hyp", (1 << 52,), errno.EINVAL),
+    ("pfn all ones", "__pkvm_host_unshare_hyp", (U64,), errno.EINVAL),
+    ("pfn in the hyp image", "__pkvm_host_share_hyp", ("C",), errno.EPERM),
+    ("unshare a hyp image page", "__pkvm_host_unshare_hyp", ("C",), errno.EPERM),
+    ("unshare a page never shared", "__pkvm_host_unshare_hyp", ("P",), errno.EPERM),
+    ("donate the hyp image", "__pkvm_host_donate_hyp", ("C", 1), errno.EPERM),
+    ("donate zero pages", "__pkvm_host_donate_hyp", ("P", 0), errno.EINVAL),
+    ("donate huge nr_pages", "__pkvm_host_donate_hyp", ("P", 1 << 40), errno.EINVAL),
+    ("donate all of RAM from P", "__pkvm_host_donate_hyp", ("P", 0x40000), errno.EINVAL),
+    ("donate nr_pages all ones", "__pkvm_host_donate_hyp", ("P", U64), errno.EINVAL),
+    ("donate where pfn + nr wraps", "__pkvm_host_donate_hyp", ("P", "WRAP"), errno.EINVAL),
+    ("donate across the end of RAM", "__pkvm_host_donate_hyp", (RAM_END_PFN - 1, 2), errno.EINVAL),
+    ("donate reaching back into the carve-out", "__pkvm_host_donate_hyp", (0x407FF, 2), errno.EPERM),
+    ("donate the host page after a shared one", "__pkvm_host_donate_hyp", ("S", 2), errno.EPERM),
 ]
 
 
@@ -272,12 +272,22 @@ def test_hostile_arguments_get_an_errno_and_change_nothing(lab, what, call, args
     lab.host.read(p * PAGE, 8)
     before, free = lab.hyp.ownership(), lab.hyp.pool().free_pages
     with pytest.raises(HypercallError) as e:
-        getattr(lab.host, call)(*_resolve(lab, args, p, s))
+        lab.host.call(call, *_resolve(lab, args, p, s))   # the raw hypercall: the firmware is under test
     assert e.value.errno == err, str(e.value)
     assert lab.core.panic is None
     assert lab.hyp.ownership() == before
     assert lab.hyp.pool().free_pages == free
     assert lab.host.hyp_info()[1] == 2
+
+
+def test_host_model_keeps_its_own_kernel_pages(lab):
+    """lab.host.donate_hyp refuses the host kernel's own text and stack (it could never run again), naming them."""
+    pfn = lab.host.image_base // PAGE
+    before = lab.hyp.ownership()
+    for first, n in ((pfn, 1), (pfn - 1, 2), (pfn + 1, 5)):
+        with pytest.raises(UsageError, match="host kernel's own code"):
+            lab.host.donate_hyp(first, n)
+    assert lab.hyp.ownership() == before
 
 
 @pytest.mark.parametrize("call,args", [("share_hyp", ()), ("donate_hyp", (1,))])

@@ -60,7 +60,15 @@ class Host:
 
     def donate_hyp(self, pfn: int, nr_pages: int = 1) -> None:
         """``__pkvm_host_donate_hyp``: the pages become hyp's; the host can no longer touch them."""
+        self._keep_own_image(pfn, nr_pages, "__pkvm_host_donate_hyp")
         self.call("__pkvm_host_donate_hyp", pfn, nr_pages)
+
+    def _keep_own_image(self, pfn: int, nr_pages: int, call: str) -> None:
+        """A host kernel never gives away its own text, vectors or stack: it could not run (or fault) again."""
+        lo, hi = self.image_base >> 12, (self.image_base >> 12) + K.IMAGE_PAGES
+        if isinstance(pfn, int) and isinstance(nr_pages, int) and 0 < nr_pages and pfn < hi and lo < pfn + nr_pages:
+            raise UsageError(f"{call}({pfn:#x}, {nr_pages}) would give away the host kernel's own code and stack "
+                             f"(pfns {lo:#x}-{hi - 1:#x}): the host could never run again")
 
     def init_shadow(self, host_kvm: int, shadow_va: int, shadow_size: int, pgd: int) -> int:
         """``__pkvm_init_shadow`` with raw arguments; returns the new VM's handle."""
