@@ -166,7 +166,7 @@ def test_vm_builder_in_chromium(jupyter_server) -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.set_default_timeout(CLICK_S * 1000)
             try:
                 _drive(page, base)

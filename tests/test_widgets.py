@@ -63,7 +63,7 @@ def test_create_shows_the_handle_everywhere(builder: VMBuilder, lab) -> None:
     builder.vcpus.value, builder.pages.value = 2, 2
     builder.create_button.click()
     assert status_kind(builder) == "ok", words(builder.status.value)
-    assert "created VM 0x1000 with 2 vCPU(s) and 2 guest page(s)" in words(builder.status.value)
+    assert "created VM 0x1000 with 2 vCPU(s) and 2 guest pages at gfn 0-1" in words(builder.status.value)
     assert builder.handles == [0x1000] and builder.vm_list.value == 0x1000
     assert builder.selected is lab.host.vms[0x1000]
     assert "<svg" in builder.diagram.value and "0x1000" in builder.diagram.value

@@ -167,10 +167,12 @@ def log_html(log: list[tuple[str, tuple, int]], start: int = 0, limit: int = 40)
         colour = "#b71c1c" if failed else "#1b5e20"
         rows.append(f"<tr><td style='color:#777;text-align:right'>{i}</td><td><code>{escape(call)}</code></td>"
                     f"<td><code>{escape(format_args(call, args))}</code></td>"
-                    f"<td style='color:{colour}'><code>{escape(format_result(call, result))}</code></td></tr>")
+                    f"<td style='color:{colour};white-space:nowrap'><code>{escape(format_result(call, result))}</code></td>"
+                    "</tr>")
     more = f"<div style='color:#777'>… {hidden} earlier call(s) not shown</div>" if hidden else ""
     return (f"<div class='pkvmlab-log' style='max-height:260px;overflow:auto'>{more}"
-            "<table style='font-size:90%'><thead><tr><th>#</th><th>hypercall</th><th>arguments</th><th>result</th>"
+            "<table style='font-size:85%;line-height:1.3'><thead><tr><th>#</th><th>hypercall</th><th>arguments</th>"
+            "<th>result</th>"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 

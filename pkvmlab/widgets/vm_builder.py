@@ -76,8 +76,8 @@ class VMBuilder(W.VBox):
             self.status,
         ])
         views = W.HBox([W.VBox([heading("Ownership map (host RAM in use)"), self.ownership_map, self.ownership_note],
-                               layout=W.Layout(width="50%")),
-                        W.VBox([heading("Hypercall log (lab.host.log)"), self.hypercall_log], layout=W.Layout(width="50%"))])
+                               layout=W.Layout(width="45%")),
+                        W.VBox([heading("Hypercall log (lab.host.log)"), self.hypercall_log], layout=W.Layout(width="55%"))])
         super().__init__([heading("VM builder"), controls, heading("Shadow VM table (lab.hyp.shadow_table())"),
                           self.diagram, views])
         self.add_class("pkvmlab-vm-builder")
@@ -92,7 +92,7 @@ class VMBuilder(W.VBox):
             self._select(vm.handle)
             for gfn in range(nr_pages):
                 vm.donate(gfn)
-            pages = f" and {nr_pages} guest page(s) at gfn 0-{nr_pages - 1}" if nr_pages else ""
+            pages = {0: "", 1: " and 1 guest page at gfn 0"}.get(nr_pages, f" and {nr_pages} guest pages at gfn 0-{nr_pages - 1}")
             return f"created VM {vm.handle:#x} with {nr_vcpus} vCPU(s){pages}"
 
         return self._run(action)
@@ -221,8 +221,10 @@ class VMBuilder(W.VBox):
 
             self.ownership = self.lab.hyp.ownership()
             self.ownership_map.value = render.figure_png(viz.ownership_map(self.ownership, start, end))
+            self.ownership_map.layout.display = None
             self.ownership_note.value = (f"<small>{(end - start) // PAGE} pages, <code>{start:#x}</code>–"
                                          f"<code>{end:#x}</code></small>")
         except Exception as exc:  # noqa: BLE001
             self.ownership_map.value = b""
+            self.ownership_map.layout.display = "none"     # no broken-image icon
             self.ownership_note.value = render.unavailable_html("The ownership map", exc)
