@@ -40,6 +40,7 @@ class Regime:
     vmid: int | None = None    # stage 2: VTTBR_EL2.VMID
     handle: int | None = None  # guest stage 2: the VM's handle
     hpd: bool = False          # stage 1: TCR_EL2.HPD, hierarchical permissions disabled
+    root_name: str = ""        # what the root table is called in the firmware ("host_pgd")
 
     @property
     def s(self) -> int:
@@ -98,6 +99,7 @@ class Fault:
     kind: str    # "translation", "access flag", "permission", "address size", "external abort on walk"
     level: int
     stage: int
+    reason: str = ""   # why, in words: "the entry is invalid (empty)"
 
     @property
     def fsc(self) -> int:
@@ -109,7 +111,7 @@ class Fault:
         return fsc_words(self.fsc)
 
     def __repr__(self) -> str:
-        return f"Fault({self.words()}, stage {self.stage})"
+        return f"Fault({self.words()}, stage {self.stage}{': ' + self.reason if self.reason else ''})"
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ class Walk:
 
     def words(self) -> str:
         if self.fault:
-            return f"{self.fault.words()} (stage {self.fault.stage})"
+            why = f": {self.fault.reason}" if self.fault.reason else ""
+            return f"{self.fault.words()} (stage {self.fault.stage}){why}"
         return f"{self.addr:#x} -> {self.output:#x} ({self.leaf.descriptor.kind} at level {self.level}, {self.permissions})"
 
     def __repr__(self) -> str:
@@ -175,13 +178,15 @@ def regime(hyp, stage: str = "host-s2", vm=None) -> Regime:
         vtcr = hyp.global_field("host_mmu", "host_mmu", "vtcr")
         vttbr = hyp.global_field("host_mmu", "host_mmu", "vttbr")
         f = vtcr_fields(vtcr)
-        return Regime(stage, vttbr & ADDR_MASK, f["ia_bits"], f["start_level"], f["pa_bits"], vmid=vttbr >> 48 & 0xFF)
+        return Regime(stage, vttbr & ADDR_MASK, f["ia_bits"], f["start_level"], f["pa_bits"], vmid=vttbr >> 48 & 0xFF,
+                      root_name="host_pgd")
     if stage == "hyp-s1":
         pgd = hyp.global_field("hyp_pgtable", "kvm_pgtable", "pgd")
         ia_bits = hyp.global_field("hyp_pgtable", "kvm_pgtable", "ia_bits")
         start = hyp.global_field("hyp_pgtable", "kvm_pgtable", "start_level")
         tcr = hyp.core.sysreg("TCR_EL2")     # PS: the output size the CPU checks against
-        return Regime(stage, pgd, ia_bits, start, PA_BITS.get(tcr >> 16 & 7, 48), hpd=bool(tcr >> 24 & 1))
+        return Regime(stage, pgd, ia_bits, start, PA_BITS.get(tcr >> 16 & 7, 48), hpd=bool(tcr >> 24 & 1),
+                      root_name="hyp_pgd")
     if stage == "guest-s2":
         handle = _vm_handle(hyp, vm)
         table = hyp.read_global("shadow_table")
@@ -197,7 +202,8 @@ def regime(hyp, stage: str = "host-s2", vm=None) -> Regime:
 
         f = vtcr_fields(rd("kvm.arch.vtcr"))
         return Regime(stage, rd("pgt.pgd"), rd("pgt.ia_bits"), rd("pgt.start_level"), f["pa_bits"],
-                      vmid=rd("kvm.arch.mmu.vmid.id"), handle=handle)
+                      vmid=rd("kvm.arch.mmu.vmid.id"), handle=handle,
+                      root_name=f"VM {handle:#x}: pgt.pgd")
     raise UsageError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
 
 
@@ -233,7 +239,7 @@ def walk_regime(phys, r: Regime, addr: int, access: str = "r") -> Walk:
         return Walk(r.stage, addr, access, r, tuple(steps), out, fault, perms)
 
     if addr >> r.ia_bits:    # outside the input range: no table is read
-        return done(fault=Fault("translation", 0, r.s))
+        return done(fault=Fault("translation", 0, r.s, f"the address is beyond the {r.ia_bits}-bit input range"))
     table, level = r.root, r.start_level
     ro_below = xn_below = False
     while True:
@@ -241,15 +247,19 @@ def walk_regime(phys, r: Regime, addr: int, access: str = "r") -> Walk:
         index = (addr >> lo) & ((1 << (hi - lo + 1)) - 1)
         entry = table + 8 * index
         if not phys.base <= entry < phys.base + phys.size:
-            return done(fault=Fault("external abort on walk", level, r.s))
+            return done(fault=Fault("external abort on walk", level, r.s, f"the table at {table:#x} is outside RAM"))
         d = Descriptor(phys.read_u64(entry), level, r.s)
         steps.append(Step(level, table, index, (hi, lo), entry, d, _note(r, d)))
         kind = d.kind
         if kind in ("invalid", "reserved") or (kind == "block" and level == 0):
-            return done(fault=Fault("translation", level, r.s))
+            if kind != "invalid":
+                why = f"a {kind} descriptor is not allowed at level {level}"
+            else:
+                why = "the entry is invalid " + (f"(owner {OWNER_NAMES.get(d.owner, d.owner)})" if d.value else "(empty)")
+            return done(fault=Fault("translation", level, r.s, why))
         oa = d.value & ADDR_MASK
         if oa >> r.pa_bits:
-            return done(fault=Fault("address size", level, r.s))
+            return done(fault=Fault("address size", level, r.s, f"output address {oa:#x} is beyond {r.pa_bits} bits"))
         if kind == "table":
             if r.s == 1 and not r.hpd:
                 ro_below |= bool(d.value & _APTABLE_RO)
@@ -257,10 +267,12 @@ def walk_regime(phys, r: Regime, addr: int, access: str = "r") -> Walk:
             table, level = oa, level + 1
             continue
         if not d.value & AF:
-            return done(fault=Fault("access flag", level, r.s))
+            return done(fault=Fault("access flag", level, r.s, "AF is 0 in the leaf"))
         perms = _permissions(r, d.value, ro_below, xn_below)
         if access not in perms:
-            return done(fault=Fault("permission", level, r.s), perms=perms)
+            need = {"r": "read", "w": "write", "x": "execute"}[access]
+            return done(fault=Fault("permission", level, r.s, f"the leaf grants {perms or 'nothing'}, not {need}"),
+                        perms=perms)
         return done(out=d.output_address | (addr & (granule(level) - 1)), perms=perms)
 
 
@@ -278,7 +290,7 @@ def _note(r: Regime, d: Descriptor) -> str:
     if r.stage == "host-s2":
         if not d.value:
             return "host-owned, not mapped yet (mapped on the host's first touch)"
-        return f"owned by {OWNER_NAMES.get(d.owner, f'component {d.owner}')}: the host may not touch it"
+        return "the host may not touch this page: its abort is injected back to the host"
     return "not mapped" if not d.value else f"annotated, owner id {d.owner}"
 
 

@@ -1,0 +1,64 @@
+"""The lab's colours, written once: owners, page states, translation index fields, faults.
+
+Every diagram (``pkvmlab.viz``) and widget takes its colours and legend names from here, so a page
+owned by hyp is the same orange in the ownership map, the translation diagram and the shadow table.
+"""
+
+from __future__ import annotations
+
+from pkvmlab.arch.pgtable import OWNER_NAMES, STATE_NAMES, Owner, PageState
+
+OWNER_COLORS = {Owner.HOST: "#4c78a8", Owner.HYP: "#f58518", Owner.GUEST: "#54a24b"}
+OWNER_FILLS = {Owner.HOST: "#dbe6f1", Owner.HYP: "#fde3c9", Owner.GUEST: "#dcefd8"}   # light, for cluster backgrounds
+
+# One colour per (owner, state) a page of RAM can be in, as the ownership map draws it.
+PAGE_CATEGORIES: dict[tuple[Owner, PageState], tuple[str, str]] = {
+    (Owner.HOST, PageState.OWNED): ("#4c78a8", "host: PKVM_PAGE_OWNED"),
+    (Owner.HOST, PageState.SHARED_OWNED): ("#b279a2", "host: PKVM_PAGE_SHARED_OWNED (hyp: PKVM_PAGE_SHARED_BORROWED)"),
+    (Owner.HYP, PageState.OWNED): ("#f58518", "hyp: PKVM_PAGE_OWNED"),
+    (Owner.GUEST, PageState.OWNED): ("#54a24b", "guest: PKVM_PAGE_OWNED"),
+}
+UNMAPPED_HOST_COLOR = "#9ecae9"   # host-owned, not mapped in the host stage-2 yet
+UNKNOWN_COLOR = "#bab0ac"         # an owner/state pair the lab does not expect (an invariant violation)
+NOT_RAM_COLOR = "#ffffff"
+
+STATE_COLORS = {PageState.OWNED: "#4c78a8", PageState.SHARED_OWNED: "#b279a2",
+                PageState.SHARED_BORROWED: "#e45756", PageState.NOPAGE: "#bab0ac"}
+
+# Translation diagrams: one colour per index field of the input address, by level, and the page offset.
+LEVEL_COLORS = {0: "#9467bd", 1: "#1f77b4", 2: "#2ca02c", 3: "#ff7f0e"}
+OFFSET_COLOR = "#7f7f7f"
+OUT_OF_RANGE_COLOR = "#d62728"
+UNUSED_COLOR = "#c7c7c7"    # an index field the walk never reached (or that is part of a block's offset)
+FAULT_COLOR = "#d62728"
+OK_COLOR = "#2ca02c"
+SELECTED_FILL = "#fff2a8"   # the entry a walk selected in a table
+NEXT_ALLOC_COLOR = "#d62728"
+
+
+def owner_name(owner: int) -> str:
+    """pKVM's name for a component id (``PKVM_ID_HYP``), or the raw number."""
+    try:
+        return OWNER_NAMES[Owner(owner)]
+    except ValueError:
+        return f"component {owner}"
+
+
+def state_name(state: int) -> str:
+    """pKVM's name for a page state (``PKVM_PAGE_SHARED_OWNED``), or the raw number."""
+    try:
+        return STATE_NAMES[PageState(state)]
+    except ValueError:
+        return f"state {state}"
+
+
+def page_color(owner: int, state: int) -> str:
+    """The ownership map's colour for a page with this owner and (owner-side) state."""
+    try:
+        return PAGE_CATEGORIES[(Owner(owner), PageState(state))][0]
+    except (KeyError, ValueError):
+        return UNKNOWN_COLOR
+
+
+def level_color(level: int) -> str:
+    return LEVEL_COLORS.get(level, OFFSET_COLOR)
