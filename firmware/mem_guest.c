@@ -65,7 +65,9 @@ static int check_donate_guest(struct kvm_shadow_vm *vm, u64 addr, u64 ipa)
 
 	if (!ret && guest_get_page_state(kvm_pgtable_get_leaf(&vm->pgt, ipa, NULL)) != PKVM_NOPAGE)
 		ret = -EPERM;	/* that guest frame already holds a page */
-	if (!ret && hyp_pool_free_pages() < 2 * PGT_MAX_NEW_TABLES)
+	/* Exactly the tables both changes will split: host stage-2 annotation, guest mapping. */
+	if (!ret && hyp_pool_free_pages() < kvm_pgtable_tables_needed(&host_mmu.pgt, addr, PAGE_SIZE) +
+					    kvm_pgtable_tables_needed(&vm->pgt, ipa, PAGE_SIZE))
 		ret = -ENOMEM;
 	return ret;
 }

@@ -143,11 +143,12 @@ def _drain_pool(lab: Lab, sink, target: int) -> None:
 def test_failed_init_gives_back_without_pool_pages(lab):
     """Seed: the unwind of a failed init cannot itself fail.  With the pool nearly empty, the shadow-area
     donation (splitting fresh tables) succeeds, the PGD's fails with -ENOMEM, and giving the shadow area
-    back must not need pool pages (it did, and hyp panicked in WARN_ON(__pkvm_hyp_donate_host))."""
+    back must not need pool pages (it did once, and hyp panicked in WARN_ON(__pkvm_hyp_donate_host))."""
     h = lab.host
     sink = h.create_vm(1)
-    _drain_pool(lab, sink, 9)
-    assert lab.hyp.pool().free_pages == 9
+    _drain_pool(lab, sink, 3)
+    # The shadow area's donation below splits one fresh table on each side (2 pages); the PGD's needs 2 more.
+    assert lab.hyp.pool().free_pages in (2, 3), "the drain must leave room for the shadow area but not the PGD"
     lay = host_layouts(h)
     far = h.alloc_pages(1024, align=512)        # 4 MiB no table covers yet: donating there splits
     kvm, vcpu = h.alloc_pages(1) * PAGE, h.alloc_pages(1) * PAGE
