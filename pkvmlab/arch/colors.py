@@ -11,15 +11,16 @@ from pkvmlab.arch.pgtable import OWNER_NAMES, STATE_NAMES, Owner, PageState
 OWNER_COLORS = {Owner.HOST: "#4c78a8", Owner.HYP: "#f58518", Owner.GUEST: "#54a24b"}
 OWNER_FILLS = {Owner.HOST: "#dbe6f1", Owner.HYP: "#fde3c9", Owner.GUEST: "#dcefd8"}   # light, for cluster backgrounds
 
-# One colour per (owner, state) a page of RAM can be in, as the ownership map draws it.
-PAGE_CATEGORIES: dict[tuple[Owner, PageState], tuple[str, str]] = {
-    (Owner.HOST, PageState.OWNED): ("#4c78a8", "host: PKVM_PAGE_OWNED"),
-    (Owner.HOST, PageState.SHARED_OWNED): ("#b279a2", "host: PKVM_PAGE_SHARED_OWNED (hyp: PKVM_PAGE_SHARED_BORROWED)"),
-    (Owner.HYP, PageState.OWNED): ("#f58518", "hyp: PKVM_PAGE_OWNED"),
-    (Owner.GUEST, PageState.OWNED): ("#54a24b", "guest: PKVM_PAGE_OWNED"),
-}
-UNMAPPED_HOST_COLOR = "#9ecae9"   # host-owned, not mapped in the host stage-2 yet
-UNKNOWN_COLOR = "#bab0ac"         # an owner/state pair the lab does not expect (an invariant violation)
+# The ownership map's categories, in legend order: (key, colour, label in pKVM's words).
+PAGE_CATEGORIES: tuple[tuple[str, str, str], ...] = (
+    ("host", "#4c78a8", "PKVM_ID_HOST: PKVM_PAGE_OWNED, mapped"),
+    ("host-lazy", "#9ecae9", "PKVM_ID_HOST: PKVM_PAGE_OWNED, not mapped yet"),
+    ("shared", "#b279a2", "PKVM_ID_HOST: PKVM_PAGE_SHARED_OWNED (hyp: PKVM_PAGE_SHARED_BORROWED)"),
+    ("hyp", "#f58518", "PKVM_ID_HYP: PKVM_PAGE_OWNED"),
+    ("guest", "#54a24b", "PKVM_ID_GUEST: PKVM_PAGE_OWNED"),
+    ("other", "#222222", "anything else: an ownership invariant is broken"),
+)
+CATEGORY_INDEX = {key: i for i, (key, _, _) in enumerate(PAGE_CATEGORIES)}
 NOT_RAM_COLOR = "#ffffff"
 
 STATE_COLORS = {PageState.OWNED: "#4c78a8", PageState.SHARED_OWNED: "#b279a2",
@@ -50,14 +51,6 @@ def state_name(state: int) -> str:
         return STATE_NAMES[PageState(state)]
     except ValueError:
         return f"state {state}"
-
-
-def page_color(owner: int, state: int) -> str:
-    """The ownership map's colour for a page with this owner and (owner-side) state."""
-    try:
-        return PAGE_CATEGORIES[(Owner(owner), PageState(state))][0]
-    except (KeyError, ValueError):
-        return UNKNOWN_COLOR
 
 
 def level_color(level: int) -> str:

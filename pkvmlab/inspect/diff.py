@@ -1,0 +1,190 @@
+"""``diff(before, after)``: what changed between two snapshots, so a notebook can show what one hypercall did.
+
+Ownership snapshots: runs of pages whose owner, page states, mappings or pins changed the same way,
+as address ranges in pKVM's words.  Shadow-table snapshots: slots that filled, emptied or changed,
+and the table's counters.  Pure: compares two frozen snapshots, never touches the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pkvmlab.arch.pgtable import PAGE_SHIFT, STATE_NAMES, Owner, PageState
+from pkvmlab.errors import UsageError
+
+
+def _owner_name(owner: int) -> str:
+    if owner in Owner._value2member_map_:
+        return f"PKVM_ID_{Owner(owner).name}"
+    return "no owner" if owner == 0xFF else f"owner {owner}"
+
+
+@dataclass(frozen=True)
+class PageSide:
+    """One page as a snapshot saw it: owner, each component's state and mapping, hyp's pins."""
+
+    owner: int
+    states: tuple[tuple[str, PageState], ...]   # (side, state) per component table in the snapshot
+    mapped: tuple[tuple[str, bool], ...]
+    pins: int
+
+
+@dataclass(frozen=True)
+class PageChange:
+    """Pages [start_pfn, start_pfn + nr_pages) that all changed from ``before`` to ``after``."""
+
+    start_pfn: int
+    nr_pages: int
+    before: PageSide
+    after: PageSide
+
+    @property
+    def start(self) -> int:
+        return self.start_pfn << PAGE_SHIFT
+
+    @property
+    def end(self) -> int:
+        return (self.start_pfn + self.nr_pages) << PAGE_SHIFT
+
+    def words(self) -> str:
+        """What changed, in pKVM's names: "owner PKVM_ID_HOST -> PKVM_ID_HYP; host PKVM_PAGE_OWNED -> PKVM_NOPAGE"."""
+        a, b, parts = self.before, self.after, []
+        if a.owner != b.owner:
+            parts.append(f"owner {_owner_name(a.owner)} → {_owner_name(b.owner)}")
+        for (side, sa), (_, sb) in zip(a.states, b.states):
+            if sa != sb:
+                parts.append(f"{side} {STATE_NAMES[sa]} → {STATE_NAMES[sb]}")
+        for (side, ma), (_, mb) in zip(a.mapped, b.mapped):
+            if ma != mb:
+                parts.append(f"{side} {'mapped' if ma else 'not mapped'} → {'mapped' if mb else 'not mapped'}")
+        if a.pins != b.pins:
+            parts.append(f"pins {a.pins} → {b.pins}")
+        return "; ".join(parts)
+
+    def __str__(self) -> str:
+        n = self.nr_pages
+        return f"{self.start:#012x}-{self.end:#012x} {n:>6} page{'s' if n != 1 else ' '}  {self.words()}"
+
+
+@dataclass(frozen=True)
+class OwnershipDiff:
+    """The runs of pages that changed between two ownership snapshots, in address order."""
+
+    changes: tuple[PageChange, ...]
+
+    @property
+    def nr_pages(self) -> int:
+        return sum(c.nr_pages for c in self.changes)
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+    def __iter__(self):
+        return iter(self.changes)
+
+    def __repr__(self) -> str:
+        if not self.changes:
+            return "OwnershipDiff: no page changed"
+        head = f"OwnershipDiff: {self.nr_pages} page(s) changed in {len(self.changes)} range(s)"
+        return "\n".join([head, *("  " + str(c) for c in self.changes)])
+
+
+def ownership_diff(a, b) -> OwnershipDiff:
+    """Pages whose owner, states, mappings or pins differ, grouped into runs that changed alike."""
+    if (a.ram_start, a.nr_pages) != (b.ram_start, b.nr_pages):
+        raise UsageError("these ownership snapshots cover different RAM: they cannot be compared page by page")
+    sides = [s for s in a.sides if s in b.sides]
+    def columns(snap) -> list[np.ndarray]:
+        return ([snap.owner, snap.pins] + [snap.sides[s].state for s in sides] + [snap.sides[s].mapped for s in sides])
+
+    ca, cb = columns(a), columns(b)
+    changed = np.zeros(a.nr_pages, bool)
+    for x, y in zip(ca, cb):
+        changed |= x != y
+    idx = np.flatnonzero(changed)
+    if not len(idx):
+        return OwnershipDiff(())
+    sel = np.stack([c[idx].astype(np.int64) for c in ca + cb], axis=1)   # changed pages x (before, after) columns
+    half = len(ca)
+    new_run = np.ones(len(idx), bool)
+    new_run[1:] = (np.diff(idx) != 1) | (sel[1:] != sel[:-1]).any(axis=1)
+    starts = np.flatnonzero(new_run)
+    ends = np.append(starts[1:], len(idx))
+    k = len(sides)
+
+    def side(row, off: int) -> PageSide:
+        return PageSide(int(row[off]), tuple((s, PageState(int(row[off + 2 + j]))) for j, s in enumerate(sides)),
+                        tuple((s, bool(row[off + 2 + k + j])) for j, s in enumerate(sides)), int(row[off + 1]))
+
+    base = a.ram_start >> PAGE_SHIFT
+    return OwnershipDiff(tuple(PageChange(base + int(idx[s]), int(e - s), side(sel[s], 0), side(sel[s], half))
+                               for s, e in zip(starts, ends)))
+
+
+@dataclass(frozen=True)
+class ShadowDiff:
+    """Slots that filled, emptied or changed between two shadow-table snapshots, and the counters."""
+
+    filled: tuple              # ShadowVM now in a slot that was empty
+    emptied: tuple             # ShadowVM that was in a slot now empty
+    changed: tuple             # (before, after) ShadowVM pairs for a slot that holds something else now
+    nr_shadow_entries: tuple[int, int]
+    next_shadow_alloc: tuple[int, int]
+
+    def __bool__(self) -> bool:
+        return bool(self.filled or self.emptied or self.changed or self.nr_shadow_entries[0] != self.nr_shadow_entries[1]
+                    or self.next_shadow_alloc[0] != self.next_shadow_alloc[1])
+
+    def __repr__(self) -> str:
+        if not self:
+            return "ShadowDiff: nothing changed"
+        lines = ["ShadowDiff:"]
+        for name, (x, y) in (("nr_shadow_entries", self.nr_shadow_entries), ("next_shadow_alloc", self.next_shadow_alloc)):
+            if x != y:
+                lines.append(f"  {name} {x} → {y}")
+        lines += [f"  slot {v.index} filled: handle {v.handle:#x}, VMID {v.vmid}, {v.nr_vcpus} vCPU(s), "
+                  f"shadow area {v.shadow_area:#x}" for v in self.filled]
+        lines += [f"  slot {v.index} emptied: handle {v.handle:#x} (VMID {v.vmid}) is gone" for v in self.emptied]
+        lines += [f"  slot {x.index} changed: {_vm_change(x, y)}" for x, y in self.changed]
+        return "\n".join(lines)
+
+
+def _vm_change(x, y) -> str:
+    if x.handle != y.handle or x.shadow_area != y.shadow_area:
+        return f"handle {x.handle:#x} → {y.handle:#x} (another VM)"
+    parts = [f"{f} {getattr(x, f)!r} → {getattr(y, f)!r}" for f in ("vmid", "nr_vcpus", "host_kvm", "pgd")
+             if getattr(x, f) != getattr(y, f)]
+    gx, gy = dict(x.guest_pages), dict(y.guest_pages)
+    added = sorted(set(gy) - set(gx))
+    removed = sorted(set(gx) - set(gy))
+    if added:
+        parts.append("guest pages added at gfn " + ", ".join(f"{g:#x}→pfn {gy[g]:#x}" for g in added))
+    if removed:
+        parts.append("guest pages removed at gfn " + ", ".join(f"{g:#x}" for g in removed))
+    return "; ".join(parts) or "vCPU state"
+
+
+def shadow_diff(a, b) -> ShadowDiff:
+    """Which slots filled, emptied or changed (same index, different contents) between two snapshots."""
+    if len(a.slots) != len(b.slots):
+        raise UsageError("these shadow tables have different sizes: they cannot be compared slot by slot")
+    filled = tuple(y for x, y in zip(a.slots, b.slots) if x is None and y is not None)
+    emptied = tuple(x for x, y in zip(a.slots, b.slots) if x is not None and y is None)
+    changed = tuple((x, y) for x, y in zip(a.slots, b.slots) if x is not None and y is not None and x != y)
+    return ShadowDiff(filled, emptied, changed, (a.nr_shadow_entries, b.nr_shadow_entries),
+                      (a.next_shadow_alloc, b.next_shadow_alloc))
+
+
+def diff(before, after):
+    """What changed from ``before`` to ``after``: two ownership snapshots, or two shadow-table snapshots."""
+    if hasattr(before, "slots") and hasattr(after, "slots"):
+        return shadow_diff(before, after)
+    if hasattr(before, "sides") and hasattr(after, "sides"):
+        return ownership_diff(before, after)
+    raise UsageError(f"diff() compares two snapshots of the same kind (lab.hyp.ownership() or lab.hyp.shadow_table()), "
+                     f"got {type(before).__name__} and {type(after).__name__}")

@@ -1,0 +1,164 @@
+"""``viz.ownership_map(snap, start, end)``: physical memory as a grid of pages coloured by owner and state.
+
+One cell per page in rows of equal size, or for big ranges one cell per power-of-two group of pages
+coloured by its most notable page (a whole GiB is 64 rows of 16 MiB; one ``imshow``, so 262,144 pages
+cost what a picture does), a hex address axis, a legend in pKVM's names, and a summary of pages per
+owner/state.  Zoomed to a few pages, every page is a labelled box.  Pure: reads only the
+``Ownership`` snapshot; the figure is built without pyplot, so no GUI backend is ever touched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+from pkvmlab.arch import colors as C
+from pkvmlab.arch.pgtable import PAGE_SHIFT, Owner, PageState
+
+LABEL_PAGES = 64     # up to this many pages, every page is drawn and labelled
+MAX_CELLS = 8192     # beyond this many pages, a cell stands for several (a power of two)
+# Which category a cell of several pages shows: the rarest, most telling one present.
+PRIORITY = ("host-lazy", "host", "hyp", "shared", "guest", "other")
+PRIORITY_RANK = np.zeros(len(C.PAGE_CATEGORIES), np.uint8)
+PRIORITY_RANK[[C.CATEGORY_INDEX[k] for k in PRIORITY]] = np.arange(len(PRIORITY))
+BY_RANK = np.array([C.CATEGORY_INDEX[k] for k in PRIORITY], np.uint8)
+SHORT = {"host": "host, mapped", "host-lazy": "host, not mapped yet", "shared": "shared with hyp", "hyp": "hyp",
+         "guest": "guest", "other": "broken"}
+_CMAP = ListedColormap([c for _, c, _ in C.PAGE_CATEGORIES])
+
+
+def categories(snap) -> np.ndarray:
+    """Per page of RAM, the index of its ownership-map category (``arch.colors.PAGE_CATEGORIES``)."""
+    I = C.CATEGORY_INDEX
+    host, hyp, owner = snap.host, snap.hyp, snap.owner
+    cat = np.full(snap.nr_pages, I["other"], np.uint8)
+    by_host = owner == Owner.HOST
+    cat[by_host & (host.state == PageState.OWNED) & host.mapped] = I["host"]
+    cat[by_host & (host.state == PageState.OWNED) & ~host.mapped & ~host.annotated] = I["host-lazy"]
+    cat[by_host & (host.state == PageState.SHARED_OWNED) & (hyp.state == PageState.SHARED_BORROWED)] = I["shared"]
+    cat[(owner == Owner.HYP) & (hyp.state == PageState.OWNED)] = I["hyp"]
+    cat[owner == Owner.GUEST] = I["guest"]
+    return cat
+
+
+def _pfn_range(snap, start: int | None, end: int | None) -> tuple[int, int]:
+    """[first, last) page indices into the snapshot for the byte range [start, end), clipped to RAM."""
+    lo = 0 if start is None else (start - snap.ram_start) >> PAGE_SHIFT
+    hi = snap.nr_pages if end is None else -(-(end - snap.ram_start) // (1 << PAGE_SHIFT))
+    lo, hi = max(lo, 0), min(hi, snap.nr_pages)
+    if lo >= hi:
+        raise ValueError(f"[{start:#x}, {end:#x}) holds no page of RAM [{snap.ram_start:#x}, "
+                         f"{snap.ram_start + (snap.nr_pages << PAGE_SHIFT):#x})")
+    return lo, hi
+
+
+def _layout(n: int) -> tuple[int, int]:
+    """(pages per cell, cells per row): one page per cell up to 8192 pages, else power-of-two aggregates."""
+    if n <= LABEL_PAGES:
+        return 1, min(n, 8)
+    per_cell = 1
+    while n // per_cell > MAX_CELLS:
+        per_cell *= 2
+    cells = -(-n // per_cell)
+    return per_cell, 128 if cells >= 128 * 16 else 64 if cells >= 64 * 8 else 32
+
+
+def aggregate(cat: np.ndarray, per_cell: int) -> np.ndarray:
+    """Each cell of ``per_cell`` pages takes its most notable category (``PRIORITY``), so one guest page still shows."""
+    if per_cell == 1:
+        return cat
+    pad = -len(cat) % per_cell
+    rank = PRIORITY_RANK[np.concatenate([cat, np.full(pad, C.CATEGORY_INDEX["host-lazy"], np.uint8)])]
+    return BY_RANK[rank.reshape(-1, per_cell).max(axis=1)]
+
+
+def _short(snap, i: int, cat: int) -> str:
+    key = C.PAGE_CATEGORIES[cat][0]
+    words = {"host": "host\nOWNED", "host-lazy": "host\nOWNED\n(unmapped)", "shared": "host\nSHARED_OWNED",
+             "hyp": "hyp\nOWNED", "guest": "guest\nOWNED", "other": "?"}[key]
+    if snap.pins[i]:
+        words += f"\npinned ×{int(snap.pins[i])}"
+    if snap.pool[i]:
+        words += "\n(hyp pool)"
+    return words
+
+
+def ownership_map(snap, start: int | None = None, end: int | None = None, *, title: str | None = None,
+                  width: float = 10.0) -> Figure:
+    """The ``Ownership`` snapshot as a Figure: page grid (hex addresses), legend, and pages per category."""
+    lo, hi = _pfn_range(snap, start, end)
+    cat = categories(snap)[lo:hi]
+    n = hi - lo
+    per_cell, cols = _layout(n)
+    cells = aggregate(cat, per_cell)
+    rows = -(-len(cells) // cols)
+    base = snap.ram_start + (lo << PAGE_SHIFT)
+    grid_h = min(max(rows * (0.9 if n <= LABEL_PAGES else 0.1), 1.2), 6.0)
+    # Heights in inches, top to bottom: title, grid, its axis labels, summary bars, their label, legend.
+    top, gap, bar_h, bar_gap, legend_h = 0.45, 0.2 if n <= LABEL_PAGES else 0.6, 1.3, 0.5, 0.75
+    height = top + grid_h + gap + bar_h + bar_gap + legend_h
+    fig = Figure(figsize=(width, height))
+    left, right = 1.3 / width, 1 - 0.5 / width
+    ax = fig.add_axes((left, 1 - (top + grid_h) / height, right - left, grid_h / height))
+    bar = fig.add_axes((left, (bar_gap + legend_h) / height, right - left, bar_h / height))
+    if n <= LABEL_PAGES:
+        _boxes(ax, snap, lo, cat, cols, rows, base)
+    else:
+        img = np.full(rows * cols, 255, np.uint8)
+        img[:len(cells)] = cells
+        masked = np.ma.masked_equal(img.reshape(rows, cols), 255)
+        ax.imshow(masked, cmap=_CMAP, vmin=-0.5, vmax=len(C.PAGE_CATEGORIES) - 0.5, interpolation="nearest",
+                  aspect="auto", extent=(0, cols, rows, 0))
+        row_bytes = (cols * per_cell) << PAGE_SHIFT
+        yt = np.unique(np.linspace(0, rows, num=min(rows, 8) + 1).astype(int))
+        ax.set_yticks(yt, [f"{base + int(r) * row_bytes:#x}" for r in yt], family="monospace", fontsize=8)
+        xt = np.linspace(0, cols, num=5).astype(int)
+        ax.set_xticks(xt, [f"+{(int(c) * per_cell) << PAGE_SHIFT:#x}" for c in xt], family="monospace", fontsize=8)
+        cell = "one cell = one 4 KiB page" if per_cell == 1 else \
+            f"one cell = {_bytes(per_cell << PAGE_SHIFT)} ({per_cell} pages), coloured by its most notable page"
+        ax.set_xlabel(f"offset in row (one row = {_bytes(row_bytes)}; {cell})", fontsize=8)
+    ax.set_title(title or f"page ownership {base:#x}-{base + (n << PAGE_SHIFT):#x} ({n:,} pages, {_bytes(n << PAGE_SHIFT)})",
+                 fontsize=11)
+    counts = np.bincount(cat, minlength=len(C.PAGE_CATEGORIES))
+    _summary(bar, counts)
+    handles = [Patch(facecolor=color, edgecolor="#444444", label=f"{label}  ({int(counts[k]):,} pages)")
+               for k, (_, color, label) in enumerate(C.PAGE_CATEGORIES)]
+    fig.legend(handles=handles, loc="lower center", ncols=2, fontsize=7.5, frameon=False, bbox_to_anchor=(0.5, 0.0),
+               title="owner: page state (pKVM's names)", title_fontsize=8)
+    return fig
+
+
+def _boxes(ax, snap, lo: int, cat: np.ndarray, cols: int, rows: int, base: int) -> None:
+    """A few pages: one labelled box each (address, owner/state, pins, pool)."""
+    for k, c in enumerate(cat):
+        r, col = divmod(k, cols)
+        ax.add_patch(Rectangle((col, r), 0.94, 0.9, facecolor=C.PAGE_CATEGORIES[c][1], edgecolor="#444444"))
+        dark = C.PAGE_CATEGORIES[c][0] in ("host", "shared", "other")
+        ax.text(col + 0.47, r + 0.45, f"{base + (k << PAGE_SHIFT):#x}\n{_short(snap, lo + k, int(c))}", ha="center",
+                va="center", fontsize=7, family="monospace", color="white" if dark else "black")
+    ax.set_xlim(0, cols)
+    ax.set_ylim(rows, 0)
+    ax.set_axis_off()
+
+
+def _summary(bar, counts: np.ndarray) -> None:
+    """Pages per category, one bar each on a log scale (one guest page and a GiB of host pages both readable)."""
+    y = np.arange(len(C.PAGE_CATEGORIES))
+    bar.barh(y, np.maximum(counts, 0), color=[c for _, c, _ in C.PAGE_CATEGORIES], edgecolor="#444444", height=0.75)
+    bar.set_xscale("log")
+    bar.set_xlim(0.8, max(int(counts.max()), 1) * 8)
+    bar.set_yticks(y, [SHORT[k] for k, _, _ in C.PAGE_CATEGORIES], fontsize=7.5)
+    bar.invert_yaxis()
+    for k, v in enumerate(counts):
+        bar.text(max(int(v), 1) * 1.15, k, f"{int(v):,}", va="center", fontsize=7.5)
+    bar.set_xlabel("pages per owner and state (log scale)", fontsize=8)
+    bar.tick_params(axis="x", labelsize=7.5)
+
+
+def _bytes(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"

@@ -1,0 +1,221 @@
+"""pkvmlab.viz: each diagram's structure (DOT nodes, edges, labels; Figure legend, patches, colours), not its pixels."""
+
+from __future__ import annotations
+
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
+from matplotlib.image import AxesImage  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from pkvmlab import Lab, viz  # noqa: E402
+from pkvmlab.arch import colors as C  # noqa: E402
+from pkvmlab.arch.pgtable import Owner  # noqa: E402
+
+
+def _edges(src: str) -> set[tuple[str, str]]:
+    return set(re.findall(r"^\s*(\S+) -> (\S+?)(?: \[|$)", src, re.M))
+
+
+def _nodes(src: str) -> set[str]:
+    return set(re.findall(r"^\s*(\w+) \[label=", src, re.M))
+
+
+# -- translation ---------------------------------------------------------------------------------
+def test_translation_of_a_guest_page_draws_each_level_and_the_output(lab):
+    """A guest walk to a page: input fields, root, one table per level with the selected entry, then the output address."""
+    vm = lab.host.create_vm(1)
+    pfn = vm.donate(0x12345)
+    w = lab.hyp.walk((0x12345 << 12) + 0x10, stage="guest-s2", vm=vm)
+    src = viz.translation(w).source
+    assert _nodes(src) == {"input", "root", "L1", "L2", "L3", "output"}
+    assert {("input:f1", "L1:sel"), ("input:f2", "L2:sel"), ("input:f3", "L3:sel"), ("root", "L1:hdr"),
+            ("L1:sel", "L2:hdr"), ("L2:sel", "L3:hdr"), ("L3:sel", "output"), ("input:off", "output")} <= _edges(src)
+    assert f"level 1 table @ {vm.pgd:#x}" in src and f"{(pfn << 12) + 0x10:#x}" in src
+    assert f"index {0x12345 & 511}" in src and "PKVM_PAGE_OWNED" in src and "VTTBR_EL2 (VMID 1)" in src
+    for level in (1, 2, 3):
+        assert C.LEVEL_COLORS[level] in src
+
+
+def test_translation_of_a_fault_ends_in_red_with_its_arm_arm_name(lab):
+    """A host walk into the carve-out ends at level 2 in a red fault node named as the ARM ARM names it."""
+    src = viz.translation(lab.hyp.walk(lab.memory_map.find("hyp").start)).source
+    assert "fault" in _nodes(src) and "output" not in _nodes(src) and "L3" not in _nodes(src)
+    assert ("L2:sel", "fault") in _edges(src)
+    assert "Translation fault, level 2" in src and C.FAULT_COLOR in src and "PKVM_ID_HYP" in src
+    assert "FSC 0b000110" in src
+
+
+def test_translation_beyond_the_input_range_reads_no_table(lab):
+    """An IPA beyond 40 bits: the out-of-range field leads straight to a level-0 translation fault."""
+    src = viz.translation(lab.hyp.walk(1 << 41)).source
+    assert _nodes(src) == {"input", "root", "fault"}
+    assert ("input:oor", "fault") in _edges(src) and "Translation fault, level 0" in src
+
+
+def test_translation_draws_all_three_stages_the_same_way(lab):
+    """Host stage-2, guest stage-2 and hyp stage-1 walks to a page give the same nodes and edges, their own root register."""
+    vm = lab.host.create_vm(1)
+    vm.donate(5)
+    pfn = lab.host.alloc_pages(1)
+    lab.host.share_hyp(pfn)
+    walks = {"host-s2": lab.hyp.walk(pfn << 12), "guest-s2": lab.hyp.walk(5 << 12, stage="guest-s2"),
+             "hyp-s1": lab.hyp.walk(pfn << 12, stage="hyp-s1")}
+    srcs = {k: viz.translation(w).source for k, w in walks.items()}
+    assert len({frozenset(_edges(s)) for s in srcs.values()}) == 1
+    assert "TTBR0_EL2" in srcs["hyp-s1"] and "(hyp_pgd)" in srcs["hyp-s1"] and "read of VA" in srcs["hyp-s1"]
+    assert "VTTBR_EL2 (VMID 0)" in srcs["host-s2"] and "(host_pgd)" in srcs["host-s2"] and "read of IPA" in srcs["host-s2"]
+
+
+def test_translation_is_deterministic_across_labs():
+    """Two labs doing the same thing draw byte-identical DOT: no object ids, no timestamps."""
+    def draw() -> str:
+        lab = Lab()
+        pfn = lab.host.alloc_pages(1)
+        lab.host.donate_hyp(pfn)
+        return viz.translation(lab.hyp.walk(pfn << 12, access="w")).source
+
+    a, b = draw(), draw()
+    assert a == b and not re.search(r"0x7f[0-9a-f]{10}", a)
+
+
+def test_diagrams_render_to_svg_with_dot(lab):
+    """The dot binary turns the translation and shadow-table diagrams into SVG."""
+    lab.host.create_vm(2)
+    for g in (viz.translation(lab.hyp.walk(0x4080_0000)), viz.shadow_table(lab.hyp.shadow_table())):
+        svg = g.pipe("svg").decode()
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "</svg>" in svg
+
+
+# -- shadow table --------------------------------------------------------------------------------
+def test_shadow_table_draws_used_slots_and_collapses_empty_runs(lab):
+    """Slots 0 and 2 used, 1 emptied: each used slot is a row, each empty run one "…" row, next_shadow_alloc marked once."""
+    vms = [lab.host.create_vm(1) for _ in range(3)]
+    vms[1].teardown()
+    snap = lab.hyp.shadow_table()
+    src = viz.shadow_table(snap).source
+    assert {"table", "vm0", "vm2"} <= _nodes(src) and "vm1" not in _nodes(src)
+    assert ("table:s0", "vm0:hdr") in _edges(src) and ("table:s2", "vm2:hdr") in _edges(src)
+    assert "[1] empty" in src and "[4–254] empty" in src and "251 slots" in src
+    assert src.count("← next_shadow_alloc") == 1 and snap.next_shadow_alloc == 3
+    assert src.count("<b>…</b>") == 2
+
+
+def test_shadow_table_links_vms_to_vcpu_states_and_pinned_host_structs(lab):
+    """Slot → kvm_shadow_vm (handle, VMID, sizes) → vCPU states → the host's kvm_vcpu, in hyp and host clusters."""
+    vm = lab.host.create_vm(2)
+    src = viz.shadow_table(lab.hyp.shadow_table()).source
+    assert {("vm0:hdr", "vm0v0"), ("vm0:hdr", "vm0v1"), ("vm0v0:host", "vcpu0v0"), ("vm0v1:host", "vcpu0v1"),
+            ("vm0:kvm", "kvm0")} <= _edges(src)
+    assert f"handle {vm.handle:#x} · VMID 1 · 2 vCPUs" in src and "shadow area 4 KiB (1 page, donated)" in src
+    hyp_part, host_part = src.split("subgraph cluster_host")
+    assert "subgraph cluster_hyp" in hyp_part and f"struct kvm_shadow_vm @ {vm.shadow_va:#x}" in hyp_part
+    for v in vm.vcpus:
+        assert f"struct kvm_vcpu @ {v:#x}" in host_part and f"host_vcpu = {v:#x}" in hyp_part
+    assert f"struct kvm @ {vm.host_kvm:#x}" in host_part
+    assert C.OWNER_FILLS[Owner.HYP] in hyp_part and C.OWNER_FILLS[Owner.HOST] in host_part
+
+
+def test_full_shadow_table_has_no_empty_run_and_marks_the_wrapped_next_slot(lab):
+    """With all 255 slots used there is no "…" row, 255 VM nodes, and next_shadow_alloc (wrapped to 0) marks slot 0."""
+    for _ in range(255):
+        lab.host.create_vm(1)
+    snap = lab.hyp.shadow_table()
+    src = viz.shadow_table(snap).source
+    assert snap.nr_shadow_entries == 255 and snap.next_shadow_alloc == 0
+    assert "<b>…</b>" not in src and len([n for n in _nodes(src) if re.fullmatch(r"vm\d+", n)]) == 255
+    assert re.search(r'port="s0">.*← next_shadow_alloc', src)
+
+
+def test_empty_shadow_table_is_one_next_row_and_one_run(lab):
+    """A fresh table: slot 0 is where next_shadow_alloc points, slots 1–254 are one "…" row."""
+    src = viz.shadow_table(lab.hyp.shadow_table()).source
+    assert "[1–254] empty" in src and "254 slots" in src and 'port="next"' in src
+
+
+# -- ownership map -------------------------------------------------------------------------------
+@pytest.fixture
+def busy_lab(lab):
+    """A lab with a VM (pinned shared pages, donated shadow area and PGD), a guest page, a share and a donation."""
+    vm = lab.host.create_vm(2)
+    vm.donate(7)
+    lab.host.share_hyp(lab.host.alloc_pages(1))
+    lab.host.donate_hyp(lab.host.alloc_pages(3), 3)
+    lab.host.read_u64(0x6000_0000)
+    return lab
+
+
+def _legend(fig):
+    (leg,) = fig.legends
+    return [t.get_text() for t in leg.get_texts()], [to_hex(h.get_facecolor()) for h in leg.legend_handles]
+
+
+def test_ownership_map_legend_uses_pkvm_names_colours_and_page_counts(busy_lab):
+    """Legend: one entry per category in pKVM's names with its arch.colors colour and the exact page count."""
+    snap = busy_lab.hyp.ownership()
+    texts, colors = _legend(viz.ownership_map(snap))
+    assert colors == [c for _, c, _ in C.PAGE_CATEGORIES]
+    expect = {"PKVM_ID_GUEST: PKVM_PAGE_OWNED": int((snap.owner == Owner.GUEST).sum()),
+              "PKVM_ID_HYP: PKVM_PAGE_OWNED": int((snap.owner == Owner.HYP).sum()),
+              "PKVM_ID_HOST: PKVM_PAGE_SHARED_OWNED (hyp: PKVM_PAGE_SHARED_BORROWED)": 4,
+              "anything else: an ownership invariant is broken": 0}
+    for label, n in expect.items():
+        assert f"{label}  ({n:,} pages)" in texts
+    assert expect["PKVM_ID_GUEST: PKVM_PAGE_OWNED"] == 1
+
+
+def test_ownership_map_of_a_gib_is_one_aggregated_image_with_hex_addresses(busy_lab):
+    """1 GiB: one image of 64 rows × 128 cells (32 pages each), hex row addresses, the guest page's cell in guest colour."""
+    snap = busy_lab.hyp.ownership()
+    fig = viz.ownership_map(snap)
+    grid, bar = fig.axes
+    (img,) = [a for a in grid.get_children() if isinstance(a, AxesImage)]
+    cells = img.get_array()
+    assert cells.shape == (64, 128)
+    assert grid.get_yticklabels()[0].get_text() == "0x40000000"
+    guest_pfn = int(np.flatnonzero(snap.owner == Owner.GUEST)[0])
+    assert cells[guest_pfn // 32 // 128, guest_pfn // 32 % 128] == C.CATEGORY_INDEX["guest"]
+    widths = [round(p.get_width()) for p in bar.patches]
+    assert widths == list(np.bincount(viz_categories(snap), minlength=len(C.PAGE_CATEGORIES)))
+
+
+def viz_categories(snap):
+    from pkvmlab.viz.ownership import categories
+
+    return categories(snap)
+
+
+def test_zoomed_ownership_map_labels_every_page(busy_lab):
+    """Zoomed to 24 pages: 24 boxes, each labelled with its address and coloured by its category (shared, pinned, guest)."""
+    snap = busy_lab.hyp.ownership()
+    start = busy_lab.memory_map.find("host RAM").start
+    fig = viz.ownership_map(snap, start, start + 24 * 4096)
+    grid = fig.axes[0]
+    boxes = [p for p in grid.patches if isinstance(p, Rectangle)]
+    labels = [t.get_text() for t in grid.texts]
+    assert len(boxes) == len(labels) == 24
+    assert all(lab_.startswith(f"{start + 4096 * k:#x}\n") for k, lab_ in enumerate(labels))
+    cats = viz_categories(snap)[(start - snap.ram_start) >> 12:][:24]
+    assert [to_hex(b.get_facecolor()) for b in boxes] == [C.PAGE_CATEGORIES[c][1] for c in cats]
+    assert any("pinned ×1" in t for t in labels) and any("guest" in t for t in labels)
+
+
+def test_ownership_map_refuses_a_range_outside_ram(lab):
+    """Asking for a range with no RAM in it says so instead of drawing an empty figure."""
+    with pytest.raises(ValueError, match="no page of RAM"):
+        viz.ownership_map(lab.hyp.ownership(), 0x1000, 0x2000)
+
+
+def test_ownership_map_renders_to_png(busy_lab):
+    """The whole-RAM figure saves as a PNG with the Agg canvas (no GUI backend)."""
+    import io
+
+    buf = io.BytesIO()
+    viz.ownership_map(busy_lab.hyp.ownership()).savefig(buf, format="png", dpi=50)
+    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
