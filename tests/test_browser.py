@@ -204,15 +204,17 @@ def _drive(page, base: str) -> None:
     before = (svg.text_content() or "").count("0x1000")
 
     builder.locator("button", has_text="Create").first.click()
+    # The status line changes last, after every view was redrawn: wait for it, then look at the diagram.
+    builder.locator(".pkvmlab-status-ok", has_text="created VM 0x1000").wait_for(timeout=CLICK_S * 1000)
     page.wait_for_function(
         """([before]) => {
              const svg = document.querySelector('.pkvmlab-vm-builder .pkvmlab-shadow-svg svg');
              return svg !== null && svg.textContent.split('0x1000').length - 1 > before;
            }""", arg=[before], timeout=CLICK_S * 1000)
-    status = builder.locator(".pkvmlab-status").text_content() or ""
-    assert "created VM 0x1000" in status, status
+    assert "__pkvm_init_shadow" in (builder.locator(".pkvmlab-log").text_content() or "")
     options = builder.locator("select").first.text_content() or ""
     assert "0x1000" in options, options
 
+    page.wait_for_function("() => [...document.querySelectorAll('.pkvmlab-vm-builder img')].every(i => i.complete)")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     builder.screenshot(path=str(SCREENSHOT))

@@ -79,11 +79,11 @@ def test_create_shows_the_handle_everywhere(builder: VMBuilder, lab) -> None:
 
 @needs_ownership_map
 def test_create_redraws_the_ownership_map_of_host_ram_in_use(builder: VMBuilder, lab) -> None:
-    assert builder.ownership_map.value.startswith(b"\x89PNG")
+    assert bytes(builder.ownership_map.value).startswith(b"\x89PNG")
     before = builder.ownership_map.value
     builder.pages.value = 40
     builder.create_button.click()
-    assert builder.ownership_map.value.startswith(b"\x89PNG") and builder.ownership_map.value != before
+    assert bytes(builder.ownership_map.value).startswith(b"\x89PNG") and builder.ownership_map.value != before
     start, end = builder.map_range
     assert start == lab.host.pages.start_pfn * 4096
     assert end > max(lab.host.vms[0x1000].guest_pages.values()) * 4096

@@ -90,7 +90,7 @@ def diagram_html(diagram, css_class: str, max_height: str = "560px") -> str:
 def figure_png(fig, dpi: int = 80) -> bytes:
     """A matplotlib ``Figure`` as PNG bytes (metadata stripped so the bytes only depend on the picture); closes it."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})   # no bbox "tight": it draws twice
     try:
         import matplotlib.pyplot as plt
 
@@ -171,7 +171,7 @@ def log_html(log: list[tuple[str, tuple, int]], start: int = 0, limit: int = 40)
                     "</tr>")
     more = f"<div style='color:#777'>… {hidden} earlier call(s) not shown</div>" if hidden else ""
     return (f"<div class='pkvmlab-log' style='max-height:260px;overflow:auto'>{more}"
-            "<table style='font-size:85%;line-height:1.3'><thead><tr><th>#</th><th>hypercall</th><th>arguments</th>"
+            "<table style='font-size:80%;line-height:1.3'><thead><tr><th>#</th><th>hypercall</th><th>arguments</th>"
             "<th>result</th>"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 

@@ -56,7 +56,7 @@ class VMBuilder(W.VBox):
         self.status = W.HTML(render.status_html("info", "Choose vCPUs and guest pages, then Create."))
         self.diagram = W.HTML(layout=W.Layout(width="100%"))
         self.diagram.add_class("pkvmlab-shadow-diagram")
-        self.ownership_map = W.Image(format="png", layout=W.Layout(max_width="560px"))
+        self.ownership_map = W.Image(format="png", layout=W.Layout(max_width="100%"))
         self.ownership_note = W.HTML()
         self.hypercall_log = W.HTML()
 
@@ -76,8 +76,8 @@ class VMBuilder(W.VBox):
             self.status,
         ])
         views = W.HBox([W.VBox([heading("Ownership map (host RAM in use)"), self.ownership_map, self.ownership_note],
-                               layout=W.Layout(width="45%")),
-                        W.VBox([heading("Hypercall log (lab.host.log)"), self.hypercall_log], layout=W.Layout(width="55%"))])
+                               layout=W.Layout(width="50%")),
+                        W.VBox([heading("Hypercall log (lab.host.log)"), self.hypercall_log], layout=W.Layout(width="50%"))])
         super().__init__([heading("VM builder"), controls, heading("Shadow VM table (lab.hyp.shadow_table())"),
                           self.diagram, views])
         self.add_class("pkvmlab-vm-builder")
@@ -146,12 +146,17 @@ class VMBuilder(W.VBox):
 
     # -- internals -------------------------------------------------------------------------------
     def _run(self, action) -> bool:
-        ok = render.guarded(self._set_status, action)
+        """Do ``action``, redraw, then say how it went: the status line changes last, after every view is
+        up to date (a browser that sees the new status sees the new diagrams too: comm messages keep order)."""
+        outcome: list[tuple[str, str]] = []
+        ok = render.guarded(lambda kind, message: outcome.append((kind, message)), action)
         try:
             self.refresh()
         except Exception as exc:  # noqa: BLE001 - the dashboard must not raise out of a click
-            self._set_status("error", render.error_message(exc))
-            return False
+            outcome.append(("error", render.error_message(exc)))
+            ok = False
+        for kind, message in outcome[-1:]:
+            self._set_status(kind, message)
         return ok
 
     def _set_status(self, kind: str, message: str) -> None:
