@@ -131,7 +131,7 @@ static kvm_pte_t *split_entry(struct pgt_update *u, kvm_pte_t *parent, u32 level
 	kvm_pte_t pte = *ptep, *table = hyp_alloc_pages();
 	u64 step = PGT_GRANULE(level + 1);
 
-	BUG_ON(!table);	/* callers reserve PGT_MAX_NEW_TABLES first */
+	BUG_ON(!table);	/* callers reserved kvm_pgtable_tables_needed() pages first */
 	/* A pool page comes zeroed: an empty entry splits into an empty table as it is. */
 	if (pte) {
 		for (u32 i = 0; i < PGT_ENTRIES; i++) {
@@ -205,8 +205,8 @@ static void tlb_flush(struct kvm_pgtable *pgt, u64 addr, u64 size)
 }
 
 /*
- * Callers have checked the range and that the pool holds PGT_MAX_NEW_TABLES
- * pages, so nothing below can fail half-way.
+ * Callers have checked the range and that the pool holds the pages
+ * kvm_pgtable_tables_needed() counts, so nothing below can fail half-way.
  */
 int kvm_pgtable_set_range(struct kvm_pgtable *pgt, u64 addr, u64 size, const struct pgt_leaf *leaf)
 {
