@@ -74,7 +74,7 @@ class Lab:
         host_image = RAM_BASE + hyp_size
         self.core.phys.write(host_image, K.build_image())   # the host kernel's text, as a boot loader would
         boot(self.core, self.fw, hyp_size=hyp_size, host_entry=host_image + K.ENTRY)
-        self.host = Host(self.core, host_image)
+        self.host = Host(self.core, host_image, self.fw)
         self.host.setup()
         self.hyp = Hyp(self.core, self.fw, self)
         version, el, _ = self.hyp_info()

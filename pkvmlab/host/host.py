@@ -10,6 +10,7 @@ from __future__ import annotations
 from pkvmlab.arch import esr as E
 from pkvmlab.arch.smccc import HYPERCALL_ARGS, HYPERCALLS, SMCCC_RET_NOT_SUPPORTED, SMCCC_RET_SUCCESS
 from pkvmlab.errors import HostAccessFault, HypercallError, MachineError, UsageError
+from pkvmlab.firmware.elf import Firmware
 from pkvmlab.host import kernel_image as K
 from pkvmlab.host.page_alloc import PageAllocator
 from pkvmlab.machine.core import Core, HostVector
@@ -28,9 +29,10 @@ def _signed(v: int) -> int:
 class Host:
     """What the host kernel does, as EL1 code on the core."""
 
-    def __init__(self, core: Core, image_base: int):
+    def __init__(self, core: Core, image_base: int, fw: Firmware):
         self.core = core
         self.image_base = image_base
+        self.fw = fw   # the firmware it runs on: struct kvm's layout comes from its DWARF
         self.log: list[tuple[str, tuple, int]] = []   # (call, args, result or -errno), newest last
         first_free = (image_base >> 12) + K.IMAGE_PAGES
         self.pages = PageAllocator(first_free, (core.ram_base + core.ram_size) >> 12)

@@ -120,24 +120,11 @@ class VM:
 
 
 def host_layouts(host) -> HostLayouts:
-    """The layouts for the firmware this host runs on (``host.fw`` if the lab set it, else the repository's build)."""
+    """The struct layouts of the firmware this host runs on, from its DWARF (read once per host)."""
     lay = host.__dict__.get("_vm_layouts")
     if lay is None:
-        fw = getattr(host, "fw", None)
-        if fw is None:
-            fw = _repo_firmware()
-            if fw.symbols != host.core.symbols:
-                raise UsageError("this host runs a firmware other than the repository's build; set host.fw to it "
-                                 "so create_vm can read struct kvm's layout from its DWARF")
-        lay = host._vm_layouts = _layouts(fw)
+        lay = host._vm_layouts = _layouts(host.fw)
     return lay
-
-
-@lru_cache(maxsize=1)
-def _repo_firmware():
-    from pkvmlab.firmware import load_firmware
-
-    return load_firmware()
 
 
 def write_kvm(host, lay: HostLayouts, kvm: int, nr_vcpus: int, vcpus: tuple[int, ...]) -> bytearray:
