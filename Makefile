@@ -56,5 +56,9 @@ test: setup chromium lint
 bench: setup
 	$(PY) bench/run_all.py
 
+# The README's example diagrams, drawn from a real booted lab (docs/make_figures.py).
+docs: setup
+	$(PY) docs/make_figures.py
+
 clean:
 	rm -rf build .pytest_cache

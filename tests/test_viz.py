@@ -166,7 +166,7 @@ def test_ownership_map_legend_uses_pkvm_names_colours_and_page_counts(busy_lab):
               "PKVM_ID_HOST: PKVM_PAGE_SHARED_OWNED (hyp: PKVM_PAGE_SHARED_BORROWED)": 4,
               "anything else: an ownership invariant is broken": 0}
     for label, n in expect.items():
-        assert f"{label}  ({n:,} pages)" in texts
+        assert f"{label}  ({n:,} page{'' if n == 1 else 's'})" in texts
     assert expect["PKVM_ID_GUEST: PKVM_PAGE_OWNED"] == 1
 
 

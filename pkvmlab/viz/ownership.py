@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import NullLocator
 
 from pkvmlab.arch import colors as C
 from pkvmlab.arch.pgtable import PAGE_SHIFT, Owner, PageState
@@ -123,7 +124,7 @@ def ownership_map(snap, start: int | None = None, end: int | None = None, *, tit
                  fontsize=11)
     counts = np.bincount(cat, minlength=len(C.PAGE_CATEGORIES))
     _summary(bar, counts)
-    handles = [Patch(facecolor=color, edgecolor="#444444", label=f"{label}  ({int(counts[k]):,} pages)")
+    handles = [Patch(facecolor=color, edgecolor="#444444", label=f"{label}  ({_count(int(counts[k]))})")
                for k, (_, color, label) in enumerate(C.PAGE_CATEGORIES)]
     fig.legend(handles=handles, loc="lower center", ncols=2, fontsize=7.5, frameon=False, bbox_to_anchor=(0.5, 0.0),
                title="owner: page state (pKVM's names)", title_fontsize=8)
@@ -148,13 +149,21 @@ def _summary(bar, counts: np.ndarray) -> None:
     y = np.arange(len(C.PAGE_CATEGORIES))
     bar.barh(y, np.maximum(counts, 0), color=[c for _, c, _ in C.PAGE_CATEGORIES], edgecolor="#444444", height=0.75)
     bar.set_xscale("log")
-    bar.set_xlim(0.8, max(int(counts.max()), 1) * 8)
+    top = max(int(counts.max()), 1) * 8
+    bar.set_xlim(0.8, top)
+    decades = [10 ** k for k in range(len(str(top)))]
+    bar.set_xticks(decades, [f"{d:,}" for d in decades])
+    bar.xaxis.set_minor_locator(NullLocator())   # minor log ticks cost more than the rest of the figure
     bar.set_yticks(y, [SHORT[k] for k, _, _ in C.PAGE_CATEGORIES], fontsize=7.5)
     bar.invert_yaxis()
     for k, v in enumerate(counts):
         bar.text(max(int(v), 1) * 1.15, k, f"{int(v):,}", va="center", fontsize=7.5)
     bar.set_xlabel("pages per owner and state (log scale)", fontsize=8)
     bar.tick_params(axis="x", labelsize=7.5)
+
+
+def _count(n: int) -> str:
+    return f"{n:,} page" + ("" if n == 1 else "s")
 
 
 def _bytes(n: int) -> str:

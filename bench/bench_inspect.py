@@ -1,0 +1,99 @@
+"""What seeing inside EL2 costs: ownership map of 1 GiB, the shadow table with 255 VMs, one walk, one AT.
+
+Run: ``.venv/bin/python bench/bench_inspect.py``.  Each figure is printed beside the cost of one
+hypercall (``__pkvm_hyp_info``) measured in the same run, interleaved; nothing passes or fails on time.
+Targets from the issue: ownership snapshot + figure for 1 GiB < 0.5 s, shadow table of 255 VMs drawn
+< 0.3 s, one walk < 1 ms.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from pkvmlab import Lab, viz  # noqa: E402
+from pkvmlab.inspect.diff import diff  # noqa: E402
+from pkvmlab.inspect.walk import at, at_many, walk  # noqa: E402
+
+
+def best(fn, n: int, rounds: int = 5) -> float:
+    """Best per-call seconds of ``fn`` over ``rounds`` rounds of ``n`` calls."""
+    fn()
+    out = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        out = min(out, (time.perf_counter() - t) / n)
+    return out
+
+
+def line(name: str, secs: float, hvc: float, target: float | None = None) -> str:
+    goal = f"   (target < {target * 1e3:g} ms)" if target else ""
+    unit = f"{secs * 1e6:9.1f} us" if secs < 1e-3 else f"{secs * 1e3:9.2f} ms"
+    return f"  {name:<52} {unit}  = {secs / hvc:8.1f} hypercalls{goal}"
+
+
+def main() -> None:
+    Lab()   # build and cache the firmware before timing anything
+    lab = Lab()
+    hvc = lambda: lab.host.hyp_info()  # noqa: E731
+    # A realistic 1 GiB: a few VMs with guest pages, shares, donations, touched RAM.
+    for i in range(4):
+        vm = lab.host.create_vm(2)
+        for g in range(8):
+            vm.donate(0x100 * i + g)
+    for k in range(16):
+        lab.host.read_u64(0x4400_0000 + k * (2 << 20))
+        lab.host.share_hyp(lab.host.alloc_pages(1))
+    lab.host.donate_hyp(lab.host.alloc_pages(16), 16)
+
+    t_hvc = best(hvc, 500)
+    print(f"one hypercall (__pkvm_hyp_info, HVC round trip): {t_hvc * 1e6:.1f} us; RAM {lab.core.ram_size >> 20} MiB")
+
+    def png(fig) -> None:
+        fig.savefig(io.BytesIO(), format="png", dpi=80)
+
+    snap = lab.hyp.ownership()
+    fig = viz.ownership_map(snap)
+    results = [
+        ("ownership snapshot, 1 GiB (lab.hyp.ownership)", best(lab.hyp.ownership, 10), None),
+        ("ownership_map figure, 1 GiB (build)", best(lambda: viz.ownership_map(snap), 5), None),
+        ("ownership_map figure, 1 GiB (render PNG, 80 dpi)", best(lambda: png(fig), 3), None),
+        ("snapshot + figure, 1 GiB", best(lambda: viz.ownership_map(lab.hyp.ownership()), 5), 0.5),
+        ("snapshot + figure + PNG, 1 GiB", best(lambda: png(viz.ownership_map(lab.hyp.ownership())), 3), None),
+        ("diff of two 1 GiB ownership snapshots", best(lambda: diff(snap, lab.hyp.ownership()), 10), None),
+    ]
+    w_addr = lab.host.vms[0x1000].guest_pages[0] << 12
+    results += [
+        ("one walk, host stage-2 (3 levels)", best(lambda: walk(lab.hyp, w_addr), 2000), 1e-3),
+        ("one walk, guest stage-2 (3 levels)", best(lambda: walk(lab.hyp, 0x1000, "guest-s2", 0x1000), 2000), 1e-3),
+        ("one AT S12E1R via the debugger call", best(lambda: at(lab.hyp, w_addr), 200), None),
+        ("one AT S12E1R, batched 512 per call", best(lambda: at_many(lab.hyp, range(0, 512 << 12, 4096)), 20) / 512, None),
+        ("translation diagram (build DOT)", best(lambda: viz.translation(walk(lab.hyp, w_addr)), 500), None),
+    ]
+    for name, secs, target in results:
+        print(line(name, secs, t_hvc, target))
+
+    full = Lab()
+    for i in range(255):
+        full.host.create_vm(1 + i % 2)
+    t_hvc_full = best(lambda: full.host.hyp_info(), 500)
+    shadow = full.hyp.shadow_table()
+    g = viz.shadow_table(shadow)
+    rows = [
+        ("shadow-table snapshot, 255 VMs", best(full.hyp.shadow_table, 5), None),
+        ("shadow_table diagram, 255 VMs (build DOT)", best(lambda: viz.shadow_table(shadow).source, 5), None),
+        ("snapshot + diagram, 255 VMs", best(lambda: viz.shadow_table(full.hyp.shadow_table()).source, 5), 0.3),
+        ("render with dot to SVG, 255 VMs (1531 nodes)", best(lambda: g.pipe("svg"), 1, rounds=2), None),
+    ]
+    for name, secs, target in rows:
+        print(line(name, secs, t_hvc_full, target))
+
+
+if __name__ == "__main__":
+    main()
