@@ -175,7 +175,7 @@ int __pkvm_host_unshare_hyp(u64 pfn)
 		return ret;
 	/* host SHARED_OWNED -> OWNED, hyp SHARED_BORROWED -> NOPAGE */
 	BUG_ON(host_stage2_set_state(addr, size, PKVM_PAGE_OWNED));
-	BUG_ON(kvm_pgtable_set_owner(&hyp_pgtable, addr, size, 0));
+	BUG_ON(kvm_pgtable_unmap(&hyp_pgtable, addr, size));
 	return 0;
 }
 
@@ -252,7 +252,7 @@ int __pkvm_hyp_donate_host(u64 pfn, u64 nr_pages)
 	if (ret)
 		return ret;
 	/* hyp OWNED -> NOPAGE; host annotated HYP -> OWNED (mapped again on its next touch) */
-	BUG_ON(kvm_pgtable_set_owner(&hyp_pgtable, addr, size, 0));
+	BUG_ON(kvm_pgtable_unmap(&hyp_pgtable, addr, size));
 	BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, addr, size, PKVM_ID_HOST));
 	return 0;
 }

@@ -259,6 +259,12 @@ int kvm_pgtable_set_owner(struct kvm_pgtable *pgt, u64 addr, u64 size, u8 owner_
 	return kvm_pgtable_set_range(pgt, addr, size, &leaf);
 }
 
+/* Make [addr, addr + size) translate nothing: an empty entry, which frees tables left empty. */
+int kvm_pgtable_unmap(struct kvm_pgtable *pgt, u64 addr, u64 size)
+{
+	return kvm_pgtable_set_owner(pgt, addr, size, 0);
+}
+
 /* Where the descriptor that decides @addr lives (a leaf, or an invalid entry), and its level. */
 kvm_pte_t *kvm_pgtable_get_ptep(struct kvm_pgtable *pgt, u64 addr, u32 *level)
 {

@@ -65,6 +65,7 @@ u64 kvm_get_vtcr(u32 ia_bits);
 int kvm_pgtable_set_range(struct kvm_pgtable *pgt, u64 addr, u64 size, const struct pgt_leaf *leaf);
 int kvm_pgtable_map(struct kvm_pgtable *pgt, u64 addr, u64 size, phys_addr_t phys, kvm_pte_t attrs);
 int kvm_pgtable_set_owner(struct kvm_pgtable *pgt, u64 addr, u64 size, u8 owner_id);
+int kvm_pgtable_unmap(struct kvm_pgtable *pgt, u64 addr, u64 size);
 u32 kvm_pgtable_tables_needed(struct kvm_pgtable *pgt, u64 addr, u64 size);
 kvm_pte_t kvm_pgtable_get_leaf(struct kvm_pgtable *pgt, u64 addr, u32 *level);
 kvm_pte_t *kvm_pgtable_get_ptep(struct kvm_pgtable *pgt, u64 addr, u32 *level);
