@@ -104,3 +104,17 @@ def test_diff_refuses_snapshots_of_different_kinds(lab):
     """An ownership snapshot and a shadow table cannot be compared: the error says what diff() takes."""
     with pytest.raises(UsageError, match="same kind"):
         diff(lab.hyp.ownership(), lab.hyp.shadow_table())
+
+
+def test_diff_without_mappings_sees_only_ownership(lab):
+    """A share/unshare round trip leaves hyp's stage-1 unmapped again: no ownership change, but a mapping change."""
+    from pkvmlab.inspect.diff import diff
+
+    pfn = lab.host.alloc_pages(1)
+    lab.host.read(pfn << 12, 8)                 # host maps its page first
+    before = lab.hyp.ownership()
+    lab.host.donate_hyp(pfn, 1)
+    lab.core.call_symbol("__pkvm_hyp_donate_host", pfn, 1)
+    after = lab.hyp.ownership()
+    assert not diff(before, after, mappings=False)
+    assert [c.words() for c in diff(before, after)] == ["host mapped → not mapped"]

@@ -14,8 +14,7 @@ from pkvmlab.firmware.elf import Firmware
 from pkvmlab.host import kernel_image as K
 from pkvmlab.host.page_alloc import PageAllocator
 from pkvmlab.machine.core import Core, HostVector
-
-TIMEOUT_MS = 0  # the firmware's handlers are short; a hang would be a firmware bug
+from pkvmlab.machine.watchdog import WATCHDOG
 
 
 def _u64(v: int) -> int:
@@ -106,7 +105,7 @@ class Host:
     # -- running stubs ---------------------------------------------------------------------
     def _run_stub(self, offset: int, what: str, address: int | None = None, *, resumed: bool = False):
         start = self.image_base + offset
-        res = self.core.run(start, self.image_base + K.stub_end(offset), timeout_ms=TIMEOUT_MS, resumed=resumed)
+        res = self.core.run(start, self.image_base + K.stub_end(offset), resumed=resumed)
         if isinstance(res, HostVector):
             self._host_exception(res, what, address)
 
@@ -134,9 +133,13 @@ class Host:
         c = self.core
         if c.native is not None and c.panic is None:  # fast path: one native call (x0..x6 in, x0..x3 out)
             regs = (_u64(func_id), *map(_u64, args), *(0,) * (6 - len(args)))
-            out = c.native.hvc(self.image_base + K.HVC, self.image_base + K.stub_end(K.HVC), regs, TIMEOUT_MS)
+            token = WATCHDOG.arm(c.uc.emu_stop, c.run_limit_ms / 1000)
+            out = c.native.hvc(self.image_base + K.HVC, self.image_base + K.stub_end(K.HVC), regs)
+            timed_out = WATCHDOG.disarm(token)
             if out is not None:
                 return out
+            if timed_out and not c.native.has_event():
+                raise c.hang_error(c.reg("pc"), c.run_limit_ms)
             self._run_stub(K.HVC, f"hypercall {func_id:#x}", resumed=True)
             return c.x[0], c.x[1], c.x[2], c.x[3]
         c.x[0] = _u64(func_id)

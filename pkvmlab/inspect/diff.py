@@ -94,13 +94,19 @@ class OwnershipDiff:
         return "\n".join([head, *("  " + str(c) for c in self.changes)])
 
 
-def ownership_diff(a, b) -> OwnershipDiff:
-    """Pages whose owner, states, mappings or pins differ, grouped into runs that changed alike."""
+def ownership_diff(a, b, *, mappings: bool = True) -> OwnershipDiff:
+    """Pages whose owner, states, pins (and, unless ``mappings=False``, mappings) differ, in runs that changed alike.
+
+    ``mappings=False`` asks only who owns what: a host page given back is unmapped until the host
+    touches it again (the lazy stage-2), which changes a mapping but not its ownership.
+    """
     if (a.ram_start, a.nr_pages) != (b.ram_start, b.nr_pages):
         raise UsageError("these ownership snapshots cover different RAM: they cannot be compared page by page")
     sides = [s for s in a.sides if s in b.sides]
+
     def columns(snap) -> list[np.ndarray]:
-        return ([snap.owner, snap.pins] + [snap.sides[s].state for s in sides] + [snap.sides[s].mapped for s in sides])
+        mapped = [snap.sides[s].mapped if mappings else np.zeros(snap.nr_pages, bool) for s in sides]
+        return [snap.owner, snap.pins] + [snap.sides[s].state for s in sides] + mapped
 
     ca, cb = columns(a), columns(b)
     changed = np.zeros(a.nr_pages, bool)
@@ -180,11 +186,14 @@ def shadow_diff(a, b) -> ShadowDiff:
                       (a.next_shadow_alloc, b.next_shadow_alloc))
 
 
-def diff(before, after):
-    """What changed from ``before`` to ``after``: two ownership snapshots, or two shadow-table snapshots."""
+def diff(before, after, *, mappings: bool = True):
+    """What changed from ``before`` to ``after``: two ownership snapshots, or two shadow-table snapshots.
+
+    For ownership, ``mappings=False`` ignores pages that only became mapped or unmapped.
+    """
     if hasattr(before, "slots") and hasattr(after, "slots"):
         return shadow_diff(before, after)
     if hasattr(before, "sides") and hasattr(after, "sides"):
-        return ownership_diff(before, after)
+        return ownership_diff(before, after, mappings=mappings)
     raise UsageError(f"diff() compares two snapshots of the same kind (lab.hyp.ownership() or lab.hyp.shadow_table()), "
                      f"got {type(before).__name__} and {type(after).__name__}")

@@ -23,6 +23,7 @@ from pkvmlab.arch import pstate as P
 from pkvmlab.arch.sysregs import SCR_EL3_HCE, SCR_EL3_NS, SCR_EL3_RW, SYSREGS
 from pkvmlab.errors import HypPanic, MachineError, UsageError
 from pkvmlab.machine.decode import decode_access, disassemble
+from pkvmlab.machine.watchdog import WATCHDOG
 
 RAM_BASE = 0x4000_0000
 RAM_SIZE = 1 << 30
@@ -40,6 +41,7 @@ EXCP_NAMES = {EXCP_UDEF: "undefined instruction", EXCP_SWI: "SVC", EXCP_PREFETCH
 
 HYP_PANIC_BRK = 0x800   # firmware/entry.S: hyp_panic() executes BRK #0x800 with the message in x0
 VECTOR_LOWER_A64_SYNC = 0x400
+MAX_REPEATED_ABORTS = 32   # the same host abort again and again: nothing will change, stop
 
 _GPR = {f"x{i}": A.UC_ARM64_REG_X0 + i for i in range(29)}
 _GPR.update(x29=A.UC_ARM64_REG_X29, x30=A.UC_ARM64_REG_X30, fp=A.UC_ARM64_REG_X29, lr=A.UC_ARM64_REG_X30,
@@ -75,8 +77,10 @@ class PhysMemory:
         return bytes(self._uc.mem_read(pa, n))
 
     def write(self, pa: int, data: bytes) -> None:
+        """Write bytes; translated code is dropped so a patched instruction really runs next time."""
         self._check(pa, len(data))
         self._uc.mem_write(pa, bytes(data))
+        self._uc.ctl_flush_tb()   # Unicorn does not see debugger writes to code it has already translated
 
     def read_u64(self, pa: int) -> int:
         return int.from_bytes(self.read(pa, 8), "little")
@@ -116,6 +120,7 @@ class Core:
         self.symbols: dict[str, int] = {}   # the firmware's, set by the boot loader
         self.panic: HypPanic | None = None
         self.stats = {"hvc": 0, "stage2_abort": 0}
+        self.run_limit_ms = 10_000   # a longer run is an endless loop: the watchdog stops it
         self._event: tuple[int, int, int] | None = None
         # Without EL3 firmware nobody sets SCR_EL3: Non-secure EL1/EL2, HVC enabled, AArch64.
         self.set_sysreg("SCR_EL3", SCR_EL3_NS | SCR_EL3_HCE | SCR_EL3_RW)
@@ -247,16 +252,19 @@ class Core:
         if self.panic is not None:
             raise MachineError("the hypervisor has panicked; this machine is dead: create a new Lab()") from self.panic
         pc = begin
+        last_abort_pc, repeats = None, 0
         while True:
             if resumed:
-                resumed, err = False, self.native.take_error()
+                resumed, err, timed_out = False, self.native.take_error(), False
             else:
                 self._event = None
                 err = None
+                token = WATCHDOG.arm(self.uc.emu_stop, (timeout_ms or self.run_limit_ms) / 1000)
                 try:
-                    self.uc.emu_start(pc, until, timeout=timeout_ms * 1000)  # unicorn takes microseconds
+                    self.uc.emu_start(pc, until)
                 except unicorn.UcError as e:
                     err = e
+                timed_out = WATCHDOG.disarm(token)
             ev = self._event
             if ev is None and self.native is not None:
                 ev = self.native.take_event()
@@ -264,13 +272,24 @@ class Core:
                 now = self.reg("pc")
                 if err is None and now == until:
                     return None
+                if err is None and timed_out:
+                    raise self.hang_error(now, timeout_ms or self.run_limit_ms)
                 el = self.current_el
                 if el == 2:
                     raise self._panic(EXCP_DATA_ABORT if err else None, now, unicorn_error=err)
                 raise MachineError(f"the run stopped at {now:#x} (EL{el}) before reaching {until:#x}: "
-                                   + (str(err) if err else f"it ran longer than {timeout_ms} ms"))
+                                   + (str(err) if err else "stopped early"))
             intno, el, pstate = ev
             if el == 1 and intno in (EXCP_DATA_ABORT, EXCP_PREFETCH_ABORT):
+                now = self.reg("pc")
+                repeats = repeats + 1 if now == last_abort_pc else 0
+                last_abort_pc = now
+                if repeats >= MAX_REPEATED_ABORTS:
+                    raise MachineError(
+                        f"the host is stuck: the same stage-2 abort at pc={now:#x} came back {repeats} times. "
+                        "The hypervisor keeps refusing the access and the host cannot get past it; most likely "
+                        "the host gave away a page it runs from (its code or its exception vectors). "
+                        "Create a new Lab()")
                 self._take_stage2_abort(intno, pstate)
                 pc = self.reg("pc")
                 continue
@@ -280,6 +299,14 @@ class Core:
                 raise self._panic(intno, self.reg("pc"), unicorn_error=err)
             raise MachineError(f"unexpected {EXCP_NAMES.get(intno, f'exception {intno}')} at EL{el}, "
                                f"pc={self.reg('pc'):#x}")
+
+    def hang_error(self, pc: int, limit_ms: int) -> MachineError:
+        """The run was stopped by the watchdog: say where it was looping, in words."""
+        el = self.current_el
+        where = self._symbolize(pc) if el == 2 else f"{pc:#x}"
+        return MachineError(f"stopped after {limit_ms / 1000:g} s at EL{el}, {where}: the "
+                            f"{'hypervisor' if el == 2 else 'host'} seems to be in an endless loop "
+                            "(run_limit_ms sets the limit)")
 
     def call(self, addr: int, *args: int, timeout_ms: int = 1000) -> int:
         """Debugger: call a firmware function at EL2 with ``args`` in x0.., return its x0.

@@ -164,6 +164,10 @@ class Native:
     def hvc_count(self) -> int:
         return self._st.hvc_count
 
+    def has_event(self) -> bool:
+        """Whether an exception stopped the last run (without taking it)."""
+        return bool(self._st.pending)
+
     def take_event(self) -> tuple[int, int, int] | None:
         """The exception that stopped the last run, as (intno, el, pstate), once; None if there was none."""
         st = self._st

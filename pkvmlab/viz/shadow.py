@@ -13,6 +13,7 @@ import graphviz
 from pkvmlab.arch import colors as C
 from pkvmlab.arch.pgtable import Owner
 from pkvmlab.viz._html import FONT, cell, row, table, text
+from pkvmlab.viz.diagram import Diagram
 
 HANDLE_OFFSET = 0x1000
 
@@ -56,7 +57,7 @@ def _table_rows(snap) -> list[str]:
 def shadow_table(snap, *, title: str | None = None) -> graphviz.Digraph:
     """The ``ShadowTable`` snapshot as a diagram: slots → ``kvm_shadow_vm`` → vCPU states → pinned host structs."""
     hyp_c, host_c = C.OWNER_COLORS[Owner.HYP], C.OWNER_COLORS[Owner.HOST]
-    g = graphviz.Digraph("shadow_table", graph_attr={"rankdir": "LR", "fontname": FONT, "labelloc": "t", "nodesep": "0.15",
+    g = Diagram("shadow_table", graph_attr={"rankdir": "LR", "fontname": FONT, "labelloc": "t", "nodesep": "0.15",
                                                      "ranksep": "0.6", "ordering": "out", "label": title or _title(snap)},
                          node_attr={"fontname": FONT, "shape": "plain", "fontsize": "11"},
                          edge_attr={"fontname": FONT, "fontsize": "9"})

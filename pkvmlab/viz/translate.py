@@ -12,6 +12,7 @@ import graphviz
 from pkvmlab.arch import colors as C
 from pkvmlab.arch.pgtable import granule
 from pkvmlab.viz._html import FONT, cell, row, table, text
+from pkvmlab.viz.diagram import Diagram
 
 
 def _field_port(f) -> str:
@@ -88,7 +89,7 @@ def _table_label(w, step) -> str:
 
 def translation(w) -> graphviz.Digraph:
     """The walk ``w`` (from ``lab.hyp.walk``) as a Graphviz diagram: fields, tables, selected entries, result."""
-    g = graphviz.Digraph("translation", graph_attr={"rankdir": "LR", "fontname": FONT, "labelloc": "t",
+    g = Diagram("translation", graph_attr={"rankdir": "LR", "fontname": FONT, "labelloc": "t",
                                                     "label": f"{w.regime.title}: {w.words()}", "nodesep": "0.3"},
                          node_attr={"fontname": FONT, "shape": "plain"}, edge_attr={"fontname": FONT, "fontsize": "10"})
     g.node("input", _input_label(w))
