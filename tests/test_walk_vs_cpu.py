@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pkvmlab import Lab
@@ -23,6 +23,9 @@ from pkvmlab.inspect.walk import agrees, at_many, regime, tlbi, walk_regime
 
 PROT_S2 = 0xF << 2 | S2AP_R | S2AP_W | 3 << 8 | AF   # KVM_PGTABLE_PROT_HOST
 GiB, MiB2, PAGE = 1 << 30, 1 << 21, 1 << 12
+# No shrinking: each example boots a lab, so shrinking a failure takes minutes; the assertion message
+# already shows the address, the whole walk and the CPU's PAR_EL1.
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 GFNS = st.one_of(st.integers(0, (1 << 28) - 1), st.integers(0x100, 0x100 + 1023))
 VM_SETUP = st.tuples(st.integers(0, 2), st.lists(GFNS, max_size=6))   # VMs created first, pages donated to them
@@ -172,7 +175,7 @@ def test_walker_agrees_with_the_cpu_on_generated_stage2_states():
     seen: Counter = Counter()
     pamax = {0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48}[Lab().core.sysreg("ID_AA64MMFR0_EL1") & 0xF]
 
-    @settings(max_examples=36, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=36, deadline=None, derandomize=True, database=None, phases=NO_SHRINK,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(setup=VM_SETUP, ops=OPS, plants=PLANTS, data=st.data())
     def example(setup, ops, plants, data):
@@ -210,7 +213,7 @@ def test_walker_agrees_with_the_cpu_on_hyp_stage1():
     """Hyp's stage-1 walk (hierarchical APTable/XNTable included) says what AT S1E2R/W says, over generated states."""
     seen: Counter = Counter()
 
-    @settings(max_examples=12, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=12, deadline=None, derandomize=True, database=None, phases=NO_SHRINK,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(ops=OPS, plants=HYP_PLANTS, data=st.data())
     def example(ops, plants, data):
