@@ -41,7 +41,11 @@ OPS = st.lists(st.one_of(
     st.tuples(st.just("teardown"), st.just(0)),
 ), min_size=2, max_size=8)
 S2_PLANTS = ("read-only", "no-read", "no-access-flag", "reserved", "owner", "l1-block", "l2-block", "xn", "table-invalid")
-PLANTS = st.lists(st.tuples(st.sampled_from(S2_PLANTS), st.integers(0, 1 << 32)), min_size=1, max_size=5)
+# Most kinds in every example (a random order, a random prefix), each with its own seed for where it lands:
+# so every kind is tried on host and guest tables many times, whatever the generator's seed.
+PLANTS = st.tuples(st.permutations(S2_PLANTS), st.lists(st.integers(0, 1 << 32), min_size=len(S2_PLANTS),
+                                                        max_size=len(S2_PLANTS)), st.integers(5, len(S2_PLANTS))
+                   ).map(lambda t: list(zip(t[0], t[1]))[:t[2]])
 
 
 def _run_ops(lab: Lab, ops, setup=(0, ())) -> tuple[list[int], dict]:
