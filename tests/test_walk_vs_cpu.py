@@ -209,8 +209,10 @@ def test_walker_agrees_with_the_cpu_on_generated_stage2_states():
     assert must <= set(seen), f"never exercised: {sorted(must - set(seen))}; seen {dict(seen)}"
 
 
-HYP_PLANTS = st.lists(st.tuples(st.sampled_from(("read-only", "no-access-flag", "reserved", "aptable-ro", "xntable",
-                                                 "table-invalid", "invalid")), st.integers(0, 1 << 32)), min_size=1, max_size=5)
+HYP_KINDS = ("read-only", "no-access-flag", "reserved", "aptable-ro", "xntable", "table-invalid", "invalid")
+HYP_PLANTS = st.tuples(st.permutations(HYP_KINDS), st.lists(st.integers(0, 1 << 32), min_size=len(HYP_KINDS),
+                                                            max_size=len(HYP_KINDS)), st.integers(3, len(HYP_KINDS))
+                       ).map(lambda t: list(zip(t[0], t[1]))[:t[2]])
 
 
 def test_walker_agrees_with_the_cpu_on_hyp_stage1():
