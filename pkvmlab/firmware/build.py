@@ -86,3 +86,16 @@ def build_firmware(src: str | os.PathLike = FIRMWARE_DIR, *, force: bool = False
             raise FirmwareBuildError(f"building the firmware in {src} failed", (proc.stderr + proc.stdout).strip())
         os.replace(tmp_elf, elf)
     return elf
+
+
+def copy_firmware(dst: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Copy the repository's ``firmware/`` to ``dst`` for you to edit; ``Lab(firmware=dst)`` builds and boots it."""
+    import shutil
+
+    dst = Path(dst)
+    if dst.exists():
+        if not overwrite:
+            raise FirmwareBuildError(f"{dst} already exists: edit it, or pass overwrite=True to start again")
+        shutil.rmtree(dst)
+    shutil.copytree(FIRMWARE_DIR, dst)
+    return dst

@@ -195,9 +195,13 @@ class Firmware:
 
 
 def load_firmware(path: str | Path | None = None) -> Firmware:
-    """Load ``path``, or build the repository's firmware (cached) and load that."""
-    if path is None:
-        from pkvmlab.firmware.build import build_firmware
+    """Load an ELF, or build a firmware source tree (cached) and load that; None: the repository's firmware/."""
+    from pkvmlab.firmware.build import build_firmware
 
+    if path is None:
         path = build_firmware()
+    elif Path(path).is_dir():
+        path = build_firmware(path)
+    elif not Path(path).is_file():
+        raise UsageError(f"no firmware at {path}: give a built ELF or a firmware source directory")
     return Firmware(path)
