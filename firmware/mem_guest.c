@@ -48,7 +48,8 @@ static void hyp_zero_page_fixmap(phys_addr_t phys)
 int kvm_guest_prepare_stage2(struct kvm_shadow_vm *vm, void *pgd)
 {
 	vm->pgt = (struct kvm_pgtable){ .pgd = pgd, .ia_bits = 64 - (vm->kvm.arch.vtcr & 0x3f),
-					.start_level = 1, .stage2 = true };
+					.start_level = 1, .stage2 = true,
+					.vmid = vm->kvm.arch.mmu.vmid.id };
 	return 0;
 }
 

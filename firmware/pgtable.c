@@ -184,15 +184,22 @@ static void set_range(struct pgt_update *u, kvm_pte_t *table, u32 level, u64 add
 #define TLBI_VA_MAX_PAGES	16
 
 /*
- * QEMU (like hardware without VMID-tagged walks) keeps no stage-2-only
- * entries, so stage 2 is flushed for the whole current VMID.  Callers that
- * change a table other than the live one (a guest's, before it runs) get
- * more flushing than they need, never less.
+ * Stage 2: TLBI VMALLS12E1IS invalidates the VMID in VTTBR_EL2, so a change to a
+ * guest's table is flushed with that guest's VMID loaded for the moment (as
+ * upstream's __kvm_tlb_flush_vmid does), then the host's VTTBR is put back.
  */
 static void tlb_flush(struct kvm_pgtable *pgt, u64 addr, u64 size)
 {
 	dsb(ishst);
-	if (pgt->stage2) {
+	if (pgt->stage2 && pgt->vmid) {
+		u64 vttbr = read_sysreg(vttbr_el2);
+
+		write_sysreg(hyp_pa(pgt->pgd) | (pgt->vmid << VTTBR_VMID_SHIFT), vttbr_el2);
+		isb();
+		asm volatile("tlbi vmalls12e1is" : : : "memory");
+		dsb(ish);
+		write_sysreg(vttbr, vttbr_el2);
+	} else if (pgt->stage2) {
 		asm volatile("tlbi vmalls12e1is" : : : "memory");
 	} else if (size <= TLBI_VA_MAX_PAGES * PAGE_SIZE) {
 		for (u64 va = addr; va < addr + size; va += PAGE_SIZE)

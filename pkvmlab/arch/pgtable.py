@@ -150,6 +150,8 @@ class Descriptor:
             return f"invalid, owner {OWNER_NAMES.get(self.owner, self.owner)}"
         if k == "table":
             return f"table -> {self.output_address:#x}"
+        if k == "reserved":
+            return "reserved (valid, but type 0 at level 3: faults like an invalid entry)"
         st = self.state
         return (f"{k} -> {self.output_address:#x} {self.permissions()} {self.memattr()}"
                 f"{'' if self.value & AF else ' (AF clear)'}, {STATE_NAMES[st]}")

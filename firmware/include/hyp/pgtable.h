@@ -50,6 +50,7 @@ struct kvm_pgtable {
 	u32 ia_bits;		/* input address size */
 	u32 start_level;
 	bool stage2;
+	u64 vmid;		/* stage 2: the VMID its TLB entries carry (0: the host's) */
 };
 
 /* What a range change writes into each leaf it covers. */
