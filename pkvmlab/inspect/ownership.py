@@ -16,11 +16,11 @@ from html import escape
 import numpy as np
 
 from pkvmlab.arch import pgtable as pt
+from pkvmlab.arch.colors import OWNER_FILLS
 from pkvmlab.arch.ownership import PageView
 from pkvmlab.arch.pgtable import OWNER_NAMES, STATE_NAMES, Owner, PageState
 
 NO_OWNER = 0xFF          # a page nobody can be found to own (only in a broken state)
-_COLOURS = {Owner.HOST: "#cfe8ff", Owner.HYP: "#ffd7a8", Owner.GUEST: "#d4f5c9"}
 
 
 def owner_name(owner: int) -> str:
@@ -241,7 +241,7 @@ class Ownership:
     def _repr_html_(self) -> str:
         rs = self.ranges()
         rows = "".join(
-            f"<tr style='background:{_COLOURS.get(r.owner, '#ffb3b3')}'><td><code>{r.start_pfn << 12:#x}</code></td>"
+            f"<tr style='background:{OWNER_FILLS.get(r.owner, '#ffb3b3')}'><td><code>{r.start_pfn << 12:#x}</code></td>"
             f"<td><code>{r.end_pfn << 12:#x}</code></td><td style='text-align:right'>{r.nr_pages}</td>"
             f"<td><b>{escape(owner_name(r.owner))}</b></td><td>{STATE_NAMES[r.host]}</td><td>{STATE_NAMES[r.hyp]}</td></tr>"
             for r in rs[:200])
