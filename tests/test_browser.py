@@ -112,31 +112,46 @@ def jupyter_server(tmp_path: Path):
                JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "lab-workspaces"),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "jupyter.log").open("w")
-    proc = subprocess.Popen(
-        [str(jupyter), "lab", "--no-browser", "--IdentityProvider.token=", "--ServerApp.ip=127.0.0.1",
-         f"--port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.expose_app_in_browser=True",
-         *(["--allow-root"] if os.geteuid() == 0 else [])],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    log_path = tmp_path / "jupyter.log"
+    proc, base = _start_server([str(jupyter), "lab", "--no-browser", "--IdentityProvider.token=", "--ServerApp.ip=127.0.0.1",
+                                "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
+                                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                                "--LabApp.expose_app_in_browser=True", *(["--allow-root"] if os.geteuid() == 0 else [])],
+                               root, env, log_path)
     try:
+        yield base, log_path
+    finally:
+        _stop_server(proc, base)
+
+
+def _start_server(cmd: list[str], cwd: Path, env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start JupyterLab on a free port; try another port if one was taken meanwhile (up to 3 tries)."""
+    for _attempt in range(3):
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen([*cmd, f"--port={port}"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{(tmp_path / 'jupyter.log').read_text()[-3000:]}")
-            try:
-                _get(f"{base}/api/status", timeout=2)
-                break
-            except (OSError, urllib.error.URLError):
+        try:
+            while proc.poll() is None:
+                # Ours, not another server that grabbed the port: it says so in its own log.
+                if f"127.0.0.1:{port}/" in log_path.read_text(errors="replace"):
+                    try:
+                        _get(f"{base}/api/status", timeout=2)
+                        if proc.poll() is None:
+                            return proc, base
+                    except (OSError, urllib.error.URLError):
+                        pass
                 if time.monotonic() > deadline:
                     pytest.fail(f"JupyterLab did not answer on {base} within {SERVER_START_S} s")
                 time.sleep(0.3)
-        yield base, tmp_path / "jupyter.log"
-    finally:
-        _stop_server(proc, base)
-        log.close()
+        except BaseException:
+            _stop_server(proc, base)
+            raise
+        if "already in use" not in log_path.read_text(errors="replace"):
+            break
+    pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
 # With --LabApp.expose_app_in_browser, window.jupyterapp is JupyterLab's application: its shell knows the

@@ -246,5 +246,9 @@ def test_render_helpers() -> None:
     assert render.svg_of('<?xml version="1.0"?>\n<!DOCTYPE svg>\n<!-- dot 2.43 -->\n<svg/>') == "<svg/>"
     assert 'width="100%"' in render.fit_svg('<svg width="100pt" height="50pt" viewBox="0 0 100 50">')
     assert "&lt;b&gt;" in render.status_html("error", "<b>")
+    from pkvmlab.errors import HypercallError, HypPanic
+
+    assert "make a new Lab()" in render.error_message(HypPanic("hyp_panic() at pkvm.c:42"))
+    assert "-EEXIST (File exists)" in render.error_message(HypercallError("__pkvm_init_shadow", (1, 2, 3, 4), -17))
     assert "1 of 3 earlier" not in render.log_html([("x", (), 0)] * 3, limit=2)
     assert "1 earlier call(s) not shown" in render.log_html([("x", (), 0)] * 3, limit=2)
