@@ -171,6 +171,17 @@ def test_nothing_escapes_a_click(builder: VMBuilder, lab, monkeypatch) -> None:
     assert "RuntimeError: the host kernel had a bad day" in words(builder.status.value)
 
 
+def test_after_a_hyp_panic_the_buttons_say_so_and_switch_off(builder: VMBuilder, lab) -> None:
+    from pkvmlab import HypPanic
+
+    with pytest.raises(HypPanic):
+        lab.core.call_symbol("memset", 0x1000, 0, 8)    # hyp writes where it has no mapping: the machine dies
+    builder.create_button.click()
+    assert status_kind(builder) == "error" and "create a new Lab()" in words(builder.status.value)
+    assert builder.create_button.disabled and builder.donate_button.disabled and builder.teardown_button.disabled
+    assert not builder.refresh_button.disabled
+
+
 def test_a_diagram_that_cannot_be_drawn_falls_back_to_the_table(builder: VMBuilder, lab, monkeypatch) -> None:
     import pkvmlab.viz
 
