@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup lab test dot chromium firmware bench docs lint clean
+.PHONY: setup lab test dot chromium firmware bench docs lint notebooks clean
 
 setup: $(STAMP) dot firmware
 
@@ -43,10 +43,15 @@ firmware: $(STAMP)
 	$(PY) -m pkvmlab.firmware
 
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+# Re-execute every notebook in place and strip what must not be committed (widget state, timestamps).
+notebooks: setup
+	for nb in notebooks/*.ipynb; do $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace "$$nb" || exit 1; done
+	$(PY) tools/strip_widget_state.py notebooks/*.ipynb
 
 lint: $(STAMP)
-	$(PY) -m ruff check pkvmlab tests $(wildcard bench)
+	$(PY) -m ruff check pkvmlab tests tools docs $(wildcard bench)
 
 # tests/ and the notebooks (nbval) in one run; the browser test must run wherever Chromium is installed.
 test: setup chromium lint
