@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pkvmlab import Lab
+from pkvmlab import Lab, MachineError
 from pkvmlab.arch.smccc import HYPERCALLS, SMCCC_RET_NOT_SUPPORTED, SMCCC_RET_SUCCESS
 
 _lab: Lab | None = None
@@ -28,8 +28,16 @@ def booted() -> Lab:
 @given(func=st.sampled_from(sorted(HYPERCALLS.values())), args=st.lists(interesting, min_size=4, max_size=4))
 def test_random_arguments_to_every_hypercall_never_panic_the_hypervisor(func, args):
     """Any x1..x4 to any host hypercall returns SUCCESS with a result or an errno; hyp keeps answering."""
+    global _lab
     lab = booted()
-    x0, x1, _, _ = lab.host.hvc(func, *args)
+    try:
+        x0, x1, _, _ = lab.host.hvc(func, *args)
+    except MachineError as e:
+        # The host may give away its own code (the page at lab.host.image_base): that stops the *host*,
+        # reported in words; the hypervisor itself is unharmed.
+        assert "the host is stuck" in str(e) and lab.core.panic is None
+        _lab = None
+        return
     assert lab.core.panic is None
     assert x0 in (SMCCC_RET_SUCCESS, SMCCC_RET_NOT_SUPPORTED)
     assert lab.host.hyp_info()[1] == 2

@@ -16,6 +16,9 @@ from pkvmlab.host.page_alloc import PageAllocator
 from pkvmlab.machine.core import Core, HostVector
 from pkvmlab.machine.watchdog import WATCHDOG
 
+_U64 = (1 << 64) - 1
+_ZEROS = [0] * 6
+
 
 def _u64(v: int) -> int:
     return v & (1 << 64) - 1
@@ -32,6 +35,7 @@ class Host:
         self.core = core
         self.image_base = image_base
         self.fw = fw   # the firmware it runs on: struct kvm's layout comes from its DWARF
+        self._hvc_begin, self._hvc_end = image_base + K.HVC, image_base + K.stub_end(K.HVC)
         self.log: list[tuple[str, tuple, int]] = []   # (call, args, result or -errno), newest last
         first_free = (image_base >> 12) + K.IMAGE_PAGES
         self.pages = PageAllocator(first_free, (core.ram_base + core.ram_size) >> 12)
@@ -126,15 +130,17 @@ class Host:
     # -- hypercalls ------------------------------------------------------------------------
     def hvc(self, func_id: int, *args: int) -> tuple[int, int, int, int]:
         """Issue ``HVC #0`` with x0 = ``func_id`` and x1.. = ``args``; returns x0..x3 as the host sees them."""
-        if not isinstance(func_id, int) or any(not isinstance(a, int) for a in args):
-            raise UsageError(f"hvc() takes integers, got {(func_id, *args)!r}")
+        regs = [func_id, *args]
+        for v in regs:
+            if not isinstance(v, int):
+                raise UsageError(f"hvc() takes integers, got {(func_id, *args)!r}")
         if len(args) > 6:
             raise UsageError("a host hypercall takes at most 6 arguments (x1..x6)")
         c = self.core
         if c.native is not None and c.panic is None:  # fast path: one native call (x0..x6 in, x0..x3 out)
-            regs = (_u64(func_id), *map(_u64, args), *(0,) * (6 - len(args)))
+            regs = [v & _U64 for v in regs] + _ZEROS[len(args):]
             token = WATCHDOG.arm(c.uc.emu_stop, c.run_limit_ms / 1000)
-            out = c.native.hvc(self.image_base + K.HVC, self.image_base + K.stub_end(K.HVC), regs)
+            out = c.native.hvc(self._hvc_begin, self._hvc_end, regs)
             timed_out = WATCHDOG.disarm(token)
             if out is not None:
                 return out
