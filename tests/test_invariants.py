@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import run_transition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pkvmlab import HostAccessFault, HypercallError, Lab
+from pkvmlab import HostAccessFault, Lab
 from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import TRANSITION, initial_page, reachable_views
 from pkvmlab.arch.pgtable import Owner
@@ -143,21 +144,7 @@ op = st.one_of(
 
 
 def run(lab: Lab, call: str, pfn: int, n: int) -> int:
-    pa = pfn * PAGE
-    try:
-        if call == "__pkvm_host_share_hyp":
-            lab.host.share_hyp(pfn)
-        elif call == "__pkvm_host_unshare_hyp":
-            lab.host.unshare_hyp(pfn)
-        elif call == "__pkvm_host_donate_hyp":
-            lab.host.donate_hyp(pfn, n)
-        else:
-            ret = lab.core.call_symbol(call, *((pfn, n) if call == "__pkvm_hyp_donate_host" else (pa, pa + PAGE)))
-            ret &= 0xFFFF_FFFF
-            return 0 if call == "hyp_unpin_shared_mem" or not ret else (1 << 32) - ret
-    except HypercallError as e:
-        return e.errno
-    return 0
+    return run_transition(lab, call, pfn, n)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

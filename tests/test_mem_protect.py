@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from conftest import assert_invariants
+from conftest import assert_invariants, hyp_internal, run_transition
 
 from pkvmlab import HostAccessFault, HypercallError, HypPanic, Lab, UsageError
 from pkvmlab.arch.ownership import TRANSITION, TRANSITIONS, PageView
@@ -16,32 +16,9 @@ OWNED, SHARED_OWNED, SHARED_BORROWED, NOPAGE = (PageState.OWNED, PageState.SHARE
                                                 PageState.SHARED_BORROWED, PageState.NOPAGE)
 
 
-def hyp_internal(lab: Lab, name: str, *args: int) -> int:
-    """Call a hyp-internal C function at EL2 (debugger path); its int result, sign-extended."""
-    r = lab.core.call_symbol(name, *args) & 0xFFFF_FFFF
-    return r - (1 << 32) if r >> 31 else r
-
-
 def invoke(lab: Lab, call: str, pfn: int) -> int:
     """Run one transition on one page, by whichever door it has: a host HVC or a hyp-internal call."""
-    pa = pfn * PAGE
-    try:
-        if call == "__pkvm_host_share_hyp":
-            lab.host.share_hyp(pfn)
-        elif call == "__pkvm_host_unshare_hyp":
-            lab.host.unshare_hyp(pfn)
-        elif call == "__pkvm_host_donate_hyp":
-            lab.host.donate_hyp(pfn, 1)
-        elif call == "__pkvm_hyp_donate_host":
-            return -hyp_internal(lab, call, pfn, 1)
-        elif call in ("hyp_pin_shared_mem", "hyp_unpin_shared_mem"):
-            ret = hyp_internal(lab, call, pa, pa + PAGE)
-            return -ret if call == "hyp_pin_shared_mem" else 0
-        else:
-            raise AssertionError(call)
-    except HypercallError as e:
-        return e.errno
-    return 0
+    return run_transition(lab, call, pfn)
 
 
 # The starting states of a page: how to get there from a fresh page, and what pKVM must then say.
