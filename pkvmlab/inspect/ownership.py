@@ -19,6 +19,7 @@ from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.colors import OWNER_FILLS
 from pkvmlab.arch.ownership import PageView
 from pkvmlab.arch.pgtable import OWNER_NAMES, STATE_NAMES, Owner, PageState
+from pkvmlab.inspect.tables import TableWalker
 
 NO_OWNER = 0xFF          # a page nobody can be found to own (only in a broken state)
 
@@ -254,44 +255,7 @@ class Ownership:
 
 # -- the walk ---------------------------------------------------------------------------------------
 
-class _Walker:
-    """Collects every non-empty, non-table descriptor of one table tree, reading each table once."""
-
-    def __init__(self, phys, ia_bits: int, start_level: int, stage: int):
-        self.phys, self.ia_bits, self.start_level, self.stage = phys, ia_bits, start_level, stage
-        self.found: list[tuple[np.ndarray, ...]] = []     # (addr, pte, level, ptep) per table
-        self.tables: list[int] = []
-        self.bad_tables: list[Leaf] = []                  # table descriptors pointing outside RAM
-
-    def walk(self, table_pa: int, level: int, base: int, n: int) -> None:
-        t = np.frombuffer(self.phys.read(table_pa, n * 8), dtype="<u8")
-        nz = np.flatnonzero(t)
-        ptes = t[nz]
-        is_table = (ptes & np.uint64(3)) == 3 if level < 3 else np.zeros(len(nz), bool)
-        shift = pt.granule_shift(level)
-        if (~is_table).any():
-            idx = nz[~is_table].astype(np.uint64)
-            self.found.append((np.uint64(base) + (idx << np.uint64(shift)), ptes[~is_table],
-                               np.full(len(idx), level, np.uint8), np.uint64(table_pa) + idx * np.uint64(8)))
-        for i in nz[is_table]:
-            child, addr = int(t[i]) & pt.ADDR_MASK, base + (int(i) << shift)
-            if not self.phys.base <= child < self.phys.base + self.phys.size:
-                self.bad_tables.append(Leaf(self.stage, addr, level, int(t[i]), table_pa + 8 * int(i)))
-                continue
-            self.tables.append(child)
-            self.walk(child, level + 1, addr, pt.ENTRIES)
-
-    def run(self, pgd: int) -> tuple[np.ndarray, ...]:
-        self.walk(pgd, self.start_level, 0, 1 << (self.ia_bits - pt.granule_shift(self.start_level)))
-        if not self.found:
-            e = np.zeros(0, np.uint64)
-            return e, e, np.zeros(0, np.uint8), e
-        cols = [np.concatenate(c) for c in zip(*self.found)]
-        order = np.argsort(cols[0], kind="stable")
-        return tuple(c[order] for c in cols)
-
-
-def _stage_view(name: str, owner_id: Owner, stage: int, walker: _Walker, leaves, ram_start: int, nr_pages: int,
+def _stage_view(name: str, owner_id: Owner, stage: int, walker: TableWalker, leaves, ram_start: int, nr_pages: int,
                 default_state: PageState) -> StageView:
     addr, pte, level, ptep = leaves
     state = np.full(nr_pages, default_state, np.uint8)
@@ -349,7 +313,8 @@ def _stage_view(name: str, owner_id: Owner, stage: int, walker: _Walker, leaves,
         for bad, into in ((np.flatnonzero((o < 0) | (o >= nr_pages)), outside), (np.flatnonzero(out != addr[s]), remapped)):
             into += [Leaf(stage, int(addr[s][j]), 3, int(pte[s][j]), int(ptep[s][j])) for j in bad[:64]]
     return StageView(name, owner_id, stage, state, mapped, annotation, annotated, lv, len(walker.tables),
-                     tuple(walker.tables), leaves, tuple(outside + walker.bad_tables), tuple(remapped))
+                     tuple(walker.tables), leaves,
+                     tuple(outside + [Leaf(stage, *bad) for bad in walker.bad_tables]), tuple(remapped))
 
 
 def _read_pgtable(hyp, symbol: str, path: str = "") -> tuple[int, int, int]:
@@ -360,7 +325,7 @@ def _read_pgtable(hyp, symbol: str, path: str = "") -> tuple[int, int, int]:
 
 def _walk(hyp, symbol: str, path: str = ""):
     pgd, ia_bits, start_level = _read_pgtable(hyp, symbol, path)
-    w = _Walker(hyp.core.phys, ia_bits, start_level, 2 if path else 1)
+    w = TableWalker(hyp.core.phys, ia_bits, start_level)
     return w, w.run(pgd)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
-from pkvmlab.arch.pgtable import ADDR_MASK, ENTRIES, PAGE_SHIFT, TYPE, VALID, granule, granule_shift
+from pkvmlab.inspect.tables import mapped_pages
 
 HANDLE_OFFSET = 0x1000   # the seed's: handle = index + HANDLE_OFFSET
 
@@ -108,27 +108,6 @@ def _u(buf: bytes, offset: int, size: int) -> int:
     return int.from_bytes(buf[offset:offset + size], "little")
 
 
-def guest_leaves(phys, pgd: int, ia_bits: int, start_level: int = 1) -> list[tuple[int, int]]:
-    """(gfn, pfn) of every valid page a stage-2 maps, walking the tables in memory (blocks as their pages)."""
-    out: list[tuple[int, int]] = []
-
-    def walk(table: int, level: int, base: int, n: int) -> None:
-        data = phys.read(table, 8 * n)
-        for i in range(n):
-            pte = int.from_bytes(data[8 * i:8 * i + 8], "little")
-            if not pte & VALID:
-                continue
-            addr = base + (i << granule_shift(level))
-            if level < 3 and pte & TYPE:
-                walk(pte & ADDR_MASK, level + 1, addr, ENTRIES)
-            else:
-                pa = pte & ADDR_MASK & ~(granule(level) - 1)
-                out.extend(((addr + j) >> PAGE_SHIFT, (pa + j) >> PAGE_SHIFT) for j in range(0, granule(level), 1 << PAGE_SHIFT))
-
-    walk(pgd, start_level, 0, 1 << (ia_bits - granule_shift(start_level)))
-    return out
-
-
 def read_shadow_table(hyp) -> ShadowTable:
     """Read the whole table: one read for the pointers, one per used slot for its ``struct kvm_shadow_vm``."""
     fw, phys = hyp.fw, hyp.core.phys
@@ -163,7 +142,7 @@ def read_shadow_table(hyp) -> ShadowTable:
                                  val("host_vcpu", states, k * st_lay.size, g),
                                  addr + f["shadow_vcpu_states"].offset + k * st_lay.size) for k in range(n_read))
         pgd, ia_bits = val("pgt.pgd"), val("pgt.ia_bits")
-        pages = tuple(guest_leaves(phys, pgd, ia_bits, val("pgt.start_level"))) if pgd and 30 < ia_bits <= 48 else ()
+        pages = tuple(mapped_pages(phys, pgd, ia_bits, val("pgt.start_level"))) if pgd and 30 < ia_bits <= 48 else ()
         slots.append(ShadowVM(i, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"), n,
                               addr, val("shadow_area_size"), pgd, ia_bits, vcpus, pages))
     return ShadowTable(table, nr, nxt, tuple(slots))

@@ -1,0 +1,64 @@
+"""Read a whole page-table tree out of emulated memory in one pass: every leaf, blocks as blocks.
+
+One reader for every bulk walk (the ownership snapshot's host stage-2 and hyp stage-1, each guest
+stage-2 in the shadow-table snapshot): each table is read once and decoded with numpy, so the cost
+follows the number of tables, not the size of the address space.  ``pkvmlab.inspect.walk`` is the
+other kind of walk: one address, every step kept, for showing and for checking against the CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pkvmlab.arch import pgtable as pt
+
+
+class TableWalker:
+    """Every non-empty, non-table descriptor of one table tree, with where it sits."""
+
+    def __init__(self, phys, ia_bits: int, start_level: int):
+        self.phys, self.ia_bits, self.start_level = phys, ia_bits, start_level
+        self.found: list[tuple[np.ndarray, ...]] = []   # (addr, pte, level, ptep) per table
+        self.tables: list[int] = []                     # PA of every table below the top level
+        self.bad_tables: list[tuple[int, int, int, int]] = []   # (addr, level, pte, ptep): table outside RAM
+
+    def _walk(self, table_pa: int, level: int, base: int, n: int) -> None:
+        t = np.frombuffer(self.phys.read(table_pa, n * 8), dtype="<u8")
+        nz = np.flatnonzero(t)
+        ptes = t[nz]
+        is_table = (ptes & np.uint64(3)) == 3 if level < 3 else np.zeros(len(nz), bool)
+        shift = pt.granule_shift(level)
+        if (~is_table).any():
+            idx = nz[~is_table].astype(np.uint64)
+            self.found.append((np.uint64(base) + (idx << np.uint64(shift)), ptes[~is_table],
+                               np.full(len(idx), level, np.uint8), np.uint64(table_pa) + idx * np.uint64(8)))
+        for i in nz[is_table]:
+            child, addr = int(t[i]) & pt.ADDR_MASK, base + (int(i) << shift)
+            if not self.phys.base <= child < self.phys.base + self.phys.size:
+                self.bad_tables.append((addr, level, int(t[i]), table_pa + 8 * int(i)))
+                continue
+            self.tables.append(child)
+            self._walk(child, level + 1, addr, pt.ENTRIES)
+
+    def run(self, pgd: int) -> tuple[np.ndarray, ...]:
+        """(input address, descriptor, level, descriptor's PA) of every leaf, in address order."""
+        self._walk(pgd, self.start_level, 0, 1 << (self.ia_bits - pt.granule_shift(self.start_level)))
+        if not self.found:
+            e = np.zeros(0, np.uint64)
+            return e, e, np.zeros(0, np.uint8), e
+        cols = [np.concatenate(c) for c in zip(*self.found)]
+        order = np.argsort(cols[0], kind="stable")
+        return tuple(c[order] for c in cols)
+
+
+def mapped_pages(phys, pgd: int, ia_bits: int, start_level: int = 1) -> list[tuple[int, int]]:
+    """(input pfn, output pfn) of every page a table tree maps validly, blocks counted page by page."""
+    addrs, ptes, levels, _ = TableWalker(phys, ia_bits, start_level).run(pgd)
+    out: list[tuple[int, int]] = []
+    for addr, pte, level in zip(addrs.tolist(), ptes.tolist(), levels.tolist()):
+        if not pte & pt.VALID or (level == 3 and not pte & pt.TYPE):
+            continue
+        size = pt.granule(level)
+        pa = pte & pt.ADDR_MASK & ~(size - 1)
+        out.extend(((addr + j) >> pt.PAGE_SHIFT, (pa + j) >> pt.PAGE_SHIFT) for j in range(0, size, pt.PAGE_SIZE))
+    return out
