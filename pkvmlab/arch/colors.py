@@ -6,7 +6,7 @@ owned by hyp is the same orange in the ownership map, the translation diagram an
 
 from __future__ import annotations
 
-from pkvmlab.arch.pgtable import OWNER_NAMES, STATE_NAMES, Owner, PageState
+from pkvmlab.arch.pgtable import STATE_NAMES, Owner, PageState, owner_name  # noqa: F401 (colours name owners too)
 
 OWNER_COLORS = {Owner.HOST: "#4c78a8", Owner.HYP: "#f58518", Owner.GUEST: "#54a24b"}
 OWNER_FILLS = {Owner.HOST: "#dbe6f1", Owner.HYP: "#fde3c9", Owner.GUEST: "#dcefd8"}   # light, for cluster backgrounds
@@ -35,14 +35,6 @@ FAULT_COLOR = "#d62728"
 OK_COLOR = "#2ca02c"
 SELECTED_FILL = "#fff2a8"   # the entry a walk selected in a table
 NEXT_ALLOC_COLOR = "#d62728"
-
-
-def owner_name(owner: int) -> str:
-    """pKVM's name for a component id (``PKVM_ID_HYP``), or the raw number."""
-    try:
-        return OWNER_NAMES[Owner(owner)]
-    except ValueError:
-        return f"component {owner}"
 
 
 def state_name(state: int) -> str:

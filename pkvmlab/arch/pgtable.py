@@ -59,6 +59,14 @@ class PageState(IntEnum):
 
 
 OWNER_NAMES = {o: f"PKVM_ID_{o.name}" for o in Owner}
+NO_OWNER = 0xFF   # what a snapshot records for a page no component owns (only ever in a broken state)
+
+
+def owner_name(owner: int) -> str:
+    """pKVM's name for a component id (``PKVM_ID_HYP``); "no owner" for NO_OWNER, else the raw number."""
+    if owner in Owner._value2member_map_:
+        return OWNER_NAMES[Owner(owner)]
+    return "no owner" if owner == NO_OWNER else f"unknown owner {owner}"
 STATE_NAMES = {PageState.OWNED: "PKVM_PAGE_OWNED", PageState.SHARED_OWNED: "PKVM_PAGE_SHARED_OWNED",
                PageState.SHARED_BORROWED: "PKVM_PAGE_SHARED_BORROWED", PageState.NOPAGE: "PKVM_NOPAGE"}
 

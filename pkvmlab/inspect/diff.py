@@ -11,14 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pkvmlab.arch.pgtable import PAGE_SHIFT, STATE_NAMES, Owner, PageState
+from pkvmlab.arch.pgtable import PAGE_SHIFT, STATE_NAMES, PageState, owner_name
 from pkvmlab.errors import UsageError
-
-
-def _owner_name(owner: int) -> str:
-    if owner in Owner._value2member_map_:
-        return f"PKVM_ID_{Owner(owner).name}"
-    return "no owner" if owner == 0xFF else f"owner {owner}"
 
 
 @dataclass(frozen=True)
@@ -52,7 +46,7 @@ class PageChange:
         """What changed, in pKVM's names: "owner PKVM_ID_HOST -> PKVM_ID_HYP; host PKVM_PAGE_OWNED -> PKVM_NOPAGE"."""
         a, b, parts = self.before, self.after, []
         if a.owner != b.owner:
-            parts.append(f"owner {_owner_name(a.owner)} → {_owner_name(b.owner)}")
+            parts.append(f"owner {owner_name(a.owner)} → {owner_name(b.owner)}")
         for (side, sa), (_, sb) in zip(a.states, b.states):
             if sa != sb:
                 parts.append(f"{side} {STATE_NAMES[sa]} → {STATE_NAMES[sb]}")

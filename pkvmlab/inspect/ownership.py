@@ -18,15 +18,8 @@ import numpy as np
 from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.colors import OWNER_FILLS
 from pkvmlab.arch.ownership import PageView
-from pkvmlab.arch.pgtable import OWNER_NAMES, STATE_NAMES, Owner, PageState
+from pkvmlab.arch.pgtable import NO_OWNER, STATE_NAMES, Owner, PageState, owner_name
 from pkvmlab.inspect.tables import TableWalker
-
-NO_OWNER = 0xFF          # a page nobody can be found to own (only in a broken state)
-
-
-def owner_name(owner: int) -> str:
-    return OWNER_NAMES[Owner(owner)] if owner in Owner._value2member_map_ else (
-        "no owner" if owner == NO_OWNER else f"unknown owner {owner}")
 
 
 @dataclass(frozen=True)
