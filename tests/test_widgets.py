@@ -263,3 +263,23 @@ def test_render_helpers() -> None:
     assert "-EEXIST (File exists)" in render.error_message(HypercallError("__pkvm_init_shadow", (1, 2, 3, 4), -17))
     assert "1 of 3 earlier" not in render.log_html([("x", (), 0)] * 3, limit=2)
     assert "1 earlier call(s) not shown" in render.log_html([("x", (), 0)] * 3, limit=2)
+
+
+@pytest.mark.parametrize("widget", ["VMBuilder", "TranslationExplorer"])
+def test_a_widget_without_a_booted_lab_says_how_to_make_one(widget):
+    """Passing anything but a Lab gets a one-line UsageError naming the fix, not an AttributeError."""
+    import pkvmlab.widgets as W
+    from pkvmlab import UsageError
+
+    with pytest.raises(UsageError, match=rf"lab = Lab\(\); {widget}\(lab\)") as ei:
+        getattr(W, widget)(None)
+    assert "\n" not in str(ei.value)
+
+
+def test_calling_firmware_before_boot_says_to_boot_first():
+    """A bare Core with no firmware refuses a firmware call with a one-line message saying what to do."""
+    from pkvmlab import UsageError
+    from pkvmlab.machine import Core
+
+    with pytest.raises(UsageError, match="boot one first"):
+        Core().call_symbol("memset", 0)

@@ -336,6 +336,8 @@ class Core:
         try:
             addr = self.symbols[name]
         except KeyError:
+            if not self.symbols:
+                raise UsageError("no firmware is loaded on this core yet: boot one first (Lab() does)") from None
             raise UsageError(f"the loaded firmware has no function {name!r}") from None
         return self.call(addr, *args)
 

@@ -14,12 +14,21 @@ from html import escape
 
 from pkvmlab.arch.esr import fsc_words, par_decode
 from pkvmlab.arch.smccc import HYPERCALL_ARGS
-from pkvmlab.errors import HypercallError, HypPanic, PkvmLabError, errno_words
+from pkvmlab.errors import HypercallError, HypPanic, PkvmLabError, UsageError, errno_words
 
 PAGE = 4096
 
 # Colours for the status line: the same three everywhere.
 _STATUS = {"ok": ("#1b5e20", "#e8f5e9", "✔"), "error": ("#b71c1c", "#ffebee", "✖"), "info": ("#0d47a1", "#e3f2fd", "ℹ")}
+
+
+def require_lab(lab, widget: str) -> None:
+    """A widget draws a booted machine: anything else gets a one-line error saying how to make one."""
+    from pkvmlab.lab import Lab
+
+    if not isinstance(lab, Lab):
+        raise UsageError(f"{widget} needs a booted lab, got {type(lab).__name__}: "
+                         f"lab = Lab(); {widget}(lab)")
 
 
 def status_html(kind: str, message: str) -> str:

@@ -29,6 +29,7 @@ class TranslationExplorer(W.VBox):
     """Stage, VM, access and address in; the walk diagram and the CPU's ``AT`` answer out, side by side."""
 
     def __init__(self, lab, *, stage: str = "host-s2", vm=None, addr: int | None = None, access: str = "r"):
+        render.require_lab(lab, "TranslationExplorer")
         self.lab = lab
         self.walk = None          # the last pkvmlab.inspect.walk.Walk drawn
         self.at_result = None     # the last AtResult (None for fetches: AT has no fetch variant)

@@ -31,6 +31,7 @@ class VMBuilder(W.VBox):
     """A dashboard over ``lab``: vCPUs and guest pages, Create / Donate / Tear down, the live VMs, three views."""
 
     def __init__(self, lab, *, log_rows: int = 40):
+        render.require_lab(lab, "VMBuilder")
         self.lab = lab
         self.log_rows = log_rows
         self.snapshot = None     # the last shadow-table snapshot drawn
