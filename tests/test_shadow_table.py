@@ -376,3 +376,11 @@ def test_hostile_init_shadow_arguments_get_an_errno_never_a_panic(lab, case):
     step(lab)
     assert trace(lab) == before
     assert lab.host.init_shadow(kvm, shadow, size, pgd) == HANDLE_OFFSET
+
+
+def test_the_handle_register_is_read_as_32_bits_as_in_the_seed(lab):
+    """Seed: DECLARE_REG(unsigned int, shadow_handle, host_ctxt, 1), so bits above 31 of x1 are ignored."""
+    vm = lab.host.create_vm(1)
+    lab.host.teardown_shadow((1 << 32) | vm.handle)
+    assert lab.hyp.shadow_table().by_handle(vm.handle) is None
+    assert lab.hyp.shadow_table().nr_shadow_entries == 0
