@@ -23,6 +23,7 @@ from pkvmlab.arch import pstate as P
 from pkvmlab.arch.sysregs import SCR_EL3_HCE, SCR_EL3_NS, SCR_EL3_RW, SYSREGS
 from pkvmlab.errors import HypPanic, MachineError, UsageError
 from pkvmlab.machine.decode import decode_access, disassemble
+from pkvmlab.machine.panic import decode_panic, symbolize
 from pkvmlab.machine.watchdog import WATCHDOG
 
 RAM_BASE = 0x4000_0000
@@ -303,7 +304,7 @@ class Core:
     def hang_error(self, pc: int, limit_ms: int) -> MachineError:
         """The run was stopped by the watchdog: say where it was looping, in words."""
         el = self.current_el
-        where = self._symbolize(pc) if el == 2 else f"{pc:#x}"
+        where = symbolize(self.symbols, pc) if el == 2 else f"{pc:#x}"
         return MachineError(f"stopped after {limit_ms / 1000:g} s at EL{el}, {where}: the "
                             f"{'hypervisor' if el == 2 else 'host'} seems to be in an endless loop "
                             "(run_limit_ms sets the limit)")
@@ -342,56 +343,6 @@ class Core:
         return self.call(addr, *args)
 
     def _panic(self, intno: int | None, pc: int, unicorn_error=None) -> HypPanic:
-        """Turn an exception at EL2 into HypPanic with ESR (in words), ELR, FAR and the instruction."""
-        sym = self._symbolize(pc)
-        try:
-            code = self.phys.read(pc, 4)
-            insn = disassemble(code, pc)
-        except UsageError:
-            code, insn = b"", "(pc outside RAM)"
-        far = None
-        if intno == EXCP_BKPT and insn.startswith("brk") and int.from_bytes(code, "little") >> 5 & 0xFFFF == HYP_PANIC_BRK:
-            esr = E.brk(HYP_PANIC_BRK)
-            reason = "hyp_panic(): " + self._c_string(self.reg("x0"))
-        elif intno in (EXCP_DATA_ABORT, EXCP_PREFETCH_ABORT):
-            acc = decode_access(code, pc, self.reg) if intno == EXCP_DATA_ABORT and code else None
-            far = acc.va if acc else pc
-            fsc = self._el2_fault_status(far, acc is not None and acc.write)
-            esr = (E.data_abort(lower=False, fsc=fsc, wnr=acc.write, isv=acc.isv, sas=acc.sas, sse=acc.sse,
-                                srt=acc.srt, sf=acc.sf, ar=acc.ar) if acc else
-                   E.instruction_abort(lower=False, fsc=fsc))
-            reason = f"hypervisor {'data' if acc else 'instruction'} abort at {far:#x}"
-            if unicorn_error is not None and not acc:
-                reason += f" ({unicorn_error})"
-        elif intno == EXCP_UDEF:
-            esr = E.encode(E.EC_UNKNOWN, 0)
-            reason = "undefined instruction at EL2"
-        else:
-            esr = None
-            reason = f"{EXCP_NAMES.get(intno, f'exception {intno}')} at EL2" + (f" ({unicorn_error})" if unicorn_error else "")
-        words = E.decode(esr).words() if esr is not None else "no syndrome"
-        msg = (f"HYP PANIC at {sym}: {reason}\n  ESR_EL2 = {esr or 0:#010x} ({words})\n"
-               f"  ELR_EL2 = {pc:#x}  {insn}" + (f"\n  FAR_EL2 = {far:#x}" if far is not None else ""))
-        self.panic = HypPanic(msg, esr=esr, elr=pc, far=far, instruction=insn, reason=reason)
+        """Record and return the HypPanic for an exception at EL2 (decoded in ``machine/panic.py``)."""
+        self.panic = decode_panic(self, intno, pc, unicorn_error)
         return self.panic
-
-    def _el2_fault_status(self, va: int, write: bool) -> int:
-        """The fault status of hyp's own access, from the CPU's ``AT S1E2R/W`` (0 if it cannot say)."""
-        try:
-            par = self.call_symbol("__debug_at_s1e2w" if write else "__debug_at_s1e2r", va)
-        except Exception:  # the firmware may be too broken to ask
-            return 0
-        return (par >> 1) & 0x3F if par & 1 else 0
-
-    def _symbolize(self, addr: int) -> str:
-        best = max(((a, n) for n, a in self.symbols.items()
-                    if a <= addr and not (n.startswith("__") and n.endswith(("_start", "_end", "_top")))),
-                   default=None)
-        return f"{best[1]}+{addr - best[0]:#x}" if best else f"{addr:#x}"
-
-    def _c_string(self, pa: int, limit: int = 200) -> str:
-        try:
-            raw = self.phys.read(pa, limit)
-        except UsageError:
-            return f"<message at {pa:#x} outside RAM>"
-        return raw.split(b"\0", 1)[0].decode(errors="replace")
