@@ -52,6 +52,19 @@
  * place by its PAR_EL1; stage 2 through x2 = VTTBR_EL2 (put back after).  The
  * loops use no stack, so the debugger may use its own stack page as the buffer.
  */
+/* The loop both batches share: clobbers x3. */
+	.macro	at_loop op
+1:	cbz	x1, 2f
+	ldr	x3, [x0]
+	at	\op, x3
+	isb
+	mrs	x3, par_el1
+	str	x3, [x0], #8
+	sub	x1, x1, #1
+	b	1b
+2:
+	.endm
+
 	.macro	at_batch_s12 name, op
 	.global	\name
 \name:
@@ -61,15 +74,8 @@
 	tlbi	vmalls12e1
 	dsb	nsh
 	isb
-1:	cbz	x1, 2f
-	ldr	x3, [x0]
-	at	\op, x3
-	isb
-	mrs	x3, par_el1
-	str	x3, [x0], #8
-	sub	x1, x1, #1
-	b	1b
-2:	msr	vttbr_el2, x4
+	at_loop	\op
+	msr	vttbr_el2, x4
 	isb
 	mov	x0, xzr
 	ret
@@ -81,15 +87,8 @@
 	.macro	at_batch_s1e2 name, op
 	.global	\name
 \name:
-1:	cbz	x1, 2f
-	ldr	x3, [x0]
-	at	\op, x3
-	isb
-	mrs	x3, par_el1
-	str	x3, [x0], #8
-	sub	x1, x1, #1
-	b	1b
-2:	mov	x0, xzr
+	at_loop	\op
+	mov	x0, xzr
 	ret
 	.endm
 
