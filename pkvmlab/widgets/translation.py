@@ -11,6 +11,7 @@ the tables in emulated memory.  Right: what the emulated CPU itself says (``AT S
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from html import escape
 
 import ipywidgets as W
@@ -77,8 +78,7 @@ class TranslationExplorer(W.VBox):
 
     def show(self, addr: int, stage: str | None = None, vm=None, access: str | None = None) -> bool:
         """Point the explorer at ``addr`` (optionally changing stage, VM, access) and walk; returns success."""
-        self._syncing = True
-        try:
+        with self._quietly():
             if stage is not None:
                 self.stage.value = stage
                 self._refresh_vms(prefer=getattr(vm, "handle", vm))
@@ -87,19 +87,14 @@ class TranslationExplorer(W.VBox):
             if access is not None:
                 self.access.value = access
             self._set_range(addr)
-        finally:
-            self._syncing = False
         return self.explore()
 
     def refresh(self) -> bool:
         """Re-read the live VMs (created or torn down elsewhere) and walk again."""
-        self._syncing = True
-        try:
+        with self._quietly():
             before = self.vm.value
             self._refresh_vms(prefer=before)
             self._set_range(self.addr if self.vm.value == before else None)   # another VM: start at its first page
-        finally:
-            self._syncing = False
         return self.explore()
 
     def explore(self) -> bool:
@@ -186,40 +181,40 @@ class TranslationExplorer(W.VBox):
         except Exception:  # noqa: BLE001
             return ()
 
+    @contextmanager
+    def _quietly(self):
+        """Change controls without their observers re-running the walk (nested uses keep the outer state)."""
+        outer, self._syncing = self._syncing, True
+        try:
+            yield
+        finally:
+            self._syncing = outer
+
     def _set_range(self, addr: int | None) -> None:
         lo, hi, start = self._stage_range()
         self._lo = lo
         if addr is None:
             addr = start
-        syncing, self._syncing = self._syncing, True
-        try:
+        with self._quietly():
             self.slider.max = max(1, (hi - lo) // PAGE - 1)
             if lo <= addr < hi:
                 self.slider.value = (addr - lo) // PAGE
             self.address.value = f"{addr:#x}"
-        finally:
-            self._syncing = syncing
         self.range_note.value = f"<small>slide over <code>{lo:#x}</code>–<code>{hi:#x}</code></small>"
 
     def _stage_changed(self) -> None:
         if self._syncing:
             return
-        self._syncing = True
-        try:
+        with self._quietly():
             self._refresh_vms(prefer=self.vm.value)
             self._set_range(None)
-        finally:
-            self._syncing = False
         self.explore()
 
     def _vm_changed(self) -> None:
         if self._syncing:
             return
-        self._syncing = True
-        try:
+        with self._quietly():
             self._set_range(None)
-        finally:
-            self._syncing = False
         self.explore()
 
     def _address_typed(self) -> None:
@@ -227,20 +222,14 @@ class TranslationExplorer(W.VBox):
             return
         addr = self.addr
         if addr is not None and self._lo <= addr < self._lo + (self.slider.max + 1) * PAGE:
-            self._syncing = True
-            try:
+            with self._quietly():
                 self.slider.value = (addr - self._lo) // PAGE
-            finally:
-                self._syncing = False
         self.explore()
 
     def _slid(self) -> None:
         if self._syncing:
             return
         offset = (self.addr or 0) & (PAGE - 1)
-        self._syncing = True
-        try:
+        with self._quietly():
             self.address.value = f"{self._lo + self.slider.value * PAGE + offset:#x}"
-        finally:
-            self._syncing = False
         self.explore()
