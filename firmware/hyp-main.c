@@ -101,6 +101,18 @@ static void handle_host_hcall(struct kvm_cpu_context *host_ctxt)
 	hfn(host_ctxt);
 }
 
+/*
+ * A host SMC, trapped by HCR_EL2.TSC.  Upstream (hyp-main.c: handle_host_smc) relays PSCI and FF-A
+ * and forwards the rest to EL3 (__kvm_hyp_host_forward_smc).  The lab has no EL3 firmware, so every
+ * call gets the answer an EL3 without that service gives: NOT_SUPPORTED in x0.  The SMC traps before
+ * it executes, so ELR_EL2 points at it: step past it, as kvm_skip_host_instr() does.
+ */
+static void handle_host_smc(struct kvm_cpu_context *host_ctxt)
+{
+	cpu_reg(host_ctxt, 0) = SMCCC_RET_NOT_SUPPORTED;
+	write_sysreg(read_sysreg(elr_el2) + 4, elr_el2);
+}
+
 /* Anything else the host manages to trap on is handed back as UNDEFINED, never a hyp panic. */
 static void host_inject_undef(void)
 {
@@ -120,6 +132,9 @@ void handle_trap(struct kvm_cpu_context *host_ctxt)
 	switch (ESR_ELx_EC(esr)) {
 	case ESR_ELx_EC_HVC64:
 		handle_host_hcall(host_ctxt);
+		break;
+	case ESR_ELx_EC_SMC64:
+		handle_host_smc(host_ctxt);
 		break;
 	case ESR_ELx_EC_DABT_LOW:
 	case ESR_ELx_EC_IABT_LOW:

@@ -7,9 +7,18 @@
 ``Lab`` is imported on first use, so ``pkvmlab.arch`` (pure facts) loads without the emulator.
 """
 
-from pkvmlab.errors import FirmwareBuildError, HostAccessFault, HypercallError, HypPanic, MachineError, PkvmLabError, UsageError
+from pkvmlab.errors import (
+    FirmwareBuildError,
+    HostAccessFault,
+    HostException,
+    HypercallError,
+    HypPanic,
+    MachineError,
+    PkvmLabError,
+    UsageError,
+)
 
-__all__ = ["FirmwareBuildError", "HostAccessFault", "HypPanic", "HypercallError", "Lab", "MachineError",
+__all__ = ["FirmwareBuildError", "HostAccessFault", "HostException", "HypPanic", "HypercallError", "Lab", "MachineError",
            "PkvmLabError", "UsageError"]
 
 

@@ -44,13 +44,17 @@ class HypercallError(PkvmLabError):
         super().__init__(f"{call}({shown}) failed: -{errno_words(err)}")
 
 
-class HostAccessFault(PkvmLabError):
-    """The host touched memory stage-2 does not let it touch; hyp injected an abort."""
+class HostException(PkvmLabError):
+    """The host kernel took an exception at its own EL1 vector (an UNDEFINED instruction, SVC, BRK, an abort)."""
 
-    def __init__(self, message: str, *, esr: int, far: int, elr: int, access: str, address: int):
+    def __init__(self, message: str, *, esr: int, far: int, elr: int, access: str, address: int, vector: str = ""):
         super().__init__(message)
         self.esr, self.far, self.elr = esr, far, elr
-        self.access, self.address = access, address
+        self.access, self.address, self.vector = access, address, vector
+
+
+class HostAccessFault(HostException):
+    """The host touched memory stage-2 does not let it touch; hyp injected an abort."""
 
 
 class HypPanic(PkvmLabError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pkvmlab import HostAccessFault, HypPanic, Lab, MachineError
+from pkvmlab import HostAccessFault, HostException, HypPanic, Lab, MachineError
 from pkvmlab.arch import esr as E
 from pkvmlab.arch import insn as I
 from pkvmlab.arch import pstate as P
@@ -162,16 +162,17 @@ def test_host_hvc_early_stop_raises_host_access_fault():
     assert got[0] == got[1]
 
 
-@pytest.mark.parametrize("word,what", [(0xD4000001, "SVC"), (0x00000000, "undefined instruction")])
-def test_unexpected_el1_exception_is_machine_error(word: int, what: str):
-    """SVC or UDF in the hypercall stub: the same MachineError on both paths (no EL1 handler is expected)."""
-    msgs = []
+@pytest.mark.parametrize("word,ec", [(0xD4000001, E.EC_SVC64), (0x00000000, E.EC_UNKNOWN)])
+def test_svc_or_udf_at_el1_reaches_the_host_vector_the_same_on_both_paths(word: int, ec: int):
+    """SVC or UDF in the hypercall stub is the host kernel's own exception: HostException with that EC, both paths."""
+    got = []
     for lab in both():
         lab.core.phys.write(lab.host.image_base + K.HVC, I.words(word))
-        with pytest.raises(MachineError, match=what) as exc:
+        with pytest.raises(HostException) as exc:
             lab.host.hvc(INFO)
-        msgs.append(str(exc.value))
-    assert msgs[0] == msgs[1]
+        assert E.decode(exc.value.esr).ec == ec and exc.value.vector == "current EL, SPx, sync"
+        got.append((exc.value.esr, exc.value.elr, str(exc.value)))
+    assert got[0] == got[1]
 
 
 def test_hyp_panic_on_entry_is_the_same():

@@ -45,6 +45,7 @@ SYSREGS: dict[str, SysReg] = {
     "VBAR_EL1": SysReg(3, 0, 12, 0, 0),
     "VBAR_EL2": SysReg(3, 4, 12, 0, 0),
     "TPIDR_EL0": SysReg(3, 3, 13, 0, 2),
+    "DCZID_EL0": SysReg(3, 3, 0, 0, 7),
     "TPIDR_EL2": SysReg(3, 4, 13, 0, 2),
 }
 

@@ -15,12 +15,17 @@ from pathlib import Path
 
 from pkvmlab.arch.smccc import hcall_ids_header
 from pkvmlab.errors import FirmwareBuildError
+from pkvmlab.firmware.fpsimd import fp_simd_instructions
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
 
 CFLAGS = (
     "-target", "aarch64-freestanding-none", "-mcpu=cortex_a72",
     "-ffreestanding", "-nostdlib", "-mgeneral-regs-only", "-fno-stack-protector",
+    # zig cc drops -mgeneral-regs-only (and "-mcpu=...-neon"): it still vectorised struct copies into q0..q31,
+    # clobbering the host's FP/SIMD registers at EL2.  Turning the features off in clang itself works;
+    # check_no_fp_simd() below refuses any image that still contains such an instruction.
+    "-Xclang", "-target-feature", "-Xclang", "-neon", "-Xclang", "-target-feature", "-Xclang", "-fp-armv8",
     "-fno-pic", "-fno-pie", "-fno-builtin", "-fno-omit-frame-pointer",
     "-O2", "-g", "-gdwarf-4", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
 )
@@ -84,6 +89,12 @@ def build_firmware(src: str | os.PathLike = FIRMWARE_DIR, *, force: bool = False
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not tmp_elf.is_file():
             raise FirmwareBuildError(f"building the firmware in {src} failed", (proc.stderr + proc.stdout).strip())
+        found = fp_simd_instructions(tmp_elf)
+        if found:
+            raise FirmwareBuildError(
+                f"the firmware in {src} uses FP/SIMD registers at EL2, which would clobber the host's: "
+                "pKVM's EL2 code never touches them (the trap path saves only x0..x30)",
+                "\n".join(found[:20]) + (f"\n... and {len(found) - 20} more" if len(found) > 20 else ""))
         os.replace(tmp_elf, elf)
     return elf
 

@@ -9,19 +9,14 @@ from __future__ import annotations
 
 from pkvmlab.arch import esr as E
 from pkvmlab.arch.smccc import HYPERCALL_ARGS, HYPERCALLS, SMCCC_RET_NOT_SUPPORTED, SMCCC_RET_SUCCESS
-from pkvmlab.errors import HostAccessFault, HypercallError, MachineError, UsageError
+from pkvmlab.errors import HostAccessFault, HostException, HypercallError, MachineError, UsageError
 from pkvmlab.firmware.elf import Firmware
 from pkvmlab.host import kernel_image as K
 from pkvmlab.host.page_alloc import PageAllocator
-from pkvmlab.machine.core import Core, HostVector
+from pkvmlab.machine.core import Core, HostVector, check_uint, serialised
 from pkvmlab.machine.watchdog import WATCHDOG
 
-_U64 = (1 << 64) - 1
 _ZEROS = [0] * 6
-
-
-def _u64(v: int) -> int:
-    return v & (1 << 64) - 1
 
 
 def _signed(v: int) -> int:
@@ -42,11 +37,17 @@ class Host:
         self.vms: dict[int, object] = {}   # handle -> VM, the VMs this host created and has not torn down
 
     # -- the host's page allocator ---------------------------------------------------------
+    @serialised
     def alloc_pages(self, nr_pages: int = 1, *, align: int = 1) -> int:
         """Allocate ``nr_pages`` contiguous host pages; returns the first pfn."""
+        check_uint(nr_pages, 32, "nr_pages")
+        check_uint(align, 32, "align")
         return self.pages.alloc_pages(nr_pages, align=align)
 
+    @serialised
     def free_pages(self, pfn: int, nr_pages: int = 1) -> None:
+        check_uint(pfn, 64, "pfn")
+        check_uint(nr_pages, 32, "nr_pages")
         self.pages.free_pages(pfn, nr_pages)
 
     # -- the hypercalls, by pKVM's names (each raises HypercallError with the errno in words) --
@@ -77,6 +78,11 @@ class Host:
 
     def init_shadow(self, host_kvm: int, shadow_va: int, shadow_size: int, pgd: int) -> int:
         """``__pkvm_init_shadow`` with raw arguments; returns the new VM's handle."""
+        if isinstance(shadow_va, int) and isinstance(shadow_size, int) and shadow_size > 0:
+            self._keep_own_image(shadow_va >> 12, ((shadow_va + shadow_size - 1) >> 12) - (shadow_va >> 12) + 1,
+                                 "__pkvm_init_shadow")
+        if isinstance(pgd, int):
+            self._keep_own_image(pgd >> 12, 1, "__pkvm_init_shadow")
         return self.call("__pkvm_init_shadow", host_kvm, shadow_va, shadow_size, pgd)
 
     def teardown_shadow(self, handle: int) -> None:
@@ -85,21 +91,26 @@ class Host:
 
     def donate_guest(self, pfn: int, gfn: int, handle: int) -> None:
         """``__pkvm_host_donate_guest``: the page becomes the guest's, mapped at ``gfn``."""
+        self._keep_own_image(pfn, 1, "__pkvm_host_donate_guest")
         self.call("__pkvm_host_donate_guest", pfn, gfn, handle)
 
     # -- protected VMs, as the host kernel makes them (pkvmlab/host/vm.py) -------------------
+    @serialised
     def create_vm(self, nr_vcpus: int = 2):
         """Allocate and share ``struct kvm`` and vCPUs, donate a shadow area and PGD, ``__pkvm_init_shadow``."""
         from pkvmlab.host.vm import create_vm
 
         return create_vm(self, nr_vcpus)
 
+    @serialised
     def teardown_vm(self, handle: int) -> None:
         """``__pkvm_teardown_shadow``, then unshare and free what the host had given."""
         from pkvmlab.host.vm import teardown_vm
 
+        check_uint(handle, 64, "handle")
         teardown_vm(self, handle)
 
+    @serialised
     def setup(self) -> None:
         """What the host kernel does first at EL1: point VBAR_EL1 at its vectors, set its stack."""
         self.core.set_sysreg("VBAR_EL1", self.image_base + K.VECTORS)
@@ -107,53 +118,61 @@ class Host:
         self.core.set_reg("sp", self.image_base + K.IMAGE_PAGES * 4096)
 
     # -- running stubs ---------------------------------------------------------------------
-    def _run_stub(self, offset: int, what: str, address: int | None = None, *, resumed: bool = False):
+    def _run_stub(self, offset: int, what: str, address: int | None = None, *, resumed: bool = False,
+                  resumed_timed_out: bool = False):
         start = self.image_base + offset
-        res = self.core.run(start, self.image_base + K.stub_end(offset), resumed=resumed)
+        res = self.core.run(start, self.image_base + K.stub_end(offset), resumed=resumed,
+                            resumed_timed_out=resumed_timed_out)
         if isinstance(res, HostVector):
             self._host_exception(res, what, address)
 
     def _host_exception(self, res: HostVector, what: str, address: int | None):
         c = self.core
         esr, far, elr = c.sysreg("ESR_EL1"), c.sysreg("FAR_EL1"), c.sysreg("ELR_EL1")
-        vec = res.pc - (self.image_base + K.VECTORS)
+        vec = res.pc - c.sysreg("VBAR_EL1")
+        vector = K.VECTOR_NAMES.get(vec, hex(vec))
         d = E.decode(esr)
         if d.is_abort:
             raise HostAccessFault(
                 f"host {what} faulted: the hypervisor injected \"{d.words()}\" "
                 f"(ESR_EL1={esr:#x}, FAR_EL1={far:#x}): stage 2 does not let the host touch "
                 f"the page at {far & ~0xFFF:#x}",
-                esr=esr, far=far, elr=elr, access=what, address=address if address is not None else far)
-        raise MachineError(f"host {what}: took an unexpected exception at its vector "
-                           f"{K.VECTOR_NAMES.get(vec, hex(vec))}: {d.words()} (ELR_EL1={elr:#x})")
+                esr=esr, far=far, elr=elr, access=what, address=address if address is not None else far,
+                vector=vector)
+        raise HostException(f"host {what}: the host kernel took an exception at its own vector ({vector}): "
+                            f"{d.words()} (ESR_EL1={esr:#x}, ELR_EL1={elr:#x})",
+                            esr=esr, far=far, elr=elr, access=what, address=address if address is not None else elr,
+                            vector=vector)
 
     # -- hypercalls ------------------------------------------------------------------------
     def hvc(self, func_id: int, *args: int) -> tuple[int, int, int, int]:
-        """Issue ``HVC #0`` with x0 = ``func_id`` and x1.. = ``args``; returns x0..x3 as the host sees them."""
+        """Issue ``HVC #0`` with x0 = ``func_id`` and x1.. = ``args``; returns x0..x3 as the host sees them.
+
+        Every value must fit a 64-bit register (a negative one is taken as its two's complement): nothing is
+        truncated silently.
+        """
         regs = [func_id, *args]
-        for v in regs:
-            if not isinstance(v, int):
-                raise UsageError(f"hvc() takes integers, got {(func_id, *args)!r}")
+        for i, v in enumerate(regs):
+            if type(v) is not int or not 0 <= v < 1 << 64:
+                regs[i] = check_uint(v, 64, f"hvc() argument x{i}", signed_ok=True)
         if len(args) > 6:
             raise UsageError("a host hypercall takes at most 6 arguments (x1..x6)")
         c = self.core
-        if c.native is not None and c.panic is None:  # fast path: one native call (x0..x6 in, x0..x3 out)
-            regs = [v & _U64 for v in regs] + _ZEROS[len(args):]
-            token = WATCHDOG.arm(c.uc.emu_stop, c.run_limit_ms / 1000)
-            out = c.native.hvc(self._hvc_begin, self._hvc_end, regs)
-            timed_out = WATCHDOG.disarm(token)
-            if out is not None:
-                return out
-            if timed_out and not c.native.has_event():
-                raise c.hang_error(c.reg("pc"), c.run_limit_ms)
-            self._run_stub(K.HVC, f"hypercall {func_id:#x}", resumed=True)
+        with c.lock:
+            if c.native is not None and c.panic is None:  # fast path: one native call (x0..x6 in, x0..x3 out)
+                token = WATCHDOG.arm(c.uc.emu_stop, c.run_limit_ms / 1000)
+                out = c.native.hvc(self._hvc_begin, self._hvc_end, regs + _ZEROS[len(args):])
+                timed_out = WATCHDOG.disarm(token)
+                if out is not None:
+                    return out
+                self._run_stub(K.HVC, f"hypercall {func_id:#x}", resumed=True, resumed_timed_out=timed_out)
+                return c.x[0], c.x[1], c.x[2], c.x[3]
+            for i in range(7):
+                c.x[i] = regs[i] if i < len(regs) else 0
+            self._run_stub(K.HVC, f"hypercall {func_id:#x}")
             return c.x[0], c.x[1], c.x[2], c.x[3]
-        c.x[0] = _u64(func_id)
-        for i in range(1, 7):
-            c.x[i] = _u64(args[i - 1]) if i <= len(args) else 0
-        self._run_stub(K.HVC, f"hypercall {func_id:#x}")
-        return c.x[0], c.x[1], c.x[2], c.x[3]
 
+    @serialised
     def call(self, name: str, *args: int) -> int:
         """A named host hypercall: returns x1, or raises HypercallError naming the call and errno."""
         if name not in HYPERCALLS:
@@ -174,17 +193,20 @@ class Host:
         return ret
 
     # -- memory, as the host: real loads and stores at EL1 -----------------------------------
+    @serialised
     def read_u64(self, pa: int) -> int:
         self._check_addr(pa, 8)
         self.core.x[0] = pa
         self._run_stub(K.LOAD64, f"read of 8 bytes at {pa:#x}", pa)
         return self.core.x[1]
 
+    @serialised
     def write_u64(self, pa: int, value: int) -> None:
         self._check_addr(pa, 8)
-        self.core.x[0], self.core.x[1] = pa, _u64(value)
+        self.core.x[0], self.core.x[1] = pa, check_uint(value, 64, "write_u64 value")
         self._run_stub(K.STORE64, f"write of 8 bytes at {pa:#x}", pa)
 
+    @serialised
     def read(self, pa: int, n: int) -> bytes:
         """Read ``n`` bytes at ``pa`` with EL1 loads (so stage 2 applies)."""
         self._check_addr(pa, n)
@@ -209,8 +231,12 @@ class Host:
                 addr += 1
         return bytes(out)
 
+    @serialised
     def write(self, pa: int, data: bytes) -> None:
         """Write ``data`` at ``pa`` with EL1 stores (so stage 2 applies)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise UsageError(f"write() takes bytes, got {type(data).__name__} {data!r}: "
+                             "pass e.g. b'\\x05' or (5).to_bytes(8, 'little'), or use write_u64()")
         data = bytes(data)
         self._check_addr(pa, len(data))
         addr, end, c = pa, pa + len(data), self.core
@@ -233,6 +259,6 @@ class Host:
 
     @staticmethod
     def _check_addr(pa: int, n: int) -> None:
-        if not isinstance(pa, int) or not isinstance(n, int) or n < 0 or pa < 0 or pa + n > 1 << 48:
+        if type(pa) is not int or type(n) is not int or n < 0 or pa < 0 or pa + n > 1 << 48:
             raise UsageError(f"host memory access needs an int address and size within the 48-bit PA space, "
                              f"got {pa!r}, {n!r}")

@@ -13,6 +13,8 @@ hypervisor's own bug and becomes HypPanic.
 
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 
 import unicorn
@@ -22,7 +24,7 @@ from pkvmlab.arch import esr as E
 from pkvmlab.arch import pstate as P
 from pkvmlab.arch.sysregs import SCR_EL3_HCE, SCR_EL3_NS, SCR_EL3_RW, SYSREGS
 from pkvmlab.errors import HypPanic, MachineError, UsageError
-from pkvmlab.machine.decode import decode_access, disassemble
+from pkvmlab.machine import exceptions as X
 from pkvmlab.machine.panic import decode_panic, symbolize
 from pkvmlab.machine.watchdog import WATCHDOG
 
@@ -36,17 +38,31 @@ EXCP_PREFETCH_ABORT = 3
 EXCP_DATA_ABORT = 4
 EXCP_BKPT = 7
 EXCP_HVC = 11
+EXCP_HYP_TRAP = 12     # e.g. an SMC trapped by HCR_EL2.TSC
 EXCP_SMC = 13
 EXCP_NAMES = {EXCP_UDEF: "undefined instruction", EXCP_SWI: "SVC", EXCP_PREFETCH_ABORT: "instruction abort",
-              EXCP_DATA_ABORT: "data abort", EXCP_BKPT: "BRK", EXCP_HVC: "HVC", EXCP_SMC: "SMC"}
+              EXCP_DATA_ABORT: "data abort", EXCP_BKPT: "BRK", EXCP_HVC: "HVC", EXCP_HYP_TRAP: "trap to EL2",
+              EXCP_SMC: "SMC"}
 
 HYP_PANIC_BRK = 0x800   # firmware/entry.S: hyp_panic() executes BRK #0x800 with the message in x0
-VECTOR_LOWER_A64_SYNC = 0x400
-MAX_REPEATED_ABORTS = 32   # the same host abort again and again: nothing will change, stop
+MAX_REPEATED_ABORTS = 32   # the same host abort again and again, nothing else in between: it will never change
+HOST_VECTORS_SIZE = 0x800  # VBAR_EL1's table: a BRK there is the host model's "stop here"
 
 _GPR = {f"x{i}": A.UC_ARM64_REG_X0 + i for i in range(29)}
 _GPR.update(x29=A.UC_ARM64_REG_X29, x30=A.UC_ARM64_REG_X30, fp=A.UC_ARM64_REG_X29, lr=A.UC_ARM64_REG_X30,
-            sp=A.UC_ARM64_REG_SP, pc=A.UC_ARM64_REG_PC, pstate=A.UC_ARM64_REG_PSTATE, nzcv=A.UC_ARM64_REG_NZCV)
+            sp=A.UC_ARM64_REG_SP, pc=A.UC_ARM64_REG_PC, pstate=A.UC_ARM64_REG_PSTATE, nzcv=A.UC_ARM64_REG_NZCV,
+            fpcr=A.UC_ARM64_REG_FPCR, fpsr=A.UC_ARM64_REG_FPSR)
+_GPR.update({f"q{i}": A.UC_ARM64_REG_Q0 + i for i in range(32)})
+_REG_BITS = {name: 128 if name.startswith("q") else 64 for name in _GPR}
+
+
+def serialised(method):
+    """Run ``method`` holding ``self.core.lock``: one thread at a time may use the engine."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.core.lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,7 @@ class PhysMemory:
     """
 
     def __init__(self, core: Core):
-        self._uc = core.uc
+        self._uc, self.core = core.uc, core
         self.base, self.size = core.ram_base, core.ram_size
 
     def _check(self, pa: int, n: int) -> None:
@@ -73,12 +89,16 @@ class PhysMemory:
         if pa < self.base or pa + n > self.base + self.size:
             raise UsageError(f"[{pa:#x}, {pa + n:#x}) is outside RAM [{self.base:#x}, {self.base + self.size:#x})")
 
+    @serialised
     def read(self, pa: int, n: int) -> bytes:
         self._check(pa, n)
         return bytes(self._uc.mem_read(pa, n))
 
+    @serialised
     def write(self, pa: int, data: bytes) -> None:
         """Write bytes; translated code is dropped so a patched instruction really runs next time."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise UsageError(f"phys.write() takes bytes, got {type(data).__name__}: use write_u64() for a number")
         self._check(pa, len(data))
         self._uc.mem_write(pa, bytes(data))
         self._uc.ctl_flush_tb()   # Unicorn does not see debugger writes to code it has already translated
@@ -87,10 +107,24 @@ class PhysMemory:
         return int.from_bytes(self.read(pa, 8), "little")
 
     def write_u64(self, pa: int, value: int) -> None:
-        self.write(pa, (value & (1 << 64) - 1).to_bytes(8, "little"))
+        self.write(pa, check_uint(value, 64, "phys.write_u64 value").to_bytes(8, "little"))
 
     def read_u32(self, pa: int) -> int:
         return int.from_bytes(self.read(pa, 4), "little")
+
+
+def check_uint(value, bits: int, what: str, *, signed_ok: bool = False) -> int:
+    """``value`` if it is an int in [0, 2**bits); else a UsageError saying what to pass (bools are not ints here).
+
+    ``signed_ok``: a negative value down to -2**(bits-1) is taken as its two's complement, as a register holds it.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{what} must be an int, got {type(value).__name__} {value!r}")
+    lo = -(1 << bits - 1) if signed_ok else 0
+    if not lo <= value < 1 << bits:
+        raise UsageError(f"{what} must be in [{'-2**' + str(bits - 1) if signed_ok else '0'}, 2**{bits}), got "
+                         f"{value:#x}: it would not fit a {bits}-bit register (mask it yourself if you mean the low bits)")
+    return value & (1 << bits) - 1
 
 
 class Registers:
@@ -122,7 +156,10 @@ class Core:
         self.panic: HypPanic | None = None
         self.stats = {"hvc": 0, "stage2_abort": 0}
         self.run_limit_ms = 10_000   # a longer run is an endless loop: the watchdog stops it
+        self.lock = threading.RLock()   # the engine is not thread-safe: every use holds this
+        self.core = self                # so @serialised works on Core's own methods
         self._event: tuple[int, int, int] | None = None
+        self._below_el2 = False         # set by the drain hook: the hypervisor returned to the host
         # Without EL3 firmware nobody sets SCR_EL3: Non-secure EL1/EL2, HVC enabled, AArch64.
         self.set_sysreg("SCR_EL3", SCR_EL3_NS | SCR_EL3_HCE | SCR_EL3_RW)
         self.uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
@@ -142,11 +179,14 @@ class Core:
             raise UsageError(f"unknown register {name!r}: use x0..x30, fp, lr, sp, pc, pstate or nzcv "
                              "(system registers: core.sysreg('HCR_EL2'))") from None
 
+    @serialised
     def reg(self, name: str) -> int:
         return self.uc.reg_read(self._gpr(name))
 
+    @serialised
     def set_reg(self, name: str, value: int) -> None:
-        self.uc.reg_write(self._gpr(name), value & (1 << 64) - 1)
+        reg = self._gpr(name)
+        self.uc.reg_write(reg, check_uint(value, _REG_BITS[name.lower()], name))
 
     def _sysreg(self, name: str):
         try:
@@ -156,13 +196,15 @@ class Core:
             raise UsageError(f"unknown system register {name!r}" + (f"; known: {', '.join(close)}" if close else
                              f"; known: {', '.join(SYSREGS)}")) from None
 
+    @serialised
     def sysreg(self, name: str) -> int:
         r = self._sysreg(name)
         return self.uc.reg_read(A.UC_ARM64_REG_CP_REG, (r.crn, r.crm, r.op0, r.op1, r.op2))
 
+    @serialised
     def set_sysreg(self, name: str, value: int) -> None:
         r = self._sysreg(name)
-        self.uc.reg_write(A.UC_ARM64_REG_CP_REG, (r.crn, r.crm, r.op0, r.op1, r.op2, value & (1 << 64) - 1))
+        self.uc.reg_write(A.UC_ARM64_REG_CP_REG, (r.crn, r.crm, r.op0, r.op1, r.op2, check_uint(value, 64, name)))
 
     @property
     def current_el(self) -> int:
@@ -173,32 +215,13 @@ class Core:
         self.uc.reg_write(A.UC_ARM64_REG_PSTATE, pstate)
         self.set_sysreg("TPIDR_EL0", self.sysreg("TPIDR_EL0"))
 
-    # -- exception entry ---------------------------------------------------------------------
-    def _enter_el2(self, *, pstate: int, elr: int, esr: int, far: int | None = None,
-                   hpfar: int | None = None) -> None:
-        """Architectural synchronous exception entry from EL1 to EL2 (AArch64, lower EL)."""
-        uc = self.uc
-        # QEMU keeps the current SP in one register and the others banked; a PSTATE write does not
-        # switch banks, so bank the interrupted SP and load SP_EL2 by hand (ERET does it natively).
-        self.set_sysreg("SP_EL0" if pstate & 1 == 0 else "SP_EL1", uc.reg_read(A.UC_ARM64_REG_SP))
-        uc.reg_write(A.UC_ARM64_REG_PSTATE, P.PSTATE_EL2H_DAIF)
-        uc.reg_write(A.UC_ARM64_REG_SP, self.sysreg("SP_EL2"))
-        self.set_sysreg("ELR_EL2", elr)
-        self.set_sysreg("SPSR_EL2", pstate)
-        self.set_sysreg("ESR_EL2", esr)   # also refreshes the hflags after the PSTATE write
-        if far is not None:
-            self.set_sysreg("FAR_EL2", far)
-        if hpfar is not None:
-            self.set_sysreg("HPFAR_EL2", hpfar)
-        uc.reg_write(A.UC_ARM64_REG_PC, self.sysreg("VBAR_EL2") + VECTOR_LOWER_A64_SYNC)
-
+    # -- exceptions (machine/exceptions.py performs the entry) ---------------------------------
     def _on_intr(self, uc, intno: int, _user) -> None:
         pstate = uc.reg_read(A.UC_ARM64_REG_PSTATE)
         if intno == EXCP_HVC and P.el(pstate) == 1:
             pc = uc.reg_read(A.UC_ARM64_REG_PC)          # already the instruction after HVC
-            insn = int.from_bytes(uc.mem_read(pc - 4, 4), "little")
             self.stats["hvc"] += 1
-            self._enter_el2(pstate=pstate, elr=pc, esr=E.hvc((insn >> 5) & 0xFFFF))
+            X.enter(self, 2, pstate=pstate, elr=pc, esr=E.hvc(X.insn_imm16(self, pc - 4)))
             return
         self._event = (intno, P.el(pstate), pstate)
         uc.emu_stop()
@@ -208,98 +231,131 @@ class Core:
         self._event = (EXCP_UDEF, P.el(pstate), pstate)
         return False  # not handled: emu_start returns UC_ERR_INSN_INVALID
 
-    def _take_stage2_abort(self, intno: int, pstate: int) -> None:
-        """The host's access faulted in stage 2: synthesise ESR/FAR/HPFAR and enter EL2."""
-        if self.sysreg("SCTLR_EL1") & 1:
-            raise MachineError("the host kernel model runs with its stage-1 MMU off (VA = IPA); "
-                               "SCTLR_EL1.M is set, so the fault's IPA cannot be known")
-        pc = self.reg("pc")
-        self.stats["stage2_abort"] += 1
-        if intno == EXCP_PREFETCH_ABORT:
-            par = self.call_symbol("__debug_at_s12e1r", pc)
-            fsc, s1ptw = self._fault_status(par, pc, "instruction fetch")
-            esr = E.instruction_abort(lower=True, fsc=fsc, s1ptw=s1ptw)
-            far = pc
+    def _take_host_exception(self, intno: int, pstate: int) -> bool:
+        """An exception at EL0/EL1 the host itself must handle, or a trap to EL2: take it.  False if it is neither."""
+        pc, el = self.reg("pc"), P.el(pstate)
+        if intno == EXCP_UDEF or (intno in (EXCP_HVC, EXCP_SMC, EXCP_HYP_TRAP) and el == 0):
+            X.enter(self, 1, pstate=pstate, elr=pc, esr=E.encode(E.EC_UNKNOWN, 0))   # UNDEFINED: to the host's vector
+        elif intno == EXCP_SWI:
+            X.enter(self, 1, pstate=pstate, elr=pc, esr=E.encode(E.EC_SVC64, X.insn_imm16(self, pc - 4)))
+        elif intno == EXCP_BKPT:
+            X.enter(self, 1, pstate=pstate, elr=pc, esr=E.brk(X.insn_imm16(self, pc)))
+        elif intno in (EXCP_SMC, EXCP_HYP_TRAP) and self.phys.read_u32(pc) & 0xFFE0001F == 0xD4000003:
+            # HCR_EL2.TSC: the SMC traps to EL2 before it executes, so ELR is the SMC itself
+            X.enter(self, 2, pstate=pstate, elr=pc, esr=E.encode(E.EC_SMC64, X.insn_imm16(self, pc)))
+        elif intno == EXCP_HVC:   # only when the native hook could not read the HVC itself
+            self.stats["hvc"] += 1
+            X.enter(self, 2, pstate=pstate, elr=pc, esr=E.hvc(X.insn_imm16(self, pc - 4)))
         else:
-            code = self.phys.read(pc, 4)
-            acc = decode_access(code, pc, self.reg)
-            if acc is None:
-                raise MachineError(f"data abort at {pc:#x} on a non-memory instruction {disassemble(code, pc)}")
-            par = self.call_symbol("__debug_at_s12e1w" if acc.write else "__debug_at_s12e1r", acc.va)
-            fsc, s1ptw = self._fault_status(par, acc.va, acc.text)
-            esr = E.data_abort(lower=True, fsc=fsc, wnr=acc.write, isv=acc.isv, sas=acc.sas, sse=acc.sse,
-                               srt=acc.srt, sf=acc.sf, ar=acc.ar, s1ptw=s1ptw)
-            far = acc.va
-        ipa = far  # stage 1 is off at EL1: VA = IPA
-        self._enter_el2(pstate=pstate, elr=pc, esr=esr, far=far, hpfar=(ipa >> 12) << 4)
+            return False
+        return True
 
-    @staticmethod
-    def _fault_status(par: int, va: int, what: str) -> tuple[int, bool]:
-        d = E.par_decode(par)
-        if not d["F"] or not d["S"]:
-            raise MachineError(f"{what} at {va:#x} faulted, but AT S12E1 says "
-                               f"{'it translates' if not d['F'] else 'the fault is in stage 1'} (PAR_EL1={par:#x})")
-        return int(d["FST"]), bool(d["PTW"])
+    def _is_host_stop(self, pc: int) -> bool:
+        """A BRK in the host's own vector table: the host model's way of saying "an exception reached me"."""
+        vbar = self.sysreg("VBAR_EL1")
+        return vbar <= pc < vbar + HOST_VECTORS_SIZE
 
     # -- running ---------------------------------------------------------------------------
-    def run(self, begin: int, until: int, *, timeout_ms: int = 0, resumed: bool = False) -> HostVector | None:
-        """Run from ``begin`` until PC reaches ``until``, entering EL2 on the way as needed.
+    def run(self, begin: int, until: int, *, timeout_ms: int = 0, resumed: bool = False,
+            resumed_timed_out: bool = False) -> HostVector | None:
+        """Run from ``begin`` until PC reaches ``until``, entering EL2 (or the host's EL1 vector) on the way as needed.
 
-        Returns None when ``until`` was reached, HostVector when the host took an exception at
-        EL1.  Raises HypPanic for any exception at EL2, MachineError for anything else unexpected.
+        Returns None when ``until`` was reached, HostVector when an exception reached the host's vector
+        table.  Raises HypPanic for any exception at EL2, MachineError for anything else unexpected.
         ``resumed``: the first leg from ``begin`` already ran in ``native.hvc()`` and stopped early;
         handle that stop (its event and error are kept natively) instead of starting.
+
+        The watchdog never leaves the hypervisor half-way through: a run started below EL2 and stopped
+        inside EL2 is let finish its EL2 part, and stops at the first instruction back in the host.
         """
+        with self.lock:
+            return self._run(begin, until, timeout_ms or self.run_limit_ms, resumed, resumed_timed_out)
+
+    def _run(self, begin: int, until: int, limit_ms: int, resumed: bool, resumed_timed_out: bool) -> HostVector | None:
         if self.panic is not None:
             raise MachineError("the hypervisor has panicked; this machine is dead: create a new Lab()") from self.panic
         pc = begin
-        last_abort_pc, repeats = None, 0
-        while True:
-            if resumed:
-                resumed, err, timed_out = False, self.native.take_error(), False
-            else:
-                self._event = None
-                err = None
-                token = WATCHDOG.arm(self.uc.emu_stop, (timeout_ms or self.run_limit_ms) / 1000)
-                try:
-                    self.uc.emu_start(pc, until)
-                except unicorn.UcError as e:
-                    err = e
-                timed_out = WATCHDOG.disarm(token)
-            ev = self._event
-            if ev is None and self.native is not None:
-                ev = self.native.take_event()
-            if ev is None:
-                now = self.reg("pc")
-                if err is None and now == until:
-                    return None
-                if err is None and timed_out:
-                    raise self.hang_error(now, timeout_ms or self.run_limit_ms)
-                el = self.current_el
+        from_host = resumed or self.current_el < 2
+        last_abort, repeats = None, 0
+        drain = None   # the block hook that stops at the first host instruction, while one is set
+        try:
+            while True:
+                if resumed:
+                    resumed, err, timed_out = False, self.native.take_error(), resumed_timed_out
+                else:
+                    self._event = None
+                    err = None
+                    token = WATCHDOG.arm(self.uc.emu_stop, limit_ms / 1000)
+                    try:
+                        self.uc.emu_start(pc, until)
+                    except unicorn.UcError as e:
+                        err = e
+                    timed_out = WATCHDOG.disarm(token)
+                ev = self._event
+                if ev is None and self.native is not None:
+                    ev = self.native.take_event()
+                if ev is None:
+                    now = self.reg("pc")
+                    if err is None and now == until:
+                        return None
+                    if drain is not None and self._below_el2 and err is None:
+                        raise self.hang_error(now, limit_ms)   # the hypervisor is done; the host was the one looping
+                    if err is None and timed_out:
+                        if self.current_el == 2 and from_host and drain is None:
+                            drain = self._drain_hook()   # let the hypervisor finish, stop back in the host
+                            pc = now
+                            continue
+                        raise self._hang(now, limit_ms, drained=drain is not None)
+                    el = self.current_el
+                    if el == 2:
+                        raise self._panic(EXCP_DATA_ABORT if err else None, now, unicorn_error=err)
+                    raise MachineError(f"the run stopped at {now:#x} (EL{el}) before reaching {until:#x}: "
+                                       + (str(err) if err else "stopped early"))
+                intno, el, pstate = ev
                 if el == 2:
-                    raise self._panic(EXCP_DATA_ABORT if err else None, now, unicorn_error=err)
-                raise MachineError(f"the run stopped at {now:#x} (EL{el}) before reaching {until:#x}: "
-                                   + (str(err) if err else "stopped early"))
-            intno, el, pstate = ev
-            if el == 1 and intno in (EXCP_DATA_ABORT, EXCP_PREFETCH_ABORT):
-                now = self.reg("pc")
-                repeats = repeats + 1 if now == last_abort_pc else 0
-                last_abort_pc = now
-                if repeats >= MAX_REPEATED_ABORTS:
-                    raise MachineError(
-                        f"the host is stuck: the same stage-2 abort at pc={now:#x} came back {repeats} times. "
-                        "The hypervisor keeps refusing the access and the host cannot get past it; most likely "
-                        "the host gave away a page it runs from (its code or its exception vectors). "
-                        "Create a new Lab()")
-                self._take_stage2_abort(intno, pstate)
+                    raise self._panic(intno, self.reg("pc"), unicorn_error=err)
+                if intno in (EXCP_DATA_ABORT, EXCP_PREFETCH_ABORT):
+                    key = (*X.take_stage2_abort(self, intno == EXCP_PREFETCH_ABORT, pstate), self.stats["hvc"])
+                    repeats = repeats + 1 if key == last_abort else 0
+                    last_abort = key
+                    if repeats >= MAX_REPEATED_ABORTS:
+                        raise MachineError(
+                            f"the host is stuck: the same stage-2 abort (pc={key[0]:#x}, address {key[1]:#x}) came back "
+                            f"{repeats} times with nothing in between. The hypervisor keeps refusing the access and the "
+                            "host cannot get past it; most likely the host gave away a page it runs from (its code or "
+                            "its exception vectors). Create a new Lab()")
+                elif intno == EXCP_BKPT and self._is_host_stop(self.reg("pc")):
+                    return HostVector(self.reg("pc"))
+                elif not self._take_host_exception(intno, pstate):
+                    raise MachineError(f"unexpected {EXCP_NAMES.get(intno, f'exception {intno}')} at EL{el}, "
+                                       f"pc={self.reg('pc'):#x}")
                 pc = self.reg("pc")
-                continue
-            if el == 1 and intno == EXCP_BKPT:
-                return HostVector(self.reg("pc"))
-            if el == 2:
-                raise self._panic(intno, self.reg("pc"), unicorn_error=err)
-            raise MachineError(f"unexpected {EXCP_NAMES.get(intno, f'exception {intno}')} at EL{el}, "
-                               f"pc={self.reg('pc'):#x}")
+        finally:
+            if drain is not None:
+                self.uc.hook_del(drain)
+                self.uc.ctl_flush_tb()   # translated blocks no longer call the hook
+
+    def _drain_hook(self):
+        """A block hook that stops the run at the first block below EL2 (added only after a watchdog stop)."""
+        self._below_el2 = False
+
+        def stop_below_el2(uc, _addr, _size, _user):
+            if P.el(uc.reg_read(A.UC_ARM64_REG_PSTATE)) < 2:
+                self._below_el2 = True
+                uc.emu_stop()
+
+        h = self.uc.hook_add(unicorn.UC_HOOK_BLOCK, stop_below_el2)
+        self.uc.ctl_flush_tb()   # blocks translated before the hook was added would not call it
+        return h
+
+    def _hang(self, pc: int, limit_ms: int, *, drained: bool) -> MachineError:
+        """A run that stayed in EL2 past the limit, even after being let finish: a firmware bug; the machine is dead."""
+        err = self.hang_error(pc, limit_ms)
+        if self.current_el == 2 and drained:
+            self.panic = HypPanic(str(err) + " — a hypervisor that never returns to the host is a firmware bug; "
+                                  "create a new Lab()", elr=pc, reason="endless loop at EL2")
+            err = MachineError(str(self.panic))
+        return err
 
     def hang_error(self, pc: int, limit_ms: int) -> MachineError:
         """The run was stopped by the watchdog: say where it was looping, in words."""
@@ -317,21 +373,22 @@ class Core:
         """
         if len(args) > 8:
             raise UsageError("at most 8 arguments (x0..x7)")
-        ctx = self.uc.context_save()
-        pstate = self.reg("pstate")
-        try:
-            self.set_pstate(P.PSTATE_EL2H_DAIF)
-            for i, a in enumerate(args):
-                self.set_reg(f"x{i}", a)
-            done = self.symbols["__debug_call_done"]
-            self.set_reg("x30", done)
-            self.set_reg("sp", self.symbols["__debug_stack_top"])
-            self.run(addr, done, timeout_ms=timeout_ms)
-            return self.reg("x0")
-        finally:
-            if self.panic is None:
-                self.uc.context_restore(ctx)
-                self.set_pstate(pstate)
+        with self.lock:
+            ctx = self.uc.context_save()
+            pstate = self.reg("pstate")
+            try:
+                self.set_pstate(P.PSTATE_EL2H_DAIF)
+                for i, a in enumerate(args):
+                    self.set_reg(f"x{i}", a)
+                done = self.symbols["__debug_call_done"]
+                self.set_reg("x30", done)
+                self.set_reg("sp", self.symbols["__debug_stack_top"])
+                self._run(addr, done, timeout_ms, False, False)
+                return self.reg("x0")
+            finally:
+                if self.panic is None:
+                    self.uc.context_restore(ctx)
+                    self.set_pstate(pstate)
 
     def call_symbol(self, name: str, *args: int) -> int:
         try:

@@ -48,6 +48,7 @@ class MemAccess:
         return {1: 0, 2: 1, 4: 2, 8: 3}.get(self.size, 3)
 
 
+DC_ZVA_BYTES = 64   # 4 << DCZID_EL0.BS on the Cortex-A72 model (tests check it on the core)
 _ACQ_REL = ("ldar", "stlr", "ldapr", "ldaxr", "stlxr")
 
 
@@ -59,6 +60,12 @@ def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAc
     insn = insns[0]
     m = insn.mnemonic
     ops = insn.operands
+    if m == "dc" and insn.op_str.startswith("zva"):
+        # DC ZVA zeroes a whole block (DCZID_EL0.BS: 64 bytes on the Cortex-A72) and counts as a write, with
+        # no instruction syndrome; the lab reports the block's first byte as the faulting address
+        va = read_reg(insn.op_str.split(",")[1].strip()) & ~(DC_ZVA_BYTES - 1)
+        return MemAccess(va=va, size=DC_ZVA_BYTES, write=True, isv=False, srt=0, sf=True, sse=False, ar=False,
+                         text=f"dc {insn.op_str}")
     mem = next((o for o in ops if o.type == cs_arm64.ARM64_OP_MEM), None)
     if mem is None:
         return None

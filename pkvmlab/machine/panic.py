@@ -19,8 +19,16 @@ if TYPE_CHECKING:
 
 
 def symbolize(symbols: dict[str, int], addr: int) -> str:
-    """``handle_trap+0x8``: the nearest firmware symbol at or below ``addr`` (linker markers skipped)."""
-    best = max(((a, n) for n, a in symbols.items() if a <= addr and not is_section_marker(n)), default=None)
+    """``handle_trap+0x8``: the nearest firmware code symbol at or below ``addr`` (linker markers skipped).
+
+    Only code is searched: a PC outside the firmware's ``.text`` is said to be so, never named after
+    the data symbol that happens to lie below it.
+    """
+    lo, hi = symbols.get("__hyp_text_start"), symbols.get("__hyp_text_end")
+    if lo is not None and hi is not None and not lo <= addr < hi:
+        return f"{addr:#x} (outside the hypervisor's code)"
+    best = max(((a, n) for n, a in symbols.items()
+                if a <= addr and not is_section_marker(n) and (hi is None or a < hi)), default=None)
     return f"{best[1]}+{addr - best[0]:#x}" if best else f"{addr:#x}"
 
 

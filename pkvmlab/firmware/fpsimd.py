@@ -1,0 +1,48 @@
+"""The build-time check that the EL2 firmware never touches an FP/SIMD register.
+
+The trap path saves only the host's x0..x30, as pKVM's does; an FP/SIMD instruction at EL2 would
+silently change the host's q0..q31.  The code regions of ``.text`` are found through the ELF's
+``$x``/``$d`` mapping symbols (AAELF64), so literal pools are never mistaken for instructions.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import capstone
+from elftools.elf.elffile import ELFFile
+
+# An FP/SIMD/SVE register operand (b0, h1, s2, d3, q4, v5.2d, z6, p7), or the FP control registers.
+_FP_OPERAND = re.compile(r"\b([bhsdqvz]\d{1,2}(\.\w+)?|fpcr|fpsr)\b")
+
+
+def _code_ranges(elf: ELFFile, text) -> list[tuple[int, int]]:
+    """[start, end) address ranges of ``.text`` that hold code, from the mapping symbols."""
+    lo, hi = text["sh_addr"], text["sh_addr"] + text["sh_size"]
+    index = elf.get_section_index(".text")
+    marks = sorted((s["st_value"], s.name) for s in elf.get_section_by_name(".symtab").iter_symbols()
+                   if s.name in ("$x", "$d") and s["st_shndx"] == index)
+    if not marks:
+        return [(lo, hi)]
+    ranges = []
+    for (addr, kind), nxt in zip(marks, [*(m[0] for m in marks[1:]), hi]):
+        if kind == "$x" and nxt > addr:
+            ranges.append((addr, nxt))
+    return ranges
+
+
+def fp_simd_instructions(path: str | Path) -> list[str]:
+    """Every instruction in the image's code that reads or writes an FP/SIMD register, as ``"addr: text"``."""
+    md = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+    found = []
+    with open(path, "rb") as fh:
+        elf = ELFFile(fh)
+        text = elf.get_section_by_name(".text")
+        data, base = text.data(), text["sh_addr"]
+        for start, end in _code_ranges(elf, text):
+            for off in range(start - base, end - base, 4):
+                for insn in md.disasm(data[off:off + 4], base + off, 1):
+                    if _FP_OPERAND.search(insn.op_str) or insn.mnemonic.startswith("f"):
+                        found.append(f"{insn.address:#x}: {insn.mnemonic} {insn.op_str}")
+    return found

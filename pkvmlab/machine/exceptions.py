@@ -1,0 +1,108 @@
+"""Architectural synchronous exception entry, done by hand: Unicorn does not vector them.
+
+Unicorn calls a hook with QEMU's exception number and writes neither ESR nor FAR nor HPFAR, so
+``Core`` decides where the exception goes and this module performs the entry the ARM ARM describes
+(D1.10): ELR/SPSR/ESR (and FAR, HPFAR) of the target EL, PSTATE = ELxh with DAIF masked, the stack
+pointer banked, PC = VBAR_ELx + the vector offset.  Used for the host's stage-2 aborts, HVCs and
+trapped SMCs (to EL2), and for what the host's own kernel must handle (to EL1): UNDEFINED
+instructions, SVC, BRK.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pkvmlab.arch import esr as E
+from pkvmlab.arch import pstate as P
+from pkvmlab.errors import MachineError
+from pkvmlab.machine.decode import decode_access, disassemble
+
+if TYPE_CHECKING:
+    from pkvmlab.machine.core import Core
+
+VECTOR_CURRENT_SP0 = 0x000
+VECTOR_CURRENT_SPX = 0x200
+VECTOR_LOWER_A64 = 0x400
+VECTOR_LOWER_A32 = 0x600
+PAGE = 4096
+
+
+def vector_offset(pstate: int, target_el: int) -> int:
+    """Where in VBAR_ELx a synchronous exception taken from ``pstate`` to ``target_el`` lands."""
+    if P.el(pstate) < target_el:
+        return VECTOR_LOWER_A32 if pstate & 0x10 else VECTOR_LOWER_A64
+    return VECTOR_CURRENT_SPX if pstate & 1 else VECTOR_CURRENT_SP0
+
+
+def enter(core: Core, target_el: int, *, pstate: int, elr: int, esr: int, far: int | None = None,
+          hpfar: int | None = None) -> None:
+    """Take a synchronous exception from ``pstate`` to ``target_el`` (AArch64, ELxh, DAIF masked)."""
+    from_el = P.el(pstate)
+    if target_el < from_el or target_el not in (1, 2):
+        raise MachineError(f"cannot take an exception from EL{from_el} to EL{target_el}")
+    # QEMU keeps the live SP in one register and banks the others only on a real entry; a PSTATE write
+    # does not switch banks, so bank the interrupted SP and load the target's by hand (ERET does it natively).
+    on_sp0 = pstate & 1 == 0 and not pstate & 0x10
+    switch_sp = from_el != target_el or on_sp0
+    if switch_sp and not pstate & 0x10:   # AArch32 EL0 has no SP of its own: its r13 is x13
+        core.set_sysreg("SP_EL0" if on_sp0 else f"SP_EL{from_el}", core.reg("sp"))
+    core.set_reg("pstate", (P.MODE_EL2H if target_el == 2 else P.MODE_EL1H) | P.DAIF_MASK)
+    if switch_sp:
+        core.set_reg("sp", core.sysreg(f"SP_EL{target_el}"))
+    core.set_sysreg(f"ELR_EL{target_el}", elr)
+    core.set_sysreg(f"SPSR_EL{target_el}", pstate)
+    core.set_sysreg(f"ESR_EL{target_el}", esr)   # a CP write after PSTATE: rebuilds the hflags (unicorn#2333)
+    if far is not None:
+        core.set_sysreg(f"FAR_EL{target_el}", far)
+    if hpfar is not None:
+        core.set_sysreg("HPFAR_EL2", hpfar)
+    core.set_reg("pc", core.sysreg(f"VBAR_EL{target_el}") + vector_offset(pstate, target_el))
+
+
+def _fault_status(par: int, va: int, what: str) -> tuple[int, bool]:
+    d = E.par_decode(par)
+    if not d["F"] or not d["S"]:
+        raise MachineError(f"{what} at {va:#x} faulted, but AT S12E1 says "
+                           f"{'it translates' if not d['F'] else 'the fault is in stage 1'} (PAR_EL1={par:#x})")
+    return int(d["FST"]), bool(d["PTW"])
+
+
+def _faulting_address(core: Core, va: int, size: int, write: bool) -> tuple[int, int]:
+    """(FAR, PAR) of the first byte of [va, va + size) that stage 2 refuses: an access that straddles
+    two pages faults on the second when only that one is refused."""
+    at = "__debug_at_s12e1w" if write else "__debug_at_s12e1r"
+    par = core.call_symbol(at, va)
+    next_page = (va | (PAGE - 1)) + 1
+    if not par & 1 and size > 1 and va + size > next_page:
+        return next_page, core.call_symbol(at, next_page)
+    return va, par
+
+
+def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple[int, int]:
+    """The host's access faulted in stage 2: synthesise ESR/FAR/HPFAR and enter EL2.  Returns (ELR, FAR)."""
+    if core.sysreg("SCTLR_EL1") & 1:
+        raise MachineError("the host kernel model runs with its stage-1 MMU off (VA = IPA); "
+                           "SCTLR_EL1.M is set, so the fault's IPA cannot be known")
+    pc = core.reg("pc")
+    core.stats["stage2_abort"] += 1
+    if instruction_fetch:
+        far, par = pc, core.call_symbol("__debug_at_s12e1r", pc)
+        fsc, s1ptw = _fault_status(par, pc, "instruction fetch")
+        esr = E.instruction_abort(lower=True, fsc=fsc, s1ptw=s1ptw)
+    else:
+        code = core.phys.read(pc, 4)
+        acc = decode_access(code, pc, core.reg)
+        if acc is None:
+            raise MachineError(f"data abort at {pc:#x} on a non-memory instruction {disassemble(code, pc)}")
+        far, par = _faulting_address(core, acc.va, acc.size, acc.write)
+        fsc, s1ptw = _fault_status(par, far, acc.text)
+        esr = E.data_abort(lower=True, fsc=fsc, wnr=acc.write, isv=acc.isv, sas=acc.sas, sse=acc.sse,
+                           srt=acc.srt, sf=acc.sf, ar=acc.ar, s1ptw=s1ptw)
+    ipa = far  # stage 1 is off at EL1: VA = IPA
+    enter(core, 2, pstate=pstate, elr=pc, esr=esr, far=far, hpfar=(ipa >> 12) << 4)
+    return pc, far
+
+
+def insn_imm16(core: Core, addr: int) -> int:
+    """The 16-bit immediate of the SVC/HVC/SMC/BRK instruction at ``addr``."""
+    return (core.phys.read_u32(addr) >> 5) & 0xFFFF
