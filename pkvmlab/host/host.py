@@ -35,6 +35,7 @@ class Host:
         first_free = (image_base >> 12) + K.IMAGE_PAGES
         self.pages = PageAllocator(first_free, (core.ram_base + core.ram_size) >> 12)
         self.vms: dict[int, object] = {}   # handle -> VM, the VMs this host created and has not torn down
+        self._code_page: int | None = None  # where execute() puts the host's own code
 
     # -- the host's page allocator ---------------------------------------------------------
     @serialised
@@ -116,6 +117,34 @@ class Host:
         self.core.set_sysreg("VBAR_EL1", self.image_base + K.VECTORS)
         # At EL1h the live SP is SP_EL1; QEMU keeps it in SP itself, not in the banked copy.
         self.core.set_reg("sp", self.image_base + K.IMAGE_PAGES * 4096)
+
+    @serialised
+    def execute(self, code: str | bytes, **regs: int) -> dict[str, int]:
+        """Run ``code`` (A64 assembly text, or machine code) as the host kernel at EL1; returns x0..x30 after it.
+
+        ``regs`` set registers first (``x0=…``).  The code goes, with the host's own stores, into a page of
+        the host's kept for it, and runs until its last instruction is done.  An exception that reaches the
+        host's vector comes back as HostException (HostAccessFault when the hypervisor refused an access).
+        """
+        if isinstance(code, str):
+            from pkvmlab.firmware.asm import assemble
+
+            code = assemble(code)
+        if not isinstance(code, (bytes, bytearray)) or len(code) % 4 or not 0 < len(code) <= 4096 - 4:
+            raise UsageError("execute() takes A64 assembly text, or machine code: whole 4-byte instructions, "
+                             "at most a page")
+        if self._code_page is None:
+            self._code_page = self.alloc_pages() << 12
+        kept = [self.core.x[i] for i in range(9)]   # the stores below use x0..x8: the code gets the host's own
+        self.write(self._code_page, bytes(code) + b"\0" * 4)   # the end marker: where the run stops
+        for i, v in enumerate(kept):
+            self.core.x[i] = v
+        for name, value in regs.items():
+            self.core.set_reg(name, value)
+        res = self.core.run(self._code_page, self._code_page + len(code))
+        if isinstance(res, HostVector):
+            self._host_exception(res, "code", None)
+        return {f"x{i}": self.core.reg(f"x{i}") for i in range(31)}
 
     # -- running stubs ---------------------------------------------------------------------
     def _run_stub(self, offset: int, what: str, address: int | None = None, *, resumed: bool = False,
