@@ -76,6 +76,7 @@ class Lab:
         boot(self.core, self.fw, hyp_size=hyp_size, host_entry=host_image + K.ENTRY)
         self.host = Host(self.core, host_image, self.fw)
         self.host.setup()
+        self.core.watch_host(host_image, RAM_BASE + ram_size)   # the watchdog never stops the CPU inside EL2
         self.hyp = Hyp(self.core, self.fw, self)
         version, el, _ = self.hyp_info()
         if el != 2:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import PAGE, assert_invariants
+
 from pkvmlab import HostAccessFault, HostException, Lab, UsageError
 from pkvmlab.arch import esr as E
 from pkvmlab.arch.smccc import SMCCC_RET_NOT_SUPPORTED

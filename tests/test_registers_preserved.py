@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from conftest import PAGE
+
 from pkvmlab import FirmwareBuildError, HostAccessFault, HypercallError, Lab
 from pkvmlab.arch.smccc import HYPERCALL_ARGS, HYPERCALLS
 from pkvmlab.firmware.build import build_firmware, copy_firmware

@@ -14,7 +14,6 @@ from pkvmlab.firmware.elf import Firmware
 from pkvmlab.host import kernel_image as K
 from pkvmlab.host.page_alloc import PageAllocator
 from pkvmlab.machine.core import Core, HostVector, check_uint, serialised
-from pkvmlab.machine.watchdog import WATCHDOG
 
 _ZEROS = [0] * 6
 
@@ -148,7 +147,7 @@ class Host:
 
     # -- running stubs ---------------------------------------------------------------------
     def _run_stub(self, offset: int, what: str, address: int | None = None, *, resumed: bool = False,
-                  resumed_timed_out: bool = False):
+                  resumed_timed_out: tuple[bool, bool] = (False, False)):
         start = self.image_base + offset
         res = self.core.run(start, self.image_base + K.stub_end(offset), resumed=resumed,
                             resumed_timed_out=resumed_timed_out)
@@ -189,9 +188,9 @@ class Host:
         c = self.core
         with c.lock:
             if c.native is not None and c.panic is None:  # fast path: one native call (x0..x6 in, x0..x3 out)
-                token = WATCHDOG.arm(c.uc.emu_stop, c.run_limit_ms / 1000)
+                token = c.arm_watchdog(c.run_limit_ms)
                 out = c.native.hvc(self._hvc_begin, self._hvc_end, regs + _ZEROS[len(args):])
-                timed_out = WATCHDOG.disarm(token)
+                timed_out = c.disarm_watchdog(token)
                 if out is not None:
                     return out
                 self._run_stub(K.HVC, f"hypercall {func_id:#x}", resumed=True, resumed_timed_out=timed_out)

@@ -158,8 +158,10 @@ class Core:
         self.run_limit_ms = 10_000   # a longer run is an endless loop: the watchdog stops it
         self.lock = threading.RLock()   # the engine is not thread-safe: every use holds this
         self.core = self                # so @serialised works on Core's own methods
+        self._host_watched = False      # watch_host(): the watchdog stops runs only in host code
+        self._stop_requested = self._stopped_hard = False
+        self._hard_token: int | None = None
         self._event: tuple[int, int, int] | None = None
-        self._below_el2 = False         # set by the drain hook: the hypervisor returned to the host
         # Without EL3 firmware nobody sets SCR_EL3: Non-secure EL1/EL2, HVC enabled, AArch64.
         self.set_sysreg("SCR_EL3", SCR_EL3_NS | SCR_EL3_HCE | SCR_EL3_RW)
         self.uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
@@ -257,7 +259,7 @@ class Core:
 
     # -- running ---------------------------------------------------------------------------
     def run(self, begin: int, until: int, *, timeout_ms: int = 0, resumed: bool = False,
-            resumed_timed_out: bool = False) -> HostVector | None:
+            resumed_timed_out: tuple[bool, bool] = (False, False)) -> HostVector | None:
         """Run from ``begin`` until PC reaches ``until``, entering EL2 (or the host's EL1 vector) on the way as needed.
 
         Returns None when ``until`` was reached, HostVector when an exception reached the host's vector
@@ -265,93 +267,117 @@ class Core:
         ``resumed``: the first leg from ``begin`` already ran in ``native.hvc()`` and stopped early;
         handle that stop (its event and error are kept natively) instead of starting.
 
-        The watchdog never leaves the hypervisor half-way through: a run started below EL2 and stopped
-        inside EL2 is let finish its EL2 part, and stops at the first instruction back in the host.
+        The watchdog never leaves the hypervisor half-way: once ``watch_host()`` is set up it stops a run
+        only at the start of a block of host code; a hypervisor that never returns to the host is stopped
+        hard after a second period, and reported as the firmware bug it is (the machine is then dead).
         """
         with self.lock:
             return self._run(begin, until, timeout_ms or self.run_limit_ms, resumed, resumed_timed_out)
 
-    def _run(self, begin: int, until: int, limit_ms: int, resumed: bool, resumed_timed_out: bool) -> HostVector | None:
+    def _run(self, begin: int, until: int, limit_ms: int, resumed: bool,
+             resumed_timed_out: tuple[bool, bool]) -> HostVector | None:
         if self.panic is not None:
             raise MachineError("the hypervisor has panicked; this machine is dead: create a new Lab()") from self.panic
         pc = begin
-        from_host = resumed or self.current_el < 2
         last_abort, repeats = None, 0
-        drain = None   # the block hook that stops at the first host instruction, while one is set
-        try:
-            while True:
-                if resumed:
-                    resumed, err, timed_out = False, self.native.take_error(), resumed_timed_out
-                else:
-                    self._event = None
-                    err = None
-                    token = WATCHDOG.arm(self.uc.emu_stop, limit_ms / 1000)
-                    try:
-                        self.uc.emu_start(pc, until)
-                    except unicorn.UcError as e:
-                        err = e
-                    timed_out = WATCHDOG.disarm(token)
-                ev = self._event
-                if ev is None and self.native is not None:
-                    ev = self.native.take_event()
-                if ev is None:
-                    now = self.reg("pc")
-                    if err is None and now == until:
-                        return None
-                    if drain is not None and self._below_el2 and err is None:
-                        raise self.hang_error(now, limit_ms)   # the hypervisor is done; the host was the one looping
-                    if err is None and timed_out:
-                        if self.current_el == 2 and from_host and drain is None:
-                            drain = self._drain_hook()   # let the hypervisor finish, stop back in the host
-                            pc = now
-                            continue
-                        raise self._hang(now, limit_ms, drained=drain is not None)
-                    el = self.current_el
-                    if el == 2:
-                        raise self._panic(EXCP_DATA_ABORT if err else None, now, unicorn_error=err)
-                    raise MachineError(f"the run stopped at {now:#x} (EL{el}) before reaching {until:#x}: "
-                                       + (str(err) if err else "stopped early"))
-                intno, el, pstate = ev
+        while True:
+            if resumed:
+                resumed, err, (timed_out, hard) = False, self.native.take_error(), resumed_timed_out
+            else:
+                self._event = None
+                err = None
+                token = self.arm_watchdog(limit_ms)
+                try:
+                    self.uc.emu_start(pc, until)
+                except unicorn.UcError as e:
+                    err = e
+                timed_out, hard = self.disarm_watchdog(token)
+            ev = self._event
+            if ev is None and self.native is not None:
+                ev = self.native.take_event()
+            if ev is None:
+                now = self.reg("pc")
+                if err is None and now == until:
+                    return None
+                if err is None and timed_out:
+                    raise self._hang(now, limit_ms, firmware=hard and self.current_el == 2)
+                el = self.current_el
                 if el == 2:
-                    raise self._panic(intno, self.reg("pc"), unicorn_error=err)
-                if intno in (EXCP_DATA_ABORT, EXCP_PREFETCH_ABORT):
-                    key = (*X.take_stage2_abort(self, intno == EXCP_PREFETCH_ABORT, pstate), self.stats["hvc"])
-                    repeats = repeats + 1 if key == last_abort else 0
-                    last_abort = key
-                    if repeats >= MAX_REPEATED_ABORTS:
-                        raise MachineError(
-                            f"the host is stuck: the same stage-2 abort (pc={key[0]:#x}, address {key[1]:#x}) came back "
-                            f"{repeats} times with nothing in between. The hypervisor keeps refusing the access and the "
-                            "host cannot get past it; most likely the host gave away a page it runs from (its code or "
-                            "its exception vectors). Create a new Lab()")
-                elif intno == EXCP_BKPT and self._is_host_stop(self.reg("pc")):
-                    return HostVector(self.reg("pc"))
-                elif not self._take_host_exception(intno, pstate):
-                    raise MachineError(f"unexpected {EXCP_NAMES.get(intno, f'exception {intno}')} at EL{el}, "
-                                       f"pc={self.reg('pc'):#x}")
-                pc = self.reg("pc")
-        finally:
-            if drain is not None:
-                self.uc.hook_del(drain)
-                self.uc.ctl_flush_tb()   # translated blocks no longer call the hook
+                    raise self._panic(EXCP_DATA_ABORT if err else None, now, unicorn_error=err)
+                raise MachineError(f"the run stopped at {now:#x} (EL{el}) before reaching {until:#x}: "
+                                   + (str(err) if err else "stopped early"))
+            intno, el, pstate = ev
+            if el == 2:
+                raise self._panic(intno, self.reg("pc"), unicorn_error=err)
+            if intno in (EXCP_DATA_ABORT, EXCP_PREFETCH_ABORT):
+                key = (*X.take_stage2_abort(self, intno == EXCP_PREFETCH_ABORT, pstate), self.stats["hvc"])
+                repeats = repeats + 1 if key == last_abort else 0
+                last_abort = key
+                if repeats >= MAX_REPEATED_ABORTS:
+                    raise MachineError(
+                        f"the host is stuck: the same stage-2 abort (pc={key[0]:#x}, address {key[1]:#x}) came back "
+                        f"{repeats} times with nothing in between. The hypervisor keeps refusing the access and the "
+                        "host cannot get past it; most likely the host gave away a page it runs from (its code or "
+                        "its exception vectors). Create a new Lab()")
+            elif intno == EXCP_BKPT and self._is_host_stop(self.reg("pc")):
+                return HostVector(self.reg("pc"))
+            elif not self._take_host_exception(intno, pstate):
+                raise MachineError(f"unexpected {EXCP_NAMES.get(intno, f'exception {intno}')} at EL{el}, "
+                                   f"pc={self.reg('pc'):#x}")
+            pc = self.reg("pc")
 
-    def _drain_hook(self):
-        """A block hook that stops the run at the first block below EL2 (added only after a watchdog stop)."""
-        self._below_el2 = False
+    def watch_host(self, start: int, end: int) -> None:
+        """The host's code lives in [start, end): from now on the watchdog stops runs only there (see run())."""
+        if self.native is not None:
+            self.native.watch_host(start, end)
+        else:
+            def stop_at_host_block(uc, _addr, _size, _user):
+                if self._stop_requested and P.el(uc.reg_read(A.UC_ARM64_REG_PSTATE)) < 2:
+                    self._stop_requested = False
+                    uc.emu_stop()
 
-        def stop_below_el2(uc, _addr, _size, _user):
-            if P.el(uc.reg_read(A.UC_ARM64_REG_PSTATE)) < 2:
-                self._below_el2 = True
-                uc.emu_stop()
+            self.uc.hook_add(unicorn.UC_HOOK_BLOCK, stop_at_host_block, begin=start, end=end - 1)
+        self._host_watched = True
 
-        h = self.uc.hook_add(unicorn.UC_HOOK_BLOCK, stop_below_el2)
-        self.uc.ctl_flush_tb()   # blocks translated before the hook was added would not call it
-        return h
+    def arm_watchdog(self, limit_ms: int) -> int:
+        self._hard_token = None
+        return WATCHDOG.arm(self._soft_stop, limit_ms / 1000)
 
-    def _hang(self, pc: int, limit_ms: int, *, drained: bool) -> MachineError:
-        """A run that stayed in EL2 past the limit, even after being let finish: a firmware bug; the machine is dead."""
+    def _soft_stop(self) -> None:
+        """Watchdog thread: ask for a stop at the next host block; stop hard if none comes within the limit.
+
+        A stop from another thread can land inside a translated block and report the block's start as the
+        PC after part of it ran: resuming from there would corrupt the hypervisor.  A block hook on the
+        host's code stops the run cleanly, between blocks and never in EL2.
+        """
+        if not self._host_watched:
+            self.uc.emu_stop()
+            return
+        if self.native is not None:
+            self.native.request_stop()
+        else:
+            self._stop_requested = True
+        self._hard_token = WATCHDOG.arm(self._hard_stop, self.run_limit_ms / 1000)
+
+    def _hard_stop(self) -> None:
+        self._stopped_hard = True
+        self.uc.emu_stop()
+
+    def disarm_watchdog(self, token: int) -> tuple[bool, bool]:
+        """After a run: (the watchdog stopped it, it had to stop it hard, wherever it was)."""
+        if not WATCHDOG.disarm(token):
+            return False, False
+        if self._hard_token is not None:
+            WATCHDOG.disarm(self._hard_token)
+        hard, self._stopped_hard, self._stop_requested = self._stopped_hard, False, False
+        if self.native is not None:
+            self.native.take_stop()
+        return True, hard
+
+    def _hang(self, pc: int, limit_ms: int, *, firmware: bool) -> MachineError:
+        """A run stopped by the watchdog; ``firmware``: EL2 made no progress even when let finish, the machine is dead."""
         err = self.hang_error(pc, limit_ms)
-        if self.current_el == 2 and drained:
+        if firmware:
             self.panic = HypPanic(str(err) + " — a hypervisor that never returns to the host is a firmware bug; "
                                   "create a new Lab()", elr=pc, reason="endless loop at EL2")
             err = MachineError(str(self.panic))
@@ -383,7 +409,7 @@ class Core:
                 done = self.symbols["__debug_call_done"]
                 self.set_reg("x30", done)
                 self.set_reg("sp", self.symbols["__debug_stack_top"])
-                self._run(addr, done, timeout_ms, False, False)
+                self._run(addr, done, timeout_ms, False, (False, False))
                 return self.reg("x0")
             finally:
                 if self.panic is None:

@@ -75,7 +75,8 @@ def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAc
     base = read_reg(insn.reg_name(mem.mem.base))
     va = base if post_index else base + mem.mem.disp
     if mem.mem.index:
-        idx = read_reg(insn.reg_name(mem.mem.index))
+        index = insn.reg_name(mem.mem.index)
+        idx = read_reg("x" + index[1:]) if index.startswith("w") else read_reg(index)
         if mem.ext in (cs_arm64.ARM64_EXT_UXTW, cs_arm64.ARM64_EXT_SXTW):
             idx &= 0xFFFFFFFF
             if mem.ext == cs_arm64.ARM64_EXT_SXTW and idx & 0x80000000:

@@ -37,7 +37,8 @@ class _State(ctypes.Structure):
     """``pk_state`` in native_hook.c: the native HVC count and the pending event."""
 
     _fields_ = [("hvc_count", ctypes.c_uint64), ("pending", ctypes.c_uint32), ("intno", ctypes.c_uint32),
-                ("el", ctypes.c_uint64), ("pstate", ctypes.c_uint64), ("error", ctypes.c_uint64)]
+                ("el", ctypes.c_uint64), ("pstate", ctypes.c_uint64), ("error", ctypes.c_uint64),
+                ("stop_requested", ctypes.c_uint32), ("stopped_in_host", ctypes.c_uint32)]
 
 
 def _unicorn_lib() -> Path:
@@ -158,7 +159,28 @@ class Native:
         if status != unicorn.UC_ERR_OK:
             raise MachineError(f"registering the native UC_HOOK_INTR failed: {unicorn.UcError(status)}")
         self.hook = handle.value
+        self._block_hook = None
         core.stats = _Stats(core.stats, self._st)
+
+    def watch_host(self, start: int, end: int) -> None:
+        """Put the stop-at-a-host-block hook on [start, end): the host's RAM, never the hypervisor's code."""
+        handle = _binding.uc_hook_h()
+        status = _binding.uclib.uc_hook_add(self._core.uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_BLOCK,
+                                            ctypes.cast(self._lib.pk_hook_block, ctypes.c_void_p),
+                                            ctypes.c_void_p(self._st_addr), ctypes.c_uint64(start),
+                                            ctypes.c_uint64(end - 1))
+        if status != unicorn.UC_ERR_OK:
+            raise MachineError(f"registering the native UC_HOOK_BLOCK failed: {unicorn.UcError(status)}")
+        self._block_hook = handle.value
+
+    def request_stop(self) -> None:
+        self._st.stop_requested = 1
+
+    def take_stop(self) -> bool:
+        """Clear a pending stop request; True if the hook did stop the last run at a host block."""
+        st = self._st
+        stopped, st.stopped_in_host, st.stop_requested = bool(st.stopped_in_host), 0, 0
+        return stopped
 
     @property
     def hvc_count(self) -> int:

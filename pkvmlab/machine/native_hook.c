@@ -26,6 +26,8 @@ typedef struct pk_state {
 	uint64_t el;		/* the EL it was taken from */
 	uint64_t pstate;	/* PSTATE when it was taken */
 	uint64_t error;		/* uc_err of pk_hvc's last early stop (0: none) */
+	uint32_t stop_requested;	/* the watchdog asks: stop at the next block of host code */
+	uint32_t stopped_in_host;	/* pk_hook_block did stop the run there */
 } pk_state;
 
 /* (op0, op1, CRn, CRm, op2), as in pkvmlab.arch.sysregs */
@@ -103,6 +105,26 @@ void pk_hook_intr(uc_engine *uc, uint32_t intno, void *user_data)
 	st->pstate = pstate;
 	st->pending = 1;
 	uc_emu_stop(uc);
+}
+
+/*
+ * UC_HOOK_BLOCK over the host's RAM only (hyp code has no hook, so it costs nothing at EL2): when the
+ * watchdog has asked for a stop, stop here, at the start of a host block, where nothing is half-done.
+ * A stop from another thread (uc_emu_stop) can land inside a translated block and report its start
+ * as the PC after part of it ran; resuming from there corrupts the hypervisor, so it is used only as
+ * a last resort for a hypervisor that never returns.
+ */
+void pk_hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
+{
+	pk_state *st = user_data;
+
+	(void)address;
+	(void)size;
+	if (st->stop_requested && ((reg_get(uc, UC_ARM64_REG_PSTATE) >> 2) & 3) < 2) {
+		st->stop_requested = 0;
+		st->stopped_in_host = 1;
+		uc_emu_stop(uc);
+	}
 }
 
 /*

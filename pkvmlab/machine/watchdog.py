@@ -18,8 +18,9 @@ _POLL_S = 0.05
 class Watchdog:
     """Arm before a run, disarm after it; a run still armed past its deadline is stopped.
 
-    No lock on the hot path: each dict operation is atomic under the GIL.  If the thread stops a run in
-    the instant it finishes, ``emu_stop`` on an idle engine does nothing.
+    ``arm`` takes no lock (a dict store is atomic under the GIL).  Firing and ``disarm`` share one lock, so
+    once ``disarm`` has returned no stop meant for that run can arrive late and cut short the *next* run
+    (which could then stop half-way through a hypercall at EL2).
     """
 
     def __init__(self) -> None:
@@ -28,6 +29,7 @@ class Watchdog:
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._fire_lock = threading.Lock()
 
     def arm(self, stop: Callable[[], object], seconds: float) -> int:
         """Call ``stop()`` if ``disarm(token)`` has not come within ``seconds``."""
@@ -42,21 +44,24 @@ class Watchdog:
 
     def disarm(self, token: int) -> bool:
         """Stop watching; True if the watchdog had already stopped this run."""
-        if self._armed.pop(token, None) is not None:
+        with self._fire_lock:
+            if self._armed.pop(token, None) is not None:
+                return False
+            if token in self._fired:
+                self._fired.discard(token)
+                return True
             return False
-        if token in self._fired:
-            self._fired.discard(token)
-            return True
-        return False
 
     def _loop(self) -> None:
         while True:
             time.sleep(_POLL_S)
             now = time.monotonic()
             for token, (deadline, stop) in list(self._armed.items()):
-                if now >= deadline and self._armed.pop(token, None) is not None:
-                    self._fired.add(token)
-                    stop()
+                if now >= deadline:
+                    with self._fire_lock:
+                        if self._armed.pop(token, None) is not None:
+                            self._fired.add(token)
+                            stop()
 
 
 WATCHDOG = Watchdog()
