@@ -231,7 +231,8 @@ class Core:
                                srt=acc.srt, sf=acc.sf, ar=acc.ar, s1ptw=s1ptw)
             far = acc.va
         ipa = far  # stage 1 is off at EL1: VA = IPA
-        self._enter_el2(pstate=pstate, elr=pc, esr=esr, far=far, hpfar=(ipa >> 12) << 4)
+        hpfar = ((ipa >> 12) & ((1 << 36) - 1)) << 4   # HPFAR_EL2.FIPA, bits [39:4], holds IPA[47:12]
+        self._enter_el2(pstate=pstate, elr=pc, esr=esr, far=far, hpfar=hpfar)
 
     @staticmethod
     def _fault_status(par: int, va: int, what: str) -> tuple[int, bool]:
@@ -281,7 +282,7 @@ class Core:
                 raise MachineError(f"the run stopped at {now:#x} (EL{el}) before reaching {until:#x}: "
                                    + (str(err) if err else "stopped early"))
             intno, el, pstate = ev
-            if el == 1 and intno in (EXCP_DATA_ABORT, EXCP_PREFETCH_ABORT):
+            if el in (0, 1) and intno in (EXCP_DATA_ABORT, EXCP_PREFETCH_ABORT):   # a host stage-2 abort, EL1 or EL0
                 now = self.reg("pc")
                 repeats = repeats + 1 if now == last_abort_pc else 0
                 last_abort_pc = now
