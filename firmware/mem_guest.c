@@ -45,8 +45,15 @@ static void hyp_zero_page_fixmap(phys_addr_t phys)
 	isb();
 }
 
+/*
+ * The seed's kvm_guest_prepare_stage2() only records the PGD: guest stage-2
+ * set-up came later in the series.  Here the guest's table is live at once,
+ * so the PGD (which carried the host's vCPU pointer array in, mapped without
+ * clearing) is zeroed first.
+ */
 int kvm_guest_prepare_stage2(struct kvm_shadow_vm *vm, void *pgd)
 {
+	memset(pgd, 0, kvm_pgtable_stage2_pgd_size(vm->kvm.arch.vtcr));
 	vm->pgt = (struct kvm_pgtable){ .pgd = pgd, .ia_bits = 64 - (vm->kvm.arch.vtcr & 0x3f),
 					.start_level = 1, .stage2 = true,
 					.vmid = vm->kvm.arch.mmu.vmid.id };
@@ -103,6 +110,12 @@ static void reclaim_guest_page(u64 ipa, kvm_pte_t pte, u32 level, void *arg)
 	hyp_zero_page_fixmap(phys);
 	/* The host entry is already a level-3 annotation: no split, no allocation. */
 	BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, phys, PAGE_SIZE, PKVM_ID_HOST));
+}
+
+/* Upstream: arch/arm64/kvm/hyp/nvhe/tlb.c, __kvm_tlb_flush_vmid (TLBI VMALLS12E1IS under the VM's VMID). */
+void __kvm_tlb_flush_vmid(struct kvm_s2_mmu *mmu)
+{
+	kvm_pgtable_flush_tlb(mmu->pgt);
 }
 
 void reclaim_guest_pages(struct kvm_shadow_vm *vm)

@@ -36,7 +36,7 @@ int hyp_create_idmap(phys_addr_t start, phys_addr_t end, kvm_pte_t prot)
 int kvm_host_prepare_stage2(void)
 {
 	host_mmu.pgt = (struct kvm_pgtable){ .pgd = host_pgd, .ia_bits = HOST_IPA_BITS,
-					     .start_level = 1, .stage2 = true };
+					     .start_level = 1, .stage2 = true, .refill_lazily = true };
 	host_mmu.vtcr = kvm_get_vtcr(HOST_IPA_BITS);
 	host_mmu.vttbr = hyp_pa(host_pgd);	/* VMID 0 is the host's */
 	/* The host starts with nothing mapped; only the carve-out is marked as hyp's. */
@@ -316,19 +316,32 @@ static int host_stage2_idmap(phys_addr_t addr)
 }
 
 /*
- * Reflect a stage-2 abort back to the host as a synchronous abort taken from
- * the current EL.  As upstream pKVM does, set ESR.S1PTW: hardware never sets it
- * for an EL1 stage-1 fault, so the host can tell this abort came from hyp.
+ * Reflect a stage-2 abort back to the host's EL1 vector.  This is the Android
+ * common kernel's host_inject_abort() (arch/arm64/kvm/hyp/nvhe/mem_protect.c,
+ * "KVM: arm64: Inject abort into host on stage-2 fault"); mainline of the
+ * seed's era has no such function: handle_host_mem_abort() ends in
+ * BUG_ON(ret && ret != -EAGAIN), so a host touching memory it does not own
+ * brings the hypervisor down.  As the Android code does: an abort taken from
+ * EL1 is repainted as a same-level abort, one from EL0 keeps its lower-EL EC,
+ * and ESR.S1PTW is set -- hardware never sets it for an EL1 stage-1 fault, so
+ * the host can tell this abort came from hyp.
  */
 static void host_inject_abort(void)
 {
 	u64 spsr = read_sysreg(spsr_el2);
 	u64 esr = read_sysreg(esr_el2);
-	u64 ec = ESR_ELx_EC(esr) == ESR_ELx_EC_IABT_LOW ? ESR_ELx_EC_IABT_CUR : ESR_ELx_EC_DABT_CUR;
+	u64 ec = ESR_ELx_EC(esr);
 	u64 vbar = read_sysreg(vbar_el1);
 	u64 offset = (spsr & 0xf) == PSR_MODE_EL1h ? 0x200 : (spsr & 0xf) == 0 ? 0x400 : 0x0;
 
-	esr = (esr & ~(0x3fUL << ESR_ELx_EC_SHIFT)) | (ec << ESR_ELx_EC_SHIFT) | BIT(7);
+	/* Repaint the ESR to report a same-level fault if taken from EL1 */
+	if ((spsr & 0xf) != 0) {
+		if (ec == ESR_ELx_EC_DABT_LOW)
+			ec = ESR_ELx_EC_DABT_CUR;
+		else if (ec == ESR_ELx_EC_IABT_LOW)
+			ec = ESR_ELx_EC_IABT_CUR;
+	}
+	esr = (esr & ~(0x3fUL << ESR_ELx_EC_SHIFT)) | (ec << ESR_ELx_EC_SHIFT) | ESR_ELx_S1PTW;
 	write_sysreg(esr, esr_el1);
 	write_sysreg(read_sysreg(far_el2), far_el1);
 	write_sysreg(read_sysreg(elr_el2), elr_el1);

@@ -125,13 +125,51 @@ static void free_table(kvm_pte_t *table, u32 level)
 	hyp_put_page(table);
 }
 
-/* Replace a block (or invalid entry) by a table of 512 entries that say the same. */
-static kvm_pte_t *split_entry(struct pgt_update *u, kvm_pte_t *parent, u32 level, kvm_pte_t *ptep)
+/* Not inlined, so a debugger (and a test) can stop on every invalidation. */
+static __attribute__((noinline)) void tlb_flush(struct kvm_pgtable *pgt, u64 addr, u64 size);
+
+/*
+ * Break: make a valid entry invalid and invalidate the TLB before anything new
+ * is written there, so no CPU ever holds both the old and the new translation
+ * (ARM ARM, "break-before-make"; upstream: stage2_put_pte() in
+ * arch/arm64/kvm/hyp/pgtable.c clears the PTE, then __kvm_tlb_flush_vmid_ipa).
+ */
+static void break_entry(struct pgt_update *u, kvm_pte_t *table, u32 level, kvm_pte_t *ptep, u64 addr)
+{
+	set_pte(u, table, level, ptep, 0);
+	tlb_flush(u->pgt, addr & ~(PGT_GRANULE(level) - 1), PGT_GRANULE(level));
+}
+
+/* A block upstream would rebuild lazily: a plain host mapping, no page state in it. */
+static bool refills_on_fault(struct kvm_pgtable *pgt, kvm_pte_t pte)
+{
+	return pgt->refill_lazily && (pte & PKVM_PAGE_STATE_PROT_MASK) == 0;
+}
+
+/*
+ * Replace a block (or an invalid entry) by a table.  A valid block is broken
+ * first (break-before-make).  As upstream (stage2_map_walk_leaf(): "Accesses
+ * beyond 'end' that fall within the new table will be mapped lazily"), a plain
+ * host stage-2 block becomes an *empty* table: the host's next access to the
+ * rest of it faults and host_stage2_idmap() maps it again.
+ *
+ * Where nothing refills on a fault -- an owner annotation, a page state, hyp's
+ * stage-1 -- the new table repeats the old entry 512 times.  That is the
+ * lab's: upstream never has to split such an entry, because it writes them at
+ * page granularity (host_stage2_force_pte_cb(), and force_pte in
+ * kvm_pgtable_stage2_set_owner()).
+ */
+static kvm_pte_t *split_entry(struct pgt_update *u, kvm_pte_t *parent, u32 level, kvm_pte_t *ptep, u64 addr)
 {
 	kvm_pte_t pte = *ptep, *table = hyp_alloc_pages();
 	u64 step = PGT_GRANULE(level + 1);
 
 	BUG_ON(!table);	/* callers reserved kvm_pgtable_tables_needed() pages first */
+	if (kvm_pte_valid(pte)) {
+		break_entry(u, parent, level, ptep, addr);
+		if (refills_on_fault(u->pgt, pte))
+			pte = 0;
+	}
 	/* A pool page comes zeroed: an empty entry splits into an empty table as it is. */
 	if (pte) {
 		for (u32 i = 0; i < PGT_ENTRIES; i++) {
@@ -163,12 +201,14 @@ static void set_range(struct pgt_update *u, kvm_pte_t *table, u32 level, u64 add
 
 		if (addr == entry_start && hi == entry_end && block_ok(u->leaf, offset, level)) {
 			/* The whole entry takes the new value; whatever table was below goes. */
+			if (kvm_pte_table(pte, level) && u->leaf->valid)
+				break_entry(u, table, level, ptep, addr);	/* table -> block */
 			set_pte(u, table, level, ptep, leaf_pte(u->leaf, offset, level));
 			if (kvm_pte_table(pte, level))
 				free_table(kvm_pte_follow(pte), level + 1);
 		} else {
 			kvm_pte_t *child = kvm_pte_table(pte, level) ? kvm_pte_follow(pte)
-								     : split_entry(u, table, level, ptep);
+								     : split_entry(u, table, level, ptep, addr);
 
 			set_range(u, child, level + 1, addr, hi);
 			if (table_empty(child)) {
@@ -188,7 +228,7 @@ static void set_range(struct pgt_update *u, kvm_pte_t *table, u32 level, u64 add
  * guest's table is flushed with that guest's VMID loaded for the moment (as
  * upstream's __kvm_tlb_flush_vmid does), then the host's VTTBR is put back.
  */
-static void tlb_flush(struct kvm_pgtable *pgt, u64 addr, u64 size)
+static __attribute__((noinline)) void tlb_flush(struct kvm_pgtable *pgt, u64 addr, u64 size)
 {
 	dsb(ishst);
 	if (pgt->stage2 && pgt->vmid) {
@@ -209,6 +249,12 @@ static void tlb_flush(struct kvm_pgtable *pgt, u64 addr, u64 size)
 	}
 	dsb(ish);
 	isb();
+}
+
+/* Invalidate every TLB entry @pgt's translations may have left (a stage-2: its whole VMID). */
+void kvm_pgtable_flush_tlb(struct kvm_pgtable *pgt)
+{
+	tlb_flush(pgt, 0, 1UL << pgt->ia_bits);
 }
 
 /*

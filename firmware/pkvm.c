@@ -6,6 +6,7 @@
  * names it by handle.
  */
 #include <hyp/errno.h>
+#include <hyp/gfp.h>
 #include <hyp/mem_protect.h>
 #include <hyp/memory.h>
 #include <hyp/panic.h>
@@ -195,128 +196,235 @@ static unsigned int insert_shadow_table(struct kvm *kvm,
 	return shadow_handle;
 }
 
-static size_t pkvm_get_shadow_size(unsigned int nr_vcpus)
+/*
+ * Deallocate and remove the shadow table entry corresponding to the handle.
+ */
+static void remove_shadow_table(unsigned int shadow_handle)
 {
-	return PAGE_ALIGN(sizeof(struct kvm_shadow_vm) +
-			  nr_vcpus * sizeof(struct kvm_shadow_vcpu_state));
+	hyp_assert_lock_held(&shadow_lock);
+	shadow_table[shadow_handle_to_idx(shadow_handle)] = NULL;
+	nr_shadow_entries--;
 }
 
-static int check_shadow_args(struct kvm *host_kvm, unsigned long shadow_hva,
-			     size_t shadow_size, unsigned long pgd_hva, size_t pgd_size)
+static size_t pkvm_get_shadow_size(unsigned int nr_vcpus)
 {
-	if (!IS_ALIGNED((unsigned long)host_kvm, sizeof(u64)))
-		return -EINVAL;
-	if (!IS_ALIGNED(shadow_hva, PAGE_SIZE) || !IS_ALIGNED(pgd_hva, pgd_size))
-		return -EINVAL;	/* donations are whole pages; the PGD aligned to its size */
-	if (!shadow_size || shadow_size > KVM_MAX_VCPUS * PAGE_SIZE)
-		return -EINVAL;
-	return 0;
+	/* Shadow space for the vm struct and all of its vcpu states. */
+	return sizeof(struct kvm_shadow_vm) +
+	       sizeof(struct kvm_shadow_vcpu_state) * nr_vcpus;
 }
 
 /*
- * Create hyp's shadow of the host VM @host_kvm: pin the host kvm and vCPUs,
- * take the shadow area and the stage-2 PGD by donation, insert into the
- * table.  Any failure undoes every step before it.  Returns the handle.
+ * Check whether the size of the area donated by the host is sufficient for
+ * the shadow structures required for nr_vcpus as well as the shadow vm.
  */
-int __pkvm_init_shadow(struct kvm *host_kvm, unsigned long shadow_hva,
+static int check_shadow_size(unsigned int nr_vcpus, size_t shadow_size)
+{
+	if (nr_vcpus < 1 || nr_vcpus > KVM_MAX_VCPUS)
+		return -EINVAL;
+
+	/*
+	 * Shadow size is rounded up when allocated and donated by the host,
+	 * so it's likely to be larger than the sum of the struct sizes.
+	 */
+	if (shadow_size < pkvm_get_shadow_size(nr_vcpus))
+		return -ENOMEM;
+
+	return 0;
+}
+
+/* Take host pages by donation, keeping what the host wrote in them; NULL on any failure. */
+static void *map_donated_memory_noclear(unsigned long host_va, size_t size)
+{
+	void *va = hyp_va(host_va);	/* kern_hyp_va(): the identity here */
+
+	if (!PAGE_ALIGNED(host_va) || !PAGE_ALIGNED(size))
+		return NULL;
+
+	if (__pkvm_host_donate_hyp(hyp_phys_to_pfn(host_va), size >> PAGE_SHIFT))
+		return NULL;
+
+	return va;
+}
+
+static void *map_donated_memory(unsigned long host_va, size_t size)
+{
+	void *va = map_donated_memory_noclear(host_va, size);
+
+	if (va)
+		memset(va, 0, size);
+
+	return va;
+}
+
+static void __unmap_donated_memory(void *va, size_t size)
+{
+	WARN_ON(__pkvm_hyp_donate_host(hyp_virt_to_pfn(va), size >> PAGE_SHIFT));
+}
+
+static void unmap_donated_memory(void *va, size_t size)
+{
+	if (!va)
+		return;
+
+	memset(va, 0, size);
+	__unmap_donated_memory(va, size);
+}
+
+static void unmap_donated_memory_noclear(void *va, size_t size)
+{
+	if (!va)
+		return;
+
+	__unmap_donated_memory(va, size);
+}
+
+/*
+ * Initialize the shadow copy of the protected VM state using the memory
+ * donated by the host.
+ *
+ * Unmaps the donated memory from the host at stage 2.
+ *
+ * kvm: A pointer to the host's struct kvm (host va).
+ * shadow_hva: The host va of the area being donated for the shadow state.
+ *	       Must be page aligned.
+ * shadow_size: The size of the area being donated for the shadow state.
+ *		Must be a multiple of the page size.
+ * pgd_hva: The host va of the area being donated for the stage-2 PGD for
+ *	    the VM. Must be page aligned. Its size is implied by the VM's
+ *	    VTCR.
+ * Note: An array to the host KVM VCPUs (host VA) is passed via the pgd, as to
+ *	 not to be dependent on how the VCPU's are layed out in struct kvm.
+ *
+ * Return a unique handle to the protected VM on success,
+ * negative error code on failure.
+ *
+ * (The seed's comment and order, step for step.  Two checks are the lab's
+ * own, both -EINVAL: a host_kvm that is not 8-byte aligned, where the seed
+ * relies on EL2 allowing an unaligned load; and a PGD not aligned to its size.
+ * The seed only needs the PGD page aligned -- it does not use the PGD yet --
+ * but the lab's guests use it at once, and concatenated stage-2 tables must be
+ * aligned to their total size (ARM ARM, VTTBR_EL2.BADDR).)
+ */
+int __pkvm_init_shadow(struct kvm *kvm, unsigned long shadow_hva,
 		       size_t shadow_size, unsigned long pgd_hva)
 {
-	size_t pgd_size = kvm_pgtable_stage2_pgd_size(host_mmu.vtcr);
-	struct kvm_shadow_vm *vm = hyp_va(shadow_hva);
+	struct kvm_shadow_vm *vm = NULL;
 	unsigned int nr_vcpus;
+	size_t pgd_size = 0;
+	void *pgd = NULL;
 	int ret;
 
-	ret = check_shadow_args(host_kvm, shadow_hva, shadow_size, pgd_hva, pgd_size);
+	if (!IS_ALIGNED((unsigned long)kvm, sizeof(u64)))
+		return -EINVAL;	/* the lab's: see above */
+
+	ret = hyp_pin_shared_mem(kvm, kvm + 1);
 	if (ret)
 		return ret;
 
-	ret = hyp_pin_shared_mem(host_kvm, host_kvm + 1);
+	nr_vcpus = READ_ONCE(kvm->created_vcpus);
+	ret = check_shadow_size(nr_vcpus, shadow_size);
 	if (ret)
-		return ret;
-
-	nr_vcpus = READ_ONCE(host_kvm->created_vcpus);
-	if (nr_vcpus < 1 || nr_vcpus > KVM_MAX_VCPUS) {
-		ret = -EINVAL;
 		goto err_unpin_kvm;
+
+	ret = -ENOMEM;
+
+	vm = map_donated_memory(shadow_hva, shadow_size);
+	if (!vm)
+		goto err_remove_mappings;
+
+	pgd_size = kvm_pgtable_stage2_pgd_size(host_mmu.vtcr);
+	if (!IS_ALIGNED(pgd_hva, pgd_size)) {
+		ret = -EINVAL;	/* the lab's: see above */
+		goto err_remove_mappings;
 	}
+	pgd = map_donated_memory_noclear(pgd_hva, pgd_size);
+	if (!pgd)
+		goto err_remove_mappings;
 
-	if (shadow_size != pkvm_get_shadow_size(nr_vcpus)) {
-		ret = -EINVAL;
-		goto err_unpin_kvm;
-	}
-
-	ret = __pkvm_host_donate_hyp(hyp_phys_to_pfn(shadow_hva), shadow_size >> PAGE_SHIFT);
+	ret = set_host_vcpus(vm->shadow_vcpu_states, nr_vcpus, pgd, pgd_size);
 	if (ret)
-		goto err_unpin_kvm;
+		goto err_remove_mappings;
 
-	ret = __pkvm_host_donate_hyp(hyp_phys_to_pfn(pgd_hva), pgd_size >> PAGE_SHIFT);
-	if (ret)
-		goto err_return_shadow;
-
-	/* The host wrote these pages; nothing in them is trusted. */
-	memset(vm, 0, shadow_size);
-	memset(hyp_va(pgd_hva), 0, pgd_size);
-
-	ret = set_host_vcpus(vm->shadow_vcpu_states, nr_vcpus, host_kvm->vcpus,
-			     sizeof(host_kvm->vcpus));
-	if (ret)
-		goto err_return_pgd;
-
-	init_shadow_structs(host_kvm, vm, nr_vcpus);
-
-	hyp_spin_lock(&shadow_lock);
-	ret = insert_shadow_table(host_kvm, vm, shadow_size);
+	ret = init_shadow_structs(kvm, vm, nr_vcpus);
 	if (ret < 0)
-		goto err_unlock;
+		goto err_unpin_host_vcpus;
 
-	ret = kvm_guest_prepare_stage2(vm, hyp_va(pgd_hva));
+	/* Add the entry to the shadow table. */
+	hyp_spin_lock(&shadow_lock);
+	ret = insert_shadow_table(kvm, vm, shadow_size);
+	if (ret < 0)
+		goto err_unlock_unpin_host_vcpus;
+
+	ret = kvm_guest_prepare_stage2(vm, pgd);
 	if (ret)
-		goto err_remove_table_entry;	/* it only records the PGD today */
+		goto err_remove_shadow_table;
 	hyp_spin_unlock(&shadow_lock);
 
 	return vm->kvm.arch.pkvm.shadow_handle;
 
-err_remove_table_entry:
-	shadow_table[shadow_handle_to_idx(vm->kvm.arch.pkvm.shadow_handle)] = NULL;
-	nr_shadow_entries--;
-err_unlock:
+err_remove_shadow_table:
+	remove_shadow_table(vm->kvm.arch.pkvm.shadow_handle);
+err_unlock_unpin_host_vcpus:
 	hyp_spin_unlock(&shadow_lock);
+err_unpin_host_vcpus:
 	unpin_host_vcpus(vm->shadow_vcpu_states, nr_vcpus);
-err_return_pgd:
-	WARN_ON(__pkvm_hyp_donate_host(hyp_phys_to_pfn(pgd_hva), pgd_size >> PAGE_SHIFT));
-err_return_shadow:
-	memset(vm, 0, shadow_size);
-	WARN_ON(__pkvm_hyp_donate_host(hyp_phys_to_pfn(shadow_hva), shadow_size >> PAGE_SHIFT));
+err_remove_mappings:
+	unmap_donated_memory(vm, shadow_size);
+	unmap_donated_memory_noclear(pgd, pgd_size);
 err_unpin_kvm:
-	hyp_unpin_shared_mem(host_kvm, host_kvm + 1);
+	hyp_unpin_shared_mem(kvm, kvm + 1);
 	return ret;
 }
 
+/*
+ * The seed's teardown: refuse while the VM is still referenced, make sure no
+ * TLB entry tagged with its VMID survives *before* the slot (and so the VMID)
+ * can be handed to another VM, and only then give everything back.
+ */
 int __pkvm_teardown_shadow(unsigned int shadow_handle)
 {
 	struct kvm_shadow_vm *vm;
 	size_t shadow_size;
-	unsigned int nr_vcpus;
+	int err;
 
+	/* Lookup then remove entry from the shadow table. */
 	hyp_spin_lock(&shadow_lock);
 	vm = find_shadow_by_handle(shadow_handle);
 	if (!vm) {
-		hyp_spin_unlock(&shadow_lock);
-		return -ENOENT;
+		err = -ENOENT;
+		goto err_unlock;
 	}
-	shadow_table[shadow_handle_to_idx(shadow_handle)] = NULL;
-	nr_shadow_entries--;
+
+	/*
+	 * A loaded vCPU holds a reference on the shadow area's first page
+	 * (hyp_page_ref_inc() in the vCPU load path).  Upstream wraps this test
+	 * in WARN_ON(); a WARN at EL2 stops the lab's machine, so the lab only
+	 * returns the error.
+	 */
+	if (unlikely(hyp_page_count(vm))) {
+		err = -EBUSY;
+		goto err_unlock;
+	}
+
+	/* Ensure the VMID is clean before it can be reallocated */
+	__kvm_tlb_flush_vmid(&vm->kvm.arch.mmu);
+	remove_shadow_table(shadow_handle);
 	hyp_spin_unlock(&shadow_lock);
 
-	/* Nothing below can fail: every page involved was checked when it came in. */
+	/* Reclaim guest pages (including page-table pages) */
 	reclaim_guest_pages(vm);
-	nr_vcpus = vm->kvm.created_vcpus;
-	unpin_host_vcpus(vm->shadow_vcpu_states, nr_vcpus);
-	hyp_unpin_shared_mem(vm->host_kvm, vm->host_kvm + 1);
+	unpin_host_vcpus(vm->shadow_vcpu_states, vm->kvm.created_vcpus);
+
 	shadow_size = vm->shadow_area_size;
+	hyp_unpin_shared_mem(vm->host_kvm, vm->host_kvm + 1);
+
 	memset(vm, 0, shadow_size);
-	WARN_ON(__pkvm_hyp_donate_host(hyp_virt_to_pfn(vm), shadow_size >> PAGE_SHIFT));
+	unmap_donated_memory_noclear(vm, shadow_size);
 	return 0;
+
+err_unlock:
+	hyp_spin_unlock(&shadow_lock);
+	return err;
 }
 
 int __pkvm_host_donate_guest(u64 pfn, u64 gfn, unsigned int shadow_handle)

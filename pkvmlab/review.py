@@ -3,6 +3,12 @@
 ``check_seed(lab)`` drives the shadow VM table through what the seed patch promises (handles, VMIDs,
 round-robin allocation, every errno, a full table, nothing leaked) and says, for each, what was expected
 and what happened.  Notebook 6 uses it to show the effect of the review's suggested changes.
+
+Each expectation is the seed's text ([PATCH v2 12/24] "KVM: arm64: Introduce shadow VM state at EL2",
+arch/arm64/kvm/hyp/nvhe/pkvm.c), named in the check: ``check_shadow_size`` (-EINVAL for a bad vCPU count,
+-ENOMEM for a too-small area), ``insert_shadow_table`` (-EEXIST, -ENOMEM when full, round-robin from
+``next_shadow_alloc``), ``find_shadow_by_handle`` (-ENOENT) and ``__pkvm_teardown_shadow`` (-EBUSY while
+``hyp_page_count(vm)`` is not 0).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from html import escape
 
 from pkvmlab.errors import HypercallError, PkvmLabError
+from pkvmlab.host.vm import write_vcpu_array
 
 HANDLE_OFFSET = 0x1000
 KVM_MAX_PVMS = 255
@@ -104,16 +111,21 @@ def check_seed(lab, *, full_table: bool = True) -> SeedReport:
         return _finish(lab, checks, vms, before_pool, before_own)
 
     # Raw hypercalls with pages the host keeps for the purpose (given back at the end, whatever hyp did).
+    # The seed passes the host's vCPU pointers in the PGD; set_host_vcpus() pins them before the insert.
     shadow, pgd, kvm = host.alloc_pages(1), host.alloc_pages(2, align=2), host.alloc_pages(1)
-    checks.append(Check("a second shadow for the same struct kvm", "-EEXIST",
+    write_vcpu_array(host, pgd << 12, a.vcpus)
+    checks.append(Check("insert_shadow_table: a second shadow for the same struct kvm", "-EEXIST",
                         _outcome(lambda: host.init_shadow(a.host_kvm, shadow << 12, a.shadow_size, pgd << 12))))
+    _outcome(lambda: write_vcpu_array(host, pgd << 12, a.vcpus))   # a failed init may have zeroed what it took
     host.write(kvm << 12, bytes(lab.fw.layout("struct kvm").size))
     host.share_hyp(kvm)
-    checks.append(Check("zero vCPUs", "-EINVAL",
+    checks.append(Check("check_shadow_size: zero vCPUs", "-EINVAL",
                         _outcome(lambda: host.init_shadow(kvm << 12, shadow << 12, a.shadow_size, pgd << 12))))
-    checks.append(Check("a shadow_size that does not fit the vCPUs", "-EINVAL",
-                        _outcome(lambda: host.init_shadow(a.host_kvm, shadow << 12, a.shadow_size + 0x1000, pgd << 12))))
+    checks.append(Check("check_shadow_size: a shadow area too small for the vCPUs", "-ENOMEM",
+                        _outcome(lambda: host.init_shadow(a.host_kvm, shadow << 12, 0, pgd << 12))))
     _outcome(lambda: host.unshare_hyp(kvm))
+    checks.append(Check("__pkvm_teardown_shadow while the VM is referenced (hyp_page_count)", "-EBUSY",
+                        _referenced_teardown(lab, a)))
 
     for handle in (0, HANDLE_OFFSET - 1, HANDLE_OFFSET + KVM_MAX_PVMS, b.handle):
         checks.append(Check(f"teardown of handle {handle:#x}", "-ENOENT",
@@ -132,6 +144,22 @@ def check_seed(lab, *, full_table: bool = True) -> SeedReport:
         checks.append(Check("the largest VMID in a full table", str(KVM_MAX_PVMS),
                             str(max((s.vmid for s in t.vms), default=0))))
     return _finish(lab, checks, vms, before_pool, before_own)
+
+
+def _referenced_teardown(lab, vm) -> str:
+    """Tear ``vm`` down while its shadow area's first page holds a reference, as a loaded vCPU would.
+
+    The lab has no vCPU load yet, so the debugger takes the reference in hyp_vmemmap and drops it after.
+    """
+    lay = lab.fw.layout("hyp_page")
+    field = lay.field("refcount")
+    entry = lab.hyp.read_global("hyp_vmemmap") + (vm.shadow_va - lab.core.ram_base) // 4096 * lay.size + field.offset
+    old = lab.core.phys.read(entry, field.size)
+    lab.core.phys.write(entry, (1).to_bytes(field.size, "little"))
+    try:
+        return _outcome(lambda: lab.host.teardown_shadow(vm.handle))
+    finally:
+        lab.core.phys.write(entry, old)
 
 
 def _finish(lab, checks: list[Check], vms: list, before_pool: int, before_own) -> SeedReport:

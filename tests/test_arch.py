@@ -113,3 +113,17 @@ def test_descriptor_kinds_and_owner_annotation():
     assert Descriptor(1 << 2, 2, 2).owner == 1 and pte_owner(2 << 2) == 2
     assert host_page_state(0) == PageState.OWNED and host_page_state(1 << 2) == PageState.NOPAGE
     assert granule(1) == 1 << 30 and granule(2) == 2 << 20 and granule(3) == 4096
+
+
+def test_pkvm_nopage_is_not_an_encoding_of_the_software_bits():
+    """upstream (seed era), nvhe/mem_protect.h, enum pkvm_page_state: SW1:SW0 = 11 is __PKVM_PAGE_RESERVED, and
+    PKVM_NOPAGE is a meta-state "which isn't encoded directly in the PTE's SW bits": it is what an invalid
+    entry means, so it has no descriptor bits and 11 in a valid leaf reads as RESERVED."""
+    from pkvmlab.arch import pgtable as pt
+
+    assert pt.pte_state(pt.VALID | pt.SW0 | pt.SW1) == pt.PageState.RESERVED
+    assert pt.STATE_NAMES[pt.PageState.RESERVED] == "__PKVM_PAGE_RESERVED"
+    assert pt.hyp_page_state(0) == pt.hyp_page_state(pt.SW0 | pt.SW1) == pt.PageState.NOPAGE
+    assert pt.host_page_state(1 << pt.OWNER_SHIFT) == pt.PageState.NOPAGE
+    with pytest.raises(ValueError):
+        pt.state_bits(pt.PageState.NOPAGE)

@@ -13,7 +13,7 @@ def test_the_firmware_as_shipped_passes_every_seed_check(lab: Lab):
     """Every behaviour the seed promises holds on firmware/, and the checker leaves no VM behind."""
     report = check_seed(lab)
     assert report.ok, repr(report)
-    assert len(report.checks) >= 14
+    assert len(report.checks) >= 15
     assert lab.hyp.shadow_table().nr_shadow_entries == 0
 
 
@@ -33,13 +33,13 @@ def test_an_errno_swallowed_by_an_unsigned_compare_is_caught(tmp_path, monkeypat
     """Keeping insert_shadow_table's result in an unsigned int loses -EEXIST: the checker reports it, no exception."""
     monkeypatch.setenv("PKVMLAB_CACHE", str(tmp_path / "cache"))
     src = copy_firmware(tmp_path / "fw")
-    edit(src / "pkvm.c", "\tret = insert_shadow_table(host_kvm, vm, shadow_size);\n\tif (ret < 0)",
-         "\thandle = insert_shadow_table(host_kvm, vm, shadow_size);\n\tif (handle < 0)")
-    edit(src / "pkvm.c", "\tunsigned int nr_vcpus;\n\tint ret;\n\n\tret = check_shadow_args",
-         "\tunsigned int nr_vcpus, handle;\n\tint ret;\n\n\tret = check_shadow_args")
+    edit(src / "pkvm.c", "\tret = insert_shadow_table(kvm, vm, shadow_size);\n\tif (ret < 0)",
+         "\thandle = insert_shadow_table(kvm, vm, shadow_size);\n\tif (handle < 0)")
+    edit(src / "pkvm.c", "\tunsigned int nr_vcpus;\n\tsize_t pgd_size = 0;",
+         "\tunsigned int nr_vcpus, handle;\n\tsize_t pgd_size = 0;")
     report = check_seed(Lab(firmware=src), full_table=False)
     failed = {c.name: c.got for c in report.failed()}
-    assert failed["a second shadow for the same struct kvm"] == "ok"
+    assert failed["insert_shadow_table: a second shadow for the same struct kvm"] == "ok"
 
 
 def test_edit_refuses_text_that_is_not_there_exactly_once(tmp_path):
@@ -51,3 +51,26 @@ def test_edit_refuses_text_that_is_not_there_exactly_once(tmp_path):
     assert p.read_text() == "a\nb\nb\n"
     d = edit(p, "a\n", "z\n")
     assert d.startswith("--- a/f.c") and "-a\n+z\n" in d and p.read_text() == "z\nb\nb\n"
+
+
+def test_a_teardown_that_ignores_the_vm_reference_is_caught(tmp_path, monkeypatch):
+    """Seed, __pkvm_teardown_shadow: "if (WARN_ON(hyp_page_count(vm))) ... -EBUSY".  Dropping that test lets a
+    referenced VM be torn down: the checker reports "ok" where the seed says -EBUSY."""
+    monkeypatch.setenv("PKVMLAB_CACHE", str(tmp_path / "cache"))
+    src = copy_firmware(tmp_path / "fw")
+    edit(src / "pkvm.c", "\tif (unlikely(hyp_page_count(vm))) {", "\tif (0) {")
+    report = check_seed(Lab(firmware=src), full_table=False)
+    failed = {c.name: c.got for c in report.failed()}
+    assert failed["__pkvm_teardown_shadow while the VM is referenced (hyp_page_count)"] == "ok"
+
+
+def test_check_shadow_size_errnos_follow_the_seed(tmp_path, monkeypatch):
+    """Seed, check_shadow_size: a too-small area is -ENOMEM; a checker given -EINVAL there (the lab's old answer)
+    fails that line."""
+    monkeypatch.setenv("PKVMLAB_CACHE", str(tmp_path / "cache"))
+    src = copy_firmware(tmp_path / "fw")
+    edit(src / "pkvm.c", "\tif (shadow_size < pkvm_get_shadow_size(nr_vcpus))\n\t\treturn -ENOMEM;",
+         "\tif (shadow_size < pkvm_get_shadow_size(nr_vcpus))\n\t\treturn -EINVAL;")
+    report = check_seed(Lab(firmware=src), full_table=False)
+    failed = {c.name: c.got for c in report.failed()}
+    assert failed == {"check_shadow_size: a shadow area too small for the vCPUs": "-EINVAL"}

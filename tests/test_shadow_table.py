@@ -15,7 +15,7 @@ from conftest import assert_invariants
 
 from pkvmlab import HostAccessFault, HypercallError, Lab
 from pkvmlab.arch.pgtable import ADDR_MASK, TYPE, VALID, granule_shift, host_page_state, hyp_page_state, pte_owner
-from pkvmlab.host.vm import host_layouts, write_kvm, write_vcpu
+from pkvmlab.host.vm import host_layouts, write_kvm, write_vcpu, write_vcpu_array
 
 PAGE = 4096
 HANDLE_OFFSET = 0x1000
@@ -113,6 +113,7 @@ def raw_host_vm(lab: Lab, nr_vcpus: int = 2, *, created_vcpus: int | None = None
     size = lay.shadow_size(max(nr_vcpus, 1))
     shadow = h.alloc_pages(size // PAGE) * PAGE
     pgd = h.alloc_pages(2, align=2) * PAGE
+    write_vcpu_array(h, pgd, vcpus)   # the seed passes the host's vCPU pointers in the PGD
     return kvm, vcpus, shadow, size, pgd
 
 
@@ -181,6 +182,7 @@ def test_insert_shadow_table_EEXIST_for_the_same_host_kvm(lab):
     vm = lab.host.create_vm(2)
     h = lab.host
     shadow, pgd = h.alloc_pages(1) * PAGE, h.alloc_pages(2, align=2) * PAGE
+    write_vcpu_array(h, pgd, vm.vcpus)   # set_host_vcpus runs before insert_shadow_table in the seed
     before = trace(lab)
     expect_errno(errno.EEXIST, h.init_shadow, vm.host_kvm, shadow, vm.shadow_size, pgd)
     step(lab)
@@ -196,16 +198,141 @@ def test_init_shadow_EINVAL_for_zero_vcpus(lab):
     assert trace(lab) == before
 
 
-@pytest.mark.parametrize("delta", [-PAGE, PAGE, 8, -8, 1 << 40])
-def test_init_shadow_EINVAL_for_wrong_shadow_size(lab, delta):
-    """Seed: the shadow area must be exactly PAGE_ALIGN(sizeof(struct kvm_shadow_vm) + nr_vcpus *
-    sizeof(struct kvm_shadow_vcpu_state)); anything else -> -EINVAL."""
-    kvm, _, shadow, size, pgd = raw_host_vm(lab, 2)
+def test_check_shadow_size_EINVAL_for_more_vcpus_than_KVM_MAX_VCPUS(lab):
+    """Seed, check_shadow_size: "if (nr_vcpus < 1 || nr_vcpus > KVM_MAX_VCPUS) return -EINVAL"."""
+    lay = host_layouts(lab.host)
+    kvm, _, shadow, size, pgd = raw_host_vm(lab, 1, created_vcpus=lay.max_vcpus + 1)
     before = trace(lab)
-    expect_errno(errno.EINVAL, lab.host.init_shadow, kvm, shadow, size + delta, pgd)
+    expect_errno(errno.EINVAL, lab.host.init_shadow, kvm, shadow, size, pgd)
     step(lab)
     assert trace(lab) == before
+
+
+def test_check_shadow_size_ENOMEM_for_an_area_too_small(lab):
+    """Seed, check_shadow_size: "if (shadow_size < pkvm_get_shadow_size(nr_vcpus)) return -ENOMEM" --
+    too little memory is -ENOMEM, not -EINVAL (only a bad vCPU count is -EINVAL)."""
+    kvm, _, shadow, size, pgd = raw_host_vm(lab, 8)
+    before = trace(lab)
+    for small in (0, size - PAGE):
+        expect_errno(errno.ENOMEM, lab.host.init_shadow, kvm, shadow, small, pgd)
+        step(lab)
+        assert trace(lab) == before
     assert lab.host.init_shadow(kvm, shadow, size, pgd) == HANDLE_OFFSET   # the right size works
+
+
+def test_check_shadow_size_accepts_a_larger_area(lab):
+    """Seed, check_shadow_size: "Shadow size is rounded up when allocated and donated by the host, so it's
+    likely to be larger than the sum of the struct sizes": a larger area is accepted, recorded in
+    shadow_area_size, and all of it goes back at teardown."""
+    kvm, vcpus, _, size, pgd = raw_host_vm(lab, 2)
+    shadow = lab.host.alloc_pages(size // PAGE + 2) * PAGE
+    handle = lab.host.init_shadow(kvm, shadow, size + 2 * PAGE, pgd)
+    step(lab)
+    slot = lab.hyp.shadow_table().by_handle(handle)
+    assert slot.shadow_area_size == size + 2 * PAGE and slot.host_vcpus == vcpus
+    with pytest.raises(HostAccessFault):
+        lab.host.read_u64(shadow + size + PAGE)          # the extra pages were donated too
+    lab.host.teardown_shadow(handle)
+    step(lab)
+    assert lab.host.read_u64(shadow + size + PAGE) == 0  # and come back zeroed
+
+
+@pytest.mark.parametrize("delta", [8, -8])
+def test_map_donated_memory_ENOMEM_for_an_area_that_is_not_whole_pages(lab, delta):
+    """Seed, map_donated_memory_noclear: "if (!PAGE_ALIGNED(va) || !PAGE_ALIGNED(size)) return NULL", and
+    __pkvm_init_shadow turns a NULL mapping into -ENOMEM."""
+    kvm, _, shadow, size, pgd = raw_host_vm(lab, 2)
+    before = trace(lab)
+    expect_errno(errno.ENOMEM, lab.host.init_shadow, kvm, shadow, size + delta, pgd)
+    expect_errno(errno.ENOMEM, lab.host.init_shadow, kvm, shadow + 8, size, pgd)
+    step(lab)
+    assert trace(lab) == before
+
+
+def test_set_host_vcpus_reads_the_vcpu_array_from_the_pgd_not_from_struct_kvm(lab):
+    """Seed, __pkvm_init_shadow: "An array to the host KVM VCPUs (host VA) is passed via the pgd, as to not to
+    be dependent on how the VCPU's are layed out in struct kvm": map_donated_memory_noclear(pgd),
+    set_host_vcpus(..., pgd, pgd_size).  struct kvm's own vcpus[] is never read; the PGD is zeroed
+    before it becomes the guest's stage-2 table (the lab's kvm_guest_prepare_stage2)."""
+    h, lay = lab.host, host_layouts(lab.host)
+    kvm, vcpus, shadow, size, pgd = raw_host_vm(lab, 2)
+    h.write_u64(kvm + lay.off["kvm.vcpus"][0], 0xdead000)       # garbage where struct kvm keeps them
+    h.write_u64(kvm + lay.off["kvm.vcpus"][0] + 8, 0xbeef000)
+    handle = h.init_shadow(kvm, shadow, size, pgd)
+    step(lab)
+    assert lab.hyp.shadow_table().by_handle(handle).host_vcpus == vcpus
+    assert lab.core.phys.read(pgd, 2 * PAGE) == bytes(2 * PAGE), "the vCPU array must not stay in the guest's PGD"
+
+
+def test_set_host_vcpus_EBUSY_for_a_vcpu_pointer_hyp_cannot_pin(lab):
+    """Seed, set_host_vcpus: a host vCPU that hyp_pin_shared_mem() refuses -> unpin the ones before, -EBUSY."""
+    kvm, _, shadow, size, pgd = raw_host_vm(lab, 2)
+    lab.host.write_u64(pgd + 8, lab.core.ram_base + PAGE)   # the second pointer: into hyp's carve-out
+    before = trace(lab)
+    expect_errno(errno.EBUSY, lab.host.init_shadow, kvm, shadow, size, pgd)
+    step(lab)
+    assert trace(lab) == before
+
+
+def test_the_labs_own_checks_refuse_a_pgd_not_aligned_to_its_size_and_a_misaligned_kvm(lab):
+    """Not in the seed (its map_donated_memory_noclear only needs whole pages): the lab refuses, with -EINVAL,
+    a PGD not aligned to its 8 KiB size -- concatenated stage-2 tables must be (VTTBR_EL2.BADDR), and the
+    lab's guests use the PGD at once -- and a struct kvm pointer that is not 8-byte aligned."""
+    kvm, _, shadow, size, pgd = raw_host_vm(lab, 2)
+    before = trace(lab)
+    expect_errno(errno.EINVAL, lab.host.init_shadow, kvm, shadow, size, pgd + PAGE)
+    expect_errno(errno.EINVAL, lab.host.init_shadow, kvm + 4, shadow, size, pgd)
+    step(lab)
+    assert trace(lab) == before
+
+
+def test_teardown_EBUSY_while_the_vm_is_still_referenced(lab):
+    """Seed, __pkvm_teardown_shadow: "if (WARN_ON(hyp_page_count(vm))) { err = -EBUSY; ...}" -- a loaded vCPU
+    holds a reference on the shadow area's first page.  The lab has no vCPU load yet, so the test takes the
+    reference itself (the debugger bumps the page's refcount in hyp_vmemmap); the VM must stay, untouched."""
+    vm = lab.host.create_vm(2)
+    vm.donate(3)
+    lay = lab.fw.layout("hyp_page")
+    entry = lab.hyp.read_global("hyp_vmemmap") + (vm.shadow_va - lab.core.ram_base) // PAGE * lay.size
+    off, n = lay.offset("refcount"), lay.field("refcount").size
+    lab.core.phys.write(entry + off, (1).to_bytes(n, "little"))
+    before = trace(lab)
+    expect_errno(errno.EBUSY, lab.host.teardown_shadow, vm.handle)
+    assert trace(lab) == before
+    assert lab.hyp.shadow_table().by_handle(vm.handle) is not None
+    lab.core.phys.write(entry + off, bytes(n))                  # the reference is dropped: now it may go
+    vm.teardown()
+    step(lab)
+    assert lab.hyp.shadow_table().nr_shadow_entries == 0
+
+
+def test_teardown_flushes_the_vmid_under_the_lock_before_the_slot_is_released(lab):
+    """Seed, __pkvm_teardown_shadow: "Ensure the VMID is clean before it can be reallocated":
+    __kvm_tlb_flush_vmid(&vm->kvm.arch.mmu) runs with shadow_lock held and the slot still holding the VM,
+    then remove_shadow_table().  (VMID = index + 1, so a freed slot hands its VMID to the next VM there.)
+    Observed on the core: a code hook at __kvm_tlb_flush_vmid records the slot and the lock."""
+    from unicorn import UC_HOOK_CODE
+
+    vm = lab.host.create_vm(1)
+    vm.donate(5)
+    table = lab.hyp.read_global("shadow_table")
+    lock = next(a for n, a in lab.fw.symbols.items() if n.split(".")[0] == "shadow_lock")   # static: "shadow_lock.0"
+    slot_addr = table + 8 * vm.index
+    seen = []
+
+    def at_flush(uc, address, size, user):
+        seen.append((lab.core.phys.read_u64(slot_addr), lab.core.phys.read_u32(lock)))
+
+    addr = lab.fw.symbol("__kvm_tlb_flush_vmid")
+    h = lab.core.uc.hook_add(UC_HOOK_CODE, at_flush, begin=addr, end=addr)
+    lab.core.uc.ctl_flush_tb()
+    try:
+        vm.teardown()
+    finally:
+        lab.core.uc.hook_del(h)
+    assert seen == [(vm.shadow_va, 1)], "flushed once, with the slot still taken and shadow_lock held"
+    assert lab.core.phys.read_u64(slot_addr) == 0
+    step(lab)
 
 
 def test_shadow_size_matches_dwarf(lab):
@@ -315,7 +442,9 @@ def test_failed_init_leaves_no_trace(lab, case):
     share = (False, True, True) if case == "kvm not shared" else \
         (True, True, False) if case == "second vcpu not shared" else None
     kvm, vcpus, shadow, size, pgd = raw_host_vm(lab, 2, share=share)
-    want = errno.EBUSY if case.startswith(("second vcpu", "vcpu pointer")) else errno.EPERM
+    # Seed: a failed pin returns hyp_pin_shared_mem's error (kvm) or -EBUSY (a vCPU, set_host_vcpus);
+    # a donation that fails makes map_donated_memory() return NULL, which __pkvm_init_shadow reports as -ENOMEM.
+    want = errno.EBUSY if case.startswith(("second vcpu", "vcpu pointer")) else errno.ENOMEM
     if case == "pgd not owned":
         h.share_hyp(pgd // PAGE + 1)
     elif case == "pgd is hyp's":
@@ -326,8 +455,7 @@ def test_failed_init_leaves_no_trace(lab, case):
         shadow = other.pgd
     elif case.startswith("vcpu pointer"):
         bad = lab.core.ram_base + PAGE if "carve-out" in case else 0x1000
-        lay = host_layouts(h)
-        h.write_u64(kvm + lay.off["kvm.vcpus"][0] + 8, bad)
+        h.write_u64(pgd + 8, bad)   # the vCPU array travels in the PGD
     elif case == "kvm not shared":
         want = errno.EPERM
     step(lab)
@@ -375,6 +503,7 @@ def test_hostile_init_shadow_arguments_get_an_errno_never_a_panic(lab, case):
     assert e.value.errno in (errno.EINVAL, errno.EPERM, errno.EBUSY, errno.ENOMEM)
     step(lab)
     assert trace(lab) == before
+    write_vcpu_array(lab.host, pgd, vcpus)   # a failed init zeroes what it took as the shadow area (maybe the PGD)
     assert lab.host.init_shadow(kvm, shadow, size, pgd) == HANDLE_OFFSET
 
 

@@ -24,7 +24,8 @@ CATEGORY_INDEX = {key: i for i, (key, _, _) in enumerate(PAGE_CATEGORIES)}
 NOT_RAM_COLOR = "#ffffff"
 
 STATE_COLORS = {PageState.OWNED: "#4c78a8", PageState.SHARED_OWNED: "#b279a2",
-                PageState.SHARED_BORROWED: "#e45756", PageState.NOPAGE: "#bab0ac"}
+                PageState.SHARED_BORROWED: "#e45756", PageState.NOPAGE: "#bab0ac",
+                PageState.RESERVED: "#000000"}
 
 # Translation diagrams: one colour per index field of the input address, by level, and the page offset.
 LEVEL_COLORS = {0: "#9467bd", 1: "#1f77b4", 2: "#2ca02c", 3: "#ff7f0e"}

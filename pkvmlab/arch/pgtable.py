@@ -50,12 +50,21 @@ class Owner(IntEnum):
 
 
 class PageState(IntEnum):
-    """pKVM's page states: the SW0/SW1 bits of a valid leaf (``enum pkvm_page_state``)."""
+    """pKVM's page states (``enum pkvm_page_state``), as SW1:SW0 of a valid leaf.
+
+    upstream (seed era): arch/arm64/kvm/hyp/include/nvhe/mem_protect.h, ``enum pkvm_page_state``:
+    SW1:SW0 = 11 is ``__PKVM_PAGE_RESERVED`` ("reserved for future use (lending)"), and ``PKVM_NOPAGE``
+    is a meta-state that "isn't encoded directly in the PTE's SW bits": it is derived from an invalid
+    entry (``host_page_state``/``hyp_page_state`` below), never written.  Here it takes the value after
+    RESERVED, as the C enumerator does.  (Mainline since 2025 stores host/hyp state in ``struct hyp_page``
+    and reuses 0b11 there for NOPAGE: nvhe/memory.h, "Use 0b11 for encoding PKVM_NOPAGE".)
+    """
 
     OWNED = 0
     SHARED_OWNED = 1
     SHARED_BORROWED = 2
-    NOPAGE = 3
+    RESERVED = 3
+    NOPAGE = 4
 
 
 OWNER_NAMES = {o: f"PKVM_ID_{o.name}" for o in Owner}
@@ -68,15 +77,19 @@ def owner_name(owner: int) -> str:
         return OWNER_NAMES[Owner(owner)]
     return "no owner" if owner == NO_OWNER else f"unknown owner {owner}"
 STATE_NAMES = {PageState.OWNED: "PKVM_PAGE_OWNED", PageState.SHARED_OWNED: "PKVM_PAGE_SHARED_OWNED",
-               PageState.SHARED_BORROWED: "PKVM_PAGE_SHARED_BORROWED", PageState.NOPAGE: "PKVM_NOPAGE"}
+               PageState.SHARED_BORROWED: "PKVM_PAGE_SHARED_BORROWED", PageState.RESERVED: "__PKVM_PAGE_RESERVED",
+               PageState.NOPAGE: "PKVM_NOPAGE"}
 
 
 def pte_state(pte: int) -> PageState:
-    """The page state held in a valid leaf's SW0/SW1."""
+    """The page state held in a valid leaf's SW0/SW1 (11 reads as RESERVED: pKVM never writes it)."""
     return PageState((pte >> STATE_SHIFT) & 3)
 
 
 def state_bits(state: PageState) -> int:
+    """The SW1:SW0 bits that encode ``state`` in a valid leaf; NOPAGE has none (it is "no valid leaf")."""
+    if state == PageState.NOPAGE:
+        raise ValueError("PKVM_NOPAGE is not encoded in a descriptor: it is what an invalid entry means")
     return int(state) << STATE_SHIFT
 
 

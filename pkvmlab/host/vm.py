@@ -6,9 +6,16 @@ The host's steps, in order (what ``pkvm_create_hyp_vm`` does upstream, with the 
    (layouts from the firmware's DWARF, never typed twice);
 2. share those pages with hyp (``__pkvm_host_share_hyp``): hyp pins them while the VM lives;
 3. allocate the shadow area (``PAGE_ALIGN(sizeof(struct kvm_shadow_vm) + n * sizeof(struct
-   kvm_shadow_vcpu_state))``) and the stage-2 PGD (``kvm_pgtable_stage2_pgd_size``: 2 pages, 8 KiB
-   aligned); ``__pkvm_init_shadow`` takes both by donation and returns the handle;
+   kvm_shadow_vcpu_state))``) and the stage-2 PGD (``kvm_pgtable_stage2_pgd_size``: 2 pages), and
+   write the array of vCPU pointers into the PGD: the seed passes it there "as to not to be
+   dependent on how the VCPU's are layed out in struct kvm" (hyp maps the PGD without clearing,
+   checks the array fits in it, reads it, then zeroes the PGD for the guest's stage 2);
+   ``__pkvm_init_shadow`` takes both by donation and returns the handle;
 4. record the handle in ``kvm->arch.pkvm.shadow_handle`` (a store to a shared page).
+
+upstream: the seed, [PATCH v2 12/24] "KVM: arm64: Introduce shadow VM state at EL2", __pkvm_init_shadow
+(arch/arm64/kvm/hyp/nvhe/pkvm.c).  In mainline today each vCPU has its own hypercall instead
+(``__pkvm_init_vm`` then ``__pkvm_init_vcpu`` per vCPU, same file).
 
 Teardown is the reverse: ``__pkvm_teardown_shadow`` gives back the shadow area, the PGD and every
 guest page (zeroed), then the host unshares and frees its own structures.
@@ -141,6 +148,12 @@ def write_kvm(host, lay: HostLayouts, kvm: int, nr_vcpus: int, vcpus: tuple[int,
     return buf
 
 
+def write_vcpu_array(host, pgd: int, vcpus: tuple[int, ...]) -> None:
+    """Write the host's vCPU pointers at the start of the PGD it is about to donate (the seed's way to pass them)."""
+    data = b"".join(v.to_bytes(8, "little") for v in vcpus)
+    host.write(pgd, data + bytes(_padded(len(data)) - len(data)))
+
+
 def set_kvm_field(host, lay: HostLayouts, kvm: int, buf: bytearray, name: str, value: int) -> None:
     """Update one field of the host's ``struct kvm`` with a single 8-byte store of the word that holds it."""
     _put(buf, lay, name, value)
@@ -183,8 +196,9 @@ def create_vm(host, nr_vcpus: int = 2) -> VM:
         shadow_size = lay.shadow_size(nr_vcpus)
         shadow_pfn = host.alloc_pages(shadow_size // PAGE)
         given.append((shadow_pfn, shadow_size // PAGE))
-        pgd_pfn = host.alloc_pages(lay.pgd_pages, align=lay.pgd_pages)
+        pgd_pfn = host.alloc_pages(lay.pgd_pages, align=lay.pgd_pages)   # concatenated tables: size-aligned
         given.append((pgd_pfn, lay.pgd_pages))
+        write_vcpu_array(host, pgd_pfn * PAGE, vcpus)
         handle = host.init_shadow(kvm, shadow_pfn * PAGE, shadow_size, pgd_pfn * PAGE)
     except BaseException:
         still_shared = _unshare_all(host, reversed(shared))

@@ -1,9 +1,10 @@
 """What must hold of every ownership snapshot, whatever the host did: pKVM's memory invariants.
 
 ``check_invariants(snapshot)`` returns every violation (an empty list when all is well), one per
-run of consecutive pages broken the same way, each with a one-sentence message.  Like the
-Cambridge ghost specification's checks, it works on the abstract state (who owns what, who maps
-what) read back from the page tables, not on anything the firmware says about itself.
+run of consecutive pages broken the same way, each with a one-sentence message.  Like the checks of
+the Cambridge executable specification of pKVM (Memarian et al., "Executable Specification of a
+Production Hypervisor", 2025), it works on the abstract state (who owns what, who maps what) read back
+from the page tables, not on anything the firmware says about itself.
 
 The rules, per page of RAM:
 - ``owner``: exactly one component owns it (OWNED or SHARED_OWNED in its table; a page annotated

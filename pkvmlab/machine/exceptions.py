@@ -99,7 +99,8 @@ def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple
         esr = E.data_abort(lower=True, fsc=fsc, wnr=acc.write, isv=acc.isv, sas=acc.sas, sse=acc.sse,
                            srt=acc.srt, sf=acc.sf, ar=acc.ar, s1ptw=s1ptw)
     ipa = far  # stage 1 is off at EL1: VA = IPA
-    enter(core, 2, pstate=pstate, elr=pc, esr=esr, far=far, hpfar=(ipa >> 12) << 4)
+    hpfar = ((ipa >> 12) & ((1 << 36) - 1)) << 4   # HPFAR_EL2.FIPA, bits [39:4], holds IPA[47:12]
+    enter(core, 2, pstate=pstate, elr=pc, esr=esr, far=far, hpfar=hpfar)
     return pc, far
 
 

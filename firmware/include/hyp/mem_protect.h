@@ -1,7 +1,10 @@
 /*
- * Who owns each page, kept in the page tables themselves (as pKVM does):
+ * Who owns each page, kept in the page tables themselves, as pKVM did in the
+ * seed's era (upstream: arch/arm64/kvm/hyp/include/nvhe/mem_protect.h, 2022):
  * host stage-2 and hyp stage-1 leaves carry the page state in SW0/SW1, and an
- * invalid host stage-2 entry carries the id of the page's owner.
+ * invalid host stage-2 entry carries the id of the page's owner.  In mainline
+ * today the host's and hyp's states live in hyp_vmemmap (struct hyp_page,
+ * nvhe/memory.h) and only a guest's state stays in its PTEs.
  */
 #ifndef __HYP_MEM_PROTECT_H__
 #define __HYP_MEM_PROTECT_H__
@@ -14,11 +17,19 @@ enum pkvm_component_id {
 	PKVM_ID_GUEST = 2,
 };
 
+/*
+ * SW1:SW0 of a valid leaf.  11 is reserved (upstream: "Reserved for future use
+ * (lending)"); PKVM_NOPAGE is a meta-state, derived from an invalid entry by
+ * the *_get_page_state() helpers and never written into the software bits.
+ */
 enum pkvm_page_state {
 	PKVM_PAGE_OWNED			= 0,
 	PKVM_PAGE_SHARED_OWNED		= KVM_PTE_LEAF_ATTR_HI_SW0,
 	PKVM_PAGE_SHARED_BORROWED	= KVM_PTE_LEAF_ATTR_HI_SW1,
-	PKVM_NOPAGE			= KVM_PTE_LEAF_ATTR_HI_SW0 | KVM_PTE_LEAF_ATTR_HI_SW1,
+	__PKVM_PAGE_RESERVED		= KVM_PTE_LEAF_ATTR_HI_SW0 | KVM_PTE_LEAF_ATTR_HI_SW1,
+
+	/* Meta-states which aren't encoded directly in the PTE's SW bits */
+	PKVM_NOPAGE,
 };
 
 struct host_mmu {

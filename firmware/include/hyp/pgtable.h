@@ -51,6 +51,7 @@ struct kvm_pgtable {
 	u32 start_level;
 	bool stage2;
 	u64 vmid;		/* stage 2: the VMID its TLB entries carry (0: the host's) */
+	bool refill_lazily;	/* host stage-2: a fault maps again what a block split dropped */
 };
 
 /* What a range change writes into each leaf it covers. */
@@ -73,6 +74,7 @@ kvm_pte_t *kvm_pgtable_get_ptep(struct kvm_pgtable *pgt, u64 addr, u32 *level);
 typedef void (*kvm_pgtable_leaf_fn)(u64 addr, kvm_pte_t pte, u32 level, void *arg);
 void kvm_pgtable_walk_leaves(struct kvm_pgtable *pgt, kvm_pgtable_leaf_fn fn, void *arg);
 void kvm_pgtable_destroy_tables(struct kvm_pgtable *pgt);
+void kvm_pgtable_flush_tlb(struct kvm_pgtable *pgt);
 u8 kvm_pte_owner(kvm_pte_t pte);
 static inline bool kvm_pte_valid(kvm_pte_t pte) { return pte & KVM_PTE_VALID; }
 static inline phys_addr_t kvm_pte_to_phys(kvm_pte_t pte) { return pte & KVM_PTE_ADDR_MASK; }

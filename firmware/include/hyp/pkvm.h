@@ -39,5 +39,6 @@ int __pkvm_host_donate_guest(u64 pfn, u64 gfn, unsigned int shadow_handle);
 /* mem_guest.c: the guest stage-2 side (the seed puts these in mem_protect.c) */
 int kvm_guest_prepare_stage2(struct kvm_shadow_vm *vm, void *pgd);
 void reclaim_guest_pages(struct kvm_shadow_vm *vm);
+void __kvm_tlb_flush_vmid(struct kvm_s2_mmu *mmu);
 
 #endif

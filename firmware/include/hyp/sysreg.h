@@ -71,7 +71,14 @@
 #define ESR_ELx_EC_DABT_CUR	0x25
 #define ESR_ELx_FSC		0x3fUL
 
-/* HPFAR_EL2.FIPA holds IPA[47:12] in bits [43:4] */
-#define HPFAR_FIPA_TO_IPA(hpfar)	(((hpfar) >> 4) << 12)
+#define ESR_ELx_S1PTW		BIT(7)
+
+/*
+ * HPFAR_EL2.FIPA, bits [39:4], holds IPA[47:12] (ARM ARM, HPFAR_EL2; bits
+ * [43:40] hold IPA[51:48] only with FEAT_LPA).  Upstream: HPFAR_MASK and
+ * "(hpfar & HPFAR_MASK) << 8" in handle_host_mem_abort().
+ */
+#define HPFAR_FIPA_MASK			GENMASK(39, 4)
+#define HPFAR_FIPA_TO_IPA(hpfar)	(((hpfar) & HPFAR_FIPA_MASK) << 8)
 
 #endif

@@ -21,6 +21,7 @@ typedef _Bool bool;
 #define PAGE_MASK	(~(PAGE_SIZE - 1))
 #define PAGE_ALIGN(x)	(((x) + PAGE_SIZE - 1) & PAGE_MASK)
 #define IS_ALIGNED(x, a) (((x) & ((a) - 1)) == 0)
+#define PAGE_ALIGNED(x)	IS_ALIGNED((unsigned long)(x), PAGE_SIZE)
 #define BIT(n)		(1UL << (n))
 #define GENMASK(h, l)	(((~0UL) << (l)) & (~0UL >> (63 - (h))))
 #define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
