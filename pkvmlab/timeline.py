@@ -1,0 +1,412 @@
+"""Time travel: checkpoints of the whole lab, the history of host actions, undo, redo, goto.
+
+A checkpoint is the whole machine and the host model together: the CPU's registers (Unicorn's CPU
+context), RAM (``pkvmlab.machine.recorder.Journal``: the pages written since, saved before their
+first store) and the host kernel model (its page allocator, VM objects, hypercall log).
+
+Once the timeline runs (the first ``lab.checkpoint()``, ``lab.history``, ``Lab(history=True)``),
+every host action — a hypercall, a host load or store, creating a VM, donating a page — is recorded
+as a step, with a checkpoint after it.  Checkpoints form a stack: going back to step 3 rewinds RAM
+to step 3, and the checkpoints of steps 4, 5 … are gone (their saved pages were written back).
+Going forward again replays the recorded actions from the nearest valid checkpoint: the emulator is
+deterministic, so replay rebuilds the same state byte for byte (``tests/test_timeline.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+from pkvmlab.errors import UsageError
+from pkvmlab.machine.recorder import Journal, cpu_restore, cpu_save
+
+HOST_ACTIONS = ("hyp_info", "share_hyp", "unshare_hyp", "donate_hyp", "init_shadow", "teardown_shadow",
+                "donate_guest", "create_vm", "teardown_vm", "hvc", "call", "read", "write", "read_u64", "write_u64",
+                "alloc_pages", "free_pages")
+VM_ACTIONS = ("donate", "teardown")
+
+
+@dataclass(frozen=True)
+class Action:
+    """One host action as called: on the host or on a VM (by handle), with its arguments and outcome."""
+
+    name: str
+    args: tuple
+    kwargs: tuple = ()
+    vm: int | None = None          # the VM's handle for a VM method
+    outcome: str = ""              # "-> 0x1000", "HypercallError: ... -EPERM", ""
+    calls: tuple = ()              # the hypercalls it made: (name, args, result) from the host's log
+
+    def __str__(self) -> str:
+        args = [_fmt(a) for a in self.args] + [f"{k}={_fmt(v)}" for k, v in self.kwargs]
+        who = f"vm[{self.vm:#x}]." if self.vm is not None else ""
+        return f"{who}{self.name}({', '.join(args)})" + (f" {self.outcome}" if self.outcome else "")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:#x}" if v > 9 else str(v)
+    if isinstance(v, (bytes, bytearray)):
+        return f"<{len(v)} bytes>" if len(v) > 8 else bytes(v).hex()
+    return repr(v)
+
+
+class _Node:
+    """A point in time: the actions from the start to here (a parent chain; branches share their past)."""
+
+    __slots__ = ("parent", "action", "depth", "__weakref__")
+
+    def __init__(self, parent: _Node | None, action: Action | None):
+        self.parent, self.action = parent, action
+        self.depth = 0 if parent is None else parent.depth + 1
+
+    def ancestor(self, depth: int) -> _Node:
+        n = self
+        while n.depth > depth:
+            n = n.parent
+        return n
+
+    def path_from(self, older: _Node) -> list[Action]:
+        out, n = [], self
+        while n is not older:
+            out.append(n.action)
+            n = n.parent
+        return out[::-1]
+
+
+@dataclass
+class _HostState:
+    free: list
+    log_len: int
+    vms: dict
+    vm_state: list            # (vm, alive, guest_pages copy)
+    stats: dict
+    panic: object
+
+
+class Checkpoint:
+    """The whole lab at one step.  ``lab.restore(cp)`` goes back to it while it is valid."""
+
+    def __init__(self, timeline: Timeline, node: _Node, mark: int, cpu, host: _HostState):
+        self._tl, self._node, self._mark, self._cpu, self._host = timeline, node, mark, cpu, host
+        self._valid = True
+
+    @property
+    def step(self) -> int:
+        return self._node.depth
+
+    @property
+    def valid(self) -> bool:
+        """False once a restore to an older checkpoint wrote back the RAM it depended on."""
+        return self._valid
+
+    def __repr__(self) -> str:
+        return f"Checkpoint(step {self.step}{'' if self._valid else ', invalidated: lab.goto() replays to it'})"
+
+
+class StaleCheckpoint(UsageError):
+    """A checkpoint whose RAM was rewound past: it can only be reached again by replay."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """``lab.history[i]``: the action that led to step i (None for step 0, the start)."""
+
+    index: int
+    action: Action | None
+    current: bool = False
+
+    def __str__(self) -> str:
+        mark = "▶" if self.current else " "
+        return f"{mark} {self.index:>4}  {self.action if self.action is not None else '(start)'}"
+
+
+@dataclass(frozen=True)
+class StepDiff:
+    """What changed from step ``a`` to step ``b``: pages (ownership) and the shadow VM table."""
+
+    a: int
+    b: int
+    ownership: object
+    shadow: object
+    actions: tuple = field(default=())
+
+    def __repr__(self) -> str:
+        head = f"from step {self.a} to step {self.b}"
+        acts = "".join(f"\n  {x}" for x in self.actions)
+        return f"{head}:{acts}\n{self.ownership!r}\n{self.shadow!r}"
+
+
+class History:
+    """``lab.history``: the steps of the current line of time, the current one marked."""
+
+    def __init__(self, timeline: Timeline):
+        self._tl = timeline
+
+    def _nodes(self) -> list[_Node]:
+        out, n = [], self._tl.tip
+        while n is not None:
+            out.append(n)
+            n = n.parent
+        return out[::-1]
+
+    @property
+    def position(self) -> int:
+        return self._tl.node.depth
+
+    def __len__(self) -> int:
+        return self._tl.tip.depth + 1
+
+    def __getitem__(self, i):
+        nodes = self._nodes()
+        if isinstance(i, slice):
+            return [Step(n.depth, n.action, n is self._tl.node) for n in nodes[i]]
+        n = nodes[i]
+        return Step(n.depth, n.action, n is self._tl.node)
+
+    def __iter__(self):
+        return iter(self[:])
+
+    def __repr__(self) -> str:
+        steps = self[:]
+        if len(steps) > 40:
+            steps = steps[:10] + [None] + steps[-29:]
+        return "\n".join("   …" if s is None else str(s) for s in steps)
+
+
+class Timeline:
+    """The lab's recorder: journal on, host actions wrapped, one checkpoint per step."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.journal = Journal(lab.core)
+        self.journal.attach()
+        self._depth = 0              # >0 while a recorded action runs (its inner calls are part of it)
+        self._replaying = False
+        self.checkpoints: list[Checkpoint] = []   # valid ones, oldest first (the stack)
+        self.by_node: dict[int, Checkpoint] = {}   # id(node) -> its automatic checkpoint
+        self.root = _Node(None, None)
+        self.node = self.tip = self.root
+        self._wrap_host(lab.host)
+        self._auto(self.root)
+
+    @property
+    def history(self) -> History:
+        return History(self)
+
+    # -- state of the host model ------------------------------------------------------------
+    def _host_state(self) -> _HostState:
+        h, c = self.lab.host, self.lab.core
+        return _HostState(list(h.pages._free), len(h.log), dict(h.vms),
+                          [(vm, vm.alive, dict(vm.guest_pages)) for vm in h.vms.values()], dict(c.stats), c.panic)
+
+    def _set_host_state(self, s: _HostState) -> None:
+        h, c = self.lab.host, self.lab.core
+        h.pages._free = list(s.free)
+        del h.log[s.log_len:]
+        for vm in h.vms.values():          # VMs made after the checkpoint are gone again
+            if vm not in s.vms.values():
+                vm.alive = False
+        for vm, alive, pages in s.vm_state:
+            vm.alive, vm.guest_pages = alive, dict(pages)
+        h.vms = dict(s.vms)
+        for k, v in s.stats.items():
+            c.stats[k] = v
+        c.panic = s.panic
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _take(self, node: _Node) -> Checkpoint:
+        self.journal.check()
+        cp = Checkpoint(self, node, self.journal.mark(), cpu_save(self.lab.core), self._host_state())
+        self.checkpoints.append(cp)
+        return cp
+
+    def _auto(self, node: _Node) -> Checkpoint:
+        cp = self._take(node)
+        self.by_node[id(node)] = cp
+        return cp
+
+    def checkpoint(self) -> Checkpoint:
+        """A checkpoint of the lab now, at the current step."""
+        return self._take(self.node)
+
+    def restore(self, cp: Checkpoint) -> None:
+        """Back to ``cp``: RAM rewound, registers and host model as they were.  Later checkpoints become invalid."""
+        if not isinstance(cp, Checkpoint) or cp._tl is not self:
+            raise UsageError(f"restore() takes a Checkpoint from this lab's lab.checkpoint(), got {cp!r}")
+        if not cp._valid:
+            raise StaleCheckpoint(
+                f"the checkpoint of step {cp.step} was invalidated when an older one was restored (RAM checkpoints "
+                f"form a stack); lab.goto(cp) gets there again by replaying the recorded host actions")
+        self.journal.rewind(cp._mark)
+        while self.checkpoints and self.checkpoints[-1] is not cp:
+            dead = self.checkpoints.pop()
+            dead._valid = False
+            if self.by_node.get(id(dead._node)) is dead:
+                del self.by_node[id(dead._node)]
+        cpu_restore(self.lab.core, cp._cpu)
+        self._set_host_state(cp._host)
+        self.node = cp._node           # always on the current line: every valid checkpoint is in the past
+
+    # -- moving in time ---------------------------------------------------------------------
+    def goto(self, step: int | Checkpoint) -> None:
+        """Go to step ``step`` of the current line, or to a checkpoint (valid or not).
+
+        Restores the newest valid checkpoint on the way and replays the recorded actions after it.
+        """
+        if isinstance(step, Checkpoint) and step._tl is self:
+            self.reach(step._node)
+            return
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= self.tip.depth:
+            raise UsageError(f"goto() takes a step 0..{self.tip.depth} (lab.history lists them) or a Checkpoint, "
+                             f"got {step!r}")
+        self.reach(self.tip.ancestor(step))
+
+    def reach(self, target: _Node) -> None:
+        base = self._nearest_valid(target)   # the newest valid checkpoint on the way: later ones stay valid
+        self.restore(base)
+        if base._node is not target:
+            self.replay(target.path_from(base._node), target)
+
+    def _nearest_valid(self, target: _Node) -> Checkpoint:
+        best = None
+        for cp in self.checkpoints:
+            n = cp._node
+            if n.depth <= target.depth and target.ancestor(n.depth) is n and (best is None or n.depth >= best._node.depth):
+                best = cp
+        assert best is not None, "the root checkpoint is never invalidated"
+        return best
+
+    def replay(self, actions: list[Action], target: _Node) -> None:
+        """Re-run recorded actions from the current step, checkpointing each, along the existing nodes."""
+        nodes, n = [], target
+        while len(nodes) < len(actions):
+            nodes.append(n)
+            n = n.parent
+        nodes.reverse()
+        tip = self.tip
+        self._replaying = True
+        try:
+            for action, node in zip(actions, nodes):
+                self._perform(action)
+                self.node = node
+                self._auto(node)
+        finally:
+            self._replaying = False
+        on_line = target.depth <= tip.depth and tip.ancestor(target.depth) is target
+        self.tip = tip if on_line else target   # a checkpoint from an abandoned line makes that line current
+
+    def _perform(self, a: Action) -> None:
+        h = self.lab.host
+        if a.vm is not None:
+            vm = h.vms.get(a.vm)
+            if vm is None:
+                raise UsageError(f"replay: the host has no VM {a.vm:#x} for {a}; was it made outside the recorded actions?")
+            fn = vm.__dict__.get("_recorded_" + a.name) or getattr(vm, a.name)
+        else:
+            fn = getattr(h, "_recorded_" + a.name)
+        self._depth += 1
+        try:
+            fn(*a.args, **dict(a.kwargs))
+        except Exception:  # noqa: BLE001 - the live run failed the same way: that is part of what it did
+            pass
+        finally:
+            self._depth -= 1
+        self._wrap_new_vms()
+
+    def undo(self) -> None:
+        if self.node.depth == 0:
+            raise UsageError("nothing to undo: this is step 0, where the history starts")
+        self.goto(self.node.depth - 1)
+
+    def redo(self) -> None:
+        if self.node.depth >= self.tip.depth:
+            raise UsageError("nothing to redo: this is the newest step")
+        self.goto(self.node.depth + 1)
+
+    # -- recording --------------------------------------------------------------------------
+    def _wrap_host(self, host) -> None:
+        for name in HOST_ACTIONS:
+            original = getattr(host, name)
+            setattr(host, "_recorded_" + name, original)
+            setattr(host, name, self._recording(original, name, None))
+
+    def _wrap_vm(self, vm) -> None:
+        if "_recorded_donate" in vm.__dict__:
+            return
+        for name in VM_ACTIONS:
+            original = getattr(vm, name)
+            setattr(vm, "_recorded_" + name, original)
+            setattr(vm, name, self._recording(original, name, vm))
+
+    def _recording(self, fn, name: str, vm):
+        @functools.wraps(fn)
+        def recorded(*args, **kwargs):
+            if self._depth or self._replaying:
+                return self._passthrough(fn, args, kwargs)
+            log_len = len(self.lab.host.log)
+            self._depth += 1
+            try:
+                result = fn(*args, **kwargs)
+            except UsageError:       # refused in Python before anything ran: nothing happened
+                self._depth -= 1
+                raise
+            except Exception as e:   # it still happened (a refused call, a fault): a step like any other
+                self._depth -= 1
+                self._record(name, args, kwargs, vm, f"✗ {type(e).__name__}", log_len)
+                self._wrap_new_vms()
+                raise
+            except BaseException:
+                self._depth -= 1
+                raise
+            self._depth -= 1
+            self._record(name, args, kwargs, vm, _outcome(result), log_len)
+            self._wrap_new_vms()
+            return result
+        return recorded
+
+    def _passthrough(self, fn, args, kwargs):
+        result = fn(*args, **kwargs)
+        self._wrap_new_vms()
+        return result
+
+    def _wrap_new_vms(self) -> None:
+        for vm in self.lab.host.vms.values():
+            self._wrap_vm(vm)
+
+    def _record(self, name, args, kwargs, vm, outcome, log_len) -> None:
+        calls = tuple(self.lab.host.log[log_len:])
+        action = Action(name, tuple(bytes(a) if isinstance(a, bytearray) else a for a in args),
+                        tuple(sorted(kwargs.items())), None if vm is None else vm.handle, outcome, calls)
+        node = _Node(self.node, action)
+        self.node = self.tip = node
+        self._auto(node)
+
+    # -- comparing steps --------------------------------------------------------------------
+    def diff(self, a: int, b: int) -> StepDiff:
+        """What changed between steps ``a`` and ``b`` of the current line (you stay where you are)."""
+        from pkvmlab.inspect.diff import diff as snap_diff
+
+        here = self.node
+        snaps = {}
+        try:
+            for s in (a, b):
+                self.goto(s)
+                snaps[s] = (self.lab.hyp.ownership(), self.lab.hyp.shadow_table())
+        finally:
+            self.reach(here)
+        lo, hi = sorted((a, b))
+        acts = tuple(self.tip.ancestor(i).action for i in range(lo + 1, hi + 1))
+        return StepDiff(a, b, snap_diff(snaps[a][0], snaps[b][0]), snap_diff(snaps[a][1], snaps[b][1]), acts)
+
+
+def _outcome(result) -> str:
+    if result is None:
+        return ""
+    if hasattr(result, "handle"):
+        return f"→ VM {result.handle:#x}"
+    if isinstance(result, tuple):
+        return "→ (" + ", ".join(_fmt(x) for x in result) + ")"
+    if isinstance(result, (int, bytes)):
+        return f"→ {_fmt(result)}"
+    return ""
