@@ -326,6 +326,9 @@ def record_el2(core, action: Callable[[], object], code_lo: int, code_hi: int, *
     if native and lib is None:
         raise MachineError(f"the native recorder is unavailable: {last_error}")
     uc = core.uc
+    # Adding and deleting a code hook makes Unicorn invalidate translated code by address, and that
+    # translation, done at EL1, writes HPFAR_EL2 when stage 2 refuses it: keep the CPU state out of it.
+    ctx = uc.context_save()
     if lib is not None:
         t = lib.pk_trace_new(core.ram_base, core.ram_size, code_lo, code_hi, MAX_TRACE_INSNS)
         if not t:
@@ -353,6 +356,7 @@ def record_el2(core, action: Callable[[], object], code_lo: int, code_hi: int, *
 
         hooks = [uc.hook_add(unicorn.UC_HOOK_CODE, on_code, begin=code_lo, end=code_hi - 1),
                  uc.hook_add(unicorn.UC_HOOK_MEM_WRITE, on_write)]
+    uc.context_restore(ctx)
     uc.ctl_flush_tb()      # code hooks are compiled into translated blocks: retranslate with them
     flush_tlb(core)        # and stores must take the hooked path
     result, error = None, None
@@ -361,11 +365,13 @@ def record_el2(core, action: Callable[[], object], code_lo: int, code_hi: int, *
     except BaseException as e:   # noqa: BLE001 - handed back to the caller with the trace so far
         error = e
     finally:
+        ctx = uc.context_save()
         for h in hooks:
             if lib is not None:
                 _binding.uclib.uc_hook_del(uc._uch, _binding.uc_hook_h(h))
             else:
                 uc.hook_del(h)
+        uc.context_restore(ctx)
         uc.ctl_flush_tb()  # and without them again: the fast path is as it was
         flush_tlb(core)
     if lib is not None:
