@@ -6,7 +6,8 @@ first store) and the host kernel model (its page allocator, VM objects, hypercal
 
 Once the timeline runs (the first ``lab.checkpoint()``, ``lab.history``, ``Lab(history=True)``),
 every host action — a hypercall, a host load or store, creating a VM, donating a page — is recorded
-as a step, with a checkpoint after it.  Checkpoints form a stack: going back to step 3 rewinds RAM
+as a step, with a checkpoint after it (once 64 MiB of pages are journaled, after every 16th step
+only: the steps between are reached by replay).  Checkpoints form a stack: going back to step 3 rewinds RAM
 to step 3, and the checkpoints of steps 4, 5 … are gone (their saved pages were written back).
 Going forward again replays the recorded actions from the nearest valid checkpoint: the emulator is
 deterministic, so replay rebuilds the same state byte for byte (``tests/test_timeline.py``).
@@ -24,6 +25,8 @@ HOST_ACTIONS = ("hyp_info", "share_hyp", "unshare_hyp", "donate_hyp", "init_shad
                 "donate_guest", "create_vm", "teardown_vm", "hvc", "call", "read", "write", "read_u64", "write_u64",
                 "alloc_pages", "free_pages")
 VM_ACTIONS = ("donate", "teardown")
+JOURNAL_PAGES_DENSE = 16384   # 64 MiB of saved pages: past that, a checkpoint every THIN steps
+THIN = 16
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,10 @@ class Timeline:
         self.checkpoints.append(cp)
         return cp
 
-    def _auto(self, node: _Node) -> Checkpoint:
+    def _auto(self, node: _Node) -> Checkpoint | None:
+        """The step's own checkpoint; once the journal is big, only every THIN-th step gets one (replay fills in)."""
+        if self.journal.size > JOURNAL_PAGES_DENSE and node.depth % THIN:
+            return None
         cp = self._take(node)
         self.by_node[id(node)] = cp
         return cp
@@ -269,13 +275,12 @@ class Timeline:
             self.replay(target.path_from(base._node), target)
 
     def _nearest_valid(self, target: _Node) -> Checkpoint:
-        best = None
-        for cp in self.checkpoints:
+        """The newest valid checkpoint at ``target`` or in its past (valid ones are a stack, oldest first)."""
+        for cp in reversed(self.checkpoints):
             n = cp._node
-            if n.depth <= target.depth and target.ancestor(n.depth) is n and (best is None or n.depth >= best._node.depth):
-                best = cp
-        assert best is not None, "the root checkpoint is never invalidated"
-        return best
+            if n.depth <= target.depth and target.ancestor(n.depth) is n:
+                return cp
+        raise AssertionError("the root checkpoint is never invalidated")
 
     def replay(self, actions: list[Action], target: _Node) -> None:
         """Re-run recorded actions from the current step, checkpointing each, along the existing nodes."""
