@@ -216,6 +216,21 @@ class Trace:
             return var, None, None
         return f"memory at {pa:#x}", None, None
 
+    # -- the machine as it was at a step ------------------------------------------------------
+    def phys_at(self, i: int) -> PhysAt:
+        """Debugger reads of RAM as it was just before instruction ``i`` (``len(t)``: after the action).
+
+        Drawn from RAM now with the trace's later stores undone, so it is right as long as the
+        machine has not run since the trace.
+        """
+        return PhysAt(self.lab.core.phys, [w for w in self._writes if w.insn >= i and w.pa is not None])
+
+    def walk_at(self, i: int, addr: int, stage: str = "host-s2", vm=None, access: str = "r"):
+        """The translation walk of ``addr`` over the tables as they were before instruction ``i``."""
+        from pkvmlab.inspect.walk import walk_regime
+
+        return walk_regime(self.phys_at(i), regime(self.lab.hyp, stage, vm), addr, access)
+
     # -- showing ----------------------------------------------------------------------------
     def __repr__(self) -> str:
         lines = self.lines()
@@ -223,6 +238,32 @@ class Trace:
         return (f"Trace: {len(self.pcs)} instructions at EL2 in {len(lines)} source-line steps, "
                 f"{len(self.writes())} store(s) that changed memory ({len(self.pte_writes())} page-table entries); "
                 f"the action {outcome}")
+
+
+class PhysAt:
+    """RAM with some stores undone: ``read``/``read_u64`` like ``core.phys``, for walks at a past step."""
+
+    def __init__(self, phys, later_writes: list[Write]):
+        self._phys, self.base, self.size = phys, phys.base, phys.size
+        self._old: dict[int, int] = {}
+        for w in reversed(later_writes):      # the earliest store's old bytes win
+            for k, b in enumerate(w.old.to_bytes(w.size, "little")):
+                self._old[w.pa + k] = b
+
+    def read(self, pa: int, n: int) -> bytes:
+        data = bytearray(self._phys.read(pa, n))
+        if self._old:
+            for k in range(n):
+                b = self._old.get(pa + k)
+                if b is not None:
+                    data[k] = b
+        return bytes(data)
+
+    def read_u64(self, pa: int) -> int:
+        return int.from_bytes(self.read(pa, 8), "little")
+
+    def read_u32(self, pa: int) -> int:
+        return int.from_bytes(self.read(pa, 4), "little")
 
 
 # -- what the stores can hit: found before and after the action -------------------------------------
