@@ -73,12 +73,15 @@ class SourceMap:
                 self._read_lines(dwarf, cu, rows)
                 self._read_dies(dwarf, cu)
         rows.sort(key=lambda r: (r[0], r[3]))
-        last = 0
+        last = ("?", 0)
         for addr, file, line, end in rows:
-            # line 0 is the compiler's "no particular line" (code shared by several): keep the one before
-            last = 0 if end else (line or last)
+            # line 0 is the compiler's "no particular line" (code shared by several): keep the row before
+            if end:
+                last = ("?", 0)
+            elif line:
+                last = (file, line)
             self._addrs.append(addr)
-            self._rows.append((file, last))
+            self._rows.append(last)
         self._text = self._text_image(fw)
         self._segments = self._scope_segments()
         self._vars.sort(key=lambda v: v.addr)

@@ -118,36 +118,48 @@ class Trace:
         return {n: int(v) for n, v in zip(REG_NAMES, self.regs[i])}
 
     def _call_stacks(self) -> list[tuple[str, ...]]:
-        """For each instruction, the outer frames (the call sites) active when it ran."""
-        out, frames = [], []
+        """For each instruction, the outer frames (the call sites, with what was inlined there) when it ran."""
+        out: list[tuple[str, ...]] = []
+        frames: list[tuple[str, ...]] = []
+        flat: tuple[str, ...] = ()
         phys, smap = self.lab.core.phys, self.smap
         words: dict[int, int] = {}
         for pc in self.pcs:
-            out.append(tuple(frames))
+            out.append(flat)
             w = words.get(pc)
             if w is None:
                 w = smap.word(pc)
                 w = words[pc] = phys.read_u32(pc) if w is None else w
             if w & _BL_MASK == _BL or w & _BLR_MASK == _BLR:
-                frames.append(str(self.smap.place(pc)))
+                frames.append(self._here(pc))
+                flat = flat + frames[-1]
             elif w & _RET_MASK == _RET and frames:
-                frames.pop()
+                flat = flat[:len(flat) - len(frames.pop())]
         return out
+
+    def _here(self, pc: int) -> tuple[str, ...]:
+        """The frame entries for ``pc``: its function, the inlined ones in it (marked), the line."""
+        p = self.smap.place(pc)
+        fs = p.functions
+        if len(fs) == 1:
+            return (str(p),)
+        return (fs[0],) + tuple(f"{f} [inlined]" for f in fs[1:-1]) + (f"{p} [inlined]",)
 
     def stack(self, i: int) -> tuple[str, ...]:
         """The call stack at instruction ``i``, outermost first: the call sites, then where it is now.
 
         Where the compiler inlined a function, its callers inlined with it are listed too, marked.
         """
-        p = self.place(i)
-        if len(p.functions) == 1:
-            return self._stacks[i] + (str(p),)
-        fs = p.functions
-        return self._stacks[i] + (fs[0],) + tuple(f"{f} [inlined]" for f in fs[1:-1]) + (f"{p} [inlined]",)
+        return self._stacks[i] + self._here(self.pcs[i])
 
     # -- source lines -----------------------------------------------------------------------
-    def lines(self) -> list[LineStep]:
-        """Instructions collapsed into source-line steps (a new step when the line or the call depth changes)."""
+    def lines(self, within: str | None = None) -> list[LineStep]:
+        """Instructions collapsed into source-line steps (a new step when the line or the call depth changes).
+
+        ``within="__pkvm_init_shadow"``: only the steps run inside that function (or what it called).
+        """
+        if within is not None:
+            return [s for s in self.lines() if _inside(s.stack, within)]
         if self._lines is None:
             steps: list[LineStep] = []
             by_insn: dict[int, list[Write]] = {}
@@ -173,16 +185,29 @@ class Trace:
             len(self._stacks[a]) == len(self._stacks[b])
 
     # -- stores -----------------------------------------------------------------------------
-    def writes(self, *, stack: bool = False, all: bool = False) -> list[Write]:  # noqa: A002
+    def writes(self, *, within: str | None = None, stack: bool = False, all: bool = False) -> list[Write]:  # noqa: A002
         """Stores that changed hyp's data, in order; ``stack=True`` adds the call frames on the hyp stack,
-        ``all=True`` every store (also those that wrote the value already there, e.g. zeroing a zeroed page)."""
-        if all:
-            return list(self._writes)
-        return [w for w in self._writes if w.changed and (stack or w.what != STACK)]
+        ``all=True`` every store (also those that wrote the value already there, e.g. zeroing a zeroed page);
+        ``within``: only those made inside that function."""
+        out = list(self._writes) if all else [w for w in self._writes if w.changed and (stack or w.what != STACK)]
+        return [w for w in out if _inside(self.stack(w.insn), within)] if within is not None else out
 
-    def pte_writes(self) -> list[Write]:
+    def calls(self, within: str) -> list[str]:
+        """What ``within`` called, in order: the functions one level below it (inlined ones too)."""
+        out: list[str] = []
+        for s in self.lines(within):
+            names = [f.split(" ")[0] for f in s.stack]
+            k = max(i for i, n in enumerate(names) if n == within)
+            child = names[k + 1] if k + 1 < len(names) else None
+            if child is not None and (not out or out[-1] != child):
+                out.append(child)
+            elif child is None and out and out[-1] != within:
+                out.append(within)   # back in ``within`` itself between two calls
+        return [f for f in out if f != within]
+
+    def pte_writes(self, within: str | None = None) -> list[Write]:
         """Stores that changed a page-table entry."""
-        return [w for w in self.writes() if w.pte is not None]
+        return [w for w in self.writes(within=within) if w.pte is not None]
 
     def _write(self, row) -> Write:
         insn, va, pa, size, value, old = row
@@ -238,6 +263,10 @@ class Trace:
         return (f"Trace: {len(self.pcs)} instructions at EL2 in {len(lines)} source-line steps, "
                 f"{len(self.writes())} store(s) that changed memory ({len(self.pte_writes())} page-table entries); "
                 f"the action {outcome}")
+
+
+def _inside(stack: tuple[str, ...], function: str) -> bool:
+    return any(f.split(" ")[0] == function for f in stack)
 
 
 class PhysAt:
