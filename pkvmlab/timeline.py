@@ -25,6 +25,8 @@ HOST_ACTIONS = ("hyp_info", "share_hyp", "unshare_hyp", "donate_hyp", "init_shad
                 "donate_guest", "create_vm", "teardown_vm", "hvc", "call", "read", "write", "read_u64", "write_u64",
                 "alloc_pages", "free_pages")
 VM_ACTIONS = ("donate", "teardown")
+HYP_STACK_SIZE = 16384   # firmware/link.ld: .stack below __hyp_stack_top (the debugger's stack above it)
+VM_MAKERS = ("create_vm", "teardown_vm")   # host actions that make, change or drop VM objects
 JOURNAL_PAGES_DENSE = 16384   # 64 MiB of saved pages: past that, a checkpoint every THIN steps
 THIN = 16
 
@@ -182,9 +184,13 @@ class Timeline:
 
     def __init__(self, lab):
         self.lab = lab
-        self.journal = Journal(lab.core)
+        top = lab.fw.symbols.get("__hyp_stack_top", 0)
+        stack = (top - HYP_STACK_SIZE, lab.fw.symbols.get("__debug_stack_top", top)) if top else None
+        self.journal = Journal(lab.core, eager=stack)
         self.journal.attach()
         self._depth = 0              # >0 while a recorded action runs (its inner calls are part of it)
+        self._last_host: _HostState | None = None
+        self._vms_touched = True     # a VM object may have changed since the last host-state copy
         self._replaying = False
         self.checkpoints: list[Checkpoint] = []   # valid ones, oldest first (the stack)
         self.by_node: dict[int, Checkpoint] = {}   # id(node) -> its automatic checkpoint
@@ -200,10 +206,17 @@ class Timeline:
     # -- state of the host model ------------------------------------------------------------
     def _host_state(self) -> _HostState:
         h, c = self.lab.host, self.lab.core
-        return _HostState(list(h.pages._free), len(h.log), dict(h.vms),
-                          [(vm, vm.alive, dict(vm.guest_pages)) for vm in h.vms.values()], dict(c.stats), c.panic)
+        last = self._last_host
+        if last is not None and not self._vms_touched and last.vms.keys() == h.vms.keys():
+            vms, vm_state = last.vms, last.vm_state   # no VM action since: share the VM part (it is never mutated)
+        else:
+            vms, vm_state = dict(h.vms), [(vm, vm.alive, dict(vm.guest_pages)) for vm in h.vms.values()]
+        self._vms_touched = False
+        self._last_host = _HostState(list(h.pages._free), len(h.log), vms, vm_state, dict(c.stats), c.panic)
+        return self._last_host
 
     def _set_host_state(self, s: _HostState) -> None:
+        self._vms_touched = True
         h, c = self.lab.host, self.lab.core
         h.pages._free = list(s.free)
         del h.log[s.log_len:]
@@ -303,6 +316,7 @@ class Timeline:
 
     def _perform(self, a: Action) -> None:
         h = self.lab.host
+        self._vms_touched |= a.vm is not None or a.name in VM_MAKERS
         if a.vm is not None:
             vm = h.vms.get(a.vm)
             if vm is None:
@@ -345,8 +359,12 @@ class Timeline:
             setattr(vm, name, self._recording(original, name, vm))
 
     def _recording(self, fn, name: str, vm):
+        touches_vms = vm is not None or name in VM_MAKERS
+
         @functools.wraps(fn)
         def recorded(*args, **kwargs):
+            if touches_vms:
+                self._vms_touched = True
             if self._depth or self._replaying:
                 return self._passthrough(fn, args, kwargs)
             log_len = len(self.lab.host.log)

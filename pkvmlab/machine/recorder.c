@@ -43,6 +43,7 @@ typedef struct pk_journal {
 	uint8_t *data;		/* its contents before the first store of its epoch */
 	uint64_t stores;	/* stores seen, for the curious */
 	int nomem;		/* the log could not grow: checkpoints are no longer exact */
+	uint64_t eager_lo, eager_hi;	/* saved whole at every checkpoint instead of hooked (hyp's stack) */
 } pk_journal;
 
 pk_journal *pk_journal_new(uint64_t ram_base, uint64_t nr_pages)
@@ -122,11 +123,30 @@ void pk_journal_hook(uc_engine *uc, uc_mem_type type, uint64_t addr, int size, i
 		pk_journal_note(uc, j, pa, (uint64_t)size);
 }
 
-/* A checkpoint: the log position to rewind to.  Stores from now on save pages again. */
-uint64_t pk_journal_mark(pk_journal *j)
+/*
+ * [lo, hi) is written by nearly every hypercall (hyp's stack): rather than taking the hooked store
+ * path hundreds of times per call, it is saved whole at each checkpoint and left out of the hook.
+ */
+void pk_journal_set_eager(pk_journal *j, uint64_t lo, uint64_t hi)
 {
+	j->eager_lo = lo;
+	j->eager_hi = hi;
+}
+
+static void save_eager(uc_engine *uc, pk_journal *j)
+{
+	if (j->eager_hi > j->eager_lo)
+		pk_journal_note(uc, j, j->eager_lo, j->eager_hi - j->eager_lo);
+}
+
+/* A checkpoint: the log position to rewind to.  Stores from now on save pages again. */
+uint64_t pk_journal_mark(uc_engine *uc, pk_journal *j)
+{
+	uint64_t at = j->n;
+
 	j->epoch++;
-	return j->n;
+	save_eager(uc, j);
+	return at;
 }
 
 /*
@@ -149,6 +169,7 @@ uint64_t pk_journal_rewind(uc_engine *uc, pk_journal *j, uint64_t to, uint64_t c
 	if (to < j->n)
 		j->n = to;
 	j->epoch++;
+	save_eager(uc, j);	/* this checkpoint's copy of the eager range was just cut off: take it again */
 	return done;
 }
 

@@ -100,7 +100,8 @@ def _load() -> ctypes.CDLL | None:
         P, U64 = ctypes.c_void_p, ctypes.c_uint64
         for name, res, args in (
                 ("pk_journal_new", P, (U64, U64)), ("pk_journal_free", None, (P,)),
-                ("pk_journal_note", None, (P, P, U64, U64)), ("pk_journal_mark", U64, (P,)),
+                ("pk_journal_note", None, (P, P, U64, U64)), ("pk_journal_mark", U64, (P, P)),
+                ("pk_journal_set_eager", None, (P, U64, U64)),
                 ("pk_journal_rewind", U64, (P, P, U64, U64, U64, ctypes.POINTER(ctypes.c_int))),
                 ("pk_journal_size", U64, (P,)), ("pk_journal_stores", U64, (P,)), ("pk_journal_nomem", ctypes.c_int, (P,)),
                 ("pk_trace_new", P, (U64, U64, U64, U64, U64)), ("pk_trace_free", None, (P,)),
@@ -148,8 +149,10 @@ class Journal:
     Debugger writes (``core.phys.write``) are journaled too: ``attach`` wraps them.
     """
 
-    def __init__(self, core, *, native: bool | None = None):
+    def __init__(self, core, *, native: bool | None = None, eager: tuple[int, int] | None = None):
+        """``eager``: a range written by nearly every call (hyp's stack), saved whole at each mark, not hooked."""
         self.core = core
+        self.eager = eager if eager and eager[1] > eager[0] else None
         lib = _load() if native is not False else None
         if native and lib is None:
             raise MachineError(f"the native recorder is unavailable: {last_error}")
@@ -163,6 +166,8 @@ class Journal:
             if not self._j:
                 raise MachineError("out of memory creating the RAM journal")
             self._uch = core.uc._uch.value
+            if self.eager:
+                lib.pk_journal_set_eager(self._j, *self.eager)
         else:
             self._j = None
             self._stamp = np.zeros(nr_pages, np.uint32)
@@ -177,10 +182,14 @@ class Journal:
         if self._hook is not None:
             return
         core = self.core
+        ranges = [(1, 0)] if not self.eager else [(1, self.eager[0] - 1), (self.eager[1], (1 << 64) - 1)]
         if self._lib is not None:
-            self._hook = _hook_add(core, unicorn.UC_HOOK_MEM_WRITE, self._lib.pk_journal_hook, self._j)
+            self._hook = [_hook_add(core, unicorn.UC_HOOK_MEM_WRITE, self._lib.pk_journal_hook, self._j, lo, hi)
+                          for lo, hi in ranges]
         else:
-            self._hook = core.uc.hook_add(unicorn.UC_HOOK_MEM_WRITE, self._py_hook)
+            self._hook = [core.uc.hook_add(unicorn.UC_HOOK_MEM_WRITE, self._py_hook, begin=lo, end=hi)
+                          for lo, hi in ranges]
+        self._save_eager()
         phys = core.phys
         self._phys_write = phys.write
         original = type(phys).write
@@ -198,10 +207,11 @@ class Journal:
         if self._hook is None:
             return
         core = self.core
-        if self._lib is not None:
-            _binding.uclib.uc_hook_del(core.uc._uch, _binding.uc_hook_h(self._hook))
-        else:
-            core.uc.hook_del(self._hook)
+        for h in self._hook:
+            if self._lib is not None:
+                _binding.uclib.uc_hook_del(core.uc._uch, _binding.uc_hook_h(h))
+            else:
+                core.uc.hook_del(h)
         self._hook = None
         core.phys.__dict__.pop("write", None)
         flush_tlb(core)
@@ -235,9 +245,15 @@ class Journal:
     def mark(self) -> int:
         """A checkpoint of RAM: the log position to rewind to."""
         if self._lib is not None:
-            return self._lib.pk_journal_mark(self._j)
+            return self._lib.pk_journal_mark(self._uch, self._j)
+        at = len(self._pages)
         self._epoch += 1
-        return len(self._pages)
+        self._save_eager()
+        return at
+
+    def _save_eager(self) -> None:
+        if self.eager and self._lib is None:
+            self._py_note(self.eager[0], self.eager[1] - self.eager[0])
 
     def rewind(self, mark: int) -> int:
         """Write back every page saved since ``mark``; returns how many.  Drops the TLB (and code, if touched)."""
@@ -257,6 +273,7 @@ class Journal:
                 n += 1
             del self._pages[mark:], self._data[mark:]
             self._epoch += 1
+            self._save_eager()
         flush_tlb(core)
         if touched_code or (n and self._debugger_wrote):
             core.uc.ctl_flush_tb()
