@@ -127,6 +127,10 @@ class Lab:
         """What changed in ownership and in the shadow VM table from step ``a`` to step ``b``."""
         return self.timeline.diff(a, b)
 
+    def retrace(self, step: int):
+        """Trace step ``step`` of ``lab.history`` again (going back to just before it): a Trace."""
+        return self.timeline.retrace(step)
+
     def trace(self, action):
         """Run ``action()`` (one host action) and record its execution at EL2, line by line: a Trace."""
         from pkvmlab.inspect.trace import trace

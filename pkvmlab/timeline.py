@@ -295,7 +295,7 @@ class Timeline:
                 return cp
         raise AssertionError("the root checkpoint is never invalidated")
 
-    def replay(self, actions: list[Action], target: _Node) -> None:
+    def replay(self, actions: list[Action], target: _Node) -> list[Exception | None]:
         """Re-run recorded actions from the current step, checkpointing each, along the existing nodes."""
         nodes, n = [], target
         while len(nodes) < len(actions):
@@ -304,17 +304,35 @@ class Timeline:
         nodes.reverse()
         tip = self.tip
         self._replaying = True
+        errors = []
         try:
             for action, node in zip(actions, nodes):
-                self._perform(action)
+                errors.append(self._perform(action))
                 self.node = node
                 self._auto(node)
         finally:
             self._replaying = False
         on_line = target.depth <= tip.depth and tip.ancestor(target.depth) is target
         self.tip = tip if on_line else target   # a checkpoint from an abandoned line makes that line current
+        return errors
 
-    def _perform(self, a: Action) -> None:
+    def retrace(self, step: int):
+        """Trace step ``step`` again: go to the step before it and replay its action under ``lab.trace``."""
+        from pkvmlab.inspect.trace import trace
+
+        if not isinstance(step, int) or isinstance(step, bool) or not 1 <= step <= self.tip.depth:
+            raise UsageError(f"retrace() takes a step 1..{self.tip.depth} of lab.history (one with an action), got {step!r}")
+        target = self.tip.ancestor(step)
+        self.reach(target.parent)
+
+        def again():
+            error = self.replay([target.action], target)[-1]
+            if error is not None:
+                raise error      # the trace keeps it, as it would for the live call
+
+        return trace(self.lab, again)
+
+    def _perform(self, a: Action) -> Exception | None:
         h = self.lab.host
         self._vms_touched |= a.vm is not None or a.name in VM_MAKERS
         if a.vm is not None:
@@ -325,13 +343,15 @@ class Timeline:
         else:
             fn = getattr(h, "_recorded_" + a.name)
         self._depth += 1
+        error = None
         try:
             fn(*a.args, **dict(a.kwargs))
-        except Exception:  # noqa: BLE001 - the live run failed the same way: that is part of what it did
-            pass
+        except Exception as e:  # noqa: BLE001 - the live run failed the same way: that is part of what it did
+            error = e
         finally:
             self._depth -= 1
         self._wrap_new_vms()
+        return error
 
     def undo(self) -> None:
         if self.node.depth == 0:

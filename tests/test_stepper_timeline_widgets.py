@@ -91,3 +91,18 @@ def test_timeline_undo_redo_and_slider_move_the_lab():
     tl.redo_button.click()
     assert lab.history.position == 2 and seen == [2, 0, 1, 2]
     assert lab.host.log[-1] == ("__pkvm_host_share_hyp", (p,), 0)
+
+
+def test_stepper_traces_a_past_step_of_the_history(small_lab):
+    pfn = small_lab.host.alloc_pages()
+    st = HypercallStepper(small_lab)
+    small_lab.host.share_hyp(pfn)
+    small_lab.host.hyp_info()
+    st.refresh_steps()
+    labels = [label for label, _ in st.past.options]
+    assert labels[0].startswith("2: hyp_info") and labels[1].startswith(f"1: share_hyp({pfn:#x})")
+    st.past.value = 1
+    st.retrace_button.click()
+    assert status_kind(st) == "ok" and st.focus == pfn << 12 and small_lab.history.position == 1
+    st.next_write_button.click()
+    assert "host stage-2 L3" in words(st.write_view.value)

@@ -8,7 +8,7 @@ import pytest
 
 from pkvmlab import Lab
 from pkvmlab.arch.sysregs import SYSREGS
-from pkvmlab.errors import HostAccessFault, HypercallError, UsageError
+from pkvmlab.errors import HostAccessFault, HypercallError, HypPanic, MachineError, UsageError
 from pkvmlab.machine import recorder
 from pkvmlab.timeline import StaleCheckpoint
 
@@ -163,3 +163,17 @@ def test_goto_refuses_a_step_that_does_not_exist():
         lab.goto(5)
     with pytest.raises(UsageError, match="Checkpoint"):
         lab.restore("step 0")
+
+
+def test_restoring_a_checkpoint_brings_a_panicked_machine_back():
+    lab = Lab(ram_size=64 << 20)
+    lab.host.share_hyp(lab.host.alloc_pages())
+    cp = lab.checkpoint()
+    before = machine_state(lab)
+    with pytest.raises(HypPanic):
+        lab.core.call_symbol("memset", 0x1000, 0, 8)    # hyp writes where it has no mapping
+    with pytest.raises(MachineError, match="panicked"):
+        lab.host.hyp_info()
+    lab.restore(cp)
+    assert lab.core.panic is None and machine_state(lab) == before
+    assert lab.host.hyp_info()[1] == 2

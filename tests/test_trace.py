@@ -120,3 +120,21 @@ def test_trace_wants_a_function():
     lab = Lab(ram_size=64 << 20)
     with pytest.raises(UsageError, match="lambda"):
         lab.trace(lab.host.share_hyp(lab.host.alloc_pages()))
+
+
+def test_retrace_replays_a_past_step_under_the_tracer_and_ends_at_that_step():
+    lab = Lab(ram_size=64 << 20, history=True)
+    lab.host.share_hyp(lab.host.alloc_pages())          # steps 1, 2: the block split
+    p = lab.host.alloc_pages()                           # step 3
+    lab.host.share_hyp(p)                                # step 4
+    with pytest.raises(HypercallError):
+        lab.host.share_hyp(p)                            # step 5
+    lab.host.hyp_info()                                  # step 6
+    end = machine_state(lab)
+    t = lab.retrace(4)
+    assert t.error is None and [w.what.split(" L")[0] for w in t.pte_writes()] == ["host stage-2", "hyp stage-1"]
+    assert lab.history.position == 4 and len(lab.history) == 7
+    refused = lab.retrace(5)
+    assert isinstance(refused.error, HypercallError) and refused.writes() == []
+    lab.goto(6)
+    assert machine_state(lab) == end

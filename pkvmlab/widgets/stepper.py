@@ -2,6 +2,7 @@
 
     from pkvmlab.widgets.stepper import HypercallStepper
     HypercallStepper(lab)                       # pick a call, press Trace, then ◀ / ▶
+                                                # or pick a past step of lab.history: Trace step
 
 For the current source line: the C file with that line highlighted, the call stack of firmware
 functions, the registers the line changed, the stores it made (a page-table entry decoded old →
@@ -42,6 +43,10 @@ class HypercallStepper(W.VBox):
                           style={"description_width": "70px"}, layout=W.Layout(width="260px"))
         self.trace_button = W.Button(description="Trace", icon="play", tooltip="run the call once, recording it at EL2")
         self.rewind_button = W.Button(description="Rewind", icon="undo", tooltip="undo the traced call (lab.undo())")
+        self.past = W.Dropdown(options=[], description="or step", style={"description_width": "60px"},
+                               layout=W.Layout(width="520px"))
+        self.retrace_button = W.Button(description="Trace step", icon="history",
+                                       tooltip="go back to just before this step of lab.history and trace it again")
         self.prev_button = W.Button(description="◀ line", layout=W.Layout(width="80px"))
         self.next_button = W.Button(description="line ▶", layout=W.Layout(width="80px"))
         self.next_write_button = W.Button(description="next write ▶▶", layout=W.Layout(width="120px"))
@@ -59,6 +64,7 @@ class HypercallStepper(W.VBox):
 
         self.trace_button.on_click(lambda _b: self._guard(self._trace_clicked))
         self.rewind_button.on_click(lambda _b: self._guard(self._rewind_clicked))
+        self.retrace_button.on_click(lambda _b: self._guard(self._retrace_clicked))
         self.prev_button.on_click(lambda _b: self.goto(self.step - 1))
         self.next_button.on_click(lambda _b: self.goto(self.step + 1))
         self.next_write_button.on_click(lambda _b: self.next_write())
@@ -66,6 +72,7 @@ class HypercallStepper(W.VBox):
         super().__init__([
             W.HTML("<b>Inside one hypercall</b> — the hypervisor's C, line by line"),
             W.HBox([self.call, self.arg, self.trace_button, self.rewind_button]),
+            W.HBox([self.past, self.retrace_button]),
             W.HBox([self.prev_button, self.next_button, self.next_write_button, self.slider]),
             self.status, self.where,
             W.HBox([self.source_view, self.stack_view]),
@@ -73,7 +80,9 @@ class HypercallStepper(W.VBox):
             self.diagram_view,
         ])
         self.add_class("pkvmlab-hypercall-stepper")
-        self._set_status("info", "pick a call and an argument, then Trace")
+        self.lab.timeline   # noqa: B018 - so that Rewind and past steps work
+        self.refresh_steps()
+        self._set_status("info", "pick a call and an argument, then Trace (or a past step, then Trace step)")
 
     # -- public ----------------------------------------------------------------------------------
     def run(self, call: str | None = None, arg: int | None = None):
@@ -92,11 +101,28 @@ class HypercallStepper(W.VBox):
                       "create_vm": lambda: h.create_vm(arg), "teardown_vm": lambda: h.teardown_vm(arg)}.get(call)
             if action is None:
                 raise UsageError(f"unknown call {call!r}; pick one of {', '.join(c for _, c in CALLS)}")
-        self.lab.timeline   # noqa: B018 - so that Rewind can undo it
         t = self.lab.trace(action)
         pte = t.pte_writes()
         self.focus = pte[0].ia if pte else (arg << 12 if call in ("share_hyp", "unshare_hyp") else None)
         self.show(t)
+        self.refresh_steps()
+        return t
+
+    def refresh_steps(self) -> None:
+        """List the steps of ``lab.history`` that can run EL2 code (all but the host's page allocator), newest first."""
+        steps = [st for st in self.lab.history
+                 if st.action is not None and st.action.name not in ("alloc_pages", "free_pages")]
+        self.past.options = [(f"{st.index}: {st.action}", st.index) for st in reversed(steps)]
+
+    def retrace(self, step: int):
+        """Go back to just before step ``step`` of ``lab.history`` and trace it again; returns the Trace."""
+        t = self.lab.retrace(step)
+        action = self.lab.history[step].action
+        pte = t.pte_writes()
+        page_arg = action.name in ("share_hyp", "unshare_hyp") and action.args and isinstance(action.args[0], int)
+        self.focus = pte[0].ia if pte else (action.args[0] << 12 if page_arg else None)
+        self.show(t)
+        self.refresh_steps()
         return t
 
     def show(self, trace) -> None:
@@ -189,6 +215,12 @@ class HypercallStepper(W.VBox):
     # -- buttons ---------------------------------------------------------------------------------
     def _trace_clicked(self) -> str | None:
         self.run()
+        return None
+
+    def _retrace_clicked(self) -> str | None:
+        if self.past.value is None:
+            raise UsageError("no past step made a hypercall yet: make one (or press Trace) first")
+        self.retrace(self.past.value)
         return None
 
     def _rewind_clicked(self) -> str:
