@@ -45,8 +45,10 @@ def test_stepper_walks_share_hyp_to_the_host_stage2_write_and_shows_it(small_lab
     assert "pkvmlab-current-line" in st.source_view.value and "set_pte" in words(st.stack_view.value)
     assert "host stage-2: PKVM_PAGE_SHARED_OWNED" in words(st.diagram_view.value)
     assert "hyp stage-1: PKVM_NOPAGE" in words(st.diagram_view.value)    # the hyp entry comes next
+    assert "hyp PKVM_NOPAGE" in words(st.ownership_note.value) and bytes(st.ownership_view.value).startswith(b"\x89PNG")
     st.next_write_button.click()
     assert "hyp stage-1: PKVM_PAGE_SHARED_BORROWED" in words(st.diagram_view.value)
+    assert "hyp PKVM_PAGE_SHARED_BORROWED" in words(st.ownership_note.value)
     here = st.step
     st.prev_button.click()
     assert st.step == here - 1 and st.slider.value == here - 1

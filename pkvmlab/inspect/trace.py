@@ -11,7 +11,9 @@ page-table entry (which table, level, index; old and new descriptor decoded), a 
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -250,6 +252,14 @@ class Trace:
         """
         return PhysAt(self.lab.core.phys, [w for w in self._writes if w.insn >= i and w.pa is not None])
 
+    def ownership_at(self, i: int):
+        """Who owns every page (``lab.hyp.ownership()``) as it was just before instruction ``i``."""
+        from pkvmlab.inspect import Hyp
+
+        core = self.lab.core
+        then = SimpleNamespace(phys=self.phys_at(i), ram_base=core.ram_base, ram_size=core.ram_size, sysreg=core.sysreg)
+        return Hyp(then, self.lab.fw).ownership()
+
     def walk_at(self, i: int, addr: int, stage: str = "host-s2", vm=None, access: str = "r"):
         """The translation walk of ``addr`` over the tables as they were before instruction ``i``."""
         from pkvmlab.inspect.walk import walk_regime
@@ -274,18 +284,20 @@ class PhysAt:
 
     def __init__(self, phys, later_writes: list[Write]):
         self._phys, self.base, self.size = phys, phys.base, phys.size
-        self._old: dict[int, int] = {}
+        old: dict[int, int] = {}
         for w in reversed(later_writes):      # the earliest store's old bytes win
             for k, b in enumerate(w.old.to_bytes(w.size, "little")):
-                self._old[w.pa + k] = b
+                old[w.pa + k] = b
+        self._addrs = sorted(old)
+        self._old = old
 
     def read(self, pa: int, n: int) -> bytes:
         data = bytearray(self._phys.read(pa, n))
-        if self._old:
-            for k in range(n):
-                b = self._old.get(pa + k)
-                if b is not None:
-                    data[k] = b
+        i = bisect.bisect_left(self._addrs, pa)
+        while i < len(self._addrs) and self._addrs[i] < pa + n:
+            a = self._addrs[i]
+            data[a - pa] = self._old[a]
+            i += 1
         return bytes(data)
 
     def read_u64(self, pa: int) -> int:

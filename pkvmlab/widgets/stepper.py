@@ -26,14 +26,16 @@ CALLS = (("__pkvm_host_share_hyp (share_hyp pfn)", "share_hyp"),
          ("__pkvm_teardown_shadow (teardown_vm handle)", "teardown_vm"),
          ("__pkvm_hyp_info", "hyp_info"))
 CONTEXT = 9        # source lines shown above and below the current one
+OWNERSHIP_PAGES = 32   # pages drawn around the page the call is about
 
 
 class HypercallStepper(W.VBox):
     """Pick a call, trace it, step through its source lines with the machine's state at each."""
 
-    def __init__(self, lab, *, call: str = "share_hyp", arg: int | None = None):
+    def __init__(self, lab, *, call: str = "share_hyp", arg: int | None = None, show_ownership: bool = True):
         render.require_lab(lab, "HypercallStepper")
         self.lab = lab
+        self.show_ownership = show_ownership   # the ownership map is redrawn at every step (~0.1 s)
         self.trace = None
         self.focus: int | None = None      # the page the call is about
         self.step = 0
@@ -61,6 +63,8 @@ class HypercallStepper(W.VBox):
         self.write_view = W.HTML(layout=W.Layout(width="58%"))
         self.diagram_view = W.HTML()
         self.diagram_view.add_class("pkvmlab-stepper-diagram")
+        self.ownership_view = W.Image(format="png", layout=W.Layout(max_width="100%", display="none"))
+        self.ownership_note = W.HTML()
 
         self.trace_button.on_click(lambda _b: self._guard(self._trace_clicked))
         self.rewind_button.on_click(lambda _b: self._guard(self._rewind_clicked))
@@ -78,6 +82,7 @@ class HypercallStepper(W.VBox):
             W.HBox([self.source_view, self.stack_view]),
             W.HBox([self.write_view, self.regs_view]),
             self.diagram_view,
+            self.ownership_note, self.ownership_view,
         ])
         self.add_class("pkvmlab-hypercall-stepper")
         self.lab.timeline   # noqa: B018 - so that Rewind and past steps work
@@ -179,6 +184,25 @@ class HypercallStepper(W.VBox):
                        for w in writes) or "<div style='color:#777'>no store to hyp's data on this line</div>"
         self.write_view.value = render.panel_html("what this line wrote", body)
         self.diagram_view.value = self._diagram_html(s.last + 1)
+        self._draw_ownership(s.last + 1)
+
+    def _draw_ownership(self, i: int) -> None:
+        """Who owns the pages around the focus, as they were after this line (``Trace.ownership_at``)."""
+        if self.focus is None or not self.show_ownership:
+            self.ownership_view.layout.display = "none"
+            self.ownership_note.value = ""
+            return
+        from pkvmlab import viz
+
+        try:
+            snap = self.trace.ownership_at(i)
+            lo = max(snap.ram_start, (self.focus & ~(OWNERSHIP_PAGES * 4096 - 1)))
+            self.ownership_view.value = render.figure_png(viz.ownership_map(snap, lo, lo + OWNERSHIP_PAGES * 4096))
+            self.ownership_view.layout.display = None
+            self.ownership_note.value = render.pre_html(str(snap.page(self.focus >> 12)))
+        except Exception as exc:  # noqa: BLE001 - say why in the panel, never a traceback
+            self.ownership_view.layout.display = "none"
+            self.ownership_note.value = render.unavailable_html("the ownership map", exc)
 
     def _source_html(self, s) -> str:
         src = self.trace.smap.source(s.place.file)
