@@ -1,7 +1,7 @@
 """Time travel: checkpoints of the whole lab, the history of host actions, undo, redo, goto.
 
 A checkpoint is the whole machine and the host model together: the CPU's registers (Unicorn's CPU
-context), RAM (``pkvmlab.machine.recorder.Journal``: the pages written since, saved before their
+context), RAM (``pkvmlab.machine.journal.Journal``: the pages written since, saved before their
 first store) and the host kernel model (its page allocator, VM objects, hypercall log).
 
 Once the timeline runs (the first ``lab.checkpoint()``, ``lab.history``, ``Lab(history=True)``),
@@ -147,7 +147,7 @@ class Timeline:
                 return cp
         raise AssertionError("the root checkpoint is never invalidated")
 
-    def replay(self, actions: list[Action], target: _Node) -> list[Exception | None]:
+    def replay(self, actions: list[Action], target: _Node) -> list[tuple[object, Exception | None]]:
         """Re-run recorded actions from the current step, checkpointing each, along the existing nodes."""
         nodes, n = [], target
         while len(nodes) < len(actions):
@@ -156,17 +156,17 @@ class Timeline:
         nodes.reverse()
         tip = self.tip
         self._replaying = True
-        errors = []
+        outcomes = []
         try:
             for action, node in zip(actions, nodes):
-                errors.append(self._perform(action))
+                outcomes.append(self._perform(action))
                 self.node = node
                 self._auto(node)
         finally:
             self._replaying = False
         on_line = target.depth <= tip.depth and tip.ancestor(target.depth) is target
         self.tip = tip if on_line else target   # a checkpoint from an abandoned line makes that line current
-        return errors
+        return outcomes
 
     def retrace(self, step: int):
         """Trace step ``step`` again: go to the step before it and replay its action under ``lab.trace``."""
@@ -178,13 +178,14 @@ class Timeline:
         self.reach(target.parent)
 
         def again():
-            error = self.replay([target.action], target)[-1]
+            result, error = self.replay([target.action], target)[-1]
             if error is not None:
                 raise error      # the trace keeps it, as it would for the live call
+            return result
 
         return trace(self.lab, again)
 
-    def _perform(self, a: Action) -> Exception | None:
+    def _perform(self, a: Action) -> tuple[object, Exception | None]:
         h = self.lab.host
         self._vms_touched |= a.vm is not None or a.name in VM_MAKERS
         if a.vm is not None:
@@ -195,15 +196,15 @@ class Timeline:
         else:
             fn = getattr(h, "_recorded_" + a.name)
         self._depth += 1
-        error = None
+        result, error = None, None
         try:
-            fn(*a.args, **dict(a.kwargs))
+            result = fn(*a.args, **dict(a.kwargs))
         except Exception as e:  # noqa: BLE001 - the live run failed the same way: that is part of what it did
             error = e
         finally:
             self._depth -= 1
         self._wrap_new_vms()
-        return error
+        return result, error
 
     def undo(self) -> None:
         if self.node.depth == 0:
