@@ -138,3 +138,15 @@ def test_retrace_replays_a_past_step_under_the_tracer_and_ends_at_that_step():
     assert isinstance(refused.error, HypercallError) and refused.writes() == []
     lab.goto(6)
     assert machine_state(lab) == end
+
+
+def test_the_source_map_read_back_from_its_cache_is_the_one_parsed(lab):
+    from pkvmlab.firmware.source_map import SourceMap, _cache_path
+
+    _cache_path(lab.fw.path).unlink(missing_ok=True)
+    parsed = SourceMap(lab.fw)
+    assert _cache_path(lab.fw.path).is_file()
+    cached = SourceMap(lab.fw)
+    for part in ("_addrs", "_rows", "_segments", "_vars", "_structs"):
+        assert getattr(cached, part) == getattr(parsed, part)
+    assert cached.variable_at(lab.fw.symbol("hyp_pool") + 8) == "hyp_pool.free_pages"

@@ -9,6 +9,8 @@ and every global variable with its type, so a store can be named ``hyp_pool.free
 from __future__ import annotations
 
 import bisect
+import os
+import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -46,46 +48,46 @@ class _Scope:
     depth: int
 
 
-@dataclass(frozen=True)
-class _Var:
-    addr: int
-    size: int
-    name: str
-    type_die: object
-
-
 class SourceMap:
     """Line table, function scopes and globals of one firmware image."""
 
     def __init__(self, fw: Firmware):
         self.fw = fw
-        self._addrs: list[int] = []
-        self._rows: list[tuple[str, int]] = []
-        self._scopes: list[_Scope] = []
-        self._vars: list[_Var] = []
-        self._structs: dict[str, object] = {}
         self._place_cache: dict[int, Place] = {}
         self._source_cache: dict[str, list[str]] = {}
+        data = _load_cached(fw.path)
+        if data is None:
+            data = self._parse(fw)
+            _save_cached(fw.path, data)
+        self._addrs, self._rows, self._segments, self._vars, self._structs = data
+        self._var_addrs = [v[0] for v in self._vars]
+        self._text = self._text_image(fw)
+
+    def _parse(self, fw: Firmware) -> tuple:
+        """Read the line table, the scopes, the globals and the structs' type trees out of the DWARF."""
+        self._scopes: list[_Scope] = []
+        self._var_dies: list[tuple[int, int, str, object]] = []
+        self._struct_dies: dict[str, object] = {}
         with open(fw.path, "rb") as fh:
             dwarf = ELFFile(fh).get_dwarf_info()
             rows = []
             for cu in dwarf.iter_CUs():
                 self._read_lines(dwarf, cu, rows)
                 self._read_dies(dwarf, cu)
+            memo: dict[int, tuple | None] = {}
+            variables = sorted((addr, size, name, _tree(t, memo)) for addr, size, name, t in self._var_dies)
+            structs = {name: _tree(die, memo) for name, die in self._struct_dies.items()}
         rows.sort(key=lambda r: (r[0], r[3]))
-        last = ("?", 0)
+        addrs, out_rows, last = [], [], ("?", 0)
         for addr, file, line, end in rows:
             # line 0 is the compiler's "no particular line" (code shared by several): keep the row before
             if end:
                 last = ("?", 0)
             elif line:
                 last = (file, line)
-            self._addrs.append(addr)
-            self._rows.append(last)
-        self._text = self._text_image(fw)
-        self._segments = self._scope_segments()
-        self._vars.sort(key=lambda v: v.addr)
-        self._var_addrs = [v.addr for v in self._vars]
+            addrs.append(addr)
+            out_rows.append(last)
+        return addrs, out_rows, self._scope_segments(), variables, structs
 
     # -- reading DWARF ----------------------------------------------------------------------
     @staticmethod
@@ -116,11 +118,11 @@ class SourceMap:
                 self._variable(die)
             elif die.tag == "DW_TAG_structure_type" and "DW_AT_name" in die.attributes \
                     and "DW_AT_declaration" not in die.attributes:
-                self._structs.setdefault(die.attributes["DW_AT_name"].value.decode(), die)
+                self._struct_dies.setdefault(die.attributes["DW_AT_name"].value.decode(), die)
             elif die.tag == "DW_TAG_typedef":
                 st = _strip(die)
                 if st is not None and st.tag == "DW_TAG_structure_type" and "DW_AT_name" not in st.attributes:
-                    self._structs.setdefault(die.attributes["DW_AT_name"].value.decode(), st)
+                    self._struct_dies.setdefault(die.attributes["DW_AT_name"].value.decode(), st)
 
     def _ranges(self, dwarf, cu, die) -> list[tuple[int, int]]:
         if "DW_AT_low_pc" in die.attributes:
@@ -183,7 +185,9 @@ class SourceMap:
             return   # DW_OP_addr <8 bytes> first: a global at a fixed address (maybe narrowed by the optimiser)
         addr = int.from_bytes(bytes(loc.value[1:9]), "little")
         t = _type_die(die)
-        self._vars.append(_Var(addr, _byte_size(t), self._name(die), t))
+        name = self._name(die)
+        if name != "?":   # string literals have no name
+            self._var_dies.append((addr, _byte_size(t), name, t))
 
     def _scope_segments(self) -> tuple[list[int], list[tuple[str, ...]]]:
         """Cut the text at every scope boundary; each piece gets its function chain once, outermost first."""
@@ -239,58 +243,98 @@ class SourceMap:
         i = bisect.bisect_right(self._var_addrs, addr) - 1
         if i < 0:
             return None
-        v = self._vars[i]
-        if not addr < v.addr + max(v.size, 1):
+        v_addr, v_size, v_name, tree = self._vars[i]
+        if not addr < v_addr + max(v_size, 1):
             return None
-        return v.name + member_path(v.type_die, addr - v.addr)
+        return v_name + member_path(tree, addr - v_addr)
 
     def variable(self, name: str) -> tuple[int, int] | None:
-        for v in self._vars:
-            if v.name == name:
-                return v.addr, v.size
+        for v_addr, v_size, v_name, _ in self._vars:
+            if v_name == name:
+                return v_addr, v_size
         return None
 
     def struct_path(self, struct: str, offset: int) -> str:
         """The member path at ``offset`` in ``struct <struct>`` (``.kvm.arch.vtcr``), "" if unknown."""
-        die = self._structs.get(struct)
-        return member_path(die, offset) if die is not None else ""
+        tree = self._structs.get(struct)
+        return member_path(tree, offset) if tree is not None else ""
 
 
-def member_path(type_die, offset: int) -> str:
-    """``.a.b[3].c`` for the byte at ``offset`` in an object of type ``type_die`` (as deep as the types go)."""
-    out = ""
+def _tree(type_die, memo: dict, depth: int = 0) -> tuple | None:
+    """A type as plain data for naming places in it: ("struct", members) / ("array", element size, element)."""
     t = _strip(type_die)
-    for _ in range(16):
-        if t is None:
-            break
-        if t.tag == "DW_TAG_structure_type" or t.tag == "DW_TAG_union_type":
+    if t is None or depth > 16:
+        return None
+    if t.offset in memo:
+        return memo[t.offset]
+    tree = None
+    if t.tag in ("DW_TAG_structure_type", "DW_TAG_union_type"):
+        members = []
+        for m in t.iter_children():
+            off = _attr(m, "DW_AT_data_member_location", 0)
+            if m.tag != "DW_TAG_member" or not isinstance(off, int):
+                continue
+            mt = _type_die(m)
+            st = _strip(mt)
+            flexible = st is not None and st.tag == "DW_TAG_array_type" and not _array_count(st)
+            members.append((_attr(m, "DW_AT_name", b"?").decode(), off, _byte_size(mt), flexible, _tree(mt, memo, depth + 1)))
+        tree = ("struct", tuple(members))
+    elif t.tag == "DW_TAG_array_type":
+        elem = _type_die(t)
+        tree = ("array", _byte_size(elem) or 1, _tree(elem, memo, depth + 1))
+    memo[t.offset] = tree
+    return tree
+
+
+def member_path(tree, offset: int) -> str:
+    """``.a.b[3].c`` for the byte at ``offset`` in an object of type ``tree`` (as deep as the types go)."""
+    out = ""
+    while tree is not None:
+        if tree[0] == "struct":
             best = None
-            for m in t.iter_children():
-                if m.tag != "DW_TAG_member":
-                    continue
-                off = _attr(m, "DW_AT_data_member_location", 0)
-                if not isinstance(off, int):
-                    continue
-                size = _byte_size(_type_die(m))
-                mt = _strip(_type_die(m))
-                flexible = mt is not None and mt.tag == "DW_TAG_array_type" and not _array_count(mt)
+            for name, off, size, flexible, sub in tree[1]:
                 if off <= offset and (offset < off + size or flexible):
-                    best = (m, off)
+                    best = (name, off, sub)
             if best is None:
                 break
-            m, off = best
-            out += "." + _attr(m, "DW_AT_name", b"?").decode()
+            name, off, tree = best
+            out += "." + name
             offset -= off
-            t = _strip(_type_die(m))
-        elif t.tag == "DW_TAG_array_type":
-            elem = _type_die(t)
-            size = _byte_size(elem) or 1
+        else:
+            _, size, tree_elem = tree
             out += f"[{offset // size}]"
             offset %= size
-            t = _strip(elem)
-        else:
-            break
+            tree = tree_elem
     return out
+
+
+CACHE_VERSION = 1
+
+
+def _cache_path(elf: Path) -> Path:
+    return Path(elf).with_name(Path(elf).name + ".srcmap")
+
+
+def _load_cached(elf: Path):
+    """The parsed map saved beside the ELF (the build cache is keyed by the sources), if it matches."""
+    try:
+        st = Path(elf).stat()
+        with open(_cache_path(elf), "rb") as fh:
+            version, size, mtime, data = pickle.load(fh)
+    except (OSError, EOFError, pickle.PickleError, ValueError, TypeError, AttributeError):
+        return None
+    return data if (version, size, mtime) == (CACHE_VERSION, st.st_size, st.st_mtime_ns) else None
+
+
+def _save_cached(elf: Path, data) -> None:
+    try:
+        st = Path(elf).stat()
+        tmp = _cache_path(elf).with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            pickle.dump((CACHE_VERSION, st.st_size, st.st_mtime_ns, data), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, _cache_path(elf))
+    except OSError:
+        pass   # a read-only place: parse again next time
 
 
 @lru_cache(maxsize=8)
