@@ -25,7 +25,7 @@ HOST_ACTIONS = ("hyp_info", "share_hyp", "unshare_hyp", "donate_hyp", "init_shad
                 "donate_guest", "create_vm", "teardown_vm", "hvc", "call", "read", "write", "read_u64", "write_u64",
                 "alloc_pages", "free_pages")
 VM_ACTIONS = ("donate", "teardown")
-HYP_STACK_SIZE = 16384   # firmware/link.ld: .stack below __hyp_stack_top (the debugger's stack above it)
+EAGER_STACK = 4096   # the top page of hyp's stack: every hypercall writes it (the deepest used < 2 KiB, measured)
 VM_MAKERS = ("create_vm", "teardown_vm")   # host actions that make, change or drop VM objects
 JOURNAL_PAGES_DENSE = 16384   # 64 MiB of saved pages: past that, a checkpoint every THIN steps
 THIN = 16
@@ -37,8 +37,7 @@ class Timeline:
     def __init__(self, lab):
         self.lab = lab
         top = lab.fw.symbols.get("__hyp_stack_top", 0)
-        stack = (top - HYP_STACK_SIZE, lab.fw.symbols.get("__debug_stack_top", top)) if top else None
-        self.journal = Journal(lab.core, eager=stack)
+        self.journal = Journal(lab.core, eager=(top - EAGER_STACK, top) if top else None)
         self.journal.attach()
         self._depth = 0              # >0 while a recorded action runs (its inner calls are part of it)
         self._last_host: _HostState | None = None

@@ -18,7 +18,7 @@ from unicorn.unicorn_py3 import unicorn as _binding
 
 from pkvmlab.errors import MachineError
 from pkvmlab.machine import recorder
-from pkvmlab.machine.recorder import PAGE, _hook_add, _store_pa, flush_tlb
+from pkvmlab.machine.recorder import PAGE, _hook_add, _store_pa, drop_deleted_hooks, flush_tlb
 
 
 class Journal:
@@ -94,7 +94,9 @@ class Journal:
                 core.uc.hook_del(h)
         self._hook = None
         core.phys.__dict__.pop("write", None)
-        flush_tlb(core)
+        ctx = core.uc.context_save()
+        drop_deleted_hooks(core)
+        core.uc.context_restore(ctx)
 
     @property
     def attached(self) -> bool:

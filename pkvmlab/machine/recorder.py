@@ -120,6 +120,24 @@ def _hook_add(core, kind: int, fn, user: int, begin: int = 1, end: int = 0) -> i
     return handle.value
 
 
+def drop_deleted_hooks(core) -> None:
+    """Make Unicorn really remove the hooks deleted since its last run, then drop what they left behind.
+
+    ``uc_hook_del`` only marks a hook; it leaves the hook lists at the end of the next ``uc_emu_start``,
+    and until then code translated (and TLB entries made) count it as present: the fast path would
+    stay slow.  An empty run (begin = until, nothing executes) ends that now; the caller keeps the
+    registers out of it (see ``record_el2``).
+    """
+    uc = core.uc
+    pc = uc.reg_read(A.UC_ARM64_REG_PC)
+    try:
+        uc.emu_start(pc, pc)
+    except unicorn.UcError:
+        pass   # nothing ran either way; the hooks are cleared when any run ends
+    uc.ctl_flush_tb()
+    flush_tlb(core)
+
+
 def flush_tlb(core) -> None:
     """Drop the CPU's cached translations (after the page tables in RAM changed behind its back)."""
     core.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
@@ -199,9 +217,8 @@ def record_el2(core, action: Callable[[], object], code_lo: int, code_hi: int, *
                 _binding.uclib.uc_hook_del(uc._uch, _binding.uc_hook_h(h))
             else:
                 uc.hook_del(h)
+        drop_deleted_hooks(core)   # and without them again: the fast path is as it was
         uc.context_restore(ctx)
-        uc.ctl_flush_tb()  # and without them again: the fast path is as it was
-        flush_tlb(core)
     if lib is not None:
         try:
             n = ctypes.c_uint64()
