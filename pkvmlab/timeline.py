@@ -11,6 +11,10 @@ only: the steps between are reached by replay).  Checkpoints form a stack: going
 to step 3, and the checkpoints of steps 4, 5 … are gone (their saved pages were written back).
 Going forward again replays the recorded actions from the nearest valid checkpoint: the emulator is
 deterministic, so replay rebuilds the same state byte for byte (``tests/test_timeline.py``).
+
+Only host actions are replayed.  What the debugger does between them (``lab.core.phys.write``,
+``lab.core.call``, ``lab.hyp.at``) is undone by a restore like everything else, but a replay does
+not repeat it.
 """
 
 from __future__ import annotations
