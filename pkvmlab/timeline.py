@@ -75,8 +75,9 @@ class Timeline:
         h, c = self.lab.host, self.lab.core
         h.pages._free = list(s.free)
         del h.log[s.log_len:]
+        kept = {id(vm) for vm in s.vms.values()}
         for vm in h.vms.values():          # VMs made after the checkpoint are gone again
-            if vm not in s.vms.values():
+            if id(vm) not in kept:
                 vm.alive = False
         for vm, alive, pages in s.vm_state:
             vm.alive, vm.guest_pages = alive, dict(pages)
