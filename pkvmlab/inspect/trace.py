@@ -20,7 +20,7 @@ import numpy as np
 from pkvmlab.arch.pgtable import ADDR_MASK, ENTRIES, PAGE_SIZE, Descriptor, granule_shift
 from pkvmlab.firmware.source_map import Place, source_map
 from pkvmlab.inspect.walk import HANDLE_OFFSET, KVM_MAX_PVMS, regime
-from pkvmlab.machine.recorder import REG_NAMES, record_el2
+from pkvmlab.machine.recorder import MAX_TRACE_INSNS, REG_NAMES, record_el2
 
 _BL_MASK, _BL = 0xFC000000, 0x94000000
 _BLR_MASK, _BLR = 0xFFFFFC1F, 0xD63F0000
@@ -270,7 +270,8 @@ class Trace:
     def __repr__(self) -> str:
         lines = self.lines()
         outcome = f"raised {type(self.error).__name__}: {self.error}" if self.error else f"returned {self.result!r}"
-        return (f"Trace: {len(self.pcs)} instructions at EL2 in {len(lines)} source-line steps, "
+        cut = f" (cut off at {MAX_TRACE_INSNS:,} instructions)" if self.overflow else ""
+        return (f"Trace: {len(self.pcs)} instructions at EL2{cut} in {len(lines)} source-line steps, "
                 f"{len(self.writes())} store(s) that changed memory ({len(self.pte_writes())} page-table entries); "
                 f"the action {outcome}")
 
