@@ -44,6 +44,7 @@ class Timeline:
         self.journal = Journal(lab.core, eager=(top - EAGER_STACK, top) if top else None)
         self.journal.attach()
         self._depth = 0              # >0 while a recorded action runs (its inner calls are part of it)
+        self._stat_keys = tuple(lab.core.stats)
         self._last_host: _HostState | None = None
         self._vms_touched = True     # a VM object may have changed since the last host-state copy
         self._replaying = False
@@ -67,7 +68,9 @@ class Timeline:
         else:
             vms, vm_state = dict(h.vms), [(vm, vm.alive, dict(vm.guest_pages)) for vm in h.vms.values()]
         self._vms_touched = False
-        self._last_host = _HostState(list(h.pages._free), len(h.log), vms, vm_state, dict(c.stats), c.panic)
+        stats = c.stats
+        self._last_host = _HostState(list(h.pages._free), len(h.log), vms, vm_state,
+                                     {k: stats[k] for k in self._stat_keys}, c.panic)
         return self._last_host
 
     def _set_host_state(self, s: _HostState) -> None:
