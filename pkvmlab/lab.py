@@ -67,7 +67,7 @@ class Lab:
     """A booted machine: ``lab.core`` (the CPU), ``lab.host`` (you, at EL1), ``lab.hyp`` (EL2's state)."""
 
     def __init__(self, *, ram_size: int = RAM_SIZE, hyp_size: int = HYP_SIZE, firmware: Firmware | str | None = None,
-                 native: bool | None = None):
+                 native: bool | None = None, history: bool = False):
         self.fw = firmware if isinstance(firmware, Firmware) else load_firmware(firmware)
         self.core = Core(RAM_BASE, ram_size, native=native)
         self.hyp_size = hyp_size
@@ -82,6 +82,61 @@ class Lab:
         if el != 2:
             raise MachineError(f"the hypervisor's info call ran at EL{el}, not EL2")
         self.version = version
+        self._timeline = None
+        if history:
+            self.timeline   # noqa: B018 - start recording now: step 0 is the freshly booted lab
+
+    # -- time travel (pkvmlab/timeline.py) ------------------------------------------------------
+    @property
+    def timeline(self):
+        """The recorder behind checkpoints and history; started by the first use (or ``Lab(history=True)``).
+
+        From then on every store is journaled (a hook), so hypercalls cost a little more.
+        """
+        if self._timeline is None:
+            from pkvmlab.timeline import Timeline
+
+            self._timeline = Timeline(self)
+        return self._timeline
+
+    def checkpoint(self):
+        """The whole lab now: registers, RAM, the host model.  ``lab.restore(cp)`` comes back to it."""
+        return self.timeline.checkpoint()
+
+    def restore(self, cp) -> None:
+        """Back to checkpoint ``cp``; checkpoints taken after it become invalid (``lab.goto(cp)`` replays to them)."""
+        self.timeline.restore(cp)
+
+    @property
+    def history(self):
+        """Every host action since the timeline started, one step each; ``▶`` marks where you are."""
+        return self.timeline.history
+
+    def undo(self) -> None:
+        """Back one step."""
+        self.timeline.undo()
+
+    def redo(self) -> None:
+        """Forward one step (replayed if its checkpoint was rewound past)."""
+        self.timeline.redo()
+
+    def goto(self, step) -> None:
+        """To step ``step`` of ``lab.history`` (or to a Checkpoint), restoring or replaying as needed."""
+        self.timeline.goto(step)
+
+    def diff(self, a: int, b: int):
+        """What changed in ownership and in the shadow VM table from step ``a`` to step ``b``."""
+        return self.timeline.diff(a, b)
+
+    def retrace(self, step: int):
+        """Trace step ``step`` of ``lab.history`` again (going back to just before it): a Trace."""
+        return self.timeline.retrace(step)
+
+    def trace(self, action):
+        """Run ``action()`` (one host action) and record its execution at EL2, line by line: a Trace."""
+        from pkvmlab.inspect.trace import trace
+
+        return trace(self, action)
 
     def hyp_info(self) -> tuple[int, int, int]:
         """``__pkvm_hyp_info``: (firmware version, CurrentEL the handler saw, free hyp pool pages)."""

@@ -1,0 +1,258 @@
+"""The hypercall stepper: run one call under ``lab.trace``, then step through the hypervisor's C line by line.
+
+    from pkvmlab.widgets.stepper import HypercallStepper
+    HypercallStepper(lab)                       # pick a call, press Trace, then ◀ / ▶
+                                                # or pick a past step of lab.history: Trace step
+
+For the current source line: the C file with that line highlighted, the call stack of firmware
+functions, the registers the line changed, the stores it made (a page-table entry decoded old →
+new), and the translation of the page the call is about — host stage-2 and hyp stage-1 — drawn
+from the tables as they were at that step, with the page's state on each side.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+import ipywidgets as W
+
+from pkvmlab.arch.pgtable import STATE_NAMES, host_page_state, hyp_page_state
+from pkvmlab.errors import UsageError
+from pkvmlab.widgets import render
+
+CALLS = (("__pkvm_host_share_hyp (share_hyp pfn)", "share_hyp"),
+         ("__pkvm_host_unshare_hyp (unshare_hyp pfn)", "unshare_hyp"),
+         ("__pkvm_init_shadow (create_vm nr_vcpus)", "create_vm"),
+         ("__pkvm_teardown_shadow (teardown_vm handle)", "teardown_vm"),
+         ("__pkvm_hyp_info", "hyp_info"))
+CONTEXT = 9        # source lines shown above and below the current one
+OWNERSHIP_PAGES = 32   # pages drawn around the page the call is about
+
+
+class HypercallStepper(W.VBox):
+    """Pick a call, trace it, step through its source lines with the machine's state at each."""
+
+    def __init__(self, lab, *, call: str = "share_hyp", arg: int | None = None, show_ownership: bool = True):
+        render.require_lab(lab, "HypercallStepper")
+        self.lab = lab
+        self.show_ownership = show_ownership   # the ownership map is redrawn at every step (~0.1 s)
+        self.trace = None
+        self.focus: int | None = None      # the page the call is about
+        self.step = 0
+        self.call = W.Dropdown(options=CALLS, value=call, description="call", style={"description_width": "40px"},
+                               layout=W.Layout(width="380px"))
+        self.arg = W.Text(value="" if arg is None else hex(arg), description="argument", placeholder="pfn / count / handle",
+                          style={"description_width": "70px"}, layout=W.Layout(width="260px"))
+        self.trace_button = W.Button(description="Trace", icon="play", tooltip="run the call once, recording it at EL2")
+        self.rewind_button = W.Button(description="Rewind", icon="undo", tooltip="undo the traced call (lab.undo())")
+        self.past = W.Dropdown(options=[], description="or step", style={"description_width": "60px"},
+                               layout=W.Layout(width="520px"))
+        self.retrace_button = W.Button(description="Trace step", icon="history",
+                                       tooltip="go back to just before this step of lab.history and trace it again")
+        self.prev_button = W.Button(description="◀ line", layout=W.Layout(width="80px"))
+        self.next_button = W.Button(description="line ▶", layout=W.Layout(width="80px"))
+        self.next_write_button = W.Button(description="next write ▶▶", layout=W.Layout(width="120px"))
+        self.slider = W.IntSlider(min=0, max=0, description="step", continuous_update=False,
+                                  style={"description_width": "40px"}, layout=W.Layout(width="420px"))
+        self.status = W.HTML()
+        self.where = W.HTML()
+        self.source_view = W.HTML(layout=W.Layout(width="58%"))
+        self.source_view.add_class("pkvmlab-stepper-source")
+        self.stack_view = W.HTML(layout=W.Layout(width="40%"))
+        self.regs_view = W.HTML(layout=W.Layout(width="40%"))
+        self.write_view = W.HTML(layout=W.Layout(width="58%"))
+        self.diagram_view = W.HTML()
+        self.diagram_view.add_class("pkvmlab-stepper-diagram")
+        self.ownership_view = W.Image(format="png", layout=W.Layout(max_width="100%", display="none"))
+        self.ownership_note = W.HTML()
+
+        self.trace_button.on_click(lambda _b: self._guard(self._trace_clicked))
+        self.rewind_button.on_click(lambda _b: self._guard(self._rewind_clicked))
+        self.retrace_button.on_click(lambda _b: self._guard(self._retrace_clicked))
+        self.prev_button.on_click(lambda _b: self.goto(self.step - 1))
+        self.next_button.on_click(lambda _b: self.goto(self.step + 1))
+        self.next_write_button.on_click(lambda _b: self.next_write())
+        self.slider.observe(lambda c: self.goto(c["new"]), names="value")
+        super().__init__([
+            W.HTML("<b>Inside one hypercall</b> — the hypervisor's C, line by line"),
+            W.HBox([self.call, self.arg, self.trace_button, self.rewind_button]),
+            W.HBox([self.past, self.retrace_button]),
+            W.HBox([self.prev_button, self.next_button, self.next_write_button, self.slider]),
+            self.status, self.where,
+            W.HBox([self.source_view, self.stack_view]),
+            W.HBox([self.write_view, self.regs_view]),
+            self.diagram_view,
+            self.ownership_note, self.ownership_view,
+        ])
+        self.add_class("pkvmlab-hypercall-stepper")
+        self.lab.timeline   # noqa: B018 - so that Rewind and past steps work
+        self.refresh_steps()
+        self._set_status("info", "pick a call and an argument, then Trace (or a past step, then Trace step)")
+
+    # -- public ----------------------------------------------------------------------------------
+    def run(self, call: str | None = None, arg: int | None = None):
+        """Trace one call (the dropdown's and the text box's unless given) and show its first line; returns the Trace."""
+        call = call or self.call.value
+        if arg is None:
+            arg = render.parse_address(self.arg.value) if self.arg.value.strip() else None
+        h = self.lab.host
+        if call == "hyp_info":
+            action = h.hyp_info
+        elif arg is None:
+            raise UsageError(f"{call} needs an argument: a pfn for share/unshare, a vCPU count for create_vm, "
+                             "a handle for teardown_vm")
+        else:
+            action = {"share_hyp": lambda: h.share_hyp(arg), "unshare_hyp": lambda: h.unshare_hyp(arg),
+                      "create_vm": lambda: h.create_vm(arg), "teardown_vm": lambda: h.teardown_vm(arg)}.get(call)
+            if action is None:
+                raise UsageError(f"unknown call {call!r}; pick one of {', '.join(c for _, c in CALLS)}")
+        t = self.lab.trace(action)
+        pte = t.pte_writes()
+        self.focus = pte[0].ia if pte else (arg << 12 if call in ("share_hyp", "unshare_hyp") else None)
+        self.show(t)
+        self.refresh_steps()
+        return t
+
+    def refresh_steps(self) -> None:
+        """List the steps of ``lab.history`` that can run EL2 code (all but the host's page allocator), newest first."""
+        steps = [st for st in self.lab.history
+                 if st.action is not None and st.action.name not in ("alloc_pages", "free_pages")]
+        self.past.options = [(f"{st.index}: {st.action}", st.index) for st in reversed(steps)]
+
+    def retrace(self, step: int):
+        """Go back to just before step ``step`` of ``lab.history`` and trace it again; returns the Trace."""
+        t = self.lab.retrace(step)
+        action = self.lab.history[step].action
+        pte = t.pte_writes()
+        page_arg = action.name in ("share_hyp", "unshare_hyp") and action.args and isinstance(action.args[0], int)
+        self.focus = pte[0].ia if pte else (action.args[0] << 12 if page_arg else None)
+        self.show(t)
+        self.refresh_steps()
+        return t
+
+    def show(self, trace) -> None:
+        """Step through an existing trace (from ``lab.trace``)."""
+        self.trace = trace
+        n = len(trace.lines())
+        self.slider.max = max(n - 1, 0)
+        outcome = (f"refused: {trace.error}" if trace.error else "returned normally")
+        self._set_status("error" if trace.error else "ok",
+                         f"{len(trace)} instructions at EL2, {n} source-line steps, {len(trace.writes())} store(s) "
+                         f"that changed hyp's data, {len(trace.pte_writes())} of them page-table entries; the call {outcome}")
+        self.goto(0)
+
+    def goto(self, i: int) -> None:
+        """Show source-line step ``i``."""
+        if self.trace is None:
+            return
+        lines = self.trace.lines()
+        if not lines:
+            return
+        i = max(0, min(i, len(lines) - 1))
+        self.step = i
+        if self.slider.value != i:
+            self.slider.value = i       # observe calls back here with the same i: nothing more happens
+        self._draw(lines[i])
+
+    def next_write(self) -> None:
+        """Jump to the next step that changed a page-table entry (or any of hyp's data, if no entry is left)."""
+        lines = self.trace.lines() if self.trace else []
+        for want_pte in (True, False):
+            for j in range(self.step + 1, len(lines)):
+                ws = [w for w in lines[j].writes if w.changed and w.what != "hyp stack"]
+                if ws and (not want_pte or any(w.pte for w in ws)):
+                    self.goto(j)
+                    return
+        self._set_status("info", "no store after this step")
+
+    # -- drawing ---------------------------------------------------------------------------------
+    def _draw(self, s) -> None:
+        t = self.trace
+        self.where.value = (f"<div style='font-family:monospace'>step {s.index + 1} of {len(t.lines())}: "
+                            f"<b>{escape(s.place.function)}</b> at {escape(s.place.short_file)}:{s.place.line} "
+                            f"(instructions {s.first}–{s.last})</div>")
+        self.source_view.value = self._source_html(s)
+        self.stack_view.value = render.panel_html("call stack (outermost first)", "<ol style='font-family:monospace;"
+                                                  "font-size:85%;margin:4px 0'>" + "".join(
+                                                      f"<li>{escape(f)}</li>" for f in s.stack) + "</ol>")
+        regs = "".join(f"<tr><td><code>{escape(k)}</code></td><td><code>{v:#x}</code></td></tr>" for k, v in s.regs.items())
+        self.regs_view.value = render.panel_html("registers this line changed",
+                                                 f"<table style='font-size:85%'>{regs}</table>" if regs else
+                                                 "<div style='color:#777'>none</div>")
+        writes = [w for w in s.writes if w.changed and w.what != "hyp stack"]
+        body = "".join(f"<div style='font-family:monospace;font-size:85%;margin:2px 0'>{escape(w.words())}</div>"
+                       for w in writes) or "<div style='color:#777'>no store to hyp's data on this line</div>"
+        self.write_view.value = render.panel_html("what this line wrote", body)
+        self.diagram_view.value = self._diagram_html(s.last + 1)
+        self._draw_ownership(s.last + 1)
+
+    def _draw_ownership(self, i: int) -> None:
+        """Who owns the pages around the focus, as they were after this line (``Trace.ownership_at``)."""
+        if self.focus is None or not self.show_ownership:
+            self.ownership_view.layout.display = "none"
+            self.ownership_note.value = ""
+            return
+        from pkvmlab import viz
+
+        try:
+            snap = self.trace.ownership_at(i)
+            lo = max(snap.ram_start, (self.focus & ~(OWNERSHIP_PAGES * 4096 - 1)))
+            self.ownership_view.value = render.figure_png(viz.ownership_map(snap, lo, lo + OWNERSHIP_PAGES * 4096))
+            self.ownership_view.layout.display = None
+            self.ownership_note.value = render.pre_html(str(snap.page(self.focus >> 12)))
+        except Exception as exc:  # noqa: BLE001 - say why in the panel, never a traceback
+            self.ownership_view.layout.display = "none"
+            self.ownership_note.value = render.unavailable_html("the ownership map", exc)
+
+    def _source_html(self, s) -> str:
+        src = self.trace.smap.source(s.place.file)
+        if not src or s.place.line <= 0:
+            return render.panel_html(s.place.short_file, "<div style='color:#777'>(no source line here)</div>")
+        lo, hi = max(1, s.place.line - CONTEXT), min(len(src), s.place.line + CONTEXT)
+        rows = []
+        for n in range(lo, hi + 1):
+            style = "background:#fff59d;font-weight:bold" if n == s.place.line else ""
+            rows.append(f"<div class='{'pkvmlab-current-line' if n == s.place.line else ''}' style='{style}'>"
+                        f"<span style='color:#999'>{n:>4}</span>  {escape(src[n - 1])}</div>")
+        return render.panel_html(s.place.short_file, "<div style='font-family:monospace;font-size:80%;white-space:pre'>"
+                                 + "".join(rows) + "</div>")
+
+    def _diagram_html(self, i: int) -> str:
+        if self.focus is None:
+            return ""
+        from pkvmlab import viz
+
+        t, parts, states = self.trace, [], []
+        for stage, title, decode in (("host-s2", "host stage-2", host_page_state), ("hyp-s1", "hyp stage-1", hyp_page_state)):
+            try:
+                w = t.walk_at(i, self.focus, stage)
+                leaf = w.steps[-1].descriptor.value if w.steps else 0
+                states.append(f"{title}: <b>{STATE_NAMES[decode(leaf)]}</b>")
+                parts.append(render.diagram_html(viz.translation(w), "pkvmlab-stepper-walk", max_height="420px"))
+            except Exception as exc:  # noqa: BLE001 - e.g. Graphviz missing: say so in the panel
+                parts.append(render.unavailable_html(f"the {title} walk", exc))
+        head = (f"<div style='font-family:sans-serif'>page {self.focus:#x} after this line — " + "; ".join(states)
+                + "</div>")
+        return head + "<div style='display:flex;gap:8px'>" + "".join(
+            f"<div style='flex:1'>{p}</div>" for p in parts) + "</div>"
+
+    # -- buttons ---------------------------------------------------------------------------------
+    def _trace_clicked(self) -> str | None:
+        self.run()
+        return None
+
+    def _retrace_clicked(self) -> str | None:
+        if self.past.value is None:
+            raise UsageError("no past step made a hypercall yet: make one (or press Trace) first")
+        self.retrace(self.past.value)
+        return None
+
+    def _rewind_clicked(self) -> str:
+        self.lab.undo()
+        return f"rewound to step {self.lab.history.position}: the traced call is undone (trace it again, or another)"
+
+    def _guard(self, action) -> None:
+        render.guarded(self._set_status, action)
+
+    def _set_status(self, kind: str, message: str) -> None:
+        self.status.value = render.status_html(kind, message)
