@@ -219,3 +219,27 @@ def test_ownership_map_renders_to_png(busy_lab):
     buf = io.BytesIO()
     viz.ownership_map(busy_lab.hyp.ownership()).savefig(buf, format="png", dpi=50)
     assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ownership_map_is_shown_as_an_image_by_ipython(busy_lab):
+    """IPython's own display formatter (what JupyterLab and nbconvert use) gets a PNG, and the text form names the range."""
+    from IPython.core.formatters import DisplayFormatter
+
+    start = busy_lab.memory_map.find("host RAM").start
+    data, _ = DisplayFormatter().format(viz.ownership_map(busy_lab.hyp.ownership(), start, start + 8 * 4096))
+    assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["text/plain"] == f"<ownership map {start:#x}-{start + 8 * 4096:#x}: 8 pages>"
+
+
+def test_ownership_map_counts_are_linear_and_tiles_name_the_vm(busy_lab):
+    """Bar lengths are the page counts themselves (1 and 3 differ threefold); guest and hyp tiles say which VM."""
+    lab = busy_lab
+    vm = lab.host.create_vm(1)
+    pfn = vm.donate(3)
+    snap, table = lab.hyp.ownership(), lab.hyp.shadow_table()
+    fig = viz.ownership_map(snap, pfn << 12, (pfn + 1) << 12, vms=table)
+    grid, bar = fig.axes
+    assert bar.get_xscale() == "linear"
+    assert f"VM {vm.handle:#x} gfn 0x3" in grid.texts[0].get_text()
+    shadow = viz.ownership_map(snap, vm.shadow_va, vm.shadow_va + 4096, vms=table).axes[0].texts[0].get_text()
+    assert "hyp" in shadow and f"VM {vm.handle:#x} shadow" in shadow

@@ -1,0 +1,80 @@
+"""Every notebook cell that ends in a ``viz.`` call shows a picture: in the stored notebook and when run again.
+
+A cell whose last line is ``viz.something(...)`` promises a picture; an output with only ``text/plain``
+(``<Figure size 1000x960 with 2 Axes>``) is the bug this guards against.  The stored check reads the
+committed notebooks (so a notebook stored before a fix fails until it is re-executed: ``make notebooks``);
+the re-executed check runs every notebook that has such a cell with nbclient, on a temporary copy, in
+this environment, and looks at the outputs the kernel really produced.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+IMAGE = ("image/png", "image/svg+xml")
+
+
+def picture_cells(nb: dict) -> list[int]:
+    """Indices of the code cells whose last non-empty, non-comment line is a ``viz.`` call."""
+    out = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        lines = [ln for ln in src.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if lines and lines[-1].lstrip().startswith("viz."):
+            out.append(i)
+    return out
+
+
+def missing_pictures(nb: dict) -> list[str]:
+    """One line per picture cell with no image output, naming the cell and what it showed instead."""
+    bad = []
+    for i in picture_cells(nb):
+        outputs = nb["cells"][i].get("outputs", [])
+        if not any(k in o.get("data", {}) for o in outputs for k in IMAGE):
+            shown = [o.get("data", {}).get("text/plain", o.get("output_type")) for o in outputs]
+            bad.append(f"cell {i} shows no picture, only {shown}")
+    return bad
+
+
+WITH_PICTURES = [p for p in NOTEBOOKS if picture_cells(json.loads(p.read_text(encoding="utf-8")))]
+
+
+def test_the_checker_finds_a_figure_shown_as_text() -> None:
+    cell = {"cell_type": "code", "source": "snap = 1\nviz.ownership_map(snap)\n", "metadata": {},
+            "outputs": [{"output_type": "execute_result", "data": {"text/plain": "<Figure size 1000x960 with 2 Axes>"}}]}
+    nb = {"cells": [cell, {"cell_type": "code", "source": "viz.x()  # a comment after\n# viz.y()", "outputs": []}]}
+    assert picture_cells(nb) == [0, 1]
+    assert len(missing_pictures(nb)) == 2
+    cell["outputs"][0]["data"]["image/png"] = "iVBOR"
+    assert len(missing_pictures(nb)) == 1
+
+
+def test_some_notebooks_draw_pictures() -> None:
+    assert len(WITH_PICTURES) >= 3
+
+
+@pytest.mark.parametrize("path", WITH_PICTURES, ids=lambda p: p.name)
+def test_stored_notebook_shows_every_picture(path: Path) -> None:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    assert missing_pictures(nb) == [], f"{path.name} (stored): re-execute it with `make notebooks`"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", WITH_PICTURES, ids=lambda p: p.name)
+def test_rerun_notebook_shows_every_picture(path: Path, tmp_path: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:     # the fresh run's outputs only
+        if cell.cell_type == "code":
+            cell.outputs = []
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert missing_pictures(json.loads(nbformat.writes(nb))) == []
