@@ -13,6 +13,7 @@ from pkvmlab.errors import HostAccessFault, HypercallError, MachineError, UsageE
 from pkvmlab.firmware.elf import Firmware
 from pkvmlab.host import kernel_image as K
 from pkvmlab.host.page_alloc import PageAllocator
+from pkvmlab.host.reasons import refusal_reason
 from pkvmlab.machine.core import Core, HostVector
 from pkvmlab.machine.watchdog import WATCHDOG
 
@@ -164,13 +165,13 @@ class Host:
         x0, x1, _, _ = self.hvc(HYPERCALLS[name], *args)
         if x0 == SMCCC_RET_NOT_SUPPORTED:
             self.log.append((name, args, -95))
-            raise HypercallError(name, args, -95)  # EOPNOTSUPP: the firmware has no such handler
+            raise HypercallError(name, args, -95, refusal_reason(self, name, args, -95))  # no such handler
         if x0 != SMCCC_RET_SUCCESS:
             raise MachineError(f"{name}: unexpected SMCCC status x0={x0:#x}")
         ret = _signed(x1)
         self.log.append((name, args, ret))
         if -4095 <= ret < 0:
-            raise HypercallError(name, args, ret)
+            raise HypercallError(name, args, ret, refusal_reason(self, name, args, ret))
         return ret
 
     # -- memory, as the host: real loads and stores at EL1 -----------------------------------
