@@ -63,7 +63,8 @@ def test_sharing_a_page_twice_or_a_carve_out_page_or_a_guest_page(lab: Lab) -> N
     assert "the hypervisor's carve-out" in refused(lab.host.share_hyp, 0x40000).reason
     vm = lab.host.create_vm(1)
     g = vm.donate(3)
-    assert refused(lab.host.share_hyp, g).reason == f"pfn {g:#x} is no longer the host's: it is the guest's: gfn 0x3 of VM {vm.handle:#x}"
+    assert refused(lab.host.share_hyp, g).reason == \
+        f"pfn {g:#x} is no longer the host's: it is the guest's: gfn 0x3 of VM {vm.handle:#x}"
     assert f"VM {vm.handle:#x}'s shadow area" in refused(lab.host.share_hyp, vm.shadow_va // PAGE).reason
     assert f"VM {vm.handle:#x}'s stage-2 PGD" in refused(lab.host.donate_hyp, vm.pgd // PAGE, 1).reason
 
@@ -79,7 +80,8 @@ def test_unsharing_a_pinned_or_an_unshared_page(lab: Lab) -> None:
     vm = lab.host.create_vm(2)
     e = refused(lab.host.unshare_hyp, vm.vcpus[1] // PAGE)
     assert e.errno == errno.EBUSY
-    assert e.reason == f"hyp has pfn {vm.vcpus[1] // PAGE:#x} pinned: it holds struct kvm_vcpu 1 of VM {vm.handle:#x}; tear that VM down first"
+    assert e.reason == (f"hyp has pfn {vm.vcpus[1] // PAGE:#x} pinned: it holds struct kvm_vcpu 1 of VM {vm.handle:#x}; "
+                        "tear that VM down first")
     assert "the struct kvm of VM" in refused(lab.host.unshare_hyp, vm.host_kvm // PAGE).reason
     pfn = lab.host.alloc_pages(1)
     assert refused(lab.host.unshare_hyp, pfn).reason == f"pfn {pfn:#x} is not shared with hyp: the host owns it outright"
@@ -93,7 +95,8 @@ def test_init_shadow_argument_checks(lab: Lab) -> None:
     area = lab.host.alloc_pages(1) * PAGE
     pgd = lab.host.alloc_pages(2, align=2) * PAGE
     e = refused(lab.host.init_shadow, vm.host_kvm, area, vm.shadow_size, pgd)
-    assert e.errno == errno.EEXIST and e.reason == f"the struct kvm at {vm.host_kvm:#x} already has a shadow VM: handle {vm.handle:#x}"
+    assert e.errno == errno.EEXIST
+    assert e.reason == f"the struct kvm at {vm.host_kvm:#x} already has a shadow VM: handle {vm.handle:#x}"
     assert "not 8-byte aligned" in refused(lab.host.init_shadow, kvm + 4, area, PAGE, pgd).reason
     assert "not page aligned" in refused(lab.host.init_shadow, kvm, area + 8, PAGE, pgd).reason
     assert "aligned to the stage-2 PGD's size" in refused(lab.host.init_shadow, kvm, area, PAGE, pgd + PAGE).reason
@@ -101,7 +104,8 @@ def test_init_shadow_argument_checks(lab: Lab) -> None:
     assert e.errno == errno.EPERM and f"share pfn {kvm // PAGE:#x} first" in e.reason
     lab.host.share_hyp(kvm // PAGE)     # created_vcpus is 0 in a zeroed struct kvm
     e = refused(lab.host.init_shadow, kvm, area, PAGE, pgd)
-    assert e.errno == errno.EINVAL and e.reason == f"created_vcpus = 0 in the struct kvm at {kvm:#x}: it must be 1..8 (KVM_MAX_VCPUS)"
+    assert e.errno == errno.EINVAL
+    assert e.reason == f"created_vcpus = 0 in the struct kvm at {kvm:#x}: it must be 1..8 (KVM_MAX_VCPUS)"
     lab.host.write_u64(kvm, 3)   # created_vcpus is the first field (checked against DWARF below)
     from pkvmlab.host.vm import host_layouts
 

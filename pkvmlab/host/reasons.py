@@ -198,7 +198,8 @@ def _init_shadow(host, view, args, err):
                 else f"the struct kvm at {kvm:#x} already has a shadow VM")
     if err == E.EPERM:
         if (kvm >> PAGE_SHIFT) not in view.shared:
-            return f"the struct kvm at {kvm:#x} is not shared with hyp, so hyp cannot pin it: share pfn {kvm >> PAGE_SHIFT:#x} first"
+            return (f"the struct kvm at {kvm:#x} is not shared with hyp, so hyp cannot pin it: "
+                    f"share pfn {kvm >> PAGE_SHIFT:#x} first")
         for start, n, what in ((va, -(-size // PAGE), "shadow area"), (pgd, lay.pgd_pages, "PGD")):
             for p in range(start >> PAGE_SHIFT, (start >> PAGE_SHIFT) + n):
                 why = _not_owned(host, view, p)
