@@ -41,6 +41,7 @@ class Host:
         first_free = (image_base >> 12) + K.IMAGE_PAGES
         self.pages = PageAllocator(first_free, (core.ram_base + core.ram_size) >> 12)
         self.vms: dict[int, object] = {}   # handle -> VM, the VMs this host created and has not torn down
+        self.changes = 0   # bumped by every hypercall and host access: views redraw when it moved (pkvmlab.widgets)
 
     # -- the host's page allocator ---------------------------------------------------------
     def alloc_pages(self, nr_pages: int = 1, *, align: int = 1) -> int:
@@ -109,6 +110,7 @@ class Host:
 
     # -- running stubs ---------------------------------------------------------------------
     def _run_stub(self, offset: int, what: str, address: int | None = None, *, resumed: bool = False):
+        self.changes += 1
         start = self.image_base + offset
         res = self.core.run(start, self.image_base + K.stub_end(offset), resumed=resumed)
         if isinstance(res, HostVector):
@@ -138,6 +140,7 @@ class Host:
         if len(args) > 6:
             raise UsageError("a host hypercall takes at most 6 arguments (x1..x6)")
         c = self.core
+        self.changes += 1
         if c.native is not None and c.panic is None:  # fast path: one native call (x0..x6 in, x0..x3 out)
             regs = [v & _U64 for v in regs] + _ZEROS[len(args):]
             token = WATCHDOG.arm(c.uc.emu_stop, c.run_limit_ms / 1000)

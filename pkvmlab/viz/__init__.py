@@ -26,3 +26,10 @@ def ownership_map(snap, start: int | None = None, end: int | None = None, **kw):
     from pkvmlab.viz.ownership import ownership_map as _draw
 
     return _draw(snap, start, end, **kw)
+
+
+def ownership_tiles(snap, start: int | None = None, end: int | None = None, **kw):
+    """A few pages of the ownership snapshot as HTML tiles naming owner, state and VM (dashboards)."""
+    from pkvmlab.viz.tiles import ownership_tiles as _draw
+
+    return _draw(snap, start, end, **kw)
