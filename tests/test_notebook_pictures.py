@@ -78,3 +78,20 @@ def test_rerun_notebook_shows_every_picture(path: Path, tmp_path: Path) -> None:
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert missing_pictures(json.loads(nbformat.writes(nb))) == []
+
+
+def test_notebook_7_shows_the_dashboard_and_how_to_use_it_before_anything_runs() -> None:
+    """Above the first code cell: instructions and a picture of the dashboard stored in the notebook itself."""
+    import base64
+
+    nb = json.loads((ROOT / "notebooks" / "07_vm_builder.ipynb").read_text(encoding="utf-8"))
+    first_code = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
+    above = nb["cells"][:first_code]
+    text = "".join("".join(c["source"]) for c in above)
+    for words in ("Create", "Donate", "Tear down", "at gfn", "newest first", "Refresh"):
+        assert words in text
+    pictures = [(name, c["attachments"][name]) for c in above for name in c.get("attachments", {})
+                if f"attachment:{name}" in "".join(c["source"])]
+    assert pictures, "no attached picture referenced above the dashboard"
+    png = base64.b64decode(pictures[0][1]["image/png"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 200_000

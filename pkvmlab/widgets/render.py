@@ -194,7 +194,7 @@ def log_html(log: list[tuple[str, tuple, int]], start: int = 0, limit: int = 40,
         rows.append(f"<tr{style}><td style='color:#777;text-align:right'>{i}</td><td><code>{escape(call)}</code></td>"
                     f"<td><code>{escape(format_args(call, args))}</code></td>"
                     f"<td style='color:{colour};white-space:nowrap'><code>{escape(format_result(call, result))}</code></td>"
-                    f"<td style='color:#777'>{'◀ last click' if marked else ''}</td></tr>")
+                    f"<td style='color:#777;white-space:nowrap'>{'◀ last click' if marked else ''}</td></tr>")
     more = f"<div style='color:#777'>… {hidden} earlier call(s) not shown</div>" if hidden else ""
     return (f"<div class='pkvmlab-log' style='max-height:260px;overflow:auto'>"
             "<table style='font-size:85%;line-height:1.3'><thead><tr><th>#</th><th>hypercall (newest first)</th>"
