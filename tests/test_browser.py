@@ -288,7 +288,8 @@ _MEASURE = """([minText, bareRepr]) => {
                    minText: Math.min(...texts)});
     });
     for (const d of seen) {
-        if (d.width > d.column + 1) bad.push(`${d.kind} is ${Math.round(d.width)} px wide in a ${Math.round(d.column)} px column`);
+        if (d.width > d.column + 1)
+            bad.push(`${d.kind} is ${Math.round(d.width)} px wide in a ${Math.round(d.column)} px column`);
         if (d.minText != null && d.minText < minText) bad.push(`${d.kind}: text ${d.minText.toFixed(1)} px high (< ${minText})`);
     }
     return {bad, seen, notebook: nb.getBoundingClientRect().width};

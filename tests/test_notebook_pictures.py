@@ -1,7 +1,8 @@
 """Every notebook cell that ends in a ``viz.`` call shows a picture: in the stored notebook and when run again.
 
-A cell whose last line is ``viz.something(...)`` promises a picture; an output with only ``text/plain``
-(``<Figure size 1000x960 with 2 Axes>``) is the bug this guards against.  The stored check reads the
+A cell whose last line is ``viz.something(...)`` promises a picture (an image, or drawn HTML such as a
+coloured diff); an output with only ``text/plain`` (``<Figure size 1000x960 with 2 Axes>``) is the bug
+this guards against.  The stored check reads the
 committed notebooks (so a notebook stored before a fix fails until it is re-executed: ``make notebooks``);
 the re-executed check runs every notebook that has such a cell with nbclient, on a temporary copy, in
 this environment, and looks at the outputs the kernel really produced.
@@ -16,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-IMAGE = ("image/png", "image/svg+xml")
+IMAGE = ("image/png", "image/svg+xml", "text/html")   # a picture: an image, or drawn HTML (a coloured diff)
 
 
 def picture_cells(nb: dict) -> list[int]:
