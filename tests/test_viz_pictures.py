@@ -99,3 +99,19 @@ def test_code_diff_colours_removed_and_added_lines() -> None:
     assert "-static unsigned int insert_shadow_table(void)" in html and "+static int insert_shadow_table(void)" in html
     assert shown_as_picture(d) == {"text/html"} and repr(d) == str(d)
     assert viz.diff_view(str(d))._repr_html_() == html
+
+
+def test_ownership_compare_outlines_exactly_the_pages_that_changed(lab: Lab) -> None:
+    from matplotlib.patches import Rectangle
+
+    start = lab.memory_map.find("host RAM").start
+    before = lab.hyp.ownership()
+    vm = lab.host.create_vm(1)           # kvm, vcpu shared; shadow area and 2 PGD pages donated
+    after = lab.hyp.ownership()
+    fig = viz.ownership_compare(before, after, start, start + 8 * 4096, vms=lab.hyp.shadow_table())
+    left, right = fig.axes
+    outlined = [p for p in right.patches if isinstance(p, Rectangle) and not p.get_fill()]
+    assert len(outlined) == 5 and repr(fig).endswith("5 of 8 pages changed>")
+    assert not any(f"VM {vm.handle:#x}" in t.get_text() for t in left.texts)
+    assert any(f"VM {vm.handle:#x} pgd" in t.get_text() for t in right.texts)
+    assert shown_as_picture(fig) == {"image/png"}

@@ -82,3 +82,10 @@ def diff_view(diff: str):
     from pkvmlab.viz.report import diff_view as _draw
 
     return _draw(diff)
+
+
+def ownership_compare(before, after, start: int, end: int, **kw):
+    """Two ownership snapshots of a few pages side by side, changed pages outlined (a Figure shown as PNG)."""
+    from pkvmlab.viz.ownership import ownership_compare as _draw
+
+    return _draw(before, after, start, end, **kw)

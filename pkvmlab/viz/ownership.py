@@ -143,7 +143,7 @@ def _boxes(ax, snap, lo: int, cat: np.ndarray, cols: int, rows: int, base: int, 
         ax.add_patch(Rectangle((col, r), 0.94, 0.9, facecolor=C.PAGE_CATEGORIES[c][1], edgecolor="#444444"))
         dark = C.PAGE_CATEGORIES[c][0] in ("host", "shared", "other")
         ax.text(col + 0.47, r + 0.45, f"{base + (k << PAGE_SHIFT):#x}\n{_short(snap, lo + k, int(c), names)}", ha="center",
-                va="center", fontsize=7, family="monospace", color="white" if dark else "black")
+                va="center", fontsize=7.5, family="monospace", color="white" if dark else "black")
     ax.set_xlim(0, cols)
     ax.set_ylim(rows, 0)
     ax.set_axis_off()
@@ -173,3 +173,35 @@ def _bytes(n: int) -> str:
         if n >= 1 << shift and n % (1 << shift) == 0:
             return f"{n >> shift} {unit}"
     return f"{n} bytes"
+
+
+def ownership_compare(before, after, start: int, end: int, *, vms=None, vms_before=None,
+                      width: float = 10.0) -> Picture:
+    """Two ``Ownership`` snapshots of the same few pages side by side; every page that changed is outlined in red.
+
+    For "before and after one hypercall" beside ``inspect.diff.diff(before, after)``; at most LABEL_PAGES pages.
+    ``vms`` (a ``ShadowTable`` taken with ``after``) names the VMs' pages on the right, ``vms_before`` on the left.
+    """
+    lo, hi = _pfn_range(before, start, end)
+    n = hi - lo
+    if n > LABEL_PAGES:
+        raise ValueError(f"{n} pages is too many to compare box by box (at most {LABEL_PAGES}): narrow [start, end)")
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    cats = categories(before)[lo:hi], categories(after)[lo:hi]
+    changed = (cats[0] != cats[1]) | (before.pins[lo:hi] != after.pins[lo:hi])
+    base = before.ram_start + (lo << PAGE_SHIFT)
+    height = 0.9 + rows * 0.95
+    fig = Picture(figsize=(width, height), name=f"ownership before/after {base:#x}-{base + (n << PAGE_SHIFT):#x}: "
+                                                f"{int(changed.sum())} of {_count(n)} changed")
+    for k, (snap, cat, label, names) in enumerate(((before, cats[0], "before", page_names(vms_before)),
+                                                   (after, cats[1], "after", page_names(vms)))):
+        ax = fig.add_axes((0.02 + 0.5 * k, 0.02, 0.46, (height - 0.6) / height))
+        _boxes(ax, snap, lo, cat, cols, rows, base, names)
+        for i in np.flatnonzero(changed):
+            r, col = divmod(int(i), cols)
+            ax.add_patch(Rectangle((col, r), 0.94, 0.9, fill=False, edgecolor="#d62728", linewidth=3))
+        ax.set_title(f"{label}", fontsize=10)
+    fig.suptitle(f"pages {base:#x}-{base + (n << PAGE_SHIFT):#x}: {int(changed.sum())} changed (outlined red)",
+                 fontsize=11)
+    return fig
