@@ -266,6 +266,6 @@ def test_ownership_map_counts_are_linear_and_tiles_name_the_vm(busy_lab):
     fig = viz.ownership_map(snap, pfn << 12, (pfn + 1) << 12, vms=table)
     grid, bar = fig.axes
     assert bar.get_xscale() == "linear"
-    assert f"VM {vm.handle:#x} gfn 0x3" in grid.texts[0].get_text()
+    assert f"VM {vm.handle:#x}\ngfn 0x3" in grid.texts[0].get_text()
     shadow = viz.ownership_map(snap, vm.shadow_va, vm.shadow_va + 4096, vms=table).axes[0].texts[0].get_text()
-    assert "hyp" in shadow and f"VM {vm.handle:#x} shadow" in shadow
+    assert "hyp" in shadow and f"VM {vm.handle:#x}\nshadow" in shadow

@@ -113,5 +113,5 @@ def test_ownership_compare_outlines_exactly_the_pages_that_changed(lab: Lab) -> 
     outlined = [p for p in right.patches if isinstance(p, Rectangle) and not p.get_fill()]
     assert len(outlined) == 5 and repr(fig).endswith("5 of 8 pages changed>")
     assert not any(f"VM {vm.handle:#x}" in t.get_text() for t in left.texts)
-    assert any(f"VM {vm.handle:#x} pgd" in t.get_text() for t in right.texts)
+    assert any(f"VM {vm.handle:#x}\npgd" in t.get_text() for t in right.texts)
     assert shown_as_picture(fig) == {"image/png"}

@@ -81,8 +81,9 @@ def _short(snap, i: int, cat: int, names: dict[int, str]) -> str:
     words = {"host": "host\nOWNED", "host-lazy": "host\nOWNED\n(unmapped)", "shared": "host\nSHARED_OWNED",
              "hyp": "hyp\nOWNED", "guest": "guest\nOWNED", "other": "?"}[key]
     pfn = (snap.ram_start >> PAGE_SHIFT) + i
-    if pfn in names:
-        words += "\n" + names[pfn]
+    if pfn in names:   # "VM 0x1000 gfn 0x3" on two lines: a box is narrow
+        vm, handle, what = names[pfn].split(" ", 2)
+        words += f"\n{vm} {handle}\n{what}"
     if snap.pins[i]:
         words += f"\npinned ×{int(snap.pins[i])}"
     if snap.pool[i]:
@@ -106,7 +107,7 @@ def ownership_map(snap, start: int | None = None, end: int | None = None, *, tit
     height = top + grid_h + gap + bar_h + bar_gap + legend_h
     fig = Picture(figsize=(width, height),
                   name=f"ownership map {base:#x}-{base + (n << PAGE_SHIFT):#x}: {_count(n)}")
-    left, right = 1.3 / width, 1 - 0.5 / width
+    left, right = 1.55 / width, 1 - 0.5 / width
     ax = fig.add_axes((left, 1 - (top + grid_h) / height, right - left, grid_h / height))
     bar = fig.add_axes((left, (bar_gap + legend_h) / height, right - left, bar_h / height))
     if n <= LABEL_PAGES:
