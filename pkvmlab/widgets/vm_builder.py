@@ -71,11 +71,11 @@ class VMBuilder(W.VBox):
         self.vm_list = W.Select(options=[], value=None, description="live VMs", rows=5,
                                 style={"description_width": "80px"}, layout=W.Layout(width="420px"))
         self.status = W.HTML(render.status_html("info", "Choose vCPUs and guest pages, then Create."))
-        self.diagram = W.HTML(layout=W.Layout(width="100%"))
+        self.diagram = W.HTML(layout=W.Layout(width="auto"))
         self.diagram.add_class("pkvmlab-shadow-diagram")
-        self.ownership_view = W.HTML(layout=W.Layout(width="100%"))
+        self.ownership_view = W.HTML(layout=W.Layout(width="auto"))
         self.ownership_view.add_class("pkvmlab-ownership-view")
-        self.hypercall_log = W.HTML(layout=W.Layout(width="100%"))
+        self.hypercall_log = W.HTML(layout=W.Layout(width="auto"))
 
         self.create_button.on_click(lambda _b: self.create())
         self.donate_button.on_click(lambda _b: self.donate())
