@@ -139,3 +139,22 @@ def test_redraw_after_a_builder_click_with_250_vms_is_not_stale(lab) -> None:
     builder.create_button.click()
     assert builder.vm_list.value == 0x10f9 and "0x10f9" in builder.diagram.value
     assert "VM 0x10f9 kvm" in words(builder.ownership_view.value)
+
+
+def test_dashboards_hook_ipythons_post_run_cell_once(lab, monkeypatch) -> None:
+    """In a kernel the first dashboard registers sync.after_cell with IPython's post_run_cell event, once per shell."""
+    registered = []
+
+    class Events:
+        def register(self, name, fn):
+            registered.append((name, fn))
+
+    class Shell:
+        events = Events()
+
+    shell = Shell()
+    monkeypatch.setattr("IPython.get_ipython", lambda: shell)
+    monkeypatch.setattr(sync, "_HOOKED", set())
+    VMBuilder(lab)
+    TranslationExplorer(lab)
+    assert registered == [("post_run_cell", sync.after_cell)]

@@ -1,13 +1,12 @@
-"""Rendering helpers shared by the dashboards: diagrams to SVG/PNG, the hypercall log and status lines as HTML.
+"""Rendering helpers shared by the dashboards: diagrams to inline SVG, the hypercall log and status lines as HTML.
 
-Everything here is pure: it turns a ``graphviz.Digraph``, a matplotlib ``Figure``, the host's hypercall log
-or an exception into a string (or PNG bytes) that an ipywidgets ``HTML``/``Image`` shows.  The widgets own
+Everything here is pure: it turns a ``graphviz.Digraph``, the host's hypercall log or an exception into
+a string that an ipywidgets ``HTML`` shows.  The widgets own
 the state; this module only draws it, so two widgets never carry two copies of the same drawing code.
 """
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Callable, Iterable
 from html import escape
@@ -95,19 +94,6 @@ def diagram_html(diagram, css_class: str, max_height: str = "560px") -> str:
     """A diagram in a scrollable box tagged with ``css_class`` (the browser test finds it by that class)."""
     return (f"<div class='{css_class}' style='max-height:{max_height};overflow:auto;border:1px solid #ddd;"
             f"padding:4px'>{fit_svg(svg_of(diagram))}</div>")
-
-
-def figure_png(fig, dpi: int = 80) -> bytes:
-    """A matplotlib ``Figure`` as PNG bytes (metadata stripped so the bytes only depend on the picture); closes it."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})   # no bbox "tight": it draws twice
-    try:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    except Exception:  # noqa: BLE001 - a Figure made without pyplot has nothing to close
-        pass
-    return buf.getvalue()
 
 
 def unavailable_html(what: str, exc: BaseException) -> str:
