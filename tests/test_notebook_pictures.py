@@ -10,6 +10,7 @@ this environment, and looks at the outputs the kernel really produced.
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -20,17 +21,23 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 IMAGE = ("image/png", "image/svg+xml", "text/html")   # a picture: an image, or drawn HTML (a coloured diff)
 
 
-def picture_cells(nb: dict) -> list[int]:
-    """Indices of the code cells whose last non-empty, non-comment line is a ``viz.`` call."""
-    out = []
-    for i, cell in enumerate(nb["cells"]):
-        if cell["cell_type"] != "code":
-            continue
-        src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+def _ends_in_viz_call(src: str) -> bool:
+    """The cell's last statement is an expression ``viz.something(...)`` (which Jupyter displays)."""
+    try:
+        body = ast.parse(src).body
+    except SyntaxError:   # IPython syntax (magics): judge by the last code line
         lines = [ln for ln in src.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        if lines and lines[-1].lstrip().startswith("viz."):
-            out.append(i)
-    return out
+        return bool(lines) and lines[-1].lstrip().startswith("viz.")
+    last = body[-1] if body else None
+    return (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+            and isinstance(last.value.func, ast.Attribute) and isinstance(last.value.func.value, ast.Name)
+            and last.value.func.value.id == "viz")
+
+
+def picture_cells(nb: dict) -> list[int]:
+    """Indices of the code cells whose last statement is a ``viz.`` call."""
+    return [i for i, cell in enumerate(nb["cells"]) if cell["cell_type"] == "code"
+            and _ends_in_viz_call(cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"]))]
 
 
 def missing_pictures(nb: dict) -> list[str]:
@@ -50,11 +57,13 @@ WITH_PICTURES = [p for p in NOTEBOOKS if picture_cells(json.loads(p.read_text(en
 def test_the_checker_finds_a_figure_shown_as_text() -> None:
     cell = {"cell_type": "code", "source": "snap = 1\nviz.ownership_map(snap)\n", "metadata": {},
             "outputs": [{"output_type": "execute_result", "data": {"text/plain": "<Figure size 1000x960 with 2 Axes>"}}]}
-    nb = {"cells": [cell, {"cell_type": "code", "source": "viz.x()  # a comment after\n# viz.y()", "outputs": []}]}
-    assert picture_cells(nb) == [0, 1]
-    assert len(missing_pictures(nb)) == 2
+    nb = {"cells": [cell, {"cell_type": "code", "source": "viz.x()  # a comment after\n# viz.y()", "outputs": []},
+                    {"cell_type": "code", "source": "viz.levels(a=1,\n           b=2)", "outputs": []},
+                    {"cell_type": "code", "source": "d = viz.x()\nprint(d)", "outputs": []}]}
+    assert picture_cells(nb) == [0, 1, 2]
+    assert len(missing_pictures(nb)) == 3
     cell["outputs"][0]["data"]["image/png"] = "iVBOR"
-    assert len(missing_pictures(nb)) == 1
+    assert len(missing_pictures(nb)) == 2
 
 
 def test_some_notebooks_draw_pictures() -> None:
