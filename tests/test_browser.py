@@ -8,7 +8,8 @@ Notebooks 2-5 and 7, at 1440 x 900 with the file browser open (a notebook column
 as a learner sees them: after Run All, no output is a bare repr (``<Figure size ...>``,
 ``<graphviz...>``), every diagram's rendered width fits its output column, and SVG text is at least
 ~10 px high (bounding boxes of inline SVG text; for SVG shown as an image, its smallest font size
-times the scale it is shown at).  Screenshots of each diagram go to build/browser/.  The server is
+times the scale it is shown at).  A 1440 x 900 screenshot with each picture scrolled into view goes to
+build/browser/ for a human to look at.  The server is
 stopped in the fixture's teardown, pass or fail.
 
 Needs ``/usr/bin/chromium`` (apt: ``chromium``) and ``playwright`` (pip); ``make test`` installs both.
@@ -351,9 +352,10 @@ def _run_and_measure(page, base: str, name: str) -> dict:
     stem = name.split("_")[0]
     pictures = page.locator(".jp-RenderedSVG img, .jp-RenderedImage img, .pkvmlab-vm-builder, "
                             ".pkvmlab-translation-explorer")
-    for k in range(pictures.count()):
+    for k in range(pictures.count()):   # what a learner sees at 1440 x 900 with each picture scrolled into view
         try:
-            pictures.nth(k).screenshot(path=str(SHOTS / f"{stem}_{k}.png"), timeout=10_000)
+            pictures.nth(k).scroll_into_view_if_needed(timeout=10_000)
+            page.screenshot(path=str(SHOTS / f"{stem}_{k}.png"))
         except Exception:  # noqa: BLE001 - screenshots are for a human to look at, not the verdict
             pass
     page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
