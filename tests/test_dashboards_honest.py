@@ -158,3 +158,12 @@ def test_dashboards_hook_ipythons_post_run_cell_once(lab, monkeypatch) -> None:
     VMBuilder(lab)
     TranslationExplorer(lab)
     assert registered == [("post_run_cell", sync.after_cell)]
+
+
+def test_a_closed_dashboard_is_no_longer_redrawn(lab) -> None:
+    builder = VMBuilder(lab)
+    before = builder.diagram.value
+    builder.close()
+    lab.host.create_vm(1)
+    sync.after_cell()
+    assert builder.diagram.value == before and builder not in set(sync._VIEWS)

@@ -26,17 +26,26 @@ def register(view) -> None:
     _hook_ipython()
 
 
+def _live(view) -> bool:
+    """A closed widget (``close()``, or its output cleared by a re-run cell that closed it) draws nothing."""
+    if getattr(view, "comm", True) is None:
+        _VIEWS.discard(view)
+        return False
+    return True
+
+
 def changed(lab, source=None) -> None:
     """``source`` changed ``lab``: every other view over it redraws (if the lab really moved since it drew)."""
     for view in list(_VIEWS):
-        if view is not source and view.lab is lab:
+        if view is not source and view.lab is lab and _live(view):
             view.redraw_if_changed()
 
 
 def after_cell(*_args) -> None:
     """After a notebook cell: redraw every view whose lab changed in it."""
     for view in list(_VIEWS):
-        view.redraw_if_changed()
+        if _live(view):
+            view.redraw_if_changed()
 
 
 def _hook_ipython() -> None:
