@@ -41,7 +41,8 @@ def main() -> int:
     own = lab.hyp.ownership()
     viz.ownership_map(own).savefig(DOCS / "ownership_map.png", **png)
     start = vm.host_kvm
-    viz.ownership_map(own, start, start + 16 * 4096).savefig(DOCS / "ownership_map_zoom.png", **png)
+    viz.ownership_map(own, start, start + 16 * 4096, vms=lab.hyp.shadow_table()).savefig(DOCS / "ownership_map_zoom.png",
+                                                                                   **png)
     walk = lab.hyp.walk((0x12345 << 12) + 0x2a8, stage="guest-s2", vm=vm)
     (DOCS / "translation.svg").write_bytes(viz.translation(walk).pipe("svg"))
     fault = lab.hyp.walk(vm.shadow_va, stage="host-s2", access="w")

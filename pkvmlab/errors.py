@@ -34,14 +34,16 @@ class MachineError(PkvmLabError):
 
 
 class HypercallError(PkvmLabError):
-    """A hypercall returned a negative errno; names the call, its arguments and the errno."""
+    """A hypercall returned a negative errno; names the call, its arguments, the errno and, when the host can
+    tell, which check refused (``reason``, worked out by ``pkvmlab.host.reasons``: hyp returns only the errno)."""
 
-    def __init__(self, call: str, args: tuple, err: int):
+    def __init__(self, call: str, args: tuple, err: int, reason: str = ""):
         self.call = call
         self.args_ = tuple(args)
         self.errno = abs(err)
+        self.reason = reason
         shown = ", ".join(hex(a) if isinstance(a, int) else repr(a) for a in args)
-        super().__init__(f"{call}({shown}) failed: -{errno_words(err)}")
+        super().__init__(f"{call}({shown}) failed: -{errno_words(err)}" + (f": {reason}" if reason else ""))
 
 
 class HostException(PkvmLabError):

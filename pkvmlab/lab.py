@@ -7,6 +7,7 @@ from html import escape
 
 from pkvmlab.errors import MachineError
 from pkvmlab.firmware import Firmware, load_firmware
+from pkvmlab.first_use import announce
 from pkvmlab.host import Host
 from pkvmlab.host import kernel_image as K
 from pkvmlab.inspect import Hyp
@@ -68,8 +69,9 @@ class Lab:
 
     def __init__(self, *, ram_size: int = RAM_SIZE, hyp_size: int = HYP_SIZE, firmware: Firmware | str | None = None,
                  native: bool | None = None, history: bool = False):
-        self.fw = firmware if isinstance(firmware, Firmware) else load_firmware(firmware)
-        self.core = Core(RAM_BASE, ram_size, native=native)
+        with announce(firmware, native):   # the first Lab() on a machine compiles for several seconds: say so
+            self.fw = firmware if isinstance(firmware, Firmware) else load_firmware(firmware)
+            self.core = Core(RAM_BASE, ram_size, native=native)
         self.hyp_size = hyp_size
         host_image = RAM_BASE + hyp_size
         self.core.phys.write(host_image, K.build_image())   # the host kernel's text, as a boot loader would

@@ -102,7 +102,8 @@ def test_a_failed_hypercall_names_the_call_its_arguments_and_the_errno(lab: Lab)
         lab.host.share_hyp(0x40000)   # the first page of the hyp carve-out
     e = ei.value
     assert e.errno == errno.EPERM and e.call == "__pkvm_host_share_hyp"
-    assert str(e) == "__pkvm_host_share_hyp(0x40000) failed: -EPERM (Operation not permitted)"
+    assert str(e) == ("__pkvm_host_share_hyp(0x40000) failed: -EPERM (Operation not permitted): pfn 0x40000 is in "
+                      "the hypervisor's carve-out: hyp's since boot, never the host's")
 
 
 @pytest.mark.parametrize("bad", [lambda lab: lab.core.reg("x99"), lambda lab: lab.core.sysreg("HCR_EL9"),

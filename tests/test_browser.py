@@ -1,8 +1,15 @@
-"""A real browser runs notebook 7: JupyterLab (headless, a free localhost port) + Debian's Chromium via Playwright.
+"""A real browser runs the notebooks: JupyterLab (headless, a free localhost port) + Debian's Chromium via Playwright.
 
-Open notebooks/07_vm_builder.ipynb (a temporary copy: JupyterLab autosaves), run all cells, click
-Create in the VM builder, and check that the shadow-table diagram's SVG now shows the new VM's
-handle.  A screenshot of the dashboard goes to docs/vm_builder.png for the README.  The server is
+Notebook 7 (a temporary copy: JupyterLab autosaves): run all cells, click Create in the VM builder,
+and check that the shadow-table diagram's SVG now shows the new VM's handle.  A screenshot of the
+dashboard goes to docs/vm_builder.png for the README and notebook 7.
+
+Notebooks 2-5 and 7, at 1440 x 900 with the file browser open (a notebook column of about 1,000 px),
+as a learner sees them: after Run All, no output is a bare repr (``<Figure size ...>``,
+``<graphviz...>``), every diagram's rendered width fits its output column, and SVG text is at least
+~10 px high (bounding boxes of inline SVG text; for SVG shown as an image, its smallest font size
+times the scale it is shown at).  A 1440 x 900 screenshot with each picture scrolled into view goes to
+build/browser/ for a human to look at.  The server is
 stopped in the fixture's teardown, pass or fail.
 
 Needs ``/usr/bin/chromium`` (apt: ``chromium``) and ``playwright`` (pip); ``make test`` installs both.
@@ -32,6 +39,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 SCREENSHOT = ROOT / "docs" / "vm_builder.png"
 FAILURE_SHOT = ROOT / "build" / "test_browser_failure.png"
+SHOTS = ROOT / "build" / "browser"
+LEARNER_VIEWPORT = {"width": 1440, "height": 900}
+FIT_NOTEBOOKS = ["02_stage2_translation.ipynb", "03_who_owns_this_page.ipynb", "04_shadow_vm_table.ipynb",
+                 "05_protected_guest_memory.ipynb", "07_vm_builder.ipynb"]
+MIN_TEXT_PX = 10
+BARE_REPR = r"^<(Figure size|graphviz\.|matplotlib\.|Digraph)"
 
 SERVER_START_S = 90     # JupyterLab's first start builds nothing, but imports a lot
 PAGE_LOAD_S = 90
@@ -107,6 +120,10 @@ def jupyter_server(tmp_path: Path):
     # No "Jupyter news" toast over the page, no update checks.
     (config / "labconfig" / "page_config.json").write_text(json.dumps(
         {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    # Every cell in the DOM (JupyterLab 4 skips rendering cells out of view), so every output can be measured.
+    tracker = tmp_path / "lab-settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(config), JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
                JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"),
@@ -233,3 +250,113 @@ def _drive(page, base: str) -> None:
     page.wait_for_function("() => [...document.querySelectorAll('.pkvmlab-vm-builder img')].every(i => i.complete)")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     builder.screenshot(path=str(SCREENSHOT))
+
+
+# -- every picture shows and fits, as a learner sees it ---------------------------------------------
+
+_MEASURE = """([minText, bareRepr]) => {
+    const nb = window.jupyterapp.shell.currentWidget.content.node;
+    const bad = [], seen = [];
+    const re = new RegExp(bareRepr);
+    nb.querySelectorAll('.jp-OutputArea-output').forEach((out, i) => {
+        const t = (out.innerText || '').trim();
+        if (out.querySelector('.jp-RenderedText') && re.test(t)) bad.push(`output ${i} is a bare repr: ${t.slice(0, 80)}`);
+    });
+    const column = (el) => {
+        const box = el.closest('.jp-OutputArea-output');
+        return box ? box.getBoundingClientRect().width : nb.getBoundingClientRect().width;
+    };
+    // SVG shown as an <img> (JupyterLab's image/svg+xml renderer): smallest font-size x the scale it is drawn at.
+    nb.querySelectorAll('.jp-RenderedSVG img, .jp-RenderedImage img').forEach((img) => {
+        const w = img.getBoundingClientRect().width, avail = column(img);
+        const item = {kind: img.closest('.jp-RenderedSVG') ? 'svg-img' : 'png', width: w, column: avail,
+                      natural: img.naturalWidth};
+        if (item.kind === 'svg-img' && img.src.startsWith('data:')) {
+            const text = decodeURIComponent(img.src.split(',', 2)[1]);
+            const sizes = [...text.matchAll(/font-size="([0-9.]+)"/g)].map(m => parseFloat(m[1]));
+            const vb = text.match(/viewBox="[-0-9.]+ [-0-9.]+ ([0-9.]+)/);
+            const units = vb ? parseFloat(vb[1]) : img.naturalWidth * 0.75;
+            item.minText = sizes.length ? Math.min(...sizes) * w / units : null;
+        }
+        seen.push(item);
+    });
+    // Inline SVG (the dashboards, and any inline-rendered diagram): real text bounding boxes.
+    nb.querySelectorAll('.jp-OutputArea-output svg').forEach((svg) => {
+        if (svg.closest('.jp-RenderedSVG img')) return;
+        const texts = [...svg.querySelectorAll('text')].map(t => t.getBoundingClientRect().height).filter(h => h > 0);
+        if (!texts.length) return;
+        seen.push({kind: 'inline-svg', width: svg.getBoundingClientRect().width, column: column(svg),
+                   minText: Math.min(...texts)});
+    });
+    for (const d of seen) {
+        if (d.width > d.column + 1)
+            bad.push(`${d.kind} is ${Math.round(d.width)} px wide in a ${Math.round(d.column)} px column`);
+        if (d.minText != null && d.minText < minText) bad.push(`${d.kind}: text ${d.minText.toFixed(1)} px high (< ${minText})`);
+    }
+    return {bad, seen, notebook: nb.getBoundingClientRect().width};
+}"""
+
+_ALL_RUN = """() => {
+    const w = window.jupyterapp.shell.currentWidget;
+    const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+    if (!k || k.status !== 'idle') return false;
+    const cells = [...w.content.model.cells];
+    return cells.filter(c => c.type === 'code' && c.sharedModel.getSource().trim())
+                .every(c => c.executionCount !== null);
+}"""
+
+
+def test_every_picture_shows_and_fits_in_chromium(jupyter_server) -> None:
+    from playwright.sync_api import sync_playwright
+
+    base, server_log = jupyter_server
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    problems, report = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            page = browser.new_page(viewport=LEARNER_VIEWPORT)
+            page.set_default_timeout(CLICK_S * 1000)
+            for name in FIT_NOTEBOOKS:
+                try:
+                    result = _run_and_measure(page, base, name)
+                except BaseException:
+                    page.screenshot(path=str(SHOTS / f"failure_{name}.png"))
+                    print(f"{name}: failed; server log:\n{server_log.read_text()[-3000:]}")
+                    raise
+                problems += [f"{name}: {b}" for b in result["bad"]]
+                report.append(f"{name}: notebook {result['notebook']:.0f} px; " + "; ".join(
+                    f"{d['kind']} {d['width']:.0f}/{d['column']:.0f} px"
+                    + (f", text >= {d['minText']:.1f} px" if d.get("minText") is not None else "")
+                    for d in result["seen"]))
+        finally:
+            browser.close()
+    print("\n".join(report))
+    assert not problems, "\n".join(problems)
+
+
+def _run_and_measure(page, base: str, name: str) -> dict:
+    page.goto(f"{base}/lab/tree/{name}?reset", wait_until="domcontentloaded", timeout=PAGE_LOAD_S * 1000)
+    page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=PAGE_LOAD_S * 1000)
+    _dismiss_dialogs(page)
+    _wait_kernel_idle(page, PAGE_LOAD_S)
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    _dismiss_dialogs(page)
+    page.wait_for_function(_ALL_RUN, timeout=RUN_ALL_S * 1000, polling=500)
+    if name.startswith("07_"):
+        builder = page.locator(".pkvmlab-vm-builder")
+        builder.locator("button", has_text="Create").first.click()
+        builder.locator(".pkvmlab-status-ok", has_text="created VM").wait_for(timeout=CLICK_S * 1000)
+    page.wait_for_timeout(500)   # images decode, SVG lays out
+    result = page.evaluate(_MEASURE, [MIN_TEXT_PX, BARE_REPR])
+    stem = name.split("_")[0]
+    pictures = page.locator(".jp-RenderedSVG img, .jp-RenderedImage img, .pkvmlab-vm-builder, "
+                            ".pkvmlab-translation-explorer")
+    for k in range(pictures.count()):   # what a learner sees at 1440 x 900 with each picture scrolled into view
+        try:
+            pictures.nth(k).scroll_into_view_if_needed(timeout=10_000)
+            page.screenshot(path=str(SHOTS / f"{stem}_{k}.png"))
+        except Exception:  # noqa: BLE001 - screenshots are for a human to look at, not the verdict
+            pass
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    return result

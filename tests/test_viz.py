@@ -108,29 +108,55 @@ def test_shadow_table_draws_used_slots_and_collapses_empty_runs(lab):
 
 
 def test_shadow_table_links_vms_to_vcpu_states_and_pinned_host_structs(lab):
-    """Slot → kvm_shadow_vm (handle, VMID, sizes) → vCPU states → the host's kvm_vcpu, in hyp and host clusters."""
+    """Slot → kvm_shadow_vm (handle, VMID, sizes, its vCPU states) → the host's kvm and kvm_vcpu, hyp cluster above host."""
     vm = lab.host.create_vm(2)
     src = viz.shadow_table(lab.hyp.shadow_table()).source
-    assert {("vm0:hdr", "vm0v0"), ("vm0:hdr", "vm0v1"), ("vm0v0:host", "vcpu0v0"), ("vm0v1:host", "vcpu0v1"),
-            ("vm0:kvm", "kvm0")} <= _edges(src)
+    assert {("table:s0", "vm0:hdr"), ("vm0:kvm", "kvm0:kvm"), ("vm0:v0", "kvm0:v0"), ("vm0:v1", "kvm0:v1")} <= _edges(src)
     assert f"handle {vm.handle:#x} · VMID 1 · 2 vCPUs" in src and "shadow area 4 KiB (1 page, donated)" in src
     hyp_part, host_part = src.split("subgraph cluster_host")
     assert "subgraph cluster_hyp" in hyp_part and f"struct kvm_shadow_vm @ {vm.shadow_va:#x}" in hyp_part
-    for v in vm.vcpus:
-        assert f"struct kvm_vcpu @ {v:#x}" in host_part and f"host_vcpu = {v:#x}" in hyp_part
+    for k, v in enumerate(vm.vcpus):
+        assert f"struct kvm_vcpu @ {v:#x}" in host_part and f"shadow_vcpu_states[{k}].host_vcpu = {v:#x}" in hyp_part
     assert f"struct kvm @ {vm.host_kvm:#x}" in host_part
     assert C.OWNER_FILLS[Owner.HYP] in hyp_part and C.OWNER_FILLS[Owner.HOST] in host_part
+    # The pins do not push the host cluster to the right of the hyp one: it sits below.
+    assert src.count('constraint=false') == 3
 
 
-def test_full_shadow_table_has_no_empty_run_and_marks_the_wrapped_next_slot(lab):
-    """With all 255 slots used there is no "…" row, 255 VM nodes, and next_shadow_alloc (wrapped to 0) marks slot 0."""
+def test_full_shadow_table_draws_a_summary_and_marks_the_wrapped_next_slot(lab):
+    """255 VMs: the first 3 and last 2 in full, the other 250 counted in one box and one table row; next_shadow_alloc at 0."""
     for _ in range(255):
         lab.host.create_vm(1)
     snap = lab.hyp.shadow_table()
     src = viz.shadow_table(snap).source
     assert snap.nr_shadow_entries == 255 and snap.next_shadow_alloc == 0
-    assert "<b>…</b>" not in src and len([n for n in _nodes(src) if re.fullmatch(r"vm\d+", n)]) == 255
+    assert sorted(n for n in _nodes(src) if re.fullmatch(r"vm\d+", n)) == ["vm0", "vm1", "vm2", "vm253", "vm254"]
+    assert "… 250 more VMs" in src and "handles 0x1003–0x10fc (slots 3–252)" in src and "[3–252] used" in src
+    assert ("table:more", "more") in _edges(src)
     assert re.search(r'port="s0">.*← next_shadow_alloc', src)
+
+
+def test_shadow_table_of_255_vms_is_small_and_fits_a_column(lab):
+    """The summary renders to a few tens of KiB of SVG no wider than ~1,000 px (it was 1.4 MB and 1,940 px)."""
+    for _ in range(255):
+        lab.host.create_vm(2)
+    svg = viz.shadow_table(lab.hyp.shadow_table()).pipe(format="svg", encoding="utf-8")
+    width_pt = float(re.search(r'<svg width="([\d.]+)pt"', svg).group(1))
+    assert len(svg) < 100_000 and width_pt * 4 / 3 <= 1000
+    assert min(float(x) for x in re.findall(r'font-size="([\d.]+)"', svg)) >= 10
+
+
+@pytest.mark.parametrize("where", ["guest", "fault", "hyp"])
+def test_translation_diagrams_fit_a_column(lab, where):
+    """Walks are laid out top to bottom: no wider than ~1,000 px at natural size, no text under 10 pt (13 px)."""
+    vm = lab.host.create_vm(1)
+    vm.donate(0x12345)
+    w = {"guest": lambda: lab.hyp.walk(0x12345 << 12, stage="guest-s2", vm=vm),
+         "fault": lambda: lab.hyp.walk(lab.memory_map.find("hyp").start, access="w"),
+         "hyp": lambda: lab.hyp.walk(lab.memory_map.find("hyp").start, stage="hyp-s1")}[where]()
+    svg = viz.translation(w).pipe(format="svg", encoding="utf-8")
+    assert float(re.search(r'<svg width="([\d.]+)pt"', svg).group(1)) * 4 / 3 <= 1000
+    assert min(float(x) for x in re.findall(r'font-size="([\d.]+)"', svg)) >= 10
 
 
 def test_empty_shadow_table_is_one_next_row_and_one_run(lab):
@@ -219,3 +245,27 @@ def test_ownership_map_renders_to_png(busy_lab):
     buf = io.BytesIO()
     viz.ownership_map(busy_lab.hyp.ownership()).savefig(buf, format="png", dpi=50)
     assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ownership_map_is_shown_as_an_image_by_ipython(busy_lab):
+    """IPython's own display formatter (what JupyterLab and nbconvert use) gets a PNG, and the text form names the range."""
+    from IPython.core.formatters import DisplayFormatter
+
+    start = busy_lab.memory_map.find("host RAM").start
+    data, _ = DisplayFormatter().format(viz.ownership_map(busy_lab.hyp.ownership(), start, start + 8 * 4096))
+    assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["text/plain"] == f"<ownership map {start:#x}-{start + 8 * 4096:#x}: 8 pages>"
+
+
+def test_ownership_map_counts_are_linear_and_tiles_name_the_vm(busy_lab):
+    """Bar lengths are the page counts themselves (1 and 3 differ threefold); guest and hyp tiles say which VM."""
+    lab = busy_lab
+    vm = lab.host.create_vm(1)
+    pfn = vm.donate(3)
+    snap, table = lab.hyp.ownership(), lab.hyp.shadow_table()
+    fig = viz.ownership_map(snap, pfn << 12, (pfn + 1) << 12, vms=table)
+    grid, bar = fig.axes
+    assert bar.get_xscale() == "linear"
+    assert f"VM {vm.handle:#x}\ngfn 0x3" in grid.texts[0].get_text()
+    shadow = viz.ownership_map(snap, vm.shadow_va, vm.shadow_va + 4096, vms=table).axes[0].texts[0].get_text()
+    assert "hyp" in shadow and f"VM {vm.handle:#x}\nshadow" in shadow

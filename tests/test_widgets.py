@@ -74,20 +74,35 @@ def test_create_shows_the_handle_everywhere(builder: VMBuilder, lab) -> None:
     assert log.count("__pkvm_host_share_hyp") == 3      # struct kvm and two vCPUs
     assert "__pkvm_init_shadow" in log and "handle 0x1000" in log
     assert log.count("__pkvm_host_donate_guest") == 2 and "gfn=0x1" in log
-    assert builder.gfn.value == 2                        # the next free gfn is suggested
+    assert builder.gfn.value == "0x2"                    # the next free gfn is suggested
 
 
-@needs_ownership_map
 def test_create_redraws_the_ownership_map_of_host_ram_in_use(builder: VMBuilder, lab) -> None:
-    assert bytes(builder.ownership_map.value).startswith(b"\x89PNG")
-    before = builder.ownership_map.value
-    builder.pages.value = 40
+    """The map of host RAM in use is HTML tiles: every page its own tile, the VM's pages named, counts linear."""
+    before = builder.ownership_view.value
+    assert before.count("pkvmlab-tile") == 32
+    builder.pages.value = 16
     builder.create_button.click()
-    assert bytes(builder.ownership_map.value).startswith(b"\x89PNG") and builder.ownership_map.value != before
+    view = builder.ownership_view.value
+    assert view != before
     start, end = builder.map_range
     assert start == lab.host.pages.start_pfn * 4096
     assert end > max(lab.host.vms[0x1000].guest_pages.values()) * 4096
-    assert f"{(end - start) // 4096} pages" in words(builder.ownership_note.value)
+    assert view.count("pkvmlab-tile") == (end - start) // 4096
+    text = words(view)
+    for name in ("VM 0x1000 kvm", "VM 0x1000 vcpu 1", "VM 0x1000 shadow", "VM 0x1000 pgd", "VM 0x1000 gfn 0xf"):
+        assert name in text
+
+
+def test_with_many_vms_the_map_shows_the_selected_vms_pages(builder: VMBuilder, lab) -> None:
+    for _ in range(20):
+        lab.host.create_vm(2)
+    builder.refresh()
+    builder.vm_list.value = 0x1010
+    builder.refresh()
+    view = words(builder.ownership_view.value)
+    assert builder.ownership_view.value.count("pkvmlab-tile") == 64
+    assert "VM 0x1010 kvm" in view and "of the" in view and "pages handed out so far" in view
 
 
 def test_teardown_with_nothing_selected_is_an_error_in_words(builder: VMBuilder, lab) -> None:
@@ -108,7 +123,7 @@ def test_create_with_zero_vcpus_is_refused_in_the_widget(builder: VMBuilder, lab
 def test_a_refused_hypercall_shows_its_errno_in_words(builder: VMBuilder, lab) -> None:
     builder.pages.value = 1
     builder.create_button.click()
-    builder.gfn.value = 0                                # the guest already has gfn 0
+    builder.gfn.value = "0"                              # the guest already has gfn 0
     assert builder.donate_button.click() is None
     status = words(builder.status.value)
     assert status_kind(builder) == "error"
@@ -116,6 +131,7 @@ def test_a_refused_hypercall_shows_its_errno_in_words(builder: VMBuilder, lab) -
     call, args, result = lab.host.log[-1]
     assert (call, args[1:], result) == ("__pkvm_host_donate_guest", (0, 0x1000), -1)
     assert "-EPERM (Operation not permitted)" in words(builder.hypercall_log.value)
+    assert "gfn 0x0 already holds a page in VM 0x1000's stage-2" in status     # which check refused, in words
 
 
 def test_donate_then_teardown(builder: VMBuilder, lab) -> None:
@@ -126,7 +142,8 @@ def test_donate_then_teardown(builder: VMBuilder, lab) -> None:
     builder.pages.value = 3
     builder.donate_button.click()
     assert "donated 3 page(s) to VM 0x1000 at gfn 0x0-0x2" in words(builder.status.value)
-    assert sorted(lab.host.vms[0x1000].guest_pages) == [0, 1, 2] and builder.gfn.value == 3
+    assert sorted(lab.host.vms[0x1000].guest_pages) == [0, 1, 2] and builder.gfn.value == "0x3"
+    assert builder.teardown_button.description == "Tear down 0x1000"
     builder.teardown_button.click()
     assert status_kind(builder) == "ok" and "tore down VM 0x1000" in words(builder.status.value)
     assert builder.handles == [] and builder.snapshot.vms == ()
@@ -144,7 +161,7 @@ def test_several_vms_and_round_robin_slots(builder: VMBuilder, lab) -> None:
     assert builder.handles == [0x1000, 0x1001, 0x1002] and builder.vm_list.value == 0x1002
     builder.vm_list.value = 0x1001
     builder.teardown_button.click()
-    assert builder.handles == [0x1000, 0x1002]
+    assert builder.handles == [0x1000, 0x1002] and builder.vm_list.value is None
     builder.create_button.click()
     assert builder.vm_list.value == builder.handles[-1] == lab.hyp.shadow_table().vms[-1].handle
     assert sorted(lab.host.vms) == builder.handles
@@ -152,9 +169,11 @@ def test_several_vms_and_round_robin_slots(builder: VMBuilder, lab) -> None:
 
 def test_refresh_sees_what_notebook_cells_did(builder: VMBuilder, lab) -> None:
     vm = lab.host.create_vm(1)
-    assert builder.handles == []
     builder.refresh_button.click()
     assert builder.handles == [vm.handle]
+    assert "1 live VM(s)" in words(builder.status.value)     # Refresh says what it found
+    builder.vm_list.value = vm.handle
+    builder._seen = lab.host.changes + 1000              # as if it had not noticed: a stale view
     lab.host.teardown_vm(vm.handle)                      # behind the widget's back
     builder.teardown_button.click()
     assert status_kind(builder) == "error" and "is gone" in words(builder.status.value)

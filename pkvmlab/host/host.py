@@ -13,6 +13,7 @@ from pkvmlab.errors import HostAccessFault, HostException, HypercallError, Machi
 from pkvmlab.firmware.elf import Firmware
 from pkvmlab.host import kernel_image as K
 from pkvmlab.host.page_alloc import PageAllocator
+from pkvmlab.host.reasons import refusal_reason
 from pkvmlab.machine.core import Core, HostVector, check_uint, serialised
 
 _ZEROS = [0] * 6
@@ -35,6 +36,7 @@ class Host:
         self.pages = PageAllocator(first_free, (core.ram_base + core.ram_size) >> 12)
         self.vms: dict[int, object] = {}   # handle -> VM, the VMs this host created and has not torn down
         self._code_page: int | None = None  # where execute() puts the host's own code
+        self.changes = 0   # bumped by every hypercall and host access: views redraw when it moved (pkvmlab.widgets)
 
     # -- the host's page allocator ---------------------------------------------------------
     @serialised
@@ -148,6 +150,7 @@ class Host:
     # -- running stubs ---------------------------------------------------------------------
     def _run_stub(self, offset: int, what: str, address: int | None = None, *, resumed: bool = False,
                   resumed_timed_out: tuple[bool, bool] = (False, False)):
+        self.changes += 1
         start = self.image_base + offset
         res = self.core.run(start, self.image_base + K.stub_end(offset), resumed=resumed,
                             resumed_timed_out=resumed_timed_out)
@@ -186,6 +189,7 @@ class Host:
         if len(args) > 6:
             raise UsageError("a host hypercall takes at most 6 arguments (x1..x6)")
         c = self.core
+        self.changes += 1
         with c.lock:
             if c.native is not None and c.panic is None:  # fast path: one native call (x0..x6 in, x0..x3 out)
                 token = c.arm_watchdog(c.run_limit_ms)
@@ -211,13 +215,13 @@ class Host:
         x0, x1, _, _ = self.hvc(HYPERCALLS[name], *args)
         if x0 == SMCCC_RET_NOT_SUPPORTED:
             self.log.append((name, args, -95))
-            raise HypercallError(name, args, -95)  # EOPNOTSUPP: the firmware has no such handler
+            raise HypercallError(name, args, -95, refusal_reason(self, name, args, -95))  # no such handler
         if x0 != SMCCC_RET_SUCCESS:
             raise MachineError(f"{name}: unexpected SMCCC status x0={x0:#x}")
         ret = _signed(x1)
         self.log.append((name, args, ret))
         if -4095 <= ret < 0:
-            raise HypercallError(name, args, ret)
+            raise HypercallError(name, args, ret, refusal_reason(self, name, args, ret))
         return ret
 
     # -- memory, as the host: real loads and stores at EL1 -----------------------------------

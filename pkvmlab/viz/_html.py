@@ -12,6 +12,8 @@ def text(s: object, *, bold: bool = False, italic: bool = False, color: str | No
          size: int | None = None) -> str:
     """Escaped text with optional styling, for use inside a cell."""
     out = escape(str(s))
+    if not out:
+        return ""   # graphviz refuses an empty <font></font>
     if bold:
         out = f"<b>{out}</b>"
     if italic:
@@ -24,6 +26,19 @@ def text(s: object, *, bold: bool = False, italic: bool = False, color: str | No
     if size:
         attrs.append(f'point-size="{size}"')
     return f"<font {' '.join(attrs)}>{out}</font>" if attrs else out
+
+
+def wrapped(s: object, width: int, **style) -> str:
+    """Styled text broken at spaces every ~``width`` characters (graphviz's HTML labels never wrap by themselves)."""
+    out, line = [], ""
+    for word in str(s).split(" "):
+        if line and len(line) + 1 + len(word) > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    out.append(line)
+    return "<br/>".join(text(part, **style) for part in out if part)
 
 
 def cell(content: str, *, port: str | None = None, bgcolor: str | None = None, colspan: int = 1,

@@ -14,5 +14,5 @@ class Diagram(graphviz.Digraph):
 
     def __repr__(self) -> str:
         label = self.graph_attr.get("label", "")
-        label = label if not label.startswith("<") else ""   # an HTML label says nothing in one line
+        label = label.replace("\n", " ") if not label.startswith("<") else ""   # an HTML label says nothing in one line
         return f"<{self.name} diagram{': ' + label if label else ''}>"

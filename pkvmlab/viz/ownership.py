@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.colors import ListedColormap
-from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import FuncFormatter
 
 from pkvmlab.arch import colors as C
 from pkvmlab.arch.pgtable import PAGE_SHIFT, Owner, PageState
+from pkvmlab.viz.figure import Picture
+from pkvmlab.viz.pages import page_names
 
 LABEL_PAGES = 64     # up to this many pages, every page is drawn and labelled
 MAX_CELLS = 8192     # beyond this many pages, a cell stands for several (a power of two)
@@ -75,10 +76,14 @@ def aggregate(cat: np.ndarray, per_cell: int) -> np.ndarray:
     return BY_RANK[rank.reshape(-1, per_cell).max(axis=1)]
 
 
-def _short(snap, i: int, cat: int) -> str:
+def _short(snap, i: int, cat: int, names: dict[int, str]) -> str:
     key = C.PAGE_CATEGORIES[cat][0]
     words = {"host": "host\nOWNED", "host-lazy": "host\nOWNED\n(unmapped)", "shared": "host\nSHARED_OWNED",
              "hyp": "hyp\nOWNED", "guest": "guest\nOWNED", "other": "?"}[key]
+    pfn = (snap.ram_start >> PAGE_SHIFT) + i
+    if pfn in names:   # "VM 0x1000 gfn 0x3" on two lines: a box is narrow
+        vm, handle, what = names[pfn].split(" ", 2)
+        words += f"\n{vm} {handle}\n{what}"
     if snap.pins[i]:
         words += f"\npinned ×{int(snap.pins[i])}"
     if snap.pool[i]:
@@ -87,7 +92,7 @@ def _short(snap, i: int, cat: int) -> str:
 
 
 def ownership_map(snap, start: int | None = None, end: int | None = None, *, title: str | None = None,
-                  width: float = 10.0) -> Figure:
+                  width: float = 10.0, vms=None) -> Picture:
     """The ``Ownership`` snapshot as a Figure: page grid (hex addresses), legend, and pages per category."""
     lo, hi = _pfn_range(snap, start, end)
     cat = categories(snap)[lo:hi]
@@ -100,12 +105,13 @@ def ownership_map(snap, start: int | None = None, end: int | None = None, *, tit
     # Heights in inches, top to bottom: title, grid, its axis labels, summary bars, their label, legend.
     top, gap, bar_h, bar_gap, legend_h = 0.45, 0.2 if n <= LABEL_PAGES else 0.6, 1.3, 0.5, 0.75
     height = top + grid_h + gap + bar_h + bar_gap + legend_h
-    fig = Figure(figsize=(width, height))
-    left, right = 1.3 / width, 1 - 0.5 / width
+    fig = Picture(figsize=(width, height),
+                  name=f"ownership map {base:#x}-{base + (n << PAGE_SHIFT):#x}: {_count(n)}")
+    left, right = 1.55 / width, 1 - 0.5 / width
     ax = fig.add_axes((left, 1 - (top + grid_h) / height, right - left, grid_h / height))
     bar = fig.add_axes((left, (bar_gap + legend_h) / height, right - left, bar_h / height))
     if n <= LABEL_PAGES:
-        _boxes(ax, snap, lo, cat, cols, rows, base)
+        _boxes(ax, snap, lo, cat, cols, rows, base, page_names(vms))
     else:
         img = np.full(rows * cols, 255, np.uint8)
         img[:len(cells)] = cells
@@ -131,35 +137,32 @@ def ownership_map(snap, start: int | None = None, end: int | None = None, *, tit
     return fig
 
 
-def _boxes(ax, snap, lo: int, cat: np.ndarray, cols: int, rows: int, base: int) -> None:
+def _boxes(ax, snap, lo: int, cat: np.ndarray, cols: int, rows: int, base: int, names: dict[int, str]) -> None:
     """A few pages: one labelled box each (address, owner/state, pins, pool)."""
     for k, c in enumerate(cat):
         r, col = divmod(k, cols)
         ax.add_patch(Rectangle((col, r), 0.94, 0.9, facecolor=C.PAGE_CATEGORIES[c][1], edgecolor="#444444"))
         dark = C.PAGE_CATEGORIES[c][0] in ("host", "shared", "other")
-        ax.text(col + 0.47, r + 0.45, f"{base + (k << PAGE_SHIFT):#x}\n{_short(snap, lo + k, int(c))}", ha="center",
-                va="center", fontsize=7, family="monospace", color="white" if dark else "black")
+        ax.text(col + 0.47, r + 0.45, f"{base + (k << PAGE_SHIFT):#x}\n{_short(snap, lo + k, int(c), names)}", ha="center",
+                va="center", fontsize=7.5, family="monospace", color="white" if dark else "black")
     ax.set_xlim(0, cols)
     ax.set_ylim(rows, 0)
     ax.set_axis_off()
 
 
 def _summary(bar, counts: np.ndarray) -> None:
-    """Pages per category, one bar each on a log scale (one guest page and a GiB of host pages both readable)."""
+    """Pages per category, one bar each on a linear scale (1 and 3 pages must look different), the count beside it."""
     y = np.arange(len(C.PAGE_CATEGORIES))
     bar.barh(y, np.maximum(counts, 0), color=[c for _, c, _ in C.PAGE_CATEGORIES], edgecolor="#444444", height=0.75)
-    bar.set_xscale("log")
-    top = max(int(counts.max()), 1) * 8
-    bar.set_xlim(0.8, top)
-    decades = [10 ** k for k in range(len(str(top)))]
-    bar.set_xticks(decades, [f"{d:,}" for d in decades])
-    bar.xaxis.set_minor_locator(NullLocator())   # minor log ticks cost more than the rest of the figure
-    bar.set_yticks(y, [SHORT[k] for k, _, _ in C.PAGE_CATEGORIES], fontsize=7.5)
+    top = max(int(counts.max()), 1)
+    bar.set_xlim(0, top * 1.18)
+    bar.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{int(v):,}"))
+    bar.set_yticks(y, [SHORT[k] for k, _, _ in C.PAGE_CATEGORIES], fontsize=8)
     bar.invert_yaxis()
     for k, v in enumerate(counts):
-        bar.text(max(int(v), 1) * 1.15, k, f"{int(v):,}", va="center", fontsize=7.5)
-    bar.set_xlabel("pages per owner and state (log scale)", fontsize=8)
-    bar.tick_params(axis="x", labelsize=7.5)
+        bar.text(int(v) + top * 0.01, k, f"{int(v):,}", va="center", fontsize=8)
+    bar.set_xlabel("pages per owner and state", fontsize=8)
+    bar.tick_params(axis="x", labelsize=8)
 
 
 def _count(n: int) -> str:
@@ -171,3 +174,35 @@ def _bytes(n: int) -> str:
         if n >= 1 << shift and n % (1 << shift) == 0:
             return f"{n >> shift} {unit}"
     return f"{n} bytes"
+
+
+def ownership_compare(before, after, start: int, end: int, *, vms=None, vms_before=None,
+                      width: float = 10.0) -> Picture:
+    """Two ``Ownership`` snapshots of the same few pages side by side; every page that changed is outlined in red.
+
+    For "before and after one hypercall" beside ``inspect.diff.diff(before, after)``; at most LABEL_PAGES pages.
+    ``vms`` (a ``ShadowTable`` taken with ``after``) names the VMs' pages on the right, ``vms_before`` on the left.
+    """
+    lo, hi = _pfn_range(before, start, end)
+    n = hi - lo
+    if n > LABEL_PAGES:
+        raise ValueError(f"{n} pages is too many to compare box by box (at most {LABEL_PAGES}): narrow [start, end)")
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    cats = categories(before)[lo:hi], categories(after)[lo:hi]
+    changed = (cats[0] != cats[1]) | (before.pins[lo:hi] != after.pins[lo:hi])
+    base = before.ram_start + (lo << PAGE_SHIFT)
+    height = 0.9 + rows * 0.95
+    fig = Picture(figsize=(width, height), name=f"ownership before/after {base:#x}-{base + (n << PAGE_SHIFT):#x}: "
+                                                f"{int(changed.sum())} of {_count(n)} changed")
+    for k, (snap, cat, label, names) in enumerate(((before, cats[0], "before", page_names(vms_before)),
+                                                   (after, cats[1], "after", page_names(vms)))):
+        ax = fig.add_axes((0.02 + 0.5 * k, 0.02, 0.46, (height - 0.6) / height))
+        _boxes(ax, snap, lo, cat, cols, rows, base, names)
+        for i in np.flatnonzero(changed):
+            r, col = divmod(int(i), cols)
+            ax.add_patch(Rectangle((col, r), 0.94, 0.9, fill=False, edgecolor="#d62728", linewidth=3))
+        ax.set_title(f"{label}", fontsize=10)
+    fig.suptitle(f"pages {base:#x}-{base + (n << PAGE_SHIFT):#x}: {int(changed.sum())} changed (outlined red)",
+                 fontsize=11)
+    return fig

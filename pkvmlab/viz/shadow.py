@@ -27,15 +27,26 @@ def _pages(size: int) -> str:
     return f"{n} page{'s' if n != 1 else ''}"
 
 
-def _table_rows(snap) -> list[str]:
-    """One row per used slot, one "…" row per run of empty slots; ``next_shadow_alloc`` gets its own row."""
+def _table_rows(snap, drawn: set[int] | None = None) -> list[str]:
+    """One row per drawn slot, one "…" row per run of empty slots and one per run of used slots only counted;
+    ``next_shadow_alloc`` gets its own row."""
     nxt, slots = snap.next_shadow_alloc, snap.slots
+    drawn = {vm.index for vm in snap.vms} if drawn is None else drawn
     rows, i, n = [], 0, len(slots)
-    mark = text("  ← next_shadow_alloc", bold=True, color=C.NEXT_ALLOC_COLOR)
+    mark = text(" ← next_shadow_alloc", bold=True, color=C.NEXT_ALLOC_COLOR, size=10)
     while i < n:
         vm = slots[i]
+        if vm is not None and i not in drawn and i != nxt:
+            j = i
+            while j < n and slots[j] is not None and j not in drawn and j != nxt:
+                j += 1
+            handles = f"{slots[i].handle:#x}–{slots[j - 1].handle:#x}"
+            rows.append(row(cell(text("…", bold=True)), cell(text(f"[{i}–{j - 1}] used", italic=True)),
+                            cell(text(f"{j - i} VMs ({handles})", size=10), port="more")))
+            i = j
+            continue
         if vm is not None:
-            rows.append(row(cell(text(f"[{i}]", mono=True)), cell(text(f"handle {vm.handle:#x}", bold=True)),
+            rows.append(row(cell(text(f"[{i}]", mono=True)), cell(text(f"{vm.handle:#x}", bold=True)),
                             cell(text(f"→ {vm.shadow_area:#x}", mono=True) + (mark if i == nxt else ""), port=f"s{i}")))
             i += 1
             continue
@@ -54,54 +65,83 @@ def _table_rows(snap) -> list[str]:
     return rows
 
 
+FULL_VMS = 6       # up to this many VMs, every VM is drawn; beyond, the first HEAD and last TAIL ones and a count
+HEAD, TAIL = 3, 2
+
+
+def shown_vms(snap) -> tuple[list, list]:
+    """(VMs drawn in full, VMs only counted): all of them up to FULL_VMS, else the first HEAD and the last TAIL."""
+    vms = list(snap.vms)
+    if len(vms) <= FULL_VMS:
+        return vms, []
+    return vms[:HEAD] + vms[-TAIL:], vms[HEAD:-TAIL]
+
+
 def shadow_table(snap, *, title: str | None = None) -> graphviz.Digraph:
-    """The ``ShadowTable`` snapshot as a diagram: slots → ``kvm_shadow_vm`` → vCPU states → pinned host structs."""
+    """The ``ShadowTable`` snapshot as a diagram: slots → ``kvm_shadow_vm`` with its vCPU states → pinned host structs.
+
+    Hyp memory on top, host memory below it (so the picture stays about 900 px wide); with more than
+    ``FULL_VMS`` VMs the first and last few are drawn in full and the rest are counted in one box.
+    """
     hyp_c, host_c = C.OWNER_COLORS[Owner.HYP], C.OWNER_COLORS[Owner.HOST]
-    g = Diagram("shadow_table", graph_attr={"rankdir": "LR", "fontname": FONT, "labelloc": "t", "nodesep": "0.15",
-                                                     "ranksep": "0.6", "ordering": "out", "label": title or _title(snap)},
-                         node_attr={"fontname": FONT, "shape": "plain", "fontsize": "11"},
-                         edge_attr={"fontname": FONT, "fontsize": "9"})
+    g = Diagram("shadow_table", graph_attr={"rankdir": "LR", "fontname": FONT, "labelloc": "t", "nodesep": "0.12",
+                                            "ranksep": "0.35", "newrank": "true", "label": title or _title(snap)},
+                node_attr={"fontname": FONT, "shape": "plain", "fontsize": "11"},
+                edge_attr={"fontname": FONT, "fontsize": "9"})
+    full, counted = shown_vms(snap)
+    drawn = {vm.index for vm in full}
     head = [row(cell(text(f"shadow_table @ {snap.address:#x}", bold=True, color="white"), bgcolor=hyp_c, colspan=3)),
-            row(cell(text(f"{len(snap.slots)} slots (KVM_MAX_PVMS) · nr_shadow_entries = {snap.nr_shadow_entries} · "
-                          f"next_shadow_alloc = {snap.next_shadow_alloc}", size=10), colspan=3)),
-            row(cell(text("index", size=9)), cell(text("handle = index + 0x1000", size=9)),
-                cell(text("struct kvm_shadow_vm *", size=9)))]
+            row(cell(text(f"{len(snap.slots)} slots (KVM_MAX_PVMS) · nr_shadow_entries = {snap.nr_shadow_entries}",
+                          size=10), colspan=3)),
+            row(cell(text(f"next_shadow_alloc = {snap.next_shadow_alloc}", size=10), colspan=3)),
+            row(cell(text("index", size=10)), cell(text("handle", size=10)),
+                cell(text("struct kvm_shadow_vm *", size=10)))]
     if not snap.address:
         head.append(row(cell(text("never set up (shadow_table == NULL)", italic=True), colspan=3)))
     hyp = graphviz.Digraph("cluster_hyp", graph_attr={"label": "hyp memory (PKVM_ID_HYP): carve-out and donated pages",
                                                       "style": "filled", "fillcolor": C.OWNER_FILLS[Owner.HYP],
-                                                      "color": hyp_c, "fontname": FONT})
+                                                      "color": hyp_c, "fontname": FONT, "labeljust": "l"})
     host = graphviz.Digraph("cluster_host", graph_attr={"label": "host memory (PKVM_ID_HOST), shared with hyp and pinned",
                                                         "style": "filled", "fillcolor": C.OWNER_FILLS[Owner.HOST],
-                                                        "color": host_c, "fontname": FONT})
-    hyp.node("table", table(*head, *(_table_rows(snap) if snap.address else []), color=hyp_c))
+                                                        "color": host_c, "fontname": FONT, "labeljust": "l"})
+    hyp.node("table", table(*head, *(_table_rows(snap, drawn) if snap.address else []), color=hyp_c))
     edges = []
-    for vm in snap.vms:
+    for vm in full:
         i = vm.index
-        hyp.node(f"vm{i}", table(
-            row(cell(text(f"struct kvm_shadow_vm @ {vm.shadow_area:#x}", bold=True, color="white"), bgcolor=hyp_c,
-                     port="hdr")),
-            row(cell(text(f"handle {vm.handle:#x} · VMID {vm.vmid} · {vm.nr_vcpus} vCPU{'s' if vm.nr_vcpus != 1 else ''}"))),
-            row(cell(text(f"shadow area {_size(vm.shadow_area_size)} ({_pages(vm.shadow_area_size)}, donated)"))),
-            row(cell(text(f"stage-2 pgd {vm.pgd:#x} · {vm.ia_bits}-bit IPA · {len(vm.guest_pages)} guest page"
-                          f"{'s' if len(vm.guest_pages) != 1 else ''}"))),
-            row(cell(text(f"host_kvm = {vm.host_kvm:#x}", mono=True, size=10), port="kvm")), color=hyp_c))
-        edges.append((f"table:s{i}", f"vm{i}:hdr", {"color": hyp_c}))
-        host.node(f"kvm{i}", table(row(cell(text(f"struct kvm @ {vm.host_kvm:#x}", bold=True, color="white"),
-                                               bgcolor=host_c)),
-                                   row(cell(text(f"created_vcpus = {vm.nr_vcpus}", size=10))), color=host_c))
-        edges.append((f"vm{i}:kvm", f"kvm{i}", {"color": host_c, "style": "dashed", "label": "pinned"}))
+        rows = [row(cell(text(f"struct kvm_shadow_vm @ {vm.shadow_area:#x}", bold=True, color="white"), bgcolor=hyp_c,
+                         port="hdr")),
+                row(cell(text(f"handle {vm.handle:#x} · VMID {vm.vmid} · {vm.nr_vcpus} vCPU{'s' if vm.nr_vcpus != 1 else ''}"))),
+                row(cell(text(f"shadow area {_size(vm.shadow_area_size)} ({_pages(vm.shadow_area_size)}, donated)",
+                              size=10))),
+                row(cell(text(f"stage-2 pgd {vm.pgd:#x} · {vm.ia_bits}-bit IPA", size=10))),
+                row(cell(text(f"{len(vm.guest_pages)} guest page{'s' if len(vm.guest_pages) != 1 else ''} mapped", size=10))),
+                row(cell(text(f"host_kvm = {vm.host_kvm:#x}", size=10), port="kvm"))]
         for v in vm.vcpus:
-            k = v.vcpu_idx
-            hyp.node(f"vm{i}v{k}", table(
-                row(cell(text(f"shadow_vcpu_states[{k}]", bold=True))),
-                row(cell(text(f"@ {v.address:#x} · vcpu_id {v.vcpu_id}", size=10))),
-                row(cell(text(f"host_vcpu = {v.host_vcpu:#x}", mono=True, size=10), port="host")), color=hyp_c))
-            edges.append((f"vm{i}:hdr", f"vm{i}v{k}", {"color": hyp_c, "arrowhead": "none"}))
-            host.node(f"vcpu{i}v{k}", table(row(cell(text(f"struct kvm_vcpu @ {v.host_vcpu:#x}", bold=True,
-                                                          color="white"), bgcolor=host_c)),
-                                            row(cell(text(f"vcpu_idx {k}", size=10))), color=host_c))
-            edges.append((f"vm{i}v{k}:host", f"vcpu{i}v{k}", {"color": host_c, "style": "dashed", "label": "pinned"}))
+            rows.append(row(cell(text(f"shadow_vcpu_states[{v.vcpu_idx}].host_vcpu = {v.host_vcpu:#x}", size=10),
+                            port=f"v{v.vcpu_idx}")))
+        hyp.node(f"vm{i}", table(*rows, color=hyp_c))
+        edges.append((f"table:s{i}", f"vm{i}:hdr", {"color": hyp_c}))
+        host_rows = [row(cell(text(f"VM {vm.handle:#x}: host structs", bold=True, color="white"), bgcolor=host_c)),
+                     row(cell(text(f"struct kvm @ {vm.host_kvm:#x} · created_vcpus = {vm.nr_vcpus}", size=10), port="kvm"))]
+        for v in vm.vcpus:
+            host_rows.append(row(cell(text(f"struct kvm_vcpu @ {v.host_vcpu:#x} · vcpu_idx {v.vcpu_idx}", size=10),
+                                      port=f"v{v.vcpu_idx}")))
+        host.node(f"kvm{i}", table(*host_rows, color=host_c))
+        # Pins point down into the host cluster without pulling it to the right: no rank constraint.
+        edges.append((f"vm{i}:kvm", f"kvm{i}:kvm", {"color": host_c, "style": "dashed", "constraint": "false"}))
+        for v in vm.vcpus:
+            edges.append((f"vm{i}:v{v.vcpu_idx}", f"kvm{i}:v{v.vcpu_idx}",
+                          {"color": host_c, "style": "dashed", "constraint": "false"}))
+    if counted:
+        hyp.node("more", table(
+            row(cell(text(f"… {len(counted)} more VMs", bold=True))),
+            row(cell(text(f"handles {counted[0].handle:#x}–{counted[-1].handle:#x} (slots {counted[0].index}–"
+                          f"{counted[-1].index})", size=10))),
+            row(cell(text(f"{sum(v.nr_vcpus for v in counted)} vCPUs · "
+                          f"{sum(len(v.guest_pages) for v in counted)} guest pages", size=10))),
+            row(cell(text("all listed in lab.hyp.shadow_table()", size=10, italic=True))),
+            color=hyp_c))
+        edges.append(("table:more", "more", {"color": hyp_c, "style": "dotted"}))
     g.subgraph(hyp)
     g.subgraph(host)
     for a, b, attrs in edges:

@@ -89,16 +89,17 @@ def _table_label(w, step) -> str:
 
 def translation(w) -> graphviz.Digraph:
     """The walk ``w`` (from ``lab.hyp.walk``) as a Graphviz diagram: fields, tables, selected entries, result."""
-    g = Diagram("translation", graph_attr={"rankdir": "LR", "fontname": FONT, "labelloc": "t",
-                                                    "label": f"{w.regime.title}: {w.words()}", "nodesep": "0.3"},
+    g = Diagram("translation", graph_attr={"rankdir": "TB", "fontname": FONT, "labelloc": "t",
+                                                    "label": f"{w.regime.title}:\n{w.words()}", "nodesep": "0.3",
+                                           "ranksep": "0.35"},
                          node_attr={"fontname": FONT, "shape": "plain"}, edge_attr={"fontname": FONT, "fontsize": "10"})
     g.node("input", _input_label(w))
     g.node("root", table(row(cell(text("root", bold=True))), row(cell(text(f"{w.regime.root:#x}", mono=True))),
-                         row(cell(text(_root_register(w), size=10)))))
+                         row(cell(text(_root_register(w), size=10)))), group="walk")
     prev = None
     for step in w.steps:
         node = f"L{step.level}"
-        g.node(node, _table_label(w, step))
+        g.node(node, _table_label(w, step), group="walk")
         color = C.level_color(step.level)
         g.edge(f"input:f{step.level}", f"{node}:sel", color=color, label=f"index {step.index}")
         if prev is None:
@@ -111,7 +112,7 @@ def translation(w) -> graphviz.Digraph:
         g.node("output", table(row(cell(text("output address", bold=True, color="white"), bgcolor=C.OK_COLOR)),
                                row(cell(text(f"{w.output:#x}", mono=True, bold=True))),
                                row(cell(text(f"page {w.output & ~0xFFF:#x} · {w.permissions or '---'}", size=10))),
-                               color=C.OK_COLOR))
+                               color=C.OK_COLOR), group="walk")
         g.edge(src, "output", color=C.OK_COLOR, penwidth="2")
         g.edge("input:off", "output", color=C.OFFSET_COLOR, style="dashed", label="offset")
     else:
@@ -119,7 +120,7 @@ def translation(w) -> graphviz.Digraph:
         g.node("fault", table(row(cell(text(f.words(), bold=True, color="white"), bgcolor=C.FAULT_COLOR)),
                               row(cell(text(f.reason))),
                               row(cell(text(f"stage {f.stage} · FSC {f.fsc:#08b}", mono=True, size=10))),
-                              color=C.FAULT_COLOR))
+                              color=C.FAULT_COLOR), group="walk")
         g.edge(src, "fault", color=C.FAULT_COLOR, penwidth="2")
     return g
 

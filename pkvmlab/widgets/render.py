@@ -1,13 +1,12 @@
-"""Rendering helpers shared by the dashboards: diagrams to SVG/PNG, the hypercall log and status lines as HTML.
+"""Rendering helpers shared by the dashboards: diagrams to inline SVG, the hypercall log and status lines as HTML.
 
-Everything here is pure: it turns a ``graphviz.Digraph``, a matplotlib ``Figure``, the host's hypercall log
-or an exception into a string (or PNG bytes) that an ipywidgets ``HTML``/``Image`` shows.  The widgets own
+Everything here is pure: it turns a ``graphviz.Digraph``, the host's hypercall log or an exception into
+a string that an ipywidgets ``HTML`` shows.  The widgets own
 the state; this module only draws it, so two widgets never carry two copies of the same drawing code.
 """
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Callable, Iterable
 from html import escape
@@ -19,7 +18,8 @@ from pkvmlab.errors import HypercallError, HypPanic, PkvmLabError, UsageError, e
 PAGE = 4096
 
 # Colours for the status line: the same three everywhere.
-_STATUS = {"ok": ("#1b5e20", "#e8f5e9", "✔"), "error": ("#b71c1c", "#ffebee", "✖"), "info": ("#0d47a1", "#e3f2fd", "ℹ")}
+_STATUS = {"ok": ("#1b5e20", "#e8f5e9", "✔"), "error": ("#b71c1c", "#ffebee", "✖"), "info": ("#0d47a1", "#e3f2fd", "ℹ"),
+           "busy": ("#5d4037", "#fff8e1", "⏳")}
 
 
 def require_lab(lab, widget: str) -> None:
@@ -32,7 +32,7 @@ def require_lab(lab, widget: str) -> None:
 
 
 def status_html(kind: str, message: str) -> str:
-    """One status line: ``kind`` is "ok", "error" or "info"; ``message`` is plain text (escaped here)."""
+    """One status line: ``kind`` is "ok", "error", "info" or "busy"; ``message`` is plain text (escaped here)."""
     fg, bg, mark = _STATUS.get(kind, _STATUS["info"])
     return (f"<div class='pkvmlab-status pkvmlab-status-{kind}' style='color:{fg};background:{bg};"
             f"padding:4px 8px;border-radius:4px;font-family:sans-serif'>{mark} {escape(message)}</div>")
@@ -96,19 +96,6 @@ def diagram_html(diagram, css_class: str, max_height: str = "560px") -> str:
             f"padding:4px'>{fit_svg(svg_of(diagram))}</div>")
 
 
-def figure_png(fig, dpi: int = 80) -> bytes:
-    """A matplotlib ``Figure`` as PNG bytes (metadata stripped so the bytes only depend on the picture); closes it."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})   # no bbox "tight": it draws twice
-    try:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    except Exception:  # noqa: BLE001 - a Figure made without pyplot has nothing to close
-        pass
-    return buf.getvalue()
-
-
 def unavailable_html(what: str, exc: BaseException) -> str:
     """What a panel shows when its drawing failed (e.g. Graphviz's ``dot`` missing): the reason, not a traceback."""
     return (f"<div class='pkvmlab-unavailable' style='color:#777;font-style:italic'>{escape(what)} is not available: "
@@ -126,8 +113,17 @@ def panel_html(title: str, body_html: str) -> str:
             f"{body_html}</div>")
 
 
-def par_fields(par: int) -> str:
-    """``PAR_EL1`` decoded field by field (ARM ARM D19.2.103) as a small table."""
+ATTR_STAGE1_OFF = ("0x00 = Device-nGnRnE: EL1's stage 1 is off (SCTLR_EL1.M = 0), and with stage 1 off a data "
+                   "access is Device-nGnRnE; combined with stage 2's Normal WB the stricter type wins. The software "
+                   "walk shows stage 2's own attribute.")
+
+
+def par_fields(par: int, *, stage1_off: bool = False) -> str:
+    """``PAR_EL1`` decoded field by field (ARM ARM D19.2.103) as a small table.
+
+    ``stage1_off``: the AT was ``S12E1`` for a regime whose stage 1 is off (the host's, the guests'):
+    ATTR 0x00 is then explained beside it.
+    """
     rows = []
     for name, value in par_decode(par).items():
         if isinstance(value, bool):
@@ -136,7 +132,9 @@ def par_fields(par: int) -> str:
             shown = f"{value:#08b}: {fsc_words(value)}"
         else:
             shown = f"{value:#x}"
-        rows.append(f"<tr><td><code>{escape(name)}</code></td><td><code>{escape(shown)}</code></td></tr>")
+        note = ATTR_STAGE1_OFF if name == "ATTR" and value == 0 and stage1_off else ""
+        rows.append(f"<tr><td><code>{escape(name)}</code></td><td><code>{escape(shown)}</code></td>"
+                    f"<td style='font-size:90%;color:#555'>{escape(note)}</td></tr>")
     return f"<table style='font-size:90%'>{''.join(rows)}</table>"
 
 
@@ -163,26 +161,30 @@ def format_result(call: str, result: int) -> str:
     return f"{result:#x}"
 
 
-def log_html(log: list[tuple[str, tuple, int]], start: int = 0, limit: int = 40) -> str:
-    """The host's hypercall log from entry ``start`` on (newest last, at most ``limit`` rows) as an HTML table."""
+def log_html(log: list[tuple[str, tuple, int]], start: int = 0, limit: int = 40, mark_from: int | None = None) -> str:
+    """The host's hypercall log from entry ``start`` on as an HTML table, **newest first**, at most ``limit`` rows.
+
+    Entries from ``mark_from`` on (the calls the last click made) are highlighted and marked "last click".
+    """
     entries = list(enumerate(log))[start:]
     hidden = max(0, len(entries) - limit)
-    entries = entries[hidden:]
+    entries = entries[hidden:][::-1]
     if not entries:
         return "<div class='pkvmlab-log' style='color:#777'>no hypercalls yet</div>"
     rows = []
     for i, (call, args, result) in entries:
         failed = -4095 <= result < 0
         colour = "#b71c1c" if failed else "#1b5e20"
-        rows.append(f"<tr><td style='color:#777;text-align:right'>{i}</td><td><code>{escape(call)}</code></td>"
+        marked = mark_from is not None and i >= mark_from
+        style = " class='pkvmlab-log-last' style='background:#fff2a8'" if marked else ""
+        rows.append(f"<tr{style}><td style='color:#777;text-align:right'>{i}</td><td><code>{escape(call)}</code></td>"
                     f"<td><code>{escape(format_args(call, args))}</code></td>"
                     f"<td style='color:{colour};white-space:nowrap'><code>{escape(format_result(call, result))}</code></td>"
-                    "</tr>")
+                    f"<td style='color:#777;white-space:nowrap'>{'◀ last click' if marked else ''}</td></tr>")
     more = f"<div style='color:#777'>… {hidden} earlier call(s) not shown</div>" if hidden else ""
-    return (f"<div class='pkvmlab-log' style='max-height:260px;overflow:auto'>{more}"
-            "<table style='font-size:80%;line-height:1.3'><thead><tr><th>#</th><th>hypercall</th><th>arguments</th>"
-            "<th>result</th>"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    return (f"<div class='pkvmlab-log' style='max-height:260px;overflow:auto'>"
+            "<table style='font-size:85%;line-height:1.3'><thead><tr><th>#</th><th>hypercall (newest first)</th>"
+            f"<th>arguments</th><th>result</th><th></th></tr></thead><tbody>{''.join(rows)}</tbody></table>{more}</div>")
 
 
 def log_text(log: list[tuple[str, tuple, int]], start: int = 0) -> str:

@@ -7,6 +7,9 @@
 Left: ``viz.translation(lab.hyp.walk(addr, stage=..., vm=..., access=...))``, the software walk over
 the tables in emulated memory.  Right: what the emulated CPU itself says (``AT S12E1R/W`` for stage 2,
 ``AT S1E2R/W`` for hyp stage 1, read back from ``PAR_EL1``) and whether the two agree.
+
+It redraws by itself after any host action (the VM builder's buttons, a notebook cell:
+``pkvmlab.widgets.sync``); when the VM it was walking is torn down, the views are cleared and say so.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from html import escape
 import ipywidgets as W
 
 from pkvmlab.errors import UsageError
-from pkvmlab.widgets import render
+from pkvmlab.widgets import render, sync
 
 PAGE = 4096
 STAGES = (("host stage-2 (host IPA -> PA)", "host-s2"), ("guest stage-2 (guest IPA -> PA)", "guest-s2"),
@@ -35,6 +38,8 @@ class TranslationExplorer(W.VBox):
         self.walk = None          # the last pkvmlab.inspect.walk.Walk drawn
         self.at_result = None     # the last AtResult (None for fetches: AT has no fetch variant)
         self._syncing = False
+        self._seen = -1           # lab.host.changes when last drawn
+        self._gone: int | None = None   # the guest VM that was torn down under us
 
         self.stage = W.Dropdown(options=STAGES, value=stage, description="stage", style={"description_width": "60px"})
         self.vm = W.Dropdown(options=[], value=None, description="VM", style={"description_width": "40px"},
@@ -45,11 +50,13 @@ class TranslationExplorer(W.VBox):
         self.slider = W.IntSlider(min=0, max=1, description="page", readout=False, continuous_update=False,
                                   style={"description_width": "60px"}, layout=W.Layout(width="520px"))
         self.range_note = W.HTML()
+        self.slider_label = W.HTML(layout=W.Layout(width="190px"))
+        self.slider_label.add_class("pkvmlab-slider-address")
         self.refresh_button = W.Button(description="Refresh", icon="refresh", tooltip="re-read the VMs and walk again")
         self.status = W.HTML()
-        self.walk_view = W.HTML(layout=W.Layout(width="62%"))
+        self.walk_view = W.HTML(layout=W.Layout(width="100%"))
         self.walk_view.add_class("pkvmlab-walk-diagram")
-        self.at_view = W.HTML(layout=W.Layout(width="36%"))
+        self.at_view = W.HTML(layout=W.Layout(width="100%"))
         self.at_view.add_class("pkvmlab-at-answer")
 
         self._refresh_vms(prefer=getattr(vm, "handle", vm))
@@ -64,12 +71,15 @@ class TranslationExplorer(W.VBox):
         super().__init__([
             W.HTML("<b>Translation explorer</b>"),
             W.HBox([self.stage, self.vm, self.access, self.refresh_button]),
-            W.HBox([self.address, self.slider, self.range_note]),
+            W.HBox([self.address, self.slider, self.slider_label]),
+            self.range_note,
             self.status,
-            W.HBox([self.walk_view, self.at_view]),
+            self.walk_view,
+            self.at_view,
         ])
         self.add_class("pkvmlab-translation-explorer")
         self.explore()
+        sync.register(self)
 
     # -- public ----------------------------------------------------------------------------------
     @property
@@ -99,7 +109,21 @@ class TranslationExplorer(W.VBox):
 
     def explore(self) -> bool:
         """Walk the current address in software, ask the CPU, draw both; errors go to the status line."""
-        return render.guarded(self._set_status, self._explore)
+        ok = render.guarded(self._set_status, self._explore)
+        self._seen = sync.seen(self.lab)
+        return ok
+
+    def redraw_if_changed(self) -> None:
+        """Walk again if the lab changed since the last walk (a dashboard click or a notebook cell did something)."""
+        if sync.seen(self.lab) == self._seen:
+            return
+        with self._quietly():
+            before = self.vm.value
+            self._refresh_vms(prefer=before)
+            if self.stage.value == "guest-s2" and before is not None and self.vm.value != before:
+                self._gone = before          # never slide over to another VM's stage-2 unasked
+                self.vm.value = None
+        self.explore()
 
     def __repr__(self) -> str:
         return f"TranslationExplorer({self.stage.value}, {self.address.value or '?'}, access {self.access.value!r})"
@@ -111,6 +135,10 @@ class TranslationExplorer(W.VBox):
         if addr is None:
             self.walk_view.value = self.at_view.value = ""
             raise UsageError(f"{self.address.value!r} is not an address: type it as 0x40802000 (or in decimal)")
+        if stage == "guest-s2" and self.vm.value is None and self._gone is not None:
+            self.walk_view.value = self.at_view.value = ""
+            raise UsageError(f"VM {self._gone:#x} was torn down: its stage-2 is gone, so there is nothing to walk; "
+                             "pick another VM")
         if stage == "guest-s2" and self.vm.value is None:
             self.walk_view.value = self.at_view.value = ""
             raise UsageError("there is no protected VM to walk: create one (lab.host.create_vm or the VM builder), "
@@ -120,7 +148,7 @@ class TranslationExplorer(W.VBox):
         try:
             from pkvmlab import viz
 
-            self.walk_view.value = render.diagram_html(viz.translation(self.walk), "pkvmlab-walk-svg", "640px")
+            self.walk_view.value = render.diagram_html(viz.translation(self.walk), "pkvmlab-walk-svg", "1100px")
         except Exception as exc:  # noqa: BLE001 - no diagram (e.g. no `dot`): the walk in text instead
             self.walk_view.value = render.unavailable_html("The walk diagram", exc) + render.pre_html(repr(self.walk))
         self.at_view.value = self._at_html(addr, stage, vm, access)
@@ -138,7 +166,7 @@ class TranslationExplorer(W.VBox):
                           else walk_mod.at(self.lab.hyp, addr, stage, vm, access))
         a = self.at_result
         agrees = walk_mod.agrees(self.walk, a)
-        fields = render.par_fields(a.par)
+        fields = render.par_fields(a.par, stage1_off=stage != "hyp-s1")
         verdict = ("<p style='color:#1b5e20'>✔ agrees with the software walk</p>" if agrees else
                    "<p style='color:#b71c1c'><b>✖ disagrees with the software walk</b>: one of them has a bug</p>")
         body = (f"<p><code>{insn}{access.upper()}</code> of <code>{addr:#x}</code> at EL2, then read "
@@ -200,7 +228,12 @@ class TranslationExplorer(W.VBox):
             if lo <= addr < hi:
                 self.slider.value = (addr - lo) // PAGE
             self.address.value = f"{addr:#x}"
-        self.range_note.value = f"<small>slide over <code>{lo:#x}</code>–<code>{hi:#x}</code></small>"
+        self.range_note.value = f"<small>the page slider covers <code>{lo:#x}</code>–<code>{hi:#x}</code></small>"
+        self._label_slider()
+
+    def _label_slider(self) -> None:
+        """Beside the slider: the address of the page it selects."""
+        self.slider_label.value = f"<code>{self._lo + self.slider.value * PAGE:#x}</code>"
 
     def _stage_changed(self) -> None:
         if self._syncing:
@@ -213,6 +246,7 @@ class TranslationExplorer(W.VBox):
     def _vm_changed(self) -> None:
         if self._syncing:
             return
+        self._gone = None
         with self._quietly():
             self._set_range(None)
         self.explore()
@@ -224,6 +258,7 @@ class TranslationExplorer(W.VBox):
         if addr is not None and self._lo <= addr < self._lo + (self.slider.max + 1) * PAGE:
             with self._quietly():
                 self.slider.value = (addr - self._lo) // PAGE
+            self._label_slider()
         self.explore()
 
     def _slid(self) -> None:
@@ -232,4 +267,5 @@ class TranslationExplorer(W.VBox):
         offset = (self.addr or 0) & (PAGE - 1)
         with self._quietly():
             self.address.value = f"{self._lo + self.slider.value * PAGE + offset:#x}"
+        self._label_slider()
         self.explore()

@@ -10,21 +10,31 @@ Every button does what the host kernel would (``lab.host.create_vm``, ``vm.donat
 ownership map of the host RAM in use and the hypercall log are redrawn from the hypervisor's memory.
 A refused hypercall shows its errno in words in the status line; nothing raises out of a button.
 
+While an action runs every button is off and the status line says what is happening; Tear down
+names the VM it will destroy, and after a teardown nothing is selected (a second click cannot
+destroy another VM).  The dashboard redraws after any host action, wherever it came from: its own
+buttons, another dashboard, or a notebook cell (``pkvmlab.widgets.sync``).
+
 Tests drive it like a learner: set ``builder.vcpus.value``, call ``builder.create_button.click()``,
 read ``builder.status.value``, ``builder.diagram.value`` (SVG), ``builder.handles``.
 """
 
 from __future__ import annotations
 
+from html import escape
+
 import ipywidgets as W
 
 from pkvmlab.errors import UsageError
-from pkvmlab.widgets import render
+from pkvmlab.widgets import render, sync
 
 PAGE = 4096
 MAX_VCPUS = 8            # KVM_MAX_VCPUS in our firmware; the slider goes from 0 so a learner can try a bad count
 MAX_PAGES_PER_CLICK = 64
 MIN_MAP_PAGES = 32       # the ownership map shows at least this many pages of host RAM
+MAX_MAP_PAGES = 64       # ... and at most this many (8 rows of 8 tiles); all of RAM: viz.ownership_map in a cell
+GUEST_IA_BITS = 40       # every guest's stage-2 covers a 40-bit IPA space
+GFN_LIMIT = 1 << (GUEST_IA_BITS - 12)
 
 
 class VMBuilder(W.VBox):
@@ -37,52 +47,60 @@ class VMBuilder(W.VBox):
         self.snapshot = None     # the last shadow-table snapshot drawn
         self.ownership = None    # the last ownership snapshot drawn
         self.map_range: tuple[int, int] | None = None
+        self.busy = False
+        self._seen = -1          # lab.host.changes when last drawn
+        self._log_mark: int | None = None   # first log entry of the last click
+        self._created: int | None = None    # the handle the running Create made
 
         self.vcpus = W.IntSlider(value=2, min=0, max=MAX_VCPUS, description="vCPUs",
                                  style={"description_width": "80px"}, continuous_update=False)
         self.pages = W.IntSlider(value=1, min=0, max=16, description="guest pages",
                                  style={"description_width": "80px"}, continuous_update=False)
-        self.gfn = W.BoundedIntText(value=0, min=0, max=(1 << 28) - 1, description="at gfn",
-                                    style={"description_width": "50px"}, layout=W.Layout(width="170px"))
+        self.gfn = W.Text(value="0x0", description="at gfn", placeholder="0x10", continuous_update=False,
+                          style={"description_width": "50px"}, layout=W.Layout(width="170px"))
+        self.gfn_note = W.HTML()
         self.create_button = W.Button(description="Create", button_style="success", icon="plus",
                                       tooltip="lab.host.create_vm(nr_vcpus), then donate the guest pages at gfn 0, 1, …")
         self.donate_button = W.Button(description="Donate", button_style="info", icon="arrow-right",
                                       tooltip="vm.donate(gfn) for each guest page: __pkvm_host_donate_guest")
         self.teardown_button = W.Button(description="Tear down", button_style="danger", icon="trash",
+                                        layout=W.Layout(width="auto"),
                                         tooltip="lab.host.teardown_vm(handle): __pkvm_teardown_shadow")
         self.refresh_button = W.Button(description="Refresh", icon="refresh",
-                                       tooltip="redraw after changing the machine from a notebook cell")
+                                       tooltip="redraw everything from the machine as it is now")
         self.vm_list = W.Select(options=[], value=None, description="live VMs", rows=5,
                                 style={"description_width": "80px"}, layout=W.Layout(width="420px"))
         self.status = W.HTML(render.status_html("info", "Choose vCPUs and guest pages, then Create."))
-        self.diagram = W.HTML(layout=W.Layout(width="100%"))
+        self.diagram = W.HTML(layout=W.Layout(width="auto"))
         self.diagram.add_class("pkvmlab-shadow-diagram")
-        self.ownership_map = W.Image(format="png", layout=W.Layout(max_width="100%"))
-        self.ownership_note = W.HTML()
-        self.hypercall_log = W.HTML()
+        self.ownership_view = W.HTML(layout=W.Layout(width="auto"))
+        self.ownership_view.add_class("pkvmlab-ownership-view")
+        self.hypercall_log = W.HTML(layout=W.Layout(width="auto"))
 
         self.create_button.on_click(lambda _b: self.create())
         self.donate_button.on_click(lambda _b: self.donate())
         self.teardown_button.on_click(lambda _b: self.teardown())
-        self.refresh_button.on_click(lambda _b: self.refresh())
-        self.vm_list.observe(lambda _c: self._suggest_gfn(), names="value")
+        self.refresh_button.on_click(lambda _b: self.refresh(say=True))
+        self.vm_list.observe(lambda _c: self._selection_changed(), names="value")
+        self.gfn.observe(lambda _c: self._check_gfn_box(), names="value")
 
         def heading(text: str) -> W.HTML:
             return W.HTML(f"<b>{text}</b>")
 
+        self.buttons = (self.create_button, self.donate_button, self.teardown_button, self.refresh_button)
         controls = W.VBox([
             W.HBox([self.vcpus, self.pages]),
-            W.HBox([self.create_button, self.donate_button, self.teardown_button, self.refresh_button]),
-            W.HBox([self.vm_list, self.gfn]),
+            W.HBox(list(self.buttons)),
+            W.HBox([self.vm_list, W.VBox([self.gfn, self.gfn_note])]),
             self.status,
         ])
-        views = W.HBox([W.VBox([heading("Ownership map (host RAM in use)"), self.ownership_map, self.ownership_note],
-                               layout=W.Layout(width="50%")),
-                        W.VBox([heading("Hypercall log (lab.host.log)"), self.hypercall_log], layout=W.Layout(width="50%"))])
-        super().__init__([heading("VM builder"), controls, heading("Shadow VM table (lab.hyp.shadow_table())"),
-                          self.diagram, views])
+        super().__init__([heading("VM builder"), controls,
+                          heading("Shadow VM table (lab.hyp.shadow_table())"), self.diagram,
+                          heading("Who owns the host RAM in use (lab.hyp.ownership())"), self.ownership_view,
+                          heading("Hypercall log (lab.host.log), newest first"), self.hypercall_log])
         self.add_class("pkvmlab-vm-builder")
         self.refresh()
+        sync.register(self)
 
     # -- what the buttons do (each returns whether it worked; errors go to the status line) -------
     def create(self) -> bool:
@@ -90,45 +108,63 @@ class VMBuilder(W.VBox):
 
         def action() -> str:
             vm = self.lab.host.create_vm(nr_vcpus)
-            self._select(vm.handle)
+            self._created = vm.handle
             for gfn in range(nr_pages):
                 vm.donate(gfn)
             pages = {0: "", 1: " and 1 guest page at gfn 0"}.get(nr_pages, f" and {nr_pages} guest pages at gfn 0-{nr_pages - 1}")
             return f"created VM {vm.handle:#x} with {nr_vcpus} vCPU(s){pages}"
 
-        return self._run(action)
+        return self._run(action, f"creating a VM with {nr_vcpus} vCPU(s)")
 
     def donate(self) -> bool:
-        nr_pages, first = self.pages.value, self.gfn.value
+        nr_pages = self.pages.value
 
         def action() -> str:
             vm = self._selected_vm("donate pages to")
             if nr_pages < 1:
                 raise UsageError("choose at least one guest page to donate")
+            first = self._gfn_value(nr_pages)
             for gfn in range(first, first + nr_pages):
                 vm.donate(gfn)
             return f"donated {nr_pages} page(s) to VM {vm.handle:#x} at gfn {first:#x}-{first + nr_pages - 1:#x}"
 
-        return self._run(action)
+        return self._run(action, f"donating {nr_pages} page(s)")
 
     def teardown(self) -> bool:
+        target = self.vm_list.value
+
         def action() -> str:
             vm = self._selected_vm("tear down")
             self.lab.host.teardown_vm(vm.handle)
             return (f"tore down VM {vm.handle:#x}: its shadow area, PGD and {len(vm.guest_pages)} guest page(s) "
                     "are the host's again (the guest's pages zeroed)")
 
-        return self._run(action)
+        return self._run(action, f"tearing down VM {target:#x}" if target is not None else "tearing down")
 
-    def refresh(self) -> None:
-        """Redraw the VM list and the three views from the machine as it is now."""
+    def refresh(self, say: bool = False) -> None:
+        """Redraw the VM list and the three views from the machine as it is now (``say``: report it in the status)."""
         self._refresh_list()
         self._draw_shadow_table()
         self._draw_ownership()
-        self.hypercall_log.value = render.log_html(self.lab.host.log, limit=self.log_rows)
-        dead = getattr(self.lab.core, "panic", None) is not None
-        for b in (self.create_button, self.donate_button, self.teardown_button):
-            b.disabled = dead
+        self.hypercall_log.value = render.log_html(self.lab.host.log, limit=self.log_rows, mark_from=self._log_mark)
+        self._seen = sync.seen(self.lab)
+        self._enable()
+        if say:
+            n, calls = len(self.lab.host.vms), len(self.lab.host.log)
+            self._set_status("info", f"redrawn from the machine as it is now: {n} live VM(s), {calls} hypercall(s) "
+                                     "logged")
+
+    def redraw_if_changed(self) -> None:
+        """Redraw if the lab changed since this dashboard last drew (another dashboard or a notebook cell did it)."""
+        if self.busy or sync.seen(self.lab) == self._seen:
+            return
+        self._log_mark = None
+        try:
+            self.refresh()
+        except Exception as exc:  # noqa: BLE001 - never raise into a notebook cell's post-run hook
+            self._set_status("error", render.error_message(exc))
+            return
+        self._set_status("info", "redrawn: the machine was changed from outside this dashboard")
 
     # -- state, for tests and notebooks ------------------------------------------------------------
     @property
@@ -146,19 +182,48 @@ class VMBuilder(W.VBox):
         return f"VMBuilder({len(self.lab.host.vms)} live VM(s), {len(self.lab.host.log)} hypercall(s) logged)"
 
     # -- internals -------------------------------------------------------------------------------
-    def _run(self, action) -> bool:
-        """Do ``action``, redraw, then say how it went: the status line changes last, after every view is
-        up to date (a browser that sees the new status sees the new diagrams too: comm messages keep order)."""
+    def _run(self, action, doing: str) -> bool:
+        """Do ``action`` with every button off and the status saying so, redraw, then say how it went.
+
+        The status line changes last, after every view is up to date (a browser that sees the new status
+        sees the new diagrams too: comm messages keep order).  Other dashboards over the lab redraw after.
+        """
+        if self.busy:        # a click that arrived while another ran (the browser had not yet disabled the button)
+            return False
+        self.busy = True
+        self._set_status("busy", f"{doing} …")
+        for b in self.buttons:
+            b.disabled = True
+        mark = len(self.lab.host.log)
+        self._created = None
         outcome: list[tuple[str, str]] = []
-        ok = render.guarded(lambda kind, message: outcome.append((kind, message)), action)
         try:
-            self.refresh()
-        except Exception as exc:  # noqa: BLE001 - the dashboard must not raise out of a click
-            outcome.append(("error", render.error_message(exc)))
-            ok = False
+            ok = render.guarded(lambda kind, message: outcome.append((kind, message)), action)
+            self._log_mark = mark
+            try:
+                self.refresh()
+                if self._created is not None:
+                    self._select(self._created)
+            except Exception as exc:  # noqa: BLE001 - the dashboard must not raise out of a click
+                outcome.append(("error", render.error_message(exc)))
+                ok = False
+        finally:
+            self.busy = False
+            self._enable()
         for kind, message in outcome[-1:]:
             self._set_status(kind, message)
+        sync.changed(self.lab, source=self)
         return ok
+
+    def _enable(self) -> None:
+        """Buttons on unless busy or the machine is dead; Tear down names its target, or is off with none."""
+        dead = getattr(self.lab.core, "panic", None) is not None
+        target = self.vm_list.value
+        self.teardown_button.description = f"Tear down {target:#x}" if target is not None else "Tear down"
+        self.refresh_button.disabled = self.busy
+        self.create_button.disabled = self.busy or dead
+        self.donate_button.disabled = self.busy or dead
+        self.teardown_button.disabled = self.busy or dead or target is None
 
     def _set_status(self, kind: str, message: str) -> None:
         self.status.value = render.status_html(kind, message)
@@ -177,34 +242,58 @@ class VMBuilder(W.VBox):
         self.vm_list.value = handle
 
     def _refresh_list(self) -> None:
+        """The live VMs; the selection stays only while its VM lives (never moves to another VM by itself)."""
         vms = sorted(self.lab.host.vms.items())
         options = [(f"{h:#x}  ·  {vm.nr_vcpus} vCPU(s)  ·  {len(vm.guest_pages)} guest page(s)", h) for h, vm in vms]
         keep = self.vm_list.value
         if options != list(self.vm_list.options):
-            self.vm_list.options = options
-        self.vm_list.value = keep if any(h == keep for _, h in options) else (options[-1][1] if options else None)
-        self._suggest_gfn()
+            self.vm_list.options = options       # ipywidgets picks the first option: put ours back below
+        self.vm_list.value = keep if any(h == keep for _, h in options) else None
+        self._selection_changed()
 
-    def _suggest_gfn(self) -> None:
+    def _selection_changed(self) -> None:
         vm = self.selected
-        self.gfn.value = max(vm.guest_pages, default=-1) + 1 if vm is not None else 0
+        self.gfn.value = f"{max(vm.guest_pages, default=-1) + 1:#x}" if vm is not None else "0x0"
+        self._enable()
+
+    def _gfn_value(self, nr_pages: int = 1) -> int:
+        """The "at gfn" box as a number, or a UsageError saying what is wrong with it (never clamped)."""
+        text = self.gfn.value.strip()
+        try:
+            gfn = int(text, 0)
+        except ValueError:
+            raise UsageError(f"at gfn: {text!r} is not a number; type a guest frame number like 0x10") from None
+        if not 0 <= gfn or gfn + max(nr_pages, 1) > GFN_LIMIT:
+            raise UsageError(f"at gfn: {gfn:#x} is out of range: with {max(nr_pages, 1)} page(s) the gfns must stay "
+                             f"in 0x0..{GFN_LIMIT - 1:#x} (a guest's {GUEST_IA_BITS}-bit IPA space)")
+        return gfn
+
+    def _check_gfn_box(self) -> None:
+        try:
+            gfn = self._gfn_value(self.pages.value)
+        except UsageError as exc:
+            self.gfn_note.value = f"<small style='color:#b71c1c'>{escape(str(exc))}</small>"
+        else:
+            self.gfn_note.value = f"<small>IPA <code>{gfn << 12:#x}</code></small>"
 
     def _draw_shadow_table(self) -> None:
         try:
             self.snapshot = self.lab.hyp.shadow_table()
         except Exception as exc:  # noqa: BLE001
+            self.snapshot = None
             self.diagram.value = render.unavailable_html("The shadow table", exc)
             return
         try:
             from pkvmlab import viz
 
-            self.diagram.value = render.diagram_html(viz.shadow_table(self.snapshot), "pkvmlab-shadow-svg")
+            self.diagram.value = render.diagram_html(viz.shadow_table(self.snapshot), "pkvmlab-shadow-svg", "900px")
         except Exception as exc:  # noqa: BLE001 - no diagram (e.g. no `dot`): show the table as HTML instead
             self.diagram.value = (render.unavailable_html("The shadow-table diagram", exc)
                                   + self.snapshot._repr_html_())
 
     def host_ram_in_use(self) -> tuple[int, int]:
-        """[start, end) of the host RAM the allocator has handed out so far (at least MIN_MAP_PAGES pages)."""
+        """[start, end) of host RAM to draw: what the allocator handed out (at least MIN_MAP_PAGES pages); beyond
+        MAX_MAP_PAGES, the window around the selected VM, or else the most recently allocated pages."""
         host = self.lab.host
         start = host.pages.start_pfn
         free = getattr(host.pages, "_free", None)
@@ -218,7 +307,21 @@ class VMBuilder(W.VBox):
                 high = max(high, max(pfns) + 1)
         end = max(high, start + MIN_MAP_PAGES)
         end = -(-(end - start) // 8) * 8 + start   # whole rows of 8 pages
+        if end - start > MAX_MAP_PAGES:
+            vm = self.selected
+            if vm is not None:
+                start = max(start, (vm.host_kvm // PAGE) & ~7)
+                end = start + MAX_MAP_PAGES
+            else:
+                start = end - MAX_MAP_PAGES
         return start * PAGE, end * PAGE
+
+    def host_ram_total(self) -> int:
+        """Pages from the first host page up to the allocator's high-water mark."""
+        pages = self.lab.host.pages
+        free = getattr(pages, "_free", None)
+        high = free[-1][0] if free and free[-1][1] == pages.end_pfn else pages.end_pfn
+        return max(high - pages.start_pfn, MIN_MAP_PAGES)
 
     def _draw_ownership(self) -> None:
         start, end = self.map_range = self.host_ram_in_use()
@@ -226,11 +329,13 @@ class VMBuilder(W.VBox):
             from pkvmlab import viz
 
             self.ownership = self.lab.hyp.ownership()
-            self.ownership_map.value = render.figure_png(viz.ownership_map(self.ownership, start, end))
-            self.ownership_map.layout.display = None
-            self.ownership_note.value = (f"<small>{(end - start) // PAGE} pages, <code>{start:#x}</code>–"
-                                         f"<code>{end:#x}</code></small>")
-        except Exception as exc:  # noqa: BLE001
-            self.ownership_map.value = b""
-            self.ownership_map.layout.display = "none"     # no broken-image icon
-            self.ownership_note.value = render.unavailable_html("The ownership map", exc)
+            tiles = viz.ownership_tiles(self.ownership, start, end, vms=self.snapshot)
+            total = self.host_ram_total()
+            note = "" if (end - start) // PAGE >= total else (
+                f"<div style='font-size:12px;color:#555'>{(end - start) // PAGE} of the {total} pages handed out so "
+                "far (around the selected VM, else the newest); all of RAM: <code>viz.ownership_map(lab.hyp.ownership())"
+                "</code></div>")
+            self.ownership_view.value = tiles.html + note
+        except Exception as exc:  # noqa: BLE001 - a view that cannot be drawn is cleared and says why
+            self.ownership = None
+            self.ownership_view.value = render.unavailable_html("The ownership map", exc)

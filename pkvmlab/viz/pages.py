@@ -1,0 +1,32 @@
+"""Which VM a page belongs to, in words, from the shadow-table snapshot: for labels on page tiles.
+
+Hyp owns each VM's shadow area and stage-2 PGD (the host donated them at ``__pkvm_init_shadow``);
+the guest owns its pages; the host's ``struct kvm`` and vCPUs are shared with hyp and pinned.  The
+ownership snapshot says *who* owns a page; this says *for which VM*.
+"""
+
+from __future__ import annotations
+
+PAGE_SHIFT = 12
+
+
+def page_names(vms) -> dict[int, str]:
+    """pfn -> "VM 0x1000 shadow" / "VM 0x1000 pgd" / "VM 0x1000 gfn 0x3" / "VM 0x1000 kvm" / "VM 0x1000 vcpu 1".
+
+    ``vms`` is a ``ShadowTable`` snapshot (or its ``.vms``), or None for no names.
+    """
+    if vms is None:
+        return {}
+    out: dict[int, str] = {}
+    for vm in getattr(vms, "vms", vms):
+        h = f"VM {vm.handle:#x}"
+        for p in range(vm.shadow_area >> PAGE_SHIFT, (vm.shadow_area + vm.shadow_area_size + 0xFFF) >> PAGE_SHIFT):
+            out[p] = f"{h} shadow"
+        for k in range(2):   # kvm_pgtable_stage2_pgd_size: two concatenated level-1 tables
+            out[(vm.pgd >> PAGE_SHIFT) + k] = f"{h} pgd"
+        for gfn, pfn in vm.guest_pages:
+            out[pfn] = f"{h} gfn {gfn:#x}"
+        out[vm.host_kvm >> PAGE_SHIFT] = f"{h} kvm"
+        for v in vm.vcpus:
+            out[v.host_vcpu >> PAGE_SHIFT] = f"{h} vcpu {v.vcpu_idx}"
+    return out
