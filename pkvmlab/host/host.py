@@ -163,7 +163,7 @@ class Host:
         vec = res.pc - c.sysreg("VBAR_EL1")
         vector = K.VECTOR_NAMES.get(vec, hex(vec))
         d = E.decode(esr)
-        if d.is_abort:
+        if d.is_abort and esr & E.ISS_S1PTW:   # pKVM's marker (host_inject_abort): the hypervisor refused it
             raise HostAccessFault(
                 f"host {what} faulted: the hypervisor injected \"{d.words()}\" "
                 f"(ESR_EL1={esr:#x}, FAR_EL1={far:#x}): stage 2 does not let the host touch "

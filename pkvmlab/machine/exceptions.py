@@ -25,6 +25,7 @@ VECTOR_CURRENT_SPX = 0x200
 VECTOR_LOWER_A64 = 0x400
 VECTOR_LOWER_A32 = 0x600
 PAGE = 4096
+FSC_ALIGNMENT = 0x21
 
 
 def vector_offset(pstate: int, target_el: int) -> int:
@@ -59,14 +60,6 @@ def enter(core: Core, target_el: int, *, pstate: int, elr: int, esr: int, far: i
     core.set_reg("pc", core.sysreg(f"VBAR_EL{target_el}") + vector_offset(pstate, target_el))
 
 
-def _fault_status(par: int, va: int, what: str) -> tuple[int, bool]:
-    d = E.par_decode(par)
-    if not d["F"] or not d["S"]:
-        raise MachineError(f"{what} at {va:#x} faulted, but AT S12E1 says "
-                           f"{'it translates' if not d['F'] else 'the fault is in stage 1'} (PAR_EL1={par:#x})")
-    return int(d["FST"]), bool(d["PTW"])
-
-
 def _faulting_address(core: Core, va: int, size: int, write: bool) -> tuple[int, int]:
     """(FAR, PAR) of the first byte of [va, va + size) that stage 2 refuses: an access that straddles
     two pages faults on the second when only that one is refused."""
@@ -79,23 +72,39 @@ def _faulting_address(core: Core, va: int, size: int, write: bool) -> tuple[int,
 
 
 def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple[int, int]:
-    """The host's access faulted in stage 2: synthesise ESR/FAR/HPFAR and enter EL2.  Returns (ELR, FAR)."""
+    """The host's access faulted: synthesise ESR/FAR (HPFAR) and enter EL2, or EL1 if stage 2 was not the cause.
+
+    The CPU's own ``AT S12E1R/W`` says which stage refused: a stage-2 fault goes to the hypervisor; a
+    stage-1 fault (e.g. an address beyond the PA size) or an access that translates but still faulted
+    (an unaligned exclusive: an alignment fault) is the host kernel's own, at its EL1 vector.
+    Returns (ELR, FAR).
+    """
     if core.sysreg("SCTLR_EL1") & 1:
         raise MachineError("the host kernel model runs with its stage-1 MMU off (VA = IPA); "
                            "SCTLR_EL1.M is set, so the fault's IPA cannot be known")
     pc = core.reg("pc")
     core.stats["stage2_abort"] += 1
+    from_el0 = P.el(pstate) == 0
     if instruction_fetch:
         far, par = pc, core.call_symbol("__debug_at_s12e1r", pc)
-        fsc, s1ptw = _fault_status(par, pc, "instruction fetch")
-        esr = E.instruction_abort(lower=True, fsc=fsc, s1ptw=s1ptw)
+        acc = None
     else:
         code = core.phys.read(pc, 4)
         acc = decode_access(code, pc, core.reg)
         if acc is None:
             raise MachineError(f"data abort at {pc:#x} on a non-memory instruction {disassemble(code, pc)}")
         far, par = _faulting_address(core, acc.va, acc.size, acc.write)
-        fsc, s1ptw = _fault_status(par, far, acc.text)
+    d = E.par_decode(par)
+    if not d["F"] or not d["S"]:   # not stage 2: the host kernel's own fault, at its EL1 vector
+        fsc = FSC_ALIGNMENT if not d["F"] else int(d["FST"])
+        esr = (E.instruction_abort(lower=from_el0, fsc=fsc) if acc is None else
+               E.data_abort(lower=from_el0, fsc=fsc, wnr=acc.write))
+        enter(core, 1, pstate=pstate, elr=pc, esr=esr, far=far)
+        return pc, far
+    fsc, s1ptw = int(d["FST"]), bool(d["PTW"])
+    if acc is None:
+        esr = E.instruction_abort(lower=True, fsc=fsc, s1ptw=s1ptw)
+    else:
         esr = E.data_abort(lower=True, fsc=fsc, wnr=acc.write, isv=acc.isv, sas=acc.sas, sse=acc.sse,
                            srt=acc.srt, sf=acc.sf, ar=acc.ar, s1ptw=s1ptw)
     ipa = far  # stage 1 is off at EL1: VA = IPA
