@@ -41,7 +41,7 @@ def test_stepper_walks_share_hyp_to_the_host_stage2_write_and_shows_it(small_lab
     assert "__hyp_vectors" in words(st.where.value) or "entry.S" in words(st.where.value)
     st.next_write_button.click()
     shown = words(st.write_view.value)
-    assert "host stage-2 L3" in shown and "PKVM_PAGE_OWNED" in shown and "PKVM_PAGE_SHARED_OWNED" in shown
+    assert "host stage-2 L3" in shown and "invalid (empty)" in shown and "PKVM_PAGE_SHARED_OWNED" in shown
     assert "pkvmlab-current-line" in st.source_view.value and "set_pte" in words(st.stack_view.value)
     assert "host stage-2: PKVM_PAGE_SHARED_OWNED" in words(st.diagram_view.value)
     assert "hyp stage-1: PKVM_NOPAGE" in words(st.diagram_view.value)    # the hyp entry comes next

@@ -40,7 +40,8 @@ def test_share_hyp_writes_exactly_the_host_stage2_then_the_hyp_stage1_entry(lab)
     assert [w.what.split(" L")[0] for w in ptes] == ["host stage-2", "hyp stage-1"]
     host, hyp = ptes
     assert host.ia == hyp.ia == pfn << 12
-    assert host.pte[0].state == PageState.OWNED and host.pte[1].state == PageState.SHARED_OWNED
+    # break-before-make left an empty table where the block was (upstream: neighbours refill lazily)
+    assert not host.pte[0].valid and host.pte[1].state == PageState.SHARED_OWNED
     assert not hyp.pte[0].valid and hyp.pte[1].state == PageState.SHARED_BORROWED
     assert host.place.function == hyp.place.function == "set_pte"
     assert any("host_stage2_set_state" in f for f in t.stack(host.insn))

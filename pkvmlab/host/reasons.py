@@ -196,20 +196,26 @@ def _init_shadow(host, view, args, err):
         h = view.kvms.get(kvm)
         return (f"the struct kvm at {kvm:#x} already has a shadow VM: handle {h:#x}" if h is not None
                 else f"the struct kvm at {kvm:#x} already has a shadow VM")
-    if err == E.EPERM:
-        if (kvm >> PAGE_SHIFT) not in view.shared:
-            return (f"the struct kvm at {kvm:#x} is not shared with hyp, so hyp cannot pin it: "
-                    f"share pfn {kvm >> PAGE_SHIFT:#x} first")
+    def not_donatable() -> str | None:
         for start, n, what in ((va, -(-size // PAGE), "shadow area"), (pgd, lay.pgd_pages, "PGD")):
             for p in range(start >> PAGE_SHIFT, (start >> PAGE_SHIFT) + n):
                 why = _not_owned(host, view, p)
                 if why:
                     return f"the {what} cannot be donated: {why}"
         return None
+
+    if err == E.EPERM:
+        if (kvm >> PAGE_SHIFT) not in view.shared:
+            return (f"the struct kvm at {kvm:#x} is not shared with hyp, so hyp cannot pin it: "
+                    f"share pfn {kvm >> PAGE_SHIFT:#x} first")
+        return not_donatable()
     if err == E.EBUSY:
         return ("a struct kvm_vcpu that kvm->vcpus[] points at is not shared with hyp, so hyp cannot pin it "
                 "(every vCPU page must be shared first)")
     if err == E.ENOMEM:
+        why = not_donatable()   # the seed's map_donated_memory() failing comes back as -ENOMEM
+        if why:
+            return why
         live = len(view.gfns)
         if live >= KVM_MAX_PVMS:
             return f"all {KVM_MAX_PVMS} slots of the shadow table are in use: tear a VM down first"

@@ -197,7 +197,7 @@ class HypercallStepper(W.VBox):
         try:
             snap = self.trace.ownership_at(i)
             lo = max(snap.ram_start, (self.focus & ~(OWNERSHIP_PAGES * 4096 - 1)))
-            self.ownership_view.value = render.figure_png(viz.ownership_map(snap, lo, lo + OWNERSHIP_PAGES * 4096))
+            self.ownership_view.value = viz.ownership_map(snap, lo, lo + OWNERSHIP_PAGES * 4096).png()
             self.ownership_view.layout.display = None
             self.ownership_note.value = render.pre_html(str(snap.page(self.focus >> 12)))
         except Exception as exc:  # noqa: BLE001 - say why in the panel, never a traceback
