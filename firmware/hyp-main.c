@@ -128,7 +128,7 @@ static void host_inject_undef(void)
 	write_sysreg((u64)ESR_ELx_IL, esr_el1);
 	write_sysreg(read_sysreg(elr_el2), elr_el1);
 	write_sysreg(spsr, spsr_el1);
-	write_sysreg(read_sysreg(vbar_el1) + 0x200, elr_el2);
+	write_sysreg(read_sysreg(vbar_el1) + except64_sync_offset(spsr), elr_el2);
 	write_sysreg(PSR_MODE_EL1h | PSR_DAIF_MASK, spsr_el2);
 }
 

@@ -332,10 +332,10 @@ static void host_inject_abort(void)
 	u64 esr = read_sysreg(esr_el2);
 	u64 ec = ESR_ELx_EC(esr);
 	u64 vbar = read_sysreg(vbar_el1);
-	u64 offset = (spsr & 0xf) == PSR_MODE_EL1h ? 0x200 : (spsr & 0xf) == 0 ? 0x400 : 0x0;
+	u64 offset = except64_sync_offset(spsr);
 
 	/* Repaint the ESR to report a same-level fault if taken from EL1 */
-	if ((spsr & 0xf) != 0) {
+	if (!(spsr & PSR_MODE32_BIT) && (spsr & 0xf) != PSR_MODE_EL0t) {
 		if (ec == ESR_ELx_EC_DABT_LOW)
 			ec = ESR_ELx_EC_DABT_CUR;
 		else if (ec == ESR_ELx_EC_IABT_LOW)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import PAGE, assert_invariants
 
-from pkvmlab import HostAccessFault, HostException, Lab, UsageError
+from pkvmlab import HostAccessFault, HostException, Lab, MachineError, UsageError
 from pkvmlab.arch import esr as E
 from pkvmlab.arch.smccc import SMCCC_RET_NOT_SUPPORTED
 from pkvmlab.machine.decode import DC_ZVA_BYTES
@@ -151,4 +151,50 @@ def test_a_loop_faulting_at_one_pc_on_ever_new_addresses_is_not_stuck(lab: Lab):
     aborts = lab.core.stats["stage2_abort"]
     lab.host.execute(code, x0=0x4800_0000, x2=40, x3=2 << 20)
     assert lab.core.stats["stage2_abort"] - aborts == 40
+    still_usable(lab)
+
+
+def run_a32(lab: Lab, a32: str, **regs: int):
+    """ERET from EL1 into AArch32 EL0 (SPSR.M = 0b10000, usr) at A32 code in a host page."""
+    from pkvmlab.firmware.asm import assemble
+
+    page = lab.host.alloc_pages() << 12
+    lab.host.write(page, assemble(a32, arch="arm"))
+    return lab.host.execute("mov x2, #0x10\nmsr spsr_el1, x2\nmsr elr_el1, x3\neret", x3=page, **regs), page
+
+
+def test_an_aarch32_el0_lazy_fault_is_fixed_and_its_svc_reaches_the_host_aarch32_vector(lab: Lab):
+    """A32 at EL0: the first touch of a block faults into hyp (EL2 at + 0x400, EL1 being AArch64), is mapped,
+    the load completes; its SVC goes to VBAR_EL1 + 0x600 with EC 0x11."""
+    with pytest.raises(HostException) as ei:
+        run_a32(lab, "ldr r1, [r0]\nadd r1, r1, #1\nsvc #5", x0=FRESH, x1=0)
+    d = E.decode(ei.value.esr)
+    assert (d.ec, d.imm16, ei.value.vector) == (E.EC_SVC32, 5, "lower EL, AArch32, sync")
+    assert lab.core.reg("x1") == 1
+    still_usable(lab)
+
+
+def test_an_aarch32_el0_access_to_hyp_memory_is_injected_at_the_aarch32_vector(lab: Lab):
+    """The hypervisor refuses, and injects the abort to the host's lower-EL AArch32 vector with FAR set."""
+    with pytest.raises(HostAccessFault) as ei:
+        run_a32(lab, "ldr r1, [r0]\nsvc #5", x0=lab.core.ram_base + 0x40)
+    assert ei.value.far == lab.core.ram_base + 0x40 and ei.value.vector == "lower EL, AArch32, sync"
+    assert E.decode(ei.value.esr).ec == E.EC_DABT_LOW
+    still_usable(lab)
+
+
+@pytest.mark.parametrize("a32,ec", [("udf #1", E.EC_UNKNOWN), ("bkpt #0x12", E.EC_BKPT32)])
+def test_aarch32_el0_udf_and_bkpt_reach_the_host(lab: Lab, a32: str, ec: int):
+    with pytest.raises(HostException) as ei:
+        run_a32(lab, a32)
+    assert E.decode(ei.value.esr).ec == ec and ei.value.vector == "lower EL, AArch32, sync"
+    still_usable(lab)
+
+
+def test_an_aarch32_el0_loop_is_stopped_and_the_host_kernel_takes_over(lab: Lab):
+    """A32 code that never traps: the watchdog stops it at EL0 and the host kernel is back at EL1, usable."""
+    lab.core.run_limit_ms = 200
+    with pytest.raises(MachineError, match=r"EL0 \(AArch32\)"):
+        run_a32(lab, "1: b 1b")
+    lab.core.run_limit_ms = 10_000
     still_usable(lab)

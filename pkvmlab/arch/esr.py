@@ -12,6 +12,7 @@ EC_SHIFT = 26
 IL = 1 << 25
 
 EC_UNKNOWN = 0x00
+EC_SVC32 = 0x11
 EC_SVC64 = 0x15
 EC_HVC64 = 0x16
 EC_SMC64 = 0x17
@@ -22,10 +23,12 @@ EC_PC_ALIGN = 0x22
 EC_DABT_LOW = 0x24
 EC_DABT_CUR = 0x25
 EC_SP_ALIGN = 0x26
+EC_BKPT32 = 0x38
 EC_BRK64 = 0x3C
 
 EC_NAMES = {
     EC_UNKNOWN: "Unknown reason (e.g. an UNDEFINED instruction)",
+    EC_SVC32: "SVC instruction from AArch32",
     EC_SVC64: "SVC instruction from AArch64",
     EC_HVC64: "HVC instruction from AArch64",
     EC_SMC64: "SMC instruction from AArch64",
@@ -36,6 +39,7 @@ EC_NAMES = {
     EC_DABT_LOW: "Data Abort from a lower Exception level",
     EC_DABT_CUR: "Data Abort taken without a change in Exception level",
     EC_SP_ALIGN: "SP alignment fault",
+    EC_BKPT32: "BKPT instruction from AArch32",
     EC_BRK64: "BRK instruction from AArch64",
 }
 
@@ -145,7 +149,7 @@ class Esr:
     def fields(self) -> dict[str, int | bool]:
         """Every field the ARM ARM defines for this EC, by its ARM ARM name."""
         out: dict[str, int | bool] = {"EC": self.ec, "IL": self.il}
-        if self.ec in (EC_HVC64, EC_SVC64, EC_SMC64, EC_BRK64):
+        if self.ec in (EC_HVC64, EC_SVC64, EC_SVC32, EC_SMC64, EC_BRK64, EC_BKPT32):
             out["imm16"] = self.imm16
         elif self.ec in (EC_DABT_LOW, EC_DABT_CUR):
             if self.isv:
@@ -164,7 +168,7 @@ class Esr:
     def words(self) -> str:
         """One line a person can read, e.g. "Data Abort from a lower Exception level: write, ..."."""
         name = EC_NAMES.get(self.ec, f"exception class {self.ec:#x}")
-        if self.ec in (EC_HVC64, EC_SVC64, EC_SMC64, EC_BRK64):
+        if self.ec in (EC_HVC64, EC_SVC64, EC_SVC32, EC_SMC64, EC_BRK64, EC_BKPT32):
             return f"{name}, #{self.imm16:#x}"
         if self.ec in (EC_DABT_LOW, EC_DABT_CUR):
             parts = ["write" if self.wnr else "read", fsc_words(self.fsc)]

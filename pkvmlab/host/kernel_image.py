@@ -37,6 +37,7 @@ def stub_end(offset: int) -> int:
 
 
 VECTOR_NAMES = {0x000: "current EL, SP0, sync", 0x200: "current EL, SPx, sync", 0x400: "lower EL, AArch64, sync",
+                0x600: "lower EL, AArch32, sync",
                 0x080: "current EL, SP0, IRQ", 0x280: "current EL, SPx, IRQ"}
 
 

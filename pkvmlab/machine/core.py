@@ -24,6 +24,7 @@ from pkvmlab.arch import esr as E
 from pkvmlab.arch import pstate as P
 from pkvmlab.arch.sysregs import SCR_EL3_HCE, SCR_EL3_NS, SCR_EL3_RW, SYSREGS
 from pkvmlab.errors import HypPanic, MachineError, UsageError
+from pkvmlab.machine import aarch32 as A32
 from pkvmlab.machine import exceptions as X
 from pkvmlab.machine.panic import decode_panic, symbolize
 from pkvmlab.machine.watchdog import WATCHDOG
@@ -161,6 +162,7 @@ class Core:
         self._host_watched = False      # watch_host(): the watchdog stops runs only in host code
         self._stop_requested = self._stopped_hard = False
         self._hard_token: int | None = None
+        self._a32_ok = A32.layout_ok(self)   # can a stop in AArch32 EL0 be read and undone (aarch32.py)?
         self._event: tuple[int, int, int] | None = None
         # Without EL3 firmware nobody sets SCR_EL3: Non-secure EL1/EL2, HVC enabled, AArch64.
         self.set_sysreg("SCR_EL3", SCR_EL3_NS | SCR_EL3_HCE | SCR_EL3_RW)
@@ -236,6 +238,16 @@ class Core:
     def _take_host_exception(self, intno: int, pstate: int) -> bool:
         """An exception at EL0/EL1 the host itself must handle, or a trap to EL2: take it.  False if it is neither."""
         pc, el = self.reg("pc"), P.el(pstate)
+        if pstate & A32.PSR_MODE32_USR:   # AArch32 EL0: HVC and SMC are UNDEFINED there too
+            if intno == EXCP_SWI:
+                esr = E.encode(E.EC_SVC32, self.phys.read_u32(pc - 4) & 0xFFFF)
+            elif intno == EXCP_BKPT:
+                insn = self.phys.read_u32(pc)
+                esr = E.encode(E.EC_BKPT32, ((insn >> 4) & 0xFFF0) | (insn & 0xF))
+            else:
+                esr = E.encode(E.EC_UNKNOWN, 0)
+            X.enter(self, 1, pstate=pstate, elr=pc, esr=esr)
+            return True
         if intno == EXCP_UDEF or (intno in (EXCP_HVC, EXCP_SMC, EXCP_HYP_TRAP) and el == 0):
             X.enter(self, 1, pstate=pstate, elr=pc, esr=E.encode(E.EC_UNKNOWN, 0))   # UNDEFINED: to the host's vector
         elif intno == EXCP_SWI:
@@ -251,6 +263,12 @@ class Core:
         else:
             return False
         return True
+
+    def _back_to_host_kernel(self) -> None:
+        """A run stopped below EL1: the host kernel takes over at EL1h, as after an interrupt."""
+        if self.current_el == 0:
+            self.set_pstate(P.PSTATE_EL1H_DAIF)
+            self.set_reg("sp", self.sysreg("SP_EL1"))
 
     def _is_host_stop(self, pc: int) -> bool:
         """A BRK in the host's own vector table: the host model's way of saying "an exception reached me"."""
@@ -295,18 +313,31 @@ class Core:
             ev = self._event
             if ev is None and self.native is not None:
                 ev = self.native.take_event()
+            a32 = self._a32_ok and A32.in_aarch32(self)   # then the API's PC and PSTATE are stale (aarch32.py)
             if ev is None:
+                if a32:
+                    now = A32.leave(self)[1]
+                    hang = self.hang_error(now, limit_ms, where="EL0 (AArch32)")
+                    self._back_to_host_kernel()
+                    if err is None and timed_out:
+                        raise hang
+                    raise MachineError(f"the run stopped in AArch32 EL0 at {now:#x}: the lab runs AArch32 code only "
+                                       "until it traps back to the host kernel (SVC, an abort, an UNDEFINED instruction)")
                 now = self.reg("pc")
                 if err is None and now == until:
                     return None
                 if err is None and timed_out:
-                    raise self._hang(now, limit_ms, firmware=hard and self.current_el == 2)
+                    hang = self._hang(now, limit_ms, firmware=hard and self.current_el == 2)
+                    self._back_to_host_kernel()
+                    raise hang
                 el = self.current_el
                 if el == 2:
                     raise self._panic(EXCP_DATA_ABORT if err else None, now, unicorn_error=err)
                 raise MachineError(f"the run stopped at {now:#x} (EL{el}) before reaching {until:#x}: "
                                    + (str(err) if err else "stopped early"))
             intno, el, pstate = ev
+            if a32:
+                (pstate, _), el = A32.leave(self), 0
             if el == 2:
                 raise self._panic(intno, self.reg("pc"), unicorn_error=err)
             if intno in (EXCP_DATA_ABORT, EXCP_PREFETCH_ABORT):
@@ -383,11 +414,12 @@ class Core:
             err = MachineError(str(self.panic))
         return err
 
-    def hang_error(self, pc: int, limit_ms: int) -> MachineError:
+    def hang_error(self, pc: int, limit_ms: int, where: str = "") -> MachineError:
         """The run was stopped by the watchdog: say where it was looping, in words."""
         el = self.current_el
-        where = symbolize(self.symbols, pc) if el == 2 else f"{pc:#x}"
-        return MachineError(f"stopped after {limit_ms / 1000:g} s at EL{el}, {where}: the "
+        level = where or f"EL{el}"
+        where = symbolize(self.symbols, pc) if el == 2 and not where else f"{pc:#x}"
+        return MachineError(f"stopped after {limit_ms / 1000:g} s at {level}, {where}: the "
                             f"{'hypervisor' if el == 2 else 'host'} seems to be in an endless loop "
                             "(run_limit_ms sets the limit)")
 

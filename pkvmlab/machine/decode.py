@@ -99,3 +99,54 @@ def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAc
     return MemAccess(va=va, size=size, write=write, isv=not pair and not writeback, srt=srt,
                      sf=rt.startswith("x"), sse=m.startswith("ldrs"), ar=m.startswith(_ACQ_REL),
                      text=f"{m} {insn.op_str}")
+
+
+@lru_cache(maxsize=1)
+def _cs_a32() -> capstone.Cs:
+    md = capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_ARM)
+    md.detail = True
+    return md
+
+
+def decode_access_a32(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAccess | None:
+    """The address an A32 load/store at ``pc`` touches (r0..r14 read as x0..x14; r15 reads as pc + 8).
+
+    No instruction syndrome is given (ISV = 0, which the architecture allows): only FAR matters here.
+    """
+    from capstone import arm as cs_arm
+
+    insns = list(_cs_a32().disasm(code, pc, 1))
+    if not insns:
+        return None
+    insn = insns[0]
+    mem = next((o for o in insn.operands if o.type == cs_arm.ARM_OP_MEM), None)
+    m = insn.mnemonic
+    if mem is None and not m.startswith(("ldm", "stm", "push", "pop")):
+        return None
+
+    def reg(r: int) -> int:
+        name = insn.reg_name(r)
+        if name == "pc":
+            return (pc + 8) & 0xFFFFFFFF
+        num = {"sb": 9, "sl": 10, "fp": 11, "ip": 12, "sp": 13, "lr": 14}.get(name)
+        return read_reg(f"x{num if num is not None else int(name[1:])}") & 0xFFFFFFFF
+
+    if mem is None:   # ldm/stm/push/pop: the first word the instruction touches (the lab's simplification)
+        base_op = insn.operands[0]
+        va = reg(base_op.reg) if base_op.type == cs_arm.ARM_OP_REG and not m.startswith(("push", "pop")) \
+            else read_reg("x13") & 0xFFFFFFFF
+        if m.startswith("push") or m.startswith(("stmdb", "stmfd")):
+            va -= 4 * (len(insn.operands) - (0 if m.startswith("push") else 1))
+        size = 4
+    else:
+        post = any(o.type in (cs_arm.ARM_OP_IMM, cs_arm.ARM_OP_REG) for o in insn.operands[insn.operands.index(mem) + 1:])
+        va = reg(mem.mem.base)
+        if not post:
+            off = mem.mem.disp
+            if mem.mem.index:
+                off = reg(mem.mem.index) << (mem.shift.value if mem.shift.type else 0)
+            va += -off if getattr(mem, "subtracted", False) else off
+        size = 1 if m.startswith(("ldrb", "strb", "ldrsb")) else 2 if m.startswith(("ldrh", "strh", "ldrsh")) \
+            else 8 if m.startswith(("ldrd", "strd")) else 4
+    return MemAccess(va=va & 0xFFFFFFFF, size=size, write=m.startswith(("st", "push")), isv=False, srt=0, sf=False,
+                     sse=False, ar=False, text=f"{m} {insn.op_str}")

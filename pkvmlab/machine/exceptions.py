@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pkvmlab.arch import esr as E
 from pkvmlab.arch import pstate as P
 from pkvmlab.errors import MachineError
-from pkvmlab.machine.decode import decode_access, disassemble
+from pkvmlab.machine.decode import decode_access, decode_access_a32, disassemble
 
 if TYPE_CHECKING:
     from pkvmlab.machine.core import Core
@@ -29,9 +29,13 @@ FSC_ALIGNMENT = 0x21
 
 
 def vector_offset(pstate: int, target_el: int) -> int:
-    """Where in VBAR_ELx a synchronous exception taken from ``pstate`` to ``target_el`` lands."""
+    """Where in VBAR_ELx a synchronous exception taken from ``pstate`` to ``target_el`` lands.
+
+    "Lower EL using AArch32" means the level just below the target (ARM ARM D1.10.2): for EL2 that is
+    EL1, always AArch64 here (HCR_EL2.RW), so even an AArch32 EL0 enters EL2 at + 0x400.
+    """
     if P.el(pstate) < target_el:
-        return VECTOR_LOWER_A32 if pstate & 0x10 else VECTOR_LOWER_A64
+        return VECTOR_LOWER_A32 if pstate & 0x10 and target_el == 1 else VECTOR_LOWER_A64
     return VECTOR_CURRENT_SPX if pstate & 1 else VECTOR_CURRENT_SP0
 
 
@@ -90,7 +94,7 @@ def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple
         acc = None
     else:
         code = core.phys.read(pc, 4)
-        acc = decode_access(code, pc, core.reg)
+        acc = (decode_access_a32 if pstate & 0x10 else decode_access)(code, pc, core.reg)
         if acc is None:
             raise MachineError(f"data abort at {pc:#x} on a non-memory instruction {disassemble(code, pc)}")
         far, par = _faulting_address(core, acc.va, acc.size, acc.write)

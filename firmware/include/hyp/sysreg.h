@@ -53,7 +53,28 @@
 #define MAIR_EL2_VALUE		(MAIR_ATTR_NORMAL | (MAIR_ATTR_DEVICE << 8))
 
 /* SPSR / PSTATE */
+#define PSR_MODE_EL0t	0x0
+#define PSR_MODE_EL1t	0x4
 #define PSR_MODE_EL1h	0x5
+#define PSR_MODE32_BIT	0x10	/* SPSR.M[4]: the exception came from AArch32 (the host's EL0 may be) */
+
+/*
+ * Where in VBAR_EL1 a synchronous exception from `spsr` lands when taken to EL1h (ARM ARM D1.10.2;
+ * upstream: get_except64_offset()): current EL with SP0 or SPx, or lower EL using AArch64 or AArch32.
+ */
+static inline unsigned long except64_sync_offset(unsigned long spsr)
+{
+	if (spsr & PSR_MODE32_BIT)
+		return 0x600;
+	switch (spsr & 0xf) {
+	case PSR_MODE_EL1t:
+		return 0x000;
+	case PSR_MODE_EL1h:
+		return 0x200;
+	default:
+		return 0x400;
+	}
+}
 #define PSR_MODE_EL2h	0x9
 #define PSR_DAIF_MASK	(0xfUL << 6)
 
