@@ -3,7 +3,8 @@
 Each sequence mixes loads, stores, pairs, exclusives, DC ZVA and cache maintenance, system-register
 accesses that are UNDEFINED at EL1, SVC/HVC/SMC/BRK/UDF and branches into odd places, aimed at the host's
 own pages, at donated and shared pages, at the hypervisor's carve-out and past the end of RAM.  After
-each: no hang, no crash, the invariants hold, and a hypercall leaves every host register but x0..x3 intact.
+each: no hang, no crash, the invariants hold, and a hypercall works and leaves x7..x30 intact (x0..x6
+carry its arguments and results).
 """
 
 from __future__ import annotations
@@ -64,12 +65,10 @@ def test_a_thousand_random_el1_sequences_never_wedge_the_lab():
         assert lab.core.panic is None, f"sequence {i} panicked the hypervisor:\n{sources[name]}\n{regs}"
         lab.host.setup()                                    # the host kernel picks itself up (VBAR, SP)
         lab.core.set_pstate(0x3C5)                          # back at EL1h, whatever the code left
-        if i % 50 == 0:
-            assert_invariants(lab)
-            before = {f"x{r}": lab.core.reg(f"x{r}") for r in range(4, 31)}
-            assert lab.host.hyp_info()[1] == 2
-            assert {f"x{r}": lab.core.reg(f"x{r}") for r in range(7, 31)} == {k: v for k, v in before.items()
-                                                                              if int(k[1:]) >= 7}
+        assert_invariants(lab)
+        before = {f"x{r}": lab.core.reg(f"x{r}") for r in range(7, 31)}
+        assert lab.host.hyp_info()[1] == 2                  # usable, and the call leaves x7..x30 alone
+        assert {f"x{r}": lab.core.reg(f"x{r}") for r in range(7, 31)} == before
     assert_invariants(lab)
     assert lab.host.read_u64(own * PAGE) is not None
     assert sum(outcomes.values()) == SEQUENCES
