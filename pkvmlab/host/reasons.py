@@ -198,6 +198,8 @@ def _init_shadow(host, view, args, err):
                 else f"the struct kvm at {kvm:#x} already has a shadow VM")
     def not_donatable() -> str | None:
         for start, n, what in ((va, -(-size // PAGE), "shadow area"), (pgd, lay.pgd_pages, "PGD")):
+            if n > host.pages.end_pfn:   # more pages than RAM has: no need to look at each
+                return f"the {what} ({n} pages) is larger than all of RAM"
             for p in range(start >> PAGE_SHIFT, (start >> PAGE_SHIFT) + n):
                 why = _not_owned(host, view, p)
                 if why:
