@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
-from pkvmlab.errors import MachineError
+from pkvmlab.errors import MachineError, UsageError
 from pkvmlab.firmware import Firmware, load_firmware
 from pkvmlab.host import Host
 from pkvmlab.host import kernel_image as K
@@ -67,13 +67,23 @@ class Lab:
     """A booted machine: ``lab.core`` (the CPU), ``lab.host`` (you, at EL1), ``lab.hyp`` (EL2's state)."""
 
     def __init__(self, *, ram_size: int = RAM_SIZE, hyp_size: int = HYP_SIZE, firmware: Firmware | str | None = None,
-                 native: bool | None = None):
+                 native: bool | None = None, backend: str = "unicorn"):
+        if backend not in ("unicorn", "qemu"):
+            raise UsageError(f"backend is 'unicorn' (the lab's core) or 'qemu' (pkvmlab.machine.qemu), not {backend!r}")
         self.fw = firmware if isinstance(firmware, Firmware) else load_firmware(firmware)
-        self.core = Core(RAM_BASE, ram_size, native=native)
         self.hyp_size = hyp_size
         host_image = RAM_BASE + hyp_size
-        self.core.phys.write(host_image, K.build_image())   # the host kernel's text, as a boot loader would
-        boot(self.core, self.fw, hyp_size=hyp_size, host_entry=host_image + K.ENTRY)
+        if backend == "qemu":   # QEMU loads the images and boots through its shim (firmware/qemu/shim.s)
+            from pkvmlab.machine.qemu import QemuCore
+
+            self.core = QemuCore.boot(self.fw, ram_size=ram_size, hyp_size=hyp_size, host_image=host_image,
+                                      host_image_bytes=K.build_image(), host_entry=host_image + K.ENTRY,
+                                      vbar_el1=host_image + K.VECTORS, sp_el1=host_image + K.IMAGE_PAGES * PAGE)
+        else:
+            self.core = Core(RAM_BASE, ram_size, native=native)
+            self.core.phys.write(host_image, K.build_image())   # the host kernel's text, as a boot loader would
+            boot(self.core, self.fw, hyp_size=hyp_size, host_entry=host_image + K.ENTRY)
+        self.backend = backend
         self.host = Host(self.core, host_image, self.fw)
         self.host.setup()
         self.hyp = Hyp(self.core, self.fw, self)
@@ -81,6 +91,18 @@ class Lab:
         if el != 2:
             raise MachineError(f"the hypervisor's info call ran at EL{el}, not EL2")
         self.version = version
+
+    def close(self) -> None:
+        """Release the machine (on the QEMU backend: kill QEMU); a Unicorn core is freed by the GC anyway."""
+        close = getattr(self.core, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def hyp_info(self) -> tuple[int, int, int]:
         """``__pkvm_hyp_info``: (firmware version, CurrentEL the handler saw, free hyp pool pages)."""
