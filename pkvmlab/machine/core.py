@@ -22,6 +22,7 @@ from pkvmlab.arch import esr as E
 from pkvmlab.arch import pstate as P
 from pkvmlab.arch.sysregs import SCR_EL3_HCE, SCR_EL3_NS, SCR_EL3_RW, SYSREGS
 from pkvmlab.errors import HypPanic, MachineError, UsageError
+from pkvmlab.machine import el1_faults
 from pkvmlab.machine.decode import decode_access, disassemble
 from pkvmlab.machine.panic import decode_panic, symbolize
 from pkvmlab.machine.watchdog import WATCHDOG
@@ -123,6 +124,7 @@ class Core:
         self.stats = {"hvc": 0, "stage2_abort": 0}
         self.run_limit_ms = 10_000   # a longer run is an endless loop: the watchdog stops it
         self._event: tuple[int, int, int] | None = None
+        self._hpfar = 0   # the last HPFAR_EL2 an exception entry wrote (Unicorn writes its own on a stage-2 walk)
         # Without EL3 firmware nobody sets SCR_EL3: Non-secure EL1/EL2, HVC enabled, AArch64.
         self.set_sysreg("SCR_EL3", SCR_EL3_NS | SCR_EL3_HCE | SCR_EL3_RW)
         self.uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
@@ -190,6 +192,7 @@ class Core:
             self.set_sysreg("FAR_EL2", far)
         if hpfar is not None:
             self.set_sysreg("HPFAR_EL2", hpfar)
+            self._hpfar = hpfar
         uc.reg_write(A.UC_ARM64_REG_PC, self.sysreg("VBAR_EL2") + VECTOR_LOWER_A64_SYNC)
 
     def _on_intr(self, uc, intno: int, _user) -> None:
@@ -217,6 +220,8 @@ class Core:
         self.stats["stage2_abort"] += 1
         if intno == EXCP_PREFETCH_ABORT:
             par = self.call_symbol("__debug_at_s12e1r", pc)
+            if (esr1 := el1_faults.abort_syndrome(par, None)) is not None:   # not stage 2: the host's own
+                return el1_faults.enter_el1(self, pstate=pstate, elr=pc, esr=esr1, far=pc)
             fsc, s1ptw = self._fault_status(par, pc, "instruction fetch")
             esr = E.instruction_abort(lower=True, fsc=fsc, s1ptw=s1ptw)
             far = pc
@@ -225,11 +230,17 @@ class Core:
             acc = decode_access(code, pc, self.reg)
             if acc is None:
                 raise MachineError(f"data abort at {pc:#x} on a non-memory instruction {disassemble(code, pc)}")
-            par = self.call_symbol("__debug_at_s12e1w" if acc.write else "__debug_at_s12e1r", acc.va)
-            fsc, s1ptw = self._fault_status(par, acc.va, acc.text)
+            at = "__debug_at_s12e1w" if acc.write else "__debug_at_s12e1r"
+            far, par = acc.va, self.call_symbol(at, acc.va)
+            next_page = (acc.va | 0xFFF) + 1
+            if not par & 1 and acc.va + acc.size > next_page:   # straddles: the second page is the one refused
+                far, par = next_page, self.call_symbol(at, next_page)
+            if (esr1 := el1_faults.abort_syndrome(par, acc)) is not None:   # not stage 2: the host's own
+                self.set_sysreg("HPFAR_EL2", self._hpfar)   # Unicorn wrote it walking stage 2; no EL2 entry did
+                return el1_faults.enter_el1(self, pstate=pstate, elr=pc, esr=esr1, far=acc.va)
+            fsc, s1ptw = self._fault_status(par, far, acc.text)
             esr = E.data_abort(lower=True, fsc=fsc, wnr=acc.write, isv=acc.isv, sas=acc.sas, sse=acc.sse,
                                srt=acc.srt, sf=acc.sf, ar=acc.ar, s1ptw=s1ptw)
-            far = acc.va
         ipa = far  # stage 1 is off at EL1: VA = IPA
         self._enter_el2(pstate=pstate, elr=pc, esr=esr, far=far, hpfar=(ipa >> 12) << 4)
 
@@ -296,6 +307,11 @@ class Core:
                 continue
             if el == 1 and intno == EXCP_BKPT:
                 return HostVector(self.reg("pc"))
+            if el == 1 and intno == EXCP_UDEF and self.reg("pc") & 3:   # Unicorn's PC alignment fault
+                pc = self.reg("pc")
+                el1_faults.enter_el1(self, pstate=pstate, elr=pc, esr=el1_faults.pc_alignment_syndrome(), far=pc)
+                pc = self.reg("pc")
+                continue
             if el == 2:
                 raise self._panic(intno, self.reg("pc"), unicorn_error=err)
             raise MachineError(f"unexpected {EXCP_NAMES.get(intno, f'exception {intno}')} at EL{el}, "
