@@ -21,7 +21,7 @@ from elftools.elf.elffile import ELFFile
 
 from pkvmlab import HypPanic, Lab
 from pkvmlab.arch.smccc import HYPERCALLS
-from pkvmlab.errors import MachineError
+from pkvmlab.errors import MachineError, PkvmLabError
 from pkvmlab.machine.core import HostVector
 
 PAGE = 4096
@@ -128,6 +128,22 @@ class Side:
         except MachineError as e:
             return ("error", str(e).split(":")[0])
 
+    def vm(self, op: str, *args: int) -> tuple:
+        """The host's own multi-step operations (pkvmlab/host/vm.py): create a VM, donate to it, tear it down."""
+        host = self.lab.host
+        try:
+            if op == "create":
+                return ("vm", host.create_vm(*args).handle)
+            if op == "donate":
+                handle, gfn = args
+                return ("vm", host.vms[handle].donate(gfn))
+            host.teardown_vm(*args)
+            return ("vm", 0)
+        except HypPanic as e:
+            return ("panic", e.esr, e.elr, e.reason)
+        except PkvmLabError as e:
+            return ("refused", type(e).__name__, str(e))
+
     def form(self, name: str, regs: dict[str, int]) -> tuple:
         c = self.lab.core
         for r, v in regs.items():
@@ -158,6 +174,7 @@ class Actions:
         self.rng = random.Random(seed)
         self.pfns = test_pfns
         self.handles: list[int] = [0x1000, 0x1001]
+        self.vms: set[int] = set()
 
     def address_pfn(self) -> int:
         rng = self.rng
@@ -207,6 +224,29 @@ class Actions:
         else:
             args = ()
         return (HYPERCALLS[name], *args)
+
+    def vm_op(self) -> tuple:
+        """Create a VM, donate a page to one, or tear one down (the host model's own sequences)."""
+        rng = self.rng
+        live = [h for h in self.handles if h in self.vms]
+        k = rng.random()
+        if not live or k < 0.3:
+            return ("create", rng.choice([1, 2, 3]))
+        if k < 0.85:
+            return ("donate", rng.choice(live), rng.randrange(0, 1 << 20))
+        return ("teardown", rng.choice(live))
+
+    def saw(self, op: tuple, outcome: tuple) -> None:
+        """Learn from a VM operation's outcome (the same on both sides, or the test has already failed)."""
+        if outcome[0] != "vm":
+            return
+        if op[0] == "create":
+            self.vms.add(outcome[1])
+            self.handles.append(outcome[1])
+        elif op[0] == "donate":
+            self.pfns.append(outcome[1])   # a guest's page: the host must fault on it from now on
+        else:
+            self.vms.discard(op[1])
 
     def form(self) -> tuple[str, dict[str, int]]:
         rng = self.rng
