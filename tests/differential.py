@@ -19,7 +19,7 @@ from functools import lru_cache
 
 from elftools.elf.elffile import ELFFile
 
-from pkvmlab import HypPanic, Lab
+from pkvmlab import HostAccessFault, HypPanic, Lab
 from pkvmlab.arch.smccc import HYPERCALLS
 from pkvmlab.errors import MachineError, PkvmLabError
 from pkvmlab.machine.core import HostVector
@@ -107,8 +107,8 @@ def fmt(t: tuple) -> str:
 class Side:
     """One backend's lab plus the host code page holding FORMS."""
 
-    def __init__(self, backend: str):
-        self.lab = Lab(backend=backend)
+    def __init__(self, backend: str, native: bool | None = None):
+        self.lab = Lab(backend=backend) if native is None else Lab(backend=backend, native=native)
         self.code_pfn = self.lab.host.alloc_pages()
         self.code = self.code_pfn * PAGE
         self.lab.core.phys.write(self.code, assembled_forms())
@@ -127,6 +127,21 @@ class Side:
             return ("panic", e.esr, e.elr, e.reason)
         except MachineError as e:
             return ("error", str(e).split(":")[0])
+
+    def access(self, op: str, addr: int, data: bytes) -> tuple:
+        """``lab.host.read``/``write`` (the Host model's own stubs): the data, or the HostAccessFault's contents."""
+        host = self.lab.host
+        try:
+            if op == "read":
+                return ("read", host.read(addr, len(data)))
+            host.write(addr, data)
+            return ("written",)
+        except HostAccessFault as e:
+            return ("fault", e.esr, e.far, e.elr, e.access, e.address, self.lab.core.sysreg("SPSR_EL1"))
+        except HypPanic as e:
+            return ("panic", e.esr, e.elr, e.reason)
+        except PkvmLabError as e:
+            return ("refused", type(e).__name__, str(e))
 
     def vm(self, op: str, *args: int) -> tuple:
         """The host's own multi-step operations (pkvmlab/host/vm.py): create a VM, donate to it, tear it down."""
@@ -224,6 +239,13 @@ class Actions:
         else:
             args = ()
         return (HYPERCALLS[name], *args)
+
+    def host_access(self) -> tuple:
+        """A read or write through the Host model: any length, any alignment, possibly across pages."""
+        rng = self.rng
+        n = rng.choice([1, 3, 8, 16, 64, 100, 200])
+        addr = (self.address_pfn() << 12) + rng.choice([0, 8, PAGE - 8, PAGE - 64, rng.randrange(0, PAGE)])
+        return (rng.choice(["read", "write"]), addr, rng.randbytes(n))
 
     def vm_op(self) -> tuple:
         """Create a VM, donate a page to one, or tear one down (the host model's own sequences)."""

@@ -34,10 +34,10 @@ def require_qemu() -> None:
         pytest.skip(missing_reason())
 
 
-@pytest.fixture
-def sides():
+@pytest.fixture(params=[None], ids=["native"])
+def sides(request):
     require_qemu()
-    u, q = Side("unicorn"), Side("qemu")
+    u, q = Side("unicorn", native=request.param), Side("qemu")
     try:
         yield u, q
     finally:
@@ -53,7 +53,11 @@ def run_sequence(u: Side, q: Side, seed: int, n: int):
     diffs: list[str] = []
     for i in range(n):
         k = acts.rng.random()
-        if k < 0.04:
+        if k < 0.08:
+            op = acts.host_access()
+            what, ou, oq = op[:2] + (len(op[2]),), u.access(*op), q.access(*op)
+            seen[f"host {op[0]} {ou[0]}"] += 1
+        elif k < 0.12:
             op = acts.vm_op()
             what, ou, oq = op, u.vm(*op), q.vm(*op)
             acts.saw(op, ou)
@@ -85,7 +89,8 @@ def test_random_host_actions_agree_on_unicorn_and_qemu(sides, seed):
     # not vacuous: faults taken and injected, accesses that completed, hypercalls that worked and refused, VMs made
     assert seen["vector"] > 100 and seen["done"] > 100, seen
     assert seen["hvc ok"] > 20 and seen["hvc refused"] > 50, seen
-    assert seen["vm create vm"] >= 1, seen
+    assert seen["vm create vm"] >= 1 and seen["host read fault"] + seen["host write fault"] > 5, seen
+    assert seen["host read read"] + seen["host write written"] > 5, seen
     assert sum(v for k, v in seen.items() if k.startswith("form ")) > ACTIONS_PER_SEED // 2
     carve_u = u.lab.core.phys.read(HYP_BASE, HYP_SIZE)
     carve_q = q.lab.core.phys.read(HYP_BASE, HYP_SIZE)
@@ -113,3 +118,13 @@ def test_the_comparison_catches_the_first_bug_it_found(sides, monkeypatch):
     diffs, _ = run_sequence(u, q, 5, 300)
     assert any("ldxr" in d or "ldaxr" in d or "stxr" in d for d in diffs), diffs[:5]
     assert all("ESR_EL" in d or "x1 " in d or "x3 " in d for d in diffs), diffs[:5]
+
+
+@pytest.mark.parametrize("sides", [False], ids=["python-hook"], indirect=True)
+def test_the_pure_python_exception_entry_agrees_with_qemu_too(sides):
+    """The fallback when the native hook cannot be built: 500 actions, the same comparison."""
+    u, q = sides
+    assert u.lab.core.native is None
+    diffs, seen = run_sequence(u, q, 7, 500)
+    assert not diffs, "\n".join(diffs[:15])
+    assert seen["vector"] > 50 and seen["hvc ok"] > 5, seen

@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import weakref
 
@@ -75,12 +76,14 @@ class QemuPhysMemory:
 
     def read(self, pa: int, n: int) -> bytes:
         self._check(pa, n)
-        return self._core._gdb.read_memory(pa, n) if n else b""
+        with self._core.lock:
+            return self._core._link().read_memory(pa, n) if n else b""
 
     def write(self, pa: int, data: bytes) -> None:
         self._check(pa, len(data))
-        if data:
-            self._core._gdb.write_memory(pa, bytes(data))
+        with self._core.lock:
+            if data:
+                self._core._link().write_memory(pa, bytes(data))
 
     def read_u64(self, pa: int) -> int:
         return int.from_bytes(self.read(pa, 8), "little")
@@ -130,6 +133,7 @@ class QemuCore:
         self.panic: HypPanic | None = None
         self.stats = {"hvc": 0, "stage2_abort": 0}   # QEMU takes them itself: not counted here
         self.run_limit_ms = 10_000
+        self.lock = threading.RLock()   # one gdb conversation at a time (the Host model holds it too)
         self.phys = QemuPhysMemory(self)
         self.x = Registers(self)
         self._gdb: GdbRemote | None = None
@@ -236,7 +240,8 @@ class QemuCore:
         if num in self._dirty:
             return self._dirty[num]
         if self._regs is None:
-            self._regs = self._link().read_registers()
+            with self.lock:
+                self._regs = self._link().read_registers()
         off, size = self._g_layout[num]
         return int.from_bytes(self._regs[off:off + size], "little")
 
@@ -273,7 +278,8 @@ class QemuCore:
             num = self._regmap.get(_SYSREG_ALIASES.get(key, key), self._regmap.get(key))
             if num is None:
                 raise UsageError(f"QEMU's gdbstub does not show the system register {name!r}")
-            self._sysregs[key] = self._link().read_register(num[0])
+            with self.lock:
+                self._sysregs[key] = self._link().read_register(num[0])
         return self._sysregs[key]
 
     def set_sysreg(self, name: str, value: int) -> None:
@@ -315,12 +321,18 @@ class QemuCore:
             self.close()
             raise MachineError("QEMU did not stop when interrupted; it was killed") from None
 
-    def run(self, begin: int, until: int, *, timeout_ms: int = 0, resumed: bool = False) -> HostVector | None:
+    def run(self, begin: int, until: int, *, timeout_ms: int = 0, resumed: bool = False,
+            resumed_timed_out: bool = False) -> HostVector | None:
         """Run from ``begin`` until PC reaches ``until``; QEMU takes every exception on the way itself.
 
         Returns None at ``until``, HostVector when the host reached one of its vector entries, raises
         HypPanic when the hypervisor panicked and MachineError for anything else (e.g. an endless loop).
+        (``resumed*`` belong to Unicorn's native fast path, which this backend never takes.)
         """
+        with self.lock:
+            return self._run(begin, until, timeout_ms)
+
+    def _run(self, begin: int, until: int, timeout_ms: int) -> HostVector | None:
         if self.panic is not None:
             raise MachineError("the hypervisor has panicked; this machine is dead: create a new Lab()") from self.panic
         gdb = self._link()
