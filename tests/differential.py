@@ -190,6 +190,7 @@ class Actions:
         self.pfns = test_pfns
         self.handles: list[int] = [0x1000, 0x1001]
         self.vms: set[int] = set()
+        self.deck: list[str] = []
 
     def address_pfn(self) -> int:
         rng = self.rng
@@ -272,7 +273,10 @@ class Actions:
 
     def form(self) -> tuple[str, dict[str, int]]:
         rng = self.rng
-        name = rng.choice([n for n, _ in FORMS])
+        if not self.deck:   # every form once per round, in a shuffled order
+            self.deck = [n for n, _ in FORMS]
+            rng.shuffle(self.deck)
+        name = self.deck.pop()
         regs = {"x0": self.address(name), "x1": rng.getrandbits(64), "x2": rng.getrandbits(64),
                 "x3": 0xDEAD, "x4": rng.choice([0, 8, 16, -8 & (1 << 64) - 1, 0x1_0000_0008])}
         if name in ACQ_REL:   # aligned: Unicorn lets an unaligned LDAR/STLR through (test_qemu_backend.py pins it)

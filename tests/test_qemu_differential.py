@@ -116,8 +116,10 @@ def test_the_comparison_catches_the_first_bug_it_found(sides, monkeypatch):
     u, q = sides
     monkeypatch.setattr(decode, "_EXCLUSIVE", ())
     diffs, _ = run_sequence(u, q, 5, 300)
-    assert any("ldxr" in d or "ldaxr" in d or "stxr" in d for d in diffs), diffs[:5]
-    assert all("ESR_EL" in d or "x1 " in d or "x3 " in d for d in diffs), diffs[:5]
+    assert diffs, "the planted bug went unnoticed"
+    first = diffs[0].split(":")[0]
+    assert any(f"({name}," in first for name in ("ldxr", "ldaxr w", "ldxrb", "ldxp", "ldxr; stxr")), diffs[:3]
+    assert "ESR_EL" in diffs[0]
 
 
 @pytest.mark.parametrize("sides", [False], ids=["python-hook"], indirect=True)

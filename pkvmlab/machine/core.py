@@ -273,6 +273,10 @@ class Core:
                 err = None
                 token = WATCHDOG.arm(self.uc.emu_stop, (timeout_ms or self.run_limit_ms) / 1000)
                 try:
+                    # Unicorn bakes the stop address into the code it translates: a block translated in a run
+                    # with another stop address may run straight through this one.  Drop any block that
+                    # reaches `until` (differential test against QEMU; tests/test_run_until.py).
+                    self.uc.ctl_remove_cache(until - 4, until)
                     self.uc.emu_start(pc, until)
                 except unicorn.UcError as e:
                     err = e
