@@ -10,6 +10,9 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from test_qemu_differential import require_qemu
@@ -205,3 +208,31 @@ def test_neither_cpu_enforces_alignment_on_device_memory(qlab):
         lab.host.write_u64(pfn << 12, 0x1122334455667788)
         _, res = run_host_code(lab, [LDR_X1_X0], x0=(pfn << 12) + 1)
         assert res is None and lab.core.x[1] == 0x0011223344556677   # bytes 1..8, little-endian
+
+
+def test_qemu_dies_with_a_python_that_is_killed(tmp_path):
+    """Even SIGKILL on the Python process (no finalizer runs) takes QEMU down: PR_SET_PDEATHSIG."""
+    require_qemu()
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG and /proc are Linux's")
+    script = tmp_path / "killed.py"
+    script.write_text("import os\nfrom pkvmlab import Lab\nlab = Lab(backend='qemu')\n"
+                      "print(lab.core._proc.pid, flush=True)\nos.kill(os.getpid(), 9)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.05)
+    alive = _running(pid)
+    if alive:
+        os.kill(pid, signal.SIGKILL)   # do not leave it behind even when the test fails
+    assert not alive
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie is dead, only not yet reaped by init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -24,9 +24,12 @@ Every QEMU process is killed by ``close()``, on garbage collection and at interp
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -46,6 +49,7 @@ QEMU = "qemu-system-aarch64"
 HYP_PANIC_BRK = 0x800
 VECTOR_LOWER_A64_SYNC = 0x400
 PAGE = 4096
+PR_SET_PDEATHSIG = 1
 # gdbstub names of system registers whose AArch64 name QEMU does not use
 _SYSREG_ALIASES = {"vbar_el1": "vbar", "sctlr_el1": "sctlr", "cpacr_el1": "cpacr", "csselr_el1": "csselr"}
 _GPR_ALIASES = {"fp": "x29", "lr": "x30", "pstate": "cpsr"}
@@ -93,6 +97,25 @@ class QemuPhysMemory:
 
     def read_u32(self, pa: int) -> int:
         return int.from_bytes(self.read(pa, 4), "little")
+
+
+def _die_with_parent():
+    """On Linux, QEMU gets SIGKILL when the thread that started it dies (even a SIGKILLed Python).
+
+    Only from the main thread: the signal follows the starting *thread*, and a worker thread that ends
+    must not take the machine with it (the finalizer still kills QEMU at exit).
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return preexec
 
 
 def _kill(proc: subprocess.Popen, tmpdir: str) -> None:
@@ -164,7 +187,7 @@ class QemuCore:
                "-chardev", f"socket,id=gdb0,path={sock},server=on,wait=off", "-gdb", "chardev:gdb0", "-S"]
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+                                          start_new_session=True, preexec_fn=_die_with_parent())
         self._finalizer = weakref.finalize(self, _kill, self._proc, self._tmp)
         try:
             self._gdb = GdbRemote(sock, timeout=timeout_s, alive=lambda: self._proc.poll() is None)
@@ -174,6 +197,10 @@ class QemuCore:
             self._g_layout = self._core_layout()
             self._install_panic_breakpoints()
             self.run(self._shim_addr, host_entry, timeout_ms=int(timeout_s * 1000))
+        except GdbError as e:
+            log = self._qemu_log()
+            self.close()
+            raise MachineError(f"QEMU did not come up: {e}" + (f"\n{log}" if log else "")) from e
         except BaseException:
             self.close()
             raise
