@@ -62,6 +62,8 @@ def test_the_firmware_boots_on_qemu_and_answers_as_on_unicorn(qlab):
     assert qlab.hyp_info() == Lab().hyp_info()
     assert qlab.core.sysreg("VBAR_EL1") == qlab.core.ram_base + qlab.hyp_size + K.VECTORS   # set by the shim
     assert "host at EL1" in repr(qlab)
+    last = qlab.core.ram_base + qlab.core.ram_size - 4096
+    assert qlab.core.phys.read(last, 4096) == bytes(4096)   # the shim's page, given back as the lab's core has it
 
 
 def test_a_host_read_of_hyp_memory_faults_the_same_on_both_cpus(qlab):
@@ -124,9 +126,9 @@ def test_closing_the_lab_kills_qemu():
     """close() (and leaving the with-block) kills the QEMU process."""
     require_qemu()
     with Lab(backend="qemu") as lab:
-        proc = lab.core._proc
+        proc = lab.core.process.popen
         assert proc.poll() is None
-    assert lab.core.wait_closed()
+    assert lab.core.process.wait_closed()
     with pytest.raises(MachineError, match="QEMU process is gone"):
         lab.host.hyp_info()
 
@@ -135,7 +137,7 @@ def test_a_forgotten_lab_does_not_leave_qemu_running():
     """Dropping the last reference kills QEMU (a finalizer; it also runs at interpreter exit)."""
     require_qemu()
     lab = Lab(backend="qemu")
-    proc = lab.core._proc
+    proc = lab.core.process.popen
     del lab
     gc.collect()
     proc.wait(timeout=5)
@@ -144,8 +146,8 @@ def test_a_forgotten_lab_does_not_leave_qemu_running():
 
 def test_qemu_dying_under_the_lab_is_an_error_not_a_hang(qlab):
     """If QEMU exits (here: killed), the next action says so at once."""
-    os.kill(qlab.core._proc.pid, signal.SIGKILL)
-    qlab.core._proc.wait(timeout=5)
+    os.kill(qlab.core.process.popen.pid, signal.SIGKILL)
+    qlab.core.process.popen.wait(timeout=5)
     with pytest.raises(MachineError, match="QEMU"):
         qlab.host.hyp_info()
 
@@ -164,7 +166,7 @@ def test_an_unknown_backend_is_a_usage_error():
 
 
 def test_without_qemu_the_backend_says_what_to_install(monkeypatch):
-    import pkvmlab.machine.qemu as Q
+    import pkvmlab.machine.qemu_process as Q
 
     monkeypatch.setattr(Q, "qemu_binary", lambda: None)
     with pytest.raises(MachineError, match="apt-get install qemu-system-arm"):
@@ -217,7 +219,7 @@ def test_qemu_dies_with_a_python_that_is_killed(tmp_path):
         pytest.skip("PR_SET_PDEATHSIG and /proc are Linux's")
     script = tmp_path / "killed.py"
     script.write_text("import os\nfrom pkvmlab import Lab\nlab = Lab(backend='qemu')\n"
-                      "print(lab.core._proc.pid, flush=True)\nos.kill(os.getpid(), 9)\n")
+                      "print(lab.core.process.popen.pid, flush=True)\nos.kill(os.getpid(), 9)\n")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     pid = int(out.stdout.split()[0])
     deadline = time.monotonic() + 5

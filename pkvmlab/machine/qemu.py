@@ -19,21 +19,12 @@ lab's own exception entry (``core.py``).  How a run stops here:
 
 QEMU's gdbstub (7.2) reads system registers but silently ignores writes to them, so the boot shim
 (``firmware/qemu/shim.s``) sets what ``boot()`` and ``Host.setup()`` set from Python on Unicorn.
-Every QEMU process is killed by ``close()``, on garbage collection and at interpreter exit.
+Starting QEMU and making sure it never outlives its core: ``qemu_process.py``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-import weakref
 
 from pkvmlab.arch import esr as E
 from pkvmlab.arch import pstate as P
@@ -44,25 +35,16 @@ from pkvmlab.machine.core import RAM_BASE, RAM_SIZE, HostVector, Registers
 from pkvmlab.machine.decode import disassemble
 from pkvmlab.machine.gdbremote import GdbError, GdbRemote, GdbTimeout
 from pkvmlab.machine.panic import symbolize
+from pkvmlab.machine.qemu_process import QemuProcess, missing_reason, qemu_binary
 
-QEMU = "qemu-system-aarch64"
+__all__ = ["QemuCore", "QemuPhysMemory", "missing_reason", "qemu_binary"]
+
 HYP_PANIC_BRK = 0x800
 VECTOR_LOWER_A64_SYNC = 0x400
 PAGE = 4096
-PR_SET_PDEATHSIG = 1
 # gdbstub names of system registers whose AArch64 name QEMU does not use
 _SYSREG_ALIASES = {"vbar_el1": "vbar", "sctlr_el1": "sctlr", "cpacr_el1": "cpacr", "csselr_el1": "csselr"}
 _GPR_ALIASES = {"fp": "x29", "lr": "x30", "pstate": "cpsr"}
-
-
-def qemu_binary() -> str | None:
-    """The path of ``qemu-system-aarch64``, or None when it is not installed."""
-    return shutil.which(QEMU)
-
-
-def missing_reason() -> str:
-    return (f"{QEMU} is not installed: install Debian's qemu-system-arm "
-            "(sudo apt-get install qemu-system-arm) to run the lab on QEMU")
 
 
 class QemuPhysMemory:
@@ -99,36 +81,6 @@ class QemuPhysMemory:
         return int.from_bytes(self.read(pa, 4), "little")
 
 
-def _die_with_parent():
-    """On Linux, QEMU gets SIGKILL when the thread that started it dies (even a SIGKILLed Python).
-
-    Only from the main thread: the signal follows the starting *thread*, and a worker thread that ends
-    must not take the machine with it (the finalizer still kills QEMU at exit).
-    """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-    def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-    return preexec
-
-
-def _kill(proc: subprocess.Popen, tmpdir: str) -> None:
-    """Finalizer: QEMU must never outlive its core (called by close(), GC, or at exit)."""
-    if proc.poll() is None:
-        proc.kill()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a kill that does not take
-            pass
-    shutil.rmtree(tmpdir, ignore_errors=True)
-
-
 class QemuCore:
     """One Cortex-A72 in QEMU's ``virt`` machine (EL2 present), driven like ``Core``.
 
@@ -142,15 +94,10 @@ class QemuCore:
     def __init__(self, *, fw: Firmware, ram_base: int = RAM_BASE, ram_size: int = RAM_SIZE, hyp_size: int,
                  host_image: int, host_image_bytes: bytes, host_entry: int, vbar_el1: int, sp_el1: int,
                  timeout_s: float = 10.0):
-        binary = qemu_binary()
-        if binary is None:
-            raise MachineError(missing_reason())
         if ram_base != RAM_BASE:
             raise UsageError(f"QEMU's virt machine has its RAM at {RAM_BASE:#x}")
         if ram_size <= 0 or ram_size % (2 << 20) or hyp_size % (2 << 20) or not 0 < hyp_size < ram_size:
             raise UsageError("RAM and the hypervisor carve-out must be multiples of 2 MiB, the carve-out inside RAM")
-        if fw.path is None:
-            raise UsageError("the QEMU backend loads the firmware ELF from a file: pass a built Firmware")
         self.ram_base, self.ram_size = ram_base, ram_size
         self.symbols: dict[str, int] = dict(fw.symbols)
         self.panic: HypPanic | None = None
@@ -166,39 +113,21 @@ class QemuCore:
         self._bps: set[int] = set()
         self._fixed_bps: set[int] = set()
         self._host_vectors = {vbar_el1 + 0x80 * i for i in range(16)}
-        self._shim_addr = ram_base + ram_size - PAGE   # the last page of RAM: the host never allocates it
-
-        self._tmp = tempfile.mkdtemp(prefix="pkvmlab-qemu-")
-        shim = os.path.join(self._tmp, "shim.bin")
-        host = os.path.join(self._tmp, "host.bin")
-        with open(shim, "wb") as f:
-            f.write(shim_image(ram_base=ram_base, ram_size=ram_size, hyp_size=hyp_size, host_entry=host_entry,
-                               vbar_el1=vbar_el1, sp_el1=sp_el1, fw_entry=fw.entry))
-        with open(host, "wb") as f:
-            f.write(host_image_bytes)
-        sock = os.path.join(self._tmp, "gdb.sock")
-        self.log_path = os.path.join(self._tmp, "qemu.log")
-        cmd = [binary, "-M", "virt,virtualization=on", "-cpu", "cortex-a72", "-smp", "1",
-               "-m", f"{ram_size >> 20}M", "-nodefaults", "-nographic", "-display", "none", "-serial", "none",
-               "-monitor", "none", "-no-reboot",
-               "-kernel", str(fw.path),
-               "-device", f"loader,file={host},addr={host_image:#x}",
-               "-device", f"loader,file={shim},addr={self._shim_addr:#x},cpu-num=0",
-               "-chardev", f"socket,id=gdb0,path={sock},server=on,wait=off", "-gdb", "chardev:gdb0", "-S"]
-        with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True, preexec_fn=_die_with_parent())
-        self._finalizer = weakref.finalize(self, _kill, self._proc, self._tmp)
+        shim_addr = ram_base + ram_size - PAGE   # the last page of RAM: zeroed again once the firmware is up
+        shim = shim_image(ram_base=ram_base, ram_size=ram_size, hyp_size=hyp_size, host_entry=host_entry,
+                          vbar_el1=vbar_el1, sp_el1=sp_el1, fw_entry=fw.entry)
+        self.process = QemuProcess(kernel=fw.path, ram_size=ram_size, reset_pc=shim_addr,
+                                   loads={host_image: host_image_bytes, shim_addr: shim})
         try:
-            self._gdb = GdbRemote(sock, timeout=timeout_s, alive=lambda: self._proc.poll() is None)
+            self._gdb = GdbRemote(self.process.socket_path, timeout=timeout_s, alive=lambda: self.process.alive)
             self._gdb.ok("Qqemu.PhyMemMode:1")
             self._regmap = self._gdb.register_map()
-            self._pc_num = self._regmap["pc"][0]
             self._g_layout = self._core_layout()
             self._install_panic_breakpoints()
-            self.run(self._shim_addr, host_entry, timeout_ms=int(timeout_s * 1000))
+            self.run(shim_addr, host_entry, timeout_ms=int(timeout_s * 1000))
+            self.phys.write(shim_addr, bytes(len(shim)))   # RAM as on the lab's core: the shim has done its job
         except GdbError as e:
-            log = self._qemu_log()
+            log = self.process.log()
             self.close()
             raise MachineError(f"QEMU did not come up: {e}" + (f"\n{log}" if log else "")) from e
         except BaseException:
@@ -215,11 +144,11 @@ class QemuCore:
         if self._gdb is not None:
             self._gdb.close()
             self._gdb = None
-        self._finalizer()
+        self.process.close()
 
     @property
     def alive(self) -> bool:
-        return self._proc.poll() is None
+        return self.process.alive
 
     def __enter__(self) -> QemuCore:
         return self
@@ -227,17 +156,10 @@ class QemuCore:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _qemu_log(self) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()[-2000:].strip()
-        except OSError:
-            return ""
-
     def _link(self) -> GdbRemote:
         if self._gdb is None or not self.alive:
-            raise MachineError("the QEMU process is gone (closed or exited)"
-                               + (f": {self._qemu_log()}" if self._qemu_log() else ""))
+            log = self.process.log()
+            raise MachineError("the QEMU process is gone (closed or exited)" + (f": {log}" if log else ""))
         return self._gdb
 
     # -- registers -------------------------------------------------------------------------
@@ -374,7 +296,7 @@ class QemuCore:
         limit = timeout_ms or self.run_limit_ms
         reply, timed_out = self._continue(limit / 1000)
         if reply[:1] in (b"W", b"X"):
-            raise MachineError(f"QEMU exited during the run ({reply.decode(errors='replace')}): {self._qemu_log()}")
+            raise MachineError(f"QEMU exited during the run ({reply.decode(errors='replace')}): {self.process.log()}")
         pc = self.reg("pc")
         if timed_out:
             raise self.hang_error(pc, limit)
@@ -425,10 +347,3 @@ class QemuCore:
 
     def call_symbol(self, name: str, *args: int) -> int:
         return self.call(self.symbols.get(name, 0), *args)
-
-    def wait_closed(self, timeout_s: float = 5.0) -> bool:
-        """After close(): whether the QEMU process is gone (for tests)."""
-        deadline = time.monotonic() + timeout_s
-        while self._proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self._proc.poll() is not None
