@@ -120,6 +120,8 @@ def test_an_endless_loop_on_qemu_is_interrupted_and_reported(qlab):
     with pytest.raises(MachineError, match="endless loop") as ei:
         qlab.host.hyp_info()
     assert "handle___pkvm_hyp_info" in str(ei.value) and "EL2" in str(ei.value)
+    with pytest.raises(MachineError, match="create a new Lab"):   # never resumed half-way through EL2
+        qlab.host.hyp_info()
 
 
 def test_closing_the_lab_kills_qemu():

@@ -111,6 +111,7 @@ class QemuCore:
         self._dirty: dict[int, int] = {}     # register number -> value to write before running
         self._sysregs: dict[str, int] = {}   # read cache, valid until the CPU runs
         self._bps: set[int] = set()
+        self._stuck_in_el2: str | None = None
         self._fixed_bps: set[int] = set()
         self._host_vectors = {vbar_el1 + 0x80 * i for i in range(16)}
         shim_addr = ram_base + ram_size - PAGE   # the last page of RAM: zeroed again once the firmware is up
@@ -161,6 +162,10 @@ class QemuCore:
             log = self.process.log()
             raise MachineError("the QEMU process is gone (closed or exited)" + (f": {log}" if log else ""))
         return self._gdb
+
+    def watch_host(self, start: int, end: int) -> None:
+        """Unicorn's core needs to know where the host's code is to stop a long run cleanly; QEMU is
+        interrupted wherever it is, and a run interrupted inside EL2 leaves the machine dead."""
 
     # -- registers -------------------------------------------------------------------------
     def _core_layout(self) -> dict[int, tuple[int, int]]:
@@ -284,6 +289,8 @@ class QemuCore:
     def _run(self, begin: int, until: int, timeout_ms: int) -> HostVector | None:
         if self.panic is not None:
             raise MachineError("the hypervisor has panicked; this machine is dead: create a new Lab()") from self.panic
+        if self._stuck_in_el2 is not None:
+            raise MachineError(f"{self._stuck_in_el2}; this machine is dead: create a new Lab()")
         gdb = self._link()
         for a in self._bps - self._fixed_bps - {until}:
             gdb.clear_breakpoint(a)
@@ -299,7 +306,10 @@ class QemuCore:
             raise MachineError(f"QEMU exited during the run ({reply.decode(errors='replace')}): {self.process.log()}")
         pc = self.reg("pc")
         if timed_out:
-            raise self.hang_error(pc, limit)
+            err = self.hang_error(pc, limit)
+            if self.current_el == 2:   # interrupted inside the hypervisor: it cannot be resumed from the host's side
+                self._stuck_in_el2 = str(err)
+            raise err
         if pc == until:
             return None
         if pc in self._host_vectors and self.current_el == 1:
