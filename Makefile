@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup lab test dot chromium firmware bench docs lint notebooks clean
+.PHONY: setup lab test dot chromium qemu firmware bench docs lint notebooks clean
 
 setup: $(STAMP) dot firmware
 
@@ -39,6 +39,16 @@ chromium:
 	    echo "Chromium is missing: tests/test_browser.py will be skipped. Install it with:  sudo apt-get install chromium"; \
 	  fi; }
 
+# The differential test runs the firmware on QEMU too (pkvmlab/machine/qemu.py): Debian's qemu-system-arm.
+qemu:
+	@command -v qemu-system-aarch64 >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing QEMU (qemu-system-arm) with apt-get (for tests/test_qemu_*.py)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-arm >/dev/null; \
+	  else \
+	    echo "qemu-system-aarch64 is missing: the QEMU differential tests will be skipped. Install it with:  sudo apt-get install qemu-system-arm"; \
+	  fi; }
+
 firmware: $(STAMP)
 	$(PY) -m pkvmlab.firmware
 
@@ -54,8 +64,9 @@ lint: $(STAMP)
 	$(PY) -m ruff check pkvmlab tests tools docs $(wildcard bench)
 
 # tests/ and the notebooks (nbval) in one run; the browser test must run wherever Chromium is installed.
-test: setup chromium lint
+test: setup chromium qemu lint
 	PKVMLAB_REQUIRE_BROWSER=$$(test -x /usr/bin/chromium && echo 1 || echo 0) \
+	PKVMLAB_REQUIRE_QEMU=$$(command -v qemu-system-aarch64 >/dev/null && echo 1 || echo 0) \
 	  $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env
 
 bench: setup

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
-from pkvmlab.errors import MachineError
+from pkvmlab.errors import MachineError, UsageError
 from pkvmlab.firmware import Firmware, load_firmware
 from pkvmlab.first_use import announce
 from pkvmlab.host import Host
@@ -68,14 +68,25 @@ class Lab:
     """A booted machine: ``lab.core`` (the CPU), ``lab.host`` (you, at EL1), ``lab.hyp`` (EL2's state)."""
 
     def __init__(self, *, ram_size: int = RAM_SIZE, hyp_size: int = HYP_SIZE, firmware: Firmware | str | None = None,
-                 native: bool | None = None, history: bool = False):
-        with announce(firmware, native):   # the first Lab() on a machine compiles for several seconds: say so
-            self.fw = firmware if isinstance(firmware, Firmware) else load_firmware(firmware)
-            self.core = Core(RAM_BASE, ram_size, native=native)
+                 native: bool | None = None, history: bool = False, backend: str = "unicorn"):
+        if backend not in ("unicorn", "qemu"):
+            raise UsageError(f"backend is 'unicorn' (the lab's core) or 'qemu' (pkvmlab.machine.qemu), not {backend!r}")
         self.hyp_size = hyp_size
         host_image = RAM_BASE + hyp_size
-        self.core.phys.write(host_image, K.build_image())   # the host kernel's text, as a boot loader would
-        boot(self.core, self.fw, hyp_size=hyp_size, host_entry=host_image + K.ENTRY)
+        with announce(firmware, native):   # the first Lab() on a machine compiles for several seconds: say so
+            self.fw = firmware if isinstance(firmware, Firmware) else load_firmware(firmware)
+            if backend == "unicorn":
+                self.core = Core(RAM_BASE, ram_size, native=native)
+        if backend == "qemu":   # QEMU loads the images and boots through its shim (firmware/qemu/shim.s)
+            from pkvmlab.machine.qemu import QemuCore
+
+            self.core = QemuCore.boot(self.fw, ram_size=ram_size, hyp_size=hyp_size, host_image=host_image,
+                                      host_image_bytes=K.build_image(), host_entry=host_image + K.ENTRY,
+                                      vbar_el1=host_image + K.VECTORS, sp_el1=host_image + K.IMAGE_PAGES * PAGE)
+        else:
+            self.core.phys.write(host_image, K.build_image())   # the host kernel's text, as a boot loader would
+            boot(self.core, self.fw, hyp_size=hyp_size, host_entry=host_image + K.ENTRY)
+        self.backend = backend
         self.host = Host(self.core, host_image, self.fw)
         self.host.setup()
         self.core.watch_host(host_image, RAM_BASE + ram_size)   # the watchdog never stops the CPU inside EL2
@@ -87,6 +98,18 @@ class Lab:
         self._timeline = None
         if history:
             self.timeline   # noqa: B018 - start recording now: step 0 is the freshly booted lab
+
+    def close(self) -> None:
+        """Release the machine (on the QEMU backend: kill QEMU); a Unicorn core is freed by the GC anyway."""
+        close = getattr(self.core, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- time travel (pkvmlab/timeline.py) ------------------------------------------------------
     @property

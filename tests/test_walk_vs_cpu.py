@@ -187,7 +187,7 @@ def test_walker_agrees_with_the_cpu_on_generated_stage2_states():
     seen: Counter = Counter()
     pamax = {0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48}[Lab().core.sysreg("ID_AA64MMFR0_EL1") & 0xF]
 
-    @settings(max_examples=36, deadline=None, derandomize=True, database=None, phases=NO_SHRINK,
+    @settings(max_examples=48, deadline=None, derandomize=True, database=None, phases=NO_SHRINK,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(setup=VM_SETUP, ops=OPS, plants=PLANTS, data=st.data())
     def example(setup, ops, plants, data):

@@ -42,6 +42,7 @@ class MemAccess:
     sse: bool      # sign-extending load
     ar: bool       # acquire/release
     text: str
+    exclusive: bool = False   # a Load/Store Exclusive: never a syndrome, always aligned to its size
 
     @property
     def sas(self) -> int:
@@ -50,6 +51,12 @@ class MemAccess:
 
 DC_ZVA_BYTES = 64   # 4 << DCZID_EL0.BS on the Cortex-A72 model (tests check it on the core)
 _ACQ_REL = ("ldar", "stlr", "ldapr", "ldaxr", "stlxr")
+_EXCLUSIVE = ("ldxr", "ldxp", "ldaxr", "ldaxp", "stxr", "stxp", "stlxr", "stlxp")
+_REG_ALIASES = {"fp": 29, "lr": 30, "xzr": 31, "wzr": 31}   # capstone names x29/x30 fp/lr
+
+
+def _regnum(name: str) -> int:
+    return _REG_ALIASES[name] if name in _REG_ALIASES else int(name[1:])
 
 
 def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAccess | None:
@@ -71,6 +78,8 @@ def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAc
         return None
     regs = [insn.reg_name(o.reg) for o in ops if o.type == cs_arm64.ARM64_OP_REG]
     rt = regs[0] if regs else "xzr"
+    if m.startswith(("stxr", "stlxr", "stxp", "stlxp")) and len(regs) > 1:
+        rt = regs[1]   # regs[0] is the status register Ws
     post_index = any(o.type == cs_arm64.ARM64_OP_IMM for o in ops[ops.index(mem) + 1:]) if mem in ops else False
     base = read_reg(insn.reg_name(mem.mem.base))
     va = base if post_index else base + mem.mem.disp
@@ -83,11 +92,12 @@ def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAc
                 idx -= 1 << 32
         va += idx << (mem.shift.value if mem.shift.type else 0)
     va &= (1 << 64) - 1
-    pair = m.startswith(("ldp", "stp", "ldnp", "stnp"))
-    reg_bytes = 8 if rt.startswith("x") else 4
+    pair = m.startswith(("ldp", "stp", "ldnp", "stnp", "ldxp", "ldaxp", "stxp", "stlxp"))
+    wide = not rt.startswith("w")   # x0..x30, xzr and capstone's fp/lr
+    reg_bytes = 8 if wide else 4
     if m.endswith("b") and not m.startswith(("ldp", "stp")):
         size = 1
-    elif m.endswith("h"):
+    elif m.endswith("h") and not m.startswith(("ldp", "stp")):
         size = 2
     elif m.endswith("sw"):
         size = 4
@@ -95,10 +105,12 @@ def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAc
         size = reg_bytes * (2 if pair else 1)
     write = m.startswith("st")
     writeback = bool(getattr(insn, "writeback", False)) or post_index
-    srt = 31 if rt in ("xzr", "wzr") else int(rt[1:])
-    return MemAccess(va=va, size=size, write=write, isv=not pair and not writeback, srt=srt,
-                     sf=rt.startswith("x"), sse=m.startswith("ldrs"), ar=m.startswith(_ACQ_REL),
-                     text=f"{m} {insn.op_str}")
+    srt = _regnum(rt)
+    # ISV: a single register without writeback, and not a Load/Store Exclusive (ARM ARM, ESR_ELx.ISS.ISV)
+    exclusive = m.startswith(_EXCLUSIVE)
+    return MemAccess(va=va, size=size, write=write, isv=not pair and not writeback and not exclusive, srt=srt,
+                     sf=wide, sse=m.startswith("ldrs"), ar=m.startswith(_ACQ_REL),
+                     text=f"{m} {insn.op_str}", exclusive=exclusive)
 
 
 @lru_cache(maxsize=1)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from pkvmlab.arch import esr as E
 from pkvmlab.arch import pstate as P
 from pkvmlab.errors import MachineError
+from pkvmlab.machine import el1_faults
 from pkvmlab.machine.decode import decode_access, decode_access_a32, disassemble
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ def enter(core: Core, target_el: int, *, pstate: int, elr: int, esr: int, far: i
         core.set_sysreg(f"FAR_EL{target_el}", far)
     if hpfar is not None:
         core.set_sysreg("HPFAR_EL2", hpfar)
+        core._hpfar = hpfar   # Unicorn writes HPFAR_EL2 itself on a stage-2 walk: a fault taken to EL1 puts this back
     core.set_reg("pc", core.sysreg(f"VBAR_EL{target_el}") + vector_offset(pstate, target_el))
 
 
@@ -99,8 +101,13 @@ def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple
             raise MachineError(f"data abort at {pc:#x} on a non-memory instruction {disassemble(code, pc)}")
         far, par = _faulting_address(core, acc.va, acc.size, acc.write)
     d = E.par_decode(par)
-    if not d["F"] or not d["S"]:   # not stage 2: the host kernel's own fault, at its EL1 vector
-        fsc = FSC_ALIGNMENT if not d["F"] else int(d["FST"])
+    # An unaligned exclusive or acquire/release access: an alignment fault, before any translation (ARM ARM
+    # CheckAlignment before the walk; QEMU agrees), even on a page stage 2 refuses (machine/el1_faults.py)
+    aligned_first = acc is not None and el1_faults.must_be_aligned(acc)
+    if aligned_first or not d["F"] or not d["S"]:   # not stage 2: the host kernel's own fault, at its EL1 vector
+        core.set_sysreg("HPFAR_EL2", getattr(core, "_hpfar", 0))   # no exception went to EL2
+        fsc = FSC_ALIGNMENT if aligned_first or not d["F"] else int(d["FST"])
+        far = acc.va if aligned_first else far
         esr = (E.instruction_abort(lower=from_el0, fsc=fsc) if acc is None else
                E.data_abort(lower=from_el0, fsc=fsc, wnr=acc.write))
         enter(core, 1, pstate=pstate, elr=pc, esr=esr, far=far)

@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * The EL2 boot shim for the QEMU backend (pkvmlab/machine/qemu.py): it does at EL2
+ * what pkvmlab.machine.boot.boot() and Host.setup() do from Python on Unicorn,
+ * because QEMU's gdbstub cannot write system registers.  QEMU starts here at EL2h
+ * with DAIF masked (the -device loader with cpu-num=0 makes this the reset PC).
+ *
+ * Lower-case ".s" on purpose: the firmware's build hashes and compiles only
+ * .c/.S/.h/.ld files, so this file never enters hyp.elf or its cache key
+ * (pkvmlab/firmware/qemu_shim.py builds it on its own).
+ *
+ * shim_params is filled in by Python before QEMU loads the shim.
+ */
+	.text
+	.global	_shim
+_shim:
+	adr	x9, shim_params
+	ldp	x0, x1, [x9]		// x0 = RAM base, x1 = RAM size
+	ldp	x2, x3, [x9, #16]	// x2 = hyp carve-out size, x3 = host entry
+	ldp	x4, x5, [x9, #32]	// the host's VBAR_EL1 and SP_EL1 (Host.setup())
+	ldr	x6, [x9, #48]		// the firmware's entry point (_start)
+	msr	vbar_el1, x4
+	msr	sp_el1, x5
+	isb
+	mov	x4, xzr
+	mov	x5, xzr
+	mov	x9, xzr
+	br	x6
+
+	.balign	8
+	.global	shim_params
+shim_params:
+	.space	7 * 8

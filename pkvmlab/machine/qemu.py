@@ -1,0 +1,359 @@
+"""A second CPU nobody here wrote: the same firmware on QEMU, whose exception entry is real.
+
+``QemuCore`` launches ``qemu-system-aarch64 -M virt,virtualization=on`` (Debian's ``qemu-system-arm``)
+and drives it through its gdbstub (``gdbremote.py``, no gdb binary).  It offers the part of
+``Core``'s interface the ``Host`` model uses, so ``Lab(backend="qemu")`` runs the same host on it:
+registers by name, ``sysreg()``, ``x[]``, ``phys`` (physical memory, ``Qqemu.PhyMemMode:1``),
+``symbols``, ``panic``, ``native = None`` and ``run(begin, until)``.
+
+Unlike Unicorn, QEMU vectors every exception itself: an ``HVC`` or a stage-2 abort of the host goes
+through ``VBAR_EL2 + 0x400`` with ESR/FAR/HPFAR written by QEMU, which makes it the oracle for the
+lab's own exception entry (``core.py``).  How a run stops here:
+
+- PC reaches ``until``: a breakpoint;
+- the host takes an exception at EL1: a breakpoint on each of the host's 16 vector entries (its
+  ``BRK`` would loop on QEMU, which vectors the ``BRK`` itself);
+- the hypervisor panics: a breakpoint on ``hyp_panic`` and on every EL2 vector entry but the
+  host's trap, so ESR/ELR/FAR_EL2 are QEMU's own; the run ends with ``HypPanic``, never a hang;
+- anything else within the time limit is interrupted and reported.
+
+QEMU's gdbstub (7.2) reads system registers but silently ignores writes to them, so the boot shim
+(``firmware/qemu/shim.s``) sets what ``boot()`` and ``Host.setup()`` set from Python on Unicorn.
+Starting QEMU and making sure it never outlives its core: ``qemu_process.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from pkvmlab.arch import esr as E
+from pkvmlab.arch import pstate as P
+from pkvmlab.errors import HypPanic, MachineError, UsageError
+from pkvmlab.firmware.elf import Firmware
+from pkvmlab.firmware.qemu_shim import shim_image
+from pkvmlab.machine.core import RAM_BASE, RAM_SIZE, HostVector, Registers
+from pkvmlab.machine.decode import disassemble
+from pkvmlab.machine.gdbremote import GdbError, GdbRemote, GdbTimeout
+from pkvmlab.machine.panic import symbolize
+from pkvmlab.machine.qemu_process import QemuProcess, missing_reason, qemu_binary
+
+__all__ = ["QemuCore", "QemuPhysMemory", "missing_reason", "qemu_binary"]
+
+HYP_PANIC_BRK = 0x800
+VECTOR_LOWER_A64_SYNC = 0x400
+PAGE = 4096
+# gdbstub names of system registers whose AArch64 name QEMU does not use
+_SYSREG_ALIASES = {"vbar_el1": "vbar", "sctlr_el1": "sctlr", "cpacr_el1": "cpacr", "csselr_el1": "csselr"}
+_GPR_ALIASES = {"fp": "x29", "lr": "x30", "pstate": "cpsr"}
+
+
+class QemuPhysMemory:
+    """Debugger access to physical memory through the gdbstub (no translation, no faults)."""
+
+    def __init__(self, core: QemuCore):
+        self._core = core
+        self.base, self.size = core.ram_base, core.ram_size
+
+    def _check(self, pa: int, n: int) -> None:
+        if not isinstance(pa, int) or not isinstance(n, int) or n < 0:
+            raise UsageError(f"physical access needs an int address and length, got {pa!r}, {n!r}")
+        if pa < self.base or pa + n > self.base + self.size:
+            raise UsageError(f"[{pa:#x}, {pa + n:#x}) is outside RAM [{self.base:#x}, {self.base + self.size:#x})")
+
+    def read(self, pa: int, n: int) -> bytes:
+        self._check(pa, n)
+        with self._core.lock:
+            return self._core._link().read_memory(pa, n) if n else b""
+
+    def write(self, pa: int, data: bytes) -> None:
+        self._check(pa, len(data))
+        with self._core.lock:
+            if data:
+                self._core._link().write_memory(pa, bytes(data))
+
+    def read_u64(self, pa: int) -> int:
+        return int.from_bytes(self.read(pa, 8), "little")
+
+    def write_u64(self, pa: int, value: int) -> None:
+        self.write(pa, (value & (1 << 64) - 1).to_bytes(8, "little"))
+
+    def read_u32(self, pa: int) -> int:
+        return int.from_bytes(self.read(pa, 4), "little")
+
+
+class QemuCore:
+    """One Cortex-A72 in QEMU's ``virt`` machine (EL2 present), driven like ``Core``.
+
+    Build it with ``QemuCore.boot(...)`` (what ``Lab(backend="qemu")`` does): QEMU loads the
+    firmware ELF as ``-kernel``, the host image and the shim with ``-device loader``, and the run
+    stops when the firmware ERETs to the host's entry.
+    """
+
+    native = None   # the Host model's fast path is Unicorn's; here it takes the plain path
+
+    def __init__(self, *, fw: Firmware, ram_base: int = RAM_BASE, ram_size: int = RAM_SIZE, hyp_size: int,
+                 host_image: int, host_image_bytes: bytes, host_entry: int, vbar_el1: int, sp_el1: int,
+                 timeout_s: float = 10.0):
+        if ram_base != RAM_BASE:
+            raise UsageError(f"QEMU's virt machine has its RAM at {RAM_BASE:#x}")
+        if ram_size <= 0 or ram_size % (2 << 20) or hyp_size % (2 << 20) or not 0 < hyp_size < ram_size:
+            raise UsageError("RAM and the hypervisor carve-out must be multiples of 2 MiB, the carve-out inside RAM")
+        self.ram_base, self.ram_size = ram_base, ram_size
+        self.symbols: dict[str, int] = dict(fw.symbols)
+        self.panic: HypPanic | None = None
+        self.stats = {"hvc": 0, "stage2_abort": 0}   # QEMU takes them itself: not counted here
+        self.run_limit_ms = 10_000
+        self.lock = threading.RLock()   # one gdb conversation at a time (the Host model holds it too)
+        self.phys = QemuPhysMemory(self)
+        self.x = Registers(self)
+        self._gdb: GdbRemote | None = None
+        self._regs: bytes | None = None      # the 'g' block of the current stop
+        self._dirty: dict[int, int] = {}     # register number -> value to write before running
+        self._sysregs: dict[str, int] = {}   # read cache, valid until the CPU runs
+        self._bps: set[int] = set()
+        self._stuck_in_el2: str | None = None
+        self._fixed_bps: set[int] = set()
+        self._host_vectors = {vbar_el1 + 0x80 * i for i in range(16)}
+        shim_addr = ram_base + ram_size - PAGE   # the last page of RAM: zeroed again once the firmware is up
+        shim = shim_image(ram_base=ram_base, ram_size=ram_size, hyp_size=hyp_size, host_entry=host_entry,
+                          vbar_el1=vbar_el1, sp_el1=sp_el1, fw_entry=fw.entry)
+        self.process = QemuProcess(kernel=fw.path, ram_size=ram_size, reset_pc=shim_addr,
+                                   loads={host_image: host_image_bytes, shim_addr: shim})
+        try:
+            self._gdb = GdbRemote(self.process.socket_path, timeout=timeout_s, alive=lambda: self.process.alive)
+            self._gdb.ok("Qqemu.PhyMemMode:1")
+            self._regmap = self._gdb.register_map()
+            self._g_layout = self._core_layout()
+            self._install_panic_breakpoints()
+            self.run(shim_addr, host_entry, timeout_ms=int(timeout_s * 1000))
+            self.phys.write(shim_addr, bytes(len(shim)))   # RAM as on the lab's core: the shim has done its job
+        except GdbError as e:
+            log = self.process.log()
+            self.close()
+            raise MachineError(f"QEMU did not come up: {e}" + (f"\n{log}" if log else "")) from e
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def boot(cls, fw: Firmware, **kw) -> QemuCore:
+        return cls(fw=fw, **kw)
+
+    # -- life cycle ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Kill QEMU and remove its files (idempotent)."""
+        if self._gdb is not None:
+            self._gdb.close()
+            self._gdb = None
+        self.process.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.process.alive
+
+    def __enter__(self) -> QemuCore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _link(self) -> GdbRemote:
+        if self._gdb is None or not self.alive:
+            log = self.process.log()
+            raise MachineError("the QEMU process is gone (closed or exited)" + (f": {log}" if log else ""))
+        return self._gdb
+
+    def watch_host(self, start: int, end: int) -> None:
+        """Unicorn's core needs to know where the host's code is to stop a long run cleanly; QEMU is
+        interrupted wherever it is, and a run interrupted inside EL2 leaves the machine dead."""
+
+    # -- registers -------------------------------------------------------------------------
+    def _core_layout(self) -> dict[int, tuple[int, int]]:
+        """Register number -> (offset, size) in the 'g' block (x0..x30, sp, pc, cpsr)."""
+        layout, off = {}, 0
+        for name in [f"x{i}" for i in range(31)] + ["sp", "pc", "cpsr"]:
+            num, size = self._regmap[name]
+            layout[num] = (off, size)
+            off += size
+        return layout
+
+    def _gpr(self, name: str) -> tuple[int, int]:
+        n = name.lower() if isinstance(name, str) else ""
+        n = _GPR_ALIASES.get(n, n)
+        if n in self._regmap and self._regmap[n][0] in self._g_layout:
+            return self._regmap[n][0], self._g_layout[self._regmap[n][0]][1]
+        if n == "nzcv":
+            return -1, 8
+        raise UsageError(f"unknown register {name!r}: use x0..x30, fp, lr, sp, pc, pstate or nzcv "
+                         "(system registers: core.sysreg('HCR_EL2'))")
+
+    def reg(self, name: str) -> int:
+        num, _ = self._gpr(name)
+        if num == -1:
+            return self.reg("cpsr") & 0xF000_0000
+        if num in self._dirty:
+            return self._dirty[num]
+        if self._regs is None:
+            with self.lock:
+                self._regs = self._link().read_registers()
+        off, size = self._g_layout[num]
+        return int.from_bytes(self._regs[off:off + size], "little")
+
+    def set_reg(self, name: str, value: int) -> None:
+        num, size = self._gpr(name)
+        if num == -1:
+            num, size = self._gpr("cpsr")
+            value = (self.reg("cpsr") & 0x0FFF_FFFF) | (value & 0xF000_0000)
+        if num == self._gpr("cpsr")[0] and P.el(value) != self.current_el:
+            raise MachineError("QEMU's gdbstub cannot change the exception level: only the firmware can")
+        self._dirty[num] = value & (1 << 8 * size) - 1
+
+    def _flush(self) -> None:
+        if not self._dirty:
+            return
+        gdb = self._link()
+        if len(self._dirty) > 2:   # one 'G' for the whole block beats several 'P's
+            regs = bytearray(self._regs or gdb.read_registers())
+            for num, v in self._dirty.items():
+                off, size = self._g_layout[num]
+                regs[off:off + size] = v.to_bytes(size, "little")
+            gdb.ok("G" + bytes(regs).hex())
+        else:
+            for num, v in self._dirty.items():
+                gdb.write_register(num, v, self._g_layout[num][1])
+        self._dirty.clear()
+        self._regs = None
+
+    def sysreg(self, name: str) -> int:
+        key = name.lower()
+        if key == "currentel":
+            return self.current_el << 2
+        if key not in self._sysregs:
+            num = self._regmap.get(_SYSREG_ALIASES.get(key, key), self._regmap.get(key))
+            if num is None:
+                raise UsageError(f"QEMU's gdbstub does not show the system register {name!r}")
+            with self.lock:
+                self._sysregs[key] = self._link().read_register(num[0])
+        return self._sysregs[key]
+
+    def set_sysreg(self, name: str, value: int) -> None:
+        """Only a write of the value already there is allowed: QEMU's gdbstub ignores system-register writes."""
+        if self.sysreg(name) != value & (1 << 64) - 1:
+            raise MachineError(f"QEMU's gdbstub cannot write {name} (it ignores system-register writes); "
+                               "set it from the firmware or the boot shim (firmware/qemu/shim.s)")
+
+    @property
+    def current_el(self) -> int:
+        return P.el(self.reg("cpsr"))
+
+    # -- running ---------------------------------------------------------------------------
+    def _install_panic_breakpoints(self) -> None:
+        vectors = self.symbols.get("__hyp_vectors")
+        stops = {self.symbols["hyp_panic"]} if "hyp_panic" in self.symbols else set()
+        if vectors is not None:
+            stops |= {vectors + 0x80 * i for i in range(16) if 0x80 * i != VECTOR_LOWER_A64_SYNC}
+        self._panic_stops = stops
+        self._fixed_bps = stops | self._host_vectors
+        for a in self._fixed_bps:
+            self._link().set_breakpoint(a)
+        self._bps = set(self._fixed_bps)
+
+    def _continue(self, timeout_s: float) -> tuple[bytes, bool]:
+        """Continue until a stop reply; (reply, timed_out).  A timeout interrupts the CPU first."""
+        gdb = self._link()
+        self._sysregs.clear()
+        self._regs = None
+        gdb.send("c")
+        try:
+            return gdb.receive(timeout_s), False
+        except GdbTimeout:
+            pass
+        gdb.interrupt()
+        try:
+            return gdb.receive(5.0), True
+        except GdbTimeout:
+            self.close()
+            raise MachineError("QEMU did not stop when interrupted; it was killed") from None
+
+    def run(self, begin: int, until: int, *, timeout_ms: int = 0, resumed: bool = False,
+            resumed_timed_out: bool = False) -> HostVector | None:
+        """Run from ``begin`` until PC reaches ``until``; QEMU takes every exception on the way itself.
+
+        Returns None at ``until``, HostVector when the host reached one of its vector entries, raises
+        HypPanic when the hypervisor panicked and MachineError for anything else (e.g. an endless loop).
+        (``resumed*`` belong to Unicorn's native fast path, which this backend never takes.)
+        """
+        with self.lock:
+            return self._run(begin, until, timeout_ms)
+
+    def _run(self, begin: int, until: int, timeout_ms: int) -> HostVector | None:
+        if self.panic is not None:
+            raise MachineError("the hypervisor has panicked; this machine is dead: create a new Lab()") from self.panic
+        if self._stuck_in_el2 is not None:
+            raise MachineError(f"{self._stuck_in_el2}; this machine is dead: create a new Lab()")
+        gdb = self._link()
+        for a in self._bps - self._fixed_bps - {until}:
+            gdb.clear_breakpoint(a)
+            self._bps.discard(a)
+        if until not in self._bps:
+            gdb.set_breakpoint(until)
+            self._bps.add(until)
+        self.set_reg("pc", begin)
+        self._flush()
+        limit = timeout_ms or self.run_limit_ms
+        reply, timed_out = self._continue(limit / 1000)
+        if reply[:1] in (b"W", b"X"):
+            raise MachineError(f"QEMU exited during the run ({reply.decode(errors='replace')}): {self.process.log()}")
+        pc = self.reg("pc")
+        if timed_out:
+            err = self.hang_error(pc, limit)
+            if self.current_el == 2:   # interrupted inside the hypervisor: it cannot be resumed from the host's side
+                self._stuck_in_el2 = str(err)
+            raise err
+        if pc == until:
+            return None
+        if pc in self._host_vectors and self.current_el == 1:
+            return HostVector(pc)
+        if pc in self._panic_stops:
+            raise self._panic(pc)
+        raise MachineError(f"the run stopped at {pc:#x} (EL{self.current_el}) before reaching {until:#x}: "
+                           f"{reply.decode(errors='replace')}")
+
+    def hang_error(self, pc: int, limit_ms: int) -> MachineError:
+        el = self.current_el
+        where = symbolize(self.symbols, pc) if el == 2 else f"{pc:#x}"
+        return MachineError(f"stopped after {limit_ms / 1000:g} s at EL{el}, {where}: the "
+                            f"{'hypervisor' if el == 2 else 'host'} seems to be in an endless loop "
+                            "(run_limit_ms sets the limit)")
+
+    def _panic(self, pc: int) -> HypPanic:
+        """HypPanic from QEMU's own EL2 syndrome (an exception at EL2), or hyp_panic()'s message."""
+        if pc == self.symbols.get("hyp_panic"):
+            esr, elr, far = E.brk(HYP_PANIC_BRK), pc, None
+            msg_pa = self.reg("x0")
+            try:
+                raw = self.phys.read(msg_pa, 200) if self.ram_base <= msg_pa < self.ram_base + self.ram_size - 200 else b""
+            except (UsageError, GdbError):
+                raw = b""
+            reason = "hyp_panic(): " + raw.split(b"\0", 1)[0].decode(errors="replace")
+        else:
+            esr, elr, far = self.sysreg("ESR_EL2"), self.sysreg("ELR_EL2"), self.sysreg("FAR_EL2")
+            d = E.decode(esr)
+            far = far if d.is_abort else None
+            reason = f"{d.words()} at EL2 (vector {pc - self.symbols['__hyp_vectors']:#x})"
+        try:
+            code = self.phys.read(elr, 4)
+            insn = disassemble(code, elr)
+        except (UsageError, GdbError):
+            insn = "(pc outside RAM)"
+        msg = (f"HYP PANIC at {symbolize(self.symbols, elr)}: {reason}\n  ESR_EL2 = {esr:#010x} ({E.decode(esr).words()})\n"
+               f"  ELR_EL2 = {elr:#x}  {insn}" + (f"\n  FAR_EL2 = {far:#x}" if far is not None else ""))
+        self.panic = HypPanic(msg, esr=esr, elr=elr, far=far, instruction=insn, reason=reason)
+        return self.panic
+
+    def call(self, addr: int, *args: int, timeout_ms: int = 1000) -> int:
+        raise MachineError("debugger calls into the firmware (the AT oracle) need the Unicorn core: QEMU's gdbstub "
+                           "cannot switch to EL2; use Lab() for lab.hyp.walk(..., check=True)")
+
+    def call_symbol(self, name: str, *args: int) -> int:
+        return self.call(self.symbols.get(name, 0), *args)

@@ -1,0 +1,287 @@
+"""The differential harness: the same host actions on the lab's Unicorn core and on QEMU, every result kept.
+
+An action is a hypercall (``Host.hvc``, raw registers) or one of ``FORMS``: a few host instructions
+assembled with ``zig cc`` into a host code page and run at EL1 with ``core.run``.  After each action
+``observe()`` records what the host and the hypervisor can see: the outcome (returned, the host's
+vector with ESR/FAR/ELR/SPSR_EL1, HypPanic, or an error), x0..x30, NZCV, and the last trap's
+ESR/FAR/HPFAR/ELR/SPSR_EL2.  Two backends agree when every observation is equal.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+
+from elftools.elf.elffile import ELFFile
+
+from pkvmlab import HostAccessFault, HypPanic, Lab
+from pkvmlab.arch.smccc import HYPERCALLS
+from pkvmlab.errors import MachineError, PkvmLabError
+from pkvmlab.machine.core import HostVector
+
+PAGE = 4096
+FORM_BYTES = 16
+HYP_BASE = 0x4000_0000
+
+# (name, instructions): every width and addressing form the host can use.  x0 = the address,
+# x1/x2 = data, w3 = the store-exclusive status, x4 = an index register.
+FORMS: tuple[tuple[str, str], ...] = (
+    ("ldr x", "ldr x1, [x0]"), ("ldr w", "ldr w1, [x0]"), ("ldrh", "ldrh w1, [x0]"), ("ldrb", "ldrb w1, [x0]"),
+    ("ldrsb x", "ldrsb x1, [x0]"), ("ldrsh w", "ldrsh w1, [x0]"), ("ldrsw", "ldrsw x1, [x0]"),
+    ("str x", "str x1, [x0]"), ("str w", "str w1, [x0]"), ("strh", "strh w1, [x0]"), ("strb", "strb w1, [x0]"),
+    ("str xzr", "str xzr, [x0]"), ("ldr x17", "ldr x17, [x0]"), ("str x29", "str x29, [x0]"),
+    ("ldr imm", "ldr x1, [x0, #8]"), ("str imm", "str w1, [x0, #12]"), ("ldur neg", "ldur x1, [x0, #-8]"),
+    ("ldr reg", "ldr x1, [x0, x4]"), ("ldr reg lsl", "ldr x1, [x0, x4, lsl #3]"),
+    ("ldr uxtw", "ldr w1, [x0, w4, uxtw #2]"), ("str sxtw", "str x1, [x0, w4, sxtw]"),
+    ("ldr pre", "ldr x1, [x0, #8]!"), ("str pre", "str x1, [x0, #-8]!"), ("ldrb pre", "ldrb w1, [x0, #1]!"),
+    ("ldr post", "ldr x1, [x0], #8"), ("str post", "str x1, [x0], #16"), ("strh post", "strh w1, [x0], #-2"),
+    ("ldp x", "ldp x1, x2, [x0]"), ("stp x", "stp x1, x2, [x0, #16]"), ("ldp w", "ldp w1, w2, [x0]"),
+    ("ldpsw", "ldpsw x1, x2, [x0]"), ("ldp pre", "ldp x1, x2, [x0, #16]!"), ("stp post", "stp x1, x2, [x0], #-16"),
+    ("stp w pre", "stp w1, w2, [x0, #-8]!"), ("ldnp", "ldnp x1, x2, [x0]"), ("stnp", "stnp x1, x2, [x0]"),
+    ("ldxr", "ldxr x1, [x0]"), ("stxr", "stxr w3, x1, [x0]"), ("ldaxr w", "ldaxr w1, [x0]"),
+    ("stlxr w", "stlxr w3, w1, [x0]"), ("ldxrb", "ldxrb w1, [x0]"), ("stxrh", "stxrh w3, w1, [x0]"),
+    ("ldxp", "ldxp x1, x2, [x0]"), ("stxp", "stxp w3, x1, x2, [x0]"),
+    ("ldxr; stxr", "ldxr x1, [x0]\n\tstxr w3, x2, [x0]"),
+    ("ldar", "ldar x1, [x0]"), ("stlr w", "stlr w1, [x0]"), ("ldarb", "ldarb w1, [x0]"), ("stlrh", "stlrh w1, [x0]"),
+    ("ifetch br", "br x0"), ("ifetch blr", "blr x0"),
+    ("hvc #imm", "hvc #0x1234"),
+)
+IFETCH = {"ifetch br", "ifetch blr"}
+ACQ_REL = {"ldar": 8, "stlr w": 4, "ldarb": 1, "stlrh": 2}
+PAIRS = {"ldp x", "stp x", "ldp pre", "stp post", "ldnp", "stnp", "ldxp", "stxp"}
+
+
+@lru_cache(maxsize=1)
+def assembled_forms() -> bytes:
+    """All FORMS assembled with ``zig cc``, each at a multiple of FORM_BYTES."""
+    src = "\t.text\n" + "".join(f"\t.balign {FORM_BYTES}\n\t{asm}\n" for _, asm in FORMS)
+    with tempfile.TemporaryDirectory() as tmp:
+        s, o = os.path.join(tmp, "forms.s"), os.path.join(tmp, "forms.o")
+        with open(s, "w") as f:
+            f.write(src)
+        subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-freestanding-none",
+                        "-mcpu=cortex_a72", "-c", s, "-o", o], check=True, capture_output=True)
+        with open(o, "rb") as f:
+            return ELFFile(f).get_section_by_name(".text").data()
+
+
+def form_length(name: str) -> int:
+    return 4 * len(dict(FORMS)[name].split("\n"))
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one action left visible, on one backend."""
+
+    outcome: tuple
+    gprs: tuple
+    el2: tuple
+
+    def differences(self, other: Observation) -> list[str]:
+        out = []
+        if self.outcome != other.outcome:
+            out.append(f"outcome {fmt(self.outcome)} vs {fmt(other.outcome)}")
+        for i, (a, b) in enumerate(zip(self.gprs, other.gprs)):
+            if a != b:
+                out.append(f"{GPR_NAMES[i]} {a:#x} vs {b:#x}")
+        for name, a, b in zip(EL2_REGS, self.el2, other.el2):
+            if a != b:
+                out.append(f"{name} {a:#x} vs {b:#x}")
+        return out
+
+
+GPR_NAMES = [f"x{i}" for i in range(31)] + ["nzcv"]
+EL1_REGS = ("ESR_EL1", "FAR_EL1", "ELR_EL1", "SPSR_EL1")
+EL2_REGS = ("ESR_EL2", "FAR_EL2", "HPFAR_EL2", "ELR_EL2", "SPSR_EL2")
+
+
+def fmt(t: tuple) -> str:
+    return "(" + ", ".join(hex(v) if isinstance(v, int) else str(v) for v in t) + ")"
+
+
+class Side:
+    """One backend's lab plus the host code page holding FORMS."""
+
+    def __init__(self, backend: str, native: bool | None = None):
+        self.lab = Lab(backend=backend) if native is None else Lab(backend=backend, native=native)
+        self.code_pfn = self.lab.host.alloc_pages()
+        self.code = self.code_pfn * PAGE
+        self.lab.core.phys.write(self.code, assembled_forms())
+        for i in range(4, 31):   # x4..x30 start equal on both (the boot leaves each backend's own)
+            self.lab.core.set_reg(f"x{i}", 0x1111 * i)
+
+    def close(self) -> None:
+        self.lab.close()
+
+    def hvc(self, regs: tuple[int, ...]) -> tuple:
+        try:
+            return ("hvc",) + tuple(self.lab.host.hvc(*regs))
+        except HypPanic as e:
+            return ("panic", e.esr, e.elr, e.reason)
+        except MachineError as e:
+            return ("error", str(e).split(":")[0])
+
+    def access(self, op: str, addr: int, data: bytes) -> tuple:
+        """``lab.host.read``/``write`` (the Host model's own stubs): the data, or the HostAccessFault's contents."""
+        host = self.lab.host
+        try:
+            if op == "read":
+                return ("read", host.read(addr, len(data)))
+            host.write(addr, data)
+            return ("written",)
+        except HostAccessFault as e:
+            return ("fault", e.esr, e.far, e.elr, e.access, e.address, self.lab.core.sysreg("SPSR_EL1"))
+        except HypPanic as e:
+            return ("panic", e.esr, e.elr, e.reason)
+        except PkvmLabError as e:
+            return ("refused", type(e).__name__, str(e))
+
+    def vm(self, op: str, *args: int) -> tuple:
+        """The host's own multi-step operations (pkvmlab/host/vm.py): create a VM, donate to it, tear it down."""
+        host = self.lab.host
+        try:
+            if op == "create":
+                return ("vm", host.create_vm(*args).handle)
+            if op == "donate":
+                handle, gfn = args
+                return ("vm", host.vms[handle].donate(gfn))
+            host.teardown_vm(*args)
+            return ("vm", 0)
+        except HypPanic as e:
+            return ("panic", e.esr, e.elr, e.reason)
+        except PkvmLabError as e:
+            return ("refused", type(e).__name__, str(e))
+
+    def form(self, name: str, regs: dict[str, int]) -> tuple:
+        c = self.lab.core
+        for r, v in regs.items():
+            c.set_reg(r, v)
+        start = self.code + FORM_BYTES * [n for n, _ in FORMS].index(name)
+        try:
+            res = c.run(start, start + form_length(name))
+        except HypPanic as e:
+            return ("panic", e.esr, e.elr, e.reason)
+        except MachineError as e:
+            return ("error", str(e).split(":")[0])
+        if isinstance(res, HostVector):
+            return ("vector", res.pc - self.lab.core.sysreg("VBAR_EL1")) + tuple(c.sysreg(r) for r in EL1_REGS)
+        return ("done",)
+
+    def observe(self, outcome: tuple) -> Observation:
+        c = self.lab.core
+        if c.panic is not None:
+            return Observation(outcome, (), ())
+        gprs = tuple(c.reg(f"x{i}") for i in range(31)) + (c.reg("nzcv"),)
+        return Observation(outcome, gprs, tuple(c.sysreg(r) for r in EL2_REGS))
+
+
+class Actions:
+    """A random sequence of host actions, the same on both backends (one RNG decides everything)."""
+
+    def __init__(self, seed: int, test_pfns: list[int]):
+        self.rng = random.Random(seed)
+        self.pfns = test_pfns
+        self.handles: list[int] = [0x1000, 0x1001]
+        self.vms: set[int] = set()
+        self.deck: list[str] = []
+
+    def address_pfn(self) -> int:
+        rng = self.rng
+        k = rng.random()
+        if k < 0.55:
+            return rng.choice(self.pfns)
+        if k < 0.85:   # the hypervisor's own carve-out
+            return (HYP_BASE >> 12) + rng.randrange(0, 0x800)
+        return rng.choice([0x0, 0x9000, 0x8000_0, 0x8000_1, 0xFFFF_FFFF, 0x3FFFF])  # outside RAM (UART, flash, beyond)
+
+    def address(self, name: str) -> int:
+        rng = self.rng
+        size = 16 if name in PAIRS else 8
+        base = self.address_pfn() << 12
+        k = rng.random()
+        if k < 0.25:   # the last slot of the page: pairs and writebacks reach the next one
+            off = PAGE - 8
+        elif k < 0.35:   # unaligned: only exclusives must be aligned (the host's MMU is off: Device memory)
+            off = rng.randrange(0, PAGE - size)
+        else:
+            off = rng.randrange(2, PAGE // size - 2) * size
+        if rng.random() < 0.03:   # beyond the 44-bit PA range: a stage-1 address size fault, at EL1
+            base = rng.choice([1 << 44, 1 << 47, 0xFFFF_0000_0000_0000])
+        return base + off
+
+    def hypercall(self) -> tuple[int, ...]:
+        rng = self.rng
+        name = rng.choice(list(HYPERCALLS))
+        k = rng.random()
+        if k < 0.08:   # a function id nobody defined
+            return (rng.choice([0, 1, 0xC600_0000 | rng.randrange(7, 64), rng.getrandbits(64)]),)
+        wild = k < 0.3
+        pfn = (lambda: rng.getrandbits(rng.choice([8, 20, 36, 64]))) if wild else self.address_pfn
+        if name in ("__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp"):
+            args = (pfn(),)
+        elif name == "__pkvm_host_donate_hyp":
+            args = (pfn(), rng.choice([0, 1, 1, 1, 2, 3, 1 << 20, rng.getrandbits(64)]))
+        elif name == "__pkvm_init_shadow":
+            kvm, area, pgd = (rng.choice(self.pfns) << 12 for _ in range(3))
+            if wild:
+                kvm, area, pgd = (rng.getrandbits(64) for _ in range(3))
+            args = (kvm, area, rng.choice([0, PAGE, 2 * PAGE, 4 * PAGE, rng.getrandbits(64)]), pgd)
+        elif name == "__pkvm_teardown_shadow":
+            args = (rng.choice(self.handles + [0, 0xFFF, 0x10FF, rng.getrandbits(32), rng.getrandbits(64)]),)
+        elif name == "__pkvm_host_donate_guest":
+            args = (pfn(), rng.getrandbits(rng.choice([4, 20, 64])), rng.choice(self.handles + [rng.getrandbits(64)]))
+        else:
+            args = ()
+        return (HYPERCALLS[name], *args)
+
+    def host_access(self) -> tuple:
+        """A read or write through the Host model: any length, any alignment, possibly across pages."""
+        rng = self.rng
+        n = rng.choice([1, 3, 8, 16, 64, 100, 200])
+        addr = (self.address_pfn() << 12) + rng.choice([0, 8, PAGE - 8, PAGE - 64, rng.randrange(0, PAGE)])
+        return (rng.choice(["read", "write"]), addr, rng.randbytes(n))
+
+    def vm_op(self) -> tuple:
+        """Create a VM, donate a page to one, or tear one down (the host model's own sequences)."""
+        rng = self.rng
+        live = [h for h in self.handles if h in self.vms]
+        k = rng.random()
+        if not live or k < 0.3:
+            return ("create", rng.choice([1, 2, 3]))
+        if k < 0.85:
+            return ("donate", rng.choice(live), rng.randrange(0, 1 << 20))
+        return ("teardown", rng.choice(live))
+
+    def saw(self, op: tuple, outcome: tuple) -> None:
+        """Learn from a VM operation's outcome (the same on both sides, or the test has already failed)."""
+        if outcome[0] != "vm":
+            return
+        if op[0] == "create":
+            self.vms.add(outcome[1])
+            self.handles.append(outcome[1])
+        elif op[0] == "donate":
+            self.pfns.append(outcome[1])   # a guest's page: the host must fault on it from now on
+        else:
+            self.vms.discard(op[1])
+
+    def form(self) -> tuple[str, dict[str, int]]:
+        rng = self.rng
+        if not self.deck:   # every form once per round, in a shuffled order
+            self.deck = [n for n, _ in FORMS]
+            rng.shuffle(self.deck)
+        name = self.deck.pop()
+        regs = {"x0": self.address(name), "x1": rng.getrandbits(64), "x2": rng.getrandbits(64),
+                "x3": 0xDEAD, "x4": rng.choice([0, 8, 16, -8 & (1 << 64) - 1, 0x1_0000_0008])}
+        if name in ACQ_REL:   # aligned: Unicorn lets an unaligned LDAR/STLR through (test_qemu_backend.py pins it)
+            regs["x0"] &= ~(ACQ_REL[name] - 1)
+        if name in IFETCH:   # jump only where stage 2 stops the fetch (elsewhere the host would run junk)
+            pfn = rng.choice([(HYP_BASE >> 12) + rng.randrange(0, 0x800), 0x9000, 0x8000_0, 1 << 32])
+            regs["x0"] = (pfn << 12) + rng.choice([4 * rng.randrange(0, 1024), rng.randrange(0, PAGE)])
+        if name == "hvc #imm":
+            regs["x0"] = HYPERCALLS["__pkvm_hyp_info"]
+        return name, regs

@@ -1,0 +1,242 @@
+"""``Lab(backend="qemu")``: the same firmware and host model on QEMU, driven over the gdb remote protocol.
+
+Also pins, one test each, where Unicorn differs from QEMU and the lab does not paper over it (the
+differential test keeps these out of its random stream).  Needs ``qemu-system-aarch64``; skipped
+without it unless PKVMLAB_REQUIRE_QEMU=1.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_qemu_differential import require_qemu
+
+from pkvmlab import HostAccessFault, HypPanic, Lab, MachineError, UsageError
+from pkvmlab.arch import esr as E
+from pkvmlab.arch import insn as I
+from pkvmlab.host import kernel_image as K
+from pkvmlab.machine.core import HostVector
+
+HYP_PAGE = 0x4001_0000
+MOVZ_X9_0x1000 = 0xD2820009   # movz x9, #0x1000
+LDAR_X1_X0 = 0xC8DFFC01       # ldar x1, [x0]
+LDR_X1_X0 = I.ldst("ldr", 8, 1, 0)
+
+
+@pytest.fixture
+def qlab():
+    require_qemu()
+    with Lab(backend="qemu") as lab:
+        yield lab
+
+
+def both(qlab):
+    return (Lab(), qlab)
+
+
+def run_host_code(lab: Lab, words: list[int], **regs: int):
+    pfn = lab.host.alloc_pages()
+    addr = pfn << 12
+    lab.core.phys.write(addr, I.words(*words))
+    for name, value in regs.items():
+        lab.core.set_reg(name, value)
+    return addr, lab.core.run(addr, addr + 4 * len(words))
+
+
+def patch_hyp_info(lab: Lab, *words: int) -> int:
+    """Overwrite the start of the __pkvm_hyp_info handler at EL2 (the debugger's write)."""
+    at = lab.fw.symbol("handle___pkvm_hyp_info")
+    lab.core.phys.write(at, I.words(*words))
+    return at
+
+
+def test_the_firmware_boots_on_qemu_and_answers_as_on_unicorn(qlab):
+    """The unchanged firmware ELF boots on QEMU (through the EL2 shim) and its first hypercall answers the same."""
+    assert qlab.core.current_el == 1
+    assert qlab.hyp_info() == Lab().hyp_info()
+    assert qlab.core.sysreg("VBAR_EL1") == qlab.core.ram_base + qlab.hyp_size + K.VECTORS   # set by the shim
+    assert "host at EL1" in repr(qlab)
+    last = qlab.core.ram_base + qlab.core.ram_size - 4096
+    assert qlab.core.phys.read(last, 4096) == bytes(4096)   # the shim's page, given back as the lab's core has it
+
+
+def test_a_host_read_of_hyp_memory_faults_the_same_on_both_cpus(qlab):
+    """HostAccessFault on QEMU, whose exception entry is real, carries the lab's ESR/FAR/ELR exactly."""
+    faults = []
+    for lab in both(qlab):
+        with pytest.raises(HostAccessFault) as ei:
+            lab.host.read(HYP_PAGE, 8)
+        faults.append((ei.value.esr, ei.value.far, ei.value.elr, lab.core.sysreg("ESR_EL2"),
+                       lab.core.sysreg("FAR_EL2"), lab.core.sysreg("HPFAR_EL2")))
+    assert faults[0] == faults[1]
+    assert E.decode(faults[1][0]).ec == E.EC_DABT_CUR and faults[1][1] == HYP_PAGE
+
+
+def test_shared_memory_reads_back_what_the_host_wrote_on_qemu(qlab):
+    """share_hyp, then EL1 stores and loads of every stub width through QEMU's stage 2."""
+    pfn = qlab.host.alloc_pages()
+    qlab.host.share_hyp(pfn)
+    data = bytes(range(256)) * 2 + b"tail"
+    qlab.host.write(pfn << 12, data)
+    assert qlab.host.read(pfn << 12, len(data)) == data
+    assert qlab.core.phys.read(pfn << 12, len(data)) == data
+
+
+def test_an_exception_at_el2_on_qemu_is_hyp_panic_with_the_same_syndrome(qlab):
+    """A hyp data abort (an unmapped hyp VA): QEMU's own ESR/ELR/FAR_EL2 equal the lab's synthesised ones."""
+    panics = []
+    for lab in both(qlab):
+        at = patch_hyp_info(lab, MOVZ_X9_0x1000, I.ldst("ldr", 8, 9, 9))
+        with pytest.raises(HypPanic) as ei:
+            lab.host.hyp_info()
+        p = ei.value
+        panics.append((p.esr, p.elr, p.far, p.instruction))
+        assert p.elr == at + 4 and p.far == 0x1000
+    assert panics[0] == panics[1]
+    assert E.decode(panics[1][0]).ec == E.EC_DABT_CUR
+
+
+def test_hyp_panic_on_qemu_ends_the_run_and_the_machine(qlab):
+    """hyp_panic() loops forever on QEMU; a breakpoint ends the run with HypPanic, and the machine stays dead."""
+    at = patch_hyp_info(qlab, I.b(qlab.fw.symbol("hyp_panic") - qlab.fw.symbol("handle___pkvm_hyp_info")))
+    with pytest.raises(HypPanic) as ei:
+        qlab.host.hyp_info()
+    assert ei.value.esr == E.brk(0x800) and ei.value.elr == qlab.fw.symbol("hyp_panic")
+    assert at != ei.value.elr and "hyp_panic" in str(ei.value)
+    with pytest.raises(MachineError, match="create a new Lab"):
+        qlab.host.hyp_info()
+
+
+def test_an_endless_loop_on_qemu_is_interrupted_and_reported(qlab):
+    """``b .`` in a hypercall handler: the run is interrupted after run_limit_ms and says where it looped."""
+    patch_hyp_info(qlab, I.b(0))
+    qlab.core.run_limit_ms = 300
+    with pytest.raises(MachineError, match="endless loop") as ei:
+        qlab.host.hyp_info()
+    assert "handle___pkvm_hyp_info" in str(ei.value) and "EL2" in str(ei.value)
+    with pytest.raises(MachineError, match="create a new Lab"):   # never resumed half-way through EL2
+        qlab.host.hyp_info()
+
+
+def test_closing_the_lab_kills_qemu():
+    """close() (and leaving the with-block) kills the QEMU process."""
+    require_qemu()
+    with Lab(backend="qemu") as lab:
+        proc = lab.core.process.popen
+        assert proc.poll() is None
+    assert lab.core.process.wait_closed()
+    with pytest.raises(MachineError, match="QEMU process is gone"):
+        lab.host.hyp_info()
+
+
+def test_a_forgotten_lab_does_not_leave_qemu_running():
+    """Dropping the last reference kills QEMU (a finalizer; it also runs at interpreter exit)."""
+    require_qemu()
+    lab = Lab(backend="qemu")
+    proc = lab.core.process.popen
+    del lab
+    gc.collect()
+    proc.wait(timeout=5)
+    assert proc.poll() is not None
+
+
+def test_qemu_dying_under_the_lab_is_an_error_not_a_hang(qlab):
+    """If QEMU exits (here: killed), the next action says so at once."""
+    os.kill(qlab.core.process.popen.pid, signal.SIGKILL)
+    qlab.core.process.popen.wait(timeout=5)
+    with pytest.raises(MachineError, match="QEMU"):
+        qlab.host.hyp_info()
+
+
+def test_system_register_writes_are_refused_in_words(qlab):
+    """QEMU's gdbstub ignores system-register writes: the backend refuses them instead of pretending."""
+    vbar = qlab.core.sysreg("VBAR_EL1")
+    qlab.core.set_sysreg("VBAR_EL1", vbar)   # the value already there: nothing to do
+    with pytest.raises(MachineError, match="cannot write VBAR_EL1"):
+        qlab.core.set_sysreg("VBAR_EL1", vbar + 0x800)
+
+
+def test_an_unknown_backend_is_a_usage_error():
+    with pytest.raises(UsageError, match="'unicorn'.*'qemu'"):
+        Lab(backend="bochs")
+
+
+def test_without_qemu_the_backend_says_what_to_install(monkeypatch):
+    import pkvmlab.machine.qemu_process as Q
+
+    monkeypatch.setattr(Q, "qemu_binary", lambda: None)
+    with pytest.raises(MachineError, match="apt-get install qemu-system-arm"):
+        Lab(backend="qemu")
+
+
+# -- where Unicorn differs from QEMU, pinned --------------------------------------------------
+
+
+def test_neither_cpu_fetches_the_address_a_run_stops_at(qlab):
+    """Unicorn fetches emu_start's stop address before stopping; on a page stage 2 has not mapped yet that
+    fetch faulted, and the lab took the abort: after boot, FAR_EL2 was the host's entry on Unicorn.  QEMU stops
+    at a breakpoint without fetching.  The lab now ends the run there instead: both agree the host image's
+    page is first touched by the first hypercall (Lab() runs one), at its first instruction."""
+    ulab = Lab()
+    image = ulab.core.ram_base + ulab.hyp_size
+    for lab in (ulab, qlab):
+        assert lab.core.sysreg("FAR_EL2") == image + K.HVC
+        assert lab.core.sysreg("HPFAR_EL2") == (image >> 12) << 4
+        assert E.decode(lab.core.sysreg("ESR_EL2")).ec == E.EC_HVC64
+
+
+def test_unicorn_lets_an_unaligned_ldar_through_qemu_faults(qlab):
+    """LDAR to an unaligned address the host may touch: QEMU (and the ARM ARM without FEAT_LSE2) raise an
+    alignment fault at EL1; Unicorn completes the load.  Unicorn never reports it, so the lab cannot either."""
+    ulab = Lab()
+    for lab in (ulab, qlab):
+        pfn = lab.host.alloc_pages()
+        lab.host.write_u64(pfn << 12, 0x1122334455667788)
+    _, ures = run_host_code(ulab, [LDAR_X1_X0], x0=(pfn << 12) + 1)
+    _, qres = run_host_code(qlab, [LDAR_X1_X0], x0=(pfn << 12) + 1)
+    assert ures is None
+    assert isinstance(qres, HostVector) and qlab.core.sysreg("ESR_EL1") == E.data_abort(lower=False, fsc=0x21, wnr=False)
+
+
+def test_neither_cpu_enforces_alignment_on_device_memory(qlab):
+    """With its MMU off the host's data accesses are Device-nGnRnE, which the ARM ARM requires be aligned;
+    neither QEMU 7.2 nor Unicorn faults an unaligned LDR there (a shared departure, not the lab's)."""
+    for lab in (Lab(), qlab):
+        pfn = lab.host.alloc_pages()
+        lab.host.write_u64(pfn << 12, 0x1122334455667788)
+        _, res = run_host_code(lab, [LDR_X1_X0], x0=(pfn << 12) + 1)
+        assert res is None and lab.core.x[1] == 0x0011223344556677   # bytes 1..8, little-endian
+
+
+def test_qemu_dies_with_a_python_that_is_killed(tmp_path):
+    """Even SIGKILL on the Python process (no finalizer runs) takes QEMU down: PR_SET_PDEATHSIG."""
+    require_qemu()
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG and /proc are Linux's")
+    script = tmp_path / "killed.py"
+    script.write_text("import os\nfrom pkvmlab import Lab\nlab = Lab(backend='qemu')\n"
+                      "print(lab.core.process.popen.pid, flush=True)\nos.kill(os.getpid(), 9)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.05)
+    alive = _running(pid)
+    if alive:
+        os.kill(pid, signal.SIGKILL)   # do not leave it behind even when the test fails
+    assert not alive
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie is dead, only not yet reaped by init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
