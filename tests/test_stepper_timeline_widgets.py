@@ -34,6 +34,8 @@ def small_lab():
 
 @needs_dot
 def test_stepper_walks_share_hyp_to_the_host_stage2_write_and_shows_it(small_lab):
+    small_lab.host.share_hyp(small_lab.host.alloc_pages())   # the block split (and refilled) before the traced call
+    small_lab.host.hyp_info()
     pfn = small_lab.host.alloc_pages()
     st = HypercallStepper(small_lab, call="share_hyp", arg=pfn)
     st.trace_button.click()
@@ -96,6 +98,8 @@ def test_timeline_undo_redo_and_slider_move_the_lab():
 
 
 def test_stepper_traces_a_past_step_of_the_history(small_lab):
+    small_lab.host.share_hyp(small_lab.host.alloc_pages())   # the block split, before the history starts ...
+    small_lab.host.hyp_info()                                # ... and the host's code page refilled
     pfn = small_lab.host.alloc_pages()
     st = HypercallStepper(small_lab)
     small_lab.host.share_hyp(pfn)

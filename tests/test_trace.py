@@ -34,6 +34,8 @@ def test_share_hyp_runs_through_its_c_functions_in_order(lab):
 
 
 def test_share_hyp_writes_exactly_the_host_stage2_then_the_hyp_stage1_entry(lab):
+    lab.host.share_hyp(lab.host.alloc_pages())   # split the block first (break-before-make empties the table)
+    lab.host.hyp_info()                          # and let the host's own code page fault back in
     pfn = lab.host.alloc_pages()
     t = lab.trace(lambda: lab.host.share_hyp(pfn))
     ptes = t.pte_writes()
@@ -126,18 +128,19 @@ def test_trace_wants_a_function():
 def test_retrace_replays_a_past_step_under_the_tracer_and_ends_at_that_step():
     lab = Lab(ram_size=64 << 20, history=True)
     lab.host.share_hyp(lab.host.alloc_pages())          # steps 1, 2: the block split
-    p = lab.host.alloc_pages()                           # step 3
-    lab.host.share_hyp(p)                                # step 4
+    lab.host.hyp_info()                                  # step 3: the host's code page faults back in
+    p = lab.host.alloc_pages()                           # step 4
+    lab.host.share_hyp(p)                                # step 5
     with pytest.raises(HypercallError):
-        lab.host.share_hyp(p)                            # step 5
-    lab.host.hyp_info()                                  # step 6
+        lab.host.share_hyp(p)                            # step 6
+    lab.host.hyp_info()                                  # step 7
     end = machine_state(lab)
-    t = lab.retrace(4)
+    t = lab.retrace(5)
     assert t.error is None and [w.what.split(" L")[0] for w in t.pte_writes()] == ["host stage-2", "hyp stage-1"]
-    assert lab.history.position == 4 and len(lab.history) == 7
-    refused = lab.retrace(5)
+    assert lab.history.position == 5 and len(lab.history) == 8
+    refused = lab.retrace(6)
     assert isinstance(refused.error, HypercallError) and refused.writes() == []
-    lab.goto(6)
+    lab.goto(7)
     assert machine_state(lab) == end
 
 
