@@ -4,7 +4,7 @@ Notebook 7 (a temporary copy: JupyterLab autosaves): run all cells, click Create
 and check that the shadow-table diagram's SVG now shows the new VM's handle.  A screenshot of the
 dashboard goes to docs/vm_builder.png for the README and notebook 7.
 
-Notebooks 2-5 and 7, at 1440 x 900 with the file browser open (a notebook column of about 1,000 px),
+Notebooks 1-7, at 1440 x 900 with the file browser open (a notebook column of about 1,000 px),
 as a learner sees them: after Run All, no output is a bare repr (``<Figure size ...>``,
 ``<graphviz...>``), every diagram's rendered width fits its output column, and SVG text is at least
 ~10 px high (bounding boxes of inline SVG text; for SVG shown as an image, its smallest font size
@@ -41,8 +41,9 @@ SCREENSHOT = ROOT / "docs" / "vm_builder.png"
 FAILURE_SHOT = ROOT / "build" / "test_browser_failure.png"
 SHOTS = ROOT / "build" / "browser"
 LEARNER_VIEWPORT = {"width": 1440, "height": 900}
-FIT_NOTEBOOKS = ["02_stage2_translation.ipynb", "03_who_owns_this_page.ipynb", "04_shadow_vm_table.ipynb",
-                 "05_protected_guest_memory.ipynb", "07_vm_builder.ipynb"]
+FIT_NOTEBOOKS = ["01_boot_and_exception_levels.ipynb", "02_stage2_translation.ipynb", "03_who_owns_this_page.ipynb",
+                 "04_shadow_vm_table.ipynb", "05_protected_guest_memory.ipynb", "06_reviewing_the_patch.ipynb",
+                 "07_vm_builder.ipynb"]
 MIN_TEXT_PX = 10
 BARE_REPR = r"^<(Figure size|graphviz\.|matplotlib\.|Digraph)"
 
