@@ -289,6 +289,11 @@ _MEASURE = """([minText, bareRepr]) => {
         seen.push({kind: 'inline-svg', width: svg.getBoundingClientRect().width, column: column(svg),
                    minText: Math.min(...texts)});
     });
+    // Drawn HTML (a coloured code diff): its box fits the column, its text is readable.
+    nb.querySelectorAll('.jp-OutputArea-output .pkvmlab-diff').forEach((el) => {
+        seen.push({kind: 'html-diff', width: el.getBoundingClientRect().width, column: column(el),
+                   minText: parseFloat(getComputedStyle(el).fontSize)});
+    });
     for (const d of seen) {
         if (d.width > d.column + 1)
             bad.push(`${d.kind} is ${Math.round(d.width)} px wide in a ${Math.round(d.column)} px column`);
@@ -352,7 +357,7 @@ def _run_and_measure(page, base: str, name: str) -> dict:
     result = page.evaluate(_MEASURE, [MIN_TEXT_PX, BARE_REPR])
     stem = name.split("_")[0]
     pictures = page.locator(".jp-RenderedSVG img, .jp-RenderedImage img, .pkvmlab-vm-builder, "
-                            ".pkvmlab-translation-explorer")
+                            ".pkvmlab-translation-explorer, .jp-OutputArea-output .pkvmlab-diff")
     for k in range(pictures.count()):   # what a learner sees at 1440 x 900 with each picture scrolled into view
         try:
             pictures.nth(k).scroll_into_view_if_needed(timeout=10_000)
