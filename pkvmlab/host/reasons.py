@@ -189,6 +189,9 @@ def _init_shadow(host, view, args, err):
                 else f"the struct kvm at {kvm:#x} already has a shadow VM")
     def not_donatable() -> str | None:
         for start, n, what in ((va, -(-size // PAGE), "shadow area"), (pgd, lay.pgd_pages, "PGD")):
+            outside = _not_ram(host, start >> PAGE_SHIFT, n)     # first: a huge size is not walked page by page
+            if outside:
+                return f"the {what} cannot be donated: {outside}"
             for p in range(start >> PAGE_SHIFT, (start >> PAGE_SHIFT) + n):
                 why = _not_owned(host, view, p)
                 if why:
