@@ -88,6 +88,7 @@ class Timeline:
         for k, v in s.stats.items():
             c.stats[k] = v
         c.panic = s.panic
+        h.changes += 1      # the machine moved (back): every dashboard over it redraws (pkvmlab.widgets.sync)
 
     # -- checkpoints ------------------------------------------------------------------------
     def _take(self, node: _Node) -> Checkpoint:

@@ -4,7 +4,7 @@ Notebook 7 (a temporary copy: JupyterLab autosaves): run all cells, click Create
 and check that the shadow-table diagram's SVG now shows the new VM's handle.  A screenshot of the
 dashboard goes to docs/vm_builder.png for the README and notebook 7.
 
-Notebooks 2-5 and 7, at 1440 x 900 with the file browser open (a notebook column of about 1,000 px),
+Notebooks 1-7, at 1440 x 900 with the file browser open (a notebook column of about 1,000 px),
 as a learner sees them: after Run All, no output is a bare repr (``<Figure size ...>``,
 ``<graphviz...>``), every diagram's rendered width fits its output column, and SVG text is at least
 ~10 px high (bounding boxes of inline SVG text; for SVG shown as an image, its smallest font size
@@ -41,8 +41,9 @@ SCREENSHOT = ROOT / "docs" / "vm_builder.png"
 FAILURE_SHOT = ROOT / "build" / "test_browser_failure.png"
 SHOTS = ROOT / "build" / "browser"
 LEARNER_VIEWPORT = {"width": 1440, "height": 900}
-FIT_NOTEBOOKS = ["02_stage2_translation.ipynb", "03_who_owns_this_page.ipynb", "04_shadow_vm_table.ipynb",
-                 "05_protected_guest_memory.ipynb", "07_vm_builder.ipynb"]
+FIT_NOTEBOOKS = ["01_boot_and_exception_levels.ipynb", "02_stage2_translation.ipynb", "03_who_owns_this_page.ipynb",
+                 "04_shadow_vm_table.ipynb", "05_protected_guest_memory.ipynb", "06_reviewing_the_patch.ipynb",
+                 "07_vm_builder.ipynb"]
 MIN_TEXT_PX = 10
 BARE_REPR = r"^<(Figure size|graphviz\.|matplotlib\.|Digraph)"
 
@@ -288,6 +289,11 @@ _MEASURE = """([minText, bareRepr]) => {
         seen.push({kind: 'inline-svg', width: svg.getBoundingClientRect().width, column: column(svg),
                    minText: Math.min(...texts)});
     });
+    // Drawn HTML (a coloured code diff): its box fits the column, its text is readable.
+    nb.querySelectorAll('.jp-OutputArea-output .pkvmlab-diff').forEach((el) => {
+        seen.push({kind: 'html-diff', width: el.getBoundingClientRect().width, column: column(el),
+                   minText: parseFloat(getComputedStyle(el).fontSize)});
+    });
     for (const d of seen) {
         if (d.width > d.column + 1)
             bad.push(`${d.kind} is ${Math.round(d.width)} px wide in a ${Math.round(d.column)} px column`);
@@ -351,7 +357,7 @@ def _run_and_measure(page, base: str, name: str) -> dict:
     result = page.evaluate(_MEASURE, [MIN_TEXT_PX, BARE_REPR])
     stem = name.split("_")[0]
     pictures = page.locator(".jp-RenderedSVG img, .jp-RenderedImage img, .pkvmlab-vm-builder, "
-                            ".pkvmlab-translation-explorer")
+                            ".pkvmlab-translation-explorer, .jp-OutputArea-output .pkvmlab-diff")
     for k in range(pictures.count()):   # what a learner sees at 1440 x 900 with each picture scrolled into view
         try:
             pictures.nth(k).scroll_into_view_if_needed(timeout=10_000)

@@ -52,9 +52,30 @@ def test_first_touch_shows_as_a_2mib_mapping_change(lab):
     """The host's first touch of untouched RAM maps a 2 MiB block: 512 pages, not mapped → mapped, states unchanged."""
     before = lab.hyp.ownership()
     lab.host.read_u64(0x6000_1000)
-    (c,) = diff(before, lab.hyp.ownership()).changes
+    d = diff(before, lab.hyp.ownership())
+    assert not d.changes and d.nr_pages == 0 and d      # nobody's page changed hands: only a mapping changed
+    (c,) = d.remapped
     assert (c.start, c.nr_pages) == (0x6000_0000, 512)
     assert c.words() == "host not mapped → mapped"
+    assert "no page changed owner or state" in repr(d) and "only a mapping changed (512 page(s)" in repr(d)
+
+
+def test_a_share_inside_a_block_lists_the_unmapped_neighbours_apart(lab):
+    """Sharing one page of a mapped 2 MiB block: one page changes state; break-before-make unmaps the other 511,
+    which diff lists apart as mapping-only changes (they refill lazily), not as pages that changed hands."""
+    pfn = lab.host.alloc_pages(1)
+    lab.host.read_u64(pfn << 12)
+    before = lab.hyp.ownership()
+    lab.host.share_hyp(pfn)
+    after = lab.hyp.ownership()
+    d = diff(before, after)
+    assert [(c.start_pfn, c.nr_pages) for c in d] == [(pfn, 1)] and d.nr_pages == 1
+    block = slice(((pfn << 12) & ~0x1FFFFF) - after.ram_start >> 12, None)
+    block = slice(block.start, block.start + 512)
+    refilled = int(after.host.mapped[block].sum()) - 1     # touched again since (the host's own code page): mapped
+    assert d.nr_remapped == 511 - refilled and refilled < 4 and all(c.words() == "host mapped → not mapped" for c in d.remapped)
+    assert pfn not in {p for c in d.remapped for p in range(c.start_pfn, c.start_pfn + c.nr_pages)}
+    assert not diff(before, after, mappings=False).remapped
 
 
 def test_create_vm_fills_a_slot_and_moves_pages(lab):
@@ -97,7 +118,9 @@ def test_teardown_empties_the_slot_and_gives_everything_back(lab):
     back = diff(o1, lab.hyp.ownership())
     assert all(c.after.owner == Owner.HOST and c.after.pins == 0 for c in back)
     # Ownership and states are as before the VM; only host mappings of returned pages stay lazy.
-    for c in diff(o0, lab.hyp.ownership()):
+    whole = diff(o0, lab.hyp.ownership())
+    assert not whole.changes and whole.remapped
+    for c in whole.remapped:
         assert c.words() == "host mapped → not mapped", str(c)
 
 
@@ -118,4 +141,5 @@ def test_diff_without_mappings_sees_only_ownership(lab):
     lab.core.call_symbol("__pkvm_hyp_donate_host", pfn, 1)
     after = lab.hyp.ownership()
     assert not diff(before, after, mappings=False)
-    assert [c.words() for c in diff(before, after)] == ["host mapped → not mapped"]
+    d = diff(before, after)
+    assert not d.changes and [c.words() for c in d.remapped] == ["host mapped → not mapped"]

@@ -110,6 +110,8 @@ def test_init_shadow_argument_checks(lab: Lab) -> None:
     assert host_layouts(lab.host).off["kvm.created_vcpus"][0] == 0
     e = refused(lab.host.init_shadow, kvm, area, PAGE, pgd)   # size fine: the seed then pins the PGD's vCPU array
     assert e.errno == errno.EBUSY and "not shared with hyp" in e.reason
+    e = refused(lab.host.init_shadow, kvm, area, 0, pgd)      # check_shadow_size: too small for 3 vCPUs
+    assert e.errno == errno.ENOMEM and e.reason.startswith("shadow_size 0x0 is too small for created_vcpus = 3: it needs")
 
 def test_the_reason_comes_from_the_hosts_records_not_hyp_memory(lab: Lab) -> None:
     """With the record wiped, the host cannot tell which check refused, and says so (the errno is still hyp's)."""

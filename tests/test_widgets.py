@@ -302,3 +302,34 @@ def test_calling_firmware_before_boot_says_to_boot_first():
 
     with pytest.raises(UsageError, match="boot one first"):
         Core().call_symbol("memset", 0)
+
+
+# -- the VM builder's timeline ---------------------------------------------------------------------
+
+@needs_dot
+@needs_shadow_diagram
+def test_builder_undo_redo_and_slider_redraw_every_view_for_that_step(builder: VMBuilder, lab) -> None:
+    """Undo / Redo / the slider inside the VM builder move the machine; the list, diagram, map and log follow."""
+    from pkvmlab.widgets import TranslationExplorer
+
+    explorer = TranslationExplorer(lab)
+    builder.pages.value = 0
+    builder.create_button.click()
+    builder.create_button.click()
+    tl = builder.timeline
+    assert builder.handles == [0x1000, 0x1001] and tl.slider.max == 2 and tl.slider.value == 2
+    assert "0x1001" in words(builder.diagram.value)
+    tl.undo_button.click()                              # back to one VM: the second is gone everywhere
+    assert lab.history.position == 1 and builder.handles == [0x1000] and tl.slider.value == 1
+    assert "0x1001" not in words(builder.diagram.value) and "0x1000" in words(builder.diagram.value)
+    assert "__pkvm_init_shadow" in words(builder.hypercall_log.value)
+    assert words(builder.hypercall_log.value).count("__pkvm_init_shadow") == 1
+    assert "at step 1 of 2 (after create_vm(2)" in words(builder.status.value)
+    assert explorer._seen == lab.host.changes           # the explorer redrew for this step too
+    tl.redo_button.click()
+    assert builder.handles == [0x1000, 0x1001] and "0x1001" in words(builder.diagram.value)
+    tl.slider.value = 0                                 # the start: no VM at all
+    assert builder.handles == [] and builder.selected is None and not lab.host.vms
+    assert "at step 0 of 2 (the start)" in words(builder.status.value) and tl.undo_button.disabled
+    builder.create_button.click()                       # a new action from the past cuts the old future off
+    assert builder.handles == [0x1000] and tl.slider.max == 1 and tl.redo_button.disabled

@@ -173,33 +173,25 @@ def _init_shadow(host, view, args, err):
 
     kvm, va, size, pgd = args
     lay = host_layouts(host)
-    if err == E.EINVAL:
+    n = _created_vcpus(host, view, lay, kvm)
+    if err == E.EINVAL:     # the seed's check_shadow_size, and the lab's two alignment checks
         if kvm % 8:
             return f"host_kvm {kvm:#x} is not 8-byte aligned"
-        if va % PAGE:
-            return f"shadow_va {va:#x} is not page aligned (hyp takes the shadow area by donating whole pages)"
-        if pgd % (lay.pgd_pages * PAGE):
-            return f"pgd {pgd:#x} is not aligned to the stage-2 PGD's size ({lay.pgd_pages * PAGE:#x} bytes)"
-        if not size or size > lay.max_vcpus * PAGE:
-            return f"shadow_size {size:#x} is 0 or larger than KVM_MAX_VCPUS ({lay.max_vcpus}) pages"
-        n = _created_vcpus(host, view, lay, kvm)
         if n is not None and not 1 <= n <= lay.max_vcpus:
             return f"created_vcpus = {n} in the struct kvm at {kvm:#x}: it must be 1..{lay.max_vcpus} (KVM_MAX_VCPUS)"
-        if n is not None and lay.shadow_size(n) != size:
-            return (f"shadow_size {size:#x} is not PAGE_ALIGN(sizeof(struct kvm_shadow_vm) + {n} * "
-                    f"sizeof(struct kvm_shadow_vcpu_state)) = {lay.shadow_size(n):#x} for created_vcpus = {n}")
-        fits = [n for n in range(1, lay.max_vcpus + 1) if lay.shadow_size(n) == size]
-        return (f"created_vcpus in the struct kvm at {kvm:#x} must be 1..{lay.max_vcpus} and shadow_size must be "
-                f"PAGE_ALIGN(sizeof(struct kvm_shadow_vm) + created_vcpus * sizeof(struct kvm_shadow_vcpu_state))"
-                + (f": {size:#x} fits {fits[0]}..{fits[-1]} vCPU(s)" if fits else f": no vCPU count gives {size:#x}"))
+        if pgd % (lay.pgd_pages * PAGE):
+            return f"pgd {pgd:#x} is not aligned to the stage-2 PGD's size ({lay.pgd_pages * PAGE:#x} bytes)"
+        return (f"created_vcpus in the struct kvm at {kvm:#x} must be 1..{lay.max_vcpus} (KVM_MAX_VCPUS) and the pgd "
+                f"aligned to {lay.pgd_pages * PAGE:#x} bytes")
     if err == E.EEXIST:
         h = view.kvms.get(kvm)
         return (f"the struct kvm at {kvm:#x} already has a shadow VM: handle {h:#x}" if h is not None
                 else f"the struct kvm at {kvm:#x} already has a shadow VM")
     def not_donatable() -> str | None:
         for start, n, what in ((va, -(-size // PAGE), "shadow area"), (pgd, lay.pgd_pages, "PGD")):
-            if n > host.pages.end_pfn:   # more pages than RAM has: no need to look at each
-                return f"the {what} ({n} pages) is larger than all of RAM"
+            outside = _not_ram(host, start >> PAGE_SHIFT, n)     # first: a huge size is not walked page by page
+            if outside:
+                return f"the {what} cannot be donated: {outside}"
             for p in range(start >> PAGE_SHIFT, (start >> PAGE_SHIFT) + n):
                 why = _not_owned(host, view, p)
                 if why:
@@ -215,6 +207,13 @@ def _init_shadow(host, view, args, err):
         return ("a struct kvm_vcpu that kvm->vcpus[] points at is not shared with hyp, so hyp cannot pin it "
                 "(every vCPU page must be shared first)")
     if err == E.ENOMEM:
+        need = None if n is None else lay.shadow_vm_size + n * lay.shadow_vcpu_state_size
+        if need is not None and size < need:     # the seed's check_shadow_size
+            return (f"shadow_size {size:#x} is too small for created_vcpus = {n}: it needs sizeof(struct kvm_shadow_vm) + "
+                    f"{n} * sizeof(struct kvm_shadow_vcpu_state) = {need:#x} bytes (a larger area is fine)")
+        if va % PAGE or size % PAGE:
+            return (f"the shadow area {va:#x} + {size:#x} is not whole pages: hyp takes it by donation "
+                    "(map_donated_memory)")
         why = not_donatable()   # the seed's map_donated_memory() failing comes back as -ENOMEM
         if why:
             return why

@@ -1,8 +1,10 @@
 """``diff(before, after)``: what changed between two snapshots, so a notebook can show what one hypercall did.
 
-Ownership snapshots: runs of pages whose owner, page states, mappings or pins changed the same way,
-as address ranges in pKVM's words.  Shadow-table snapshots: slots that filled, emptied or changed,
-and the table's counters.  Pure: compares two frozen snapshots, never touches the core.
+Ownership snapshots: runs of pages whose owner, page states or pins changed the same way, as address
+ranges in pKVM's words; apart from them, the runs whose only change is a mapping (``remapped``: a host
+page unmapped by break-before-make, or mapped again on a touch, still belongs to whom it belonged).
+Shadow-table snapshots: slots that filled, emptied or changed, and the table's counters.
+Pure: compares two frozen snapshots, never touches the core.
 """
 
 from __future__ import annotations
@@ -64,51 +66,55 @@ class PageChange:
 
 @dataclass(frozen=True)
 class OwnershipDiff:
-    """The runs of pages that changed between two ownership snapshots, in address order."""
+    """The runs of pages that changed owner, state or pins between two ownership snapshots, in address order.
+
+    ``remapped`` holds, apart, the runs whose *only* change is a mapping (mapped ↔ not mapped): ownership
+    did not change there.  Iterating, ``len`` and ``nr_pages`` count ``changes`` only.
+    """
 
     changes: tuple[PageChange, ...]
+    remapped: tuple[PageChange, ...] = ()
 
     @property
     def nr_pages(self) -> int:
         return sum(c.nr_pages for c in self.changes)
 
+    @property
+    def nr_remapped(self) -> int:
+        return sum(c.nr_pages for c in self.remapped)
+
     def __len__(self) -> int:
         return len(self.changes)
 
     def __bool__(self) -> bool:
-        return bool(self.changes)
+        return bool(self.changes or self.remapped)
 
     def __iter__(self):
         return iter(self.changes)
 
     def __repr__(self) -> str:
-        if not self.changes:
+        if not self:
             return "OwnershipDiff: no page changed"
-        head = f"OwnershipDiff: {self.nr_pages} page(s) changed in {len(self.changes)} range(s)"
-        return "\n".join([head, *("  " + str(c) for c in self.changes)])
+        if self.changes:
+            lines = [f"OwnershipDiff: {self.nr_pages} page(s) changed owner or state in {len(self.changes)} range(s)",
+                     *("  " + str(c) for c in self.changes)]
+        else:
+            lines = ["OwnershipDiff: no page changed owner or state"]
+        if self.remapped:
+            lines.append(f"  only a mapping changed ({self.nr_remapped} page(s); owner and states as before):")
+            lines += ["    " + str(c) for c in self.remapped]
+        return "\n".join(lines)
 
 
-def ownership_diff(a, b, *, mappings: bool = True) -> OwnershipDiff:
-    """Pages whose owner, states, pins (and, unless ``mappings=False``, mappings) differ, in runs that changed alike.
-
-    ``mappings=False`` asks only who owns what: a host page given back is unmapped until the host
-    touches it again (the lazy stage-2), which changes a mapping but not its ownership.
-    """
-    if (a.ram_start, a.nr_pages) != (b.ram_start, b.nr_pages):
-        raise UsageError("these ownership snapshots cover different RAM: they cannot be compared page by page")
-    sides = [s for s in a.sides if s in b.sides]
+def _runs(a, b, idx: np.ndarray, sides: list[str]) -> tuple[PageChange, ...]:
+    """The pages ``idx`` (indices into the snapshots) as runs of consecutive pages that changed alike."""
+    if not len(idx):
+        return ()
 
     def columns(snap) -> list[np.ndarray]:
-        mapped = [snap.sides[s].mapped if mappings else np.zeros(snap.nr_pages, bool) for s in sides]
-        return [snap.owner, snap.pins] + [snap.sides[s].state for s in sides] + mapped
+        return [snap.owner, snap.pins] + [snap.sides[s].state for s in sides] + [snap.sides[s].mapped for s in sides]
 
     ca, cb = columns(a), columns(b)
-    changed = np.zeros(a.nr_pages, bool)
-    for x, y in zip(ca, cb):
-        changed |= x != y
-    idx = np.flatnonzero(changed)
-    if not len(idx):
-        return OwnershipDiff(())
     sel = np.stack([c[idx].astype(np.int64) for c in ca + cb], axis=1)   # changed pages x (before, after) columns
     half = len(ca)
     new_run = np.ones(len(idx), bool)
@@ -122,8 +128,40 @@ def ownership_diff(a, b, *, mappings: bool = True) -> OwnershipDiff:
                         tuple((s, bool(row[off + 2 + k + j])) for j, s in enumerate(sides)), int(row[off + 1]))
 
     base = a.ram_start >> PAGE_SHIFT
-    return OwnershipDiff(tuple(PageChange(base + int(idx[s]), int(e - s), side(sel[s], 0), side(sel[s], half))
-                               for s, e in zip(starts, ends)))
+    return tuple(PageChange(base + int(idx[s]), int(e - s), side(sel[s], 0), side(sel[s], half))
+                 for s, e in zip(starts, ends))
+
+
+def ownership_changed(a, b) -> np.ndarray:
+    """Per page, whether its owner, a component's page state or hyp's pins differ (mappings aside)."""
+    changed = (a.owner != b.owner) | (a.pins != b.pins)
+    for s in (s for s in a.sides if s in b.sides):
+        changed |= a.sides[s].state != b.sides[s].state
+    return changed
+
+
+def mapping_changed(a, b) -> np.ndarray:
+    """Per page, whether some component's table maps it in one snapshot and not in the other."""
+    changed = np.zeros(a.nr_pages, bool)
+    for s in (s for s in a.sides if s in b.sides):
+        changed |= a.sides[s].mapped != b.sides[s].mapped
+    return changed
+
+
+def ownership_diff(a, b, *, mappings: bool = True) -> OwnershipDiff:
+    """Pages whose owner, states or pins differ, in runs that changed alike; apart (``remapped``, unless
+    ``mappings=False``), the pages whose only change is a mapping.
+
+    ``mappings=False`` asks only who owns what: a host page given back is unmapped until the host
+    touches it again (the lazy stage-2), which changes a mapping but not its ownership.
+    """
+    if (a.ram_start, a.nr_pages) != (b.ram_start, b.nr_pages):
+        raise UsageError("these ownership snapshots cover different RAM: they cannot be compared page by page")
+    sides = [s for s in a.sides if s in b.sides]
+    owned = ownership_changed(a, b)
+    changes = _runs(a, b, np.flatnonzero(owned), sides)
+    remapped = _runs(a, b, np.flatnonzero(mapping_changed(a, b) & ~owned), sides) if mappings else ()
+    return OwnershipDiff(changes, remapped)
 
 
 @dataclass(frozen=True)
@@ -183,7 +221,8 @@ def shadow_diff(a, b) -> ShadowDiff:
 def diff(before, after, *, mappings: bool = True):
     """What changed from ``before`` to ``after``: two ownership snapshots, or two shadow-table snapshots.
 
-    For ownership, ``mappings=False`` ignores pages that only became mapped or unmapped.
+    For ownership, pages that only became mapped or unmapped are listed apart (``remapped``);
+    ``mappings=False`` leaves them out.
     """
     if hasattr(before, "slots") and hasattr(after, "slots"):
         return shadow_diff(before, after)

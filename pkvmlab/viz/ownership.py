@@ -178,11 +178,16 @@ def _bytes(n: int) -> str:
 
 def ownership_compare(before, after, start: int, end: int, *, vms=None, vms_before=None,
                       width: float = 10.0) -> Picture:
-    """Two ``Ownership`` snapshots of the same few pages side by side; every page that changed is outlined in red.
+    """Two ``Ownership`` snapshots of the same few pages side by side: pages that changed owner, state or pins
+    outlined in red; pages whose only change is a mapping (break-before-make unmapped them; the host maps them
+    again on its next touch) outlined dashed grey and counted apart.
 
-    For "before and after one hypercall" beside ``inspect.diff.diff(before, after)``; at most LABEL_PAGES pages.
-    ``vms`` (a ``ShadowTable`` taken with ``after``) names the VMs' pages on the right, ``vms_before`` on the left.
+    For "before and after one hypercall" beside ``inspect.diff.diff(before, after)`` (its ``changes`` and
+    ``remapped``); at most LABEL_PAGES pages.  ``vms`` (a ``ShadowTable`` taken with ``after``) names the
+    VMs' pages on the right, ``vms_before`` on the left.
     """
+    from pkvmlab.inspect.diff import mapping_changed, ownership_changed
+
     lo, hi = _pfn_range(before, start, end)
     n = hi - lo
     if n > LABEL_PAGES:
@@ -190,19 +195,25 @@ def ownership_compare(before, after, start: int, end: int, *, vms=None, vms_befo
     cols = min(n, 4)
     rows = -(-n // cols)
     cats = categories(before)[lo:hi], categories(after)[lo:hi]
-    changed = (cats[0] != cats[1]) | (before.pins[lo:hi] != after.pins[lo:hi])
+    changed = ownership_changed(before, after)[lo:hi]
+    remapped = mapping_changed(before, after)[lo:hi] & ~changed
     base = before.ram_start + (lo << PAGE_SHIFT)
-    height = 0.9 + rows * 0.95
+    height = 1.1 + rows * 0.95
     fig = Picture(figsize=(width, height), name=f"ownership before/after {base:#x}-{base + (n << PAGE_SHIFT):#x}: "
                                                 f"{int(changed.sum())} of {_count(n)} changed")
     for k, (snap, cat, label, names) in enumerate(((before, cats[0], "before", page_names(vms_before)),
                                                    (after, cats[1], "after", page_names(vms)))):
-        ax = fig.add_axes((0.02 + 0.5 * k, 0.02, 0.46, (height - 0.6) / height))
+        ax = fig.add_axes((0.02 + 0.5 * k, 0.02, 0.46, (height - 0.8) / height))
         _boxes(ax, snap, lo, cat, cols, rows, base, names)
-        for i in np.flatnonzero(changed):
-            r, col = divmod(int(i), cols)
-            ax.add_patch(Rectangle((col, r), 0.94, 0.9, fill=False, edgecolor="#d62728", linewidth=3))
+        for marks, style in ((changed, {"edgecolor": "#d62728", "linewidth": 3}),
+                             (remapped, {"edgecolor": "#555555", "linewidth": 2, "linestyle": (0, (4, 3))})):
+            for i in np.flatnonzero(marks):
+                r, col = divmod(int(i), cols)
+                ax.add_patch(Rectangle((col, r), 0.94, 0.9, fill=False, **style))
         ax.set_title(f"{label}", fontsize=10)
-    fig.suptitle(f"pages {base:#x}-{base + (n << PAGE_SHIFT):#x}: {int(changed.sum())} changed (outlined red)",
-                 fontsize=11)
+    title = f"pages {base:#x}-{base + (n << PAGE_SHIFT):#x}: {int(changed.sum())} changed owner or state (red)"
+    if remapped.any():
+        title += (f"\n{int(remapped.sum())} only unmapped or mapped (dashed grey): same owner and state; "
+                  "the host maps its pages again on the next touch")
+    fig.suptitle(title, fontsize=10)
     return fig

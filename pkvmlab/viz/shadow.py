@@ -40,9 +40,10 @@ def _table_rows(snap, drawn: set[int] | None = None) -> list[str]:
             j = i
             while j < n and slots[j] is not None and j not in drawn and j != nxt:
                 j += 1
-            handles = f"{slots[i].handle:#x}–{slots[j - 1].handle:#x}"
-            rows.append(row(cell(text("…", bold=True)), cell(text(f"[{i}–{j - 1}] used", italic=True)),
-                            cell(text(f"{j - i} VMs ({handles})", size=10), port="more")))
+            one = j - i == 1
+            handles = f"{slots[i].handle:#x}" if one else f"{slots[i].handle:#x}–{slots[j - 1].handle:#x}"
+            rows.append(row(cell(text("…", bold=True)), cell(text(f"[{i}] used" if one else f"[{i}–{j - 1}] used", italic=True)),
+                            cell(text(f"1 VM ({handles})" if one else f"{j - i} VMs ({handles})", size=10), port="more")))
             i = j
             continue
         if vm is not None:

@@ -10,13 +10,18 @@ Every button does what the host kernel would (``lab.host.create_vm``, ``vm.donat
 ownership map of the host RAM in use and the hypercall log are redrawn from the hypervisor's memory.
 A refused hypercall shows its errno in words in the status line; nothing raises out of a button.
 
+Undo, Redo and a step slider (``pkvmlab.widgets.timeline.Timeline`` over ``lab.history``) move the
+whole machine back and forth through the host actions; every view redraws for the selected step and
+the VM list is re-read from ``lab.host.vms`` (a VM made after that step is gone from it).
+
 While an action runs every button is off and the status line says what is happening; Tear down
 names the VM it will destroy, and after a teardown nothing is selected (a second click cannot
 destroy another VM).  The dashboard redraws after any host action, wherever it came from: its own
 buttons, another dashboard, or a notebook cell (``pkvmlab.widgets.sync``).
 
 Tests drive it like a learner: set ``builder.vcpus.value``, call ``builder.create_button.click()``,
-read ``builder.status.value``, ``builder.diagram.value`` (SVG), ``builder.handles``.
+read ``builder.status.value``, ``builder.diagram.value`` (SVG), ``builder.handles``; time travel with
+``builder.timeline.undo_button.click()`` or ``builder.timeline.slider.value = step``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import ipywidgets as W
 
 from pkvmlab.errors import UsageError
 from pkvmlab.widgets import render, sync
+from pkvmlab.widgets.timeline import Timeline
 
 PAGE = 4096
 MAX_VCPUS = 8            # KVM_MAX_VCPUS in our firmware; the slider goes from 0 so a learner can try a bad count
@@ -40,7 +46,7 @@ GFN_LIMIT = 1 << (GUEST_IA_BITS - 12)
 class VMBuilder(W.VBox):
     """A dashboard over ``lab``: vCPUs and guest pages, Create / Donate / Tear down, the live VMs, three views."""
 
-    def __init__(self, lab, *, log_rows: int = 40):
+    def __init__(self, lab, *, log_rows: int = 40, history: bool = True):
         render.require_lab(lab, "VMBuilder")
         self.lab = lab
         self.log_rows = log_rows
@@ -76,6 +82,8 @@ class VMBuilder(W.VBox):
         self.ownership_view = W.HTML(layout=W.Layout(width="auto"))
         self.ownership_view.add_class("pkvmlab-ownership-view")
         self.hypercall_log = W.HTML(layout=W.Layout(width="auto"))
+        # Undo / Redo / the step slider: lab.history (recording starts now; step 0 is the lab as it is)
+        self.timeline = Timeline(lab, on_change=lambda _lab: self._moved_in_time()) if history else None
 
         self.create_button.on_click(lambda _b: self.create())
         self.donate_button.on_click(lambda _b: self.donate())
@@ -94,7 +102,9 @@ class VMBuilder(W.VBox):
             W.HBox([self.vm_list, W.VBox([self.gfn, self.gfn_note])]),
             self.status,
         ])
-        super().__init__([heading("VM builder"), controls,
+        when = [heading("History (lab.history): undo, redo, or slide to any step; every view shows that step"),
+                self.timeline] if self.timeline is not None else []
+        super().__init__([heading("VM builder"), controls, *when,
                           heading("Shadow VM table (lab.hyp.shadow_table())"), self.diagram,
                           heading("Who owns the host RAM in use (lab.hyp.ownership())"), self.ownership_view,
                           heading("Hypercall log (lab.host.log), newest first"), self.hypercall_log])
@@ -148,6 +158,8 @@ class VMBuilder(W.VBox):
         self._draw_ownership()
         self.hypercall_log.value = render.log_html(self.lab.host.log, limit=self.log_rows, mark_from=self._log_mark)
         self._seen = sync.seen(self.lab)
+        if self.timeline is not None:
+            self.timeline.refresh()      # new steps make the slider longer
         self._enable()
         if say:
             n, calls = len(self.lab.host.vms), len(self.lab.host.log)
@@ -165,6 +177,16 @@ class VMBuilder(W.VBox):
             self._set_status("error", render.error_message(exc))
             return
         self._set_status("info", "redrawn: the machine was changed from outside this dashboard")
+
+    def _moved_in_time(self) -> None:
+        """After Undo / Redo / the slider: redraw everything for the selected step, then let other views follow."""
+        self._log_mark = None
+        self.refresh()                   # re-reads lab.host.vms: VMs made after this step are gone from the list
+        h = self.lab.history
+        act = h[h.position].action
+        self._set_status("info", f"at step {h.position} of {len(h) - 1} ({'the start' if act is None else f'after {act}'}): "
+                                 f"{len(self.lab.host.vms)} live VM(s)")
+        sync.changed(self.lab, source=self)
 
     # -- state, for tests and notebooks ------------------------------------------------------------
     @property
