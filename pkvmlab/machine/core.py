@@ -208,6 +208,21 @@ class Core:
         r = self._sysreg(name)
         self.uc.reg_write(A.UC_ARM64_REG_CP_REG, (r.crn, r.crm, r.op0, r.op1, r.op2, check_uint(value, 64, name)))
 
+    def read_insn(self, va: int) -> int:
+        """The instruction word at ``va`` as EL1 sees it now: the host's VA is its PA, a running guest's is an IPA."""
+        if not (self.sysreg("VTTBR_EL2") >> 48) & 0xFF:
+            return self.phys.read_u32(va)
+        import ctypes
+
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        buf = ctypes.c_uint32(0)
+        status = uclib.uc_vmem_read(self.uc._uch, ctypes.c_uint64(va), ctypes.c_int(unicorn.UC_PROT_EXEC),
+                                    ctypes.byref(buf), ctypes.c_size_t(4))
+        if status != unicorn.UC_ERR_OK:
+            raise MachineError(f"cannot read the guest's instruction at IPA {va:#x}: {unicorn.UcError(status)}")
+        return buf.value
+
     @property
     def current_el(self) -> int:
         return P.el(self.reg("pstate"))
@@ -242,7 +257,7 @@ class Core:
             X.enter(self, 1, pstate=pstate, elr=pc, esr=E.encode(E.EC_SVC64, X.insn_imm16(self, pc - 4)))
         elif intno == EXCP_BKPT:
             X.enter(self, 1, pstate=pstate, elr=pc, esr=E.brk(X.insn_imm16(self, pc)))
-        elif intno in (EXCP_SMC, EXCP_HYP_TRAP) and self.phys.read_u32(pc) & 0xFFE0001F == 0xD4000003:
+        elif intno in (EXCP_SMC, EXCP_HYP_TRAP) and self.read_insn(pc) & 0xFFE0001F == 0xD4000003:
             # HCR_EL2.TSC: the SMC traps to EL2 before it executes, so ELR is the SMC itself
             X.enter(self, 2, pstate=pstate, elr=pc, esr=E.encode(E.EC_SMC64, X.insn_imm16(self, pc)))
         elif intno == EXCP_HVC:   # only when the native hook could not read the HVC itself

@@ -89,7 +89,7 @@ def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple
         far, par = pc, core.call_symbol("__debug_at_s12e1r", pc)
         acc = None
     else:
-        code = core.phys.read(pc, 4)
+        code = core.read_insn(pc).to_bytes(4, "little")
         acc = decode_access(code, pc, core.reg)
         if acc is None:
             raise MachineError(f"data abort at {pc:#x} on a non-memory instruction {disassemble(code, pc)}")
@@ -115,4 +115,4 @@ def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple
 
 def insn_imm16(core: Core, addr: int) -> int:
     """The 16-bit immediate of the SVC/HVC/SMC/BRK instruction at ``addr``."""
-    return (core.phys.read_u32(addr) >> 5) & 0xFFFF
+    return (core.read_insn(addr) >> 5) & 0xFFFF
