@@ -79,7 +79,7 @@ static int check_donate_guest(struct kvm_shadow_vm *vm, u64 addr, u64 ipa)
 	/* Exactly the tables both changes will split: host stage-2 annotation, guest mapping. */
 	if (!ret && vm->pgt.mc) {
 		if (hyp_pool_free_pages() < kvm_pgtable_tables_needed(&host_mmu.pgt, addr, PAGE_SIZE) ||
-		    vm->pgt.mc->nr_pages < kvm_pgtable_tables_needed(&vm->pgt, ipa, PAGE_SIZE))
+		    vm->pgt.mc->nr_pages < kvm_pgtable_page_tables_needed(&vm->pgt, ipa))
 			ret = -ENOMEM;
 	} else if (!ret && hyp_pool_free_pages() < kvm_pgtable_tables_needed(&host_mmu.pgt, addr, PAGE_SIZE) +
 						   kvm_pgtable_tables_needed(&vm->pgt, ipa, PAGE_SIZE)) {

@@ -298,6 +298,12 @@ u32 kvm_pgtable_tables_needed(struct kvm_pgtable *pgt, u64 addr, u64 size)
 	return boundary_tables(pgt, addr, addr) + boundary_tables(pgt, addr + size - 1, addr + size);
 }
 
+/* Exactly the tables mapping the one page at @addr takes: one per level down to the last. */
+u32 kvm_pgtable_page_tables_needed(struct kvm_pgtable *pgt, u64 addr)
+{
+	return boundary_tables(pgt, addr, addr);
+}
+
 int kvm_pgtable_map(struct kvm_pgtable *pgt, u64 addr, u64 size, phys_addr_t phys, kvm_pte_t attrs)
 {
 	struct pgt_leaf leaf = { .valid = true, .phys = phys, .attrs = attrs };

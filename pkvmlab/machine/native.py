@@ -172,7 +172,7 @@ class Native:
                                             ctypes.c_uint64(end - 1))
         if status != unicorn.UC_ERR_OK:
             raise MachineError(f"registering the native UC_HOOK_BLOCK failed: {unicorn.UcError(status)}")
-        self._block_hook = handle.value
+        self._block_hook = handle.value   # the last one; each watched range has its own hook
 
     def set_budget(self, instructions: int) -> None:
         """Arm a guest run's instruction budget (0: none); counted in whole blocks of host RAM."""

@@ -78,6 +78,7 @@ typedef void (*kvm_pgtable_leaf_fn)(u64 addr, kvm_pte_t pte, u32 level, void *ar
 typedef void (*kvm_pgtable_table_fn)(kvm_pte_t *table, void *arg);
 void kvm_pgtable_walk_tables(struct kvm_pgtable *pgt, kvm_pgtable_table_fn fn, void *arg);
 void *hyp_mc_alloc(struct kvm_hyp_memcache *mc);
+u32 kvm_pgtable_page_tables_needed(struct kvm_pgtable *pgt, u64 addr);
 void kvm_pgtable_walk_leaves(struct kvm_pgtable *pgt, kvm_pgtable_leaf_fn fn, void *arg);
 void kvm_pgtable_destroy_tables(struct kvm_pgtable *pgt);
 void kvm_pgtable_flush_tlb(struct kvm_pgtable *pgt);

@@ -1,0 +1,15 @@
+// poke: tries to write where the host's and hyp's memory are in physical address space
+// (IPA = those PAs): outside its memory, each store is an exit, never a write.  Then powers off.
+	movz	x9, #0x4000, lsl #16	// 0x40000000: the hypervisor's carve-out, as a PA
+	movz	x10, #0xdead
+	str	x10, [x9]
+	movz	x9, #0x4080, lsl #16	// 0x40800000: the host kernel's image, as a PA
+	str	x10, [x9]
+	ldr	x11, [x9]
+1:	movz	x0, #0x8400, lsl #16
+	movk	x0, #0x0008
+	mov	x1, x11
+	mov	x2, xzr
+	mov	x3, xzr
+	hvc	#0
+	b	1b
