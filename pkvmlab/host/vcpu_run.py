@@ -147,27 +147,44 @@ class VcpuRunner:
         return pfn
 
     # -- one KVM_RUN step -------------------------------------------------------------------
+    def load(self) -> None:
+        """``__pkvm_vcpu_load``: as the host does when it schedules the vCPU in (kvm_arch_vcpu_load)."""
+        self.host.call("__pkvm_vcpu_load", self.vm.handle, self.idx)
+        self.loaded = True
+
+    def put(self) -> None:
+        self.loaded = False
+        self.host.call("__pkvm_vcpu_put")
+
+    loaded = False
+
     def step(self, budget: int = DEFAULT_BUDGET) -> Exit:
-        host, core = self.host, self.host.core
-        host.call("__pkvm_vcpu_load", self.vm.handle, self.idx)
+        """One run and the handling of its exit; loads and puts the vCPU around it unless it is loaded already."""
+        if self.loaded:
+            return self._step(budget)
+        self.load()
         try:
-            if self._answer is not None:
-                value, incr = self._answer
-                if value is not None:
-                    host.write_u64(self._field("arch.ctxt.regs.regs", 0), value)
-                if incr:
-                    host.write_u64(self._field("arch.flags"), KVM_ARM64_INCREMENT_PC)
-                self._answer = None
-            native = core.native
-            if native is not None and budget:
-                native.set_budget(budget)
-            try:
-                code = host.call("__kvm_vcpu_run")
-            finally:
-                preempted_at = native.take_budget()[1] if native is not None and budget else 0
-            ex = self._handle(code, preempted_at)
+            return self._step(budget)
         finally:
-            host.call("__pkvm_vcpu_put")
+            self.put()
+
+    def _step(self, budget: int) -> Exit:
+        host, core = self.host, self.host.core
+        if self._answer is not None:
+            value, incr = self._answer
+            if value is not None:
+                host.write_u64(self._field("arch.ctxt.regs.regs", 0), value)
+            if incr:
+                host.write_u64(self._field("arch.flags"), KVM_ARM64_INCREMENT_PC)
+            self._answer = None
+        native = core.native
+        if native is not None and budget:
+            native.set_budget(budget)
+        try:
+            code = host.call("__kvm_vcpu_run")
+        finally:
+            preempted_at = native.take_budget()[1] if native is not None and budget else 0
+        ex = self._handle(code, preempted_at)
         self.exits.append(ex)
         return ex
 
@@ -177,7 +194,11 @@ class VcpuRunner:
             return Exit("preempted", code, pc=preempted_at, handled="run again when the scheduler says so")
         if code != ARM_EXCEPTION_TRAP:
             raise UsageError(f"__kvm_vcpu_run returned exit code {code}, which the host model does not know")
-        esr = host.read_u64(self._field("arch.fault.esr_el2"))
+        fault = self._field("arch.fault.esr_el2")
+        block = fault & ~63   # the fault info in one or two 64-byte loads, not one per field
+        raw = host.read(block, (fault + 24 - block + 63) & ~63)
+        esr, far, hpfar = (int.from_bytes(raw[fault - block + 8 * i:fault - block + 8 * i + 8], "little")
+                           for i in range(3))
         ec = (esr >> 26) & 0x3F
         if ec == E.EC_HVC64:
             regs = tuple(host.read_u64(self._field("arch.ctxt.regs.regs", i)) for i in range(4))
@@ -187,8 +208,7 @@ class VcpuRunner:
             self._answer = (SMCCC_RET_NOT_SUPPORTED, False)
             return Exit("hypercall", code, esr=esr, hvc=regs, handled="not supported (x0 = -1)")
         if ec in (E.EC_IABT_LOW, E.EC_DABT_LOW):
-            hpfar = host.read_u64(self._field("arch.fault.hpfar_el2"))
-            far = host.read_u64(self._field("arch.fault.far_el2"))   # only its page offset reaches the host
+            # FAR: only its page offset reaches the host
             ipa = ((hpfar & HPFAR_FIPA_MASK) << 8) | (far & 0xFFF)
             if ipa < GUEST_MEM_SIZE:
                 pfn = self.map_guest(ipa // PAGE)

@@ -143,12 +143,22 @@ class VM:
     def run(self, vcpu_idx: int = 0, *, budget: int | None = None, max_exits: int = 10_000) -> list:
         """The host's KVM_RUN loop: run, service page faults and MMIO, until the guest powers off, makes a call
         the host does not know, or its budget is spent.  Returns the exits, oldest first."""
+        from pkvmlab.host.vcpu_run import DEFAULT_BUDGET
+
         out = []
-        for _ in range(max_exits):
-            ex = self.step(vcpu_idx, budget=budget)
-            out.append(ex)
-            if ex.reason not in ("page fault", "mmio"):
-                break
+        with self.host.core.lock:
+            if self.powered_off:
+                raise UsageError(f"the guest of VM {self.handle:#x} has powered off: tear the VM down")
+            r = self._runner(vcpu_idx)
+            r.load()   # loaded once for the whole loop, as a vCPU thread stays scheduled in
+            try:
+                for _ in range(max_exits):
+                    ex = r.step(DEFAULT_BUDGET if budget is None else budget)
+                    out.append(ex)
+                    if ex.reason not in ("page fault", "mmio"):
+                        break
+            finally:
+                r.put()
         return out
 
     @property
