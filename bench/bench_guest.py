@@ -62,14 +62,13 @@ def main() -> None:
     rounds = 5
     best = {k: float("inf") for k in ("bare", "hvc", "mmio", "sum_guest", "sum_bare")}
     for _ in range(rounds):
-        n = 4000
-        best["bare"] = min(best["bare"], timed(lambda: [uc.emu_start(addr, addr + 8) for _ in range(n)]) / n)
+        best["bare"] = min(best["bare"], timed(lambda: [uc.emu_start(addr, addr + 8) for _ in range(4000)]) / 4000)
         best["hvc"] = min(best["hvc"], guest_run_time(lab, "hvc_loop", 1) / 10_000)
         best["mmio"] = min(best["mmio"], guest_run_time(lab, "uart_loop", 1) / 200)
         best["sum_guest"] = min(best["sum_guest"], guest_run_time(lab, "checksum", 2))
         best["sum_bare"] = min(best["sum_bare"], timed(bare_checksum))
     bare = best["bare"]
-    print("bench_guest: a protected guest (best of %d rounds, one process)" % rounds)
+    print(f"bench_guest: a protected guest (best of {rounds} rounds, one process)")
     print(f"  (a) bare emu_start, 2 NOPs at EL1            {bare * 1e6:8.2f} us  1.00x (a)")
     print(f"  (b) guest HVC handled at EL2, per call       {best['hvc'] * 1e6:8.2f} us  {best['hvc'] / bare:5.2f}x (a)"
           "   (issue: <= 3x)")
