@@ -217,3 +217,19 @@ def test_create_run_teardown_reclaim_cycles_leave_pool_and_ownership_as_before()
         cycle()
     assert lab.hyp.pool() == pool
     assert lab.hyp.ownership() == owners
+
+
+def test_shadow_table_shows_each_vcpus_state_as_hyp_sees_it(lab):
+    vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
+    v = lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0]
+    assert (v.loaded, v.last_exit, v.nr_runs) == (False, None, 0)
+    lab.host.call("__pkvm_vcpu_load", vm.handle, 0)
+    assert lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0].loaded
+    lab.host.call("__pkvm_vcpu_put")
+    vm.step()
+    vm.step()
+    v = lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0]
+    assert (v.loaded, v.last_exit, v.nr_runs) == (False, 2, 2)
+    assert v.pc == 0x10      # hyp holds its PC: at its first UART store, to be stepped past on the next run
+    assert "last exit trap" in lab.hyp.shadow_table().vcpu_states()
+    vm.teardown()
