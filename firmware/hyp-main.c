@@ -98,11 +98,17 @@ static void handle___pkvm_vcpu_put(struct kvm_cpu_context *host_ctxt)
  * handle_pvm_entry_*() with sync_shadow_state()/flush_shadow_state() in
  * nvhe/hyp-main.c).  Nothing else of the guest's registers reaches host memory.
  */
+/* The lab's own guest call (not pKVM's): "look at what I left you", its arguments for the host. */
+#define PKVMLAB_GUEST_DOORBELL_FUNC_ID	0xc6000040UL
+
 static void handle_pvm_exit_hvc64(struct kvm_vcpu *host_vcpu, struct kvm_vcpu *shadow_vcpu)
 {
+	u64 fn = shadow_vcpu->arch.ctxt.regs.regs[0];
+	int n = fn == PKVMLAB_GUEST_DOORBELL_FUNC_ID ? 4 : 1;	/* upstream: n per function, PSCI SYSTEM_OFF 1 */
+
 	WRITE_ONCE(host_vcpu->arch.fault.esr_el2, shadow_vcpu->arch.fault.esr_el2);
-	/* Pass the hvc function id (r0) as well as its arguments (the lab passes x1..x3). */
-	for (int i = 0; i < 4; i++)
+	/* Pass the hvc function id (r0) as well as any potential arguments. */
+	for (int i = 0; i < n; i++)
 		WRITE_ONCE(host_vcpu->arch.ctxt.regs.regs[i], shadow_vcpu->arch.ctxt.regs.regs[i]);
 }
 
