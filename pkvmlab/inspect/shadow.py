@@ -160,7 +160,7 @@ def read_shadow_table(hyp) -> ShadowTable:
         n = val("kvm.created_vcpus")
         n_read = min(n, 64)   # a corrupt count must not make the inspector read megabytes
         states = phys.read(addr + f["shadow_vcpu_states"].offset, n_read * st_lay.size) if n_read else b""
-        def vcpu(k: int) -> ShadowVCpu:
+        def vcpu(k: int, states: bytes = states, addr: int = addr) -> ShadowVCpu:
             def v(name: str) -> int:
                 return val(name, states, k * st_lay.size, g)
 
