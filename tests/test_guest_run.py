@@ -22,6 +22,13 @@ def _hcall_errno(lab, name, *args):
     return e.value.errno
 
 
+def test_hello_runs_on_the_pure_python_path_too():
+    lab = Lab(native=False)
+    vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
+    vm.run()
+    assert vm.console == "Hello from a protected guest!\n"
+
+
 def test_hello_prints_through_the_uart_and_powers_off(lab):
     vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
     exits = vm.run()
@@ -110,10 +117,11 @@ def test_guest_hypercalls_at_el2_and_share_unshare_pairs(lab):
     vm.teardown()
 
 
-def test_spin_is_preempted_at_the_same_pc_for_the_same_budget():
+@pytest.mark.parametrize("native", [None, False], ids=["native", "pure-python"])
+def test_spin_is_preempted_at_the_same_pc_for_the_same_budget(native):
     pcs = []
     for _ in range(2):
-        lab = Lab()
+        lab = Lab(native=native)
         vm = lab.host.create_vm(nr_vcpus=1, guest="spin")
         vm.step()                                  # its code page
         ex = [vm.step(budget=5000) for _ in range(3)]

@@ -177,13 +177,12 @@ class VcpuRunner:
             if incr:
                 host.write_u64(self._field("arch.flags"), KVM_ARM64_INCREMENT_PC)
             self._answer = None
-        native = core.native
-        if native is not None and budget:
-            native.set_budget(budget)
+        if budget:
+            core.set_budget(budget)
         try:
             code = host.call("__kvm_vcpu_run")
         finally:
-            preempted_at = native.take_budget()[1] if native is not None and budget else 0
+            preempted_at = core.take_budget()[1] if budget else 0
         ex = self._handle(code, preempted_at)
         self.exits.append(ex)
         return ex

@@ -162,6 +162,7 @@ class Core:
         self._stop_requested = self._stopped_hard = False
         self._hard_token: int | None = None
         self._event: tuple[int, int, int] | None = None
+        self._budget = [0, 0, 0]          # pure-Python path: [budget, counted, preempted at]
         # Without EL3 firmware nobody sets SCR_EL3: Non-secure EL1/EL2, HVC enabled, AArch64.
         self.set_sysreg("SCR_EL3", SCR_EL3_NS | SCR_EL3_HCE | SCR_EL3_RW)
         self.uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
@@ -346,13 +347,37 @@ class Core:
         if self.native is not None:
             self.native.watch_host(start, end)
         else:
-            def stop_at_host_block(uc, _addr, _size, _user):
+            def stop_at_host_block(uc, addr, size, _user):
+                b = self._budget   # the pure-Python twin of native_hook.c's guest budget
+                if b[0]:
+                    b[1] += size // 4
+                    if b[1] >= b[0]:
+                        pstate = uc.reg_read(A.UC_ARM64_REG_PSTATE)
+                        if P.el(pstate) == 1 and (self.sysreg("VTTBR_EL2") >> 48) & 0xFF:
+                            b[0], b[2] = 0, addr
+                            X.enter_irq(self, pstate=pstate, elr=addr)
+                            return
                 if self._stop_requested and P.el(uc.reg_read(A.UC_ARM64_REG_PSTATE)) < 2:
                     self._stop_requested = False
                     uc.emu_stop()
 
             self.uc.hook_add(unicorn.UC_HOOK_BLOCK, stop_at_host_block, begin=start, end=end - 1)
         self._host_watched = True
+
+    def set_budget(self, instructions: int) -> None:
+        """A guest run's instruction budget (0: none): when spent while a guest runs at EL1, an IRQ is taken to
+        EL2, as a timer interrupt with HCR_EL2.IMO would be.  Counted in whole blocks: deterministic."""
+        if self.native is not None:
+            self.native.set_budget(instructions)
+        else:
+            self._budget = [instructions, 0, 0]
+
+    def take_budget(self) -> tuple[int, int]:
+        """Disarm the budget: (instructions counted, the guest PC the IRQ was taken at, or 0)."""
+        if self.native is not None:
+            return self.native.take_budget()
+        b, self._budget = self._budget, [0, 0, 0]
+        return b[1], b[2]
 
     def arm_watchdog(self, limit_ms: int) -> int:
         self._hard_token = None
