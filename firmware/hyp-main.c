@@ -5,6 +5,7 @@
  * arguments in x1..x4) and puts the result in x1; x0 says whether the call
  * exists at all.
  */
+#include <hyp/errno.h>
 #include <hyp/gfp.h>
 #include <hyp/mem_protect.h>
 #include <hyp/pkvm.h>
@@ -77,6 +78,157 @@ static void handle___pkvm_host_donate_guest(struct kvm_cpu_context *host_ctxt)
 	cpu_reg(host_ctxt, 1) = __pkvm_host_donate_guest(pfn, gfn, shadow_handle);
 }
 
+static void handle___pkvm_vcpu_load(struct kvm_cpu_context *host_ctxt)
+{
+	DECLARE_REG(unsigned int, shadow_handle, host_ctxt, 1);
+	DECLARE_REG(unsigned int, vcpu_idx, host_ctxt, 2);
+
+	cpu_reg(host_ctxt, 1) = __pkvm_vcpu_load(shadow_handle, vcpu_idx);
+}
+
+static void handle___pkvm_vcpu_put(struct kvm_cpu_context *host_ctxt)
+{
+	__pkvm_vcpu_put();
+	cpu_reg(host_ctxt, 1) = 0;
+}
+
+/*
+ * What the host may see of a protected guest's exit, and what it may hand
+ * back on the next entry (upstream, 2022: handle_pvm_exit_*() and
+ * handle_pvm_entry_*() with sync_shadow_state()/flush_shadow_state() in
+ * nvhe/hyp-main.c).  Nothing else of the guest's registers reaches host memory.
+ */
+/* The lab's own guest call (not pKVM's): "look at what I left you", its arguments for the host. */
+#define PKVMLAB_GUEST_DOORBELL_FUNC_ID	0xc6000040UL
+
+static void handle_pvm_exit_hvc64(struct kvm_vcpu *host_vcpu, struct kvm_vcpu *shadow_vcpu)
+{
+	u64 fn = shadow_vcpu->arch.ctxt.regs.regs[0];
+	int n = fn == PKVMLAB_GUEST_DOORBELL_FUNC_ID ? 4 : 1;	/* upstream: n per function, PSCI SYSTEM_OFF 1 */
+
+	WRITE_ONCE(host_vcpu->arch.fault.esr_el2, shadow_vcpu->arch.fault.esr_el2);
+	/* Pass the hvc function id (r0) as well as any potential arguments. */
+	for (int i = 0; i < n; i++)
+		WRITE_ONCE(host_vcpu->arch.ctxt.regs.regs[i], shadow_vcpu->arch.ctxt.regs.regs[i]);
+}
+
+static void handle_pvm_exit_iabt(struct kvm_vcpu *host_vcpu, struct kvm_vcpu *shadow_vcpu)
+{
+	WRITE_ONCE(host_vcpu->arch.fault.esr_el2, shadow_vcpu->arch.fault.esr_el2);
+	WRITE_ONCE(host_vcpu->arch.fault.hpfar_el2, shadow_vcpu->arch.fault.hpfar_el2);
+}
+
+static void handle_pvm_exit_dabt(struct kvm_vcpu *host_vcpu, struct kvm_vcpu *shadow_vcpu)
+{
+	u64 esr = shadow_vcpu->arch.fault.esr_el2;
+
+	/*
+	 * For now, we treat all data aborts as MMIO since we have no knowledge
+	 * of the memslot configuration at EL2.
+	 */
+	shadow_vcpu->mmio_needed = true;
+
+	/* r0 as transfer register between the guest and the host. */
+	WRITE_ONCE(host_vcpu->arch.fault.esr_el2, esr & ~ESR_ELx_SRT_MASK);
+	if (esr & ESR_ELx_WNR) {
+		int rt = (esr & ESR_ELx_SRT_MASK) >> ESR_ELx_SRT_SHIFT;
+
+		WRITE_ONCE(host_vcpu->arch.ctxt.regs.regs[0], rt == 31 ? 0 : shadow_vcpu->arch.ctxt.regs.regs[rt]);
+	}
+	WRITE_ONCE(host_vcpu->arch.ctxt.regs.pstate, shadow_vcpu->arch.ctxt.regs.pstate & PSR_MODE_MASK);
+	WRITE_ONCE(host_vcpu->arch.fault.far_el2, shadow_vcpu->arch.fault.far_el2 & GENMASK(11, 0));
+	WRITE_ONCE(host_vcpu->arch.fault.hpfar_el2, shadow_vcpu->arch.fault.hpfar_el2);
+}
+
+static void sync_shadow_state(struct kvm_shadow_vcpu_state *state, int exit_code)
+{
+	struct kvm_vcpu *shadow_vcpu = &state->shadow_vcpu, *host_vcpu = state->host_vcpu;
+
+	state->last_exit = exit_code;
+	state->nr_runs++;
+	if (exit_code != ARM_EXCEPTION_TRAP)
+		return;
+	switch (ESR_ELx_EC(shadow_vcpu->arch.fault.esr_el2)) {
+	case ESR_ELx_EC_HVC64:
+		handle_pvm_exit_hvc64(host_vcpu, shadow_vcpu);
+		break;
+	case ESR_ELx_EC_IABT_LOW:
+		handle_pvm_exit_iabt(host_vcpu, shadow_vcpu);
+		break;
+	case ESR_ELx_EC_DABT_LOW:
+		handle_pvm_exit_dabt(host_vcpu, shadow_vcpu);
+		break;
+	default:
+		WRITE_ONCE(host_vcpu->arch.fault.esr_el2, shadow_vcpu->arch.fault.esr_el2);
+		break;
+	}
+}
+
+/* The host's answer to the last exit, taken in before the guest runs again. */
+static void flush_shadow_state(struct kvm_shadow_vcpu_state *state)
+{
+	struct kvm_vcpu *shadow_vcpu = &state->shadow_vcpu, *host_vcpu = state->host_vcpu;
+	u64 esr = shadow_vcpu->arch.fault.esr_el2;
+	u64 flags = READ_ONCE(host_vcpu->arch.flags);
+
+	if (state->last_exit != ARM_EXCEPTION_TRAP)
+		return;
+	switch (ESR_ELx_EC(esr)) {
+	case ESR_ELx_EC_HVC64:	/* a call the host handled: its results in x0..x3 */
+		for (int i = 0; i < 4; i++)
+			shadow_vcpu->arch.ctxt.regs.regs[i] = READ_ONCE(host_vcpu->arch.ctxt.regs.regs[i]);
+		break;
+	case ESR_ELx_EC_DABT_LOW:
+		/* Without INCREMENT_PC the host mapped a page instead: run the access again. */
+		if (!shadow_vcpu->mmio_needed || !(flags & KVM_ARM64_INCREMENT_PC))
+			break;
+		if (!(esr & ESR_ELx_WNR)) {
+			int rt = (esr & ESR_ELx_SRT_MASK) >> ESR_ELx_SRT_SHIFT;
+			u32 bits = 8U << ((esr >> ESR_ELx_SAS_SHIFT) & 3);
+			u64 val = READ_ONCE(host_vcpu->arch.ctxt.regs.regs[0]);
+
+			if (bits < 64)
+				val &= (1UL << bits) - 1;
+			if (rt != 31)
+				shadow_vcpu->arch.ctxt.regs.regs[rt] = val;
+		}
+		shadow_vcpu->arch.ctxt.regs.pc += 4;	/* kvm_incr_pc() */
+		break;
+	}
+	shadow_vcpu->mmio_needed = false;
+	WRITE_ONCE(host_vcpu->arch.flags, flags & ~KVM_ARM64_INCREMENT_PC);
+}
+
+static void handle___kvm_vcpu_run(struct kvm_cpu_context *host_ctxt)
+{
+	struct kvm_shadow_vcpu_state *state = pkvm_loaded_shadow_vcpu_state();
+	int ret;
+
+	if (!state) {
+		cpu_reg(host_ctxt, 1) = -EINVAL;
+		return;
+	}
+	flush_shadow_state(state);
+	ret = __kvm_vcpu_run(&state->shadow_vcpu);
+	sync_shadow_state(state, ret);
+	cpu_reg(host_ctxt, 1) = ret;
+}
+
+static void handle___pkvm_host_map_guest(struct kvm_cpu_context *host_ctxt)
+{
+	DECLARE_REG(u64, pfn, host_ctxt, 1);
+	DECLARE_REG(u64, gfn, host_ctxt, 2);
+
+	cpu_reg(host_ctxt, 1) = __pkvm_host_map_guest(pfn, gfn);
+}
+
+static void handle___pkvm_host_reclaim_page(struct kvm_cpu_context *host_ctxt)
+{
+	DECLARE_REG(u64, pfn, host_ctxt, 1);
+
+	cpu_reg(host_ctxt, 1) = __pkvm_host_reclaim_page(pfn);
+}
+
 typedef void (*hcall_t)(struct kvm_cpu_context *);
 
 #define HANDLE_FUNC(x)	[__KVM_HOST_SMCCC_FUNC_##x] = (hcall_t)handle_##x
@@ -89,6 +241,11 @@ static const hcall_t host_hcall[] = {
 	HANDLE_FUNC(__pkvm_init_shadow),
 	HANDLE_FUNC(__pkvm_teardown_shadow),
 	HANDLE_FUNC(__pkvm_host_donate_guest),
+	HANDLE_FUNC(__pkvm_vcpu_load),
+	HANDLE_FUNC(__pkvm_vcpu_put),
+	HANDLE_FUNC(__kvm_vcpu_run),
+	HANDLE_FUNC(__pkvm_host_map_guest),
+	HANDLE_FUNC(__pkvm_host_reclaim_page),
 };
 
 static void handle_host_hcall(struct kvm_cpu_context *host_ctxt)

@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * The guest side of memory protection: each protected VM's stage-2, pages the
- * host donates to a guest, and reclaiming them (zeroed) at teardown.  Guest
- * stage-2 tables below the host-donated PGD come from the hyp page pool.
+ * host donates to a guest, the pages a guest shares back with the host, and
+ * reclaiming them (zeroed) after teardown.  Guest stage-2 tables below the
+ * host-donated PGD come from the loaded vCPU's memcache (memcache.c) when one
+ * is set, else from the hyp page pool (the lab's older door,
+ * __pkvm_host_donate_guest).
  */
 #include <hyp/errno.h>
 #include <hyp/gfp.h>
@@ -74,9 +77,14 @@ static int check_donate_guest(struct kvm_shadow_vm *vm, u64 addr, u64 ipa)
 	if (!ret && guest_get_page_state(kvm_pgtable_get_leaf(&vm->pgt, ipa, NULL)) != PKVM_NOPAGE)
 		ret = -EPERM;	/* that guest frame already holds a page */
 	/* Exactly the tables both changes will split: host stage-2 annotation, guest mapping. */
-	if (!ret && hyp_pool_free_pages() < kvm_pgtable_tables_needed(&host_mmu.pgt, addr, PAGE_SIZE) +
-					    kvm_pgtable_tables_needed(&vm->pgt, ipa, PAGE_SIZE))
+	if (!ret && vm->pgt.mc) {
+		if (hyp_pool_free_pages() < kvm_pgtable_tables_needed(&host_mmu.pgt, addr, PAGE_SIZE) ||
+		    vm->pgt.mc->nr_pages < kvm_pgtable_page_tables_needed(&vm->pgt, ipa))
+			ret = -ENOMEM;
+	} else if (!ret && hyp_pool_free_pages() < kvm_pgtable_tables_needed(&host_mmu.pgt, addr, PAGE_SIZE) +
+						   kvm_pgtable_tables_needed(&vm->pgt, ipa, PAGE_SIZE)) {
 		ret = -ENOMEM;
+	}
 	return ret;
 }
 
@@ -99,17 +107,63 @@ int __pkvm_host_donate_guest_locked(struct kvm_shadow_vm *vm, u64 pfn, u64 gfn)
 	return 0;
 }
 
-/* A guest page goes back to the host only after hyp has zeroed it. */
-static void reclaim_guest_page(u64 ipa, kvm_pte_t pte, u32 level, void *arg)
+/*
+ * Teardown does no unbounded work on a guest's pages: each one is only marked
+ * for the host to reclaim, one hypercall per page (__pkvm_host_reclaim_page),
+ * which zeroes it first.  Its host stage-2 entry stays annotated as the guest's
+ * until then.  Upstream: the Android tree's reclaim_guest_pages() and
+ * HOST_PAGE_PENDING_RECLAIM / HOST_PAGE_NEED_POISONING (nvhe/mem_protect.c).
+ */
+static void mark_guest_page_for_reclaim(u64 ipa, kvm_pte_t pte, u32 level, void *arg)
 {
 	phys_addr_t phys = kvm_pte_to_phys(pte);
 
 	(void)ipa;
 	(void)arg;
 	BUG_ON(level != PGT_LAST_LEVEL);	/* guests only ever get single pages */
+	if ((pte & PKVM_PAGE_STATE_PROT_MASK) == PKVM_PAGE_SHARED_OWNED)	/* the host had it mapped */
+		BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, phys, PAGE_SIZE, PKVM_ID_GUEST));
+	hyp_phys_to_page(phys)->flags |= HOST_PAGE_PENDING_RECLAIM | HOST_PAGE_NEED_POISONING;
+}
+
+/* The old door's pages (pool-backed tables, __pkvm_host_donate_guest) went back zeroed at once. */
+static void reclaim_guest_page_now(u64 ipa, kvm_pte_t pte, u32 level, void *arg)
+{
+	phys_addr_t phys = kvm_pte_to_phys(pte);
+
+	(void)ipa;
+	(void)arg;
+	BUG_ON(level != PGT_LAST_LEVEL);
 	hyp_zero_page_fixmap(phys);
-	/* The host entry is already a level-3 annotation: no split, no allocation. */
 	BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, phys, PAGE_SIZE, PKVM_ID_HOST));
+}
+
+int __pkvm_host_reclaim_page(u64 pfn)
+{
+	u64 addr = hyp_pfn_to_phys(pfn);
+	struct hyp_page *page;
+
+	if (pfn > (~0UL >> PAGE_SHIFT) || !range_is_memory(addr, PAGE_SIZE) || addr_is_hyp_carveout(addr))
+		return -EINVAL;
+	page = hyp_phys_to_page(addr);
+	if (!(page->flags & HOST_PAGE_PENDING_RECLAIM))
+		return -EPERM;
+	if (page->flags & HOST_PAGE_NEED_POISONING) {
+		hyp_zero_page_fixmap(addr);
+		page->flags &= ~HOST_PAGE_NEED_POISONING;
+	}
+	BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, addr, PAGE_SIZE, PKVM_ID_HOST));
+	page->flags &= ~HOST_PAGE_PENDING_RECLAIM;
+	return 0;
+}
+
+/* A memcache page that became a guest table goes back to the host, zeroed. */
+static void return_table_page(kvm_pte_t *table, void *arg)
+{
+	(void)arg;
+	memset(table, 0, PAGE_SIZE);
+	hyp_virt_to_page(table)->refcount = 0;
+	WARN_ON(__pkvm_hyp_donate_host(hyp_virt_to_pfn(table), 1));
 }
 
 /* Upstream: arch/arm64/kvm/hyp/nvhe/tlb.c, __kvm_tlb_flush_vmid (TLBI VMALLS12E1IS under the VM's VMID). */
@@ -122,8 +176,62 @@ void reclaim_guest_pages(struct kvm_shadow_vm *vm)
 {
 	unsigned long nr_pages;
 
-	kvm_pgtable_walk_leaves(&vm->pgt, reclaim_guest_page, NULL);
-	kvm_pgtable_destroy_tables(&vm->pgt);
+	if (vm->pgt.mc) {
+		kvm_pgtable_walk_leaves(&vm->pgt, mark_guest_page_for_reclaim, NULL);
+		kvm_pgtable_walk_tables(&vm->pgt, return_table_page, NULL);
+		memset(vm->pgt.pgd, 0, kvm_pgtable_stage2_pgd_size(vm->kvm.arch.vtcr));
+	} else {
+		kvm_pgtable_walk_leaves(&vm->pgt, reclaim_guest_page_now, NULL);
+		kvm_pgtable_destroy_tables(&vm->pgt);
+	}
 	nr_pages = kvm_pgtable_stage2_pgd_size(vm->kvm.arch.vtcr) >> PAGE_SHIFT;
 	WARN_ON(__pkvm_hyp_donate_host(hyp_virt_to_pfn(vm->pgt.pgd), nr_pages));
+}
+
+/*
+ * The guest's MEM_SHARE: its page OWNED -> SHARED_OWNED, the host's entry
+ * (annotated GUEST) -> mapped SHARED_BORROWED.  Upstream: __pkvm_guest_share_host()
+ * in nvhe/mem_protect.c (do_share() with a guest initiator and the host as
+ * completer).  The host entry is already a level-3 annotation: nothing splits.
+ */
+static kvm_pte_t *guest_page_ptep(struct kvm_vcpu *vcpu, u64 ipa)
+{
+	struct kvm_shadow_vm *vm = get_shadow_state(vcpu)->shadow_vm;
+	u32 level;
+	kvm_pte_t *ptep;
+
+	if (!PAGE_ALIGNED(ipa) || ipa >= (1UL << vm->pgt.ia_bits))
+		return NULL;
+	ptep = kvm_pgtable_get_ptep(&vm->pgt, ipa, &level);
+	if (!ptep || level != PGT_LAST_LEVEL || !kvm_pte_valid(*ptep))
+		return NULL;
+	return ptep;
+}
+
+int __pkvm_guest_share_host(struct kvm_vcpu *vcpu, u64 ipa)
+{
+	struct kvm_shadow_vm *vm = get_shadow_state(vcpu)->shadow_vm;
+	kvm_pte_t *ptep = guest_page_ptep(vcpu, ipa);
+	phys_addr_t phys;
+
+	if (!ptep || guest_get_page_state(*ptep) != PKVM_PAGE_OWNED)
+		return -EPERM;
+	phys = kvm_pte_to_phys(*ptep);
+	BUG_ON(kvm_pgtable_map(&vm->pgt, ipa, PAGE_SIZE, phys, KVM_PGTABLE_PROT_GUEST | PKVM_PAGE_SHARED_OWNED));
+	BUG_ON(kvm_pgtable_map(&host_mmu.pgt, phys, PAGE_SIZE, phys, KVM_PGTABLE_PROT_HOST | PKVM_PAGE_SHARED_BORROWED));
+	return 0;
+}
+
+int __pkvm_guest_unshare_host(struct kvm_vcpu *vcpu, u64 ipa)
+{
+	struct kvm_shadow_vm *vm = get_shadow_state(vcpu)->shadow_vm;
+	kvm_pte_t *ptep = guest_page_ptep(vcpu, ipa);
+	phys_addr_t phys;
+
+	if (!ptep || guest_get_page_state(*ptep) != PKVM_PAGE_SHARED_OWNED)
+		return -EPERM;
+	phys = kvm_pte_to_phys(*ptep);
+	BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, phys, PAGE_SIZE, PKVM_ID_GUEST));
+	BUG_ON(kvm_pgtable_map(&vm->pgt, ipa, PAGE_SIZE, phys, KVM_PGTABLE_PROT_GUEST | PKVM_PAGE_OWNED));
+	return 0;
 }

@@ -161,7 +161,7 @@ static bool refills_on_fault(struct kvm_pgtable *pgt, kvm_pte_t pte)
  */
 static kvm_pte_t *split_entry(struct pgt_update *u, kvm_pte_t *parent, u32 level, kvm_pte_t *ptep, u64 addr)
 {
-	kvm_pte_t pte = *ptep, *table = hyp_alloc_pages();
+	kvm_pte_t pte = *ptep, *table = u->pgt->mc ? hyp_mc_alloc(u->pgt->mc) : hyp_alloc_pages();
 	u64 step = PGT_GRANULE(level + 1);
 
 	BUG_ON(!table);	/* callers reserved kvm_pgtable_tables_needed() pages first */
@@ -298,6 +298,12 @@ u32 kvm_pgtable_tables_needed(struct kvm_pgtable *pgt, u64 addr, u64 size)
 	return boundary_tables(pgt, addr, addr) + boundary_tables(pgt, addr + size - 1, addr + size);
 }
 
+/* Exactly the tables mapping the one page at @addr takes: one per level down to the last. */
+u32 kvm_pgtable_page_tables_needed(struct kvm_pgtable *pgt, u64 addr)
+{
+	return boundary_tables(pgt, addr, addr);
+}
+
 int kvm_pgtable_map(struct kvm_pgtable *pgt, u64 addr, u64 size, phys_addr_t phys, kvm_pte_t attrs)
 {
 	struct pgt_leaf leaf = { .valid = true, .phys = phys, .attrs = attrs };
@@ -359,6 +365,24 @@ static void walk_leaves(kvm_pte_t *table, u32 level, u64 base, u32 n,
 void kvm_pgtable_walk_leaves(struct kvm_pgtable *pgt, kvm_pgtable_leaf_fn fn, void *arg)
 {
 	walk_leaves(pgt->pgd, pgt->start_level, 0, pgt_nr_entries(pgt, pgt->start_level), fn, arg);
+}
+
+/* Call @fn on every table page below the top level, children before their parent. */
+static void walk_tables(kvm_pte_t *table, u32 level, kvm_pgtable_table_fn fn, void *arg)
+{
+	for (u32 i = 0; i < PGT_ENTRIES; i++)
+		if (kvm_pte_table(table[i], level))
+			walk_tables(kvm_pte_follow(table[i]), level + 1, fn, arg);
+	fn(table, arg);
+}
+
+void kvm_pgtable_walk_tables(struct kvm_pgtable *pgt, kvm_pgtable_table_fn fn, void *arg)
+{
+	u32 n = pgt_nr_entries(pgt, pgt->start_level);
+
+	for (u32 i = 0; i < n; i++)
+		if (kvm_pte_table(pgt->pgd[i], pgt->start_level))
+			walk_tables(kvm_pte_follow(pgt->pgd[i]), pgt->start_level + 1, fn, arg);
 }
 
 /* Free every table below the top level (the PGD itself belongs to its donor). */

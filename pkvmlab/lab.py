@@ -10,6 +10,7 @@ from pkvmlab.firmware import Firmware, load_firmware
 from pkvmlab.first_use import announce
 from pkvmlab.host import Host
 from pkvmlab.host import kernel_image as K
+from pkvmlab.host.vcpu_run import GUEST_MEM_SIZE
 from pkvmlab.inspect import Hyp
 from pkvmlab.machine import RAM_BASE, RAM_SIZE, Core
 from pkvmlab.machine.boot import boot
@@ -90,6 +91,9 @@ class Lab:
         self.host = Host(self.core, host_image, self.fw)
         self.host.setup()
         self.core.watch_host(host_image, RAM_BASE + ram_size)   # the watchdog never stops the CPU inside EL2
+        # A protected guest's code runs at IPAs from 0 (its pages are host RAM, but the hook sees VAs): the
+        # watchdog and the guest run's instruction budget (pkvmlab/host/vcpu_run.py) see its blocks too.
+        self.core.watch_host(0, GUEST_MEM_SIZE)
         self.hyp = Hyp(self.core, self.fw, self)
         version, el, _ = self.hyp_info()
         if el != 2:

@@ -29,6 +29,11 @@ HOST_HCALLS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("__pkvm_init_shadow", ("host_kvm", "shadow_va", "shadow_size", "pgd")),
     ("__pkvm_teardown_shadow", ("shadow_handle",)),
     ("__pkvm_host_donate_guest", ("pfn", "gfn", "shadow_handle")),
+    ("__pkvm_vcpu_load", ("shadow_handle", "vcpu_idx")),
+    ("__pkvm_vcpu_put", ()),
+    ("__kvm_vcpu_run", ()),
+    ("__pkvm_host_map_guest", ("pfn", "gfn")),
+    ("__pkvm_host_reclaim_page", ("pfn",)),
 )
 
 HYPERCALLS: dict[str, int] = {name: kvm_host_smccc_id(i) for i, (name, _) in enumerate(HOST_HCALLS)}

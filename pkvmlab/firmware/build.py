@@ -40,7 +40,9 @@ def cache_dir() -> Path:
 
 
 def _sources(src: Path) -> list[Path]:
-    return sorted(p for p in src.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file())
+    """The hypervisor's sources: guests/ holds the guests' programs, built apart (pkvmlab.firmware.guests)."""
+    return sorted(p for p in src.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()
+                  and "guests" not in p.relative_to(src).parts)
 
 
 def _zig_version() -> str:

@@ -98,11 +98,14 @@ class Host:
 
     # -- protected VMs, as the host kernel makes them (pkvmlab/host/vm.py) -------------------
     @serialised
-    def create_vm(self, nr_vcpus: int = 2):
-        """Allocate and share ``struct kvm`` and vCPUs, donate a shadow area and PGD, ``__pkvm_init_shadow``."""
+    def create_vm(self, nr_vcpus: int = 2, guest: str | None = None):
+        """Allocate and share ``struct kvm`` and vCPUs, donate a shadow area and PGD, ``__pkvm_init_shadow``.
+
+        ``guest="hello"`` (a program in ``firmware/guests/``) gives the VM something to run: ``vm.run()``.
+        """
         from pkvmlab.host.vm import create_vm
 
-        return create_vm(self, nr_vcpus)
+        return create_vm(self, nr_vcpus, guest)
 
     @serialised
     def teardown_vm(self, handle: int) -> None:

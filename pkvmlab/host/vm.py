@@ -86,6 +86,14 @@ class VM:
         self.pgd, self.pgd_size = pgd, pgd_size
         self.guest_pages: dict[int, int] = {}   # gfn -> pfn the host donated
         self.alive = True
+        # A guest that runs (pkvmlab/host/vcpu_run.py): its program, and what the host gave it while running.
+        self.guest: str | None = None
+        self.image = b""
+        self.mapped_pages: dict[int, int] = {}   # gfn -> pfn, given with __pkvm_host_map_guest: reclaimed one by one
+        self.memcache_pages: list[int] = []      # pfns pushed on a vCPU memcache (hyp's, or still the host's)
+        self.console_bytes = bytearray()
+        self.powered_off = False
+        self._runners: dict[int, object] = {}
 
     @property
     def index(self) -> int:
@@ -108,6 +116,60 @@ class VM:
             raise
         self.guest_pages[gfn] = pfn
         return pfn
+
+    # -- running it (pkvmlab/host/vcpu_run.py) ------------------------------------------------
+    def _runner(self, vcpu_idx: int):
+        from pkvmlab.host.vcpu_run import VcpuRunner
+
+        self._check_alive("run")
+        if self.guest is None:
+            raise UsageError("this VM has no guest program: create it with lab.host.create_vm(guest=\"hello\")")
+        if not isinstance(vcpu_idx, int) or not 0 <= vcpu_idx < self.nr_vcpus:
+            raise UsageError(f"vcpu_idx must be 0..{self.nr_vcpus - 1}, got {vcpu_idx!r}")
+        r = self._runners.get(vcpu_idx)
+        if r is None:
+            r = self._runners[vcpu_idx] = VcpuRunner(self, vcpu_idx)
+        return r
+
+    def step(self, vcpu_idx: int = 0, *, budget: int | None = None):
+        """One ``__kvm_vcpu_run`` and the host's handling of its exit: returns that Exit."""
+        from pkvmlab.host.vcpu_run import DEFAULT_BUDGET
+
+        with self.host.core.lock:
+            if self.powered_off:
+                raise UsageError(f"the guest of VM {self.handle:#x} has powered off: tear the VM down")
+            return self._runner(vcpu_idx).step(DEFAULT_BUDGET if budget is None else budget)
+
+    def run(self, vcpu_idx: int = 0, *, budget: int | None = None, max_exits: int = 10_000) -> list:
+        """The host's KVM_RUN loop: run, service page faults and MMIO, until the guest powers off, makes a call
+        the host does not know, or its budget is spent.  Returns the exits, oldest first."""
+        from pkvmlab.host.vcpu_run import DEFAULT_BUDGET
+
+        out = []
+        with self.host.core.lock:
+            if self.powered_off:
+                raise UsageError(f"the guest of VM {self.handle:#x} has powered off: tear the VM down")
+            r = self._runner(vcpu_idx)
+            r.load()   # loaded once for the whole loop, as a vCPU thread stays scheduled in
+            try:
+                for _ in range(max_exits):
+                    ex = r.step(DEFAULT_BUDGET if budget is None else budget)
+                    out.append(ex)
+                    if ex.reason not in ("page fault", "mmio"):
+                        break
+            finally:
+                r.put()
+        return out
+
+    @property
+    def exits(self) -> list:
+        """Every exit so far, of every vCPU, oldest first."""
+        return [e for r in self._runners.values() for e in r.exits]
+
+    @property
+    def console(self) -> str:
+        """What the guest printed on its UART."""
+        return self.console_bytes.decode("utf-8", "replace")
 
     def teardown(self) -> None:
         """``__pkvm_teardown_shadow``, then unshare and free what the host gave."""
@@ -171,9 +233,17 @@ def write_vcpu(host, lay: HostLayouts, vcpu: int, kvm: int, idx: int) -> None:
     host.write(vcpu, buf)
 
 
-def create_vm(host, nr_vcpus: int = 2) -> VM:
-    """What the host kernel does to create a protected VM; returns the VM, registered in ``host.vms``."""
+def create_vm(host, nr_vcpus: int = 2, guest: str | None = None) -> VM:
+    """What the host kernel does to create a protected VM; returns the VM, registered in ``host.vms``.
+
+    ``guest``: the name of a program in ``firmware/guests/`` for it to run (``vm.run()``).
+    """
     lay = host_layouts(host)
+    image = b""
+    if guest is not None:
+        from pkvmlab.firmware.guests import guest_image
+
+        image = guest_image(guest)
     if not isinstance(nr_vcpus, int) or not 1 <= nr_vcpus <= lay.max_vcpus:
         raise UsageError(f"create_vm needs 1..{lay.max_vcpus} vCPUs (KVM_MAX_VCPUS), got {nr_vcpus!r}; "
                          f"to see hyp refuse a bad count, call lab.host.init_shadow() with raw arguments")
@@ -210,6 +280,12 @@ def create_vm(host, nr_vcpus: int = 2) -> VM:
     vm = VM(host, handle, nr_vcpus, kvm, vcpus, shadow_pfn * PAGE, shadow_size, pgd_pfn * PAGE,
             lay.pgd_pages * PAGE)
     host.vms[handle] = vm
+    if guest is not None:
+        from pkvmlab.host.vcpu_run import GUEST_MEM_SIZE, VcpuRunner
+
+        vm.guest, vm.image = guest, image
+        for i in range(nr_vcpus):   # entry at IPA 0, the stack at the top of the guest's memory
+            VcpuRunner(vm, i).set_entry(0, GUEST_MEM_SIZE)
     return vm
 
 
@@ -226,6 +302,12 @@ def teardown_vm(host, handle: int) -> None:
     host.free_pages(vm.shadow_va // PAGE, vm.shadow_size // PAGE)
     host.free_pages(vm.pgd // PAGE, vm.pgd_size // PAGE)
     for pfn in vm.guest_pages.values():
+        host.free_pages(pfn)
+    # Pages given while the guest ran: hyp marked them for reclaim; each is zeroed, then the host's again.
+    for pfn in vm.mapped_pages.values():
+        host.call("__pkvm_host_reclaim_page", pfn)
+        host.free_pages(pfn)
+    for pfn in vm.memcache_pages:   # tables and unused memcache pages came back at teardown
         host.free_pages(pfn)
     pfns = [addr // PAGE for addr in (vm.host_kvm, *vm.vcpus)]
     still_shared = _unshare_all(host, pfns)

@@ -87,6 +87,8 @@ def check_invariants(snap: Ownership) -> list[Violation]:
     claims = sum((np.isin(s.state, (OWNED, SHARED_OWNED))).astype(np.int8) for s in sides)
     unwalked = host.annotated & ~np.isin(host.annotation, list(walked))
     claims = claims + unwalked
+    lent = snap.guest_lent if snap.guest_lent is not None else np.zeros(snap.nr_pages, bool)
+    claims = claims + (lent & ~unwalked)   # a guest's shared page: the guest's claim (its annotation is gone)
     unknown = host.annotated & ~np.isin(host.annotation, [int(o) for o in Owner])
 
     def why_owner(i: int) -> str:
@@ -98,14 +100,14 @@ def check_invariants(snap: Ownership) -> list[Violation]:
     out += _runs(snap, "owner", (claims != 1) | unknown, why_owner, sig)
 
     # share: one lender iff at least one borrower.
-    lenders = sum((s.state == SHARED_OWNED).astype(np.int8) for s in sides)
+    lenders = sum((s.state == SHARED_OWNED).astype(np.int8) for s in sides) + lent
     borrowers = sum((s.state == SHARED_BORROWED).astype(np.int8) for s in sides)
     out += _runs(snap, "share", (lenders > 1) | ((lenders == 1) != (borrowers >= 1)),
                  lambda i: f"a shared page needs one SHARED_OWNED side and a SHARED_BORROWED one, but {_states(snap, i)}", sig)
 
     # host-mapped: only what the host owns alone, or borrows from the lender, at its own address.
     other_claims = sum((np.isin(s.state, (OWNED, SHARED_OWNED))).astype(np.int8) for s in others)
-    other_lends = sum((s.state == SHARED_OWNED).astype(np.int8) for s in others)
+    other_lends = sum((s.state == SHARED_OWNED).astype(np.int8) for s in others) + lent
     host_may = ((np.isin(host.state, (OWNED, SHARED_OWNED)) & (other_claims == 0))
                 | ((host.state == SHARED_BORROWED) & (other_lends == 1)))
     out += _runs(snap, "host-mapped", host.mapped & ~host_may,

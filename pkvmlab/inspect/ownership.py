@@ -157,6 +157,7 @@ class Ownership:
     pool_free: int
     pool_pages: int
     sides: dict[str, StageView]
+    guest_lent: np.ndarray | None = None   # bool: a guest's SHARED_OWNED page (MEM_SHARE), read from its stage-2
 
     @property
     def host(self) -> StageView:
@@ -340,6 +341,9 @@ def read_ownership(hyp) -> Ownership:
     for s in sides.values():
         if s is not host:
             owner[borrowed & (s.state == PageState.SHARED_OWNED)] = s.owner_id
+    # A page a protected guest shared with the host (MEM_SHARE): SHARED_OWNED in that guest's stage-2.
+    guest_lent = _guest_lent(hyp, ram_start, nr_pages) if borrowed.any() else np.zeros(nr_pages, bool)
+    owner[borrowed & guest_lent & (owner == NO_OWNER)] = Owner.GUEST
 
     # hyp's vmemmap: a refcount per page of RAM; outside the pool it counts pins.
     lay = hyp.fw.layout("hyp_page")
@@ -351,7 +355,24 @@ def read_ownership(hyp) -> Ownership:
     pins = np.where(pool, 0, vm["refcount"]).astype(np.uint16)
     ps = hyp.pool()
     return Ownership(ram_start, nr_pages, (mem["hyp_start"], mem["hyp_end"]), owner, pins, pool,
-                     ps.free_pages, ps.nr_pages, sides)
+                     ps.free_pages, ps.nr_pages, sides, guest_lent)
+
+
+def _guest_lent(hyp, ram_start: int, nr_pages: int) -> np.ndarray:
+    """Pages some live guest's stage-2 maps as SHARED_OWNED (SW1:SW0 = 01): what the guest lent the host."""
+    from pkvmlab.inspect.tables import TableWalker
+
+    lent = np.zeros(nr_pages, bool)
+    for vm in hyp.shadow_table().vms:
+        if not vm.pgd or not 30 < vm.ia_bits <= 48:
+            continue
+        addrs, ptes, levels, _ = TableWalker(hyp.core.phys, vm.ia_bits, 1).run(vm.pgd)
+        for pte, level in zip(ptes.tolist(), levels.tolist()):
+            if level == 3 and pte & pt.VALID and pte & pt.TYPE and (pte >> 55) & 3 == 1:
+                i = ((pte & pt.ADDR_MASK) - ram_start) >> pt.PAGE_SHIFT
+                if 0 <= i < nr_pages:
+                    lent[i] = True
+    return lent
 
 
 def find_descriptor(hyp, side: str, addr: int, stop_level: int = 3) -> tuple[int, int, int]:

@@ -23,6 +23,17 @@ class ShadowVCpu:
     vcpu_id: int
     host_vcpu: int       # the host's struct kvm_vcpu (PA), pinned while the VM lives
     address: int         # where this state lives in the shadow area
+    # The hypervisor's view of a vCPU that runs (the host has none of it): loaded on the CPU, its last
+    # exit (ARM_EXCEPTION_*, None before any run), how many runs, its PC, its memcache's pages.
+    loaded: bool = False
+    last_exit: int | None = None
+    nr_runs: int = 0
+    pc: int = 0
+    memcache_pages: int = 0
+
+    @property
+    def last_exit_words(self) -> str:
+        return {None: "never ran", 0: "IRQ (preempted)", 1: "SError", 2: "trap"}.get(self.last_exit, str(self.last_exit))
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,16 @@ class ShadowTable:
         return (f"shadow_table: {self.nr_shadow_entries} of {len(self.slots)} slots used, "
                 f"next_shadow_alloc = {self.next_shadow_alloc}")
 
+    def vcpu_states(self) -> str:
+        """Each vCPU as the hypervisor sees it (loaded, last exit, runs, PC): none of this is in host memory."""
+        lines = ["vCPU state (the hypervisor's view, from its shadow vCPUs):"]
+        for vm in self.vms:
+            for v in vm.vcpus:
+                lines.append(f"  VM {vm.handle:#x} vCPU {v.vcpu_idx}: {'loaded' if v.loaded else 'not loaded'}, "
+                             f"last exit {v.last_exit_words}, {v.nr_runs} run(s), PC {v.pc:#x}, "
+                             f"memcache {v.memcache_pages} page(s)")
+        return "\n".join(lines)
+
     def __repr__(self) -> str:
         rows = self._rows()
         if not rows:
@@ -122,7 +143,9 @@ def read_shadow_table(hyp) -> ShadowTable:
     f = {p: vm_lay.field(p) for p in ("kvm.arch.pkvm.shadow_handle", "kvm.arch.mmu.vmid.id", "host_kvm",
                                      "kvm.created_vcpus", "shadow_area_size", "pgt.pgd", "pgt.ia_bits",
                                      "pgt.start_level", "shadow_vcpu_states")}
-    g = {p: st_lay.field(p) for p in ("shadow_vcpu.vcpu_idx", "shadow_vcpu.vcpu_id", "host_vcpu")}
+    g = {p: st_lay.field(p) for p in ("shadow_vcpu.vcpu_idx", "shadow_vcpu.vcpu_id", "host_vcpu", "loaded",
+                                     "last_exit", "nr_runs", "shadow_vcpu.arch.ctxt.regs.pc",
+                                     "shadow_vcpu.arch.pkvm_memcache.nr_pages")}
     slots: list[ShadowVM | None] = []
     for i in range(max_pvms):
         addr = _u(ptrs, 8 * i, 8)
@@ -137,10 +160,17 @@ def read_shadow_table(hyp) -> ShadowTable:
         n = val("kvm.created_vcpus")
         n_read = min(n, 64)   # a corrupt count must not make the inspector read megabytes
         states = phys.read(addr + f["shadow_vcpu_states"].offset, n_read * st_lay.size) if n_read else b""
-        vcpus = tuple(ShadowVCpu(val("shadow_vcpu.vcpu_idx", states, k * st_lay.size, g),
-                                 val("shadow_vcpu.vcpu_id", states, k * st_lay.size, g),
-                                 val("host_vcpu", states, k * st_lay.size, g),
-                                 addr + f["shadow_vcpu_states"].offset + k * st_lay.size) for k in range(n_read))
+        def vcpu(k: int, states: bytes = states, addr: int = addr) -> ShadowVCpu:
+            def v(name: str) -> int:
+                return val(name, states, k * st_lay.size, g)
+
+            last = v("last_exit")
+            return ShadowVCpu(v("shadow_vcpu.vcpu_idx"), v("shadow_vcpu.vcpu_id"), v("host_vcpu"),
+                              addr + f["shadow_vcpu_states"].offset + k * st_lay.size, bool(v("loaded")),
+                              None if last == 0xFF else last, v("nr_runs"), v("shadow_vcpu.arch.ctxt.regs.pc"),
+                              v("shadow_vcpu.arch.pkvm_memcache.nr_pages"))
+
+        vcpus = tuple(vcpu(k) for k in range(n_read))
         pgd, ia_bits = val("pgt.pgd"), val("pgt.ia_bits")
         pages = tuple(mapped_pages(phys, pgd, ia_bits, val("pgt.start_level"))) if pgd and 30 < ia_bits <= 48 else ()
         slots.append(ShadowVM(i, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"), n,

@@ -164,6 +164,7 @@ class Core:
         self._hard_token: int | None = None
         self._a32_ok = A32.layout_ok(self)   # can a stop in AArch32 EL0 be read and undone (aarch32.py)?
         self._event: tuple[int, int, int] | None = None
+        self._budget = [0, 0, 0]          # pure-Python path: [budget, counted, preempted at]
         # Without EL3 firmware nobody sets SCR_EL3: Non-secure EL1/EL2, HVC enabled, AArch64.
         self.set_sysreg("SCR_EL3", SCR_EL3_NS | SCR_EL3_HCE | SCR_EL3_RW)
         self.uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
@@ -209,6 +210,21 @@ class Core:
     def set_sysreg(self, name: str, value: int) -> None:
         r = self._sysreg(name)
         self.uc.reg_write(A.UC_ARM64_REG_CP_REG, (r.crn, r.crm, r.op0, r.op1, r.op2, check_uint(value, 64, name)))
+
+    def read_insn(self, va: int) -> int:
+        """The instruction word at ``va`` as EL1 sees it now: the host's VA is its PA, a running guest's is an IPA."""
+        if not (self.sysreg("VTTBR_EL2") >> 48) & 0xFF:
+            return self.phys.read_u32(va)
+        import ctypes
+
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        buf = ctypes.c_uint32(0)
+        status = uclib.uc_vmem_read(self.uc._uch, ctypes.c_uint64(va), ctypes.c_int(unicorn.UC_PROT_EXEC),
+                                    ctypes.byref(buf), ctypes.c_size_t(4))
+        if status != unicorn.UC_ERR_OK:
+            raise MachineError(f"cannot read the guest's instruction at IPA {va:#x}: {unicorn.UcError(status)}")
+        return buf.value
 
     @property
     def current_el(self) -> int:
@@ -256,7 +272,7 @@ class Core:
             X.enter(self, 1, pstate=pstate, elr=pc, esr=E.encode(E.EC_SVC64, X.insn_imm16(self, pc - 4)))
         elif intno == EXCP_BKPT:
             X.enter(self, 1, pstate=pstate, elr=pc, esr=E.brk(X.insn_imm16(self, pc)))
-        elif intno in (EXCP_SMC, EXCP_HYP_TRAP) and self.phys.read_u32(pc) & 0xFFE0001F == 0xD4000003:
+        elif intno in (EXCP_SMC, EXCP_HYP_TRAP) and self.read_insn(pc) & 0xFFE0001F == 0xD4000003:
             # HCR_EL2.TSC: the SMC traps to EL2 before it executes, so ELR is the SMC itself
             X.enter(self, 2, pstate=pstate, elr=pc, esr=E.encode(E.EC_SMC64, X.insn_imm16(self, pc)))
         elif intno == EXCP_HVC:   # only when the native hook could not read the HVC itself
@@ -372,13 +388,37 @@ class Core:
         if self.native is not None:
             self.native.watch_host(start, end)
         else:
-            def stop_at_host_block(uc, _addr, _size, _user):
+            def stop_at_host_block(uc, addr, size, _user):
+                b = self._budget   # the pure-Python twin of native_hook.c's guest budget
+                if b[0]:
+                    b[1] += size // 4
+                    if b[1] >= b[0]:
+                        pstate = uc.reg_read(A.UC_ARM64_REG_PSTATE)
+                        if P.el(pstate) == 1 and (self.sysreg("VTTBR_EL2") >> 48) & 0xFF:
+                            b[0], b[2] = 0, addr
+                            X.enter_irq(self, pstate=pstate, elr=addr)
+                            return
                 if self._stop_requested and P.el(uc.reg_read(A.UC_ARM64_REG_PSTATE)) < 2:
                     self._stop_requested = False
                     uc.emu_stop()
 
             self.uc.hook_add(unicorn.UC_HOOK_BLOCK, stop_at_host_block, begin=start, end=end - 1)
         self._host_watched = True
+
+    def set_budget(self, instructions: int) -> None:
+        """A guest run's instruction budget (0: none): when spent while a guest runs at EL1, an IRQ is taken to
+        EL2, as a timer interrupt with HCR_EL2.IMO would be.  Counted in whole blocks: deterministic."""
+        if self.native is not None:
+            self.native.set_budget(instructions)
+        else:
+            self._budget = [instructions, 0, 0]
+
+    def take_budget(self) -> tuple[int, int]:
+        """Disarm the budget: (instructions counted, the guest PC the IRQ was taken at, or 0)."""
+        if self.native is not None:
+            return self.native.take_budget()
+        b, self._budget = self._budget, [0, 0, 0]
+        return b[1], b[2]
 
     def arm_watchdog(self, limit_ms: int) -> int:
         self._hard_token = None

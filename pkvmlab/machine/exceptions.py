@@ -66,6 +66,19 @@ def enter(core: Core, target_el: int, *, pstate: int, elr: int, esr: int, far: i
     core.set_reg("pc", core.sysreg(f"VBAR_EL{target_el}") + vector_offset(pstate, target_el))
 
 
+VECTOR_LOWER_A64_IRQ = 0x480
+
+
+def enter_irq(core: Core, *, pstate: int, elr: int) -> None:
+    """Take an IRQ from EL1 to EL2 (HCR_EL2.IMO routes it there): ELR/SPSR, EL2h with DAIF masked, VBAR_EL2 + 0x480."""
+    core.set_sysreg("SP_EL1" if pstate & 1 else "SP_EL0", core.reg("sp"))
+    core.set_reg("pstate", P.MODE_EL2H | P.DAIF_MASK)
+    core.set_reg("sp", core.sysreg("SP_EL2"))
+    core.set_sysreg("ELR_EL2", elr)            # CP writes after PSTATE: rebuild the hflags (unicorn#2333)
+    core.set_sysreg("SPSR_EL2", pstate)
+    core.set_reg("pc", core.sysreg("VBAR_EL2") + VECTOR_LOWER_A64_IRQ)
+
+
 def _faulting_address(core: Core, va: int, size: int, write: bool) -> tuple[int, int]:
     """(FAR, PAR) of the first byte of [va, va + size) that stage 2 refuses: an access that straddles
     two pages faults on the second when only that one is refused."""
@@ -95,7 +108,7 @@ def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple
         far, par = pc, core.call_symbol("__debug_at_s12e1r", pc)
         acc = None
     else:
-        code = core.phys.read(pc, 4)
+        code = core.read_insn(pc).to_bytes(4, "little")
         acc = (decode_access_a32 if pstate & 0x10 else decode_access)(code, pc, core.reg)
         if acc is None:
             raise MachineError(f"data abort at {pc:#x} on a non-memory instruction {disassemble(code, pc)}")
@@ -126,4 +139,4 @@ def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple
 
 def insn_imm16(core: Core, addr: int) -> int:
     """The 16-bit immediate of the SVC/HVC/SMC/BRK instruction at ``addr``."""
-    return (core.phys.read_u32(addr) >> 5) & 0xFFFF
+    return (core.read_insn(addr) >> 5) & 0xFFFF

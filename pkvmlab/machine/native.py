@@ -38,7 +38,8 @@ class _State(ctypes.Structure):
 
     _fields_ = [("hvc_count", ctypes.c_uint64), ("pending", ctypes.c_uint32), ("intno", ctypes.c_uint32),
                 ("el", ctypes.c_uint64), ("pstate", ctypes.c_uint64), ("error", ctypes.c_uint64),
-                ("stop_requested", ctypes.c_uint32), ("stopped_in_host", ctypes.c_uint32)]
+                ("stop_requested", ctypes.c_uint32), ("stopped_in_host", ctypes.c_uint32),
+                ("budget", ctypes.c_uint64), ("executed", ctypes.c_uint64), ("preempted_at", ctypes.c_uint64)]
 
 
 def _unicorn_lib() -> Path:
@@ -171,7 +172,19 @@ class Native:
                                             ctypes.c_uint64(end - 1))
         if status != unicorn.UC_ERR_OK:
             raise MachineError(f"registering the native UC_HOOK_BLOCK failed: {unicorn.UcError(status)}")
-        self._block_hook = handle.value
+        self._block_hook = handle.value   # the last one; each watched range has its own hook
+
+    def set_budget(self, instructions: int) -> None:
+        """Arm a guest run's instruction budget (0: none); counted in whole blocks of host RAM."""
+        st = self._st
+        st.budget, st.executed, st.preempted_at = instructions, 0, 0
+
+    def take_budget(self) -> tuple[int, int]:
+        """Disarm the budget: (instructions counted, guest PC where it fired or 0)."""
+        st = self._st
+        out = (st.executed, st.preempted_at)
+        st.budget, st.executed, st.preempted_at = 0, 0, 0
+        return out
 
     def request_stop(self) -> None:
         self._st.stop_requested = 1

@@ -28,6 +28,9 @@ typedef struct pk_state {
 	uint64_t error;		/* uc_err of pk_hvc's last early stop (0: none) */
 	uint32_t stop_requested;	/* the watchdog asks: stop at the next block of host code */
 	uint32_t stopped_in_host;	/* pk_hook_block did stop the run there */
+	uint64_t budget;	/* instructions a guest run may execute before its "timer" fires (0: none) */
+	uint64_t executed;	/* instructions counted since the budget was set */
+	uint64_t preempted_at;	/* the guest PC the "timer interrupt" was taken at (0: none) */
 } pk_state;
 
 /* (op0, op1, CRn, CRm, op2), as in pkvmlab.arch.sysregs */
@@ -39,6 +42,8 @@ static const uc_arm64_cp_reg R_ELR_EL2 = SYSREG(3, 4, 4, 0, 1);
 static const uc_arm64_cp_reg R_SPSR_EL2 = SYSREG(3, 4, 4, 0, 0);
 static const uc_arm64_cp_reg R_ESR_EL2 = SYSREG(3, 4, 5, 2, 0);
 static const uc_arm64_cp_reg R_VBAR_EL2 = SYSREG(3, 4, 12, 0, 0);
+static const uc_arm64_cp_reg R_VTTBR_EL2 = SYSREG(3, 4, 2, 1, 0);
+#define VECTOR_LOWER_A64_IRQ	0x480ULL
 
 static uint64_t reg_get(uc_engine *uc, int id)
 {
@@ -93,7 +98,8 @@ void pk_hook_intr(uc_engine *uc, uint32_t intno, void *user_data)
 		uint64_t pc = reg_get(uc, UC_ARM64_REG_PC);	/* already the instruction after HVC */
 		uint32_t insn = 0;
 
-		if (uc_mem_read(uc, pc - 4, &insn, sizeof(insn)) == UC_ERR_OK) {
+		/* Through the current translation: a guest's PC is an IPA, not a PA. */
+		if (uc_vmem_read(uc, pc - 4, UC_PROT_EXEC, &insn, sizeof(insn)) == UC_ERR_OK) {
 			st->hvc_count++;
 			enter_el2(uc, pstate, pc, (ESR_EC_HVC64 << 26) | ESR_IL | ((insn >> 5) & 0xffff));
 			return;
@@ -118,8 +124,30 @@ void pk_hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_da
 {
 	pk_state *st = user_data;
 
-	(void)address;
-	(void)size;
+	/*
+	 * A guest run's budget, counted in whole blocks: deterministic (the same guest with the same
+	 * budget stops at the same PC), and nearly free.  When it is spent and a guest is running at
+	 * EL1 (VTTBR_EL2.VMID != 0), take an IRQ to EL2 as a timer would with HCR_EL2.IMO set
+	 * (lower EL, AArch64, IRQ: VBAR_EL2 + 0x480), before this block runs.
+	 */
+	if (st->budget) {
+		st->executed += size / 4;
+		if (st->executed >= st->budget) {
+			uint64_t pstate = reg_get(uc, UC_ARM64_REG_PSTATE);
+
+			if (((pstate >> 2) & 3) == 1 && (sys_get(uc, &R_VTTBR_EL2) >> 48) & 0xff) {
+				st->budget = 0;
+				st->preempted_at = address;
+				sys_set(uc, (pstate & 1) ? &R_SP_EL1 : &R_SP_EL0, reg_get(uc, UC_ARM64_REG_SP));
+				reg_set(uc, UC_ARM64_REG_PSTATE, PSTATE_EL2H_DAIF);
+				reg_set(uc, UC_ARM64_REG_SP, sys_get(uc, &R_SP_EL2));
+				sys_set(uc, &R_ELR_EL2, address);
+				sys_set(uc, &R_SPSR_EL2, pstate);
+				reg_set(uc, UC_ARM64_REG_PC, sys_get(uc, &R_VBAR_EL2) + VECTOR_LOWER_A64_IRQ);
+				return;
+			}
+		}
+	}
 	if (st->stop_requested && ((reg_get(uc, UC_ARM64_REG_PSTATE) >> 2) & 3) < 2) {
 		st->stop_requested = 0;
 		st->stopped_in_host = 1;

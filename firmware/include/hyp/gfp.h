@@ -13,6 +13,9 @@ struct hyp_page {
 	u16 flags;
 };
 #define HYP_PAGE_POOL	BIT(0)	/* belongs to the hyp pool */
+/* A torn-down guest's page: zero it, then give it back (upstream: Android's HOST_PAGE_* flags). */
+#define HOST_PAGE_NEED_POISONING	BIT(1)
+#define HOST_PAGE_PENDING_RECLAIM	BIT(2)
 
 struct hyp_pool {
 	phys_addr_t free_list;	/* first free page, linked through each page's first word */

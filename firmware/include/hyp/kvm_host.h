@@ -7,6 +7,7 @@
 #ifndef __HYP_KVM_HOST_H__
 #define __HYP_KVM_HOST_H__
 #include <hyp/pgtable.h>
+#include <hyp/trap_handler.h>
 
 #define KVM_MAX_VCPUS	8
 
@@ -36,15 +37,45 @@ struct kvm {
 	struct kvm_vcpu *vcpus[KVM_MAX_VCPUS];
 };
 
+/*
+ * Pages the host gives hyp for a vCPU's needs (guest stage-2 tables), as a
+ * list linked through each page's first word (upstream: struct
+ * kvm_hyp_memcache, asm/kvm_host.h; push_hyp_memcache / pop_hyp_memcache).
+ */
+struct kvm_hyp_memcache {
+	phys_addr_t head;
+	unsigned long nr_pages;
+};
+
+/* What a guest exit left in ESR/FAR/HPFAR_EL2 (upstream: struct kvm_vcpu_fault_info). */
+struct kvm_vcpu_fault_info {
+	u64 esr_el2;
+	u64 far_el2;
+	u64 hpfar_el2;
+};
+
+/* vcpu->arch.flags: the host emulated the instruction, step the guest past it. */
+#define KVM_ARM64_INCREMENT_PC	BIT(9)
+
 struct kvm_vcpu_arch {
+	struct kvm_cpu_context ctxt;
+	struct kvm_vcpu_fault_info fault;
 	struct kvm_s2_mmu *hw_mmu;
+	u64 flags;
+	struct kvm_hyp_memcache pkvm_memcache;
 };
 
 struct kvm_vcpu {
 	struct kvm *kvm;
 	u32 vcpu_id;
 	u32 vcpu_idx;
+	bool mmio_needed;
 	struct kvm_vcpu_arch arch;
 };
+
+/* __kvm_vcpu_run()'s exit codes (upstream: asm/kvm_asm.h) */
+#define ARM_EXCEPTION_IRQ	0
+#define ARM_EXCEPTION_EL1_SERROR 1
+#define ARM_EXCEPTION_TRAP	2
 
 #endif

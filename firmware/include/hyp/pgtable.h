@@ -45,6 +45,8 @@
  */
 #define PGT_MAX_NEW_TABLES	4
 
+struct kvm_hyp_memcache;
+
 struct kvm_pgtable {
 	kvm_pte_t *pgd;		/* hyp VA of the top-level table(s) */
 	u32 ia_bits;		/* input address size */
@@ -52,6 +54,7 @@ struct kvm_pgtable {
 	bool stage2;
 	u64 vmid;		/* stage 2: the VMID its TLB entries carry (0: the host's) */
 	bool refill_lazily;	/* host stage-2: a fault maps again what a block split dropped */
+	struct kvm_hyp_memcache *mc;	/* a guest's: new tables come from here, not the hyp pool */
 };
 
 /* What a range change writes into each leaf it covers. */
@@ -72,6 +75,10 @@ u32 kvm_pgtable_tables_needed(struct kvm_pgtable *pgt, u64 addr, u64 size);
 kvm_pte_t kvm_pgtable_get_leaf(struct kvm_pgtable *pgt, u64 addr, u32 *level);
 kvm_pte_t *kvm_pgtable_get_ptep(struct kvm_pgtable *pgt, u64 addr, u32 *level);
 typedef void (*kvm_pgtable_leaf_fn)(u64 addr, kvm_pte_t pte, u32 level, void *arg);
+typedef void (*kvm_pgtable_table_fn)(kvm_pte_t *table, void *arg);
+void kvm_pgtable_walk_tables(struct kvm_pgtable *pgt, kvm_pgtable_table_fn fn, void *arg);
+void *hyp_mc_alloc(struct kvm_hyp_memcache *mc);
+u32 kvm_pgtable_page_tables_needed(struct kvm_pgtable *pgt, u64 addr);
 void kvm_pgtable_walk_leaves(struct kvm_pgtable *pgt, kvm_pgtable_leaf_fn fn, void *arg);
 void kvm_pgtable_destroy_tables(struct kvm_pgtable *pgt);
 void kvm_pgtable_flush_tlb(struct kvm_pgtable *pgt);

@@ -15,6 +15,11 @@ struct kvm_shadow_vcpu_state {
 	struct kvm_vcpu shadow_vcpu;
 	struct kvm_vcpu *host_vcpu;
 	struct kvm_shadow_vm *shadow_vm;
+	/* The lab's bookkeeping, shown by the inspector as the hypervisor's view. */
+	u32 loaded;		/* __pkvm_vcpu_load()ed on the (one) CPU */
+	u32 initialized;	/* entry PC and registers taken from the host (once) */
+	u32 last_exit;		/* ARM_EXCEPTION_* of the last run, 0xff before any */
+	u32 nr_runs;
 };
 
 struct kvm_shadow_vm {
@@ -35,10 +40,26 @@ int __pkvm_init_shadow(struct kvm *kvm, unsigned long shadow_hva,
 		       size_t shadow_size, unsigned long pgd_hva);
 int __pkvm_teardown_shadow(unsigned int shadow_handle);
 int __pkvm_host_donate_guest(u64 pfn, u64 gfn, unsigned int shadow_handle);
+int __pkvm_vcpu_load(unsigned int shadow_handle, unsigned int vcpu_idx);
+void __pkvm_vcpu_put(void);
+struct kvm_shadow_vcpu_state *pkvm_loaded_shadow_vcpu_state(void);
+int __pkvm_host_map_guest(u64 pfn, u64 gfn);
+int __pkvm_host_reclaim_page(u64 pfn);
+
+/* switch.c: the world switch */
+int __kvm_vcpu_run(struct kvm_vcpu *vcpu);
+int __guest_enter(struct kvm_cpu_context *guest_ctxt);
+bool kvm_handle_pvm_hvc64(struct kvm_vcpu *vcpu);
+
+/* mem_guest.c: memory a guest shares with the host (its MEM_SHARE / MEM_UNSHARE hypercalls) */
+int __pkvm_guest_share_host(struct kvm_vcpu *vcpu, u64 ipa);
+int __pkvm_guest_unshare_host(struct kvm_vcpu *vcpu, u64 ipa);
+int refill_memcache(struct kvm_hyp_memcache *mc, unsigned long min_pages, struct kvm_hyp_memcache *host_mc);
 
 /* mem_guest.c: the guest stage-2 side (the seed puts these in mem_protect.c) */
 int kvm_guest_prepare_stage2(struct kvm_shadow_vm *vm, void *pgd);
 void reclaim_guest_pages(struct kvm_shadow_vm *vm);
+void drain_memcache(struct kvm_hyp_memcache *mc);
 void __kvm_tlb_flush_vmid(struct kvm_s2_mmu *mmu);
 
 #endif

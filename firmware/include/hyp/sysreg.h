@@ -16,7 +16,22 @@
 #define HCR_AMO		BIT(5)
 #define HCR_TSC		BIT(19)	/* trap SMC */
 #define HCR_RW		BIT(31)	/* EL1 is AArch64 */
+#define HCR_TWI		BIT(13)
+#define HCR_TWE		BIT(14)
+#define HCR_TID3	BIT(18)
+#define HCR_TSW		BIT(22)
+#define HCR_TACR	BIT(21)
+#define HCR_TIDCP	BIT(20)
 #define HCR_HOST_FLAGS	(HCR_VM | HCR_RW | HCR_TSC)
+/*
+ * A protected guest's: upstream HCR_GUEST_FLAGS (asm/kvm_arm.h) -- stage 2 on,
+ * SMC, set/way and WFx trapped, physical IRQ/FIQ/SError routed to EL2 -- plus
+ * TID3 for a protected VM (pvm_init_traps_aa64pfr0() and friends, nvhe/pkvm.c).
+ */
+#define HCR_GUEST_FLAGS	(HCR_TSC | HCR_TSW | HCR_TWE | HCR_TWI | HCR_VM | HCR_TACR | HCR_AMO | \
+			 HCR_SWIO | HCR_TIDCP | HCR_RW | HCR_FMO | HCR_IMO | HCR_TID3)
+
+#define SCTLR_EL1_RES1	(BIT(11) | BIT(20) | BIT(22) | BIT(28) | BIT(29))
 
 /* SCTLR_EL2 */
 #define SCTLR_ELx_M	BIT(0)
@@ -91,6 +106,12 @@ static inline unsigned long except64_sync_offset(unsigned long spsr)
 #define ESR_ELx_EC_DABT_LOW	0x24
 #define ESR_ELx_EC_DABT_CUR	0x25
 #define ESR_ELx_FSC		0x3fUL
+#define ESR_ELx_ISV		BIT(24)
+#define ESR_ELx_SAS_SHIFT	22
+#define ESR_ELx_SRT_SHIFT	16
+#define ESR_ELx_SRT_MASK	(0x1fUL << ESR_ELx_SRT_SHIFT)
+#define ESR_ELx_WNR		BIT(6)
+#define PSR_MODE_MASK		0xfUL
 
 #define ESR_ELx_S1PTW		BIT(7)
 

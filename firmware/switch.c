@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * The world switch: run a protected guest's vCPU at EL1 and come back.
+ * Upstream: __kvm_vcpu_run() in arch/arm64/kvm/hyp/nvhe/switch.c -- save the
+ * host's EL1 state, load the guest's, switch stage 2 (__load_stage2: VTTBR_EL2
+ * = the guest's PGD and VMID), set HCR_EL2 for the guest and EL2's vectors for
+ * a running guest (__activate_traps), then loop on __guest_enter() while
+ * fixup_guest_exit() handles the exit at EL2 (for a protected VM, its own
+ * hypercalls: kvm_handle_pvm_hvc64() in nvhe/pkvm.c).  The guest's state lives
+ * only in the shadow vCPU, in hyp memory.
+ */
+#include <hyp/errno.h>
+#include <hyp/mem_protect.h>
+#include <hyp/pkvm.h>
+#include <hyp/sysreg.h>
+
+extern char __hyp_vectors[], __kvm_hyp_vector[];
+
+/* What the host left in the EL1 and EL2 registers a guest run overwrites. */
+struct host_run_state {
+	u64 sys_regs[NR_SYS_REGS];
+	u64 sp_el1;
+	u64 elr_el2, spsr_el2;
+};
+
+static void __sysreg_save_state(u64 *sys_regs, u64 *sp_el1)
+{
+	sys_regs[SCTLR_EL1] = read_sysreg(sctlr_el1);
+	sys_regs[VBAR_EL1] = read_sysreg(vbar_el1);
+	sys_regs[ELR_EL1] = read_sysreg(elr_el1);
+	sys_regs[SPSR_EL1] = read_sysreg(spsr_el1);
+	sys_regs[ESR_EL1] = read_sysreg(esr_el1);
+	sys_regs[FAR_EL1] = read_sysreg(far_el1);
+	sys_regs[TPIDR_EL1] = read_sysreg(tpidr_el1);
+	*sp_el1 = read_sysreg(sp_el1);
+}
+
+static void __sysreg_restore_state(const u64 *sys_regs, u64 sp_el1)
+{
+	write_sysreg(sys_regs[SCTLR_EL1], sctlr_el1);
+	write_sysreg(sys_regs[VBAR_EL1], vbar_el1);
+	write_sysreg(sys_regs[ELR_EL1], elr_el1);
+	write_sysreg(sys_regs[SPSR_EL1], spsr_el1);
+	write_sysreg(sys_regs[ESR_EL1], esr_el1);
+	write_sysreg(sys_regs[FAR_EL1], far_el1);
+	write_sysreg(sys_regs[TPIDR_EL1], tpidr_el1);
+	write_sysreg(sp_el1, sp_el1);
+}
+
+/* SMCCC for a guest: function id in x0, results in x0..x3 (upstream: smccc_set_retval()). */
+#define SMCCC_RET_INVALID_PARAMETER	(-3L)
+#define ARM_SMCCC_SMC_32		0UL
+#define ARM_SMCCC_CALL_VAL(type, cc, owner, fn) (((type) << 31) | ((cc) << 30) | ((owner) << 24) | (fn))
+#define ARM_SMCCC_KVM_FUNC_FEATURES	0
+#define ARM_SMCCC_KVM_FUNC_HYP_MEMINFO	2
+#define ARM_SMCCC_KVM_FUNC_MEM_SHARE	3
+#define ARM_SMCCC_KVM_FUNC_MEM_UNSHARE	4
+#define ARM_SMCCC_VENDOR_HYP_KVM_FEATURES_FUNC_ID \
+	ARM_SMCCC_CALL_VAL(ARM_SMCCC_FAST_CALL, ARM_SMCCC_SMC_32, ARM_SMCCC_OWNER_VENDOR_HYP, ARM_SMCCC_KVM_FUNC_FEATURES)
+#define ARM_SMCCC_VENDOR_HYP_KVM_HYP_MEMINFO_FUNC_ID \
+	ARM_SMCCC_CALL_VAL(ARM_SMCCC_FAST_CALL, ARM_SMCCC_SMC_64, ARM_SMCCC_OWNER_VENDOR_HYP, ARM_SMCCC_KVM_FUNC_HYP_MEMINFO)
+#define ARM_SMCCC_VENDOR_HYP_KVM_MEM_SHARE_FUNC_ID \
+	ARM_SMCCC_CALL_VAL(ARM_SMCCC_FAST_CALL, ARM_SMCCC_SMC_64, ARM_SMCCC_OWNER_VENDOR_HYP, ARM_SMCCC_KVM_FUNC_MEM_SHARE)
+#define ARM_SMCCC_VENDOR_HYP_KVM_MEM_UNSHARE_FUNC_ID \
+	ARM_SMCCC_CALL_VAL(ARM_SMCCC_FAST_CALL, ARM_SMCCC_SMC_64, ARM_SMCCC_OWNER_VENDOR_HYP, ARM_SMCCC_KVM_FUNC_MEM_UNSHARE)
+
+static void smccc_set_retval(struct kvm_vcpu *vcpu, u64 a0, u64 a1, u64 a2, u64 a3)
+{
+	u64 *r = vcpu->arch.ctxt.regs.regs;
+
+	r[0] = a0;
+	r[1] = a1;
+	r[2] = a2;
+	r[3] = a3;
+}
+
+/* MEM_SHARE / MEM_UNSHARE take one IPA in x1; x2 and x3 must be 0 (upstream: pkvm_memshare_call()). */
+static void pkvm_memshare_call(struct kvm_vcpu *vcpu, bool share)
+{
+	u64 *r = vcpu->arch.ctxt.regs.regs;
+	int ret = -EINVAL;
+
+	if (!r[2] && !r[3])
+		ret = share ? __pkvm_guest_share_host(vcpu, r[1]) : __pkvm_guest_unshare_host(vcpu, r[1]);
+	smccc_set_retval(vcpu, ret ? (u64)SMCCC_RET_INVALID_PARAMETER : SMCCC_RET_SUCCESS, 0, 0, 0);
+}
+
+/* A protected guest's own hypercalls, handled at EL2; false: exit to the host. */
+bool kvm_handle_pvm_hvc64(struct kvm_vcpu *vcpu)
+{
+	u64 fn = vcpu->arch.ctxt.regs.regs[0];
+
+	switch (fn) {
+	case ARM_SMCCC_VENDOR_HYP_KVM_FEATURES_FUNC_ID:
+		smccc_set_retval(vcpu, BIT(ARM_SMCCC_KVM_FUNC_FEATURES) | BIT(ARM_SMCCC_KVM_FUNC_HYP_MEMINFO) |
+				 BIT(ARM_SMCCC_KVM_FUNC_MEM_SHARE) | BIT(ARM_SMCCC_KVM_FUNC_MEM_UNSHARE), 0, 0, 0);
+		return true;
+	case ARM_SMCCC_VENDOR_HYP_KVM_HYP_MEMINFO_FUNC_ID:
+		smccc_set_retval(vcpu, PAGE_SIZE, 0, 0, 0);
+		return true;
+	case ARM_SMCCC_VENDOR_HYP_KVM_MEM_SHARE_FUNC_ID:
+		pkvm_memshare_call(vcpu, true);
+		return true;
+	case ARM_SMCCC_VENDOR_HYP_KVM_MEM_UNSHARE_FUNC_ID:
+		pkvm_memshare_call(vcpu, false);
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* True: handled at EL2, run the guest again (upstream: fixup_guest_exit()). */
+static bool fixup_guest_exit(struct kvm_vcpu *vcpu, int exit_code)
+{
+	if (exit_code != ARM_EXCEPTION_TRAP)
+		return false;
+	if (ESR_ELx_EC(vcpu->arch.fault.esr_el2) == ESR_ELx_EC_HVC64)
+		return kvm_handle_pvm_hvc64(vcpu);
+	return false;
+}
+
+int __kvm_vcpu_run(struct kvm_vcpu *vcpu)
+{
+	struct kvm_cpu_context *ctxt = &vcpu->arch.ctxt;
+	struct kvm_s2_mmu *mmu = vcpu->arch.hw_mmu;
+	struct host_run_state host;
+	int exit_code;
+
+	__sysreg_save_state(host.sys_regs, &host.sp_el1);
+	host.elr_el2 = read_sysreg(elr_el2);
+	host.spsr_el2 = read_sysreg(spsr_el2);
+
+	__sysreg_restore_state(ctxt->sys_regs, ctxt->sp_el1);
+	write_sysreg(hyp_pa(mmu->pgt->pgd) | (mmu->vmid.id << VTTBR_VMID_SHIFT), vttbr_el2);	/* __load_stage2 */
+	write_sysreg(HCR_GUEST_FLAGS, hcr_el2);						/* __activate_traps */
+	write_sysreg(__kvm_hyp_vector, vbar_el2);
+	isb();
+
+	do {
+		write_sysreg(ctxt->regs.pc, elr_el2);
+		write_sysreg(ctxt->regs.pstate, spsr_el2);
+		exit_code = __guest_enter(ctxt);
+		ctxt->regs.pc = read_sysreg(elr_el2);
+		ctxt->regs.pstate = read_sysreg(spsr_el2);
+		if (exit_code == ARM_EXCEPTION_TRAP) {
+			vcpu->arch.fault.esr_el2 = read_sysreg(esr_el2);
+			vcpu->arch.fault.far_el2 = read_sysreg(far_el2);
+			vcpu->arch.fault.hpfar_el2 = read_sysreg(hpfar_el2);
+		}
+	} while (fixup_guest_exit(vcpu, exit_code));
+
+	__sysreg_save_state(ctxt->sys_regs, &ctxt->sp_el1);
+	write_sysreg(__hyp_vectors, vbar_el2);						/* __deactivate_traps */
+	write_sysreg(HCR_HOST_FLAGS, hcr_el2);
+	write_sysreg(host_mmu.vttbr, vttbr_el2);					/* __load_host_stage2 */
+	isb();
+	__sysreg_restore_state(host.sys_regs, host.sp_el1);
+	write_sysreg(host.elr_el2, elr_el2);
+	write_sysreg(host.spsr_el2, spsr_el2);
+	return exit_code;
+}

@@ -1,0 +1,254 @@
+"""Protected guests run: vCPU load/run/put, each exit kind, guest hypercalls at EL2, memcache, reclaim."""
+
+import errno
+
+import pytest
+
+from pkvmlab import Lab
+from pkvmlab.errors import HostAccessFault, HypercallError
+from pkvmlab.host.vcpu_run import GUEST_MEM_SIZE, UART_BASE
+
+PAGE = 4096
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return Lab()
+
+
+def _hcall_errno(lab, name, *args):
+    with pytest.raises(HypercallError) as e:
+        lab.host.call(name, *args)
+    return e.value.errno
+
+
+def test_hello_runs_on_the_pure_python_path_too():
+    lab = Lab(native=False)
+    vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
+    vm.run()
+    assert vm.console == "Hello from a protected guest!\n"
+
+
+def test_hello_prints_through_the_uart_and_powers_off(lab):
+    vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
+    exits = vm.run()
+    assert vm.console == "Hello from a protected guest!\n"
+    assert exits[0].reason == "page fault" and exits[0].ipa == 0          # its code page, on demand
+    mmio = [e for e in exits if e.reason == "mmio"]
+    assert len(mmio) == len("Hello from a protected guest!\n")
+    assert all(e.mmio.ipa == UART_BASE and e.mmio.write and e.mmio.size == 1 for e in mmio)
+    assert exits[-1].reason == "system off" and exits[-1].hvc[0] == 0x84000008
+    # Only x0 of a SYSTEM_OFF reaches the host's struct kvm_vcpu; hyp's shadow still has the guest's x1.
+    r = vm._runner(0)
+    assert [lab.host.read_u64(r._field("arch.ctxt.regs.regs", i)) for i in (1, 2)] == [0, 0]
+    st_lay = lab.fw.layout("kvm_shadow_vcpu_state")
+    state = lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0]
+    assert lab.core.phys.read_u64(state.address + st_lay.offset("shadow_vcpu.arch.ctxt.regs.regs") + 8) == UART_BASE
+    vm.teardown()
+
+
+def test_vcpu_load_errors(lab):
+    vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
+    assert _hcall_errno(lab, "__pkvm_vcpu_load", 0x1000 + 254, 0) == errno.ENOENT
+    assert _hcall_errno(lab, "__pkvm_vcpu_load", vm.handle, 1) == errno.EINVAL
+    lab.host.call("__pkvm_vcpu_load", vm.handle, 0)
+    try:
+        assert _hcall_errno(lab, "__pkvm_vcpu_load", vm.handle, 0) == errno.EBUSY
+        assert _hcall_errno(lab, "__pkvm_teardown_shadow", vm.handle) == errno.EBUSY   # the VM is referenced
+    finally:
+        lab.host.call("__pkvm_vcpu_put")
+    assert _hcall_errno(lab, "__kvm_vcpu_run") == errno.EINVAL          # nothing loaded
+    assert _hcall_errno(lab, "__pkvm_host_map_guest", lab.host.alloc_pages(1), 0) == errno.EINVAL
+    vm.teardown()
+
+
+def test_an_empty_memcache_is_enomem_until_the_host_tops_it_up(lab):
+    vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
+    pfn = lab.host.alloc_pages(1)
+    lab.host.call("__pkvm_vcpu_load", vm.handle, 0)
+    try:
+        assert _hcall_errno(lab, "__pkvm_host_map_guest", pfn, 5) == errno.ENOMEM
+        free = lab.hyp.pool().free_pages
+        runner = vm._runner(0)
+        runner.topup_memcache(2)
+        lab.host.call("__pkvm_host_map_guest", pfn, 5)
+        vm.mapped_pages[5] = pfn
+        assert lab.hyp.pool().free_pages == free      # the guest's tables came from the memcache, not the pool
+    finally:
+        lab.host.call("__pkvm_vcpu_put")
+    with pytest.raises(HostAccessFault):
+        lab.host.read_u64(pfn * PAGE)
+    vm.teardown()
+
+
+def test_touch_demand_faults_each_page_it_walks(lab):
+    vm = lab.host.create_vm(nr_vcpus=1, guest="touch")
+    exits = vm.run()
+    faults = [e.ipa for e in exits if e.reason == "page fault"]
+    assert faults == [0] + [0x10000 + i * PAGE for i in range(16)]
+    assert exits[-1].reason == "hypercall" and exits[-1].hvc[:2] == (0xC6000040, sum(range(1, 17)))
+    assert vm.run()[-1].reason == "system off"
+    vm.teardown()
+
+
+def test_guest_hypercalls_at_el2_and_share_unshare_pairs(lab):
+    vm = lab.host.create_vm(nr_vcpus=1, guest="share")
+    exits = vm.run()
+    doorbell = exits[-1]
+    assert doorbell.reason == "hypercall" and doorbell.hvc[:2] == (0xC6000040, 0x3000)
+    pfn = vm.mapped_pages[3]
+    # Shared: the host may read it, and sees what the guest wrote there.
+    assert lab.host.read(pfn * PAGE, 34) == b"a message the guest chose to share"
+    page = lab.hyp.ownership().page(pfn)
+    assert "SHARED_BORROWED" in str(page) and page.owner == 2   # PKVM_ID_GUEST: the guest still owns it
+    from pkvmlab.inspect.invariants import check_invariants
+
+    assert check_invariants(lab.hyp.ownership()) == []
+    exits = vm.run()
+    assert exits[-1].reason == "hypercall"
+    share, unshare, bad = exits[-1].hvc[1:]
+    assert (share, unshare) == (0, 0)
+    assert bad == (1 << 64) - 3               # SMCCC_RET_INVALID_PARAMETER: it does not own IPA 0x80000
+    with pytest.raises(HostAccessFault):      # unshared: the guest's alone again
+        lab.host.read_u64(pfn * PAGE)
+    assert vm.run()[-1].reason == "system off"
+    # MEM_SHARE and MEM_UNSHARE were handled at EL2: only the doorbells and SYSTEM_OFF reached the host.
+    assert [e.hvc[0] for e in vm.exits if e.reason in ("hypercall", "system off")] == [0xC6000040] * 2 + [0x84000008]
+    vm.teardown()
+
+
+@pytest.mark.parametrize("native", [None, False], ids=["native", "pure-python"])
+def test_spin_is_preempted_at_the_same_pc_for_the_same_budget(native):
+    pcs = []
+    for _ in range(2):
+        lab = Lab(native=native)
+        vm = lab.host.create_vm(nr_vcpus=1, guest="spin")
+        vm.step()                                  # its code page
+        ex = [vm.step(budget=5000) for _ in range(3)]
+        assert all(e.reason == "preempted" for e in ex)
+        pcs.append(tuple(e.pc for e in ex))
+    assert pcs[0] == pcs[1]
+    assert all(0 <= pc < 12 for pc in pcs[0])
+
+
+def test_the_guest_cannot_reach_host_or_hyp_memory(lab):
+    before = (lab.core.phys.read(0x4000_0000, 8), lab.core.phys.read(0x4080_0000, 8))
+    vm = lab.host.create_vm(nr_vcpus=1, guest="poke")
+    exits = vm.run()
+    mmio = [e.mmio for e in exits if e.reason == "mmio"]
+    assert [(m.ipa, m.write) for m in mmio] == [(0x4000_0000, True), (0x4080_0000, True), (0x4080_0000, False)]
+    assert (lab.core.phys.read(0x4000_0000, 8), lab.core.phys.read(0x4080_0000, 8)) == before
+    assert exits[-1].hvc[:2] == (0xC6000040, 0)   # its load read what the host's MMIO model answered, not memory
+    vm.teardown()
+
+
+def _secret_values():
+    x, a = 1, 0x5851F42D4C957F2D
+    for _ in range(64):
+        x = (x * a + 0x5EC) & (1 << 64) - 1
+    return [x, x ^ a, (2 * x) & (1 << 64) - 1]
+
+
+def _host_readable_hits(lab, needles):
+    """Every place in RAM that holds a needle, and whether the host can read it there."""
+    core = lab.core
+    hits = []
+    chunk = 64 << 20
+    for base in range(core.ram_base, core.ram_base + core.ram_size, chunk):
+        data = core.phys.read(base, chunk)
+        for n in needles:
+            b = n.to_bytes(8, "little")
+            i = data.find(b)
+            while i >= 0:
+                hits.append(base + i)
+                i = data.find(b, i + 1)
+    readable = []
+    for pa in hits:
+        try:
+            lab.host.read_u64(pa & ~7)
+            readable.append(pa)
+        except HostAccessFault:
+            pass
+    return hits, readable
+
+
+def test_the_host_never_sees_the_secret(lab):
+    vm = lab.host.create_vm(nr_vcpus=1, guest="secret")
+    needles = _secret_values()
+    seen_anywhere = False
+    while not vm.powered_off:
+        vm.step()
+        hits, readable = _host_readable_hits(lab, needles)
+        assert readable == []
+        seen_anywhere |= bool(hits)
+    assert seen_anywhere        # it is there (the guest's page, hyp's shadow vCPU), just not where the host can look
+    assert vm.console == "S!\n"
+    vm.teardown()
+
+
+def test_host_vcpu_writes_after_the_first_run_change_nothing(lab):
+    vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
+    for _ in range(3):
+        vm.step()
+    r = vm._runner(0)
+    r.set_entry(0x8000, 0x1234)                                   # a new PC and stack
+    for i in range(31):
+        lab.host.write_u64(r._field("arch.ctxt.regs.regs", i), 0xBAD0 + i)
+    vm.run()
+    assert vm.console == "Hello from a protected guest!\n"
+    vm.teardown()
+
+
+def test_teardown_then_reclaim_zeroes_guest_pages(lab):
+    vm = lab.host.create_vm(nr_vcpus=1, guest="touch")
+    vm.run()
+    pages = dict(vm.mapped_pages)
+    assert lab.core.phys.read_u64(pages[0x10] * PAGE) == 1
+    lab.host.teardown_shadow(vm.handle)
+    # Not the host's yet: still the guest's until reclaimed, page by page.
+    with pytest.raises(HostAccessFault):
+        lab.host.read_u64(pages[0x10] * PAGE)
+    assert _hcall_errno(lab, "__pkvm_host_reclaim_page", lab.host.alloc_pages(1)) == errno.EPERM
+    lab.host.call("__pkvm_host_reclaim_page", pages[0x10])
+    assert lab.host.read(pages[0x10] * PAGE, PAGE) == bytes(PAGE)
+    assert _hcall_errno(lab, "__pkvm_host_reclaim_page", pages[0x10]) == errno.EPERM   # once only
+    # finish as the host model does (the VM is gone from hyp already)
+    from pkvmlab.host.vm import PAGE as _P  # noqa: F401
+
+    del pages[0x10]
+    for pfn in pages.values():
+        lab.host.call("__pkvm_host_reclaim_page", pfn)
+    assert GUEST_MEM_SIZE > 0x20000
+
+
+def test_create_run_teardown_reclaim_cycles_leave_pool_and_ownership_as_before():
+    lab = Lab()
+
+    def cycle():
+        vm = lab.host.create_vm(nr_vcpus=1, guest="spin")
+        assert vm.step().reason == "page fault"                 # a page, and guest tables from the memcache
+        assert vm.step(budget=1000).reason == "preempted"
+        vm.teardown()                                           # teardown, then reclaim page by page
+
+    cycle()   # the first one splits host stage-2 blocks for good (tables refill lazily, never merge back)
+    pool, owners = lab.hyp.pool(), lab.hyp.ownership()
+    for _ in range(1000):
+        cycle()
+    assert lab.hyp.pool() == pool
+    assert lab.hyp.ownership() == owners
+
+
+def test_shadow_table_shows_each_vcpus_state_as_hyp_sees_it(lab):
+    vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
+    v = lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0]
+    assert (v.loaded, v.last_exit, v.nr_runs) == (False, None, 0)
+    lab.host.call("__pkvm_vcpu_load", vm.handle, 0)
+    assert lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0].loaded
+    lab.host.call("__pkvm_vcpu_put")
+    vm.step()
+    vm.step()
+    v = lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0]
+    assert (v.loaded, v.last_exit, v.nr_runs) == (False, 2, 2)
+    assert v.pc == 0x10      # hyp holds its PC: at its first UART store, to be stepped past on the next run
+    assert "last exit trap" in lab.hyp.shadow_table().vcpu_states()
+    vm.teardown()
