@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from html import escape
 
-from pkvmlab.errors import MachineError
+from pkvmlab.errors import MachineError, UsageError
 from pkvmlab.firmware import Firmware, load_firmware
 from pkvmlab.first_use import announce
 from pkvmlab.host import Host
@@ -68,7 +69,7 @@ class Lab:
     """A booted machine: ``lab.core`` (the CPU), ``lab.host`` (you, at EL1), ``lab.hyp`` (EL2's state)."""
 
     def __init__(self, *, ram_size: int = RAM_SIZE, hyp_size: int = HYP_SIZE, firmware: Firmware | str | None = None,
-                 native: bool | None = None, history: bool = False):
+                 native: bool | None = None, history: bool = False, spec_check: bool | None = None):
         with announce(firmware, native):   # the first Lab() on a machine compiles for several seconds: say so
             self.fw = firmware if isinstance(firmware, Firmware) else load_firmware(firmware)
             self.core = Core(RAM_BASE, ram_size, native=native)
@@ -85,8 +86,30 @@ class Lab:
             raise MachineError(f"the hypervisor's info call ran at EL{el}, not EL2")
         self.version = version
         self._timeline = None
+        self._spec_checker = None
+        if spec_check is None:   # the test suite can run everything checked: PKVMLAB_SPEC_CHECK=1
+            spec_check = os.environ.get("PKVMLAB_SPEC_CHECK", "") not in ("", "0")
+        self.spec_check = spec_check
         if history:
             self.timeline   # noqa: B018 - start recording now: step 0 is the freshly booted lab
+
+    # -- the executable specification (pkvmlab/spec/) ----------------------------------------
+    @property
+    def spec_check(self) -> bool:
+        """True: every host hypercall is checked against ``pkvmlab.spec`` (SpecMismatch if it disagrees)."""
+        return self._spec_checker is not None
+
+    @spec_check.setter
+    def spec_check(self, on: bool) -> None:
+        if not isinstance(on, bool):
+            raise UsageError(f"lab.spec_check takes True or False, got {on!r}")
+        if on and self._spec_checker is None:
+            from pkvmlab.spec.checker import SpecChecker
+
+            self._spec_checker = SpecChecker(self)
+        elif not on and self._spec_checker is not None:
+            self._spec_checker.remove()
+            self._spec_checker = None
 
     # -- time travel (pkvmlab/timeline.py) ------------------------------------------------------
     @property

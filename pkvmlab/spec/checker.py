@@ -1,0 +1,104 @@
+"""Checking every host hypercall against the specification at run time: ``lab.spec_check = True``.
+
+For each call: the abstract state before, the outcomes the specification allows, the real call,
+the abstract state after, and a comparison.  A call that matches none of the allowed outcomes raises
+:class:`pkvmlab.errors.SpecMismatch`, naming the call, what was allowed, what happened and the pages
+or slots that differ.  Installed as a wrapper around ``lab.host.call`` and ``lab.host.hyp_info``
+(instance attributes: ``pkvmlab/host/host.py`` is untouched), removed again by ``lab.spec_check = False``.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+
+from pkvmlab.errors import HypercallError, SpecMismatch
+from pkvmlab.spec.abstraction import AbstractionError, abstract
+from pkvmlab.spec.host_calls import allowed
+
+
+def _ret_words(ret: int) -> str:
+    return f"returned -{errno.errorcode.get(-ret, -ret)}" if ret < 0 else f"returned {ret:#x}"
+
+
+class SpecChecker:
+    """The wrapper ``lab.spec_check = True`` installs; counts what it checked."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.checked = 0
+        self.unchecked = 0          # calls made from a state the abstraction could not describe
+        self._call = lab.host.call
+        self._hyp_info = lab.host.hyp_info
+
+        @functools.wraps(self._call)
+        def call(name: str, *args: int) -> int:
+            return self.check(name, args, lambda: self._call(name, *args))
+
+        @functools.wraps(self._hyp_info)
+        def hyp_info():
+            out = []
+            self.check("__pkvm_hyp_info", (), lambda: out.append(self._hyp_info()) or out[0][0], info=out)
+            return out[0]
+
+        lab.host.call, lab.host.hyp_info = call, hyp_info
+
+    def remove(self) -> None:
+        host = self.lab.host
+        host.__dict__.pop("call", None)
+        host.__dict__.pop("hyp_info", None)
+
+    def peek(self, pa: int, n: int) -> bytes | None:
+        try:
+            return self.lab.core.phys.read(pa, n)
+        except Exception:   # outside RAM: the specification treats it as unreadable
+            return None
+
+    def check(self, name: str, args: tuple, run, info=None):
+        try:
+            before = abstract(self.lab)
+        except AbstractionError:
+            self.unchecked += 1
+            return run()
+        outs = allowed(before, name, args, self.peek)
+        err = None
+        try:
+            ret = run()
+        except HypercallError as e:
+            ret, err = -e.errno, e
+        after = abstract(self.lab)
+        self.checked += 1
+        for o in outs:
+            if o.ret == ret and self._same(o, after, info):
+                break
+        else:
+            self._mismatch(name, args, outs, ret, after, info)
+        if err is not None:
+            raise err
+        return ret
+
+    def _same(self, o, after, info) -> bool:
+        s = o.state
+        if s.pages != after.pages or s.vms != after.vms:
+            return False
+        if o.pool == "exact" and s.pool_free != after.pool_free:
+            return False
+        if info and (info[0][1] != 2 or info[0][2] != after.pool_free):
+            return False
+        return all(not any(self.lab.core.phys.read(pfn << 12, 4096)) for pfn in o.zeroed)
+
+    def _mismatch(self, name, args, outs, ret, after, info):
+        happened = _ret_words(ret)
+        if info:
+            happened = f"returned version {info[0][0]:#x}, EL{info[0][1]}, {info[0][2]} free pool pages"
+        same_ret = [o for o in outs if o.ret == ret]
+        closest = (same_ret or outs)[0]
+        diffs = after.differences(closest.state)
+        if closest.pool == "any":
+            diffs = [d for d in diffs if not d.startswith("hyp pool")]
+        for pfn in closest.zeroed:
+            if any(self.lab.core.phys.read(pfn << 12, 4096)):
+                diffs.append(f"pfn {pfn:#x}: not zeroed, but hyp gave it back to the host")
+        if info and info[0][2] != after.pool_free:
+            diffs.append(f"hyp pool: reported {info[0][2]} free, has {after.pool_free}")
+        raise SpecMismatch(name, args, [o.words() for o in outs], happened, diffs)
