@@ -99,6 +99,7 @@ def _machine(lab_factory, stats: _Stats):
             abstract(self.lab)   # builds lab._spec_abstraction: the configuration the rules pick hostile pages from
             self.n0 = self.c.checked
             stats.result.examples += 1
+            self.create_vm(1)   # a host usually runs a VM: every rule that needs one is enabled from the start
 
         # -- the page pool the rules pick from: the host's, the VMs', and a few hostile ones ------
         def candidates(self) -> list[int]:
@@ -149,6 +150,9 @@ def _machine(lab_factory, stats: _Stats):
         @rule(i=idx, nr=st.sampled_from((1, 1, 2, 3, 0)))
         def donate_hyp(self, i, nr):
             pfn = self.pick(i)
+            cfg = self.lab._spec_abstraction.config
+            if nr > 1 and cfg.in_ram(pfn) and not cfg.in_carveout(pfn):
+                pfn = self.host.alloc_pages(nr)   # never a neighbour the host's allocator may hand out later
             self.do(f"host.donate_hyp({pfn:#x}, {nr})", lambda: self.host.donate_hyp(pfn, nr))
 
         @rule(i=idx)
@@ -289,6 +293,51 @@ def _machine(lab_factory, stats: _Stats):
                 self.host.teardown_shadow(h)
             self.do(f"host.init_shadow({vm.host_kvm:#x}, {sva * PAGE:#x}, {size:#x}, {pgd * PAGE:#x})", go)
 
+        @rule(n=st.integers(1, 2), gfn=st.sampled_from(GFNS))
+        def vm_life(self, n, gfn):
+            """A whole short life: create a VM, give its guest a page with a marker in it, tear it down."""
+            pfn = self.host.alloc_pages(1)
+
+            def go():
+                vm = self.host.create_vm(n)
+                try:
+                    self.host.write_u64(pfn << 12, 0x7C7C)
+                    self.host.donate_guest(pfn, gfn, vm.handle)
+                    vm.guest_pages[gfn] = pfn
+                except HypercallError:
+                    self.host.free_pages(pfn)
+                self.host.teardown_vm(vm.handle)
+            self.do(f"vm = host.create_vm({n}); host.write_u64({pfn << 12:#x}, 0x7c7c); "
+                    f"host.donate_guest({pfn:#x}, {gfn:#x}, vm.handle); host.teardown_vm(vm.handle)", go)
+
+        @precondition(lambda self: self.vms)
+        @rule(v=idx, which=idx)
+        def unshare_pinned(self, v, which):
+            """Hostile: take back the struct kvm or a vCPU of a live VM, which hyp has pinned."""
+            vm = self.vms[v % len(self.vms)]
+            pages = [vm.host_kvm >> 12, *(x >> 12 for x in vm.vcpus)]
+            pfn = pages[which % len(pages)]
+            self.do(f"host.unshare_hyp({pfn:#x})", lambda: self.host.unshare_hyp(pfn))
+
+        @rule(how=st.sampled_from(("donate_hyp", "donate_guest", "share")))
+        def give_away_touched(self, how):
+            """The host uses a page, gives it away, and touches it again: the second touch must fault (or not)."""
+            pfn = self.host.alloc_pages(1)
+            self.touch_pfn(pfn)
+            if how == "donate_hyp":
+                self.do(f"host.donate_hyp({pfn:#x}, 1)", lambda: self.host.donate_hyp(pfn, 1))
+            elif how == "share" or not self.vms:
+                self.pages.append(pfn)
+                self.do(f"host.share_hyp({pfn:#x})", lambda: self.host.share_hyp(pfn))
+            else:
+                vm = self.vms[0]
+
+                def go():
+                    self.host.donate_guest(pfn, 0x100 + len(vm.guest_pages), vm.handle)
+                    vm.guest_pages[0x100 + len(vm.guest_pages)] = pfn
+                self.do(f"host.donate_guest({pfn:#x}, {0x100 + len(vm.guest_pages):#x}, {vm.handle:#x})", go)
+            self.touch_pfn(pfn)
+
         @rule()
         def hyp_info(self):
             self.do("host.hyp_info()", self.host.hyp_info)
@@ -300,13 +349,15 @@ def _machine(lab_factory, stats: _Stats):
     return HostCampaign
 
 
-def run(lab_factory, steps: int = 1000, *, steps_per_run: int = 40, shrink: bool = True,
+def run(lab_factory, steps: int = 1000, *, steps_per_run: int = 30, shrink: bool = True, shrink_seconds: float = 30,
         progress=None) -> CampaignResult:
     """Run the campaign for about ``steps`` steps (in runs of ``steps_per_run``), each run on a fresh lab.
 
     ``lab_factory()`` makes a lab (``Lab`` itself, or ``lambda: Lab(firmware=dir)`` for a mutant);
     ``progress``: None, ``"bar"`` (a notebook progress bar) or a callable taking the CampaignResult so far.
-    Stops at the first failure and (``shrink=True``) shrinks it; returns a :class:`CampaignResult`.
+    Stops at the first failure and (``shrink=True``) shrinks it for at most ``shrink_seconds`` (hypothesis
+    replays shorter and simpler sequences on fresh labs, keeping each that still fails); returns a
+    :class:`CampaignResult`.
     """
     if not callable(lab_factory):
         raise UsageError("campaign.run() takes a function that makes a Lab, e.g. Lab or lambda: Lab(firmware=path)")
@@ -324,6 +375,10 @@ def run(lab_factory, steps: int = 1000, *, steps_per_run: int = 40, shrink: bool
                    database=None, derandomize=True, phases=phases, suppress_health_check=list(HealthCheck),
                    report_multiple_bugs=False, print_blob=False)
     r = stats.result
+    from hypothesis.internal.conjecture import engine  # its shrink time limit (5 min) is a module constant
+
+    limit = engine.MAX_SHRINKING_SECONDS
+    engine.MAX_SHRINKING_SECONDS = shrink_seconds
     try:
         _run_quiet(lambda: run_state_machine_as_test(machine, settings=cfg))
     except Exception as e:   # noqa: BLE001 - whatever the hypervisor did, report it with its reproducer
@@ -332,6 +387,8 @@ def run(lab_factory, steps: int = 1000, *, steps_per_run: int = 40, shrink: bool
         r.failure = f"{type(e).__name__}: {e}"
         r.reproducer = stats.last_fail_calls
         r.mismatches += 1
+    finally:
+        engine.MAX_SHRINKING_SECONDS = limit
     r.seconds = time.perf_counter() - stats.t0
     r.steps_to_catch = stats.first_fail
     if bar:

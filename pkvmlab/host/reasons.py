@@ -198,6 +198,8 @@ def _init_shadow(host, view, args, err):
                 else f"the struct kvm at {kvm:#x} already has a shadow VM")
     def not_donatable() -> str | None:
         for start, n, what in ((va, -(-size // PAGE), "shadow area"), (pgd, lay.pgd_pages, "PGD")):
+            if n > host.core.ram_size // PAGE:   # a hostile size: do not walk 2^28 pages to say so
+                return f"the {what} ({n:#x} pages) is larger than all of RAM"
             for p in range(start >> PAGE_SHIFT, (start >> PAGE_SHIFT) + n):
                 why = _not_owned(host, view, p)
                 if why:
