@@ -38,6 +38,10 @@ class Abstraction:
         self.lab = lab
         fw, hyp = lab.fw, lab.hyp
         self.phys = lab.core.phys
+        # The engine's own read, without the debugger's per-call lock and checks (addresses are checked below);
+        # another backend without one gets the debugger's read.
+        uc = getattr(self.phys, "_uc", None)
+        self._raw = uc.mem_read if uc is not None else self.phys.read
         mem = {m: hyp.global_field("hyp_memory", "hyp_memory", m) for m in ("ram_start", "ram_end", "hyp_start", "hyp_end")}
         from pkvmlab.host.vm import host_layouts  # the host's view of the same DWARF
 
@@ -68,9 +72,14 @@ class Abstraction:
             "pgt.pgd", "pgt.ia_bits", "pgt.start_level")}
         self._states = vm_lay.field("shadow_vcpu_states").offset
         self._host_vcpu = st_lay.field("host_vcpu").offset
+        self._roots = None
+        self._vmemmap_at = None
+        self._lo, self._hi = self.config.ram[0] << PAGE_SHIFT, self.config.ram[1] << PAGE_SHIFT
 
     def _u(self, addr: int, size: int = 8) -> int:
-        return int.from_bytes(self.phys.read(addr, size), "little")
+        if self._lo <= addr and addr + size <= self._hi:
+            return int.from_bytes(self._raw(addr, size), "little")
+        return int.from_bytes(self.phys.read(addr, size), "little")   # outside RAM: its UsageError
 
     def _leaves(self, pgt: tuple[int, int, int]):
         from pkvmlab.inspect.tables import TableWalker
@@ -142,23 +151,65 @@ class Abstraction:
         pages = {}
         vmemmap = self._u(self._vmemmap)
         for pfn in set(host) | set(hypm):
-            hs, ann = host.get(pfn) or host_default(pfn)
-            ys, _ = hypm.get(pfn) or hyp_default(pfn)
-            if ann is not None:
-                owner = ann
-            elif hs == PageState.SHARED_BORROWED:
-                owner = int(Owner.HYP) if ys == PageState.SHARED_OWNED else NO_OWNER
-            else:
-                owner = int(Owner.HOST)
-            pins = 0
-            if not co[0] <= pfn < co[1]:   # outside the pool, the vmemmap's refcount counts hyp's pins
-                pins = self._u(vmemmap + (pfn - c.ram[0]) * self._page_size + self._ref[0], self._ref[1])
-            own = Owner(owner) if owner in Owner._value2member_map_ else owner
-            guest = PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
-            view = PageView(own, host=hs, hyp=ys, guest=guest, pins=pins)
+            view = self._view(pfn, host.get(pfn) or host_default(pfn), hypm.get(pfn) or hyp_default(pfn), vmemmap)
             if view != c.boot_view(pfn):
                 pages[pfn] = view
         return AbstractState(c, pages, self.vms(), self._u(*self._pool_free))
+
+    def _view(self, pfn: int, host_info: tuple, hyp_info: tuple, vmemmap: int) -> PageView:
+        """One page's view from its host stage-2 and hyp stage-1 (state, annotation) and its vmemmap pins."""
+        c, co = self.config, self.config.carveout
+        hs, ann = host_info
+        ys, _ = hyp_info
+        if ann is not None:
+            owner = ann
+        elif hs == PageState.SHARED_BORROWED:
+            owner = int(Owner.HYP) if ys == PageState.SHARED_OWNED else NO_OWNER
+        else:
+            owner = int(Owner.HOST)
+        pins = 0
+        if not co[0] <= pfn < co[1]:   # outside the pool, the vmemmap's refcount counts hyp's pins
+            pins = self._u(vmemmap + (pfn - c.ram[0]) * self._page_size + self._ref[0], self._ref[1])
+        own = Owner(owner) if owner in Owner._value2member_map_ else owner
+        guest = PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
+        return PageView(own, host=hs, hyp=ys, guest=guest, pins=pins)
+
+    def _leaf(self, pgt: tuple[int, int, int], addr: int) -> tuple[PageState, int | None] | None:
+        """(state, annotation) of the descriptor deciding ``addr`` in one table; None for an empty entry."""
+        if self._roots is None:
+            self._roots = {p: (self._u(p[0]), self._u(p[1], 4) & 0xFF, self._u(p[2], 4) & 0xFF)
+                           for p in (self._host_pgt, self._hyp_pgt)}   # fixed at boot: read once
+        table, ia_bits, level = self._roots[pgt]
+        first = True
+        while True:
+            shift = pt.granule_shift(level)
+            bits = ia_bits - shift if first else 9
+            pte = self._u(table + ((addr >> shift) & ((1 << bits) - 1)) * 8)
+            if not pte:
+                return None
+            if level < 3 and (pte & 3) == 3:
+                table, level, first = pte & pt.ADDR_MASK, level + 1, False
+                continue
+            if pte & pt.VALID:
+                return PageState((pte >> pt.STATE_SHIFT) & 3), None
+            return PageState.NOPAGE, pt.pte_owner(pte)
+
+    def local(self, pfns) -> dict[int, PageView]:
+        """The views of just ``pfns`` (pages of RAM), one table walk each: what a call's footprint needs."""
+        if not pfns:
+            return {}
+        if self._vmemmap_at is None:
+            self._vmemmap_at = self._u(self._vmemmap)   # fixed at boot
+        vmemmap = self._vmemmap_at
+        out = {}
+        for pfn in pfns:
+            h = self._leaf(self._host_pgt, pfn << PAGE_SHIFT) or (PageState.OWNED, None)   # empty: the host's
+            y = self._leaf(self._hyp_pgt, pfn << PAGE_SHIFT) or (PageState.NOPAGE, None)
+            out[pfn] = self._view(pfn, h, (y[0], None), vmemmap)
+        return out
+
+    def pool_free(self) -> int:
+        return self._u(*self._pool_free)
 
     def vms(self) -> dict[int, AbstractVM]:
         from pkvmlab.inspect.tables import mapped_pages
@@ -188,9 +239,14 @@ class Abstraction:
         return out
 
 
-def abstract(lab) -> AbstractState:
-    """The abstract state of ``lab`` now (builds and caches an :class:`Abstraction` on the lab)."""
+def abstract_of(lab) -> Abstraction:
+    """The lab's :class:`Abstraction` (built once per lab: the DWARF offsets)."""
     a = lab.__dict__.get("_spec_abstraction")
     if a is None:
         a = lab._spec_abstraction = Abstraction(lab)
-    return a()
+    return a
+
+
+def abstract(lab) -> AbstractState:
+    """The abstract state of ``lab`` now."""
+    return abstract_of(lab)()
