@@ -83,6 +83,8 @@ class SpecChecker:
             pfn, nr = args[0], 1
         elif name == "__pkvm_host_donate_hyp" and 0 < args[1] <= 64:
             pfn, nr = args
+        elif name == "__pkvm_host_donate_guest":
+            pfn, nr = args[0], 1
         else:
             return None
         a = abstract_of(self.lab)
@@ -90,8 +92,10 @@ class SpecChecker:
 
     def check_local(self, name: str, args: tuple, run, footprint: list[int], info=None):
         a = abstract_of(self.lab)
+        guest = name == "__pkvm_host_donate_guest"
+        vms = a.vm_local(args[2] & 0xFFFF_FFFF, args[1]) if guest else {}
         before = AbstractState(a.config, {p: v for p, v in a.local(footprint).items() if v != a.config.boot_view(p)},
-                               {}, a.pool_free())
+                               vms, a.pool_free())
         outs = allowed(before, name, args, self.peek)
         err = None
         try:
@@ -99,14 +103,15 @@ class SpecChecker:
         except HypercallError as e:
             ret, err = -e.errno, e
         now, pool = a.local(footprint), a.pool_free()
+        vms_now = a.vm_local(args[2] & 0xFFFF_FFFF, args[1]) if guest else {}
         self.checked += 1
         for o in outs:
-            if (o.ret == ret and all(o.state.page(p) == now[p] for p in footprint)
+            if (o.ret == ret and all(o.state.page(p) == now[p] for p in footprint) and o.state.vms == vms_now
                     and (o.pool == "any" or o.state.pool_free == pool)
                     and not (info and (info[0][1] != 2 or info[0][2] != pool))):
                 break
         else:
-            after = AbstractState(a.config, {p: v for p, v in now.items() if v != a.config.boot_view(p)}, {}, pool)
+            after = AbstractState(a.config, {p: v for p, v in now.items() if v != a.config.boot_view(p)}, vms_now, pool)
             self._mismatch(name, args, outs, ret, after, info)
         if err is not None:
             raise err

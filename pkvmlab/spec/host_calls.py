@@ -150,7 +150,7 @@ def init_shadow(s: AbstractState, host_kvm: int, shadow_va: int, shadow_size: in
     """The seed's ``__pkvm_init_shadow``, check by check (``peek(pa, n)``: host memory before the call)."""
     c = s.config
     changes: dict = {}
-    donated = False
+    donated = reached_donation = False
     try:
         if host_kvm % 8:
             raise Refused(errno.EINVAL, "host_kvm is not 8-byte aligned (the lab's check)")
@@ -162,6 +162,7 @@ def init_shadow(s: AbstractState, host_kvm: int, shadow_va: int, shadow_size: in
         if shadow_size < need:
             raise Refused(errno.ENOMEM, f"shadow_size {shadow_size:#x} < the {need:#x} bytes {nr_vcpus} vCPU(s) need")
         # map_donated_memory(): page aligned, donated whole, zeroed; any failure is -ENOMEM.
+        reached_donation = True
         if shadow_va % PAGE or shadow_size % PAGE:
             raise Refused(errno.ENOMEM, "the shadow area is not whole pages")
         sh_pfn, sh_nr = shadow_va >> PAGE_SHIFT, shadow_size >> PAGE_SHIFT
@@ -194,7 +195,11 @@ def init_shadow(s: AbstractState, host_kvm: int, shadow_va: int, shadow_size: in
             raise Refused(errno.EEXIST, f"a VM already exists for host_kvm {host_kvm:#x}")
     except Refused as r:
         zeroed = tuple(range(shadow_va >> PAGE_SHIFT, (shadow_va + shadow_size) >> PAGE_SHIFT)) if donated else ()
-        return [_refusal(s, Refused(r.err, r.why, pool_any=donated, zeroed=zeroed))]
+        outs = [_refusal(s, Refused(r.err, r.why, pool_any=donated, zeroed=zeroed))]
+        if reached_donation and r.err != errno.ENOMEM and s.pool_free is not None and s.pool_free < c.pool_slack:
+            # a donation's table split may find the pool empty: map_donated_memory() fails, -ENOMEM
+            outs.append(Outcome(-errno.ENOMEM, s, "the hyp pool cannot cover a donation's page tables", "any"))
+        return outs
     after = s.with_pages(changes)
     outs = []
     for idx in range(c.max_pvms):
