@@ -266,9 +266,14 @@ class Abstraction:
             pages = tuple(sorted(mapped_pages(self.phys, pgd, ia_bits, val("pgt.start_level")))) \
                 if pgd and 30 < ia_bits <= 48 else ()
             size = val("shadow_area_size")
+            refs = 0
+            if self.config.ram[0] <= addr >> PAGE_SHIFT < self.config.ram[1]:
+                vmemmap = self._u(self._vmemmap)
+                refs = self._u(vmemmap + ((addr >> PAGE_SHIFT) - self.config.ram[0]) * self._page_size + self._ref[0],
+                               self._ref[1])
             out[idx] = AbstractVM(idx, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"),
                                   vcpus, (addr >> PAGE_SHIFT, -(-size // 4096)), (pgd >> PAGE_SHIFT, self.config.pgd_pages),
-                                  pages)
+                                  pages, refs=refs)
         return out
 
 

@@ -218,8 +218,8 @@ def teardown_shadow(s: AbstractState, shadow_handle: int, peek=None) -> list[Out
     vm = s.vm_by_handle(shadow_handle & 0xFFFF_FFFF)   # the handler takes an unsigned int
     if vm is None:
         return [Outcome(-errno.ENOENT, s, f"no VM has handle {shadow_handle & 0xFFFF_FFFF:#x}")]
-    if vm.loaded:
-        return [Outcome(-errno.EBUSY, s, "a vCPU of the VM is loaded")]
+    if vm.loaded or vm.refs:   # the seed: hyp_page_count(vm) -- a loaded vCPU holds a reference
+        return [Outcome(-errno.EBUSY, s, "the VM is still referenced (a vCPU is loaded)")]
     changes: dict = {}
     back = [pfn for _, pfn in vm.pages]
     back += list(range(vm.pgd[0], vm.pgd[0] + vm.pgd[1])) + list(range(vm.shadow[0], vm.shadow[0] + vm.shadow[1]))

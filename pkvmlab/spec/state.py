@@ -62,6 +62,7 @@ class AbstractVM:
     pgd: tuple[int, int]            # (first pfn, nr pages) of the donated stage-2 PGD
     pages: tuple[tuple[int, int], ...] = ()   # (gfn, pfn) the host donated, sorted by gfn
     loaded: tuple[int, ...] = ()    # vCPU indices loaded on a physical CPU (guests: a later issue)
+    refs: int = 0                   # references hyp holds on the shadow area (hyp_page_count(vm): a loaded vCPU's)
 
     def page_at(self, gfn: int) -> int | None:
         return dict(self.pages).get(gfn)
@@ -149,7 +150,7 @@ class AbstractState:
 
 def _vm_detail(a: AbstractVM, b: AbstractVM) -> str:
     parts = [f"{f} {getattr(a, f)!r} vs {getattr(b, f)!r}" for f in ("handle", "vmid", "host_kvm", "vcpus", "shadow",
-                                                                     "pgd", "pages", "loaded")
+                                                                     "pgd", "pages", "loaded", "refs")
              if getattr(a, f) != getattr(b, f)]
     return " [" + "; ".join(parts) + "]"
 
