@@ -68,6 +68,12 @@ test: setup chromium qemu lint
 	PKVMLAB_REQUIRE_BROWSER=$$(test -x /usr/bin/chromium && echo 1 || echo 0) \
 	PKVMLAB_REQUIRE_QEMU=$$(command -v qemu-system-aarch64 >/dev/null && echo 1 || echo 0) \
 	  $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env
+	# The same hypercall tests and the hypercall notebooks again, every hypercall checked against pkvmlab.spec.
+	PKVMLAB_SPEC_CHECK=1 $(PY) -m pytest -q $(SPEC_CHECKED) --nbval-lax --nbval-current-env -p no:cacheprovider
+
+SPEC_CHECKED := tests/test_mem_protect.py tests/test_hostile_hypercalls.py tests/test_shadow_table.py \
+	tests/test_guest_memory.py tests/test_host_behaviour.py tests/test_ownership.py tests/test_refusal_reasons.py \
+	notebooks/03_who_owns_this_page.ipynb notebooks/04_shadow_vm_table.ipynb notebooks/05_protected_guest_memory.ipynb
 
 bench: setup
 	$(PY) bench/run_all.py

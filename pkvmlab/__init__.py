@@ -15,11 +15,12 @@ from pkvmlab.errors import (
     HypPanic,
     MachineError,
     PkvmLabError,
+    SpecMismatch,
     UsageError,
 )
 
 __all__ = ["FirmwareBuildError", "HostAccessFault", "HostException", "HypPanic", "HypercallError", "Lab", "MachineError",
-           "PkvmLabError", "UsageError"]
+           "PkvmLabError", "SpecMismatch", "UsageError"]
 
 
 def __getattr__(name: str):

@@ -67,3 +67,25 @@ class HypPanic(PkvmLabError):
         super().__init__(message)
         self.esr, self.elr, self.far = esr, elr, far
         self.instruction, self.reason = instruction, reason
+
+
+class SpecMismatch(PkvmLabError):
+    """A hypercall did something its executable specification does not allow (``lab.spec_check``).
+
+    ``call``/``args``: the hypercall; ``allowed``: what the specification allowed, in words;
+    ``happened``: what the hypervisor did; ``differences``: the pages and slots that differ.
+    """
+
+    def __init__(self, call: str, args: tuple, allowed: list[str], happened: str, differences: list[str]):
+        self.call, self.args_, self.allowed, self.happened = call, tuple(args), allowed, happened
+        self.differences = differences
+        shown = ", ".join(hex(a) if isinstance(a, int) else repr(a) for a in args)
+        lines = [f"{call}({shown}) did what the specification does not allow.",
+                 "  the specification allowed: " + (" or ".join(allowed[:3]) + (f" (or {len(allowed) - 3} more alike)"
+                                                                                 if len(allowed) > 3 else "")),
+                 f"  the hypervisor: {happened}"]
+        if differences:
+            lines.append("  where it differs (hypervisor vs specification):")
+            lines += ["    " + d for d in differences[:20]] + ([f"    ... {len(differences) - 20} more"]
+                                                               if len(differences) > 20 else [])
+        super().__init__("\n".join(lines))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from html import escape
 
@@ -69,7 +70,8 @@ class Lab:
     """A booted machine: ``lab.core`` (the CPU), ``lab.host`` (you, at EL1), ``lab.hyp`` (EL2's state)."""
 
     def __init__(self, *, ram_size: int = RAM_SIZE, hyp_size: int = HYP_SIZE, firmware: Firmware | str | None = None,
-                 native: bool | None = None, history: bool = False, backend: str = "unicorn"):
+                 native: bool | None = None, history: bool = False, backend: str = "unicorn",
+                 spec_check: bool | None = None):
         if backend not in ("unicorn", "qemu"):
             raise UsageError(f"backend is 'unicorn' (the lab's core) or 'qemu' (pkvmlab.machine.qemu), not {backend!r}")
         self.hyp_size = hyp_size
@@ -100,6 +102,11 @@ class Lab:
             raise MachineError(f"the hypervisor's info call ran at EL{el}, not EL2")
         self.version = version
         self._timeline = None
+        self._spec_checker = None
+        if spec_check is None:   # the test suite can run everything checked: PKVMLAB_SPEC_CHECK=1
+            # (the repository's firmware only: an edited copy is there to misbehave, and to be caught on request)
+            spec_check = firmware is None and os.environ.get("PKVMLAB_SPEC_CHECK", "") not in ("", "0")
+        self.spec_check = spec_check
         if history:
             self.timeline   # noqa: B018 - start recording now: step 0 is the freshly booted lab
 
@@ -114,6 +121,24 @@ class Lab:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # -- the executable specification (pkvmlab/spec/) ----------------------------------------
+    @property
+    def spec_check(self) -> bool:
+        """True: every host hypercall is checked against ``pkvmlab.spec`` (SpecMismatch if it disagrees)."""
+        return self._spec_checker is not None
+
+    @spec_check.setter
+    def spec_check(self, on: bool) -> None:
+        if not isinstance(on, bool):
+            raise UsageError(f"lab.spec_check takes True or False, got {on!r}")
+        if on and self._spec_checker is None:
+            from pkvmlab.spec.checker import SpecChecker
+
+            self._spec_checker = SpecChecker(self)
+        elif not on and self._spec_checker is not None:
+            self._spec_checker.remove()
+            self._spec_checker = None
 
     # -- time travel (pkvmlab/timeline.py) ------------------------------------------------------
     @property

@@ -6,6 +6,7 @@ Struct layouts are read from the firmware's own debug info, never typed a second
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -156,7 +157,14 @@ class Firmware:
 
     @cached_property
     def _structs(self) -> dict[str, object]:
-        """Every named struct DIE with a full definition, by ``"struct name"``."""
+        """Every named struct DIE with a full definition, by ``"struct name"`` (parsed once per ELF file)."""
+        st = os.stat(self.path)
+        key = (str(self.path), st.st_mtime_ns, st.st_size)
+        if key not in _STRUCTS:
+            _STRUCTS[key] = self._parse_structs()
+        return _STRUCTS[key]
+
+    def _parse_structs(self) -> dict[str, object]:
         out = {}
         with open(self.path, "rb") as fh:
             dwarf = ELFFile(fh).get_dwarf_info()
@@ -192,6 +200,9 @@ class Firmware:
 
     def __repr__(self) -> str:
         return f"Firmware({self.path.parent.name}, entry={self.entry:#x}, {len(self.symbols)} symbols)"
+
+
+_STRUCTS: dict[tuple, dict] = {}   # DWARF layouts by (ELF path, mtime, size): every Lab on one image shares them
 
 
 def load_firmware(path: str | Path | None = None) -> Firmware:

@@ -1,0 +1,15 @@
+"""pKVM's host hypercalls as an executable specification, written apart from the firmware's C.
+
+* :mod:`pkvmlab.spec.state` -- the abstract state: pages (owner, each component's state, pins), VMs,
+  the pool's free count;
+* :mod:`pkvmlab.spec.host_calls` -- one function per hypercall: (state, arguments) -> allowed outcomes;
+* :mod:`pkvmlab.spec.abstraction` -- from the concrete machine to the abstract state;
+* :mod:`pkvmlab.spec.checker` -- ``lab.spec_check = True``: every hypercall checked as it runs.
+
+Pure Python: ``import pkvmlab.spec`` loads no emulator.
+"""
+
+from pkvmlab.spec.host_calls import HOST_RULES, Outcome, allowed
+from pkvmlab.spec.state import AbstractState, AbstractVM, SpecConfig
+
+__all__ = ["HOST_RULES", "AbstractState", "AbstractVM", "Outcome", "SpecConfig", "allowed"]

@@ -1,0 +1,179 @@
+"""Checking every host hypercall against the specification at run time: ``lab.spec_check = True``.
+
+For each call: the abstract state before, the outcomes the specification allows, the real call,
+the abstract state after, and a comparison.  A call that matches none of the allowed outcomes raises
+:class:`pkvmlab.errors.SpecMismatch`, naming the call, what was allowed, what happened and the pages
+or slots that differ.  Installed as a wrapper around ``lab.host.call`` and ``lab.host.hyp_info``
+(instance attributes: ``pkvmlab/host/host.py`` is untouched), removed again by ``lab.spec_check = False``.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+
+from pkvmlab.errors import HypercallError, SpecMismatch
+from pkvmlab.spec.abstraction import AbstractionError, abstract, abstract_of
+from pkvmlab.spec.host_calls import HOST_RULES, allowed
+from pkvmlab.spec.state import AbstractState
+
+
+def _ret_words(ret: int) -> str:
+    return f"returned -{errno.errorcode.get(-ret, -ret)}" if ret < 0 else f"returned {ret:#x}"
+
+
+class SpecChecker:
+    """The wrapper ``lab.spec_check = True`` installs; counts what it checked."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.checked = 0
+        self.unchecked = 0          # calls made from a state the abstraction could not describe
+        # True: reuse the state after one call as the state before the next when the host did nothing in
+        # between (the campaign sets it: nothing else pokes its machine).  Off by default: a debugger write
+        # or a hyp-internal call from a test changes the state without the host knowing.
+        self.reuse_between_calls = False
+        self._last = None
+        # True: calls that only touch pages they name (share, unshare, a small donate_hyp, hyp_info) are checked
+        # on those pages alone, a table walk each: cheap enough to leave on.  That does not see a call change a
+        # page it does not name; the campaign turns it off and checks the whole state after every call.
+        self.local = True
+        self._call = lab.host.call
+        self._hyp_info = lab.host.hyp_info
+
+        @functools.wraps(self._call)
+        def call(name: str, *args: int) -> int:
+            if not self._checkable(name, args):   # misuse: the host model's own UsageError says what to pass
+                return self._call(name, *args)
+            return self.check(name, args, lambda: self._call(name, *args))
+
+        @functools.wraps(self._hyp_info)
+        def hyp_info():
+            out = []
+            self.check("__pkvm_hyp_info", (), lambda: out.append(self._hyp_info()) or out[0][0], info=out)
+            return out[0]
+
+        lab.host.call, lab.host.hyp_info = call, hyp_info
+
+    @staticmethod
+    def _checkable(name, args) -> bool:
+        from pkvmlab.arch.smccc import HYPERCALL_ARGS
+
+        return (name in HOST_RULES and len(args) == len(HYPERCALL_ARGS[name])
+                and all(type(a) is int and -(1 << 63) <= a < 1 << 64 for a in args))
+
+    def remove(self) -> None:
+        host = self.lab.host
+        host.__dict__.pop("call", None)
+        host.__dict__.pop("hyp_info", None)
+
+    def peek(self, pa: int, n: int) -> bytes | None:
+        try:
+            return self.lab.core.phys.read(pa, n)
+        except Exception:   # outside RAM: the specification treats it as unreadable
+            return None
+
+    def _footprint(self, name: str, args: tuple) -> list[int] | None:
+        """The pages a call names, if it is one that touches nothing else; None: check the whole state."""
+        if not self.local or self.reuse_between_calls:
+            return None
+        if name == "__pkvm_hyp_info":
+            return []
+        if name in ("__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp"):
+            pfn, nr = args[0], 1
+        elif name == "__pkvm_host_donate_hyp" and 0 < args[1] <= 64:
+            pfn, nr = args
+        elif name == "__pkvm_host_donate_guest":
+            pfn, nr = args[0], 1
+        else:
+            return None
+        a = abstract_of(self.lab)
+        return [p for p in range(pfn, pfn + nr) if a.config.in_ram(p)]
+
+    def check_local(self, name: str, args: tuple, run, footprint: list[int], info=None):
+        a = abstract_of(self.lab)
+        guest = name == "__pkvm_host_donate_guest"
+        vms = a.vm_local(args[2] & 0xFFFF_FFFF, args[1]) if guest else {}
+        before = AbstractState(a.config, {p: v for p, v in a.local(footprint).items() if v != a.config.boot_view(p)},
+                               vms, a.pool_free())
+        outs = allowed(before, name, args, self.peek)
+        err = None
+        try:
+            ret = run()
+        except HypercallError as e:
+            ret, err = -e.errno, e
+        now, pool = a.local(footprint), a.pool_free()
+        vms_now = a.vm_local(args[2] & 0xFFFF_FFFF, args[1]) if guest else {}
+        self.checked += 1
+        for o in outs:
+            if (o.ret == ret and all(o.state.page(p) == now[p] for p in footprint) and o.state.vms == vms_now
+                    and (o.pool == "any" or o.state.pool_free == pool)
+                    and not (info and (info[0][1] != 2 or info[0][2] != pool))):
+                break
+        else:
+            after = AbstractState(a.config, {p: v for p, v in now.items() if v != a.config.boot_view(p)}, vms_now, pool)
+            self._mismatch(name, args, outs, ret, after, info)
+        if err is not None:
+            raise err
+        return ret
+
+    def check(self, name: str, args: tuple, run, info=None):
+        footprint = self._footprint(name, args)
+        if footprint is not None:
+            try:
+                return self.check_local(name, args, run, footprint, info)
+            except AbstractionError:
+                self.unchecked += 1
+                return run()
+        try:
+            last = self._last
+            if self.reuse_between_calls and last is not None and last[1] == self.lab.host.changes:
+                before = last[0]
+            else:
+                before = abstract(self.lab)
+        except AbstractionError:
+            self.unchecked += 1
+            return run()
+        outs = allowed(before, name, args, self.peek)
+        err = None
+        try:
+            ret = run()
+        except HypercallError as e:
+            ret, err = -e.errno, e
+        after = abstract(self.lab)
+        self._last = (after, self.lab.host.changes)
+        self.checked += 1
+        for o in outs:
+            if o.ret == ret and self._same(o, after, info):
+                break
+        else:
+            self._mismatch(name, args, outs, ret, after, info)
+        if err is not None:
+            raise err
+        return ret
+
+    def _same(self, o, after, info) -> bool:
+        s = o.state
+        if s.pages != after.pages or s.vms != after.vms:
+            return False
+        if o.pool == "exact" and s.pool_free != after.pool_free:
+            return False
+        if info and (info[0][1] != 2 or info[0][2] != after.pool_free):
+            return False
+        return all(not any(self.lab.core.phys.read(pfn << 12, 4096)) for pfn in o.zeroed)
+
+    def _mismatch(self, name, args, outs, ret, after, info):
+        happened = _ret_words(ret)
+        if info:
+            happened = f"returned version {info[0][0]:#x}, EL{info[0][1]}, {info[0][2]} free pool pages"
+        same_ret = [o for o in outs if o.ret == ret]
+        closest = (same_ret or outs)[0]
+        diffs = after.differences(closest.state)
+        if closest.pool == "any":
+            diffs = [d for d in diffs if not d.startswith("hyp pool")]
+        for pfn in closest.zeroed:
+            if any(self.lab.core.phys.read(pfn << 12, 4096)):
+                diffs.append(f"pfn {pfn:#x}: not zeroed, but hyp gave it back to the host")
+        if info and info[0][2] != after.pool_free:
+            diffs.append(f"hyp pool: reported {info[0][2]} free, has {after.pool_free}")
+        raise SpecMismatch(name, args, [o.words() for o in outs], happened, diffs)

@@ -1,0 +1,63 @@
+"""The campaign: the correct firmware survives thousands of random host steps; every planted bug is caught.
+
+About 10,000 campaign steps in all (the correct firmware, then each mutant until caught), each hypercall
+checked by the specification.  Steps per second are measured in bench/bench_spec.py, not here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pkvmlab import Lab, UsageError, campaign, mutants
+from pkvmlab.firmware import load_firmware
+
+CLEAN_STEPS = 5000
+MUTANT_BUDGET = 2000   # steps: every planted bug must be caught within this many
+
+
+@pytest.fixture(scope="module")
+def firmware():
+    return load_firmware()
+
+
+def test_the_correct_firmware_agrees_with_the_specification_for_thousands_of_steps(firmware):
+    r = campaign.run(lambda: Lab(firmware=firmware), steps=CLEAN_STEPS, shrink=False)
+    assert not r.caught, str(r)
+    assert r.steps >= CLEAN_STEPS * 0.9 and r.calls > r.steps // 2
+
+
+def test_there_are_at_least_twelve_planted_bugs_each_described():
+    names = mutants.names()
+    assert len(names) >= 12
+    assert all(mutants.describe(n) for n in names)
+
+
+@pytest.mark.parametrize("name", mutants.names())
+def test_the_campaign_catches_the_planted_bug(name, tmp_path):
+    fw = load_firmware(mutants.build(name, tmp_path / "firmware"))
+    r = campaign.run(lambda: Lab(firmware=fw), steps=MUTANT_BUDGET, shrink=False)
+    assert r.caught, f"{name} ({mutants.describe(name)}) survived {r.steps} steps"
+    assert r.steps_to_catch <= MUTANT_BUDGET and r.reproducer
+
+
+def test_a_failure_shrinks_to_a_reproducer_of_host_calls(tmp_path):
+    fw = load_firmware(mutants.build("07_unsigned_errno", tmp_path / "firmware"))
+    r = campaign.run(lambda: Lab(firmware=fw), steps=MUTANT_BUDGET, shrink=True, shrink_seconds=10)
+    assert r.caught and "__pkvm_init_shadow" in r.failure
+    assert 1 <= len(r.reproducer) < 30 and r.reproducer[-1].startswith("host.init_shadow(")
+    assert "shrunk to" in repr(r)
+
+
+def test_campaign_misuse_is_a_usage_error():
+    with pytest.raises(UsageError, match="function that makes a Lab"):
+        campaign.run(42)
+    with pytest.raises(UsageError, match="positive"):
+        campaign.run(Lab, steps=0)
+
+
+def test_a_patch_that_does_not_apply_says_so(tmp_path):
+    from pkvmlab.firmware.build import copy_firmware
+
+    d = copy_firmware(tmp_path / "fw")
+    with pytest.raises(UsageError, match="does not apply"):
+        mutants.apply_patch("--- a/pkvm.c\n+++ b/pkvm.c\n@@ -1 +1 @@\n-no such line\n+x\n", d)
