@@ -162,6 +162,7 @@ class Core:
         self._host_watched = False      # watch_host(): the watchdog stops runs only in host code
         self._stop_requested = self._stopped_hard = False
         self._hard_token: int | None = None
+        self.stuck: str | None = None    # set when the host can never run again (it gave away its own code)
         self._a32_ok = A32.layout_ok(self)   # can a stop in AArch32 EL0 be read and undone (aarch32.py)?
         self._event: tuple[int, int, int] | None = None
         self._budget = [0, 0, 0]          # pure-Python path: [budget, counted, preempted at]
@@ -314,6 +315,8 @@ class Core:
              resumed_timed_out: tuple[bool, bool]) -> HostVector | None:
         if self.panic is not None:
             raise MachineError("the hypervisor has panicked; this machine is dead: create a new Lab()") from self.panic
+        if self.stuck is not None:
+            raise MachineError(self.stuck)
         pc = begin
         last_abort, repeats = None, 0
         while True:
@@ -371,6 +374,8 @@ class Core:
                 repeats = repeats + 1 if key == last_abort else 0
                 last_abort = key
                 if repeats >= MAX_REPEATED_ABORTS:
+                    self.stuck = (f"the host is stuck: it gave away a page it runs from (pc={key[0]:#x}); "
+                                  "this machine cannot run the host again: create a new Lab()")
                     raise MachineError(
                         f"the host is stuck: the same stage-2 abort (pc={key[0]:#x}, address {key[1]:#x}) came back "
                         f"{repeats} times with nothing in between. The hypervisor keeps refusing the access and the "
