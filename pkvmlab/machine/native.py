@@ -66,11 +66,24 @@ def library_path() -> Path:
 def build(*, force: bool = False) -> Path:
     """Compile native_hook.c (or find it in the cache); raises MachineError with the compiler's message."""
     global builds
-    from pkvmlab.firmware.build import cache_dir
-
     out = library_path()
     if out.is_file() and not force:
         return out
+    try:
+        compile_against_unicorn(SOURCE, CFLAGS, out, f"the native hook ({SOURCE.name})")
+    finally:
+        builds += 1
+    return out
+
+
+def compile_against_unicorn(source: Path, cflags: tuple[str, ...], out: Path, what: str) -> None:
+    """Build ``source`` into the shared library ``out`` with zig cc, linked to the binding's own libunicorn.
+
+    Written atomically: a concurrent process sees the old file or the new one.  MachineError with the
+    compiler's words if it fails.
+    """
+    from pkvmlab.firmware.build import cache_dir
+
     lib = _unicorn_lib()
     include = Path(unicorn.__file__).resolve().parent / "include"
     if not (include / "unicorn" / "unicorn.h").is_file():
@@ -79,15 +92,13 @@ def build(*, force: bool = False) -> Path:
     zig_cache = str(cache_dir() / "zig-cache")
     env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=zig_cache, ZIG_LOCAL_CACHE_DIR=zig_cache)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        tmp_lib = Path(tmp) / LIB_NAME
-        cmd = [sys.executable, "-m", "ziglang", "cc", *CFLAGS, f"-I{include}", "-o", str(tmp_lib), str(SOURCE),
+        tmp_lib = Path(tmp) / out.name
+        cmd = [sys.executable, "-m", "ziglang", "cc", *cflags, f"-I{include}", "-o", str(tmp_lib), str(source),
                str(lib), f"-Wl,-rpath,{lib.parent}"]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        builds += 1
         if proc.returncode != 0 or not tmp_lib.is_file():
-            raise MachineError(f"building the native hook ({SOURCE.name}) failed:\n{(proc.stderr + proc.stdout).strip()}")
-        os.replace(tmp_lib, out)   # atomic: a concurrent process sees the old file or the new one
-    return out
+            raise MachineError(f"building {what} failed:\n{(proc.stderr + proc.stdout).strip()}")
+        os.replace(tmp_lib, out)
 
 
 def load() -> ctypes.CDLL:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,25 +54,12 @@ def library_path() -> Path:
 
 def build() -> Path:
     """Compile recorder.c against the binding's own libunicorn (cached); MachineError with the compiler's words."""
-    from pkvmlab.firmware.build import cache_dir
-    from pkvmlab.machine.native import _unicorn_lib
+    from pkvmlab.machine.native import compile_against_unicorn
 
     out = library_path()
     if out.is_file():
         return out
-    lib = _unicorn_lib()
-    include = Path(unicorn.__file__).resolve().parent / "include"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    zig_cache = str(cache_dir() / "zig-cache")
-    env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=zig_cache, ZIG_LOCAL_CACHE_DIR=zig_cache)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        tmp_lib = Path(tmp) / LIB_NAME
-        cmd = [sys.executable, "-m", "ziglang", "cc", *CFLAGS, f"-I{include}", "-o", str(tmp_lib), str(SOURCE),
-               str(lib), f"-Wl,-rpath,{lib.parent}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0 or not tmp_lib.is_file():
-            raise MachineError(f"building {SOURCE.name} failed:\n{(proc.stderr + proc.stdout).strip()}")
-        os.replace(tmp_lib, out)
+    compile_against_unicorn(SOURCE, CFLAGS, out, SOURCE.name)
     return out
 
 
