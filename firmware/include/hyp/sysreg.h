@@ -74,8 +74,10 @@
 #define PSR_MODE32_BIT	0x10	/* SPSR.M[4]: the exception came from AArch32 (the host's EL0 may be) */
 
 /*
- * Where in VBAR_EL1 a synchronous exception from `spsr` lands when taken to EL1h (ARM ARM D1.10.2;
- * upstream: get_except64_offset()): current EL with SP0 or SPx, or lower EL using AArch64 or AArch32.
+ * Where in VBAR_EL1 a synchronous exception from `spsr` lands when taken to EL1h (ARM ARM D1.10.2):
+ * current EL with SP0 or SPx, or lower EL using AArch64 or AArch32.  Upstream: host_inject_abort() in
+ * nvhe/mem_protect.c adds get_except64_offset(spsr, PSR_MODE_EL1h, except_type_sync) to VBAR_EL1
+ * (declared in asm/kvm_emulate.h; offsets CURRENT_EL_SP_EL0_VECTOR .. LOWER_EL_AArch32_VECTOR).
  */
 static inline unsigned long except64_sync_offset(unsigned long spsr)
 {
