@@ -10,10 +10,11 @@ rest of the cell, its outputs and its other metadata stay as they are.  Running 
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import notebook_files  # noqa: E402
 
 MARKERS = ("NBVAL_CHECK_OUTPUT", "NBVAL_IGNORE_OUTPUT", "NBVAL_RAISES_EXCEPTION", "NBVAL_SKIP")
 
@@ -72,21 +73,8 @@ def remaining(nb: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="only check; exit 1 if marker comments remain")
-    ap.add_argument("notebooks", nargs="+", type=Path)
-    args = ap.parse_args(argv)
-    bad = 0
-    for path in args.notebooks:
-        nb = json.loads(path.read_text(encoding="utf-8"))
-        if args.check:
-            for r in remaining(nb):
-                print(f"{path}: {r}")
-                bad += 1
-        elif convert(nb):
-            path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-            print(f"tagged {path}")
-    return 1 if bad else 0
+    return notebook_files.main(argv, __doc__.splitlines()[0], problems=remaining, fix=convert, done="tagged",
+                               check_help="only check; exit 1 if marker comments remain")
 
 
 if __name__ == "__main__":

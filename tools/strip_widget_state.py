@@ -13,10 +13,11 @@ execution count.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import notebook_files  # noqa: E402
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -50,21 +51,8 @@ def strip(nb: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="only check; exit 1 if a notebook is not fit to commit")
-    ap.add_argument("notebooks", nargs="+", type=Path)
-    args = ap.parse_args(argv)
-    bad = 0
-    for path in args.notebooks:
-        nb = json.loads(path.read_text(encoding="utf-8"))
-        if args.check:
-            for p in problems(nb):
-                print(f"{path}: {p}")
-                bad += 1
-        elif strip(nb):
-            path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-            print(f"stripped {path}")
-    return 1 if bad else 0
+    return notebook_files.main(argv, __doc__.splitlines()[0], problems=problems, fix=strip, done="stripped",
+                               check_help="only check; exit 1 if a notebook is not fit to commit")
 
 
 if __name__ == "__main__":
