@@ -6,35 +6,13 @@ the ratios to (a) are what to compare across machines; nothing here passes or fa
 
 from __future__ import annotations
 
-import time
+from timing import best_interleaved
 
 from pkvmlab import Lab
 from pkvmlab.arch import insn as I
 from pkvmlab.arch.smccc import HYPERCALLS
 
 INFO = HYPERCALLS["__pkvm_hyp_info"]
-
-
-def per_call(fn, n: int) -> float:
-    """Seconds per call of ``fn``, averaged over ``n`` calls."""
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t) / n
-
-
-def best_interleaved(cases: dict, rounds: int = 7) -> dict[str, float]:
-    """Best per-call time of each case, the cases taking turns round by round.
-
-    Interleaving keeps the ratios honest on a busy machine: a slow spell hits every case alike.
-    """
-    for fn, _ in cases.values():
-        fn()  # warm-up
-    best = dict.fromkeys(cases, float("inf"))
-    for _ in range(rounds):
-        for name, (fn, n) in cases.items():
-            best[name] = min(best[name], per_call(fn, n))
-    return best
 
 
 def main() -> None:

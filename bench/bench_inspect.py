@@ -9,27 +9,16 @@ Targets from the issue: ownership snapshot + figure for 1 GiB < 0.5 s, shadow ta
 from __future__ import annotations
 
 import io
-import time
 
 import matplotlib
 
 matplotlib.use("Agg")
 
+from timing import best  # noqa: E402
+
 from pkvmlab import Lab, viz  # noqa: E402
 from pkvmlab.inspect.diff import diff  # noqa: E402
 from pkvmlab.inspect.walk import at, at_many, walk  # noqa: E402
-
-
-def best(fn, n: int, rounds: int = 5) -> float:
-    """Best per-call seconds of ``fn`` over ``rounds`` rounds of ``n`` calls."""
-    fn()
-    out = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        out = min(out, (time.perf_counter() - t) / n)
-    return out
 
 
 def line(name: str, secs: float, hvc: float, target: float | None = None) -> str:

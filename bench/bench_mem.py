@@ -10,24 +10,12 @@ from __future__ import annotations
 
 import time
 
+from timing import best_interleaved
+
 from pkvmlab import Lab
 from pkvmlab.arch.smccc import HYPERCALLS
 
 INFO, SHARE, UNSHARE = (HYPERCALLS[n] for n in ("__pkvm_hyp_info", "__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp"))
-
-
-def best_interleaved(cases: dict, rounds: int = 9) -> dict[str, float]:
-    """Best seconds per call of each ``name: (fn, calls per round)``, the cases taking turns."""
-    for fn, _ in cases.values():
-        fn()
-    best = dict.fromkeys(cases, float("inf"))
-    for _ in range(rounds):
-        for name, (fn, n) in cases.items():
-            t = time.perf_counter()
-            for _ in range(n):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - t) / n)
-    return best
 
 
 def round_trip(native: bool | None) -> None:

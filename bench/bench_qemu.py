@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import time
 
+from timing import per_call
+
 from pkvmlab import HostAccessFault, Lab
 from pkvmlab.arch.smccc import HYPERCALLS
 from pkvmlab.machine.qemu import missing_reason, qemu_binary
 
 INFO = HYPERCALLS["__pkvm_hyp_info"]
-
-
-def per_call(fn, n: int) -> float:
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t) / n
 
 
 def fault(lab: Lab):

@@ -1,0 +1,37 @@
+"""Timing helpers every bench shares: best-of-rounds per-call times, cases interleaved.
+
+Benches run as scripts (``bench/run_all.py``), so ``bench/`` is on ``sys.path`` and they
+``from timing import ...``.  Nothing here passes or fails on time.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def per_call(fn, n: int) -> float:
+    """Seconds per call of ``fn``, averaged over ``n`` calls."""
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
+
+
+def best(fn, n: int, rounds: int = 5) -> float:
+    """Best per-call seconds of ``fn`` over ``rounds`` rounds of ``n`` calls (after one warm-up call)."""
+    fn()
+    return min(per_call(fn, n) for _ in range(rounds))
+
+
+def best_interleaved(cases: dict, rounds: int = 7) -> dict[str, float]:
+    """Best per-call seconds of each ``name: (fn, calls per round)``, the cases taking turns round by round.
+
+    Interleaving keeps the ratios honest on a busy machine: a slow spell hits every case alike.
+    """
+    for fn, _ in cases.values():
+        fn()  # warm-up
+    out = dict.fromkeys(cases, float("inf"))
+    for _ in range(rounds):
+        for name, (fn, n) in cases.items():
+            out[name] = min(out[name], per_call(fn, n))
+    return out
