@@ -27,6 +27,7 @@ from pkvmlab.errors import HypPanic, MachineError, UsageError
 from pkvmlab.machine import aarch32 as A32
 from pkvmlab.machine import exceptions as X
 from pkvmlab.machine.panic import decode_panic, symbolize
+from pkvmlab.machine.phys import PhysAccess, check_uint
 from pkvmlab.machine.watchdog import WATCHDOG
 
 RAM_BASE = 0x4000_0000
@@ -73,59 +74,22 @@ class HostVector:
     pc: int
 
 
-class PhysMemory:
-    """Debugger access to physical memory: no translation, no permission checks, no faults.
-
-    Only the inspector, tests and the boot loader use it.  Anything the host *does* goes through
-    ``lab.host.read/write`` instead, which run real loads and stores at EL1.
-    """
+class PhysMemory(PhysAccess):
+    """Debugger access to physical memory on Unicorn (checks in :class:`PhysAccess`)."""
 
     def __init__(self, core: Core):
         self._uc, self.core = core.uc, core
         self.base, self.size = core.ram_base, core.ram_size
 
-    def _check(self, pa: int, n: int) -> None:
-        if not isinstance(pa, int) or not isinstance(n, int) or n < 0:
-            raise UsageError(f"physical access needs an int address and length, got {pa!r}, {n!r}")
-        if pa < self.base or pa + n > self.base + self.size:
-            raise UsageError(f"[{pa:#x}, {pa + n:#x}) is outside RAM [{self.base:#x}, {self.base + self.size:#x})")
-
     @serialised
-    def read(self, pa: int, n: int) -> bytes:
-        self._check(pa, n)
+    def _read(self, pa: int, n: int) -> bytes:
         return bytes(self._uc.mem_read(pa, n))
 
     @serialised
-    def write(self, pa: int, data: bytes) -> None:
-        """Write bytes; translated code is dropped so a patched instruction really runs next time."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise UsageError(f"phys.write() takes bytes, got {type(data).__name__}: use write_u64() for a number")
-        self._check(pa, len(data))
-        self._uc.mem_write(pa, bytes(data))
+    def _write(self, pa: int, data: bytes) -> None:
+        """Translated code is dropped so a patched instruction really runs next time."""
+        self._uc.mem_write(pa, data)
         self._uc.ctl_flush_tb()   # Unicorn does not see debugger writes to code it has already translated
-
-    def read_u64(self, pa: int) -> int:
-        return int.from_bytes(self.read(pa, 8), "little")
-
-    def write_u64(self, pa: int, value: int) -> None:
-        self.write(pa, check_uint(value, 64, "phys.write_u64 value").to_bytes(8, "little"))
-
-    def read_u32(self, pa: int) -> int:
-        return int.from_bytes(self.read(pa, 4), "little")
-
-
-def check_uint(value, bits: int, what: str, *, signed_ok: bool = False) -> int:
-    """``value`` if it is an int in [0, 2**bits); else a UsageError saying what to pass (bools are not ints here).
-
-    ``signed_ok``: a negative value down to -2**(bits-1) is taken as its two's complement, as a register holds it.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{what} must be an int, got {type(value).__name__} {value!r}")
-    lo = -(1 << bits - 1) if signed_ok else 0
-    if not lo <= value < 1 << bits:
-        raise UsageError(f"{what} must be in [{'-2**' + str(bits - 1) if signed_ok else '0'}, 2**{bits}), got "
-                         f"{value:#x}: it would not fit a {bits}-bit register (mask it yourself if you mean the low bits)")
-    return value & (1 << bits) - 1
 
 
 class Registers:

@@ -35,6 +35,7 @@ from pkvmlab.machine.core import RAM_BASE, RAM_SIZE, HostVector, Registers
 from pkvmlab.machine.decode import disassemble
 from pkvmlab.machine.gdbremote import GdbError, GdbRemote, GdbTimeout
 from pkvmlab.machine.panic import symbolize
+from pkvmlab.machine.phys import PhysAccess
 from pkvmlab.machine.qemu_process import QemuProcess, missing_reason, qemu_binary
 
 __all__ = ["QemuCore", "QemuPhysMemory", "missing_reason", "qemu_binary"]
@@ -47,38 +48,20 @@ _SYSREG_ALIASES = {"vbar_el1": "vbar", "sctlr_el1": "sctlr", "cpacr_el1": "cpacr
 _GPR_ALIASES = {"fp": "x29", "lr": "x30", "pstate": "cpsr"}
 
 
-class QemuPhysMemory:
-    """Debugger access to physical memory through the gdbstub (no translation, no faults)."""
+class QemuPhysMemory(PhysAccess):
+    """Debugger access to physical memory through the gdbstub (checks in :class:`PhysAccess`)."""
 
     def __init__(self, core: QemuCore):
         self._core = core
         self.base, self.size = core.ram_base, core.ram_size
 
-    def _check(self, pa: int, n: int) -> None:
-        if not isinstance(pa, int) or not isinstance(n, int) or n < 0:
-            raise UsageError(f"physical access needs an int address and length, got {pa!r}, {n!r}")
-        if pa < self.base or pa + n > self.base + self.size:
-            raise UsageError(f"[{pa:#x}, {pa + n:#x}) is outside RAM [{self.base:#x}, {self.base + self.size:#x})")
-
-    def read(self, pa: int, n: int) -> bytes:
-        self._check(pa, n)
+    def _read(self, pa: int, n: int) -> bytes:
         with self._core.lock:
-            return self._core._link().read_memory(pa, n) if n else b""
+            return self._core._link().read_memory(pa, n)
 
-    def write(self, pa: int, data: bytes) -> None:
-        self._check(pa, len(data))
+    def _write(self, pa: int, data: bytes) -> None:
         with self._core.lock:
-            if data:
-                self._core._link().write_memory(pa, bytes(data))
-
-    def read_u64(self, pa: int) -> int:
-        return int.from_bytes(self.read(pa, 8), "little")
-
-    def write_u64(self, pa: int, value: int) -> None:
-        self.write(pa, (value & (1 << 64) - 1).to_bytes(8, "little"))
-
-    def read_u32(self, pa: int) -> int:
-        return int.from_bytes(self.read(pa, 4), "little")
+            self._core._link().write_memory(pa, data)
 
 
 class QemuCore:

@@ -1,0 +1,67 @@
+"""Debugger access to physical memory, backend-neutral: the argument checks both cores share.
+
+``Core.phys`` (Unicorn) and ``QemuCore.phys`` (the gdbstub) differ only in how bytes move; what a caller
+may pass, and the one-line error when it passes something else, is written here once.  Imports no emulator.
+"""
+
+from __future__ import annotations
+
+from pkvmlab.errors import UsageError
+
+
+def check_uint(value, bits: int, what: str, *, signed_ok: bool = False) -> int:
+    """``value`` if it is an int in [0, 2**bits); else a UsageError saying what to pass (bools are not ints here).
+
+    ``signed_ok``: a negative value down to -2**(bits-1) is taken as its two's complement, as a register holds it.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{what} must be an int, got {type(value).__name__} {value!r}")
+    lo = -(1 << bits - 1) if signed_ok else 0
+    if not lo <= value < 1 << bits:
+        raise UsageError(f"{what} must be in [{'-2**' + str(bits - 1) if signed_ok else '0'}, 2**{bits}), got "
+                         f"{value:#x}: it would not fit a {bits}-bit register (mask it yourself if you mean the low bits)")
+    return value & (1 << bits) - 1
+
+
+class PhysAccess:
+    """Physical memory as a debugger sees it: no translation, no permission checks, no faults.
+
+    Only the inspector, tests and the boot loader use it.  Anything the host *does* goes through
+    ``lab.host.read/write`` instead, which run real loads and stores at EL1.  A backend supplies
+    ``_read(pa, n)`` and ``_write(pa, data)``; the checks are here.
+    """
+
+    base: int
+    size: int
+
+    def _check(self, pa: int, n: int) -> None:
+        if isinstance(pa, bool) or isinstance(n, bool) or not isinstance(pa, int) or not isinstance(n, int) or n < 0:
+            raise UsageError(f"physical access needs an int address and length, got {pa!r}, {n!r}")
+        if pa < self.base or pa + n > self.base + self.size:
+            raise UsageError(f"[{pa:#x}, {pa + n:#x}) is outside RAM [{self.base:#x}, {self.base + self.size:#x})")
+
+    def read(self, pa: int, n: int) -> bytes:
+        self._check(pa, n)
+        return self._read(pa, n) if n else b""
+
+    def write(self, pa: int, data: bytes) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise UsageError(f"phys.write() takes bytes, got {type(data).__name__}: use write_u64() for a number")
+        self._check(pa, len(data))
+        if len(data):
+            self._write(pa, bytes(data))
+
+    def read_u64(self, pa: int) -> int:
+        return int.from_bytes(self.read(pa, 8), "little")
+
+    def write_u64(self, pa: int, value: int) -> None:
+        self.write(pa, check_uint(value, 64, "phys.write_u64 value").to_bytes(8, "little"))
+
+    def read_u32(self, pa: int) -> int:
+        return int.from_bytes(self.read(pa, 4), "little")
+
+    def _read(self, pa: int, n: int) -> bytes:
+        raise NotImplementedError
+
+    def _write(self, pa: int, data: bytes) -> None:
+        raise NotImplementedError
