@@ -162,6 +162,20 @@ def test_system_register_writes_are_refused_in_words(qlab):
         qlab.core.set_sysreg("VBAR_EL1", vbar + 0x800)
 
 
+@pytest.mark.parametrize("backend", ["unicorn", "qemu"])
+def test_debugger_memory_access_refuses_what_would_be_truncated_on_both_backends(backend, request):
+    """phys.write_u64 of a value past 64 bits, a non-bytes write, or an access past RAM: a one-line UsageError, nothing written."""
+    lab = request.getfixturevalue("qlab") if backend == "qemu" else Lab()
+    pa = lab.host.alloc_pages() << 12
+    lab.core.phys.write_u64(pa, 0x1122334455667788)
+    for bad in (lambda: lab.core.phys.write_u64(pa, 1 << 64), lambda: lab.core.phys.write_u64(pa, -1),
+                lambda: lab.core.phys.write(pa, 5), lambda: lab.core.phys.read(lab.core.phys.base - 8, 16)):
+        with pytest.raises(UsageError) as e:
+            bad()
+        assert "\n" not in str(e.value)
+    assert lab.core.phys.read_u64(pa) == 0x1122334455667788
+
+
 def test_an_unknown_backend_is_a_usage_error():
     with pytest.raises(UsageError, match="'unicorn'.*'qemu'"):
         Lab(backend="bochs")
