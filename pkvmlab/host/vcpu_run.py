@@ -42,6 +42,7 @@ ARM_EXCEPTION_IRQ, ARM_EXCEPTION_TRAP = 0, 2
 KVM_ARM64_INCREMENT_PC = 1 << 9
 HPFAR_FIPA_MASK = ((1 << 40) - 1) & ~0xF
 MEMCACHE_TOPUP = 2                # kvm_mmu_cache_min_pages(): a table per level below the PGD
+_KVM_VCPU_RUN = HYPERCALLS["__kvm_vcpu_run"]
 VCPU_FIELDS = ("arch.ctxt.regs.regs", "arch.ctxt.regs.pc", "arch.ctxt.sp_el1", "arch.fault.esr_el2",
                "arch.fault.far_el2", "arch.fault.hpfar_el2", "arch.flags", "arch.pkvm_memcache.head",
                "arch.pkvm_memcache.nr_pages")
@@ -110,6 +111,7 @@ class VcpuRunner:
         if (self.off["arch.fault.far_el2"], self.off["arch.fault.hpfar_el2"]) != (esr_at + 8, esr_at + 16):
             raise UsageError("struct kvm_vcpu_fault_info is not esr_el2, far_el2, hpfar_el2 in a row: "
                              "kernel_image.VCPU_RUN reads them with one ldp and one ldr")
+        self._run_at = (self._field("arch.ctxt.regs.regs", 0), self._field("arch.flags"), esr_at + self.vcpu)
         self._answer: tuple[int | None, bool] | None = None   # (regs[0] value or None, increment PC)
         self.exits: list[Exit] = []
 
@@ -212,10 +214,9 @@ class VcpuRunner:
         host = self.host
         value, incr = self._answer if self._answer is not None else (None, False)
         self._answer = None
-        regs = [HYPERCALLS["__kvm_vcpu_run"], 0, 0, 0, 0, 0, 0, 0, 0,
-                0 if value is None else self._field("arch.ctxt.regs.regs", 0), value or 0,
-                self._field("arch.flags") if incr else 0, KVM_ARM64_INCREMENT_PC,
-                self._field("arch.fault.esr_el2"), self._field("arch.ctxt.regs.regs", 0)]
+        regs0_at, flags_at, fault_at = self._run_at
+        regs = [_KVM_VCPU_RUN, 0, 0, 0, 0, 0, 0, 0, 0, 0 if value is None else regs0_at, value or 0,
+                flags_at if incr else 0, KVM_ARM64_INCREMENT_PC, fault_at, regs0_at]
         out = host.call_stub(K.VCPU_RUN, regs, 9, "hypercall __kvm_vcpu_run")
         return host._call_result("__kvm_vcpu_run", (), out[0], out[1]), tuple(out[2:])
 

@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Every guest starts here, at IPA 0: its stack at the top of its memory,
+ * main(), then PSCI SYSTEM_OFF with main's result in x1 (kept in hyp's shadow
+ * vCPU; only x0 reaches the host).
+ */
+#include "guest.h"
+
+	.section .text.start, "ax"
+	.global _start
+_start:
+	mov	x9, #GUEST_MEM_SIZE
+	mov	sp, x9
+	bl	main
+	mov	x1, x0
+	movz	x0, #(PSCI_0_2_FN_SYSTEM_OFF >> 16), lsl #16
+	movk	x0, #(PSCI_0_2_FN_SYSTEM_OFF & 0xffff)
+1:	hvc	#0
+	b	1b
