@@ -2,6 +2,7 @@
 #ifndef __HYP_PKVM_H__
 #define __HYP_PKVM_H__
 #include <hyp/kvm_host.h>
+#include <hyp/spinlock.h>
 
 /* Maximum number of protected VMs that can be created. */
 #define KVM_MAX_PVMS 255
@@ -45,6 +46,10 @@ void __pkvm_vcpu_put(void);
 struct kvm_shadow_vcpu_state *pkvm_loaded_shadow_vcpu_state(void);
 int __pkvm_host_map_guest(u64 pfn, u64 gfn);
 int __pkvm_host_reclaim_page(u64 pfn);
+
+/* pkvm.c: the shadow table, shared with vcpu.c (which loads and puts its vCPUs) */
+extern hyp_spinlock_t shadow_lock;
+struct kvm_shadow_vm *find_shadow_by_handle(unsigned int shadow_handle);
 
 /* switch.c: the world switch */
 int __kvm_vcpu_run(struct kvm_vcpu *vcpu);
