@@ -40,13 +40,12 @@ def test_hello_prints_through_the_uart_and_powers_off(lab):
     assert len(mmio) == len("Hello from a protected guest!\n")
     assert all(e.mmio.ipa == UART_BASE and e.mmio.write and e.mmio.size == 1 for e in mmio)
     assert exits[-1].reason == "system off" and exits[-1].hvc[0] == 0x84000008
-    # Only x0 of a SYSTEM_OFF reaches the host's struct kvm_vcpu; hyp's shadow still has the guest's x1
-    # (start.S powers off with main's result there: hello's, the number of bytes it printed).
+    # Only x0 of a SYSTEM_OFF reaches the host's struct kvm_vcpu; hyp's shadow still has the guest's x1.
     r = vm._runner(0)
     assert [lab.host.read_u64(r._field("arch.ctxt.regs.regs", i)) for i in (1, 2)] == [0, 0]
     st_lay = lab.fw.layout("kvm_shadow_vcpu_state")
     state = lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0]
-    assert lab.core.phys.read_u64(state.address + st_lay.offset("shadow_vcpu.arch.ctxt.regs.regs") + 8) == 30
+    assert lab.core.phys.read_u64(state.address + st_lay.offset("shadow_vcpu.arch.ctxt.regs.regs") + 8) == UART_BASE
     vm.teardown()
 
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * checksum: sums the 512 words of the page at IPA 0x4000, 2000 times; powers
- * off with the sum in x1.  bench/bench_guest.py (d) runs checksum() itself
+ * checksum: sums the 512 words of the page at IPA 0x4000, 2000 times, then
+ * powers off.  bench/bench_guest.py (d) runs checksum() itself
  * bare at EL1 too (from this guest's ELF), so both sides time the same loop.
  */
 #include "guest.h"

@@ -49,7 +49,7 @@ static inline volatile u64 *ipa_u64(u64 ipa)
 	return (volatile u64 *)ipa;
 }
 
-u64 main(void);	/* start.S calls it; its result stays in x1 at SYSTEM_OFF (the host sees only x0) */
+u64 main(void);	/* start.S calls it, then powers the guest off */
 #endif
 
 #endif
