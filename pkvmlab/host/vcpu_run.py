@@ -16,6 +16,12 @@ One step (``VM.step()``) is what the host's ``kvm_arch_vcpu_ioctl_run`` does for
    NOT_SUPPORTED, except PSCI ``SYSTEM_OFF``;
 6. ``__pkvm_vcpu_put()``.
 
+Steps 2 to 4 are one host stub (``kernel_image.VCPU_RUN``: the stores of the answer, ``hvc #0``, the loads
+of the exit), run in one native call: still the host's own EL1 instructions on its own ``struct kvm_vcpu``,
+just not one Python round trip each.  While something watches the host's calls (a Timeline, the
+specification checker), each store, the hypercall and each load are made one by one instead.  ``VM.run()``
+loads the vCPU once for its whole loop, as a vCPU thread stays scheduled in.
+
 The run's instruction budget is the lab's timer: when it is spent while the guest runs, the vCPU exits
 as a timer interrupt would make it (an IRQ taken to EL2, ``HCR_EL2.IMO``).  It is counted in whole
 translated blocks, so the same guest with the same budget always stops at the same PC.
