@@ -31,7 +31,7 @@ static unsigned int idx_to_shadow_handle(unsigned int idx)
 }
 
 /* Protects shadow_table, nr_shadow_entries and next_shadow_alloc. */
-DEFINE_HYP_SPINLOCK(shadow_lock);
+static DEFINE_HYP_SPINLOCK(shadow_lock);
 
 /* The table of shadow entries for protected VMs, allocated at hyp setup. */
 struct kvm_shadow_vm **shadow_table;
@@ -52,7 +52,7 @@ void hyp_shadow_table_init(void *tbl)
 }
 
 /* Return the shadow VM for the handle; a handle below HANDLE_OFFSET wraps to a huge index. */
-struct kvm_shadow_vm *find_shadow_by_handle(unsigned int shadow_handle)
+static struct kvm_shadow_vm *find_shadow_by_handle(unsigned int shadow_handle)
 {
 	unsigned int shadow_idx = shadow_handle_to_idx(shadow_handle);
 
@@ -376,6 +376,24 @@ err_remove_mappings:
 err_unpin_kvm:
 	hyp_unpin_shared_mem(kvm, kvm + 1);
 	return ret;
+}
+
+/* vcpu.c's way into the shadow table, which stays this file's (upstream: nvhe/pkvm.c keeps both). */
+void pkvm_shadow_table_lock(void)
+{
+	hyp_spin_lock(&shadow_lock);
+}
+
+void pkvm_shadow_table_unlock(void)
+{
+	hyp_spin_unlock(&shadow_lock);
+}
+
+/* The shadow VM for the handle, or NULL; the caller holds the table's lock. */
+struct kvm_shadow_vm *pkvm_find_shadow_locked(unsigned int shadow_handle)
+{
+	hyp_assert_lock_held(&shadow_lock);
+	return find_shadow_by_handle(shadow_handle);
 }
 
 /*

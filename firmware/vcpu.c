@@ -11,7 +11,6 @@
 #include <hyp/mem_protect.h>
 #include <hyp/memory.h>
 #include <hyp/pkvm.h>
-#include <hyp/spinlock.h>
 #include <hyp/sysreg.h>
 
 /*
@@ -61,8 +60,8 @@ int __pkvm_vcpu_load(unsigned int shadow_handle, unsigned int vcpu_idx)
 	if (loaded_shadow_state)
 		return -EBUSY;
 
-	hyp_spin_lock(&shadow_lock);
-	vm = find_shadow_by_handle(shadow_handle);
+	pkvm_shadow_table_lock();
+	vm = pkvm_find_shadow_locked(shadow_handle);
 	if (!vm) {
 		ret = -ENOENT;
 		goto unlock;
@@ -79,7 +78,7 @@ int __pkvm_vcpu_load(unsigned int shadow_handle, unsigned int vcpu_idx)
 	vm->pgt.mc = &state->shadow_vcpu.arch.pkvm_memcache;
 	loaded_shadow_state = state;
 unlock:
-	hyp_spin_unlock(&shadow_lock);
+	pkvm_shadow_table_unlock();
 	return ret;
 }
 
@@ -89,11 +88,11 @@ void __pkvm_vcpu_put(void)
 
 	if (!state)
 		return;
-	hyp_spin_lock(&shadow_lock);
+	pkvm_shadow_table_lock();
 	state->loaded = 0;
 	hyp_virt_to_page(state->shadow_vm)->refcount--;	/* hyp_page_ref_dec() */
 	loaded_shadow_state = NULL;
-	hyp_spin_unlock(&shadow_lock);
+	pkvm_shadow_table_unlock();
 }
 
 /* kvm_mmu_cache_min_pages(): one table per level below the PGD. */
@@ -115,8 +114,8 @@ int __pkvm_host_map_guest(u64 pfn, u64 gfn)
 			      &state->host_vcpu->arch.pkvm_memcache);
 	if (ret)
 		return ret;
-	hyp_spin_lock(&shadow_lock);
+	pkvm_shadow_table_lock();
 	ret = __pkvm_host_donate_guest_locked(state->shadow_vm, pfn, gfn);
-	hyp_spin_unlock(&shadow_lock);
+	pkvm_shadow_table_unlock();
 	return ret;
 }

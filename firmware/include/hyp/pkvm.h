@@ -2,7 +2,6 @@
 #ifndef __HYP_PKVM_H__
 #define __HYP_PKVM_H__
 #include <hyp/kvm_host.h>
-#include <hyp/spinlock.h>
 
 /* Maximum number of protected VMs that can be created. */
 #define KVM_MAX_PVMS 255
@@ -47,9 +46,10 @@ struct kvm_shadow_vcpu_state *pkvm_loaded_shadow_vcpu_state(void);
 int __pkvm_host_map_guest(u64 pfn, u64 gfn);
 int __pkvm_host_reclaim_page(u64 pfn);
 
-/* pkvm.c: the shadow table, shared with vcpu.c (which loads and puts its vCPUs) */
-extern hyp_spinlock_t shadow_lock;
-struct kvm_shadow_vm *find_shadow_by_handle(unsigned int shadow_handle);
+/* pkvm.c: the shadow table, for vcpu.c (which loads and puts its vCPUs) */
+void pkvm_shadow_table_lock(void);
+void pkvm_shadow_table_unlock(void);
+struct kvm_shadow_vm *pkvm_find_shadow_locked(unsigned int shadow_handle);
 
 /* switch.c: the world switch */
 int __kvm_vcpu_run(struct kvm_vcpu *vcpu);
