@@ -6,7 +6,9 @@ import pytest
 
 from pkvmlab import Lab
 from pkvmlab.errors import HostAccessFault, HypercallError
+from pkvmlab.firmware.guests import guest_image, guest_symbols
 from pkvmlab.host.vcpu_run import GUEST_MEM_SIZE, UART_BASE
+from pkvmlab.machine.decode import disassemble
 
 PAGE = 4096
 
@@ -45,6 +47,15 @@ def test_hello_prints_through_the_uart_and_powers_off(lab):
     state = lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0]
     assert lab.core.phys.read_u64(state.address + st_lay.offset("shadow_vcpu.arch.ctxt.regs.regs") + 8) == UART_BASE
     vm.teardown()
+
+
+def test_guest_h_agrees_with_the_host_model():
+    """firmware/guests/guest.h and pkvmlab/host/vcpu_run.py name the same memory size and UART."""
+    from pkvmlab.firmware.guests import GUESTS_DIR
+
+    text = (GUESTS_DIR / "guest.h").read_text()
+    defines = dict(line.split()[1:3] for line in text.splitlines() if line.startswith("#define") and len(line.split()) > 2)
+    assert int(defines["GUEST_MEM_SIZE"], 0) == GUEST_MEM_SIZE and int(defines["UART_BASE"], 0) == UART_BASE
 
 
 def test_vcpu_load_errors(lab):
@@ -128,7 +139,8 @@ def test_spin_is_preempted_at_the_same_pc_for_the_same_budget(native):
         assert all(e.reason == "preempted" for e in ex)
         pcs.append(tuple(e.pc for e in ex))
     assert pcs[0] == pcs[1]
-    assert all(0 <= pc < 12 for pc in pcs[0])
+    main, size = guest_symbols("spin")["main"]
+    assert all(main <= pc < main + size for pc in pcs[0])      # in its loop
 
 
 def test_the_guest_cannot_reach_host_or_hyp_memory(lab):
@@ -183,6 +195,11 @@ def test_the_host_never_sees_the_secret(lab):
         seen_anywhere |= bool(hits)
     assert seen_anywhere        # it is there (the guest's page, hyp's shadow vCPU), just not where the host can look
     assert vm.console == "S!\n"
+    # and in its registers to the end: x19..x21 in hyp's shadow vCPU after SYSTEM_OFF
+    st_lay = lab.fw.layout("kvm_shadow_vcpu_state")
+    state = lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0]
+    regs = state.address + st_lay.offset("shadow_vcpu.arch.ctxt.regs.regs")
+    assert [lab.core.phys.read_u64(regs + 8 * i) for i in (19, 20, 21)] == needles
     vm.teardown()
 
 
@@ -249,6 +266,7 @@ def test_shadow_table_shows_each_vcpus_state_as_hyp_sees_it(lab):
     vm.step()
     v = lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0]
     assert (v.loaded, v.last_exit, v.nr_runs) == (False, 2, 2)
-    assert v.pc == 0x10      # hyp holds its PC: at its first UART store, to be stepped past on the next run
+    # hyp holds its PC: at its first UART store, to be stepped past on the next run
+    assert disassemble(guest_image("hello")[v.pc:v.pc + 4], v.pc).startswith("strb")
     assert "last exit trap" in lab.hyp.shadow_table().vcpu_states()
     vm.teardown()

@@ -22,6 +22,18 @@ def b(offset: int) -> int:
     return 0x14000000 | ((offset >> 2) & 0x3FFFFFF)
 
 
+def cbz(rt: int, offset: int) -> int:
+    """``CBZ Xt, pc + offset``."""
+    assert offset % 4 == 0 and -(1 << 20) <= offset < (1 << 20)
+    return 0xB4000000 | ((offset >> 2) & 0x7FFFF) << 5 | (rt & 31)
+
+
+def ldp(rt: int, rt2: int, rn: int, offset: int = 0) -> int:
+    """``LDP Xt, Xt2, [Xn, #offset]`` (signed offset, a multiple of 8)."""
+    assert offset % 8 == 0 and -512 <= offset < 512
+    return 0xA9400000 | ((offset >> 3) & 0x7F) << 15 | (rt2 & 31) << 10 | (rn & 31) << 5 | (rt & 31)
+
+
 # Load/store (unsigned immediate offset): size bits [31:30], opc [23:22]
 _LDST = {("ldr", 8): 0xF9400000, ("ldr", 4): 0xB9400000, ("ldr", 2): 0x79400000, ("ldr", 1): 0x39400000,
          ("str", 8): 0xF9000000, ("str", 4): 0xB9000000, ("str", 2): 0x79000000, ("str", 1): 0x39000000}

@@ -216,6 +216,10 @@ class Host:
         if len(args) != len(want):
             raise UsageError(f"{name} takes ({', '.join(want)}), got {len(args)} argument(s)")
         x0, x1, _, _ = self.hvc(HYPERCALLS[name], *args)
+        return self._call_result(name, args, x0, x1)
+
+    def _call_result(self, name: str, args: tuple, x0: int, x1: int) -> int:
+        """What ``call()`` makes of a hypercall's x0 (SMCCC status) and x1 (result): logged, errors raised."""
         if x0 == SMCCC_RET_NOT_SUPPORTED:
             self.log.append((name, args, -95))
             raise HypercallError(name, args, -95, refusal_reason(self, name, args, -95))  # no such handler
@@ -265,6 +269,27 @@ class Host:
                 out.append(c.x[1] & 0xFF)
                 addr += 1
         return bytes(out)
+
+    def call_stub(self, offset: int, regs: list[int], n_out: int, what: str) -> list[int]:
+        """Run the host stub at ``offset`` (kernel_image.py) with x0.. = ``regs``; returns x0..x(n_out-1).
+
+        One native call when the native hook is there, as ``hvc()`` (pkvmlab/host/vcpu_run.py's KVM_RUN round trip).
+        """
+        c = self.core
+        self.changes += 1
+        with c.lock:
+            if c.native is not None and c.panic is None:
+                token = c.arm_watchdog(c.run_limit_ms)
+                out = c.native.call_stub(self.image_base + offset, self.image_base + K.stub_end(offset), regs, n_out)
+                timed_out = c.disarm_watchdog(token)
+                if out is not None:
+                    return out
+                self._run_stub(offset, what, resumed=True, resumed_timed_out=timed_out)
+            else:
+                for i, v in enumerate(regs):
+                    c.x[i] = v
+                self._run_stub(offset, what)
+            return [c.x[i] for i in range(n_out)]
 
     @serialised
     def write(self, pa: int, data: bytes) -> None:

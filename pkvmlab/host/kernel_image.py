@@ -15,6 +15,7 @@ STORE64 = 0x030        # str x1, [x0]
 STORE8 = 0x040         # strb w1, [x0]
 LOAD_BLOCK = 0x100     # ldr x1..x8, [x0, #0..56]: 64 bytes
 STORE_BLOCK = 0x200    # str x1..x8, [x0, #0..56]
+VCPU_RUN = 0x300       # KVM_RUN's one round trip (pkvmlab/host/vcpu_run.py): answer, hvc, read the exit
 BLOCK = 64
 ENTRY = 0x7F0          # where the firmware drops to EL1 at boot
 VECTORS = 0x800        # VBAR_EL1: every entry is BRK #offset, so the run stops and says which
@@ -29,6 +30,11 @@ STUBS = {
     STORE8: [I.ldst("str", 1, 1, 0)],
     LOAD_BLOCK: [I.ldst("ldr", 8, 1 + i, 0, 8 * i) for i in range(8)],
     STORE_BLOCK: [I.ldst("str", 8, 1 + i, 0, 8 * i) for i in range(8)],
+    # x9/x10: where and what to store as the answer to the last exit (regs[0]; x9 = 0: none), x11/x12 the
+    # same for arch.flags; hvc #0 (x0 = __kvm_vcpu_run); then the exit as hyp left it in the host's own
+    # struct kvm_vcpu: x2..x4 = arch.fault.{esr,far,hpfar}_el2 (x13 points there), x5..x8 = regs[0..3] (x14)
+    VCPU_RUN: [I.cbz(9, 8), I.ldst("str", 8, 10, 9), I.cbz(11, 8), I.ldst("str", 8, 12, 11), I.hvc(0),
+               I.ldp(2, 3, 13), I.ldst("ldr", 8, 4, 13, 16), I.ldp(5, 6, 14), I.ldp(7, 8, 14, 16)],
 }
 
 

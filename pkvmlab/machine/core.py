@@ -192,6 +192,19 @@ class Core:
         return buf.value
 
     @property
+    def _hpfar(self) -> int:
+        """The HPFAR_EL2 the last exception entry to EL2 wrote: Unicorn's own stage-2 walks overwrite the
+        register, so a fault taken to EL1 puts this back (kept natively when the native hook enters guests)."""
+        return self.native.hpfar if self.native is not None else self.__dict__.get("_hpfar_py", 0)
+
+    @_hpfar.setter
+    def _hpfar(self, value: int) -> None:
+        if self.native is not None:
+            self.native.hpfar = value
+        else:
+            self.__dict__["_hpfar_py"] = value
+
+    @property
     def current_el(self) -> int:
         return P.el(self.reg("pstate"))
 

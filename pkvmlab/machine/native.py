@@ -39,7 +39,8 @@ class _State(ctypes.Structure):
     _fields_ = [("hvc_count", ctypes.c_uint64), ("pending", ctypes.c_uint32), ("intno", ctypes.c_uint32),
                 ("el", ctypes.c_uint64), ("pstate", ctypes.c_uint64), ("error", ctypes.c_uint64),
                 ("stop_requested", ctypes.c_uint32), ("stopped_in_host", ctypes.c_uint32),
-                ("budget", ctypes.c_uint64), ("executed", ctypes.c_uint64), ("preempted_at", ctypes.c_uint64)]
+                ("budget", ctypes.c_uint64), ("executed", ctypes.c_uint64), ("preempted_at", ctypes.c_uint64),
+                ("stage2_abort_count", ctypes.c_uint64), ("hpfar", ctypes.c_uint64), ("guest_abort_count", ctypes.c_uint64)]
 
 
 def _unicorn_lib() -> Path:
@@ -118,35 +119,42 @@ def load() -> ctypes.CDLL:
     lib.pk_hvc.restype = ctypes.c_int
     lib.pk_hvc.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
                            ctypes.c_void_p)
+    lib.pk_call.restype = ctypes.c_int
+    lib.pk_call.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
+                            ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
     _loaded[path] = lib
     return lib
 
 
 class _Stats(MutableMapping):
-    """``core.stats`` with ``"hvc"`` read from (and written to) the native counter."""
+    """``core.stats`` with ``"hvc"`` and ``"stage2_abort"`` read from (and written to) the native counters."""
+
+    _NATIVE = {"hvc": "hvc_count", "stage2_abort": "stage2_abort_count"}
 
     def __init__(self, base: dict, state: _State):
         self._base, self._st = base, state
 
     def __getitem__(self, key):
-        return self._st.hvc_count if key == "hvc" else self._base[key]
+        field = self._NATIVE.get(key)
+        return getattr(self._st, field) if field else self._base[key]
 
     def __setitem__(self, key, value):
-        if key == "hvc":
-            self._st.hvc_count = value
+        field = self._NATIVE.get(key)
+        if field:
+            setattr(self._st, field, value)
         else:
             self._base[key] = value
 
     def __delitem__(self, key):
-        if key == "hvc":
-            raise KeyError("the native HVC counter cannot be removed")
+        if key in self._NATIVE:
+            raise KeyError(f"the native {key} counter cannot be removed")
         del self._base[key]
 
     def __iter__(self):
-        return iter(self._base.keys() | {"hvc"})
+        return iter(self._base.keys() | self._NATIVE.keys())
 
     def __len__(self):
-        return len(self._base.keys() | {"hvc"})
+        return len(self._base.keys() | self._NATIVE.keys())
 
     def __repr__(self):
         return repr(dict(self))
@@ -159,11 +167,15 @@ class Native:
         self._core, self._uc, self._lib = core, core.uc, lib
         self._st = _State()
         self._st.hvc_count = core.stats.get("hvc", 0)
+        self._st.stage2_abort_count = core.stats.get("stage2_abort", 0)
         self._regs = (ctypes.c_uint64 * 7)()
         self._uch = core.uc._uch.value
         self._st_addr = ctypes.addressof(self._st)
         self._regs_addr = ctypes.addressof(self._regs)
         self._pk_hvc = lib.pk_hvc
+        self._pk_call = lib.pk_call
+        self._stub_regs = (ctypes.c_uint64 * 16)()
+        self._stub_regs_addr = ctypes.addressof(self._stub_regs)
         handle = _binding.uc_hook_h()
         status = _binding.uclib.uc_hook_add(core.uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_INTR,
                                             ctypes.cast(lib.pk_hook_intr, ctypes.c_void_p),
@@ -207,6 +219,20 @@ class Native:
         return stopped
 
     @property
+    def hpfar(self) -> int:
+        """The HPFAR_EL2 the last exception entry to EL2 wrote (natively, or by Python through the setter)."""
+        return self._st.hpfar
+
+    @hpfar.setter
+    def hpfar(self, value: int) -> None:
+        self._st.hpfar = value
+
+    @property
+    def guest_aborts(self) -> int:
+        """Guest stage-2 aborts entered natively (the rest went through Python's take_stage2_abort)."""
+        return self._st.guest_abort_count
+
+    @property
     def hvc_count(self) -> int:
         return self._st.hvc_count
 
@@ -245,6 +271,19 @@ class Native:
         if self._pk_hvc(self._uch, self._st_addr, begin, until, timeout_ms * 1000, self._regs_addr):
             return None
         return r[0], r[1], r[2], r[3]
+
+
+    def call_stub(self, begin: int, until: int, regs: list[int], n_out: int,
+                  timeout_ms: int = 0) -> list[int] | None:
+        """Like ``hvc()`` for any host stub: x0.. = ``regs`` (at most 16), run [begin, until), return x0..x(n_out-1)."""
+        r = self._stub_regs
+        r[:len(regs)] = regs
+        self._core._event = None
+        self._uc._hook_exception = None
+        if self._pk_call(self._uch, self._st_addr, begin, until, timeout_ms * 1000, self._stub_regs_addr,
+                         len(regs), n_out):
+            return None
+        return r[:n_out]
 
 
 def attach(core, required: bool = False) -> Native | None:

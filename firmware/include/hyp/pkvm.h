@@ -46,6 +46,11 @@ struct kvm_shadow_vcpu_state *pkvm_loaded_shadow_vcpu_state(void);
 int __pkvm_host_map_guest(u64 pfn, u64 gfn);
 int __pkvm_host_reclaim_page(u64 pfn);
 
+/* pkvm.c: the shadow table, for vcpu.c (which loads and puts its vCPUs) */
+void pkvm_shadow_table_lock(void);
+void pkvm_shadow_table_unlock(void);
+struct kvm_shadow_vm *pkvm_find_shadow_locked(unsigned int shadow_handle);
+
 /* switch.c: the world switch */
 int __kvm_vcpu_run(struct kvm_vcpu *vcpu);
 int __guest_enter(struct kvm_cpu_context *guest_ctxt);
