@@ -431,18 +431,6 @@ err_unlock:
 	return err;
 }
 
-int __pkvm_host_donate_guest(u64 pfn, u64 gfn, unsigned int shadow_handle)
-{
-	struct kvm_shadow_vm *vm;
-	int ret;
-
-	hyp_spin_lock(&shadow_lock);
-	vm = find_shadow_by_handle(shadow_handle);
-	ret = vm ? __pkvm_host_donate_guest_locked(vm, pfn, gfn) : -ENOENT;
-	hyp_spin_unlock(&shadow_lock);
-	return ret;
-}
-
 /*
  * The vCPU loaded on this (the only) CPU.  Upstream keeps one per CPU
  * (DEFINE_PER_CPU(loaded_shadow_state) in nvhe/pkvm.c, 2022; mainline:
@@ -545,7 +533,7 @@ int __pkvm_host_map_guest(u64 pfn, u64 gfn)
 	if (ret)
 		return ret;
 	hyp_spin_lock(&shadow_lock);
-	ret = __pkvm_host_donate_guest_locked(state->shadow_vm, pfn, gfn);
+	ret = __pkvm_host_donate_guest(pfn, gfn, &state->shadow_vcpu);
 	hyp_spin_unlock(&shadow_lock);
 	return ret;
 }
