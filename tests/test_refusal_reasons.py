@@ -158,7 +158,8 @@ def test_map_guest_of_a_page_the_host_does_not_own(lab: Lab) -> None:
         f"pfn {shared:#x} is already shared with hyp (host PKVM_PAGE_SHARED_OWNED, hyp PKVM_PAGE_SHARED_BORROWED)")
     other = lab.host.create_vm(1)
     g = other.donate(7)
-    assert refused(vm.donate, 2, g).reason == f"pfn {g:#x} is no longer the host's: it is the guest's: gfn 0x7 of VM {other.handle:#x}"
+    assert refused(vm.donate, 2, g).reason == \
+        f"pfn {g:#x} is no longer the host's: it is the guest's: gfn 0x7 of VM {other.handle:#x}"
     assert "the hypervisor's carve-out" in refused(vm.donate, 2, 0x40001).reason
 
 

@@ -84,7 +84,7 @@ class Transition:
     @property
     def label(self) -> str:
         """The call, and for a hyp-internal one the host hypercalls it happens in: what a diagram's edge says."""
-        return self.call + (f"\n(in {', '.join(self.via)})" if self.via else "")
+        return self.call + ("\n(in " + ",\n".join(self.via) + ")" if self.via else "")
 
     def outcome(self, page: PageView) -> Outcome:
         """The errno this call returns for ``page`` and the page afterwards, as the firmware must do it."""
@@ -119,7 +119,8 @@ TRANSITIONS: tuple[Transition, ...] = (
                    "the host can no longer touch them"),
     Transition("__pkvm_hyp_donate_host", HYP, HOST, OWNED, NOPAGE, NOPAGE, OWNED, donate=True, hypercall=False,
                via=("__pkvm_teardown_shadow",),
-               doc="hyp gives pages back (teardown, reclaim), never its carve-out; the host maps them on its next touch"),
+               doc="hyp gives pages back at teardown (the VM's shadow area and PGD, its guest's stage-2 tables and "
+                   "memcache pages), never its carve-out; the host maps them on its next touch"),
     Transition("hyp_pin_shared_mem", HYP, HOST, SHARED_BORROWED, SHARED_BORROWED, SHARED_OWNED, SHARED_OWNED,
                hypercall=False, pins=+1, doc="hyp keeps a borrowed page from being unshared while it uses it"),
     Transition("hyp_unpin_shared_mem", HYP, HOST, SHARED_BORROWED, SHARED_BORROWED, SHARED_OWNED, SHARED_OWNED,
