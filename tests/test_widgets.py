@@ -73,8 +73,8 @@ def test_create_shows_the_handle_everywhere(builder: VMBuilder, lab) -> None:
     log = words(builder.hypercall_log.value)
     assert log.count("__pkvm_host_share_hyp") == 3      # struct kvm and two vCPUs
     assert "__pkvm_init_shadow" in log and "handle 0x1000" in log
-    # vm.donate(): __pkvm_host_map_guest on vCPU 0, loaded around it; -ENOMEM until the host tops up its memcache
-    assert log.count("__pkvm_host_map_guest") == 4 and log.count("-ENOMEM") == 2 and "gfn=0x1" in log
+    # vm.donate(): __pkvm_host_map_guest on vCPU 0, loaded around it (the host topped up its memcache first)
+    assert log.count("__pkvm_host_map_guest") == 2 and "-ENOMEM" not in log and "gfn=0x1" in log
     assert log.count("__pkvm_vcpu_load") == log.count("__pkvm_vcpu_put") == 2
     assert builder.gfn.value == "0x2"                    # the next free gfn is suggested
 

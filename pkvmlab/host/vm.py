@@ -25,7 +25,6 @@ structures.
 
 from __future__ import annotations
 
-import errno as _errno
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -106,19 +105,20 @@ class VM:
         is given.  Returns the pfn.
 
         The hypercalls, in order: ``__pkvm_vcpu_load(handle, 0)`` unless a vCPU of this VM is loaded already
-        (``__pkvm_host_map_guest`` works on the loaded vCPU: the pages for the guest's stage-2 tables come from
-        its memcache); ``__pkvm_host_map_guest(pfn, gfn)``, and on -ENOMEM a top-up of that vCPU's memcache
-        (``topup_hyp_memcache``: host pages pushed on the list in its ``struct kvm_vcpu``) and again;
-        ``__pkvm_vcpu_put()`` if it loaded the vCPU.  The page is donated, not shared: the host faults on it
-        from now on.  It is kept with the pages demand faults gave (``mapped_pages``): after teardown the host
-        takes each back with ``__pkvm_host_reclaim_page``, which zeroes it first.
+        (``__pkvm_host_map_guest`` works on the loaded vCPU); ``__pkvm_host_map_guest(pfn, gfn)``;
+        ``__pkvm_vcpu_put()`` if it loaded the vCPU.  Before the map the host tops up that vCPU's memcache to
+        ``kvm_mmu_cache_min_pages`` (2: a table per level below the PGD) by pushing its own pages on the list in
+        its ``struct kvm_vcpu``; hyp takes them by donation (``refill_memcache``) for the guest's stage-2 tables.
+        The page is donated, not shared: the host faults on it from now on.  It is kept with the pages demand
+        faults gave (``mapped_pages``): after teardown the host takes each back with ``__pkvm_host_reclaim_page``,
+        which zeroes it first.
 
         upstream: the seed's series, ``handle___pkvm_host_map_guest`` (arch/arm64/kvm/hyp/nvhe/hyp-main.c), which
-        refills the vCPU's memcache and calls ``__pkvm_host_donate_guest(pfn, gfn, vcpu)`` for a protected VM
-        (nvhe/mem_protect.c); the host calls it from its stage-2 fault handler (arch/arm64/kvm/mmu.c,
-        ``pkvm_host_map_guest``).
+        refills the vCPU's memcache (``pkvm_refill_memcache``) and calls ``__pkvm_host_donate_guest(pfn, gfn,
+        vcpu)`` for a protected VM (nvhe/mem_protect.c); the host kernel calls it from its guest stage-2 fault
+        path after ``topup_hyp_memcache`` (arch/arm64/kvm/mmu.c: ``pkvm_mem_abort`` -> ``pkvm_host_map_guest``).
         """
-        from pkvmlab.host.vcpu_run import VcpuRunner
+        from pkvmlab.host.vcpu_run import MEMCACHE_TOPUP, VcpuRunner
 
         self._check_alive("donate a page to")
         if type(gfn) is not int or gfn < 0:
@@ -134,18 +134,14 @@ class VM:
             self.host._keep_own_image(pfn, 1, "__pkvm_host_map_guest")
         idx = 0 if loaded is None else loaded[1]
         runner = self._runners.get(idx) or VcpuRunner(self, idx)
+        have = self.host.read_u64(runner._field("arch.pkvm_memcache.nr_pages"))
+        if have < MEMCACHE_TOPUP:   # topup_hyp_memcache(): the host's list up to kvm_mmu_cache_min_pages
+            runner.topup_memcache(MEMCACHE_TOPUP - have)
         try:
             if loaded is None:
                 self.host.call("__pkvm_vcpu_load", self.handle, idx)
             try:
-                for attempt in range(3):
-                    try:
-                        self.host.call("__pkvm_host_map_guest", pfn, gfn)
-                        break
-                    except HypercallError as e:
-                        if e.errno != _errno.ENOMEM or attempt == 2:
-                            raise
-                        runner.topup_memcache()
+                self.host.call("__pkvm_host_map_guest", pfn, gfn)
             finally:
                 if loaded is None:
                     self.host.call("__pkvm_vcpu_put")
