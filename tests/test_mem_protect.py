@@ -10,8 +10,8 @@ from conftest import assert_invariants, hyp_internal, run_transition
 from pkvmlab import HostAccessFault, HypercallError, HypPanic, Lab, UsageError
 from pkvmlab.arch.ownership import TRANSITION, TRANSITIONS, PageView
 from pkvmlab.arch.pgtable import Owner, PageState
-from pkvmlab.inspect.diff import diff
 from pkvmlab.host.kernel_image import IMAGE_PAGES
+from pkvmlab.inspect.diff import diff
 
 PAGE = 4096
 OWNED, SHARED_OWNED, SHARED_BORROWED, NOPAGE = (PageState.OWNED, PageState.SHARED_OWNED,
