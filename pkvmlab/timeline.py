@@ -79,6 +79,8 @@ class Timeline:
         h, c = self.lab.host, self.lab.core
         h.pages._free = list(s.free)
         del h.log[s.log_len:]
+        h.loaded_vcpu = next(((a[0], a[1]) if n == "__pkvm_vcpu_load" else None for n, a, r in reversed(h.log)
+                              if n in ("__pkvm_vcpu_load", "__pkvm_vcpu_put") and r >= 0), None)
         kept = {id(vm) for vm in s.vms.values()}
         for vm in h.vms.values():          # VMs made after the checkpoint are gone again
             if id(vm) not in kept:
