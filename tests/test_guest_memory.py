@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_invariants
 from test_shadow_table import expect_errno, ownership_map, pins, trace
 
-from pkvmlab import HostAccessFault, HypercallError, Lab
+from pkvmlab import HostAccessFault, HypercallError, Lab, UsageError
 from pkvmlab.host.vm import host_layouts, write_kvm, write_vcpu
 
 PAGE = 4096
@@ -274,3 +274,39 @@ def test_random_host_sequences_never_panic_and_tear_down_clean(lab, seed):
     ref, raw = lay.field("refcount"), pins(lab)
     assert not any(int.from_bytes(raw[o + ref.offset:o + ref.offset + ref.size], "little")
                    for o in range(0, len(raw), lay.size)), "a host page is still pinned"
+
+
+# -- vm.donate(): the host's own door, the same one a guest's fault uses ------------------------------------------
+
+def test_pages_given_before_a_run_are_the_ones_the_guest_uses(lab):
+    """vm.donate() before the first run (vCPU 0 loaded only for the call, its registers taken once, at that load,
+    from what create_vm wrote): the touch guest then faults only on its code page, and teardown reclaims all."""
+    vm = lab.host.create_vm(nr_vcpus=1, guest="touch")
+    given = {0x10 + i: vm.donate(0x10 + i) for i in range(16)}
+    assert lab.host.loaded_vcpu is None
+    exits = vm.run()
+    assert [e.ipa for e in exits if e.reason == "page fault"] == [0]
+    assert exits[-1].hvc[:2] == (0xC6000040, sum(range(1, 17)))
+    assert {g: p for g, p in vm.guest_pages.items() if g in given} == given
+    n = len(lab.host.log)
+    vm.teardown()
+    reclaimed = [a[0] for name, a, r in lab.host.log[n:] if name == "__pkvm_host_reclaim_page" and r == 0]
+    assert sorted(reclaimed) == sorted(vm.guest_pages.values()) and set(given.values()) <= set(reclaimed)
+    step(lab)
+
+
+def test_donate_uses_this_vms_loaded_vcpu_and_refuses_while_another_vms_is_loaded(lab):
+    """__pkvm_host_map_guest maps into the loaded vCPU's VM: vm.donate() uses a loaded vCPU of its own VM (and leaves
+    it loaded), and with another VM's vCPU loaded says so instead of giving that VM the page."""
+    a, b = lab.host.create_vm(2), lab.host.create_vm(1)
+    lab.host.call("__pkvm_vcpu_load", a.handle, 1)
+    try:
+        a.donate(3)
+        assert lab.host.log[-1][0] == "__pkvm_host_map_guest" and lab.host.loaded_vcpu == (a.handle, 1)
+        before = trace(lab)
+        with pytest.raises(UsageError, match=f"vCPU 1 of VM {a.handle:#x} is loaded"):
+            b.donate(3)
+        assert trace(lab) == before and b.guest_pages == {}
+    finally:
+        lab.host.call("__pkvm_vcpu_put")
+    assert dict(lab.hyp.shadow_table().by_handle(a.handle).guest_pages) == a.guest_pages
