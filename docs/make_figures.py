@@ -21,7 +21,7 @@ DOCS = Path(__file__).resolve().parent
 
 
 def scenario() -> tuple[Lab, object]:
-    """Three protected VMs (the middle one torn down), guest pages, a share and a donation: something to see."""
+    """Three protected VMs (the middle one torn down), guest pages and a share: something to see."""
     lab = Lab()
     vms = [lab.host.create_vm(n) for n in (2, 1, 2)]
     vms[1].teardown()
@@ -29,7 +29,6 @@ def scenario() -> tuple[Lab, object]:
         vms[0].donate(gfn)
     vms[2].donate(0x80)
     lab.host.share_hyp(lab.host.alloc_pages(1))
-    lab.host.donate_hyp(lab.host.alloc_pages(2), 2)
     lab.host.read_u64(0x6000_0000)
     return lab, vms[0]
 

@@ -17,7 +17,7 @@
  * The lab's own hypercall (pKVM has none like it): proves the handler ran at
  * EL2.  Bumped when the hypercall ABI changes; the host model checks it at boot.
  */
-#define PKVMLAB_HYP_VERSION	0x00010000UL
+#define PKVMLAB_HYP_VERSION	0x00020000UL
 
 static void handle___pkvm_hyp_info(struct kvm_cpu_context *host_ctxt)
 {
@@ -40,18 +40,6 @@ static void handle___pkvm_host_unshare_hyp(struct kvm_cpu_context *host_ctxt)
 	cpu_reg(host_ctxt, 1) = __pkvm_host_unshare_hyp(pfn);
 }
 
-/*
- * The lab's own door: upstream __pkvm_host_donate_hyp() is hyp-internal (memory
- * reaches hyp only with a purpose: a VM's areas, memcache refills).
- */
-static void handle___pkvm_host_donate_hyp(struct kvm_cpu_context *host_ctxt)
-{
-	DECLARE_REG(u64, pfn, host_ctxt, 1);
-	DECLARE_REG(u64, nr_pages, host_ctxt, 2);
-
-	cpu_reg(host_ctxt, 1) = __pkvm_host_donate_hyp(pfn, nr_pages);
-}
-
 static void handle___pkvm_init_shadow(struct kvm_cpu_context *host_ctxt)
 {
 	DECLARE_REG(struct kvm *, host_kvm, host_ctxt, 1);
@@ -67,15 +55,6 @@ static void handle___pkvm_teardown_shadow(struct kvm_cpu_context *host_ctxt)
 	DECLARE_REG(unsigned int, shadow_handle, host_ctxt, 1);
 
 	cpu_reg(host_ctxt, 1) = __pkvm_teardown_shadow(shadow_handle);
-}
-
-static void handle___pkvm_host_donate_guest(struct kvm_cpu_context *host_ctxt)
-{
-	DECLARE_REG(u64, pfn, host_ctxt, 1);
-	DECLARE_REG(u64, gfn, host_ctxt, 2);
-	DECLARE_REG(unsigned int, shadow_handle, host_ctxt, 3);
-
-	cpu_reg(host_ctxt, 1) = __pkvm_host_donate_guest(pfn, gfn, shadow_handle);
 }
 
 static void handle___pkvm_vcpu_load(struct kvm_cpu_context *host_ctxt)
@@ -237,10 +216,8 @@ static const hcall_t host_hcall[] = {
 	HANDLE_FUNC(__pkvm_hyp_info),
 	HANDLE_FUNC(__pkvm_host_share_hyp),
 	HANDLE_FUNC(__pkvm_host_unshare_hyp),
-	HANDLE_FUNC(__pkvm_host_donate_hyp),
 	HANDLE_FUNC(__pkvm_init_shadow),
 	HANDLE_FUNC(__pkvm_teardown_shadow),
-	HANDLE_FUNC(__pkvm_host_donate_guest),
 	HANDLE_FUNC(__pkvm_vcpu_load),
 	HANDLE_FUNC(__pkvm_vcpu_put),
 	HANDLE_FUNC(__kvm_vcpu_run),

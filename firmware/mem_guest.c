@@ -3,9 +3,9 @@
  * The guest side of memory protection: each protected VM's stage-2, pages the
  * host donates to a guest, the pages a guest shares back with the host, and
  * reclaiming them (zeroed) after teardown.  Guest stage-2 tables below the
- * host-donated PGD come from the loaded vCPU's memcache (memcache.c) when one
- * is set, else from the hyp page pool (the lab's older door,
- * __pkvm_host_donate_guest).
+ * host-donated PGD come from the loaded vCPU's memcache (memcache.c), never
+ * from the hyp page pool: a page reaches a guest only through
+ * __pkvm_host_map_guest() on a loaded vCPU (pkvm.c).
  */
 #include <hyp/errno.h>
 #include <hyp/gfp.h>
@@ -70,27 +70,32 @@ static enum pkvm_page_state guest_get_page_state(kvm_pte_t pte)
 	return pte & PKVM_PAGE_STATE_PROT_MASK;
 }
 
-static int check_donate_guest(struct kvm_shadow_vm *vm, u64 addr, u64 ipa)
+static int check_donate_guest(struct kvm_shadow_vm *vm, struct kvm_hyp_memcache *mc, u64 addr, u64 ipa)
 {
 	int ret = __host_check_page_state_range(addr, PAGE_SIZE, PKVM_PAGE_OWNED);
 
 	if (!ret && guest_get_page_state(kvm_pgtable_get_leaf(&vm->pgt, ipa, NULL)) != PKVM_NOPAGE)
 		ret = -EPERM;	/* that guest frame already holds a page */
-	/* Exactly the tables both changes will split: host stage-2 annotation, guest mapping. */
-	if (!ret && vm->pgt.mc) {
-		if (hyp_pool_free_pages() < kvm_pgtable_tables_needed(&host_mmu.pgt, addr, PAGE_SIZE) ||
-		    vm->pgt.mc->nr_pages < kvm_pgtable_page_tables_needed(&vm->pgt, ipa))
-			ret = -ENOMEM;
-	} else if (!ret && hyp_pool_free_pages() < kvm_pgtable_tables_needed(&host_mmu.pgt, addr, PAGE_SIZE) +
-						   kvm_pgtable_tables_needed(&vm->pgt, ipa, PAGE_SIZE)) {
+	/*
+	 * Exactly the tables both changes will split: the host stage-2 annotation's
+	 * from the hyp pool, the guest mapping's from the vCPU's memcache.
+	 */
+	if (!ret && (hyp_pool_free_pages() < kvm_pgtable_tables_needed(&host_mmu.pgt, addr, PAGE_SIZE) ||
+		     mc->nr_pages < kvm_pgtable_page_tables_needed(&vm->pgt, ipa)))
 		ret = -ENOMEM;
-	}
 	return ret;
 }
 
-/* Called with shadow_lock held and @vm found from the host's handle. */
-int __pkvm_host_donate_guest_locked(struct kvm_shadow_vm *vm, u64 pfn, u64 gfn)
+/*
+ * Host OWNED -> annotated GUEST (unmapped), guest NOPAGE -> OWNED at gfn, for
+ * the guest of the loaded shadow vCPU @vcpu; called with shadow_lock held by
+ * __pkvm_host_map_guest().  Upstream: __pkvm_host_donate_guest(pfn, gfn, vcpu)
+ * in nvhe/mem_protect.c (a do_donate() from the host to the guest), called
+ * from handle___pkvm_host_map_guest() in nvhe/hyp-main.c for a protected VM.
+ */
+int __pkvm_host_donate_guest(u64 pfn, u64 gfn, struct kvm_vcpu *vcpu)
 {
+	struct kvm_shadow_vm *vm = get_shadow_state(vcpu)->shadow_vm;
 	u64 addr = hyp_pfn_to_phys(pfn), ipa = hyp_pfn_to_phys(gfn);
 	int ret;
 
@@ -98,10 +103,9 @@ int __pkvm_host_donate_guest_locked(struct kvm_shadow_vm *vm, u64 pfn, u64 gfn)
 		return -EINVAL;
 	if (gfn >= (1UL << (vm->pgt.ia_bits - PAGE_SHIFT)))
 		return -EINVAL;	/* outside the guest's IPA space */
-	ret = check_donate_guest(vm, addr, ipa);
+	ret = check_donate_guest(vm, &vcpu->arch.pkvm_memcache, addr, ipa);
 	if (ret)
 		return ret;
-	/* host OWNED -> not mapped, annotated GUEST; guest NOPAGE -> OWNED at gfn */
 	BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, addr, PAGE_SIZE, PKVM_ID_GUEST));
 	BUG_ON(kvm_pgtable_map(&vm->pgt, ipa, PAGE_SIZE, addr, KVM_PGTABLE_PROT_GUEST | PKVM_PAGE_OWNED));
 	return 0;
@@ -124,18 +128,6 @@ static void mark_guest_page_for_reclaim(u64 ipa, kvm_pte_t pte, u32 level, void 
 	if ((pte & PKVM_PAGE_STATE_PROT_MASK) == PKVM_PAGE_SHARED_OWNED)	/* the host had it mapped */
 		BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, phys, PAGE_SIZE, PKVM_ID_GUEST));
 	hyp_phys_to_page(phys)->flags |= HOST_PAGE_PENDING_RECLAIM | HOST_PAGE_NEED_POISONING;
-}
-
-/* The old door's pages (pool-backed tables, __pkvm_host_donate_guest) went back zeroed at once. */
-static void reclaim_guest_page_now(u64 ipa, kvm_pte_t pte, u32 level, void *arg)
-{
-	phys_addr_t phys = kvm_pte_to_phys(pte);
-
-	(void)ipa;
-	(void)arg;
-	BUG_ON(level != PGT_LAST_LEVEL);
-	hyp_zero_page_fixmap(phys);
-	BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, phys, PAGE_SIZE, PKVM_ID_HOST));
 }
 
 int __pkvm_host_reclaim_page(u64 pfn)
@@ -176,14 +168,9 @@ void reclaim_guest_pages(struct kvm_shadow_vm *vm)
 {
 	unsigned long nr_pages;
 
-	if (vm->pgt.mc) {
-		kvm_pgtable_walk_leaves(&vm->pgt, mark_guest_page_for_reclaim, NULL);
-		kvm_pgtable_walk_tables(&vm->pgt, return_table_page, NULL);
-		memset(vm->pgt.pgd, 0, kvm_pgtable_stage2_pgd_size(vm->kvm.arch.vtcr));
-	} else {
-		kvm_pgtable_walk_leaves(&vm->pgt, reclaim_guest_page_now, NULL);
-		kvm_pgtable_destroy_tables(&vm->pgt);
-	}
+	kvm_pgtable_walk_leaves(&vm->pgt, mark_guest_page_for_reclaim, NULL);
+	kvm_pgtable_walk_tables(&vm->pgt, return_table_page, NULL);
+	memset(vm->pgt.pgd, 0, kvm_pgtable_stage2_pgd_size(vm->kvm.arch.vtcr));
 	nr_pages = kvm_pgtable_stage2_pgd_size(vm->kvm.arch.vtcr) >> PAGE_SHIFT;
 	WARN_ON(__pkvm_hyp_donate_host(hyp_virt_to_pfn(vm->pgt.pgd), nr_pages));
 }

@@ -385,15 +385,3 @@ void kvm_pgtable_walk_tables(struct kvm_pgtable *pgt, kvm_pgtable_table_fn fn, v
 			walk_tables(kvm_pte_follow(pgt->pgd[i]), pgt->start_level + 1, fn, arg);
 }
 
-/* Free every table below the top level (the PGD itself belongs to its donor). */
-void kvm_pgtable_destroy_tables(struct kvm_pgtable *pgt)
-{
-	u32 n = pgt_nr_entries(pgt, pgt->start_level);
-
-	for (u32 i = 0; i < n; i++) {
-		if (kvm_pte_table(pgt->pgd[i], pgt->start_level))
-			free_table(kvm_pte_follow(pgt->pgd[i]), pgt->start_level + 1);
-		pgt->pgd[i] = 0;
-	}
-	tlb_flush(pgt, 0, 1UL << pgt->ia_bits);
-}

@@ -448,15 +448,3 @@ err_unlock:
 	hyp_spin_unlock(&shadow_lock);
 	return err;
 }
-
-int __pkvm_host_donate_guest(u64 pfn, u64 gfn, unsigned int shadow_handle)
-{
-	struct kvm_shadow_vm *vm;
-	int ret;
-
-	hyp_spin_lock(&shadow_lock);
-	vm = find_shadow_by_handle(shadow_handle);
-	ret = vm ? __pkvm_host_donate_guest_locked(vm, pfn, gfn) : -ENOENT;
-	hyp_spin_unlock(&shadow_lock);
-	return ret;
-}

@@ -75,7 +75,7 @@ int __pkvm_vcpu_load(unsigned int shadow_handle, unsigned int vcpu_idx)
 	if (!state->initialized)
 		init_shadow_vcpu_regs(state);
 	state->loaded = 1;
-	vm->pgt.mc = &state->shadow_vcpu.arch.pkvm_memcache;
+	vm->pgt.mc = &state->shadow_vcpu.arch.pkvm_memcache;	/* the guest's new tables come from this vCPU's memcache */
 	loaded_shadow_state = state;
 unlock:
 	pkvm_shadow_table_unlock();
@@ -115,7 +115,7 @@ int __pkvm_host_map_guest(u64 pfn, u64 gfn)
 	if (ret)
 		return ret;
 	pkvm_shadow_table_lock();
-	ret = __pkvm_host_donate_guest_locked(state->shadow_vm, pfn, gfn);
+	ret = __pkvm_host_donate_guest(pfn, gfn, &state->shadow_vcpu);
 	pkvm_shadow_table_unlock();
 	return ret;
 }

@@ -70,7 +70,7 @@ class _HostState:
     free: list
     log_len: int
     vms: dict
-    vm_state: list            # (vm, alive, guest_pages copy)
+    vm_state: list            # (vm, alive, guest_pages copy, memcache_pages copy)
     stats: dict
     panic: object
 

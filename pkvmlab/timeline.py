@@ -25,8 +25,8 @@ from pkvmlab.errors import UsageError
 from pkvmlab.history import Action, Checkpoint, History, StaleCheckpoint, StepDiff, _HostState, _Node, _outcome
 from pkvmlab.machine.journal import Journal, cpu_restore, cpu_save
 
-HOST_ACTIONS = ("hyp_info", "share_hyp", "unshare_hyp", "donate_hyp", "init_shadow", "teardown_shadow",
-                "donate_guest", "create_vm", "teardown_vm", "hvc", "call", "read", "write", "read_u64", "write_u64",
+HOST_ACTIONS = ("hyp_info", "share_hyp", "unshare_hyp", "init_shadow", "teardown_shadow",
+                "create_vm", "teardown_vm", "hvc", "call", "read", "write", "read_u64", "write_u64",
                 "alloc_pages", "free_pages")
 VM_ACTIONS = ("donate", "teardown")
 EAGER_STACK = 4096   # the top page of hyp's stack: every hypercall writes it (the deepest used < 2 KiB, measured)
@@ -66,7 +66,8 @@ class Timeline:
         if last is not None and not self._vms_touched and last.vms.keys() == h.vms.keys():
             vms, vm_state = last.vms, last.vm_state   # no VM action since: share the VM part (it is never mutated)
         else:
-            vms, vm_state = dict(h.vms), [(vm, vm.alive, dict(vm.guest_pages)) for vm in h.vms.values()]
+            vms, vm_state = dict(h.vms), [(vm, vm.alive, dict(vm.guest_pages), list(vm.memcache_pages))
+                                     for vm in h.vms.values()]
         self._vms_touched = False
         stats = c.stats
         self._last_host = _HostState(list(h.pages._free), len(h.log), vms, vm_state,
@@ -78,12 +79,14 @@ class Timeline:
         h, c = self.lab.host, self.lab.core
         h.pages._free = list(s.free)
         del h.log[s.log_len:]
+        h.loaded_vcpu = next(((a[0], a[1]) if n == "__pkvm_vcpu_load" else None for n, a, r in reversed(h.log)
+                              if n in ("__pkvm_vcpu_load", "__pkvm_vcpu_put") and r >= 0), None)
         kept = {id(vm) for vm in s.vms.values()}
         for vm in h.vms.values():          # VMs made after the checkpoint are gone again
             if id(vm) not in kept:
                 vm.alive = False
-        for vm, alive, pages in s.vm_state:
-            vm.alive, vm.guest_pages = alive, dict(pages)
+        for vm, alive, pages, memcache in s.vm_state:
+            vm.alive, vm.guest_pages, vm.memcache_pages = alive, dict(pages), list(memcache)
         h.vms = dict(s.vms)
         for k, v in s.stats.items():
             c.stats[k] = v

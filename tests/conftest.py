@@ -28,6 +28,34 @@ def hyp_internal(lab: Lab, name: str, *args: int) -> int:
     return r - (1 << 32) if r >> 31 else r
 
 
+def vm_parts(lab: Lab, nr_vcpus: int = 1) -> tuple[int, int]:
+    """What a raw ``__pkvm_init_shadow`` needs besides its shadow area: (struct kvm, PGD), the kvm and its vCPUs
+    written and shared with hyp, the PGD (2 pages, size-aligned) carrying the vCPU pointers (the seed's way)."""
+    from pkvmlab.host.vm import host_layouts, write_kvm, write_vcpu, write_vcpu_array
+
+    h, lay = lab.host, host_layouts(lab.host)
+    kvm = h.alloc_pages(1) * PAGE
+    vcpus = tuple(h.alloc_pages(1) * PAGE for _ in range(nr_vcpus))
+    write_kvm(h, lay, kvm, nr_vcpus, vcpus)
+    for i, v in enumerate(vcpus):
+        write_vcpu(h, lay, v, kvm, i)
+    for addr in (kvm, *vcpus):
+        h.share_hyp(addr // PAGE)
+    pgd = h.alloc_pages(lay.pgd_pages, align=lay.pgd_pages) * PAGE
+    write_vcpu_array(h, pgd, vcpus)
+    return kvm, pgd
+
+
+def hyp_takes(lab: Lab, pfn: int, nr_pages: int = 1, *, parts: tuple[int, int] | None = None) -> int:
+    """Host pages ``[pfn, pfn + nr_pages)`` become hyp's through a door pKVM's host has: ``__pkvm_init_shadow`` of a
+    VM whose shadow area is exactly those pages (a larger area than it needs is fine).  pKVM's host has no bare
+    "donate to hyp" call.  ``parts`` (from :func:`vm_parts`, made beforehand) keeps the call itself to one
+    hypercall; its PGD is donated too.  Returns the VM's handle; a refused donation raises HypercallError -ENOMEM
+    (the seed's map_donated_memory() returning NULL)."""
+    kvm, pgd = parts if parts is not None else vm_parts(lab)
+    return lab.host.init_shadow(kvm, pfn * PAGE, nr_pages * PAGE, pgd)
+
+
 def run_transition(lab: Lab, call: str, pfn: int, nr_pages: int = 1) -> int:
     """One ownership transition by whichever door it has (a host HVC or a hyp-internal call): its errno, 0 if ok."""
     pa = pfn * PAGE
@@ -36,9 +64,7 @@ def run_transition(lab: Lab, call: str, pfn: int, nr_pages: int = 1) -> int:
             lab.host.share_hyp(pfn)
         elif call == "__pkvm_host_unshare_hyp":
             lab.host.unshare_hyp(pfn)
-        elif call == "__pkvm_host_donate_hyp":
-            lab.host.donate_hyp(pfn, nr_pages)
-        elif call == "__pkvm_hyp_donate_host":
+        elif call in ("__pkvm_host_donate_hyp", "__pkvm_hyp_donate_host"):   # hyp-internal: no host door
             return -hyp_internal(lab, call, pfn, nr_pages)
         elif call in ("hyp_pin_shared_mem", "hyp_unpin_shared_mem"):
             ret = hyp_internal(lab, call, pa, pa + nr_pages * PAGE)

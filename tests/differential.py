@@ -219,13 +219,15 @@ class Actions:
         name = rng.choice(list(HYPERCALLS))
         k = rng.random()
         if k < 0.08:   # a function id nobody defined
-            return (rng.choice([0, 1, 0xC600_0000 | rng.randrange(7, 64), rng.getrandbits(64)]),)
+            return (rng.choice([0, 1, 0xC600_0000 | rng.randrange(len(HYPERCALLS), 64), rng.getrandbits(64)]),)
         wild = k < 0.3
         pfn = (lambda: rng.getrandbits(rng.choice([8, 20, 36, 64]))) if wild else self.address_pfn
         if name in ("__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp"):
             args = (pfn(),)
-        elif name == "__pkvm_host_donate_hyp":
-            args = (pfn(), rng.choice([0, 1, 1, 1, 2, 3, 1 << 20, rng.getrandbits(64)]))
+        elif name == "__pkvm_host_map_guest":   # no vCPU is loaded here (vm_op's donate loads one around it)
+            args = (pfn(), rng.getrandbits(rng.choice([4, 20, 64])))
+        elif name == "__pkvm_host_reclaim_page":
+            args = (pfn(),)
         elif name == "__pkvm_init_shadow":
             kvm, area, pgd = (rng.choice(self.pfns) << 12 for _ in range(3))
             if wild:
@@ -233,8 +235,6 @@ class Actions:
             args = (kvm, area, rng.choice([0, PAGE, 2 * PAGE, 4 * PAGE, rng.getrandbits(64)]), pgd)
         elif name == "__pkvm_teardown_shadow":
             args = (rng.choice(self.handles + [0, 0xFFF, 0x10FF, rng.getrandbits(32), rng.getrandbits(64)]),)
-        elif name == "__pkvm_host_donate_guest":
-            args = (pfn(), rng.getrandbits(rng.choice([4, 20, 64])), rng.choice(self.handles + [rng.getrandbits(64)]))
         else:
             args = ()
         return (HYPERCALLS[name], *args)

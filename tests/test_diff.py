@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import hyp_takes, vm_parts
 
 from pkvmlab.arch.pgtable import Owner, PageState
 from pkvmlab.errors import UsageError
@@ -37,13 +38,20 @@ def test_share_changes_one_page_from_owned_to_shared_on_both_sides(lab):
 
 
 def test_donation_is_one_range_that_changes_owner(lab):
-    """__pkvm_host_donate_hyp of 3 pages: one 3-page range, owner PKVM_ID_HOST → PKVM_ID_HYP, address range in hex."""
+    """__pkvm_init_shadow with a 3-page shadow area: that area is one 3-page range, owner PKVM_ID_HOST → PKVM_ID_HYP,
+    address range in hex (the VM's 2-page PGD is the other range)."""
     pfn = lab.host.alloc_pages(3)
+    parts = vm_parts(lab)
     before = lab.hyp.ownership()
-    lab.host.donate_hyp(pfn, 3)
+    hyp_takes(lab, pfn, 3, parts=parts)
     d = diff(before, lab.hyp.ownership(), mappings=False)
-    assert [(c.start_pfn, c.nr_pages) for c in d] == [(pfn, 3)] and d.nr_pages == 3
-    assert (d.changes[0].before.owner, d.changes[0].after.owner) == (Owner.HOST, Owner.HYP)
+    # what changed owner: the shadow area and the PGD; the VM's struct kvm and vCPU only gained a pin
+    moved = {p for c in d if c.before.owner != c.after.owner for p in range(c.start_pfn, c.start_pfn + c.nr_pages)}
+    assert moved == {pfn, pfn + 1, pfn + 2, parts[1] >> 12, (parts[1] >> 12) + 1}
+    assert (pfn, 3) in [(c.start_pfn, c.nr_pages) for c in d]
+    assert all(c.after.pins == c.before.pins + 1 for c in d if c.before.owner == c.after.owner)
+    area = next(c for c in d.changes if c.start_pfn == pfn)
+    assert (area.before.owner, area.after.owner) == (Owner.HOST, Owner.HYP)
     assert f"{pfn << 12:#012x}-{(pfn + 3) << 12:#012x}" in repr(d)
     assert "owner PKVM_ID_HOST → PKVM_ID_HYP" in repr(d)
 
@@ -96,13 +104,16 @@ def test_create_vm_fills_a_slot_and_moves_pages(lab):
 
 
 def test_guest_donation_changes_the_slot_and_one_page(lab):
-    """A page donated to a guest: the VM's slot changes (gfn → pfn added) and one page goes to PKVM_ID_GUEST."""
+    """A page donated to a guest: the VM's slot changes (gfn → pfn added) and one page goes to PKVM_ID_GUEST; the pages
+    hyp took from the vCPU's memcache for the guest's stage-2 tables go to PKVM_ID_HYP."""
     vm = lab.host.create_vm(1)
     o0, s0 = lab.hyp.ownership(), lab.hyp.shadow_table()
     pfn = vm.donate(0x42)
     sd, od = diff(s0, lab.hyp.shadow_table()), diff(o0, lab.hyp.ownership())
     assert len(sd.changed) == 1 and f"guest pages added at gfn 0x42→pfn {pfn:#x}" in repr(sd)
-    assert [(c.start_pfn, c.after.owner) for c in od] == [(pfn, Owner.GUEST)]
+    assert [(c.start_pfn, c.nr_pages) for c in od if c.after.owner == Owner.GUEST] == [(pfn, 1)]
+    tables = {p for c in od if c.after.owner == Owner.HYP for p in range(c.start_pfn, c.start_pfn + c.nr_pages)}
+    assert tables and tables <= set(vm.memcache_pages)
 
 
 def test_teardown_empties_the_slot_and_gives_everything_back(lab):
@@ -137,7 +148,7 @@ def test_diff_without_mappings_sees_only_ownership(lab):
     pfn = lab.host.alloc_pages(1)
     lab.host.read(pfn << 12, 8)                 # host maps its page first
     before = lab.hyp.ownership()
-    lab.host.donate_hyp(pfn, 1)
+    lab.core.call_symbol("__pkvm_host_donate_hyp", pfn, 1)   # hyp-internal, as in init_shadow and its teardown
     lab.core.call_symbol("__pkvm_hyp_donate_host", pfn, 1)
     after = lab.hyp.ownership()
     assert not diff(before, after, mappings=False)

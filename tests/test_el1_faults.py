@@ -6,6 +6,7 @@ Each case is one difference QEMU showed: the expected values are QEMU 7.2's, and
 from __future__ import annotations
 
 import pytest
+from conftest import hyp_takes
 from differential import FORM_BYTES, FORMS, assembled_forms, form_length
 
 from pkvmlab import Lab
@@ -105,9 +106,9 @@ def test_a_w_index_register_is_read_through_its_x_register(lab):
 
 
 def test_a_pair_straddling_into_a_refused_page_faults_on_the_second_page(lab):
-    """stp x1, x2 at the last 8 bytes of a host page before a page hyp owns: FAR = the second page."""
+    """stp x1, x2 at the last 8 bytes of a host page before a page hyp owns (a VM's shadow area): FAR = the second page."""
     pfn = lab.host.alloc_pages(2)
-    lab.host.donate_hyp(pfn + 1)
+    hyp_takes(lab, pfn + 1)
     second = (pfn + 1) << 12
     _, res = run_form(lab, "stp x", x0=second - 8 - 16)   # stp x1, x2, [x0, #16]
     assert isinstance(res, HostVector)

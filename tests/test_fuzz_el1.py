@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from conftest import PAGE, assert_invariants
+from conftest import PAGE, assert_invariants, hyp_takes
 
 from pkvmlab import HostException, Lab, MachineError
 from pkvmlab.firmware.asm import assemble_many
@@ -45,7 +45,7 @@ def test_a_thousand_random_el1_sequences_never_wedge_the_lab():
     lab.core.run_limit_ms = 200
     own = lab.host.alloc_pages(4)
     donated = lab.host.alloc_pages()
-    lab.host.donate_hyp(donated)
+    hyp_takes(lab, donated)   # a VM's shadow area: hyp's now
     shared = lab.host.alloc_pages()
     lab.host.share_hyp(shared)
     targets = [own * PAGE + 8, own * PAGE + PAGE - 4, donated * PAGE, shared * PAGE + 16, lab.core.ram_base + 0x100,

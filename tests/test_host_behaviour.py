@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import PAGE, assert_invariants
+from conftest import PAGE, assert_invariants, hyp_takes
 
 from pkvmlab import HostAccessFault, HostException, Lab, MachineError, UsageError
 from pkvmlab.arch import esr as E
@@ -45,9 +45,10 @@ def test_a_load_straddling_a_mapped_and_an_unmapped_block_gets_both_halves(lab: 
 
 
 def test_a_load_spanning_a_host_page_and_a_hyp_page_faults_on_the_hyp_page(lab: Lab):
-    """The host page is fine, the next one was donated: HostAccessFault with FAR at the start of the hyp page."""
+    """The host page is fine, the next one was donated (a VM's shadow area): HostAccessFault with FAR at the start
+    of the hyp page."""
     pfn = lab.host.alloc_pages(2)
-    lab.host.donate_hyp(pfn + 1)
+    hyp_takes(lab, pfn + 1)
     with pytest.raises(HostAccessFault) as ei:
         lab.host.execute("ldr x1, [x0]", x0=(pfn + 1) * PAGE - 4)
     assert ei.value.far == (pfn + 1) * PAGE
@@ -132,8 +133,8 @@ def test_cache_maintenance_by_va_on_hyp_memory_does_not_fault_in_unicorn(lab: La
     still_usable(lab)
 
 
-def test_init_shadow_and_donate_guest_refuse_the_host_kernels_own_pages(lab: Lab):
-    """The host model keeps its own text/stack, as donate_hyp does: init_shadow's area or PGD, donate_guest's page."""
+def test_init_shadow_and_donate_refuse_the_host_kernels_own_pages(lab: Lab):
+    """The host model keeps its own text/stack: not as init_shadow's area or PGD, not as a page vm.donate() gives."""
     image = lab.host.image_base
     pgd = lab.host.alloc_pages()
     with pytest.raises(UsageError, match="host kernel's own code"):
@@ -141,7 +142,7 @@ def test_init_shadow_and_donate_guest_refuse_the_host_kernels_own_pages(lab: Lab
     with pytest.raises(UsageError, match="host kernel's own code"):
         lab.host.init_shadow(0, pgd * PAGE, PAGE, image + PAGE)
     with pytest.raises(UsageError, match="host kernel's own code"):
-        lab.host.donate_guest(image >> 12, 0, 0x1000)
+        lab.host.create_vm(1).donate(0, image >> 12)
     still_usable(lab)
 
 

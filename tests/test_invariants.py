@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import run_transition
+from conftest import hyp_takes, run_transition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,14 +53,14 @@ def pfn(lab) -> int:
 
 def test_a_donated_page_hyp_does_not_map_has_no_owner(lab, pfn):
     """Clearing hyp's mapping of a page the host stage-2 records as hyp's leaves it owned by nobody."""
-    lab.host.donate_hyp(pfn, 1)
+    hyp_takes(lab, pfn)   # a VM's shadow area: hyp's
     plant(lab, "hyp", pfn * PAGE, 0)
     assert "owned by no component" in found(lab, "owner", pfn)[0].message
 
 
 def test_an_unknown_owner_id_is_reported(lab, pfn):
     """An invalid host stage-2 entry annotated with an id no component has is an owner violation."""
-    lab.host.donate_hyp(pfn, 1)
+    hyp_takes(lab, pfn)   # a VM's shadow area: hyp's
     plant(lab, "host", pfn * PAGE, 7 << pt.OWNER_SHIFT)
     assert "unknown owner 7" in found(lab, "owner", pfn)[0].message
 
@@ -82,7 +82,7 @@ def test_a_borrow_without_a_lender_is_reported(lab, pfn):
 
 def test_host_mapping_a_donated_page_is_reported(lab, pfn):
     """A valid host stage-2 mapping of a page donated to hyp is reported (and the page has two owners)."""
-    lab.host.donate_hyp(pfn + 1, 1)
+    hyp_takes(lab, pfn + 1)   # a VM's shadow area: hyp's
     plant(lab, "host", (pfn + 1) * PAGE, valid_like(lab, "host", pfn * PAGE, (pfn + 1) * PAGE))
     found(lab, "host-mapped", pfn + 1)
     assert "owned by 2 components" in found(lab, "owner", pfn + 1)[0].message
@@ -90,7 +90,7 @@ def test_host_mapping_a_donated_page_is_reported(lab, pfn):
 
 def test_host_mapping_that_is_not_the_identity_is_reported(lab, pfn):
     """A host stage-2 leaf that sends a host IPA to hyp's memory is reported as a host-mapped violation."""
-    lab.host.donate_hyp(pfn + 1, 1)
+    hyp_takes(lab, pfn + 1)   # a VM's shadow area: hyp's
     plant(lab, "host", pfn * PAGE, valid_like(lab, "host", pfn * PAGE, lab.core.ram_base))
     msgs = [v.message for v in check_invariants(lab.hyp.ownership()) if v.kind == "host-mapped"]
     assert any(f"IPA {pfn * PAGE:#x} points to PA {lab.core.ram_base:#x}" in m for m in msgs), msgs
@@ -152,7 +152,8 @@ def run(lab: Lab, call: str, pfn: int, n: int) -> int:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(op, min_size=1, max_size=14))
 def test_no_sequence_of_calls_breaks_an_invariant(ops):
-    """Random share/unshare/donate/give-back/pin/unpin/touch sequences: errno and states follow the arch table."""
+    """Random share/unshare/donate/give-back/pin/unpin/touch sequences: errno and states follow the arch table.
+    (The donations are hyp-internal functions, called as __pkvm_init_shadow and memcache refills call them.)"""
     lab = Lab(ram_size=64 << 20)
     base = lab.host.alloc_pages(NPAGES + 2, align=512)   # two spare pages so a 3-page range can run past the tracked ones
     model = {base + i: initial_page(Owner.HOST) for i in range(NPAGES + 2)}

@@ -10,6 +10,8 @@ from conftest import assert_invariants, hyp_internal, run_transition
 from pkvmlab import HostAccessFault, HypercallError, HypPanic, Lab, UsageError
 from pkvmlab.arch.ownership import TRANSITION, TRANSITIONS, PageView
 from pkvmlab.arch.pgtable import Owner, PageState
+from pkvmlab.host.kernel_image import IMAGE_PAGES
+from pkvmlab.inspect.diff import diff
 
 PAGE = 4096
 OWNED, SHARED_OWNED, SHARED_BORROWED, NOPAGE = (PageState.OWNED, PageState.SHARED_OWNED,
@@ -35,7 +37,8 @@ START = {
     "host-owned-unmapped": ([], PageView(Owner.HOST, OWNED, NOPAGE)),
     "host-owned-mapped": ([_touch], PageView(Owner.HOST, OWNED, NOPAGE)),
     "shared": ([_touch, lambda lab, pfn: lab.host.share_hyp(pfn)], PageView(Owner.HOST, SHARED_OWNED, SHARED_BORROWED)),
-    "donated": ([lambda lab, pfn: lab.host.donate_hyp(pfn, 1)], PageView(Owner.HYP, NOPAGE, OWNED)),
+    # hyp-internal (no host door): the donation __pkvm_init_shadow and memcache refills make
+    "donated": ([lambda lab, pfn: hyp_internal(lab, "__pkvm_host_donate_hyp", pfn, 1)], PageView(Owner.HYP, NOPAGE, OWNED)),
     "pinned": ([_pin], PageView(Owner.HOST, SHARED_OWNED, SHARED_BORROWED, pins=1)),
 }
 
@@ -83,19 +86,45 @@ def test_every_transition_is_listed_once_with_its_door():
         assert (t.call in HYPERCALLS) == t.hypercall, t.call
 
 
-def test_host_cannot_read_or_write_a_page_it_donated(lab):
-    """After donate_hyp the host's loads and stores of that page fault back into the host."""
+def test_the_host_has_no_bare_donation_hypercall(lab):
+    """pKVM's host ABI has no "donate these pages to hyp" and no "donate this page to the guest with this handle":
+    hyp takes pages only inside __pkvm_init_shadow and memcache refills, a guest only through
+    __pkvm_host_map_guest on the loaded vCPU.  Neither name has an id or a handler; the ids past the table
+    (where a removed call's slot would be) answer NOT_SUPPORTED and change nothing."""
+    from pkvmlab.arch.smccc import HOST_HCALLS, HYPERCALLS, SMCCC_RET_NOT_SUPPORTED, kvm_host_smccc_id
+
+    for gone in ("__pkvm_host_donate_hyp", "__pkvm_host_donate_guest"):
+        assert gone not in HYPERCALLS
+        assert f"handle_{gone}" not in lab.fw.symbols
+        with pytest.raises(UsageError, match="unknown hypercall"):
+            lab.host.call(gone, 1)
+    assert not hasattr(lab.host, "donate_hyp") and not hasattr(lab.host, "donate_guest")
+    assert "__pkvm_host_donate_hyp" in lab.fw.symbols, "the hyp-internal function init_shadow and refills use stays"
+    vm = lab.host.create_vm(1)
+    pfn = lab.host.alloc_pages(1)
+    before, free = lab.hyp.ownership(), lab.hyp.pool().free_pages
+    for n in (len(HOST_HCALLS), len(HOST_HCALLS) + 1):
+        x0, x1, _, _ = lab.host.hvc(kvm_host_smccc_id(n), pfn, 0, vm.handle)
+        assert (x0, x1) == (SMCCC_RET_NOT_SUPPORTED, pfn)
+    assert lab.hyp.ownership() == before and lab.hyp.pool().free_pages == free
+
+
+def test_host_cannot_read_or_write_the_pages_it_donated_to_a_vm(lab):
+    """The shadow area and PGD (__pkvm_init_shadow) and a guest page (__pkvm_host_map_guest): host loads and
+    stores of them fault back into the host; its own pages around them do not."""
+    vm = lab.host.create_vm(1)
     pfn = lab.host.alloc_pages(2)
     pa = pfn * PAGE
     lab.host.write(pa, b"mine")
-    lab.host.donate_hyp(pfn, 1)
-    with pytest.raises(HostAccessFault) as read:
-        lab.host.read(pa, 4)
-    assert read.value.far == pa
-    with pytest.raises(HostAccessFault):
-        lab.host.write(pa + 0x800, b"x")
-    with pytest.raises(HostAccessFault):
-        lab.host.read_u64(pa + PAGE - 8)
+    vm.donate(0, pfn)
+    for given in (pa, vm.shadow_va, vm.pgd, vm.pgd + PAGE):
+        with pytest.raises(HostAccessFault) as read:
+            lab.host.read(given, 4)
+        assert read.value.far == given
+        with pytest.raises(HostAccessFault):
+            lab.host.write(given + 0x800, b"x")
+        with pytest.raises(HostAccessFault):
+            lab.host.read_u64(given + PAGE - 8)
     assert lab.host.read(pa + PAGE, 4) == bytes(4), "the next page is still the host's"
     assert_invariants(lab)
 
@@ -183,12 +212,13 @@ def test_share_unshare_cycles_leak_no_hyp_pages(lab):
 
 
 def test_donate_and_give_back_cycles_leak_no_hyp_pages(lab):
-    """donate_hyp then __pkvm_hyp_donate_host, many times over many pages: pool + tables stay constant."""
+    """hyp-internal __pkvm_host_donate_hyp then __pkvm_hyp_donate_host, many times over many pages (what
+    init_shadow/teardown and memcache refill/drain do): pool + tables stay constant."""
     pfn = lab.host.alloc_pages(64, align=512)
     lab.host.read(pfn * PAGE, 8)
     free0, tables0 = _pool_tables(lab)
     for n in (1, 3, 17, 64):
-        lab.host.donate_hyp(pfn, n)
+        assert hyp_internal(lab, "__pkvm_host_donate_hyp", pfn, n) == 0
         assert hyp_internal(lab, "__pkvm_hyp_donate_host", pfn, n) == 0
         free, tables = _pool_tables(lab)
         assert free + tables == free0 + tables0
@@ -200,7 +230,7 @@ def test_hyp_gives_back_only_what_it_owns(lab):
     """__pkvm_hyp_donate_host refuses host pages, shared pages and the carve-out with EPERM, changing nothing."""
     pfn = lab.host.alloc_pages(4)
     lab.host.share_hyp(pfn + 1)
-    lab.host.donate_hyp(pfn + 2, 1)
+    assert hyp_internal(lab, "__pkvm_host_donate_hyp", pfn + 2, 1) == 0
     carveout = lab.hyp.global_field("hyp_memory", "hyp_memory", "hyp_start") // PAGE
     pool_page = lab.hyp.global_field("hyp_pool", "hyp_pool", "end") // PAGE - 1
     before = lab.hyp.ownership()
@@ -221,15 +251,6 @@ HOSTILE = [
     ("pfn in the hyp image", "__pkvm_host_share_hyp", ("C",), errno.EPERM),
     ("unshare a hyp image page", "__pkvm_host_unshare_hyp", ("C",), errno.EPERM),
     ("unshare a page never shared", "__pkvm_host_unshare_hyp", ("P",), errno.EPERM),
-    ("donate the hyp image", "__pkvm_host_donate_hyp", ("C", 1), errno.EPERM),
-    ("donate zero pages", "__pkvm_host_donate_hyp", ("P", 0), errno.EINVAL),
-    ("donate huge nr_pages", "__pkvm_host_donate_hyp", ("P", 1 << 40), errno.EINVAL),
-    ("donate all of RAM from P", "__pkvm_host_donate_hyp", ("P", 0x40000), errno.EINVAL),
-    ("donate nr_pages all ones", "__pkvm_host_donate_hyp", ("P", U64), errno.EINVAL),
-    ("donate where pfn + nr wraps", "__pkvm_host_donate_hyp", ("P", "WRAP"), errno.EINVAL),
-    ("donate across the end of RAM", "__pkvm_host_donate_hyp", (RAM_END_PFN - 1, 2), errno.EINVAL),
-    ("donate reaching back into the carve-out", "__pkvm_host_donate_hyp", (0x407FF, 2), errno.EPERM),
-    ("donate the host page after a shared one", "__pkvm_host_donate_hyp", ("S", 2), errno.EPERM),
 ]
 
 
@@ -261,38 +282,111 @@ def test_hostile_arguments_get_an_errno_and_change_nothing(lab, what, call, args
     assert lab.host.hyp_info()[1] == 2
 
 
+# The donations' range checks, through the doors the host has: a VM's shadow area (__pkvm_init_shadow takes
+# it by donation; a refused donation comes back as -ENOMEM, the seed's map_donated_memory() returning NULL)
+# and a guest page (__pkvm_host_map_guest).  "C" the carve-out's first page, "S" a shared page.
+DONATIONS = [
+    ("shadow area in the hyp image", "init_shadow", ("C", PAGE), errno.ENOMEM),
+    ("shadow area of 2^52 bytes", "init_shadow", ("P", 1 << 52), errno.ENOMEM),
+    ("shadow area whose end wraps", "init_shadow", ("P", (1 << 64) - PAGE), errno.ENOMEM),
+    ("shadow area across the end of RAM", "init_shadow", ((RAM_END_PFN - 1) * PAGE, 2 * PAGE), errno.ENOMEM),
+    ("shadow area reaching back into the carve-out", "init_shadow", (0x407FF000, 2 * PAGE), errno.ENOMEM),
+    ("shadow area running into a shared page", "init_shadow", ("S-1", 2 * PAGE), errno.ENOMEM),
+    ("guest page in the hyp image", "map_guest", ("C", 0x10), errno.EPERM),
+    ("guest page past RAM", "map_guest", (RAM_END_PFN, 0x10), errno.EINVAL),
+    ("guest page pfn all ones", "map_guest", (U64, 0x10), errno.EINVAL),
+    ("guest page whose address overflows", "map_guest", (1 << 52, 0x10), errno.EINVAL),
+    ("guest page shared with hyp", "map_guest", ("S", 0x10), errno.EPERM),
+    ("gfn past the guest's IPA space", "map_guest", ("P", 1 << 28), errno.EINVAL),
+    ("gfn all ones", "map_guest", ("P", U64), errno.EINVAL),
+]
+
+
+@pytest.mark.parametrize("what,door,args,err", DONATIONS, ids=[d[0] for d in DONATIONS])
+def test_hostile_donations_get_an_errno_and_change_nothing(lab, what, door, args, err):
+    """A donation to hyp or a guest of pages the host may not give comes back as the errno, every page as it was."""
+    from test_shadow_table import raw_host_vm
+
+    p = lab.host.alloc_pages(1)
+    s = lab.host.alloc_pages(2) + 1
+    lab.host.share_hyp(s)
+    lab.host.read(p * PAGE, 8)
+    carveout = lab.hyp.global_field("hyp_memory", "hyp_memory", "hyp_start") // PAGE
+    sub = {"P": p, "C": carveout, "S": s, "S-1": s - 1}
+    if door == "init_shadow":
+        kvm, _, _, _, pgd = raw_host_vm(lab, 1)
+        va, size = args
+        va = sub[va] * PAGE if isinstance(va, str) else va
+        call = ("__pkvm_init_shadow", kvm, va, size, pgd)
+    else:
+        vm = lab.host.create_vm(1)
+        lab.host.call("__pkvm_vcpu_load", vm.handle, 0)
+        vm.donate(0)
+        vm.donate(1)   # the second fills the vCPU's memcache and takes no table: the next refill takes nothing
+        pfn, gfn = args
+        call = ("__pkvm_host_map_guest", sub[pfn] if isinstance(pfn, str) else pfn, gfn)
+    before, free = lab.hyp.ownership(), lab.hyp.pool().free_pages
+    with pytest.raises(HypercallError) as e:
+        lab.host.call(*call)   # the raw hypercall: the firmware is under test
+    assert e.value.errno == err, str(e.value)
+    assert lab.core.panic is None
+    assert lab.hyp.ownership() == before
+    assert lab.hyp.pool().free_pages == free
+    if door == "map_guest":
+        lab.host.call("__pkvm_vcpu_put")
+    assert_invariants(lab)
+
+
 def test_host_model_keeps_its_own_kernel_pages(lab):
-    """lab.host.donate_hyp refuses the host kernel's own text and stack (it could never run again), naming them."""
+    """The host model never gives its own kernel text and stack away (it could never run again), naming them:
+    not as a guest page, not as a VM's shadow area or PGD."""
     pfn = lab.host.image_base // PAGE
+    vm = lab.host.create_vm(1)
     before = lab.hyp.ownership()
-    for first, n in ((pfn, 1), (pfn - 1, 2), (pfn + 1, 5)):
+    for first in (pfn, pfn + IMAGE_PAGES - 1):
         with pytest.raises(UsageError, match="host kernel's own code"):
-            lab.host.donate_hyp(first, n)
+            vm.donate(0x20, first)
+    with pytest.raises(UsageError, match="host kernel's own code"):
+        lab.host.init_shadow(vm.host_kvm, (pfn - 1) * PAGE, 2 * PAGE, vm.pgd)
+    with pytest.raises(UsageError, match="host kernel's own code"):
+        lab.host.init_shadow(vm.host_kvm, vm.shadow_va, vm.shadow_size, (pfn + 1) * PAGE)
     assert lab.hyp.ownership() == before
 
 
-@pytest.mark.parametrize("call,args", [("share_hyp", ()), ("donate_hyp", (1,))])
-def test_repeating_a_transition_is_refused(lab, call, args):
-    """Sharing a shared page or donating a donated one fails with EPERM and changes nothing."""
+@pytest.mark.parametrize("start", ["shared", "a guest's"])
+def test_repeating_a_transition_is_refused(lab, start):
+    """Sharing a shared page or a guest's page, or giving either to a guest again, fails with EPERM and changes nothing."""
+    vm = lab.host.create_vm(1)
     pfn = lab.host.alloc_pages(1)
-    getattr(lab.host, call)(pfn, *args)
+    if start == "shared":
+        lab.host.share_hyp(pfn)
+    else:
+        vm.donate(0, pfn)
+    vm.donate(1)
+    vm.donate(3)   # the vCPU's memcache is full now: a refused map_guest below takes no page for it
     lab.host.hyp_info()   # the host's stub page, unmapped by the split, is fetched (and mapped back) by any next call
     before = lab.hyp.ownership()
-    for again in ("share_hyp", "donate_hyp"):
-        with pytest.raises(HypercallError) as e:
-            getattr(lab.host, again)(pfn, *((1,) if again == "donate_hyp" else ()))
-        assert e.value.errno == errno.EPERM
-    assert lab.hyp.ownership() == before
+    with pytest.raises(HypercallError) as e:
+        lab.host.share_hyp(pfn)
+    assert e.value.errno == errno.EPERM
+    with pytest.raises(HypercallError) as e:
+        vm.donate(2, pfn)   # its memcache top-up writes fresh host pages: they get mapped, nothing else changes
+    assert e.value.errno == errno.EPERM
+    assert not diff(before, lab.hyp.ownership(), mappings=False)
 
 
 def test_a_failed_donation_of_a_range_changes_no_page_of_it(lab):
-    """Donating 8 pages of which the last is shared fails, and the first 7 stay the host's, still mapped."""
+    """A shadow area of 8 pages of which the last is shared is refused, and the first 7 stay the host's, still mapped."""
+    from test_shadow_table import raw_host_vm
+
+    kvm, _, _, _, pgd = raw_host_vm(lab, 1)
     pfn = lab.host.alloc_pages(8, align=512)
     lab.host.share_hyp(pfn + 7)
     lab.host.read(pfn * PAGE, 8)
     before = lab.hyp.ownership()
-    with pytest.raises(HypercallError):
-        lab.host.donate_hyp(pfn, 8)
+    with pytest.raises(HypercallError) as e:
+        lab.host.init_shadow(kvm, pfn * PAGE, 8 * PAGE, pgd)
+    assert e.value.errno == errno.ENOMEM
     assert lab.hyp.ownership() == before
     aborts = lab.core.stats["stage2_abort"]
     lab.host.read(pfn * PAGE, 8)
@@ -321,7 +415,7 @@ def test_an_empty_pool_refuses_only_what_needs_a_new_table(lab):
     """With 0 free pool pages: a share needing tables gets ENOMEM and changes nothing; what needs none works."""
     block = lab.host.alloc_pages(512, align=512)
     lab.host.read_u64(block * PAGE)                      # one 2 MiB block mapping
-    lab.host.donate_hyp(block + 1, 1)                   # split: block + 2 is now a level-3 entry
+    assert hyp_internal(lab, "__pkvm_host_donate_hyp", block + 1, 1) == 0   # split: block + 2 is now level 3
     lab.host.share_hyp(block + 3)                       # hyp has a level-3 table here too
     taken = drain_pool(lab, 0)
     before = lab.hyp.ownership()

@@ -59,7 +59,8 @@ def test_same_hypercall_results_on_both_paths():
     calls = [(INFO,), (INFO + 100,), (INFO - 1, 1, 2, 3, 4, 5, 6),
              (HYPERCALLS["__pkvm_host_share_hyp"], host_pfn), (HYPERCALLS["__pkvm_host_share_hyp"], host_pfn),
              (HYPERCALLS["__pkvm_host_unshare_hyp"], host_pfn), (HYPERCALLS["__pkvm_host_share_hyp"], HYP_PAGE >> 12),
-             (HYPERCALLS["__pkvm_host_donate_hyp"], host_pfn + 1, 2), (INFO, -1, 1 << 63)]
+             (HYPERCALLS["__pkvm_host_map_guest"], host_pfn + 1, 2), (HYPERCALLS["__pkvm_vcpu_load"], 0x1000, 0),
+             (INFO, -1, 1 << 63)]
     for call in calls:
         got_n, got_p = n.host.hvc(*call), p.host.hvc(*call)
         assert got_n == got_p, call

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_invariants
+from conftest import assert_invariants, hyp_takes, vm_parts
 
 from pkvmlab import Lab
 from pkvmlab.arch.ownership import reachable_views
@@ -63,12 +63,14 @@ def test_donating_a_page_breaks_the_block_and_its_neighbours_refill_lazily(lab):
     (stage2_put_pte(): clear, TLBI) and replaced by an *empty* table -- "Accesses beyond 'end' that fall
     within the new table will be mapped lazily".  So after donating one page of a mapped 2 MiB block, only
     the donated page's annotation is in the new table; each neighbour faults once on its next touch and
-    host_stage2_idmap() maps it again as a single page.  No page changes owner or state but the donated one."""
+    host_stage2_idmap() maps it again as a single page.  No page of the block changes owner or state but the
+    donated one (a VM's shadow area, which __pkvm_init_shadow takes)."""
     pfn = block_pfn(lab)
     lab.host.read_u64(pfn * PAGE)
+    parts = vm_parts(lab)
     free = lab.hyp.pool().free_pages
     before = lab.hyp.ownership()
-    lab.host.donate_hyp(pfn + 7, 1)
+    hyp_takes(lab, pfn + 7, parts=parts)
     snap = lab.hyp.ownership()
     i = snap.index(pfn)
     assert not snap.host.mapped[i:i + 512].any(), "the block is gone, nothing under it is mapped yet"
@@ -115,7 +117,7 @@ def test_splitting_a_block_breaks_it_before_the_table_is_written(lab):
 def test_lazy_mapping_next_to_a_donated_page_maps_single_pages(lab):
     """Where a donation already split the region, a first touch maps only the 4 KiB page touched."""
     pfn = block_pfn(lab)
-    lab.host.donate_hyp(pfn + 3, 1)
+    hyp_takes(lab, pfn + 3)   # a VM's shadow area
     n = aborts(lab)
     lab.host.read_u64((pfn + 4) * PAGE)
     lab.host.read_u64((pfn + 5) * PAGE)
@@ -146,17 +148,20 @@ def test_a_1gib_block_is_mapped_and_split_twice_for_one_donated_page():
     assert aborts(lab) == n + 1
     snap = lab.hyp.ownership()
     assert snap.host.leaf(pa).level == 1 and snap.host.leaf(pa).size == 1 << 30
+    parts = vm_parts(lab)   # the VM's PGD sits next to its struct kvm, whose share split that region already
+    snap = lab.hyp.ownership()
     free, tables = lab.hyp.pool().free_pages, snap.host.nr_tables + snap.hyp.nr_tables
-    lab.host.donate_hyp((pa >> 12) + 1, 1)
+    hyp_takes(lab, (pa >> 12) + 1, parts=parts)   # a VM's shadow area
     snap = lab.hyp.ownership()
     assert lab.hyp.pool().free_pages == free - 4, "an L2 and an L3 table each for host stage-2 and hyp stage-1"
     assert snap.host.nr_tables + snap.hyp.nr_tables == tables + 4
     # Broken, then empty tables (upstream's lazy refill): only the donated page's annotation is left.
     assert snap.host.leaf(pa) is None and snap.host.leaf(pa + BLOCK) is None
     assert snap.host.leaf(pa + PAGE).level == 3
+    n = aborts(lab)   # vm_parts' stores into fresh host pages faulted too: count from here
     lab.host.read_u64(pa)
     lab.host.read_u64(pa + (1 << 30) - 8)
-    assert aborts(lab) == n + 3, "each refills on its first touch"
+    assert aborts(lab) == n + 2, "each refills on its first touch"
     snap = lab.hyp.ownership()
     assert snap.host.leaf(pa).level == 3, "inside the split 2 MiB region: a page"
     assert snap.host.leaf(pa + (1 << 30) - PAGE).level == 2, "elsewhere in the GiB: a 2 MiB block again"
@@ -170,7 +175,7 @@ def test_snapshot_agrees_with_the_cpu_about_every_mapping():
     pfn = h.alloc_pages(16)
     h.read_u64(pfn * PAGE)
     h.share_hyp(pfn + 1)
-    h.donate_hyp(pfn + 2, 3)
+    hyp_takes(lab, pfn + 2, 3)   # a VM's shadow area of 3 pages
     h.read_u64(block_pfn(lab) * PAGE)
     snap = lab.hyp.ownership()
     for i in range(0, snap.nr_pages, 7):   # every 7th page: all kinds of region, a few seconds at most
@@ -186,9 +191,10 @@ def test_snapshot_agrees_with_the_cpu_about_every_mapping():
 def test_page_ranges_and_counts_describe_the_same_pages(lab):
     """ranges() tiles RAM in order, counts add up to all pages, page() matches both, diff() finds changes."""
     pfn = lab.host.alloc_pages(4)
+    parts = vm_parts(lab)
     before = lab.hyp.ownership()
     lab.host.share_hyp(pfn)
-    lab.host.donate_hyp(pfn + 2, 2)
+    hyp_takes(lab, pfn + 2, 2, parts=parts)   # a VM's shadow area of 2 pages
     snap = lab.hyp.ownership()
     r = snap.ranges()
     assert r[0].start_pfn == snap.start_pfn and r[-1].end_pfn == snap.start_pfn + snap.nr_pages
@@ -199,7 +205,9 @@ def test_page_ranges_and_counts_describe_the_same_pages(lab):
         for p in (x.start_pfn, x.end_pfn - 1):
             info = snap.page(p)
             assert (info.owner, info.host, info.hyp) == (x.owner, x.host, x.hyp)
-    assert [p for p in snap.diff(before) if snap.page(p).view != before.page(p).view] == [pfn, pfn + 2, pfn + 3]
+    changed = [p for p in snap.diff(before) if snap.page(p).view != before.page(p).view]
+    assert [p for p in changed if pfn <= p < pfn + 4] == [pfn, pfn + 2, pfn + 3]
+    assert parts[1] >> 12 in changed, "the VM's PGD went to hyp too"
     assert snap != before and snap == lab.hyp.ownership()
     with pytest.raises(IndexError):
         snap.page(snap.start_pfn + snap.nr_pages)
@@ -219,13 +227,14 @@ def test_snapshot_reads_like_a_table_in_text_and_html(lab):
 
 
 def test_snapshot_cost_grows_with_mappings_not_with_ram():
-    """Doubling RAM adds no descriptors to read; donating scattered pages adds one per page."""
+    """Doubling RAM adds no descriptors to read; donating scattered pages adds one per page (hyp-internal
+    __pkvm_host_donate_hyp, as __pkvm_init_shadow calls it, one page each)."""
     small, big = Lab(ram_size=64 << 20), Lab(ram_size=1 << 30)
     a, b = small.hyp.ownership(), big.hyp.ownership()
     assert a.host.nr_leaves == b.host.nr_leaves and a.host.nr_tables == b.host.nr_tables
     pfn = big.host.alloc_pages(512 * 8, align=512)
     for k in range(8):
-        big.host.donate_hyp(pfn + 512 * k + 5, 1)
+        assert big.core.call_symbol("__pkvm_host_donate_hyp", pfn + 512 * k + 5, 1) == 0
     c = big.hyp.ownership()
     assert c.host.nr_tables == b.host.nr_tables + 8
     assert c.host.nr_leaves == b.host.nr_leaves + 8

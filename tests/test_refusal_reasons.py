@@ -37,8 +37,7 @@ def test_a_handle_no_vm_has(lab: Lab) -> None:
     e = refused(lab.host.teardown_shadow, 0x1005)
     assert e.errno == errno.ENOENT and e.reason == "no VM has handle 0x1005 (live: 0x1000)"
     assert "handles are 0x1000..0x10fe" in refused(lab.host.teardown_shadow, 7).reason
-    pfn = lab.host.alloc_pages(1)
-    assert refused(lab.host.donate_guest, pfn, 0, 0x1005).reason.startswith("no VM has handle 0x1005")
+    assert refused(lab.host.call, "__pkvm_vcpu_load", 0x1005, 0).reason.startswith("no VM has handle 0x1005")
 
 
 def test_a_torn_down_handle_is_named_as_such(lab: Lab) -> None:
@@ -66,14 +65,15 @@ def test_sharing_a_page_twice_or_a_carve_out_page_or_a_guest_page(lab: Lab) -> N
     assert refused(lab.host.share_hyp, g).reason == \
         f"pfn {g:#x} is no longer the host's: it is the guest's: gfn 0x3 of VM {vm.handle:#x}"
     assert f"VM {vm.handle:#x}'s shadow area" in refused(lab.host.share_hyp, vm.shadow_va // PAGE).reason
-    assert f"VM {vm.handle:#x}'s stage-2 PGD" in refused(lab.host.donate_hyp, vm.pgd // PAGE, 1).reason
+    assert f"VM {vm.handle:#x}'s stage-2 PGD" in refused(vm.donate, 5, vm.pgd // PAGE).reason
 
 
 def test_outside_ram_and_zero_pages(lab: Lab) -> None:
     e = refused(lab.host.share_hyp, 0x10)
     assert e.errno == errno.EINVAL and e.reason.startswith("pfn 0x10 is not all RAM (RAM is pfns 0x40000-")
-    pfn = lab.host.alloc_pages(1)
-    assert refused(lab.host.donate_hyp, pfn, 0).reason == "nr_pages is 0: there is nothing to donate"
+    vm = lab.host.create_vm(1)
+    e = refused(vm.donate, 0, 0x10)
+    assert e.errno == errno.EINVAL and e.reason.startswith("pfn 0x10 is not all RAM (RAM is pfns 0x40000-")
 
 
 def test_unsharing_a_pinned_or_an_unshared_page(lab: Lab) -> None:
@@ -121,3 +121,71 @@ def test_the_reason_comes_from_the_hosts_records_not_hyp_memory(lab: Lab) -> Non
     e = refused(vm.donate, 0x10)
     assert e.errno == errno.EPERM and e.reason == UNKNOWN
     assert host_view(lab.host).gfns == {}
+
+
+# -- __pkvm_host_map_guest: the host gives a page to the guest of the loaded vCPU ------------------------------
+
+def test_map_guest_without_a_loaded_vcpu(lab: Lab) -> None:
+    lab.host.create_vm(1)
+    pfn = lab.host.alloc_pages(1)
+    e = refused(lab.host.call, "__pkvm_host_map_guest", pfn, 0)
+    assert e.errno == errno.EINVAL and e.reason.startswith("no vCPU is loaded: __pkvm_host_map_guest maps into")
+
+
+def test_map_guest_with_an_empty_memcache_then_out_of_range_gfn(lab: Lab) -> None:
+    vm = lab.host.create_vm(2)
+    pfn = lab.host.alloc_pages(1)
+    lab.host.call("__pkvm_vcpu_load", vm.handle, 1)
+    try:
+        e = refused(lab.host.call, "__pkvm_host_map_guest", pfn, 0)
+        assert e.errno == errno.ENOMEM
+        assert e.reason.startswith(f"the memcache of vCPU 1 of VM {vm.handle:#x} is empty: hyp needs pages on it")
+        vm.donate(1)   # with vCPU 1 loaded: vm.donate() uses it, tops its memcache up, leaves it loaded
+        assert lab.host.loaded_vcpu == (vm.handle, 1)
+        e = refused(vm.donate, 1 << 28)
+        assert e.errno == errno.EINVAL
+        assert e.reason == "gfn 0x10000000 is outside the guest's 40-bit IPA space (gfns below 0x10000000)"
+    finally:
+        lab.host.call("__pkvm_vcpu_put")
+
+
+def test_map_guest_of_a_page_the_host_does_not_own(lab: Lab) -> None:
+    vm = lab.host.create_vm(1)
+    shared = lab.host.alloc_pages(1)
+    lab.host.share_hyp(shared)
+    e = refused(vm.donate, 2, shared)
+    assert e.errno == errno.EPERM and e.reason == (
+        f"pfn {shared:#x} is already shared with hyp (host PKVM_PAGE_SHARED_OWNED, hyp PKVM_PAGE_SHARED_BORROWED)")
+    other = lab.host.create_vm(1)
+    g = other.donate(7)
+    assert refused(vm.donate, 2, g).reason == \
+        f"pfn {g:#x} is no longer the host's: it is the guest's: gfn 0x7 of VM {other.handle:#x}"
+    assert "the hypervisor's carve-out" in refused(vm.donate, 2, 0x40001).reason
+
+
+def test_vcpu_load_put_and_teardown_while_loaded(lab: Lab) -> None:
+    vm = lab.host.create_vm(2)
+    e = refused(lab.host.call, "__pkvm_vcpu_load", vm.handle, 2)
+    assert e.errno == errno.EINVAL and e.reason == f"VM {vm.handle:#x} has no vCPU 2: it has 2 (vcpu_idx counts from 0)"
+    lab.host.call("__pkvm_vcpu_load", vm.handle, 0)
+    try:
+        e = refused(lab.host.call, "__pkvm_vcpu_load", vm.handle, 1)
+        assert e.errno == errno.EBUSY and e.reason == f"vCPU 0 of VM {vm.handle:#x} is already loaded on this CPU: " \
+            "__pkvm_vcpu_put() first"
+        e = refused(lab.host.teardown_shadow, vm.handle)
+        assert e.errno == errno.EBUSY and e.reason.startswith(f"vCPU 0 of VM {vm.handle:#x} is loaded: hyp holds a reference")
+    finally:
+        lab.host.call("__pkvm_vcpu_put")
+
+
+def test_reclaim_of_a_page_no_guest_left_behind(lab: Lab) -> None:
+    vm = lab.host.create_vm(1)
+    g = vm.donate(0)
+    e = refused(lab.host.call, "__pkvm_host_reclaim_page", g)
+    assert e.errno == errno.EPERM and e.reason.startswith(f"pfn {g:#x} is not waiting to be reclaimed")
+    lab.host.teardown_shadow(vm.handle)   # raw: the host model's teardown_vm would reclaim at once
+    assert host_view(lab.host).given[g].startswith(f"still VM {vm.handle:#x}'s guest page (gfn 0x0)")
+    e = refused(lab.host.share_hyp, g)
+    assert e.errno == errno.EPERM and "until the host reclaims it with __pkvm_host_reclaim_page" in e.reason
+    lab.host.call("__pkvm_host_reclaim_page", g)
+    assert g not in host_view(lab.host).given

@@ -99,7 +99,7 @@ def test_an_injected_abort_changes_only_what_exception_entry_changes():
     assert changed(lab, before) - {"nzcv"} == {"x0"}
 
 
-@pytest.mark.parametrize("call", ["__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp", "__pkvm_host_donate_hyp"])
+@pytest.mark.parametrize("call", ["__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp", "__pkvm_host_map_guest"])
 def test_a_refused_hypercall_changes_no_register_but_its_results(call: str):
     """A call hyp refuses (a pfn outside RAM) returns its errno in x1 and leaves every other register alone."""
     lab = Lab()

@@ -448,7 +448,7 @@ def test_failed_init_leaves_no_trace(lab, case):
     if case == "pgd not owned":
         h.share_hyp(pgd // PAGE + 1)
     elif case == "pgd is hyp's":
-        h.donate_hyp(pgd // PAGE, 2)
+        pgd = other.pgd   # hyp owns it: another VM's stage-2 PGD
     elif case == "shadow not owned":
         h.share_hyp(shadow // PAGE)
     elif case == "shadow is another vm's pgd":

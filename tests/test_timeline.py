@@ -121,6 +121,22 @@ def test_restore_brings_back_the_host_model_its_allocator_and_vm_objects():
     assert lab.hyp.shadow_table().nr_shadow_entries == 0
 
 
+def test_restore_brings_back_the_loaded_vcpu_and_the_memcache_bookkeeping():
+    """Rewinding past __pkvm_vcpu_load or a donation leaves the host model agreeing with hyp: no vCPU loaded, and
+    the memcache pages the donation pushed forgotten (their allocation is undone with it)."""
+    lab = Lab(ram_size=64 << 20)
+    vm = lab.host.create_vm(1)
+    cp = lab.checkpoint()
+    lab.host.call("__pkvm_vcpu_load", vm.handle, 0)
+    vm.donate(0x30)                                           # on the loaded vCPU
+    assert lab.host.loaded_vcpu == (vm.handle, 0) and vm.memcache_pages
+    lab.restore(cp)
+    assert lab.host.loaded_vcpu is None and vm.memcache_pages == [] and vm.guest_pages == {}
+    vm.donate(0x30)                                           # loads and puts vCPU 0 itself: hyp agrees none was loaded
+    vm.teardown()
+    assert lab.hyp.shadow_table().nr_shadow_entries == 0
+
+
 def test_a_debugger_write_is_undone_by_restore():
     lab = Lab(ram_size=64 << 20)
     pa = lab.host.alloc_pages() << 12

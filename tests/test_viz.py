@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import hyp_takes  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.image import AxesImage  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
@@ -78,7 +79,7 @@ def test_translation_is_deterministic_across_labs():
     def draw() -> str:
         lab = Lab()
         pfn = lab.host.alloc_pages(1)
-        lab.host.donate_hyp(pfn)
+        hyp_takes(lab, pfn)   # a VM's shadow area
         return viz.translation(lab.hyp.walk(pfn << 12, access="w")).source
 
     a, b = draw(), draw()
@@ -168,11 +169,12 @@ def test_empty_shadow_table_is_one_next_row_and_one_run(lab):
 # -- ownership map -------------------------------------------------------------------------------
 @pytest.fixture
 def busy_lab(lab):
-    """A lab with a VM (pinned shared pages, donated shadow area and PGD), a guest page, a share and a donation."""
+    """A lab with a VM (pinned shared pages, donated shadow area and PGD), a guest page, a share, and a second VM
+    whose shadow area is 3 pages (a 3-page donation to hyp)."""
     vm = lab.host.create_vm(2)
     vm.donate(7)
     lab.host.share_hyp(lab.host.alloc_pages(1))
-    lab.host.donate_hyp(lab.host.alloc_pages(3), 3)
+    hyp_takes(lab, lab.host.alloc_pages(3), 3)
     lab.host.read_u64(0x6000_0000)
     return lab
 
@@ -189,7 +191,8 @@ def test_ownership_map_legend_uses_pkvm_names_colours_and_page_counts(busy_lab):
     assert colors == [c for _, c, _ in C.PAGE_CATEGORIES]
     expect = {"PKVM_ID_GUEST: PKVM_PAGE_OWNED": int((snap.owner == Owner.GUEST).sum()),
               "PKVM_ID_HYP: PKVM_PAGE_OWNED": int((snap.owner == Owner.HYP).sum()),
-              "PKVM_ID_HOST: PKVM_PAGE_SHARED_OWNED (hyp: PKVM_PAGE_SHARED_BORROWED)": 4,
+              # each VM's struct kvm and vCPUs (3 + 2), and the one share
+              "PKVM_ID_HOST: PKVM_PAGE_SHARED_OWNED (hyp: PKVM_PAGE_SHARED_BORROWED)": 6,
               "anything else: an ownership invariant is broken": 0}
     for label, n in expect.items():
         assert f"{label}  ({n:,} page{'' if n == 1 else 's'})" in texts

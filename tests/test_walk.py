@@ -6,6 +6,7 @@ The differential test against the CPU's own AT lives in test_walk_vs_cpu.py.
 from __future__ import annotations
 
 import pytest
+from conftest import hyp_takes
 
 from pkvmlab.arch.pgtable import AF, S2AP_W, Owner, PageState
 from pkvmlab.errors import UsageError
@@ -56,9 +57,10 @@ def test_hyp_carveout_is_annotated_hyp_in_the_host_stage2(lab):
 
 
 def test_donated_page_is_annotated_hyp_and_owned_in_hyp_stage1(lab):
-    """A page donated to hyp: an annotated level-3 entry in the host stage-2, a PKVM_PAGE_OWNED page in hyp's stage-1."""
+    """A page donated to hyp (a VM's shadow area): an annotated level-3 entry in the host stage-2, a PKVM_PAGE_OWNED
+    page in hyp's stage-1."""
     pfn = lab.host.alloc_pages(1)
-    lab.host.donate_hyp(pfn)
+    hyp_takes(lab, pfn)
     host = lab.hyp.walk(pfn << 12)
     assert host.fault.words() == "Translation fault, level 3" and host.leaf.descriptor.owner == Owner.HYP
     hyp = lab.hyp.walk(pfn << 12, stage="hyp-s1", access="w")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from conftest import hyp_takes
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -72,7 +73,7 @@ def _run_ops(lab: Lab, ops, setup=(0, ())) -> tuple[list[int], dict]:
             elif op == "donate":
                 pfn = host.alloc_pages(arg)
                 anchors.append(pfn * PAGE)
-                host.donate_hyp(pfn, arg)
+                hyp_takes(lab, pfn, arg)   # a VM's shadow area of arg pages
             elif op == "vm" and len(vms) < 3:
                 vms.append(host.create_vm(arg))
                 guest_anchors[vms[-1].handle] = [0]

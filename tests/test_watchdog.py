@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import PAGE, vm_parts
 
 from pkvmlab import Lab, MachineError
 from pkvmlab.arch import insn as I
@@ -22,9 +23,11 @@ def test_an_endless_loop_in_the_hypervisor_is_stopped_and_named(native):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_a_host_that_gave_away_its_own_vectors_is_reported_stuck(native):
-    """Donating the host kernel's own page (raw hypercall) makes every abort repeat: MachineError, not a hang."""
+    """Donating the host kernel's own page (raw __pkvm_init_shadow with it as the shadow area) makes every abort
+    repeat: MachineError, not a hang."""
     lab = Lab(native=native)
-    image_pfn = lab.host.image_base >> 12
-    lab.host.call("__pkvm_host_donate_hyp", image_pfn, 1)   # done: a CPU stops at the stub's end without fetching it
+    kvm, pgd = vm_parts(lab)
+    # done: a CPU stops at the stub's end without fetching it
+    lab.host.call("__pkvm_init_shadow", kvm, lab.host.image_base, PAGE, pgd)
     with pytest.raises(MachineError, match="the host is stuck"):
         lab.host.hyp_info()                                  # the next instruction the host fetches is in that page

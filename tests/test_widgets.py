@@ -73,7 +73,9 @@ def test_create_shows_the_handle_everywhere(builder: VMBuilder, lab) -> None:
     log = words(builder.hypercall_log.value)
     assert log.count("__pkvm_host_share_hyp") == 3      # struct kvm and two vCPUs
     assert "__pkvm_init_shadow" in log and "handle 0x1000" in log
-    assert log.count("__pkvm_host_donate_guest") == 2 and "gfn=0x1" in log
+    # vm.donate(): __pkvm_host_map_guest on vCPU 0, loaded around it (the host topped up its memcache first)
+    assert log.count("__pkvm_host_map_guest") == 2 and "-ENOMEM" not in log and "gfn=0x1" in log
+    assert log.count("__pkvm_vcpu_load") == log.count("__pkvm_vcpu_put") == 2
     assert builder.gfn.value == "0x2"                    # the next free gfn is suggested
 
 
@@ -127,9 +129,9 @@ def test_a_refused_hypercall_shows_its_errno_in_words(builder: VMBuilder, lab) -
     assert builder.donate_button.click() is None
     status = words(builder.status.value)
     assert status_kind(builder) == "error"
-    assert "__pkvm_host_donate_guest" in status and "-EPERM (Operation not permitted)" in status
-    call, args, result = lab.host.log[-1]
-    assert (call, args[1:], result) == ("__pkvm_host_donate_guest", (0, 0x1000), -1)
+    assert "__pkvm_host_map_guest" in status and "-EPERM (Operation not permitted)" in status
+    call, args, result = lab.host.log[-2]                # then __pkvm_vcpu_put
+    assert (call, args[1:], result) == ("__pkvm_host_map_guest", (0,), -1)
     assert "-EPERM (Operation not permitted)" in words(builder.hypercall_log.value)
     assert "gfn 0x0 already holds a page in VM 0x1000's stage-2" in status     # which check refused, in words
 
@@ -268,7 +270,7 @@ def test_render_helpers() -> None:
     assert render.format_result("__pkvm_init_shadow", 0x1000) == "handle 0x1000"
     assert render.format_result("__pkvm_host_share_hyp", -12) == "-ENOMEM (Cannot allocate memory)"
     assert render.format_result("__pkvm_host_share_hyp", 0) == "0 (ok)"
-    assert render.format_args("__pkvm_host_donate_guest", (0x40808, 0, 0x1000)) == "pfn=0x40808, gfn=0x0, shadow_handle=0x1000"
+    assert render.format_args("__pkvm_host_map_guest", (0x40808, 0)) == "pfn=0x40808, gfn=0x0"
     assert render.log_text([("__pkvm_teardown_shadow", (0x1005,), -2)]) == \
         "__pkvm_teardown_shadow(shadow_handle=0x1005) -> -ENOENT (No such file or directory)"
     assert render.parse_address(" 0x4080_2000 ") == 0x40802000 and render.parse_address("12") == 12

@@ -6,6 +6,13 @@ side) goes ``completer_from -> completer_to``; a donation also moves the ownersh
 (``firmware/mem_protect.c``) implements exactly these; the tests check the firmware against this
 table page by page, the invariant checker and the diagrams read it too.
 
+Only the shares are host hypercalls.  A donation to hyp is hyp-internal, as upstream
+(``__pkvm_host_donate_hyp`` in nvhe/mem_protect.c has no host door): it happens inside
+``__pkvm_init_shadow`` (the VM's shadow area and PGD, ``map_donated_memory`` in nvhe/pkvm.c) and in
+``refill_memcache`` (nvhe/mm.c, called by ``__pkvm_host_map_guest``).  A host-to-guest donation
+(``__pkvm_host_donate_guest``, made by ``__pkvm_host_map_guest`` for the loaded vCPU's VM) is not in
+this table: its completer is a guest's stage-2, which ``pkvmlab.inspect`` reads per VM.
+
 Owner ids and page states themselves live in :mod:`pkvmlab.arch.pgtable`.
 """
 
@@ -71,7 +78,13 @@ class Transition:
     hypercall: bool = True    # reachable by a host HVC; else hyp-internal only
     pins: int = 0             # change in hyp's pin count on the page
     refused_while_pinned: bool = False
+    via: tuple[str, ...] = ()   # the host hypercalls a hyp-internal transition happens in
     doc: str = ""
+
+    @property
+    def label(self) -> str:
+        """The call, and for a hyp-internal one the host hypercalls it happens in: what a diagram's edge says."""
+        return self.call + ("\n(in " + ",\n".join(self.via) + ")" if self.via else "")
 
     def outcome(self, page: PageView) -> Outcome:
         """The errno this call returns for ``page`` and the page afterwards, as the firmware must do it."""
@@ -99,10 +112,15 @@ TRANSITIONS: tuple[Transition, ...] = (
                doc="the host lends a page to hyp; both can touch it"),
     Transition("__pkvm_host_unshare_hyp", HOST, HYP, SHARED_OWNED, OWNED, SHARED_BORROWED, NOPAGE,
                refused_while_pinned=True, doc="the host takes a lent page back, unless hyp has pinned it"),
-    Transition("__pkvm_host_donate_hyp", HOST, HYP, OWNED, NOPAGE, NOPAGE, OWNED, donate=True,
-               doc="the host gives pages to hyp for good; it can no longer touch them"),
+    Transition("__pkvm_host_donate_hyp", HOST, HYP, OWNED, NOPAGE, NOPAGE, OWNED, donate=True, hypercall=False,
+               via=("__pkvm_init_shadow", "__pkvm_host_map_guest"),
+               doc="the host gives pages to hyp for good, only with a purpose: a VM's shadow area and stage-2 PGD "
+                   "(__pkvm_init_shadow) and its vCPUs' memcache pages (refill_memcache, in __pkvm_host_map_guest); "
+                   "the host can no longer touch them"),
     Transition("__pkvm_hyp_donate_host", HYP, HOST, OWNED, NOPAGE, NOPAGE, OWNED, donate=True, hypercall=False,
-               doc="hyp gives pages back (teardown, reclaim), never its carve-out; the host maps them on its next touch"),
+               via=("__pkvm_teardown_shadow",),
+               doc="hyp gives pages back at teardown (the VM's shadow area and PGD, its guest's stage-2 tables and "
+                   "memcache pages), never its carve-out; the host maps them on its next touch"),
     Transition("hyp_pin_shared_mem", HYP, HOST, SHARED_BORROWED, SHARED_BORROWED, SHARED_OWNED, SHARED_OWNED,
                hypercall=False, pins=+1, doc="hyp keeps a borrowed page from being unshared while it uses it"),
     Transition("hyp_unpin_shared_mem", HYP, HOST, SHARED_BORROWED, SHARED_BORROWED, SHARED_OWNED, SHARED_OWNED,

@@ -37,6 +37,7 @@ class Host:
         self.vms: dict[int, object] = {}   # handle -> VM, the VMs this host created and has not torn down
         self._code_page: int | None = None  # where execute() puts the host's own code
         self.changes = 0   # bumped by every hypercall and host access: views redraw when it moved (pkvmlab.widgets)
+        self.loaded_vcpu: tuple[int, int] | None = None   # (handle, vcpu_idx) __pkvm_vcpu_load made this CPU's
 
     # -- the host's page allocator ---------------------------------------------------------
     @serialised
@@ -66,11 +67,6 @@ class Host:
         """``__pkvm_host_unshare_hyp``: the reverse; -EBUSY while hyp has the page pinned."""
         self.call("__pkvm_host_unshare_hyp", pfn)
 
-    def donate_hyp(self, pfn: int, nr_pages: int = 1) -> None:
-        """``__pkvm_host_donate_hyp``: the pages become hyp's; the host can no longer touch them."""
-        self._keep_own_image(pfn, nr_pages, "__pkvm_host_donate_hyp")
-        self.call("__pkvm_host_donate_hyp", pfn, nr_pages)
-
     def _keep_own_image(self, pfn: int, nr_pages: int, call: str) -> None:
         """A host kernel never gives away its own text, vectors or stack: it could not run (or fault) again."""
         lo, hi = self.image_base >> 12, (self.image_base >> 12) + K.IMAGE_PAGES
@@ -90,11 +86,6 @@ class Host:
     def teardown_shadow(self, handle: int) -> None:
         """``__pkvm_teardown_shadow`` with a raw handle."""
         self.call("__pkvm_teardown_shadow", handle)
-
-    def donate_guest(self, pfn: int, gfn: int, handle: int) -> None:
-        """``__pkvm_host_donate_guest``: the page becomes the guest's, mapped at ``gfn``."""
-        self._keep_own_image(pfn, 1, "__pkvm_host_donate_guest")
-        self.call("__pkvm_host_donate_guest", pfn, gfn, handle)
 
     # -- protected VMs, as the host kernel makes them (pkvmlab/host/vm.py) -------------------
     @serialised
@@ -227,6 +218,10 @@ class Host:
             raise MachineError(f"{name}: unexpected SMCCC status x0={x0:#x}")
         ret = _signed(x1)
         self.log.append((name, args, ret))
+        if name == "__pkvm_vcpu_load" and ret == 0:
+            self.loaded_vcpu = (args[0], args[1])
+        elif name == "__pkvm_vcpu_put":
+            self.loaded_vcpu = None
         if -4095 <= ret < 0:
             raise HypercallError(name, args, ret, refusal_reason(self, name, args, ret))
         return ret

@@ -34,6 +34,7 @@ class HostView:
     kvms: dict[int, int] = field(default_factory=dict)          # struct kvm address -> handle
     gfns: dict[int, dict[int, int]] = field(default_factory=dict)  # handle -> {gfn: pfn}
     dead: set[int] = field(default_factory=set)                 # handles torn down
+    loaded: tuple[int, int] | None = None                       # (handle, vcpu_idx) loaded on this CPU
 
 
 def host_view(host) -> HostView:
@@ -50,9 +51,6 @@ def host_view(host) -> HostView:
             v.shared.add(args[0])
         elif name == "__pkvm_host_unshare_hyp":
             v.shared.discard(args[0])
-        elif name == "__pkvm_host_donate_hyp":
-            for p in range(args[0], args[0] + args[1]):
-                v.given[p] = "hyp's (given with __pkvm_host_donate_hyp)"
         elif name == "__pkvm_init_shadow":
             kvm, va, size, pgd = args
             h = ret
@@ -74,17 +72,24 @@ def host_view(host) -> HostView:
             h = args[0]
             for p in areas.pop(h, []):
                 v.given.pop(p, None)
-            for p in v.gfns.pop(h, {}).values():
-                v.given.pop(p, None)
+            for gfn, p in v.gfns.pop(h, {}).items():   # marked for reclaim: still not the host's
+                v.given[p] = (f"still VM {h:#x}'s guest page (gfn {gfn:#x}) until the host reclaims it with "
+                              f"__pkvm_host_reclaim_page")
             for kvm in [k for k, hh in v.kvms.items() if hh == h]:
                 del v.kvms[kvm]
             for p in [p for p, what in v.pinned.items() if what.endswith(f"of VM {h:#x}")]:
                 del v.pinned[p]
             v.dead.add(h)
-        elif name == "__pkvm_host_donate_guest":
-            pfn, gfn, h = args
+        elif name == "__pkvm_vcpu_load":
+            v.loaded = (args[0], args[1])
+        elif name == "__pkvm_vcpu_put":
+            v.loaded = None
+        elif name == "__pkvm_host_map_guest" and v.loaded is not None:
+            (pfn, gfn), h = args, v.loaded[0]
             v.given[pfn] = f"the guest's: gfn {gfn:#x} of VM {h:#x}"
             v.gfns.setdefault(h, {})[gfn] = pfn
+        elif name == "__pkvm_host_reclaim_page":
+            v.given.pop(args[0], None)
     return v
 
 
@@ -126,6 +131,10 @@ def _not_owned(host, view: HostView, pfn: int) -> str | None:
     if pfn in view.shared:
         return (f"pfn {pfn:#x} is already shared with hyp (host PKVM_PAGE_SHARED_OWNED, "
                 "hyp PKVM_PAGE_SHARED_BORROWED)")
+    for h, vm in getattr(host, "vms", {}).items():
+        if pfn in getattr(vm, "memcache_pages", ()):
+            return (f"pfn {pfn:#x} was pushed on a vCPU memcache of VM {h:#x}: hyp takes such pages by donation "
+                    f"(refill_memcache) for the guest's stage-2 tables")
     return None
 
 
@@ -152,19 +161,6 @@ def _unshare_hyp(host, view, args, err):
         what = view.pinned.get(pfn)
         return (f"hyp has pfn {pfn:#x} pinned: it holds {what}; tear that VM down first" if what
                 else f"hyp has pfn {pfn:#x} pinned")
-    return POOL if err == E.ENOMEM else None
-
-
-def _donate_hyp(host, view, args, err):
-    pfn, nr = args
-    if err == E.EINVAL:
-        return "nr_pages is 0: there is nothing to donate" if nr == 0 else _not_ram(host, pfn, nr)
-    if err == E.EPERM:
-        for p in range(pfn, pfn + min(nr, 1 << 20)):
-            why = _not_owned(host, view, p)
-            if why:
-                return why
-        return None
     return POOL if err == E.ENOMEM else None
 
 
@@ -245,19 +241,46 @@ def _handle_words(view: HostView, h: int) -> str:
     return f"no VM has handle {h:#x} (live: {live})"
 
 
-def _teardown_shadow(host, view, args, err):
-    return _handle_words(view, args[0]) if err == E.ENOENT else None
+def _loaded_words(view: HostView) -> str:
+    h, idx = view.loaded
+    return f"vCPU {idx} of VM {h:#x}"
 
 
-def _donate_guest(host, view, args, err):
-    pfn, gfn, h = args
-    if err == E.ENOENT:
-        return _handle_words(view, h)
+def _host_memcache(host, view: HostView) -> tuple[int, int] | None:
+    """(head, nr_pages) of the loaded vCPU's memcache list in the host's own struct kvm_vcpu, or None."""
+    from pkvmlab.host.vcpu_run import vcpu_offsets
+
+    vm = host.vms.get(view.loaded[0]) if view.loaded else None
+    if vm is None:
+        return None
+    off, vcpu = vcpu_offsets(host.fw), vm.vcpus[view.loaded[1]]
+    return (host.read_u64(vcpu + off["arch.pkvm_memcache.head"]), host.read_u64(vcpu + off["arch.pkvm_memcache.nr_pages"]))
+
+
+def _map_guest(host, view, args, err):
+    """``__pkvm_host_map_guest(pfn, gfn)``: refill the loaded vCPU's memcache, then donate ``pfn`` to its guest at ``gfn``."""
+    pfn, gfn = args
+    if view.loaded is None:
+        return ("no vCPU is loaded: __pkvm_host_map_guest maps into the guest of the loaded vCPU, with stage-2 tables "
+                "from its memcache; __pkvm_vcpu_load(handle, vcpu_idx) first (vm.donate() does)") if err == E.EINVAL else None
+    h = view.loaded[0]
     if err == E.EINVAL:
         if gfn >= 1 << (GUEST_IA_BITS - PAGE_SHIFT):
             return (f"gfn {gfn:#x} is outside the guest's {GUEST_IA_BITS}-bit IPA space "
                     f"(gfns below {1 << (GUEST_IA_BITS - PAGE_SHIFT):#x})")
+        mc = _host_memcache(host, view)
+        if mc is not None and mc[1] and mc[0] % PAGE:
+            return (f"the memcache list of {_loaded_words(view)} starts at {mc[0]:#x}, not a page: hyp takes "
+                    "whole pages from it (refill_memcache)")
         return _not_ram(host, pfn)
+    if err == E.ENOMEM:
+        mc = _host_memcache(host, view)
+        if mc is not None and mc[1] == 0:
+            return (f"the memcache of {_loaded_words(view)} is empty: hyp needs pages on it for the guest's stage-2 "
+                    "tables (one per level below the PGD) before it maps; push host pages on the list in its "
+                    "struct kvm_vcpu (topup_hyp_memcache; vm.donate() does) and call again")
+        return (f"the memcache of {_loaded_words(view)} holds fewer pages than the guest's stage-2 tables this "
+                f"mapping needs, or {POOL}")
     if err == E.EPERM:
         why = _not_owned(host, view, pfn)
         if why:
@@ -266,14 +289,48 @@ def _donate_guest(host, view, args, err):
         if held is not None:
             return f"gfn {gfn:#x} already holds a page in VM {h:#x}'s stage-2 (pfn {held:#x})"
         return None
-    return POOL if err == E.ENOMEM else None
+    return None
+
+
+def _vcpu_load(host, view, args, err):
+    h, idx = args
+    if err == E.ENOENT:
+        return _handle_words(view, h)
+    if err == E.EINVAL:
+        vm = host.vms.get(h)
+        n = f"it has {vm.nr_vcpus}" if vm is not None else "it has fewer"
+        return f"VM {h:#x} has no vCPU {idx}: {n} (vcpu_idx counts from 0)"
+    if err == E.EBUSY:
+        what = _loaded_words(view) if view.loaded else "a vCPU"
+        return f"{what} is already loaded on this CPU: __pkvm_vcpu_put() first"
+    return None
+
+
+def _teardown_shadow(host, view, args, err):
+    if err == E.ENOENT:
+        return _handle_words(view, args[0])
+    if err == E.EBUSY and view.loaded and view.loaded[0] == args[0]:
+        return (f"{_loaded_words(view)} is loaded: hyp holds a reference on the VM while it is; "
+                "__pkvm_vcpu_put() first")
+    return None
+
+
+def _reclaim_page(host, view, args, err):
+    (pfn,) = args
+    if err == E.EINVAL:
+        return _not_ram(host, pfn) or f"pfn {pfn:#x} is in the hypervisor's carve-out"
+    if err == E.EPERM:
+        return (f"pfn {pfn:#x} is not waiting to be reclaimed: only the pages of a torn-down guest are "
+                "(__pkvm_teardown_shadow marks them)")
+    return None
 
 
 _EXPLAIN = {
     "__pkvm_host_share_hyp": _share_hyp,
     "__pkvm_host_unshare_hyp": _unshare_hyp,
-    "__pkvm_host_donate_hyp": _donate_hyp,
     "__pkvm_init_shadow": _init_shadow,
     "__pkvm_teardown_shadow": _teardown_shadow,
-    "__pkvm_host_donate_guest": _donate_guest,
+    "__pkvm_vcpu_load": _vcpu_load,
+    "__pkvm_host_map_guest": _map_guest,
+    "__pkvm_host_reclaim_page": _reclaim_page,
 }

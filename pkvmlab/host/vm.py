@@ -17,8 +17,10 @@ upstream: the seed, [PATCH v2 12/24] "KVM: arm64: Introduce shadow VM state at E
 (arch/arm64/kvm/hyp/nvhe/pkvm.c).  In mainline today each vCPU has its own hypercall instead
 (``__pkvm_init_vm`` then ``__pkvm_init_vcpu`` per vCPU, same file).
 
-Teardown is the reverse: ``__pkvm_teardown_shadow`` gives back the shadow area, the PGD and every
-guest page (zeroed), then the host unshares and frees its own structures.
+Teardown is the reverse: ``__pkvm_teardown_shadow`` gives back the shadow area, the PGD, the guest's
+stage-2 tables and its unused memcache pages (zeroed) and marks each guest page for reclaim; the host takes
+each one back with ``__pkvm_host_reclaim_page`` (hyp zeroes it first), then unshares and frees its own
+structures.
 """
 
 from __future__ import annotations
@@ -84,7 +86,6 @@ class VM:
         self.host_kvm, self.vcpus = host_kvm, vcpus
         self.shadow_va, self.shadow_size = shadow_va, shadow_size
         self.pgd, self.pgd_size = pgd, pgd_size
-        self.guest_pages: dict[int, int] = {}   # gfn -> pfn the host donated
         self.alive = True
         # A guest that runs (pkvmlab/host/vcpu_run.py): its program, and what the host gave it while running.
         self.guest: str | None = None
@@ -100,22 +101,65 @@ class VM:
         return self.handle - 0x1000
 
     def donate(self, gfn: int, pfn: int | None = None) -> int:
-        """Give the guest a page at ``gfn`` (``__pkvm_host_donate_guest``); allocates one unless ``pfn`` is given.
+        """Give the guest a page at ``gfn``, as the host does on a guest's stage-2 fault; allocates one unless ``pfn``
+        is given.  Returns the pfn.
 
-        Returns the pfn.  From now on the host faults on it; teardown gives it back zeroed.
+        The hypercalls, in order: ``__pkvm_vcpu_load(handle, 0)`` unless a vCPU of this VM is loaded already
+        (``__pkvm_host_map_guest`` works on the loaded vCPU); ``__pkvm_host_map_guest(pfn, gfn)``;
+        ``__pkvm_vcpu_put()`` if it loaded the vCPU.  Before the map the host tops up that vCPU's memcache to
+        ``kvm_mmu_cache_min_pages`` (2: a table per level below the PGD) by pushing its own pages on the list in
+        its ``struct kvm_vcpu``; hyp takes them by donation (``refill_memcache``) for the guest's stage-2 tables.
+        The page is donated, not shared: the host faults on it from now on.  It is kept with the pages demand
+        faults gave (``mapped_pages``): after teardown the host takes each back with ``__pkvm_host_reclaim_page``,
+        which zeroes it first.
+
+        upstream: the seed's series, ``handle___pkvm_host_map_guest`` (arch/arm64/kvm/hyp/nvhe/hyp-main.c), which
+        refills the vCPU's memcache (``pkvm_refill_memcache``) and calls ``__pkvm_host_donate_guest(pfn, gfn,
+        vcpu)`` for a protected VM (nvhe/mem_protect.c); the host kernel calls it from its guest stage-2 fault
+        path after ``topup_hyp_memcache`` (arch/arm64/kvm/mmu.c: ``pkvm_mem_abort`` -> ``pkvm_host_map_guest``).
         """
+        from pkvmlab.host.vcpu_run import MEMCACHE_TOPUP, VcpuRunner
+
         self._check_alive("donate a page to")
+        if type(gfn) is not int or gfn < 0:
+            raise UsageError(f"donate() takes a guest frame number (an int >= 0), got {gfn!r}")
+        loaded = self.host.loaded_vcpu
+        if loaded is not None and loaded[0] != self.handle:
+            raise UsageError(f"vCPU {loaded[1]} of VM {loaded[0]:#x} is loaded: __pkvm_host_map_guest maps into the "
+                             f"loaded vCPU's VM; put it first (lab.host.call(\"__pkvm_vcpu_put\"))")
         own = pfn is None
         if own:
             pfn = self.host.alloc_pages(1)
+        else:
+            self.host._keep_own_image(pfn, 1, "__pkvm_host_map_guest")
+        idx = 0 if loaded is None else loaded[1]
+        runner = self._runners.get(idx) or VcpuRunner(self, idx)
+        have = self.host.read_u64(runner._field("arch.pkvm_memcache.nr_pages"))
+        if have < MEMCACHE_TOPUP:   # topup_hyp_memcache(): the host's list up to kvm_mmu_cache_min_pages
+            runner.topup_memcache(MEMCACHE_TOPUP - have)
         try:
-            self.host.donate_guest(pfn, gfn, self.handle)
+            if loaded is None:
+                self.host.call("__pkvm_vcpu_load", self.handle, idx)
+            try:
+                self.host.call("__pkvm_host_map_guest", pfn, gfn)
+            finally:
+                if loaded is None:
+                    self.host.call("__pkvm_vcpu_put")
         except HypercallError:
             if own:
                 self.host.free_pages(pfn)
             raise
-        self.guest_pages[gfn] = pfn
+        self.mapped_pages[gfn] = pfn
         return pfn
+
+    @property
+    def guest_pages(self) -> dict[int, int]:
+        """gfn -> pfn of every page the host gave this guest (``donate()`` and demand faults alike)."""
+        return self.mapped_pages
+
+    @guest_pages.setter
+    def guest_pages(self, pages: dict[int, int]) -> None:
+        self.mapped_pages = pages
 
     # -- running it (pkvmlab/host/vcpu_run.py) ------------------------------------------------
     def _runner(self, vcpu_idx: int):
@@ -301,9 +345,7 @@ def teardown_vm(host, handle: int) -> None:
     # Back from hyp: the shadow area, the PGD and the guest's pages (zeroed) are the host's again.
     host.free_pages(vm.shadow_va // PAGE, vm.shadow_size // PAGE)
     host.free_pages(vm.pgd // PAGE, vm.pgd_size // PAGE)
-    for pfn in vm.guest_pages.values():
-        host.free_pages(pfn)
-    # Pages given while the guest ran: hyp marked them for reclaim; each is zeroed, then the host's again.
+    # The guest's pages (donate() and demand faults): hyp marked them for reclaim; each is zeroed, then the host's.
     for pfn in vm.mapped_pages.values():
         host.call("__pkvm_host_reclaim_page", pfn)
         host.free_pages(pfn)

@@ -44,6 +44,6 @@ def state_machine(*, max_pins: int = 1) -> Diagram:
             out = t.outcome(p)
             if out.errno or out.bug or out.after == p or _node_id(out.after) not in names:
                 continue
-            g.edge(_node_id(p), _node_id(out.after), label=t.call, style="solid" if t.hypercall else "dashed",
+            g.edge(_node_id(p), _node_id(out.after), label=t.label, style="solid" if t.hypercall else "dashed",
                    color="#333333" if t.hypercall else "#888888")
     return g

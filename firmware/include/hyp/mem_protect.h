@@ -61,8 +61,8 @@ int __pkvm_hyp_donate_host(u64 pfn, u64 nr_pages);
 int hyp_pin_shared_mem(void *from, void *to);
 int __host_check_page_state_range(u64 addr, u64 size, enum pkvm_page_state state);
 void hyp_fixmap_init(void);
-struct kvm_shadow_vm;
-int __pkvm_host_donate_guest_locked(struct kvm_shadow_vm *vm, u64 pfn, u64 gfn);
+struct kvm_vcpu;
+int __pkvm_host_donate_guest(u64 pfn, u64 gfn, struct kvm_vcpu *vcpu);
 void hyp_unpin_shared_mem(void *from, void *to);
 
 #endif

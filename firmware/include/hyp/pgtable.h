@@ -80,7 +80,6 @@ void kvm_pgtable_walk_tables(struct kvm_pgtable *pgt, kvm_pgtable_table_fn fn, v
 void *hyp_mc_alloc(struct kvm_hyp_memcache *mc);
 u32 kvm_pgtable_page_tables_needed(struct kvm_pgtable *pgt, u64 addr);
 void kvm_pgtable_walk_leaves(struct kvm_pgtable *pgt, kvm_pgtable_leaf_fn fn, void *arg);
-void kvm_pgtable_destroy_tables(struct kvm_pgtable *pgt);
 void kvm_pgtable_flush_tlb(struct kvm_pgtable *pgt);
 u8 kvm_pte_owner(kvm_pte_t pte);
 static inline bool kvm_pte_valid(kvm_pte_t pte) { return pte & KVM_PTE_VALID; }

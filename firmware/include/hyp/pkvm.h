@@ -39,7 +39,6 @@ void hyp_shadow_table_init(void *tbl);
 int __pkvm_init_shadow(struct kvm *kvm, unsigned long shadow_hva,
 		       size_t shadow_size, unsigned long pgd_hva);
 int __pkvm_teardown_shadow(unsigned int shadow_handle);
-int __pkvm_host_donate_guest(u64 pfn, u64 gfn, unsigned int shadow_handle);
 int __pkvm_vcpu_load(unsigned int shadow_handle, unsigned int vcpu_idx);
 void __pkvm_vcpu_put(void);
 struct kvm_shadow_vcpu_state *pkvm_loaded_shadow_vcpu_state(void);
