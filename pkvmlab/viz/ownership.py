@@ -22,12 +22,13 @@ from pkvmlab.viz.pages import page_names
 LABEL_PAGES = 64     # up to this many pages, every page is drawn and labelled
 MAX_CELLS = 8192     # beyond this many pages, a cell stands for several (a power of two)
 # Which category a cell of several pages shows: the rarest, most telling one present.
-PRIORITY = ("host-lazy", "host", "hyp", "shared", "guest", "other")
+PRIORITY = ("host-lazy", "host", "hyp", "memcache", "shared", "guest", "reclaim", "guest-shared", "other")
 PRIORITY_RANK = np.zeros(len(C.PAGE_CATEGORIES), np.uint8)
 PRIORITY_RANK[[C.CATEGORY_INDEX[k] for k in PRIORITY]] = np.arange(len(PRIORITY))
 BY_RANK = np.array([C.CATEGORY_INDEX[k] for k in PRIORITY], np.uint8)
 SHORT = {"host": "host, mapped", "host-lazy": "host, not mapped yet", "shared": "shared with hyp", "hyp": "hyp",
-         "guest": "guest", "other": "broken"}
+         "memcache": "hyp, in a memcache", "guest": "guest", "guest-shared": "guest, shared with host",
+         "reclaim": "pending reclaim", "other": "broken"}
 _CMAP = ListedColormap([c for _, c, _ in C.PAGE_CATEGORIES])
 
 
@@ -41,7 +42,17 @@ def categories(snap) -> np.ndarray:
     cat[by_host & (host.state == PageState.OWNED) & ~host.mapped & ~host.annotated] = I["host-lazy"]
     cat[by_host & (host.state == PageState.SHARED_OWNED) & (hyp.state == PageState.SHARED_BORROWED)] = I["shared"]
     cat[(owner == Owner.HYP) & (hyp.state == PageState.OWNED)] = I["hyp"]
-    cat[owner == Owner.GUEST] = I["guest"]
+    if snap.memcache is not None:
+        cat[(owner == Owner.HYP) & (hyp.state == PageState.OWNED) & (snap.memcache != 0)] = I["memcache"]
+    guest = snap.sides.get("guest")
+    if guest is None:   # a snapshot without the guests' side: the host stage-2's word alone
+        cat[owner == Owner.GUEST] = I["guest"]
+        return cat
+    cat[(owner == Owner.GUEST) & (guest.state == PageState.OWNED) & host.annotated] = I["guest"]
+    cat[(owner == Owner.GUEST) & (guest.state == PageState.SHARED_OWNED)
+        & (host.state == PageState.SHARED_BORROWED)] = I["guest-shared"]
+    if snap.reclaim is not None:
+        cat[(owner == Owner.GUEST) & (guest.state == PageState.NOPAGE) & host.annotated & snap.reclaim] = I["reclaim"]
     return cat
 
 
@@ -79,7 +90,8 @@ def aggregate(cat: np.ndarray, per_cell: int) -> np.ndarray:
 def _short(snap, i: int, cat: int, names: dict[int, str]) -> str:
     key = C.PAGE_CATEGORIES[cat][0]
     words = {"host": "host\nOWNED", "host-lazy": "host\nOWNED\n(unmapped)", "shared": "host\nSHARED_OWNED",
-             "hyp": "hyp\nOWNED", "guest": "guest\nOWNED", "other": "?"}[key]
+             "hyp": "hyp\nOWNED", "memcache": "hyp\nmemcache", "guest": "guest\nOWNED",
+             "guest-shared": "guest\nSHARED_OWNED", "reclaim": "guest\nto reclaim", "other": "?"}[key]
     pfn = (snap.ram_start >> PAGE_SHIFT) + i
     if pfn in names:   # "VM 0x1000 gfn 0x3" on two lines: a box is narrow
         vm, handle, what = names[pfn].split(" ", 2)
