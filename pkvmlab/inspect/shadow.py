@@ -193,7 +193,7 @@ def read_shadow_table(hyp) -> ShadowTable:
             pages = tuple(leaf_pages(w.run(pgd)))
             tables = tuple(w.tables)
         slots.append(ShadowVM(i, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"), n,
-                              addr, val("shadow_area_size"), pgd, ia_bits, vcpus, tuple((g, p) for g, p, _ in pages),
+                              addr, val("shadow_area_size"), pgd, ia_bits, vcpus, tuple((gfn, pfn) for gfn, pfn, _ in pages),
                               tables, pages))
     return ShadowTable(table, nr, nxt, tuple(slots))
 
