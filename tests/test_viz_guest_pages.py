@@ -108,3 +108,39 @@ def test_the_map_and_tiles_have_a_legend_entry_for_each_guest_state(lab, shared)
     assert tiles.counts["guest-shared"] == 1 and tiles.counts["memcache"] == len(vm.memcache_pages) - 2
     assert "SHARED_OWNED, host borrows" in tiles.html and "VM 0x1000 memcache" in tiles.html
     assert "VM 0x1000 s2 table" in tiles.html
+
+
+# -- the shadow-table picture: each vCPU's state, the hypervisor's view ------------------------------
+
+def test_the_shadow_table_picture_shows_each_vcpus_state_as_hyps_view(lab) -> None:
+    from pkvmlab import viz
+    from pkvmlab.inspect.diff import diff as snap_diff
+    from pkvmlab.widgets.render import svg_of
+
+    vm = lab.host.create_vm(nr_vcpus=2, guest="hello")
+    fresh = lab.hyp.shadow_table()
+    svg = svg_of(viz.shadow_table(fresh))
+    assert svg.count("hyp&#39;s view") == 2 and svg.count("not loaded · never ran · 0 runs") == 2
+    assert "host&#39;s view" not in svg           # nothing ran: nothing to compare yet
+
+    vm.step()                                       # load, run once (a page fault), put
+    ran = lab.hyp.shadow_table()
+    svg = svg_of(viz.shadow_table(ran))
+    assert "not loaded · last exit: trap · 1 run · PC 0x0" in svg
+    assert "host&#39;s view: regs.pc = 0x0" in svg
+    assert "vCPU 0 (not loaded · never ran · 0 runs · PC 0x0) → (not loaded · last exit: trap · 1 run" in repr(
+        snap_diff(fresh, ran))
+
+    r = vm._runner(0)
+    r.load()                                        # __pkvm_vcpu_load: loaded on the CPU now
+    try:
+        [v0, v1] = lab.hyp.shadow_table().by_handle(vm.handle).vcpus
+        assert v0.loaded and not v1.loaded
+        svg = svg_of(viz.shadow_table(lab.hyp.shadow_table()))
+        assert "loaded · last exit: trap · 1 run" in svg.replace("not loaded · last exit: trap", "")
+    finally:
+        r.put()
+    vm.run()
+    [v0, _] = lab.hyp.shadow_table().by_handle(vm.handle).vcpus
+    assert v0.nr_runs > 2 and v0.pc != 0 and v0.host_pc == 0   # the guest moved on; the host's copy did not
+    assert f"PC {v0.pc:#x}" in svg_of(viz.shadow_table(lab.hyp.shadow_table()))

@@ -214,6 +214,10 @@ def _vm_change(x, y) -> str:
         parts.append("guest pages added at gfn " + ", ".join(f"{g:#x}→pfn {gy[g]:#x}" for g in added))
     if removed:
         parts.append("guest pages removed at gfn " + ", ".join(f"{g:#x}" for g in removed))
+    for vx, vy in zip(x.vcpus, y.vcpus):   # the hypervisor's view of each vCPU (its shadow vCPU)
+        if vx.state_words() != vy.state_words() or vx.memcache_pages != vy.memcache_pages:
+            parts.append(f"vCPU {vy.vcpu_idx} ({vx.state_words()}) → ({vy.state_words()}, "
+                         f"memcache {vy.memcache_pages} page(s))")
     return "; ".join(parts) or "vCPU state"
 
 

@@ -39,8 +39,9 @@ class ShadowVCpu:
         return {None: "never ran", 0: "IRQ (preempted)", 1: "SError", 2: "trap"}.get(self.last_exit, str(self.last_exit))
 
     def state_words(self) -> str:
-        """"loaded · last exit trap · 3 runs · PC 0x50": the hypervisor's view of this vCPU, in one line."""
-        return (f"{'loaded' if self.loaded else 'not loaded'} · last exit {self.last_exit_words} · "
+        """"loaded · last exit: trap · 3 runs · PC 0x50": the hypervisor's view of this vCPU, in one line."""
+        last = "never ran" if self.last_exit is None else f"last exit: {self.last_exit_words}"
+        return (f"{'loaded' if self.loaded else 'not loaded'} · {last} · "
                 f"{self.nr_runs} run{'s' if self.nr_runs != 1 else ''} · PC {self.pc:#x}")
 
 
