@@ -210,12 +210,17 @@ def ownership_compare(before, after, start: int, end: int, *, vms=None, vms_befo
     changed = ownership_changed(before, after)[lo:hi]
     remapped = mapping_changed(before, after)[lo:hi] & ~changed
     base = before.ram_start + (lo << PAGE_SHIFT)
-    height = 1.1 + rows * 0.95
+    shown = sorted(set(cats[0].tolist()) | set(cats[1].tolist()))   # a legend entry for each colour drawn
+    legend_h = 0.19 * len(shown) + 0.1
+    height = 1.1 + rows * 0.95 + legend_h
     fig = Picture(figsize=(width, height), name=f"ownership before/after {base:#x}-{base + (n << PAGE_SHIFT):#x}: "
                                                 f"{int(changed.sum())} of {_count(n)} changed")
+    fig.legend(handles=[Patch(facecolor=C.PAGE_CATEGORIES[c][1], edgecolor="#444444", label=C.PAGE_CATEGORIES[c][2])
+                        for c in shown], loc="lower center", ncols=1, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
     for k, (snap, cat, label, names) in enumerate(((before, cats[0], "before", page_names(vms_before)),
                                                    (after, cats[1], "after", page_names(vms)))):
-        ax = fig.add_axes((0.02 + 0.5 * k, 0.02, 0.46, (height - 0.8) / height))
+        ax = fig.add_axes((0.02 + 0.5 * k, (0.02 + legend_h) / height, 0.46, (height - 0.8 - legend_h) / height))
         _boxes(ax, snap, lo, cat, cols, rows, base, names)
         for marks, style in ((changed, {"edgecolor": "#d62728", "linewidth": 3}),
                              (remapped, {"edgecolor": "#555555", "linewidth": 2, "linestyle": (0, (4, 3))})):
