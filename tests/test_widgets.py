@@ -257,7 +257,9 @@ def test_run_hello_prints_its_text_in_the_console_and_logs_every_exit(builder: V
     assert "MMIO write of 1 byte at IPA 0x9000000, value 0x48 ('H')" in inline(log)
     assert "hyp masked the register number" in inline(log)
     assert "VM 0x1000 gfn 0x0" in words(builder.ownership_view.value)   # the page hyp mapped, redrawn
-    assert "hyp&#39;s view" in builder.diagram.value and "not loaded · last exit: trap" in builder.diagram.value
+    from test_viz_guest_pages import svg_words
+
+    assert "hyp's view: not loaded · last exit: trap" in svg_words(builder.diagram.value)
     assert "hello, off" in builder.vm_list.options[0][0]
 
 
@@ -270,7 +272,9 @@ def test_step_spin_shows_its_preemption_as_an_exit(builder: VMBuilder, lab) -> N
     assert "stepped: exit: preempted" in words(builder.status.value)
     row = newest_exit(builder)
     assert "preempted" in row and "guest PC 0x4" in row and "an IRQ (the timer), not a trap" in row
-    assert builder.diagram.value != diagram and "last exit: IRQ (preempted) · 2 runs" in builder.diagram.value
+    from test_viz_guest_pages import svg_words
+
+    assert builder.diagram.value != diagram and "last exit: IRQ (preempted) 2 runs" in svg_words(builder.diagram.value)
     builder.run_button.click()                                  # Run ends at the preemption too: it never hangs
     assert "1 exit, the last: preempted" in words(builder.status.value)
 

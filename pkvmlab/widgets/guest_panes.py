@@ -80,7 +80,7 @@ def exit_log_html(exits, limit: int = 60, mark_from: int | None = None, max_heig
         esr = (f"<code>{e.esr:#x}</code> {escape(e.esr_words)}{masked}" if e.esr is not None
                else "<i>none: an IRQ (the timer), not a trap</i>" if e.reason == "preempted" else "—")
         rows.append(f"<tr style='{'background:#fffde7' if new else ''}'>"
-                    f"<td style='text-align:right;vertical-align:top'>{'▶ ' if new else ''}{i}</td>"
+                    f"<td style='text-align:right;vertical-align:top;white-space:nowrap'>{'▶ ' if new else ''}{i}</td>"
                     f"<td style='vertical-align:top;color:{color};white-space:nowrap'><b>{escape(e.reason)}</b></td>"
                     f"<td style='vertical-align:top'>{_told(e)}</td>"
                     f"<td style='vertical-align:top'>{esr}</td>"
