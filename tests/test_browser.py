@@ -203,7 +203,7 @@ def test_vm_builder_in_chromium(jupyter_server) -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page = browser.new_page(viewport={"width": 1400, "height": 4000})   # the whole builder in view
             page.set_default_timeout(CLICK_S * 1000)
             try:
                 _drive(page, base)
@@ -268,6 +268,13 @@ def _drive(page, base: str) -> None:
     page.wait_for_function("() => [...document.querySelectorAll('.pkvmlab-vm-builder img')].every(i => i.complete)")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     builder.screenshot(path=str(SCREENSHOT))
+    # The picture for the README and notebook 7: the builder from its controls down to the shadow table.
+    from PIL import Image
+
+    top, cut = builder.bounding_box(), builder.locator(".pkvmlab-shadow-diagram").bounding_box()
+    with Image.open(SCREENSHOT) as im:
+        bottom = min(im.height, int(cut["y"] + cut["height"] - top["y"]) + 8)
+        im.crop((0, 0, im.width, bottom)).save(SCREENSHOT, optimize=True)
 
 
 # Parts of the VM builder wider than the builder itself, or the builder wider than its output column.
@@ -291,7 +298,8 @@ _BUILDER_OVERFLOW = """() => {
 
 # -- every picture shows and fits, as a learner sees it ---------------------------------------------
 
-_MEASURE = """([minText, bareRepr]) => {
+WIDGET_CLASSES = (".pkvmlab-vm-builder", ".pkvmlab-translation-explorer", ".pkvmlab-hypercall-stepper", ".pkvmlab-timeline")
+_MEASURE = """([minText, bareRepr, WIDGETS]) => {
     const nb = window.jupyterapp.shell.currentWidget.content.node;
     const bad = [], seen = [];
     const re = new RegExp(bareRepr);
@@ -329,6 +337,12 @@ _MEASURE = """([minText, bareRepr]) => {
     nb.querySelectorAll('.jp-OutputArea-output .pkvmlab-diff').forEach((el) => {
         seen.push({kind: 'html-diff', width: el.getBoundingClientRect().width, column: column(el),
                    minText: parseFloat(getComputedStyle(el).fontSize)});
+    });
+    // The dashboards (VM builder, translation explorer, hypercall stepper, timeline): each box fits its column.
+    nb.querySelectorAll(WIDGETS).forEach((el) => {
+        if (el.parentElement.closest(WIDGETS)) return;   // a timeline inside the builder is measured with it
+        seen.push({kind: 'widget ' + [...el.classList].find(c => c.startsWith('pkvmlab-')),
+                   width: Math.max(el.getBoundingClientRect().width, el.scrollWidth), column: column(el)});
     });
     for (const d of seen) {
         if (d.width > d.column + 1)
@@ -400,11 +414,11 @@ def _run_and_measure(page, base: str, name: str) -> dict:
         builder.locator(".pkvmlab-status-ok", has_text="preempted").wait_for(timeout=CLICK_S * 1000)
         builder_overflow = page.evaluate(_BUILDER_OVERFLOW)
     page.wait_for_timeout(500)   # images decode, SVG lays out
-    result = page.evaluate(_MEASURE, [MIN_TEXT_PX, BARE_REPR])
+    result = page.evaluate(_MEASURE, [MIN_TEXT_PX, BARE_REPR, ", ".join(WIDGET_CLASSES)])
     result["bad"] += builder_overflow
     stem = name.split("_")[0]
-    pictures = page.locator(".jp-RenderedSVG img, .jp-RenderedImage img, .pkvmlab-vm-builder, "
-                            ".pkvmlab-translation-explorer, .jp-OutputArea-output .pkvmlab-diff")
+    pictures = page.locator(", ".join([".jp-RenderedSVG img", ".jp-RenderedImage img", *WIDGET_CLASSES,
+                                       ".jp-OutputArea-output .pkvmlab-diff"]))
     for k in range(pictures.count()):   # what a learner sees at 1440 x 900 with each picture scrolled into view
         try:
             pictures.nth(k).scroll_into_view_if_needed(timeout=10_000)
