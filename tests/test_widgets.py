@@ -443,3 +443,15 @@ def test_builder_undo_redo_and_slider_redraw_every_view_for_that_step(builder: V
     assert "at step 0 of 2 (the start)" in words(builder.status.value) and tl.undo_button.disabled
     builder.create_button.click()                       # a new action from the past cuts the old future off
     assert builder.handles == [0x1000] and tl.slider.max == 1 and tl.redo_button.disabled
+
+
+def test_a_guest_run_from_a_notebook_cell_redraws_the_console_and_exits(builder: VMBuilder, lab) -> None:
+    from pkvmlab.widgets import sync
+
+    vm = lab.host.create_vm(1, guest="hello")       # typed in a cell ...
+    sync.after_cell()
+    builder.vm_list.value = vm.handle               # the learner selects it
+    vm.run()                                        # ... and runs it from another cell
+    sync.after_cell()                               # IPython's post_run_cell fires
+    assert "Hello from a protected guest!" in words(builder.console.value)
+    assert "system off" in newest_exit(builder) and "changed from outside" in words(builder.status.value)

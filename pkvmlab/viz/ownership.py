@@ -3,8 +3,11 @@
 One cell per page in rows of equal size, or for big ranges one cell per power-of-two group of pages
 coloured by its most notable page (a whole GiB is 64 rows of 16 MiB; one ``imshow``, so 262,144 pages
 cost what a picture does), a hex address axis, a legend in pKVM's names, and a summary of pages per
-owner/state.  Zoomed to a few pages, every page is a labelled box.  Pure: reads only the
-``Ownership`` snapshot; the figure is built without pyplot, so no GUI backend is ever touched.
+owner/state.  Zoomed to a few pages, every page is a labelled box.  Guests' pages have entries of their
+own: a page a guest owns, one it shared with the host (``MEM_SHARE``: guest ``PKVM_PAGE_SHARED_OWNED``,
+host ``PKVM_PAGE_SHARED_BORROWED``), one of a torn-down guest waiting for ``__pkvm_host_reclaim_page``,
+and hyp's pages held in a vCPU's memcache.  Pure: reads only the ``Ownership`` snapshot; the figure is
+built without pyplot, so no GUI backend is ever touched.
 """
 
 from __future__ import annotations
