@@ -118,7 +118,9 @@ def ownership_map(snap, start: int | None = None, end: int | None = None, *, tit
     base = snap.ram_start + (lo << PAGE_SHIFT)
     grid_h = min(max(rows * (0.9 if n <= LABEL_PAGES else 0.1), 1.2), 6.0)
     # Heights in inches, top to bottom: title, grid, its axis labels, summary bars, their label, legend.
-    top, gap, bar_h, bar_gap, legend_h = 0.45, 0.2 if n <= LABEL_PAGES else 0.6, 1.3, 0.5, 0.75
+    # The legend: one entry a line (pKVM's names are long), its title clear of the bars' axis label.
+    top, gap, bar_h, bar_gap = 0.45, 0.2 if n <= LABEL_PAGES else 0.6, 1.5, 0.65
+    legend_h = 0.165 * len(C.PAGE_CATEGORIES) + 0.3
     height = top + grid_h + gap + bar_h + bar_gap + legend_h
     fig = Picture(figsize=(width, height),
                   name=f"ownership map {base:#x}-{base + (n << PAGE_SHIFT):#x}: {_count(n)}")
@@ -147,7 +149,7 @@ def ownership_map(snap, start: int | None = None, end: int | None = None, *, tit
     _summary(bar, counts)
     handles = [Patch(facecolor=color, edgecolor="#444444", label=f"{label}  ({_count(int(counts[k]))})")
                for k, (_, color, label) in enumerate(C.PAGE_CATEGORIES)]
-    fig.legend(handles=handles, loc="lower center", ncols=2, fontsize=7.5, frameon=False, bbox_to_anchor=(0.5, 0.0),
+    fig.legend(handles=handles, loc="lower center", ncols=1, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0),
                title="owner: page state (pKVM's names)", title_fontsize=8)
     return fig
 
