@@ -113,9 +113,10 @@ class PageInfo:
 
     @property
     def view(self) -> PageView:
-        """The page in the terms of :mod:`pkvmlab.arch.ownership` (to compare with a transition)."""
+        """The page in the terms of :mod:`pkvmlab.arch.ownership` (to compare with a host-call transition: host
+        and hyp states; the guest's state is ``guest``)."""
         return PageView(Owner(self.owner) if self.owner in Owner._value2member_map_ else self.owner,
-                        self.host, self.hyp, guest=self.guest, pins=self.pins)
+                        self.host, self.hyp, pins=self.pins)
 
     def __str__(self) -> str:
         def where(mapped: bool, level: int) -> str:
