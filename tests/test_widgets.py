@@ -270,8 +270,8 @@ def test_step_spin_shows_its_preemption_as_an_exit(builder: VMBuilder, lab) -> N
     diagram = builder.diagram.value
     builder.step_button.click()                                 # then it loops until the budget runs out
     assert "stepped: exit: preempted" in words(builder.status.value)
-    row = newest_exit(builder)
-    assert "preempted" in row and "guest PC 0x4" in row and "an IRQ (the timer), not a trap" in row
+    row, last = newest_exit(builder), lab.host.vms[0x1000].exits[-1]
+    assert "preempted" in row and f"guest PC {last.pc:#x}" in row and "an IRQ (the timer), not a trap" in row
     from test_viz_guest_pages import svg_words
 
     assert builder.diagram.value != diagram and "last exit: IRQ (preempted) 2 runs" in svg_words(builder.diagram.value)
