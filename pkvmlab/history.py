@@ -70,7 +70,7 @@ class _HostState:
     free: list
     log_len: int
     vms: dict
-    vm_state: list            # (vm, alive, guest_pages copy, memcache_pages copy)
+    vm_state: list            # (vm, alive, guest_pages copy, run state copy: pkvmlab.timeline._run_state)
     stats: dict
     panic: object
 
@@ -170,6 +170,10 @@ def _outcome(result) -> str:
         return ""
     if hasattr(result, "handle"):
         return f"→ VM {result.handle:#x}"
+    if hasattr(result, "reason") and hasattr(result, "exit_code"):   # one guest exit (vm.step())
+        return f"→ {result.reason}"
+    if isinstance(result, list) and result and all(hasattr(e, "reason") for e in result):   # vm.run()
+        return f"→ {len(result)} exit{'s' if len(result) != 1 else ''}, the last: {result[-1].reason}"
     if isinstance(result, tuple):
         return "→ (" + ", ".join(_fmt(x) for x in result) + ")"
     if isinstance(result, (int, bytes)):

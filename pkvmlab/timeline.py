@@ -12,6 +12,11 @@ to step 3, and the checkpoints of steps 4, 5 … are gone (their saved pages wer
 Going forward again replays the recorded actions from the nearest valid checkpoint: the emulator is
 deterministic, so replay rebuilds the same state byte for byte (``tests/test_timeline.py``).
 
+A guest run (``vm.step()``, ``vm.run()``) is a host action like any other: the checkpoint after it
+holds the guest's memory and hyp's shadow vCPU (RAM) and the host's side of the run (the pages it
+mapped for the guest, its memcache pages, the console, each vCPU's exits and pending answer), so
+undoing a run and running again gives the same exits and console, byte for byte.
+
 Only host actions are replayed.  What the debugger does between them (``lab.core.phys.write``,
 ``lab.core.call``, ``lab.hyp.at``) is undone by a restore like everything else, but a replay does
 not repeat it.
@@ -28,7 +33,7 @@ from pkvmlab.machine.journal import Journal, cpu_restore, cpu_save
 HOST_ACTIONS = ("hyp_info", "share_hyp", "unshare_hyp", "init_shadow", "teardown_shadow",
                 "create_vm", "teardown_vm", "hvc", "call", "read", "write", "read_u64", "write_u64",
                 "alloc_pages", "free_pages")
-VM_ACTIONS = ("donate", "teardown")
+VM_ACTIONS = ("donate", "teardown", "step", "run")   # a guest run is a step too (pkvmlab/host/vcpu_run.py)
 EAGER_STACK = 4096   # the top page of hyp's stack: every hypercall writes it (the deepest used < 2 KiB, measured)
 VM_MAKERS = ("create_vm", "teardown_vm")   # host actions that make, change or drop VM objects
 JOURNAL_PAGES_DENSE = 16384   # 64 MiB of saved pages: past that, a checkpoint every THIN steps
@@ -66,8 +71,7 @@ class Timeline:
         if last is not None and not self._vms_touched and last.vms.keys() == h.vms.keys():
             vms, vm_state = last.vms, last.vm_state   # no VM action since: share the VM part (it is never mutated)
         else:
-            vms, vm_state = dict(h.vms), [(vm, vm.alive, dict(vm.guest_pages), list(vm.memcache_pages))
-                                     for vm in h.vms.values()]
+            vms, vm_state = dict(h.vms), [(vm, vm.alive, dict(vm.guest_pages), _run_state(vm)) for vm in h.vms.values()]
         self._vms_touched = False
         stats = c.stats
         self._last_host = _HostState(list(h.pages._free), len(h.log), vms, vm_state,
@@ -85,8 +89,9 @@ class Timeline:
         for vm in h.vms.values():          # VMs made after the checkpoint are gone again
             if id(vm) not in kept:
                 vm.alive = False
-        for vm, alive, pages, memcache in s.vm_state:
-            vm.alive, vm.guest_pages, vm.memcache_pages = alive, dict(pages), list(memcache)
+        for vm, alive, pages, run in s.vm_state:
+            vm.alive, vm.guest_pages = alive, dict(pages)
+            _set_run_state(vm, run)
         h.vms = dict(s.vms)
         for k, v in s.stats.items():
             c.stats[k] = v
@@ -305,3 +310,22 @@ class Timeline:
         lo, hi = sorted((a, b))
         acts = tuple(self.tip.ancestor(i).action for i in range(lo + 1, hi + 1))
         return StepDiff(a, b, snap_diff(snaps[a][0], snaps[b][0]), snap_diff(snaps[a][1], snaps[b][1]), acts)
+
+
+def _run_state(vm) -> tuple:
+    """The host model's side of a VM that runs: what ``vm.step()`` / ``vm.run()`` change outside RAM (copies)."""
+    runners = {i: (r, tuple(r.exits), r._answer, r.loaded) for i, r in getattr(vm, "_runners", {}).items()}
+    return (dict(getattr(vm, "mapped_pages", {})), list(getattr(vm, "memcache_pages", [])),
+            bytes(getattr(vm, "console_bytes", b"")), getattr(vm, "powered_off", False), runners)
+
+
+def _set_run_state(vm, state: tuple) -> None:
+    if not hasattr(vm, "_runners"):
+        return
+    mapped, memcache, console, off, runners = state
+    vm.mapped_pages, vm.memcache_pages, vm.console_bytes, vm.powered_off = (dict(mapped), list(memcache),
+                                                                             bytearray(console), off)
+    vm._runners = {}
+    for i, (r, exits, answer, loaded) in runners.items():
+        r.exits, r._answer, r.loaded = list(exits), answer, loaded
+        vm._runners[i] = r

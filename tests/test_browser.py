@@ -1,10 +1,13 @@
 """A real browser runs the notebooks: JupyterLab (headless, a free localhost port) + Debian's Chromium via Playwright.
 
 Notebook 7 (a temporary copy: JupyterLab autosaves): run all cells, click Create in the VM builder,
-and check that the shadow-table diagram's SVG now shows the new VM's handle.  A screenshot of the
-dashboard goes to docs/vm_builder.png for the README and notebook 7.
+and check that the shadow-table diagram's SVG now shows the new VM's handle; then choose the guest
+program ``hello``, Create, Run, and check that the console shows what it printed, the exit log its
+exits and the shadow table hyp's view of its vCPU.  A screenshot of the dashboard goes to
+docs/vm_builder.png for the README and notebook 7 (``git checkout docs/vm_builder.png`` after a run
+unless the dashboard changed on purpose).
 
-Notebooks 1-7, at 1440 x 900 with the file browser open (a notebook column of about 1,000 px),
+Notebooks 1-10, at 1440 x 900 with the file browser open (a notebook column of about 1,000 px),
 as a learner sees them: after Run All, no output is a bare repr (``<Figure size ...>``,
 ``<graphviz...>``), every diagram's rendered width fits its output column, and SVG text is at least
 ~10 px high (bounding boxes of inline SVG text; for SVG shown as an image, its smallest font size
@@ -43,13 +46,14 @@ SHOTS = ROOT / "build" / "browser"
 LEARNER_VIEWPORT = {"width": 1440, "height": 900}
 FIT_NOTEBOOKS = ["01_boot_and_exception_levels.ipynb", "02_stage2_translation.ipynb", "03_who_owns_this_page.ipynb",
                  "04_shadow_vm_table.ipynb", "05_protected_guest_memory.ipynb", "06_reviewing_the_patch.ipynb",
-                 "07_vm_builder.ipynb"]
+                 "07_vm_builder.ipynb", "08_inside_one_hypercall.ipynb", "09_a_protected_guest_runs.ipynb",
+                 "10_checking_against_a_specification.ipynb"]
 MIN_TEXT_PX = 10
 BARE_REPR = r"^<(Figure size|graphviz\.|matplotlib\.|Digraph)"
 
 SERVER_START_S = 90     # JupyterLab's first start builds nothing, but imports a lot
 PAGE_LOAD_S = 90
-RUN_ALL_S = 180         # a fresh kernel, Lab() (firmware cached by `make firmware`), the first diagrams
+RUN_ALL_S = 300         # a fresh kernel, Lab() (firmware cached by `make firmware`), the first diagrams; notebook 10's campaign
 CLICK_S = 60
 
 pytestmark = pytest.mark.slow
@@ -199,7 +203,7 @@ def test_vm_builder_in_chromium(jupyter_server) -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page = browser.new_page(viewport={"width": 1400, "height": 4000})   # the whole builder in view
             page.set_default_timeout(CLICK_S * 1000)
             try:
                 _drive(page, base)
@@ -245,17 +249,57 @@ def _drive(page, base: str) -> None:
              return svg !== null && svg.textContent.split('0x1000').length - 1 > before;
            }""", arg=[before], timeout=CLICK_S * 1000)
     assert "__pkvm_init_shadow" in (builder.locator(".pkvmlab-log").text_content() or "")
-    options = builder.locator("select").first.text_content() or ""
+    options = builder.locator(".widget-select select").first.text_content() or ""
     assert "0x1000" in options, options
+
+    # A guest that runs: choose hello, Create, Run; the console, the exit log and hyp's view of the vCPU follow.
+    builder.locator(".widget-dropdown select").first.select_option("hello")
+    builder.locator("button", has_text="Create").first.click()
+    builder.locator(".pkvmlab-status-ok", has_text="running the guest 'hello'").wait_for(timeout=CLICK_S * 1000)
+    builder.locator("button", has_text="Run").first.click()
+    builder.locator(".pkvmlab-status-ok", has_text="ran:").wait_for(timeout=CLICK_S * 1000)
+    assert "Hello from a protected guest!" in (builder.locator(".pkvmlab-console").text_content() or "")
+    log = builder.locator(".pkvmlab-exit-log").text_content() or ""
+    assert "system off" in log and "page fault" in log and "mmio" in log, log[:300]
+    assert "hyp's view" in (builder.locator(".pkvmlab-shadow-svg svg").text_content() or "")
+    overflow = page.evaluate(_BUILDER_OVERFLOW)
+    assert not overflow, overflow
 
     page.wait_for_function("() => [...document.querySelectorAll('.pkvmlab-vm-builder img')].every(i => i.complete)")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     builder.screenshot(path=str(SCREENSHOT))
+    # The picture for the README and notebook 7: the builder from its controls down to the shadow table.
+    from PIL import Image
+
+    top, cut = builder.bounding_box(), builder.locator(".pkvmlab-shadow-diagram").bounding_box()
+    with Image.open(SCREENSHOT) as im:
+        bottom = min(im.height, int(cut["y"] + cut["height"] - top["y"]) + 8)
+        im.crop((0, 0, im.width, bottom)).save(SCREENSHOT, optimize=True)
+
+
+# Parts of the VM builder wider than the builder itself, or the builder wider than its output column.
+_BUILDER_OVERFLOW = """() => {
+    const b = document.querySelector('.pkvmlab-vm-builder');
+    if (!b) return ['no builder'];
+    const out = b.closest('.jp-OutputArea-output'), col = out ? out.getBoundingClientRect().width : 1e9;
+    const bad = [], box = b.getBoundingClientRect();
+    if (box.width > col + 1) bad.push(`the builder is ${Math.round(box.width)} px wide in a ${Math.round(col)} px column`);
+    const parts = '.widget-hbox, .widget-button, .pkvmlab-console, .pkvmlab-exit-log, .widget-select';
+    for (const el of b.querySelectorAll(parts)) {
+        const past = el.getBoundingClientRect().right - box.right;
+        if (past > 1) bad.push(`${el.className.split(' ')[0]} ends ${Math.round(past)} px past the builder`);
+    }
+    for (const el of b.querySelectorAll('.pkvmlab-exit-log, .pkvmlab-console'))
+        if (el.scrollWidth > el.clientWidth + 1)
+            bad.push(`${el.className} scrolls sideways (${el.scrollWidth} > ${el.clientWidth})`);
+    return bad;
+}"""
 
 
 # -- every picture shows and fits, as a learner sees it ---------------------------------------------
 
-_MEASURE = """([minText, bareRepr]) => {
+WIDGET_CLASSES = (".pkvmlab-vm-builder", ".pkvmlab-translation-explorer", ".pkvmlab-hypercall-stepper", ".pkvmlab-timeline")
+_MEASURE = """([minText, bareRepr, WIDGETS]) => {
     const nb = window.jupyterapp.shell.currentWidget.content.node;
     const bad = [], seen = [];
     const re = new RegExp(bareRepr);
@@ -293,6 +337,12 @@ _MEASURE = """([minText, bareRepr]) => {
     nb.querySelectorAll('.jp-OutputArea-output .pkvmlab-diff').forEach((el) => {
         seen.push({kind: 'html-diff', width: el.getBoundingClientRect().width, column: column(el),
                    minText: parseFloat(getComputedStyle(el).fontSize)});
+    });
+    // The dashboards (VM builder, translation explorer, hypercall stepper, timeline): each box fits its column.
+    nb.querySelectorAll(WIDGETS).forEach((el) => {
+        if (el.parentElement.closest(WIDGETS)) return;   // a timeline inside the builder is measured with it
+        seen.push({kind: 'widget ' + [...el.classList].find(c => c.startsWith('pkvmlab-')),
+                   width: Math.max(el.getBoundingClientRect().width, el.scrollWidth), column: column(el)});
     });
     for (const d of seen) {
         if (d.width > d.column + 1)
@@ -349,15 +399,26 @@ def _run_and_measure(page, base: str, name: str) -> dict:
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     _dismiss_dialogs(page)
     page.wait_for_function(_ALL_RUN, timeout=RUN_ALL_S * 1000, polling=500)
+    builder_overflow = []
     if name.startswith("07_"):
         builder = page.locator(".pkvmlab-vm-builder")
         builder.locator("button", has_text="Create").first.click()
         builder.locator(".pkvmlab-status-ok", has_text="created VM").wait_for(timeout=CLICK_S * 1000)
+        builder.locator(".widget-dropdown select").first.select_option("spin")   # the panes with a guest's exits in them
+        builder.locator("button", has_text="Create").first.click()
+        builder.locator(".pkvmlab-status-ok", has_text="running the guest 'spin'").wait_for(timeout=CLICK_S * 1000)
+        for _ in range(2):
+            builder.locator("button", has_text="Step").first.click()
+            builder.locator(".pkvmlab-status-ok", has_text="stepped").wait_for(timeout=CLICK_S * 1000)
+            page.wait_for_timeout(200)
+        builder.locator(".pkvmlab-status-ok", has_text="preempted").wait_for(timeout=CLICK_S * 1000)
+        builder_overflow = page.evaluate(_BUILDER_OVERFLOW)
     page.wait_for_timeout(500)   # images decode, SVG lays out
-    result = page.evaluate(_MEASURE, [MIN_TEXT_PX, BARE_REPR])
+    result = page.evaluate(_MEASURE, [MIN_TEXT_PX, BARE_REPR, ", ".join(WIDGET_CLASSES)])
+    result["bad"] += builder_overflow
     stem = name.split("_")[0]
-    pictures = page.locator(".jp-RenderedSVG img, .jp-RenderedImage img, .pkvmlab-vm-builder, "
-                            ".pkvmlab-translation-explorer, .jp-OutputArea-output .pkvmlab-diff")
+    pictures = page.locator(", ".join([".jp-RenderedSVG img", ".jp-RenderedImage img", *WIDGET_CLASSES,
+                                       ".jp-OutputArea-output .pkvmlab-diff"]))
     for k in range(pictures.count()):   # what a learner sees at 1440 x 900 with each picture scrolled into view
         try:
             pictures.nth(k).scroll_into_view_if_needed(timeout=10_000)

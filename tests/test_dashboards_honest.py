@@ -56,7 +56,7 @@ def test_buttons_are_off_and_the_status_busy_while_an_action_runs(builder: VMBui
 
     monkeypatch.setattr(lab.host, "create_vm", create_vm)
     builder.create_button.click()
-    assert seen["disabled"] == [True, True, True, True]
+    assert seen["disabled"] == [True] * 6          # Create, Give pages, Run, Step, Tear down, Refresh
     assert "⏳ creating a VM with 2 vCPU(s) …" in seen["status"]
     assert seen["again"] is False and sorted(lab.host.vms) == [0x1000]
     assert not builder.create_button.disabled and status_kind(builder) == "ok"

@@ -32,8 +32,9 @@ def test_share_changes_one_page_from_owned_to_shared_on_both_sides(lab):
     (c,) = diff(before, lab.hyp.ownership(), mappings=False).changes
     assert (c.start_pfn, c.nr_pages) == (pfn, 1)
     assert c.before.owner == c.after.owner == Owner.HOST
-    assert _states(c.before) == {"host": PageState.OWNED, "hyp": PageState.NOPAGE}
-    assert _states(c.after) == {"host": PageState.SHARED_OWNED, "hyp": PageState.SHARED_BORROWED}
+    assert _states(c.before) == {"host": PageState.OWNED, "hyp": PageState.NOPAGE, "guest": PageState.NOPAGE}
+    assert _states(c.after) == {"host": PageState.SHARED_OWNED, "hyp": PageState.SHARED_BORROWED,
+                                "guest": PageState.NOPAGE}
     assert "host PKVM_PAGE_OWNED → PKVM_PAGE_SHARED_OWNED" in c.words() and "owner" not in c.words()
 
 

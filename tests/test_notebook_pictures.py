@@ -98,7 +98,7 @@ def test_notebook_7_shows_the_dashboard_and_how_to_use_it_before_anything_runs()
     first_code = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
     above = nb["cells"][:first_code]
     text = "".join("".join(c["source"]) for c in above)
-    for words in ("Create", "Donate", "Tear down", "at gfn", "newest first", "Refresh"):
+    for words in ("Create", "Give pages", "Run", "Step", "console", "Tear down", "at gfn", "newest first", "Refresh"):
         assert words in text
     pictures = [(name, c["attachments"][name]) for c in above for name in c.get("attachments", {})
                 if f"attachment:{name}" in "".join(c["source"])]

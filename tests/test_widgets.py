@@ -143,7 +143,7 @@ def test_donate_then_teardown(builder: VMBuilder, lab) -> None:
     assert "choose at least one guest page" in words(builder.status.value)
     builder.pages.value = 3
     builder.donate_button.click()
-    assert "donated 3 page(s) to VM 0x1000 at gfn 0x0-0x2" in words(builder.status.value)
+    assert "gave 3 page(s) to VM 0x1000 at gfn 0x0-0x2" in words(builder.status.value)
     assert sorted(lab.host.vms[0x1000].guest_pages) == [0, 1, 2] and builder.gfn.value == "0x3"
     assert builder.teardown_button.description == "Tear down 0x1000"
     builder.teardown_button.click()
@@ -214,6 +214,116 @@ def test_a_diagram_that_cannot_be_drawn_falls_back_to_the_table(builder: VMBuild
     assert status_kind(builder) == "ok"
     text = words(builder.diagram.value)
     assert "not available" in text and "dot is not installed" in text and "0x1000" in text
+
+
+# -- VMBuilder: a guest that runs (Run, Step, console, exit log) -----------------------------------
+
+def inline(html: str) -> str:
+    """The text of some HTML with inline tags dropped (no space added where <code> was)."""
+    import html as h
+
+    return h.unescape(re.sub(r"<[^>]+>", "", html))
+
+
+def newest_exit(builder: VMBuilder) -> str:
+    return inline(builder.exit_log.value.split("<tbody>")[1].split("</tr>")[0])
+
+
+def create_guest(builder: VMBuilder, guest: str, vcpus: int = 1) -> None:
+    builder.vcpus.value, builder.guest.value = vcpus, guest
+    builder.create_button.click()
+    assert status_kind(builder) == "ok", words(builder.status.value)
+
+
+def test_the_guest_dropdown_offers_the_lab_guests_and_none_first(builder: VMBuilder) -> None:
+    assert list(builder.guest.options) == ["none", "hello", "secret", "share", "touch", "spin"]
+    assert builder.guest.value == "none"
+    assert builder.donate_button.description == "Give pages"
+    assert "__pkvm_host_map_guest" in builder.donate_button.tooltip
+
+
+def test_run_hello_prints_its_text_in_the_console_and_logs_every_exit(builder: VMBuilder, lab) -> None:
+    create_guest(builder, "hello")
+    vm = lab.host.vms[0x1000]
+    assert vm.guest == "hello" and vm.guest_pages == {}          # its pages come on demand
+    assert "running the guest 'hello'" in words(builder.status.value)
+    assert "nothing printed yet" in words(builder.console.value) and "no exits yet" in words(builder.exit_log.value)
+    builder.run_button.click()
+    assert status_kind(builder) == "ok"
+    assert "Hello from a protected guest!" in words(builder.console.value) and "powered off" in words(builder.console.value)
+    log = builder.exit_log.value
+    assert log.split("<tbody>")[1].count("</tr>") == len(vm.exits)
+    assert len(vm.exits) == int(re.search(r"ran: (\d+) exits", words(builder.status.value))[1])
+    assert "system off" in newest_exit(builder)                 # newest first
+    assert "page fault" in inline(log) and "Instruction Abort from a lower Exception level" in inline(log)
+    assert "MMIO write of 1 byte at IPA 0x9000000, value 0x48 ('H')" in inline(log)
+    assert "hyp masked the register number" in inline(log)
+    assert "VM 0x1000 gfn 0x0" in words(builder.ownership_view.value)   # the page hyp mapped, redrawn
+    from test_viz_guest_pages import svg_words
+
+    assert "hyp's view: not loaded · last exit: trap" in svg_words(builder.diagram.value)
+    assert "hello, off" in builder.vm_list.options[0][0]
+
+
+def test_step_spin_shows_its_preemption_as_an_exit(builder: VMBuilder, lab) -> None:
+    create_guest(builder, "spin")
+    builder.step_button.click()                                 # its first fetch faults: a page
+    assert "page fault" in words(builder.status.value)
+    diagram = builder.diagram.value
+    builder.step_button.click()                                 # then it loops until the budget runs out
+    assert "stepped: exit: preempted" in words(builder.status.value)
+    row, last = newest_exit(builder), lab.host.vms[0x1000].exits[-1]
+    assert "preempted" in row and f"guest PC {last.pc:#x}" in row and "an IRQ (the timer), not a trap" in row
+    from test_viz_guest_pages import svg_words
+
+    assert builder.diagram.value != diagram and "last exit: IRQ (preempted) 2 runs" in svg_words(builder.diagram.value)
+    builder.run_button.click()                                  # Run ends at the preemption too: it never hangs
+    assert "1 exit, the last: preempted" in words(builder.status.value)
+
+
+def test_run_errors_are_shown_in_words_and_change_nothing(builder: VMBuilder, lab) -> None:
+    builder.run_button.click()                                  # nothing selected
+    assert status_kind(builder) == "error" and "select a VM" in words(builder.status.value)
+    builder.pages.value = 1
+    create_guest(builder, "none")
+    calls = len(lab.host.log)
+    builder.step_button.click()                                 # a VM with no program
+    assert status_kind(builder) == "error" and "has no guest program" in words(builder.status.value)
+    assert len(lab.host.log) == calls and "has no guest program" in words(builder.console.value)
+    create_guest(builder, "hello")
+    builder.run_button.click()
+    calls, exits, console = len(lab.host.log), len(lab.host.vms[0x1001].exits), builder.console.value
+    builder.run_button.click()                                  # powered off: refused before any hypercall
+    assert status_kind(builder) == "error" and "has powered off" in words(builder.status.value)
+    assert (len(lab.host.log), len(lab.host.vms[0x1001].exits), builder.console.value) == (calls, exits, console)
+
+
+def test_the_busy_state_covers_run_and_step(builder: VMBuilder, lab, monkeypatch) -> None:
+    create_guest(builder, "hello")
+    vm, seen = lab.host.vms[0x1000], {}
+    real = vm.step
+
+    def step(*a, **kw):
+        seen["disabled"] = [b.disabled for b in builder.buttons]
+        seen["status"] = words(builder.status.value)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(vm, "step", step)
+    builder.step_button.click()
+    assert seen["disabled"] == [True] * 6 and "⏳ stepping VM 0x1000 …" in seen["status"]
+    assert not builder.run_button.disabled and status_kind(builder) == "ok"
+
+
+def test_undo_a_run_in_the_builder_then_run_again_gives_the_same_console_and_exits(builder: VMBuilder, lab) -> None:
+    create_guest(builder, "hello")
+    builder.run_button.click()
+    console, log = builder.console.value, words(builder.exit_log.value)
+    builder.timeline.undo_button.click()                        # before the run: nothing printed, no exits
+    assert builder.vm_list.value == 0x1000                      # the VM lived then: still selected
+    assert "nothing printed yet" in words(builder.console.value) and "no exits yet" in words(builder.exit_log.value)
+    builder.run_button.click()
+    assert builder.console.value == console
+    assert words(builder.exit_log.value).replace("▶ ", "") == log.replace("▶ ", "")
 
 
 # -- TranslationExplorer ---------------------------------------------------------------------------
@@ -335,3 +445,15 @@ def test_builder_undo_redo_and_slider_redraw_every_view_for_that_step(builder: V
     assert "at step 0 of 2 (the start)" in words(builder.status.value) and tl.undo_button.disabled
     builder.create_button.click()                       # a new action from the past cuts the old future off
     assert builder.handles == [0x1000] and tl.slider.max == 1 and tl.redo_button.disabled
+
+
+def test_a_guest_run_from_a_notebook_cell_redraws_the_console_and_exits(builder: VMBuilder, lab) -> None:
+    from pkvmlab.widgets import sync
+
+    vm = lab.host.create_vm(1, guest="hello")       # typed in a cell ...
+    sync.after_cell()
+    builder.vm_list.value = vm.handle               # the learner selects it
+    vm.run()                                        # ... and runs it from another cell
+    sync.after_cell()                               # IPython's post_run_cell fires
+    assert "Hello from a protected guest!" in words(builder.console.value)
+    assert "system off" in newest_exit(builder) and "changed from outside" in words(builder.status.value)

@@ -17,7 +17,10 @@ PAGE_CATEGORIES: tuple[tuple[str, str, str], ...] = (
     ("host-lazy", "#9ecae9", "PKVM_ID_HOST: PKVM_PAGE_OWNED, not mapped yet"),
     ("shared", "#b279a2", "PKVM_ID_HOST: PKVM_PAGE_SHARED_OWNED (hyp: PKVM_PAGE_SHARED_BORROWED)"),
     ("hyp", "#f58518", "PKVM_ID_HYP: PKVM_PAGE_OWNED"),
+    ("memcache", "#ffbf79", "PKVM_ID_HYP: PKVM_PAGE_OWNED, in a vCPU's memcache (for guest stage-2 tables)"),
     ("guest", "#54a24b", "PKVM_ID_GUEST: PKVM_PAGE_OWNED"),
+    ("guest-shared", "#72b7b2", "PKVM_ID_GUEST: PKVM_PAGE_SHARED_OWNED (host: PKVM_PAGE_SHARED_BORROWED), after MEM_SHARE"),
+    ("reclaim", "#9d755d", "PKVM_ID_GUEST, its VM torn down: pending __pkvm_host_reclaim_page"),
     ("other", "#222222", "anything else: an ownership invariant is broken"),
 )
 CATEGORY_INDEX = {key: i for i, (key, _, _) in enumerate(PAGE_CATEGORIES)}

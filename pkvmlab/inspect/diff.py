@@ -25,6 +25,7 @@ class PageSide:
     states: tuple[tuple[str, PageState], ...]   # (side, state) per component table in the snapshot
     mapped: tuple[tuple[str, bool], ...]
     pins: int
+    reclaim: bool = False    # HOST_PAGE_PENDING_RECLAIM: a torn-down guest's page the host has not reclaimed yet
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class PageChange:
                 parts.append(f"{side} {'mapped' if ma else 'not mapped'} → {'mapped' if mb else 'not mapped'}")
         if a.pins != b.pins:
             parts.append(f"pins {a.pins} → {b.pins}")
+        if a.reclaim != b.reclaim:
+            parts.append("marked for reclaim (HOST_PAGE_PENDING_RECLAIM)" if b.reclaim else
+                         "reclaimed (HOST_PAGE_PENDING_RECLAIM cleared)")
         return "; ".join(parts)
 
     def __str__(self) -> str:
@@ -112,7 +116,8 @@ def _runs(a, b, idx: np.ndarray, sides: list[str]) -> tuple[PageChange, ...]:
         return ()
 
     def columns(snap) -> list[np.ndarray]:
-        return [snap.owner, snap.pins] + [snap.sides[s].state for s in sides] + [snap.sides[s].mapped for s in sides]
+        return ([snap.owner, snap.pins] + [snap.sides[s].state for s in sides] + [snap.sides[s].mapped for s in sides]
+                + [_reclaim(snap)])
 
     ca, cb = columns(a), columns(b)
     sel = np.stack([c[idx].astype(np.int64) for c in ca + cb], axis=1)   # changed pages x (before, after) columns
@@ -125,16 +130,21 @@ def _runs(a, b, idx: np.ndarray, sides: list[str]) -> tuple[PageChange, ...]:
 
     def side(row, off: int) -> PageSide:
         return PageSide(int(row[off]), tuple((s, PageState(int(row[off + 2 + j]))) for j, s in enumerate(sides)),
-                        tuple((s, bool(row[off + 2 + k + j])) for j, s in enumerate(sides)), int(row[off + 1]))
+                        tuple((s, bool(row[off + 2 + k + j])) for j, s in enumerate(sides)), int(row[off + 1]),
+                        bool(row[off + 2 + 2 * k]))
 
     base = a.ram_start >> PAGE_SHIFT
     return tuple(PageChange(base + int(idx[s]), int(e - s), side(sel[s], 0), side(sel[s], half))
                  for s, e in zip(starts, ends))
 
 
+def _reclaim(snap) -> np.ndarray:
+    return snap.reclaim if getattr(snap, "reclaim", None) is not None else np.zeros(snap.nr_pages, bool)
+
+
 def ownership_changed(a, b) -> np.ndarray:
-    """Per page, whether its owner, a component's page state or hyp's pins differ (mappings aside)."""
-    changed = (a.owner != b.owner) | (a.pins != b.pins)
+    """Per page, whether its owner, a component's page state, hyp's pins or its pending reclaim differ (mappings aside)."""
+    changed = (a.owner != b.owner) | (a.pins != b.pins) | (_reclaim(a) != _reclaim(b))
     for s in (s for s in a.sides if s in b.sides):
         changed |= a.sides[s].state != b.sides[s].state
     return changed
@@ -204,6 +214,10 @@ def _vm_change(x, y) -> str:
         parts.append("guest pages added at gfn " + ", ".join(f"{g:#x}→pfn {gy[g]:#x}" for g in added))
     if removed:
         parts.append("guest pages removed at gfn " + ", ".join(f"{g:#x}" for g in removed))
+    for vx, vy in zip(x.vcpus, y.vcpus):   # the hypervisor's view of each vCPU (its shadow vCPU)
+        if vx.state_words() != vy.state_words() or vx.memcache_pages != vy.memcache_pages:
+            parts.append(f"vCPU {vy.vcpu_idx} ({vx.state_words()}) → ({vy.state_words()}, "
+                         f"memcache {vy.memcache_pages} page(s))")
     return "; ".join(parts) or "vCPU state"
 
 

@@ -7,8 +7,10 @@ Production Hypervisor", 2025), it works on the abstract state (who owns what, wh
 from the page tables, not on anything the firmware says about itself.
 
 The rules, per page of RAM:
-- ``owner``: exactly one component owns it (OWNED or SHARED_OWNED in its table; a page annotated
-  for a component whose table is not in the snapshot counts as that component's);
+- ``owner``: exactly one component owns it (OWNED or SHARED_OWNED in its table: the host stage-2,
+  hyp's stage-1, or a live guest's stage-2; a page annotated for a component whose table is not in
+  the snapshot counts as that component's, and so does a guest page no live guest maps, which must
+  then be a torn-down guest's page marked ``HOST_PAGE_PENDING_RECLAIM``);
 - ``share``: SHARED_OWNED on one side if and only if SHARED_BORROWED on another;
 - ``host-mapped``: the host stage-2 maps it only if the host owns it and nobody else does, or
   borrows it from the component that shares it, and it maps it at its own address;
@@ -82,22 +84,35 @@ def check_invariants(snap: Ownership) -> list[Violation]:
     out: list[Violation] = []
     sig = _signature(snap)
 
-    # owner: claims from each walked table, plus annotations for components not walked (guests for now).
+    # owner: claims from each walked table (host, hyp, every live guest's stage-2), plus annotations for
+    # components not walked, plus a torn-down guest's pages waiting for __pkvm_host_reclaim_page: annotated
+    # as the guest's, mapped by no stage-2 any more, still not the host's.
     walked = {int(s.owner_id) for s in sides}
     claims = sum((np.isin(s.state, (OWNED, SHARED_OWNED))).astype(np.int8) for s in sides)
     unwalked = host.annotated & ~np.isin(host.annotation, list(walked))
     claims = claims + unwalked
-    lent = snap.guest_lent if snap.guest_lent is not None else np.zeros(snap.nr_pages, bool)
-    claims = claims + (lent & ~unwalked)   # a guest's shared page: the guest's claim (its annotation is gone)
+    lent = np.zeros(snap.nr_pages, bool)
+    if "guest" not in snap.sides and snap.guest_lent is not None:   # a snapshot without the guests' side
+        lent = snap.guest_lent & ~unwalked
+        claims = claims + lent
+    orphan = np.zeros(snap.nr_pages, bool)
+    if "guest" in snap.sides:   # the host stage-2's record counts for a guest page no guest maps (any more)
+        unmapped = host.annotated & (host.annotation == Owner.GUEST) & (snap.sides["guest"].state == NOPAGE)
+        claims = claims + unmapped
+        reclaim = snap.reclaim if snap.reclaim is not None else np.zeros(snap.nr_pages, bool)
+        orphan = unmapped & ~reclaim
     unknown = host.annotated & ~np.isin(host.annotation, [int(o) for o in Owner])
 
     def why_owner(i: int) -> str:
         if unknown[i]:
             return f"the host stage-2 names {owner_name(int(host.annotation[i]))} as the owner"
+        if orphan[i] and claims[i] == 1:
+            return ("the host stage-2 records a guest as the owner, but no live guest's stage-2 maps it and it is "
+                    "not pending reclaim")
         return (f"owned by {'no component' if claims[i] == 0 else f'{claims[i]} components'} "
                 f"({_states(snap, i)}" + (f", annotated {owner_name(int(host.annotation[i]))}" if host.annotated[i]
                                           else "") + ")")
-    out += _runs(snap, "owner", (claims != 1) | unknown, why_owner, sig)
+    out += _runs(snap, "owner", (claims != 1) | unknown | orphan, why_owner, sig)
 
     # share: one lender iff at least one borrower.
     lenders = sum((s.state == SHARED_OWNED).astype(np.int8) for s in sides) + lent

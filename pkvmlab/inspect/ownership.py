@@ -5,7 +5,8 @@ the host stage-2, a page given away is an invalid host stage-2 entry annotated w
 id, and SW0/SW1 of a valid leaf hold the page state.  ``read_ownership(hyp)`` walks the host
 stage-2 and the hyp stage-1 with the debugger (``core.phys``), blocks as blocks, so its cost
 grows with the number of mappings, not with the size of RAM, and decodes them into one array per
-page of RAM.  Nothing here keeps a Python-side copy of the state or runs code on the core.
+page of RAM; every live guest's stage-2 is a third side (``pkvmlab.inspect.guests``).  Nothing here
+keeps a Python-side copy of the state or runs code on the core.
 """
 
 from __future__ import annotations
@@ -105,20 +106,27 @@ class PageInfo:
     host_level: int
     hyp_level: int
     pool: bool
+    guest: PageState = PageState.NOPAGE   # its state in the stage-2 of the guest that maps it
+    vm: int = 0                           # that guest's VM handle (0: no guest maps it)
+    reclaim: bool = False                 # HOST_PAGE_PENDING_RECLAIM: its VM is gone, the host must reclaim it
+    memcache: int = 0                     # the VM whose vCPU memcache holds it (0: none)
 
     @property
     def view(self) -> PageView:
-        """The page in the terms of :mod:`pkvmlab.arch.ownership` (to compare with a transition)."""
+        """The page in the terms of :mod:`pkvmlab.arch.ownership` (to compare with a host-call transition: host
+        and hyp states; the guest's state is ``guest``)."""
         return PageView(Owner(self.owner) if self.owner in Owner._value2member_map_ else self.owner,
                         self.host, self.hyp, pins=self.pins)
 
     def __str__(self) -> str:
         def where(mapped: bool, level: int) -> str:
             return f"mapped L{level}" if mapped else (f"annotated L{level}" if level else "unmapped")
+        guest = f", guest {STATE_NAMES[self.guest]} (VM {self.vm:#x})" if self.vm else ""
         return (f"pfn {self.pfn:#x}: {owner_name(self.owner)}; host {STATE_NAMES[self.host]} "
                 f"({where(self.host_mapped, self.host_level)}), hyp {STATE_NAMES[self.hyp]} "
-                f"({where(self.hyp_mapped, self.hyp_level)})" + (f", {self.pins} pin(s)" if self.pins else "")
-                + (", hyp pool" if self.pool else ""))
+                f"({where(self.hyp_mapped, self.hyp_level)})" + guest + (f", {self.pins} pin(s)" if self.pins else "")
+                + (", hyp pool" if self.pool else "") + (", pending reclaim" if self.reclaim else "")
+                + (f", in a memcache of VM {self.memcache:#x}" if self.memcache else ""))
 
 
 @dataclass(frozen=True)
@@ -144,8 +152,9 @@ class Range:
 class Ownership:
     """A frozen snapshot of who owns each page of RAM, as the hypervisor's page tables say.
 
-    ``sides`` holds one :class:`StageView` per component whose table was walked (``"host"``,
-    ``"hyp"``; a later issue adds guests).  ``owner`` is the owner as the host stage-2 records it.
+    ``sides`` holds one :class:`StageView` per component whose table was walked: ``"host"``, ``"hyp"``
+    and ``"guest"`` (every live guest's stage-2, by the page each leaf outputs to; ``guest_vm`` says
+    which VM).  ``owner`` is the owner as the host stage-2 records it.
     """
 
     ram_start: int
@@ -158,6 +167,9 @@ class Ownership:
     pool_pages: int
     sides: dict[str, StageView]
     guest_lent: np.ndarray | None = None   # bool: a guest's SHARED_OWNED page (MEM_SHARE), read from its stage-2
+    guest_vm: np.ndarray | None = None     # uint16: the handle of the VM whose stage-2 maps the page (0: none)
+    reclaim: np.ndarray | None = None      # bool: HOST_PAGE_PENDING_RECLAIM (its VM was torn down)
+    memcache: np.ndarray | None = None     # uint16: the VM whose vCPU memcache holds the page (0: none)
 
     @property
     def host(self) -> StageView:
@@ -180,9 +192,14 @@ class Ownership:
     def page(self, pfn: int) -> PageInfo:
         i = self.index(pfn)
         h, y = self.host, self.hyp
+        g = self.sides.get("guest")
+
+        def at(a) -> int:
+            return int(a[i]) if a is not None else 0
         return PageInfo(pfn, int(self.owner[i]), PageState(int(h.state[i])), PageState(int(y.state[i])),
                         int(self.pins[i]), bool(h.mapped[i]), bool(y.mapped[i]), int(h.level[i]), int(y.level[i]),
-                        bool(self.pool[i]))
+                        bool(self.pool[i]), PageState(int(g.state[i])) if g is not None else PageState.NOPAGE,
+                        at(self.guest_vm), bool(at(self.reclaim)), at(self.memcache))
 
     def ranges(self) -> list[Range]:
         """Runs of pages with equal owner, host state and hyp state, in address order."""
@@ -331,7 +348,10 @@ def read_ownership(hyp) -> Ownership:
     yw, yl = _walk(hyp, "hyp_pgtable")
     host = _stage_view("host stage-2", Owner.HOST, 2, hw, hl, ram_start, nr_pages, PageState.OWNED)
     hypv = _stage_view("hyp stage-1", Owner.HYP, 1, yw, yl, ram_start, nr_pages, PageState.NOPAGE)
-    sides = {"host": host, "hyp": hypv}
+    from pkvmlab.inspect.guests import HOST_PAGE_PENDING_RECLAIM, guest_side, vmemmap
+
+    guestv, guest_vm, memcache = guest_side(hyp.shadow_table().vms, ram_start, nr_pages, StageView)
+    sides = {"host": host, "hyp": hypv, "guest": guestv}
 
     # The owner, as the host stage-2 records it: annotated -> that id; else the host, unless it only borrows.
     owner = np.full(nr_pages, Owner.HOST, np.uint8)
@@ -342,37 +362,20 @@ def read_ownership(hyp) -> Ownership:
         if s is not host:
             owner[borrowed & (s.state == PageState.SHARED_OWNED)] = s.owner_id
     # A page a protected guest shared with the host (MEM_SHARE): SHARED_OWNED in that guest's stage-2.
-    guest_lent = _guest_lent(hyp, ram_start, nr_pages) if borrowed.any() else np.zeros(nr_pages, bool)
-    owner[borrowed & guest_lent & (owner == NO_OWNER)] = Owner.GUEST
+    guest_lent = guestv.state == PageState.SHARED_OWNED
 
-    # hyp's vmemmap: a refcount per page of RAM; outside the pool it counts pins.
-    lay = hyp.fw.layout("hyp_page")
-    vm = np.frombuffer(hyp.core.phys.read(hyp.read_global("hyp_vmemmap"), nr_pages * lay.size), dtype=np.dtype(
-        {"names": ["refcount"], "formats": ["<u2"], "offsets": [lay.field("refcount").offset], "itemsize": lay.size}))
+    # hyp's vmemmap: a refcount per page of RAM (outside the pool and hyp's own pages it counts pins) and flags.
+    refcount, flags = vmemmap(hyp, nr_pages)
     pool_start, pool_end = (hyp.global_field("hyp_pool", "hyp_pool", m) for m in ("start", "end"))
     pool = np.zeros(nr_pages, bool)
     pool[(pool_start - ram_start) >> pt.PAGE_SHIFT:(pool_end - ram_start) >> pt.PAGE_SHIFT] = True
-    pins = np.where(pool, 0, vm["refcount"]).astype(np.uint16)
+    # A page hyp owns may hold references that are no pins (a guest table's entries, a loaded vCPU's VM).
+    hyps = pool | (host.annotated & (host.annotation == Owner.HYP))
+    pins = np.where(hyps, 0, refcount).astype(np.uint16)
+    reclaim = (flags & HOST_PAGE_PENDING_RECLAIM) != 0
     ps = hyp.pool()
     return Ownership(ram_start, nr_pages, (mem["hyp_start"], mem["hyp_end"]), owner, pins, pool,
-                     ps.free_pages, ps.nr_pages, sides, guest_lent)
-
-
-def _guest_lent(hyp, ram_start: int, nr_pages: int) -> np.ndarray:
-    """Pages some live guest's stage-2 maps as SHARED_OWNED (SW1:SW0 = 01): what the guest lent the host."""
-    from pkvmlab.inspect.tables import TableWalker
-
-    lent = np.zeros(nr_pages, bool)
-    for vm in hyp.shadow_table().vms:
-        if not vm.pgd or not 30 < vm.ia_bits <= 48:
-            continue
-        addrs, ptes, levels, _ = TableWalker(hyp.core.phys, vm.ia_bits, 1).run(vm.pgd)
-        for pte, level in zip(ptes.tolist(), levels.tolist()):
-            if level == 3 and pte & pt.VALID and pte & pt.TYPE and (pte >> 55) & 3 == 1:
-                i = ((pte & pt.ADDR_MASK) - ram_start) >> pt.PAGE_SHIFT
-                if 0 <= i < nr_pages:
-                    lent[i] = True
-    return lent
+                     ps.free_pages, ps.nr_pages, sides, guest_lent, guest_vm, reclaim, memcache)
 
 
 def find_descriptor(hyp, side: str, addr: int, stop_level: int = 3) -> tuple[int, int, int]:

@@ -7,10 +7,10 @@ from the firmware's DWARF.  The snapshot is frozen: it does not change when the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 
-from pkvmlab.inspect.tables import mapped_pages
+from pkvmlab.inspect.tables import TableWalker, leaf_pages
 
 HANDLE_OFFSET = 0x1000   # the seed's: handle = index + HANDLE_OFFSET
 
@@ -30,10 +30,19 @@ class ShadowVCpu:
     nr_runs: int = 0
     pc: int = 0
     memcache_pages: int = 0
+    memcache_pfns: tuple[int, ...] = ()   # the pages on its memcache list (hyp's: donated at a refill)
+    # What the host's own struct kvm_vcpu says (pinned host memory, read beside hyp's copy): its PC field.
+    host_pc: int = 0
 
     @property
     def last_exit_words(self) -> str:
         return {None: "never ran", 0: "IRQ (preempted)", 1: "SError", 2: "trap"}.get(self.last_exit, str(self.last_exit))
+
+    def state_words(self) -> str:
+        """"loaded · last exit: trap · 3 runs · PC 0x50": the hypervisor's view of this vCPU, in one line."""
+        last = "never ran" if self.last_exit is None else f"last exit: {self.last_exit_words}"
+        return (f"{'loaded' if self.loaded else 'not loaded'} · {last} · "
+                f"{self.nr_runs} run{'s' if self.nr_runs != 1 else ''} · PC {self.pc:#x}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,9 @@ class ShadowVM:
     ia_bits: int
     vcpus: tuple[ShadowVCpu, ...]
     guest_pages: tuple[tuple[int, int], ...]   # (gfn, pfn) for every page mapped in the guest stage-2
+    table_pages: tuple[int, ...] = ()          # PAs of the guest stage-2's tables below the PGD
+    # (gfn, pfn, page state SW1:SW0) of every page the guest stage-2 maps: for the ownership snapshot
+    page_states: tuple[tuple[int, int, int], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def host_vcpus(self) -> tuple[int, ...]:
@@ -145,7 +157,8 @@ def read_shadow_table(hyp) -> ShadowTable:
                                      "pgt.start_level", "shadow_vcpu_states")}
     g = {p: st_lay.field(p) for p in ("shadow_vcpu.vcpu_idx", "shadow_vcpu.vcpu_id", "host_vcpu", "loaded",
                                      "last_exit", "nr_runs", "shadow_vcpu.arch.ctxt.regs.pc",
-                                     "shadow_vcpu.arch.pkvm_memcache.nr_pages")}
+                                     "shadow_vcpu.arch.pkvm_memcache.nr_pages", "shadow_vcpu.arch.pkvm_memcache.head")}
+    host_pc = fw.layout("kvm_vcpu").field("arch.ctxt.regs.pc")
     slots: list[ShadowVM | None] = []
     for i in range(max_pvms):
         addr = _u(ptrs, 8 * i, 8)
@@ -164,15 +177,42 @@ def read_shadow_table(hyp) -> ShadowTable:
             def v(name: str) -> int:
                 return val(name, states, k * st_lay.size, g)
 
-            last = v("last_exit")
-            return ShadowVCpu(v("shadow_vcpu.vcpu_idx"), v("shadow_vcpu.vcpu_id"), v("host_vcpu"),
+            last, host_vcpu = v("last_exit"), v("host_vcpu")
+            nr_mc = v("shadow_vcpu.arch.pkvm_memcache.nr_pages")
+            return ShadowVCpu(v("shadow_vcpu.vcpu_idx"), v("shadow_vcpu.vcpu_id"), host_vcpu,
                               addr + f["shadow_vcpu_states"].offset + k * st_lay.size, bool(v("loaded")),
                               None if last == 0xFF else last, v("nr_runs"), v("shadow_vcpu.arch.ctxt.regs.pc"),
-                              v("shadow_vcpu.arch.pkvm_memcache.nr_pages"))
+                              nr_mc, _memcache_list(phys, v("shadow_vcpu.arch.pkvm_memcache.head"), nr_mc),
+                              _read_u64(phys, host_vcpu + host_pc.offset))
 
         vcpus = tuple(vcpu(k) for k in range(n_read))
         pgd, ia_bits = val("pgt.pgd"), val("pgt.ia_bits")
-        pages = tuple(mapped_pages(phys, pgd, ia_bits, val("pgt.start_level"))) if pgd and 30 < ia_bits <= 48 else ()
+        pages: tuple = ()
+        tables: tuple = ()
+        if pgd and 30 < ia_bits <= 48:
+            w = TableWalker(phys, ia_bits, val("pgt.start_level"))
+            pages = tuple(leaf_pages(w.run(pgd)))
+            tables = tuple(w.tables)
         slots.append(ShadowVM(i, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"), n,
-                              addr, val("shadow_area_size"), pgd, ia_bits, vcpus, pages))
+                              addr, val("shadow_area_size"), pgd, ia_bits, vcpus, tuple((gfn, pfn) for gfn, pfn, _ in pages),
+                              tables, pages))
     return ShadowTable(table, nr, nxt, tuple(slots))
+
+
+def _read_u64(phys, pa: int) -> int:
+    """A u64 of RAM, or 0 if ``pa`` is not RAM (a corrupt pointer must not stop the inspector)."""
+    try:
+        return phys.read_u64(pa)
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _memcache_list(phys, head: int, nr_pages: int) -> tuple[int, ...]:
+    """The pfns on a ``struct kvm_hyp_memcache`` list: each page's first word links to the next (at most 64)."""
+    out = []
+    for _ in range(min(nr_pages, 64)):
+        if not head or head & 0xFFF:
+            break
+        out.append(head >> 12)
+        head = _read_u64(phys, head)
+    return tuple(out)

@@ -53,12 +53,18 @@ class TableWalker:
 
 def mapped_pages(phys, pgd: int, ia_bits: int, start_level: int = 1) -> list[tuple[int, int]]:
     """(input pfn, output pfn) of every page a table tree maps validly, blocks counted page by page."""
-    addrs, ptes, levels, _ = TableWalker(phys, ia_bits, start_level).run(pgd)
-    out: list[tuple[int, int]] = []
+    return [(i, o) for i, o, _ in leaf_pages(TableWalker(phys, ia_bits, start_level).run(pgd))]
+
+
+def leaf_pages(leaves) -> list[tuple[int, int, int]]:
+    """(input pfn, output pfn, page state SW1:SW0) of every page the valid leaves of ``TableWalker.run`` map."""
+    addrs, ptes, levels, _ = leaves
+    out: list[tuple[int, int, int]] = []
     for addr, pte, level in zip(addrs.tolist(), ptes.tolist(), levels.tolist()):
         if not pte & pt.VALID or (level == 3 and not pte & pt.TYPE):
             continue
         size = pt.granule(level)
         pa = pte & pt.ADDR_MASK & ~(size - 1)
-        out.extend(((addr + j) >> pt.PAGE_SHIFT, (pa + j) >> pt.PAGE_SHIFT) for j in range(0, size, pt.PAGE_SIZE))
+        state = pt.pte_state(pte)
+        out.extend(((addr + j) >> pt.PAGE_SHIFT, (pa + j) >> pt.PAGE_SHIFT, state) for j in range(0, size, pt.PAGE_SIZE))
     return out

@@ -3,8 +3,11 @@
 One cell per page in rows of equal size, or for big ranges one cell per power-of-two group of pages
 coloured by its most notable page (a whole GiB is 64 rows of 16 MiB; one ``imshow``, so 262,144 pages
 cost what a picture does), a hex address axis, a legend in pKVM's names, and a summary of pages per
-owner/state.  Zoomed to a few pages, every page is a labelled box.  Pure: reads only the
-``Ownership`` snapshot; the figure is built without pyplot, so no GUI backend is ever touched.
+owner/state.  Zoomed to a few pages, every page is a labelled box.  Guests' pages have entries of their
+own: a page a guest owns, one it shared with the host (``MEM_SHARE``: guest ``PKVM_PAGE_SHARED_OWNED``,
+host ``PKVM_PAGE_SHARED_BORROWED``), one of a torn-down guest waiting for ``__pkvm_host_reclaim_page``,
+and hyp's pages held in a vCPU's memcache.  Pure: reads only the ``Ownership`` snapshot; the figure is
+built without pyplot, so no GUI backend is ever touched.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from pkvmlab.viz.pages import page_names
 LABEL_PAGES = 64     # up to this many pages, every page is drawn and labelled
 MAX_CELLS = 8192     # beyond this many pages, a cell stands for several (a power of two)
 # Which category a cell of several pages shows: the rarest, most telling one present.
-PRIORITY = ("host-lazy", "host", "hyp", "shared", "guest", "other")
+PRIORITY = ("host-lazy", "host", "hyp", "memcache", "shared", "guest", "reclaim", "guest-shared", "other")
 PRIORITY_RANK = np.zeros(len(C.PAGE_CATEGORIES), np.uint8)
 PRIORITY_RANK[[C.CATEGORY_INDEX[k] for k in PRIORITY]] = np.arange(len(PRIORITY))
 BY_RANK = np.array([C.CATEGORY_INDEX[k] for k in PRIORITY], np.uint8)
 SHORT = {"host": "host, mapped", "host-lazy": "host, not mapped yet", "shared": "shared with hyp", "hyp": "hyp",
-         "guest": "guest", "other": "broken"}
+         "memcache": "hyp, in a memcache", "guest": "guest", "guest-shared": "guest, shared with host",
+         "reclaim": "pending reclaim", "other": "broken"}
 _CMAP = ListedColormap([c for _, c, _ in C.PAGE_CATEGORIES])
 
 
@@ -41,7 +45,17 @@ def categories(snap) -> np.ndarray:
     cat[by_host & (host.state == PageState.OWNED) & ~host.mapped & ~host.annotated] = I["host-lazy"]
     cat[by_host & (host.state == PageState.SHARED_OWNED) & (hyp.state == PageState.SHARED_BORROWED)] = I["shared"]
     cat[(owner == Owner.HYP) & (hyp.state == PageState.OWNED)] = I["hyp"]
-    cat[owner == Owner.GUEST] = I["guest"]
+    if snap.memcache is not None:
+        cat[(owner == Owner.HYP) & (hyp.state == PageState.OWNED) & (snap.memcache != 0)] = I["memcache"]
+    guest = snap.sides.get("guest")
+    if guest is None:   # a snapshot without the guests' side: the host stage-2's word alone
+        cat[owner == Owner.GUEST] = I["guest"]
+        return cat
+    cat[(owner == Owner.GUEST) & (guest.state == PageState.OWNED) & host.annotated] = I["guest"]
+    cat[(owner == Owner.GUEST) & (guest.state == PageState.SHARED_OWNED)
+        & (host.state == PageState.SHARED_BORROWED)] = I["guest-shared"]
+    if snap.reclaim is not None:
+        cat[(owner == Owner.GUEST) & (guest.state == PageState.NOPAGE) & host.annotated & snap.reclaim] = I["reclaim"]
     return cat
 
 
@@ -79,7 +93,8 @@ def aggregate(cat: np.ndarray, per_cell: int) -> np.ndarray:
 def _short(snap, i: int, cat: int, names: dict[int, str]) -> str:
     key = C.PAGE_CATEGORIES[cat][0]
     words = {"host": "host\nOWNED", "host-lazy": "host\nOWNED\n(unmapped)", "shared": "host\nSHARED_OWNED",
-             "hyp": "hyp\nOWNED", "guest": "guest\nOWNED", "other": "?"}[key]
+             "hyp": "hyp\nOWNED", "memcache": "hyp\nmemcache", "guest": "guest\nOWNED",
+             "guest-shared": "guest\nSHARED_OWNED", "reclaim": "guest\nto reclaim", "other": "?"}[key]
     pfn = (snap.ram_start >> PAGE_SHIFT) + i
     if pfn in names:   # "VM 0x1000 gfn 0x3" on two lines: a box is narrow
         vm, handle, what = names[pfn].split(" ", 2)
@@ -103,7 +118,9 @@ def ownership_map(snap, start: int | None = None, end: int | None = None, *, tit
     base = snap.ram_start + (lo << PAGE_SHIFT)
     grid_h = min(max(rows * (0.9 if n <= LABEL_PAGES else 0.1), 1.2), 6.0)
     # Heights in inches, top to bottom: title, grid, its axis labels, summary bars, their label, legend.
-    top, gap, bar_h, bar_gap, legend_h = 0.45, 0.2 if n <= LABEL_PAGES else 0.6, 1.3, 0.5, 0.75
+    # The legend: one entry a line (pKVM's names are long), its title clear of the bars' axis label.
+    top, gap, bar_h, bar_gap = 0.45, 0.2 if n <= LABEL_PAGES else 0.6, 1.5, 0.65
+    legend_h = 0.165 * len(C.PAGE_CATEGORIES) + 0.3
     height = top + grid_h + gap + bar_h + bar_gap + legend_h
     fig = Picture(figsize=(width, height),
                   name=f"ownership map {base:#x}-{base + (n << PAGE_SHIFT):#x}: {_count(n)}")
@@ -132,7 +149,7 @@ def ownership_map(snap, start: int | None = None, end: int | None = None, *, tit
     _summary(bar, counts)
     handles = [Patch(facecolor=color, edgecolor="#444444", label=f"{label}  ({_count(int(counts[k]))})")
                for k, (_, color, label) in enumerate(C.PAGE_CATEGORIES)]
-    fig.legend(handles=handles, loc="lower center", ncols=2, fontsize=7.5, frameon=False, bbox_to_anchor=(0.5, 0.0),
+    fig.legend(handles=handles, loc="lower center", ncols=1, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0),
                title="owner: page state (pKVM's names)", title_fontsize=8)
     return fig
 
@@ -198,12 +215,17 @@ def ownership_compare(before, after, start: int, end: int, *, vms=None, vms_befo
     changed = ownership_changed(before, after)[lo:hi]
     remapped = mapping_changed(before, after)[lo:hi] & ~changed
     base = before.ram_start + (lo << PAGE_SHIFT)
-    height = 1.1 + rows * 0.95
+    shown = sorted(set(cats[0].tolist()) | set(cats[1].tolist()))   # a legend entry for each colour drawn
+    legend_h = 0.19 * len(shown) + 0.1
+    height = 1.1 + rows * 0.95 + legend_h
     fig = Picture(figsize=(width, height), name=f"ownership before/after {base:#x}-{base + (n << PAGE_SHIFT):#x}: "
                                                 f"{int(changed.sum())} of {_count(n)} changed")
+    fig.legend(handles=[Patch(facecolor=C.PAGE_CATEGORIES[c][1], edgecolor="#444444", label=C.PAGE_CATEGORIES[c][2])
+                        for c in shown], loc="lower center", ncols=1, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
     for k, (snap, cat, label, names) in enumerate(((before, cats[0], "before", page_names(vms_before)),
                                                    (after, cats[1], "after", page_names(vms)))):
-        ax = fig.add_axes((0.02 + 0.5 * k, 0.02, 0.46, (height - 0.8) / height))
+        ax = fig.add_axes((0.02 + 0.5 * k, (0.02 + legend_h) / height, 0.46, (height - 0.8 - legend_h) / height))
         _boxes(ax, snap, lo, cat, cols, rows, base, names)
         for marks, style in ((changed, {"edgecolor": "#d62728", "linewidth": 3}),
                              (remapped, {"edgecolor": "#555555", "linewidth": 2, "linestyle": (0, (4, 3))})):

@@ -11,7 +11,8 @@ PAGE_SHIFT = 12
 
 
 def page_names(vms) -> dict[int, str]:
-    """pfn -> "VM 0x1000 shadow" / "VM 0x1000 pgd" / "VM 0x1000 gfn 0x3" / "VM 0x1000 kvm" / "VM 0x1000 vcpu 1".
+    """pfn -> "VM 0x1000 shadow" / "VM 0x1000 pgd" / "VM 0x1000 gfn 0x3" / "VM 0x1000 kvm" / "VM 0x1000 vcpu 1"
+    / "VM 0x1000 s2 table" / "VM 0x1000 memcache".
 
     ``vms`` is a ``ShadowTable`` snapshot (or its ``.vms``), or None for no names.
     """
@@ -26,6 +27,11 @@ def page_names(vms) -> dict[int, str]:
             out[(vm.pgd >> PAGE_SHIFT) + k] = f"{h} pgd"
         for gfn, pfn in vm.guest_pages:
             out[pfn] = f"{h} gfn {gfn:#x}"
+        for t in getattr(vm, "table_pages", ()):   # the guest stage-2's tables below the PGD (from a memcache)
+            out[t >> PAGE_SHIFT] = f"{h} s2 table"
+        for v in vm.vcpus:
+            for p in getattr(v, "memcache_pfns", ()):
+                out[p] = f"{h} memcache"
         out[vm.host_kvm >> PAGE_SHIFT] = f"{h} kvm"
         for v in vm.vcpus:
             out[v.host_vcpu >> PAGE_SHIFT] = f"{h} vcpu {v.vcpu_idx}"

@@ -3,7 +3,10 @@
 Hyp memory (the table's page, each donated shadow area with its vCPU states) and host memory (the
 ``struct kvm`` and ``struct kvm_vcpu`` hyp keeps pinned) are two clusters, so the picture says what
 lives where.  Used slots are drawn, each run of empty slots is one "…" row, and ``next_shadow_alloc``
-is marked.  Pure: reads only the ``ShadowTable`` snapshot.
+is marked.  Each vCPU's state as the hypervisor keeps it in its shadow vCPU (loaded or not, the last
+exit, how many runs, the guest's PC) is drawn in hyp memory, marked "hyp's view"; beside the host's
+``struct kvm_vcpu``, what that says (its PC field: only what hyp wrote back on an exit).
+Pure: reads only the ``ShadowTable`` snapshot.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pkvmlab.viz._html import FONT, cell, row, table, text
 from pkvmlab.viz.diagram import Diagram
 
 HANDLE_OFFSET = 0x1000
+BR = '<br align="left"/>'   # a line break in a cell, the line before it left-aligned
+VCPU_FILL = "#fff7ec"    # a vCPU's state as hyp keeps it: in the shadow vCPU, never in the host's struct kvm_vcpu
 
 
 def _size(n: int) -> str:
@@ -120,6 +125,12 @@ def shadow_table(snap, *, title: str | None = None) -> graphviz.Digraph:
         for v in vm.vcpus:
             rows.append(row(cell(text(f"shadow_vcpu_states[{v.vcpu_idx}].host_vcpu = {v.host_vcpu:#x}", size=10),
                             port=f"v{v.vcpu_idx}")))
+            # two short lines, so the box stays narrow (the picture fits a 1,000 px column)
+            where, *rest = v.state_words().split(" · ")
+            rows.append(row(cell(text("hyp's view: ", size=10, italic=True)
+                                 + text(where, size=10, bold=v.loaded, color=C.OK_COLOR if v.loaded else "#000000")
+                                 + text(" · " + rest[0], size=10) + BR + text(" · ".join(rest[1:]), size=10) + BR,
+                                 bgcolor=VCPU_FILL)))
         hyp.node(f"vm{i}", table(*rows, color=hyp_c))
         edges.append((f"table:s{i}", f"vm{i}:hdr", {"color": hyp_c}))
         host_rows = [row(cell(text(f"VM {vm.handle:#x}: host structs", bold=True, color="white"), bgcolor=host_c)),
@@ -127,6 +138,9 @@ def shadow_table(snap, *, title: str | None = None) -> graphviz.Digraph:
         for v in vm.vcpus:
             host_rows.append(row(cell(text(f"struct kvm_vcpu @ {v.host_vcpu:#x} · vcpu_idx {v.vcpu_idx}", size=10),
                                       port=f"v{v.vcpu_idx}")))
+            if v.nr_runs or v.loaded:   # the host's copy says nothing of the run: only what hyp chose to write back
+                host_rows.append(row(cell(text(f"host's view: regs.pc = {v.host_pc:#x}", size=10, italic=True)
+                                          + BR + text("(hyp never copies the guest's PC back)", size=10, italic=True) + BR)))
         host.node(f"kvm{i}", table(*host_rows, color=host_c))
         # Pins point down into the host cluster without pulling it to the right: no rank constraint.
         edges.append((f"vm{i}:kvm", f"kvm{i}:kvm", {"color": host_c, "style": "dashed", "constraint": "false"}))

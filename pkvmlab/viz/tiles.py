@@ -19,9 +19,11 @@ from pkvmlab.viz.ownership import SHORT, _pfn_range, categories
 from pkvmlab.viz.pages import page_names
 
 MAX_TILES = 512
-_DARK = {"host", "shared", "other", "hyp", "guest"}
+_DARK = {"host", "shared", "other", "hyp", "guest", "guest-shared", "reclaim"}
 _WORDS = {"host": ("host", "OWNED"), "host-lazy": ("host", "OWNED, not mapped yet"), "shared": ("host", "SHARED_OWNED"),
-          "hyp": ("hyp", "OWNED"), "guest": ("guest", "OWNED"), "other": ("?", "invariant broken")}
+          "hyp": ("hyp", "OWNED"), "memcache": ("hyp", "OWNED, memcache"), "guest": ("guest", "OWNED"),
+          "guest-shared": ("guest", "SHARED_OWNED, host borrows"), "reclaim": ("guest", "pending reclaim"),
+          "other": ("?", "invariant broken")}
 
 
 class Tiles:

@@ -54,9 +54,9 @@ class TranslationExplorer(W.VBox):
         self.slider_label.add_class("pkvmlab-slider-address")
         self.refresh_button = W.Button(description="Refresh", icon="refresh", tooltip="re-read the VMs and walk again")
         self.status = W.HTML()
-        self.walk_view = W.HTML(layout=W.Layout(width="100%"))
+        self.walk_view = W.HTML(layout=W.Layout(width="auto"))   # 100% + its margin would overflow by 4 px
         self.walk_view.add_class("pkvmlab-walk-diagram")
-        self.at_view = W.HTML(layout=W.Layout(width="100%"))
+        self.at_view = W.HTML(layout=W.Layout(width="auto"))
         self.at_view.add_class("pkvmlab-at-answer")
 
         self._refresh_vms(prefer=getattr(vm, "handle", vm))

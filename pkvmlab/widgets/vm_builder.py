@@ -1,14 +1,22 @@
-"""The VM builder: create, feed and tear down protected VMs with buttons, and watch EL2's state change.
+"""The VM builder: create, feed, run and tear down protected VMs with buttons, and watch EL2's state change.
 
     from pkvmlab import Lab
     from pkvmlab.widgets import VMBuilder
     lab = Lab()
     VMBuilder(lab)
 
-Every button does what the host kernel would (``lab.host.create_vm``, ``vm.donate``,
-``lab.host.teardown_vm``: real hypercalls on the core); afterwards the shadow-table diagram, the
-ownership map of the host RAM in use and the hypercall log are redrawn from the hypervisor's memory.
-A refused hypercall shows its errno in words in the status line; nothing raises out of a button.
+Every button does what the host kernel would (``lab.host.create_vm``, ``vm.donate``, ``vm.run``,
+``vm.step``, ``lab.host.teardown_vm``: real hypercalls on the core); afterwards the shadow-table
+diagram, the ownership map of the host RAM in use and the hypercall log are redrawn from the
+hypervisor's memory.  A refused hypercall shows its errno in words in the status line; nothing raises
+out of a button.
+
+A VM created with a guest program (the *guest* dropdown: ``create_vm(guest="hello")``) runs with
+**Run** (``vm.run()``: the host's KVM_RUN loop, until the guest powers off, makes a call the host does
+not know, or is preempted) or **Step** (``vm.step()``: one exit).  Its console (``vm.console``) and
+its exits, newest first, each with the reason in words, the decoded ESR, the IPA and the MMIO access
+(``pkvmlab.widgets.guest_panes``), are shown under the controls; the shadow table (with each vCPU's
+state as hyp keeps it) and the ownership map are redrawn after every Run and every Step.
 
 Undo, Redo and a step slider (``pkvmlab.widgets.timeline.Timeline`` over ``lab.history``) move the
 whole machine back and forth through the host actions; every view redraws for the selected step and
@@ -19,9 +27,11 @@ names the VM it will destroy, and after a teardown nothing is selected (a second
 destroy another VM).  The dashboard redraws after any host action, wherever it came from: its own
 buttons, another dashboard, or a notebook cell (``pkvmlab.widgets.sync``).
 
-Tests drive it like a learner: set ``builder.vcpus.value``, call ``builder.create_button.click()``,
-read ``builder.status.value``, ``builder.diagram.value`` (SVG), ``builder.handles``; time travel with
-``builder.timeline.undo_button.click()`` or ``builder.timeline.slider.value = step``.
+Tests drive it like a learner: set ``builder.vcpus.value`` and ``builder.guest.value``, call
+``builder.create_button.click()`` or ``builder.run_button.click()``, read ``builder.status.value``,
+``builder.diagram.value`` (SVG), ``builder.console.value``, ``builder.exit_log.value``,
+``builder.handles``; time travel with ``builder.timeline.undo_button.click()`` or
+``builder.timeline.slider.value = step``.
 """
 
 from __future__ import annotations
@@ -31,14 +41,13 @@ from html import escape
 import ipywidgets as W
 
 from pkvmlab.errors import UsageError
-from pkvmlab.widgets import render, sync
+from pkvmlab.widgets import host_ram, render, sync
+from pkvmlab.widgets.guest_panes import console_html, exit_log_html, guest_choices, vm_label
 from pkvmlab.widgets.timeline import Timeline
 
 PAGE = 4096
 MAX_VCPUS = 8            # KVM_MAX_VCPUS in our firmware; the slider goes from 0 so a learner can try a bad count
 MAX_PAGES_PER_CLICK = 64
-MIN_MAP_PAGES = 32       # the ownership map shows at least this many pages of host RAM
-MAX_MAP_PAGES = 64       # ... and at most this many (8 rows of 8 tiles); all of RAM: viz.ownership_map in a cell
 GUEST_IA_BITS = 40       # every guest's stage-2 covers a 40-bit IPA space
 GFN_LIMIT = 1 << (GUEST_IA_BITS - 12)
 
@@ -57,6 +66,7 @@ class VMBuilder(W.VBox):
         self._seen = -1          # lab.host.changes when last drawn
         self._log_mark: int | None = None   # first log entry of the last click
         self._created: int | None = None    # the handle the running Create made
+        self._exit_mark: int | None = None  # first exit of the last Run / Step
 
         self.vcpus = W.IntSlider(value=2, min=0, max=MAX_VCPUS, description="vCPUs",
                                  style={"description_width": "80px"}, continuous_update=False)
@@ -65,14 +75,26 @@ class VMBuilder(W.VBox):
         self.gfn = W.Text(value="0x0", description="at gfn", placeholder="0x10", continuous_update=False,
                           style={"description_width": "50px"}, layout=W.Layout(width="170px"))
         self.gfn_note = W.HTML()
-        self.create_button = W.Button(description="Create", button_style="success", icon="plus",
-                                      tooltip="lab.host.create_vm(nr_vcpus), then donate the guest pages at gfn 0, 1, …")
-        self.donate_button = W.Button(description="Donate", button_style="info", icon="arrow-right",
-                                      tooltip="vm.donate(gfn) for each guest page: __pkvm_host_donate_guest")
-        self.teardown_button = W.Button(description="Tear down", button_style="danger", icon="trash",
-                                        layout=W.Layout(width="auto"),
-                                        tooltip="lab.host.teardown_vm(handle): __pkvm_teardown_shadow")
-        self.refresh_button = W.Button(description="Refresh", icon="refresh",
+        self.guest = W.Dropdown(options=guest_choices(), value="none", description="guest program",
+                                style={"description_width": "100px"}, layout=W.Layout(width="260px"))
+        self.guest_note = W.HTML("<small>none: a VM that runs nothing (give it pages by hand)</small>")
+        auto = W.Layout(width="auto")
+        self.create_button = W.Button(description="Create", button_style="success", icon="plus", layout=auto,
+                                      tooltip="lab.host.create_vm(nr_vcpus, guest=…); with no guest program, then "
+                                              "vm.donate(gfn) for the guest pages at gfn 0, 1, …")
+        # vm.donate(gfn): the real flow (abi branch): load a vCPU, top up its memcache, __pkvm_host_map_guest, put.
+        self.donate_button = W.Button(description="Give pages", button_style="info", icon="arrow-right", layout=auto,
+                                      tooltip="vm.donate(gfn) for each page: the host gives the guest a page with "
+                                              "__pkvm_host_map_guest(pfn, gfn) on a loaded vCPU")
+        self.run_button = W.Button(description="Run", button_style="primary", icon="play", layout=auto,
+                                   tooltip="vm.run(): KVM_RUN until the guest powers off, makes a call the host does "
+                                           "not know, or is preempted (page faults and MMIO are served on the way)")
+        self.step_button = W.Button(description="Step", button_style="primary", icon="step-forward", layout=auto,
+                                    tooltip="vm.step(): __pkvm_vcpu_load, one __kvm_vcpu_run, handle its exit, "
+                                            "__pkvm_vcpu_put")
+        self.teardown_button = W.Button(description="Tear down", button_style="danger", icon="trash", layout=auto,
+                                        tooltip="lab.host.teardown_vm(handle): __pkvm_teardown_shadow, then reclaim")
+        self.refresh_button = W.Button(description="Refresh", icon="refresh", layout=auto,
                                        tooltip="redraw everything from the machine as it is now")
         self.vm_list = W.Select(options=[], value=None, description="live VMs", rows=5,
                                 style={"description_width": "80px"}, layout=W.Layout(width="420px"))
@@ -82,11 +104,16 @@ class VMBuilder(W.VBox):
         self.ownership_view = W.HTML(layout=W.Layout(width="auto"))
         self.ownership_view.add_class("pkvmlab-ownership-view")
         self.hypercall_log = W.HTML(layout=W.Layout(width="auto"))
+        self.console = W.HTML(layout=W.Layout(width="auto"))
+        self.exit_log = W.HTML(layout=W.Layout(width="auto"))
         # Undo / Redo / the step slider: lab.history (recording starts now; step 0 is the lab as it is)
         self.timeline = Timeline(lab, on_change=lambda _lab: self._moved_in_time()) if history else None
 
         self.create_button.on_click(lambda _b: self.create())
         self.donate_button.on_click(lambda _b: self.donate())
+        self.run_button.on_click(lambda _b: self.run())
+        self.step_button.on_click(lambda _b: self.step())
+        self.guest.observe(lambda _c: self._guest_changed(), names="value")
         self.teardown_button.on_click(lambda _b: self.teardown())
         self.refresh_button.on_click(lambda _b: self.refresh(say=True))
         self.vm_list.observe(lambda _c: self._selection_changed(), names="value")
@@ -95,17 +122,23 @@ class VMBuilder(W.VBox):
         def heading(text: str) -> W.HTML:
             return W.HTML(f"<b>{text}</b>")
 
-        self.buttons = (self.create_button, self.donate_button, self.teardown_button, self.refresh_button)
+        self.buttons = (self.create_button, self.donate_button, self.run_button, self.step_button, self.teardown_button,
+                        self.refresh_button)
         controls = W.VBox([
             W.HBox([self.vcpus, self.pages]),
-            W.HBox(list(self.buttons)),
+            W.HBox([self.guest, self.guest_note], layout=W.Layout(align_items="center")),
+            W.HBox(list(self.buttons), layout=W.Layout(flex_flow="row wrap")),
             W.HBox([self.vm_list, W.VBox([self.gfn, self.gfn_note])]),
             self.status,
         ])
         when = [heading("History (lab.history): undo, redo, or slide to any step; every view shows that step"),
                 self.timeline] if self.timeline is not None else []
         super().__init__([heading("VM builder"), controls, *when,
-                          heading("Shadow VM table (lab.hyp.shadow_table())"), self.diagram,
+                          heading("Console of the selected VM's guest (vm.console)"), self.console,
+                          heading("Its exits (vm.exits), newest first: what the host was told, and what it did"),
+                          self.exit_log,
+                          heading("Shadow VM table (lab.hyp.shadow_table()), each vCPU's state as hyp keeps it"),
+                          self.diagram,
                           heading("Who owns the host RAM in use (lab.hyp.ownership())"), self.ownership_view,
                           heading("Hypercall log (lab.host.log), newest first"), self.hypercall_log])
         self.add_class("pkvmlab-vm-builder")
@@ -115,8 +148,14 @@ class VMBuilder(W.VBox):
     # -- what the buttons do (each returns whether it worked; errors go to the status line) -------
     def create(self) -> bool:
         nr_vcpus, nr_pages = self.vcpus.value, self.pages.value
+        guest = None if self.guest.value == "none" else self.guest.value
 
         def action() -> str:
+            if guest is not None:   # its pages come when it faults on them (Run / Step): none given up front
+                vm = self.lab.host.create_vm(nr_vcpus, guest=guest)
+                self._created = vm.handle
+                return (f"created VM {vm.handle:#x} with {nr_vcpus} vCPU(s) running the guest {guest!r}: its pages "
+                        "come when it faults on them (press Run or Step)")
             vm = self.lab.host.create_vm(nr_vcpus)
             self._created = vm.handle
             for gfn in range(nr_pages):
@@ -124,21 +163,46 @@ class VMBuilder(W.VBox):
             pages = {0: "", 1: " and 1 guest page at gfn 0"}.get(nr_pages, f" and {nr_pages} guest pages at gfn 0-{nr_pages - 1}")
             return f"created VM {vm.handle:#x} with {nr_vcpus} vCPU(s){pages}"
 
-        return self._run(action, f"creating a VM with {nr_vcpus} vCPU(s)")
+        return self._run(action, f"creating a VM with {nr_vcpus} vCPU(s)" + (f" running {guest!r}" if guest else ""))
 
     def donate(self) -> bool:
         nr_pages = self.pages.value
 
         def action() -> str:
-            vm = self._selected_vm("donate pages to")
+            vm = self._selected_vm("give pages to")
             if nr_pages < 1:
-                raise UsageError("choose at least one guest page to donate")
+                raise UsageError("choose at least one guest page to give")
             first = self._gfn_value(nr_pages)
             for gfn in range(first, first + nr_pages):
                 vm.donate(gfn)
-            return f"donated {nr_pages} page(s) to VM {vm.handle:#x} at gfn {first:#x}-{first + nr_pages - 1:#x}"
+            return f"gave {nr_pages} page(s) to VM {vm.handle:#x} at gfn {first:#x}-{first + nr_pages - 1:#x}"
 
-        return self._run(action, f"donating {nr_pages} page(s)")
+        return self._run(action, f"giving {nr_pages} page(s)")
+
+    def run(self) -> bool:
+        """Run: ``vm.run()`` on vCPU 0 of the selected VM; its exits go to the exit log, its output to the console."""
+        return self._run_guest(False)
+
+    def step(self) -> bool:
+        """Step: ``vm.step()``, one exit."""
+        return self._run_guest(True)
+
+    def _run_guest(self, one: bool) -> bool:
+        def action() -> str:
+            vm = self._selected_vm("step" if one else "run")
+            if vm.guest is None:
+                raise UsageError(f"VM {vm.handle:#x} has no guest program: choose one in 'guest program' and Create "
+                                 "a new VM")
+            if vm.powered_off:
+                raise UsageError(f"the guest of VM {vm.handle:#x} has powered off (PSCI SYSTEM_OFF): tear it down")
+            self._exit_mark = len(vm.exits)
+            exits = [vm.step()] if one else vm.run()
+            last = exits[-1]
+            what = f"{len(exits)} exit{'s' if len(exits) != 1 else ''}, the last: " if not one else "exit: "
+            return f"VM {vm.handle:#x} {'stepped' if one else 'ran'}: {what}{last}"
+
+        return self._run(action, ("stepping" if one else "running") + (f" VM {self.vm_list.value:#x}"
+                                                                     if self.vm_list.value is not None else ""))
 
     def teardown(self) -> bool:
         target = self.vm_list.value
@@ -156,6 +220,7 @@ class VMBuilder(W.VBox):
         self._refresh_list()
         self._draw_shadow_table()
         self._draw_ownership()
+        self._draw_guest()
         self.hypercall_log.value = render.log_html(self.lab.host.log, limit=self.log_rows, mark_from=self._log_mark)
         self._seen = sync.seen(self.lab)
         if self.timeline is not None:
@@ -170,7 +235,7 @@ class VMBuilder(W.VBox):
         """Redraw if the lab changed since this dashboard last drew (another dashboard or a notebook cell did it)."""
         if self.busy or sync.seen(self.lab) == self._seen:
             return
-        self._log_mark = None
+        self._log_mark = self._exit_mark = None
         try:
             self.refresh()
         except Exception as exc:  # noqa: BLE001 - never raise into a notebook cell's post-run hook
@@ -180,7 +245,7 @@ class VMBuilder(W.VBox):
 
     def _moved_in_time(self) -> None:
         """After Undo / Redo / the slider: redraw everything for the selected step, then let other views follow."""
-        self._log_mark = None
+        self._log_mark = self._exit_mark = None
         self.refresh()                   # re-reads lab.host.vms: VMs made after this step are gone from the list
         h = self.lab.history
         act = h[h.position].action
@@ -217,7 +282,7 @@ class VMBuilder(W.VBox):
         for b in self.buttons:
             b.disabled = True
         mark = len(self.lab.host.log)
-        self._created = None
+        self._created = self._exit_mark = None
         outcome: list[tuple[str, str]] = []
         try:
             ok = render.guarded(lambda kind, message: outcome.append((kind, message)), action)
@@ -245,6 +310,7 @@ class VMBuilder(W.VBox):
         self.refresh_button.disabled = self.busy
         self.create_button.disabled = self.busy or dead
         self.donate_button.disabled = self.busy or dead
+        self.run_button.disabled = self.step_button.disabled = self.busy or dead or target is None
         self.teardown_button.disabled = self.busy or dead or target is None
 
     def _set_status(self, kind: str, message: str) -> None:
@@ -266,7 +332,7 @@ class VMBuilder(W.VBox):
     def _refresh_list(self) -> None:
         """The live VMs; the selection stays only while its VM lives (never moves to another VM by itself)."""
         vms = sorted(self.lab.host.vms.items())
-        options = [(f"{h:#x}  ·  {vm.nr_vcpus} vCPU(s)  ·  {len(vm.guest_pages)} guest page(s)", h) for h, vm in vms]
+        options = [(vm_label(h, vm), h) for h, vm in vms]
         keep = self.vm_list.value
         if options != list(self.vm_list.options):
             self.vm_list.options = options       # ipywidgets picks the first option: put ours back below
@@ -276,7 +342,21 @@ class VMBuilder(W.VBox):
     def _selection_changed(self) -> None:
         vm = self.selected
         self.gfn.value = f"{max(vm.guest_pages, default=-1) + 1:#x}" if vm is not None else "0x0"
+        self._draw_guest()
         self._enable()
+
+    def _guest_changed(self) -> None:
+        g = self.guest.value
+        self.guest_note.value = ("<small>none: a VM that runs nothing (give it pages by hand)</small>" if g == "none" else
+                                 f"<small><code>create_vm(guest={g!r})</code>: pages come on demand; "
+                                 "<i>guest pages</i> is for a VM with no program</small>")
+
+    def _draw_guest(self) -> None:
+        """The selected VM's console and exits (its last click's exits marked)."""
+        vm = self.selected
+        self.console.value = console_html(vm)
+        exits = vm.exits if vm is not None and vm.guest is not None else []
+        self.exit_log.value = exit_log_html(exits, mark_from=self._exit_mark)
 
     def _gfn_value(self, nr_pages: int = 1) -> int:
         """The "at gfn" box as a number, or a UsageError saying what is wrong with it (never clamped)."""
@@ -314,36 +394,12 @@ class VMBuilder(W.VBox):
                                   + self.snapshot._repr_html_())
 
     def host_ram_in_use(self) -> tuple[int, int]:
-        """[start, end) of host RAM to draw: what the allocator handed out (at least MIN_MAP_PAGES pages); beyond
-        MAX_MAP_PAGES, the window around the selected VM, or else the most recently allocated pages."""
-        host = self.lab.host
-        start = host.pages.start_pfn
-        free = getattr(host.pages, "_free", None)
-        if free and free[-1][1] == host.pages.end_pfn:
-            high = free[-1][0]
-        else:   # an allocator without a free list we can read: the highest page any VM uses
-            high = start
-            for vm in host.vms.values():
-                pfns = [vm.host_kvm // PAGE, *(v // PAGE for v in vm.vcpus), (vm.shadow_va + vm.shadow_size) // PAGE - 1,
-                        (vm.pgd + vm.pgd_size) // PAGE - 1, *vm.guest_pages.values()]
-                high = max(high, max(pfns) + 1)
-        end = max(high, start + MIN_MAP_PAGES)
-        end = -(-(end - start) // 8) * 8 + start   # whole rows of 8 pages
-        if end - start > MAX_MAP_PAGES:
-            vm = self.selected
-            if vm is not None:
-                start = max(start, (vm.host_kvm // PAGE) & ~7)
-                end = start + MAX_MAP_PAGES
-            else:
-                start = end - MAX_MAP_PAGES
-        return start * PAGE, end * PAGE
+        """[start, end) of host RAM to draw (``pkvmlab.widgets.host_ram.in_use``: around the selected VM)."""
+        return host_ram.in_use(self.lab.host, self.selected)
 
     def host_ram_total(self) -> int:
         """Pages from the first host page up to the allocator's high-water mark."""
-        pages = self.lab.host.pages
-        free = getattr(pages, "_free", None)
-        high = free[-1][0] if free and free[-1][1] == pages.end_pfn else pages.end_pfn
-        return max(high - pages.start_pfn, MIN_MAP_PAGES)
+        return host_ram.total(self.lab.host)
 
     def _draw_ownership(self) -> None:
         start, end = self.map_range = self.host_ram_in_use()
@@ -361,3 +417,4 @@ class VMBuilder(W.VBox):
         except Exception as exc:  # noqa: BLE001 - a view that cannot be drawn is cleared and says why
             self.ownership = None
             self.ownership_view.value = render.unavailable_html("The ownership map", exc)
+
