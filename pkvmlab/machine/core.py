@@ -32,6 +32,7 @@ from pkvmlab.machine.watchdog import WATCHDOG
 
 RAM_BASE = 0x4000_0000
 RAM_SIZE = 1 << 30
+HARD_STOP_GRACE_MS = 1000   # after a requested stop, EL2 gets at least this long to return before a hard stop
 
 # QEMU's exception numbers, as Unicorn passes them to UC_HOOK_INTR
 EXCP_UDEF = 1
@@ -420,7 +421,9 @@ class Core:
             self.native.request_stop()
         else:
             self._stop_requested = True
-        self._hard_token = WATCHDOG.arm(self._hard_stop, self.run_limit_ms / 1000)
+        # A hypercall takes microseconds, but a loaded machine can deschedule this process for longer than a
+        # short limit: give EL2 at least HARD_STOP_GRACE_MS of wall time to get back to the host.
+        self._hard_token = WATCHDOG.arm(self._hard_stop, max(self.run_limit_ms, HARD_STOP_GRACE_MS) / 1000)
 
     def _hard_stop(self) -> None:
         self._stopped_hard = True
