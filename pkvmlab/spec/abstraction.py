@@ -54,7 +54,8 @@ class Abstraction:
             version=getattr(lab, "version", 0x10000), max_pvms=hyp.read_global("kvm_max_pvms", 4),
             max_vcpus=lay.max_vcpus, kvm_size=lay.kvm_size, vcpu_size=lay.vcpu_size,
             shadow_vm_size=lay.shadow_vm_size, shadow_vcpu_state_size=lay.shadow_vcpu_state_size,
-            pgd_pages=lay.pgd_pages, created_vcpus=(cv.offset, cv.size), guest_ipa_bits=40)
+            pgd_pages=lay.pgd_pages, created_vcpus=(cv.offset, cv.size), guest_ipa_bits=40,
+            vcpu_memcache=fw.layout("kvm_vcpu").field("arch.pkvm_memcache.head").offset)
         self._host_pgt = tuple(fw.symbol("host_mmu") + fw.layout("host_mmu").field(f"pgt.{m}").offset
                                for m in ("pgd", "ia_bits", "start_level"))
         self._hyp_pgt = tuple(fw.symbol("hyp_pgtable") + fw.layout("kvm_pgtable").field(m).offset
@@ -72,6 +73,8 @@ class Abstraction:
             "pgt.pgd", "pgt.ia_bits", "pgt.start_level")}
         self._states = vm_lay.field("shadow_vcpu_states").offset
         self._host_vcpu = st_lay.field("host_vcpu").offset
+        self._loaded = (st_lay.field("loaded").offset, st_lay.field("loaded").size)
+        self._mc = st_lay.field("shadow_vcpu.arch.pkvm_memcache.head").offset   # head, then nr_pages
         self._roots = None
         self._vmemmap_at = None
         self._lo, self._hi = self.config.ram[0] << PAGE_SHIFT, self.config.ram[1] << PAGE_SHIFT
@@ -150,28 +153,40 @@ class Abstraction:
         hypm = self._sparse(self._leaves(self._hyp_pgt), hyp_default, (PageState.OWNED, None), (PageState.NOPAGE, None))
         pages = {}
         vmemmap = self._u(self._vmemmap)
-        for pfn in set(host) | set(hypm):
-            view = self._view(pfn, host.get(pfn) or host_default(pfn), hypm.get(pfn) or hyp_default(pfn), vmemmap)
+        guest: dict[int, PageState] = {}
+        vms = self.vms(guest)
+        # a guest stage-2 table's vmemmap count is its count of used entries (pgtable.c), not hyp's pins
+        tables = {p for vm in vms.values() for p in vm.hyp_pages}
+        for pfn in set(host) | set(hypm) | set(guest):
+            if not c.in_ram(pfn):
+                continue
+            view = self._view(pfn, host.get(pfn) or host_default(pfn), hypm.get(pfn) or hyp_default(pfn), vmemmap,
+                              guest.get(pfn))
+            if pfn in tables and view.pins:
+                view = PageView(view.owner, view.host, view.hyp, view.guest)
             if view != c.boot_view(pfn):
                 pages[pfn] = view
-        return AbstractState(c, pages, self.vms(), self._u(*self._pool_free))
+        return AbstractState(c, pages, vms, self._u(*self._pool_free))
 
-    def _view(self, pfn: int, host_info: tuple, hyp_info: tuple, vmemmap: int) -> PageView:
-        """One page's view from its host stage-2 and hyp stage-1 (state, annotation) and its vmemmap pins."""
+    def _view(self, pfn: int, host_info: tuple, hyp_info: tuple, vmemmap: int, gs: PageState | None = None) -> PageView:
+        """One page's view from its host stage-2 and hyp stage-1 (state, annotation), its vmemmap pins, and
+        ``gs``: the state a live guest's stage-2 maps it in (None: no live guest maps it)."""
         c, co = self.config, self.config.carveout
         hs, ann = host_info
         ys, _ = hyp_info
         if ann is not None:
             owner = ann
         elif hs == PageState.SHARED_BORROWED:
-            owner = int(Owner.HYP) if ys == PageState.SHARED_OWNED else NO_OWNER
+            owner = (int(Owner.HYP) if ys == PageState.SHARED_OWNED
+                     else int(Owner.GUEST) if gs == PageState.SHARED_OWNED else NO_OWNER)
         else:
             owner = int(Owner.HOST)
         pins = 0
         if not co[0] <= pfn < co[1]:   # outside the pool, the vmemmap's refcount counts hyp's pins
             pins = self._u(vmemmap + (pfn - c.ram[0]) * self._page_size + self._ref[0], self._ref[1])
         own = Owner(owner) if owner in Owner._value2member_map_ else owner
-        guest = PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
+        # a guest page no live VM maps is one a torn-down VM left for reclaim: still the guest's
+        guest = gs if gs is not None else PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
         return PageView(own, host=hs, hyp=ys, guest=guest, pins=pins)
 
     def _leaf(self, pgt: tuple[int, int, int], addr: int) -> tuple[PageState, int | None] | None:
@@ -244,14 +259,17 @@ class Abstraction:
     def pool_free(self) -> int:
         return self._u(*self._pool_free)
 
-    def vms(self) -> dict[int, AbstractVM]:
-        from pkvmlab.inspect.tables import mapped_pages
+    def vms(self, guest: dict | None = None) -> dict[int, AbstractVM]:
+        """Every VM in the shadow table; ``guest`` (if given) gets pfn -> the state its guest maps it in."""
+        from pkvmlab.inspect.tables import TableWalker
 
         table = self._u(self._table)
         if not table:
             return {}
-        ptrs = np.frombuffer(self.phys.read(table, 8 * self.config.max_pvms), dtype="<u8")
+        c = self.config
+        ptrs = np.frombuffer(self.phys.read(table, 8 * c.max_pvms), dtype="<u8")
         out = {}
+        vmemmap = None
         for idx in np.flatnonzero(ptrs).tolist():
             addr = int(ptrs[idx])
             head = self.phys.read(addr, self._vm_size)
@@ -261,19 +279,48 @@ class Abstraction:
                 return int.from_bytes(head[off:off + size], "little")
 
             n = min(val("kvm.created_vcpus"), 64)
-            vcpus = tuple(self._u(addr + self._states + k * self._st_size + self._host_vcpu) for k in range(n))
+            vcpus, loaded, memcache, hyp_pages = [], [], [], []
+            for k in range(n):
+                st = addr + self._states + k * self._st_size
+                vcpus.append(self._u(st + self._host_vcpu))
+                if self._u(st + self._loaded[0], self._loaded[1]):
+                    loaded.append(k)
+                mc_head, mc_nr = self._u(st + self._mc), self._u(st + self._mc + 8)
+                memcache.append(mc_nr)
+                for _ in range(min(mc_nr, 64)):   # the list, linked through each page's first word
+                    if not c.in_ram(mc_head >> PAGE_SHIFT):
+                        raise AbstractionError(f"VM slot {idx} vCPU {k}: a memcache page at {mc_head:#x} outside RAM")
+                    hyp_pages.append(mc_head >> PAGE_SHIFT)
+                    mc_head = self._u(mc_head)
             pgd, ia_bits = val("pgt.pgd"), val("pgt.ia_bits")
-            pages = tuple(sorted(mapped_pages(self.phys, pgd, ia_bits, val("pgt.start_level")))) \
-                if pgd and 30 < ia_bits <= 48 else ()
+            pages = []
+            if pgd and 30 < ia_bits <= 48:
+                w = TableWalker(self.phys, ia_bits, val("pgt.start_level"))
+                addrs, ptes, levels, _ = w.run(pgd)
+                if w.bad_tables:
+                    raise AbstractionError(f"VM slot {idx}: a stage-2 table descriptor points outside RAM")
+                hyp_pages += [t >> PAGE_SHIFT for t in w.tables if not c.in_carveout(t >> PAGE_SHIFT)]
+                for a, p, lv in zip(addrs.tolist(), ptes.tolist(), levels.tolist()):
+                    if not p & pt.VALID or (lv == 3 and not p & pt.TYPE):
+                        continue
+                    size = pt.granule(lv)
+                    pa = p & pt.ADDR_MASK & ~(size - 1)
+                    gs = PageState((p >> pt.STATE_SHIFT) & 3)
+                    for j in range(0, size, pt.PAGE_SIZE):
+                        pages.append(((a + j) >> PAGE_SHIFT, (pa + j) >> PAGE_SHIFT))
+                        if guest is not None:
+                            guest[(pa + j) >> PAGE_SHIFT] = gs
             size = val("shadow_area_size")
             refs = 0
-            if self.config.ram[0] <= addr >> PAGE_SHIFT < self.config.ram[1]:
-                vmemmap = self._u(self._vmemmap)
-                refs = self._u(vmemmap + ((addr >> PAGE_SHIFT) - self.config.ram[0]) * self._page_size + self._ref[0],
+            if c.ram[0] <= addr >> PAGE_SHIFT < c.ram[1]:
+                if vmemmap is None:
+                    vmemmap = self._u(self._vmemmap)
+                refs = self._u(vmemmap + ((addr >> PAGE_SHIFT) - c.ram[0]) * self._page_size + self._ref[0],
                                self._ref[1])
             out[idx] = AbstractVM(idx, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"),
-                                  vcpus, (addr >> PAGE_SHIFT, -(-size // 4096)), (pgd >> PAGE_SHIFT, self.config.pgd_pages),
-                                  pages, refs=refs)
+                                  tuple(vcpus), (addr >> PAGE_SHIFT, -(-size // 4096)), (pgd >> PAGE_SHIFT, c.pgd_pages),
+                                  tuple(sorted(pages)), loaded=tuple(loaded), refs=refs, memcache=tuple(memcache),
+                                  hyp_pages=tuple(sorted(hyp_pages)))
         return out
 
 
