@@ -1,11 +1,15 @@
 """A generated campaign that hunts the hypervisor's bugs, with the executable specification as its oracle.
 
 ``run(lab_factory, steps=...)`` drives a hypothesis ``RuleBasedStateMachine`` as a host would, at
-random but with purpose: allocate and touch pages, share and unshare them, donate them to hyp,
-create VMs and tear them down, give guests pages, and make hostile calls with arguments a sane host
-never passes (pages in the carve-out or past RAM, wrapped handles, gfns past the IPA space, shadow
-areas that overlap what is already given).  Every hypercall runs under ``lab.spec_check``, so the
-specification checks it; every host load is checked against who may touch the page.  A failure is
+random but with purpose: allocate and touch pages, share and unshare them, create VMs with guests
+(``touch``, ``hello``, ``share``, ``spin``), run them an exit at a time (``vm.step()``: demand faults
+served with ``__pkvm_host_map_guest``, the memcache topped up), map pages into them on a loaded vCPU,
+tear them down and reclaim their pages, and make hostile calls with arguments a sane host never passes
+(pages in the carve-out or past RAM, wrapped handles, gfns past the IPA space, a vCPU loaded twice,
+teardown while loaded, a memcache list naming pages the host may not give, shadow areas that overlap
+what is already given).  It uses no lab-only door: only the hypercalls pKVM's host has.  Every
+hypercall runs under ``lab.spec_check``, so the specification checks it; every host load is checked
+against who may touch the page.  A failure is
 shrunk by hypothesis to a minimal sequence and printed as the host calls that reproduce it.
 """
 
@@ -21,6 +25,7 @@ PAGE = 4096
 HANDLES = (0, 0xFFF, 0x1000, 0x1001, 0x1002, 0x1003, 0x10FE, 0x10FF, (1 << 32) + 0x1000, (1 << 64) - 1)
 GFNS = (0, 1, 2, 3, 0x200, 0x40000, (1 << 28) - 1, 1 << 28, 1 << 36)
 SIZES = (0, 1, PAGE - 1, PAGE, 2 * PAGE, 3 * PAGE, 1 << 40)
+GUESTS = ("touch", "hello", "share", "spin")
 
 
 @dataclass
@@ -79,6 +84,8 @@ def _machine(lab_factory, stats: _Stats):
     from hypothesis import strategies as st
     from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+    from pkvmlab.host.vcpu_run import VcpuRunner
+
     idx = st.integers(0, 63)
 
     class HostCampaign(RuleBasedStateMachine):
@@ -92,6 +99,7 @@ def _machine(lab_factory, stats: _Stats):
             self.calls: list[str] = []
             self.pages = [self.host.alloc_pages(1) for _ in range(6)]
             self.vms = []
+            self.pending: list[int] = []   # guest pages of VMs torn down behind the host model's back: to reclaim
             self.c = self.lab._spec_checker
             self.c.reuse_between_calls = True
             from pkvmlab.spec.abstraction import abstract
@@ -99,7 +107,7 @@ def _machine(lab_factory, stats: _Stats):
             abstract(self.lab)   # builds lab._spec_abstraction: the configuration the rules pick hostile pages from
             self.n0 = self.c.checked
             stats.result.examples += 1
-            self.create_vm(1)   # a host usually runs a VM: every rule that needs one is enabled from the start
+            self.create_vm(1, "touch")   # a host usually runs a VM: every rule that needs one is enabled from the start
 
         # -- the page pool the rules pick from: the host's, the VMs', and a few hostile ones ------
         def candidates(self) -> list[int]:
@@ -108,8 +116,8 @@ def _machine(lab_factory, stats: _Stats):
             vm_pages = []
             for vm in self.vms:
                 vm_pages += [vm.host_kvm // PAGE, vm.vcpus[0] // PAGE, vm.shadow_va // PAGE, vm.pgd // PAGE,
-                             *vm.guest_pages.values()]
-            return self.pages + vm_pages + extra
+                             *vm.mapped_pages.values(), *vm.memcache_pages[:2]]
+            return self.pages + vm_pages + self.pending + extra
 
         def pick(self, i: int) -> int:
             c = self.candidates()
@@ -129,6 +137,17 @@ def _machine(lab_factory, stats: _Stats):
                 raise
             stats.tick(self.c.checked - n)
 
+        def raw(self, name: str, *args: int) -> int:
+            return self.host.call(name, *args)
+
+        def loaded(self, vm, v: int, fn) -> None:
+            """``fn()`` with vCPU ``v`` of ``vm`` loaded; put again whatever happens."""
+            self.raw("__pkvm_vcpu_load", vm.handle, v)
+            try:
+                fn()
+            finally:
+                self.raw("__pkvm_vcpu_put")
+
         # -- the rules ---------------------------------------------------------------------------
         @rule()
         def alloc(self):
@@ -147,14 +166,6 @@ def _machine(lab_factory, stats: _Stats):
             pfn = self.pick(i)
             self.do(f"host.unshare_hyp({pfn:#x})", lambda: self.host.unshare_hyp(pfn))
 
-        @rule(i=idx, nr=st.sampled_from((1, 1, 2, 3, 0)))
-        def donate_hyp(self, i, nr):
-            pfn = self.pick(i)
-            cfg = self.lab._spec_abstraction.config
-            if nr > 1 and cfg.in_ram(pfn) and not cfg.in_carveout(pfn):
-                pfn = self.host.alloc_pages(nr)   # never a neighbour the host's allocator may hand out later
-            self.do(f"host.donate_hyp({pfn:#x}, {nr})", lambda: self.host.donate_hyp(pfn, nr))
-
         @rule(i=idx)
         def touch(self, i):
             """A host load: it must fault exactly when the host holds the page in no state it may access."""
@@ -167,7 +178,7 @@ def _machine(lab_factory, stats: _Stats):
             from pkvmlab.spec.abstraction import abstract
 
             page = abstract(self.lab).page(pfn)
-            may = page.host in (PageState.OWNED, PageState.SHARED_OWNED)
+            may = page.host in (PageState.OWNED, PageState.SHARED_OWNED, PageState.SHARED_BORROWED)
             self.calls.append(f"host.read_u64({pfn << 12:#x})")
             try:
                 self.host.read_u64(pfn << 12)
@@ -196,10 +207,10 @@ def _machine(lab_factory, stats: _Stats):
             stats.tick(0)
 
         @precondition(lambda self: len(self.vms) < 4)
-        @rule(n=st.integers(1, 3))
-        def create_vm(self, n):
+        @rule(n=st.integers(1, 3), guest=st.sampled_from(GUESTS))
+        def create_vm(self, n, guest):
             out = []
-            self.do(f"vm = host.create_vm({n})", lambda: out.append(self.host.create_vm(n)))
+            self.do(f"vm = host.create_vm({n}, guest={guest!r})", lambda: out.append(self.host.create_vm(n, guest=guest)))
             if out:
                 self.vms.append(out[0])
                 self.calls[-1] += f"  # handle {out[0].handle:#x}"
@@ -207,6 +218,7 @@ def _machine(lab_factory, stats: _Stats):
         @precondition(lambda self: self.vms)
         @rule(i=idx)
         def teardown_vm(self, i):
+            """Teardown as the host does it: the VM, then each guest page reclaimed (zeroed), then its own pages."""
             vm = self.vms[i % len(self.vms)]
             self.do(f"host.teardown_vm({vm.handle:#x})", lambda: self.host.teardown_vm(vm.handle))
             if vm.handle not in self.host.vms:
@@ -215,60 +227,157 @@ def _machine(lab_factory, stats: _Stats):
         @rule(h=st.sampled_from(HANDLES))
         def teardown_raw(self, h):
             def go():
-                self.host.teardown_shadow(h)
+                self.raw("__pkvm_teardown_shadow", h)
                 gone = [vm for vm in self.vms if vm.handle == (h & 0xFFFFFFFF)]
-                for vm in gone:   # the host model lost track of it: forget it too
+                for vm in gone:   # the host model lost track of it: forget it too, but reclaim its pages later
                     self.vms.remove(vm)
                     self.host.vms.pop(vm.handle, None)
-            self.do(f"host.teardown_shadow({h:#x})", go)
+                    self.pending += list(vm.mapped_pages.values())
+            self.do(f"host.call('__pkvm_teardown_shadow', {h:#x})", go)
 
         @precondition(lambda self: self.vms)
-        @rule(v=idx, i=idx, gfn=st.sampled_from(GFNS), fresh=st.booleans())
-        def donate_guest(self, v, i, gfn, fresh):
-            """A page for a guest: a fresh one as a host would, or (hostile) any page the campaign knows."""
+        @rule(v=idx, k=st.integers(0, 2), budget=st.sampled_from((500, 2000, 20000)))
+        def run(self, v, k, budget):
+            """``vm.step()``: load, run the guest until it exits, handle the exit (map a page on a fault), put."""
             vm = self.vms[v % len(self.vms)]
+            k %= vm.nr_vcpus
+            if vm.powered_off:
+                return
+            self.do(f"vm.step({k}, budget={budget})  # VM {vm.handle:#x}", lambda: vm.step(k, budget=budget))
+
+        @precondition(lambda self: self.vms)
+        @rule(v=idx, k=st.integers(0, 2), gfn=st.sampled_from(GFNS), fresh=st.booleans(), i=idx, topup=st.booleans())
+        def map_guest(self, v, k, gfn, fresh, i, topup):
+            """A page for a guest on its loaded vCPU: a fresh one as a host would, or (hostile) any page it knows."""
+            vm = self.vms[v % len(self.vms)]
+            k %= vm.nr_vcpus
             if fresh:
                 self.pages.append(self.host.alloc_pages(1))
             pfn = self.pages[-1] if fresh else self.pick(i)
 
             def go():
-                try:   # a marker first, so a page given back unzeroed at teardown shows
+                try:   # a marker first, so a page given back unzeroed at reclaim shows
                     self.host.write_u64(pfn << 12, 0x6B6B)
                 except (HostAccessFault, UsageError):
                     pass
-                self.host.donate_guest(pfn, gfn, vm.handle)
-                vm.guest_pages[gfn] = pfn   # the host frees it at teardown: no longer ours to pick
-                if pfn in self.pages:
-                    self.pages.remove(pfn)
-            self.do(f"host.donate_guest({pfn:#x}, {gfn:#x}, {vm.handle:#x})", go)
 
-        @precondition(lambda self: any(vm.guest_pages for vm in self.vms))
-        @rule(v=idx, i=idx, what=st.sampled_from(("share", "donate_hyp", "donate_guest", "touch")))
+                def mapped():
+                    if topup:
+                        VcpuRunner(vm, k).topup_memcache()
+                    self.raw("__pkvm_host_map_guest", pfn, gfn)
+                    vm.mapped_pages[gfn] = pfn   # reclaimed at teardown: no longer ours to pick
+                    if pfn in self.pages:
+                        self.pages.remove(pfn)
+                self.loaded(vm, k, mapped)
+            self.do(f"load({vm.handle:#x}, {k}); {'topup; ' if topup else ''}"
+                    f"host.call('__pkvm_host_map_guest', {pfn:#x}, {gfn:#x}); put()", go)
+
+        @rule(i=idx, gfn=st.sampled_from(GFNS))
+        def map_guest_unloaded(self, i, gfn):
+            """Hostile: map_guest with no vCPU loaded."""
+            pfn = self.pick(i)
+            self.do(f"host.call('__pkvm_host_map_guest', {pfn:#x}, {gfn:#x})",
+                    lambda: self.raw("__pkvm_host_map_guest", pfn, gfn))
+
+        @precondition(lambda self: self.vms)
+        @rule(v=idx, bad=st.sampled_from(("unaligned", "carveout", "guest", "self")))
+        def memcache_hostile(self, v, bad):
+            """Hostile: the host's memcache list names a page it may not give (unaligned, hyp's, a guest's, itself)."""
+            vm = self.vms[v % len(self.vms)]
+            r = VcpuRunner(vm, 0)
+            at = r._field("arch.pkvm_memcache.head")
+            cfg = self.lab._spec_abstraction.config
+            pfn = self.host.alloc_pages(1)
+            self.pages.append(pfn)
+            head = {"unaligned": pfn * PAGE + 8, "carveout": (cfg.carveout[0] + 3) * PAGE,
+                    "guest": (next(iter(vm.mapped_pages.values()), pfn)) * PAGE, "self": vm.vcpus[0]}[bad]
+
+            def go():
+                old = (self.host.read_u64(at), self.host.read_u64(at + 8))
+                self.host.write_u64(at, head)
+                self.host.write_u64(at + 8, 1)
+                try:
+                    self.loaded(vm, 0, lambda: self.raw("__pkvm_host_map_guest", pfn, 0x3FF))
+                    vm.mapped_pages[0x3FF] = pfn
+                    self.pages.remove(pfn)
+                finally:
+                    if self.host.read_u64(at) == head:   # hyp did not take it: put the host's list back
+                        self.host.write_u64(at, old[0])
+                        self.host.write_u64(at + 8, old[1])
+                    else:
+                        vm.memcache_pages.append(head // PAGE)
+            self.do(f"host memcache of VM {vm.handle:#x} vCPU 0 -> [{head:#x}]; load; map_guest({pfn:#x}, 0x3ff); put",
+                    go)
+
+        @rule(h=st.sampled_from(HANDLES), k=st.sampled_from((0, 1, 2, 7, 8, 1 << 32)))
+        def vcpu_load_raw(self, h, k):
+            """Hostile: load with any handle and index (put again if it worked)."""
+            def go():
+                self.raw("__pkvm_vcpu_load", h, k)
+                self.raw("__pkvm_vcpu_put")
+            self.do(f"host.call('__pkvm_vcpu_load', {h:#x}, {k:#x}); put", go)
+
+        @precondition(lambda self: self.vms)
+        @rule(v=idx, w=idx, what=st.sampled_from(("load", "teardown", "run_after_put")))
+        def while_loaded(self, v, w, what):
+            """Hostile: with a vCPU loaded, load another, tear the VM down; or run after the put."""
+            vm, other = self.vms[v % len(self.vms)], self.vms[w % len(self.vms)]
+
+            def go():
+                if what == "run_after_put":
+                    self.raw("__pkvm_vcpu_load", vm.handle, 0)
+                    self.raw("__pkvm_vcpu_put")
+                    self.raw("__kvm_vcpu_run")
+                    return
+                if what == "load":
+                    self.loaded(vm, 0, lambda: self.raw("__pkvm_vcpu_load", other.handle, 0))
+                else:
+                    self.loaded(vm, 0, lambda: self.raw("__pkvm_teardown_shadow", other.handle))
+            self.do(f"load({vm.handle:#x}, 0); {what} {other.handle:#x}; put", go)
+
+        @rule(i=idx)
+        def reclaim(self, i):
+            """Reclaim a page (a left one, or hostile: any page the campaign knows)."""
+            pfn = self.pick(i)
+
+            def go():
+                self.raw("__pkvm_host_reclaim_page", pfn)
+                if pfn in self.pending:
+                    self.pending.remove(pfn)
+                    self.host.free_pages(pfn)
+            self.do(f"host.call('__pkvm_host_reclaim_page', {pfn:#x})", go)
+
+        @precondition(lambda self: any(vm.mapped_pages for vm in self.vms))
+        @rule(v=idx, i=idx, what=st.sampled_from(("share", "map_again", "touch", "reclaim")))
         def steal_guest_page(self, v, i, what):
-            """Hostile: the host tries to take back (share, donate, donate again, touch) a page it gave a guest."""
-            vms = [vm for vm in self.vms if vm.guest_pages]
+            """Hostile: the host tries to take back (share, map elsewhere, touch, reclaim) a page it gave a guest."""
+            vms = [vm for vm in self.vms if vm.mapped_pages]
             vm = vms[v % len(vms)]
-            pfns = sorted(vm.guest_pages.values())
+            pfns = sorted(vm.mapped_pages.values())
             pfn = pfns[i % len(pfns)]
             if what == "share":
                 self.do(f"host.share_hyp({pfn:#x})", lambda: self.host.share_hyp(pfn))
-            elif what == "donate_hyp":
-                self.do(f"host.donate_hyp({pfn:#x}, 1)", lambda: self.host.donate_hyp(pfn, 1))
-            elif what == "donate_guest":
-                self.do(f"host.donate_guest({pfn:#x}, 0x7, {vm.handle:#x})", lambda: self.host.donate_guest(pfn, 7, vm.handle))
+            elif what == "map_again":
+                self.do(f"load({vm.handle:#x}, 0); map_guest({pfn:#x}, 0x7); put",
+                        lambda: self.loaded(vm, 0, lambda: self.raw("__pkvm_host_map_guest", pfn, 7)))
+            elif what == "reclaim":
+                self.do(f"host.call('__pkvm_host_reclaim_page', {pfn:#x})",
+                        lambda: self.raw("__pkvm_host_reclaim_page", pfn))
             else:
                 self.touch_pfn(pfn)
 
-        @precondition(lambda self: any(vm.guest_pages for vm in self.vms))
+        @precondition(lambda self: any(vm.mapped_pages for vm in self.vms))
         @rule(v=idx, i=idx)
-        def donate_guest_taken_gfn(self, v, i):
+        def map_guest_taken_gfn(self, v, i):
             """Hostile: a fresh host page at a gfn that already holds one."""
-            vms = [vm for vm in self.vms if vm.guest_pages]
+            vms = [vm for vm in self.vms if vm.mapped_pages]
             vm = vms[v % len(vms)]
-            gfns = sorted(vm.guest_pages)
+            gfns = sorted(vm.mapped_pages)
             gfn, pfn = gfns[i % len(gfns)], self.host.alloc_pages(1)
             self.pages.append(pfn)
-            self.do(f"host.donate_guest({pfn:#x}, {gfn:#x}, {vm.handle:#x})", lambda: self.host.donate_guest(pfn, gfn, vm.handle))
+            self.do(f"load({vm.handle:#x}, 0); topup; map_guest({pfn:#x}, {gfn:#x}); put",
+                    lambda: self.loaded(vm, 0, lambda: (VcpuRunner(vm, 0).topup_memcache(),
+                                                        self.raw("__pkvm_host_map_guest", pfn, gfn))))
 
         @rule(k=idx, s=idx, size=st.sampled_from(SIZES), p=idx, koff=st.sampled_from((0, 0, 8, 4, PAGE - 8)))
         def init_shadow_hostile(self, k, s, size, p, koff):
@@ -278,6 +387,19 @@ def _machine(lab_factory, stats: _Stats):
                 h = self.host.init_shadow(kvm, sva, size, pgd)
                 self.host.teardown_shadow(h)   # nobody on the host side knows this VM: end it at once
             self.do(f"host.init_shadow({kvm:#x}, {sva:#x}, {size:#x}, {pgd:#x})", go)
+
+        @rule(n=st.integers(2, 3))
+        def init_shadow_last_page_shared(self, n):
+            """Hostile: a shadow area of fresh pages whose last page the host has shared with hyp (not its own)."""
+            sva, kvm, pgd = self.host.alloc_pages(n), self.host.alloc_pages(1), self.host.alloc_pages(2, align=2)
+            self.pages += [sva, kvm, pgd, sva + n - 1]
+
+            def go():
+                self.host.share_hyp(sva + n - 1)
+                h = self.host.init_shadow(kvm * PAGE, sva * PAGE, n * PAGE, pgd * PAGE)
+                self.host.teardown_shadow(h)
+            self.do(f"host.share_hyp({sva + n - 1:#x}); host.init_shadow({kvm * PAGE:#x}, {sva * PAGE:#x}, "
+                    f"{n * PAGE:#x}, {pgd * PAGE:#x})", go)
 
         @precondition(lambda self: self.vms)
         @rule(v=idx, n=st.integers(1, 3))
@@ -293,22 +415,18 @@ def _machine(lab_factory, stats: _Stats):
                 self.host.teardown_shadow(h)
             self.do(f"host.init_shadow({vm.host_kvm:#x}, {sva * PAGE:#x}, {size:#x}, {pgd * PAGE:#x})", go)
 
-        @rule(n=st.integers(1, 2), gfn=st.sampled_from(GFNS))
-        def vm_life(self, n, gfn):
-            """A whole short life: create a VM, give its guest a page with a marker in it, tear it down."""
-            pfn = self.host.alloc_pages(1)
-
+        @rule(n=st.integers(1, 2), guest=st.sampled_from(GUESTS), runs=st.integers(1, 4))
+        def vm_life(self, n, guest, runs):
+            """A whole short life: create a VM, run its guest a few exits, tear it down and reclaim its pages."""
             def go():
-                vm = self.host.create_vm(n)
-                try:
-                    self.host.write_u64(pfn << 12, 0x7C7C)
-                    self.host.donate_guest(pfn, gfn, vm.handle)
-                    vm.guest_pages[gfn] = pfn
-                except HypercallError:
-                    self.host.free_pages(pfn)
+                vm = self.host.create_vm(n, guest=guest)
+                for _ in range(runs):
+                    if vm.powered_off:
+                        break
+                    vm.step(0, budget=5000)
                 self.host.teardown_vm(vm.handle)
-            self.do(f"vm = host.create_vm({n}); host.write_u64({pfn << 12:#x}, 0x7c7c); "
-                    f"host.donate_guest({pfn:#x}, {gfn:#x}, vm.handle); host.teardown_vm(vm.handle)", go)
+            self.do(f"vm = host.create_vm({n}, guest={guest!r}); {runs} x vm.step(0, budget=5000); "
+                    f"host.teardown_vm(vm.handle)", go)
 
         @precondition(lambda self: self.vms)
         @rule(v=idx, which=idx)
@@ -319,23 +437,25 @@ def _machine(lab_factory, stats: _Stats):
             pfn = pages[which % len(pages)]
             self.do(f"host.unshare_hyp({pfn:#x})", lambda: self.host.unshare_hyp(pfn))
 
-        @rule(how=st.sampled_from(("donate_hyp", "donate_guest", "share")))
+        @rule(how=st.sampled_from(("map_guest", "share")))
         def give_away_touched(self, how):
             """The host uses a page, gives it away, and touches it again: the second touch must fault (or not)."""
             pfn = self.host.alloc_pages(1)
             self.touch_pfn(pfn)
-            if how == "donate_hyp":
-                self.do(f"host.donate_hyp({pfn:#x}, 1)", lambda: self.host.donate_hyp(pfn, 1))
-            elif how == "share" or not self.vms:
+            if how == "share" or not self.vms:
                 self.pages.append(pfn)
                 self.do(f"host.share_hyp({pfn:#x})", lambda: self.host.share_hyp(pfn))
             else:
                 vm = self.vms[0]
+                gfn = 0x100 + len(vm.mapped_pages)
 
                 def go():
-                    self.host.donate_guest(pfn, 0x100 + len(vm.guest_pages), vm.handle)
-                    vm.guest_pages[0x100 + len(vm.guest_pages)] = pfn
-                self.do(f"host.donate_guest({pfn:#x}, {0x100 + len(vm.guest_pages):#x}, {vm.handle:#x})", go)
+                    def mapped():
+                        VcpuRunner(vm, 0).topup_memcache()
+                        self.raw("__pkvm_host_map_guest", pfn, gfn)
+                        vm.mapped_pages[gfn] = pfn
+                    self.loaded(vm, 0, mapped)
+                self.do(f"load({vm.handle:#x}, 0); topup; map_guest({pfn:#x}, {gfn:#x}); put", go)
             self.touch_pfn(pfn)
 
         @rule()

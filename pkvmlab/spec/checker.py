@@ -58,7 +58,6 @@ class SpecChecker:
     @staticmethod
     def _checkable(name, args) -> bool:
         from pkvmlab.arch.smccc import HYPERCALL_ARGS
-
         from pkvmlab.spec.guest_calls import GUEST_RULES
 
         return ((name in HOST_RULES or name in GUEST_RULES) and len(args) == len(HYPERCALL_ARGS[name])

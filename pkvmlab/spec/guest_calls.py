@@ -79,7 +79,8 @@ def vcpu_load(s: AbstractState, shadow_handle: int, vcpu_idx: int, peek=None) ->
     if errs:
         return _errors(s, errs)
     vm2 = replace(vm, loaded=(idx,), refs=vm.refs + 1)
-    return [Outcome(0, _ref(s, vm, +1).with_vm(vm.index, vm2), f"vCPU {idx} of VM {handle:#x} loaded; hyp holds a reference on the VM")]
+    return [Outcome(0, _ref(s, vm, +1).with_vm(vm.index, vm2),
+                    f"vCPU {idx} of VM {handle:#x} loaded; hyp holds a reference on the VM")]
 
 
 def vcpu_put(s: AbstractState, peek=None) -> list[Outcome]:
