@@ -107,7 +107,7 @@ def _machine(lab_factory, stats: _Stats):
             abstract(self.lab)   # builds lab._spec_abstraction: the configuration the rules pick hostile pages from
             self.n0 = self.c.checked
             stats.result.examples += 1
-            self.create_vm(1, "touch")   # a host usually runs a VM: every rule that needs one is enabled from the start
+            self.create_vm(1, "share")   # a host usually runs a VM: every rule that needs one is enabled from the start
 
         # -- the page pool the rules pick from: the host's, the VMs', and a few hostile ones ------
         def candidates(self) -> list[int]:
@@ -145,8 +145,16 @@ def _machine(lab_factory, stats: _Stats):
             self.raw("__pkvm_vcpu_load", vm.handle, v)
             try:
                 fn()
-            finally:
+            except HypercallError:
                 self.raw("__pkvm_vcpu_put")
+                raise
+            except PkvmLabError:   # the finding: report it, not what a put on a broken machine does next
+                try:
+                    self.raw("__pkvm_vcpu_put")
+                except PkvmLabError:
+                    pass
+                raise
+            self.raw("__pkvm_vcpu_put")
 
         # -- the rules ---------------------------------------------------------------------------
         @rule()
@@ -176,6 +184,7 @@ def _machine(lab_factory, stats: _Stats):
             if not cfg.in_ram(pfn):
                 return
             from pkvmlab.spec.abstraction import abstract
+            from pkvmlab.spec.state import view_words
 
             page = abstract(self.lab).page(pfn)
             may = page.host in (PageState.OWNED, PageState.SHARED_OWNED, PageState.SHARED_BORROWED)
@@ -191,8 +200,8 @@ def _machine(lab_factory, stats: _Stats):
             if faulted == may:
                 stats.failed(self.calls)
                 raise SpecMismatch("host load", (pfn << 12,), [("a load" if may else "a stage-2 fault") +
-                                                               f" (the page is {page})"],
-                                   "faulted" if faulted else "the load succeeded", [f"pfn {pfn:#x}: {page}"])
+                                                               f" (the page is {view_words(page)})"],
+                                   "faulted" if faulted else "the load succeeded", [f"pfn {pfn:#x}: {view_words(page)}"])
             stats.tick(0)
 
         @rule(i=idx)
@@ -236,14 +245,16 @@ def _machine(lab_factory, stats: _Stats):
             self.do(f"host.call('__pkvm_teardown_shadow', {h:#x})", go)
 
         @precondition(lambda self: self.vms)
-        @rule(v=idx, k=st.integers(0, 2), budget=st.sampled_from((500, 2000, 20000)))
-        def run(self, v, k, budget):
-            """``vm.step()``: load, run the guest until it exits, handle the exit (map a page on a fault), put."""
+        @rule(v=idx, k=st.integers(0, 2), budget=st.sampled_from((500, 2000, 20000)), loop=st.booleans())
+        def run(self, v, k, budget, loop):
+            """``vm.step()``: load, run the guest until it exits, handle the exit (map a page on a fault), put;
+            or ``vm.run()``: the host's run loop, until an exit that is not a page fault or MMIO."""
             vm = self.vms[v % len(self.vms)]
             k %= vm.nr_vcpus
             if vm.powered_off:
                 return
-            self.do(f"vm.step({k}, budget={budget})  # VM {vm.handle:#x}", lambda: vm.step(k, budget=budget))
+            how = "run" if loop else "step"
+            self.do(f"vm.{how}({k}, budget={budget})  # VM {vm.handle:#x}", lambda: getattr(vm, how)(k, budget=budget))
 
         @precondition(lambda self: self.vms)
         @rule(v=idx, k=st.integers(0, 2), gfn=st.sampled_from(GFNS), fresh=st.booleans(), i=idx, topup=st.booleans())
@@ -423,9 +434,9 @@ def _machine(lab_factory, stats: _Stats):
                 for _ in range(runs):
                     if vm.powered_off:
                         break
-                    vm.step(0, budget=5000)
+                    vm.run(0, budget=5000)
                 self.host.teardown_vm(vm.handle)
-            self.do(f"vm = host.create_vm({n}, guest={guest!r}); {runs} x vm.step(0, budget=5000); "
+            self.do(f"vm = host.create_vm({n}, guest={guest!r}); {runs} x vm.run(0, budget=5000); "
                     f"host.teardown_vm(vm.handle)", go)
 
         @precondition(lambda self: self.vms)

@@ -45,7 +45,7 @@ from pkvmlab.spec.host_calls import (
     apply_transition,
     check_pfn_range,
 )
-from pkvmlab.spec.state import AbstractState, AbstractVM
+from pkvmlab.spec.state import AbstractState, AbstractVM, view_words
 
 ARM_EXCEPTION_IRQ, ARM_EXCEPTION_TRAP = 0, 2   # the exit codes __kvm_vcpu_run may return (asm/kvm_asm.h)
 
@@ -152,7 +152,7 @@ def map_guest(s: AbstractState, pfn: int, gfn: int, peek=None) -> list[Outcome]:
         page = s1.page(pfn)
         moved = GUEST_TRANSITION["__pkvm_host_donate_guest"].outcome(page)
         if moved.errno or page.owner != HOST:
-            raise Refused(errno.EPERM, f"pfn {pfn:#x} is {page}, not the host's own")
+            raise Refused(errno.EPERM, f"pfn {pfn:#x} is {view_words(page)}, not the host's own")
         if vm.page_at(gfn) is not None:
             raise Refused(errno.EPERM, f"gfn {gfn:#x} of VM {vm.handle:#x} already holds a page")
         need = tables_needed(vm, gfn)
@@ -174,7 +174,7 @@ def reclaim_page(s: AbstractState, pfn: int, peek=None) -> list[Outcome]:
         return [Outcome(-errno.EINVAL, s, f"pfn {pfn:#x} is not a page of RAM outside hyp's carve-out")]
     page = s.page(pfn)
     if page.owner != GUEST or any(vm.holds(pfn) for vm in s.vms.values()):
-        return [Outcome(-errno.EPERM, s, f"pfn {pfn:#x} ({page}) is not a page a torn-down VM left")]
+        return [Outcome(-errno.EPERM, s, f"pfn {pfn:#x} ({view_words(page)}) is not a page a torn-down VM left")]
     back = PageView(HOST, host=OWNED, hyp=NOPAGE)
     return [Outcome(0, s.with_pages({pfn: back}), f"pfn {pfn:#x} is the host's again, zeroed", "any", zeroed=(pfn,))]
 
@@ -228,9 +228,10 @@ def vcpu_run(s: AbstractState, peek=None) -> list[Outcome]:
             if a == b:
                 continue
             if not vm.holds(pfn):
-                out.append(f"pfn {pfn:#x}: {b}  ->  {a}, but it is not a page of the running guest's")
+                out.append(f"pfn {pfn:#x}: {view_words(b)}  ->  {view_words(a)}, but it is not a page of the running guest's")
             elif a not in _guest_moves(s, vm, pfn):
-                out.append(f"pfn {pfn:#x}: {b}  ->  {a}, which no MEM_SHARE/MEM_UNSHARE of the guest makes")
+                out.append(f"pfn {pfn:#x}: {view_words(b)}  ->  {view_words(a)}, which no MEM_SHARE/MEM_UNSHARE of the "
+                           "guest makes")
         for k in sorted(set(s.vms) | set(after.vms)):
             if s.vms.get(k) != after.vms.get(k):
                 out.append(f"slot {k}: {s.vms.get(k) or 'empty'}  ->  {after.vms.get(k) or 'empty'}: a run changes no VM")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pkvmlab.arch.ownership import HOST, NOPAGE, TRANSITION, PageView
-from pkvmlab.spec.state import GUEST_OWNED, HANDLE_OFFSET, AbstractState, AbstractVM
+from pkvmlab.spec.state import GUEST_OWNED, HANDLE_OFFSET, AbstractState, AbstractVM, view_words
 
 PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
@@ -89,7 +89,7 @@ def apply_transition(s: AbstractState, call: str, pfns, *, pins: int | None = No
         page = changes.get(pfn) or s.page(pfn)
         out = t.outcome(page)
         if out.errno or out.bug:
-            raise Refused(out.errno or errno.EPERM, f"{call}: pfn {pfn:#x} is {page}, not "
+            raise Refused(out.errno or errno.EPERM, f"{call}: pfn {pfn:#x} is {view_words(page)}, not "
                           f"{t.initiator.name} {t.initiator_from.name} / {t.completer.name} {t.completer_from.name}"
                           + (" unpinned" if out.errno == errno.EBUSY else ""))
         changes[pfn] = out.after
@@ -106,7 +106,7 @@ def pin_range(s: AbstractState, start_pa: int, size: int, changes: dict) -> None
         page = changes.get(pfn) or s.page(pfn)
         out = t.outcome(page)
         if out.errno:
-            raise Refused(out.errno, f"pfn {pfn:#x} ({page}) is not shared with hyp")
+            raise Refused(out.errno, f"pfn {pfn:#x} ({view_words(page)}) is not shared with hyp")
         if page.pins >= 0xFFFF:
             raise Refused(errno.EBUSY, f"pfn {pfn:#x} has as many pins as hyp can count")
         changes[pfn] = out.after
@@ -267,7 +267,7 @@ def donate_guest(s: AbstractState, pfn: int, gfn: int, shadow_handle: int, peek=
             raise Refused(errno.EINVAL, f"gfn {gfn:#x} is outside the guest's {s.config.guest_ipa_bits}-bit IPA space")
         page = s.page(pfn)
         if page.owner != HOST or page.host != TRANSITION["__pkvm_host_donate_hyp"].initiator_from:
-            raise Refused(errno.EPERM, f"pfn {pfn:#x} is {page}, not the host's own")
+            raise Refused(errno.EPERM, f"pfn {pfn:#x} is {view_words(page)}, not the host's own")
         if vm.page_at(gfn) is not None:
             raise Refused(errno.EPERM, f"gfn {gfn:#x} of VM {vm.handle:#x} already holds a page")
     except Refused as r:

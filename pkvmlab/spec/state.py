@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from pkvmlab.arch.ownership import GUEST, HOST, HYP, NOPAGE, OWNED, PageView
+from pkvmlab.arch.pgtable import NO_OWNER, Owner
 
 HANDLE_OFFSET = 0x1000   # the seed's: handle = slot index + HANDLE_OFFSET
 
@@ -141,7 +142,7 @@ class AbstractState:
                 j += 1
             n = j - i + 1
             rng = f"pfn {pfns[i]:#x}" + (f"-{pfns[j]:#x} ({n} pages)" if n > 1 else "")
-            out.append(f"{rng}: {self.page(pfns[i])}  vs  {other.page(pfns[i])}")
+            out.append(f"{rng}: {view_words(self.page(pfns[i]))}  vs  {view_words(other.page(pfns[i]))}")
             i = j + 1
         for idx in sorted(set(self.vms) | set(other.vms)):
             a, b = self.vms.get(idx), other.vms.get(idx)
@@ -155,7 +156,8 @@ class AbstractState:
     def summary(self) -> str:
         owners: dict[str, int] = {}
         for v in self.pages.values():
-            owners[v.owner.name] = owners.get(v.owner.name, 0) + 1
+            name = v.owner.name if isinstance(v.owner, Owner) else "none"
+            owners[name] = owners.get(name, 0) + 1
         return (f"{len(self.pages)} page(s) not as at boot ({', '.join(f'{k} {n}' for k, n in sorted(owners.items()))}), "
                 f"{len(self.vms)} VM(s), pool {self.pool_free} free")
 
@@ -172,3 +174,13 @@ def _vm_detail(a: AbstractVM, b: AbstractVM) -> str:
 
 
 GUEST_OWNED = PageView(GUEST, host=NOPAGE, hyp=NOPAGE, guest=OWNED)
+
+
+def view_words(v: PageView) -> str:
+    """A page view in words, also one whose owner no component id names (a corrupted annotation, no owner)."""
+    if isinstance(v.owner, Owner):
+        return str(v)
+    from pkvmlab.arch.pgtable import STATE_NAMES
+
+    return (f"owner {'none' if v.owner == NO_OWNER else v.owner}, host {STATE_NAMES[v.host]}, hyp {STATE_NAMES[v.hyp]}"
+            + (f", guest {STATE_NAMES[v.guest]}" if v.guest != NOPAGE else "") + (f", {v.pins} pin(s)" if v.pins else ""))
