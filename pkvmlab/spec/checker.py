@@ -35,8 +35,11 @@ class SpecChecker:
         self.reuse_between_calls = False
         self._last = None
         # True: calls that only touch pages they name (share, unshare, a small donate_hyp, hyp_info) are checked
-        # on those pages alone, a table walk each: cheap enough to leave on.  That does not see a call change a
-        # page it does not name; the campaign turns it off and checks the whole state after every call.
+        # on those pages alone, a table walk each, and a vCPU load or put on every VM's slot without its stage-2
+        # (what they may change: loaded, the reference count) plus the pages that count lives in: cheap enough to
+        # leave on.  That does not see a call change a page it does not name; the campaign turns it off and
+        # checks the whole state after every call.  A run, map_guest, reclaim, init and teardown are always
+        # checked on the whole state.
         self.local = True
         self._call = lab.host.call
         self._hyp_info = lab.host.hyp_info
@@ -91,10 +94,23 @@ class SpecChecker:
         a = abstract_of(self.lab)
         return [p for p in range(pfn, pfn + nr) if a.config.in_ram(p)]
 
-    def check_local(self, name: str, args: tuple, run, footprint: list[int], info=None):
+    def _light(self, name: str, args: tuple):
+        """A vCPU load or put: (the pages it may change, a reader of every VM's slot without its stage-2)."""
+        a = abstract_of(self.lab)
+        vms = a.vms(light=True)
+        fp = {vm.shadow[0] for vm in vms.values() if vm.loaded}   # the loaded VM's reference
+        if name == "__pkvm_vcpu_load":
+            idx = (args[0] - 0x1000) & 0xFFFF_FFFF
+            if idx in vms:
+                fp.add(vms[idx].shadow[0])
+        return sorted(p for p in fp if a.config.in_ram(p)), vms
+
+    def check_local(self, name: str, args: tuple, run, footprint: list[int], info=None, vms=None):
         a = abstract_of(self.lab)
         guest = name == "__pkvm_host_donate_guest"
-        vms = a.vm_local(args[2] & 0xFFFF_FFFF, args[1]) if guest else {}
+        light = vms is not None
+        if not light:
+            vms = a.vm_local(args[2] & 0xFFFF_FFFF, args[1]) if guest else {}
         before = AbstractState(a.config, {p: v for p, v in a.local(footprint).items() if v != a.config.boot_view(p)},
                                vms, a.pool_free())
         outs = allowed(before, name, args, self.peek)
@@ -104,7 +120,7 @@ class SpecChecker:
         except HypercallError as e:
             ret, err = -e.errno, e
         now, pool = a.local(footprint), a.pool_free()
-        vms_now = a.vm_local(args[2] & 0xFFFF_FFFF, args[1]) if guest else {}
+        vms_now = a.vms(light=True) if light else a.vm_local(args[2] & 0xFFFF_FFFF, args[1]) if guest else {}
         self.checked += 1
         for o in outs:
             if (o.ret == ret and all(o.state.page(p) == now[p] for p in footprint) and o.state.vms == vms_now
@@ -123,6 +139,13 @@ class SpecChecker:
         if footprint is not None:
             try:
                 return self.check_local(name, args, run, footprint, info)
+            except AbstractionError:
+                self.unchecked += 1
+                return run()
+        if name in ("__pkvm_vcpu_load", "__pkvm_vcpu_put") and self.local and not self.reuse_between_calls:
+            try:
+                footprint, vms = self._light(name, args)
+                return self.check_local(name, args, run, footprint, info, vms)
             except AbstractionError:
                 self.unchecked += 1
                 return run()

@@ -20,6 +20,7 @@ run applies) are in :mod:`pkvmlab.spec.guest_calls`; :data:`HOST_RULES` holds bo
 from __future__ import annotations
 
 import errno
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -81,13 +82,19 @@ def check_pfn_range(s: AbstractState, pfn: int, nr: int) -> None:
         raise Refused(errno.EINVAL, f"pfns {pfn:#x}+{nr} are not a range of RAM")
 
 
+@functools.lru_cache(maxsize=4096)
+def _outcome(t, page: PageView):
+    """``t.outcome(page)``, remembered: a transition's effect on a page view is a pure function of the two."""
+    return t.outcome(page)
+
+
 def apply_transition(s: AbstractState, call: str, pfns, *, pins: int | None = None) -> dict:
     """Every page of ``pfns`` through ``TRANSITION[call]`` (all or none): the changed pages, or Refused."""
     t = TRANSITION[call]
     changes = {}
     for pfn in pfns:
         page = changes.get(pfn) or s.page(pfn)
-        out = t.outcome(page)
+        out = _outcome(t, page)
         if out.errno or out.bug:
             raise Refused(out.errno or errno.EPERM, f"{call}: pfn {pfn:#x} is {view_words(page)}, not "
                           f"{t.initiator.name} {t.initiator_from.name} / {t.completer.name} {t.completer_from.name}"
@@ -289,8 +296,11 @@ HOST_RULES = {
 
 def allowed(s: AbstractState, call: str, args: tuple, peek=None) -> list[Outcome]:
     """Every outcome pKVM allows for host hypercall ``call(*args)`` from state ``s``."""
-    from pkvmlab.spec.guest_calls import GUEST_RULES
+    rule = HOST_RULES.get(call)
+    if rule is None:
+        from pkvmlab.spec.guest_calls import GUEST_RULES
 
+        rule = GUEST_RULES[call]
     args = tuple(a & U64 for a in args)   # registers: what the handler sees
-    return (HOST_RULES.get(call) or GUEST_RULES[call])(s, *args, peek=peek)
+    return rule(s, *args, peek=peek)
 
