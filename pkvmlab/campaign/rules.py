@@ -1,22 +1,12 @@
-"""A generated campaign that hunts the hypervisor's bugs, with the executable specification as its oracle.
+"""The campaign's rules: a host at random but with purpose, as a hypothesis ``RuleBasedStateMachine``.
 
-``run(lab_factory, steps=...)`` drives a hypothesis ``RuleBasedStateMachine`` as a host would, at
-random but with purpose: allocate and touch pages, share and unshare them, create VMs with guests
-(``touch``, ``hello``, ``share``, ``spin``), run them an exit at a time (``vm.step()``: demand faults
-served with ``__pkvm_host_map_guest``, the memcache topped up), map pages into them on a loaded vCPU,
-tear them down and reclaim their pages, and make hostile calls with arguments a sane host never passes
-(pages in the carve-out or past RAM, wrapped handles, gfns past the IPA space, a vCPU loaded twice,
-teardown while loaded, a memcache list naming pages the host may not give, shadow areas that overlap
-what is already given).  It uses no lab-only door: only the hypercalls pKVM's host has.  Every
-hypercall runs under ``lab.spec_check``, so the specification checks it; every host load is checked
-against who may touch the page.  A failure is
-shrunk by hypothesis to a minimal sequence and printed as the host calls that reproduce it.
+Every rule is one host step (a hypercall or a few, a load or a store); each is recorded as (rule, arguments)
+so a failing sequence can be replayed without hypothesis and shrunk (:mod:`pkvmlab.campaign.shrink`).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+import functools
 
 from pkvmlab.arch.pgtable import PageState
 from pkvmlab.errors import HostAccessFault, HypercallError, PkvmLabError, SpecMismatch, UsageError
@@ -28,59 +18,16 @@ SIZES = (0, 1, PAGE - 1, PAGE, 2 * PAGE, 3 * PAGE, 1 << 40)
 GUESTS = ("touch", "hello", "share", "spin")
 
 
-@dataclass
-class CampaignResult:
-    """What a campaign did: steps, hypercalls, time, and the failure it found (shrunk) if any."""
-
-    steps: int = 0
-    calls: int = 0
-    examples: int = 0
-    seconds: float = 0.0
-    mismatches: int = 0
-    steps_to_catch: int | None = None     # steps run before the first failure was seen
-    failure: str | None = None            # the last failure's message (the shrunk one)
-    reproducer: list[str] = field(default_factory=list)   # the shrunk failing sequence, as host calls
-
-    @property
-    def caught(self) -> bool:
-        return self.failure is not None
-
-    @property
-    def steps_per_second(self) -> float:
-        return self.steps / self.seconds if self.seconds else 0.0
-
-    def __repr__(self) -> str:
-        head = (f"CampaignResult({self.steps} steps, {self.calls} hypercalls in {self.examples} runs, "
-                f"{self.steps_per_second:.0f} steps/s, {self.mismatches} failing run(s))")
-        if not self.caught:
-            return head + ": the hypervisor agreed with the specification throughout"
-        return "\n".join([head, f"caught after {self.steps_to_catch} steps; shrunk to {len(self.reproducer)} call(s):",
-                          *("  " + c for c in self.reproducer), "failure:", *("  " + ln for ln in self.failure.splitlines())])
+def recorded(f):
+    """Record each call of rule ``f`` as (its name, its arguments) in ``self.trace``: what a replay runs again."""
+    @functools.wraps(f)
+    def step(self, **kw):
+        self.trace.append((f.__name__, kw))
+        return f(self, **kw)
+    return step
 
 
-class _Stats:
-    def __init__(self, progress, total):
-        self.result = CampaignResult()
-        self.progress, self.total = progress, total
-        self.t0 = time.perf_counter()
-        self.last_fail_calls: list[str] = []
-        self.first_fail: int | None = None
-
-    def failed(self, calls: list[str]) -> None:
-        self.last_fail_calls = list(calls)
-        if self.first_fail is None:
-            self.first_fail = self.result.steps + 1
-
-    def tick(self, calls: int) -> None:
-        r = self.result
-        r.steps += 1
-        r.calls += calls
-        if self.progress and (r.steps % 25 == 0 or r.steps == self.total):
-            r.seconds = time.perf_counter() - self.t0
-            self.progress(r)
-
-
-def _machine(lab_factory, stats: _Stats):
+def machine(lab_factory, stats):
     from hypothesis import strategies as st
     from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -97,6 +44,7 @@ def _machine(lab_factory, stats: _Stats):
             self.lab.spec_check = True
             self.host = self.lab.host
             self.calls: list[str] = []
+            self.trace: list[tuple[str, dict]] = []
             self.pages = [self.host.alloc_pages(1) for _ in range(6)]
             self.vms = []
             self.pending: list[int] = []   # guest pages of VMs torn down behind the host model's back: to reclaim
@@ -107,7 +55,8 @@ def _machine(lab_factory, stats: _Stats):
             abstract(self.lab)   # builds lab._spec_abstraction: the configuration the rules pick hostile pages from
             self.n0 = self.c.checked
             stats.result.examples += 1
-            self.create_vm(1, "share")   # a host usually runs a VM: every rule that needs one is enabled from the start
+            self.create_vm(n=1, guest="share")   # a host usually runs a VM: the rules that need one run from the start
+            self.trace = []   # every run starts so: a replay's machine does it again
 
         # -- the page pool the rules pick from: the host's, the VMs', and a few hostile ones ------
         def candidates(self) -> list[int]:
@@ -133,7 +82,7 @@ def _machine(lab_factory, stats: _Stats):
             except UsageError:
                 self.calls.pop()   # refused by the host model before any hypercall: not a step
             except PkvmLabError:
-                stats.failed(self.calls)
+                stats.failed(self.calls, self.trace)
                 raise
             stats.tick(self.c.checked - n)
 
@@ -158,6 +107,7 @@ def _machine(lab_factory, stats: _Stats):
 
         # -- the rules ---------------------------------------------------------------------------
         @rule()
+        @recorded
         def alloc(self):
             pfn = self.host.alloc_pages(1)
             self.pages.append(pfn)
@@ -165,16 +115,19 @@ def _machine(lab_factory, stats: _Stats):
             stats.tick(0)
 
         @rule(i=idx)
+        @recorded
         def share(self, i):
             pfn = self.pick(i)
             self.do(f"host.share_hyp({pfn:#x})", lambda: self.host.share_hyp(pfn))
 
         @rule(i=idx)
+        @recorded
         def unshare(self, i):
             pfn = self.pick(i)
             self.do(f"host.unshare_hyp({pfn:#x})", lambda: self.host.unshare_hyp(pfn))
 
         @rule(i=idx)
+        @recorded
         def touch(self, i):
             """A host load: it must fault exactly when the host holds the page in no state it may access."""
             self.touch_pfn(self.pick(i))
@@ -198,13 +151,14 @@ def _machine(lab_factory, stats: _Stats):
                 self.calls.pop()
                 return
             if faulted == may:
-                stats.failed(self.calls)
+                stats.failed(self.calls, self.trace)
                 raise SpecMismatch("host load", (pfn << 12,), [("a load" if may else "a stage-2 fault") +
                                                                f" (the page is {view_words(page)})"],
                                    "faulted" if faulted else "the load succeeded", [f"pfn {pfn:#x}: {view_words(page)}"])
             stats.tick(0)
 
         @rule(i=idx)
+        @recorded
         def scribble(self, i):
             """The host writes a marker into a page it may write, so a page given back unzeroed shows."""
             pfn = self.pick(i)
@@ -217,6 +171,7 @@ def _machine(lab_factory, stats: _Stats):
 
         @precondition(lambda self: len(self.vms) < 4)
         @rule(n=st.integers(1, 3), guest=st.sampled_from(GUESTS))
+        @recorded
         def create_vm(self, n, guest):
             out = []
             self.do(f"vm = host.create_vm({n}, guest={guest!r})", lambda: out.append(self.host.create_vm(n, guest=guest)))
@@ -226,6 +181,7 @@ def _machine(lab_factory, stats: _Stats):
 
         @precondition(lambda self: self.vms)
         @rule(i=idx)
+        @recorded
         def teardown_vm(self, i):
             """Teardown as the host does it: the VM, then each guest page reclaimed (zeroed), then its own pages."""
             vm = self.vms[i % len(self.vms)]
@@ -234,6 +190,7 @@ def _machine(lab_factory, stats: _Stats):
                 self.vms.remove(vm)   # its pages went back to the host's allocator: no longer ours to pick
 
         @rule(h=st.sampled_from(HANDLES))
+        @recorded
         def teardown_raw(self, h):
             def go():
                 self.raw("__pkvm_teardown_shadow", h)
@@ -246,6 +203,7 @@ def _machine(lab_factory, stats: _Stats):
 
         @precondition(lambda self: self.vms)
         @rule(v=idx, k=st.integers(0, 2), budget=st.sampled_from((500, 2000, 20000)), loop=st.booleans())
+        @recorded
         def run(self, v, k, budget, loop):
             """``vm.step()``: load, run the guest until it exits, handle the exit (map a page on a fault), put;
             or ``vm.run()``: the host's run loop, until an exit that is not a page fault or MMIO."""
@@ -258,6 +216,7 @@ def _machine(lab_factory, stats: _Stats):
 
         @precondition(lambda self: self.vms)
         @rule(v=idx, k=st.integers(0, 2), gfn=st.sampled_from(GFNS), fresh=st.booleans(), i=idx, topup=st.booleans())
+        @recorded
         def map_guest(self, v, k, gfn, fresh, i, topup):
             """A page for a guest on its loaded vCPU: a fresh one as a host would, or (hostile) any page it knows."""
             vm = self.vms[v % len(self.vms)]
@@ -284,6 +243,7 @@ def _machine(lab_factory, stats: _Stats):
                     f"host.call('__pkvm_host_map_guest', {pfn:#x}, {gfn:#x}); put()", go)
 
         @rule(i=idx, gfn=st.sampled_from(GFNS))
+        @recorded
         def map_guest_unloaded(self, i, gfn):
             """Hostile: map_guest with no vCPU loaded."""
             pfn = self.pick(i)
@@ -292,6 +252,7 @@ def _machine(lab_factory, stats: _Stats):
 
         @precondition(lambda self: self.vms)
         @rule(v=idx, bad=st.sampled_from(("unaligned", "carveout", "guest", "self")))
+        @recorded
         def memcache_hostile(self, v, bad):
             """Hostile: the host's memcache list names a page it may not give (unaligned, hyp's, a guest's, itself)."""
             vm = self.vms[v % len(self.vms)]
@@ -321,6 +282,7 @@ def _machine(lab_factory, stats: _Stats):
                     go)
 
         @rule(h=st.sampled_from(HANDLES), k=st.sampled_from((0, 1, 2, 7, 8, 1 << 32)))
+        @recorded
         def vcpu_load_raw(self, h, k):
             """Hostile: load with any handle and index (put again if it worked)."""
             def go():
@@ -330,6 +292,7 @@ def _machine(lab_factory, stats: _Stats):
 
         @precondition(lambda self: self.vms)
         @rule(v=idx, w=idx, what=st.sampled_from(("load", "teardown", "run_after_put")))
+        @recorded
         def while_loaded(self, v, w, what):
             """Hostile: with a vCPU loaded, load another, tear the VM down; or run after the put."""
             vm, other = self.vms[v % len(self.vms)], self.vms[w % len(self.vms)]
@@ -347,6 +310,7 @@ def _machine(lab_factory, stats: _Stats):
             self.do(f"load({vm.handle:#x}, 0); {what} {other.handle:#x}; put", go)
 
         @rule(i=idx)
+        @recorded
         def reclaim(self, i):
             """Reclaim a page (a left one, or hostile: any page the campaign knows)."""
             pfn = self.pick(i)
@@ -360,6 +324,7 @@ def _machine(lab_factory, stats: _Stats):
 
         @precondition(lambda self: any(vm.mapped_pages for vm in self.vms))
         @rule(v=idx, i=idx, what=st.sampled_from(("share", "map_again", "touch", "reclaim")))
+        @recorded
         def steal_guest_page(self, v, i, what):
             """Hostile: the host tries to take back (share, map elsewhere, touch, reclaim) a page it gave a guest."""
             vms = [vm for vm in self.vms if vm.mapped_pages]
@@ -379,6 +344,7 @@ def _machine(lab_factory, stats: _Stats):
 
         @precondition(lambda self: any(vm.mapped_pages for vm in self.vms))
         @rule(v=idx, i=idx)
+        @recorded
         def map_guest_taken_gfn(self, v, i):
             """Hostile: a fresh host page at a gfn that already holds one."""
             vms = [vm for vm in self.vms if vm.mapped_pages]
@@ -391,6 +357,7 @@ def _machine(lab_factory, stats: _Stats):
                                                         self.raw("__pkvm_host_map_guest", pfn, gfn))))
 
         @rule(k=idx, s=idx, size=st.sampled_from(SIZES), p=idx, koff=st.sampled_from((0, 0, 8, 4, PAGE - 8)))
+        @recorded
         def init_shadow_hostile(self, k, s, size, p, koff):
             kvm, sva, pgd = self.pick(k) * PAGE + koff, self.pick(s) * PAGE, self.pick(p) * PAGE
 
@@ -400,6 +367,7 @@ def _machine(lab_factory, stats: _Stats):
             self.do(f"host.init_shadow({kvm:#x}, {sva:#x}, {size:#x}, {pgd:#x})", go)
 
         @rule(n=st.integers(2, 3))
+        @recorded
         def init_shadow_last_page_shared(self, n):
             """Hostile: a shadow area of fresh pages whose last page the host has shared with hyp (not its own)."""
             sva, kvm, pgd = self.host.alloc_pages(n), self.host.alloc_pages(1), self.host.alloc_pages(2, align=2)
@@ -414,6 +382,7 @@ def _machine(lab_factory, stats: _Stats):
 
         @precondition(lambda self: self.vms)
         @rule(v=idx, n=st.integers(1, 3))
+        @recorded
         def init_shadow_again(self, v, n):
             """The host asks for a second VM on a ``struct kvm`` that already has one, with fresh pages."""
             vm = self.vms[v % len(self.vms)]
@@ -427,6 +396,7 @@ def _machine(lab_factory, stats: _Stats):
             self.do(f"host.init_shadow({vm.host_kvm:#x}, {sva * PAGE:#x}, {size:#x}, {pgd * PAGE:#x})", go)
 
         @rule(n=st.integers(1, 2), guest=st.sampled_from(GUESTS), runs=st.integers(1, 4))
+        @recorded
         def vm_life(self, n, guest, runs):
             """A whole short life: create a VM, run its guest a few exits, tear it down and reclaim its pages."""
             def go():
@@ -441,6 +411,7 @@ def _machine(lab_factory, stats: _Stats):
 
         @precondition(lambda self: self.vms)
         @rule(v=idx, which=idx)
+        @recorded
         def unshare_pinned(self, v, which):
             """Hostile: take back the struct kvm or a vCPU of a live VM, which hyp has pinned."""
             vm = self.vms[v % len(self.vms)]
@@ -449,6 +420,7 @@ def _machine(lab_factory, stats: _Stats):
             self.do(f"host.unshare_hyp({pfn:#x})", lambda: self.host.unshare_hyp(pfn))
 
         @rule(how=st.sampled_from(("map_guest", "share")))
+        @recorded
         def give_away_touched(self, how):
             """The host uses a page, gives it away, and touches it again: the second touch must fault (or not)."""
             pfn = self.host.alloc_pages(1)
@@ -470,6 +442,7 @@ def _machine(lab_factory, stats: _Stats):
             self.touch_pfn(pfn)
 
         @rule()
+        @recorded
         def hyp_info(self):
             self.do("host.hyp_info()", self.host.hyp_info)
 
@@ -478,77 +451,3 @@ def _machine(lab_factory, stats: _Stats):
             assert self.c.unchecked == 0, "the abstraction could not describe the state"
 
     return HostCampaign
-
-
-def run(lab_factory, steps: int = 1000, *, steps_per_run: int = 30, shrink: bool = True, shrink_seconds: float = 30,
-        progress=None) -> CampaignResult:
-    """Run the campaign for about ``steps`` steps (in runs of ``steps_per_run``), each run on a fresh lab.
-
-    ``lab_factory()`` makes a lab (``Lab`` itself, or ``lambda: Lab(firmware=dir)`` for a mutant);
-    ``progress``: None, ``"bar"`` (a notebook progress bar) or a callable taking the CampaignResult so far.
-    Stops at the first failure and (``shrink=True``) shrinks it for at most ``shrink_seconds`` (hypothesis
-    replays shorter and simpler sequences on fresh labs, keeping each that still fails); returns a
-    :class:`CampaignResult`.
-    """
-    if not callable(lab_factory):
-        raise UsageError("campaign.run() takes a function that makes a Lab, e.g. Lab or lambda: Lab(firmware=path)")
-    if not isinstance(steps, int) or steps < 1:
-        raise UsageError(f"steps must be a positive int, got {steps!r}")
-    from hypothesis import HealthCheck, Phase, settings
-    from hypothesis.stateful import run_state_machine_as_test
-
-    bar = _bar(steps) if progress == "bar" else progress
-    stats = _Stats(bar, steps)
-    machine = _machine(lab_factory, stats)
-    phases = [Phase.generate] + ([Phase.shrink] if shrink else [])
-    runs = max(1, -(-steps * 11 // (10 * steps_per_run)))   # a run may end early: ask for a tenth more
-    cfg = settings(max_examples=runs, stateful_step_count=steps_per_run, deadline=None,
-                   database=None, derandomize=True, phases=phases, suppress_health_check=list(HealthCheck),
-                   report_multiple_bugs=False, print_blob=False)
-    r = stats.result
-    from hypothesis.internal.conjecture import engine  # its shrink time limit (5 min) is a module constant
-
-    limit = engine.MAX_SHRINKING_SECONDS
-    engine.MAX_SHRINKING_SECONDS = shrink_seconds
-    try:
-        _run_quiet(lambda: run_state_machine_as_test(machine, settings=cfg))
-    except Exception as e:   # noqa: BLE001 - whatever the hypervisor did, report it with its reproducer
-        if stats.first_fail is None:
-            raise   # not the hypervisor: the campaign itself is broken
-        r.failure = f"{type(e).__name__}: {e}"
-        r.reproducer = stats.last_fail_calls
-        r.mismatches += 1
-    finally:
-        engine.MAX_SHRINKING_SECONDS = limit
-    r.seconds = time.perf_counter() - stats.t0
-    r.steps_to_catch = stats.first_fail
-    if bar:
-        bar(r)
-    return r
-
-
-def _run_quiet(test) -> None:
-    """Run without hypothesis's own printing of the falsifying example (the result carries it as host calls)."""
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        test()
-
-
-def _bar(total: int):
-    """A notebook progress bar (ipywidgets): steps, calls per second, mismatches."""
-    try:
-        import ipywidgets as w
-        from IPython.display import display
-    except ImportError:   # not in a notebook: print a line now and then
-        return lambda r: print(f"\r{r.steps}/{total} steps, {r.calls / r.seconds if r.seconds else 0:.0f} calls/s, "
-                               f"{r.mismatches} mismatch(es)", end="")
-    bar, label = w.IntProgress(min=0, max=total, description="campaign"), w.Label()
-    display(w.HBox([bar, label]))
-
-    def show(r: CampaignResult) -> None:
-        bar.value = min(r.steps, total)
-        label.value = (f"{r.steps} steps, {r.calls / r.seconds if r.seconds else 0:.0f} calls/s, "
-                       f"{r.mismatches} mismatch(es)")
-    return show
