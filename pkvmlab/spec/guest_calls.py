@@ -185,12 +185,16 @@ def guest_hvc(s: AbstractState, vm: AbstractVM, x0: int, x1: int = 0, x2: int = 
     """One guest HVC from ``vm``'s loaded vCPU: (x0 the guest gets back, state after), or None: it exits to the host.
 
     MEM_SHARE/MEM_UNSHARE take one IPA in x1 (x2, x3 zero); anything that is not the guest's page in the
-    right state is SMCCC_RET_INVALID_PARAMETER to the guest and changes nothing (upstream:
-    ``pkvm_memshare_call()`` and ``__pkvm_guest_share_host()``/``__pkvm_guest_unshare_host()``)."""
+    right state is SMCCC_RET_INVALID_PARAMETER to the guest and changes nothing (the Android tree of 2022,
+    nvhe/pkvm.c: ``kvm_handle_pvm_hvc64()``, ``pkvm_memshare_call()``, ``pkvm_memunshare_call()``; nvhe/
+    mem_protect.c: ``__pkvm_guest_share_host()``/``__pkvm_guest_unshare_host()``).  Two simplifications of
+    the lab's, on purpose: pKVM then exits to the host after a successful share or unshare ("now tell the
+    host"), the lab goes straight back to the guest (the host learns nothing it needs); and KVM_FEATURES lists
+    only the four calls the lab has (pKVM adds the MMIO guard's).  The state change is the same."""
     if x0 == KVM_FEATURES:
         return FEATURES, s
-    if x0 == HYP_MEMINFO:
-        return PAGE, s
+    if x0 == HYP_MEMINFO:   # upstream: its three arguments must be zero
+        return (SMCCC_RET_INVALID_PARAMETER if x1 or x2 or x3 else PAGE), s
     if x0 not in (MEM_SHARE, MEM_UNSHARE):
         return None
     t = GUEST_TRANSITION["__pkvm_guest_share_host" if x0 == MEM_SHARE else "__pkvm_guest_unshare_host"]
