@@ -62,8 +62,8 @@ def overhead() -> None:
     for nr_vms in (0, 4, 16):
         lab, spin = booted(nr_vms)
         pfn = lab.host.alloc_pages(1)
-        h = best_interleaved(lab, lambda: per_pair(lab, pfn))
-        g = best_interleaved(lab, lambda: per_step(spin))
+        h = best_interleaved(lab, lambda lab=lab, pfn=pfn: per_pair(lab, pfn))
+        g = best_interleaved(lab, lambda spin=spin: per_step(spin))
         print(f"{nr_vms:>4} {h[False] * 1e6:>15.0f} us {h[True] * 1e6:>5.0f} us {h[True] / h[False]:>5.1f}x"
               f"   {g[False] * 1e6:>9.0f} us {g[True] * 1e6:>5.0f} us {g[True] / g[False]:>5.1f}x")
 

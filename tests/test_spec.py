@@ -170,6 +170,17 @@ def test_the_guests_mem_share_of_its_page_moves_both_states_and_of_any_other_is_
     assert ret == 0 and back.page(0x50000) == mapped.page(0x50000)
 
 
+def test_the_guests_information_calls_change_nothing_and_anything_else_exits_to_the_host():
+    from pkvmlab.spec.guest_calls import FEATURES, HYP_MEMINFO, KVM_FEATURES, SMCCC_RET_INVALID_PARAMETER, guest_hvc
+
+    s, _ = _vm_with_memcache()
+    vm = s.vms[0]
+    assert guest_hvc(s, vm, KVM_FEATURES) == (FEATURES, s)
+    assert guest_hvc(s, vm, HYP_MEMINFO) == (4096, s)
+    assert guest_hvc(s, vm, HYP_MEMINFO, 1) == (SMCCC_RET_INVALID_PARAMETER, s)   # its arguments must be zero
+    assert guest_hvc(s, vm, 0x8400_0008) is None   # PSCI SYSTEM_OFF: the host's business
+
+
 def test_a_run_may_change_only_its_guests_pages_and_only_by_share_and_unshare():
     from pkvmlab.spec.guest_calls import MEM_SHARE, guest_hvc
 
