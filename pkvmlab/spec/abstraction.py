@@ -255,6 +255,7 @@ class Abstraction:
             out[pfn] = self._view(pfn, h, (y[0], None), vmemmap)
         return out
 
+    # removed with the abi branch (only __pkvm_host_donate_guest's local check uses it)
     def vm_local(self, handle: int, gfn: int) -> dict[int, AbstractVM]:
         """The slot ``handle`` names, with only what its guest stage-2 maps at ``gfn``: a donate_guest footprint."""
         idx = (handle - 0x1000) & 0xFFFF_FFFF

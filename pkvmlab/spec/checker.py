@@ -85,9 +85,9 @@ class SpecChecker:
             return []
         if name in ("__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp"):
             pfn, nr = args[0], 1
-        elif name == "__pkvm_host_donate_hyp" and 0 < args[1] <= 64:
+        elif name == "__pkvm_host_donate_hyp" and 0 < args[1] <= 64:   # removed with the abi branch
             pfn, nr = args
-        elif name == "__pkvm_host_donate_guest":
+        elif name == "__pkvm_host_donate_guest":   # removed with the abi branch
             pfn, nr = args[0], 1
         else:
             return None
