@@ -1,7 +1,7 @@
 """The campaign: the correct firmware survives thousands of random host steps; every planted bug is caught.
 
-More than 10,000 campaign steps in all (6,000 on the correct firmware, then each mutant until caught: about
-5,000 more), each hypercall checked by the specification; the module prints its total at the end.  Steps per
+More than 10,000 campaign steps in all (7,000 on the correct firmware, then each mutant until caught: about
+4,000 more), each hypercall checked by the specification; the module prints its total at the end.  Steps per
 second are measured in bench/bench_spec.py, not here.  The campaign uses only pKVM's own host hypercalls
 (no lab-only door): guests run, pages reach them through map_guest, and come back through reclaim.
 """
@@ -13,7 +13,7 @@ import pytest
 from pkvmlab import Lab, UsageError, campaign, mutants
 from pkvmlab.firmware import load_firmware
 
-CLEAN_STEPS = 6000
+CLEAN_STEPS = 7000
 MUTANT_BUDGET = 2000   # steps: every planted bug must be caught within this many
 
 

@@ -291,23 +291,31 @@ def machine(lab_factory, stats):
             self.do(f"host.call('__pkvm_vcpu_load', {h:#x}, {k:#x}); put", go)
 
         @precondition(lambda self: self.vms)
-        @rule(v=idx, w=idx, what=st.sampled_from(("load", "teardown", "run_after_put")))
+        @rule(v=idx, w=idx)
         @recorded
-        def while_loaded(self, v, w, what):
-            """Hostile: with a vCPU loaded, load another, tear the VM down; or run after the put."""
+        def while_loaded(self, v, w):
+            """Hostile: with a vCPU loaded, load another (-EBUSY), tear its VM down (-EBUSY) and another VM (which
+            may go); then put, and run with nothing loaded (-EINVAL)."""
             vm, other = self.vms[v % len(self.vms)], self.vms[w % len(self.vms)]
 
+            def hostile():
+                for call in (lambda: self.raw("__pkvm_vcpu_load", other.handle, 0),
+                             lambda: self.raw("__pkvm_teardown_shadow", vm.handle)):
+                    try:
+                        call()
+                    except HypercallError:
+                        pass
+                if other is not vm:
+                    self.raw("__pkvm_teardown_shadow", other.handle)
+                    self.vms.remove(other)
+                    self.host.vms.pop(other.handle, None)
+                    self.pending += list(other.mapped_pages.values())
+
             def go():
-                if what == "run_after_put":
-                    self.raw("__pkvm_vcpu_load", vm.handle, 0)
-                    self.raw("__pkvm_vcpu_put")
-                    self.raw("__kvm_vcpu_run")
-                    return
-                if what == "load":
-                    self.loaded(vm, 0, lambda: self.raw("__pkvm_vcpu_load", other.handle, 0))
-                else:
-                    self.loaded(vm, 0, lambda: self.raw("__pkvm_teardown_shadow", other.handle))
-            self.do(f"load({vm.handle:#x}, 0); {what} {other.handle:#x}; put", go)
+                self.loaded(vm, 0, hostile)
+                self.raw("__kvm_vcpu_run")
+            self.do(f"load({vm.handle:#x}, 0); load({other.handle:#x}, 0); teardown({vm.handle:#x})"
+                    + (f"; teardown({other.handle:#x})" if other is not vm else "") + "; put; run", go)
 
         @rule(i=idx)
         @recorded
@@ -366,19 +374,42 @@ def machine(lab_factory, stats):
                 self.host.teardown_shadow(h)   # nobody on the host side knows this VM: end it at once
             self.do(f"host.init_shadow({kvm:#x}, {sva:#x}, {size:#x}, {pgd:#x})", go)
 
-        @rule(n=st.integers(2, 3))
+        @precondition(lambda self: self.vms)
+        @rule(v=idx, n=st.integers(2, 3))
         @recorded
-        def init_shadow_last_page_shared(self, n):
-            """Hostile: a shadow area of fresh pages whose last page the host has shared with hyp (not its own)."""
-            sva, kvm, pgd = self.host.alloc_pages(n), self.host.alloc_pages(1), self.host.alloc_pages(2, align=2)
-            self.pages += [sva, kvm, pgd, sva + n - 1]
+        def init_shadow_last_page_shared(self, v, n):
+            """Hostile: a second VM on a live VM's ``struct kvm``, its shadow area of fresh pages but the last
+            one shared with hyp: refused at the donation (-ENOMEM), and that page must stay as it was."""
+            vm = self.vms[v % len(self.vms)]
+            sva, pgd = self.host.alloc_pages(n), self.host.alloc_pages(2, align=2)
+            self.pages += [sva, pgd, sva + n - 1]
 
             def go():
                 self.host.share_hyp(sva + n - 1)
-                h = self.host.init_shadow(kvm * PAGE, sva * PAGE, n * PAGE, pgd * PAGE)
+                h = self.host.init_shadow(vm.host_kvm, sva * PAGE, n * PAGE, pgd * PAGE)
                 self.host.teardown_shadow(h)
-            self.do(f"host.share_hyp({sva + n - 1:#x}); host.init_shadow({kvm * PAGE:#x}, {sva * PAGE:#x}, "
+            self.do(f"host.share_hyp({sva + n - 1:#x}); host.init_shadow({vm.host_kvm:#x}, {sva * PAGE:#x}, "
                     f"{n * PAGE:#x}, {pgd * PAGE:#x})", go)
+
+        @precondition(lambda self: self.vms)
+        @rule(v=idx, d=st.integers(-1, 1))
+        @recorded
+        def map_guest_at_the_ipa_bound(self, v, d):
+            """Hostile: a fresh page just below, at or just past the end of the guest's IPA space."""
+            vm = self.vms[v % len(self.vms)]
+            cfg = self.lab._spec_abstraction.config
+            gfn = (1 << (cfg.guest_ipa_bits - 12)) + d
+            pfn = self.host.alloc_pages(1)
+            self.pages.append(pfn)
+
+            def go():
+                def mapped():
+                    VcpuRunner(vm, 0).topup_memcache()
+                    self.raw("__pkvm_host_map_guest", pfn, gfn)
+                    vm.mapped_pages[gfn] = pfn
+                    self.pages.remove(pfn)
+                self.loaded(vm, 0, mapped)
+            self.do(f"load({vm.handle:#x}, 0); topup; map_guest({pfn:#x}, {gfn:#x}); put", go)
 
         @precondition(lambda self: self.vms)
         @rule(v=idx, n=st.integers(1, 3))
