@@ -1,4 +1,10 @@
-"""Checking every host hypercall against the specification at run time: ``lab.spec_check = True``.
+"""Checking every hypercall against the specification at run time: ``lab.spec_check = True``.
+
+Every hypercall the host makes goes through ``lab.host.call``: the host's own, and those that run guests
+(vCPU load/put, ``__kvm_vcpu_run``, map_guest, reclaim).  What it cannot check: a guest's registers (the
+value a guest hypercall returns to the guest is in the rules, :func:`pkvmlab.spec.guest_calls.guest_hvc`,
+and tested there, but never reaches the abstract state), and mappings (the host stage-2 maps lazily;
+the abstraction keeps who owns what, not what is mapped).
 
 For each call: the abstract state before, the outcomes the specification allows, the real call,
 the abstract state after, and a comparison.  A call that matches none of the allowed outcomes raises
