@@ -26,6 +26,7 @@ from pkvmlab.spec.state import AbstractState, AbstractVM, SpecConfig
 
 PAGE_SHIFT = pt.PAGE_SHIFT
 _STATE = tuple(PageState(i) for i in range(4))   # a descriptor's SW bits -> PageState, without the enum's lookup
+_BY_VALUE = {int(s): s for s in PageState}
 
 
 class AbstractionError(Exception):
@@ -121,7 +122,7 @@ class Abstraction:
             dflt_a = np.where(inside, np.uint64(0xFFFF if ca is None else ca), np.uint64(0xFFFF if ea is None else ea))
             odd = ((state != dflt_s) | (ann != dflt_a)) & (pfn >= c.ram[0]) & (pfn < c.ram[1])
             for f, st, an in zip(pfn[odd].tolist(), state[odd].tolist(), ann[odd].tolist()):
-                out[f] = (PageState(st), None if an == 0xFFFF else an)
+                out[f] = (_BY_VALUE[st], None if an == 0xFFFF else an)
         for addr_, pte_, level_ in zip(*(x[~small].tolist() for x in (addr, pte, level))):
             size = pt.granule(level_)
             valid = pte_ & pt.VALID
