@@ -11,7 +11,7 @@ what is already given).  It uses no lab-only door: only the hypercalls pKVM's ho
 hypercall runs under ``lab.spec_check``, so the specification checks it; every host load is checked
 against who may touch the page.  A failure is shrunk to a short sequence (``pkvmlab.campaign.shrink``:
 its recorded steps replayed with pieces left out) and printed as the host calls that reproduce it.
-The rules are in ``pkvmlab.campaign.rules``.
+The rules are in ``pkvmlab.campaign.rules`` and ``pkvmlab.campaign.hostile``.
 """
 
 from __future__ import annotations
