@@ -73,7 +73,8 @@ test: setup chromium qemu lint
 
 SPEC_CHECKED := tests/test_mem_protect.py tests/test_hostile_hypercalls.py tests/test_shadow_table.py \
 	tests/test_guest_memory.py tests/test_host_behaviour.py tests/test_ownership.py tests/test_refusal_reasons.py \
-	notebooks/03_who_owns_this_page.ipynb notebooks/04_shadow_vm_table.ipynb notebooks/05_protected_guest_memory.ipynb
+	tests/test_guest_run.py notebooks/03_who_owns_this_page.ipynb notebooks/04_shadow_vm_table.ipynb \
+	notebooks/05_protected_guest_memory.ipynb notebooks/09_a_protected_guest_runs.ipynb
 
 bench: setup
 	$(PY) bench/run_all.py

@@ -34,11 +34,13 @@ def test_share_of_a_host_page_moves_both_states_and_nothing_else():
 @pytest.mark.parametrize("call, args, err", [
     ("__pkvm_host_share_hyp", (0x40005,), errno.EPERM),          # the carve-out is hyp's
     ("__pkvm_host_share_hyp", (0x80000,), errno.EINVAL),         # one past RAM
-    ("__pkvm_host_donate_hyp", (0x41000, 0), errno.EINVAL),      # an empty range
-    ("__pkvm_host_donate_hyp", (0x7FFFF, 2), errno.EINVAL),      # runs off the end of RAM
     ("__pkvm_host_unshare_hyp", (0x41000,), errno.EPERM),        # never shared
     ("__pkvm_teardown_shadow", (0x1000,), errno.ENOENT),         # no VM
-    ("__pkvm_host_donate_guest", (0x41000, 0, 0x1000), errno.ENOENT),
+    ("__pkvm_vcpu_load", (0x1000, 0), errno.ENOENT),             # no VM
+    ("__pkvm_host_map_guest", (0x41000, 0), errno.EINVAL),       # no vCPU loaded
+    ("__kvm_vcpu_run", (), errno.EINVAL),                        # no vCPU loaded
+    ("__pkvm_host_reclaim_page", (0x41000,), errno.EPERM),       # the host's own page: nothing to reclaim
+    ("__pkvm_host_reclaim_page", (0x40005,), errno.EINVAL),      # the carve-out
 ])
 def test_a_refused_call_returns_one_errno_and_changes_nothing(call, args, err):
     s = AbstractState(CFG, pool_free=100)
@@ -72,28 +74,147 @@ def test_init_shadow_may_use_any_free_slot_and_takes_the_areas_and_pins():
     assert again.ret == -errno.EEXIST and again.zeroed == (0x44000,)   # the shadow area comes back zeroed
 
 
-def test_teardown_gives_everything_back_zeroed_and_unpins_and_a_wrapped_handle_finds_it():
-    s, peek = _kvm_state()
+MC = 0x40                  # where the host's struct kvm_vcpu keeps its memcache list (head, nr_pages) in CFG
+CFG_G = SpecConfig(**{**CFG.__dict__, "vcpu_memcache": MC})
+
+
+def _vm_with_memcache(pages=(0x47000, 0x48000, 0x49000)):
+    """A VM whose vCPU 0 (host struct at pfn 0x41001) has ``pages`` on its host memcache list; vCPU 0 loaded."""
+    s, peek0 = _kvm_state()
+    s = AbstractState(CFG_G, s.pages, pool_free=100)
+    vcpu = 0x41001 * 4096
+    mem = {vcpu + MC: (pages[0] * 4096 if pages else 0).to_bytes(8, "little"), vcpu + MC + 8: len(pages).to_bytes(8, "little")}
+    for a, b in zip(pages, (*pages[1:], 0)):
+        mem[a * 4096] = (b * 4096).to_bytes(8, "little")
+
+    def peek(pa, n):
+        return mem.get(pa) or peek0(pa, n)
     made = allowed(s, "__pkvm_init_shadow", (0x41000 * 4096, 0x43000 * 4096, 4096, 0x42000 * 4096), peek)[0].state
-    (g,) = allowed(made, "__pkvm_host_donate_guest", (0x50000, 5, 0x1000))
-    assert g.ret == 0 and g.state.page(0x50000) == PageView(GUEST, NOPAGE, NOPAGE, guest=OWNED)
-    (t,) = allowed(g.state, "__pkvm_teardown_shadow", ((1 << 32) + 0x1000,))   # the handler takes an unsigned int
-    assert t.ret == 0 and not t.state.vms and set(t.zeroed) == {0x50000, 0x43000}
-    assert t.state.pages == s.pages   # back to the shared kvm and vCPU, unpinned
+    (loaded,) = allowed(made, "__pkvm_vcpu_load", (0x1000, 0))
+    return loaded.state, peek
+
+
+def test_vcpu_load_takes_a_reference_and_every_error_is_allowed_in_any_order():
+    s, _ = _vm_with_memcache()
+    vm = s.vms[0]
+    assert vm.loaded == (0,) and vm.refs == 1 and s.page(vm.shadow[0]).pins == 1
+    assert [o.ret for o in allowed(s, "__pkvm_vcpu_load", (0x1000, 0))] == [-errno.EBUSY]
+    assert {o.ret for o in allowed(s, "__pkvm_vcpu_load", (0x1000, 5))} == {-errno.EBUSY, -errno.EINVAL}
+    (t,) = allowed(s, "__pkvm_teardown_shadow", (0x1000,))
+    assert t.ret == -errno.EBUSY and t.state is s
+    (put,) = allowed(s, "__pkvm_vcpu_put", ())
+    assert put.state.vms[0].loaded == () and put.state.vms[0].refs == 0 and put.state.page(vm.shadow[0]).pins == 0
+
+
+def test_map_guest_tops_up_the_memcache_by_donation_then_gives_the_page():
+    s, peek = _vm_with_memcache()
+    (ok,) = allowed(s, "__pkvm_host_map_guest", (0x50000, 5), peek)
+    vm = ok.state.vms[0]
+    assert ok.ret == 0 and ok.state.page(0x50000) == PageView(GUEST, NOPAGE, NOPAGE, guest=OWNED)
+    assert vm.pages == ((5, 0x50000),) and vm.hyp_pages == (0x47000, 0x48000)   # two taken from the host's list
+    assert vm.memcache == (0,)   # both became the tables gfn 5 needs (a level-2 and a level-3 one)
+    assert ok.state.page(0x47000) == PageView(HYP, NOPAGE, OWNED)
+    (again,) = allowed(ok.state, "__pkvm_host_map_guest", (0x51000, 5), peek)
+    assert again.ret == -errno.EPERM   # the gfn holds a page (two more memcache pages were taken first)
+
+
+def test_map_guest_with_the_memcache_empty_is_enomem_and_keeps_what_it_took():
+    s, peek = _vm_with_memcache(pages=(0x47000,))
+    (out,) = allowed(s, "__pkvm_host_map_guest", (0x50000, 5), peek)
+    assert out.ret == -errno.ENOMEM and out.state.vms[0].hyp_pages == (0x47000,) and out.state.page(0x50000).owner == HOST
+
+
+@pytest.mark.parametrize("pfn, gfn, err", [(0x40005, 5, errno.EPERM), (0x80000, 5, errno.EINVAL),
+                                           (0x50000, 1 << 28, errno.EINVAL)])
+def test_map_guest_refuses_what_is_not_the_hosts_to_give(pfn, gfn, err):
+    s, peek = _vm_with_memcache()
+    (out,) = allowed(s, "__pkvm_host_map_guest", (pfn, gfn), peek)
+    assert out.ret == -err and out.state.page(pfn if pfn < 0x80000 else 0x41000) == s.page(pfn if pfn < 0x80000 else 0x41000)
+
+
+def test_teardown_leaves_guest_pages_for_reclaim_and_reclaim_zeroes_them():
+    s, peek = _vm_with_memcache()
+    mapped = allowed(s, "__pkvm_host_map_guest", (0x50000, 5), peek)[0].state
+    (put,) = allowed(mapped, "__pkvm_vcpu_put", ())
+    (t,) = allowed(put.state, "__pkvm_teardown_shadow", ((1 << 32) + 0x1000,))   # the handler takes an unsigned int
+    assert t.ret == 0 and not t.state.vms and set(t.zeroed) == {0x43000, 0x47000, 0x48000}
+    assert t.state.page(0x50000) == PageView(GUEST, NOPAGE, NOPAGE, guest=OWNED)   # still the guest's: to reclaim
+    (r,) = allowed(t.state, "__pkvm_host_reclaim_page", (0x50000,))
+    assert r.ret == 0 and r.zeroed == (0x50000,) and r.state.page(0x50000) == PageView(HOST, OWNED, NOPAGE)
+    assert r.state.pages == {p: PageView(HOST, SHARED_OWNED, SHARED_BORROWED) for p in (0x41000, 0x41001)}   # all back
+    (twice,) = allowed(r.state, "__pkvm_host_reclaim_page", (0x50000,))
+    assert twice.ret == -errno.EPERM
+
+
+def test_a_live_guests_page_cannot_be_reclaimed():
+    s, peek = _vm_with_memcache()
+    mapped = allowed(s, "__pkvm_host_map_guest", (0x50000, 5), peek)[0].state
+    (r,) = allowed(mapped, "__pkvm_host_reclaim_page", (0x50000,))
+    assert r.ret == -errno.EPERM and r.state is mapped
+
+
+def test_the_guests_mem_share_of_its_page_moves_both_states_and_of_any_other_is_an_error_to_the_guest():
+    from pkvmlab.spec.guest_calls import MEM_SHARE, MEM_UNSHARE, SMCCC_RET_INVALID_PARAMETER, guest_hvc
+
+    s, peek = _vm_with_memcache()
+    mapped = allowed(s, "__pkvm_host_map_guest", (0x50000, 5), peek)[0].state
+    vm = mapped.vms[0]
+    ret, shared = guest_hvc(mapped, vm, MEM_SHARE, 5 << 12)
+    assert ret == 0 and shared.page(0x50000) == PageView(GUEST, SHARED_BORROWED, NOPAGE, guest=SHARED_OWNED)
+    for bad in ((MEM_SHARE, 6 << 12), (MEM_SHARE, (5 << 12) + 8), (MEM_UNSHARE, 5 << 12)):
+        ret, after = guest_hvc(mapped, vm, *bad)   # not its page / not a page / not shared
+        assert ret == SMCCC_RET_INVALID_PARAMETER and after is mapped
+    ret, again = guest_hvc(shared, vm, MEM_SHARE, 5 << 12)
+    assert ret == SMCCC_RET_INVALID_PARAMETER and again is shared
+    ret, back = guest_hvc(shared, vm, MEM_UNSHARE, 5 << 12)
+    assert ret == 0 and back.page(0x50000) == mapped.page(0x50000)
+
+
+def test_the_guests_information_calls_change_nothing_and_anything_else_exits_to_the_host():
+    from pkvmlab.spec.guest_calls import FEATURES, HYP_MEMINFO, KVM_FEATURES, SMCCC_RET_INVALID_PARAMETER, guest_hvc
+
+    s, _ = _vm_with_memcache()
+    vm = s.vms[0]
+    assert guest_hvc(s, vm, KVM_FEATURES) == (FEATURES, s)
+    assert guest_hvc(s, vm, HYP_MEMINFO) == (4096, s)
+    assert guest_hvc(s, vm, HYP_MEMINFO, 1) == (SMCCC_RET_INVALID_PARAMETER, s)   # its arguments must be zero
+    assert guest_hvc(s, vm, 0x8400_0008) is None   # PSCI SYSTEM_OFF: the host's business
+
+
+def test_a_run_may_change_only_its_guests_pages_and_only_by_share_and_unshare():
+    from pkvmlab.spec.guest_calls import MEM_SHARE, guest_hvc
+
+    s, peek = _vm_with_memcache()
+    mapped = allowed(s, "__pkvm_host_map_guest", (0x50000, 5), peek)[0].state
+    outs = allowed(mapped, "__kvm_vcpu_run", ())
+    assert sorted(o.ret for o in outs) == [0, 2]
+    check = outs[0].loose
+    assert check(mapped) == []
+    assert check(guest_hvc(mapped, mapped.vms[0], MEM_SHARE, 5 << 12)[1]) == []
+    host_page = mapped.with_pages({0x41005: PageView(HOST, SHARED_OWNED, SHARED_BORROWED)})
+    assert "not a page of the running guest's" in check(host_page)[0]
+    given = mapped.with_pages({0x50000: PageView(HOST, OWNED, NOPAGE)})
+    assert "no MEM_SHARE/MEM_UNSHARE" in check(given)[0]
+    assert "a run changes no VM" in check(mapped.with_vm(0, None))[0]
 
 
 def test_the_abstraction_agrees_with_the_ownership_snapshot(lab):
-    vm = lab.host.create_vm(2)
-    vm.donate(3)
-    lab.host.donate_hyp(lab.host.alloc_pages(2), 2)
+    vm = lab.host.create_vm(2, guest="touch")
+    vm.step()
+    vm.step()   # a demand fault served: a guest page, memcache pages, guest tables
     a, snap, table = abstract(lab), lab.hyp.ownership(), lab.hyp.shadow_table()
-    for pfn, view in a.pages.items():
-        assert snap.page(pfn).view == PageView(view.owner, view.host, view.hyp, pins=view.pins), hex(pfn)
+    tables = set(a.vms[0].hyp_pages)
+    assert tables and a.vms[0].pages
+    for pfn, view in a.pages.items():   # a table's count of used entries is no pin
+        pins = snap.page(pfn).view.pins
+        assert snap.page(pfn).view == PageView(view.owner, view.host, view.hyp, pins=pins), hex(pfn)
+        assert view.pins == (0 if pfn in tables else pins), hex(pfn)
     pfn = snap.start_pfn + np.arange(snap.nr_pages)
     co = (pfn >= a.config.carveout[0]) & (pfn < a.config.carveout[1])
     boot = np.where(co, (snap.owner == HYP) & (snap.host.state == NOPAGE) & (snap.hyp.state == OWNED),
                     (snap.owner == HOST) & (snap.host.state == OWNED) & (snap.hyp.state == NOPAGE)) & (snap.pins == 0)
     assert set(a.pages) == set(pfn[~boot].tolist())
+    assert all(a.pages[p].owner == HYP for p in tables)
     (v,) = a.vms.values()
     (t,) = table.vms
     assert (v.handle, v.vmid, v.host_kvm, v.vcpus, v.pages) == (t.handle, t.vmid, t.host_kvm, t.host_vcpus, t.guest_pages)
@@ -120,16 +241,24 @@ def test_the_environment_turns_it_on(monkeypatch):
 
 def test_a_vm_lifecycle_and_hostile_calls_pass_the_check():
     lab = Lab(spec_check=True)
-    vm = lab.host.create_vm(3)
-    pfn = vm.donate(9)
+    vm = lab.host.create_vm(3, guest="share")
+    vm.run()   # it shares a page with the host and stops at its doorbell
+    pfn = next(iter(vm.mapped_pages.values()))
+    call = lab.host.call
     for bad in (lambda: lab.host.share_hyp(pfn), lambda: lab.host.unshare_hyp(vm.host_kvm >> 12),
-                lambda: lab.host.teardown_shadow(0xFFF), lambda: lab.host.donate_guest(lab.host.alloc_pages(1), 9, vm.handle),
+                lambda: lab.host.teardown_shadow(0xFFF), lambda: call("__pkvm_host_map_guest", lab.host.alloc_pages(1), 0),
+                lambda: call("__pkvm_vcpu_load", vm.handle, 3), lambda: call("__kvm_vcpu_run"),
+                lambda: call("__pkvm_host_reclaim_page", pfn),
                 lambda: lab.host.init_shadow(vm.host_kvm, 0x7FFF_F000, 1, 0)):
         with pytest.raises(HypercallError):
             bad()
+    call("__pkvm_vcpu_load", vm.handle, 0)
+    with pytest.raises(HypercallError, match="EBUSY"):
+        lab.host.teardown_shadow(vm.handle)
+    call("__pkvm_vcpu_put")
     assert lab.hyp_info()[1] == 2
-    vm.teardown()
-    assert lab._spec_checker.checked >= 12
+    vm.teardown()   # reclaims every guest page, zeroed
+    assert lab._spec_checker.checked >= 20 and lab._spec_checker.unchecked == 0
 
 
 def test_a_planted_bug_raises_spec_mismatch_in_words():

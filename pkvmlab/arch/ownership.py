@@ -155,3 +155,20 @@ def reachable_views(max_pins: int = 1) -> frozenset[PageView]:
             if not out.errno and not out.bug:
                 todo.append(out.after)
     return frozenset(seen)
+
+
+# The guest's side, kept apart from :data:`TRANSITIONS` (the host table the firmware's host calls are tested
+# against page by page, and the state machine the notebooks draw).  Upstream (nvhe/mem_protect.c, 2022):
+# __pkvm_host_donate_guest() (host OWNED -> NOPAGE, guest NOPAGE -> OWNED; reached through
+# __pkvm_host_map_guest), __pkvm_guest_share_host() and __pkvm_guest_unshare_host() (the guest's MEM_SHARE /
+# MEM_UNSHARE hypercalls: guest OWNED <-> SHARED_OWNED while the host goes NOPAGE <-> SHARED_BORROWED).
+GUEST_TRANSITIONS: tuple[Transition, ...] = (
+    Transition("__pkvm_host_donate_guest", HOST, GUEST, OWNED, NOPAGE, NOPAGE, OWNED, donate=True, hypercall=False,
+               doc="the host gives a page to a guest (the loaded vCPU's, through __pkvm_host_map_guest)"),
+    Transition("__pkvm_guest_share_host", GUEST, HOST, OWNED, SHARED_OWNED, NOPAGE, SHARED_BORROWED, hypercall=False,
+               doc="the guest lends one of its pages to the host (MEM_SHARE)"),
+    Transition("__pkvm_guest_unshare_host", GUEST, HOST, SHARED_OWNED, OWNED, SHARED_BORROWED, NOPAGE, hypercall=False,
+               doc="the guest takes a lent page back (MEM_UNSHARE)"),
+)
+
+GUEST_TRANSITION: dict[str, Transition] = {t.call: t for t in GUEST_TRANSITIONS}

@@ -25,6 +25,8 @@ from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
 from pkvmlab.spec.state import AbstractState, AbstractVM, SpecConfig
 
 PAGE_SHIFT = pt.PAGE_SHIFT
+_STATE = tuple(PageState(i) for i in range(4))   # a descriptor's SW bits -> PageState, without the enum's lookup
+_BY_VALUE = {int(s): s for s in PageState}
 
 
 class AbstractionError(Exception):
@@ -54,7 +56,8 @@ class Abstraction:
             version=getattr(lab, "version", 0x10000), max_pvms=hyp.read_global("kvm_max_pvms", 4),
             max_vcpus=lay.max_vcpus, kvm_size=lay.kvm_size, vcpu_size=lay.vcpu_size,
             shadow_vm_size=lay.shadow_vm_size, shadow_vcpu_state_size=lay.shadow_vcpu_state_size,
-            pgd_pages=lay.pgd_pages, created_vcpus=(cv.offset, cv.size), guest_ipa_bits=40)
+            pgd_pages=lay.pgd_pages, created_vcpus=(cv.offset, cv.size), guest_ipa_bits=40,
+            vcpu_memcache=fw.layout("kvm_vcpu").field("arch.pkvm_memcache.head").offset)
         self._host_pgt = tuple(fw.symbol("host_mmu") + fw.layout("host_mmu").field(f"pgt.{m}").offset
                                for m in ("pgd", "ia_bits", "start_level"))
         self._hyp_pgt = tuple(fw.symbol("hyp_pgtable") + fw.layout("kvm_pgtable").field(m).offset
@@ -72,8 +75,12 @@ class Abstraction:
             "pgt.pgd", "pgt.ia_bits", "pgt.start_level")}
         self._states = vm_lay.field("shadow_vcpu_states").offset
         self._host_vcpu = st_lay.field("host_vcpu").offset
+        self._loaded = (st_lay.field("loaded").offset, st_lay.field("loaded").size)
+        self._mc = st_lay.field("shadow_vcpu.arch.pkvm_memcache.head").offset   # head, then nr_pages
         self._roots = None
         self._vmemmap_at = None
+        self._tables: dict = {}  # (table PA, level, base IPA) -> (its bytes, its leaves, its child tables)
+        self._views: dict = {}   # (host (state, annotation), hyp state, guest state, pins) -> PageView: few distinct
         self._lo, self._hi = self.config.ram[0] << PAGE_SHIFT, self.config.ram[1] << PAGE_SHIFT
 
     def _u(self, addr: int, size: int = 8) -> int:
@@ -115,7 +122,7 @@ class Abstraction:
             dflt_a = np.where(inside, np.uint64(0xFFFF if ca is None else ca), np.uint64(0xFFFF if ea is None else ea))
             odd = ((state != dflt_s) | (ann != dflt_a)) & (pfn >= c.ram[0]) & (pfn < c.ram[1])
             for f, st, an in zip(pfn[odd].tolist(), state[odd].tolist(), ann[odd].tolist()):
-                out[f] = (PageState(st), None if an == 0xFFFF else an)
+                out[f] = (_BY_VALUE[st], None if an == 0xFFFF else an)
         for addr_, pte_, level_ in zip(*(x[~small].tolist() for x in (addr, pte, level))):
             size = pt.granule(level_)
             valid = pte_ & pt.VALID
@@ -150,28 +157,69 @@ class Abstraction:
         hypm = self._sparse(self._leaves(self._hyp_pgt), hyp_default, (PageState.OWNED, None), (PageState.NOPAGE, None))
         pages = {}
         vmemmap = self._u(self._vmemmap)
-        for pfn in set(host) | set(hypm):
-            view = self._view(pfn, host.get(pfn) or host_default(pfn), hypm.get(pfn) or hyp_default(pfn), vmemmap)
+        guest: dict[int, PageState] = {}
+        vms = self.vms(guest)
+        # a guest stage-2 table's vmemmap count is its count of used entries (pgtable.c), not hyp's pins
+        tables = {p for vm in vms.values() for p in vm.hyp_pages}
+        cand = [p for p in set(host) | set(hypm) | set(guest) if c.ram[0] <= p < c.ram[1]]
+        pins = self._pins([p for p in cand if not co[0] <= p < co[1]], vmemmap)
+        for pfn in cand:
+            view = self._view(pfn, host.get(pfn) or host_default(pfn), hypm.get(pfn) or hyp_default(pfn), vmemmap,
+                              guest.get(pfn), pins.get(pfn, 0))
+            if pfn in tables and view.pins:
+                view = PageView(view.owner, view.host, view.hyp, view.guest)
             if view != c.boot_view(pfn):
                 pages[pfn] = view
-        return AbstractState(c, pages, self.vms(), self._u(*self._pool_free))
+        return AbstractState(c, pages, vms, self._u(*self._pool_free))
 
-    def _view(self, pfn: int, host_info: tuple, hyp_info: tuple, vmemmap: int) -> PageView:
-        """One page's view from its host stage-2 and hyp stage-1 (state, annotation) and its vmemmap pins."""
-        c, co = self.config, self.config.carveout
+    def _pins(self, pfns: list[int], vmemmap: int) -> dict[int, int]:
+        """The vmemmap refcounts of ``pfns`` (pages outside the carve-out), in one read when they lie close."""
+        if not pfns:
+            return {}
+        lo, hi = min(pfns), max(pfns)
+        if hi - lo >= 1 << 16:
+            return {p: self._u(vmemmap + (p - self.config.ram[0]) * self._page_size + self._ref[0], self._ref[1])
+                    for p in pfns}
+        ps, (off, size) = self._page_size, self._ref
+        raw = np.frombuffer(self._u_bytes(vmemmap + (lo - self.config.ram[0]) * ps, (hi - lo + 1) * ps), np.uint8)
+        raw = raw.reshape(-1, ps).astype(np.int64)
+        counts = sum(raw[:, off + k] << (8 * k) for k in range(size))
+        return {p: int(counts[p - lo]) for p in pfns}
+
+    def _u_bytes(self, addr: int, n: int) -> bytes:
+        if self._lo <= addr and addr + n <= self._hi:
+            return bytes(self._raw(addr, n))
+        return self.phys.read(addr, n)
+
+    def _view(self, pfn: int, host_info: tuple, hyp_info: tuple, vmemmap: int, gs: PageState | None = None,
+              pins: int | None = None) -> PageView:
+        """One page's view from its host stage-2 and hyp stage-1 (state, annotation), its vmemmap pins, and
+        ``gs``: the state a live guest's stage-2 maps it in (None: no live guest maps it)."""
+        co = self.config.carveout
+        if co[0] <= pfn < co[1]:
+            pins = 0   # inside the pool a page's count is the allocator's, not a pin
+        elif pins is None:   # outside the pool, the vmemmap's refcount counts hyp's pins
+            pins = self._u(vmemmap + (pfn - self.config.ram[0]) * self._page_size + self._ref[0], self._ref[1])
+        key = (host_info, hyp_info[0], gs, pins)
+        v = self._views.get(key)
+        if v is None:
+            v = self._views[key] = self._make_view(host_info, hyp_info, gs, pins)
+        return v
+
+    @staticmethod
+    def _make_view(host_info: tuple, hyp_info: tuple, gs: PageState | None, pins: int) -> PageView:
         hs, ann = host_info
-        ys, _ = hyp_info
+        ys = hyp_info[0]
         if ann is not None:
             owner = ann
         elif hs == PageState.SHARED_BORROWED:
-            owner = int(Owner.HYP) if ys == PageState.SHARED_OWNED else NO_OWNER
+            owner = (int(Owner.HYP) if ys == PageState.SHARED_OWNED
+                     else int(Owner.GUEST) if gs == PageState.SHARED_OWNED else NO_OWNER)
         else:
             owner = int(Owner.HOST)
-        pins = 0
-        if not co[0] <= pfn < co[1]:   # outside the pool, the vmemmap's refcount counts hyp's pins
-            pins = self._u(vmemmap + (pfn - c.ram[0]) * self._page_size + self._ref[0], self._ref[1])
         own = Owner(owner) if owner in Owner._value2member_map_ else owner
-        guest = PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
+        # a guest page no live VM maps is one a torn-down VM left for reclaim: still the guest's
+        guest = gs if gs is not None else PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
         return PageView(own, host=hs, hyp=ys, guest=guest, pins=pins)
 
     def _leaf(self, pgt: tuple[int, int, int], addr: int) -> tuple[PageState, int | None] | None:
@@ -191,7 +239,7 @@ class Abstraction:
                 table, level, first = pte & pt.ADDR_MASK, level + 1, False
                 continue
             if pte & pt.VALID:
-                return PageState((pte >> pt.STATE_SHIFT) & 3), None
+                return _STATE[(pte >> pt.STATE_SHIFT) & 3], None
             return PageState.NOPAGE, pt.pte_owner(pte)
 
     def local(self, pfns) -> dict[int, PageView]:
@@ -208,6 +256,7 @@ class Abstraction:
             out[pfn] = self._view(pfn, h, (y[0], None), vmemmap)
         return out
 
+    # removed with the abi branch (only __pkvm_host_donate_guest's local check uses it)
     def vm_local(self, handle: int, gfn: int) -> dict[int, AbstractVM]:
         """The slot ``handle`` names, with only what its guest stage-2 maps at ``gfn``: a donate_guest footprint."""
         idx = (handle - 0x1000) & 0xFFFF_FFFF
@@ -241,39 +290,111 @@ class Abstraction:
         return {idx: AbstractVM(idx, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"),
                                 (), (addr >> PAGE_SHIFT, 0), (pgd >> PAGE_SHIFT, 0), pages)}
 
+    def _guest_walk(self, slot: int, pgd: int, ia_bits: int, level: int) -> tuple[list, list]:
+        """Every leaf (ipa, descriptor, level) and every table below the PGD of a guest stage-2.
+
+        Each table is read whole every time (one read); it is decoded again only when its bytes changed
+        since the last walk (a guest stage-2 changes on map_guest and the guest's share/unshare only)."""
+        leaves: list = []
+        tables: list = []
+
+        def walk(table_pa: int, lv: int, base: int, n: int) -> None:
+            if not self.config.in_ram(table_pa >> PAGE_SHIFT):
+                raise AbstractionError(f"VM slot {slot}: a stage-2 table descriptor points outside RAM ({table_pa:#x})")
+            raw = self._u_bytes(table_pa, n * 8)
+            key = (table_pa, lv, base)
+            hit = self._tables.get(key)
+            if hit is None or hit[0] != raw:
+                t = np.frombuffer(raw, dtype="<u8")
+                here, kids = [], []
+                shift = pt.granule_shift(lv)
+                for i in np.flatnonzero(t).tolist():
+                    pte = int(t[i])
+                    if lv < 3 and pte & 3 == 3:
+                        kids.append((pte & pt.ADDR_MASK, base + (i << shift)))
+                    else:
+                        here.append((base + (i << shift), pte, lv))
+                hit = self._tables[key] = (raw, here, kids)
+            leaves.extend(hit[1])
+            for child, addr in hit[2]:
+                tables.append(child)
+                walk(child, lv + 1, addr, pt.ENTRIES)
+
+        walk(pgd, level, 0, 1 << (ia_bits - pt.granule_shift(level)))
+        if len(self._tables) > 4096:
+            self._tables.clear()
+        return leaves, tables
+
     def pool_free(self) -> int:
         return self._u(*self._pool_free)
 
-    def vms(self) -> dict[int, AbstractVM]:
-        from pkvmlab.inspect.tables import mapped_pages
+    def vms(self, guest: dict | None = None, light: bool = False) -> dict[int, AbstractVM]:
+        """Every VM in the shadow table; ``guest`` (if given) gets pfn -> the state its guest maps it in.
 
+        ``light``: without what its stage-2 maps or its memcaches hold (``pages``, ``memcache``, ``hyp_pages``
+        left empty): all a vCPU load or put may change, at a few reads per VM instead of a table walk."""
         table = self._u(self._table)
         if not table:
             return {}
-        ptrs = np.frombuffer(self.phys.read(table, 8 * self.config.max_pvms), dtype="<u8")
+        c = self.config
+        ptrs = np.frombuffer(self.phys.read(table, 8 * c.max_pvms), dtype="<u8")
         out = {}
+        vmemmap = None
         for idx in np.flatnonzero(ptrs).tolist():
             addr = int(ptrs[idx])
-            head = self.phys.read(addr, self._vm_size)
+            head = self._u_bytes(addr, self._vm_size)
 
             def val(name: str, head: bytes = head) -> int:
                 off, size = self._f[name]
                 return int.from_bytes(head[off:off + size], "little")
 
             n = min(val("kvm.created_vcpus"), 64)
-            vcpus = tuple(self._u(addr + self._states + k * self._st_size + self._host_vcpu) for k in range(n))
+            states = self._u_bytes(addr + self._states, n * self._st_size)   # every vCPU's state in one read
+
+            def sval(k: int, off: int, size: int = 8, states: bytes = states) -> int:
+                at = k * self._st_size + off
+                return int.from_bytes(states[at:at + size], "little")
+
+            vcpus, loaded, memcache, hyp_pages = [], [], [], []
+            for k in range(n):
+                vcpus.append(sval(k, self._host_vcpu))
+                if sval(k, *self._loaded):
+                    loaded.append(k)
+                if light:
+                    continue
+                mc_head, mc_nr = sval(k, self._mc), sval(k, self._mc + 8)
+                memcache.append(mc_nr)
+                for _ in range(min(mc_nr, 64)):   # the list, linked through each page's first word
+                    if not c.in_ram(mc_head >> PAGE_SHIFT):
+                        raise AbstractionError(f"VM slot {idx} vCPU {k}: a memcache page at {mc_head:#x} outside RAM")
+                    hyp_pages.append(mc_head >> PAGE_SHIFT)
+                    mc_head = self._u(mc_head)
             pgd, ia_bits = val("pgt.pgd"), val("pgt.ia_bits")
-            pages = tuple(sorted(mapped_pages(self.phys, pgd, ia_bits, val("pgt.start_level")))) \
-                if pgd and 30 < ia_bits <= 48 else ()
+            pages = []
+            if pgd and 30 < ia_bits <= 48 and not light:
+                leaves, tables = self._guest_walk(idx, pgd, ia_bits, val("pgt.start_level"))
+                hyp_pages += [t >> PAGE_SHIFT for t in tables if not c.in_carveout(t >> PAGE_SHIFT)]
+                for a, p, lv in leaves:
+                    if not p & pt.VALID or (lv == 3 and not p & pt.TYPE):
+                        continue
+                    size = pt.granule(lv)
+                    pa = p & pt.ADDR_MASK & ~(size - 1)
+                    gs = _STATE[(p >> pt.STATE_SHIFT) & 3]
+                    for j in range(0, size, pt.PAGE_SIZE):
+                        pages.append(((a + j) >> PAGE_SHIFT, (pa + j) >> PAGE_SHIFT))
+                        if guest is not None:
+                            guest[(pa + j) >> PAGE_SHIFT] = gs
             size = val("shadow_area_size")
             refs = 0
-            if self.config.ram[0] <= addr >> PAGE_SHIFT < self.config.ram[1]:
-                vmemmap = self._u(self._vmemmap)
-                refs = self._u(vmemmap + ((addr >> PAGE_SHIFT) - self.config.ram[0]) * self._page_size + self._ref[0],
+            if c.ram[0] <= addr >> PAGE_SHIFT < c.ram[1]:
+                if vmemmap is None:
+                    vmemmap = self._u(self._vmemmap)
+                refs = self._u(vmemmap + ((addr >> PAGE_SHIFT) - c.ram[0]) * self._page_size + self._ref[0],
                                self._ref[1])
             out[idx] = AbstractVM(idx, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"),
-                                  vcpus, (addr >> PAGE_SHIFT, -(-size // 4096)), (pgd >> PAGE_SHIFT, self.config.pgd_pages),
-                                  pages, refs=refs)
+                                  tuple(vcpus), (addr >> PAGE_SHIFT, -(-size // 4096)), (pgd >> PAGE_SHIFT, c.pgd_pages),
+                                  tuple(sorted(pages)), loaded=tuple(loaded), refs=refs, memcache=tuple(memcache),
+                                  hyp_pages=tuple(sorted(hyp_pages)))
         return out
 
 

@@ -13,17 +13,19 @@ every page becomes), loose where it is loose:
 * -ENOMEM because the pool cannot cover the tables a change would split: the specification does not
   model tables, so when the pool is nearly empty (``SpecConfig.pool_slack``) it allows that too.
 
-Guest hypercalls (vCPU load/put, guest share/unshare, run) are a later issue: they add functions
-here and to :data:`HOST_RULES`'s sibling for guests; the state already has ``AbstractVM.loaded``.
+The calls that run guests (vCPU load/put, map_guest, reclaim, run, and the guest's own hypercalls the
+run applies) are in :mod:`pkvmlab.spec.guest_calls`; :data:`HOST_RULES` holds both.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from pkvmlab.arch.ownership import HOST, TRANSITION, PageView
-from pkvmlab.spec.state import GUEST_OWNED, HANDLE_OFFSET, AbstractState, AbstractVM
+from pkvmlab.arch.ownership import HOST, NOPAGE, TRANSITION, PageView
+from pkvmlab.spec.state import GUEST_OWNED, HANDLE_OFFSET, AbstractState, AbstractVM, view_words
 
 PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
@@ -37,6 +39,9 @@ class Outcome:
 
     ``pool``: "exact" (the free count must be ``state.pool_free``) or "any".
     ``zeroed``: pfns that must read as zeros afterwards (pages hyp gives back).
+    ``loose``: for a call whose effect is a set of states, not one (a guest run): a function of the state
+    after that says, in words, what in it the rules do not allow (nothing: allowed); ``state`` is then the
+    state before, for the message.
     """
 
     ret: int
@@ -44,6 +49,7 @@ class Outcome:
     why: str
     pool: str = "exact"
     zeroed: tuple[int, ...] = ()
+    loose: Callable[[AbstractState], list[str]] | None = None
 
     def words(self) -> str:
         r = f"-{errno.errorcode.get(-self.ret, -self.ret)}" if self.ret < 0 else f"{self.ret:#x}"
@@ -76,15 +82,21 @@ def check_pfn_range(s: AbstractState, pfn: int, nr: int) -> None:
         raise Refused(errno.EINVAL, f"pfns {pfn:#x}+{nr} are not a range of RAM")
 
 
+@functools.lru_cache(maxsize=4096)
+def _outcome(t, page: PageView):
+    """``t.outcome(page)``, remembered: a transition's effect on a page view is a pure function of the two."""
+    return t.outcome(page)
+
+
 def apply_transition(s: AbstractState, call: str, pfns, *, pins: int | None = None) -> dict:
     """Every page of ``pfns`` through ``TRANSITION[call]`` (all or none): the changed pages, or Refused."""
     t = TRANSITION[call]
     changes = {}
     for pfn in pfns:
         page = changes.get(pfn) or s.page(pfn)
-        out = t.outcome(page)
+        out = _outcome(t, page)
         if out.errno or out.bug:
-            raise Refused(out.errno or errno.EPERM, f"{call}: pfn {pfn:#x} is {page}, not "
+            raise Refused(out.errno or errno.EPERM, f"{call}: pfn {pfn:#x} is {view_words(page)}, not "
                           f"{t.initiator.name} {t.initiator_from.name} / {t.completer.name} {t.completer_from.name}"
                           + (" unpinned" if out.errno == errno.EBUSY else ""))
         changes[pfn] = out.after
@@ -101,7 +113,7 @@ def pin_range(s: AbstractState, start_pa: int, size: int, changes: dict) -> None
         page = changes.get(pfn) or s.page(pfn)
         out = t.outcome(page)
         if out.errno:
-            raise Refused(out.errno, f"pfn {pfn:#x} ({page}) is not shared with hyp")
+            raise Refused(out.errno, f"pfn {pfn:#x} ({view_words(page)}) is not shared with hyp")
         if page.pins >= 0xFFFF:
             raise Refused(errno.EBUSY, f"pfn {pfn:#x} has as many pins as hyp can count")
         changes[pfn] = out.after
@@ -132,6 +144,7 @@ def unshare_hyp(s: AbstractState, pfn: int, peek=None) -> list[Outcome]:
     return _nomem_alternative(s, [Outcome(0, s.with_pages(changes), "unshared", pool="any")])
 
 
+# removed with the abi branch: a lab-only host door (upstream __pkvm_host_donate_hyp() is hyp-internal)
 def donate_hyp(s: AbstractState, pfn: int, nr_pages: int, peek=None) -> list[Outcome]:
     try:
         check_pfn_range(s, pfn, nr_pages)
@@ -208,34 +221,48 @@ def init_shadow(s: AbstractState, host_kvm: int, shadow_va: int, shadow_size: in
         vmid = idx + 1
         if vmid > 0xFF:   # VMID 0 is the host's; 8-bit VMIDs
             continue
-        vm = AbstractVM(idx, idx + HANDLE_OFFSET, vmid, host_kvm, vcpus, (sh_pfn, sh_nr), (pgd_pfn, c.pgd_pages))
+        vm = AbstractVM(idx, idx + HANDLE_OFFSET, vmid, host_kvm, vcpus, (sh_pfn, sh_nr), (pgd_pfn, c.pgd_pages),
+                        memcache=(0,) * nr_vcpus)
         outs.append(Outcome(idx + HANDLE_OFFSET, after.with_vm(idx, vm), f"a new VM in free slot {idx}", pool="any"))
     return _nomem_alternative(s, outs)
 
 
 def teardown_shadow(s: AbstractState, shadow_handle: int, peek=None) -> list[Outcome]:
-    """The seed's ``__pkvm_teardown_shadow``: everything the VM held goes back to the host, zeroed; pins dropped."""
+    """The seed's ``__pkvm_teardown_shadow``: the shadow area, the PGD and the pages hyp took for the VM's tables
+    and memcaches go back to the host (zeroed); the pins drop; the guest's own pages wait, still the guest's,
+    for the host to reclaim them one by one (``__pkvm_host_reclaim_page``: upstream's teardown does no unbounded
+    work in one call, nvhe/mem_protect.c ``reclaim_guest_pages()`` marks them instead)."""
     vm = s.vm_by_handle(shadow_handle & 0xFFFF_FFFF)   # the handler takes an unsigned int
     if vm is None:
         return [Outcome(-errno.ENOENT, s, f"no VM has handle {shadow_handle & 0xFFFF_FFFF:#x}")]
     if vm.loaded or vm.refs:   # the seed: hyp_page_count(vm) -- a loaded vCPU holds a reference
         return [Outcome(-errno.EBUSY, s, "the VM is still referenced (a vCPU is loaded)")]
     changes: dict = {}
-    back = [pfn for _, pfn in vm.pages]
-    back += list(range(vm.pgd[0], vm.pgd[0] + vm.pgd[1])) + list(range(vm.shadow[0], vm.shadow[0] + vm.shadow[1]))
-    for pfn in back:
-        changes[pfn] = PageView(HOST, host=TRANSITION["__pkvm_hyp_donate_host"].completer_to,
-                                hyp=TRANSITION["__pkvm_hyp_donate_host"].initiator_to)
+    give = TRANSITION["__pkvm_hyp_donate_host"]
+    back = list(range(vm.pgd[0], vm.pgd[0] + vm.pgd[1])) + list(range(vm.shadow[0], vm.shadow[0] + vm.shadow[1]))
+    for pfn in (*back, *vm.hyp_pages):
+        changes[pfn] = PageView(HOST, host=give.completer_to, hyp=give.initiator_to)
     unpin = TRANSITION["hyp_unpin_shared_mem"]
     for pa, size in ((vm.host_kvm, s.config.kvm_size), *((v, s.config.vcpu_size) for v in vm.vcpus)):
         for pfn in range(pa >> PAGE_SHIFT, (pa + size + PAGE - 1) >> PAGE_SHIFT):
             page = changes.get(pfn) or s.page(pfn)
             changes[pfn] = unpin.outcome(page).after
-    zeroed = tuple(pfn for _, pfn in vm.pages) + tuple(range(vm.shadow[0], vm.shadow[0] + vm.shadow[1]))
-    after = s.with_pages(changes).with_vm(vm.index, None)
-    return [Outcome(0, after, f"VM {vm.handle:#x} torn down", pool="any", zeroed=zeroed)]
+    zeroed = tuple(range(vm.shadow[0], vm.shadow[0] + vm.shadow[1])) + vm.hyp_pages
+    guest = [pfn for _, pfn in vm.pages]
+    pending = s.with_pages({**changes, **{pfn: GUEST_OWNED for pfn in guest}}).with_vm(vm.index, None)
+    outs = [Outcome(0, pending, f"VM {vm.handle:#x} torn down; its {len(guest)} guest page(s) wait for reclaim",
+                    pool="any", zeroed=zeroed)]
+    if guest and not vm.hyp_pages:
+        # removed with the abi branch: pages __pkvm_host_donate_guest gave a VM that never loaded a vCPU (its
+        # tables came from the hyp pool) come back to the host at once, zeroed.
+        at_once = s.with_pages({**changes, **{pfn: PageView(HOST, host=give.completer_to, hyp=NOPAGE) for pfn in guest}})
+        outs.append(Outcome(0, at_once.with_vm(vm.index, None), f"VM {vm.handle:#x} torn down, its pages back at once",
+                            pool="any", zeroed=zeroed + tuple(guest)))
+    return outs
 
 
+# removed with the abi branch: the lab's older door (the seed's series gives guests pages with
+# __pkvm_host_map_guest on a loaded vCPU, pkvmlab.spec.guest_calls.map_guest)
 def donate_guest(s: AbstractState, pfn: int, gfn: int, shadow_handle: int, peek=None) -> list[Outcome]:
     vm = s.vm_by_handle(shadow_handle & 0xFFFF_FFFF)
     try:
@@ -247,7 +274,7 @@ def donate_guest(s: AbstractState, pfn: int, gfn: int, shadow_handle: int, peek=
             raise Refused(errno.EINVAL, f"gfn {gfn:#x} is outside the guest's {s.config.guest_ipa_bits}-bit IPA space")
         page = s.page(pfn)
         if page.owner != HOST or page.host != TRANSITION["__pkvm_host_donate_hyp"].initiator_from:
-            raise Refused(errno.EPERM, f"pfn {pfn:#x} is {page}, not the host's own")
+            raise Refused(errno.EPERM, f"pfn {pfn:#x} is {view_words(page)}, not the host's own")
         if vm.page_at(gfn) is not None:
             raise Refused(errno.EPERM, f"gfn {gfn:#x} of VM {vm.handle:#x} already holds a page")
     except Refused as r:
@@ -260,15 +287,20 @@ HOST_RULES = {
     "__pkvm_hyp_info": hyp_info,
     "__pkvm_host_share_hyp": share_hyp,
     "__pkvm_host_unshare_hyp": unshare_hyp,
-    "__pkvm_host_donate_hyp": donate_hyp,
+    "__pkvm_host_donate_hyp": donate_hyp,           # removed with the abi branch
     "__pkvm_init_shadow": init_shadow,
     "__pkvm_teardown_shadow": teardown_shadow,
-    "__pkvm_host_donate_guest": donate_guest,
+    "__pkvm_host_donate_guest": donate_guest,       # removed with the abi branch
 }
 
 
 def allowed(s: AbstractState, call: str, args: tuple, peek=None) -> list[Outcome]:
     """Every outcome pKVM allows for host hypercall ``call(*args)`` from state ``s``."""
+    rule = HOST_RULES.get(call)
+    if rule is None:
+        from pkvmlab.spec.guest_calls import GUEST_RULES
+
+        rule = GUEST_RULES[call]
     args = tuple(a & U64 for a in args)   # registers: what the handler sees
-    return HOST_RULES[call](s, *args, peek=peek)
+    return rule(s, *args, peek=peek)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from pkvmlab.arch.ownership import GUEST, HOST, HYP, NOPAGE, OWNED, PageView
+from pkvmlab.arch.pgtable import NO_OWNER, Owner
 
 HANDLE_OFFSET = 0x1000   # the seed's: handle = slot index + HANDLE_OFFSET
 
@@ -38,6 +39,8 @@ class SpecConfig:
     created_vcpus: tuple[int, int] = (0, 4)   # (offset, size) of kvm->created_vcpus
     guest_ipa_bits: int = 40
     pool_slack: int = 16            # below this many free pool pages, -ENOMEM is always allowed (see rules)
+    vcpu_memcache: int = 0          # offset of arch.pkvm_memcache (head, then nr_pages) in the host's struct kvm_vcpu
+    mmu_cache_min_pages: int = 2    # kvm_mmu_cache_min_pages(): what __pkvm_host_map_guest tops the memcache up to
 
     def in_ram(self, pfn: int, nr: int = 1) -> bool:
         return self.ram[0] <= pfn and pfn + nr <= self.ram[1]
@@ -61,14 +64,20 @@ class AbstractVM:
     shadow: tuple[int, int]         # (first pfn, nr pages) of the donated shadow area
     pgd: tuple[int, int]            # (first pfn, nr pages) of the donated stage-2 PGD
     pages: tuple[tuple[int, int], ...] = ()   # (gfn, pfn) the host donated, sorted by gfn
-    loaded: tuple[int, ...] = ()    # vCPU indices loaded on a physical CPU (guests: a later issue)
+    loaded: tuple[int, ...] = ()    # vCPU indices loaded on the (one) physical CPU
     refs: int = 0                   # references hyp holds on the shadow area (hyp_page_count(vm): a loaded vCPU's)
+    memcache: tuple[int, ...] = ()  # pages on each shadow vCPU's memcache (hyp's, not yet tables)
+    hyp_pages: tuple[int, ...] = ()  # pfns outside the carve-out hyp holds for this VM: memcache pages and the
+    #                                 guest stage-2 tables below the PGD (they go back to the host at teardown)
 
     def page_at(self, gfn: int) -> int | None:
         return dict(self.pages).get(gfn)
 
     def with_page(self, gfn: int, pfn: int) -> AbstractVM:
         return replace(self, pages=tuple(sorted((*self.pages, (gfn, pfn)))))
+
+    def holds(self, pfn: int) -> bool:
+        return any(p == pfn for _, p in self.pages)
 
     def __str__(self) -> str:
         return (f"VM handle {self.handle:#x} (slot {self.index}, VMID {self.vmid}, {len(self.vcpus)} vCPU(s), "
@@ -96,6 +105,13 @@ class AbstractState:
         """The seed's lookup: the handle is an ``unsigned int``, its index ``handle - HANDLE_OFFSET`` wraps."""
         idx = (handle - HANDLE_OFFSET) & 0xFFFF_FFFF
         return self.vms.get(idx) if idx < self.config.max_pvms else None
+
+    def loaded_vcpu(self) -> tuple[AbstractVM, int] | None:
+        """(VM, vCPU index) loaded on the CPU, or None (the lab has one CPU: at most one)."""
+        for vm in self.vms.values():
+            if vm.loaded:
+                return vm, vm.loaded[0]
+        return None
 
     def with_pages(self, changes: dict) -> AbstractState:
         pages = dict(self.pages)
@@ -126,7 +142,7 @@ class AbstractState:
                 j += 1
             n = j - i + 1
             rng = f"pfn {pfns[i]:#x}" + (f"-{pfns[j]:#x} ({n} pages)" if n > 1 else "")
-            out.append(f"{rng}: {self.page(pfns[i])}  vs  {other.page(pfns[i])}")
+            out.append(f"{rng}: {view_words(self.page(pfns[i]))}  vs  {view_words(other.page(pfns[i]))}")
             i = j + 1
         for idx in sorted(set(self.vms) | set(other.vms)):
             a, b = self.vms.get(idx), other.vms.get(idx)
@@ -140,7 +156,8 @@ class AbstractState:
     def summary(self) -> str:
         owners: dict[str, int] = {}
         for v in self.pages.values():
-            owners[v.owner.name] = owners.get(v.owner.name, 0) + 1
+            name = v.owner.name if isinstance(v.owner, Owner) else "none"
+            owners[name] = owners.get(name, 0) + 1
         return (f"{len(self.pages)} page(s) not as at boot ({', '.join(f'{k} {n}' for k, n in sorted(owners.items()))}), "
                 f"{len(self.vms)} VM(s), pool {self.pool_free} free")
 
@@ -150,9 +167,20 @@ class AbstractState:
 
 def _vm_detail(a: AbstractVM, b: AbstractVM) -> str:
     parts = [f"{f} {getattr(a, f)!r} vs {getattr(b, f)!r}" for f in ("handle", "vmid", "host_kvm", "vcpus", "shadow",
-                                                                     "pgd", "pages", "loaded", "refs")
+                                                                     "pgd", "pages", "loaded", "refs",
+                                                                     "memcache", "hyp_pages")
              if getattr(a, f) != getattr(b, f)]
     return " [" + "; ".join(parts) + "]"
 
 
 GUEST_OWNED = PageView(GUEST, host=NOPAGE, hyp=NOPAGE, guest=OWNED)
+
+
+def view_words(v: PageView) -> str:
+    """A page view in words, also one whose owner no component id names (a corrupted annotation, no owner)."""
+    if isinstance(v.owner, Owner):
+        return str(v)
+    from pkvmlab.arch.pgtable import STATE_NAMES
+
+    return (f"owner {'none' if v.owner == NO_OWNER else v.owner}, host {STATE_NAMES[v.host]}, hyp {STATE_NAMES[v.hyp]}"
+            + (f", guest {STATE_NAMES[v.guest]}" if v.guest != NOPAGE else "") + (f", {v.pins} pin(s)" if v.pins else ""))
