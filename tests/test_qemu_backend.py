@@ -164,7 +164,7 @@ def test_system_register_writes_are_refused_in_words(qlab):
 
 @pytest.mark.parametrize("backend", ["unicorn", "qemu"])
 def test_debugger_memory_access_refuses_what_would_be_truncated_on_both_backends(backend, request):
-    """phys.write_u64 of a value past 64 bits, a non-bytes write, or an access past RAM: a one-line UsageError, nothing written."""
+    """phys.write_u64 past 64 bits, a non-bytes write, an access past RAM: a one-line UsageError, nothing written."""
     lab = request.getfixturevalue("qlab") if backend == "qemu" else Lab()
     pa = lab.host.alloc_pages() << 12
     lab.core.phys.write_u64(pa, 0x1122334455667788)

@@ -10,8 +10,9 @@ Only the shares are host hypercalls.  A donation to hyp is hyp-internal, as upst
 (``__pkvm_host_donate_hyp`` in nvhe/mem_protect.c has no host door): it happens inside
 ``__pkvm_init_shadow`` (the VM's shadow area and PGD, ``map_donated_memory`` in nvhe/pkvm.c) and in
 ``refill_memcache`` (nvhe/mm.c, called by ``__pkvm_host_map_guest``).  A host-to-guest donation
-(``__pkvm_host_donate_guest``, made by ``__pkvm_host_map_guest`` for the loaded vCPU's VM) is not in
-this table: its completer is a guest's stage-2, which ``pkvmlab.inspect`` reads per VM.
+(``__pkvm_host_donate_guest``, made by ``__pkvm_host_map_guest`` for the loaded vCPU's VM) and the
+guest's own MEM_SHARE / MEM_UNSHARE are in :data:`GUEST_TRANSITIONS`, kept apart: their completer is a
+guest's stage-2, which ``pkvmlab.inspect`` reads per VM.
 
 Owner ids and page states themselves live in :mod:`pkvmlab.arch.pgtable`.
 """

@@ -256,40 +256,6 @@ class Abstraction:
             out[pfn] = self._view(pfn, h, (y[0], None), vmemmap)
         return out
 
-    # removed with the abi branch (only __pkvm_host_donate_guest's local check uses it)
-    def vm_local(self, handle: int, gfn: int) -> dict[int, AbstractVM]:
-        """The slot ``handle`` names, with only what its guest stage-2 maps at ``gfn``: a donate_guest footprint."""
-        idx = (handle - 0x1000) & 0xFFFF_FFFF
-        table = self._u(self._table)
-        if not table or idx >= self.config.max_pvms:
-            return {}
-        addr = self._u(table + 8 * idx)
-        if not addr:
-            return {}
-        head = self.phys.read(addr, self._vm_size)
-
-        def val(name: str) -> int:
-            off, size = self._f[name]
-            return int.from_bytes(head[off:off + size], "little")
-
-        pgd, ia_bits, level = val("pgt.pgd"), val("pgt.ia_bits"), val("pgt.start_level")
-        pages = ()
-        if pgd and 30 < ia_bits <= 48 and gfn < 1 << (ia_bits - PAGE_SHIFT):
-            table_, first, ipa = pgd, True, gfn << PAGE_SHIFT
-            while True:
-                shift = pt.granule_shift(level)
-                bits = ia_bits - shift if first else 9
-                pte = self._u(table_ + ((ipa >> shift) & ((1 << bits) - 1)) * 8)
-                if level < 3 and (pte & 3) == 3:
-                    table_, level, first = pte & pt.ADDR_MASK, level + 1, False
-                    continue
-                if pte & pt.VALID:
-                    size = pt.granule(level)
-                    pages = ((gfn, ((pte & pt.ADDR_MASK & ~(size - 1)) + (ipa & (size - 1))) >> PAGE_SHIFT),)
-                break
-        return {idx: AbstractVM(idx, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"),
-                                (), (addr >> PAGE_SHIFT, 0), (pgd >> PAGE_SHIFT, 0), pages)}
-
     def _guest_walk(self, slot: int, pgd: int, ia_bits: int, level: int) -> tuple[list, list]:
         """Every leaf (ipa, descriptor, level) and every table below the PGD of a guest stage-2.
 

@@ -40,7 +40,7 @@ class SpecChecker:
         # or a hyp-internal call from a test changes the state without the host knowing.
         self.reuse_between_calls = False
         self._last = None
-        # True: calls that only touch pages they name (share, unshare, a small donate_hyp, hyp_info) are checked
+        # True: calls that only touch pages they name (share, unshare, hyp_info) are checked
         # on those pages alone, a table walk each, and a vCPU load or put on every VM's slot without its stage-2
         # (what they may change: loaded, the reference count) plus the pages that count lives in: cheap enough to
         # leave on.  That does not see a call change a page it does not name; the campaign turns it off and
@@ -91,10 +91,6 @@ class SpecChecker:
             return []
         if name in ("__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp"):
             pfn, nr = args[0], 1
-        elif name == "__pkvm_host_donate_hyp" and 0 < args[1] <= 64:   # removed with the abi branch
-            pfn, nr = args
-        elif name == "__pkvm_host_donate_guest":   # removed with the abi branch
-            pfn, nr = args[0], 1
         else:
             return None
         a = abstract_of(self.lab)
@@ -113,10 +109,9 @@ class SpecChecker:
 
     def check_local(self, name: str, args: tuple, run, footprint: list[int], info=None, vms=None):
         a = abstract_of(self.lab)
-        guest = name == "__pkvm_host_donate_guest"
         light = vms is not None
         if not light:
-            vms = a.vm_local(args[2] & 0xFFFF_FFFF, args[1]) if guest else {}
+            vms = {}
         before = AbstractState(a.config, {p: v for p, v in a.local(footprint).items() if v != a.config.boot_view(p)},
                                vms, a.pool_free())
         outs = allowed(before, name, args, self.peek)
@@ -126,7 +121,7 @@ class SpecChecker:
         except HypercallError as e:
             ret, err = -e.errno, e
         now, pool = a.local(footprint), a.pool_free()
-        vms_now = a.vms(light=True) if light else a.vm_local(args[2] & 0xFFFF_FFFF, args[1]) if guest else {}
+        vms_now = a.vms(light=True) if light else {}
         self.checked += 1
         for o in outs:
             if (o.ret == ret and all(o.state.page(p) == now[p] for p in footprint) and o.state.vms == vms_now

@@ -24,7 +24,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pkvmlab.arch.ownership import HOST, NOPAGE, TRANSITION, PageView
+from pkvmlab.arch.ownership import HOST, TRANSITION, PageView
 from pkvmlab.spec.state import GUEST_OWNED, HANDLE_OFFSET, AbstractState, AbstractVM, view_words
 
 PAGE_SHIFT = 12
@@ -144,16 +144,6 @@ def unshare_hyp(s: AbstractState, pfn: int, peek=None) -> list[Outcome]:
     return _nomem_alternative(s, [Outcome(0, s.with_pages(changes), "unshared", pool="any")])
 
 
-# removed with the abi branch: a lab-only host door (upstream __pkvm_host_donate_hyp() is hyp-internal)
-def donate_hyp(s: AbstractState, pfn: int, nr_pages: int, peek=None) -> list[Outcome]:
-    try:
-        check_pfn_range(s, pfn, nr_pages)
-        changes = apply_transition(s, "__pkvm_host_donate_hyp", range(pfn, pfn + nr_pages))
-    except Refused as r:
-        return [_refusal(s, r)]
-    return _nomem_alternative(s, [Outcome(0, s.with_pages(changes), f"{nr_pages} page(s) donated", pool="any")])
-
-
 def _read_uint(peek, pa: int, size: int) -> int | None:
     data = peek(pa, size) if peek else None
     return None if data is None else int.from_bytes(data, "little")
@@ -252,45 +242,15 @@ def teardown_shadow(s: AbstractState, shadow_handle: int, peek=None) -> list[Out
     pending = s.with_pages({**changes, **{pfn: GUEST_OWNED for pfn in guest}}).with_vm(vm.index, None)
     outs = [Outcome(0, pending, f"VM {vm.handle:#x} torn down; its {len(guest)} guest page(s) wait for reclaim",
                     pool="any", zeroed=zeroed)]
-    if guest and not vm.hyp_pages:
-        # removed with the abi branch: pages __pkvm_host_donate_guest gave a VM that never loaded a vCPU (its
-        # tables came from the hyp pool) come back to the host at once, zeroed.
-        at_once = s.with_pages({**changes, **{pfn: PageView(HOST, host=give.completer_to, hyp=NOPAGE) for pfn in guest}})
-        outs.append(Outcome(0, at_once.with_vm(vm.index, None), f"VM {vm.handle:#x} torn down, its pages back at once",
-                            pool="any", zeroed=zeroed + tuple(guest)))
     return outs
-
-
-# removed with the abi branch: the lab's older door (the seed's series gives guests pages with
-# __pkvm_host_map_guest on a loaded vCPU, pkvmlab.spec.guest_calls.map_guest)
-def donate_guest(s: AbstractState, pfn: int, gfn: int, shadow_handle: int, peek=None) -> list[Outcome]:
-    vm = s.vm_by_handle(shadow_handle & 0xFFFF_FFFF)
-    try:
-        if vm is None:
-            raise Refused(errno.ENOENT, f"no VM has handle {shadow_handle & 0xFFFF_FFFF:#x}")
-        if pfn > MAX_PFN or not s.config.in_ram(pfn):
-            raise Refused(errno.EINVAL, f"pfn {pfn:#x} is not RAM")
-        if gfn >= 1 << (s.config.guest_ipa_bits - PAGE_SHIFT):
-            raise Refused(errno.EINVAL, f"gfn {gfn:#x} is outside the guest's {s.config.guest_ipa_bits}-bit IPA space")
-        page = s.page(pfn)
-        if page.owner != HOST or page.host != TRANSITION["__pkvm_host_donate_hyp"].initiator_from:
-            raise Refused(errno.EPERM, f"pfn {pfn:#x} is {view_words(page)}, not the host's own")
-        if vm.page_at(gfn) is not None:
-            raise Refused(errno.EPERM, f"gfn {gfn:#x} of VM {vm.handle:#x} already holds a page")
-    except Refused as r:
-        return [_refusal(s, r)]
-    after = s.with_pages({pfn: GUEST_OWNED}).with_vm(vm.index, vm.with_page(gfn, pfn))
-    return _nomem_alternative(s, [Outcome(0, after, f"pfn {pfn:#x} is the guest's at gfn {gfn:#x}", pool="any")])
 
 
 HOST_RULES = {
     "__pkvm_hyp_info": hyp_info,
     "__pkvm_host_share_hyp": share_hyp,
     "__pkvm_host_unshare_hyp": unshare_hyp,
-    "__pkvm_host_donate_hyp": donate_hyp,           # removed with the abi branch
     "__pkvm_init_shadow": init_shadow,
     "__pkvm_teardown_shadow": teardown_shadow,
-    "__pkvm_host_donate_guest": donate_guest,       # removed with the abi branch
 }
 
 
