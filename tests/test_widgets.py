@@ -265,6 +265,20 @@ def test_run_hello_prints_its_text_in_the_console_and_logs_every_exit(builder: V
     assert "hello, off" in builder.vm_list.options[0][0]
 
 
+def test_run_shows_each_exit_in_the_console_and_exit_log_as_it_comes(builder: VMBuilder, lab) -> None:
+    """During one Run the exit log gains a row per exit and the console grows a character at a time, before the run returns."""
+    create_guest(builder, "hello")
+    rows, consoles = [], []
+    builder.exit_log.observe(lambda ch: rows.append(ch["new"].split("<tbody>")[1].count("</tr>")), "value")
+    builder.console.observe(lambda ch: consoles.append(words(ch["new"])), "value")
+    builder.run_button.click()
+    exits = lab.host.vms[0x1000].exits
+    assert rows[:len(exits)] == list(range(1, len(exits) + 1))          # one more row after each exit, in order
+    text = "Hello from a protected guest!"
+    shown = [next((n for n in range(len(text), -1, -1) if text[:n] in c), 0) for c in consoles]
+    assert shown == sorted(shown) and len(set(shown)) > len(text) // 2   # the text appeared bit by bit
+
+
 def test_step_spin_shows_its_preemption_as_an_exit(builder: VMBuilder, lab) -> None:
     create_guest(builder, "spin")
     builder.step_button.click()                                 # its first fetch faults: a page

@@ -14,7 +14,8 @@ from pkvmlab.firmware.elf import Firmware
 from pkvmlab.host import kernel_image as K
 from pkvmlab.host.page_alloc import PageAllocator
 from pkvmlab.host.reasons import refusal_reason
-from pkvmlab.machine.core import Core, HostVector, check_uint, serialised
+from pkvmlab.machine.core import Core, HostVector
+from pkvmlab.machine.phys import check_uint, serialised
 
 _ZEROS = [0] * 6
 
@@ -38,6 +39,9 @@ class Host:
         self._code_page: int | None = None  # where execute() puts the host's own code
         self.changes = 0   # bumped by every hypercall and host access: views redraw when it moved (pkvmlab.widgets)
         self.loaded_vcpu: tuple[int, int] | None = None   # (handle, vcpu_idx) __pkvm_vcpu_load made this CPU's
+        # Called as listener(vm, exit) after each guest exit the host handled (vcpu_run.py): display only, so a
+        # dashboard can show a Run's exits as they come; never part of what the machine does or records.
+        self.exit_listeners: list = []
 
     # -- the host's page allocator ---------------------------------------------------------
     @serialised

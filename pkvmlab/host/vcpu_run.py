@@ -195,6 +195,8 @@ class VcpuRunner:
             preempted_at = core.take_budget()[1] if budget else 0
         ex = self._handle(code, preempted_at, info)
         self.exits.append(ex)
+        for listener in list(host.exit_listeners):
+            listener(self.vm, ex)
         return ex
 
     @staticmethod

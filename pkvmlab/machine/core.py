@@ -13,7 +13,6 @@ hypervisor's own bug and becomes HypPanic.
 
 from __future__ import annotations
 
-import functools
 import threading
 from dataclasses import dataclass
 
@@ -26,13 +25,12 @@ from pkvmlab.arch.sysregs import SCR_EL3_HCE, SCR_EL3_NS, SCR_EL3_RW, SYSREGS
 from pkvmlab.errors import HypPanic, MachineError, UsageError
 from pkvmlab.machine import aarch32 as A32
 from pkvmlab.machine import exceptions as X
-from pkvmlab.machine.panic import decode_panic, symbolize
-from pkvmlab.machine.phys import PhysAccess, check_uint
-from pkvmlab.machine.watchdog import WATCHDOG
+from pkvmlab.machine.panic import decode_panic
+from pkvmlab.machine.phys import PhysMemory, check_uint, serialised
+from pkvmlab.machine.stops import RunStops
 
 RAM_BASE = 0x4000_0000
 RAM_SIZE = 1 << 30
-HARD_STOP_GRACE_MS = 1000   # after a requested stop, EL2 gets at least this long to return before a hard stop
 
 # QEMU's exception numbers, as Unicorn passes them to UC_HOOK_INTR
 EXCP_UDEF = 1
@@ -59,38 +57,11 @@ _GPR.update({f"q{i}": A.UC_ARM64_REG_Q0 + i for i in range(32)})
 _REG_BITS = {name: 128 if name.startswith("q") else 64 for name in _GPR}
 
 
-def serialised(method):
-    """Run ``method`` holding ``self.core.lock``: one thread at a time may use the engine."""
-    @functools.wraps(method)
-    def locked(self, *args, **kwargs):
-        with self.core.lock:
-            return method(self, *args, **kwargs)
-    return locked
-
-
 @dataclass(frozen=True)
 class HostVector:
     """The run stopped because the host took an exception at EL1 (its vector executed BRK)."""
 
     pc: int
-
-
-class PhysMemory(PhysAccess):
-    """Debugger access to physical memory on Unicorn (checks in :class:`PhysAccess`)."""
-
-    def __init__(self, core: Core):
-        self._uc, self.core = core.uc, core
-        self.base, self.size = core.ram_base, core.ram_size
-
-    @serialised
-    def _read(self, pa: int, n: int) -> bytes:
-        return bytes(self._uc.mem_read(pa, n))
-
-    @serialised
-    def _write(self, pa: int, data: bytes) -> None:
-        """Translated code is dropped so a patched instruction really runs next time."""
-        self._uc.mem_write(pa, data)
-        self._uc.ctl_flush_tb()   # Unicorn does not see debugger writes to code it has already translated
 
 
 class Registers:
@@ -106,7 +77,7 @@ class Registers:
         self._core.set_reg(f"x{i}", value)
 
 
-class Core:
+class Core(RunStops):
     """One ARMv8-A CPU (Cortex-A72 model, EL2 and EL3 present) with RAM, seen by register names."""
 
     def __init__(self, ram_base: int = RAM_BASE, ram_size: int = RAM_SIZE, *, native: bool | None = None):
@@ -387,76 +358,6 @@ class Core:
 
             self.uc.hook_add(unicorn.UC_HOOK_BLOCK, stop_at_host_block, begin=start, end=end - 1)
         self._host_watched = True
-
-    def set_budget(self, instructions: int) -> None:
-        """A guest run's instruction budget (0: none): when spent while a guest runs at EL1, an IRQ is taken to
-        EL2, as a timer interrupt with HCR_EL2.IMO would be.  Counted in whole blocks: deterministic."""
-        if self.native is not None:
-            self.native.set_budget(instructions)
-        else:
-            self._budget = [instructions, 0, 0]
-
-    def take_budget(self) -> tuple[int, int]:
-        """Disarm the budget: (instructions counted, the guest PC the IRQ was taken at, or 0)."""
-        if self.native is not None:
-            return self.native.take_budget()
-        b, self._budget = self._budget, [0, 0, 0]
-        return b[1], b[2]
-
-    def arm_watchdog(self, limit_ms: int) -> int:
-        self._hard_token = None
-        return WATCHDOG.arm(self._soft_stop, limit_ms / 1000)
-
-    def _soft_stop(self) -> None:
-        """Watchdog thread: ask for a stop at the next host block; stop hard if none comes within the limit.
-
-        A stop from another thread can land inside a translated block and report the block's start as the
-        PC after part of it ran: resuming from there would corrupt the hypervisor.  A block hook on the
-        host's code stops the run cleanly, between blocks and never in EL2.
-        """
-        if not self._host_watched:
-            self.uc.emu_stop()
-            return
-        if self.native is not None:
-            self.native.request_stop()
-        else:
-            self._stop_requested = True
-        # A hypercall takes microseconds, but a loaded machine can deschedule this process for longer than a
-        # short limit: give EL2 at least HARD_STOP_GRACE_MS of wall time to get back to the host.
-        self._hard_token = WATCHDOG.arm(self._hard_stop, max(self.run_limit_ms, HARD_STOP_GRACE_MS) / 1000)
-
-    def _hard_stop(self) -> None:
-        self._stopped_hard = True
-        self.uc.emu_stop()
-
-    def disarm_watchdog(self, token: int) -> tuple[bool, bool]:
-        """After a run: (the watchdog stopped it, it had to stop it hard, wherever it was)."""
-        if not WATCHDOG.disarm(token):
-            return False, False
-        if self._hard_token is not None:
-            WATCHDOG.disarm(self._hard_token)
-        hard, self._stopped_hard, self._stop_requested = self._stopped_hard, False, False
-        if self.native is not None:
-            self.native.take_stop()
-        return True, hard
-
-    def _hang(self, pc: int, limit_ms: int, *, firmware: bool) -> MachineError:
-        """A run stopped by the watchdog; ``firmware``: EL2 made no progress even when let finish, the machine is dead."""
-        err = self.hang_error(pc, limit_ms)
-        if firmware:
-            self.panic = HypPanic(str(err) + " — a hypervisor that never returns to the host is a firmware bug; "
-                                  "create a new Lab()", elr=pc, reason="endless loop at EL2")
-            err = MachineError(str(self.panic))
-        return err
-
-    def hang_error(self, pc: int, limit_ms: int, where: str = "") -> MachineError:
-        """The run was stopped by the watchdog: say where it was looping, in words."""
-        el = self.current_el
-        level = where or f"EL{el}"
-        where = symbolize(self.symbols, pc) if el == 2 and not where else f"{pc:#x}"
-        return MachineError(f"stopped after {limit_ms / 1000:g} s at {level}, {where}: the "
-                            f"{'hypervisor' if el == 2 else 'host'} seems to be in an endless loop "
-                            "(run_limit_ms sets the limit)")
 
     def call(self, addr: int, *args: int, timeout_ms: int = 1000) -> int:
         """Debugger: call a firmware function at EL2 with ``args`` in x0.., return its x0.

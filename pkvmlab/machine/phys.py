@@ -1,12 +1,24 @@
-"""Debugger access to physical memory, backend-neutral: the argument checks both cores share.
+"""Debugger access to physical memory: the argument checks both cores share, and Unicorn's side of it.
 
 ``Core.phys`` (Unicorn) and ``QemuCore.phys`` (the gdbstub) differ only in how bytes move; what a caller
-may pass, and the one-line error when it passes something else, is written here once.  Imports no emulator.
+may pass, and the one-line error when it passes something else, is written here once.  Imports no emulator
+(``PhysMemory`` calls the engine object the core hands it).
 """
 
 from __future__ import annotations
 
+import functools
+
 from pkvmlab.errors import UsageError
+
+
+def serialised(method):
+    """Run ``method`` holding ``self.core.lock``: one thread at a time may use the engine."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.core.lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 def check_uint(value, bits: int, what: str, *, signed_ok: bool = False) -> int:
@@ -65,3 +77,21 @@ class PhysAccess:
 
     def _write(self, pa: int, data: bytes) -> None:
         raise NotImplementedError
+
+
+class PhysMemory(PhysAccess):
+    """Debugger access to physical memory on Unicorn (checks in :class:`PhysAccess`)."""
+
+    def __init__(self, core):
+        self._uc, self.core = core.uc, core
+        self.base, self.size = core.ram_base, core.ram_size
+
+    @serialised
+    def _read(self, pa: int, n: int) -> bytes:
+        return bytes(self._uc.mem_read(pa, n))
+
+    @serialised
+    def _write(self, pa: int, data: bytes) -> None:
+        """Translated code is dropped so a patched instruction really runs next time."""
+        self._uc.mem_write(pa, data)
+        self._uc.ctl_flush_tb()   # Unicorn does not see debugger writes to code it has already translated

@@ -36,6 +36,7 @@ Tests drive it like a learner: set ``builder.vcpus.value`` and ``builder.guest.v
 
 from __future__ import annotations
 
+import weakref
 from html import escape
 
 import ipywidgets as W
@@ -144,6 +145,8 @@ class VMBuilder(W.VBox):
         self.add_class("pkvmlab-vm-builder")
         self.refresh()
         sync.register(self)
+        me = weakref.WeakMethod(self._guest_exited)   # the host must not keep a closed dashboard alive
+        lab.host.exit_listeners.append(lambda vm, ex: (m := me()) is not None and m(vm, ex))
 
     # -- what the buttons do (each returns whether it worked; errors go to the status line) -------
     def create(self) -> bool:
@@ -350,6 +353,12 @@ class VMBuilder(W.VBox):
         self.guest_note.value = ("<small>none: a VM that runs nothing (give it pages by hand)</small>" if g == "none" else
                                  f"<small><code>create_vm(guest={g!r})</code>: pages come on demand; "
                                  "<i>guest pages</i> is for a VM with no program</small>")
+
+    def _guest_exited(self, vm, _exit) -> None:
+        """During this builder's own Run: the console and exit log follow each exit as it comes (the pictures are
+        redrawn once, when the run returns: a redraw per exit would take seconds for a chatty guest)."""
+        if self.busy and self._exit_mark is not None and vm is self.selected:
+            self._draw_guest()
 
     def _draw_guest(self) -> None:
         """The selected VM's console and exits (its last click's exits marked)."""
