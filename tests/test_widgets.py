@@ -70,6 +70,7 @@ def test_create_shows_the_handle_everywhere(builder: VMBuilder, lab) -> None:
     assert "<?xml" not in builder.diagram.value          # inline SVG: no XML prologue inside HTML
     [shadow] = builder.snapshot.vms
     assert (shadow.handle, shadow.vmid, shadow.nr_vcpus, len(shadow.guest_pages)) == (0x1000, 1, 2, 2)
+    assert "2 guest page(s)" in builder.vm_list.options[0][0]   # the list counts what hyp's table maps, no more
     log = words(builder.hypercall_log.value)
     assert log.count("__pkvm_host_share_hyp") == 3      # struct kvm and two vCPUs
     assert "__pkvm_init_shadow" in log and "handle 0x1000" in log

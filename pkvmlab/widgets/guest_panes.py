@@ -96,7 +96,7 @@ def exit_log_html(exits, limit: int = 60, mark_from: int | None = None, max_heig
 
 def vm_label(handle: int, vm) -> str:
     """One line of the live-VM list: handle, vCPUs, pages, and its guest program and state."""
-    pages = len(vm.guest_pages) + len(getattr(vm, "mapped_pages", {}))
+    pages = len(vm.guest_pages)   # every page the host gave it: vm.donate() and demand faults alike
     guest = getattr(vm, "guest", None)
     run = ""
     if guest is not None:

@@ -19,8 +19,7 @@ def _high(host) -> int:
     high = host.pages.start_pfn
     for vm in host.vms.values():
         pfns = [vm.host_kvm // PAGE, *(v // PAGE for v in vm.vcpus), (vm.shadow_va + vm.shadow_size) // PAGE - 1,
-                (vm.pgd + vm.pgd_size) // PAGE - 1, *vm.guest_pages.values(),
-                *getattr(vm, "mapped_pages", {}).values(), *getattr(vm, "memcache_pages", ())]
+                (vm.pgd + vm.pgd_size) // PAGE - 1, *vm.guest_pages.values(), *vm.memcache_pages]
         high = max(high, max(pfns) + 1)
     return high
 
