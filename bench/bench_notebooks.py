@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from timing import best
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,12 +19,7 @@ def main() -> None:
     from pkvmlab import Lab
 
     lab = Lab()
-    lab.host.hyp_info()
-    n = 2000
-    t = time.perf_counter()
-    for _ in range(n):
-        lab.host.hyp_info()
-    hvc = (time.perf_counter() - t) / n
+    hvc = best(lab.host.hyp_info, 2000)
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
