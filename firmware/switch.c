@@ -96,7 +96,11 @@ bool kvm_handle_pvm_hvc64(struct kvm_vcpu *vcpu)
 				 BIT(ARM_SMCCC_KVM_FUNC_MEM_SHARE) | BIT(ARM_SMCCC_KVM_FUNC_MEM_UNSHARE), 0, 0, 0);
 		return true;
 	case ARM_SMCCC_VENDOR_HYP_KVM_HYP_MEMINFO_FUNC_ID:
-		smccc_set_retval(vcpu, PAGE_SIZE, 0, 0, 0);
+		/* x1..x3 must be 0, as upstream's kvm_handle_pvm_hvc64() checks (Android nvhe/pkvm.c, 2022). */
+		if (vcpu->arch.ctxt.regs.regs[1] || vcpu->arch.ctxt.regs.regs[2] || vcpu->arch.ctxt.regs.regs[3])
+			smccc_set_retval(vcpu, (u64)SMCCC_RET_INVALID_PARAMETER, 0, 0, 0);
+		else
+			smccc_set_retval(vcpu, PAGE_SIZE, 0, 0, 0);
 		return true;
 	case ARM_SMCCC_VENDOR_HYP_KVM_MEM_SHARE_FUNC_ID:
 		pkvm_memshare_call(vcpu, true);

@@ -128,6 +128,19 @@ def test_guest_hypercalls_at_el2_and_share_unshare_pairs(lab):
     vm.teardown()
 
 
+def test_kvm_features_and_hyp_meminfo_are_answered_at_el2_and_stray_arguments_refused(lab):
+    """HYP_MEMINFO gives the page size, but with a non-zero x1..x3 it is SMCCC_RET_INVALID_PARAMETER (as pKVM)."""
+    vm = lab.host.create_vm(nr_vcpus=1, guest="meminfo")
+    exits = vm.run()
+    assert exits[-1].reason == "hypercall"
+    features, granule, refused = exits[-1].hvc[1:]
+    assert features == 0b11101                # FEATURES, HYP_MEMINFO, MEM_SHARE, MEM_UNSHARE (bits 0, 2, 3, 4)
+    assert granule == PAGE and refused == (1 << 64) - 3
+    assert [e.reason for e in exits] == ["page fault", "hypercall"]   # nothing else reached the host
+    assert vm.run()[-1].reason == "system off"
+    vm.teardown()
+
+
 @pytest.mark.parametrize("native", [None, False], ids=["native", "pure-python"])
 def test_spin_is_preempted_at_the_same_pc_for_the_same_budget(native):
     pcs = []

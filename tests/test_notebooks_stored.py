@@ -58,3 +58,20 @@ def test_strip_removes_widget_state_model_ids_and_timestamps() -> None:
     assert cell["metadata"] == {}
     assert cell["outputs"][0]["data"] == {"text/plain": "VMBuilder(0 live VM(s))"}
     assert tool.strip(nb) is False   # idempotent
+
+
+def test_strip_joins_stdout_chunks_so_a_rerun_stores_the_same_outputs() -> None:
+    """A kernel splits one cell's printing into chunks as timing falls; stored, each run of one stream is one output."""
+    def cell(*chunks):
+        return {"cell_type": "code", "source": "print()", "execution_count": 1, "metadata": {},
+                "outputs": [{"output_type": "stream", "name": n, "text": t} for n, t in chunks]}
+
+    a = {"metadata": {"kernelspec": {}}, "cells": [cell(("stdout", ["one\n", "two\n"]), ("stdout", ["three\n"]),
+                                                         ("stderr", ["warn\n"]), ("stdout", ["four\n"]))]}
+    b = {"metadata": {"kernelspec": {}}, "cells": [cell(("stdout", ["one\n"]), ("stdout", ["two\n", "three\n"]),
+                                                         ("stderr", ["warn\n"]), ("stdout", ["four\n"]))]}
+    assert tool.strip(a) is True and tool.strip(b) is True
+    assert a == b
+    assert [(o["name"], "".join(o["text"])) for o in a["cells"][0]["outputs"]] == [
+        ("stdout", "one\ntwo\nthree\n"), ("stderr", "warn\n"), ("stdout", "four\n")]
+    assert tool.strip(a) is False

@@ -47,7 +47,25 @@ def strip(nb: dict) -> bool:
             if WIDGET_VIEW in data:
                 del data[WIDGET_VIEW]
                 changed = True
+        changed |= _merge_streams(cell)
     return changed
+
+
+def _merge_streams(cell: dict) -> bool:
+    """One output per run of same-stream text: how a kernel chunks stdout depends on timing, what it printed does not."""
+    merged: list = []
+    for output in cell.get("outputs", []):
+        prev = merged[-1] if merged else None
+        if (output.get("output_type") == "stream" and prev is not None and prev.get("output_type") == "stream"
+                and prev.get("name") == output.get("name")):
+            text = "".join(prev["text"]) + "".join(output["text"])
+            prev["text"] = text.splitlines(keepends=True)
+        else:
+            merged.append(output)
+    if len(merged) == len(cell.get("outputs", [])):
+        return False
+    cell["outputs"] = merged
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
