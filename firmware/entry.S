@@ -20,43 +20,55 @@ _start:
 	eret
 
 	.text
+/*
+ * x2..x30 of a struct kvm_cpu_context at \base (regs[n] at 8 * n); x0, x1 and
+ * the base register itself are each path's own business.
+ */
+	.macro	save_x2_x30 base
+	stp	x2, x3, [\base, #(8 * 2)]
+	stp	x4, x5, [\base, #(8 * 4)]
+	stp	x6, x7, [\base, #(8 * 6)]
+	stp	x8, x9, [\base, #(8 * 8)]
+	stp	x10, x11, [\base, #(8 * 10)]
+	stp	x12, x13, [\base, #(8 * 12)]
+	stp	x14, x15, [\base, #(8 * 14)]
+	stp	x16, x17, [\base, #(8 * 16)]
+	stp	x18, x19, [\base, #(8 * 18)]
+	stp	x20, x21, [\base, #(8 * 20)]
+	stp	x22, x23, [\base, #(8 * 22)]
+	stp	x24, x25, [\base, #(8 * 24)]
+	stp	x26, x27, [\base, #(8 * 26)]
+	stp	x28, x29, [\base, #(8 * 28)]
+	str	x30, [\base, #(8 * 30)]
+	.endm
+
+	.macro	load_x2_x30 base
+	ldp	x2, x3, [\base, #(8 * 2)]
+	ldp	x4, x5, [\base, #(8 * 4)]
+	ldp	x6, x7, [\base, #(8 * 6)]
+	ldp	x8, x9, [\base, #(8 * 8)]
+	ldp	x10, x11, [\base, #(8 * 10)]
+	ldp	x12, x13, [\base, #(8 * 12)]
+	ldp	x14, x15, [\base, #(8 * 14)]
+	ldp	x16, x17, [\base, #(8 * 16)]
+	ldp	x18, x19, [\base, #(8 * 18)]
+	ldp	x20, x21, [\base, #(8 * 20)]
+	ldp	x22, x23, [\base, #(8 * 22)]
+	ldp	x24, x25, [\base, #(8 * 24)]
+	ldp	x26, x27, [\base, #(8 * 26)]
+	ldp	x28, x29, [\base, #(8 * 28)]
+	ldr	x30, [\base, #(8 * 30)]
+	.endm
+
 /* Save the host's x0..x30 as a struct kvm_cpu_context on the hyp stack. */
 __host_trap:
 	sub	sp, sp, #(8 * 32)
 	stp	x0, x1, [sp, #(8 * 0)]
-	stp	x2, x3, [sp, #(8 * 2)]
-	stp	x4, x5, [sp, #(8 * 4)]
-	stp	x6, x7, [sp, #(8 * 6)]
-	stp	x8, x9, [sp, #(8 * 8)]
-	stp	x10, x11, [sp, #(8 * 10)]
-	stp	x12, x13, [sp, #(8 * 12)]
-	stp	x14, x15, [sp, #(8 * 14)]
-	stp	x16, x17, [sp, #(8 * 16)]
-	stp	x18, x19, [sp, #(8 * 18)]
-	stp	x20, x21, [sp, #(8 * 20)]
-	stp	x22, x23, [sp, #(8 * 22)]
-	stp	x24, x25, [sp, #(8 * 24)]
-	stp	x26, x27, [sp, #(8 * 26)]
-	stp	x28, x29, [sp, #(8 * 28)]
-	str	x30, [sp, #(8 * 30)]
+	save_x2_x30 sp
 	mov	x0, sp
 	bl	handle_trap
 	ldp	x0, x1, [sp, #(8 * 0)]
-	ldp	x2, x3, [sp, #(8 * 2)]
-	ldp	x4, x5, [sp, #(8 * 4)]
-	ldp	x6, x7, [sp, #(8 * 6)]
-	ldp	x8, x9, [sp, #(8 * 8)]
-	ldp	x10, x11, [sp, #(8 * 10)]
-	ldp	x12, x13, [sp, #(8 * 12)]
-	ldp	x14, x15, [sp, #(8 * 14)]
-	ldp	x16, x17, [sp, #(8 * 16)]
-	ldp	x18, x19, [sp, #(8 * 18)]
-	ldp	x20, x21, [sp, #(8 * 20)]
-	ldp	x22, x23, [sp, #(8 * 22)]
-	ldp	x24, x25, [sp, #(8 * 24)]
-	ldp	x26, x27, [sp, #(8 * 26)]
-	ldp	x28, x29, [sp, #(8 * 28)]
-	ldr	x30, [sp, #(8 * 30)]
+	load_x2_x30 sp
 	add	sp, sp, #(8 * 32)
 	eret
 
@@ -82,21 +94,7 @@ __guest_enter:
 	str	x0, [x1]
 	ldr	x1, [x0, #(8 * 31)]	// the guest's SP_EL0 (regs.sp)
 	msr	sp_el0, x1
-	ldp	x2, x3, [x0, #(8 * 2)]
-	ldp	x4, x5, [x0, #(8 * 4)]
-	ldp	x6, x7, [x0, #(8 * 6)]
-	ldp	x8, x9, [x0, #(8 * 8)]
-	ldp	x10, x11, [x0, #(8 * 10)]
-	ldp	x12, x13, [x0, #(8 * 12)]
-	ldp	x14, x15, [x0, #(8 * 14)]
-	ldp	x16, x17, [x0, #(8 * 16)]
-	ldp	x18, x19, [x0, #(8 * 18)]
-	ldp	x20, x21, [x0, #(8 * 20)]
-	ldp	x22, x23, [x0, #(8 * 22)]
-	ldp	x24, x25, [x0, #(8 * 24)]
-	ldp	x26, x27, [x0, #(8 * 26)]
-	ldp	x28, x29, [x0, #(8 * 28)]
-	ldr	x30, [x0, #(8 * 30)]
+	load_x2_x30 x0
 	ldp	x0, x1, [x0, #(8 * 0)]
 	eret
 
@@ -104,21 +102,7 @@ __guest_enter:
 __guest_exit:
 	ldr	x1, =__hyp_running_ctxt
 	ldr	x1, [x1]
-	stp	x2, x3, [x1, #(8 * 2)]
-	stp	x4, x5, [x1, #(8 * 4)]
-	stp	x6, x7, [x1, #(8 * 6)]
-	stp	x8, x9, [x1, #(8 * 8)]
-	stp	x10, x11, [x1, #(8 * 10)]
-	stp	x12, x13, [x1, #(8 * 12)]
-	stp	x14, x15, [x1, #(8 * 14)]
-	stp	x16, x17, [x1, #(8 * 16)]
-	stp	x18, x19, [x1, #(8 * 18)]
-	stp	x20, x21, [x1, #(8 * 20)]
-	stp	x22, x23, [x1, #(8 * 22)]
-	stp	x24, x25, [x1, #(8 * 24)]
-	stp	x26, x27, [x1, #(8 * 26)]
-	stp	x28, x29, [x1, #(8 * 28)]
-	str	x30, [x1, #(8 * 30)]
+	save_x2_x30 x1
 	mrs	x2, sp_el0
 	str	x2, [x1, #(8 * 31)]
 	ldp	x2, x3, [sp], #16
