@@ -115,11 +115,7 @@ class SpecChecker:
         before = AbstractState(a.config, {p: v for p, v in a.local(footprint).items() if v != a.config.boot_view(p)},
                                vms, a.pool_free())
         outs = allowed(before, name, args, self.peek)
-        err = None
-        try:
-            ret = run()
-        except HypercallError as e:
-            ret, err = -e.errno, e
+        ret, err = _run(run)
         now, pool = a.local(footprint), a.pool_free()
         vms_now = a.vms(light=True) if light else {}
         self.checked += 1
@@ -160,11 +156,7 @@ class SpecChecker:
             self.unchecked += 1
             return run()
         outs = allowed(before, name, args, self.peek)
-        err = None
-        try:
-            ret = run()
-        except HypercallError as e:
-            ret, err = -e.errno, e
+        ret, err = _run(run)
         after = abstract(self.lab)
         self._last = (after, self.lab.host.changes)
         self.checked += 1
@@ -205,3 +197,11 @@ class SpecChecker:
         if info and info[0][2] != after.pool_free:
             diffs.append(f"hyp pool: reported {info[0][2]} free, has {after.pool_free}")
         raise SpecMismatch(name, args, [o.words() for o in outs], happened, diffs)
+
+
+def _run(run) -> tuple[int, HypercallError | None]:
+    """Make the call: (what it returned, or minus the errno it was refused with; that refusal, to re-raise)."""
+    try:
+        return run(), None
+    except HypercallError as e:
+        return -e.errno, e
