@@ -61,6 +61,12 @@ class Hyp:
 
         return read_shadow_table(self)
 
+    def vcpu_registers(self, handle: int, vcpu_idx: int = 0) -> dict[str, int]:
+        """Hyp's copy of a protected vCPU's registers (general, EL0/EL1 system, v0..v31, FPSR, FPCR) by name."""
+        from pkvmlab.inspect.vcpu_regs import shadow_vcpu_registers
+
+        return shadow_vcpu_registers(self, handle, vcpu_idx)
+
     def walk(self, addr: int, stage: str = "host-s2", vm=None, access: str = "r"):
         """A software translation walk of ``addr`` over the tables in emulated memory, every step kept."""
         from pkvmlab.inspect.walk import walk
