@@ -4,7 +4,7 @@ Each guest is ``<name>.c`` (or, for the benches' bare loops, ``<name>.S``) defin
 the shared ``start.S`` (stack at the top of the guest's memory, ``main()``, then PSCI SYSTEM_OFF) and
 ``guest.ld`` (everything from IPA 0), with ``guest.h`` for the UART and the hypercall ids.  They run with
 their stage-1 MMU off (VA = IPA).  The same ``zig cc`` as the firmware builds them, FP/SIMD-free like it
-(but for the routines named in ``GUEST_FP_ROUTINES``, written in assembly to fill and check v0..v31),
+(but for assembly functions named ``guest_fp_*``: ``GUEST_FP_ROUTINES``),
 cached under a hash of their sources, flags and compiler.
 """
 
@@ -35,8 +35,8 @@ GUEST_CFLAGS = (
 )
 
 
-# The only guest code allowed to touch FP/SIMD registers: vcpu_private.S's fill and check routines.
-GUEST_FP_ROUTINES = ("guest_fp_fill", "guest_fp_check")
+# The only guest code allowed to touch FP/SIMD registers: assembly functions named guest_fp_* (with a .size).
+GUEST_FP_ROUTINES = ("guest_fp_*",)
 
 
 def guest_names() -> list[str]:
