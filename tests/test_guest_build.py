@@ -66,3 +66,16 @@ def test_an_unknown_guest_is_a_usage_error():
         G.guest_image("nope")
     with pytest.raises(UsageError):
         G.guest_image("start")
+
+
+def test_a_guest_may_use_fp_simd_only_in_guest_fp_functions(tree):
+    """GUEST_FP_ROUTINES: an assembly function named guest_fp_* (with its .size) may; main may not."""
+    body = ('#include "guest.h"\n\t.arch_extension fp\n\t.text\n\t.global main\nmain:\n{main}\tret\n'
+            '\t.type guest_fp_zero, %function\nguest_fp_zero:\n\tfmov d0, xzr\n\tret\n'
+            '\t.size guest_fp_zero, . - guest_fp_zero\n')
+    (tree / "fp_ok.S").write_text(body.format(main=""))
+    G.build_guest("fp_ok")
+    (tree / "fp_bad.S").write_text(body.format(main="\tfmov d1, xzr\n"))
+    with pytest.raises(FirmwareBuildError, match="FP/SIMD") as e:
+        G.build_guest("fp_bad")
+    assert "d1" in e.value.compiler_output and "d0" not in e.value.compiler_output

@@ -89,6 +89,14 @@ def _steps_to(vm, reason: str):
     raise AssertionError(f"no {reason} exit")
 
 
+def secret_in_host_vcpu(lab: Lab, vm) -> dict[str, str]:
+    """Words of the host's own struct kvm_vcpu (what hyp hands over at an exit) that hold a guest secret."""
+    r = vm._runner(0)
+    raw = lab.host.read(r.vcpu, lab.fw.layout("kvm_vcpu").size)
+    words = {f"kvm_vcpu+{i:#x}": int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw) - 7, 8)}
+    return {k: hex(v) for k, v in words.items() if (v >> 40) & 0xFFFFFF == SECRET_MARK}
+
+
 def leaks_to_the_host(lab: Lab) -> dict[str, dict[str, str]]:
     """Run vcpu_private to its end; per exit kind, the host registers that are not what the host set."""
     vm = lab.host.create_vm(nr_vcpus=1, guest="vcpu_private")
@@ -101,6 +109,7 @@ def leaks_to_the_host(lab: Lab) -> dict[str, dict[str, str]]:
         seen.update({f"x{i}": lab.core.reg(f"x{i}") for i in range(31)})
         changed = {r: hex(seen[r]) for r in HOST if seen[r] != HOST[r]}
         changed.update({r: hex(seen[r]) for r in secret_in(seen)})
+        changed.update(secret_in_host_vcpu(lab, vm))
         if changed:
             found[f"{k}:{reason}"] = changed
     vm.teardown()
