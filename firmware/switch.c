@@ -126,7 +126,7 @@ static bool fixup_guest_exit(struct kvm_vcpu *vcpu, int exit_code)
  * vcpu_put or when the host itself traps on CPTR_EL2.TFP (fpsimd_host_restore()
  * in nvhe/hyp-main.c, Android 2022).  The lab's machine would have to take
  * that trap (EC 0x07) to EL2 by hand, and the host's EL1 code would trap too:
- * eager costs ~140 instructions a run (docs/design_notes.md) and has no state
+ * eager costs ~0.2 us of CPU time a run (docs/design_notes.md) and has no state
  * machine to get wrong.
  */
 int __kvm_vcpu_run(struct kvm_vcpu *vcpu)
