@@ -91,6 +91,7 @@ class VM:
         self.guest: str | None = None
         self.image = b""
         self.mapped_pages: dict[int, int] = {}   # gfn -> pfn, given with __pkvm_host_map_guest: reclaimed one by one
+        self.shared_gfns: set[int] = set()       # what the guest's MEM_SHARE / MEM_UNSHARE exits told the host
         self.memcache_pages: list[int] = []      # pfns pushed on a vCPU memcache (hyp's, or still the host's)
         self.console_bytes = bytearray()
         self.powered_off = False
@@ -185,8 +186,9 @@ class VM:
             return self._runner(vcpu_idx).step(DEFAULT_BUDGET if budget is None else budget)
 
     def run(self, vcpu_idx: int = 0, *, budget: int | None = None, max_exits: int = 10_000) -> list:
-        """The host's KVM_RUN loop: run, service page faults and MMIO, until the guest powers off, makes a call
-        the host does not know, or its budget is spent.  Returns the exits, oldest first."""
+        """The host's KVM_RUN loop: run, service page faults (page requests too), MMIO and the guest's MEM_SHARE /
+        MEM_UNSHARE exits, until the guest powers off, makes a call the host does not know, or its budget is spent.
+        Returns the exits, oldest first."""
         from pkvmlab.host.vcpu_run import DEFAULT_BUDGET
 
         out = []
@@ -199,7 +201,7 @@ class VM:
                 for _ in range(max_exits):
                     ex = r.step(DEFAULT_BUDGET if budget is None else budget)
                     out.append(ex)
-                    if ex.reason not in ("page fault", "mmio"):
+                    if ex.reason not in ("page fault", "mmio", "mem share", "mem unshare"):
                         break
             finally:
                 r.put()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pkvmlab.arch.ownership import HOST, TRANSITION, PageView
-from pkvmlab.spec.state import GUEST_OWNED, HANDLE_OFFSET, AbstractState, AbstractVM, view_words
+from pkvmlab.spec.state import HANDLE_OFFSET, AbstractState, AbstractVM, view_words
 
 PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
@@ -219,9 +219,11 @@ def init_shadow(s: AbstractState, host_kvm: int, shadow_va: int, shadow_size: in
 
 def teardown_shadow(s: AbstractState, shadow_handle: int, peek=None) -> list[Outcome]:
     """The seed's ``__pkvm_teardown_shadow``: the shadow area, the PGD and the pages hyp took for the VM's tables
-    and memcaches go back to the host (zeroed); the pins drop; the guest's own pages wait, still the guest's,
-    for the host to reclaim them one by one (``__pkvm_host_reclaim_page``: upstream's teardown does no unbounded
-    work in one call, nvhe/mem_protect.c ``reclaim_guest_pages()`` marks them instead)."""
+    and memcaches go back to the host (zeroed); the pins drop; the guest's own pages wait, still the guest's and
+    in the state they were in (an owned page unmapped, a shared one still mapped for the host), for the host to
+    reclaim them one by one (``__pkvm_host_reclaim_page``: upstream's teardown does no unbounded work in one
+    call; nvhe/mem_protect.c ``reclaim_guest_pages()`` / ``reclaim_walker()`` only marks them, v1 series
+    [PATCH 26/89], May 2022)."""
     vm = s.vm_by_handle(shadow_handle & 0xFFFF_FFFF)   # the handler takes an unsigned int
     if vm is None:
         return [Outcome(-errno.ENOENT, s, f"no VM has handle {shadow_handle & 0xFFFF_FFFF:#x}")]
@@ -239,7 +241,8 @@ def teardown_shadow(s: AbstractState, shadow_handle: int, peek=None) -> list[Out
             changes[pfn] = unpin.outcome(page).after
     zeroed = tuple(range(vm.shadow[0], vm.shadow[0] + vm.shadow[1])) + vm.hyp_pages
     guest = [pfn for _, pfn in vm.pages]
-    pending = s.with_pages({**changes, **{pfn: GUEST_OWNED for pfn in guest}}).with_vm(vm.index, None)
+    # The guest's pages keep their states: the host stage-2 is left alone (v1 series, reclaim_walker()).
+    pending = s.with_pages(changes).with_vm(vm.index, None)
     outs = [Outcome(0, pending, f"VM {vm.handle:#x} torn down; its {len(guest)} guest page(s) wait for reclaim",
                     pool="any", zeroed=zeroed)]
     return outs
