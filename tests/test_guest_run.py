@@ -338,3 +338,16 @@ def test_shadow_table_shows_each_vcpus_state_as_hyp_sees_it(lab):
     assert disassemble(guest_image("hello")[v.pc:v.pc + 4], v.pc).startswith("strb")
     assert "last exit trap" in lab.hyp.shadow_table().vcpu_states()
     vm.teardown()
+
+
+def test_set_entry_works_before_the_first_load_and_is_refused_after(lab):
+    """The public way to set a guest's entry: before the first __pkvm_vcpu_load only (hyp reads it then, once)."""
+    from pkvmlab.errors import UsageError
+
+    vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
+    vm.set_entry(0, GUEST_MEM_SIZE)
+    assert vm.step().ipa == 0                                  # the first fetch, at the entry PC
+    with pytest.raises(UsageError, match="loaded already"):
+        vm.set_entry(0x8000, GUEST_MEM_SIZE)
+    vm.run()
+    vm.teardown()

@@ -171,13 +171,14 @@ class VcpuRunner:
     def load(self) -> None:
         """``__pkvm_vcpu_load``: as the host does when it schedules the vCPU in (kvm_arch_vcpu_load)."""
         self.host.call("__pkvm_vcpu_load", self.vm.handle, self.idx)
-        self.loaded = True
+        self.loaded = self.ever_loaded = True
 
     def put(self) -> None:
         self.loaded = False
         self.host.call("__pkvm_vcpu_put")
 
     loaded = False
+    ever_loaded = False   # hyp reads the entry PC and stack at the first load; after it only hyp's copy counts
 
     def step(self, budget: int = DEFAULT_BUDGET) -> Exit:
         """One run and the handling of its exit; loads and puts the vCPU around it unless it is loaded already."""

@@ -176,6 +176,20 @@ class VM:
             r = self._runners[vcpu_idx] = VcpuRunner(self, vcpu_idx)
         return r
 
+    def set_entry(self, pc: int, sp_el1: int, vcpu_idx: int = 0) -> None:
+        """The guest's entry PC and stack for vCPU ``vcpu_idx``, before its first load (hyp reads them then, once).
+
+        Afterwards it is refused: hyp's shadow vCPU is the only copy that counts, and pKVM never lets the host set
+        a protected vCPU's registers at all (it resets the vCPU itself: ``pkvm_reset_vcpu``, nvhe/pkvm.c)."""
+        r = self._runner(vcpu_idx)
+        for name, v in (("pc", pc), ("sp_el1", sp_el1)):
+            if not isinstance(v, int) or not 0 <= v < 1 << 64:
+                raise UsageError(f"{name} must be an int in [0, 2**64), got {v!r}")
+        if r.ever_loaded:
+            raise UsageError(f"vCPU {vcpu_idx} of VM {self.handle:#x} has been loaded already: hyp took its entry then "
+                             "and only hyp's copy counts now; set the entry on a new VM before its first step")
+        r.set_entry(pc, sp_el1)
+
     def step(self, vcpu_idx: int = 0, *, budget: int | None = None):
         """One ``__kvm_vcpu_run`` and the host's handling of its exit: returns that Exit."""
         from pkvmlab.host.vcpu_run import DEFAULT_BUDGET
