@@ -351,3 +351,21 @@ def test_set_entry_works_before_the_first_load_and_is_refused_after(lab):
         vm.set_entry(0x8000, GUEST_MEM_SIZE)
     vm.run()
     vm.teardown()
+
+
+def test_the_first_load_takes_x0_pc_and_sp_from_the_host_and_zeroes_x1_to_x30(lab):
+    """Android nvhe/pkvm.c pkvm_reset_vcpu(): the general registers reset to zero, PC and x0 from the reset
+    state.  The host writes junk into x0..x30 before the first load; after the first exit (the guest's first
+    fetch faults, so it ran no instruction) hyp's shadow vCPU holds the host's x0 and zeros."""
+    vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
+    r = vm._runner(0)
+    for i in range(31):
+        lab.host.write_u64(r._field("arch.ctxt.regs.regs", i), 0xBAD0 + i)
+    assert vm.step().reason == "page fault"
+    st_lay = lab.fw.layout("kvm_shadow_vcpu_state")
+    state = lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0]
+    at = state.address + st_lay.offset("shadow_vcpu.arch.ctxt.regs.regs")
+    regs = [lab.core.phys.read_u64(at + 8 * i) for i in range(31)]
+    assert regs == [0xBAD0] + [0] * 30
+    vm.run()
+    vm.teardown()
