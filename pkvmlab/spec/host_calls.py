@@ -4,7 +4,8 @@ Written from pKVM's semantics -- the transition table in :mod:`pkvmlab.arch.owne
 ("KVM: arm64: Introduce shadow VM state at EL2", ``__pkvm_init_shadow``/``__pkvm_teardown_shadow`` in
 arch/arm64/kvm/hyp/nvhe/pkvm.c) for the VM lifecycle -- not from the lab's C.  Each function returns
 every outcome pKVM allows: exact where pKVM is exact (which errno, in which order of checks, what
-every page becomes), loose where it is loose:
+every page becomes), loose where it is loose, and marked *lab ABI* where the lab answers what pKVM has no
+answer for (``__pkvm_hyp_info``; the lab's own -EINVAL checks in ``__pkvm_init_shadow``):
 
 * which free slot a new VM gets (the seed goes round-robin from ``next_shadow_alloc``, but nothing a
   host may rely on says so): any free slot ``i``, with handle ``0x1000 + i`` and VMID ``i + 1``;
@@ -122,7 +123,7 @@ def pin_range(s: AbstractState, start_pa: int, size: int, changes: dict) -> None
 # -- the host hypercalls -----------------------------------------------------------------------
 
 def hyp_info(s: AbstractState, peek=None) -> list[Outcome]:
-    """The lab's own call: (version, EL2, free pool pages); changes nothing."""
+    """Lab ABI (pKVM has no such call): (version, EL2, free pool pages); changes nothing."""
     return [Outcome(s.config.version, s, "version, CurrentEL 2 and the pool's free pages")]
 
 
