@@ -139,7 +139,7 @@ static void reclaim_walker(u64 ipa, kvm_pte_t pte, u32 level, void *arg)
 		page->flags |= HOST_PAGE_PENDING_RECLAIM;
 		break;
 	default:
-		BUG_ON(1);	/* __PKVM_PAGE_RESERVED: hyp never writes it (upstream: -EPERM, then BUG_ON) */
+		BUG_ON(1);	/* __PKVM_PAGE_RESERVED: hyp never writes it (upstream: reclaim_walker() -EPERM, then BUG_ON) */
 	}
 }
 

@@ -144,7 +144,7 @@ static void break_entry(struct pgt_update *u, kvm_pte_t *table, u32 level, kvm_p
 	tlb_flush(u->pgt, addr & ~(PGT_GRANULE(level) - 1), PGT_GRANULE(level));
 }
 
-/* A block upstream would rebuild lazily: a plain host mapping, no page state in it. */
+/* A block upstream would rebuild lazily (stage2_map_walk_leaf()): a plain host mapping, no page state in it. */
 static bool refills_on_fault(struct kvm_pgtable *pgt, kvm_pte_t pte)
 {
 	return pgt->refill_lazily && (pte & PKVM_PAGE_STATE_PROT_MASK) == 0;
