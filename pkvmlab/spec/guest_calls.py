@@ -20,8 +20,8 @@ pKVM has no such answer):
   -ENOMEM when the host's list runs out, with the pages taken so far kept (exact); a page that cannot be
   donated fails with the donation's errno (lab ABI: upstream's ``admit_host_page()`` failing is -ENOMEM);
   then the page: -EINVAL for a pfn outside RAM (exact), -EINVAL for a gfn outside the guest's IPA space (lab
-  ABI: upstream has no such check, its stage-2 walk refuses the address), -EPERM for a pfn the host does not own or a gfn that already
-  holds a page (exact); success moves it host OWNED -> guest OWNED (``GUEST_TRANSITION``) and takes one
+  ABI: upstream has no such check, its stage-2 walk refuses the address), -EPERM for a pfn the host does not
+  own or a gfn that already holds a page (exact); success moves it host OWNED -> guest OWNED (``GUEST_TRANSITION``) and takes one
   memcache page per stage-2 table the gfn needs (a level-2 table per 1 GiB, a level-3 one per 2 MiB);
 * ``__pkvm_host_reclaim_page(pfn)`` (v1 series [PATCH 26/89]): -EINVAL outside RAM or in the carve-out (lab
   ABI: upstream's leaf lookup); 0 and no change for a page the host owns already; a page a torn-down VM left
