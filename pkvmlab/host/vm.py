@@ -19,8 +19,8 @@ upstream: the seed, [PATCH v2 12/24] "KVM: arm64: Introduce shadow VM state at E
 
 Teardown is the reverse: ``__pkvm_teardown_shadow`` gives back the shadow area, the PGD, the guest's
 stage-2 tables and its unused memcache pages (zeroed) and marks each guest page for reclaim; the host takes
-each one back with ``__pkvm_host_reclaim_page`` (hyp zeroes it first), then unshares and frees its own
-structures.
+each one back with ``__pkvm_host_reclaim_page`` (hyp zeroes it first if the guest owned it), then unshares and
+frees its own structures.
 """
 
 from __future__ import annotations
@@ -112,12 +112,12 @@ class VM:
         its ``struct kvm_vcpu``; hyp takes them by donation (``refill_memcache``) for the guest's stage-2 tables.
         The page is donated, not shared: the host faults on it from now on.  It is kept with the pages demand
         faults gave (``mapped_pages``): after teardown the host takes each back with ``__pkvm_host_reclaim_page``,
-        which zeroes it first.
+        which zeroes it first (unless the guest had shared it).
 
-        upstream: the seed's series, ``handle___pkvm_host_map_guest`` (arch/arm64/kvm/hyp/nvhe/hyp-main.c), which
-        refills the vCPU's memcache (``pkvm_refill_memcache``) and calls ``__pkvm_host_donate_guest(pfn, gfn,
-        vcpu)`` for a protected VM (nvhe/mem_protect.c); the host kernel calls it from its guest stage-2 fault
-        path after ``topup_hyp_memcache`` (arch/arm64/kvm/mmu.c: ``pkvm_mem_abort`` -> ``pkvm_host_map_guest``).
+        upstream: the v1 series (May 2022) and the Android common kernel of 2022,
+        ``handle___pkvm_host_map_guest`` (arch/arm64/kvm/hyp/nvhe/hyp-main.c), which refills the vCPU's memcache
+        (``pkvm_refill_memcache``) and calls ``__pkvm_host_donate_guest(pfn, gfn, vcpu)`` for a protected VM
+        (nvhe/mem_protect.c); the host kernel calls it from its guest stage-2 fault path after ``topup_hyp_memcache`` (arch/arm64/kvm/mmu.c: ``pkvm_mem_abort`` -> ``pkvm_host_map_guest``).
         """
         from pkvmlab.host.vcpu_run import MEMCACHE_TOPUP, VcpuRunner
 
@@ -361,7 +361,8 @@ def teardown_vm(host, handle: int) -> None:
     # Back from hyp: the shadow area, the PGD and the guest's pages (zeroed) are the host's again.
     host.free_pages(vm.shadow_va // PAGE, vm.shadow_size // PAGE)
     host.free_pages(vm.pgd // PAGE, vm.pgd_size // PAGE)
-    # The guest's pages (donate() and demand faults): hyp marked them for reclaim; each is zeroed, then the host's.
+    # The guest's pages (donate() and demand faults): hyp marked them for reclaim; each owned one is zeroed (a shared
+    # one not), then the host's.
     for pfn in vm.mapped_pages.values():
         host.call("__pkvm_host_reclaim_page", pfn)
         host.free_pages(pfn)
