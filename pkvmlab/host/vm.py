@@ -117,7 +117,8 @@ class VM:
         upstream: the v1 series (May 2022) and the Android common kernel of 2022,
         ``handle___pkvm_host_map_guest`` (arch/arm64/kvm/hyp/nvhe/hyp-main.c), which refills the vCPU's memcache
         (``pkvm_refill_memcache``) and calls ``__pkvm_host_donate_guest(pfn, gfn, vcpu)`` for a protected VM
-        (nvhe/mem_protect.c); the host kernel calls it from its guest stage-2 fault path after ``topup_hyp_memcache`` (arch/arm64/kvm/mmu.c: ``pkvm_mem_abort`` -> ``pkvm_host_map_guest``).
+        (nvhe/mem_protect.c); the host kernel calls it from its guest stage-2 fault path after ``topup_hyp_memcache``
+        (arch/arm64/kvm/mmu.c: ``pkvm_mem_abort`` -> ``pkvm_host_map_guest``).
         """
         from pkvmlab.host.vcpu_run import MEMCACHE_TOPUP, VcpuRunner
 
