@@ -103,13 +103,7 @@ static void set_pte(struct pgt_update *u, kvm_pte_t *table, u32 level, kvm_pte_t
 	/*
 	 * Only a valid entry can be in the TLB, and SW0/SW1 (pKVM's page state)
 	 * mean nothing to the MMU: making an entry valid, or changing only its
-	 * state bits, needs no invalidation (share and lazy mapping stay cheap).
-	 * Upstream of 2022 broke the entry first even then: stage2_pte_needs_update()
-	 * (hyp/pgtable.c) counts any change outside the permission bits, and
-	 * stage2_map_walker_try_leaf() put the old entry (stage2_put_pte(): clear +
-	 * TLBI); later trees skip it as the lab does ("If we're only changing
-	 * software bits, then we don't need to do anything else", read in
-	 * torvalds/linux 01581a21).  README, "How it is built".
+	 * state bits, needs no BBM (as later upstream; 2022's stage2_put_pte()'d: README).
 	 */
 	if (kvm_pte_valid(old) && ((old ^ new) & ~PKVM_PAGE_STATE_PROT_MASK))
 		u->flush = true;
