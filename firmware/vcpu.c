@@ -27,13 +27,14 @@ struct kvm_shadow_vcpu_state *pkvm_loaded_shadow_vcpu_state(void)
 
 /*
  * The guest's entry comes from the host once, at the first load; after that
- * only hyp's copy counts.  As upstream's pkvm_reset_vcpu() (nvhe/pkvm.c,
- * Android common kernel 2022) the general registers start at zero except x0,
- * and PC and x0 are what the host asked for (upstream: the vCPU's reset_state,
- * set by PSCI CPU_ON; x0..x14 only for the vCPU entering pVM firmware).  The
- * lab's departures: it takes them from the host's struct kvm_vcpu instead of
- * a reset state, and takes the stack (SP_EL1) too -- upstream resets it with
- * the other system registers and loads pVM firmware, which the lab has not.
+ * only hyp's copy counts.  As the Android common kernel of 2022 (nvhe/pkvm.c):
+ * init_shadow_structs() takes the reset state's PC and x0 from the host's
+ * vCPU (reset_state->pc = *vcpu_pc(host_vcpu), ->r0 = its x0; PSCI CPU_ON sets
+ * them for a secondary), and pkvm_reset_vcpu() zeroes the general registers
+ * and applies them (x0..x14 from the host only for the vCPU entering pVM
+ * firmware).  The lab's departures: it reads them at the first load, not when
+ * the VM is created, and takes the stack (SP_EL1) too -- upstream resets it
+ * with the other system registers; the lab has no pVM firmware.
  */
 static void init_shadow_vcpu_regs(struct kvm_shadow_vcpu_state *state)
 {
