@@ -180,8 +180,9 @@ class VM:
     def set_entry(self, pc: int, sp_el1: int, vcpu_idx: int = 0) -> None:
         """The guest's entry PC and stack for vCPU ``vcpu_idx``, before its first load (hyp reads them then, once).
 
-        Afterwards it is refused: hyp's shadow vCPU is the only copy that counts, and pKVM never lets the host set
-        a protected vCPU's registers at all (it resets the vCPU itself: ``pkvm_reset_vcpu``, nvhe/pkvm.c)."""
+        Afterwards it is refused: hyp's shadow vCPU is the only copy that counts (pKVM too takes PC and x0 from the
+        host's vCPU once, when the VM is created, and resets the vCPU itself: ``init_shadow_structs``,
+        ``pkvm_reset_vcpu``, nvhe/pkvm.c, Android 2022)."""
         r = self._runner(vcpu_idx)
         for name, v in (("pc", pc), ("sp_el1", sp_el1)):
             if not isinstance(v, int) or not 0 <= v < 1 << 64:
