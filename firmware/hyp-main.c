@@ -73,22 +73,54 @@ static void handle___pkvm_vcpu_put(struct kvm_cpu_context *host_ctxt)
 
 /*
  * What the host may see of a protected guest's exit, and what it may hand
- * back on the next entry (upstream, 2022: handle_pvm_exit_*() and
+ * back on the next entry (upstream: handle_pvm_exit_*() and
  * handle_pvm_entry_*() with sync_shadow_state()/flush_shadow_state() in
- * nvhe/hyp-main.c).  Nothing else of the guest's registers reaches host memory.
+ * nvhe/hyp-main.c, v1 series, May 2022, and the Android common kernel of
+ * 2022).  Nothing else of the guest's registers reaches host memory.
  */
-/* The lab's own guest call (not pKVM's): "look at what I left you", its arguments for the host. */
+/* The lab's own guest call (lab ABI, not pKVM's): "look at what I left you", its x1..x3 for the host. */
 #define PKVMLAB_GUEST_DOORBELL_FUNC_ID	0xc6000040UL
+#define ARM_SMCCC_VENDOR_HYP_KVM_MEM_SHARE_FUNC_ID	0xc6000003UL
+#define ARM_SMCCC_VENDOR_HYP_KVM_MEM_UNSHARE_FUNC_ID	0xc6000004UL
 
+/*
+ * Pass the hvc function id (r0) and the arguments the host needs: x0..x3 for
+ * MEM_SHARE/MEM_UNSHARE (the IPA in x1) as upstream, and for the lab's doorbell;
+ * one register for the rest (upstream: n per function, PSCI SYSTEM_OFF 1, an
+ * unknown one BUG()s -- the lab never panics on a guest's call).
+ */
 static void handle_pvm_exit_hvc64(struct kvm_vcpu *host_vcpu, struct kvm_vcpu *shadow_vcpu)
 {
 	u64 fn = shadow_vcpu->arch.ctxt.regs.regs[0];
-	int n = fn == PKVMLAB_GUEST_DOORBELL_FUNC_ID ? 4 : 1;	/* upstream: n per function, PSCI SYSTEM_OFF 1 */
+	int n = 1;
 
+	switch (fn) {
+	case ARM_SMCCC_VENDOR_HYP_KVM_MEM_SHARE_FUNC_ID:
+	case ARM_SMCCC_VENDOR_HYP_KVM_MEM_UNSHARE_FUNC_ID:
+	case PKVMLAB_GUEST_DOORBELL_FUNC_ID:
+		n = 4;
+		break;
+	}
 	WRITE_ONCE(host_vcpu->arch.fault.esr_el2, shadow_vcpu->arch.fault.esr_el2);
-	/* Pass the hvc function id (r0) as well as any potential arguments. */
 	for (int i = 0; i < n; i++)
 		WRITE_ONCE(host_vcpu->arch.ctxt.regs.regs[i], shadow_vcpu->arch.ctxt.regs.regs[i]);
+}
+
+/*
+ * The guest's x0 after a hypercall exit: for MEM_SHARE/MEM_UNSHARE, done at
+ * EL2 already, hyp's SMCCC_RET_SUCCESS whatever the host left; otherwise the
+ * host's x0, and only x0 ("HVCs for pvms either don't return or use only one
+ * register").  Upstream: handle_pvm_entry_hvc64() in nvhe/hyp-main.c (v1
+ * series [PATCH 87/89]; Android 2022).
+ */
+static void handle_pvm_entry_hvc64(struct kvm_vcpu *host_vcpu, struct kvm_vcpu *shadow_vcpu)
+{
+	u64 *r = shadow_vcpu->arch.ctxt.regs.regs;
+
+	if (r[0] == ARM_SMCCC_VENDOR_HYP_KVM_MEM_SHARE_FUNC_ID || r[0] == ARM_SMCCC_VENDOR_HYP_KVM_MEM_UNSHARE_FUNC_ID)
+		r[0] = SMCCC_RET_SUCCESS;
+	else
+		r[0] = READ_ONCE(host_vcpu->arch.ctxt.regs.regs[0]);
 }
 
 static void handle_pvm_exit_iabt(struct kvm_vcpu *host_vcpu, struct kvm_vcpu *shadow_vcpu)
@@ -163,9 +195,8 @@ static void flush_shadow_state(struct kvm_shadow_vcpu_state *state)
 	if (state->last_exit != ARM_EXCEPTION_TRAP)
 		return;
 	switch (ESR_ELx_EC(esr)) {
-	case ESR_ELx_EC_HVC64:	/* a call the host handled: its results in x0..x3 */
-		for (int i = 0; i < 4; i++)
-			shadow_vcpu->arch.ctxt.regs.regs[i] = READ_ONCE(host_vcpu->arch.ctxt.regs.regs[i]);
+	case ESR_ELx_EC_HVC64:
+		handle_pvm_entry_hvc64(host_vcpu, shadow_vcpu);
 		break;
 	case ESR_ELx_EC_WFx:	/* the host blocked the vCPU and steps it over (handle_pvm_entry_wfx(), Android 2022) */
 		if (flags & KVM_ARM64_INCREMENT_PC)

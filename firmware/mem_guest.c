@@ -2,7 +2,7 @@
 /*
  * The guest side of memory protection: each protected VM's stage-2, pages the
  * host donates to a guest, the pages a guest shares back with the host, and
- * reclaiming them (zeroed) after teardown.  Guest stage-2 tables below the
+ * reclaiming them after teardown (the pages it owned zeroed).  Guest stage-2 tables below the
  * host-donated PGD come from the loaded vCPU's memcache (memcache.c), never
  * from the hyp page pool: a page reaches a guest only through
  * __pkvm_host_map_guest() on a loaded vCPU (pkvm.c).
@@ -113,23 +113,40 @@ int __pkvm_host_donate_guest(u64 pfn, u64 gfn, struct kvm_vcpu *vcpu)
 
 /*
  * Teardown does no unbounded work on a guest's pages: each one is only marked
- * for the host to reclaim, one hypercall per page (__pkvm_host_reclaim_page),
- * which zeroes it first.  Its host stage-2 entry stays annotated as the guest's
- * until then.  Upstream: the Android tree's reclaim_guest_pages() and
- * HOST_PAGE_PENDING_RECLAIM / HOST_PAGE_NEED_POISONING (nvhe/mem_protect.c).
+ * for the host to reclaim, one hypercall per page (__pkvm_host_reclaim_page).
+ * Only a page the guest owned is poisoned (zeroed) on the way back; one it had
+ * shared with the host is marked pending reclaim but not zeroed -- the guest
+ * chose to show it.  The host stage-2 is left alone: an owned page stays
+ * annotated as the guest's, a shared one stays mapped SHARED_BORROWED, until
+ * reclaimed.  Upstream: reclaim_walker() and reclaim_guest_pages() in
+ * nvhe/mem_protect.c, v1 series [PATCH 26/89] "KVM: arm64: Provide a
+ * hypercall for the host to reclaim guest memory" (May 2022; the Android tree
+ * the same).
  */
-static void mark_guest_page_for_reclaim(u64 ipa, kvm_pte_t pte, u32 level, void *arg)
+static void reclaim_walker(u64 ipa, kvm_pte_t pte, u32 level, void *arg)
 {
-	phys_addr_t phys = kvm_pte_to_phys(pte);
+	struct hyp_page *page = hyp_phys_to_page(kvm_pte_to_phys(pte));
 
 	(void)ipa;
 	(void)arg;
 	BUG_ON(level != PGT_LAST_LEVEL);	/* guests only ever get single pages */
-	if ((pte & PKVM_PAGE_STATE_PROT_MASK) == PKVM_PAGE_SHARED_OWNED)	/* the host had it mapped */
-		BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, phys, PAGE_SIZE, PKVM_ID_GUEST));
-	hyp_phys_to_page(phys)->flags |= HOST_PAGE_PENDING_RECLAIM | HOST_PAGE_NEED_POISONING;
+	switch (pte & PKVM_PAGE_STATE_PROT_MASK) {
+	case PKVM_PAGE_OWNED:
+		page->flags |= HOST_PAGE_NEED_POISONING;
+		/* fallthrough */
+	case PKVM_PAGE_SHARED_BORROWED:
+	case PKVM_PAGE_SHARED_OWNED:
+		page->flags |= HOST_PAGE_PENDING_RECLAIM;
+		break;
+	default:
+		BUG_ON(1);	/* __PKVM_PAGE_RESERVED: hyp never writes it (upstream: reclaim_walker() -EPERM, then BUG_ON) */
+	}
 }
 
+/*
+ * Upstream: __pkvm_host_reclaim_page() (the same patch): a page the host owns
+ * already is 0, nothing to do; one not pending reclaim is -EPERM.
+ */
 int __pkvm_host_reclaim_page(u64 pfn)
 {
 	u64 addr = hyp_pfn_to_phys(pfn);
@@ -137,6 +154,8 @@ int __pkvm_host_reclaim_page(u64 pfn)
 
 	if (pfn > (~0UL >> PAGE_SHIFT) || !range_is_memory(addr, PAGE_SIZE) || addr_is_hyp_carveout(addr))
 		return -EINVAL;
+	if (!__host_check_page_state_range(addr, PAGE_SIZE, PKVM_PAGE_OWNED))
+		return 0;
 	page = hyp_phys_to_page(addr);
 	if (!(page->flags & HOST_PAGE_PENDING_RECLAIM))
 		return -EPERM;
@@ -168,7 +187,7 @@ void reclaim_guest_pages(struct kvm_shadow_vm *vm)
 {
 	unsigned long nr_pages;
 
-	kvm_pgtable_walk_leaves(&vm->pgt, mark_guest_page_for_reclaim, NULL);
+	kvm_pgtable_walk_leaves(&vm->pgt, reclaim_walker, NULL);
 	kvm_pgtable_walk_tables(&vm->pgt, return_table_page, NULL);
 	memset(vm->pgt.pgd, 0, kvm_pgtable_stage2_pgd_size(vm->kvm.arch.vtcr));
 	nr_pages = kvm_pgtable_stage2_pgd_size(vm->kvm.arch.vtcr) >> PAGE_SHIFT;
@@ -177,32 +196,46 @@ void reclaim_guest_pages(struct kvm_shadow_vm *vm)
 
 /*
  * The guest's MEM_SHARE: its page OWNED -> SHARED_OWNED, the host's entry
- * (annotated GUEST) -> mapped SHARED_BORROWED.  Upstream: __pkvm_guest_share_host()
- * in nvhe/mem_protect.c (do_share() with a guest initiator and the host as
- * completer).  The host entry is already a level-3 annotation: nothing splits.
+ * (annotated GUEST) -> mapped SHARED_BORROWED; MEM_UNSHARE back.  Upstream:
+ * __pkvm_guest_share_host() / __pkvm_guest_unshare_host() in
+ * nvhe/mem_protect.c (v1 series, May 2022: do_share()/do_unshare() with a
+ * guest initiator; the Android tree the same).  Their check,
+ * __guest_request_page_transition(): outside the IPA space the walk's -ERANGE,
+ * no page there (PKVM_NOPAGE) -EFAULT -- which MEM_SHARE turns into a page
+ * request (switch.c) -- a page in another state -EPERM.  The lab also
+ * refuses an IPA that is not page aligned (-EINVAL: upstream has no check).
+ * The host entry is already a level-3 annotation: nothing splits.
  */
-static kvm_pte_t *guest_page_ptep(struct kvm_vcpu *vcpu, u64 ipa)
+static int guest_request_page(struct kvm_vcpu *vcpu, u64 ipa, enum pkvm_page_state desired, kvm_pte_t **out)
 {
 	struct kvm_shadow_vm *vm = get_shadow_state(vcpu)->shadow_vm;
 	u32 level;
 	kvm_pte_t *ptep;
 
-	if (!PAGE_ALIGNED(ipa) || ipa >= (1UL << vm->pgt.ia_bits))
-		return NULL;
+	if (ipa >= (1UL << vm->pgt.ia_bits))
+		return -ERANGE;
+	if (!PAGE_ALIGNED(ipa))
+		return -EINVAL;
 	ptep = kvm_pgtable_get_ptep(&vm->pgt, ipa, &level);
-	if (!ptep || level != PGT_LAST_LEVEL || !kvm_pte_valid(*ptep))
-		return NULL;
-	return ptep;
+	if (!ptep || !kvm_pte_valid(*ptep))
+		return -EFAULT;
+	if (guest_get_page_state(*ptep) != desired)
+		return -EPERM;
+	if (level != PGT_LAST_LEVEL)
+		return -EINVAL;
+	*out = ptep;
+	return 0;
 }
 
 int __pkvm_guest_share_host(struct kvm_vcpu *vcpu, u64 ipa)
 {
 	struct kvm_shadow_vm *vm = get_shadow_state(vcpu)->shadow_vm;
-	kvm_pte_t *ptep = guest_page_ptep(vcpu, ipa);
+	kvm_pte_t *ptep;
 	phys_addr_t phys;
+	int ret = guest_request_page(vcpu, ipa, PKVM_PAGE_OWNED, &ptep);
 
-	if (!ptep || guest_get_page_state(*ptep) != PKVM_PAGE_OWNED)
-		return -EPERM;
+	if (ret)
+		return ret;
 	phys = kvm_pte_to_phys(*ptep);
 	BUG_ON(kvm_pgtable_map(&vm->pgt, ipa, PAGE_SIZE, phys, KVM_PGTABLE_PROT_GUEST | PKVM_PAGE_SHARED_OWNED));
 	BUG_ON(kvm_pgtable_map(&host_mmu.pgt, phys, PAGE_SIZE, phys, KVM_PGTABLE_PROT_HOST | PKVM_PAGE_SHARED_BORROWED));
@@ -212,11 +245,12 @@ int __pkvm_guest_share_host(struct kvm_vcpu *vcpu, u64 ipa)
 int __pkvm_guest_unshare_host(struct kvm_vcpu *vcpu, u64 ipa)
 {
 	struct kvm_shadow_vm *vm = get_shadow_state(vcpu)->shadow_vm;
-	kvm_pte_t *ptep = guest_page_ptep(vcpu, ipa);
+	kvm_pte_t *ptep;
 	phys_addr_t phys;
+	int ret = guest_request_page(vcpu, ipa, PKVM_PAGE_SHARED_OWNED, &ptep);
 
-	if (!ptep || guest_get_page_state(*ptep) != PKVM_PAGE_SHARED_OWNED)
-		return -EPERM;
+	if (ret)
+		return ret;
 	phys = kvm_pte_to_phys(*ptep);
 	BUG_ON(kvm_pgtable_set_owner(&host_mmu.pgt, phys, PAGE_SIZE, PKVM_ID_GUEST));
 	BUG_ON(kvm_pgtable_map(&vm->pgt, ipa, PAGE_SIZE, phys, KVM_PGTABLE_PROT_GUEST | PKVM_PAGE_OWNED));

@@ -364,6 +364,13 @@ void handle_host_mem_abort(struct kvm_cpu_context *host_ctxt)
 		host_inject_abort();
 		return;
 	}
+	/*
+	 * The Android tree injects only -EPERM and BUG_ON()s anything else but
+	 * -EAGAIN (handle_host_mem_abort(): "if (ret == -EPERM)
+	 * host_inject_abort(host_ctxt); else BUG_ON(ret && ret != -EAGAIN);").
+	 * The lab also injects -ENOMEM (no pool page for a table): it never
+	 * panics on host input -- a listed departure (README).
+	 */
 	ret = host_stage2_idmap(addr);
 	if (ret == -EPERM || ret == -ENOMEM)
 		host_inject_abort();

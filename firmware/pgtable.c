@@ -103,7 +103,7 @@ static void set_pte(struct pgt_update *u, kvm_pte_t *table, u32 level, kvm_pte_t
 	/*
 	 * Only a valid entry can be in the TLB, and SW0/SW1 (pKVM's page state)
 	 * mean nothing to the MMU: making an entry valid, or changing only its
-	 * state bits, needs no invalidation (share and lazy mapping stay cheap).
+	 * state bits, needs no BBM (as later upstream; 2022's stage2_put_pte()'d: README).
 	 */
 	if (kvm_pte_valid(old) && ((old ^ new) & ~PKVM_PAGE_STATE_PROT_MASK))
 		u->flush = true;
@@ -140,7 +140,7 @@ static void break_entry(struct pgt_update *u, kvm_pte_t *table, u32 level, kvm_p
 	tlb_flush(u->pgt, addr & ~(PGT_GRANULE(level) - 1), PGT_GRANULE(level));
 }
 
-/* A block upstream would rebuild lazily: a plain host mapping, no page state in it. */
+/* A block upstream would rebuild lazily (stage2_map_walk_leaf()): a plain host mapping, no page state in it. */
 static bool refills_on_fault(struct kvm_pgtable *pgt, kvm_pte_t pte)
 {
 	return pgt->refill_lazily && (pte & PKVM_PAGE_STATE_PROT_MASK) == 0;

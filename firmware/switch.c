@@ -54,18 +54,68 @@ static void smccc_set_retval(struct kvm_vcpu *vcpu, u64 a0, u64 a1, u64 a2, u64 
 	r[3] = a3;
 }
 
-/* MEM_SHARE / MEM_UNSHARE take one IPA in x1; x2 and x3 must be 0 (upstream: pkvm_memshare_call()). */
-static void pkvm_memshare_call(struct kvm_vcpu *vcpu, bool share)
+/*
+ * A page request: the guest shared a page it has not been given yet.  Fake a
+ * level-3 translation fault on a write at that IPA and rewind to the HVC, so
+ * the exit reaches the host as an ordinary stage-2 fault; the host maps the
+ * page and the guest's HVC runs again.  Upstream: __pkvm_memshare_page_req()
+ * in nvhe/pkvm.c (v1 series [PATCH 87/89], May 2022; the Android common
+ * kernel).  Upstream rewinds ELR_EL2 itself, live until after the run loop;
+ * the lab has already saved it in ctxt->regs.pc, so it rewinds that.
+ */
+static u64 __pkvm_memshare_page_req(struct kvm_vcpu *vcpu, u64 ipa)
 {
-	u64 *r = vcpu->arch.ctxt.regs.regs;
-	int ret = -EINVAL;
-
-	if (!r[2] && !r[3])
-		ret = share ? __pkvm_guest_share_host(vcpu, r[1]) : __pkvm_guest_unshare_host(vcpu, r[1]);
-	smccc_set_retval(vcpu, ret ? (u64)SMCCC_RET_INVALID_PARAMETER : SMCCC_RET_SUCCESS, 0, 0, 0);
+	vcpu->arch.fault.esr_el2 = (u32)ESR_ELx_EC_DABT_LOW << ESR_ELx_EC_SHIFT | ESR_ELx_WNR |
+				   ESR_ELx_FSC_FAULT | (3 & ESR_ELx_FSC_LEVEL);	/* FIELD_PREP(ESR_ELx_FSC_LEVEL, 3) */
+	vcpu->arch.fault.hpfar_el2 = (ipa >> 8) & HPFAR_FIPA_MASK;	/* shuffle the IPA into the HPFAR */
+	vcpu->arch.fault.far_el2 = 0;	/* a virtual address: "0's good" */
+	vcpu->arch.ctxt.regs.pc -= 4;	/* return to the HVC once the IPA is mapped */
+	return ARM_EXCEPTION_TRAP;
 }
 
-/* A protected guest's own hypercalls, handled at EL2; false: exit to the host. */
+/*
+ * MEM_SHARE takes one IPA in x1; x2 and x3 must be 0.  Handled here, then
+ * (false) an exit, so the host learns of the share ("Success! Now tell the
+ * host."); a page the guest has not been given is a page request; anything
+ * else is INVALID_PARAMETER to the guest, no exit.  The guest's x0 on the way
+ * back is hyp's: handle_pvm_entry_hvc64() (hyp-main.c).  Upstream:
+ * pkvm_memshare_call() in nvhe/pkvm.c (v1 series [PATCH 87/89]; Android).
+ */
+static bool pkvm_memshare_call(struct kvm_vcpu *vcpu)
+{
+	u64 *r = vcpu->arch.ctxt.regs.regs;
+
+	if (r[2] || r[3])
+		goto out_guest_err;
+	switch (__pkvm_guest_share_host(vcpu, r[1])) {
+	case 0:
+		return false;				/* Success! Now tell the host. */
+	case -EFAULT:
+		__pkvm_memshare_page_req(vcpu, r[1]);	/* upstream: *exit_code = ...: a trap, as this exit already is */
+		return false;
+	}
+out_guest_err:
+	smccc_set_retval(vcpu, (u64)SMCCC_RET_INVALID_PARAMETER, 0, 0, 0);
+	return true;
+}
+
+/* MEM_UNSHARE: the same, but an unshare that fails never exits (upstream: pkvm_memunshare_call()). */
+static bool pkvm_memunshare_call(struct kvm_vcpu *vcpu)
+{
+	u64 *r = vcpu->arch.ctxt.regs.regs;
+
+	if (!r[2] && !r[3] && !__pkvm_guest_unshare_host(vcpu, r[1]))
+		return false;
+	smccc_set_retval(vcpu, (u64)SMCCC_RET_INVALID_PARAMETER, 0, 0, 0);
+	return true;
+}
+
+/*
+ * A protected guest's own hypercalls, handled at EL2; false: exit to the host.
+ * Upstream: kvm_handle_pvm_hvc64() in nvhe/pkvm.c (v1 series [PATCH 87/89];
+ * Android); an unknown call there is PSCI's NOT_SUPPORTED at EL2, here it
+ * exits (the lab's doorbell, PSCI SYSTEM_OFF).
+ */
 bool kvm_handle_pvm_hvc64(struct kvm_vcpu *vcpu)
 {
 	u64 fn = vcpu->arch.ctxt.regs.regs[0];
@@ -83,11 +133,9 @@ bool kvm_handle_pvm_hvc64(struct kvm_vcpu *vcpu)
 			smccc_set_retval(vcpu, PAGE_SIZE, 0, 0, 0);
 		return true;
 	case ARM_SMCCC_VENDOR_HYP_KVM_MEM_SHARE_FUNC_ID:
-		pkvm_memshare_call(vcpu, true);
-		return true;
+		return pkvm_memshare_call(vcpu);
 	case ARM_SMCCC_VENDOR_HYP_KVM_MEM_UNSHARE_FUNC_ID:
-		pkvm_memshare_call(vcpu, false);
-		return true;
+		return pkvm_memunshare_call(vcpu);
 	default:
 		return false;
 	}

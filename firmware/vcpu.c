@@ -26,19 +26,24 @@ struct kvm_shadow_vcpu_state *pkvm_loaded_shadow_vcpu_state(void)
 }
 
 /*
- * The guest's entry PC and registers come from the host once, at the first
- * load; after that only hyp's copy counts.  (The lab's simplification: the
- * seed's series resets a protected vCPU at EL2 -- pkvm_reset_vcpu() -- and
- * loads the guest's first code itself, pVM firmware; the host never sets a
- * protected guest's registers at all.)
+ * The guest's entry comes from the host once, at the first load; after that
+ * only hyp's copy counts.  As the Android common kernel of 2022 (nvhe/pkvm.c):
+ * init_shadow_structs() takes the reset state's PC and x0 from the host's
+ * vCPU (reset_state->pc = *vcpu_pc(host_vcpu), ->r0 = its x0; PSCI CPU_ON sets
+ * them for a secondary), and pkvm_reset_vcpu() zeroes the general registers
+ * and applies them (x0..x14 from the host only for the vCPU entering pVM
+ * firmware).  The lab's departures: it reads them at the first load, not when
+ * the VM is created, and takes the stack (SP_EL1) too -- upstream resets it
+ * with the other system registers; the lab has no pVM firmware.
  */
 static void init_shadow_vcpu_regs(struct kvm_shadow_vcpu_state *state)
 {
 	struct kvm_cpu_context *ctxt = &state->shadow_vcpu.arch.ctxt;
 	struct kvm_vcpu *host_vcpu = state->host_vcpu;
 
-	for (int i = 0; i < 31; i++)
-		ctxt->regs.regs[i] = READ_ONCE(host_vcpu->arch.ctxt.regs.regs[i]);
+	for (int i = 1; i < 31; i++)
+		ctxt->regs.regs[i] = 0;
+	ctxt->regs.regs[0] = READ_ONCE(host_vcpu->arch.ctxt.regs.regs[0]);
 	ctxt->regs.pc = READ_ONCE(host_vcpu->arch.ctxt.regs.pc);
 	ctxt->regs.pstate = PSR_MODE_EL1h | PSR_DAIF_MASK;	/* EL1h, interrupts masked: never the host's choice */
 	ctxt->sp_el1 = READ_ONCE(host_vcpu->arch.ctxt.sp_el1);
@@ -99,9 +104,10 @@ void __pkvm_vcpu_put(void)
 #define PKVM_MMU_CACHE_MIN_PAGES	2
 
 /*
- * The seed's series' ABI: the host maps a page into the guest of the loaded
- * vCPU, after hyp tops up that vCPU's memcache from the host's (upstream:
- * handle___pkvm_host_map_guest() in nvhe/hyp-main.c, 2022).
+ * The host maps a page into the guest of the loaded vCPU, after hyp tops up
+ * that vCPU's memcache from the host's (upstream: handle___pkvm_host_map_guest()
+ * in nvhe/hyp-main.c, v1 series (May 2022) and the Android common kernel of
+ * 2022; the v2 series has no map_guest).
  */
 int __pkvm_host_map_guest(u64 pfn, u64 gfn)
 {

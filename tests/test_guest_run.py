@@ -102,11 +102,17 @@ def test_touch_demand_faults_each_page_it_walks(lab):
     vm.teardown()
 
 
-def test_guest_hypercalls_at_el2_and_share_unshare_pairs(lab):
+def test_mem_share_and_unshare_are_done_at_el2_and_then_exit_to_tell_the_host(lab):
+    """v1 series [PATCH 87/89] / Android nvhe/pkvm.c pkvm_memshare_call(): "Success! Now tell the host." -- the
+    exit passes x0..x3 (handle_pvm_exit_hvc64: n = 4), and hyp sets the guest's x0 itself on the way back
+    (handle_pvm_entry_hvc64), whatever the host left there."""
     vm = lab.host.create_vm(nr_vcpus=1, guest="share")
     exits = vm.run()
+    assert [e.reason for e in exits] == ["page fault", "page fault", "mem share", "hypercall"]
+    share = exits[2]
+    assert share.hvc[:2] == (0xC6000003, 0x3000) and share.ipa == 0x3000 and vm.shared_gfns == {3}
     doorbell = exits[-1]
-    assert doorbell.reason == "hypercall" and doorbell.hvc[:2] == (0xC6000040, 0x3000)
+    assert doorbell.hvc[:3] == (0xC6000040, 0x3000, 0)   # the guest's MEM_SHARE returned SMCCC_RET_SUCCESS
     pfn = vm.mapped_pages[3]
     # Shared: the host may read it, and sees what the guest wrote there.
     assert lab.host.read(pfn * PAGE, 34) == b"a message the guest chose to share"
@@ -116,15 +122,45 @@ def test_guest_hypercalls_at_el2_and_share_unshare_pairs(lab):
 
     assert check_invariants(lab.hyp.ownership()) == []
     exits = vm.run()
-    assert exits[-1].reason == "hypercall"
-    share, unshare, bad = exits[-1].hvc[1:]
-    assert (share, unshare) == (0, 0)
-    assert bad == (1 << 64) - 3               # SMCCC_RET_INVALID_PARAMETER: it does not own IPA 0x80000
+    assert [e.reason for e in exits] == ["mem unshare", "page fault", "mem share", "hypercall"]
+    unshare, requested, refused = exits[-1].hvc[1:]
+    assert (unshare, requested) == (0, 0)
+    assert refused == (1 << 64) - 3           # SMCCC_RET_INVALID_PARAMETER: it never shared IPA 0x80000 (no exit)
     with pytest.raises(HostAccessFault):      # unshared: the guest's alone again
         lab.host.read_u64(pfn * PAGE)
+    assert vm.shared_gfns == {5}
     assert vm.run()[-1].reason == "system off"
-    # MEM_SHARE and MEM_UNSHARE were handled at EL2: only the doorbells and SYSTEM_OFF reached the host.
-    assert [e.hvc[0] for e in vm.exits if e.reason in ("hypercall", "system off")] == [0xC6000040] * 2 + [0x84000008]
+    vm.teardown()
+
+
+def test_sharing_a_page_not_given_yet_is_a_page_request_and_the_hvc_runs_again(lab):
+    """v1 series [PATCH 87/89] / Android nvhe/pkvm.c __pkvm_memshare_page_req(): a level-3 translation fault on a
+    write, faked at that IPA (FAR 0), ELR rewound to the HVC; the host maps the page, the share then succeeds."""
+    vm = lab.host.create_vm(nr_vcpus=1, guest="share")
+    vm.run()
+    exits = vm.run()
+    request = exits[1]
+    assert request.reason == "page fault" and request.ipa == 0x5000
+    assert request.esr == (0x24 << 26) | (1 << 6) | 0x07      # DABT_LOW, WnR, translation fault level 3; no ISV
+    assert exits[2].reason == "mem share" and exits[2].hvc[1] == 0x5000 and exits[-1].hvc[2] == 0
+    pfn = vm.mapped_pages[5]
+    assert lab.host.read(pfn * PAGE, 35) == b"still shared when the guest stopped"
+    vm.run()
+    vm.teardown()
+
+
+def test_after_a_hypercall_exit_only_x0_goes_back_into_the_guest(lab):
+    """Android nvhe/hyp-main.c handle_pvm_entry_hvc64(): "HVCs for pvms either don't return or use only one
+    register".  The x0_only guest rings twice with x1..x3 unchanged in between; the host writes junk into its
+    x1..x3 after the first exit: the second must still pass the guest's own."""
+    vm = lab.host.create_vm(nr_vcpus=1, guest="x0_only")
+    first = vm.run()[-1]
+    assert first.hvc == (0xC6000040, 0x111, 0x222, 0x333)
+    r = vm._runner(0)
+    for i in range(1, 4):
+        lab.host.write_u64(r._field("arch.ctxt.regs.regs", i), 0xBAD0 + i)
+    assert vm.run()[-1].hvc == (0xC6000040, 0x111, 0x222, 0x333)
+    assert vm.run()[-1].reason == "system off"
     vm.teardown()
 
 
@@ -238,17 +274,36 @@ def test_teardown_then_reclaim_zeroes_guest_pages(lab):
     # Not the host's yet: still the guest's until reclaimed, page by page.
     with pytest.raises(HostAccessFault):
         lab.host.read_u64(pages[0x10] * PAGE)
-    assert _hcall_errno(lab, "__pkvm_host_reclaim_page", lab.host.alloc_pages(1)) == errno.EPERM
+    mine = lab.host.alloc_pages(1)
+    assert lab.host.call("__pkvm_host_reclaim_page", mine) == 0   # the host's own already: 0 (v1 series)
+    lab.host.free_pages(mine)
+    assert _hcall_errno(lab, "__pkvm_host_reclaim_page", vm.host_kvm // PAGE) == errno.EPERM   # shared with hyp
     lab.host.call("__pkvm_host_reclaim_page", pages[0x10])
     assert lab.host.read(pages[0x10] * PAGE, PAGE) == bytes(PAGE)
-    assert _hcall_errno(lab, "__pkvm_host_reclaim_page", pages[0x10]) == errno.EPERM   # once only
-    # finish as the host model does (the VM is gone from hyp already)
-    from pkvmlab.host.vm import PAGE as _P  # noqa: F401
-
+    assert lab.host.call("__pkvm_host_reclaim_page", pages[0x10]) == 0   # again: the host's now, nothing to do
     del pages[0x10]
     for pfn in pages.values():
         lab.host.call("__pkvm_host_reclaim_page", pfn)
     assert GUEST_MEM_SIZE > 0x20000
+
+
+def test_a_page_the_guest_left_shared_stays_the_hosts_to_read_and_comes_back_not_zeroed(lab):
+    """v1 series [PATCH 26/89], reclaim_walker(): SHARED_* pages are marked pending reclaim, not poisoned; the
+    host stage-2 is left alone at teardown."""
+    from pkvmlab.inspect.invariants import check_invariants
+
+    vm = lab.host.create_vm(nr_vcpus=1, guest="share")
+    while not vm.powered_off:
+        vm.run()
+    pfn = vm.mapped_pages[5]
+    lab.host.teardown_shadow(vm.handle)
+    assert lab.host.read(pfn * PAGE, 35) == b"still shared when the guest stopped"   # still mapped for the host
+    assert "pending reclaim" in str(lab.hyp.ownership().page(pfn)) and check_invariants(lab.hyp.ownership()) == []
+    lab.host.call("__pkvm_host_reclaim_page", pfn)
+    assert lab.host.read(pfn * PAGE, 35) == b"still shared when the guest stopped"   # not zeroed
+    for gfn, p in vm.mapped_pages.items():
+        if gfn != 5:
+            lab.host.call("__pkvm_host_reclaim_page", p)
 
 
 def test_create_run_teardown_reclaim_cycles_leave_pool_and_ownership_as_before():
@@ -282,4 +337,35 @@ def test_shadow_table_shows_each_vcpus_state_as_hyp_sees_it(lab):
     # hyp holds its PC: at its first UART store, to be stepped past on the next run
     assert disassemble(guest_image("hello")[v.pc:v.pc + 4], v.pc).startswith("strb")
     assert "last exit trap" in lab.hyp.shadow_table().vcpu_states()
+    vm.teardown()
+
+
+def test_set_entry_works_before_the_first_load_and_is_refused_after(lab):
+    """The public way to set a guest's entry: before the first __pkvm_vcpu_load only (hyp reads it then, once)."""
+    from pkvmlab.errors import UsageError
+
+    vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
+    vm.set_entry(0, GUEST_MEM_SIZE)
+    assert vm.step().ipa == 0                                  # the first fetch, at the entry PC
+    with pytest.raises(UsageError, match="loaded already"):
+        vm.set_entry(0x8000, GUEST_MEM_SIZE)
+    vm.run()
+    vm.teardown()
+
+
+def test_the_first_load_takes_x0_pc_and_sp_from_the_host_and_zeroes_x1_to_x30(lab):
+    """Android nvhe/pkvm.c pkvm_reset_vcpu(): the general registers reset to zero, PC and x0 from the reset
+    state.  The host writes junk into x0..x30 before the first load; after the first exit (the guest's first
+    fetch faults, so it ran no instruction) hyp's shadow vCPU holds the host's x0 and zeros."""
+    vm = lab.host.create_vm(nr_vcpus=1, guest="hello")
+    r = vm._runner(0)
+    for i in range(31):
+        lab.host.write_u64(r._field("arch.ctxt.regs.regs", i), 0xBAD0 + i)
+    assert vm.step().reason == "page fault"
+    st_lay = lab.fw.layout("kvm_shadow_vcpu_state")
+    state = lab.hyp.shadow_table().by_handle(vm.handle).vcpus[0]
+    at = state.address + st_lay.offset("shadow_vcpu.arch.ctxt.regs.regs")
+    regs = [lab.core.phys.read_u64(at + 8 * i) for i in range(31)]
+    assert regs == [0xBAD0] + [0] * 30
+    vm.run()
     vm.teardown()

@@ -39,13 +39,20 @@ def test_share_of_a_host_page_moves_both_states_and_nothing_else():
     ("__pkvm_vcpu_load", (0x1000, 0), errno.ENOENT),             # no VM
     ("__pkvm_host_map_guest", (0x41000, 0), errno.EINVAL),       # no vCPU loaded
     ("__kvm_vcpu_run", (), errno.EINVAL),                        # no vCPU loaded
-    ("__pkvm_host_reclaim_page", (0x41000,), errno.EPERM),       # the host's own page: nothing to reclaim
+    ("__pkvm_host_reclaim_page", (0x41005,), errno.EPERM),       # shared with hyp: not the host's alone, not pending
     ("__pkvm_host_reclaim_page", (0x40005,), errno.EINVAL),      # the carve-out
 ])
 def test_a_refused_call_returns_one_errno_and_changes_nothing(call, args, err):
-    s = AbstractState(CFG, pool_free=100)
+    s = AbstractState(CFG, {0x41005: PageView(HOST, SHARED_OWNED, SHARED_BORROWED)}, pool_free=100)
     (out,) = allowed(s, call, args)
     assert out.ret == -err and out.state is s and out.pool == "exact"
+
+
+def test_reclaim_of_a_page_the_host_owns_already_is_0_and_changes_nothing():
+    """v1 series [PATCH 26/89], __pkvm_host_reclaim_page(): host_get_page_state() == PKVM_PAGE_OWNED -> 0."""
+    s = AbstractState(CFG, pool_free=100)
+    (out,) = allowed(s, "__pkvm_host_reclaim_page", (0x41000,))
+    assert out.ret == 0 and out.state is s and out.zeroed == ()
 
 
 def test_unshare_of_a_pinned_page_is_ebusy():
@@ -143,7 +150,22 @@ def test_teardown_leaves_guest_pages_for_reclaim_and_reclaim_zeroes_them():
     assert r.ret == 0 and r.zeroed == (0x50000,) and r.state.page(0x50000) == PageView(HOST, OWNED, NOPAGE)
     assert r.state.pages == {p: PageView(HOST, SHARED_OWNED, SHARED_BORROWED) for p in (0x41000, 0x41001)}   # all back
     (twice,) = allowed(r.state, "__pkvm_host_reclaim_page", (0x50000,))
-    assert twice.ret == -errno.EPERM
+    assert twice.ret == 0 and twice.state is r.state   # the host's already: 0, as upstream
+
+
+def test_a_page_the_guest_shared_stays_shared_at_teardown_and_comes_back_not_zeroed():
+    """v1 series [PATCH 26/89], reclaim_walker(): only PKVM_PAGE_OWNED pages need poisoning; the host stage-2 is
+    left alone at teardown."""
+    from pkvmlab.spec.guest_calls import MEM_SHARE, guest_hvc
+
+    s, peek = _vm_with_memcache()
+    mapped = allowed(s, "__pkvm_host_map_guest", (0x50000, 5), peek)[0].state
+    shared = guest_hvc(mapped, mapped.vms[0], MEM_SHARE, 5 << 12).state
+    (put,) = allowed(shared, "__pkvm_vcpu_put", ())
+    (t,) = allowed(put.state, "__pkvm_teardown_shadow", (0x1000,))
+    assert t.state.page(0x50000) == shared.page(0x50000) == PageView(GUEST, SHARED_BORROWED, NOPAGE, guest=SHARED_OWNED)
+    (r,) = allowed(t.state, "__pkvm_host_reclaim_page", (0x50000,))
+    assert r.ret == 0 and r.zeroed == () and r.state.page(0x50000) == PageView(HOST, OWNED, NOPAGE)
 
 
 def test_a_live_guests_page_cannot_be_reclaimed():
@@ -154,20 +176,25 @@ def test_a_live_guests_page_cannot_be_reclaimed():
 
 
 def test_the_guests_mem_share_of_its_page_moves_both_states_and_of_any_other_is_an_error_to_the_guest():
+    """v1 series [PATCH 87/89] / Android nvhe/pkvm.c pkvm_memshare_call(): done at EL2, then an exit; a page the
+    guest has not been given is a page request (an exit, no change); anything else INVALID_PARAMETER, no exit."""
     from pkvmlab.spec.guest_calls import MEM_SHARE, MEM_UNSHARE, SMCCC_RET_INVALID_PARAMETER, guest_hvc
 
     s, peek = _vm_with_memcache()
     mapped = allowed(s, "__pkvm_host_map_guest", (0x50000, 5), peek)[0].state
     vm = mapped.vms[0]
-    ret, shared = guest_hvc(mapped, vm, MEM_SHARE, 5 << 12)
-    assert ret == 0 and shared.page(0x50000) == PageView(GUEST, SHARED_BORROWED, NOPAGE, guest=SHARED_OWNED)
-    for bad in ((MEM_SHARE, 6 << 12), (MEM_SHARE, (5 << 12) + 8), (MEM_UNSHARE, 5 << 12)):
-        ret, after = guest_hvc(mapped, vm, *bad)   # not its page / not a page / not shared
-        assert ret == SMCCC_RET_INVALID_PARAMETER and after is mapped
-    ret, again = guest_hvc(shared, vm, MEM_SHARE, 5 << 12)
-    assert ret == SMCCC_RET_INVALID_PARAMETER and again is shared
-    ret, back = guest_hvc(shared, vm, MEM_UNSHARE, 5 << 12)
-    assert ret == 0 and back.page(0x50000) == mapped.page(0x50000)
+    shared = guest_hvc(mapped, vm, MEM_SHARE, 5 << 12)
+    assert (shared.ret, shared.exits) == (0, True)
+    assert shared.state.page(0x50000) == PageView(GUEST, SHARED_BORROWED, NOPAGE, guest=SHARED_OWNED)
+    request = guest_hvc(mapped, vm, MEM_SHARE, 6 << 12)   # no page at gfn 6 yet
+    assert request.exits and request.page_request == 6 << 12 and request.ret is None and request.state is mapped
+    for bad in ((MEM_SHARE, (5 << 12) + 8), (MEM_UNSHARE, 5 << 12), (MEM_UNSHARE, 6 << 12), (MEM_SHARE, 1 << 40)):
+        out = guest_hvc(mapped, vm, *bad)   # not a page / not shared / no page to unshare / outside the IPA space
+        assert (out.ret, out.exits, out.state) == (SMCCC_RET_INVALID_PARAMETER, False, mapped)
+    again = guest_hvc(shared.state, vm, MEM_SHARE, 5 << 12)
+    assert again.ret == SMCCC_RET_INVALID_PARAMETER and again.state is shared.state
+    back = guest_hvc(shared.state, vm, MEM_UNSHARE, 5 << 12)
+    assert (back.ret, back.exits) == (0, True) and back.state.page(0x50000) == mapped.page(0x50000)
 
 
 def test_the_guests_information_calls_change_nothing_and_anything_else_exits_to_the_host():
@@ -175,10 +202,10 @@ def test_the_guests_information_calls_change_nothing_and_anything_else_exits_to_
 
     s, _ = _vm_with_memcache()
     vm = s.vms[0]
-    assert guest_hvc(s, vm, KVM_FEATURES) == (FEATURES, s)
-    assert guest_hvc(s, vm, HYP_MEMINFO) == (4096, s)
-    assert guest_hvc(s, vm, HYP_MEMINFO, 1) == (SMCCC_RET_INVALID_PARAMETER, s)   # its arguments must be zero
-    assert guest_hvc(s, vm, 0x8400_0008) is None   # PSCI SYSTEM_OFF: the host's business
+    assert guest_hvc(s, vm, KVM_FEATURES)[:3] == (FEATURES, s, False)
+    assert guest_hvc(s, vm, HYP_MEMINFO)[:3] == (4096, s, False)
+    assert guest_hvc(s, vm, HYP_MEMINFO, 1)[:3] == (SMCCC_RET_INVALID_PARAMETER, s, False)   # its arguments must be 0
+    assert guest_hvc(s, vm, 0x8400_0008).exits   # PSCI SYSTEM_OFF: the host's business
 
 
 def test_a_run_may_change_only_its_guests_pages_and_only_by_share_and_unshare():
@@ -190,7 +217,7 @@ def test_a_run_may_change_only_its_guests_pages_and_only_by_share_and_unshare():
     assert sorted(o.ret for o in outs) == [0, 2]
     check = outs[0].loose
     assert check(mapped) == []
-    assert check(guest_hvc(mapped, mapped.vms[0], MEM_SHARE, 5 << 12)[1]) == []
+    assert check(guest_hvc(mapped, mapped.vms[0], MEM_SHARE, 5 << 12).state) == []
     host_page = mapped.with_pages({0x41005: PageView(HOST, SHARED_OWNED, SHARED_BORROWED)})
     assert "not a page of the running guest's" in check(host_page)[0]
     given = mapped.with_pages({0x50000: PageView(HOST, OWNED, NOPAGE)})

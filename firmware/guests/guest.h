@@ -11,14 +11,14 @@
 #define PAGE_SIZE		0x1000
 #define UART_BASE		0x09000000	/* a PL011-like data register, outside its memory: MMIO */
 
-/* SMCCC function ids (include/linux/arm-smccc.h), handled by pKVM at EL2 (kvm_handle_pvm_hvc64()) */
+/* SMCCC function ids (include/linux/arm-smccc.h), handled by pKVM at EL2 (kvm_handle_pvm_hvc64(); MEM_SHARE/UNSHARE then exit) */
 #define ARM_SMCCC_VENDOR_HYP_KVM_FEATURES_FUNC_ID	0x86000000	/* fast, SMC32, vendor hyp, fn 0 */
 #define ARM_SMCCC_VENDOR_HYP_KVM_HYP_MEMINFO_FUNC_ID	0xc6000002	/* fast, SMC64, vendor hyp, fn 2 */
 #define ARM_SMCCC_VENDOR_HYP_KVM_MEM_SHARE_FUNC_ID	0xc6000003
 #define ARM_SMCCC_VENDOR_HYP_KVM_MEM_UNSHARE_FUNC_ID	0xc6000004
 /* PSCI SYSTEM_OFF (include/uapi/linux/psci.h: PSCI_0_2_FN_SYSTEM_OFF): an exit the host handles */
 #define PSCI_0_2_FN_SYSTEM_OFF				0x84000008
-/* The lab's own (not pKVM's): "look at what I left you", x1..x3 for the host (hyp-main.c) */
+/* The lab's own (lab ABI, not pKVM's): "look at what I left you", x1..x3 for the host (hyp-main.c) */
 #define PKVMLAB_GUEST_DOORBELL_FUNC_ID			0xc6000040
 
 #ifndef __ASSEMBLER__

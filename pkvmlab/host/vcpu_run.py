@@ -9,11 +9,16 @@ One step (``VM.step()``) is what the host's ``kvm_arch_vcpu_ioctl_run`` does for
    (``flush_shadow_state``);
 3. ``__kvm_vcpu_run()``: hyp switches to the guest and comes back with an exit code;
 4. the host reads what hyp chose to tell it (``handle_pvm_exit_*``): ESR with the register number masked,
-   FAR's page offset, HPFAR, an MMIO write's value in ``regs[0]``, a hypercall's x0..x3; nothing else;
+   FAR's page offset, HPFAR, an MMIO write's value in ``regs[0]``, a hypercall's x0 (x0..x3 for MEM_SHARE,
+   MEM_UNSHARE and the lab's doorbell); nothing else;
 5. it handles the exit: a fault inside the guest's memory gets a page (``__pkvm_host_map_guest``, after a
    top-up of the vCPU's memcache when hyp says -ENOMEM); one outside it is MMIO, and the host emulates a
-   small UART (PL011's data register at ``UART_BASE``); a hypercall hyp did not handle gets
-   NOT_SUPPORTED, except PSCI ``SYSTEM_OFF``;
+   small UART (PL011's data register at ``UART_BASE``); the guest's MEM_SHARE / MEM_UNSHARE, done at EL2
+   already, exit so the host learns of them ("Success! Now tell the host.": pkvm_memshare_call() in
+   nvhe/pkvm.c, v1 series and Android 2022) -- the host notes the IPA, and hyp gives the guest its x0 itself;
+   a share of a page the guest has not been given yet reaches the host as a *page request*, a stage-2 fault
+   hyp fakes at that IPA (``__pkvm_memshare_page_req``), which the host serves like any other, and the HVC
+   runs again; any other hypercall hyp did not handle gets NOT_SUPPORTED, except PSCI ``SYSTEM_OFF``;
 6. ``__pkvm_vcpu_put()``.
 
 Steps 2 to 4 are one host stub (``kernel_image.VCPU_RUN``: the stores of the answer, ``hvc #0``, the loads
@@ -43,6 +48,7 @@ UART_BASE = 0x0900_0000           # a PL011-like UART's data register (as on QEM
 UART_FR = UART_BASE + 0x18        # its flag register: reads 0 (never busy)
 DEFAULT_BUDGET = 100_000          # instructions per run before the "timer" fires
 PSCI_SYSTEM_OFF = 0x8400_0008
+MEM_SHARE, MEM_UNSHARE = 0xC600_0003, 0xC600_0004   # ARM_SMCCC_VENDOR_HYP_KVM_MEM_{SHARE,UNSHARE}_FUNC_ID
 SMCCC_RET_NOT_SUPPORTED = (1 << 64) - 1
 ARM_EXCEPTION_IRQ, ARM_EXCEPTION_TRAP = 0, 2
 KVM_ARM64_INCREMENT_PC = 1 << 9
@@ -71,7 +77,8 @@ class MmioAccess:
 class Exit:
     """One exit of a protected vCPU, as the host saw it."""
 
-    reason: str                      # "mmio", "page fault", "hypercall", "system off", "wfx", "smc", "preempted"
+    reason: str                      # "mmio", "page fault", "mem share", "mem unshare", "hypercall", "system off",
+                                     # "wfx", "smc", "preempted"
     exit_code: int                   # ARM_EXCEPTION_TRAP or ARM_EXCEPTION_IRQ
     esr: int | None = None           # what hyp let the host see of ESR_EL2
     ipa: int | None = None           # from HPFAR_EL2 and FAR_EL2's page offset
@@ -164,13 +171,14 @@ class VcpuRunner:
     def load(self) -> None:
         """``__pkvm_vcpu_load``: as the host does when it schedules the vCPU in (kvm_arch_vcpu_load)."""
         self.host.call("__pkvm_vcpu_load", self.vm.handle, self.idx)
-        self.loaded = True
+        self.loaded = self.ever_loaded = True
 
     def put(self) -> None:
         self.loaded = False
         self.host.call("__pkvm_vcpu_put")
 
     loaded = False
+    ever_loaded = False   # hyp reads the entry PC and stack at the first load; after it only hyp's copy counts
 
     def step(self, budget: int = DEFAULT_BUDGET) -> Exit:
         """One run and the handling of its exit; loads and puts the vCPU around it unless it is loaded already."""
@@ -251,6 +259,13 @@ class VcpuRunner:
             if regs[0] == PSCI_SYSTEM_OFF:
                 self.vm.powered_off = True
                 return Exit("system off", code, esr=esr, hvc=regs, handled="the guest is off")
+            if regs[0] in (MEM_SHARE, MEM_UNSHARE):   # done at EL2; hyp sets the guest's x0 (handle_pvm_entry_hvc64)
+                share = regs[0] == MEM_SHARE
+                gfn = regs[1] // PAGE
+                (self.vm.shared_gfns.add if share else self.vm.shared_gfns.discard)(gfn)
+                return Exit("mem share" if share else "mem unshare", code, esr=esr, ipa=regs[1], hvc=regs,
+                            handled=f"noted: gfn {gfn:#x} {'shared with' if share else 'no longer shared with'} "
+                                    "the host")
             self._answer = (SMCCC_RET_NOT_SUPPORTED, False)
             return Exit("hypercall", code, esr=esr, hvc=regs, handled="not supported (x0 = -1)")
         if ec == E.EC_WFX:   # KVM's kvm_handle_wfx(): block until an interrupt (none here), then step over it

@@ -19,8 +19,8 @@ upstream: the seed, [PATCH v2 12/24] "KVM: arm64: Introduce shadow VM state at E
 
 Teardown is the reverse: ``__pkvm_teardown_shadow`` gives back the shadow area, the PGD, the guest's
 stage-2 tables and its unused memcache pages (zeroed) and marks each guest page for reclaim; the host takes
-each one back with ``__pkvm_host_reclaim_page`` (hyp zeroes it first), then unshares and frees its own
-structures.
+each one back with ``__pkvm_host_reclaim_page`` (hyp zeroes it first if the guest owned it), then unshares and
+frees its own structures.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class VM:
         self.guest: str | None = None
         self.image = b""
         self.mapped_pages: dict[int, int] = {}   # gfn -> pfn, given with __pkvm_host_map_guest: reclaimed one by one
+        self.shared_gfns: set[int] = set()       # what the guest's MEM_SHARE / MEM_UNSHARE exits told the host
         self.memcache_pages: list[int] = []      # pfns pushed on a vCPU memcache (hyp's, or still the host's)
         self.console_bytes = bytearray()
         self.powered_off = False
@@ -111,12 +112,13 @@ class VM:
         its ``struct kvm_vcpu``; hyp takes them by donation (``refill_memcache``) for the guest's stage-2 tables.
         The page is donated, not shared: the host faults on it from now on.  It is kept with the pages demand
         faults gave (``mapped_pages``): after teardown the host takes each back with ``__pkvm_host_reclaim_page``,
-        which zeroes it first.
+        which zeroes it first (unless the guest had shared it).
 
-        upstream: the seed's series, ``handle___pkvm_host_map_guest`` (arch/arm64/kvm/hyp/nvhe/hyp-main.c), which
-        refills the vCPU's memcache (``pkvm_refill_memcache``) and calls ``__pkvm_host_donate_guest(pfn, gfn,
-        vcpu)`` for a protected VM (nvhe/mem_protect.c); the host kernel calls it from its guest stage-2 fault
-        path after ``topup_hyp_memcache`` (arch/arm64/kvm/mmu.c: ``pkvm_mem_abort`` -> ``pkvm_host_map_guest``).
+        upstream: the v1 series (May 2022) and the Android common kernel of 2022,
+        ``handle___pkvm_host_map_guest`` (arch/arm64/kvm/hyp/nvhe/hyp-main.c), which refills the vCPU's memcache
+        (``pkvm_refill_memcache``) and calls ``__pkvm_host_donate_guest(pfn, gfn, vcpu)`` for a protected VM
+        (nvhe/mem_protect.c); the host kernel calls it from its guest stage-2 fault path after ``topup_hyp_memcache``
+        (arch/arm64/kvm/mmu.c: ``pkvm_mem_abort`` -> ``pkvm_host_map_guest``).
         """
         from pkvmlab.host.vcpu_run import MEMCACHE_TOPUP, VcpuRunner
 
@@ -175,6 +177,21 @@ class VM:
             r = self._runners[vcpu_idx] = VcpuRunner(self, vcpu_idx)
         return r
 
+    def set_entry(self, pc: int, sp_el1: int, vcpu_idx: int = 0) -> None:
+        """The guest's entry PC and stack for vCPU ``vcpu_idx``, before its first load (hyp reads them then, once).
+
+        Afterwards it is refused: hyp's shadow vCPU is the only copy that counts (pKVM too takes PC and x0 from the
+        host's vCPU once, when the VM is created, and resets the vCPU itself: ``init_shadow_structs``,
+        ``pkvm_reset_vcpu``, nvhe/pkvm.c, Android 2022)."""
+        r = self._runner(vcpu_idx)
+        for name, v in (("pc", pc), ("sp_el1", sp_el1)):
+            if not isinstance(v, int) or not 0 <= v < 1 << 64:
+                raise UsageError(f"{name} must be an int in [0, 2**64), got {v!r}")
+        if r.ever_loaded:
+            raise UsageError(f"vCPU {vcpu_idx} of VM {self.handle:#x} has been loaded already: hyp took its entry then "
+                             "and only hyp's copy counts now; set the entry on a new VM before its first step")
+        r.set_entry(pc, sp_el1)
+
     def step(self, vcpu_idx: int = 0, *, budget: int | None = None):
         """One ``__kvm_vcpu_run`` and the host's handling of its exit: returns that Exit."""
         from pkvmlab.host.vcpu_run import DEFAULT_BUDGET
@@ -185,8 +202,9 @@ class VM:
             return self._runner(vcpu_idx).step(DEFAULT_BUDGET if budget is None else budget)
 
     def run(self, vcpu_idx: int = 0, *, budget: int | None = None, max_exits: int = 10_000) -> list:
-        """The host's KVM_RUN loop: run, service page faults and MMIO, until the guest powers off, makes a call
-        the host does not know, or its budget is spent.  Returns the exits, oldest first."""
+        """The host's KVM_RUN loop: run, service page faults (page requests too), MMIO and the guest's MEM_SHARE /
+        MEM_UNSHARE exits, until the guest powers off, makes a call the host does not know, or its budget is spent.
+        Returns the exits, oldest first."""
         from pkvmlab.host.vcpu_run import DEFAULT_BUDGET
 
         out = []
@@ -199,7 +217,7 @@ class VM:
                 for _ in range(max_exits):
                     ex = r.step(DEFAULT_BUDGET if budget is None else budget)
                     out.append(ex)
-                    if ex.reason not in ("page fault", "mmio"):
+                    if ex.reason not in ("page fault", "mmio", "mem share", "mem unshare"):
                         break
             finally:
                 r.put()
@@ -345,7 +363,8 @@ def teardown_vm(host, handle: int) -> None:
     # Back from hyp: the shadow area, the PGD and the guest's pages (zeroed) are the host's again.
     host.free_pages(vm.shadow_va // PAGE, vm.shadow_size // PAGE)
     host.free_pages(vm.pgd // PAGE, vm.pgd_size // PAGE)
-    # The guest's pages (donate() and demand faults): hyp marked them for reclaim; each is zeroed, then the host's.
+    # The guest's pages (donate() and demand faults): hyp marked them for reclaim; each owned one is zeroed (a shared
+    # one not), then the host's.
     for pfn in vm.mapped_pages.values():
         host.call("__pkvm_host_reclaim_page", pfn)
         host.free_pages(pfn)

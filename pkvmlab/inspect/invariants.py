@@ -96,10 +96,14 @@ def check_invariants(snap: Ownership) -> list[Violation]:
         lent = snap.guest_lent & ~unwalked
         claims = claims + lent
     orphan = np.zeros(snap.nr_pages, bool)
+    # a page a torn-down guest had shared, pending reclaim: the host still borrows it from that (gone) guest
+    reclaim = snap.reclaim if snap.reclaim is not None else np.zeros(snap.nr_pages, bool)
+    dead_lent = (host.state == SHARED_BORROWED) & reclaim
+    claims = claims + dead_lent
+    lent = lent | dead_lent
     if "guest" in snap.sides:   # the host stage-2's record counts for a guest page no guest maps (any more)
         unmapped = host.annotated & (host.annotation == Owner.GUEST) & (snap.sides["guest"].state == NOPAGE)
         claims = claims + unmapped
-        reclaim = snap.reclaim if snap.reclaim is not None else np.zeros(snap.nr_pages, bool)
         orphan = unmapped & ~reclaim
     unknown = host.annotated & ~np.isin(host.annotation, [int(o) for o in Owner])
 

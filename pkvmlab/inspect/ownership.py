@@ -373,6 +373,9 @@ def read_ownership(hyp) -> Ownership:
     hyps = pool | (host.annotated & (host.annotation == Owner.HYP))
     pins = np.where(hyps, 0, refcount).astype(np.uint16)
     reclaim = (flags & HOST_PAGE_PENDING_RECLAIM) != 0
+    # A page a torn-down guest had shared: the host still borrows it (teardown leaves the host stage-2 alone,
+    # upstream reclaim_walker()) and it is still the guest's until the host reclaims it.
+    owner[borrowed & reclaim & (owner == NO_OWNER)] = Owner.GUEST
     ps = hyp.pool()
     return Ownership(ram_start, nr_pages, (mem["hyp_start"], mem["hyp_end"]), owner, pins, pool,
                      ps.free_pages, ps.nr_pages, sides, guest_lent, guest_vm, reclaim, memcache)

@@ -67,6 +67,7 @@ class Abstraction:
         self._vmemmap = fw.symbol("hyp_vmemmap")
         hp = fw.layout("hyp_page")
         self._page_size, self._ref = hp.size, (hp.field("refcount").offset, hp.field("refcount").size)
+        self._flags = (hp.field("flags").offset, hp.field("flags").size)
         self._table = fw.symbol("shadow_table")
         vm_lay, st_lay = fw.layout("kvm_shadow_vm"), fw.layout("kvm_shadow_vcpu_state")
         self._vm_size, self._st_size = vm_lay.size, st_lay.size
@@ -168,9 +169,17 @@ class Abstraction:
                               guest.get(pfn), pins.get(pfn, 0))
             if pfn in tables and view.pins:
                 view = PageView(view.owner, view.host, view.hyp, view.guest)
+            if view.owner == NO_OWNER and view.host == PageState.SHARED_BORROWED and self._pending_reclaim(pfn, vmemmap):
+                # a page a torn-down guest had shared: still the guest's (SHARED_OWNED) until the host reclaims it
+                view = PageView(Owner.GUEST, view.host, view.hyp, PageState.SHARED_OWNED, view.pins)
             if view != c.boot_view(pfn):
                 pages[pfn] = view
         return AbstractState(c, pages, vms, self._u(*self._pool_free))
+
+    def _pending_reclaim(self, pfn: int, vmemmap: int) -> bool:
+        """``HOST_PAGE_PENDING_RECLAIM`` (bit 2, firmware/include/hyp/gfp.h) in the page's vmemmap flags."""
+        off, size = self._flags
+        return bool(self._u(vmemmap + (pfn - self.config.ram[0]) * self._page_size + off, size) & 1 << 2)
 
     def _pins(self, pfns: list[int], vmemmap: int) -> dict[int, int]:
         """The vmemmap refcounts of ``pfns`` (pages outside the carve-out), in one read when they lie close."""

@@ -1,28 +1,36 @@
 """The calls that run protected guests, and the guest's own hypercalls, as rules (state, arguments) -> outcomes.
 
-Written from pKVM's semantics as the seed's series has them (the 2022 Android tree: ``__pkvm_vcpu_load``,
-``__pkvm_vcpu_put``, ``__kvm_vcpu_run``, ``__pkvm_host_map_guest`` in nvhe/hyp-main.c and nvhe/pkvm.c;
-``__pkvm_host_reclaim_page`` and the guest share/unshare in nvhe/mem_protect.c; the guest's hypercalls in
-``kvm_handle_pvm_hvc64()``, nvhe/pkvm.c) and the issue texts, not from the lab's C.  Exact where pKVM is:
+Written from pKVM's semantics as the v1 series (May 2022) and the Android common kernel of 2022 have them
+(``__pkvm_vcpu_load``, ``__pkvm_vcpu_put``, ``__kvm_vcpu_run``, ``__pkvm_host_map_guest`` in nvhe/hyp-main.c
+and nvhe/pkvm.c; ``__pkvm_host_reclaim_page`` and the guest share/unshare in nvhe/mem_protect.c; the guest's
+hypercalls in ``kvm_handle_pvm_hvc64()``, nvhe/pkvm.c) and the issue texts, not from the lab's C.  Each item
+says whether it is *exact* (what pKVM does), *loose* (pKVM does not promise it), or *lab ABI* (the lab's own:
+pKVM has no such answer):
 
-* ``__pkvm_vcpu_load(handle, idx)``: -ENOENT for a handle no VM has, -EINVAL for an index past the VM's
-  vCPUs, -EBUSY when a vCPU is loaded already (the lab has one CPU).  Which of these a call that breaks
-  several rules gets is loose: pKVM does not promise an order.  Success loads the vCPU and takes a reference
-  on the VM (teardown then answers -EBUSY);
-* ``__pkvm_vcpu_put()``: the loaded vCPU (if any) is put, the reference dropped; always 0;
+* ``__pkvm_vcpu_load(handle, idx)`` -- lab ABI: upstream's handler returns nothing and does nothing on a bad
+  handle, index or an already loaded vCPU (and takes ``hcr_el2`` in x3 in later trees); the lab answers
+  -ENOENT for a handle no VM has, -EINVAL for an index past the VM's vCPUs, -EBUSY when a vCPU is loaded
+  already (one CPU); which of these a call that breaks several rules gets is loose.  Success loads the vCPU and
+  takes a reference on the VM (teardown then answers -EBUSY): exact;
+* ``__pkvm_vcpu_put()``: the loaded vCPU (if any) is put, the reference dropped; always 0 (lab ABI: upstream's
+  handler returns nothing);
 * ``__pkvm_host_map_guest(pfn, gfn)`` on the loaded vCPU (-EINVAL without one): first the vCPU's memcache
   is topped up to ``kvm_mmu_cache_min_pages()`` from the list the host keeps in its ``struct kvm_vcpu``,
   each page by a full host-to-hyp donation (upstream ``refill_memcache()`` / ``admit_host_page()``) --
-  -ENOMEM when the host's list runs out, with the pages taken so far kept; then the page: -EINVAL for a pfn
-  outside RAM or a gfn outside the guest's IPA space, -EPERM for a pfn the host does not own or a gfn that
-  already holds a page; success moves it host OWNED -> guest OWNED (``GUEST_TRANSITION``) and takes one
+  -ENOMEM when the host's list runs out, with the pages taken so far kept (exact); a page that cannot be
+  donated fails with the donation's errno (lab ABI: upstream's ``admit_host_page()`` failing is -ENOMEM);
+  then the page: -EINVAL for a pfn outside RAM (exact), -EINVAL for a gfn outside the guest's IPA space (lab
+  ABI: upstream has no such check, its stage-2 walk refuses the address), -EPERM for a pfn the host does not
+  own or a gfn that already holds a page (exact); success moves it host OWNED -> guest OWNED (``GUEST_TRANSITION``) and takes one
   memcache page per stage-2 table the gfn needs (a level-2 table per 1 GiB, a level-3 one per 2 MiB);
-* ``__pkvm_host_reclaim_page(pfn)``: only a page a torn-down VM left (owned by the guest, held by no live
-  VM); it comes back to the host zeroed; -EINVAL outside RAM or in the carve-out, -EPERM otherwise;
-* ``__kvm_vcpu_run()`` (-EINVAL with no vCPU loaded): loose in what the guest did, exact in what it may
-  change -- only pages of that guest, and only by its own MEM_SHARE / MEM_UNSHARE (the rules below);
+* ``__pkvm_host_reclaim_page(pfn)`` (v1 series [PATCH 26/89]): -EINVAL outside RAM or in the carve-out (lab
+  ABI: upstream's leaf lookup); 0 and no change for a page the host owns already; a page a torn-down VM left
+  comes back to the host -- zeroed if the guest owned it, as it was if the guest had shared it; -EPERM
+  otherwise (exact);
+* ``__kvm_vcpu_run()`` (-EINVAL with no vCPU loaded: lab ABI): loose in what the guest did, exact in what it
+  may change -- only pages of that guest, and only by its own MEM_SHARE / MEM_UNSHARE (the rules below);
   nothing of other VMs, of the host, of hyp, or the pool; the exit code one the lab documents
-  (``ARM_EXCEPTION_IRQ``: preempted, ``ARM_EXCEPTION_TRAP``: an exit the host must handle).
+  (``ARM_EXCEPTION_IRQ``: preempted, ``ARM_EXCEPTION_TRAP``: an exit the host must handle, a page request too).
 
 The guest's hypercalls handled at EL2 are rules too (:func:`guest_hvc`): the run rule allows exactly the
 states a sequence of them can reach.
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import replace
+from typing import NamedTuple
 
 from pkvmlab.arch.ownership import GUEST, GUEST_TRANSITION, HOST, NOPAGE, OWNED, PageView
 from pkvmlab.spec.host_calls import (
@@ -173,40 +182,62 @@ def reclaim_page(s: AbstractState, pfn: int, peek=None) -> list[Outcome]:
     if pfn > MAX_PFN or not c.in_ram(pfn) or c.in_carveout(pfn):
         return [Outcome(-errno.EINVAL, s, f"pfn {pfn:#x} is not a page of RAM outside hyp's carve-out")]
     page = s.page(pfn)
+    if page.owner == HOST and page.host == OWNED:   # upstream: host_get_page_state() == PKVM_PAGE_OWNED -> 0
+        return [Outcome(0, s, f"pfn {pfn:#x} is the host's own already: nothing to reclaim")]
     if page.owner != GUEST or any(vm.holds(pfn) for vm in s.vms.values()):
         return [Outcome(-errno.EPERM, s, f"pfn {pfn:#x} ({view_words(page)}) is not a page a torn-down VM left")]
     back = PageView(HOST, host=OWNED, hyp=NOPAGE)
-    return [Outcome(0, s.with_pages({pfn: back}), f"pfn {pfn:#x} is the host's again, zeroed", "any", zeroed=(pfn,))]
+    if page.guest == OWNED:   # HOST_PAGE_NEED_POISONING: only what the guest owned alone
+        return [Outcome(0, s.with_pages({pfn: back}), f"pfn {pfn:#x} is the host's again, zeroed", "any", zeroed=(pfn,))]
+    return [Outcome(0, s.with_pages({pfn: back}), f"pfn {pfn:#x}, which the guest had shared, is the host's again "
+                                                  "as it was (not zeroed)", "any")]
 
 
 # -- the guest's own hypercalls, handled at EL2 (what a run may do) -------------------------------
 
-def guest_hvc(s: AbstractState, vm: AbstractVM, x0: int, x1: int = 0, x2: int = 0, x3: int = 0):
-    """One guest HVC from ``vm``'s loaded vCPU: (x0 the guest gets back, state after), or None: it exits to the host.
+class GuestHvc(NamedTuple):
+    """What one guest HVC does: the x0 the guest gets back (None: whatever the host answers), the state after,
+    whether it exits to the host afterwards, and for a page request the IPA the host is asked to map."""
 
-    MEM_SHARE/MEM_UNSHARE take one IPA in x1 (x2, x3 zero); anything that is not the guest's page in the
-    right state is SMCCC_RET_INVALID_PARAMETER to the guest and changes nothing (the Android tree of 2022,
-    nvhe/pkvm.c: ``kvm_handle_pvm_hvc64()``, ``pkvm_memshare_call()``, ``pkvm_memunshare_call()``; nvhe/
-    mem_protect.c: ``__pkvm_guest_share_host()``/``__pkvm_guest_unshare_host()``).  Two simplifications of
-    the lab's, on purpose: pKVM then exits to the host after a successful share or unshare ("now tell the
-    host"), the lab goes straight back to the guest (the host learns nothing it needs); and KVM_FEATURES lists
-    only the four calls the lab has (pKVM adds the MMIO guard's).  The state change is the same."""
+    ret: int | None
+    state: AbstractState
+    exits: bool = False
+    page_request: int | None = None
+
+
+def guest_hvc(s: AbstractState, vm: AbstractVM, x0: int, x1: int = 0, x2: int = 0, x3: int = 0) -> GuestHvc:
+    """One guest HVC from ``vm``'s loaded vCPU, as pKVM handles it at EL2 (v1 series [PATCH 87/89], May 2022, and
+    the Android common kernel of 2022, nvhe/pkvm.c: ``kvm_handle_pvm_hvc64()``, ``pkvm_memshare_call()``,
+    ``pkvm_memunshare_call()``, ``__pkvm_memshare_page_req()``; nvhe/mem_protect.c: ``__pkvm_guest_share_host()``,
+    ``__pkvm_guest_unshare_host()``; nvhe/hyp-main.c: ``handle_pvm_entry_hvc64()``):
+
+    * MEM_SHARE / MEM_UNSHARE take one IPA in x1 (x2, x3 zero).  Done at EL2, then an exit that tells the host
+      ("Success! Now tell the host."); on the way back hyp sets the guest's x0 to SMCCC_RET_SUCCESS itself.
+    * MEM_SHARE of an IPA in the guest's space with no page yet (PKVM_NOPAGE): a page request -- no change, an
+      exit as a stage-2 fault at that IPA, and the HVC runs again once the host has mapped the page.
+    * Anything else -- not the guest's page in the right state, an IPA outside its space, a non-zero x2/x3, an
+      unshare of a page it has not -- is SMCCC_RET_INVALID_PARAMETER to the guest, no exit, no change.  (The lab
+      also refuses an IPA that is not page aligned: lab ABI, upstream does not check.)
+    * KVM_FEATURES and HYP_MEMINFO are answered at EL2; KVM_FEATURES lists only the four calls the lab has.
+    * Any other call exits to the host (upstream answers unknown ones NOT_SUPPORTED at EL2; the lab's doorbell
+      and PSCI SYSTEM_OFF reach the host: lab ABI)."""
     if x0 == KVM_FEATURES:
-        return FEATURES, s
+        return GuestHvc(FEATURES, s)
     if x0 == HYP_MEMINFO:   # upstream: its three arguments must be zero
-        return (SMCCC_RET_INVALID_PARAMETER if x1 or x2 or x3 else PAGE), s
+        return GuestHvc(SMCCC_RET_INVALID_PARAMETER if x1 or x2 or x3 else PAGE, s)
     if x0 not in (MEM_SHARE, MEM_UNSHARE):
-        return None
+        return GuestHvc(None, s, exits=True)
+    refused = GuestHvc(SMCCC_RET_INVALID_PARAMETER, s)
     t = GUEST_TRANSITION["__pkvm_guest_share_host" if x0 == MEM_SHARE else "__pkvm_guest_unshare_host"]
-    if x2 or x3 or x1 % PAGE:
-        return SMCCC_RET_INVALID_PARAMETER, s
+    if x2 or x3 or x1 >> s.config.guest_ipa_bits or x1 % PAGE:
+        return refused
     pfn = vm.page_at(x1 >> PAGE_SHIFT)
-    if pfn is None:
-        return SMCCC_RET_INVALID_PARAMETER, s
+    if pfn is None:   # PKVM_NOPAGE: -EFAULT; a share turns it into a page request
+        return GuestHvc(None, s, exits=True, page_request=x1) if x0 == MEM_SHARE else refused
     out = t.outcome(s.page(pfn))
     if out.errno or out.bug:
-        return SMCCC_RET_INVALID_PARAMETER, s
-    return SMCCC_RET_SUCCESS, s.with_pages({pfn: out.after})
+        return refused
+    return GuestHvc(SMCCC_RET_SUCCESS, s.with_pages({pfn: out.after}), exits=True)
 
 
 def _guest_moves(s: AbstractState, vm: AbstractVM, pfn: int) -> set[PageView]:
@@ -214,8 +245,7 @@ def _guest_moves(s: AbstractState, vm: AbstractVM, pfn: int) -> set[PageView]:
     gfn = next(g for g, p in vm.pages if p == pfn)
     out = {s.page(pfn)}
     for fn in (MEM_SHARE, MEM_UNSHARE):
-        ret, after = guest_hvc(s, vm, fn, gfn << PAGE_SHIFT)
-        out.add(after.page(pfn))
+        out.add(guest_hvc(s, vm, fn, gfn << PAGE_SHIFT).state.page(pfn))
     return out
 
 
@@ -257,5 +287,5 @@ GUEST_RULES = {
     "__pkvm_host_reclaim_page": reclaim_page,
 }
 
-__all__ = ["GUEST_RULES", "guest_hvc", "map_guest", "reclaim_page", "tables_needed",
+__all__ = ["GUEST_RULES", "GuestHvc", "guest_hvc", "map_guest", "reclaim_page", "tables_needed",
            "vcpu_load", "vcpu_put", "vcpu_run"]

@@ -4,7 +4,8 @@ Written from pKVM's semantics -- the transition table in :mod:`pkvmlab.arch.owne
 ("KVM: arm64: Introduce shadow VM state at EL2", ``__pkvm_init_shadow``/``__pkvm_teardown_shadow`` in
 arch/arm64/kvm/hyp/nvhe/pkvm.c) for the VM lifecycle -- not from the lab's C.  Each function returns
 every outcome pKVM allows: exact where pKVM is exact (which errno, in which order of checks, what
-every page becomes), loose where it is loose:
+every page becomes), loose where it is loose, and marked *lab ABI* where the lab answers what pKVM has no
+answer for (``__pkvm_hyp_info``; the lab's own -EINVAL checks in ``__pkvm_init_shadow``):
 
 * which free slot a new VM gets (the seed goes round-robin from ``next_shadow_alloc``, but nothing a
   host may rely on says so): any free slot ``i``, with handle ``0x1000 + i`` and VMID ``i + 1``;
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pkvmlab.arch.ownership import HOST, TRANSITION, PageView
-from pkvmlab.spec.state import GUEST_OWNED, HANDLE_OFFSET, AbstractState, AbstractVM, view_words
+from pkvmlab.spec.state import HANDLE_OFFSET, AbstractState, AbstractVM, view_words
 
 PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
@@ -122,7 +123,7 @@ def pin_range(s: AbstractState, start_pa: int, size: int, changes: dict) -> None
 # -- the host hypercalls -----------------------------------------------------------------------
 
 def hyp_info(s: AbstractState, peek=None) -> list[Outcome]:
-    """The lab's own call: (version, EL2, free pool pages); changes nothing."""
+    """Lab ABI (pKVM has no such call): (version, EL2, free pool pages); changes nothing."""
     return [Outcome(s.config.version, s, "version, CurrentEL 2 and the pool's free pages")]
 
 
@@ -219,9 +220,11 @@ def init_shadow(s: AbstractState, host_kvm: int, shadow_va: int, shadow_size: in
 
 def teardown_shadow(s: AbstractState, shadow_handle: int, peek=None) -> list[Outcome]:
     """The seed's ``__pkvm_teardown_shadow``: the shadow area, the PGD and the pages hyp took for the VM's tables
-    and memcaches go back to the host (zeroed); the pins drop; the guest's own pages wait, still the guest's,
-    for the host to reclaim them one by one (``__pkvm_host_reclaim_page``: upstream's teardown does no unbounded
-    work in one call, nvhe/mem_protect.c ``reclaim_guest_pages()`` marks them instead)."""
+    and memcaches go back to the host (zeroed); the pins drop; the guest's own pages wait, still the guest's and
+    in the state they were in (an owned page unmapped, a shared one still mapped for the host), for the host to
+    reclaim them one by one (``__pkvm_host_reclaim_page``: upstream's teardown does no unbounded work in one
+    call; nvhe/mem_protect.c ``reclaim_guest_pages()`` / ``reclaim_walker()`` only marks them, v1 series
+    [PATCH 26/89], May 2022)."""
     vm = s.vm_by_handle(shadow_handle & 0xFFFF_FFFF)   # the handler takes an unsigned int
     if vm is None:
         return [Outcome(-errno.ENOENT, s, f"no VM has handle {shadow_handle & 0xFFFF_FFFF:#x}")]
@@ -239,7 +242,8 @@ def teardown_shadow(s: AbstractState, shadow_handle: int, peek=None) -> list[Out
             changes[pfn] = unpin.outcome(page).after
     zeroed = tuple(range(vm.shadow[0], vm.shadow[0] + vm.shadow[1])) + vm.hyp_pages
     guest = [pfn for _, pfn in vm.pages]
-    pending = s.with_pages({**changes, **{pfn: GUEST_OWNED for pfn in guest}}).with_vm(vm.index, None)
+    # The guest's pages keep their states: the host stage-2 is left alone (v1 series, reclaim_walker()).
+    pending = s.with_pages(changes).with_vm(vm.index, None)
     outs = [Outcome(0, pending, f"VM {vm.handle:#x} torn down; its {len(guest)} guest page(s) wait for reclaim",
                     pool="any", zeroed=zeroed)]
     return outs

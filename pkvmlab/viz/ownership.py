@@ -55,7 +55,9 @@ def categories(snap) -> np.ndarray:
     cat[(owner == Owner.GUEST) & (guest.state == PageState.SHARED_OWNED)
         & (host.state == PageState.SHARED_BORROWED)] = I["guest-shared"]
     if snap.reclaim is not None:
-        cat[(owner == Owner.GUEST) & (guest.state == PageState.NOPAGE) & host.annotated & snap.reclaim] = I["reclaim"]
+        # annotated (the guest owned it) or still borrowed by the host (the guest had shared it): reclaim_walker()
+        left_by = host.annotated | (host.state == PageState.SHARED_BORROWED)
+        cat[(owner == Owner.GUEST) & (guest.state == PageState.NOPAGE) & left_by & snap.reclaim] = I["reclaim"]
     return cat
 
 

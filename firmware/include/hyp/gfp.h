@@ -13,7 +13,7 @@ struct hyp_page {
 	u16 flags;
 };
 #define HYP_PAGE_POOL	BIT(0)	/* belongs to the hyp pool */
-/* A torn-down guest's page: zero it, then give it back (upstream: Android's HOST_PAGE_* flags). */
+/* A torn-down guest's page: zero it, then give it back (upstream: HOST_PAGE_* in nvhe/memory.h, v1 [PATCH 26/89]). */
 #define HOST_PAGE_NEED_POISONING	BIT(1)
 #define HOST_PAGE_PENDING_RECLAIM	BIT(2)
 

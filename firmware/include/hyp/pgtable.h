@@ -29,7 +29,7 @@
 #define KVM_PTE_LEAF_ATTR_HI_SW1	BIT(56)
 #define PKVM_PAGE_STATE_PROT_MASK	(KVM_PTE_LEAF_ATTR_HI_SW0 | KVM_PTE_LEAF_ATTR_HI_SW1)
 
-/* An invalid descriptor annotated with its page's owner (older upstream layout, bits [9:2]). */
+/* An invalid descriptor annotated with its page's owner (older upstream layout, bits [9:2]: KVM_INVALID_PTE_OWNER_MASK, hyp/pgtable.c). */
 #define KVM_INVALID_PTE_OWNER_SHIFT	2
 #define KVM_INVALID_PTE_OWNER_MASK	GENMASK(9, 2)
 

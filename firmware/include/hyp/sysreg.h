@@ -109,6 +109,8 @@ static inline unsigned long except64_sync_offset(unsigned long spsr)
 #define ESR_ELx_EC_DABT_LOW	0x24
 #define ESR_ELx_EC_DABT_CUR	0x25
 #define ESR_ELx_FSC		0x3fUL
+#define ESR_ELx_FSC_LEVEL	0x03UL	/* upstream: asm/esr.h */
+#define ESR_ELx_FSC_FAULT	0x04UL	/* a translation fault; | level */
 #define ESR_ELx_ISV		BIT(24)
 #define ESR_ELx_SAS_SHIFT	22
 #define ESR_ELx_SRT_SHIFT	16
