@@ -247,13 +247,14 @@ class VMBuilder(W.VBox):
         self._set_status("info", "redrawn: the machine was changed from outside this dashboard")
 
     def _moved_in_time(self) -> None:
-        """After Undo / Redo / the slider: redraw everything for the selected step, then let other views follow."""
+        """After Undo / Redo / the slider: the status line first (it says where the machine is now: the move is
+        done), then every view redrawn for the selected step, then the other views over the lab follow."""
         self._log_mark = self._exit_mark = None
-        self.refresh()                   # re-reads lab.host.vms: VMs made after this step are gone from the list
         h = self.lab.history
         act = h[h.position].action
         self._set_status("info", f"at step {h.position} of {len(h) - 1} ({'the start' if act is None else f'after {act}'}): "
                                  f"{len(self.lab.host.vms)} live VM(s)")
+        self.refresh()                   # re-reads lab.host.vms: VMs made after this step are gone from the list
         sync.changed(self.lab, source=self)
 
     # -- state, for tests and notebooks ------------------------------------------------------------
