@@ -197,3 +197,18 @@ def test_a_refused_trace_clears_the_old_source_and_says_why_in_words(small_lab):
     st.trace_button.click()
     assert status_kind(st) == "error" and "refused" in words(st.status.value)
     assert "ValueError" not in words(st.status.value) + words(st.ownership_note.value)
+
+
+def test_builder_status_says_the_step_before_its_views_redraw_after_the_history_slider():
+    from pkvmlab.widgets import VMBuilder
+
+    lab = Lab(ram_size=64 << 20)
+    builder = VMBuilder(lab)
+    builder.create_button.click()
+    order = []
+    builder.status.observe(lambda c: order.append("status"), names="value")
+    builder.ownership_view.observe(lambda c: order.append("ownership"), names="value")
+    builder.hypercall_log.observe(lambda c: order.append("log"), names="value")
+    builder.timeline.slider.value = 0
+    assert lab.history.position == 0 and "at step 0" in words(builder.status.value)
+    assert order[0] == "status" and {"ownership", "log"} <= set(order), order
