@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from pkvmlab import Lab
 from pkvmlab.widgets import TranslationExplorer, VMBuilder, render
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
@@ -472,3 +473,19 @@ def test_a_guest_run_from_a_notebook_cell_redraws_the_console_and_exits(builder:
     sync.after_cell()                               # IPython's post_run_cell fires
     assert "Hello from a protected guest!" in words(builder.console.value)
     assert "system off" in newest_exit(builder) and "changed from outside" in words(builder.status.value)
+
+
+def test_at_gfn_never_moves_past_the_last_gfn_of_the_ipa_space():
+    """Giving a page at the last gfn (0xfffffff, a 40-bit IPA space) leaves "at gfn" on a gfn the builder takes,
+    and the note says why it went back, not on 0x10000000, which it would then refuse."""
+    from pkvmlab.widgets.vm_builder import GFN_LIMIT
+
+    lab = Lab(ram_size=64 << 20)
+    builder = VMBuilder(lab)
+    builder.vcpus.value, builder.pages.value = 1, 1
+    assert builder.create() and builder.gfn.value == "0x1"
+    builder.gfn.value = hex(GFN_LIMIT - 1)
+    assert builder.donate(), words(builder.status.value)
+    assert int(builder.gfn.value, 16) < GFN_LIMIT and builder.gfn.value == "0x1"
+    assert "is the last" in words(builder.gfn_note.value)
+    assert builder.donate() and 1 in lab.host.vms[0x1000].guest_pages

@@ -345,7 +345,15 @@ class VMBuilder(W.VBox):
 
     def _selection_changed(self) -> None:
         vm = self.selected
-        self.gfn.value = f"{max(vm.guest_pages, default=-1) + 1:#x}" if vm is not None else "0x0"
+        nxt = max(vm.guest_pages, default=-1) + 1 if vm is not None else 0
+        wrapped = nxt >= GFN_LIMIT            # the last gfn of the IPA space is taken: never offer one past it
+        if wrapped:
+            nxt = next(g for g in range(GFN_LIMIT) if g not in vm.guest_pages)
+        self.gfn.value = f"{nxt:#x}"
+        if wrapped:
+            self.gfn_note.value = (f"<small>gfn {GFN_LIMIT - 1:#x} is the last of the guest's {GUEST_IA_BITS}-bit IPA "
+                                   f"space and it is taken: <i>at gfn</i> went back to the first free gfn, {nxt:#x}"
+                                   "</small>")
         self._draw_guest()
         self._enable()
 
