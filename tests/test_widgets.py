@@ -489,3 +489,17 @@ def test_at_gfn_never_moves_past_the_last_gfn_of_the_ipa_space():
     assert int(builder.gfn.value, 16) < GFN_LIMIT and builder.gfn.value == "0x1"
     assert "is the last" in words(builder.gfn_note.value)
     assert builder.donate() and 1 in lab.host.vms[0x1000].guest_pages
+
+
+def test_a_share_guests_run_says_in_words_what_happened():
+    """The share guest prints nothing and stops at its doorbell: the console says it printed nothing so far (not
+    "press Run"), and the last exit says the guest rang the host, not a bare "not supported (x0 = -1)"."""
+    lab = Lab(ram_size=64 << 20)
+    builder = VMBuilder(lab)
+    builder.vcpus.value, builder.guest.value = 1, "share"
+    assert builder.create() and builder.run(), words(builder.status.value)
+    console = words(builder.console.value)
+    assert "press Run" not in console and "printed nothing in its" in console
+    status, log = words(builder.status.value), words(builder.exit_log.value)
+    assert "the guest rang the host (PKVMLAB_GUEST_DOORBELL" in status and "run stops here" in status
+    assert "rang the host" in log

@@ -43,7 +43,7 @@ import ipywidgets as W
 
 from pkvmlab.errors import UsageError
 from pkvmlab.widgets import host_ram, render, sync
-from pkvmlab.widgets.guest_panes import console_html, exit_log_html, guest_choices, vm_label
+from pkvmlab.widgets.guest_panes import console_html, exit_log_html, exit_words, guest_choices, vm_label
 from pkvmlab.widgets.timeline import Timeline
 
 PAGE = 4096
@@ -202,7 +202,7 @@ class VMBuilder(W.VBox):
             exits = [vm.step()] if one else vm.run()
             last = exits[-1]
             what = f"{len(exits)} exit{'s' if len(exits) != 1 else ''}, the last: " if not one else "exit: "
-            return f"VM {vm.handle:#x} {'stepped' if one else 'ran'}: {what}{last}"
+            return f"VM {vm.handle:#x} {'stepped' if one else 'ran'}: {what}{exit_words(last)}"
 
         return self._run(action, ("stepping" if one else "running") + (f" VM {self.vm_list.value:#x}"
                                                                      if self.vm_list.value is not None else ""))
