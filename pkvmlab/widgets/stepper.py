@@ -65,6 +65,7 @@ class HypercallStepper(W.VBox):
                                   style={"description_width": "40px"}, layout=W.Layout(width="420px"))
         self.status = W.HTML()
         self.where = W.HTML()
+        self.where.add_class("pkvmlab-stepper-where")
         self.source_view = W.HTML(layout=W.Layout(width="58%"))
         self.source_view.add_class("pkvmlab-stepper-source")
         self.stack_view = W.HTML(layout=W.Layout(width="40%"))
