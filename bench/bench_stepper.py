@@ -57,6 +57,9 @@ def main() -> None:
         st.goto(0)
         line(f"{call}: next write ▶▶ (new tables: walks and tiles drawn)",
              median_time(lambda: st.next_write_button.click(), 2), baseline)
+    t0 = time.perf_counter()
+    st.rewind_button.click()
+    line("Rewind (lab.undo of the traced create_vm, every view)", time.perf_counter() - t0, baseline)
     here = lab.history.position
     back = median_time(lambda: (setattr(tl.slider, "value", here - 1), setattr(tl.slider, "value", here)), 3) / 2
     line("the Timeline's slider moved one step (lab.goto, every view)", back, baseline)

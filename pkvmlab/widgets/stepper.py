@@ -45,6 +45,7 @@ class HypercallStepper(W.VBox):
         self.draws = 0                     # how many times a step was drawn (once per move: tests count it)
         self._pictures: dict = {}          # (what, page-table stores before the step) -> drawn HTML / PNG
         self._pte_insns: list[int] = []    # the instructions that changed a page-table entry, in order
+        self._svgs: dict[str, str] = {}    # a walk's Graphviz source -> its SVG (pkvmlab.viz.translation)
         self._seen = -1                    # lab.host.changes when last drawn (pkvmlab.widgets.sync)
         self._trace_seen: int | None = None   # lab.host.changes right after the trace was taken
         self._syncing = False              # True while the stepper moves its own slider
@@ -289,6 +290,14 @@ class HypercallStepper(W.VBox):
         return render.panel_html(s.place.short_file, "<div style='font-family:monospace;font-size:80%;white-space:pre'>"
                                  + "".join(rows) + "</div>")
 
+    def _walk_svg(self, diagram) -> str:
+        """A walk's diagram as inline SVG, drawn by Graphviz once per distinct diagram: a store to one table (or
+        for another page) leaves the other walk as it was, and its SVG is reused (each ``dot`` run costs ~0.1 s)."""
+        key = diagram.source
+        if key not in self._svgs:
+            self._svgs[key] = render.diagram_html(diagram, "pkvmlab-stepper-walk", max_height="420px")
+        return self._svgs[key]
+
     def _diagram_html(self, i: int) -> str:
         if self.focus is None:
             return ""
@@ -300,7 +309,7 @@ class HypercallStepper(W.VBox):
                 w = t.walk_at(i, self.focus, stage)
                 leaf = w.steps[-1].descriptor.value if w.steps else 0
                 states.append(f"{title}: <b>{STATE_NAMES[decode(leaf)]}</b>")
-                parts.append(render.diagram_html(viz.translation(w), "pkvmlab-stepper-walk", max_height="420px"))
+                parts.append(self._walk_svg(viz.translation(w)))
             except Exception as exc:  # noqa: BLE001 - e.g. Graphviz missing: say so in the panel
                 parts.append(render.unavailable_html(f"the {title} walk", exc))
         head = (f"<div style='font-family:sans-serif'>page {self.focus:#x} after this line — " + "; ".join(states)
