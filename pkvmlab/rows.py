@@ -22,6 +22,11 @@ class Rows(list):
         super().__init__(items)
         self.title, self.columns = title, columns
 
+    def __getitem__(self, i):
+        """A slice is shown like the whole (``t.lines()[100:140]``); one row is the row itself."""
+        got = super().__getitem__(i)
+        return Rows(got, title=self.title, columns=self.columns) if isinstance(i, slice) else got
+
     def _more(self) -> str:
         n = len(self) - SHOWN
         return f"… {n} more (all of them: list(…), or index and slice it)" if n > 0 else ""
@@ -29,7 +34,7 @@ class Rows(list):
     def __repr__(self) -> str:
         head = f"{self.title}: {len(self)} row{'s' if len(self) != 1 else ''}" if self.title else ""
         lines = [head] if head else []
-        lines += [str(r) for r in self[:SHOWN]]
+        lines += [str(r) for r in list.__getitem__(self, slice(0, SHOWN))]
         if self._more():
             lines.append(self._more())
         return "\n".join(lines) if lines else "[]"
@@ -38,7 +43,7 @@ class Rows(list):
         cols = self.columns or (("", str),)
         head = "".join(f"<th style='text-align:left'>{escape(h)}</th>" for h, _ in cols)
         body = "".join("<tr>" + "".join(f"<td style='text-align:left'><code>{escape(str(f(r)))}</code></td>"
-                                        for _, f in cols) + "</tr>" for r in self[:SHOWN])
+                                        for _, f in cols) + "</tr>" for r in list.__getitem__(self, slice(0, SHOWN)))
         title = f"<p><b>{escape(self.title)}</b>: {len(self)} row{'s' if len(self) != 1 else ''}</p>" if self.title else ""
         more = f"<p style='color:#555'>{escape(self._more())}</p>" if self._more() else ""
         return (f"{title}<table style='font-size:85%'><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"

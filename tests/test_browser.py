@@ -439,7 +439,8 @@ def test_stepper_and_timeline_in_step_and_answers_unfold_in_chromium(jupyter_ser
     """Notebook 8 after Run All: Trace in the stepper, and the Timeline below it lists the traced call at once
     (its status says the history moved); then ◀/▶ line steps, each timed from the click to the new "step k of
     N" on screen (printed: issue 23 targets <= 0.3 s; never a pass/fail on wall time); then the notebook's
-    folded answers open on a click of their summary."""
+    folded answers open on a click of their summary.  And notebook 7's picture of the dashboard shows, small, with
+    its caption."""
     from playwright.sync_api import sync_playwright
 
     base, server_log = jupyter_server
@@ -450,6 +451,7 @@ def test_stepper_and_timeline_in_step_and_answers_unfold_in_chromium(jupyter_ser
             page.set_default_timeout(CLICK_S * 1000)
             try:
                 times = _drive_stepper(page, base)
+                _notebook_7s_picture_is_small(page, base)
             except BaseException:
                 SHOTS.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(SHOTS / "failure_stepper.png"))
@@ -508,3 +510,16 @@ def _drive_stepper(page, base: str) -> list[float]:
     details.locator("summary").click()
     assert details.evaluate("d => d.open") and answer.is_visible()
     return times
+
+
+def _notebook_7s_picture_is_small(page, base: str) -> None:
+    """Notebook 7, not run: the picture of the dashboard (a notebook attachment in an HTML <img>) is drawn,
+    at most 480 px wide, captioned as a picture."""
+    page.goto(f"{base}/lab/tree/{NOTEBOOK}?reset", wait_until="domcontentloaded", timeout=PAGE_LOAD_S * 1000)
+    page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=PAGE_LOAD_S * 1000)
+    _dismiss_dialogs(page)
+    figure = page.locator(".jp-RenderedMarkdown figure").first
+    figure.scroll_into_view_if_needed()
+    img = figure.locator("img")
+    page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=img.element_handle())
+    assert img.bounding_box()["width"] <= 481 and "A picture of the dashboard" in (figure.text_content() or "")

@@ -29,6 +29,7 @@ def test_a_traces_lines_show_the_first_rows_in_words_and_say_how_many_more(trace
     html = lines._repr_html_()
     assert html.count("<tr>") == SHOWN + 1 and f"… {len(lines) - SHOWN} more" in html
     assert isinstance(lines, list) and lines[3] == list(lines)[3] and len(lines[:5]) == 5
+    assert "LineStep(" not in repr(lines[100:140]) and "… 21 more" in repr(lines[100:141])
 
 
 def test_a_traces_stores_show_in_hex_not_as_dataclasses_in_decimal(traced):
