@@ -15,6 +15,10 @@ times the scale it is shown at).  A 1440 x 900 screenshot with each picture scro
 build/browser/ for a human to look at.  The server is
 stopped in the fixture's teardown, pass or fail.
 
+Notebook 8: after Run All, Trace in the hypercall stepper and the Timeline under it lists the traced call at
+once; line steps are timed from the click to the new step on screen (printed, never a verdict); the folded
+answers open on a click.  Notebook 7's picture of the dashboard is drawn small and captioned.
+
 Needs ``/usr/bin/chromium`` (apt: ``chromium``) and ``playwright`` (pip); ``make test`` installs both.
 Without them the test skips, unless PKVMLAB_REQUIRE_BROWSER=1 (set by ``make test``) makes that a failure.
 """

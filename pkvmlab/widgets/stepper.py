@@ -8,6 +8,12 @@ For the current source line: the C file with that line highlighted, the call sta
 functions, the registers the line changed, the stores it made (a page-table entry decoded old →
 new), and the translation of the page the call is about — host stage-2 and hyp stage-1 — drawn
 from the tables as they were at that step, with the page's state on each side.
+
+The steps start at the hypervisor's own code: the lab's debug helpers (``firmware/debug.S``, the AT probes
+the emulator runs at EL2 when a host access faults) are left out.  A step is drawn once (the slider's echo
+draws nothing); the walks and the ownership tiles change only where a page-table entry was stored, so they
+are drawn once per such state and reused in between (``bench/bench_stepper.py``).  The stepper follows
+``lab.history`` like every dashboard (``pkvmlab.widgets.sync``): a Timeline beside it shows a traced call at once.
 """
 
 from __future__ import annotations
