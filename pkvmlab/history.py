@@ -164,6 +164,22 @@ class History:
             steps = steps[:10] + [None] + steps[-29:]
         return "\n".join("   …" if s is None else str(s) for s in steps)
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the same steps as a table (the first 10 and the newest 29 of a long history)."""
+        from html import escape
+
+        steps = self[:]
+        if len(steps) > 40:
+            steps = steps[:10] + [None] + steps[-29:]
+        rows = "".join("<tr><td colspan='2' style='color:#555'>…</td></tr>" if s is None else
+                       f"<tr style='{'background:#fff59d;font-weight:bold' if s.current else ''}'>"
+                       f"<td style='text-align:right'>{'▶ ' if s.current else ''}{s.index}</td>"
+                       f"<td style='text-align:left'><code>{escape(str(s.action or '(start)'))}</code></td></tr>"
+                       for s in steps)
+        return (f"<p><b>lab.history</b>: {len(self)} steps, at step {self.position}</p>"
+                f"<table style='font-size:85%'><thead><tr><th>step</th><th style='text-align:left'>action</th></tr>"
+                f"</thead><tbody>{rows}</tbody></table>")
+
 
 def _outcome(result) -> str:
     if result is None:

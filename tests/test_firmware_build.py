@@ -65,3 +65,13 @@ def test_symbols_name_the_firmwares_globals():
     assert fw.symbol("_start") == fw.entry == 0x4000_0000
     with pytest.raises(Exception, match="shadow_table"):
         fw.symbol("shadow_tabl")
+
+
+def test_an_edited_copy_with_a_check_deleted_builds_and_warns_of_the_unused_function(tree: Path):
+    """Notebook 10's exercise 2: delete a check's only call; the copy builds (the warning is passed on), where
+    the repository's own firmware/ would stop on -Werror."""
+    p = tree / "mem_protect.c"
+    p.write_text(p.read_text().replace("\t\tret = check_share_hyp(addr);", "\t\tret = 0;"))
+    with pytest.warns(UserWarning, match="unused-function|check_share_hyp"):
+        elf = build_firmware(tree)
+    assert elf.is_file()

@@ -105,3 +105,14 @@ def test_notebook_7_shows_the_dashboard_and_how_to_use_it_before_anything_runs()
     assert pictures, "no attached picture referenced above the dashboard"
     png = base64.b64decode(pictures[0][1]["image/png"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 200_000
+
+
+def test_notebook_7s_picture_of_the_dashboard_is_small_and_says_it_is_a_picture() -> None:
+    """The static picture above the live dashboard must not pass for it: shown small, captioned as a picture."""
+    import re
+
+    nb = json.loads((ROOT / "notebooks" / "07_vm_builder.ipynb").read_text(encoding="utf-8"))
+    text = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    img = re.search(r"<img src=\"attachment:[^\"]+\" width=\"(\d+)\"", text)
+    assert img and int(img[1]) <= 480 and "![" not in text.split("<img")[0][-200:]
+    assert re.search(r"<figcaption><i>A picture of the dashboard</i>", text)

@@ -272,3 +272,12 @@ def test_ownership_map_counts_are_linear_and_tiles_name_the_vm(busy_lab):
     assert f"VM {vm.handle:#x}\ngfn 0x3" in grid.texts[0].get_text()
     shadow = viz.ownership_map(snap, vm.shadow_va, vm.shadow_va + 4096, vms=table).axes[0].texts[0].get_text()
     assert "hyp" in shadow and f"VM {vm.handle:#x}\nshadow" in shadow
+
+
+def test_ownership_maps_count_axis_of_a_few_pages_has_whole_numbers_each_once(lab):
+    """Three pages: the bar chart's ticks are 0, 1, 2 ... each once (not "0 0 1 1 2 2 3 3")."""
+    start = lab.memory_map.find("host RAM").start
+    fig = viz.ownership_map(lab.hyp.ownership(), start, start + 3 * 4096)
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in fig.axes[1].get_xticklabels() if t.get_text()]
+    assert ticks and len(ticks) == len(set(ticks)) and all(float(t) == int(t) for t in ticks)

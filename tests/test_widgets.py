@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from pkvmlab import Lab
 from pkvmlab.widgets import TranslationExplorer, VMBuilder, render
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
@@ -472,3 +473,33 @@ def test_a_guest_run_from_a_notebook_cell_redraws_the_console_and_exits(builder:
     sync.after_cell()                               # IPython's post_run_cell fires
     assert "Hello from a protected guest!" in words(builder.console.value)
     assert "system off" in newest_exit(builder) and "changed from outside" in words(builder.status.value)
+
+
+def test_at_gfn_never_moves_past_the_last_gfn_of_the_ipa_space():
+    """Giving a page at the last gfn (0xfffffff, a 40-bit IPA space) leaves "at gfn" on a gfn the builder takes,
+    and the note says why it went back, not on 0x10000000, which it would then refuse."""
+    from pkvmlab.widgets.vm_builder import GFN_LIMIT
+
+    lab = Lab(ram_size=64 << 20)
+    builder = VMBuilder(lab)
+    builder.vcpus.value, builder.pages.value = 1, 1
+    assert builder.create() and builder.gfn.value == "0x1"
+    builder.gfn.value = hex(GFN_LIMIT - 1)
+    assert builder.donate(), words(builder.status.value)
+    assert int(builder.gfn.value, 16) < GFN_LIMIT and builder.gfn.value == "0x1"
+    assert "is the last" in words(builder.gfn_note.value)
+    assert builder.donate() and 1 in lab.host.vms[0x1000].guest_pages
+
+
+def test_a_share_guests_run_says_in_words_what_happened():
+    """The share guest prints nothing and stops at its doorbell: the console says it printed nothing so far (not
+    "press Run"), and the last exit says the guest rang the host, not a bare "not supported (x0 = -1)"."""
+    lab = Lab(ram_size=64 << 20)
+    builder = VMBuilder(lab)
+    builder.vcpus.value, builder.guest.value = 1, "share"
+    assert builder.create() and builder.run(), words(builder.status.value)
+    console = words(builder.console.value)
+    assert "press Run" not in console and "printed nothing in its" in console
+    status, log = words(builder.status.value), words(builder.exit_log.value)
+    assert "the guest rang the host (PKVMLAB_GUEST_DOORBELL" in status and "run stops here" in status
+    assert "rang the host" in log

@@ -4,8 +4,9 @@ Hypothesis can shrink a stateful run itself, but its time limit is not part of i
 constant of its engine).  The campaign needs neither: every rule records (its name, its arguments) as it
 runs (:func:`pkvmlab.campaign.rules.recorded`), so a failing run is a list of steps that can be replayed
 on a fresh lab, in plain Python.  :func:`shrink_failure` leaves pieces out -- halves, then quarters, ...,
-then single steps (the "ddmin" idea of Zeller's delta debugging) -- and keeps every shorter list that still
-fails *the same way* (same exception, same call), until no piece can go or ``seconds`` have passed.  Each
+then single steps, again until no single step can go (the "ddmin" idea of Zeller's delta debugging) -- and
+keeps every shorter list that still fails *the same way* (same exception, same call), until no piece can go
+or ``seconds`` have passed.  Each
 replay is deterministic (a fresh lab, the same steps), so the result reproduces.
 
 A step that no longer makes sense in the shorter list (a rule that needs a VM when none is left) raises
@@ -48,15 +49,17 @@ def shrink_failure(cls, stats, error: BaseException, seconds: float) -> None:
     try:
         chunk = max(1, len(steps) // 2)
         while chunk >= 1 and time.perf_counter() < deadline:
-            i = 0
+            i, removed = 0, False
             while i < len(steps) and time.perf_counter() < deadline:
                 cand = steps[:i] + steps[i + chunk:]
                 e, calls = replay(cls, cand) if cand else (None, [])
                 if e is not None and _kind(e) == want:
                     steps, r.reproducer, r.failure = cand, list(calls), f"{type(e).__name__}: {e}"
+                    removed = True
                 else:
                     i += chunk
-            chunk //= 2
+            # Single steps again until none can go: leaving one out may let an earlier one go too.
+            chunk = 1 if chunk == 1 and removed else chunk // 2
     finally:
         stats.replaying = False
     r.shrunk_steps = steps

@@ -30,6 +30,10 @@ CFLAGS = (
     "-O2", "-g", "-gdwarf-4", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
 )
 LDFLAGS = ("-Wl,--build-id=none", "-Wl,--no-gc-sections")
+# An edited copy (notebooks 6 and 10: delete a check and see who notices) builds with a function or variable
+# left unused as a warning, not an error: deleting a check's only call must not stop the experiment.  The
+# warning is passed on (``warnings.warn``); the repository's own firmware/ stays -Werror throughout.
+EDITED_COPY_CFLAGS = ("-Wno-error=unused-function", "-Wno-error=unused-variable", "-Wno-error=unused-but-set-variable")
 SOURCE_SUFFIXES = (".c", ".S", ".h", ".ld")
 
 
@@ -55,11 +59,16 @@ def _zig_version() -> str:
     return version("ziglang")
 
 
+def _cflags(src: Path) -> tuple[str, ...]:
+    """The compiler flags for ``src``: the repository's firmware/ as it is, an edited copy a little gentler."""
+    return CFLAGS if Path(src).resolve() == FIRMWARE_DIR.resolve() else CFLAGS + EDITED_COPY_CFLAGS
+
+
 def source_hash(src: Path = FIRMWARE_DIR) -> str:
     h = hashlib.sha256()
     for p in _sources(src):
         h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes() + b"\0")
-    h.update(" ".join(CFLAGS + LDFLAGS).encode())
+    h.update(" ".join(_cflags(src) + LDFLAGS).encode())
     h.update(hcall_ids_header().encode())
     h.update(_zig_version().encode())
     return h.hexdigest()[:16]
@@ -84,7 +93,7 @@ def build_firmware(src: str | os.PathLike = FIRMWARE_DIR, *, force: bool = False
     units = [str(p) for p in _sources(src) if p.suffix in (".c", ".S")]
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_elf = Path(tmp) / "hyp.elf"
-        cmd = [sys.executable, "-m", "ziglang", "cc", *CFLAGS, f"-I{src / 'include'}", f"-I{gen}",
+        cmd = [sys.executable, "-m", "ziglang", "cc", *_cflags(src), f"-I{src / 'include'}", f"-I{gen}",
                f"-Wl,-T,{src / 'link.ld'}", *LDFLAGS, "-o", str(tmp_elf), *units]
         env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=str(cache_dir() / "zig-cache"),
                    ZIG_LOCAL_CACHE_DIR=str(cache_dir() / "zig-cache"))
@@ -99,6 +108,12 @@ def build_firmware(src: str | os.PathLike = FIRMWARE_DIR, *, force: bool = False
                 f"switch's own save and restore ({', '.join(FIRMWARE_FP_ROUTINES)}, firmware/fpsimd.S)",
                 "\n".join(found[:20]) + (f"\n... and {len(found) - 20} more" if len(found) > 20 else ""))
         os.replace(tmp_elf, elf)
+    warned = [line for line in (proc.stderr + proc.stdout).splitlines() if "warning:" in line]
+    if warned:
+        import warnings
+
+        warnings.warn(f"the firmware in {src} built, with {len(warned)} warning(s) (an edited copy keeps an unused "
+                      "function or variable as a warning, not an error):\n" + "\n".join(warned[:10]), stacklevel=2)
     return elf
 
 

@@ -16,6 +16,7 @@ from pkvmlab.host.page_alloc import PageAllocator
 from pkvmlab.host.reasons import refusal_reason
 from pkvmlab.machine.core import Core, HostVector
 from pkvmlab.machine.phys import check_uint, serialised
+from pkvmlab.rows import Registers
 
 _ZEROS = [0] * 6
 
@@ -143,7 +144,7 @@ class Host:
         res = self.core.run(self._code_page, self._code_page + len(code))
         if isinstance(res, HostVector):
             self._host_exception(res, "code", None)
-        return {f"x{i}": self.core.reg(f"x{i}") for i in range(31)}
+        return Registers({f"x{i}": self.core.reg(f"x{i}") for i in range(31)}, title="x0..x30 after the code ran")
 
     # -- running stubs ---------------------------------------------------------------------
     def _run_stub(self, offset: int, what: str, address: int | None = None, *, resumed: bool = False,

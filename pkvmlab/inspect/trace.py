@@ -21,11 +21,18 @@ from pkvmlab.arch.pgtable import ADDR_MASK, ENTRIES, PAGE_SIZE, Descriptor, gran
 from pkvmlab.firmware.source_map import Place, source_map
 from pkvmlab.inspect.walk import HANDLE_OFFSET, KVM_MAX_PVMS, regime
 from pkvmlab.machine.recorder import MAX_TRACE_INSNS, REG_NAMES, record_el2
+from pkvmlab.rows import Registers, Rows
 
 _BL_MASK, _BL = 0xFC000000, 0x94000000
 _BLR_MASK, _BLR = 0xFFFFFC1F, 0xD63F0000
 _RET_MASK, _RET = 0xFFFFFC1F, 0xD65F0000
 STACK = "hyp stack"
+LINE_COLUMNS = (("step", lambda s: s.index), ("where", lambda s: s.place),
+                ("depth", lambda s: len(s.stack) - 1), ("instructions", lambda s: f"{s.first}–{s.last}"),
+                ("changed", lambda s: ", ".join(w.what for w in s.writes if w.changed and w.what != STACK)))
+WRITE_COLUMNS = (("insn", lambda w: w.insn), ("line", lambda w: f"{w.place.short_file}:{w.place.line}"),
+                 ("what", lambda w: w.what if w.ia is None else f"{w.what} (maps {w.ia:#x})"),
+                 ("old → new", lambda w: f"{w.pte[0].words()} → {w.pte[1].words()}" if w.pte else f"{w.old:#x} → {w.new:#x}"))
 
 
 @dataclass(frozen=True)
@@ -113,11 +120,12 @@ class Trace:
         if i + 1 >= len(self.regs):
             return {}
         a, b = self.regs[i], self.regs[i + 1]
-        return {REG_NAMES[k]: int(b[k]) for k in np.flatnonzero(a[1:] != b[1:]) + 1}
+        return Registers({REG_NAMES[k]: int(b[k]) for k in np.flatnonzero(a[1:] != b[1:]) + 1},
+                         title=f"registers instruction {i} changed")
 
     def registers(self, i: int) -> dict[str, int]:
         """All recorded registers before instruction ``i``."""
-        return {n: int(v) for n, v in zip(REG_NAMES, self.regs[i])}
+        return Registers({n: int(v) for n, v in zip(REG_NAMES, self.regs[i])}, title=f"registers before instruction {i}")
 
     def _call_stacks(self) -> list[tuple[str, ...]]:
         """For each instruction, the outer frames (the call sites, with what was inlined there) when it ran."""
@@ -161,7 +169,8 @@ class Trace:
         ``within="__pkvm_init_shadow"``: only the steps run inside that function (or what it called).
         """
         if within is not None:
-            return [s for s in self.lines() if _inside(s.stack, within)]
+            return Rows((s for s in self.lines() if _inside(s.stack, within)), title=f"source-line steps within {within}",
+                        columns=LINE_COLUMNS)
         if self._lines is None:
             steps: list[LineStep] = []
             by_insn: dict[int, list[Write]] = {}
@@ -179,7 +188,7 @@ class Trace:
                 steps.append(LineStep(len(steps), self.place(start), self.stack(start), start, i - 1, writes, regs))
                 start = i
             self._lines = steps
-        return self._lines
+        return Rows(self._lines, title="source-line steps", columns=LINE_COLUMNS)
 
     def _same_step(self, a: int, b: int) -> bool:
         pa, pb = self.place(a), self.place(b)
@@ -192,7 +201,9 @@ class Trace:
         ``all=True`` every store (also those that wrote the value already there, e.g. zeroing a zeroed page);
         ``within``: only those made inside that function."""
         out = list(self._writes) if all else [w for w in self._writes if w.changed and (stack or w.what != STACK)]
-        return [w for w in out if _inside(self.stack(w.insn), within)] if within is not None else out
+        if within is not None:
+            out = [w for w in out if _inside(self.stack(w.insn), within)]
+        return Rows(out, title="stores" + (f" within {within}" if within else ""), columns=WRITE_COLUMNS)
 
     def calls(self, within: str) -> list[str]:
         """What ``within`` called, in order: the functions one level below it (inlined ones too)."""
@@ -209,7 +220,8 @@ class Trace:
 
     def pte_writes(self, within: str | None = None) -> list[Write]:
         """Stores that changed a page-table entry."""
-        return [w for w in self.writes(within=within) if w.pte is not None]
+        return Rows((w for w in self.writes(within=within) if w.pte is not None),
+                    title="page-table stores" + (f" within {within}" if within else ""), columns=WRITE_COLUMNS)
 
     def _write(self, row) -> Write:
         insn, va, pa, size, value, old = row

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from pkvmlab.arch import colors as C
 from pkvmlab.arch.pgtable import PAGE_SHIFT, Owner, PageState
@@ -175,6 +175,7 @@ def _summary(bar, counts: np.ndarray) -> None:
     bar.barh(y, np.maximum(counts, 0), color=[c for _, c, _ in C.PAGE_CATEGORIES], edgecolor="#444444", height=0.75)
     top = max(int(counts.max()), 1)
     bar.set_xlim(0, top * 1.18)
+    bar.xaxis.set_major_locator(MaxNLocator(integer=True))    # pages come whole: 0 1 2 3, never 0 0 1 1 2 2
     bar.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{int(v):,}"))
     bar.set_yticks(y, [SHORT[k] for k, _, _ in C.PAGE_CATEGORIES], fontsize=8)
     bar.invert_yaxis()

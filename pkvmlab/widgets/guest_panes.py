@@ -36,13 +36,48 @@ def console_html(vm, max_height: str = "140px") -> str:
     elif getattr(vm, "guest", None) is None:
         body = (f"<i style='color:#777'>VM {vm.handle:#x} has no guest program (created with guest "
                 "<code>none</code>): nothing runs, nothing prints</i>")
-    elif not vm.console:
+    elif not vm.console and not getattr(vm, "exits", None):
         body = f"<i style='color:#777'>nothing printed yet by <code>{escape(vm.guest)}</code>: press Run or Step</i>"
+    elif not vm.console:
+        n = len(vm.exits)
+        body = (f"<i style='color:#777'><code>{escape(vm.guest)}</code> printed nothing in its {n} exit"
+                f"{'s' if n != 1 else ''} so far (a guest prints by storing to the UART: an MMIO exit); "
+                "what it did is in its exits below</i>")
     else:
         body = (f"<pre style='margin:0;white-space:pre-wrap;font-size:12px;line-height:1.3'>{escape(vm.console)}</pre>")
     off = " · <b>powered off</b> (PSCI SYSTEM_OFF)" if vm is not None and getattr(vm, "powered_off", False) else ""
     return (f"<div class='pkvmlab-console' style='{_BOX};max-height:{max_height};padding:4px 8px;background:#fafafa'>"
             f"{body}</div>" + (f"<div style='font-size:12px;color:#555'>{off[3:]}</div>" if off else ""))
+
+
+DOORBELL = 0xC6000040   # PKVMLAB_GUEST_DOORBELL_FUNC_ID (firmware/guests/guest.h): the lab's guests ring the host
+
+
+def _hypercall(e) -> str:
+    """A call hyp passed on to the host: the lab's doorbell in words, any other call with what the host did."""
+    if e.hvc is not None and e.hvc[0] == DOORBELL:
+        return ("the guest rang the host (PKVMLAB_GUEST_DOORBELL, x1..x3 = " + ", ".join(f"{v:#x}" for v in e.hvc[1:])
+                + "): a call the host model does not implement, on purpose, so the run stops here for you to look; "
+                "running on, the guest gets x0 = -1 (SMCCC_RET_NOT_SUPPORTED) back")
+    x0 = f"{e.hvc[0]:#x}" if e.hvc is not None else "?"
+    return f"the guest called x0 = {x0}, which hyp passed on to the host; the host: {e.handled}"
+
+
+# What happened at an exit, in words, by the exit's kind (``Exit.reason``); the exit's own fields fill it in.
+# A kind not listed here shows what the host model says it did (``Exit.handled``).
+_HAPPENED = {
+    "hypercall": _hypercall,
+    "page fault": lambda e: f"the guest touched a page it did not have yet; the host {e.handled}",
+    "system off": lambda e: "the guest powered off (PSCI SYSTEM_OFF): it will not run again",
+    "preempted": lambda e: "the lab's timer ran out (an IRQ): the guest is stopped between two instructions; "
+                           "Run or Step goes on",
+}
+
+
+def exit_words(e) -> str:
+    """One exit, what happened, in words (for a status line): its kind, then what the host was told and did."""
+    happened = _HAPPENED.get(e.reason)
+    return f"{e.reason}: {happened(e) if happened else e.handled or '—'}"
 
 
 def _told(e) -> str:
@@ -60,6 +95,11 @@ def _told(e) -> str:
     if e.pc is not None:
         parts.append(f"guest PC <code>{e.pc:#x}</code> (the lab's timer knows it; the host is not told)")
     return "; ".join(parts) or "—"
+
+
+def _did(e) -> str:
+    happened = _HAPPENED.get(e.reason)
+    return happened(e) if happened else e.handled
 
 
 def exit_log_html(exits, limit: int = 60, mark_from: int | None = None, max_height: str = "260px") -> str:
@@ -84,7 +124,7 @@ def exit_log_html(exits, limit: int = 60, mark_from: int | None = None, max_heig
                     f"<td style='vertical-align:top;color:{color};white-space:nowrap'><b>{escape(e.reason)}</b></td>"
                     f"<td style='vertical-align:top'>{_told(e)}</td>"
                     f"<td style='vertical-align:top'>{esr}</td>"
-                    f"<td style='vertical-align:top'>{escape(e.handled)}</td></tr>")
+                    f"<td style='vertical-align:top'>{escape(_did(e))}</td></tr>")
     more = (f"<div style='font-size:12px;color:#555'>… {len(exits) - limit} older exit(s): <code>vm.exits</code></div>"
             if len(exits) > limit else "")
     return (f"<div class='pkvmlab-exit-log' style='{_BOX};max-height:{max_height}'>"

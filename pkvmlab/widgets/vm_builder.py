@@ -43,7 +43,7 @@ import ipywidgets as W
 
 from pkvmlab.errors import UsageError
 from pkvmlab.widgets import host_ram, render, sync
-from pkvmlab.widgets.guest_panes import console_html, exit_log_html, guest_choices, vm_label
+from pkvmlab.widgets.guest_panes import console_html, exit_log_html, exit_words, guest_choices, vm_label
 from pkvmlab.widgets.timeline import Timeline
 
 PAGE = 4096
@@ -202,7 +202,7 @@ class VMBuilder(W.VBox):
             exits = [vm.step()] if one else vm.run()
             last = exits[-1]
             what = f"{len(exits)} exit{'s' if len(exits) != 1 else ''}, the last: " if not one else "exit: "
-            return f"VM {vm.handle:#x} {'stepped' if one else 'ran'}: {what}{last}"
+            return f"VM {vm.handle:#x} {'stepped' if one else 'ran'}: {what}{exit_words(last)}"
 
         return self._run(action, ("stepping" if one else "running") + (f" VM {self.vm_list.value:#x}"
                                                                      if self.vm_list.value is not None else ""))
@@ -247,13 +247,14 @@ class VMBuilder(W.VBox):
         self._set_status("info", "redrawn: the machine was changed from outside this dashboard")
 
     def _moved_in_time(self) -> None:
-        """After Undo / Redo / the slider: redraw everything for the selected step, then let other views follow."""
+        """After Undo / Redo / the slider: the status line first (it says where the machine is now: the move is
+        done), then every view redrawn for the selected step, then the other views over the lab follow."""
         self._log_mark = self._exit_mark = None
-        self.refresh()                   # re-reads lab.host.vms: VMs made after this step are gone from the list
         h = self.lab.history
         act = h[h.position].action
         self._set_status("info", f"at step {h.position} of {len(h) - 1} ({'the start' if act is None else f'after {act}'}): "
                                  f"{len(self.lab.host.vms)} live VM(s)")
+        self.refresh()                   # re-reads lab.host.vms: VMs made after this step are gone from the list
         sync.changed(self.lab, source=self)
 
     # -- state, for tests and notebooks ------------------------------------------------------------
@@ -344,7 +345,15 @@ class VMBuilder(W.VBox):
 
     def _selection_changed(self) -> None:
         vm = self.selected
-        self.gfn.value = f"{max(vm.guest_pages, default=-1) + 1:#x}" if vm is not None else "0x0"
+        nxt = max(vm.guest_pages, default=-1) + 1 if vm is not None else 0
+        wrapped = nxt >= GFN_LIMIT            # the last gfn of the IPA space is taken: never offer one past it
+        if wrapped:
+            nxt = next(g for g in range(GFN_LIMIT) if g not in vm.guest_pages)
+        self.gfn.value = f"{nxt:#x}"
+        if wrapped:
+            self.gfn_note.value = (f"<small>gfn {GFN_LIMIT - 1:#x} is the last of the guest's {GUEST_IA_BITS}-bit IPA "
+                                   f"space and it is taken: <i>at gfn</i> went back to the first free gfn, {nxt:#x}"
+                                   "</small>")
         self._draw_guest()
         self._enable()
 
