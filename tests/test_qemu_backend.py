@@ -23,6 +23,7 @@ from pkvmlab.arch import insn as I
 from pkvmlab.host import kernel_image as K
 from pkvmlab.machine.core import HostVector
 
+HYP_BASE = 0x4000_0000
 HYP_PAGE = 0x4001_0000
 MOVZ_X9_0x1000 = 0xD2820009   # movz x9, #0x1000
 LDAR_X1_X0 = 0xC8DFFC01       # ldar x1, [x0]
@@ -86,6 +87,48 @@ def test_shared_memory_reads_back_what_the_host_wrote_on_qemu(qlab):
     qlab.host.write(pfn << 12, data)
     assert qlab.host.read(pfn << 12, len(data)) == data
     assert qlab.core.phys.read(pfn << 12, len(data)) == data
+
+
+def test_debugger_reads_come_from_qemus_shared_ram_not_the_gdbstub(qlab, monkeypatch):
+    """QEMU's RAM is a memfd mapped here too: the whole carve-out is read without one gdbstub packet."""
+    from pkvmlab.lab import HYP_SIZE
+
+    link = qlab.core._link()
+    by_gdb = link.read_memory(HYP_BASE, 0x3000)
+    pfn = qlab.host.alloc_pages()
+    qlab.host.share_hyp(pfn)
+    qlab.host.write(pfn << 12, b"stored at EL1 by QEMU")   # QEMU's own store, seen through the mapping
+
+    def no_gdb(*a, **k):
+        raise AssertionError("phys.read went over the gdbstub")
+
+    monkeypatch.setattr(link, "read_memory", no_gdb)
+    carve = qlab.core.phys.read(HYP_BASE, HYP_SIZE)
+    assert len(carve) == HYP_SIZE and carve[:0x3000] == by_gdb
+    assert qlab.core.phys.read(pfn << 12, 21) == b"stored at EL1 by QEMU"
+
+
+def test_qemus_shared_ram_has_no_file_and_is_unmapped_at_close():
+    """The RAM backend is an anonymous memfd (nothing in /dev/shm to clean up); close() unmaps it."""
+    require_qemu()
+    before = {n for n in os.listdir("/dev/shm") if "pkvmlab" in n} if os.path.isdir("/dev/shm") else set()
+    with Lab(backend="qemu") as lab:
+        ram = lab.core.process.ram
+        assert ram is not None and len(ram) == lab.core.ram_size
+        with open(f"/proc/{lab.core.process.popen.pid}/maps") as f:
+            assert "/memfd:pkvmlab-qemu-ram" in f.read()
+        if os.path.isdir("/dev/shm"):
+            assert {n for n in os.listdir("/dev/shm") if "pkvmlab" in n} == before
+    assert ram.closed
+
+
+def test_a_debugger_write_longer_than_one_gdb_packet_reaches_qemu(qlab):
+    """64 KiB written at once (QEMU's gdbstub silently drops a packet over 4096 characters): all of it lands."""
+    pfn = qlab.host.alloc_pages(16)
+    data = bytes(range(256)) * 256
+    qlab.core.phys.write(pfn << 12, data)
+    assert qlab.core.phys.read(pfn << 12, len(data)) == data
+    assert qlab.core._link().read_memory((pfn << 12) + 0xFF00, 0x100) == data[0xFF00:]
 
 
 def test_an_exception_at_el2_on_qemu_is_hyp_panic_with_the_same_syndrome(qlab):

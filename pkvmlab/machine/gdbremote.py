@@ -156,7 +156,8 @@ class GdbRemote:
             out += got
         return bytes(out)
 
-    def write_memory(self, addr: int, data: bytes, chunk: int = 0x800) -> None:
+    def write_memory(self, addr: int, data: bytes, chunk: int = 0x700) -> None:
+        """In packets QEMU accepts: its gdbstub drops one longer than 4096 characters without a reply."""
         for off in range(0, len(data), chunk):
             part = data[off:off + chunk]
             self.ok(f"M{addr + off:x},{len(part):x}:{part.hex()}")

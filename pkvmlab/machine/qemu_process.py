@@ -3,11 +3,17 @@
 QEMU must never outlive the core that started it: ``close()``, garbage collection and interpreter
 exit kill it (a ``weakref.finalize``), and on Linux so does the death of the Python process itself,
 even by SIGKILL (``PR_SET_PDEATHSIG``).
+
+QEMU's RAM is a ``memfd`` shared with this process (``-object memory-backend-file,share=on`` on
+``/proc/self/fd/N``, ``-machine memory-backend=ram``): the debugger reads physical memory straight
+from the mapping instead of over the gdbstub.  A memfd has no name in any file system, so nothing is
+left behind however either process dies; the kernel frees it with the last mapping.
 """
 
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import shutil
 import signal
@@ -54,8 +60,26 @@ def _die_with_parent():
     return preexec
 
 
-def _kill(popen: subprocess.Popen, tmpdir: str) -> None:
-    """Finalizer: kill QEMU and remove its files (called by close(), GC, or at exit)."""
+def _shared_ram(size: int) -> int | None:
+    """A memfd of ``size`` bytes (sparse) for QEMU's RAM, or None where Linux's memfd_create is missing."""
+    if not hasattr(os, "memfd_create"):
+        return None
+    try:
+        fd = os.memfd_create("pkvmlab-qemu-ram")   # close-on-exec: pass_fds hands it to QEMU alone
+    except OSError:
+        return None
+    os.ftruncate(fd, size)
+    return fd
+
+
+def _kill(popen: subprocess.Popen, tmpdir: str, ram: list) -> None:
+    """Finalizer: kill QEMU, unmap the shared RAM, remove its files (called by close(), GC, or at exit)."""
+    for m in ram:
+        try:
+            m.close()
+        except BufferError:   # a memoryview of it is still alive somewhere: the kernel frees it with that
+            pass
+    ram.clear()
     if popen.poll() is None:
         popen.kill()
         try:
@@ -80,7 +104,13 @@ class QemuProcess:
         self.dir = tempfile.mkdtemp(prefix="pkvmlab-qemu-")
         self.socket_path = os.path.join(self.dir, "gdb.sock")
         self.log_path = os.path.join(self.dir, "qemu.log")
-        cmd = [binary, "-M", "virt,virtualization=on", "-cpu", "cortex-a72", "-smp", "1",
+        fd = _shared_ram(ram_size)
+        machine = "virt,virtualization=on"
+        ram_opts: list[str] = []
+        if fd is not None:
+            machine += ",memory-backend=ram"
+            ram_opts = ["-object", f"memory-backend-file,id=ram,share=on,mem-path=/proc/self/fd/{fd},size={ram_size}"]
+        cmd = [binary, "-M", machine, *ram_opts, "-cpu", "cortex-a72", "-smp", "1",
                "-m", f"{ram_size >> 20}M", "-nodefaults", "-nographic", "-display", "none", "-serial", "none",
                "-monitor", "none", "-no-reboot", "-kernel", str(kernel)]
         for i, (addr, data) in enumerate(sorted(loads.items())):
@@ -89,10 +119,21 @@ class QemuProcess:
                 f.write(data)
             cmd += ["-device", f"loader,file={path},addr={addr:#x}" + (",cpu-num=0" if addr == reset_pc else "")]
         cmd += ["-chardev", f"socket,id=gdb0,path={self.socket_path},server=on,wait=off", "-gdb", "chardev:gdb0", "-S"]
-        with open(self.log_path, "wb") as log:
-            self.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True, preexec_fn=_die_with_parent())
-        self._finalizer = weakref.finalize(self, _kill, self.popen, self.dir)
+        # QEMU's RAM as this process sees it (None without a memfd: the gdbstub moves the bytes then)
+        self.ram: mmap.mmap | None = None
+        self._maps: list[mmap.mmap] = []
+        try:
+            with open(self.log_path, "wb") as log:
+                self.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True, preexec_fn=_die_with_parent(),
+                                              pass_fds=() if fd is None else (fd,))
+            if fd is not None:
+                self.ram = mmap.mmap(fd, ram_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                self._maps.append(self.ram)
+        finally:
+            if fd is not None:
+                os.close(fd)   # QEMU has its own descriptor and mapping, this process its mapping
+        self._finalizer = weakref.finalize(self, _kill, self.popen, self.dir, self._maps)
 
     @property
     def alive(self) -> bool:
