@@ -85,7 +85,10 @@ class Lab:
 
             self.core = QemuCore.boot(self.fw, ram_size=ram_size, hyp_size=hyp_size, host_image=host_image,
                                       host_image_bytes=K.build_image(), host_entry=host_image + K.ENTRY,
-                                      vbar_el1=host_image + K.VECTORS, sp_el1=host_image + K.IMAGE_PAGES * PAGE)
+                                      vbar_el1=host_image + K.VECTORS, sp_el1=host_image + K.IMAGE_PAGES * PAGE,
+                                      timer_stubs={"arm": (host_image + K.TIMER_ARM, host_image + K.stub_end(K.TIMER_ARM)),
+                                                   "disarm": (host_image + K.TIMER_DISARM,
+                                                              host_image + K.stub_end(K.TIMER_DISARM))})
         else:
             self.core.phys.write(host_image, K.build_image())   # the host kernel's text, as a boot loader would
             boot(self.core, self.fw, hyp_size=hyp_size, host_entry=host_image + K.ENTRY)

@@ -21,6 +21,24 @@ _shim:
 	ldr	x6, [x9, #48]		// the firmware's entry point (_start)
 	msr	vbar_el1, x4
 	msr	sp_el1, x5
+	// The guest's "timer" on QEMU: QemuCore.set_budget() arms the EL1 virtual timer from
+	// the host (kernel_image.TIMER_ARM) before a guest run; its PPI (INTID 27) must reach
+	// the CPU as an IRQ, which HCR_EL2.IMO takes to EL2 while the guest runs, as the lab's
+	// instruction budget does on Unicorn.  virt's GICv2: distributor at 0x08000000, CPU
+	// interface at 0x08010000; every interrupt is group 0, signalled as IRQ.
+	msr	cntvoff_el2, xzr
+	mov	x10, #0x08000000
+	mov	w11, #1
+	str	w11, [x10]		// GICD_CTLR.EnableGrp0
+	mov	w11, #(1 << 27)
+	str	w11, [x10, #0x100]	// GICD_ISENABLER0: PPI 11, the EL1 virtual timer
+	mov	x10, #0x08010000
+	mov	w11, #0xff
+	str	w11, [x10, #4]		// GICC_PMR: every priority passes
+	mov	w11, #1
+	str	w11, [x10]		// GICC_CTLR.EnableGrp0
+	mov	x10, xzr
+	mov	x11, xzr
 	isb
 	mov	x4, xzr
 	mov	x5, xzr

@@ -16,10 +16,18 @@ STORE8 = 0x040         # strb w1, [x0]
 LOAD_BLOCK = 0x100     # ldr x1..x8, [x0, #0..56]: 64 bytes
 STORE_BLOCK = 0x200    # str x1..x8, [x0, #0..56]
 VCPU_RUN = 0x300       # KVM_RUN's one round trip (pkvmlab/host/vcpu_run.py): answer, hvc, read the exit
+TIMER_ARM = 0x380      # the EL1 virtual timer: CNTV_TVAL_EL0 = x15, enabled, then br x16 (QEMU's guest budget, machine/qemu.py)
+TIMER_DISARM = 0x3A0   # CNTV_CTL_EL0 = 0
 BLOCK = 64
 ENTRY = 0x7F0          # where the firmware drops to EL1 at boot
 VECTORS = 0x800        # VBAR_EL1: every entry is BRK #offset, so the run stops and says which
 IMAGE_PAGES = 2        # text + vectors, then a stack page
+
+MSR_CNTV_TVAL_EL0 = 0xD51BE300   # msr cntv_tval_el0, x0 (| n: xn)
+MSR_CNTV_CTL_EL0 = 0xD51BE320    # msr cntv_ctl_el0, x0 (| n: xn, | 31: xzr)
+ISB = 0xD5033FDF
+MOVZ_X15_1 = 0xD280002F
+BR_X16 = 0xD61F0200
 
 # (start offset, instructions): each stub's end is where the run stops
 STUBS = {
@@ -35,6 +43,9 @@ STUBS = {
     # struct kvm_vcpu: x2..x4 = arch.fault.{esr,far,hpfar}_el2 (x13 points there), x5..x8 = regs[0..3] (x14)
     VCPU_RUN: [I.cbz(9, 8), I.ldst("str", 8, 10, 9), I.cbz(11, 8), I.ldst("str", 8, 12, 11), I.hvc(0),
                I.ldp(2, 3, 13), I.ldst("ldr", 8, 4, 13, 16), I.ldp(5, 6, 14), I.ldp(7, 8, 14, 16)],
+    # only the QEMU backend runs these: a real timer preempts its guests (Unicorn's is the instruction budget)
+    TIMER_ARM: [MSR_CNTV_TVAL_EL0 | 15, MOVZ_X15_1, MSR_CNTV_CTL_EL0 | 15, ISB, BR_X16],
+    TIMER_DISARM: [MSR_CNTV_CTL_EL0 | 31, ISB],
 }
 
 

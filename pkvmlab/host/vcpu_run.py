@@ -239,7 +239,7 @@ class VcpuRunner:
     def _handle(self, code: int, preempted_at: int, info: tuple[int, ...] | None) -> Exit:
         host = self.host
         if code == ARM_EXCEPTION_IRQ:
-            return Exit("preempted", code, pc=preempted_at, handled="run again when the scheduler says so")
+            return Exit("preempted", code, pc=preempted_at or None, handled="run again when the scheduler says so")
         if code != ARM_EXCEPTION_TRAP:
             raise UsageError(f"__kvm_vcpu_run returned exit code {code}, which the host model does not know")
         if info is None:   # read what hyp left in the host's struct kvm_vcpu: ESR, FAR, HPFAR, then regs[0..3]

@@ -42,6 +42,8 @@ __all__ = ["QemuCore", "QemuPhysMemory", "missing_reason", "qemu_binary"]
 
 HYP_PANIC_BRK = 0x800
 VECTOR_LOWER_A64_SYNC = 0x400
+VECTOR_LOWER_A64_IRQ = 0x480   # the guest's timer interrupt (firmware/entry.S: __guest_irq)
+NS_PER_INSN = 1                # -icount shift=0 (qemu_process.py)
 PAGE = 4096
 # gdbstub names of system registers whose AArch64 name QEMU does not use
 _SYSREG_ALIASES = {"vbar_el1": "vbar", "sctlr_el1": "sctlr", "cpacr_el1": "cpacr", "csselr_el1": "csselr"}
@@ -86,7 +88,7 @@ class QemuCore:
 
     def __init__(self, *, fw: Firmware, ram_base: int = RAM_BASE, ram_size: int = RAM_SIZE, hyp_size: int,
                  host_image: int, host_image_bytes: bytes, host_entry: int, vbar_el1: int, sp_el1: int,
-                 timeout_s: float = 10.0):
+                 timer_stubs: dict[str, tuple[int, int]] | None = None, timeout_s: float = 10.0):
         if ram_base != RAM_BASE:
             raise UsageError(f"QEMU's virt machine has its RAM at {RAM_BASE:#x}")
         if ram_size <= 0 or ram_size % (2 << 20) or hyp_size % (2 << 20) or not 0 < hyp_size < ram_size:
@@ -107,6 +109,9 @@ class QemuCore:
         self._stuck_in_el2: str | None = None
         self._fixed_bps: set[int] = set()
         self._host_vectors = {vbar_el1 + 0x80 * i for i in range(16)}
+        self._timer_stubs = timer_stubs or {}   # "arm"/"disarm" -> the host's (start, end): kernel_image.TIMER_*
+        self._ticks = 0                        # a guest budget to arm at the start of the next run
+        self._budget_armed = False
         shim_addr = ram_base + ram_size - PAGE   # the last page of RAM: zeroed again once the firmware is up
         shim = shim_image(ram_base=ram_base, ram_size=ram_size, hyp_size=hyp_size, host_entry=host_entry,
                           vbar_el1=vbar_el1, sp_el1=sp_el1, fw_entry=fw.entry)
@@ -244,7 +249,7 @@ class QemuCore:
         vectors = self.symbols.get("__hyp_vectors")
         stops = {self.symbols["hyp_panic"]} if "hyp_panic" in self.symbols else set()
         if vectors is not None:
-            stops |= {vectors + 0x80 * i for i in range(16) if 0x80 * i != VECTOR_LOWER_A64_SYNC}
+            stops |= {vectors + 0x80 * i for i in range(16) if 0x80 * i not in (VECTOR_LOWER_A64_SYNC, VECTOR_LOWER_A64_IRQ)}
         self._panic_stops = stops
         self._fixed_bps = stops | self._host_vectors
         for a in self._fixed_bps:
@@ -291,10 +296,19 @@ class QemuCore:
         if until not in self._bps:
             gdb.set_breakpoint(until)
             self._bps.add(until)
+        saved = None
+        if self._ticks:   # arm the guest's timer in this same run: no debugger stop between it and the guest
+            saved = self.reg("x15"), self.reg("x16")
+            self.set_reg("x15", self._ticks)
+            self.set_reg("x16", begin)
+            begin, self._ticks, self._budget_armed = self._timer_stubs["arm"][0], 0, True
         self.set_reg("pc", begin)
         self._flush()
         limit = timeout_ms or self.run_limit_ms
         reply, timed_out = self._continue(limit / 1000)
+        if saved is not None:   # the host's own x15, x16 back, as on the lab's core
+            self.set_reg("x15", saved[0])
+            self.set_reg("x16", saved[1])
         if reply[:1] in (b"W", b"X"):
             raise MachineError(f"QEMU exited during the run ({reply.decode(errors='replace')}): {self.process.log()}")
         pc = self.reg("pc")
@@ -311,6 +325,36 @@ class QemuCore:
             raise self._panic(pc)
         raise MachineError(f"the run stopped at {pc:#x} (EL{self.current_el}) before reaching {until:#x}: "
                            f"{reply.decode(errors='replace')}")
+
+    # -- the guest's timer -------------------------------------------------------------------
+    def set_budget(self, instructions: int) -> None:
+        """Arm a guest run's "timer": on QEMU a real one, the EL1 virtual timer, set by the host at EL1.
+
+        Unicorn's lab counts the guest's instructions in whole blocks; here the timer counts virtual
+        time, which ``-icount shift=0`` makes the instructions run since it was armed (the host's and
+        the hypervisor's too) at 1 ns each, in the counter's 16 ns ticks.  The next run starts with the
+        host's ``kernel_image.TIMER_ARM`` (CNTV_TVAL_EL0 = x15, enabled; then ``br x16`` to where the run
+        was to begin), so no debugger stop, whose wall time QEMU's virtual clock would count, comes between.
+        Its IRQ reaches EL2 only while a guest runs (HCR_EL2.IMO; the host runs with IRQs masked).  So
+        the preemption point differs from Unicorn's and varies by a few instructions from run to run (QEMU's
+        icount still lets the debugger's stops nudge the clock); the guest PC it was taken at is not known here.
+        """
+        if not instructions:
+            return
+        if "arm" not in self._timer_stubs:
+            raise UsageError("this QemuCore was built without the host's timer stubs (timer_stubs=): "
+                             "Lab(backend='qemu') passes them")
+        freq = 62_500_000   # virt's generic timer (CNTFRQ_EL0)
+        self._ticks = max(1, -(-instructions * NS_PER_INSN * freq // 1_000_000_000))
+
+    def take_budget(self) -> tuple[int, int]:
+        """Disarm the timer: (0, 0): QEMU counts no instructions and does not say where the IRQ was taken."""
+        self._ticks = 0
+        if self._budget_armed and self.panic is None and self._stuck_in_el2 is None and self.alive:
+            self._budget_armed = False
+            with self.lock:
+                self.run(*self._timer_stubs["disarm"])
+        return 0, 0
 
     def hang_error(self, pc: int, limit_ms: int) -> MachineError:
         el = self.current_el

@@ -110,7 +110,9 @@ class QemuProcess:
         if fd is not None:
             machine += ",memory-backend=ram"
             ram_opts = ["-object", f"memory-backend-file,id=ram,share=on,mem-path=/proc/self/fd/{fd},size={ram_size}"]
-        cmd = [binary, "-M", machine, *ram_opts, "-cpu", "cortex-a72", "-smp", "1",
+        # -icount shift=0: virtual time is the instruction count (1 ns each), so the timer that preempts
+        # a guest (QemuCore.set_budget) fires after the same instructions on every run
+        cmd = [binary, "-M", machine, *ram_opts, "-cpu", "cortex-a72", "-smp", "1", "-icount", "shift=0",
                "-m", f"{ram_size >> 20}M", "-nodefaults", "-nographic", "-display", "none", "-serial", "none",
                "-monitor", "none", "-no-reboot", "-kernel", str(kernel)]
         for i, (addr, data) in enumerate(sorted(loads.items())):
