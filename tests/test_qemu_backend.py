@@ -17,7 +17,7 @@ import time
 import pytest
 from test_qemu_differential import require_qemu
 
-from pkvmlab import HostAccessFault, HypPanic, Lab, MachineError, UsageError
+from pkvmlab import HostAccessFault, HostException, HypPanic, Lab, MachineError, UsageError
 from pkvmlab.arch import esr as E
 from pkvmlab.arch import insn as I
 from pkvmlab.host import kernel_image as K
@@ -297,3 +297,20 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-hook", "python-hook"])
+def test_a_branch_to_a_misaligned_pc_in_the_host_code_page_faults_before_anything_runs_there(qlab, native):
+    """br to page + 2 of the page lab.host.execute runs from: a PC alignment fault at the target, ELR = FAR =
+    the target, x4 untouched (Unicorn used to run the word at page + 2, an ADR into x4, and fault 4 bytes on)."""
+    code = "mov x0, #0x2002\nmovk x0, #0x4080, lsl #16\nbr x0"
+    seen = []
+    with Lab(native=native) as u:
+        for lab in (u, qlab):
+            lab.host.execute("nop")
+            assert lab.host._code_page == 0x4080_2000   # the issue's case: the target is in this very page
+            with pytest.raises(HostException):
+                lab.host.execute(code, x4=0x4444)
+            seen.append(tuple(lab.core.sysreg(r) for r in ("ESR_EL1", "ELR_EL1", "FAR_EL1", "SPSR_EL1"))
+                        + (lab.core.x[4],))
+    assert seen[0] == seen[1] == (E.encode(E.EC_PC_ALIGN, 0), 0x4080_2002, 0x4080_2002, 0x3C5, 0x4444)

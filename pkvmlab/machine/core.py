@@ -346,6 +346,11 @@ class Core(RunStops):
             self.native.watch_host(start, end)
         else:
             def stop_at_host_block(uc, addr, size, _user):
+                if addr & 3:   # A64 at a misaligned PC: the fault comes first (native_hook.c's pk_hook_block)
+                    pstate = uc.reg_read(A.UC_ARM64_REG_PSTATE)
+                    if not pstate & 0x10 and P.el(pstate) < 2:
+                        X.enter(self, 1, pstate=pstate, elr=addr, esr=E.encode(E.EC_PC_ALIGN, 0), far=addr)
+                        return
                 b = self._budget   # the pure-Python twin of native_hook.c's guest budget
                 if b[0]:
                     b[1] += size // 4

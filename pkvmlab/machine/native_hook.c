@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <unicorn/unicorn.h>
 
+#define EXCP_UDEF		1
 #define EXCP_PREFETCH_ABORT	3
 #define EXCP_DATA_ABORT		4
 #define EXCP_HVC		11
@@ -298,6 +299,25 @@ void pk_hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_da
 {
 	pk_state *st = user_data;
 
+	/*
+	 * A64 code at a PC that is not a multiple of 4 takes a PC alignment fault before anything runs
+	 * there; Unicorn fetches the misaligned word and runs whatever it decodes to until an undefined
+	 * one.  Stop before this block and report it as the undefined instruction Core.run turns into
+	 * the PC alignment fault (core.py, EXCP_UDEF with PC & 3).  Found by the QEMU differential.
+	 */
+	if (address & 3) {
+		uint64_t pstate = reg_get(uc, UC_ARM64_REG_PSTATE);
+
+		if (!(pstate & 0x10) && ((pstate >> 2) & 3) < 2) {
+			reg_set(uc, UC_ARM64_REG_PC, address);
+			st->intno = EXCP_UDEF;
+			st->el = (pstate >> 2) & 3;
+			st->pstate = pstate;
+			st->pending = 1;
+			uc_emu_stop(uc);
+			return;
+		}
+	}
 	/*
 	 * A guest run's budget, counted in whole blocks: deterministic (the same guest with the same
 	 * budget stops at the same PC), and nearly free.  When it is spent and a guest is running at
