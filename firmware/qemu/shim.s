@@ -21,6 +21,8 @@ _shim:
 	ldr	x6, [x9, #48]		// the firmware's entry point (_start)
 	msr	vbar_el1, x4
 	msr	sp_el1, x5
+	mov	x10, #(3 << 20)
+	msr	cpacr_el1, x10		// FP/SIMD for the host: Host.setup()'s CPACR_EL1.FPEN
 	// The guest's "timer" on QEMU: QemuCore.set_budget() arms the EL1 virtual timer from
 	// the host (kernel_image.TIMER_ARM) before a guest run; its PPI (INTID 27) must reach
 	// the CPU as an IRQ, which HCR_EL2.IMO takes to EL2 while the guest runs, as the lab's

@@ -17,6 +17,7 @@ SYSREGS: dict[str, SysReg] = {
     "MIDR_EL1": SysReg(3, 0, 0, 0, 0),
     "ID_AA64MMFR0_EL1": SysReg(3, 0, 0, 7, 0),
     "SCTLR_EL1": SysReg(3, 0, 1, 0, 0),
+    "CPACR_EL1": SysReg(3, 0, 1, 0, 2),
     "SCTLR_EL2": SysReg(3, 4, 1, 0, 0),
     "HCR_EL2": SysReg(3, 4, 1, 1, 0),
     "SCR_EL3": SysReg(3, 6, 1, 1, 0),

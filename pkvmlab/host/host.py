@@ -19,6 +19,7 @@ from pkvmlab.machine.phys import check_uint, serialised
 from pkvmlab.rows import Registers
 
 _ZEROS = [0] * 6
+CPACR_EL1_FPEN = 3 << 20   # FP/SIMD at EL0 and EL1 not trapped
 
 
 def _signed(v: int) -> int:
@@ -113,8 +114,14 @@ class Host:
 
     @serialised
     def setup(self) -> None:
-        """What the host kernel does first at EL1: point VBAR_EL1 at its vectors, set its stack."""
+        """What the host kernel does first at EL1: point VBAR_EL1 at its vectors, set its stack, enable FP/SIMD.
+
+        CPACR_EL1.FPEN = 0b11 as Linux's ``__cpu_setup`` (arch/arm64/mm/proc.S, mainline) sets it: without it
+        QEMU traps the host's first FP/SIMD instruction (EC 0x07); Unicorn never enforces FPEN
+        (tests/test_qemu_backend.py pins that).
+        """
         self.core.set_sysreg("VBAR_EL1", self.image_base + K.VECTORS)
+        self.core.set_sysreg("CPACR_EL1", CPACR_EL1_FPEN)
         # At EL1h the live SP is SP_EL1; QEMU keeps it in SP itself, not in the banked copy.
         self.core.set_reg("sp", self.image_base + K.IMAGE_PAGES * 4096)
 

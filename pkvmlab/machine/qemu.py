@@ -48,6 +48,7 @@ PAGE = 4096
 # gdbstub names of system registers whose AArch64 name QEMU does not use
 _SYSREG_ALIASES = {"vbar_el1": "vbar", "sctlr_el1": "sctlr", "cpacr_el1": "cpacr", "csselr_el1": "csselr"}
 _GPR_ALIASES = {"fp": "x29", "lr": "x30", "pstate": "cpsr"}
+_FP_REGS = {f"q{i}": f"v{i}" for i in range(32)} | {"fpsr": "fpsr", "fpcr": "fpcr"}   # Core's name -> gdbstub's
 
 
 class QemuPhysMemory(PhysAccess):
@@ -122,6 +123,7 @@ class QemuCore:
             self._gdb.ok("Qqemu.PhyMemMode:1")
             self._regmap = self._gdb.register_map()
             self._g_layout = self._core_layout()
+            self._fp_sizes = {num: size for name, (num, size) in self._regmap.items() if name in _FP_REGS.values()}
             self._install_panic_breakpoints()
             self.run(shim_addr, host_entry, timeout_ms=int(timeout_s * 1000))
             self.phys.write(shim_addr, bytes(len(shim)))   # RAM as on the lab's core: the shim has done its job
@@ -182,6 +184,9 @@ class QemuCore:
             return self._regmap[n][0], self._g_layout[self._regmap[n][0]][1]
         if n == "nzcv":
             return -1, 8
+        fp = _FP_REGS.get(n)
+        if fp is not None and fp in self._regmap:   # v0..v31, FPSR, FPCR: outside the 'g' block, one 'p' each
+            return self._regmap[fp]
         raise UsageError(f"unknown register {name!r}: use x0..x30, fp, lr, sp, pc, pstate or nzcv "
                          "(system registers: core.sysreg('HCR_EL2'))")
 
@@ -191,6 +196,9 @@ class QemuCore:
             return self.reg("cpsr") & 0xF000_0000
         if num in self._dirty:
             return self._dirty[num]
+        if num not in self._g_layout:
+            with self.lock:
+                return self._link().read_register(num)
         if self._regs is None:
             with self.lock:
                 self._regs = self._link().read_registers()
@@ -213,12 +221,18 @@ class QemuCore:
         if len(self._dirty) > 2:   # one 'G' for the whole block beats several 'P's
             regs = bytearray(self._regs or gdb.read_registers())
             for num, v in self._dirty.items():
+                if num not in self._g_layout:
+                    continue
                 off, size = self._g_layout[num]
                 regs[off:off + size] = v.to_bytes(size, "little")
             gdb.ok("G" + bytes(regs).hex())
         else:
             for num, v in self._dirty.items():
-                gdb.write_register(num, v, self._g_layout[num][1])
+                if num in self._g_layout:
+                    gdb.write_register(num, v, self._g_layout[num][1])
+        for num, v in self._dirty.items():   # FP/SIMD registers: never in the 'G' block
+            if num not in self._g_layout:
+                gdb.write_register(num, v, self._fp_sizes[num])
         self._dirty.clear()
         self._regs = None
 
