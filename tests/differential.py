@@ -25,8 +25,10 @@ from pkvmlab.errors import MachineError, PkvmLabError
 from pkvmlab.machine.core import HostVector
 
 PAGE = 4096
-FORM_BYTES = 16
+FORM_BYTES = 64
 HYP_BASE = 0x4000_0000
+
+EL0_ENTRY = "adr x6, 1f\n\tmsr elr_el1, x6\n\tmov x7, #0x3c0\n\tmsr spsr_el1, x7\n\teret\n1:\t"
 
 # (name, instructions): every width and addressing form the host can use.  x0 = the address,
 # x1/x2 = data, w3 = the store-exclusive status, x4 = an index register.
@@ -48,10 +50,26 @@ FORMS: tuple[tuple[str, str], ...] = (
     ("ldxp", "ldxp x1, x2, [x0]"), ("stxp", "stxp w3, x1, x2, [x0]"),
     ("ldxr; stxr", "ldxr x1, [x0]\n\tstxr w3, x2, [x0]"),
     ("ldar", "ldar x1, [x0]"), ("stlr w", "stlr w1, [x0]"), ("ldarb", "ldarb w1, [x0]"), ("stlrh", "stlrh w1, [x0]"),
-    ("ifetch br", "br x0"), ("ifetch blr", "blr x0"),
+    ("ifetch br", "br x0"), ("ifetch blr", "blr x0"), ("ifetch misaligned", "br x0"),
     ("hvc #imm", "hvc #0x1234"),
+    # the host's own exceptions at EL1, and the SMC HCR_EL2.TSC traps to EL2
+    ("svc", "svc #0x42"), ("brk", "brk #0x7"), ("udf", "udf #0x5"), ("smc", "smc #0x17"),
+    ("dc zva", "dc zva, x0"),
+    ("sp align", "mov x5, sp\n\tmov sp, x0\n\tldr x1, [sp]\n\tmov sp, x5"),
+    # FP/SIMD loads and stores: their own syndromes (no ISV for a SIMD register) and writebacks
+    ("ldr q", "ldr q1, [x0]"), ("str q", "str q1, [x0]"), ("ldr d", "ldr d1, [x0]"), ("str s", "str s1, [x0]"),
+    ("ldr b", "ldr b1, [x0]"), ("str h", "str h1, [x0]"), ("ldp q", "ldp q1, q2, [x0]"),
+    ("stp d", "stp d1, d2, [x0]"), ("ldr q post", "ldr q1, [x0], #16"), ("str d pre", "str d1, [x0, #-8]!"),
+    ("ld1", "ld1 {v1.16b}, [x0]"), ("st1 2", "st1 {v1.2d, v2.2d}, [x0]"), ("ld1r", "ld1r {v1.4s}, [x0]"),
+    ("st1 lane", "st1 {v1.s}[1], [x0]"), ("ld1 post", "ld1 {v1.8b}, [x0], #8"),
+    # the host at EL0 (ERET from EL1 with SPSR = EL0t, DAIF masked): each ends at the host's vector
+    *((f"el0 {name}", EL0_ENTRY + body + "\n\tbrk #0xe0") for name, body in (
+        ("svc", "svc #0x43"), ("brk", "brk #0x8"), ("udf", "udf #0x6"), ("hvc", "hvc #0x9"), ("smc", "smc #0x1"),
+        ("ldr", "ldr x1, [x0]"), ("str", "str x1, [x0]"), ("ldxr", "ldxr x1, [x0]"), ("ldr q", "ldr q1, [x0]"),
+        ("dc zva", "dc zva, x0"), ("br", "br x0"))),
 )
-IFETCH = {"ifetch br", "ifetch blr"}
+IFETCH = {"ifetch br", "ifetch blr", "el0 br"}
+EL0 = {name for name, _ in FORMS if name.startswith("el0 ")}
 ACQ_REL = {"ldar": 8, "stlr w": 4, "ldarb": 1, "stlrh": 2}
 PAIRS = {"ldp x", "stp x", "ldp pre", "stp post", "ldnp", "stnp", "ldxp", "stxp"}
 
@@ -74,6 +92,9 @@ def form_length(name: str) -> int:
     return 4 * len(dict(FORMS)[name].split("\n"))
 
 
+CODE_PAGES = -(-FORM_BYTES * len(FORMS) // PAGE)
+
+
 @dataclass(frozen=True)
 class Observation:
     """Everything one action left visible, on one backend."""
@@ -81,21 +102,23 @@ class Observation:
     outcome: tuple
     gprs: tuple
     el2: tuple
+    el1: tuple = ()
+    fp: tuple = ()
 
     def differences(self, other: Observation) -> list[str]:
         out = []
         if self.outcome != other.outcome:
             out.append(f"outcome {fmt(self.outcome)} vs {fmt(other.outcome)}")
-        for i, (a, b) in enumerate(zip(self.gprs, other.gprs)):
-            if a != b:
-                out.append(f"{GPR_NAMES[i]} {a:#x} vs {b:#x}")
-        for name, a, b in zip(EL2_REGS, self.el2, other.el2):
-            if a != b:
-                out.append(f"{name} {a:#x} vs {b:#x}")
+        for names, mine, theirs in ((GPR_NAMES, self.gprs, other.gprs), (EL2_REGS, self.el2, other.el2),
+                                    (EL1_REGS, self.el1, other.el1), (FP_REGS, self.fp, other.fp)):
+            for name, a, b in zip(names, mine, theirs):
+                if a != b:
+                    out.append(f"{name} {a:#x} vs {b:#x}")
         return out
 
 
-GPR_NAMES = [f"x{i}" for i in range(31)] + ["nzcv"]
+GPR_NAMES = [f"x{i}" for i in range(31)] + ["nzcv", "sp", "pstate"]
+FP_REGS = ("q1", "q2", "fpsr")
 EL1_REGS = ("ESR_EL1", "FAR_EL1", "ELR_EL1", "SPSR_EL1")
 EL2_REGS = ("ESR_EL2", "FAR_EL2", "HPFAR_EL2", "ELR_EL2", "SPSR_EL2")
 
@@ -109,11 +132,12 @@ class Side:
 
     def __init__(self, backend: str, native: bool | None = None):
         self.lab = Lab(backend=backend) if native is None else Lab(backend=backend, native=native)
-        self.code_pfn = self.lab.host.alloc_pages()
+        self.code_pfn = self.lab.host.alloc_pages(CODE_PAGES)
         self.code = self.code_pfn * PAGE
         self.lab.core.phys.write(self.code, assembled_forms())
         for i in range(4, 31):   # x4..x30 start equal on both (the boot leaves each backend's own)
             self.lab.core.set_reg(f"x{i}", 0x1111 * i)
+        self.sp = self.lab.core.reg("sp")
 
     def close(self) -> None:
         self.lab.close()
@@ -161,6 +185,7 @@ class Side:
         c = self.lab.core
         for r, v in regs.items():
             c.set_reg(r, v)
+        c.set_reg("sp", self.sp)   # the host's stack, whatever the last form (sp align) left there
         start = self.code + FORM_BYTES * [n for n, _ in FORMS].index(name)
         try:
             res = c.run(start, start + form_length(name))
@@ -176,16 +201,18 @@ class Side:
         c = self.lab.core
         if c.panic is not None:
             return Observation(outcome, (), ())
-        gprs = tuple(c.reg(f"x{i}") for i in range(31)) + (c.reg("nzcv"),)
-        return Observation(outcome, gprs, tuple(c.sysreg(r) for r in EL2_REGS))
+        gprs = tuple(c.reg(f"x{i}") for i in range(31)) + (c.reg("nzcv"), c.reg("sp"), c.reg("pstate"))
+        return Observation(outcome, gprs, tuple(c.sysreg(r) for r in EL2_REGS), tuple(c.sysreg(r) for r in EL1_REGS),
+                           tuple(c.reg(r) for r in FP_REGS))
 
 
 class Actions:
     """A random sequence of host actions, the same on both backends (one RNG decides everything)."""
 
-    def __init__(self, seed: int, test_pfns: list[int]):
+    def __init__(self, seed: int, test_pfns: list[int], code_pfn: int = 0):
         self.rng = random.Random(seed)
         self.pfns = test_pfns
+        self.code_pfn = code_pfn
         self.handles: list[int] = [0x1000, 0x1001]
         self.vms: set[int] = set()
         self.deck: list[str] = []
@@ -279,6 +306,8 @@ class Actions:
                 "x3": 0xDEAD, "x4": rng.choice([0, 8, 16, -8 & (1 << 64) - 1, 0x1_0000_0008])}
         if name in ACQ_REL:   # aligned: Unicorn lets an unaligned LDAR/STLR through (test_qemu_backend.py pins it)
             regs["x0"] &= ~(ACQ_REL[name] - 1)
+        if name == "ifetch misaligned":   # into the host's own pages (and this code's): the PC alignment fault first
+            regs["x0"] = (rng.choice(self.pfns + [self.code_pfn]) << 12) + 4 * rng.randrange(0, 1024) + rng.choice([1, 2, 3])
         if name in IFETCH:   # jump only where stage 2 stops the fetch (elsewhere the host would run junk)
             pfn = rng.choice([(HYP_BASE >> 12) + rng.randrange(0, 0x800), 0x9000, 0x8000_0, 1 << 32])
             regs["x0"] = (pfn << 12) + rng.choice([4 * rng.randrange(0, 1024), rng.randrange(0, PAGE)])

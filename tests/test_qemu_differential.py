@@ -48,7 +48,8 @@ def run_sequence(u: Side, q: Side, seed: int, n: int):
     """Run ``n`` random actions on both sides; returns (differences, what ran)."""
     pfns = [u.lab.host.alloc_pages() for _ in range(12)]
     assert pfns == [q.lab.host.alloc_pages() for _ in range(12)]
-    acts = Actions(seed, pfns)
+    acts = Actions(seed, pfns, u.code_pfn)
+    assert u.code_pfn == q.code_pfn
     seen: collections.Counter = collections.Counter()
     diffs: list[str] = []
     for i in range(n):

@@ -24,7 +24,7 @@ from pkvmlab.arch import pstate as P
 from pkvmlab.arch.sysregs import SCR_EL3_HCE, SCR_EL3_NS, SCR_EL3_RW, SYSREGS
 from pkvmlab.errors import HypPanic, MachineError, UsageError
 from pkvmlab.machine import aarch32 as A32
-from pkvmlab.machine import el2_traps
+from pkvmlab.machine import el1_faults, el2_traps
 from pkvmlab.machine import exceptions as X
 from pkvmlab.machine.panic import decode_panic
 from pkvmlab.machine.phys import PhysMemory, check_uint, serialised
@@ -219,6 +219,9 @@ class Core(RunStops):
             X.enter(self, 1, pstate=pstate, elr=pc, esr=E.encode(E.EC_PC_ALIGN, 0), far=pc)
         elif intno == EXCP_UDEF and el2_traps.take_hcr_trap(self, pstate):
             pass                          # a WFI or system instruction HCR_EL2 traps to EL2 (machine/el2_traps.py)
+        elif intno == EXCP_UDEF and el == 0 and (
+                esr := el1_faults.el0_sys_syndrome(self.read_insn(pc), self.sysreg("SCTLR_EL1"))) is not None:
+            X.enter(self, 1, pstate=pstate, elr=pc, esr=esr)   # e.g. DC ZVA at EL0 with SCTLR_EL1.DZE = 0
         elif intno == EXCP_UDEF or (intno in (EXCP_HVC, EXCP_SMC, EXCP_HYP_TRAP) and el == 0):
             X.enter(self, 1, pstate=pstate, elr=pc, esr=E.encode(E.EC_UNKNOWN, 0))   # UNDEFINED: to the host's vector
         elif intno == EXCP_SWI:

@@ -7,6 +7,7 @@ loads/stores without writeback).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -69,10 +70,12 @@ def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAc
     ops = insn.operands
     if m == "dc" and insn.op_str.startswith("zva"):
         # DC ZVA zeroes a whole block (DCZID_EL0.BS: 64 bytes on the Cortex-A72) and counts as a write, with
-        # no instruction syndrome; the lab reports the block's first byte as the faulting address
-        va = read_reg(insn.op_str.split(",")[1].strip()) & ~(DC_ZVA_BYTES - 1)
-        return MemAccess(va=va, size=DC_ZVA_BYTES, write=True, isv=False, srt=0, sf=True, sse=False, ar=False,
-                         text=f"dc {insn.op_str}")
+        # no instruction syndrome; FAR is the address in the register, not the block's start (QEMU's
+        # helper_dczva: "DC_ZVA requires that we supply the original pointer"), so the access here runs
+        # from that address to the end of its block (never across a page)
+        va = read_reg(insn.op_str.split(",")[1].strip())
+        return MemAccess(va=va, size=DC_ZVA_BYTES - va % DC_ZVA_BYTES, write=True, isv=False, srt=0, sf=True,
+                         sse=False, ar=False, text=f"dc {insn.op_str}")
     mem = next((o for o in ops if o.type == cs_arm64.ARM64_OP_MEM), None)
     if mem is None:
         return None
@@ -92,6 +95,11 @@ def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAc
                 idx -= 1 << 32
         va += idx << (mem.shift.value if mem.shift.type else 0)
     va &= (1 << 64) - 1
+    if rt[0] in "qdshbv" and rt[1:2].isdigit():
+        # an FP/SIMD register: never an instruction syndrome (ISS.ISV is for general-purpose registers only)
+        size = _simd_size(insn, regs)
+        return MemAccess(va=va, size=size, write=m.startswith("st"), isv=False, srt=0, sf=False, sse=False,
+                         ar=False, text=f"{m} {insn.op_str}")
     pair = m.startswith(("ldp", "stp", "ldnp", "stnp", "ldxp", "ldaxp", "stxp", "stlxp"))
     wide = not rt.startswith("w")   # x0..x30, xzr and capstone's fp/lr
     reg_bytes = 8 if wide else 4
@@ -111,6 +119,28 @@ def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAc
     return MemAccess(va=va, size=size, write=write, isv=not pair and not writeback and not exclusive, srt=srt,
                      sf=wide, sse=m.startswith("ldrs"), ar=m.startswith(_ACQ_REL),
                      text=f"{m} {insn.op_str}", exclusive=exclusive)
+
+
+_SIMD_BYTES = {"q": 16, "d": 8, "s": 4, "h": 2, "b": 1}
+
+
+def _simd_size(insn, regs: list[str]) -> int:
+    """Bytes an FP/SIMD load or store touches: LDR/STR/LDP/STP of q/d/s/h/b, or LD1..4/ST1..4 (lists, lanes, LD1R)."""
+    m = insn.mnemonic
+    sregs = [r for r in regs if r[0] in "qdshb" and r[1:].isdigit()]
+    if sregs:
+        return _SIMD_BYTES[sregs[0][0]] * len(sregs)
+    listed, _, rest = insn.op_str.partition("}")
+    count = len(re.findall(r"v\d+", listed)) or 1   # {v1.16b, v2.16b}, or a range {v1.16b - v4.16b}
+    if " - " in listed:
+        first, last = (int(x) for x in re.findall(r"v(\d+)", listed)[:2])
+        count = (last - first) % 32 + 1
+    element = {"b": 1, "h": 2, "s": 4, "d": 8}
+    arrangement = listed.split(".")[-1] if "." in listed else "16b"
+    if rest.startswith("[") or m.endswith("r"):   # a lane, or LD1R..LD4R: one element per register
+        return element.get(arrangement[-1:], 8) * count
+    lanes = int("".join(ch for ch in arrangement if ch.isdigit()) or 16)
+    return lanes * element.get(arrangement[-1:], 1) * count
 
 
 @lru_cache(maxsize=1)

@@ -56,6 +56,28 @@ def pc_alignment_syndrome() -> int:
     return E.encode(E.EC_PC_ALIGN, 0)
 
 
+SCTLR_UCI, SCTLR_DZE, SCTLR_UCT = 1 << 26, 1 << 14, 1 << 15
+# (op0, op1, CRn, CRm, op2) of the EL0 system instructions SCTLR_EL1 traps to EL1, and the bit that allows them
+_EL0_SYS = {(1, 3, 7, 4, 1): SCTLR_DZE,                                              # DC ZVA
+            (1, 3, 7, 11, 1): SCTLR_UCI, (1, 3, 7, 10, 1): SCTLR_UCI,              # DC CVAU, DC CVAC
+            (1, 3, 7, 14, 1): SCTLR_UCI, (1, 3, 7, 5, 1): SCTLR_UCI,               # DC CIVAC, IC IVAU
+            (3, 3, 0, 0, 1): SCTLR_UCT}                                              # MRS CTR_EL0
+
+
+def el0_sys_syndrome(insn: int, sctlr_el1: int) -> int | None:
+    """ESR_EL1 for an EL0 system instruction SCTLR_EL1 traps (EC 0x18, ISS: Op0, Op2, Op1, CRn, Rt, CRm,
+    direction), e.g. DC ZVA with SCTLR_EL1.DZE = 0; None if it is not one.  Unicorn raises these as UNDEFINED
+    (EC 0x00); QEMU gives the trap, as the ARM ARM does (found by the differential)."""
+    if insn & 0xFFC00000 != 0xD5000000:   # 1101 0101 00 L op0 op1 CRn CRm op2 Rt
+        return None
+    op0, op1, crn, crm, op2 = (insn >> 19) & 3, (insn >> 16) & 7, (insn >> 12) & 15, (insn >> 8) & 15, (insn >> 5) & 7
+    allow = _EL0_SYS.get((op0, op1, crn, crm, op2))
+    if allow is None or sctlr_el1 & allow:
+        return None
+    iss = op0 << 20 | op2 << 17 | op1 << 14 | crn << 10 | (insn & 31) << 5 | crm << 1 | (insn >> 21 & 1)
+    return E.encode(E.EC_SYS64, iss)
+
+
 def enter_el1(core: Core, *, pstate: int, elr: int, esr: int, far: int) -> None:
     """Synchronous exception entry from EL1 to EL1 (current EL): ELR/SPSR/ESR/FAR_EL1, EL1h, DAIF masked."""
     if pstate & 1 == 0:   # from EL1t: bank SP_EL0 and switch to SP_EL1

@@ -131,23 +131,27 @@ static uint64_t xreg(uc_engine *uc, unsigned int n, int sp_for_31)
 	return reg_get(uc, n == 29 ? UC_ARM64_REG_X29 : n == 30 ? UC_ARM64_REG_X30 : UC_ARM64_REG_X0 + (int)n);
 }
 
-/* A64 "load/store register" (no SIMD, no pairs, no exclusives, no atomics): 0 if it is not one of them. */
+/*
+ * A64 "load/store register" (no SIMD, no pairs, no exclusives, no atomics): 0 if it is not one of them.
+ * The masks include bit 26 (V): an FP/SIMD register's load or store has no instruction syndrome (ISV = 0)
+ * and is left to Python's decoder, which says so (found by the QEMU differential).
+ */
 static int decode_ldst(uc_engine *uc, uint32_t insn, struct access *a)
 {
 	uint32_t size = insn >> 30, opc = (insn >> 22) & 3;
 	uint64_t base, off = 0;
 	int wb = 0, post = 0;
 
-	if ((insn & 0x3b000000) == 0x39000000) {		/* unsigned immediate */
+	if ((insn & 0x3f000000) == 0x39000000) {		/* unsigned immediate */
 		off = (uint64_t)((insn >> 10) & 0xfff) << size;
-	} else if ((insn & 0x3b200000) == 0x38000000) {	/* imm9: unscaled, post, unprivileged, pre */
+	} else if ((insn & 0x3f200000) == 0x38000000) {	/* imm9: unscaled, post, unprivileged, pre */
 		int64_t imm9 = (int64_t)((uint64_t)((insn >> 12) & 0x1ff) << 55) >> 55;
 		uint32_t idx = (insn >> 10) & 3;
 
 		off = (uint64_t)imm9;
 		wb = idx == 1 || idx == 3;
 		post = idx == 1;
-	} else if ((insn & 0x3b200c00) == 0x38200800) {	/* register offset */
+	} else if ((insn & 0x3f200c00) == 0x38200800) {	/* register offset */
 		uint32_t option = (insn >> 13) & 7;
 		uint64_t m = xreg(uc, (insn >> 16) & 31, 0);
 
