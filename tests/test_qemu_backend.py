@@ -333,3 +333,35 @@ def test_unicorn_runs_fp_simd_at_el1_that_cpacr_el1_traps_qemu_does_not(qlab):
     with pytest.raises(HostException):
         qlab.host.execute(code)
     assert E.decode(qlab.core.sysreg("ESR_EL1")).ec == 0x07
+
+
+def _host_fault(lab: Lab, code: str, **regs: int) -> tuple:
+    with pytest.raises(HostException):
+        lab.host.execute(code, **regs)
+    return tuple(lab.core.sysreg(r) for r in ("ESR_EL1", "FAR_EL1", "ESR_EL2", "FAR_EL2"))
+
+
+def test_an_fp_simd_load_stage2_abort_has_no_instruction_syndrome_on_both_cpus(qlab):
+    """ldr q1 from the hypervisor's memory: ISV = 0 in ESR_EL2 and ESR_EL1 (ISS.ISV is for general-purpose
+    registers only); the lab used to give ISV = 1 with SRT = 1 and SF, as for ldr x1."""
+    seen = [_host_fault(lab, "ldr q1, [x0]", x0=HYP_PAGE + 0x40) for lab in both(qlab)]
+    assert seen[0] == seen[1]
+    assert not seen[0][2] & E.ISS_ISV and not seen[0][0] & E.ISS_ISV and seen[0][1] == HYP_PAGE + 0x40
+
+
+def test_a_dc_zva_fault_reports_the_address_in_the_register_on_both_cpus(qlab):
+    """DC ZVA to the hypervisor's memory: FAR is x0 itself, not the start of its 64-byte block."""
+    seen = [_host_fault(lab, "dc zva, x0", x0=HYP_PAGE + 0x58) for lab in both(qlab)]
+    assert seen[0] == seen[1] and seen[0][1] == seen[0][3] == HYP_PAGE + 0x58
+
+
+def test_dc_zva_at_el0_traps_to_el1_as_a_system_instruction_on_both_cpus(qlab):
+    """SCTLR_EL1.DZE = 0: DC ZVA at EL0 is EC 0x18 with its Op0/Op1/CRn/CRm/Op2 (Unicorn raised UNDEFINED)."""
+    code = "adr x6, 1f\nmsr elr_el1, x6\nmov x7, #0x3c0\nmsr spsr_el1, x7\neret\n1: dc zva, x0"
+    seen = []
+    for lab in both(qlab):
+        pfn = lab.host.alloc_pages()
+        assert not lab.core.sysreg("SCTLR_EL1") & (1 << 14)
+        seen.append(_host_fault(lab, code, x0=pfn << 12)[:2] + (lab.core.sysreg("ELR_EL1") - (pfn << 12),))
+    assert seen[0][0] == seen[1][0] == E.encode(E.EC_SYS64, 1 << 20 | 1 << 17 | 3 << 14 | 7 << 10 | 4 << 1)
+    assert seen[0][2] == seen[1][2]
