@@ -365,3 +365,29 @@ def test_dc_zva_at_el0_traps_to_el1_as_a_system_instruction_on_both_cpus(qlab):
         seen.append(_host_fault(lab, code, x0=pfn << 12)[:2] + (lab.core.sysreg("ELR_EL1") - (pfn << 12),))
     assert seen[0][0] == seen[1][0] == E.encode(E.EC_SYS64, 1 << 20 | 1 << 17 | 3 << 14 | 7 << 10 | 4 << 1)
     assert seen[0][2] == seen[1][2]
+
+
+def test_qemu_7_2_takes_an_impdef_register_access_as_undefined_at_el1_the_lab_traps_it_to_el2(qlab):
+    """Known QEMU 7.2 departure (not the lab's): HCR_EL2.TIDCP traps a guest's access to an IMPLEMENTATION
+    DEFINED register (S3_x_C15_*) to EL2, where hyp injects an UNDEFINED with ESR_EL1 = EC 0, IL = 0
+    (firmware/sys_regs.c, inject_undef64); QEMU 7.2 raises the UNDEFINED at EL1 itself (IL = 1).  The guest
+    differential keeps it out of its random stream; HCR_EL2.TIDCP on the lab is tested in test_guest_traps.py."""
+    import sys as _sys
+    from pathlib import Path
+
+    _sys.path.insert(0, str(Path(__file__).parent))
+    from guest_differential import GUEST_FORMS, GuestProgram, run_program
+
+    assert "mrs impdef" not in dict(GUEST_FORMS)
+    prog = GuestProgram(0, 0)
+    code = I.words(0xD5380001 | 15 << 12)   # mrs x1, s3_0_c15_c0_0
+    image = bytearray(prog.image)
+    at = len(image) - 20                     # before the SYSTEM_OFF call's movz/movk/hvc
+    prog.image = bytes(image[:at]) + code + bytes(image[at:])
+    esr_logged = []
+    for lab in both(qlab):
+        r = run_program(lab, prog)
+        assert r["ended"] == "system off"
+        esr_logged.append(lab.core.phys.read(lab.host.vms[max(lab.host.vms)].mapped_pages[0xF0] << 12, 8))
+    assert int.from_bytes(esr_logged[0], "little") == 0                      # the lab: hyp's inject_undef64
+    assert int.from_bytes(esr_logged[1], "little") == E.encode(E.EC_UNKNOWN, 0)   # QEMU 7.2: IL = 1
