@@ -18,7 +18,7 @@ import collections
 import os
 
 import pytest
-from differential import FORMS, HYP_BASE, Actions, Side, fmt
+from differential import FORMS, HYP_BASE, PAGE, Actions, Side, fmt
 
 from pkvmlab.lab import HYP_SIZE
 from pkvmlab.machine.qemu import missing_reason, qemu_binary
@@ -99,6 +99,7 @@ def test_random_host_actions_agree_on_unicorn_and_qemu(sides, seed):
         bad = [HYP_BASE + i for i in range(0, HYP_SIZE, 8) if carve_u[i:i + 8] != carve_q[i:i + 8]]
         pytest.fail(f"the hyp carve-out differs in {len(bad)} words, first at "
                     + ", ".join(u.lab.fw.symbolize(a) for a in bad[:8]))
+    assert_host_ram_equal(u, q)
 
 
 def test_every_form_ran_on_both_cpus(sides):
@@ -162,3 +163,17 @@ def test_generated_guest_programs_agree_on_unicorn_and_qemu(sides):
     assert logged >= GUEST_PROGRAMS // 2, logged
     carve_u, carve_q = u.lab.core.phys.read(HYP_BASE, HYP_SIZE), q.lab.core.phys.read(HYP_BASE, HYP_SIZE)
     assert carve_u == carve_q, "the hyp carve-out differs after the guest programs"
+    assert_host_ram_equal(u, q)
+
+
+def assert_host_ram_equal(u: Side, q: Side) -> None:
+    """The host's RAM, byte for byte, up to where its page allocator never gave a page (nothing above it was
+    ever the host's to store to, a guest's or hyp's: the generators only use pages the allocator gave)."""
+    pages = u.lab.host.pages
+    tail_lo, tail_hi = pages._free[-1]
+    assert tail_hi == pages.end_pfn and (tail_lo, tail_hi) == q.lab.host.pages._free[-1]
+    start, end = HYP_BASE + HYP_SIZE, tail_lo << 12
+    ram_u, ram_q = u.lab.core.phys.read(start, end - start), q.lab.core.phys.read(start, end - start)
+    if ram_u != ram_q:
+        bad = [start + i for i in range(0, end - start, PAGE) if ram_u[i:i + PAGE] != ram_q[i:i + PAGE]]
+        pytest.fail(f"host RAM differs in {len(bad)} pages of [{start:#x}, {end:#x}), first {[hex(a) for a in bad[:8]]}")
