@@ -269,10 +269,11 @@ class Host:
                 addr += 1
         return bytes(out)
 
-    def call_stub(self, offset: int, regs: list[int], n_out: int, what: str) -> list[int]:
+    def call_stub(self, offset: int, regs: list[int], n_out: int, what: str, address: int | None = None) -> list[int]:
         """Run the host stub at ``offset`` (kernel_image.py) with x0.. = ``regs``; returns x0..x(n_out-1).
 
         One native call when the native hook is there, as ``hvc()`` (pkvmlab/host/vcpu_run.py's KVM_RUN round trip).
+        ``address``: what a fault reports as the access's address (default FAR_EL1).
         """
         c = self.core
         self.changes += 1
@@ -283,11 +284,11 @@ class Host:
                 timed_out = c.disarm_watchdog(token)
                 if out is not None:
                     return out
-                self._run_stub(offset, what, resumed=True, resumed_timed_out=timed_out)
+                self._run_stub(offset, what, address, resumed=True, resumed_timed_out=timed_out)
             else:
                 for i, v in enumerate(regs):
                     c.x[i] = v
-                self._run_stub(offset, what)
+                self._run_stub(offset, what, address)
             return [c.x[i] for i in range(n_out)]
 
     @serialised
@@ -298,22 +299,19 @@ class Host:
                              "pass e.g. b'\\x05' or (5).to_bytes(8, 'little'), or use write_u64()")
         data = bytes(data)
         self._check_addr(pa, len(data))
-        addr, end, c = pa, pa + len(data), self.core
-        while addr < end:
+        addr, end = pa, pa + len(data)
+        what = f"write of {len(data)} bytes at {pa:#x}"
+        while addr < end:   # each store one native call (call_stub), as a hypercall
             off = addr - pa
             if addr % K.BLOCK == 0 and end - addr >= K.BLOCK:
-                c.x[0] = addr
-                for i in range(8):
-                    c.x[1 + i] = int.from_bytes(data[off + 8 * i:off + 8 * i + 8], "little")
-                self._run_stub(K.STORE_BLOCK, f"write of {len(data)} bytes at {pa:#x}", addr)
+                words = [int.from_bytes(data[off + 8 * i:off + 8 * i + 8], "little") for i in range(8)]
+                self.call_stub(K.STORE_BLOCK, [addr, *words], 0, what, addr)
                 addr += K.BLOCK
             elif addr % 8 == 0 and end - addr >= 8:
-                c.x[0], c.x[1] = addr, int.from_bytes(data[off:off + 8], "little")
-                self._run_stub(K.STORE64, f"write of {len(data)} bytes at {pa:#x}", addr)
+                self.call_stub(K.STORE64, [addr, int.from_bytes(data[off:off + 8], "little")], 0, what, addr)
                 addr += 8
             else:
-                c.x[0], c.x[1] = addr, data[off]
-                self._run_stub(K.STORE8, f"write of {len(data)} bytes at {pa:#x}", addr)
+                self.call_stub(K.STORE8, [addr, data[off]], 0, what, addr)
                 addr += 1
 
     @staticmethod
