@@ -23,6 +23,7 @@ import unicorn
 from unicorn.unicorn_py3 import unicorn as _binding
 
 from pkvmlab.errors import MachineError
+from pkvmlab.progress import step
 
 SOURCE = Path(__file__).with_name("native_hook.c")
 CFLAGS = ("-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror")
@@ -96,7 +97,8 @@ def compile_against_unicorn(source: Path, cflags: tuple[str, ...], out: Path, wh
         tmp_lib = Path(tmp) / out.name
         cmd = [sys.executable, "-m", "ziglang", "cc", *cflags, f"-I{include}", "-o", str(tmp_lib), str(source),
                str(lib), f"-Wl,-rpath,{lib.parent}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        with step(f"compiling {what} with zig cc", first_use=True):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not tmp_lib.is_file():
             raise MachineError(f"building {what} failed:\n{(proc.stderr + proc.stdout).strip()}")
         os.replace(tmp_lib, out)
