@@ -6,6 +6,7 @@ import io
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pkvmlab import Lab
@@ -36,15 +37,20 @@ def test_a_fresh_cache_announces_both_builds_then_each_step_and_the_time(tmp_pat
     assert re.fullmatch(r"pkvmlab: done in \d+\.\d s", lines[2]) and len(lines) == 3
 
 
-def test_a_step_alone_says_it_is_once_and_a_failed_one_says_so() -> None:
+def test_a_step_alone_speaks_after_a_second_says_it_is_once_and_a_failed_one_says_so() -> None:
+    quick = io.StringIO()
+    with step("compiling the guest 'x' with zig cc", quick, first_use=True):
+        pass
+    assert quick.getvalue() == ""                            # under a second, alone: nothing said
     out = io.StringIO()
     try:
-        with step("compiling the guest 'x' with zig cc", out, first_use=True):
+        with step("compiling the guest 'x' with zig cc", out, first_use=True, silent_s=0.05):
+            time.sleep(0.3)
             raise RuntimeError("boom")
     except RuntimeError:
         pass
     assert re.fullmatch(r"pkvmlab: first use here: compiling the guest 'x' with zig cc, once \(cached after\) … "
-                        r"failed after \d+\.\d s\n", out.getvalue())
+                        r"failed after 0\.\d s\n", out.getvalue())
 
 
 def test_the_first_lab_really_prints_each_step(tmp_path, monkeypatch, capsys) -> None:
