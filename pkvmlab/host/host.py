@@ -273,12 +273,8 @@ class Host:
         self.changes += 1
         with c.lock:
             if c.native is not None and c.panic is None:
-                begin, until = self.image_base + offset, self.image_base + K.stub_end(offset)
-                # As Core.run: a block of this stub translated in a run with another stop address (an ERET into
-                # it after a fault) would run straight through its end (tests/test_run_until.py).
-                c.uc.ctl_remove_cache(until - 4, until)
                 token = c.arm_watchdog(c.run_limit_ms)
-                out = c.native.call_stub(begin, until, regs, n_out)
+                out = c.native.call_stub(self.image_base + offset, self.image_base + K.stub_end(offset), regs, n_out)
                 timed_out = c.disarm_watchdog(token)
                 if out is not None:
                     return out
