@@ -22,6 +22,7 @@ from elftools.elf.elffile import ELFFile
 
 from pkvmlab.errors import FirmwareBuildError, UsageError
 from pkvmlab.firmware.build import FIRMWARE_DIR, cache_dir
+from pkvmlab.progress import step
 
 GUESTS_DIR = FIRMWARE_DIR / "guests"
 SHARED = ("start.S", "guest.h", "guest.ld")
@@ -72,7 +73,8 @@ def build_guest(name: str) -> Path:
         tmp_elf = Path(tmp) / out.name
         cmd = [sys.executable, "-m", "ziglang", "cc", *GUEST_CFLAGS, f"-I{GUESTS_DIR}",
                f"-Wl,-T,{GUESTS_DIR / 'guest.ld'}", "-o", str(tmp_elf), str(GUESTS_DIR / "start.S"), str(src)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        with step(f"compiling the guest {name!r} with zig cc", first_use=True):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not tmp_elf.is_file():
             raise FirmwareBuildError(f"building guest {name!r} failed", (proc.stderr + proc.stdout).strip())
         found = fp_simd_instructions(tmp_elf, GUEST_FP_ROUTINES)
