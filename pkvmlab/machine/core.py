@@ -102,6 +102,10 @@ class Core(RunStops):
         self._a32_ok = A32.layout_ok(self)   # can a stop in AArch32 EL0 be read and undone (aarch32.py)?
         self._event: tuple[int, int, int] | None = None
         self._budget = [0, 0, 0]          # pure-Python path: [budget, counted, preempted at]
+        self._guest_timeout: int | None = None   # the guest PC a watchdog preemption was taken at (stops.py)
+        self._watched: list[tuple[int, int]] = []   # the address ranges the block hook watches
+        self._leg_started = 0.0           # when the last watchdog was armed (stops.py: run_deadline)
+        self._overtime_el2 = False        # stops.py: overtime() let EL2 finish once already
         # Without EL3 firmware nobody sets SCR_EL3: Non-secure EL1/EL2, HVC enabled, AArch64.
         self.set_sysreg("SCR_EL3", SCR_EL3_NS | SCR_EL3_HCE | SCR_EL3_RW)
         self.uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
@@ -239,9 +243,12 @@ class Core(RunStops):
             self.set_reg("sp", self.sysreg("SP_EL1"))
 
     def _is_host_stop(self, pc: int) -> bool:
-        """A BRK in the host's own vector table: the host model's way of saying "an exception reached me"."""
+        """A BRK in the host's own vector table: the host model's way of saying "an exception reached me".
+
+        Only while the host is on the CPU: during a guest run VBAR_EL1 is the guest's, and a BRK there is
+        the guest's own exception, taken at its own EL1 vector as the CPU would (pKVM never sees it)."""
         vbar = self.sysreg("VBAR_EL1")
-        return vbar <= pc < vbar + HOST_VECTORS_SIZE
+        return vbar <= pc < vbar + HOST_VECTORS_SIZE and not self.in_guest_world()
 
     # -- running ---------------------------------------------------------------------------
     def run(self, begin: int, until: int, *, timeout_ms: int = 0, resumed: bool = False,
@@ -268,13 +275,18 @@ class Core(RunStops):
             raise MachineError(self.stuck)
         pc = begin
         last_abort, repeats = None, 0
+        deadline = self.run_deadline(limit_ms, resumed)   # the limit bounds the whole run, every leg of it
         while True:
             if resumed:
                 resumed, err, (timed_out, hard) = False, self.native.take_error(), resumed_timed_out
             else:
                 self._event = None
                 err = None
-                token = self.arm_watchdog(limit_ms)
+                left_ms = self.ms_left(deadline)
+                if left_ms <= 0:   # over the limit between two legs: an exception loop taken here, leg by leg
+                    deadline = self.overtime(limit_ms)   # a guest is preempted through EL2; a host loop raises
+                    pc, left_ms = self.reg("pc"), self.ms_left(deadline)
+                token = self.arm_watchdog(left_ms)
                 try:
                     # Unicorn bakes the stop address into the code it translates: a block translated in a run
                     # with another stop address may run straight through this one (tests/test_run_until.py).
@@ -298,7 +310,14 @@ class Core(RunStops):
                                        "until it traps back to the host kernel (SVC, an abort, an UNDEFINED instruction)")
                 now = self.reg("pc")
                 if err is None and now == until:
+                    self.raise_guest_timeout(limit_ms)   # a guest the watchdog preempted on the way
                     return None
+                if err is None and timed_out and hard and self.current_el < 2 and self.in_guest_world():
+                    # the hard stop landed in guest code no block hook watches (the hypervisor's own VA range):
+                    # preempt it through EL2 all the same, never leave the CPU in the guest's world
+                    self.preempt_guest(now)
+                    pc, deadline = self.reg("pc"), self.run_deadline(limit_ms, False)
+                    continue
                 if err is None and timed_out:
                     hang = self._hang(now, limit_ms, firmware=hard and self.current_el == 2)
                     self._back_to_host_kernel()
@@ -343,21 +362,39 @@ class Core(RunStops):
             self.native.watch_host(start, end)
         else:
             def stop_at_host_block(uc, addr, size, _user):
-                b = self._budget   # the pure-Python twin of native_hook.c's guest budget
+                b = self._budget   # the pure-Python twin of native_hook.c's pk_hook_block
                 if b[0]:
                     b[1] += size // 4
                     if b[1] >= b[0]:
                         pstate = uc.reg_read(A.UC_ARM64_REG_PSTATE)
-                        if P.el(pstate) == 1 and (self.sysreg("VTTBR_EL2") >> 48) & 0xFF:
+                        if P.el(pstate) < 2 and not pstate & 0x10 and self.in_guest_world():
                             b[0], b[2] = 0, addr
                             X.enter_irq(self, pstate=pstate, elr=addr)
                             return
-                if self._stop_requested and P.el(uc.reg_read(A.UC_ARM64_REG_PSTATE)) < 2:
-                    self._stop_requested = False
-                    uc.emu_stop()
+                if self._stop_requested:
+                    pstate = uc.reg_read(A.UC_ARM64_REG_PSTATE)
+                    if P.el(pstate) < 2:
+                        self._stop_requested = False
+                        if not pstate & 0x10 and self.in_guest_world():
+                            self.preempt_guest(addr, pstate)   # never stop the CPU in a guest's world
+                            return
+                        uc.emu_stop()
 
             self.uc.hook_add(unicorn.UC_HOOK_BLOCK, stop_at_host_block, begin=start, end=end - 1)
+        self._watched.append((start, end))
         self._host_watched = True
+
+    def watch_all_except(self, lo: int, hi: int) -> None:
+        """Watch every address not watched yet but [lo, hi), the hypervisor's own code: a guest's code may run at
+        any VA (its own stage 1 decides), and its budget and the watchdog must see it wherever it runs.  EL2's code
+        gets no hook, so a hypercall pays nothing for it (docs/design_notes.md has the cost of hooking it)."""
+        at = 0
+        for start, end in sorted([(lo, hi), *self._watched]):
+            if start > at:
+                self.watch_host(at, start)
+            at = max(at, end)
+        if at < 1 << 64:
+            self.watch_host(at, 1 << 64)
 
     def call(self, addr: int, *args: int, timeout_ms: int = 1000) -> int:
         """Debugger: call a firmware function at EL2 with ``args`` in x0.., return its x0.

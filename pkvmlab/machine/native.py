@@ -40,7 +40,8 @@ class _State(ctypes.Structure):
                 ("el", ctypes.c_uint64), ("pstate", ctypes.c_uint64), ("error", ctypes.c_uint64),
                 ("stop_requested", ctypes.c_uint32), ("stopped_in_host", ctypes.c_uint32),
                 ("budget", ctypes.c_uint64), ("executed", ctypes.c_uint64), ("preempted_at", ctypes.c_uint64),
-                ("stage2_abort_count", ctypes.c_uint64), ("hpfar", ctypes.c_uint64), ("guest_abort_count", ctypes.c_uint64)]
+                ("stage2_abort_count", ctypes.c_uint64), ("hpfar", ctypes.c_uint64), ("guest_abort_count", ctypes.c_uint64),
+                ("guest_timed_out", ctypes.c_uint64), ("guest_timeout_pc", ctypes.c_uint64)]
 
 
 def _unicorn_lib() -> Path:
@@ -211,6 +212,14 @@ class Native:
 
     def request_stop(self) -> None:
         self._st.stop_requested = 1
+
+    def take_guest_timeout(self) -> int | None:
+        """The guest PC the watchdog preempted a guest at (an IRQ to EL2 instead of a stop), once; None if it did not."""
+        st = self._st
+        if not st.guest_timed_out:
+            return None
+        st.guest_timed_out = 0
+        return st.guest_timeout_pc
 
     def take_stop(self) -> bool:
         """Clear a pending stop request; True if the hook did stop the last run at a host block."""

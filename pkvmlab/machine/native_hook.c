@@ -36,6 +36,8 @@ typedef struct pk_state {
 	uint64_t stage2_abort_count;	/* stage-2 aborts entered (natively here, or by Python) */
 	uint64_t hpfar;		/* the HPFAR_EL2 the last exception entry to EL2 wrote */
 	uint64_t guest_abort_count;	/* of those, a guest's entered natively (guest_stage2_abort) */
+	uint64_t guest_timed_out;	/* the watchdog's stop came while a guest ran: it was preempted instead */
+	uint64_t guest_timeout_pc;	/* the guest PC that preemption was taken at */
 } pk_state;
 
 /* (op0, op1, CRn, CRm, op2), as in pkvmlab.arch.sysregs */
@@ -287,9 +289,27 @@ void pk_hook_intr(uc_engine *uc, uint32_t intno, void *user_data)
 	uc_emu_stop(uc);
 }
 
+/* Which world is on the CPU: a guest's stage 2 (VMID != 0) is loaded only while it runs (switch.c). */
+static int in_guest_world(uc_engine *uc)
+{
+	return (sys_get(uc, &R_VTTBR_EL2) >> 48) & 0xff;
+}
+
+/* An IRQ from EL1/EL0 to EL2 (HCR_EL2.IMO): the lab's timer, VBAR_EL2 + 0x480, ELR = the next block. */
+static void take_irq(uc_engine *uc, uint64_t pstate, uint64_t address)
+{
+	sys_set(uc, (pstate & 1) ? &R_SP_EL1 : &R_SP_EL0, reg_get(uc, UC_ARM64_REG_SP));
+	reg_set(uc, UC_ARM64_REG_PSTATE, PSTATE_EL2H_DAIF);
+	reg_set(uc, UC_ARM64_REG_SP, sys_get(uc, &R_SP_EL2));
+	sys_set(uc, &R_ELR_EL2, address);
+	sys_set(uc, &R_SPSR_EL2, pstate);	/* a CP write after PSTATE: rebuilds the hflags (unicorn#2333) */
+	reg_set(uc, UC_ARM64_REG_PC, sys_get(uc, &R_VBAR_EL2) + VECTOR_LOWER_A64_IRQ);
+}
+
 /*
- * UC_HOOK_BLOCK over the host's RAM only (hyp code has no hook, so it costs nothing at EL2): when the
- * watchdog has asked for a stop, stop here, at the start of a host block, where nothing is half-done.
+ * UC_HOOK_BLOCK over every address but the hypervisor's own code (which has no hook, so it costs
+ * nothing at EL2; Core.watch_all_except): when the watchdog has asked for a stop, stop here, at the
+ * start of a host block, where nothing is half-done; a guest's block is preempted instead.
  * A stop from another thread (uc_emu_stop) can land inside a translated block and report its start
  * as the PC after part of it ran; resuming from there corrupts the hypervisor, so it is used only as
  * a last resort for a hypervisor that never returns.
@@ -297,6 +317,7 @@ void pk_hook_intr(uc_engine *uc, uint32_t intno, void *user_data)
 void pk_hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
 {
 	pk_state *st = user_data;
+	uint64_t pstate;
 
 	/*
 	 * A guest run's budget, counted in whole blocks: deterministic (the same guest with the same
@@ -307,26 +328,34 @@ void pk_hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_da
 	if (st->budget) {
 		st->executed += size / 4;
 		if (st->executed >= st->budget) {
-			uint64_t pstate = reg_get(uc, UC_ARM64_REG_PSTATE);
-
-			if (((pstate >> 2) & 3) == 1 && (sys_get(uc, &R_VTTBR_EL2) >> 48) & 0xff) {
+			pstate = reg_get(uc, UC_ARM64_REG_PSTATE);
+			if (((pstate >> 2) & 3) < 2 && !(pstate & 0x10) && in_guest_world(uc)) {
 				st->budget = 0;
 				st->preempted_at = address;
-				sys_set(uc, (pstate & 1) ? &R_SP_EL1 : &R_SP_EL0, reg_get(uc, UC_ARM64_REG_SP));
-				reg_set(uc, UC_ARM64_REG_PSTATE, PSTATE_EL2H_DAIF);
-				reg_set(uc, UC_ARM64_REG_SP, sys_get(uc, &R_SP_EL2));
-				sys_set(uc, &R_ELR_EL2, address);
-				sys_set(uc, &R_SPSR_EL2, pstate);
-				reg_set(uc, UC_ARM64_REG_PC, sys_get(uc, &R_VBAR_EL2) + VECTOR_LOWER_A64_IRQ);
+				take_irq(uc, pstate, address);
 				return;
 			}
 		}
 	}
-	if (st->stop_requested && ((reg_get(uc, UC_ARM64_REG_PSTATE) >> 2) & 3) < 2) {
-		st->stop_requested = 0;
-		st->stopped_in_host = 1;
-		uc_emu_stop(uc);
+	if (!st->stop_requested)
+		return;
+	pstate = reg_get(uc, UC_ARM64_REG_PSTATE);
+	if (((pstate >> 2) & 3) >= 2)
+		return;
+	st->stop_requested = 0;
+	if (!(pstate & 0x10) && in_guest_world(uc)) {
+		/*
+		 * The watchdog fired while a guest runs: never stop the CPU in the guest's world.  Preempt
+		 * it as the budget does (an IRQ to EL2); hyp switches back to the host, whose run then
+		 * ends normally and Core.run reports the guest's endless loop.
+		 */
+		st->guest_timed_out = 1;
+		st->guest_timeout_pc = address;
+		take_irq(uc, pstate, address);
+		return;
 	}
+	st->stopped_in_host = 1;
+	uc_emu_stop(uc);
 }
 
 /*
@@ -347,7 +376,8 @@ int pk_call(uc_engine *uc, pk_state *st, uint64_t begin, uint64_t until, uint64_
 	st->pending = 0;
 	st->error = 0;
 	err = uc_emu_start(uc, begin, until, timeout_us, 0);
-	if (err != UC_ERR_OK || st->pending || reg_get(uc, UC_ARM64_REG_PC) != until) {
+	/* a guest preempted by the watchdog: Core.run(resumed=True) reports it */
+	if (err != UC_ERR_OK || st->pending || st->guest_timed_out || reg_get(uc, UC_ARM64_REG_PC) != until) {
 		st->error = err;
 		return 1;
 	}
