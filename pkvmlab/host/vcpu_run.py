@@ -265,7 +265,13 @@ class VcpuRunner:
     def _mmio(self, code: int, esr: int, ipa: int, reg0: int | None) -> Exit:
         host = self.host
         if not esr & E.ISS_ISV:
-            return Exit("unhandled", code, esr=esr, ipa=ipa, handled="an MMIO access hyp could not describe")
+            # No valid syndrome (a SIMD&FP register, a pair, a writeback form): no transfer register, so hyp handed
+            # over no guest register and will write none back.  Upstream's io_mem_abort() (arch/arm64/kvm/mmio.c,
+            # mainline) then exits to the VMM with KVM_EXIT_ARM_NISV if it enabled KVM_CAP_ARM_NISV_TO_USER, and
+            # otherwise KVM_RUN fails with -ENOSYS: the host model stops here, without answering.
+            return Exit("unhandled", code, esr=esr, ipa=ipa,
+                        handled="MMIO with no valid syndrome (ISV = 0): no transfer register to emulate it with; "
+                                "KVM would exit to the VMM with KVM_EXIT_ARM_NISV (or fail KVM_RUN with -ENOSYS)")
         size = 1 << ((esr >> E.ISS_SAS_SHIFT) & 3)
         write = bool(esr & E.ISS_WNR)
         if write:

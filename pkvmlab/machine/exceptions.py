@@ -90,6 +90,22 @@ def _faulting_address(core: Core, va: int, size: int, write: bool) -> tuple[int,
     return va, par
 
 
+def _stage1_ipa(core: Core, far: int, write: bool) -> int:
+    """The IPA a stage-2 fault at VA ``far`` was for, as the hardware writes it to HPFAR_EL2.
+
+    With EL1's stage 1 off, VA = IPA.  With it on (a guest that built its own tables) the CPU's own
+    ``AT S1E1R/W`` at EL2, with the running world's stage 1 loaded, gives it: Unicorn writes no HPFAR_EL2
+    for a fault the lab delivers (docs/design_notes.md).
+    """
+    if not core.sysreg("SCTLR_EL1") & 1:
+        return far
+    par = core.call_symbol("__debug_at_s1e1w" if write else "__debug_at_s1e1r", far)
+    if par & 1:   # AT S12E1 said stage 2; a stage-1 walk that now fails means its tables changed under us
+        raise MachineError(f"the stage-1 walk of {far:#x} fails (PAR_EL1={par:#x}) though the access faulted at "
+                           "stage 2")
+    return (par & 0x0000_FFFF_FFFF_F000) | (far & 0xFFF)
+
+
 def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple[int, int]:
     """The host's access faulted: synthesise ESR/FAR (HPFAR) and enter EL2, or EL1 if stage 2 was not the cause.
 
@@ -98,9 +114,6 @@ def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple
     (an unaligned exclusive: an alignment fault) is the host kernel's own, at its EL1 vector.
     Returns (ELR, FAR).
     """
-    if core.sysreg("SCTLR_EL1") & 1:
-        raise MachineError("the host kernel model runs with its stage-1 MMU off (VA = IPA); "
-                           "SCTLR_EL1.M is set, so the fault's IPA cannot be known")
     pc = core.reg("pc")
     core.stats["stage2_abort"] += 1
     from_el0 = P.el(pstate) == 0
@@ -131,7 +144,7 @@ def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple
     else:
         esr = E.data_abort(lower=True, fsc=fsc, wnr=acc.write, isv=acc.isv, sas=acc.sas, sse=acc.sse,
                            srt=acc.srt, sf=acc.sf, ar=acc.ar, s1ptw=s1ptw)
-    ipa = far  # stage 1 is off at EL1: VA = IPA
+    ipa = _stage1_ipa(core, far, acc is not None and acc.write)
     hpfar = ((ipa >> 12) & ((1 << 36) - 1)) << 4   # HPFAR_EL2.FIPA, bits [39:4], holds IPA[47:12]
     enter(core, 2, pstate=pstate, elr=pc, esr=esr, far=far, hpfar=hpfar)
     return pc, far

@@ -123,6 +123,8 @@ def load() -> ctypes.CDLL:
     lib.pk_call.restype = ctypes.c_int
     lib.pk_call.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
                             ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+    lib.pk_decode.restype = ctypes.c_int
+    lib.pk_decode.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
     _loaded[path] = lib
     return lib
 
@@ -209,6 +211,14 @@ class Native:
         out = (st.executed, st.preempted_at)
         st.budget, st.executed, st.preempted_at = 0, 0, 0
         return out
+
+    def decode(self, insn: int) -> dict | None:
+        """native_hook.c's decode_ldst of one instruction word (registers as the core has them): its access in the
+        ESR's terms, or None when it leaves the instruction to Python's decoder (machine/decode.py)."""
+        out = (ctypes.c_uint64 * 7)()
+        if not self._lib.pk_decode(self._uch, insn, ctypes.addressof(out)):
+            return None
+        return dict(zip(("va", "size", "write", "isv", "srt", "sf", "sse"), out))
 
     def request_stop(self) -> None:
         self._st.stop_requested = 1

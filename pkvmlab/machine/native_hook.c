@@ -132,19 +132,32 @@ static uint64_t xreg(uc_engine *uc, unsigned int n, int sp_for_31)
 	return reg_get(uc, n == 29 ? UC_ARM64_REG_X29 : n == 30 ? UC_ARM64_REG_X30 : UC_ARM64_REG_X0 + (int)n);
 }
 
-/* A64 "load/store register" (no SIMD, no pairs, no exclusives, no atomics): 0 if it is not one of them. */
+/*
+ * A64 "load/store register" (unsigned immediate, imm9 and register offset; general-purpose and
+ * SIMD&FP): 0 if it is not one of them (pairs, exclusives, acquire/release, ld1/st1 and the rest
+ * go to Python's decoder).  ISV as the ARM ARM gives it (ESR_ELx, ISS for a Data Abort): 1 only
+ * for a single general-purpose register without writeback.  A SIMD&FP one (V, bit 26) has no
+ * general register to name: ISV = 0, and SAS, SSE, SRT, SF are RES0 (decode.py agrees).
+ */
 static int decode_ldst(uc_engine *uc, uint32_t insn, struct access *a)
 {
-	uint32_t size = insn >> 30, opc = (insn >> 22) & 3;
+	uint32_t size = insn >> 30, opc = (insn >> 22) & 3, v = (insn >> 26) & 1, scale = size;
 	uint64_t base, off = 0;
 	int wb = 0, post = 0;
 
+	if (v && (opc & 2)) {		/* the 128-bit Q form: size 0, opc 1x */
+		if (size)
+			return 0;
+		scale = 4;
+	}
 	if ((insn & 0x3b000000) == 0x39000000) {		/* unsigned immediate */
-		off = (uint64_t)((insn >> 10) & 0xfff) << size;
+		off = (uint64_t)((insn >> 10) & 0xfff) << scale;
 	} else if ((insn & 0x3b200000) == 0x38000000) {	/* imm9: unscaled, post, unprivileged, pre */
 		int64_t imm9 = (int64_t)((uint64_t)((insn >> 12) & 0x1ff) << 55) >> 55;
 		uint32_t idx = (insn >> 10) & 3;
 
+		if (v && idx == 2)	/* no unprivileged SIMD&FP form */
+			return 0;
 		off = (uint64_t)imm9;
 		wb = idx == 1 || idx == 3;
 		post = idx == 1;
@@ -158,22 +171,44 @@ static int decode_ldst(uc_engine *uc, uint32_t insn, struct access *a)
 			m &= 0xffffffffULL;
 		else if (option == 6)
 			m = (uint64_t)(int64_t)(int32_t)m;
-		off = m << (((insn >> 12) & 1) ? size : 0);
+		off = m << (((insn >> 12) & 1) ? scale : 0);
 	} else {
 		return 0;
 	}
-	if (opc == 2 && size == 3)	/* PRFM: no access */
+	if (!v && opc == 2 && size == 3)	/* PRFM: no access */
 		return 0;
-	if (opc == 3 && size >= 2)	/* unallocated */
+	if (!v && opc == 3 && size >= 2)	/* unallocated */
 		return 0;
 	base = xreg(uc, (insn >> 5) & 31, 1);
 	a->va = post ? base : base + off;
-	a->size = 1U << size;
+	a->size = 1U << scale;
+	if (v) {
+		a->write = !(opc & 1);
+		a->isv = a->srt = a->sf = a->sse = 0;
+		return 1;
+	}
 	a->write = opc == 0;
 	a->isv = !wb;
-	a->srt = insn & 31;
-	a->sf = opc == 0 ? size == 3 : opc == 1 ? size == 3 : opc == 2;
-	a->sse = opc >= 2;
+	a->srt = wb ? 0 : insn & 31;
+	a->sf = wb ? 0 : opc == 0 ? size == 3 : opc == 1 ? size == 3 : opc == 2;
+	a->sse = !wb && opc >= 2;
+	return 1;
+}
+
+/* For tests/test_decode_forms.py: decode_ldst on an instruction word, x0.. as the core has them now. */
+int pk_decode(uc_engine *uc, uint32_t insn, uint64_t *out)
+{
+	struct access a;
+
+	if (!decode_ldst(uc, insn, &a))
+		return 0;
+	out[0] = a.va;
+	out[1] = a.size;
+	out[2] = (uint64_t)a.write;
+	out[3] = (uint64_t)a.isv;
+	out[4] = (uint64_t)a.srt;
+	out[5] = (uint64_t)a.sf;
+	out[6] = (uint64_t)a.sse;
 	return 1;
 }
 
