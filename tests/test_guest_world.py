@@ -164,3 +164,23 @@ def test_a_guest_exception_loop_under_no_budget_is_preempted_and_the_lab_goes_on
     assert lab.host.loaded_vcpu is None
     _assert_back_in_the_host(lab, vm)
     vm.teardown()
+
+
+def test_a_guest_with_its_stage1_mmu_on_runs_and_its_budget_counts_at_a_high_va(lab):
+    """firmware/guests/mmu_on.c: its own tables, SCTLR_EL1.M set, a fresh page touched (the IPA from HPFAR_EL2 as
+    the CPU's AT S1E1W gives it), the UART, then an endless loop fetched at VA 2 GiB + 0x1000 = IPA 0x1000 (main
+    raised "SCTLR_EL1.M is set" and wedged; the loop escaped the budget, whose hook covered VAs [0, 1 MiB) only)."""
+    from pkvmlab.firmware.guests import guest_symbols
+
+    spin = guest_symbols("mmu_on")["spin"][0]
+    vm = lab.host.create_vm(nr_vcpus=1, guest="mmu_on")
+    exits = vm.run(budget=200_000)
+    faults = [e.ipa for e in exits if e.reason == "page fault"]
+    assert 0x80000 in faults and spin in faults, exits             # a data and an instruction abort, MMU on
+    assert vm.console == "MMU on\n"
+    assert exits[-1].reason == "preempted" and exits[-1].pc == 0x8000_0000 + spin
+    assert lab.core.sysreg("SCTLR_EL1") & 1 == 0                      # the host's own EL1 state is back
+    ex = vm.step(budget=1000)
+    assert ex.reason == "preempted" and ex.pc == 0x8000_0000 + spin
+    assert lab.host.hyp_info()[1] == 2
+    vm.teardown()

@@ -254,8 +254,9 @@ class VcpuRunner:
             self._answer = (SMCCC_RET_NOT_SUPPORTED, False)
             return Exit("hypercall", code, esr=esr, hvc=regs, handled="not supported (x0 = -1)")
         if ec in (E.EC_IABT_LOW, E.EC_DABT_LOW):
-            # FAR: only its page offset reaches the host
-            ipa = ((hpfar & HPFAR_FIPA_MASK) << 8) | (far & 0xFFF)
+            # FAR: only its page offset reaches the host, and only for a data abort (hyp's handle_pvm_exit_iabt
+            # passes ESR and HPFAR alone: an instruction abort's far_el2 is whatever an older exit left there)
+            ipa = ((hpfar & HPFAR_FIPA_MASK) << 8) | (far & 0xFFF if ec == E.EC_DABT_LOW else 0)
             if ipa < GUEST_MEM_SIZE:
                 pfn = self.map_guest(ipa // PAGE)
                 return Exit("page fault", code, esr=esr, ipa=ipa, handled=f"mapped pfn {pfn:#x} at gfn {ipa // PAGE:#x}")
