@@ -13,6 +13,7 @@ from pkvmlab.arch import esr as E
 from pkvmlab.firmware.asm import assemble
 
 SECRET = 0x5EC2E7_0000_0A55
+PAGE = 4096
 FP_ON = "mov x9, #(3 << 20)\nmsr cpacr_el1, x9\nisb\n"     # CPACR_EL1.FPEN: the guest's FP/SIMD untrapped
 UART = "mov x1, #0x09000000\n"
 SYSTEM_OFF = "movz x0, #0x8400, lsl #16\nmovk x0, #0x0008\nhvc #0\n"
@@ -168,7 +169,7 @@ def test_a_guest_exception_loop_under_no_budget_is_preempted_and_the_lab_goes_on
 
 def test_a_guest_with_its_stage1_mmu_on_runs_and_its_budget_counts_at_a_high_va(lab):
     """firmware/guests/mmu_on.c: its own tables, SCTLR_EL1.M set, a fresh page touched (the IPA from HPFAR_EL2 as
-    the CPU's AT S1E1W gives it), the UART, then an endless loop fetched at VA 2 GiB + 0x1000 = IPA 0x1000 (main
+    the CPU's AT S1E1W gives it), the UART, then a long loop fetched at VA 2 GiB + 0x1000 = IPA 0x1000 (main
     raised "SCTLR_EL1.M is set" and wedged; the loop escaped the budget, whose hook covered VAs [0, 1 MiB) only)."""
     from pkvmlab.firmware.guests import guest_symbols
 
@@ -178,9 +179,28 @@ def test_a_guest_with_its_stage1_mmu_on_runs_and_its_budget_counts_at_a_high_va(
     faults = [e.ipa for e in exits if e.reason == "page fault"]
     assert 0x80000 in faults and spin in faults, exits             # a data and an instruction abort, MMU on
     assert vm.console == "MMU on\n"
-    assert exits[-1].reason == "preempted" and exits[-1].pc == 0x8000_0000 + spin
+    assert exits[-1].reason == "preempted" and 0 <= exits[-1].pc - (0x8000_0000 + spin) < PAGE
     assert lab.core.sysreg("SCTLR_EL1") & 1 == 0                      # the host's own EL1 state is back
     ex = vm.step(budget=1000)
-    assert ex.reason == "preempted" and ex.pc == 0x8000_0000 + spin
+    assert ex.reason == "preempted" and 0 <= ex.pc - (0x8000_0000 + spin) < PAGE
     assert lab.host.hyp_info()[1] == 2
+    assert vm.run(budget=10**9)[-1].reason == "system off"   # it leaves the loop at last and returns to VA = IPA
+    vm.teardown()
+
+
+def test_a_guest_whose_stage1_tables_are_not_mapped_yet_gets_them_through_an_s1ptw_fault(lab):
+    """TTBR0_EL1 at a page the guest never touched, then SCTLR_EL1.M: the walk's own read faults at stage 2
+    (ESR.S1PTW); HPFAR_EL2 holds the table entry's IPA and the host maps that page.  The table is zeros, so the
+    guest then faults at its own stage 1, forever (VBAR_EL1 = 0): the run limit preempts it through EL2."""
+    vm = _vm(lab, "mov x9, #0x90000\nmsr ttbr0_el1, x9\nmov x9, #25\nmsr tcr_el1, x9\nisb\n"
+                  "mrs x9, sctlr_el1\norr x9, x9, #1\nmsr sctlr_el1, x9\nisb\nnop\n", mapped=True)
+    ex = vm.step(budget=1000)
+    assert ex.reason == "page fault" and ex.ipa == 0x90000 and ex.esr & E.ISS_S1PTW, ex
+    lab.core.run_limit_ms = 300
+    try:
+        err = _bounded(lambda: vm.step(budget=1000), 30)
+    finally:
+        lab.core.run_limit_ms = 10_000
+    assert isinstance(err, MachineError) and "the guest seems to be in an endless loop" in str(err), err
+    assert lab.host.loaded_vcpu is None and not lab.core.in_guest_world()
     vm.teardown()

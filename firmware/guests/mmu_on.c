@@ -4,15 +4,16 @@
  * blocks: VA 0 -> IPA 0, the identity, and VA 2 GiB -> IPA 0, an offset
  * alias), turns SCTLR_EL1.M on, then touches a page it has not had yet (a
  * stage-2 fault: the host must learn its IPA from HPFAR_EL2), prints on the
- * UART (MMIO, through its own translation), and loops forever at the alias,
- * its code fetched from a page it has not had yet either (an instruction
- * abort at a VA that is not its IPA).  Only a budget or the watchdog ends it.
+ * UART (MMIO, through its own translation), and loops at the alias (some
+ * 4 million instructions), its code fetched from a page it has not had yet
+ * either (an instruction abort at a VA that is not its IPA), then powers off.
  */
 #include "guest.h"
 
 #define BLOCK_NORMAL	(1UL | (1UL << 10) | (3UL << 8))	/* block, AF, inner shareable, AttrIndx 0 */
 #define HIGH_ALIAS	0x80000000UL	/* VA [2 GiB, 3 GiB) -> IPA [0, 1 GiB) */
 #define FRESH_IPA	0x80000UL	/* a page of its memory nothing touched before the MMU went on */
+#define SPIN_LOOPS	2000000UL
 
 #define TCR_T0SZ_39	25UL
 #define TCR_IRGN0_WBWA	(1UL << 8)
@@ -24,10 +25,10 @@
 static u64 l1[512] __attribute__((aligned(PAGE_SIZE)));
 
 /* A page of its own, first fetched through the alias, with the MMU on. */
-__attribute__((noinline, noreturn, aligned(PAGE_SIZE), section(".text.spin")))
-static void spin(void)
+__attribute__((noinline, aligned(PAGE_SIZE), section(".text.spin")))
+static void spin(u64 n)
 {
-	for (;;)
+	while (n--)
 		asm volatile("" ::: "memory");
 }
 
@@ -50,6 +51,6 @@ u64 main(void)
 	if (*ipa_u64(FRESH_IPA) == 0x600d)
 		for (const char *c = msg; *c; c++)
 			uart_putc(*c);
-	((void (*)(void))((u64)spin + HIGH_ALIAS))();
+	((void (*)(u64))((u64)spin + HIGH_ALIAS))(SPIN_LOOPS);
 	return 0;
 }

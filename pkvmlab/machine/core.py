@@ -338,8 +338,9 @@ class Core(RunStops):
                 self.set_sysreg("HPFAR_EL2", getattr(self, "_hpfar", 0))   # Unicorn's stage-2 walk wrote it
                 return None
             if intno in (EXCP_DATA_ABORT, EXCP_PREFETCH_ABORT):
+                guest = self.in_guest_world()   # a guest's abort loop is its own: the run limit preempts it
                 key = (*X.take_stage2_abort(self, intno == EXCP_PREFETCH_ABORT, pstate), self.stats["hvc"])
-                repeats = repeats + 1 if key == last_abort else 0
+                repeats = repeats + 1 if key == last_abort and not guest else 0
                 last_abort = key
                 if repeats >= MAX_REPEATED_ABORTS:
                     self.stuck = (f"the host is stuck: it gave away a page it runs from (pc={key[0]:#x}); "
