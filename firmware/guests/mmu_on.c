@@ -6,7 +6,7 @@
  * stage-2 fault: the host must learn its IPA from HPFAR_EL2), prints on the
  * UART (MMIO, through its own translation), and loops at the alias (some
  * 4 million instructions), its code fetched from a page it has not had yet
- * either (an instruction abort at a VA that is not its IPA), then powers off.
+ * either (an instruction abort at a VA that is not its IPA), then powers off from there.
  */
 #include "guest.h"
 
@@ -24,13 +24,16 @@
 
 static u64 l1[512] __attribute__((aligned(PAGE_SIZE)));
 
-/* A page of its own, first fetched through the alias, with the MMU on. */
-__attribute__((noinline, aligned(PAGE_SIZE), section(".text.spin")))
+/* A page of its own, first fetched through the alias, with the MMU on; powers off itself (no stack). */
+__attribute__((noinline, noreturn, aligned(PAGE_SIZE), section(".text.spin")))
 static void spin(u64 n)
 {
 	while (n--)
 		asm volatile("" ::: "memory");
+	for (;;)
+		hvc_call(PSCI_0_2_FN_SYSTEM_OFF, 0, 0, 0);
 }
+
 
 u64 main(void)
 {
@@ -51,6 +54,10 @@ u64 main(void)
 	if (*ipa_u64(FRESH_IPA) == 0x600d)
 		for (const char *c = msg; *c; c++)
 			uart_putc(*c);
-	((void (*)(u64))((u64)spin + HIGH_ALIAS))(SPIN_LOOPS);
-	return 0;
+	{	/* a branch, not a call: spin never returns, and nothing goes on the stack */
+		register u64 x0 asm("x0") = SPIN_LOOPS;
+
+		asm volatile("br %1" :: "r"(x0), "r"((u64)spin + HIGH_ALIAS));
+	}
+	__builtin_unreachable();
 }
