@@ -357,45 +357,9 @@ class Core(RunStops):
                                    f"pc={self.reg('pc'):#x}")
             pc = self.reg("pc")
 
-    def watch_host(self, start: int, end: int) -> None:
-        """The host's code lives in [start, end): from now on the watchdog stops runs only there (see run())."""
-        if self.native is not None:
-            self.native.watch_host(start, end)
-        else:
-            def stop_at_host_block(uc, addr, size, _user):
-                b = self._budget   # the pure-Python twin of native_hook.c's pk_hook_block
-                if b[0]:
-                    b[1] += size // 4
-                    if b[1] >= b[0]:
-                        pstate = uc.reg_read(A.UC_ARM64_REG_PSTATE)
-                        if P.el(pstate) < 2 and not pstate & 0x10 and self.in_guest_world():
-                            b[0], b[2] = 0, addr
-                            X.enter_irq(self, pstate=pstate, elr=addr)
-                            return
-                if self._stop_requested:
-                    pstate = uc.reg_read(A.UC_ARM64_REG_PSTATE)
-                    if P.el(pstate) < 2:
-                        self._stop_requested = False
-                        if not pstate & 0x10 and self.in_guest_world():
-                            self.preempt_guest(addr, pstate)   # never stop the CPU in a guest's world
-                            return
-                        uc.emu_stop()
-
-            self.uc.hook_add(unicorn.UC_HOOK_BLOCK, stop_at_host_block, begin=start, end=end - 1)
-        self._watched.append((start, end))
-        self._host_watched = True
-
-    def watch_all_except(self, lo: int, hi: int) -> None:
-        """Watch every address not watched yet but [lo, hi), the hypervisor's own code: a guest's code may run at
-        any VA (its own stage 1 decides), and its budget and the watchdog must see it wherever it runs.  EL2's code
-        gets no hook, so a hypercall pays nothing for it (docs/design_notes.md has the cost of hooking it)."""
-        at = 0
-        for start, end in sorted([(lo, hi), *self._watched]):
-            if start > at:
-                self.watch_host(at, start)
-            at = max(at, end)
-        if at < 1 << 64:
-            self.watch_host(at, 1 << 64)
+    def _add_block_hook(self, fn, start: int, end: int) -> None:
+        """A pure-Python UC_HOOK_BLOCK ``fn(addr, size)`` over [start, end) (stops.py's watch_host)."""
+        self.uc.hook_add(unicorn.UC_HOOK_BLOCK, lambda _uc, addr, size, _user: fn(addr, size), begin=start, end=end - 1)
 
     def call(self, addr: int, *args: int, timeout_ms: int = 1000) -> int:
         """Debugger: call a firmware function at EL2 with ``args`` in x0.., return its x0.

@@ -2,14 +2,15 @@
 
 A mixin of :class:`pkvmlab.machine.core.Core` (it uses ``self.uc``, ``self.native`` and the run state the core
 keeps); kept apart because stopping safely is its own concern: the watchdog thread only *requests* a stop, and a
-block hook over the host's code (``Core.watch_host``, or ``native_hook.c``) stops the run between host blocks,
-never inside EL2.  Imports no emulator.
+block hook over every VA but hyp's code (``watch_host``, or ``native_hook.c``) stops the run between host blocks,
+never inside EL2, and preempts a guest through EL2 (an IRQ) instead of stopping it.  Imports no emulator.
 """
 
 from __future__ import annotations
 
 import time
 
+from pkvmlab.arch import pstate as P
 from pkvmlab.errors import HypPanic, MachineError
 from pkvmlab.machine import exceptions as X
 from pkvmlab.machine.panic import symbolize
@@ -35,6 +36,47 @@ class RunStops:
             return self.native.take_budget()
         b, self._budget = self._budget, [0, 0, 0]
         return b[1], b[2]
+
+    def watch_host(self, start: int, end: int) -> None:
+        """The host's code lives in [start, end): from now on the watchdog stops runs only there (see Core.run())."""
+        if self.native is not None:
+            self.native.watch_host(start, end)
+        else:
+            self._add_block_hook(self._on_block, start, end)
+        self._watched.append((start, end))
+        self._host_watched = True
+
+    def watch_all_except(self, lo: int, hi: int) -> None:
+        """Watch every address not watched yet but [lo, hi), the hypervisor's own code: a guest's code may run at
+        any VA (its own stage 1 decides), and its budget and the watchdog must see it wherever it runs.  EL2's code
+        gets no hook, so a hypercall pays nothing for it (docs/design_notes.md has the cost of hooking it)."""
+        at = 0
+        for start, end in sorted([(lo, hi), *self._watched]):
+            if start > at:
+                self.watch_host(at, start)
+            at = max(at, end)
+        if at < 1 << 64:
+            self.watch_host(at, 1 << 64)
+
+    def _on_block(self, addr: int, size: int) -> None:
+        """The pure-Python twin of native_hook.c's pk_hook_block: a guest's budget, then the watchdog's stop."""
+        b = self._budget
+        if b[0]:
+            b[1] += size // 4
+            if b[1] >= b[0]:
+                pstate = self.reg("pstate")
+                if P.el(pstate) < 2 and not pstate & 0x10 and self.in_guest_world():
+                    b[0], b[2] = 0, addr
+                    X.enter_irq(self, pstate=pstate, elr=addr)
+                    return
+        if self._stop_requested:
+            pstate = self.reg("pstate")
+            if P.el(pstate) < 2:
+                self._stop_requested = False
+                if not pstate & 0x10 and self.in_guest_world():
+                    self.preempt_guest(addr, pstate)   # never stop the CPU in a guest's world
+                    return
+                self.uc.emu_stop()
 
     def arm_watchdog(self, limit_ms: float) -> int:
         self._hard_token = None
