@@ -268,7 +268,7 @@ class Core(RunStops):
             return self._run(begin, until, timeout_ms or self.run_limit_ms, resumed, resumed_timed_out)
 
     def _run(self, begin: int, until: int, limit_ms: int, resumed: bool,
-             resumed_timed_out: tuple[bool, bool]) -> HostVector | None:
+             resumed_timed_out: tuple[bool, bool], debugger: bool = False) -> HostVector | None:
         if self.panic is not None:
             raise MachineError("the hypervisor has panicked; this machine is dead: create a new Lab()") from self.panic
         if self.stuck is not None:
@@ -276,6 +276,8 @@ class Core(RunStops):
         pc = begin
         last_abort, repeats = None, 0
         deadline = self.run_deadline(limit_ms, resumed)   # the limit bounds the whole run, every leg of it
+        if not resumed and not debugger:
+            self.take_guest_timeout()   # a preemption an earlier run never got to report is not this run's
         while True:
             if resumed:
                 resumed, err, (timed_out, hard) = False, self.native.take_error(), resumed_timed_out
@@ -310,7 +312,8 @@ class Core(RunStops):
                                        "until it traps back to the host kernel (SVC, an abort, an UNDEFINED instruction)")
                 now = self.reg("pc")
                 if err is None and now == until:
-                    self.raise_guest_timeout(limit_ms)   # a guest the watchdog preempted on the way
+                    if not debugger:   # (a debugger call made while handling this run's exception is not the run)
+                        self.raise_guest_timeout(limit_ms)   # a guest the watchdog preempted on the way
                     return None
                 if err is None and timed_out and hard and self.current_el < 2 and self.in_guest_world():
                     # the hard stop landed in guest code no block hook watches (the hypervisor's own VA range):
@@ -379,7 +382,7 @@ class Core(RunStops):
                 done = self.symbols["__debug_call_done"]
                 self.set_reg("x30", done)
                 self.set_reg("sp", self.symbols["__debug_stack_top"])
-                self._run(addr, done, timeout_ms, False, (False, False))
+                self._run(addr, done, timeout_ms, False, (False, False), debugger=True)
                 return self.reg("x0")
             finally:
                 if self.panic is None:

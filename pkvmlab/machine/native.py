@@ -285,6 +285,7 @@ class Native:
         """
         r = self._regs
         r[:] = regs
+        self._st.guest_timed_out = 0   # only this run's preemption makes pk_call stop early
         self._core._event = None
         self._uc._hook_exception = None
         if self._pk_hvc(self._uch, self._st_addr, begin, until, timeout_ms * 1000, self._regs_addr):
@@ -297,6 +298,7 @@ class Native:
         """Like ``hvc()`` for any host stub: x0.. = ``regs`` (at most 16), run [begin, until), return x0..x(n_out-1)."""
         r = self._stub_regs
         r[:len(regs)] = regs
+        self._st.guest_timed_out = 0
         self._core._event = None
         self._uc._hook_exception = None
         if self._pk_call(self._uch, self._st_addr, begin, until, timeout_ms * 1000, self._stub_regs_addr,
