@@ -204,3 +204,23 @@ def test_a_guest_whose_stage1_tables_are_not_mapped_yet_gets_them_through_an_s1p
     assert isinstance(err, MachineError) and "the guest seems to be in an endless loop" in str(err), err
     assert lab.host.loaded_vcpu is None and not lab.core.in_guest_world()
     vm.teardown()
+
+
+def test_a_guest_looping_at_the_hypervisors_own_vas_is_still_preempted_through_el2(lab):
+    """The one VA range no block hook watches is hyp's image (its blocks pay no hook): a guest that maps its code
+    there escapes its budget, and the watchdog's hard stop then preempts it through EL2, never stopping it there."""
+    table = "mov x8, #0x3000\nmov x9, #0x701\nstr x9, [x8]\nstr x9, [x8, #8]\n"      # VA 0 and VA 1 GiB -> IPA 0
+    mmu = ("mov x9, #0xff\nmsr mair_el1, x9\nmov x9, #0x3519\nmovk x9, #0x80, lsl #16\nmovk x9, #2, lsl #32\n"
+           "msr tcr_el1, x9\nmsr ttbr0_el1, x8\ndsb ish\nisb\nmrs x9, sctlr_el1\norr x9, x9, #1\nmsr sctlr_el1, x9\n"
+           "isb\n")
+    vm = _vm(lab, table + mmu + "mov x9, #0x40000000\nadd x9, x9, #0x100\nbr x9\n.org 0x100\nb .\n", mapped=True)
+    assert vm.step(budget=10**6).ipa == 0x3000                     # its table page
+    lab.core.run_limit_ms = 300
+    try:
+        err = _bounded(lambda: vm.step(budget=1000), 30)
+    finally:
+        lab.core.run_limit_ms = 10_000
+    assert isinstance(err, MachineError) and "guest PC 0x40000100" in str(err), err
+    assert lab.host.loaded_vcpu is None and lab.core.current_el == 1 and not lab.core.in_guest_world()
+    assert lab.core.panic is None and lab.host.hyp_info()[1] == 2
+    vm.teardown()
