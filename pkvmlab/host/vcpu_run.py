@@ -267,9 +267,11 @@ class VcpuRunner:
         host = self.host
         if not esr & E.ISS_ISV:
             # No valid syndrome (a SIMD&FP register, a pair, a writeback form): no transfer register, so hyp handed
-            # over no guest register and will write none back.  Upstream's io_mem_abort() (arch/arm64/kvm/mmio.c,
-            # mainline) then exits to the VMM with KVM_EXIT_ARM_NISV if it enabled KVM_CAP_ARM_NISV_TO_USER, and
-            # otherwise KVM_RUN fails with -ENOSYS: the host model stops here, without answering.
+            # over no guest register and will write none back.  io_mem_abort() (torvalds/linux, arch/arm64/kvm/mmio.c,
+            # the 2021 tree stored here) then exits to the VMM with KVM_EXIT_ARM_NISV if it enabled
+            # KVM_CAP_ARM_NISV_TO_USER, and otherwise fails KVM_RUN with -ENOSYS: the host model stops here, without
+            # answering.  (Later trees inject an external abort into a protected guest instead, kvm_inject_sea_dabt();
+            # the lab's host has no way to inject one yet.)
             return Exit("unhandled", code, esr=esr, ipa=ipa,
                         handled="MMIO with no valid syndrome (ISV = 0): no transfer register to emulate it with; "
                                 "KVM would exit to the VMM with KVM_EXIT_ARM_NISV (or fail KVM_RUN with -ENOSYS)")
