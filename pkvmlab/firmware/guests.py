@@ -3,9 +3,9 @@
 Each guest is ``<name>.c`` (or, for the benches' bare loops, ``<name>.S``) defining ``main``, linked with
 the shared ``start.S`` (stack at the top of the guest's memory, ``main()``, then PSCI SYSTEM_OFF) and
 ``guest.ld`` (everything from IPA 0), with ``guest.h`` for the UART and the hypercall ids.  They run with
-their stage-1 MMU off (VA = IPA).  The same ``zig cc`` as the firmware builds them, FP/SIMD-free like it
-(but for assembly functions named ``guest_fp_*``: ``GUEST_FP_ROUTINES``),
-cached under a hash of their sources, flags and compiler.
+their stage-1 MMU off (VA = IPA), but for ``mmu_on``, which builds its own.  The same ``zig cc`` as the
+firmware builds them, FP/SIMD-free like it (but for assembly functions named ``guest_fp_*``:
+``GUEST_FP_ROUTINES``), cached under a hash of their sources, flags and compiler.
 """
 
 from __future__ import annotations

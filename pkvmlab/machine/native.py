@@ -43,7 +43,8 @@ class _State(ctypes.Structure):
                 ("el", ctypes.c_uint64), ("pstate", ctypes.c_uint64), ("error", ctypes.c_uint64),
                 ("stop_requested", ctypes.c_uint32), ("stopped_in_host", ctypes.c_uint32),
                 ("budget", ctypes.c_uint64), ("executed", ctypes.c_uint64), ("preempted_at", ctypes.c_uint64),
-                ("stage2_abort_count", ctypes.c_uint64), ("hpfar", ctypes.c_uint64), ("guest_abort_count", ctypes.c_uint64)]
+                ("stage2_abort_count", ctypes.c_uint64), ("hpfar", ctypes.c_uint64), ("guest_abort_count", ctypes.c_uint64),
+                ("guest_timed_out", ctypes.c_uint64), ("guest_timeout_pc", ctypes.c_uint64)]
 
 
 def _unicorn_lib() -> Path:
@@ -126,6 +127,8 @@ def load() -> ctypes.CDLL:
     lib.pk_call.restype = ctypes.c_int
     lib.pk_call.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
                             ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+    lib.pk_decode.restype = ctypes.c_int
+    lib.pk_decode.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
     _loaded[path] = lib
     return lib
 
@@ -215,8 +218,24 @@ class Native:
         st.budget, st.executed, st.preempted_at = 0, 0, 0
         return out
 
+    def decode(self, insn: int) -> dict | None:
+        """native_hook.c's decode_ldst of one instruction word (registers as the core has them): its access in the
+        ESR's terms, or None when it leaves the instruction to Python's decoder (machine/decode.py)."""
+        out = (ctypes.c_uint64 * 7)()
+        if not self._lib.pk_decode(self._uch, insn, ctypes.addressof(out)):
+            return None
+        return dict(zip(("va", "size", "write", "isv", "srt", "sf", "sse"), out))
+
     def request_stop(self) -> None:
         self._st.stop_requested = 1
+
+    def take_guest_timeout(self) -> int | None:
+        """The guest PC the watchdog preempted a guest at (an IRQ to EL2 instead of a stop), once; None if it did not."""
+        st = self._st
+        if not st.guest_timed_out:
+            return None
+        st.guest_timed_out = 0
+        return st.guest_timeout_pc
 
     def take_stop(self) -> bool:
         """Clear a pending stop request; True if the hook did stop the last run at a host block."""
@@ -272,6 +291,7 @@ class Native:
         """
         r = self._regs
         r[:] = regs
+        self._st.guest_timed_out = 0   # only this run's preemption makes pk_call stop early
         self._core._event = None
         self._uc._hook_exception = None
         if self._pk_hvc(self._uch, self._st_addr, begin, until, timeout_ms * 1000, self._regs_addr):
@@ -294,6 +314,7 @@ class Native:
         self._uc_ctl(self._uc._uch, _REMOVE_CACHE, *bounds)
         r = self._stub_regs
         r[:len(regs)] = regs
+        self._st.guest_timed_out = 0
         self._core._event = None
         self._uc._hook_exception = None
         if self._pk_call(self._uch, self._st_addr, begin, until, timeout_ms * 1000, self._stub_regs_addr,
