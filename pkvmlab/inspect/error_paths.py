@@ -1,0 +1,189 @@
+"""Which of the firmware's error returns a measured run reached, and why the lines it missed were missed.
+
+At -O2 most ``return -EINVAL;`` lines own no instruction: the compiler loads the errno once (often in
+the prologue) and the ``if`` branches straight to the epilogue.  So an error line is judged, in order:
+
+1. *its own instructions*: it has some, and one ran;
+2. *its guard's exit edge*: the ``if (...)`` right above it has conditional branches (on its own lines)
+   one of whose directions leaves the function (straight-line code, no other conditional branch, up to a
+   ``ret``) while the other does not; the line was reached when that direction was taken;
+3. otherwise it *cannot be told* from the optimised code (the condition was compiled branch-free, or
+   the error value flows on through more conditions): said so, never guessed.
+
+``unreached(cov)`` lists every code line that never ran, with a reason when one can be read off the code
+(a panic path, a bad exception vector, the debugger's stop address).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pkvmlab.inspect.coverage import Coverage, FileCoverage, call_target, cond_branch_target
+
+ERRNO = re.compile(r"(return\s+-E[A-Z]+|[^=!<>]=\s*-E[A-Z]+\s*;|\?\s*-E[A-Z]+|:\s*-E[A-Z]+\s*;)")
+_RET, _RET_MASK = 0xD65F0000, 0xFFFFFC1F
+MAX_EXIT_PATH = 24   # instructions followed from a branch to the function's return
+
+
+@dataclass(frozen=True)
+class ErrorPath:
+    """One line of firmware C that produces a negative errno, and whether a measured run reached it."""
+
+    file: str          # name under firmware/
+    line: int
+    text: str
+    reached: bool | None   # None: cannot be told from the optimised code
+    how: str           # how it was judged (or why it cannot be)
+    hits: int = 0
+
+    @property
+    def is_return(self) -> bool:
+        return "return" in self.text
+
+    def __str__(self) -> str:
+        mark = {True: "reached", False: "NOT reached", None: "unknown"}[self.reached]
+        return f"{self.file}:{self.line:<4} {mark:<11} {self.text.strip()[:60]:<60} ({self.how})"
+
+
+def error_paths(cov: Coverage) -> list[ErrorPath]:
+    """Every errno-producing line of the firmware's C files (comments left out), judged as the module says."""
+    out = []
+    for f in cov.files.values():
+        if not f.path.endswith(".c"):
+            continue
+        for n, text in enumerate(f.source, 1):
+            code = text.split("//")[0].split("/*")[0]
+            if not ERRNO.search(code) or code.lstrip().startswith("*"):
+                continue
+            out.append(_judge(cov, f, n, text))
+    return out
+
+
+def _judge(cov: Coverage, f: FileCoverage, n: int, text: str) -> ErrorPath:
+    if n in f.hits:
+        return ErrorPath(f.name, n, text, f.hits[n] > 0, "its own instructions", f.hits[n])
+    guard = _guard_lines(f.source, n)
+    if not guard:
+        return ErrorPath(f.name, n, text, None, "owns no instruction and has no if right above it")
+    values = {-_errno(cov, name) for name in re.findall(r"-(E[A-Z]+)", text)}
+    exits = []
+    for g in guard:
+        for b in f.branches.get(g, ()):
+            tests_x0 = (cov.smap.word(b.pc) & 31) == 0 and (cov.smap.word(b.pc) & 0x7C000000) == 0x34000000
+            taken, fall = _exit_value(cov, b.target), _exit_value(cov, b.pc + 4)
+            for this, other, count in ((taken, fall, b.taken), (fall, taken, b.not_taken)):
+                if this is False or other is not False:
+                    continue   # not a way out, or both ways are: not this line's edge
+                if this in values or (this is None and not tests_x0):
+                    exits.append(count)   # leaves with this errno, or with the value x0 already held
+    if not exits:
+        return ErrorPath(f.name, n, text, None, f"owns no instruction; no branch of its guard (line {guard[0]}) "
+                         "leaves the function with its errno (compiled branch-free, or the errno flows on)")
+    hits = sum(exits)
+    return ErrorPath(f.name, n, text, hits > 0, f"exit edge of its guard, line {guard[0]}", hits)
+
+
+def _errno(cov: Coverage, name: str) -> int:
+    """The value of ``name`` in the firmware's own errno.h."""
+    if not _ERRNOS:
+        header = Path(cov.fw.path).parent  # the build dir has no headers: read the sources'
+        for f in cov.files.values():
+            header = Path(f.path).parent / "include" / "hyp" / "errno.h"
+            if header.is_file():
+                break
+        for m in re.finditer(r"#define\s+(E[A-Z]+)\s+(\d+)", header.read_text() if header.is_file() else ""):
+            _ERRNOS[m.group(1)] = int(m.group(2))
+    return _ERRNOS.get(name, 0)
+
+
+_ERRNOS: dict[str, int] = {}
+
+
+def _guard_lines(source: list[str], n: int) -> list[int]:
+    """The lines of the ``if (...)`` whose body line ``n`` starts (brace-less, or first in a braced body)."""
+    k = n - 1
+    while k > 0 and not source[k - 1].strip():
+        k -= 1
+    lines = []
+    for _ in range(4):
+        if k <= 0:
+            return []
+        s = source[k - 1].strip()
+        if not (s.endswith(")") or s.endswith("{") or s.endswith("||") or s.endswith("&&")) and lines == []:
+            return []
+        lines.append(k)
+        if re.search(r"\b(if|while)\s*\(", s):
+            return sorted(lines)
+        k -= 1
+    return []
+
+
+def _exit_value(cov: Coverage, pc: int) -> bool | int | None:
+    """Straight-line code from ``pc`` up to a ``ret`` (no conditional branch, no panic, a few instructions)?
+
+    False: it does not leave the function so; else the constant it puts in w0 on the way (a ``mov w0, #-22``),
+    None if it writes no constant there (the value x0 held leaves).
+    """
+    sm, panic = cov.smap, cov.fw.symbols.get("hyp_panic")
+    value = None
+    for _ in range(MAX_EXIT_PATH):
+        word = sm.word(pc)
+        if word is None or cond_branch_target(word, pc) is not None:
+            return False
+        if (word & _RET_MASK) == _RET:
+            return value
+        if (word & 0x7F80001F) == 0x12800000:   # MOVN w0/x0: a negative constant
+            imm = ~(((word >> 5) & 0xFFFF) << (16 * ((word >> 21) & 3)))
+            value = imm if word >> 31 else ((imm & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+        elif (word & 0x7F80001F) == 0x52800000:   # MOVZ w0/x0
+            value = ((word >> 5) & 0xFFFF) << (16 * ((word >> 21) & 3))
+        target = call_target(word, pc)
+        if target is not None:
+            if target == panic or word >> 31:
+                return False   # a panic, or a call: not straight to the return
+            pc = target
+            continue
+        pc += 4
+    return False
+
+
+# -- lines never run, and why -----------------------------------------------------------------------
+PANIC = re.compile(r"\b(BUG_ON|WARN_ON|hyp_panic)\b")
+
+
+@dataclass(frozen=True)
+class Missed:
+    file: str
+    line: int
+    text: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line:<4} {self.text.strip()[:64]:<64} {self.reason}"
+
+
+def unreached(cov: Coverage) -> list[Missed]:
+    """Every line of code that never ran, with the reason when the code itself says it (else "")."""
+    out = []
+    for f in cov.files.values():
+        for n, hits in sorted(f.hits.items()):
+            if hits:
+                continue
+            out.append(Missed(f.name, n, f.text(n), _reason(cov, f, n)))
+    return out
+
+
+def _reason(cov: Coverage, f: FileCoverage, n: int) -> str:
+    text = f.text(n)
+    fns = {cov.smap.place(cov.counters.lo + 4 * k).function for k, key in cov.slot_place.items() if key == (f.path, n)}
+    if PANIC.search(text) or fns <= {"hyp_panic", "__hyp_bad_vector"}:
+        return "panic path: only a hypervisor bug gets here"
+    if "__hyp_bad_vector" in text:
+        return "unexpected exception vector: only a hypervisor bug gets here"
+    if fns & {"__debug_call_done"}:
+        return "the debugger's stop address: the emulator stops before it"
+    if f.name == "debug.S":
+        return "a debugger door (AT/TLBI oracle) no measured code used"
+    return ""
