@@ -62,27 +62,38 @@ def error_paths(cov: Coverage) -> list[ErrorPath]:
 
 
 def _judge(cov: Coverage, f: FileCoverage, n: int, text: str) -> ErrorPath:
+    values = {-_errno(cov, name) for name in re.findall(r"-(E[A-Z]+)", text)}
     if n in f.hits:
-        return ErrorPath(f.name, n, text, f.hits[n] > 0, "its own instructions", f.hits[n])
+        if "?" not in text.split("/*")[0] or not f.hits[n]:
+            return ErrorPath(f.name, n, text, f.hits[n] > 0, "its own instructions", f.hits[n])
+        hits = _exit_edges(cov, f, [n], values)   # a ?: that ran: which arm is the question
+        if hits is None:
+            return ErrorPath(f.name, n, text, None, "the line ran; which arm of its ?: cannot be told (branch-free)")
+        return ErrorPath(f.name, n, text, hits > 0, "exit edge of its own ?:", hits)
     guard = _guard_lines(f.source, n)
     if not guard:
         return ErrorPath(f.name, n, text, None, "owns no instruction and has no if right above it")
-    values = {-_errno(cov, name) for name in re.findall(r"-(E[A-Z]+)", text)}
+    hits = _exit_edges(cov, f, guard, values)
+    if hits is None:
+        return ErrorPath(f.name, n, text, None, f"owns no instruction; no branch of its guard (line {guard[0]}) "
+                         "leaves the function with its errno (compiled branch-free, or the errno flows on)")
+    return ErrorPath(f.name, n, text, hits > 0, f"exit edge of its guard, line {guard[0]}", hits)
+
+
+def _exit_edges(cov: Coverage, f: FileCoverage, lines: list[int], values: set[int]) -> int | None:
+    """Times the branches on ``lines`` left the function with one of ``values`` (None: no such edge)."""
     exits = []
-    for g in guard:
+    for g in lines:
         for b in f.branches.get(g, ()):
-            tests_x0 = (cov.smap.word(b.pc) & 31) == 0 and (cov.smap.word(b.pc) & 0x7C000000) == 0x34000000
+            word = cov.smap.word(b.pc)
+            tests_x0 = (word & 31) == 0 and (word & 0x7C000000) == 0x34000000
             taken, fall = _exit_value(cov, b.target), _exit_value(cov, b.pc + 4)
             for this, other, count in ((taken, fall, b.taken), (fall, taken, b.not_taken)):
                 if this is False or other is not False:
                     continue   # not a way out, or both ways are: not this line's edge
                 if this in values or (this is None and not tests_x0):
                     exits.append(count)   # leaves with this errno, or with the value x0 already held
-    if not exits:
-        return ErrorPath(f.name, n, text, None, f"owns no instruction; no branch of its guard (line {guard[0]}) "
-                         "leaves the function with its errno (compiled branch-free, or the errno flows on)")
-    hits = sum(exits)
-    return ErrorPath(f.name, n, text, hits > 0, f"exit edge of its guard, line {guard[0]}", hits)
+    return sum(exits) if exits else None
 
 
 def _errno(cov: Coverage, name: str) -> int:

@@ -92,6 +92,14 @@ class Counters:
         c._data[:] = self._data
         return c
 
+    def since(self, before: Counters) -> Counters:
+        """What was counted after ``before`` (a ``copy()`` taken earlier) was taken."""
+        if (before.lo, before.slots, before.elf_sha) != (self.lo, self.slots, self.elf_sha):
+            raise UsageError("these counters are for another firmware image")
+        c = self.copy()
+        c._data -= before._data
+        return c
+
     def add(self, other: Counters) -> None:
         """Sum ``other`` into these counters (same firmware image only)."""
         if (other.lo, other.slots, other.elf_sha) != (self.lo, self.slots, self.elf_sha):

@@ -17,7 +17,7 @@ GREEN, RED, YELLOW = "#d3f5d3", "#f8cfcf", "#fdf0b0"
 STYLE = ("<style>.pkcov{border-collapse:collapse;font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;width:100%}"
          ".pkcov td{padding:0 6px;vertical-align:top;border:0}.pkcov td.n{color:#777;text-align:right;width:3em}"
          ".pkcov td.h{text-align:right;width:4.5em}.pkcov td.b{width:4em;color:#555}.pkcov td.e{width:5.5em}"
-         ".pkcov td.s{white-space:pre;overflow:hidden;text-overflow:ellipsis;max-width:760px}"
+         ".pkcov td.s{white-space:pre;tab-size:4;-moz-tab-size:4;overflow:hidden;text-overflow:ellipsis;max-width:760px}"
          ".pkidx{border-collapse:collapse;font:13px sans-serif}.pkidx td,.pkidx th{padding:2px 10px;"
          "border-bottom:1px solid #ddd;text-align:right}.pkidx td:first-child,.pkidx th:first-child{text-align:left}"
          "</style>")
@@ -83,6 +83,17 @@ def _legend() -> str:
             "· errno ✓/✗/?: an error return reached / not / cannot be told from the optimised code")
 
 
+def _error_lines(errs) -> str:
+    """The file's error lines in one row: reached, not reached, cannot be told (line numbers)."""
+    parts = []
+    for reached, label, colour in ((True, "errno reached at lines", "#176b17"), (False, "not reached", "#a11"),
+                                   (None, "cannot be told", "#777")):
+        ns = [str(e.line) for e in errs if e.reached is reached]
+        if ns:
+            parts.append(f"<span style='color:{colour}'>{label} {', '.join(ns)}</span>")
+    return f"<span style='font-size:12px'>{' · '.join(parts)}</span><br>" if parts else ""
+
+
 class CoverageView:
     """One file's coverage, drawn in a notebook (``_repr_html_``) in a scrolling box about 1000 px wide."""
 
@@ -101,6 +112,7 @@ class CoverageView:
                 f"{' — ' + escape(self.cov.label) if self.cov.label else ''}: {_file_summary(f)}; "
                 f"error returns reached: {reached} of {len(errs)}"
                 f"{f' ({sum(1 for e in errs if e.reached is None)} cannot be told)' if errs else ''}<br>"
+                f"{_error_lines(errs)}"
                 f"<span style='font-size:12px;color:#444'>{_legend()}</span></div>")
         return (f"{STYLE}<div style='max-width:1000px'>{head}<div style='max-height:{self.height}px;overflow-y:auto;"
                 f"border:1px solid #ccc'>{source_table(self.cov, self.name)}</div></div>")
