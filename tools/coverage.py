@@ -86,7 +86,9 @@ def main() -> int:
         cov = Coverage.from_dir(d, label=d.name)
         write_report(cov, args.dir / d.name, title)
         print(describe(cov, title, verbose=args.verbose), end="\n\n")
-    print(f"HTML: {', '.join(str(args.dir / d.name / 'index.html') for d in runs)}")
+    links = "".join(f"<li><a href='{d.name}/index.html'>{TITLES.get(d.name, d.name)}</a></li>" for d in runs)
+    (args.dir / "index.html").write_text(f"<!doctype html><meta charset=utf-8><title>EL2 coverage</title><ul>{links}</ul>")
+    print(f"HTML: {args.dir / 'index.html'} ({', '.join(str(args.dir / d.name / 'index.html') for d in runs)})")
     return 0
 
 

@@ -17,7 +17,7 @@ GREEN, RED, YELLOW = "#d3f5d3", "#f8cfcf", "#fdf0b0"
 STYLE = ("<style>.pkcov{border-collapse:collapse;font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;width:100%}"
          ".pkcov td{padding:0 6px;vertical-align:top;border:0}.pkcov td.n{color:#777;text-align:right;width:3em}"
          ".pkcov td.h{text-align:right;width:4.5em}.pkcov td.b{width:4em;color:#555}.pkcov td.e{width:5.5em}"
-         ".pkcov td.s{white-space:pre;tab-size:4;-moz-tab-size:4;overflow:hidden;text-overflow:ellipsis;max-width:760px}"
+         ".pkcov td.s{white-space:pre;tab-size:4;-moz-tab-size:4;overflow:hidden;text-overflow:ellipsis;width:100%}"
          ".pkidx{border-collapse:collapse;font:13px sans-serif}.pkidx td,.pkidx th{padding:2px 10px;"
          "border-bottom:1px solid #ddd;text-align:right}.pkidx td:first-child,.pkidx th:first-child{text-align:left}"
          "</style>")
@@ -42,7 +42,7 @@ def _branch_cell(f: FileCoverage, line: int) -> str:
 
 
 def _bar(p: float) -> str:
-    colour = GREEN if p >= 90 else YELLOW if p >= 60 else RED
+    colour = "#3c9a3c" if p >= 90 else "#d9a400" if p >= 60 else "#c83030"
     return (f"<div style='display:inline-block;width:80px;height:9px;border:1px solid #999;vertical-align:middle'>"
             f"<div style='width:{p * 0.8:.0f}px;height:9px;background:{colour}'></div></div>")
 
@@ -143,8 +143,9 @@ def index_page(cov: Coverage, title: str) -> str:
     rows = []
     for f in cov.files.values():
         lp, bp = percent(f.lines_run, f.lines), percent(f.branch_directions_run, f.branch_directions)
+        branches = f"{_bar(bp)} {bp:.1f}%" if f.branch_directions else "no branch"
         rows.append(f"<tr><td><a href='{page_name(f)}'>{escape(f.name)}</a></td><td>{_bar(lp)} {lp:.1f}%</td>"
-                    f"<td>{f.lines_run}/{f.lines}</td><td>{_bar(bp)} {bp:.1f}%</td>"
+                    f"<td>{f.lines_run}/{f.lines}</td><td>{branches}</td>"
                     f"<td>{f.branch_directions_run}/{f.branch_directions}</td></tr>")
     lp, bp = percent(cov.lines_run, cov.lines), percent(cov.branch_directions_run, cov.branch_directions)
     rows.append(f"<tr><th>all firmware</th><th>{lp:.1f}%</th><th>{cov.lines_run}/{cov.lines}</th>"
