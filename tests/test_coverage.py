@@ -89,6 +89,20 @@ def test_sharing_hyps_own_page_marks_exactly_the_page_state_checks_return_eperm(
     assert lab.host.hvc(0xC6000000 | 2, hyp_pfn)[1] & 0xFFFFFFFF == 0xFFFFFFFF   # (refused: -EPERM in x1)
 
 
+def test_loading_a_vcpu_of_an_unknown_vm_marks_exactly_its_enoent_and_out_of_range_its_einval(measured):
+    """The errno is set in a callee-saved register and returned after the unlock (``ret = -E...; goto unlock``)."""
+    lab, _ = measured
+    from pkvmlab import HypercallError
+
+    vm = lab.host.create_vm(1)
+    for handle, idx, needle in ((0xFFF, 0, "ret = -ENOENT"), (vm.handle, 5, "ret = -EINVAL")):
+        def load(handle=handle, idx=idx):
+            with pytest.raises(HypercallError):
+                lab.host.call("__pkvm_vcpu_load", handle, idx)
+        cov = _during(measured, load)
+        assert _reached(cov) == {("vcpu.c", _line_of("vcpu.c", "__pkvm_vcpu_load", needle))}
+
+
 def test_a_branch_run_one_way_is_partial_and_both_ways_is_full(measured):
     lab, _ = measured
     guard = _line_of("mem_protect.c", "check_pfn_range", "if (")

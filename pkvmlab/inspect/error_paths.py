@@ -89,10 +89,10 @@ def _exit_edges(cov: Coverage, f: FileCoverage, lines: list[int], values: set[in
             tests_x0 = (word & 31) == 0 and (word & 0x7C000000) == 0x34000000
             taken, fall = _exit_value(cov, b.target), _exit_value(cov, b.pc + 4)
             for this, other, count in ((taken, fall, b.taken), (fall, taken, b.not_taken)):
-                if this is False or other is not False:
-                    continue   # not a way out, or both ways are: not this line's edge
-                if this in values or (this is None and not tests_x0):
-                    exits.append(count)   # leaves with this errno, or with the value x0 already held
+                if this is False or other in values:
+                    continue   # not a way out, or the other way leaves with the same errno: cannot tell them apart
+                if this in values or (this is None and other is False and not tests_x0):
+                    exits.append(count)   # leaves with this errno, or (the only way out) with what x0 held
     return sum(exits) if exits else None
 
 
@@ -134,27 +134,35 @@ def _guard_lines(source: list[str], n: int) -> list[int]:
 def _exit_value(cov: Coverage, pc: int) -> bool | int | None:
     """Straight-line code from ``pc`` up to a ``ret`` (no conditional branch, no panic, a few instructions)?
 
-    False: it does not leave the function so; else the constant it puts in w0 on the way (a ``mov w0, #-22``),
-    None if it writes no constant there (the value x0 held leaves).
+    False: it does not leave the function so; else the constant it returns in w0 (a ``mov w0, #-22``, or a
+    ``mov w19, #-22`` ... ``mov w0, w19``), None if it sets no constant there (the value x0 held leaves).
+    Calls on the way (an unlock) are followed over: they keep x19..x28 and clobber the rest.
     """
     sm, panic = cov.smap, cov.fw.symbols.get("hyp_panic")
-    value = None
+    regs: dict[int, int | None] = {}
     for _ in range(MAX_EXIT_PATH):
         word = sm.word(pc)
         if word is None or cond_branch_target(word, pc) is not None:
             return False
         if (word & _RET_MASK) == _RET:
-            return value
-        if (word & 0x7F80001F) == 0x12800000:   # MOVN w0/x0: a negative constant
+            return regs.get(0)
+        rd = word & 31
+        if (word & 0x7F800000) == 0x12800000:   # MOVN: a negative constant
             imm = ~(((word >> 5) & 0xFFFF) << (16 * ((word >> 21) & 3)))
-            value = imm if word >> 31 else ((imm & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
-        elif (word & 0x7F80001F) == 0x52800000:   # MOVZ w0/x0
-            value = ((word >> 5) & 0xFFFF) << (16 * ((word >> 21) & 3))
+            regs[rd] = imm if word >> 31 else ((imm & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+        elif (word & 0x7F800000) == 0x52800000:   # MOVZ
+            regs[rd] = ((word >> 5) & 0xFFFF) << (16 * ((word >> 21) & 3))
+        elif (word & 0x7FE0FFE0) == 0x2A0003E0:   # MOV Wd, Wm (ORR with the zero register)
+            regs[rd] = regs.get((word >> 16) & 31)
         target = call_target(word, pc)
         if target is not None:
-            if target == panic or word >> 31:
-                return False   # a panic, or a call: not straight to the return
-            pc = target
+            if target == panic:
+                return False
+            if word >> 31:   # BL: the callee returns here, x0..x18 unknown after it
+                regs = {r: v for r, v in regs.items() if 19 <= r <= 28}
+                pc += 4
+            else:
+                pc = target
             continue
         pc += 4
     return False
