@@ -124,8 +124,8 @@ def test_off_installs_no_hook_and_a_mutant_is_never_measured(monkeypatch, tmp_pa
     calls = []
     monkeypatch.setattr(M, "_hook", lambda core, counters: calls.append(counters))
     monkeypatch.delenv(M.ENV, raising=False)
-    Lab()
-    assert calls == []                              # off: nothing is put on the core
+    lab = Lab()
+    assert calls == [] and not hasattr(lab.core, "coverage_hooks")   # off: nothing is put on the core
     monkeypatch.setenv(M.ENV, str(tmp_path / "data"))
     copy = copy_firmware(tmp_path / "fw")
     with open(copy / "mem_protect.c", "a") as fh:
