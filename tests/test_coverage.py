@@ -180,3 +180,17 @@ def test_the_pictures_colour_lines_run_and_missed(measured):
     missed = {(m.file, m.line): m.reason for m in unreached(cov)}
     bad_vector = _line_of("entry.S", "__hyp_bad_vector:", "__bad_vector_msg")   # hyp's own unexpected exception
     assert missed[("entry.S", bad_vector)].startswith("panic path")
+
+
+def test_a_guest_sharing_a_page_it_does_not_have_marks_the_share_calls_eperm(measured):
+    """The refusal comes from an inlined helper's ``return NULL`` branching straight to the errno's way out,
+    not from the ``if`` above the line: the line is still marked reached (its own way out ran)."""
+    lab, _ = measured
+    vm = lab.host.create_vm(nr_vcpus=1, guest="share")
+    vm.run()                                  # up to the first doorbell: the page at IPA 0x3000 is shared
+    cov = _during(measured, vm.run)           # unshare it, then share IPA 0x80000, which it does not have
+    assert vm.exits[-1].hvc[3] == (1 << 64) - 3   # refused (SMCCC_RET_INVALID_PARAMETER)
+    line = _line_of("mem_guest.c", "__pkvm_guest_share_host", "return -EPERM")
+    assert ("mem_guest.c", line) in _reached(cov)
+    unshare = _line_of("mem_guest.c", "__pkvm_guest_unshare_host", "return -EPERM")
+    assert ("mem_guest.c", unshare) not in _reached(cov)   # the unshare was of a shared page: no error

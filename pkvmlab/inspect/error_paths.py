@@ -49,51 +49,69 @@ class ErrorPath:
 
 def error_paths(cov: Coverage) -> list[ErrorPath]:
     """Every errno-producing line of the firmware's C files (comments left out), judged as the module says."""
-    out = []
+    found = []
     for f in cov.files.values():
         if not f.path.endswith(".c"):
             continue
         for n, text in enumerate(f.source, 1):
             code = text.split("//")[0].split("/*")[0]
-            if not ERRNO.search(code) or code.lstrip().startswith("*"):
-                continue
-            out.append(_judge(cov, f, n, text))
-    return out
+            if ERRNO.search(code) and not code.lstrip().startswith("*"):
+                found.append((f, n, text, _ways_out(cov, f, n, text)))
+    # which lines leave through each way out: one only a single line leaves through is that line's own
+    owners: dict[int, set[tuple[str, int]]] = {}
+    for f, n, _, ways in found:
+        for way in ways or ():
+            owners.setdefault(way[1], set()).add((f.path, n))
+    return [_judge(cov, f, n, text, ways, owners) for f, n, text, ways in found]
 
 
-def _judge(cov: Coverage, f: FileCoverage, n: int, text: str) -> ErrorPath:
+def _ways_out(cov: Coverage, f: FileCoverage, n: int, text: str) -> list[tuple[int, int, int | None]] | None:
+    """(times taken, start, errno it sets or None) of each edge of the line's guard (or its own ?:) leaving
+    the function with its errno; None when the line owns instructions and is no ?: (judged by them)."""
+    own = n in f.hits
+    if own and "?" not in text.split("/*")[0]:
+        return None
+    lines = [n] if own else _guard_lines(f.source, n)
     values = {-_errno(cov, name) for name in re.findall(r"-(E[A-Z]+)", text)}
-    if n in f.hits:
-        if "?" not in text.split("/*")[0] or not f.hits[n]:
-            return ErrorPath(f.name, n, text, f.hits[n] > 0, "its own instructions", f.hits[n])
-        hits = _exit_edges(cov, f, [n], values)   # a ?: that ran: which arm is the question
-        if hits is None:
-            return ErrorPath(f.name, n, text, None, "the line ran; which arm of its ?: cannot be told (branch-free)")
-        return ErrorPath(f.name, n, text, hits > 0, "exit edge of its own ?:", hits)
-    guard = _guard_lines(f.source, n)
-    if not guard:
-        return ErrorPath(f.name, n, text, None, "owns no instruction and has no if right above it")
-    hits = _exit_edges(cov, f, guard, values)
-    if hits is None:
-        return ErrorPath(f.name, n, text, None, f"owns no instruction; no branch of its guard (line {guard[0]}) "
-                         "leaves the function with its errno (compiled branch-free, or the errno flows on)")
-    return ErrorPath(f.name, n, text, hits > 0, f"exit edge of its guard, line {guard[0]}", hits)
-
-
-def _exit_edges(cov: Coverage, f: FileCoverage, lines: list[int], values: set[int]) -> int | None:
-    """Times the branches on ``lines`` left the function with one of ``values`` (None: no such edge)."""
-    exits = []
+    ways = []
     for g in lines:
         for b in f.branches.get(g, ()):
             word = cov.smap.word(b.pc)
             tests_x0 = (word & 31) == 0 and (word & 0x7C000000) == 0x34000000
             taken, fall = _exit_value(cov, b.target), _exit_value(cov, b.pc + 4)
-            for this, other, count in ((taken, fall, b.taken), (fall, taken, b.not_taken)):
+            for this, other, count, start in ((taken, fall, b.taken, b.target), (fall, taken, b.not_taken, b.pc + 4)):
                 if this is False or other in values:
                     continue   # not a way out, or the other way leaves with the same errno: cannot tell them apart
                 if this in values or (this is None and other is False and not tests_x0):
-                    exits.append(count)   # leaves with this errno, or (the only way out) with what x0 held
-    return sum(exits) if exits else None
+                    ways.append((count, start, this))   # leaves with this errno, or (the only way out) with what x0 held
+    return ways
+
+
+def _judge(cov: Coverage, f: FileCoverage, n: int, text: str, ways, owners) -> ErrorPath:
+    own = n in f.hits
+    if ways is None or (own and not f.hits[n]):
+        return ErrorPath(f.name, n, text, f.hits[n] > 0, "its own instructions", f.hits[n])
+    guard = _guard_lines(f.source, n)
+    if not own and not guard:
+        return ErrorPath(f.name, n, text, None, "owns no instruction and has no if right above it")
+    where = "its own ?:" if own else f"its guard (line {guard[0]})"
+    if not ways:
+        why = ("the line ran; which arm of its ?: cannot be told (branch-free)" if own else
+               f"owns no instruction; no branch of {where} leaves the function with its errno "
+               "(compiled branch-free, or the errno flows on)")
+        return ErrorPath(f.name, n, text, None, why)
+    taken = sum(count for count, _, _ in ways)
+    if taken:
+        return ErrorPath(f.name, n, text, True, f"exit edge of {where}", taken)
+    ran = [start for _, start, _ in ways if cov.line_hits(start)]
+    if not ran:
+        return ErrorPath(f.name, n, text, False, f"no exit edge of {where} taken, and no other way into its exits")
+    own_exit = [s for _, s, v in ways if s in ran and v is not None and owners.get(s) == {(f.path, n)}]
+    if own_exit:   # e.g. an inlined helper's "return NULL" branches straight to this line's errno
+        return ErrorPath(f.name, n, text, True, "its own way out (setting its errno) ran, entered from elsewhere",
+                         cov.line_hits(own_exit[0]))
+    return ErrorPath(f.name, n, text, None, f"no exit edge of {where} taken, but the code it leaves through ran "
+                     "(shared with other paths)")
 
 
 def _errno(cov: Coverage, name: str) -> int:
