@@ -49,3 +49,22 @@ def test_a_memcache_list_whose_head_is_not_a_page_is_refused_einval_and_nothing_
     assert lab.hyp.ownership() == before_owners and lab.hyp_info()[2] == before_pool
     reached = {(p.file, p.line) for p in error_paths(Coverage(counters.since(mark))) if p.reached}
     assert ("memcache.c", _line("memcache.c", "refill_memcache", "return -EINVAL")) in reached
+
+
+def test_a_guest_unsharing_a_page_it_never_shared_is_refused_and_keeps_it():
+    """MEM_UNSHARE of a page the guest owns but never shared: SMCCC_RET_INVALID_PARAMETER, the page stays the
+    guest's alone (the host still may not read it); __pkvm_guest_unshare_host's -EPERM is the line that ran."""
+    from pkvmlab.errors import HostAccessFault
+
+    with M.measure() as counters:
+        lab = Lab()
+    vm = lab.host.create_vm(nr_vcpus=1, guest="unshare_mine")
+    mark = counters.copy()
+    exits = vm.run()
+    assert exits[-1].reason == "hypercall" and exits[-1].hvc[1] == (1 << 64) - 3   # SMCCC_RET_INVALID_PARAMETER
+    pfn = vm.mapped_pages[3]
+    with pytest.raises(HostAccessFault):
+        lab.host.read_u64(pfn * PAGE)
+    reached = {(p.file, p.line) for p in error_paths(Coverage(counters.since(mark))) if p.reached}
+    assert ("mem_guest.c", _line("mem_guest.c", "__pkvm_guest_unshare_host", "return -EPERM")) in reached
+    assert vm.run()[-1].reason == "system off"
