@@ -166,7 +166,8 @@ class Coverage:
                 return f
         raise UsageError(f"no firmware file {name!r} has code; files: {', '.join(f.name for f in self.files.values())}")
 
-    def line_hits(self, pc: int) -> int:
+    def insn_hits(self, pc: int) -> int:
+        """How many times the instruction at ``pc`` ran."""
         return int(self.counters.insn[(pc - self.counters.lo) >> 2])
 
     @property

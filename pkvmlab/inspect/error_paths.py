@@ -3,12 +3,15 @@
 At -O2 most ``return -EINVAL;`` lines own no instruction: the compiler loads the errno once (often in
 the prologue) and the ``if`` branches straight to the epilogue.  So an error line is judged, in order:
 
-1. *its own instructions*: it has some, and one ran;
-2. *its guard's exit edge*: the ``if (...)`` right above it has conditional branches (on its own lines)
-   one of whose directions leaves the function (straight-line code, no other conditional branch, up to a
-   ``ret``) while the other does not; the line was reached when that direction was taken;
-3. otherwise it *cannot be told* from the optimised code (the condition was compiled branch-free, or
-   the error value flows on through more conditions): said so, never guessed.
+1. *its own instructions* (a line that is no ``?:``): it has some, and one ran;
+2. its *ways out*: the conditional branches of the ``if (...)`` right above it (or of its own ``?:``) one of
+   whose directions leaves the function with its errno (straight-line code up to a ``ret``, calls such as an
+   unlock followed over, the errno in w0 or moved there from a callee-saved register) while the other does
+   not.  Reached when such an edge was taken, or when a way out that sets its errno and belongs to no other
+   error line ran (an inlined helper's ``return NULL`` may branch there directly); *not reached* only when
+   none of its ways out ever ran, by any route;
+3. otherwise it *cannot be told* from the optimised code (the condition was compiled branch-free, the
+   errno flows on through more conditions, or its way out is shared with other paths): said so, never guessed.
 
 ``unreached(cov)`` lists every code line that never ran, with a reason when one can be read off the code
 (a panic path, a bad exception vector, the debugger's stop address).
@@ -103,13 +106,13 @@ def _judge(cov: Coverage, f: FileCoverage, n: int, text: str, ways, owners) -> E
     taken = sum(count for count, _, _ in ways)
     if taken:
         return ErrorPath(f.name, n, text, True, f"exit edge of {where}", taken)
-    ran = [start for _, start, _ in ways if cov.line_hits(start)]
+    ran = [start for _, start, _ in ways if cov.insn_hits(start)]
     if not ran:
         return ErrorPath(f.name, n, text, False, f"no exit edge of {where} taken, and no other way into its exits")
     own_exit = [s for _, s, v in ways if s in ran and v is not None and owners.get(s) == {(f.path, n)}]
     if own_exit:   # e.g. an inlined helper's "return NULL" branches straight to this line's errno
         return ErrorPath(f.name, n, text, True, "its own way out (setting its errno) ran, entered from elsewhere",
-                         cov.line_hits(own_exit[0]))
+                         cov.insn_hits(own_exit[0]))
     return ErrorPath(f.name, n, text, None, f"no exit edge of {where} taken, but the code it leaves through ran "
                      "(shared with other paths)")
 
