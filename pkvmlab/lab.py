@@ -12,7 +12,7 @@ from pkvmlab.first_use import announce
 from pkvmlab.host import Host
 from pkvmlab.host import kernel_image as K
 from pkvmlab.inspect import Hyp
-from pkvmlab.machine import RAM_BASE, RAM_SIZE, Core
+from pkvmlab.machine import RAM_BASE, RAM_SIZE, Core, coverage
 from pkvmlab.machine.boot import boot
 
 HYP_SIZE = 8 << 20
@@ -87,6 +87,7 @@ class Lab:
                                       vbar_el1=host_image + K.VECTORS, sp_el1=host_image + K.IMAGE_PAGES * PAGE)
         else:
             self.core.phys.write(host_image, K.build_image())   # the host kernel's text, as a boot loader would
+            coverage.attach(self.core, self.fw)   # PKVMLAB_COVERAGE=<dir> or coverage.measure(): count hyp's blocks
             boot(self.core, self.fw, hyp_size=hyp_size, host_entry=host_image + K.ENTRY)
         self.backend = backend
         self.host = Host(self.core, host_image, self.fw)
