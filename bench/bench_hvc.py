@@ -1,4 +1,5 @@
-"""Hypercall round-trip cost, native vs pure-Python exception entry, against a bare ``emu_start``.
+"""Hypercall round-trip cost, native vs pure-Python exception entry, against a bare ``emu_start``; and what
+a learner waits for at the start: a fresh interpreter's first ``Lab()`` against ``python -c pass``.
 
 Run: ``.venv/bin/python bench/bench_hvc.py``.  Everything is measured in one process, interleaved, so
 the ratios to (a) are what to compare across machines; nothing here passes or fails on time.
@@ -6,13 +7,27 @@ the ratios to (a) are what to compare across machines; nothing here passes or fa
 
 from __future__ import annotations
 
-from timing import best_interleaved
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from timing import best_interleaved, ratio, readme_row
 
 from pkvmlab import Lab
 from pkvmlab.arch import insn as I
 from pkvmlab.arch.smccc import HYPERCALLS
 
 INFO = HYPERCALLS["__pkvm_hyp_info"]
+ROOT = Path(__file__).resolve().parents[1]
+FIRST_LAB = "from pkvmlab import Lab; Lab()"
+
+
+def fresh_interpreter(code: str) -> float:
+    """Wall seconds of ``python -c code`` in a new process (from the repository's root, like a notebook's kernel)."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -48,8 +63,21 @@ def main() -> None:
     for name, key in (("(e) the engine lock, taken and released", "lock"),
                       ("(f) the watchdog, armed and disarmed", "watchdog")):
         print(f"  {name:<42} {guards[key] * 1e6:8.2f} us  {guards[key] / native:6.1%} of (b)")
-    print(f"  native speed-up over Python: {python / native:.1f}x; target (b) <= 3x (a): "
-          f"{'met' if native <= 3 * bare else 'NOT met'}")
+    print(f"  native speed-up over Python: {python / native:.1f}x; target (b) <= 2.5x (a): "
+          f"{'met' if native <= 2.5 * bare else 'NOT met'}")
+
+    # What the learner waits for in a new kernel: imports, firmware and hook found in the cache, boot.
+    first = best_interleaved({"pass": (lambda: fresh_interpreter("pass"), 1),
+                              "lab": (lambda: fresh_interpreter(FIRST_LAB), 1)}, rounds=5)
+    print(f"  {'(g) python -c pass (a new interpreter)':<42} {first['pass'] * 1e3:8.1f} ms")
+    print(f"  {'(h) python -c ' + repr(FIRST_LAB):<42} {first['lab'] * 1e3:8.1f} ms  {first['lab'] / first['pass']:6.1f}x (g)"
+          "   (target < 2 s once built)")
+    readme_row("one hypercall round trip (EL1 `HVC` → C handler → `ERET`), native hook",
+               f"{ratio(native, bare)}× a bare 2-instruction `emu_start` ({bare * 1e6:.1f} µs)", "≤ 2.5×")
+    readme_row("the same with the pure-Python hook (the fallback)", f"{ratio(python, bare)}×")
+    readme_row("`Lab()` with the firmware cached / a new interpreter's first `Lab()`, imports included",
+               f"{lab_ms * 1e3:.0f} ms / {first['lab']:.2f} s ({ratio(first['lab'], first['pass'])}× `python -c pass`)",
+               "< 200 ms / < 2 s")
 
 
 if __name__ == "__main__":

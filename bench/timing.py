@@ -35,3 +35,17 @@ def best_interleaved(cases: dict, rounds: int = 7) -> dict[str, float]:
         for name, (fn, n) in cases.items():
             out[name] = min(out[name], per_call(fn, n))
     return out
+
+
+ROW = "README| "
+
+
+def readme_row(what: str, measured: str, target: str = "") -> None:
+    """A row of the README's "Speed" table, from this run: ``bench/run_all.py`` collects them into the table."""
+    print(f"{ROW}{what} | {measured} | {target} |", flush=True)
+
+
+def ratio(x: float, unit: float) -> str:
+    """``x / unit`` as a ratio with 2 significant-ish digits: 0.15, 2.3, 18, 28,000."""
+    r = x / unit
+    return f"{r:.2f}" if r < 1 else f"{r:.1f}" if r < 10 else f"{r:,.0f}"

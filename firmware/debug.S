@@ -19,6 +19,9 @@
 	at_probe __debug_at_s12e1w, s12e1w
 	at_probe __debug_at_s1e2r, s1e2r
 	at_probe __debug_at_s1e2w, s1e2w
+	/* the EL1&0 stage 1 alone (a running guest's, with its MMU on): PAR_EL1.PA is the IPA */
+	at_probe __debug_at_s1e1r, s1e1r
+	at_probe __debug_at_s1e1w, s1e1w
 
 /*
  * x0 = IPA, x1 = a VTTBR_EL2 value (root table | VMID << 48): AT S12E1R/W

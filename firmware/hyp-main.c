@@ -135,13 +135,18 @@ static void handle_pvm_exit_dabt(struct kvm_vcpu *host_vcpu, struct kvm_vcpu *sh
 
 	/*
 	 * For now, we treat all data aborts as MMIO since we have no knowledge
-	 * of the memslot configuration at EL2.
+	 * of the memslot configuration at EL2 -- but only one with a valid
+	 * syndrome can be: with ISV clear (a SIMD&FP register, a pair, a
+	 * writeback form) there is no transfer register, so no guest register
+	 * goes to the host and none is written back (the lab's choice; the
+	 * Android common kernel's handle_pvm_exit_dabt() keys mmio_needed on
+	 * __pkvm_check_ioguard_page() and reads Rt from the syndrome either way).
 	 */
-	shadow_vcpu->mmio_needed = true;
+	shadow_vcpu->mmio_needed = !!(esr & ESR_ELx_ISV);
 
 	/* r0 as transfer register between the guest and the host. */
 	WRITE_ONCE(host_vcpu->arch.fault.esr_el2, esr & ~ESR_ELx_SRT_MASK);
-	if (esr & ESR_ELx_WNR) {
+	if (shadow_vcpu->mmio_needed && (esr & ESR_ELx_WNR)) {
 		int rt = (esr & ESR_ELx_SRT_MASK) >> ESR_ELx_SRT_SHIFT;
 
 		WRITE_ONCE(host_vcpu->arch.ctxt.regs.regs[0], rt == 31 ? 0 : shadow_vcpu->arch.ctxt.regs.regs[rt]);

@@ -11,9 +11,8 @@ from pkvmlab.firmware import Firmware, load_firmware
 from pkvmlab.first_use import announce
 from pkvmlab.host import Host
 from pkvmlab.host import kernel_image as K
-from pkvmlab.host.vcpu_run import GUEST_MEM_SIZE
 from pkvmlab.inspect import Hyp
-from pkvmlab.machine import RAM_BASE, RAM_SIZE, Core
+from pkvmlab.machine import RAM_BASE, RAM_SIZE, Core, coverage
 from pkvmlab.machine.boot import boot
 
 HYP_SIZE = 8 << 20
@@ -91,14 +90,16 @@ class Lab:
                                                               host_image + K.stub_end(K.TIMER_DISARM))})
         else:
             self.core.phys.write(host_image, K.build_image())   # the host kernel's text, as a boot loader would
+            coverage.attach(self.core, self.fw)   # PKVMLAB_COVERAGE=<dir> or coverage.measure(): count hyp's blocks
             boot(self.core, self.fw, hyp_size=hyp_size, host_entry=host_image + K.ENTRY)
         self.backend = backend
         self.host = Host(self.core, host_image, self.fw)
         self.host.setup()
         self.core.watch_host(host_image, RAM_BASE + ram_size)   # the watchdog never stops the CPU inside EL2
-        # A protected guest's code runs at IPAs from 0 (its pages are host RAM, but the hook sees VAs): the
-        # watchdog and the guest run's instruction budget (pkvmlab/host/vcpu_run.py) see its blocks too.
-        self.core.watch_host(0, GUEST_MEM_SIZE)
+        # A protected guest's code runs at whatever VAs its own stage 1 gives it (its IPAs from 0 with the MMU
+        # off): the watchdog and the guest run's budget (pkvmlab/host/vcpu_run.py) see its blocks everywhere
+        # but in the hypervisor's own image, whose blocks then pay no hook.
+        self.core.watch_all_except(RAM_BASE, self.fw.symbol("__hyp_image_end"))
         self.hyp = Hyp(self.core, self.fw, self)
         version, el, _ = self.hyp_info()
         if el != 2:

@@ -22,8 +22,6 @@ _TREE = re.compile("|".join(TREES.values()), re.I)
 _FILE = re.compile(r"[\w./-]+\.(?:c|h|S|rst)\b|\barch/arm64/|\binclude/")
 _NAME = re.compile(r"\b[A-Za-z_]\w*\(\)|`[A-Za-z_]\w*_\w*`|`[A-Z][A-Z0-9_]+`|`struct \w+`|`\w+\[\]`")
 _CITE = re.compile(r"\*upstream:\*", re.I)
-# Notebooks another branch owns this round: their citations name file and function, some not the tree yet.
-NOT_YET = {"01_boot_and_exception_levels", "02_stage2_translation", "03_who_owns_this_page"}
 
 
 def notebook_citations(path: Path) -> list[tuple[int, str]]:
@@ -48,9 +46,7 @@ def _missing(text: str, tree: bool = True) -> list[str]:
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, id=p.stem, marks=pytest.mark.xfail(strict=True, reason="some citations name no tree yet"))
-    if p.stem in NOT_YET else pytest.param(p, id=p.stem) for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_notebook_citation_names_a_file_a_function_and_a_tree(path):
     bad = [f"cell {k}: lacks {', '.join(m)}: {t[:120]!r}" for k, t in notebook_citations(path) if (m := _missing(t))]
     assert not bad, "\n".join(bad)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -78,9 +79,11 @@ def test_stored_notebook_shows_every_picture(path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", WITH_PICTURES, ids=lambda p: p.name)
-def test_rerun_notebook_shows_every_picture(path: Path, tmp_path: Path) -> None:
+def test_rerun_notebook_shows_every_picture(path: Path, tmp_path: Path, monkeypatch) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
+    # The kernel runs in tmp_path: make it import this checkout's pkvmlab, not whichever one is installed.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:     # the fresh run's outputs only
         if cell.cell_type == "code":

@@ -6,6 +6,8 @@ unchanged tree costs one hash (well under a second) and an edited one rebuilds b
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import subprocess
@@ -16,6 +18,7 @@ from pathlib import Path
 from pkvmlab.arch.smccc import hcall_ids_header
 from pkvmlab.errors import FirmwareBuildError
 from pkvmlab.firmware.fpsimd import FIRMWARE_FP_ROUTINES, fp_simd_instructions
+from pkvmlab.progress import step
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
 
@@ -49,6 +52,7 @@ def _sources(src: Path) -> list[Path]:
                   and "guests" not in p.relative_to(src).parts)
 
 
+@functools.cache
 def _zig_version() -> str:
     try:
         import ziglang  # noqa: F401  (the wheel ships the compiler as package data)
@@ -97,7 +101,12 @@ def build_firmware(src: str | os.PathLike = FIRMWARE_DIR, *, force: bool = False
                f"-Wl,-T,{src / 'link.ld'}", *LDFLAGS, "-o", str(tmp_elf), *units]
         env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=str(cache_dir() / "zig-cache"),
                    ZIG_LOCAL_CACHE_DIR=str(cache_dir() / "zig-cache"))
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        # The repository's firmware says so (the first Lab()); an edited copy or a mutant compiles in silence,
+        # so a notebook that builds one stores the same output every time.
+        said = step(f"compiling the EL2 firmware ({len(units)} files) with zig cc", first_use=True) \
+            if src == FIRMWARE_DIR.resolve() else contextlib.nullcontext()
+        with said:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not tmp_elf.is_file():
             raise FirmwareBuildError(f"building the firmware in {src} failed", (proc.stderr + proc.stdout).strip())
         found = fp_simd_instructions(tmp_elf, FIRMWARE_FP_ROUTINES)

@@ -7,6 +7,8 @@ injects an abort back: that comes out as HostAccessFault.
 
 from __future__ import annotations
 
+import struct
+
 from pkvmlab.arch import esr as E
 from pkvmlab.arch.smccc import HYPERCALL_ARGS, HYPERCALLS, SMCCC_RET_NOT_SUPPORTED, SMCCC_RET_SUCCESS
 from pkvmlab.errors import HostAccessFault, HostException, HypercallError, MachineError, UsageError
@@ -20,6 +22,7 @@ from pkvmlab.rows import Registers
 
 _ZEROS = [0] * 6
 CPACR_EL1_FPEN = 3 << 20   # FP/SIMD at EL0 and EL1 not trapped
+_BLOCK = struct.Struct("<8Q")   # the 64 bytes a LOAD_BLOCK / STORE_BLOCK stub moves in x1..x8
 
 
 def _signed(v: int) -> int:
@@ -242,15 +245,12 @@ class Host:
     @serialised
     def read_u64(self, pa: int) -> int:
         self._check_addr(pa, 8)
-        self.core.x[0] = pa
-        self._run_stub(K.LOAD64, f"read of 8 bytes at {pa:#x}", pa)
-        return self.core.x[1]
+        return self.call_stub(K.LOAD64, [pa], 2, f"read of 8 bytes at {pa:#x}", pa)[1]
 
     @serialised
     def write_u64(self, pa: int, value: int) -> None:
         self._check_addr(pa, 8)
-        self.core.x[0], self.core.x[1] = pa, check_uint(value, 64, "write_u64 value")
-        self._run_stub(K.STORE64, f"write of 8 bytes at {pa:#x}", pa)
+        self.call_stub(K.STORE64, [pa, check_uint(value, 64, "write_u64 value")], 0, f"write of 8 bytes at {pa:#x}", pa)
 
     @serialised
     def read(self, pa: int, n: int) -> bytes:
@@ -258,29 +258,24 @@ class Host:
         self._check_addr(pa, n)
         out = bytearray()
         addr, end = pa, pa + n
-        c = self.core
-        while addr < end:
+        what = f"read of {n} bytes at {pa:#x}"
+        while addr < end:   # each load one native call (call_stub), as a hypercall
             if addr % K.BLOCK == 0 and end - addr >= K.BLOCK:
-                c.x[0] = addr
-                self._run_stub(K.LOAD_BLOCK, f"read of {n} bytes at {pa:#x}", addr)
-                out += b"".join(c.x[i].to_bytes(8, "little") for i in range(1, 9))
+                out += _BLOCK.pack(*self.call_stub(K.LOAD_BLOCK, [addr], 9, what, addr)[1:])
                 addr += K.BLOCK
             elif addr % 8 == 0 and end - addr >= 8:
-                c.x[0] = addr
-                self._run_stub(K.LOAD64, f"read of {n} bytes at {pa:#x}", addr)
-                out += c.x[1].to_bytes(8, "little")
+                out += self.call_stub(K.LOAD64, [addr], 2, what, addr)[1].to_bytes(8, "little")
                 addr += 8
             else:
-                c.x[0] = addr
-                self._run_stub(K.LOAD8, f"read of {n} bytes at {pa:#x}", addr)
-                out.append(c.x[1] & 0xFF)
+                out.append(self.call_stub(K.LOAD8, [addr], 2, what, addr)[1] & 0xFF)
                 addr += 1
         return bytes(out)
 
-    def call_stub(self, offset: int, regs: list[int], n_out: int, what: str) -> list[int]:
+    def call_stub(self, offset: int, regs: list[int], n_out: int, what: str, address: int | None = None) -> list[int]:
         """Run the host stub at ``offset`` (kernel_image.py) with x0.. = ``regs``; returns x0..x(n_out-1).
 
         One native call when the native hook is there, as ``hvc()`` (pkvmlab/host/vcpu_run.py's KVM_RUN round trip).
+        ``address``: what a fault reports as the access's address (default FAR_EL1).
         """
         c = self.core
         self.changes += 1
@@ -291,11 +286,11 @@ class Host:
                 timed_out = c.disarm_watchdog(token)
                 if out is not None:
                     return out
-                self._run_stub(offset, what, resumed=True, resumed_timed_out=timed_out)
+                self._run_stub(offset, what, address, resumed=True, resumed_timed_out=timed_out)
             else:
                 for i, v in enumerate(regs):
                     c.x[i] = v
-                self._run_stub(offset, what)
+                self._run_stub(offset, what, address)
             return [c.x[i] for i in range(n_out)]
 
     @serialised
@@ -306,22 +301,18 @@ class Host:
                              "pass e.g. b'\\x05' or (5).to_bytes(8, 'little'), or use write_u64()")
         data = bytes(data)
         self._check_addr(pa, len(data))
-        addr, end, c = pa, pa + len(data), self.core
-        while addr < end:
+        addr, end = pa, pa + len(data)
+        what = f"write of {len(data)} bytes at {pa:#x}"
+        while addr < end:   # each store one native call (call_stub), as a hypercall
             off = addr - pa
             if addr % K.BLOCK == 0 and end - addr >= K.BLOCK:
-                c.x[0] = addr
-                for i in range(8):
-                    c.x[1 + i] = int.from_bytes(data[off + 8 * i:off + 8 * i + 8], "little")
-                self._run_stub(K.STORE_BLOCK, f"write of {len(data)} bytes at {pa:#x}", addr)
+                self.call_stub(K.STORE_BLOCK, [addr, *_BLOCK.unpack_from(data, off)], 0, what, addr)
                 addr += K.BLOCK
             elif addr % 8 == 0 and end - addr >= 8:
-                c.x[0], c.x[1] = addr, int.from_bytes(data[off:off + 8], "little")
-                self._run_stub(K.STORE64, f"write of {len(data)} bytes at {pa:#x}", addr)
+                self.call_stub(K.STORE64, [addr, int.from_bytes(data[off:off + 8], "little")], 0, what, addr)
                 addr += 8
             else:
-                c.x[0], c.x[1] = addr, data[off]
-                self._run_stub(K.STORE8, f"write of {len(data)} bytes at {pa:#x}", addr)
+                self.call_stub(K.STORE8, [addr, data[off]], 0, what, addr)
                 addr += 1
 
     @staticmethod

@@ -276,8 +276,9 @@ class VcpuRunner:
             self._answer = (SMCCC_RET_NOT_SUPPORTED, True)
             return Exit("smc", code, esr=esr, handled="not supported (x0 = -1), stepped over")
         if ec in (E.EC_IABT_LOW, E.EC_DABT_LOW):
-            # FAR: only its page offset reaches the host
-            ipa = ((hpfar & HPFAR_FIPA_MASK) << 8) | (far & 0xFFF)
+            # FAR: only its page offset reaches the host, and only for a data abort (hyp's handle_pvm_exit_iabt
+            # passes ESR and HPFAR alone: an instruction abort's far_el2 is whatever an older exit left there)
+            ipa = ((hpfar & HPFAR_FIPA_MASK) << 8) | (far & 0xFFF if ec == E.EC_DABT_LOW else 0)
             if ipa < GUEST_MEM_SIZE:
                 pfn = self.map_guest(ipa // PAGE)
                 return Exit("page fault", code, esr=esr, ipa=ipa, handled=f"mapped pfn {pfn:#x} at gfn {ipa // PAGE:#x}")
@@ -287,7 +288,15 @@ class VcpuRunner:
     def _mmio(self, code: int, esr: int, ipa: int, reg0: int | None) -> Exit:
         host = self.host
         if not esr & E.ISS_ISV:
-            return Exit("unhandled", code, esr=esr, ipa=ipa, handled="an MMIO access hyp could not describe")
+            # No valid syndrome (a SIMD&FP register, a pair, a writeback form): no transfer register, so hyp handed
+            # over no guest register and will write none back.  io_mem_abort() (torvalds/linux, arch/arm64/kvm/mmio.c,
+            # the 2021 tree stored here) then exits to the VMM with KVM_EXIT_ARM_NISV if it enabled
+            # KVM_CAP_ARM_NISV_TO_USER, and otherwise fails KVM_RUN with -ENOSYS: the host model stops here, without
+            # answering.  (Later trees inject an external abort into a protected guest instead, kvm_inject_sea_dabt();
+            # the lab's host has no way to inject one yet.)
+            return Exit("unhandled", code, esr=esr, ipa=ipa,
+                        handled="MMIO with no valid syndrome (ISV = 0): no transfer register to emulate it with; "
+                                "KVM would exit to the VMM with KVM_EXIT_ARM_NISV (or fail KVM_RUN with -ENOSYS)")
         size = 1 << ((esr >> E.ISS_SAS_SHIFT) & 3)
         write = bool(esr & E.ISS_WNR)
         if write:

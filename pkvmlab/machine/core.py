@@ -103,6 +103,10 @@ class Core(RunStops):
         self._a32_ok = A32.layout_ok(self)   # can a stop in AArch32 EL0 be read and undone (aarch32.py)?
         self._event: tuple[int, int, int] | None = None
         self._budget = [0, 0, 0]          # pure-Python path: [budget, counted, preempted at]
+        self._guest_timeout: int | None = None   # the guest PC a watchdog preemption was taken at (stops.py)
+        self._watched: list[tuple[int, int]] = []   # the address ranges the block hook watches
+        self._leg_started = 0.0           # when the last watchdog was armed (stops.py: run_deadline)
+        self._overtime_el2 = False        # stops.py: overtime() let EL2 finish once already
         # Without EL3 firmware nobody sets SCR_EL3: Non-secure EL1/EL2, HVC enabled, AArch64.
         self.set_sysreg("SCR_EL3", SCR_EL3_NS | SCR_EL3_HCE | SCR_EL3_RW)
         self.uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
@@ -245,9 +249,12 @@ class Core(RunStops):
             self.set_reg("sp", self.sysreg("SP_EL1"))
 
     def _is_host_stop(self, pc: int) -> bool:
-        """A BRK in the host's own vector table: the host model's way of saying "an exception reached me"."""
+        """A BRK in the host's own vector table: the host model's way of saying "an exception reached me".
+
+        Only while the host is on the CPU: during a guest run VBAR_EL1 is the guest's, and a BRK there is
+        the guest's own exception, taken at its own EL1 vector as the CPU would (pKVM never sees it)."""
         vbar = self.sysreg("VBAR_EL1")
-        return vbar <= pc < vbar + HOST_VECTORS_SIZE
+        return vbar <= pc < vbar + HOST_VECTORS_SIZE and not self.in_guest_world()
 
     # -- running ---------------------------------------------------------------------------
     def run(self, begin: int, until: int, *, timeout_ms: int = 0, resumed: bool = False,
@@ -267,20 +274,27 @@ class Core(RunStops):
             return self._run(begin, until, timeout_ms or self.run_limit_ms, resumed, resumed_timed_out)
 
     def _run(self, begin: int, until: int, limit_ms: int, resumed: bool,
-             resumed_timed_out: tuple[bool, bool]) -> HostVector | None:
+             resumed_timed_out: tuple[bool, bool], debugger: bool = False) -> HostVector | None:
         if self.panic is not None:
             raise MachineError("the hypervisor has panicked; this machine is dead: create a new Lab()") from self.panic
         if self.stuck is not None:
             raise MachineError(self.stuck)
         pc = begin
         last_abort, repeats = None, 0
+        deadline = self.run_deadline(limit_ms, resumed)   # the limit bounds the whole run, every leg of it
+        if not resumed and not debugger:
+            self.take_guest_timeout()   # a preemption an earlier run never got to report is not this run's
         while True:
             if resumed:
                 resumed, err, (timed_out, hard) = False, self.native.take_error(), resumed_timed_out
             else:
                 self._event = None
                 err = None
-                token = self.arm_watchdog(limit_ms)
+                left_ms = self.ms_left(deadline)
+                if left_ms <= 0:   # over the limit between two legs: an exception loop taken here, leg by leg
+                    deadline = self.overtime(limit_ms)   # a guest is preempted through EL2; a host loop raises
+                    pc, left_ms = self.reg("pc"), self.ms_left(deadline)
+                token = self.arm_watchdog(left_ms)
                 try:
                     # Unicorn bakes the stop address into the code it translates: a block translated in a run
                     # with another stop address may run straight through this one (tests/test_run_until.py).
@@ -304,7 +318,15 @@ class Core(RunStops):
                                        "until it traps back to the host kernel (SVC, an abort, an UNDEFINED instruction)")
                 now = self.reg("pc")
                 if err is None and now == until:
+                    if not debugger:   # (a debugger call made while handling this run's exception is not the run)
+                        self.raise_guest_timeout(limit_ms)   # a guest the watchdog preempted on the way
                     return None
+                if err is None and timed_out and hard and self.current_el < 2 and self.in_guest_world():
+                    # the hard stop landed in guest code no block hook watches (the hypervisor's own VA range):
+                    # preempt it through EL2 all the same, never leave the CPU in the guest's world
+                    self.preempt_guest(now)
+                    pc, deadline = self.reg("pc"), self.run_deadline(limit_ms, False)
+                    continue
                 if err is None and timed_out:
                     hang = self._hang(now, limit_ms, firmware=hard and self.current_el == 2)
                     self._back_to_host_kernel()
@@ -325,8 +347,9 @@ class Core(RunStops):
                 self.set_sysreg("HPFAR_EL2", getattr(self, "_hpfar", 0))   # Unicorn's stage-2 walk wrote it
                 return None
             if intno in (EXCP_DATA_ABORT, EXCP_PREFETCH_ABORT):
+                guest = self.in_guest_world()   # a guest's abort loop is its own: the run limit preempts it
                 key = (*X.take_stage2_abort(self, intno == EXCP_PREFETCH_ABORT, pstate), self.stats["hvc"])
-                repeats = repeats + 1 if key == last_abort else 0
+                repeats = repeats + 1 if key == last_abort and not guest else 0
                 last_abort = key
                 if repeats >= MAX_REPEATED_ABORTS:
                     self.stuck = (f"the host is stuck: it gave away a page it runs from (pc={key[0]:#x}); "
@@ -343,32 +366,9 @@ class Core(RunStops):
                                    f"pc={self.reg('pc'):#x}")
             pc = self.reg("pc")
 
-    def watch_host(self, start: int, end: int) -> None:
-        """The host's code lives in [start, end): from now on the watchdog stops runs only there (see run())."""
-        if self.native is not None:
-            self.native.watch_host(start, end)
-        else:
-            def stop_at_host_block(uc, addr, size, _user):
-                if addr & 3:   # A64 at a misaligned PC: the fault comes first (native_hook.c's pk_hook_block)
-                    pstate = uc.reg_read(A.UC_ARM64_REG_PSTATE)
-                    if not pstate & 0x10 and P.el(pstate) < 2:
-                        X.enter(self, 1, pstate=pstate, elr=addr, esr=E.encode(E.EC_PC_ALIGN, 0), far=addr)
-                        return
-                b = self._budget   # the pure-Python twin of native_hook.c's guest budget
-                if b[0]:
-                    b[1] += size // 4
-                    if b[1] >= b[0]:
-                        pstate = uc.reg_read(A.UC_ARM64_REG_PSTATE)
-                        if P.el(pstate) == 1 and (self.sysreg("VTTBR_EL2") >> 48) & 0xFF:
-                            b[0], b[2] = 0, addr
-                            X.enter_irq(self, pstate=pstate, elr=addr)
-                            return
-                if self._stop_requested and P.el(uc.reg_read(A.UC_ARM64_REG_PSTATE)) < 2:
-                    self._stop_requested = False
-                    uc.emu_stop()
-
-            self.uc.hook_add(unicorn.UC_HOOK_BLOCK, stop_at_host_block, begin=start, end=end - 1)
-        self._host_watched = True
+    def _add_block_hook(self, fn, start: int, end: int) -> None:
+        """A pure-Python UC_HOOK_BLOCK ``fn(addr, size)`` over [start, end) (stops.py's watch_host)."""
+        self.uc.hook_add(unicorn.UC_HOOK_BLOCK, lambda _uc, addr, size, _user: fn(addr, size), begin=start, end=end - 1)
 
     def call(self, addr: int, *args: int, timeout_ms: int = 1000) -> int:
         """Debugger: call a firmware function at EL2 with ``args`` in x0.., return its x0.
@@ -388,7 +388,7 @@ class Core(RunStops):
                 done = self.symbols["__debug_call_done"]
                 self.set_reg("x30", done)
                 self.set_reg("sp", self.symbols["__debug_stack_top"])
-                self._run(addr, done, timeout_ms, False, (False, False))
+                self._run(addr, done, timeout_ms, False, (False, False), debugger=True)
                 return self.reg("x0")
             finally:
                 if self.panic is None:

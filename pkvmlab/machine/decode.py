@@ -1,13 +1,16 @@
 """Decode the host's faulting load/store with capstone: the address it touched and the ESR syndrome.
 
 Unicorn reports a stage-2 abort without FAR or ISS, so the machine layer recovers them from the
-instruction itself, as the ARM ARM defines them (D19.2.37: ISV is set only for single-register
-loads/stores without writeback).
+instruction itself, as the ARM ARM defines them (ESR_ELx, ISS encoding for an exception from a Data
+Abort: ISV is 1 only for a load or store of a single general-purpose register, Acquire/Release ones
+included, but not a Load/Store Exclusive and not one with writeback).  So ISV is 0 for every SIMD&FP
+load/store (``str d5``, ``ld1 {v5.16b}``: there is no general register to name), for pairs, for
+writeback forms, exclusives and atomics; then SAS, SSE, SRT, SF and AR are RES0.  native_hook.c's
+decode_ldst agrees form by form (tests/test_decode_forms.py).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -54,6 +57,9 @@ DC_ZVA_BYTES = 64   # 4 << DCZID_EL0.BS on the Cortex-A72 model (tests check it 
 _ACQ_REL = ("ldar", "stlr", "ldapr", "ldaxr", "stlxr")
 _EXCLUSIVE = ("ldxr", "ldxp", "ldaxr", "ldaxp", "stxr", "stxp", "stlxr", "stlxp")
 _REG_ALIASES = {"fp": 29, "lr": 30, "xzr": 31, "wzr": 31}   # capstone names x29/x30 fp/lr
+_FP_BYTES = {"b": 1, "h": 2, "s": 4, "d": 8, "q": 16}           # a SIMD&FP register's name: its width
+_ATOMIC = ("ldadd", "ldclr", "ldeor", "ldset", "ldsmax", "ldsmin", "ldumax", "ldumin", "swp", "cas",
+           "stadd", "stclr", "steor", "stset", "stsmax", "stsmin", "stumax", "stumin")
 
 
 def _regnum(name: str) -> int:
@@ -95,15 +101,13 @@ def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAc
                 idx -= 1 << 32
         va += idx << (mem.shift.value if mem.shift.type else 0)
     va &= (1 << 64) - 1
-    if rt[0] in "qdshbv" and rt[1:2].isdigit():
-        # an FP/SIMD register: never an instruction syndrome (ISS.ISV is for general-purpose registers only)
-        size = _simd_size(insn, regs)
-        return MemAccess(va=va, size=size, write=m.startswith("st"), isv=False, srt=0, sf=False, sse=False,
-                         ar=False, text=f"{m} {insn.op_str}")
     pair = m.startswith(("ldp", "stp", "ldnp", "stnp", "ldxp", "ldaxp", "stxp", "stlxp"))
+    fp_simd = rt[0] in _FP_BYTES or rt[0] == "v"   # b0..q31, or v0..v31 of ld1/st1 and their kin
     wide = not rt.startswith("w")   # x0..x30, xzr and capstone's fp/lr
     reg_bytes = 8 if wide else 4
-    if m.endswith("b") and not m.startswith(("ldp", "stp")):
+    if fp_simd:
+        size = _fp_simd_bytes(insn, rt, pair, ops, mem)
+    elif m.endswith("b") and not m.startswith(("ldp", "stp")):
         size = 1
     elif m.endswith("h") and not m.startswith(("ldp", "stp")):
         size = 2
@@ -113,34 +117,26 @@ def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAc
         size = reg_bytes * (2 if pair else 1)
     write = m.startswith("st")
     writeback = bool(getattr(insn, "writeback", False)) or post_index
-    srt = _regnum(rt)
-    # ISV: a single register without writeback, and not a Load/Store Exclusive (ARM ARM, ESR_ELx.ISS.ISV)
     exclusive = m.startswith(_EXCLUSIVE)
-    return MemAccess(va=va, size=size, write=write, isv=not pair and not writeback and not exclusive, srt=srt,
-                     sf=wide, sse=m.startswith("ldrs"), ar=m.startswith(_ACQ_REL),
-                     text=f"{m} {insn.op_str}", exclusive=exclusive)
+    # ISV: a single general-purpose register, no writeback, not a Load/Store Exclusive (ARM ARM, ESR_ELx.ISS.ISV)
+    if fp_simd or pair or writeback or exclusive or m.startswith(_ATOMIC):
+        return MemAccess(va=va, size=size, write=write, isv=False, srt=0, sf=False, sse=False, ar=False,
+                         text=f"{m} {insn.op_str}", exclusive=exclusive)
+    return MemAccess(va=va, size=size, write=write, isv=True, srt=_regnum(rt), sf=wide, sse=m.startswith("ldrs"),
+                     ar=m.startswith(_ACQ_REL), text=f"{m} {insn.op_str}")
 
 
-_SIMD_BYTES = {"q": 16, "d": 8, "s": 4, "h": 2, "b": 1}
-
-
-def _simd_size(insn, regs: list[str]) -> int:
-    """Bytes an FP/SIMD load or store touches: LDR/STR/LDP/STP of q/d/s/h/b, or LD1..4/ST1..4 (lists, lanes, LD1R)."""
-    m = insn.mnemonic
-    sregs = [r for r in regs if r[0] in "qdshb" and r[1:].isdigit()]
-    if sregs:
-        return _SIMD_BYTES[sregs[0][0]] * len(sregs)
-    listed, _, rest = insn.op_str.partition("}")
-    count = len(re.findall(r"v\d+", listed)) or 1   # {v1.16b, v2.16b}, or a range {v1.16b - v4.16b}
-    if " - " in listed:
-        first, last = (int(x) for x in re.findall(r"v(\d+)", listed)[:2])
-        count = (last - first) % 32 + 1
-    element = {"b": 1, "h": 2, "s": 4, "d": 8}
-    arrangement = listed.split(".")[-1] if "." in listed else "16b"
-    if rest.startswith("[") or m.endswith("r"):   # a lane, or LD1R..LD4R: one element per register
-        return element.get(arrangement[-1:], 8) * count
-    lanes = int("".join(ch for ch in arrangement if ch.isdigit()) or 16)
-    return lanes * element.get(arrangement[-1:], 1) * count
+def _fp_simd_bytes(insn, rt: str, pair: bool, ops, mem) -> int:
+    """How many bytes a SIMD&FP load/store moves: its register width (twice for a pair), or for ld1/st1 and their
+    kin the registers of its list, 8 or 16 bytes each (one element each for a single-lane form)."""
+    if rt[0] != "v":
+        return _FP_BYTES[rt[0]] * (2 if pair else 1)
+    arrangement = insn.op_str.split("}")[0]
+    nregs = sum(1 for o in ops if o.type == cs_arm64.ARM64_OP_REG and o is not mem) or 1
+    if insn.op_str.split("}")[1].startswith("["):   # single lane: {v0.b}[3]
+        lane = arrangement.rsplit(".", 1)[-1][:1]
+        return {"b": 1, "h": 2, "s": 4, "d": 8}.get(lane, 8) * nregs
+    return (16 if any(a in arrangement for a in (".16b", ".8h", ".4s", ".2d")) else 8) * nregs
 
 
 @lru_cache(maxsize=1)

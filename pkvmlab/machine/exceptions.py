@@ -90,6 +90,51 @@ def _faulting_address(core: Core, va: int, size: int, write: bool) -> tuple[int,
     return va, par
 
 
+def _stage1_ipa(core: Core, far: int, write: bool, s1ptw: bool) -> int:
+    """The IPA a stage-2 fault at VA ``far`` was for, as the hardware writes it to HPFAR_EL2.
+
+    With EL1's stage 1 off, VA = IPA.  With it on (a guest that built its own tables) the CPU's own
+    ``AT S1E1R/W`` at EL2, with the running world's stage 1 loaded, gives it: Unicorn writes no HPFAR_EL2
+    for a fault the lab delivers (docs/design_notes.md).  For a fault on the stage-1 walk itself (S1PTW)
+    it is the IPA of the table entry stage 2 refused, which the walk below finds.
+    """
+    if not core.sysreg("SCTLR_EL1") & 1:
+        return far
+    if s1ptw:
+        return _refused_table_entry(core, far)
+    par = core.call_symbol("__debug_at_s1e1w" if write else "__debug_at_s1e1r", far)
+    if par & 1:   # AT S12E1 said stage 2; a stage-1 walk that fails now means its tables changed under us
+        raise MachineError(f"the stage-1 walk of {far:#x} fails (PAR_EL1={par:#x}) though the access faulted at "
+                           "stage 2")
+    return (par & 0x0000_FFFF_FFFF_F000) | (far & 0xFFF)
+
+
+def _refused_table_entry(core: Core, va: int) -> int:
+    """The IPA of the first stage-1 table entry (4 KiB granule) on ``va``'s walk that stage 2 refuses: each entry's
+    IPA asked of the CPU with ``AT S12E1R`` and SCTLR_EL1.M cleared for the question (VA = IPA, stage 2 only)."""
+    tcr, sctlr = core.sysreg("TCR_EL1"), core.sysreg("SCTLR_EL1")
+    upper = va >> 63
+    if (tcr >> 30 if upper else tcr >> 14) & 3 != (2 if upper else 0):
+        raise MachineError("a stage-1 walk fault with a granule other than 4 KiB: the lab walks 4 KiB tables only")
+    ia = 64 - ((tcr >> 16 if upper else tcr) & 0x3F)
+    level = 3 - (ia - 13) // 9
+    table = core.sysreg("TTBR1_EL1" if upper else "TTBR0_EL1") & 0x0000_FFFF_FFFF_F000
+    core.set_sysreg("SCTLR_EL1", sctlr & ~1)
+    try:
+        while True:
+            shift = 12 + 9 * (3 - level)
+            entry = table + 8 * ((va >> shift) & ((1 << min(9, ia - shift)) - 1))
+            par = core.call_symbol("__debug_at_s12e1r", entry)
+            if par & 1:
+                return entry
+            desc = core.phys.read_u64((par & 0x0000_FFFF_FFFF_F000) | (entry & 0xFFF))
+            if level == 3 or desc & 3 != 3:
+                raise MachineError(f"the stage-1 walk of {va:#x} reads every table entry: no stage-2 fault on it")
+            table, level = desc & 0x0000_FFFF_FFFF_F000, level + 1
+    finally:
+        core.set_sysreg("SCTLR_EL1", sctlr)
+
+
 def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple[int, int]:
     """The host's access faulted: synthesise ESR/FAR (HPFAR) and enter EL2, or EL1 if stage 2 was not the cause.
 
@@ -98,9 +143,6 @@ def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple
     (an unaligned exclusive: an alignment fault) is the host kernel's own, at its EL1 vector.
     Returns (ELR, FAR).
     """
-    if core.sysreg("SCTLR_EL1") & 1:
-        raise MachineError("the host kernel model runs with its stage-1 MMU off (VA = IPA); "
-                           "SCTLR_EL1.M is set, so the fault's IPA cannot be known")
     pc = core.reg("pc")
     core.stats["stage2_abort"] += 1
     from_el0 = P.el(pstate) == 0
@@ -131,7 +173,7 @@ def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple
     else:
         esr = E.data_abort(lower=True, fsc=fsc, wnr=acc.write, isv=acc.isv, sas=acc.sas, sse=acc.sse,
                            srt=acc.srt, sf=acc.sf, ar=acc.ar, s1ptw=s1ptw)
-    ipa = far  # stage 1 is off at EL1: VA = IPA
+    ipa = _stage1_ipa(core, far, acc is not None and acc.write, s1ptw)
     hpfar = ((ipa >> 12) & ((1 << 36) - 1)) << 4   # HPFAR_EL2.FIPA, bits [39:4], holds IPA[47:12]
     enter(core, 2, pstate=pstate, elr=pc, esr=esr, far=far, hpfar=hpfar)
     return pc, far

@@ -23,8 +23,11 @@ import unicorn
 from unicorn.unicorn_py3 import unicorn as _binding
 
 from pkvmlab.errors import MachineError
+from pkvmlab.progress import step
 
 SOURCE = Path(__file__).with_name("native_hook.c")
+# uc_ctl(uc, UC_CTL_WRITE(UC_CTL_TB_REMOVE_CACHE, 2), lbound, ubound), as the binding's ctl_remove_cache encodes it
+_REMOVE_CACHE = (unicorn.unicorn_const.UC_CTL_IO_WRITE << 30) | (2 << 26) | unicorn.unicorn_const.UC_CTL_TB_REMOVE_CACHE
 CFLAGS = ("-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror")
 LIB_NAME = "libpkvmlab_native" + (".dylib" if sys.platform == "darwin" else ".so")
 
@@ -40,7 +43,8 @@ class _State(ctypes.Structure):
                 ("el", ctypes.c_uint64), ("pstate", ctypes.c_uint64), ("error", ctypes.c_uint64),
                 ("stop_requested", ctypes.c_uint32), ("stopped_in_host", ctypes.c_uint32),
                 ("budget", ctypes.c_uint64), ("executed", ctypes.c_uint64), ("preempted_at", ctypes.c_uint64),
-                ("stage2_abort_count", ctypes.c_uint64), ("hpfar", ctypes.c_uint64), ("guest_abort_count", ctypes.c_uint64)]
+                ("stage2_abort_count", ctypes.c_uint64), ("hpfar", ctypes.c_uint64), ("guest_abort_count", ctypes.c_uint64),
+                ("guest_timed_out", ctypes.c_uint64), ("guest_timeout_pc", ctypes.c_uint64)]
 
 
 def _unicorn_lib() -> Path:
@@ -96,7 +100,8 @@ def compile_against_unicorn(source: Path, cflags: tuple[str, ...], out: Path, wh
         tmp_lib = Path(tmp) / out.name
         cmd = [sys.executable, "-m", "ziglang", "cc", *cflags, f"-I{include}", "-o", str(tmp_lib), str(source),
                str(lib), f"-Wl,-rpath,{lib.parent}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        with step(f"compiling {what} with zig cc", first_use=True):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not tmp_lib.is_file():
             raise MachineError(f"building {what} failed:\n{(proc.stderr + proc.stdout).strip()}")
         os.replace(tmp_lib, out)
@@ -122,6 +127,8 @@ def load() -> ctypes.CDLL:
     lib.pk_call.restype = ctypes.c_int
     lib.pk_call.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
                             ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+    lib.pk_decode.restype = ctypes.c_int
+    lib.pk_decode.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
     _loaded[path] = lib
     return lib
 
@@ -176,6 +183,8 @@ class Native:
         self._pk_call = lib.pk_call
         self._stub_regs = (ctypes.c_uint64 * 16)()
         self._stub_regs_addr = ctypes.addressof(self._stub_regs)
+        self._uc_ctl = _binding.uclib.uc_ctl
+        self._stub_ends: dict[int, tuple] = {}   # until -> uc_ctl's (lbound, ubound) of the block before it
         handle = _binding.uc_hook_h()
         status = _binding.uclib.uc_hook_add(core.uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_INTR,
                                             ctypes.cast(lib.pk_hook_intr, ctypes.c_void_p),
@@ -209,8 +218,24 @@ class Native:
         st.budget, st.executed, st.preempted_at = 0, 0, 0
         return out
 
+    def decode(self, insn: int) -> dict | None:
+        """native_hook.c's decode_ldst of one instruction word (registers as the core has them): its access in the
+        ESR's terms, or None when it leaves the instruction to Python's decoder (machine/decode.py)."""
+        out = (ctypes.c_uint64 * 7)()
+        if not self._lib.pk_decode(self._uch, insn, ctypes.addressof(out)):
+            return None
+        return dict(zip(("va", "size", "write", "isv", "srt", "sf", "sse"), out))
+
     def request_stop(self) -> None:
         self._st.stop_requested = 1
+
+    def take_guest_timeout(self) -> int | None:
+        """The guest PC the watchdog preempted a guest at (an IRQ to EL2 instead of a stop), once; None if it did not."""
+        st = self._st
+        if not st.guest_timed_out:
+            return None
+        st.guest_timed_out = 0
+        return st.guest_timeout_pc
 
     def take_stop(self) -> bool:
         """Clear a pending stop request; True if the hook did stop the last run at a host block."""
@@ -266,6 +291,7 @@ class Native:
         """
         r = self._regs
         r[:] = regs
+        self._st.guest_timed_out = 0   # only this run's preemption makes pk_call stop early
         self._core._event = None
         self._uc._hook_exception = None
         if self._pk_hvc(self._uch, self._st_addr, begin, until, timeout_ms * 1000, self._regs_addr):
@@ -275,9 +301,20 @@ class Native:
 
     def call_stub(self, begin: int, until: int, regs: list[int], n_out: int,
                   timeout_ms: int = 0) -> list[int] | None:
-        """Like ``hvc()`` for any host stub: x0.. = ``regs`` (at most 16), run [begin, until), return x0..x(n_out-1)."""
+        """Like ``hvc()`` for any host stub: x0.. = ``regs`` (at most 16), run [begin, until), return x0..x(n_out-1).
+
+        As ``Core.run`` does, the translated block of the stub's last instruction is dropped first: one translated
+        in a run with another stop address (an ERET into the stub after a fault) would run straight through its
+        end (tests/test_run_until.py).  Through ``uc_ctl`` directly: the binding's ``ctl_remove_cache`` costs
+        ~1.6 us, more than the retranslation.
+        """
+        bounds = self._stub_ends.get(until)
+        if bounds is None:
+            bounds = self._stub_ends[until] = (ctypes.c_uint64(until - 4), ctypes.c_uint64(until))
+        self._uc_ctl(self._uc._uch, _REMOVE_CACHE, *bounds)
         r = self._stub_regs
         r[:len(regs)] = regs
+        self._st.guest_timed_out = 0
         self._core._event = None
         self._uc._hook_exception = None
         if self._pk_call(self._uch, self._st_addr, begin, until, timeout_ms * 1000, self._stub_regs_addr,

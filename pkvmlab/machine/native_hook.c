@@ -37,6 +37,8 @@ typedef struct pk_state {
 	uint64_t stage2_abort_count;	/* stage-2 aborts entered (natively here, or by Python) */
 	uint64_t hpfar;		/* the HPFAR_EL2 the last exception entry to EL2 wrote */
 	uint64_t guest_abort_count;	/* of those, a guest's entered natively (guest_stage2_abort) */
+	uint64_t guest_timed_out;	/* the watchdog's stop came while a guest ran: it was preempted instead */
+	uint64_t guest_timeout_pc;	/* the guest PC that preemption was taken at */
 } pk_state;
 
 /* (op0, op1, CRn, CRm, op2), as in pkvmlab.arch.sysregs */
@@ -132,22 +134,31 @@ static uint64_t xreg(uc_engine *uc, unsigned int n, int sp_for_31)
 }
 
 /*
- * A64 "load/store register" (no SIMD, no pairs, no exclusives, no atomics): 0 if it is not one of them.
- * The masks include bit 26 (V): an FP/SIMD register's load or store has no instruction syndrome (ISV = 0)
- * and is left to Python's decoder, which says so (found by the QEMU differential).
+ * A64 "load/store register" (unsigned immediate, imm9 and register offset; general-purpose and
+ * SIMD&FP): 0 if it is not one of them (pairs, exclusives, acquire/release, ld1/st1 and the rest
+ * go to Python's decoder).  ISV as the ARM ARM gives it (ESR_ELx, ISS for a Data Abort): 1 only
+ * for a single general-purpose register without writeback.  A SIMD&FP one (V, bit 26) has no
+ * general register to name: ISV = 0, and SAS, SSE, SRT, SF are RES0 (decode.py agrees).
  */
 static int decode_ldst(uc_engine *uc, uint32_t insn, struct access *a)
 {
-	uint32_t size = insn >> 30, opc = (insn >> 22) & 3;
+	uint32_t size = insn >> 30, opc = (insn >> 22) & 3, v = (insn >> 26) & 1, scale = size;
 	uint64_t base, off = 0;
 	int wb = 0, post = 0;
 
-	if ((insn & 0x3f000000) == 0x39000000) {		/* unsigned immediate */
-		off = (uint64_t)((insn >> 10) & 0xfff) << size;
-	} else if ((insn & 0x3f200000) == 0x38000000) {	/* imm9: unscaled, post, unprivileged, pre */
+	if (v && (opc & 2)) {		/* the 128-bit Q form: size 0, opc 1x */
+		if (size)
+			return 0;
+		scale = 4;
+	}
+	if ((insn & 0x3b000000) == 0x39000000) {		/* unsigned immediate */
+		off = (uint64_t)((insn >> 10) & 0xfff) << scale;
+	} else if ((insn & 0x3b200000) == 0x38000000) {	/* imm9: unscaled, post, unprivileged, pre */
 		int64_t imm9 = (int64_t)((uint64_t)((insn >> 12) & 0x1ff) << 55) >> 55;
 		uint32_t idx = (insn >> 10) & 3;
 
+		if (v && idx == 2)	/* no unprivileged SIMD&FP form */
+			return 0;
 		off = (uint64_t)imm9;
 		wb = idx == 1 || idx == 3;
 		post = idx == 1;
@@ -161,22 +172,44 @@ static int decode_ldst(uc_engine *uc, uint32_t insn, struct access *a)
 			m &= 0xffffffffULL;
 		else if (option == 6)
 			m = (uint64_t)(int64_t)(int32_t)m;
-		off = m << (((insn >> 12) & 1) ? size : 0);
+		off = m << (((insn >> 12) & 1) ? scale : 0);
 	} else {
 		return 0;
 	}
-	if (opc == 2 && size == 3)	/* PRFM: no access */
+	if (!v && opc == 2 && size == 3)	/* PRFM: no access */
 		return 0;
-	if (opc == 3 && size >= 2)	/* unallocated */
+	if (!v && opc == 3 && size >= 2)	/* unallocated */
 		return 0;
 	base = xreg(uc, (insn >> 5) & 31, 1);
 	a->va = post ? base : base + off;
-	a->size = 1U << size;
+	a->size = 1U << scale;
+	if (v) {
+		a->write = !(opc & 1);
+		a->isv = a->srt = a->sf = a->sse = 0;
+		return 1;
+	}
 	a->write = opc == 0;
 	a->isv = !wb;
-	a->srt = insn & 31;
-	a->sf = opc == 0 ? size == 3 : opc == 1 ? size == 3 : opc == 2;
-	a->sse = opc >= 2;
+	a->srt = wb ? 0 : insn & 31;
+	a->sf = wb ? 0 : opc == 0 ? size == 3 : opc == 1 ? size == 3 : opc == 2;
+	a->sse = !wb && opc >= 2;
+	return 1;
+}
+
+/* For tests/test_decode_forms.py: decode_ldst on an instruction word, x0.. as the core has them now. */
+int pk_decode(uc_engine *uc, uint32_t insn, uint64_t *out)
+{
+	struct access a;
+
+	if (!decode_ldst(uc, insn, &a))
+		return 0;
+	out[0] = a.va;
+	out[1] = a.size;
+	out[2] = (uint64_t)a.write;
+	out[3] = (uint64_t)a.isv;
+	out[4] = (uint64_t)a.srt;
+	out[5] = (uint64_t)a.sf;
+	out[6] = (uint64_t)a.sse;
 	return 1;
 }
 
@@ -292,9 +325,27 @@ void pk_hook_intr(uc_engine *uc, uint32_t intno, void *user_data)
 	uc_emu_stop(uc);
 }
 
+/* Which world is on the CPU: a guest's stage 2 (VMID != 0) is loaded only while it runs (switch.c). */
+static int in_guest_world(uc_engine *uc)
+{
+	return (sys_get(uc, &R_VTTBR_EL2) >> 48) & 0xff;
+}
+
+/* An IRQ from EL1/EL0 to EL2 (HCR_EL2.IMO): the lab's timer, VBAR_EL2 + 0x480, ELR = the next block. */
+static void take_irq(uc_engine *uc, uint64_t pstate, uint64_t address)
+{
+	sys_set(uc, (pstate & 1) ? &R_SP_EL1 : &R_SP_EL0, reg_get(uc, UC_ARM64_REG_SP));
+	reg_set(uc, UC_ARM64_REG_PSTATE, PSTATE_EL2H_DAIF);
+	reg_set(uc, UC_ARM64_REG_SP, sys_get(uc, &R_SP_EL2));
+	sys_set(uc, &R_ELR_EL2, address);
+	sys_set(uc, &R_SPSR_EL2, pstate);	/* a CP write after PSTATE: rebuilds the hflags (unicorn#2333) */
+	reg_set(uc, UC_ARM64_REG_PC, sys_get(uc, &R_VBAR_EL2) + VECTOR_LOWER_A64_IRQ);
+}
+
 /*
- * UC_HOOK_BLOCK over the host's RAM only (hyp code has no hook, so it costs nothing at EL2): when the
- * watchdog has asked for a stop, stop here, at the start of a host block, where nothing is half-done.
+ * UC_HOOK_BLOCK over every address but the hypervisor's own code (which has no hook, so it costs
+ * nothing at EL2; Core.watch_all_except): when the watchdog has asked for a stop, stop here, at the
+ * start of a host block, where nothing is half-done; a guest's block is preempted instead.
  * A stop from another thread (uc_emu_stop) can land inside a translated block and report its start
  * as the PC after part of it ran; resuming from there corrupts the hypervisor, so it is used only as
  * a last resort for a hypervisor that never returns.
@@ -302,6 +353,7 @@ void pk_hook_intr(uc_engine *uc, uint32_t intno, void *user_data)
 void pk_hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
 {
 	pk_state *st = user_data;
+	uint64_t pstate;
 
 	/*
 	 * A64 code at a PC that is not a multiple of 4 takes a PC alignment fault before anything runs
@@ -310,8 +362,7 @@ void pk_hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_da
 	 * the PC alignment fault (core.py, EXCP_UDEF with PC & 3).  Found by the QEMU differential.
 	 */
 	if (address & 3) {
-		uint64_t pstate = reg_get(uc, UC_ARM64_REG_PSTATE);
-
+		pstate = reg_get(uc, UC_ARM64_REG_PSTATE);
 		if (!(pstate & 0x10) && ((pstate >> 2) & 3) < 2) {
 			reg_set(uc, UC_ARM64_REG_PC, address);
 			st->intno = EXCP_UDEF;
@@ -331,26 +382,34 @@ void pk_hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_da
 	if (st->budget) {
 		st->executed += size / 4;
 		if (st->executed >= st->budget) {
-			uint64_t pstate = reg_get(uc, UC_ARM64_REG_PSTATE);
-
-			if (((pstate >> 2) & 3) == 1 && (sys_get(uc, &R_VTTBR_EL2) >> 48) & 0xff) {
+			pstate = reg_get(uc, UC_ARM64_REG_PSTATE);
+			if (((pstate >> 2) & 3) < 2 && !(pstate & 0x10) && in_guest_world(uc)) {
 				st->budget = 0;
 				st->preempted_at = address;
-				sys_set(uc, (pstate & 1) ? &R_SP_EL1 : &R_SP_EL0, reg_get(uc, UC_ARM64_REG_SP));
-				reg_set(uc, UC_ARM64_REG_PSTATE, PSTATE_EL2H_DAIF);
-				reg_set(uc, UC_ARM64_REG_SP, sys_get(uc, &R_SP_EL2));
-				sys_set(uc, &R_ELR_EL2, address);
-				sys_set(uc, &R_SPSR_EL2, pstate);
-				reg_set(uc, UC_ARM64_REG_PC, sys_get(uc, &R_VBAR_EL2) + VECTOR_LOWER_A64_IRQ);
+				take_irq(uc, pstate, address);
 				return;
 			}
 		}
 	}
-	if (st->stop_requested && ((reg_get(uc, UC_ARM64_REG_PSTATE) >> 2) & 3) < 2) {
-		st->stop_requested = 0;
-		st->stopped_in_host = 1;
-		uc_emu_stop(uc);
+	if (!st->stop_requested)
+		return;
+	pstate = reg_get(uc, UC_ARM64_REG_PSTATE);
+	if (((pstate >> 2) & 3) >= 2)
+		return;
+	st->stop_requested = 0;
+	if (!(pstate & 0x10) && in_guest_world(uc)) {
+		/*
+		 * The watchdog fired while a guest runs: never stop the CPU in the guest's world.  Preempt
+		 * it as the budget does (an IRQ to EL2); hyp switches back to the host, whose run then
+		 * ends normally and Core.run reports the guest's endless loop.
+		 */
+		st->guest_timed_out = 1;
+		st->guest_timeout_pc = address;
+		take_irq(uc, pstate, address);
+		return;
 	}
+	st->stopped_in_host = 1;
+	uc_emu_stop(uc);
 }
 
 /*
@@ -371,7 +430,8 @@ int pk_call(uc_engine *uc, pk_state *st, uint64_t begin, uint64_t until, uint64_
 	st->pending = 0;
 	st->error = 0;
 	err = uc_emu_start(uc, begin, until, timeout_us, 0);
-	if (err != UC_ERR_OK || st->pending || reg_get(uc, UC_ARM64_REG_PC) != until) {
+	/* a guest preempted by the watchdog: Core.run(resumed=True) reports it */
+	if (err != UC_ERR_OK || st->pending || st->guest_timed_out || reg_get(uc, UC_ARM64_REG_PC) != until) {
 		st->error = err;
 		return 1;
 	}

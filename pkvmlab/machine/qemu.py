@@ -167,6 +167,9 @@ class QemuCore:
         """Unicorn's core needs to know where the host's code is to stop a long run cleanly; QEMU is
         interrupted wherever it is, and a run interrupted inside EL2 leaves the machine dead."""
 
+    def watch_all_except(self, lo: int, hi: int) -> None:
+        """Unicorn's core watches every block but hyp's for guest budgets; QEMU has no block hooks."""
+
     # -- registers -------------------------------------------------------------------------
     def _core_layout(self) -> dict[int, tuple[int, int]]:
         """Register number -> (offset, size) in the 'g' block (x0..x30, sp, pc, cpsr)."""

@@ -153,19 +153,31 @@ uint64_t pk_journal_mark(uc_engine *uc, pk_journal *j)
  * Write back every page saved since log position `to`, newest first; the log is cut there.
  * Returns how many pages were written; *code is set when one lay in [code_lo, code_hi).
  */
+#define REWOUND	0xffffffffu	/* a stamp no epoch reaches: this page is written back already */
+
 uint64_t pk_journal_rewind(uc_engine *uc, pk_journal *j, uint64_t to, uint64_t code_lo, uint64_t code_hi, int *code)
 {
 	uint64_t i, done = 0;
 
 	*code = 0;
-	for (i = j->n; i-- > to;) {
+	/*
+	 * A page saved at several checkpoints since `to` is written back once, from its oldest copy: the
+	 * first one in the log.  The stamp marks it done for this walk; then every page in the cut-off
+	 * log is stamped 0 (never saved), so the next store to it after the rewind saves it again.
+	 */
+	for (i = to; i < j->n; i++) {
 		uint64_t pa = j->ram_base + (j->page[i] << PAGE_SHIFT);
 
+		if (j->stamp[j->page[i]] == REWOUND)
+			continue;
+		j->stamp[j->page[i]] = REWOUND;
 		uc_mem_write(uc, pa, j->data + i * PAGE_SIZE, PAGE_SIZE);
 		if (pa < code_hi && pa + PAGE_SIZE > code_lo)
 			*code = 1;
 		done++;
 	}
+	for (i = to; i < j->n; i++)
+		j->stamp[j->page[i]] = 0;
 	if (to < j->n)
 		j->n = to;
 	j->epoch++;

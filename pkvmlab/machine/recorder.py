@@ -59,7 +59,7 @@ def build() -> Path:
     out = library_path()
     if out.is_file():
         return out
-    compile_against_unicorn(SOURCE, CFLAGS, out, SOURCE.name)
+    compile_against_unicorn(SOURCE, CFLAGS, out, f"the time-travel recorder ({SOURCE.name})")
     return out
 
 

@@ -32,9 +32,13 @@ class Watchdog:
         self._fire_lock = threading.Lock()
 
     def arm(self, stop: Callable[[], object], seconds: float) -> int:
-        """Call ``stop()`` if ``disarm(token)`` has not come within ``seconds``."""
+        """Call ``stop()`` if ``disarm(token)`` has not come within ``seconds`` (up to one poll, 50 ms, later).
+
+        On every hypercall's path: one dict store, no clock read (the thread stamps the deadline when it
+        first sees the token).
+        """
         token = next(self._ids)
-        self._armed[token] = (time.monotonic() + seconds, stop)
+        self._armed[token] = (seconds, stop)
         if self._thread is None:
             with self._start_lock:
                 if self._thread is None:
@@ -43,25 +47,34 @@ class Watchdog:
         return token
 
     def disarm(self, token: int) -> bool:
-        """Stop watching; True if the watchdog had already stopped this run."""
-        with self._fire_lock:
-            if self._armed.pop(token, None) is not None:
-                return False
+        """Stop watching; True if the watchdog had already stopped this run.
+
+        The usual case takes no lock: a dict pop is atomic under the GIL, and the thread fires only a token
+        it popped itself, so a token popped here is never fired.
+        """
+        if self._armed.pop(token, None) is not None:
+            return False
+        with self._fire_lock:   # the thread popped it: wait for its stop() to finish before the next run
             if token in self._fired:
                 self._fired.discard(token)
                 return True
             return False
 
     def _loop(self) -> None:
+        deadlines: dict[int, float] = {}   # token -> when it fires, from when this thread first saw it armed
         while True:
             time.sleep(_POLL_S)
             now = time.monotonic()
-            for token, (deadline, stop) in list(self._armed.items()):
-                if now >= deadline:
+            armed = dict(self._armed)
+            for token in [t for t in deadlines if t not in armed]:
+                del deadlines[token]
+            for token, (seconds, stop) in armed.items():
+                if now >= deadlines.setdefault(token, now + seconds):
                     with self._fire_lock:
                         if self._armed.pop(token, None) is not None:
                             self._fired.add(token)
                             stop()
+                    del deadlines[token]
 
 
 WATCHDOG = Watchdog()

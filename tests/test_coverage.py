@@ -1,0 +1,196 @@
+"""Coverage of the EL2 firmware measured by the lab's own core: exact counts, error lines, off means off.
+
+The block hook's counts are checked against the recorder's instruction trace of the same action (an
+independent hook that sees every instruction); error lines and branch directions against hypercalls whose
+path is known from the C.  Line numbers are found in the sources at run time, never written here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pkvmlab import Lab
+from pkvmlab.firmware import FIRMWARE_DIR, copy_firmware
+from pkvmlab.inspect.coverage import Coverage, cond_branch_target
+from pkvmlab.inspect.error_paths import error_paths, unreached
+from pkvmlab.machine import coverage as M
+from pkvmlab.viz.coverage import coverage_view, file_page, index_page
+
+ROOT = Path(__file__).resolve().parents[1]
+RAM_PAGES_BEYOND = 1 << 60   # a pfn no 64-bit physical address has
+
+
+@pytest.fixture(scope="module")
+def measured():
+    with M.measure() as counters:
+        lab = Lab()
+    return lab, counters
+
+
+def _line_of(file: str, function: str, needle: str) -> int:
+    """The first line containing ``needle`` after the line defining ``function`` in firmware/<file>."""
+    lines = (FIRMWARE_DIR / file).read_text().splitlines()
+    start = next(i for i, t in enumerate(lines) if (function + "(" in t and not t.rstrip().endswith(";"))
+                 or t.startswith(function))
+    return next(i + 1 for i in range(start, len(lines)) if needle in lines[i])
+
+
+def _during(measured, action) -> Coverage:
+    lab, counters = measured
+    before = counters.copy()
+    action()
+    return Coverage(counters.since(before))
+
+
+def _reached(cov: Coverage) -> set[tuple[str, int]]:
+    return {(e.file, e.line) for e in error_paths(cov) if e.reached}
+
+
+def test_the_block_counts_equal_the_recorders_instruction_trace(measured):
+    lab, counters = measured
+    pfn = lab.host.alloc_pages(1)
+    for action in (lambda: lab.host.share_hyp(pfn), lambda: lab.host.unshare_hyp(pfn)):
+        before = counters.copy()
+        t = lab.trace(action)
+        got = counters.since(before)
+        want = np.zeros(counters.slots, np.uint64)
+        for slot, n in Counter((pc - counters.lo) >> 2 for pc in t.pcs).items():
+            want[slot] = n
+        assert len(t.pcs) > 100 and np.array_equal(got.insn, want)
+        # each conditional branch's directions, from the trace: the next instruction is pc + 4 or not
+        taken, fall = Counter(), Counter()
+        for pc, nxt in zip(t.pcs, t.pcs[1:]):
+            if cond_branch_target(t.smap.word(pc), pc) is not None:
+                (fall if nxt == pc + 4 else taken)[(pc - counters.lo) >> 2] += 1
+        for slot in set(taken) | set(fall):
+            assert (int(got.jump[slot]), int(got.fall[slot])) == (taken[slot], fall[slot])
+
+
+def test_a_pfn_past_any_address_marks_exactly_check_pfn_ranges_return_einval(measured):
+    lab, _ = measured
+    cov = _during(measured, lambda: lab.host.hvc(0xC6000000 | 2, RAM_PAGES_BEYOND))
+    line = _line_of("mem_protect.c", "check_pfn_range", "return -EINVAL")
+    assert _reached(cov) == {("mem_protect.c", line)}
+
+
+def test_sharing_hyps_own_page_marks_exactly_the_page_state_checks_return_eperm(measured):
+    lab, _ = measured
+    hyp_pfn = lab.fw.symbol("__hyp_text_start") >> 12
+    cov = _during(measured, lambda: lab.host.hvc(0xC6000000 | 2, hyp_pfn))
+    line = _line_of("mem_protect.c", "check_page_state_range", "return -EPERM")
+    assert _reached(cov) == {("mem_protect.c", line)}
+    assert lab.host.hvc(0xC6000000 | 2, hyp_pfn)[1] & 0xFFFFFFFF == 0xFFFFFFFF   # (refused: -EPERM in x1)
+
+
+def test_loading_a_vcpu_of_an_unknown_vm_marks_exactly_its_enoent_and_out_of_range_its_einval(measured):
+    """The errno is set in a callee-saved register and returned after the unlock (``ret = -E...; goto unlock``)."""
+    lab, _ = measured
+    from pkvmlab import HypercallError
+
+    vm = lab.host.create_vm(1)
+    for handle, idx, needle in ((0xFFF, 0, "ret = -ENOENT"), (vm.handle, 5, "ret = -EINVAL")):
+        def load(handle=handle, idx=idx):
+            with pytest.raises(HypercallError):
+                lab.host.call("__pkvm_vcpu_load", handle, idx)
+        cov = _during(measured, load)
+        assert _reached(cov) == {("vcpu.c", _line_of("vcpu.c", "__pkvm_vcpu_load", needle))}
+
+
+def test_a_branch_run_one_way_is_partial_and_both_ways_is_full(measured):
+    lab, _ = measured
+    guard = _line_of("mem_protect.c", "check_pfn_range", "if (")
+    bad = _during(measured, lambda: lab.host.hvc(0xC6000000 | 2, RAM_PAGES_BEYOND))
+    branches = bad.file("mem_protect.c").branches[guard]   # (one copy per caller it is inlined into)
+    assert sum(b.directions_run for b in branches) == 1        # only the way out was taken
+    ran = next(b.pc for b in branches if b.directions_run)
+    pfn = lab.host.alloc_pages(1)
+
+    def both():
+        lab.host.hvc(0xC6000000 | 2, RAM_PAGES_BEYOND)
+        lab.host.hvc(0xC6000000 | 2, pfn)   # the same call, a page the host owns: on past the guard
+    good_and_bad = _during(measured, both)
+    same = next(b for b in good_and_bad.file("mem_protect.c").branches[guard] if b.pc == ran)
+    assert same.taken and same.not_taken and same.directions_run == 2
+
+
+def test_off_installs_no_hook_and_a_mutant_is_never_measured(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(M, "_hook", lambda core, counters: calls.append(counters))
+    monkeypatch.delenv(M.ENV, raising=False)
+    lab = Lab()
+    assert calls == [] and not hasattr(lab.core, "coverage_hooks")   # off: nothing is put on the core
+    monkeypatch.setenv(M.ENV, str(tmp_path / "data"))
+    copy = copy_firmware(tmp_path / "fw")
+    with open(copy / "mem_protect.c", "a") as fh:
+        fh.write("/* edited */\n")
+    Lab(firmware=copy)
+    assert calls == []                              # an edited copy has other lines: not measured
+    Lab()
+    assert len(calls) == 1 and calls[0].path.parent == tmp_path / "data"
+
+
+def test_the_python_hook_counts_what_the_native_one_counts(monkeypatch):
+    counts = []
+    for native in (True, False):
+        if not native:
+            monkeypatch.setattr(M, "_tried", True)
+            monkeypatch.setattr(M, "_lib", None)
+        elif M._load() is None:
+            pytest.skip(f"the native coverage hook does not build here: {M.last_error}")
+        with M.measure() as c:
+            lab = Lab()
+        pfn = lab.host.alloc_pages(1)
+        lab.host.share_hyp(pfn)
+        lab.host.unshare_hyp(pfn)
+        counts.append(c.copy())
+    assert np.array_equal(counts[0]._data, counts[1]._data) and counts[0].insn.sum() > 1000
+
+
+def test_each_process_writes_its_own_file_and_the_report_merges_them(tmp_path):
+    script = "from pkvmlab import Lab; lab = Lab(); lab.host.share_hyp(lab.host.alloc_pages(1))"
+    env = dict(os.environ, **{M.ENV: str(tmp_path / "data" / "tests")})
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, timeout=300)
+    files = M.data_files(tmp_path / "data" / "tests")
+    assert len(files) == 2
+    one = M.Counters.load(files[0])
+    merged = Coverage.from_dir(tmp_path / "data" / "tests")
+    assert merged.runs == 2 and np.array_equal(merged.counters.insn, 2 * one.insn)   # the same run twice
+    out = subprocess.run([sys.executable, "tools/coverage.py", str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    assert "all firmware" in out and "error returns" in out
+    index = (tmp_path / "tests" / "index.html").read_text()
+    assert "mem_protect.c.html" in index and (tmp_path / "tests" / "mem_protect.c.html").is_file()
+
+
+def test_the_pictures_colour_lines_run_and_missed(measured):
+    lab, counters = measured
+    cov = Coverage(counters.copy(), label="boot")
+    html = coverage_view(cov, "mem_protect.c")._repr_html_()
+    assert "hyp_pgtable_init" in html and "#d3f5d3" in html and "#f8cfcf" in html   # booted: some ran, some not
+    f = cov.file("mem_protect.c")
+    assert "never ran" in file_page(cov, f) and "mem_protect.c" in index_page(cov, "t")
+    missed = {(m.file, m.line): m.reason for m in unreached(cov)}
+    bad_vector = _line_of("entry.S", "__hyp_bad_vector:", "__bad_vector_msg")   # hyp's own unexpected exception
+    assert missed[("entry.S", bad_vector)].startswith("panic path")
+
+
+def test_a_guest_sharing_a_page_it_does_not_have_marks_the_share_calls_eperm(measured):
+    """The refusal comes from an inlined helper's ``return NULL`` branching straight to the errno's way out,
+    not from the ``if`` above the line: the line is still marked reached (its own way out ran)."""
+    lab, _ = measured
+    vm = lab.host.create_vm(nr_vcpus=1, guest="share")
+    vm.run()                                  # up to the first doorbell: the page at IPA 0x3000 is shared
+    cov = _during(measured, vm.run)           # unshare it, then share IPA 0x80000, which it does not have
+    assert vm.exits[-1].hvc[3] == (1 << 64) - 3   # refused (SMCCC_RET_INVALID_PARAMETER)
+    line = _line_of("mem_guest.c", "__pkvm_guest_share_host", "return -EPERM")
+    assert ("mem_guest.c", line) in _reached(cov)
+    unshare = _line_of("mem_guest.c", "__pkvm_guest_unshare_host", "return -EPERM")
+    assert ("mem_guest.c", unshare) not in _reached(cov)   # the unshare was of a shared page: no error

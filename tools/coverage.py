@@ -1,0 +1,96 @@
+"""The coverage report ``make coverage`` writes: ``python tools/coverage.py build/coverage``.
+
+Reads ``<dir>/data/<run>/*.cov`` (one file per measured process, written when ``PKVMLAB_COVERAGE`` was set;
+``pkvmlab/machine/coverage.py``), merges each run's files, and writes ``<dir>/<run>/index.html`` (per file,
+lines and branches run) with one annotated-source page per file, the gcov/lcov look; and prints, per run,
+the summary, every error return judged reached or not, and every line never run with its reason.
+``--campaign STEPS`` first runs the campaign (correct firmware, every call checked) measured into
+``<dir>/data/campaign``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's pkvmlab, however we were started
+
+from pkvmlab.inspect.coverage import Coverage, percent  # noqa: E402
+from pkvmlab.inspect.error_paths import error_paths, unreached  # noqa: E402
+from pkvmlab.machine.coverage import ENV, data_files  # noqa: E402
+from pkvmlab.viz.coverage import file_page, index_page, page_name  # noqa: E402
+
+TITLES = {"tests": "EL2 coverage: the test suite", "campaign": "EL2 coverage: the campaign"}
+
+
+def write_report(cov: Coverage, out: Path, title: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "index.html").write_text(index_page(cov, title))
+    for f in cov.files.values():
+        (out / page_name(f)).write_text(file_page(cov, f))
+    (out / "error_paths.txt").write_text("\n".join(str(e) for e in error_paths(cov)) + "\n")
+    (out / "unreached.txt").write_text("\n".join(str(m) for m in unreached(cov)) + "\n")
+
+
+def describe(cov: Coverage, title: str, *, verbose: bool) -> str:
+    errs = error_paths(cov)
+    returns = [e for e in errs if e.is_return]
+    h = cov.handler_lines()
+    missed = unreached(cov)
+    out = [f"== {title} ({cov.runs} process file(s)) ==", cov.summary(), "",
+           f"hypercall handlers and their helpers: {sum(1 for v in h.values() if v)} of {len(h)} lines "
+           f"({percent(sum(1 for v in h.values() if v), len(h)):.1f}%); without panic-only lines: "
+           f"{_without_panics(cov, h, missed)}",
+           f"error returns (return -E...): {sum(1 for e in returns if e.reached)} reached, "
+           f"{sum(1 for e in returns if e.reached is False)} not, {sum(1 for e in returns if e.reached is None)} "
+           f"cannot be told from the -O2 code, of {len(returns)}; every errno line: "
+           f"{sum(1 for e in errs if e.reached)}/{len(errs)} reached"]
+    if verbose:
+        out += ["", "error lines:", *("  " + str(e) for e in errs), "", "lines never run:",
+                *("  " + str(m) for m in missed)]
+    return "\n".join(out)
+
+
+def _without_panics(cov: Coverage, h: dict, missed: list) -> str:
+    panics = {(m.file, m.line) for m in missed if m.reason.startswith("panic")}
+    names = {f.path: f.name for f in cov.files.values()}
+    keep = {k: v for k, v in h.items() if (names[k[0]], k[1]) not in panics}
+    run = sum(1 for v in keep.values() if v)
+    return f"{run} of {len(keep)} ({percent(run, len(keep)):.1f}%)"
+
+
+def run_campaign(data: Path, steps: int) -> None:
+    os.environ[ENV] = str(data)
+    from pkvmlab import Lab, campaign
+
+    print(campaign.run(Lab, steps=steps, shrink=False))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dir", type=Path, help="where data/<run>/ is and the report goes (build/coverage)")
+    ap.add_argument("--campaign", type=int, metavar="STEPS", help="first run the campaign measured, this many steps")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every error line and every line never run")
+    args = ap.parse_args()
+    if args.campaign:
+        run_campaign(args.dir / "data" / "campaign", args.campaign)
+        return 0
+    runs = [d for d in sorted((args.dir / "data").glob("*")) if d.is_dir() and data_files(d)]
+    if not runs:
+        print(f"no coverage data under {args.dir / 'data'}: run with {ENV}={args.dir}/data/<run>", file=sys.stderr)
+        return 1
+    for d in runs:
+        title = TITLES.get(d.name, f"EL2 coverage: {d.name}")
+        cov = Coverage.from_dir(d, label=d.name)
+        write_report(cov, args.dir / d.name, title)
+        print(describe(cov, title, verbose=args.verbose), end="\n\n")
+    links = "".join(f"<li><a href='{d.name}/index.html'>{TITLES.get(d.name, d.name)}</a></li>" for d in runs)
+    (args.dir / "index.html").write_text(f"<!doctype html><meta charset=utf-8><title>EL2 coverage</title><ul>{links}</ul>")
+    print(f"HTML: {args.dir / 'index.html'} ({', '.join(str(args.dir / d.name / 'index.html') for d in runs)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
