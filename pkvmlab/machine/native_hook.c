@@ -162,7 +162,7 @@ static int decode_ldst(uc_engine *uc, uint32_t insn, struct access *a)
 		off = (uint64_t)imm9;
 		wb = idx == 1 || idx == 3;
 		post = idx == 1;
-	} else if ((insn & 0x3f200c00) == 0x38200800) {	/* register offset */
+	} else if ((insn & 0x3b200c00) == 0x38200800) {	/* register offset */
 		uint32_t option = (insn >> 13) & 7;
 		uint64_t m = xreg(uc, (insn >> 16) & 31, 0);
 
