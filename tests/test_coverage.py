@@ -194,3 +194,35 @@ def test_a_guest_sharing_a_page_it_does_not_have_marks_the_share_calls_eperm(mea
     assert ("mem_guest.c", line) in _reached(cov)
     unshare = _line_of("mem_guest.c", "__pkvm_guest_unshare_host", "return -EPERM")
     assert ("mem_guest.c", unshare) not in _reached(cov)   # the unshare was of a shared page: no error
+
+
+def test_every_defensive_allowlist_entry_names_code_lines_of_its_function(measured):
+    """Each DEFENSIVE entry matches at least one line with code of the named C function, and nothing else."""
+    from pkvmlab.inspect.error_paths import DEFENSIVE, c_function, defensive_reason
+
+    cov = Coverage(measured[1].copy())
+    for file, func, needle, why in DEFENSIVE:
+        f = cov.file(file)
+        hit = [n for n in f.hits if c_function(f.source, n) == func and needle in f.text(n)]
+        assert hit, (file, func, needle)
+        assert all(defensive_reason(f, n) == why for n in hit)
+    f = cov.file("hyp-main.c")
+    assert defensive_reason(f, _line_of("hyp-main.c", "handle_host_smc", "SMCCC_RET_NOT_SUPPORTED")) == ""
+
+
+def test_the_host_running_code_hyp_owns_gets_a_same_level_instruction_abort_and_the_iabt_repaint_runs(measured):
+    """The host branching into hyp's carve-out takes a stage-2 instruction abort (EC 0x20) to EL2; hyp injects it
+    back as EC 0x21 (same level) with S1PTW, maps nothing, and the repaint's IABT test is marked taken."""
+    from pkvmlab import HostAccessFault
+    from pkvmlab.arch import esr as E
+
+    lab, _ = measured
+    target = lab.core.ram_base + 0x3000                  # hyp's carve-out
+    before = lab.hyp.ownership()
+    cov = _during(measured, lambda: pytest.raises(HostAccessFault, lab.host.execute, "br x9", x9=target))
+    esr = lab.core.sysreg("ESR_EL1")
+    assert (esr >> 26, bool(esr & E.ISS_S1PTW)) == (0x21, True) and lab.core.sysreg("FAR_EL1") == target
+    assert lab.hyp.ownership() == before and lab.core.panic is None
+    f = cov.file("mem_protect.c")
+    line = _line_of("mem_protect.c", "host_inject_abort", "else if (ec == ESR_ELx_EC_IABT_LOW)")
+    assert any(b.directions_run for b in f.branches.get(line, ())) or f.hits.get(line)
