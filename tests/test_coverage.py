@@ -226,3 +226,70 @@ def test_the_host_running_code_hyp_owns_gets_a_same_level_instruction_abort_and_
     f = cov.file("mem_protect.c")
     line = _line_of("mem_protect.c", "host_inject_abort", "else if (ec == ESR_ELx_EC_IABT_LOW)")
     assert any(b.directions_run for b in f.branches.get(line, ())) or f.hits.get(line)
+
+
+def test_donating_a_whole_2mib_entry_with_a_table_below_frees_the_table(measured):
+    """A host stage-2 level-3 table under a 2 MiB range the host then gives hyp whole (a 512-page shadow area) is
+    replaced by one owner annotation at level 2, and the table page goes back to the pool: free_table runs."""
+    from conftest import hyp_takes, vm_parts
+
+    from pkvmlab.arch.pgtable import Owner
+
+    lab, _ = measured
+    h = lab.host
+    parts = vm_parts(lab)
+    block = h.alloc_pages(512, align=512)
+    h.read_u64(block * 4096)              # a 2 MiB block mapping
+    h.share_hyp(block + 1)                # split: a level-3 table (the share's page state in it)
+    h.unshare_hyp(block + 1)
+    h.read_u64((block + 2) * 4096)        # the table keeps a mapping: it is not empty
+    cov = _during(measured, lambda: hyp_takes(lab, block, 512, parts=parts))
+    own = lab.hyp.ownership()
+    assert {own.page(block + i).owner for i in range(512)} == {Owner.HYP}
+    f = cov.file("pgtable.c")
+    put = _line_of("pgtable.c", "free_table", "hyp_put_page(table)")
+    assert f.hits[put] >= 1
+
+
+def test_map_guest_with_no_pool_page_for_the_hosts_table_is_enomem_and_changes_nothing(measured):
+    """__pkvm_host_donate_guest's check_donate_guest(): annotating a page inside a host 2 MiB block needs a new
+    level-3 table from the hyp pool; with the pool empty the call is -ENOMEM, the page stays the host's and the
+    guest gets nothing, no pool page is used (and its ``ret = -ENOMEM`` is marked); with one pool page back the same call works."""
+    from test_mem_protect import drain_pool
+
+    from pkvmlab import HypercallError
+
+    lab, _ = measured
+    h = lab.host
+    vm = h.create_vm(1)
+    vm.donate(4)
+    pfn = h.alloc_pages(1, align=512)
+    h.read_u64(pfn * 4096)                               # a 2 MiB block mapping around pfn
+    taken = drain_pool(lab, 0)
+    before = lab.hyp.ownership()
+    cov = _during(measured, lambda: pytest.raises(HypercallError, vm.donate, 5, pfn))
+    after = lab.hyp.ownership()           # (hyp did take the memcache pages the host pushed: refill comes first)
+    assert after.page(pfn) == before.page(pfn) and 5 not in vm.guest_pages
+    assert lab.hyp.pool().free_pages == 0
+    assert ("mem_guest.c", _line_of("mem_guest.c", "check_donate_guest", "ret = -ENOMEM")) in _reached(cov)
+    for page in taken:
+        lab.core.call_symbol("hyp_put_page", page)
+    vm.donate(5, pfn)
+    assert vm.guest_pages[5] == pfn
+
+
+def test_map_guest_at_a_guest_frame_that_has_a_page_is_eperm_and_changes_nothing(measured):
+    """check_donate_guest()'s "that guest frame already holds a page": -EPERM, both pages stay where they were."""
+    from pkvmlab import HypercallError
+
+    lab, _ = measured
+    vm = lab.host.create_vm(1)
+    first = vm.donate(4)
+    other = lab.host.alloc_pages(1)
+    before = lab.hyp.ownership()
+    refused = []
+    cov = _during(measured, lambda: refused.append(pytest.raises(HypercallError, vm.donate, 4, other).value.errno))
+    after = lab.hyp.ownership()           # (hyp did take the memcache pages the host pushed: refill comes first)
+    assert refused == [1] and vm.guest_pages[4] == first
+    assert (after.page(first), after.page(other)) == (before.page(first), before.page(other))
+    assert ("mem_guest.c", _line_of("mem_guest.c", "check_donate_guest", "ret = -EPERM")) in _reached(cov)
