@@ -254,7 +254,8 @@ def test_donating_a_whole_2mib_entry_with_a_table_below_frees_the_table(measured
 def test_map_guest_with_no_pool_page_for_the_hosts_table_is_enomem_and_changes_nothing(measured):
     """__pkvm_host_donate_guest's check_donate_guest(): annotating a page inside a host 2 MiB block needs a new
     level-3 table from the hyp pool; with the pool empty the call is -ENOMEM, the page stays the host's and the
-    guest gets nothing, no pool page is used (and its ``ret = -ENOMEM`` is marked); with one pool page back the same call works."""
+    guest gets nothing, no pool page is used
+    (and its ``ret = -ENOMEM`` is marked); with the pool pages back the same call works."""
     from test_mem_protect import drain_pool
 
     from pkvmlab import HypercallError
