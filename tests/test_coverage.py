@@ -182,18 +182,21 @@ def test_the_pictures_colour_lines_run_and_missed(measured):
     assert missed[("entry.S", bad_vector)].startswith("panic path")
 
 
-def test_a_guest_sharing_a_page_it_does_not_have_marks_the_share_calls_eperm(measured):
-    """The refusal comes from an inlined helper's ``return NULL`` branching straight to the errno's way out,
-    not from the ``if`` above the line: the line is still marked reached (its own way out ran)."""
+def test_a_guest_unsharing_a_page_it_does_not_have_marks_the_page_walks_efault(measured):
+    """The share guest's last call unshares IPA 0x80000, where it has no page: guest_request_page()'s -EFAULT
+    (no valid entry there), turned into SMCCC_RET_INVALID_PARAMETER for the guest.  The refusal comes from an
+    inlined walk's ``return NULL`` or the validity test; either way the line is marked reached (its own way
+    out ran), and the -EPERM of a page in another state is not."""
     lab, _ = measured
     vm = lab.host.create_vm(nr_vcpus=1, guest="share")
     vm.run()                                  # up to the first doorbell: the page at IPA 0x3000 is shared
-    cov = _during(measured, vm.run)           # unshare it, then share IPA 0x80000, which it does not have
+    cov = _during(measured, vm.run)           # unshare it, the page request at 0x5000, the refused unshare
     assert vm.exits[-1].hvc[3] == (1 << 64) - 3   # refused (SMCCC_RET_INVALID_PARAMETER)
-    line = _line_of("mem_guest.c", "__pkvm_guest_share_host", "return -EPERM")
-    assert ("mem_guest.c", line) in _reached(cov)
+    reached = _reached(cov)
+    assert ("mem_guest.c", _line_of("mem_guest.c", "guest_request_page", "return -EFAULT")) in reached
+    assert ("mem_guest.c", _line_of("mem_guest.c", "guest_request_page", "return -EPERM")) not in reached
     unshare = _line_of("mem_guest.c", "__pkvm_guest_unshare_host", "return -EPERM")
-    assert ("mem_guest.c", unshare) not in _reached(cov)   # the unshare was of a shared page: no error
+    assert ("mem_guest.c", unshare) not in reached   # the unshare of 0x3000 was of a shared page: no error
 
 
 def test_every_defensive_allowlist_entry_names_code_lines_of_its_function(measured):
@@ -222,7 +225,7 @@ def test_the_host_running_code_hyp_owns_gets_a_same_level_instruction_abort_and_
     cov = _during(measured, lambda: pytest.raises(HostAccessFault, lab.host.execute, "br x9", x9=target))
     esr = lab.core.sysreg("ESR_EL1")
     assert (esr >> 26, bool(esr & E.ISS_S1PTW)) == (0x21, True) and lab.core.sysreg("FAR_EL1") == target
-    assert lab.hyp.ownership() == before and lab.core.panic is None
+    assert lab.hyp.ownership().page(target >> 12) == before.page(target >> 12) and lab.core.panic is None
     f = cov.file("mem_protect.c")
     line = _line_of("mem_protect.c", "host_inject_abort", "else if (ec == ESR_ELx_EC_IABT_LOW)")
     assert any(b.directions_run for b in f.branches.get(line, ())) or f.hits.get(line)
