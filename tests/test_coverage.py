@@ -297,3 +297,45 @@ def test_map_guest_at_a_guest_frame_that_has_a_page_is_eperm_and_changes_nothing
     assert refused == [1] and vm.guest_pages[4] == first
     assert (after.page(first), after.page(other)) == (before.page(first), before.page(other))
     assert ("mem_guest.c", _line_of("mem_guest.c", "check_donate_guest", "ret = -EPERM")) in _reached(cov)
+
+
+GUEST_BAD_SHARES = """
+movz x0, #0xc600, lsl #16
+movk x0, #3
+mov x1, #0x1001
+hvc #0
+mov x19, x0
+movz x0, #0xc600, lsl #16
+movk x0, #3
+movz x1, #1, lsl #48
+hvc #0
+mov x20, x0
+movz x0, #0xc600, lsl #16
+movk x0, #0x40
+mov x1, x19
+mov x2, x20
+mov x3, #0
+hvc #0
+"""
+
+
+def test_a_guest_sharing_an_unaligned_ipa_or_one_past_its_space_is_refused_and_marks_einval_and_erange(measured):
+    """The guest's code (put by the host at IPA 0, its entry) asks MEM_SHARE of IPA 0x1001 and of 2**48: both are
+    SMCCC_RET_INVALID_PARAMETER, no page changes hands, and guest_request_page()'s -EINVAL (not page aligned)
+    and -ERANGE (outside the IPA space) are marked reached."""
+    from pkvmlab.firmware.asm import assemble
+
+    lab, _ = measured
+    h = lab.host
+    vm = h.create_vm(1, guest="hello")
+    pfn = h.alloc_pages(1)
+    h.write(pfn * 4096, assemble(GUEST_BAD_SHARES))
+    vm.donate(0, pfn)
+    vm.set_entry(0, 0x2000)
+    before = lab.hyp.ownership()
+    cov = _during(measured, vm.run)
+    assert vm.exits[-1].hvc[1:3] == ((1 << 64) - 3, (1 << 64) - 3)   # both refused: INVALID_PARAMETER
+    assert vm.shared_gfns == set() and lab.hyp.ownership().page(pfn) == before.page(pfn)
+    reached = _reached(cov)
+    for needle in ("return -ERANGE", "return -EINVAL"):
+        assert ("mem_guest.c", _line_of("mem_guest.c", "guest_request_page", needle)) in reached
