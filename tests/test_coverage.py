@@ -339,3 +339,31 @@ def test_a_guest_sharing_an_unaligned_ipa_or_one_past_its_space_is_refused_and_m
     reached = _reached(cov)
     for needle in ("return -ERANGE", "return -EINVAL"):
         assert ("mem_guest.c", _line_of("mem_guest.c", "guest_request_page", needle)) in reached
+
+
+ID_REGS = ("id_aa64pfr1_el1", "id_aa64isar0_el1", "id_aa64isar1_el1", "id_aa64mmfr1_el1", "s3_0_c0_c7_2")
+DOORBELL = "movz x0, #0xc600, lsl #16\nmovk x0, #0x40\nhvc #0\n"
+
+
+def test_a_guests_reads_of_five_more_id_registers_trap_and_show_only_features_the_cpu_has(measured):
+    """HCR_EL2.TID3 sends a protected guest's ID-register reads to EL2 (pvm_read_id_reg()): for PFR1, ISAR0, ISAR1,
+    MMFR1 and MMFR2 the guest sees a subset of the CPU's own bits (masked), and each case's line is marked run."""
+    from pkvmlab.firmware.asm import assemble
+
+    lab, _ = measured
+    h = lab.host
+    cpu = [h.execute(f"mrs x0, {r}")["x0"] for r in ID_REGS]     # the host is not trapped: the CPU's values
+    code = (f"mrs x1, {ID_REGS[0]}\nmrs x2, {ID_REGS[1]}\nmrs x3, {ID_REGS[2]}\n" + DOORBELL
+            + f"mrs x1, {ID_REGS[3]}\nmrs x2, {ID_REGS[4]}\nmov x3, #0\n" + DOORBELL)
+    vm = h.create_vm(1, guest="hello")
+    pfn = h.alloc_pages(1)
+    h.write(pfn * 4096, assemble(code))
+    vm.donate(0, pfn)
+    vm.set_entry(0, 0x2000)
+    cov = _during(measured, lambda: (vm.run(), vm.run()))
+    seen = [*vm.exits[-2].hvc[1:4], *vm.exits[-1].hvc[1:3]]
+    assert all(v & ~c == 0 for v, c in zip(seen, cpu)), [hex(v) for v in seen]
+    assert seen[1] == cpu[1] != 0       # ISAR0's AES, SHA1, SHA2, CRC32 fields: all in PVM_ID_AA64ISAR0_ALLOW
+    f = cov.file("sys_regs.c")
+    for reg in ("id_aa64pfr1_el1", "id_aa64isar0_el1", "id_aa64isar1_el1", "id_aa64mmfr1_el1", "s3_0_c0_c7_2"):
+        assert f.hits[_line_of("sys_regs.c", "pvm_read_id_reg", f"read_sysreg({reg})")] >= 1, reg
