@@ -14,7 +14,8 @@ the prologue) and the ``if`` branches straight to the epilogue.  So an error lin
    errno flows on through more conditions, or its way out is shared with other paths): said so, never guessed.
 
 ``unreached(cov)`` lists every code line that never ran, with a reason when one can be read off the code
-(a panic path, a bad exception vector, the debugger's stop address).
+(a panic path, a bad exception vector, the debugger's stop address), or from ``DEFENSIVE``: the few
+defensive lines no host or guest input reaches, each with its one-line reason.
 """
 
 from __future__ import annotations
