@@ -182,15 +182,188 @@ def test_the_pictures_colour_lines_run_and_missed(measured):
     assert missed[("entry.S", bad_vector)].startswith("panic path")
 
 
-def test_a_guest_sharing_a_page_it_does_not_have_marks_the_share_calls_eperm(measured):
-    """The refusal comes from an inlined helper's ``return NULL`` branching straight to the errno's way out,
-    not from the ``if`` above the line: the line is still marked reached (its own way out ran)."""
+def test_a_guest_unsharing_a_page_it_does_not_have_marks_the_page_walks_efault(measured):
+    """The share guest's last call unshares IPA 0x80000, where it has no page: guest_request_page()'s -EFAULT
+    (no valid entry there), turned into SMCCC_RET_INVALID_PARAMETER for the guest.  The refusal comes from an
+    inlined walk's ``return NULL`` or the validity test; either way the line is marked reached (its own way
+    out ran), and the -EPERM of a page in another state is not."""
     lab, _ = measured
     vm = lab.host.create_vm(nr_vcpus=1, guest="share")
     vm.run()                                  # up to the first doorbell: the page at IPA 0x3000 is shared
-    cov = _during(measured, vm.run)           # unshare it, then share IPA 0x80000, which it does not have
+    cov = _during(measured, vm.run)           # unshare it, the page request at 0x5000, the refused unshare
     assert vm.exits[-1].hvc[3] == (1 << 64) - 3   # refused (SMCCC_RET_INVALID_PARAMETER)
-    line = _line_of("mem_guest.c", "__pkvm_guest_share_host", "return -EPERM")
-    assert ("mem_guest.c", line) in _reached(cov)
+    reached = _reached(cov)
+    assert ("mem_guest.c", _line_of("mem_guest.c", "guest_request_page", "return -EFAULT")) in reached
+    assert ("mem_guest.c", _line_of("mem_guest.c", "guest_request_page", "return -EPERM")) not in reached
     unshare = _line_of("mem_guest.c", "__pkvm_guest_unshare_host", "return -EPERM")
-    assert ("mem_guest.c", unshare) not in _reached(cov)   # the unshare was of a shared page: no error
+    assert ("mem_guest.c", unshare) not in reached   # the unshare of 0x3000 was of a shared page: no error
+
+
+def test_every_defensive_allowlist_entry_names_code_lines_of_its_function(measured):
+    """Each DEFENSIVE entry matches at least one line with code of the named C function, and nothing else."""
+    from pkvmlab.inspect.error_paths import DEFENSIVE, c_function, defensive_reason
+
+    cov = Coverage(measured[1].copy())
+    for file, func, needle, why in DEFENSIVE:
+        f = cov.file(file)
+        hit = [n for n in f.hits if c_function(f.source, n) == func and needle in f.text(n)]
+        assert hit, (file, func, needle)
+        assert all(defensive_reason(f, n) == why for n in hit)
+    f = cov.file("hyp-main.c")
+    assert defensive_reason(f, _line_of("hyp-main.c", "handle_host_smc", "SMCCC_RET_NOT_SUPPORTED")) == ""
+
+
+def test_the_host_running_code_hyp_owns_gets_a_same_level_instruction_abort_and_the_iabt_repaint_runs(measured):
+    """The host branching into hyp's carve-out takes a stage-2 instruction abort (EC 0x20) to EL2; hyp injects it
+    back as EC 0x21 (same level) with S1PTW, maps nothing, and the repaint's IABT test is marked taken."""
+    from pkvmlab import HostAccessFault
+    from pkvmlab.arch import esr as E
+
+    lab, _ = measured
+    target = lab.core.ram_base + 0x3000                  # hyp's carve-out
+    before = lab.hyp.ownership()
+    cov = _during(measured, lambda: pytest.raises(HostAccessFault, lab.host.execute, "br x9", x9=target))
+    esr = lab.core.sysreg("ESR_EL1")
+    assert (esr >> 26, bool(esr & E.ISS_S1PTW)) == (0x21, True) and lab.core.sysreg("FAR_EL1") == target
+    assert lab.hyp.ownership().page(target >> 12) == before.page(target >> 12) and lab.core.panic is None
+    f = cov.file("mem_protect.c")
+    line = _line_of("mem_protect.c", "host_inject_abort", "else if (ec == ESR_ELx_EC_IABT_LOW)")
+    assert any(b.directions_run for b in f.branches.get(line, ())) or f.hits.get(line)
+
+
+def test_donating_a_whole_2mib_entry_with_a_table_below_frees_the_table(measured):
+    """A host stage-2 level-3 table under a 2 MiB range the host then gives hyp whole (a 512-page shadow area) is
+    replaced by one owner annotation at level 2, and the table page goes back to the pool: free_table runs."""
+    from conftest import hyp_takes, vm_parts
+
+    from pkvmlab.arch.pgtable import Owner
+
+    lab, _ = measured
+    h = lab.host
+    parts = vm_parts(lab)
+    block = h.alloc_pages(512, align=512)
+    h.read_u64(block * 4096)              # a 2 MiB block mapping
+    h.share_hyp(block + 1)                # split: a level-3 table (the share's page state in it)
+    h.unshare_hyp(block + 1)
+    h.read_u64((block + 2) * 4096)        # the table keeps a mapping: it is not empty
+    cov = _during(measured, lambda: hyp_takes(lab, block, 512, parts=parts))
+    own = lab.hyp.ownership()
+    assert {own.page(block + i).owner for i in range(512)} == {Owner.HYP}
+    f = cov.file("pgtable.c")
+    put = _line_of("pgtable.c", "free_table", "hyp_put_page(table)")
+    assert f.hits[put] >= 1
+
+
+def test_map_guest_with_no_pool_page_for_the_hosts_table_is_enomem_and_changes_nothing(measured):
+    """__pkvm_host_donate_guest's check_donate_guest(): annotating a page inside a host 2 MiB block needs a new
+    level-3 table from the hyp pool; with the pool empty the call is -ENOMEM, the page stays the host's and the
+    guest gets nothing, no pool page is used
+    (and its ``ret = -ENOMEM`` is marked); with the pool pages back the same call works."""
+    from test_mem_protect import drain_pool
+
+    from pkvmlab import HypercallError
+
+    lab, _ = measured
+    h = lab.host
+    vm = h.create_vm(1)
+    vm.donate(4)
+    pfn = h.alloc_pages(1, align=512)
+    h.read_u64(pfn * 4096)                               # a 2 MiB block mapping around pfn
+    taken = drain_pool(lab, 0)
+    before = lab.hyp.ownership()
+    cov = _during(measured, lambda: pytest.raises(HypercallError, vm.donate, 5, pfn))
+    after = lab.hyp.ownership()           # (hyp did take the memcache pages the host pushed: refill comes first)
+    assert after.page(pfn) == before.page(pfn) and 5 not in vm.guest_pages
+    assert lab.hyp.pool().free_pages == 0
+    assert ("mem_guest.c", _line_of("mem_guest.c", "check_donate_guest", "ret = -ENOMEM")) in _reached(cov)
+    for page in taken:
+        lab.core.call_symbol("hyp_put_page", page)
+    vm.donate(5, pfn)
+    assert vm.guest_pages[5] == pfn
+
+
+def test_map_guest_at_a_guest_frame_that_has_a_page_is_eperm_and_changes_nothing(measured):
+    """check_donate_guest()'s "that guest frame already holds a page": -EPERM, both pages stay where they were."""
+    from pkvmlab import HypercallError
+
+    lab, _ = measured
+    vm = lab.host.create_vm(1)
+    first = vm.donate(4)
+    other = lab.host.alloc_pages(1)
+    before = lab.hyp.ownership()
+    refused = []
+    cov = _during(measured, lambda: refused.append(pytest.raises(HypercallError, vm.donate, 4, other).value.errno))
+    after = lab.hyp.ownership()           # (hyp did take the memcache pages the host pushed: refill comes first)
+    assert refused == [1] and vm.guest_pages[4] == first
+    assert (after.page(first), after.page(other)) == (before.page(first), before.page(other))
+    assert ("mem_guest.c", _line_of("mem_guest.c", "check_donate_guest", "ret = -EPERM")) in _reached(cov)
+
+
+GUEST_BAD_SHARES = """
+movz x0, #0xc600, lsl #16
+movk x0, #3
+mov x1, #0x1001
+hvc #0
+mov x19, x0
+movz x0, #0xc600, lsl #16
+movk x0, #3
+movz x1, #1, lsl #48
+hvc #0
+mov x20, x0
+movz x0, #0xc600, lsl #16
+movk x0, #0x40
+mov x1, x19
+mov x2, x20
+mov x3, #0
+hvc #0
+"""
+
+
+def test_a_guest_sharing_an_unaligned_ipa_or_one_past_its_space_is_refused_and_marks_einval_and_erange(measured):
+    """The guest's code (put by the host at IPA 0, its entry) asks MEM_SHARE of IPA 0x1001 and of 2**48: both are
+    SMCCC_RET_INVALID_PARAMETER, no page changes hands, and guest_request_page()'s -EINVAL (not page aligned)
+    and -ERANGE (outside the IPA space) are marked reached."""
+    from pkvmlab.firmware.asm import assemble
+
+    lab, _ = measured
+    h = lab.host
+    vm = h.create_vm(1, guest="hello")
+    pfn = h.alloc_pages(1)
+    h.write(pfn * 4096, assemble(GUEST_BAD_SHARES))
+    vm.donate(0, pfn)
+    vm.set_entry(0, 0x2000)
+    before = lab.hyp.ownership()
+    cov = _during(measured, vm.run)
+    assert vm.exits[-1].hvc[1:3] == ((1 << 64) - 3, (1 << 64) - 3)   # both refused: INVALID_PARAMETER
+    assert vm.shared_gfns == set() and lab.hyp.ownership().page(pfn) == before.page(pfn)
+    reached = _reached(cov)
+    for needle in ("return -ERANGE", "return -EINVAL"):
+        assert ("mem_guest.c", _line_of("mem_guest.c", "guest_request_page", needle)) in reached
+
+
+ID_REGS = ("id_aa64pfr1_el1", "id_aa64isar0_el1", "id_aa64isar1_el1", "id_aa64mmfr1_el1", "s3_0_c0_c7_2")
+DOORBELL = "movz x0, #0xc600, lsl #16\nmovk x0, #0x40\nhvc #0\n"
+
+
+def test_a_guests_reads_of_five_more_id_registers_trap_and_show_only_features_the_cpu_has(measured):
+    """HCR_EL2.TID3 sends a protected guest's ID-register reads to EL2 (pvm_read_id_reg()): for PFR1, ISAR0, ISAR1,
+    MMFR1 and MMFR2 the guest sees a subset of the CPU's own bits (masked), and each case's line is marked run."""
+    from pkvmlab.firmware.asm import assemble
+
+    lab, _ = measured
+    h = lab.host
+    cpu = [h.execute(f"mrs x0, {r}")["x0"] for r in ID_REGS]     # the host is not trapped: the CPU's values
+    code = (f"mrs x1, {ID_REGS[0]}\nmrs x2, {ID_REGS[1]}\nmrs x3, {ID_REGS[2]}\n" + DOORBELL
+            + f"mrs x1, {ID_REGS[3]}\nmrs x2, {ID_REGS[4]}\nmov x3, #0\n" + DOORBELL)
+    vm = h.create_vm(1, guest="hello")
+    pfn = h.alloc_pages(1)
+    h.write(pfn * 4096, assemble(code))
+    vm.donate(0, pfn)
+    vm.set_entry(0, 0x2000)
+    cov = _during(measured, lambda: (vm.run(), vm.run()))
+    seen = [*vm.exits[-2].hvc[1:4], *vm.exits[-1].hvc[1:3]]
+    assert all(v & ~c == 0 for v, c in zip(seen, cpu)), [hex(v) for v in seen]
+    assert seen[1] == cpu[1] != 0       # ISAR0's AES, SHA1, SHA2, CRC32 fields: all in PVM_ID_AA64ISAR0_ALLOW
+    f = cov.file("sys_regs.c")
+    for reg in ("id_aa64pfr1_el1", "id_aa64isar0_el1", "id_aa64isar1_el1", "id_aa64mmfr1_el1", "s3_0_c0_c7_2"):
+        assert f.hits[_line_of("sys_regs.c", "pvm_read_id_reg", f"read_sysreg({reg})")] >= 1, reg

@@ -16,7 +16,7 @@ from pkvmlab.inspect.error_paths import error_paths
 GREEN, RED, YELLOW = "#d3f5d3", "#f8cfcf", "#fdf0b0"
 STYLE = ("<style>.pkcov{border-collapse:collapse;font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;width:100%}"
          ".pkcov td{padding:0 6px;vertical-align:top;border:0}.pkcov td.n{color:#777;text-align:right;width:3em}"
-         ".pkcov td.h{text-align:right;width:4.5em}.pkcov td.b{width:4em;color:#555}.pkcov td.e{width:5.5em}"
+         ".pkcov td.h{text-align:right;width:4.5em}.pkcov td.b{width:4em;color:#555}.pkcov td.e{width:5.5em;white-space:nowrap}"
          ".pkcov td.s{white-space:pre;tab-size:4;-moz-tab-size:4;overflow:hidden;text-overflow:ellipsis;width:100%}"
          ".pkidx{border-collapse:collapse;font:13px sans-serif}.pkidx td,.pkidx th{padding:2px 10px;"
          "border-bottom:1px solid #ddd;text-align:right}.pkidx td:first-child,.pkidx th:first-child{text-align:left}"
