@@ -1,20 +1,17 @@
 """The records of time travel: actions, the points in time they lead to, checkpoints, ``lab.history``.
 
-Plain data for ``pkvmlab.timeline`` (which makes and moves between them): an ``Action`` is one host
-call as made; a ``_Node`` is a point in time, the chain of actions that led there (branches share
-their past); a ``Checkpoint`` is the whole lab saved at a node; ``History`` is the current line of
-time as ``lab.history`` shows it.
+Plain data for ``pkvmlab.timeline``, which makes them and moves between them (the arrow runs one way:
+this module never imports the timeline; a Checkpoint or History keeps the one that made it and reads its
+``tip`` and ``node``): an ``Action`` is one host call as made; a ``_Node`` is a point in time, the chain of
+actions that led there (branches share their past); a ``Checkpoint`` is the whole lab saved at a node;
+``History`` is the current line of time as ``lab.history`` shows it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from pkvmlab.errors import UsageError
-
-if TYPE_CHECKING:
-    from pkvmlab.timeline import Timeline
 
 
 @dataclass(frozen=True)
@@ -78,7 +75,7 @@ class _HostState:
 class Checkpoint:
     """The whole lab at one step.  ``lab.restore(cp)`` goes back to it while it is valid."""
 
-    def __init__(self, timeline: Timeline, node: _Node, mark: int, cpu, host: _HostState):
+    def __init__(self, timeline, node: _Node, mark: int, cpu, host: _HostState):
         self._tl, self._node, self._mark, self._cpu, self._host = timeline, node, mark, cpu, host
         self._valid = True
 
@@ -131,7 +128,7 @@ class StepDiff:
 class History:
     """``lab.history``: the steps of the current line of time, the current one marked."""
 
-    def __init__(self, timeline: Timeline):
+    def __init__(self, timeline):
         self._tl = timeline
 
     def _nodes(self) -> list[_Node]:

@@ -1,0 +1,85 @@
+"""After a campaign's run: give everything back with real hypercalls, then account for every page hyp owns.
+
+``clean_up(m)`` is what a host does before it shuts down: put a loaded vCPU, tear down every VM it knows
+(each guest page reclaimed, zeroed, as ``lab.host.teardown_vm`` does), reclaim the pages of VMs torn down
+behind its back, and unshare what it shared.  ``check_hyp_pages(m)`` is the campaign's pool invariant
+(``pkvmlab.inspect.invariants.check_hyp_pages``): every page hyp owns is free in the pool, one of its page
+tables, or a live VM's.  ``run_and_clean(...)`` runs a campaign with both, and then checks the pool is back
+where it was at boot (``boot_pool``): nothing hyp took from it is left behind.
+"""
+
+from __future__ import annotations
+
+from pkvmlab.errors import HostAccessFault, HypercallError, UsageError
+
+PAGE = 4096
+
+
+def pool_pages(lab) -> tuple[int, int]:
+    """(free pool pages, pool pages holding hyp stage-1 or host stage-2 tables): what hyp's own use takes."""
+    from pkvmlab.inspect.hyp_pages import account_hyp_pages
+
+    a = account_hyp_pages(lab.hyp)
+    return a.free_count, len(a.tables)
+
+
+def clean_up(m) -> None:
+    """Give back everything the campaign machine ``m``'s host gave hyp or a guest, with real hypercalls."""
+    host = m.host
+    if host.loaded_vcpu is not None:
+        host.call("__pkvm_vcpu_put")
+    for handle in list(host.vms):
+        host.teardown_vm(handle)
+    for pfn in list(m.pending):   # guest pages of VMs torn down behind the host model's back
+        try:
+            host.call("__pkvm_host_reclaim_page", pfn)
+        except HypercallError:
+            continue
+        m.pending.remove(pfn)
+    for pfn in m.pages:   # shared with hyp, maybe (a refusal says it was not)
+        try:
+            host.unshare_hyp(pfn)
+        except (HypercallError, UsageError, HostAccessFault):
+            pass
+
+
+def check_hyp_pages(m) -> None:
+    """The pool invariant on the machine's lab: raise AssertionError naming every page hyp owns for nothing."""
+    from pkvmlab.inspect.invariants import check_hyp_pages as check
+
+    bad = check(m.lab.hyp)
+    assert not bad, "hyp owns pages it cannot account for:\n" + "\n".join(str(v) for v in bad)
+
+
+def run_and_clean(lab_factory, steps: int = 300, *, steps_per_run: int = 30) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """A campaign of about ``steps`` steps; after each run ``clean_up``, ``check_hyp_pages``, and one more VM
+    created, run and torn down.  Returns, per run, ((free, tables) at boot, (free, tables) after the clean-up).
+    """
+    from hypothesis import HealthCheck, Phase, settings
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from pkvmlab.campaign import _Stats
+    from pkvmlab.campaign.rules import machine
+
+    stats = _Stats(None, steps)
+    boots: list = []
+
+    def factory():   # the pool at boot: before the machine makes its first VM
+        lab = lab_factory()
+        boots.append(pool_pages(lab))
+        return lab
+
+    pools: list = []
+
+    class Cleaned(machine(factory, stats)):
+        def teardown(self):
+            clean_up(self)
+            check_hyp_pages(self)
+            pools.append((boots[-1], pool_pages(self.lab)))
+
+    runs = max(1, -(-steps // steps_per_run))
+    cfg = settings(max_examples=runs, stateful_step_count=steps_per_run, deadline=None, database=None,
+                   derandomize=True, phases=[Phase.generate], suppress_health_check=list(HealthCheck),
+                   report_multiple_bugs=False, print_blob=False)
+    run_state_machine_as_test(Cleaned, settings=cfg)
+    return pools
