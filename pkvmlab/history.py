@@ -64,12 +64,99 @@ class _Node:
 
 @dataclass
 class _HostState:
-    free: list
+    """The lab's Python state at a checkpoint (RAM and registers are the journal's and Unicorn's)."""
+
+    free: list                # the host's page allocator: its free runs
     log_len: int
     vms: dict
-    vm_state: list            # (vm, alive, guest_pages copy, run state copy: pkvmlab.timeline._run_state)
+    vm_state: list            # (vm, its state: vm_state()) for each VM of ``vms``
     stats: dict
-    panic: object
+    core: dict                # the core's flags: core_state()
+    native: bytes | None      # the native hook's state block (pending event, budget, HPFAR...), None without it
+    host: dict                # the host model's own: host_state()
+
+
+# What a restore brings back besides RAM and registers.  Each is read and written as plain attributes, so a
+# flag added to the core, a VM or a vCPU runner is kept without a change here; the names below are what is
+# *not* time-travel state: the engine and its wiring, settings the user chose, and the watchdog's own thread.
+CORE_NOT_STATE = frozenset({"uc", "phys", "x", "lock", "core", "native", "symbols", "stats", "run_limit_ms",
+                            "ram_base", "ram_size", "_a32_ok", "_host_watched"})
+HOST_STATE = ("loaded_vcpu", "_code_page")
+
+
+def _copied(v):
+    """A copy of a container, so the saved state never changes with the live one (values are immutable)."""
+    if isinstance(v, (list, dict, set, bytearray)):
+        return type(v)(v)
+    return v
+
+
+def core_state(core) -> dict:
+    """The core's flags: "the host is stuck", a pending event, a budget, a stop request, the last HPFAR..."""
+    out = {k: _copied(v) for k, v in core.__dict__.items() if k not in CORE_NOT_STATE}
+    out["_hpfar"] = getattr(core, "_hpfar", 0)
+    return out
+
+
+def set_core_state(core, state: dict) -> None:
+    for k in [k for k in core.__dict__ if k not in CORE_NOT_STATE and k not in state]:
+        del core.__dict__[k]   # a flag set after the checkpoint (its class default is back)
+    hpfar = state.get("_hpfar", 0)
+    for k, v in state.items():
+        if k != "_hpfar":
+            core.__dict__[k] = _copied(v)
+    core._hpfar = hpfar
+
+
+def native_state(core) -> bytes | None:
+    """The native hook's state block (``pk_state`` in native_hook.c), byte for byte."""
+    import ctypes
+
+    st = getattr(core.native, "_st", None)
+    return None if st is None else ctypes.string_at(ctypes.addressof(st), ctypes.sizeof(st))
+
+
+def set_native_state(core, saved: bytes | None) -> None:
+    import ctypes
+
+    st = getattr(core.native, "_st", None)
+    if st is not None and saved is not None:
+        ctypes.memmove(ctypes.addressof(st), saved, min(len(saved), ctypes.sizeof(st)))
+
+
+def host_state(host) -> dict:
+    return {k: getattr(host, k) for k in HOST_STATE}
+
+
+def set_host_state(host, state: dict) -> None:
+    for k, v in state.items():
+        setattr(host, k, v)
+
+
+OBJECT_NOT_STATE = frozenset({"_elsewhere", "_runner_objs"})   # which timeline it is in; every runner it ever made
+
+
+def _own(obj) -> dict:
+    """An object's attributes that are its state: not the time-travel wrappers around its methods."""
+    return {k: _copied(v) for k, v in obj.__dict__.items()
+            if k not in OBJECT_NOT_STATE and (not callable(v) or isinstance(v, type))}
+
+
+def vm_state(vm) -> tuple:
+    """A VM's host-side state (alive, its pages, console, powered off, ...) and each of its vCPU runners' (exits,
+    pending answer, loaded, ...): copies."""
+    runners = getattr(vm, "_runners", {})
+    return _own(vm), {i: (r, _own(r)) for i, r in runners.items()}
+
+
+def set_vm_state(vm, state: tuple) -> None:
+    own, runners = state
+    vm.__dict__.update({k: _copied(v) for k, v in own.items()})
+    vm.__dict__.pop("_elsewhere", None)   # it is in this line of time
+    vm._runners = {}
+    for i, (r, st) in runners.items():
+        r.__dict__.update({k: _copied(v) for k, v in st.items()})
+        vm._runners[i] = r
 
 
 class Checkpoint:

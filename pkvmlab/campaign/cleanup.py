@@ -24,23 +24,34 @@ def pool_pages(lab) -> tuple[int, int]:
 
 
 def clean_up(m) -> None:
-    """Give back everything the campaign machine ``m``'s host gave hyp or a guest, with real hypercalls."""
+    """Give back everything the campaign machine ``m``'s host gave hyp or a guest, with real hypercalls only.
+
+    Raw calls, each allowed to be refused: the campaign's hostile rules leave the host model's bookkeeping
+    (which pages it allocated) behind the truth, so ``host.teardown_vm`` could free a page twice.  The host
+    allocator is not the point here; hyp's pages are.
+    """
     host = m.host
-    if host.loaded_vcpu is not None:
-        host.call("__pkvm_vcpu_put")
-    for handle in list(host.vms):
-        host.teardown_vm(handle)
-    for pfn in list(m.pending):   # guest pages of VMs torn down behind the host model's back
-        try:
-            host.call("__pkvm_host_reclaim_page", pfn)
-        except HypercallError:
-            continue
-        m.pending.remove(pfn)
-    for pfn in m.pages:   # shared with hyp, maybe (a refusal says it was not)
-        try:
-            host.unshare_hyp(pfn)
-        except (HypercallError, UsageError, HostAccessFault):
-            pass
+    _try(host, "__pkvm_vcpu_put")
+    vms = {id(vm): vm for vm in [*m.vms, *host.vms.values()]}.values()
+    guest_pages = list(m.pending)
+    for vm in vms:
+        _try(host, "__pkvm_teardown_shadow", vm.handle)
+        guest_pages += vm.mapped_pages.values()
+        host.vms.pop(vm.handle, None)
+        vm.alive = False
+    for pfn in dict.fromkeys(guest_pages):   # hyp zeroes each, then the host owns it again
+        _try(host, "__pkvm_host_reclaim_page", pfn)
+    m.vms, m.pending = [], []
+    shared = [*m.pages, *(a // PAGE for vm in vms for a in (vm.host_kvm, *vm.vcpus))]
+    for pfn in dict.fromkeys(shared):   # shared with hyp, maybe (a refusal says it was not)
+        _try(host, "__pkvm_host_unshare_hyp", pfn)
+
+
+def _try(host, name: str, *args: int) -> None:
+    try:
+        host.call(name, *args)
+    except (HypercallError, UsageError, HostAccessFault):
+        pass
 
 
 def check_hyp_pages(m) -> None:
