@@ -27,9 +27,24 @@ from __future__ import annotations
 import functools
 
 from pkvmlab.errors import UsageError
-from pkvmlab.history import (Action, Checkpoint, History, StaleCheckpoint, StepDiff, _HostState, _Node, _outcome,
-                             core_state, host_state, native_state, set_core_state, set_host_state, set_native_state,
-                             set_vm_state, vm_state)
+from pkvmlab.history import (
+    Action,
+    Checkpoint,
+    History,
+    StaleCheckpoint,
+    StepDiff,
+    _HostState,
+    _Node,
+    _outcome,
+    core_state,
+    host_state,
+    native_state,
+    set_core_state,
+    set_host_state,
+    set_native_state,
+    set_vm_state,
+    vm_state,
+)
 from pkvmlab.machine.journal import Journal, cpu_restore, cpu_save
 
 HOST_ACTIONS = ("hyp_info", "share_hyp", "unshare_hyp", "init_shadow", "teardown_shadow",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from pkvmlab import Lab, MachineError, UsageError
+
 PAGE = 4096
 CORE_FLAGS = ("stuck", "panic", "_event", "_budget", "_stop_requested", "_stopped_hard", "_hard_token", "_hpfar")
 
