@@ -54,12 +54,15 @@ def _try(host, name: str, *args: int) -> None:
         pass
 
 
-def check_hyp_pages(m) -> None:
-    """The pool invariant on the machine's lab: raise AssertionError naming every page hyp owns for nothing."""
+def check_hyp_pages(m, stats=None) -> None:
+    """The pool invariant on the machine's lab: raise AssertionError naming every page hyp owns for nothing
+    (and tell the campaign's ``stats`` it is the hypervisor's failure, with the calls that led there)."""
     from pkvmlab.inspect.invariants import check_hyp_pages as check
 
     bad = check(m.lab.hyp)
-    assert not bad, "hyp owns pages it cannot account for:\n" + "\n".join(str(v) for v in bad)
+    if bad and stats is not None:
+        stats.failed(m.calls, m.trace)
+    assert not bad, "hyp owns pages it cannot account for:\n" + "\n".join(str(v) for v in bad[:8])
 
 
 def run_and_clean(lab_factory, steps: int = 300, *, steps_per_run: int = 30) -> list[tuple[tuple[int, int], tuple[int, int]]]:

@@ -271,4 +271,12 @@ def machine(lab_factory, stats):
         def still_checked(self):
             assert self.c.unchecked == 0, "the abstraction could not describe the state"
 
+        @invariant()
+        def hyp_pages_accounted(self):
+            """Every page hyp owns is free in its pool, a page table of its own, or a live VM's
+            (``pkvmlab.inspect.invariants.check_hyp_pages``; ``pkvmlab.campaign.cleanup``)."""
+            from pkvmlab.campaign.cleanup import check_hyp_pages
+
+            check_hyp_pages(self, stats)
+
     return HostCampaign

@@ -6,7 +6,7 @@ firmware/setup.c).  What the host donates for a VM (``__pkvm_init_shadow``'s sha
 hyp takes from a vCPU's memcache list, which become the guest's stage-2 tables) is hyp's while the VM
 lives and the host's again at teardown.  So every page hyp owns is one of:
 
-- free in the pool (on ``hyp_pool.free_list``);
+- free in the pool (refcount 0 in hyp's vmemmap, as many as ``hyp_pool.free_pages`` counts);
 - a table of hyp's stage-1 or of the host stage-2 (a pool page);
 - the shadow table's page (a pool page);
 - a live VM's shadow area, stage-2 PGD, memcache page or guest stage-2 table (a host page, donated).
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.pgtable import Owner
-from pkvmlab.inspect.ownership import Ownership
+from pkvmlab.inspect.tables import TableWalker
 
 PAGE_SHIFT = 12
 
@@ -31,7 +32,7 @@ class HypPages:
     """What each page hyp owns is for (pfns), and the pool's pages that are none of it."""
 
     pool: tuple[int, int]            # [start pfn, end pfn) of the pool
-    free: frozenset[int]             # on the pool's free list
+    free: frozenset[int]             # free in the pool (refcount 0)
     tables: frozenset[int]           # hyp stage-1 and host stage-2 tables below their PGDs
     shadow_table: int                # the pfn of the shadow VM table's page (0: none)
     vm_pages: dict                   # pfn -> "VM 0x1000's shadow area" (its PGD, memcache, guest stage-2 table)
@@ -50,22 +51,35 @@ class HypPages:
                 f"{len(self.unaccounted)} unaccounted)")
 
 
-def _free_list(hyp, head: int, limit: int) -> list[int]:
-    """The pfns on the pool's free list (each free page's first word links to the next), at most ``limit``."""
-    out, phys = [], hyp.core.phys
-    while head and len(out) < limit:
-        out.append(head >> PAGE_SHIFT)
-        head = phys.read_u64(head)
-    return out
+def _pool_free(hyp, start: int, end: int) -> list[int]:
+    """The pool's free pages: refcount 0 in hyp's vmemmap (``hyp_alloc_pages`` sets 1, ``hyp_put_page`` pushes a
+    page back on the free list when its count reaches 0).  One read of the pool's slice of the vmemmap."""
+    lay = hyp.fw.layout("hyp_page")
+    ref = lay.field("refcount")
+    ram_start = hyp.global_field("hyp_memory", "hyp_memory", "ram_start") >> PAGE_SHIFT
+    at = hyp.read_global("hyp_vmemmap") + (start - ram_start) * lay.size
+    raw = np.frombuffer(hyp.core.phys.read(at, (end - start) * lay.size), dtype=np.uint8).reshape(end - start, lay.size)
+    counts = raw[:, ref.offset:ref.offset + ref.size].copy().view(f"<u{ref.size}").ravel()
+    return (np.flatnonzero(counts == 0) + start).tolist()
 
 
-def account_hyp_pages(hyp, snap: Ownership | None = None) -> HypPages:
-    """Classify every page hyp owns (see the module's docstring); ``snap``: an ownership snapshot to reuse."""
-    snap = snap if snap is not None else hyp.ownership()
+def _walk(hyp, symbol: str, path: str = ""):
+    """(tables below the PGD, leaves) of one of hyp's own page tables (a ``struct kvm_pgtable`` global)."""
+    struct = "host_mmu" if path else "kvm_pgtable"
+    pgd, ia_bits, level = (hyp.global_field(symbol, struct, f"{path}{m}") for m in ("pgd", "ia_bits", "start_level"))
+    w = TableWalker(hyp.core.phys, ia_bits, level)
+    leaves = w.run(pgd)
+    return w.tables, leaves
+
+
+def account_hyp_pages(hyp) -> HypPages:
+    """Classify every page hyp owns (see the module's docstring): its own tables are walked, nothing else."""
     start, end = (hyp.global_field("hyp_pool", "hyp_pool", m) >> PAGE_SHIFT for m in ("start", "end"))
     nr_free = hyp.global_field("hyp_pool", "hyp_pool", "free_pages")
-    free = _free_list(hyp, hyp.global_field("hyp_pool", "hyp_pool", "free_list"), end - start + 1)
-    tables = {pa >> PAGE_SHIFT for side in ("host", "hyp") for pa in snap.sides[side].table_pages}
+    free = _pool_free(hyp, start, end)
+    host_tables, (addrs, ptes, levels, _) = _walk(hyp, "host_mmu", "pgt.")
+    hyp_tables, _ = _walk(hyp, "hyp_pgtable")
+    tables = {pa >> PAGE_SHIFT for pa in (*host_tables, *hyp_tables)}
     shadow = hyp.read_global("shadow_table") >> PAGE_SHIFT
     vm_pages: dict[int, str] = {}
     for vm in hyp.shadow_table().vms:
@@ -81,9 +95,16 @@ def account_hyp_pages(hyp, snap: Ownership | None = None) -> HypPages:
             vm_pages[pa >> PAGE_SHIFT] = f"{who} guest stage-2 table"
     known = set(free) | tables | {shadow}
     unaccounted_pool = tuple(p for p in range(start, end) if p not in known)
-    host = snap.host
-    hyps = np.flatnonzero(host.annotated & (host.annotation == Owner.HYP)) + snap.start_pfn
-    lo, hi = (a >> PAGE_SHIFT for a in snap.carveout)
-    donated = tuple(int(p) for p in hyps if not lo <= p < hi and int(p) not in vm_pages)
-    return HypPages((start, end), frozenset(free), frozenset(tables), shadow, vm_pages, unaccounted_pool, donated,
-                    nr_free)
+    # The host stage-2 records a page given to hyp as an invalid entry annotated PKVM_ID_HYP.
+    lo = hyp.global_field("hyp_memory", "hyp_memory", "hyp_start") >> PAGE_SHIFT
+    hi = hyp.global_field("hyp_memory", "hyp_memory", "hyp_end") >> PAGE_SHIFT
+    hyps = ((ptes & np.uint64(pt.VALID)) == 0) & (((ptes & np.uint64(pt.OWNER_MASK)) >> np.uint64(pt.OWNER_SHIFT))
+                                                 == np.uint64(Owner.HYP))
+    donated = []
+    for addr, level in zip(addrs[hyps].tolist(), levels[hyps].tolist()):
+        first = addr >> PAGE_SHIFT
+        for p in range(first, first + (pt.granule(level) >> PAGE_SHIFT)):
+            if not lo <= p < hi and p not in vm_pages:
+                donated.append(p)
+    return HypPages((start, end), frozenset(free), frozenset(tables), shadow, vm_pages, unaccounted_pool,
+                    tuple(donated), nr_free)
