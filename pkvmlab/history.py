@@ -4,7 +4,9 @@ Plain data for ``pkvmlab.timeline``, which makes them and moves between them (th
 this module never imports the timeline; a Checkpoint or History keeps the one that made it and reads its
 ``tip`` and ``node``): an ``Action`` is one host call as made; a ``_Node`` is a point in time, the chain of
 actions that led there (branches share their past); a ``Checkpoint`` is the whole lab saved at a node;
-``History`` is the current line of time as ``lab.history`` shows it.
+``History`` is the current line of time as ``lab.history`` shows it.  And what a checkpoint keeps of the lab's
+Python state beside RAM and registers (``core_state``, ``native_state``, ``host_state``, ``vm_state``): every flag,
+so a restore brings all of it back.
 """
 
 from __future__ import annotations

@@ -2,7 +2,12 @@
 
 A checkpoint is the whole machine and the host model together: the CPU's registers (Unicorn's CPU
 context), RAM (``pkvmlab.machine.journal.Journal``: the pages written since, saved before their
-first store) and the host kernel model (its page allocator, VM objects, hypercall log).
+first store) and the lab's Python state: the host kernel model (its page allocator, VM objects, hypercall
+log, loaded vCPU) and the core's flags ("the host is stuck", a pending event, a budget; ``pkvmlab.history``).
+
+The objects you hold move with the lab, they are never replaced: the VM a replayed ``create_vm`` makes is the
+object you got the first time (its vCPU runners too), so ``vm`` works after ``undo()``/``redo()``, ``goto()``
+and ``diff()``; at a step before it was made, it says so in one line (it belongs to another point in time).
 
 Once the timeline runs (the first ``lab.checkpoint()``, ``lab.history``, ``Lab(history=True)``),
 every host action — a hypercall, a host load or store, creating a VM, donating a page — is recorded
