@@ -4,8 +4,8 @@
 reclaim each guest page (hyp zeroes it), and unshare what it shared.  ``check_hyp_pages(m)`` is the pool
 invariant the campaign checks after every step (``pkvmlab.inspect.invariants.check_hyp_pages``): every page
 hyp owns is free in the pool, one of its own page tables, or a live VM's.  ``run_and_clean(...)`` runs a
-campaign, and after each run cleans up, checks the invariant and returns the pool's (free, tables) at boot and
-after: free + tables is the boot count when nothing hyp took is left behind.  The tables a split of the host
+campaign, and after each run cleans up, checks the invariant and returns the pool's pages at boot and after:
+free + tables is the boot count when nothing hyp took is left behind.  The tables a split of the host
 stage-2 left stay, as upstream's do: pKVM never folds a host stage-2 table back into a block, and sizes its
 pool for the host's memory mapped page by page (``host_s2_pgtable_pages()``, arch/arm64/include/asm/kvm_pkvm.h,
 mainline; the v1 series has it in arch/arm64/kvm/hyp/include/nvhe/mm.h) -- it takes tables back only from
@@ -19,36 +19,37 @@ from pkvmlab.errors import HostAccessFault, HypercallError, UsageError
 PAGE = 4096
 
 
-def pool_pages(lab) -> tuple[int, int]:
-    """(free pool pages, pool pages holding hyp stage-1 or host stage-2 tables): what hyp's own use takes."""
+def pool_pages(lab) -> tuple[int, int, int]:
+    """(free pool pages, host stage-2 tables, hyp stage-1 tables): the pool pages hyp's own use takes."""
     from pkvmlab.inspect.hyp_pages import account_hyp_pages
 
     a = account_hyp_pages(lab.hyp)
-    return a.free_count, len(a.tables)
+    return a.free_count, len(a.tables - a.hyp_tables), len(a.hyp_tables)
 
 
 def clean_up(m) -> None:
     """Give back everything the campaign machine ``m``'s host gave hyp or a guest, with real hypercalls only.
 
-    Raw calls, each allowed to be refused: the campaign's hostile rules leave the host model's bookkeeping
-    (which pages it allocated) behind the truth, so ``host.teardown_vm`` could free a page twice.  The host
-    allocator is not the point here; hyp's pages are.
+    What to give back comes from the host's own log of the hypercalls hyp accepted (``host.log``): every VM it
+    made, every page it mapped into a guest, every page it shared.  Raw calls, each allowed to be refused (a
+    page already back, a VM already gone): the campaign's hostile rules leave the host model's bookkeeping
+    behind the truth, so ``host.teardown_vm`` could free a page twice.  The host allocator is not the point
+    here; hyp's pages are.
     """
     host = m.host
+    done = [(name, args) for name, args, ret in host.log if ret >= 0]
     _try(host, "__pkvm_vcpu_put")
-    vms = {id(vm): vm for vm in [*m.vms, *host.vms.values()]}.values()
-    guest_pages = list(m.pending)
-    for vm in vms:
-        _try(host, "__pkvm_teardown_shadow", vm.handle)
-        guest_pages += vm.mapped_pages.values()
-        host.vms.pop(vm.handle, None)
-        vm.alive = False
+    handles = [ret for name, args, ret in host.log if name == "__pkvm_init_shadow" and ret >= 0]
+    for h in dict.fromkeys(handles):
+        _try(host, "__pkvm_teardown_shadow", h)
+    guest_pages = [args[0] for name, args in done if name == "__pkvm_host_map_guest"] + list(m.pending)
     for pfn in dict.fromkeys(guest_pages):   # hyp zeroes each, then the host owns it again
         _try(host, "__pkvm_host_reclaim_page", pfn)
-    m.vms, m.pending = [], []
-    shared = [*m.pages, *(a // PAGE for vm in vms for a in (vm.host_kvm, *vm.vcpus))]
-    for pfn in dict.fromkeys(shared):   # shared with hyp, maybe (a refusal says it was not)
+    for pfn in dict.fromkeys(args[0] for name, args in done if name == "__pkvm_host_share_hyp"):
         _try(host, "__pkvm_host_unshare_hyp", pfn)
+    for vm in [*m.vms, *host.vms.values()]:
+        vm.alive = False
+    m.vms, m.pending, host.vms = [], [], {}
 
 
 def _try(host, name: str, *args: int) -> None:
@@ -68,8 +69,8 @@ def check_hyp_pages(m) -> None:
 
 
 def run_and_clean(lab_factory, steps: int = 300, *, steps_per_run: int = 30) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """A campaign of about ``steps`` steps; after each run ``clean_up``, ``check_hyp_pages``, and one more VM
-    created, run and torn down.  Returns, per run, ((free, tables) at boot, (free, tables) after the clean-up).
+    """A campaign of about ``steps`` steps; after each run ``clean_up`` and ``check_hyp_pages``.  Returns, per run,
+    (the pool at boot, the pool after the clean-up), each as ``pool_pages`` gives it.
     """
     from hypothesis import HealthCheck, Phase, settings
     from hypothesis.stateful import run_state_machine_as_test

@@ -34,6 +34,7 @@ class HypPages:
     pool: tuple[int, int]            # [start pfn, end pfn) of the pool
     free: frozenset[int]             # free in the pool (refcount 0)
     tables: frozenset[int]           # hyp stage-1 and host stage-2 tables below their PGDs
+    hyp_tables: frozenset[int]       # of which hyp stage-1's
     shadow_table: int                # the pfn of the shadow VM table's page (0: none)
     vm_pages: dict                   # pfn -> "VM 0x1000's shadow area" (its PGD, memcache, guest stage-2 table)
     unaccounted_pool: tuple[int, ...]   # pool pages neither free, nor a table, nor the shadow table
@@ -106,5 +107,5 @@ def account_hyp_pages(hyp) -> HypPages:
         for p in range(first, first + (pt.granule(level) >> PAGE_SHIFT)):
             if not lo <= p < hi and p not in vm_pages:
                 donated.append(p)
-    return HypPages((start, end), frozenset(free), frozenset(tables), shadow, vm_pages, unaccounted_pool,
-                    tuple(donated), nr_free)
+    return HypPages((start, end), frozenset(free), frozenset(tables), frozenset(pa >> PAGE_SHIFT for pa in hyp_tables),
+                    shadow, vm_pages, unaccounted_pool, tuple(donated), nr_free)
