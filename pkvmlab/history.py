@@ -136,12 +136,29 @@ def set_host_state(host, state: dict) -> None:
 
 
 OBJECT_NOT_STATE = frozenset({"_elsewhere", "_runner_objs"})   # which timeline it is in; every runner it ever made
+_CONTAINERS = (list, dict, set, bytearray)
 
 
-def _own(obj) -> dict:
-    """An object's attributes that are its state: not the time-travel wrappers around its methods."""
-    return {k: _copied(v) for k, v in obj.__dict__.items()
-            if k not in OBJECT_NOT_STATE and (not callable(v) or isinstance(v, type))}
+def _own(obj) -> tuple[dict, dict]:
+    """An object's attributes that are its state (not the time-travel wrappers around its methods), as
+    (plain values, copies of its containers): a restore puts the first back as they are and copies the second."""
+    plain, held = {}, {}
+    for k, v in obj.__dict__.items():
+        if k in OBJECT_NOT_STATE or (callable(v) and not isinstance(v, type)):
+            continue
+        if isinstance(v, _CONTAINERS):
+            held[k] = type(v)(v)
+        else:
+            plain[k] = v
+    return plain, held
+
+
+def _put_own(obj, state: tuple[dict, dict]) -> None:
+    plain, held = state
+    d = obj.__dict__
+    d.update(plain)
+    for k, v in held.items():
+        d[k] = type(v)(v)
 
 
 def vm_state(vm) -> tuple:
@@ -153,11 +170,11 @@ def vm_state(vm) -> tuple:
 
 def set_vm_state(vm, state: tuple) -> None:
     own, runners = state
-    vm.__dict__.update({k: _copied(v) for k, v in own.items()})
+    _put_own(vm, own)
     vm.__dict__.pop("_elsewhere", None)   # it is in this line of time
     vm._runners = {}
     for i, (r, st) in runners.items():
-        r.__dict__.update({k: _copied(v) for k, v in st.items()})
+        _put_own(r, st)
         vm._runners[i] = r
 
 
