@@ -101,8 +101,6 @@ def core_state(core) -> dict:
 
 
 def set_core_state(core, state: dict) -> None:
-    for k in [k for k in core.__dict__ if k not in CORE_NOT_STATE and k not in state]:
-        del core.__dict__[k]   # a flag set after the checkpoint (its class default is back)
     hpfar = state.get("_hpfar", 0)
     for k, v in state.items():
         if k != "_hpfar":
