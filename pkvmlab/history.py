@@ -1,20 +1,19 @@
 """The records of time travel: actions, the points in time they lead to, checkpoints, ``lab.history``.
 
-Plain data for ``pkvmlab.timeline`` (which makes and moves between them): an ``Action`` is one host
-call as made; a ``_Node`` is a point in time, the chain of actions that led there (branches share
-their past); a ``Checkpoint`` is the whole lab saved at a node; ``History`` is the current line of
-time as ``lab.history`` shows it.
+Plain data for ``pkvmlab.timeline``, which makes them and moves between them (the arrow runs one way:
+this module never imports the timeline; a Checkpoint or History keeps the one that made it and reads its
+``tip`` and ``node``): an ``Action`` is one host call as made; a ``_Node`` is a point in time, the chain of
+actions that led there (branches share their past); a ``Checkpoint`` is the whole lab saved at a node;
+``History`` is the current line of time as ``lab.history`` shows it.  And what a checkpoint keeps of the lab's
+Python state beside RAM and registers (``core_state``, ``native_state``, ``host_state``, ``vm_state``): every flag,
+so a restore brings all of it back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from pkvmlab.errors import UsageError
-
-if TYPE_CHECKING:
-    from pkvmlab.timeline import Timeline
 
 
 @dataclass(frozen=True)
@@ -67,18 +66,120 @@ class _Node:
 
 @dataclass
 class _HostState:
-    free: list
+    """The lab's Python state at a checkpoint (RAM and registers are the journal's and Unicorn's)."""
+
+    free: list                # the host's page allocator: its free runs
     log_len: int
     vms: dict
-    vm_state: list            # (vm, alive, guest_pages copy, run state copy: pkvmlab.timeline._run_state)
+    vm_state: list            # (vm, its state: vm_state()) for each VM of ``vms``
     stats: dict
-    panic: object
+    core: dict                # the core's flags: core_state()
+    native: bytes | None      # the native hook's state block (pending event, budget, HPFAR...), None without it
+    host: dict                # the host model's own: host_state()
+
+
+# What a restore brings back besides RAM and registers.  Each is read and written as plain attributes, so a
+# flag added to the core, a VM or a vCPU runner is kept without a change here; the names below are what is
+# *not* time-travel state: the engine and its wiring, settings the user chose, and the watchdog's own thread.
+CORE_NOT_STATE = frozenset({"uc", "phys", "x", "lock", "core", "native", "symbols", "stats", "run_limit_ms",
+                            "ram_base", "ram_size", "_a32_ok", "_host_watched"})
+HOST_STATE = ("loaded_vcpu", "_code_page")
+
+
+def _copied(v):
+    """A copy of a container, so the saved state never changes with the live one (values are immutable)."""
+    if isinstance(v, (list, dict, set, bytearray)):
+        return type(v)(v)
+    return v
+
+
+def core_state(core) -> dict:
+    """The core's flags: "the host is stuck", a pending event, a budget, a stop request, the last HPFAR..."""
+    out = {k: _copied(v) for k, v in core.__dict__.items() if k not in CORE_NOT_STATE}
+    out["_hpfar"] = getattr(core, "_hpfar", 0)
+    return out
+
+
+def set_core_state(core, state: dict) -> None:
+    hpfar = state.get("_hpfar", 0)
+    for k, v in state.items():
+        if k != "_hpfar":
+            core.__dict__[k] = _copied(v)
+    core._hpfar = hpfar
+
+
+def native_state(core) -> bytes | None:
+    """The native hook's state block (``pk_state`` in native_hook.c), byte for byte."""
+    import ctypes
+
+    st = getattr(core.native, "_st", None)
+    return None if st is None else ctypes.string_at(ctypes.addressof(st), ctypes.sizeof(st))
+
+
+def set_native_state(core, saved: bytes | None) -> None:
+    import ctypes
+
+    st = getattr(core.native, "_st", None)
+    if st is not None and saved is not None:
+        ctypes.memmove(ctypes.addressof(st), saved, min(len(saved), ctypes.sizeof(st)))
+
+
+def host_state(host) -> dict:
+    return {k: getattr(host, k) for k in HOST_STATE}
+
+
+def set_host_state(host, state: dict) -> None:
+    for k, v in state.items():
+        setattr(host, k, v)
+
+
+OBJECT_NOT_STATE = frozenset({"_elsewhere", "_runner_objs"})   # which timeline it is in; every runner it ever made
+_CONTAINERS = (list, dict, set, bytearray)
+
+
+def _own(obj) -> tuple[dict, dict]:
+    """An object's attributes that are its state (not the time-travel wrappers around its methods), as
+    (plain values, copies of its containers): a restore puts the first back as they are and copies the second."""
+    plain, held = {}, {}
+    for k, v in obj.__dict__.items():
+        if k in OBJECT_NOT_STATE or (callable(v) and not isinstance(v, type)):
+            continue
+        if isinstance(v, _CONTAINERS):
+            held[k] = type(v)(v)
+        else:
+            plain[k] = v
+    return plain, held
+
+
+def _put_own(obj, state: tuple[dict, dict]) -> None:
+    plain, held = state
+    d = obj.__dict__
+    d.update(plain)
+    for k, v in held.items():
+        d[k] = type(v)(v)
+
+
+def vm_state(vm) -> tuple:
+    """A VM's host-side state (alive, its pages, console, powered off, ...) and each of its vCPU runners' (exits,
+    pending answer, loaded, ...): copies."""
+    runners = getattr(vm, "_runners", {})
+    return _own(vm), {i: (r, _own(r)) for i, r in runners.items()}
+
+
+def set_vm_state(vm, state: tuple) -> None:
+    own, runners = state
+    _put_own(vm, own)
+    vm.__dict__.pop("_elsewhere", None)   # it is in this line of time
+    vm._runners = {}
+    for i, (r, st) in runners.items():
+        _put_own(r, st)
+        vm._runners[i] = r
 
 
 class Checkpoint:
     """The whole lab at one step.  ``lab.restore(cp)`` goes back to it while it is valid."""
 
-    def __init__(self, timeline: Timeline, node: _Node, mark: int, cpu, host: _HostState):
+    def __init__(self, timeline, node: _Node, mark: int, cpu, host: _HostState):
         self._tl, self._node, self._mark, self._cpu, self._host = timeline, node, mark, cpu, host
         self._valid = True
 
@@ -131,7 +232,7 @@ class StepDiff:
 class History:
     """``lab.history``: the steps of the current line of time, the current one marked."""
 
-    def __init__(self, timeline: Timeline):
+    def __init__(self, timeline):
         self._tl = timeline
 
     def _nodes(self) -> list[_Node]:

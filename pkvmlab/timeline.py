@@ -2,7 +2,12 @@
 
 A checkpoint is the whole machine and the host model together: the CPU's registers (Unicorn's CPU
 context), RAM (``pkvmlab.machine.journal.Journal``: the pages written since, saved before their
-first store) and the host kernel model (its page allocator, VM objects, hypercall log).
+first store) and the lab's Python state: the host kernel model (its page allocator, VM objects, hypercall
+log, loaded vCPU) and the core's flags ("the host is stuck", a pending event, a budget; ``pkvmlab.history``).
+
+The objects you hold move with the lab, they are never replaced: the VM a replayed ``create_vm`` makes is the
+object you got the first time (its vCPU runners too), so ``vm`` works after ``undo()``/``redo()``, ``goto()``
+and ``diff()``; at a step before it was made, it says so in one line (it belongs to another point in time).
 
 Once the timeline runs (the first ``lab.checkpoint()``, ``lab.history``, ``Lab(history=True)``),
 every host action — a hypercall, a host load or store, creating a VM, donating a page — is recorded
@@ -27,7 +32,24 @@ from __future__ import annotations
 import functools
 
 from pkvmlab.errors import UsageError
-from pkvmlab.history import Action, Checkpoint, History, StaleCheckpoint, StepDiff, _HostState, _Node, _outcome
+from pkvmlab.history import (
+    Action,
+    Checkpoint,
+    History,
+    StaleCheckpoint,
+    StepDiff,
+    _HostState,
+    _Node,
+    _outcome,
+    core_state,
+    host_state,
+    native_state,
+    set_core_state,
+    set_host_state,
+    set_native_state,
+    set_vm_state,
+    vm_state,
+)
 from pkvmlab.machine.journal import Journal, cpu_restore, cpu_save
 
 HOST_ACTIONS = ("hyp_info", "share_hyp", "unshare_hyp", "init_shadow", "teardown_shadow",
@@ -55,6 +77,7 @@ class Timeline:
         self._replaying = False
         self.checkpoints: list[Checkpoint] = []   # valid ones, oldest first (the stack)
         self.by_node: dict[int, Checkpoint] = {}   # id(node) -> its automatic checkpoint
+        self.made: dict[int, object] = {}          # id(node) -> the VM its create_vm made (the object the user holds)
         self.root = _Node(None, None)
         self.node = self.tip = self.root
         self._wrap_host(lab.host)
@@ -69,40 +92,40 @@ class Timeline:
         h, c = self.lab.host, self.lab.core
         last = self._last_host
         if last is not None and not self._vms_touched and last.vms.keys() == h.vms.keys():
-            vms, vm_state = last.vms, last.vm_state   # no VM action since: share the VM part (it is never mutated)
+            vms, vm_states = last.vms, last.vm_state   # no VM action since: share the VM part (it is never mutated)
         else:
             # A VM the action did not change keeps the previous checkpoint's entry (the same object): 255
             # checkpoints of 255 VMs then hold 255 entries, not 32,000 copies a restore would have to free.
             before = {id(e[0]): e for e in last.vm_state} if last is not None else {}
-            vms, vm_state = dict(h.vms), []
+            vms, vm_states = dict(h.vms), []
             for vm in h.vms.values():
-                entry = (vm, vm.alive, dict(vm.guest_pages), _run_state(vm))
+                entry = (vm, vm_state(vm))
                 old = before.get(id(vm))
-                vm_state.append(old if old is not None and old == entry else entry)
+                vm_states.append(old if old is not None and old == entry else entry)
         self._vms_touched = False
         stats = c.stats
-        self._last_host = _HostState(list(h.pages._free), len(h.log), vms, vm_state,
-                                     {k: stats[k] for k in self._stat_keys}, c.panic)
+        self._last_host = _HostState(list(h.pages._free), len(h.log), vms, vm_states,
+                                     {k: stats[k] for k in self._stat_keys}, core_state(c), native_state(c),
+                                     host_state(h))
         return self._last_host
 
-    def _set_host_state(self, s: _HostState) -> None:
+    def _set_host_state(self, s: _HostState, node: _Node) -> None:
         self._vms_touched = True
         h, c = self.lab.host, self.lab.core
         h.pages._free = list(s.free)
         del h.log[s.log_len:]
-        h.loaded_vcpu = next(((a[0], a[1]) if n == "__pkvm_vcpu_load" else None for n, a, r in reversed(h.log)
-                              if n in ("__pkvm_vcpu_load", "__pkvm_vcpu_put") and r >= 0), None)
+        set_host_state(h, s.host)
         kept = {id(vm) for vm in s.vms.values()}
-        for vm in h.vms.values():          # VMs made after the checkpoint are gone again
+        for vm in h.vms.values():          # VMs made after the checkpoint: in another line of time now
             if id(vm) not in kept:
-                vm.alive = False
-        for vm, alive, pages, run in s.vm_state:
-            vm.alive, vm.guest_pages = alive, dict(pages)
-            _set_run_state(vm, run)
+                vm.alive, vm._elsewhere = False, _elsewhere(vm, node)
+        for vm, state in s.vm_state:
+            set_vm_state(vm, state)
         h.vms = dict(s.vms)
         for k, v in s.stats.items():
             c.stats[k] = v
-        c.panic = s.panic
+        set_core_state(c, s.core)
+        set_native_state(c, s.native)
         h.changes += 1      # the machine moved (back): every dashboard over it redraws (pkvmlab.widgets.sync)
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -139,7 +162,7 @@ class Timeline:
             if self.by_node.get(id(dead._node)) is dead:
                 del self.by_node[id(dead._node)]
         cpu_restore(self.lab.core, cp._cpu)
-        self._set_host_state(cp._host)
+        self._set_host_state(cp._host, cp._node)
         self.node = cp._node           # always on the current line: every valid checkpoint is in the past
 
     # -- moving in time ---------------------------------------------------------------------
@@ -182,7 +205,7 @@ class Timeline:
         outcomes = []
         try:
             for action, node in zip(actions, nodes):
-                outcomes.append(self._perform(action))
+                outcomes.append(self._perform(action, node))
                 self.node = node
                 self._auto(node)
         finally:
@@ -208,7 +231,7 @@ class Timeline:
 
         return trace(self.lab, again)
 
-    def _perform(self, a: Action) -> tuple[object, Exception | None]:
+    def _perform(self, a: Action, node: _Node | None = None) -> tuple[object, Exception | None]:
         h = self.lab.host
         self._vms_touched |= a.vm is not None or a.name in VM_MAKERS
         if a.vm is not None:
@@ -226,8 +249,21 @@ class Timeline:
             error = e
         finally:
             self._depth -= 1
+        result = self._same_vm(node, result)
         self._wrap_new_vms()
         return result, error
+
+    def _same_vm(self, node: _Node | None, result):
+        """The VM a replayed ``create_vm`` made is the one the user holds from the first time: that object takes
+        the new one's state and its place in ``host.vms`` (a VM handle stays valid across time travel)."""
+        held = self.made.get(id(node)) if node is not None else None
+        h = self.lab.host
+        if held is None or not hasattr(result, "handle") or h.vms.get(result.handle) is not result:
+            return result
+        held.__dict__.update({k: v for k, v in result.__dict__.items() if k in _vm_fields(result)})
+        held.__dict__.pop("_elsewhere", None)
+        h.vms[held.handle] = held
+        return held
 
     def undo(self) -> None:
         if self.node.depth == 0:
@@ -280,6 +316,8 @@ class Timeline:
                 raise
             self._depth -= 1
             self._record(name, args, kwargs, vm, _outcome(result), log_len)
+            if name == "create_vm":
+                self.made[id(self.node)] = result   # replaying this step gives the user's object back
             self._wrap_new_vms()
             return result
         return recorded
@@ -319,20 +357,13 @@ class Timeline:
         return StepDiff(a, b, snap_diff(snaps[a][0], snaps[b][0]), snap_diff(snaps[a][1], snaps[b][1]), acts)
 
 
-def _run_state(vm) -> tuple:
-    """The host model's side of a VM that runs: what ``vm.step()`` / ``vm.run()`` change outside RAM (copies)."""
-    runners = {i: (r, tuple(r.exits), r._answer, r.loaded) for i, r in getattr(vm, "_runners", {}).items()}
-    return (dict(getattr(vm, "mapped_pages", {})), list(getattr(vm, "memcache_pages", [])),
-            bytes(getattr(vm, "console_bytes", b"")), getattr(vm, "powered_off", False), runners)
+def _elsewhere(vm, here: _Node) -> str:
+    """One line: why a VM object the user holds is not in the lab now, and how to get back to it."""
+    return (f"it belongs to another point in time: the lab is now at step {here.depth}, before the VM was "
+            f"created or on another line of time (lab.redo() or lab.goto() to a step where it lives brings it back)")
 
 
-def _set_run_state(vm, state: tuple) -> None:
-    if not hasattr(vm, "_runners"):
-        return
-    mapped, memcache, console, off, runners = state
-    vm.mapped_pages, vm.memcache_pages, vm.console_bytes, vm.powered_off = (dict(mapped), list(memcache),
-                                                                             bytearray(console), off)
-    vm._runners = {}
-    for i, (r, exits, answer, loaded) in runners.items():
-        r.exits, r._answer, r.loaded = list(exits), answer, loaded
-        vm._runners[i] = r
+def _vm_fields(vm) -> set:
+    """A VM's state attributes (not the time-travel wrappers, not which timeline it is in)."""
+    return {k for k, v in vm.__dict__.items() if k not in ("_elsewhere", "_runner_objs")
+            and (not callable(v) or isinstance(v, type))}

@@ -271,4 +271,15 @@ def machine(lab_factory, stats):
         def still_checked(self):
             assert self.c.unchecked == 0, "the abstraction could not describe the state"
 
+        @invariant()
+        def hyp_pages_accounted(self):
+            """Every page hyp owns is free in its pool, a page table of its own, or a live VM's
+            (``pkvmlab.inspect.invariants.check_hyp_pages``)."""
+            from pkvmlab.inspect.invariants import check_hyp_pages
+
+            bad = check_hyp_pages(self.lab.hyp)
+            if bad:
+                stats.failed(self.calls, self.trace)
+            assert not bad, "hyp owns pages it cannot account for:\n" + "\n".join(str(v) for v in bad[:8])
+
     return HostCampaign

@@ -83,6 +83,36 @@ class Host:
             raise UsageError(f"{call}({pfn:#x}, {nr_pages}) would give away the host kernel's own code and stack "
                              f"(pfns {lo:#x}-{hi - 1:#x}): the host could never run again")
 
+    def _keep_own_memcache(self) -> None:
+        """Before ``__pkvm_host_map_guest``: hyp takes pages from the loaded vCPU's memcache list by donation
+        (``refill_memcache``, up to ``kvm_mmu_cache_min_pages``); none of those may be the host's own image.
+
+        Reads the list as the host kernel would (its own ``struct kvm_vcpu``, then each page's link word);
+        a list that does not read as whole host pages is left for hyp to refuse.
+        """
+        loaded = self.loaded_vcpu
+        vm = self.vms.get(loaded[0]) if loaded is not None else None
+        if vm is None or not 0 <= loaded[1] < len(vm.vcpus):
+            return
+        from pkvmlab.host.vcpu_run import MEMCACHE_TOPUP, vcpu_offsets
+
+        off, vcpu = vcpu_offsets(self.fw), vm.vcpus[loaded[1]]
+        lo, hi = self.image_base >> 12, (self.image_base >> 12) + K.IMAGE_PAGES
+        try:
+            head = self.read_u64(vcpu + off["arch.pkvm_memcache.head"])
+            nr = self.read_u64(vcpu + off["arch.pkvm_memcache.nr_pages"])
+            for _ in range(min(nr, MEMCACHE_TOPUP)):
+                if head % 4096:
+                    return
+                if lo <= head >> 12 < hi:
+                    raise UsageError(f"the memcache list of vCPU {loaded[1]} of VM {loaded[0]:#x} names pfn {head >> 12:#x}, "
+                                     f"the host kernel's own code and stack (pfns {lo:#x}-{hi - 1:#x}): hyp would take "
+                                     "it (refill_memcache) and the host could never run again; push pages from "
+                                     "lab.host.alloc_pages() instead")
+                head = self.read_u64(head)
+        except HostAccessFault:
+            return
+
     def init_shadow(self, host_kvm: int, shadow_va: int, shadow_size: int, pgd: int) -> int:
         """``__pkvm_init_shadow`` with raw arguments; returns the new VM's handle."""
         if isinstance(shadow_va, int) and isinstance(shadow_size, int) and shadow_size > 0:
@@ -221,6 +251,8 @@ class Host:
         want = HYPERCALL_ARGS[name]
         if len(args) != len(want):
             raise UsageError(f"{name} takes ({', '.join(want)}), got {len(args)} argument(s)")
+        if name == "__pkvm_host_map_guest":
+            self._keep_own_memcache()
         x0, x1, _, _ = self.hvc(HYPERCALLS[name], *args)
         return self._call_result(name, args, x0, x1)
 

@@ -200,8 +200,9 @@ def _init_shadow(host, view, args, err):
                     f"share pfn {kvm >> PAGE_SHIFT:#x} first")
         return not_donatable()
     if err == E.EBUSY:
-        return ("a struct kvm_vcpu that kvm->vcpus[] points at is not shared with hyp, so hyp cannot pin it "
-                "(every vCPU page must be shared first)")
+        return _vcpu_not_shared(host, view, lay, pgd, n) or (
+            "a struct kvm_vcpu that the vCPU pointers (the array at the start of the PGD) name is not shared with "
+            "hyp, so hyp cannot pin it (every page of every struct kvm_vcpu must be shared first)")
     if err == E.ENOMEM:
         need = None if n is None else lay.shadow_vm_size + n * lay.shadow_vcpu_state_size
         if need is not None and size < need:     # the seed's check_shadow_size
@@ -217,6 +218,30 @@ def _init_shadow(host, view, args, err):
         if live >= KVM_MAX_PVMS:
             return f"all {KVM_MAX_PVMS} slots of the shadow table are in use: tear a VM down first"
         return f"{POOL}; the shadow table still has {KVM_MAX_PVMS - live} free slot(s)"
+    return None
+
+
+def _vcpu_not_shared(host, view: HostView, lay, pgd: int, n: int | None) -> str | None:
+    """The first vCPU pointer (read back from the PGD the host wrote them in) whose struct spans a page not shared.
+
+    As the seed's ``set_host_vcpus()`` (``hyp_pin_shared_mem(host_vcpu, host_vcpu + 1)`` per pointer, upstream
+    [PATCH v2 12/24], arch/arm64/kvm/hyp/nvhe/pkvm.c), hyp refuses only a struct it cannot pin: the same pointer
+    twice is pinned twice, and a pointer need not be aligned (every page the struct covers must be shared).
+    """
+    if n is None or not 1 <= n <= lay.max_vcpus:
+        return None
+    try:
+        raw = host.read(pgd, 8 * n)
+    except Exception:  # noqa: BLE001 - the PGD is not the host's to read: say it in general
+        return None
+    for i in range(n):
+        v = int.from_bytes(raw[8 * i:8 * i + 8], "little")
+        first, last = v >> PAGE_SHIFT, (v + lay.vcpu_size - 1) >> PAGE_SHIFT
+        for p in range(first, last + 1):
+            if p not in view.shared:
+                span = f"pfn {first:#x}" if first == last else f"pfns {first:#x}-{last:#x}"
+                return (f"vCPU pointer {i} ({v:#x}) names a struct kvm_vcpu on {span}, and pfn {p:#x} is not shared "
+                        f"with hyp, so hyp cannot pin it (hyp_pin_shared_mem): share every page it covers first")
     return None
 
 

@@ -173,8 +173,13 @@ class VM:
         if not isinstance(vcpu_idx, int) or not 0 <= vcpu_idx < self.nr_vcpus:
             raise UsageError(f"vcpu_idx must be 0..{self.nr_vcpus - 1}, got {vcpu_idx!r}")
         r = self._runners.get(vcpu_idx)
-        if r is None:
-            r = self._runners[vcpu_idx] = VcpuRunner(self, vcpu_idx)
+        if r is None:   # the runner this vCPU had before, if any: one the user holds stays the vCPU's across time travel
+            r = self.__dict__.setdefault("_runner_objs", {}).get(vcpu_idx)
+            if r is None:
+                r = self._runner_objs[vcpu_idx] = VcpuRunner(self, vcpu_idx)
+            else:
+                r.__init__(self, vcpu_idx)
+            self._runners[vcpu_idx] = r
         return r
 
     def set_entry(self, pc: int, sp_el1: int, vcpu_idx: int = 0) -> None:
@@ -197,6 +202,7 @@ class VM:
         from pkvmlab.host.vcpu_run import DEFAULT_BUDGET
 
         with self.host.core.lock:
+            self._check_alive("run")
             if self.powered_off:
                 raise UsageError(f"the guest of VM {self.handle:#x} has powered off: tear the VM down")
             return self._runner(vcpu_idx).step(DEFAULT_BUDGET if budget is None else budget)
@@ -209,6 +215,7 @@ class VM:
 
         out = []
         with self.host.core.lock:
+            self._check_alive("run")
             if self.powered_off:
                 raise UsageError(f"the guest of VM {self.handle:#x} has powered off: tear the VM down")
             r = self._runner(vcpu_idx)
@@ -239,11 +246,14 @@ class VM:
         teardown_vm(self.host, self.handle)
 
     def _check_alive(self, what: str) -> None:
+        elsewhere = self.__dict__.get("_elsewhere")   # set by a restore to before it was made (pkvmlab.timeline)
+        if elsewhere:
+            raise UsageError(f"cannot {what} VM {self.handle:#x}: {elsewhere}")
         if not self.alive:
             raise UsageError(f"cannot {what} VM {self.handle:#x}: it was torn down")
 
     def __repr__(self) -> str:
-        state = "" if self.alive else ", torn down"
+        state = ", in another point in time" if self.__dict__.get("_elsewhere") else "" if self.alive else ", torn down"
         vcpus = ", ".join(f"{v:#x}" for v in self.vcpus)
         return (f"VM(handle={self.handle:#x}, {self.nr_vcpus} vCPU{'s' if self.nr_vcpus != 1 else ''}, "
                 f"kvm at {self.host_kvm:#x}, vcpus at [{vcpus}], shadow area {self.shadow_va:#x} "

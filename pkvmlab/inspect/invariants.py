@@ -160,3 +160,22 @@ def check_invariants(snap: Ownership) -> list[Violation]:
                  lambda i: f"the hypervisor's carve-out must be owned and mapped by hyp alone, but {_states(snap, i)}, "
                            f"owner {owner_name(int(snap.owner[i]))}", sig)
     return out
+
+
+def check_hyp_pages(hyp) -> list[Violation]:
+    """The pool invariant: every page hyp owns is free in the pool, a hyp page table (stage-1 or the host
+    stage-2), the shadow table, or a live VM's (shadow area, PGD, memcache page, guest stage-2 table).
+
+    One Violation per page that is none of these (``kind`` "hyp-pages"); see ``pkvmlab.inspect.hyp_pages``.
+    """
+    from pkvmlab.inspect.hyp_pages import account_hyp_pages
+
+    a = account_hyp_pages(hyp)
+    out = [Violation("hyp-pages", pfn, 1, f"page {pfn:#x} of the hyp pool is neither free, nor a page table, nor the "
+                     "shadow table: hyp took it and lost it.") for pfn in a.unaccounted_pool]
+    out += [Violation("hyp-pages", pfn, 1, f"page {pfn:#x} is hyp's (donated by the host) but no live VM has it as "
+                      "its shadow area, PGD, memcache page or stage-2 table.") for pfn in a.unaccounted_donated]
+    if len(a.free) != a.free_count:
+        out.append(Violation("hyp-pages", a.pool[0], a.pool[1] - a.pool[0],
+                             f"hyp_pool.free_pages says {a.free_count} but {len(a.free)} pool pages have a refcount of 0."))
+    return out

@@ -1,0 +1,111 @@
+"""Every page hyp owns, and what it is for: ``account_hyp_pages(lab.hyp)``.
+
+The hyp pool (firmware/page_alloc.c) feeds only hyp's own page tables (the tables below hyp's stage-1
+PGD and below the host stage-2 PGD; both PGDs are in the image) and the shadow VM table (one page,
+firmware/setup.c).  What the host donates for a VM (``__pkvm_init_shadow``'s shadow area and PGD, the pages
+hyp takes from a vCPU's memcache list, which become the guest's stage-2 tables) is hyp's while the VM
+lives and the host's again at teardown.  So every page hyp owns is one of:
+
+- free in the pool (refcount 0 in hyp's vmemmap, as many as ``hyp_pool.free_pages`` counts);
+- a table of hyp's stage-1 or of the host stage-2 (a pool page);
+- the shadow table's page (a pool page);
+- a live VM's shadow area, stage-2 PGD, memcache page or guest stage-2 table (a host page, donated).
+
+Anything else is a leak: ``unaccounted`` lists it.  Read with the debugger (``core.phys``), nothing runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pkvmlab.arch import pgtable as pt
+from pkvmlab.arch.pgtable import Owner
+from pkvmlab.inspect.tables import TableWalker
+
+PAGE_SHIFT = 12
+
+
+@dataclass(frozen=True)
+class HypPages:
+    """What each page hyp owns is for (pfns), and the pool's pages that are none of it."""
+
+    pool: tuple[int, int]            # [start pfn, end pfn) of the pool
+    free: frozenset[int]             # free in the pool (refcount 0)
+    tables: frozenset[int]           # hyp stage-1 and host stage-2 tables below their PGDs
+    hyp_tables: frozenset[int]       # of which hyp stage-1's
+    shadow_table: int                # the pfn of the shadow VM table's page (0: none)
+    vm_pages: dict                   # pfn -> "VM 0x1000's shadow area" (its PGD, memcache, guest stage-2 table)
+    unaccounted_pool: tuple[int, ...]   # pool pages neither free, nor a table, nor the shadow table
+    unaccounted_donated: tuple[int, ...]   # host pages hyp owns that belong to no live VM
+    free_count: int                  # hyp_pool.free_pages as hyp counts it
+
+    @property
+    def unaccounted(self) -> tuple[int, ...]:
+        return self.unaccounted_pool + self.unaccounted_donated
+
+    def __repr__(self) -> str:
+        lo, hi = self.pool
+        return (f"HypPages(pool {hi - lo} pages: {len(self.free)} free, {len(self.tables)} page tables, "
+                f"{1 if self.shadow_table else 0} shadow table; {len(self.vm_pages)} pages of live VMs; "
+                f"{len(self.unaccounted)} unaccounted)")
+
+
+def _pool_free(hyp, start: int, end: int) -> list[int]:
+    """The pool's free pages: refcount 0 in hyp's vmemmap (``hyp_alloc_pages`` sets 1, ``hyp_put_page`` pushes a
+    page back on the free list when its count reaches 0).  One read of the pool's slice of the vmemmap."""
+    lay = hyp.fw.layout("hyp_page")
+    ref = lay.field("refcount")
+    ram_start = hyp.global_field("hyp_memory", "hyp_memory", "ram_start") >> PAGE_SHIFT
+    at = hyp.read_global("hyp_vmemmap") + (start - ram_start) * lay.size
+    raw = np.frombuffer(hyp.core.phys.read(at, (end - start) * lay.size), dtype=np.uint8).reshape(end - start, lay.size)
+    counts = raw[:, ref.offset:ref.offset + ref.size].copy().view(f"<u{ref.size}").ravel()
+    return (np.flatnonzero(counts == 0) + start).tolist()
+
+
+def _walk(hyp, symbol: str, path: str = ""):
+    """(tables below the PGD, leaves) of one of hyp's own page tables (a ``struct kvm_pgtable`` global)."""
+    struct = "host_mmu" if path else "kvm_pgtable"
+    pgd, ia_bits, level = (hyp.global_field(symbol, struct, f"{path}{m}") for m in ("pgd", "ia_bits", "start_level"))
+    w = TableWalker(hyp.core.phys, ia_bits, level)
+    leaves = w.run(pgd)
+    return w.tables, leaves
+
+
+def account_hyp_pages(hyp) -> HypPages:
+    """Classify every page hyp owns (see the module's docstring): its own tables are walked, nothing else."""
+    start, end = (hyp.global_field("hyp_pool", "hyp_pool", m) >> PAGE_SHIFT for m in ("start", "end"))
+    nr_free = hyp.global_field("hyp_pool", "hyp_pool", "free_pages")
+    free = _pool_free(hyp, start, end)
+    host_tables, (addrs, ptes, levels, _) = _walk(hyp, "host_mmu", "pgt.")
+    hyp_tables, _ = _walk(hyp, "hyp_pgtable")
+    tables = {pa >> PAGE_SHIFT for pa in (*host_tables, *hyp_tables)}
+    shadow = hyp.read_global("shadow_table") >> PAGE_SHIFT
+    vm_pages: dict[int, str] = {}
+    for vm in hyp.shadow_table().vms:
+        who = f"VM {vm.handle:#x}'s"
+        for pfn in range(vm.shadow_area >> PAGE_SHIFT, (vm.shadow_area + vm.shadow_area_size) >> PAGE_SHIFT):
+            vm_pages[pfn] = f"{who} shadow area"
+        for pfn in (vm.pgd >> PAGE_SHIFT, (vm.pgd >> PAGE_SHIFT) + 1):   # two concatenated level-1 tables
+            vm_pages[pfn] = f"{who} stage-2 PGD"
+        for v in vm.vcpus:
+            for pfn in v.memcache_pfns:
+                vm_pages[pfn] = f"{who} vCPU {v.vcpu_idx} memcache page"
+        for pa in vm.table_pages:
+            vm_pages[pa >> PAGE_SHIFT] = f"{who} guest stage-2 table"
+    known = set(free) | tables | {shadow}
+    unaccounted_pool = tuple(p for p in range(start, end) if p not in known)
+    # The host stage-2 records a page given to hyp as an invalid entry annotated PKVM_ID_HYP.
+    lo = hyp.global_field("hyp_memory", "hyp_memory", "hyp_start") >> PAGE_SHIFT
+    hi = hyp.global_field("hyp_memory", "hyp_memory", "hyp_end") >> PAGE_SHIFT
+    hyps = ((ptes & np.uint64(pt.VALID)) == 0) & (((ptes & np.uint64(pt.OWNER_MASK)) >> np.uint64(pt.OWNER_SHIFT))
+                                                 == np.uint64(Owner.HYP))
+    donated = []
+    for addr, level in zip(addrs[hyps].tolist(), levels[hyps].tolist()):
+        first = addr >> PAGE_SHIFT
+        for p in range(first, first + (pt.granule(level) >> PAGE_SHIFT)):
+            if not lo <= p < hi and p not in vm_pages:
+                donated.append(p)
+    return HypPages((start, end), frozenset(free), frozenset(tables), frozenset(pa >> PAGE_SHIFT for pa in hyp_tables),
+                    shadow, vm_pages, unaccounted_pool, tuple(donated), nr_free)
