@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 from pkvmlab.arch.pgtable import PageState
+from pkvmlab.campaign.canary import canary_rules
 from pkvmlab.campaign.hostile import GFNS, PAGE, hostile_rules
 from pkvmlab.errors import HostAccessFault, HypercallError, PkvmLabError, SpecMismatch, UsageError
 
@@ -34,8 +35,9 @@ def machine(lab_factory, stats):
     idx = st.integers(0, 63)
 
     Hostile = hostile_rules(st, rule, precondition, recorded, idx)
+    Canary = canary_rules(st, rule, precondition, recorded)
 
-    class HostCampaign(Hostile, RuleBasedStateMachine):
+    class HostCampaign(Canary, Hostile, RuleBasedStateMachine):
         """A host, at random but with purpose; the specification watches every call."""
 
         def __init__(self):
