@@ -61,6 +61,12 @@ class Hyp:
 
         return read_shadow_table(self)
 
+    def vcpu_registers(self, vm, vcpu_idx: int = 0, exit=None):
+        """vCPU ``vcpu_idx`` of ``vm``: the host's struct kvm_vcpu beside hyp's shadow vCPU, register by register."""
+        from pkvmlab.inspect.vcpu_regs import register_views
+
+        return register_views(self, vm, vcpu_idx, exit)
+
     def walk(self, addr: int, stage: str = "host-s2", vm=None, access: str = "r"):
         """A software translation walk of ``addr`` over the tables in emulated memory, every step kept."""
         from pkvmlab.inspect.walk import walk

@@ -5,7 +5,7 @@ donated and can no longer read); the host's own ``struct kvm_vcpu`` gets only wh
 (upstream, the Android tree of 2022: ``handle_pvm_exit_*()`` in nvhe/hyp-main.c).  Both are a
 ``struct kvm_cpu_context``; its members (``regs``, ``sp_el1``, ``sys_regs[]`` by ``enum vcpu_sysreg``,
 ``fp_regs`` when the firmware has them) come from the firmware's DWARF, so a context that grows needs no
-change here.  ``lab.vcpu_registers(vm)`` (or :func:`register_views`) gives a frozen snapshot.
+change here.  ``lab.hyp.vcpu_registers(vm, 0, exit)`` gives a frozen snapshot (:class:`RegisterView`).
 """
 
 from __future__ import annotations
@@ -94,14 +94,14 @@ class RegisterView:
         return register_table_html(self._title(), self.rows)
 
 
-def register_views(lab, vm, vcpu_idx: int = 0, exit=None) -> RegisterView:
+def register_views(hyp, vm, vcpu_idx: int = 0, exit=None) -> RegisterView:
     """The host's and hyp's copies of vCPU ``vcpu_idx`` of ``vm`` now (``exit``: the exit it follows, for the title)."""
     from pkvmlab.errors import UsageError
 
     if not 0 <= vcpu_idx < len(vm.vcpus):
         raise UsageError(f"VM {vm.handle:#x} has {len(vm.vcpus)} vCPU(s); vcpu_idx must be 0..{len(vm.vcpus) - 1}")
-    fw, phys = lab.fw, lab.core.phys
-    entry = lab.hyp.shadow_table().by_handle(vm.handle)
+    fw, phys = hyp.fw, hyp.core.phys
+    entry = hyp.shadow_table().by_handle(vm.handle)
     if entry is None:
         raise UsageError(f"hyp has no VM with handle {vm.handle:#x} (torn down?): no shadow vCPU to show")
     off = ctxt_offset(fw)
