@@ -13,39 +13,18 @@
 #include <hyp/mem_protect.h>
 #include <hyp/pkvm.h>
 #include <hyp/sysreg.h>
+#include <hyp/sysreg-sr.h>
 
 extern char __hyp_vectors[], __kvm_hyp_vector[];
 
-/* What the host left in the EL1 and EL2 registers a guest run overwrites. */
-struct host_run_state {
-	u64 sys_regs[NR_SYS_REGS];
-	u64 sp_el1;
-	u64 elr_el2, spsr_el2;
-};
-
-static void __sysreg_save_state(u64 *sys_regs, u64 *sp_el1)
-{
-	sys_regs[SCTLR_EL1] = read_sysreg(sctlr_el1);
-	sys_regs[VBAR_EL1] = read_sysreg(vbar_el1);
-	sys_regs[ELR_EL1] = read_sysreg(elr_el1);
-	sys_regs[SPSR_EL1] = read_sysreg(spsr_el1);
-	sys_regs[ESR_EL1] = read_sysreg(esr_el1);
-	sys_regs[FAR_EL1] = read_sysreg(far_el1);
-	sys_regs[TPIDR_EL1] = read_sysreg(tpidr_el1);
-	*sp_el1 = read_sysreg(sp_el1);
-}
-
-static void __sysreg_restore_state(const u64 *sys_regs, u64 sp_el1)
-{
-	write_sysreg(sys_regs[SCTLR_EL1], sctlr_el1);
-	write_sysreg(sys_regs[VBAR_EL1], vbar_el1);
-	write_sysreg(sys_regs[ELR_EL1], elr_el1);
-	write_sysreg(sys_regs[SPSR_EL1], spsr_el1);
-	write_sysreg(sys_regs[ESR_EL1], esr_el1);
-	write_sysreg(sys_regs[FAR_EL1], far_el1);
-	write_sysreg(sys_regs[TPIDR_EL1], tpidr_el1);
-	write_sysreg(sp_el1, sp_el1);
-}
+/*
+ * The host's context while a guest runs (upstream: kvm_host_data.host_ctxt,
+ * per CPU, asm/kvm_host.h; the lab has one CPU).  regs.sp is the host's
+ * SP_EL0, regs.pc/pstate its ELR_EL2/SPSR_EL2 (the return to the host).
+ */
+static struct kvm_host_data {
+	struct kvm_cpu_context host_ctxt;
+} kvm_host_data;
 
 /* SMCCC for a guest: function id in x0, results in x0..x3 (upstream: smccc_set_retval()). */
 #define SMCCC_RET_INVALID_PARAMETER	(-3L)
@@ -123,18 +102,37 @@ static bool fixup_guest_exit(struct kvm_vcpu *vcpu, int exit_code)
 	return false;
 }
 
+/*
+ * The world switch.  Everything of EL0/EL1 the guest can write is switched
+ * here: x0..x30 and SP_EL0 by __guest_enter/__guest_exit (entry.S), the
+ * EL0/EL1 system registers by __sysreg_{save,restore}_state_nvhe(), and
+ * v0..v31 with FPSR/FPCR by __fpsimd_{save,restore}_state() (fpsimd.S).
+ *
+ * FP/SIMD is switched *eagerly*, at every run, where pKVM is lazy: upstream
+ * sets CPTR_EL2.TFP for the guest, switches on the guest's first FP access
+ * (kvm_hyp_handle_fpsimd(), hyp/switch.h, saving the host's into
+ * loaded_state.host_fpsimd_state) and gives the host its registers back at
+ * vcpu_put or when the host itself traps on CPTR_EL2.TFP (fpsimd_host_restore()
+ * in nvhe/hyp-main.c, Android 2022).  The lab's machine would have to take
+ * that trap (EC 0x07) to EL2 by hand, and the host's EL1 code would trap too:
+ * eager costs ~140 instructions a run (docs/design_notes.md) and has no state
+ * machine to get wrong.
+ */
 int __kvm_vcpu_run(struct kvm_vcpu *vcpu)
 {
+	struct kvm_cpu_context *host_ctxt = &kvm_host_data.host_ctxt;
 	struct kvm_cpu_context *ctxt = &vcpu->arch.ctxt;
 	struct kvm_s2_mmu *mmu = vcpu->arch.hw_mmu;
-	struct host_run_state host;
 	int exit_code;
 
-	__sysreg_save_state(host.sys_regs, &host.sp_el1);
-	host.elr_el2 = read_sysreg(elr_el2);
-	host.spsr_el2 = read_sysreg(spsr_el2);
+	__sysreg_save_state_nvhe(host_ctxt);
+	host_ctxt->regs.sp = read_sysreg(sp_el0);
+	host_ctxt->regs.pc = read_sysreg(elr_el2);
+	host_ctxt->regs.pstate = read_sysreg(spsr_el2);
+	__fpsimd_save_state(&host_ctxt->fp_regs);
 
-	__sysreg_restore_state(ctxt->sys_regs, ctxt->sp_el1);
+	__sysreg_restore_state_nvhe(ctxt);
+	__fpsimd_restore_state(&ctxt->fp_regs);
 	write_sysreg(hyp_pa(mmu->pgt->pgd) | (mmu->vmid.id << VTTBR_VMID_SHIFT), vttbr_el2);	/* __load_stage2 */
 	write_sysreg(HCR_GUEST_FLAGS, hcr_el2);						/* __activate_traps */
 	write_sysreg(__kvm_hyp_vector, vbar_el2);
@@ -153,13 +151,16 @@ int __kvm_vcpu_run(struct kvm_vcpu *vcpu)
 		}
 	} while (fixup_guest_exit(vcpu, exit_code));
 
-	__sysreg_save_state(ctxt->sys_regs, &ctxt->sp_el1);
+	__sysreg_save_state_nvhe(ctxt);
+	__fpsimd_save_state(&ctxt->fp_regs);
 	write_sysreg(__hyp_vectors, vbar_el2);						/* __deactivate_traps */
 	write_sysreg(HCR_HOST_FLAGS, hcr_el2);
 	write_sysreg(host_mmu.vttbr, vttbr_el2);					/* __load_host_stage2 */
 	isb();
-	__sysreg_restore_state(host.sys_regs, host.sp_el1);
-	write_sysreg(host.elr_el2, elr_el2);
-	write_sysreg(host.spsr_el2, spsr_el2);
+	__sysreg_restore_state_nvhe(host_ctxt);
+	__fpsimd_restore_state(&host_ctxt->fp_regs);
+	write_sysreg(host_ctxt->regs.sp, sp_el0);
+	write_sysreg(host_ctxt->regs.pc, elr_el2);
+	write_sysreg(host_ctxt->regs.pstate, spsr_el2);
 	return exit_code;
 }

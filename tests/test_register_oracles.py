@@ -107,7 +107,7 @@ def test_the_register_view_shows_the_guests_secret_only_in_hyps_copy():
     vm = make_canary(lab.host, 0x1234_5678_9ABC, [1])
     while not vm.exits or vm.exits[-1].reason != "mmio":
         vm.step(0, budget=20000)
-    rv = lab.hyp.vcpu_registers(vm, 0, vm.exits[-1])
+    rv = lab.hyp.register_view(vm, 0, vm.exits[-1])
     found = secrets(lab, vm)
     assert rv.hyp("x6") in found and rv.host("x6") not in found
     assert "x6" in rv.hidden() and "pc" in rv.hidden()

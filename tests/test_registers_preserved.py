@@ -14,7 +14,7 @@ from conftest import PAGE
 from pkvmlab import FirmwareBuildError, HostAccessFault, HypercallError, Lab
 from pkvmlab.arch.smccc import HYPERCALL_ARGS, HYPERCALLS
 from pkvmlab.firmware.build import build_firmware, copy_firmware
-from pkvmlab.firmware.fpsimd import fp_simd_instructions
+from pkvmlab.firmware.fpsimd import FIRMWARE_FP_ROUTINES, fp_simd_instructions
 
 GPRS = [f"x{i}" for i in range(31)]
 FP = [f"q{i}" for i in range(32)] + ["fpcr", "fpsr"]
@@ -37,9 +37,18 @@ def changed(lab: Lab, before: dict[str, int]) -> set[str]:
     return {r for r in ALL if lab.core.reg(r) != before[r]}
 
 
-def test_the_firmware_image_contains_no_fp_simd_instruction():
-    """zig cc drops -mgeneral-regs-only, so the build turns the features off itself; the image is checked."""
-    assert fp_simd_instructions(build_firmware()) == []
+def test_the_firmware_image_has_fp_simd_instructions_only_in_the_world_switch_save_and_restore():
+    """zig cc drops -mgeneral-regs-only, so the build turns the features off itself; the image is checked.
+
+    The only FP/SIMD instructions are fpsimd.S's: 16 STP + 2 MRS in __fpsimd_save_state, 16 LDP + 2 MSR in
+    __fpsimd_restore_state; outside those two routines there is none.
+    """
+    elf = build_firmware()
+    assert fp_simd_instructions(elf, FIRMWARE_FP_ROUTINES) == []
+    found = fp_simd_instructions(elf)
+    assert len(found) == 36
+    assert sum(" stp q" in f for f in found) == 16 and sum(" ldp q" in f for f in found) == 16
+    assert sum("fpcr" in f for f in found) == 2 and sum("fpsr" in f for f in found) == 2
 
 
 def test_a_firmware_with_an_fp_simd_instruction_is_refused_at_build_time(tmp_path):
@@ -49,6 +58,17 @@ def test_a_firmware_with_an_fp_simd_instruction_is_refused_at_build_time(tmp_pat
     with pytest.raises(FirmwareBuildError, match="FP/SIMD") as ei:
         build_firmware(src)
     assert "fmov d0, x0" in ei.value.compiler_output
+
+
+def test_an_fp_simd_instruction_beside_the_allowed_routines_is_still_refused(tmp_path):
+    """The allowance is the two routines' own [start, start + size): an FMOV appended to fpsimd.S after them fails."""
+    src = copy_firmware(tmp_path / "fw")
+    with open(src / "fpsimd.S", "a") as fh:
+        fh.write("\t.global fp_after\n\t.type fp_after, %function\nfp_after:\n\t.inst 0x9e670000\n\tret\n"
+                 "\t.size fp_after, . - fp_after\n")
+    with pytest.raises(FirmwareBuildError, match="FP/SIMD") as ei:
+        build_firmware(src)
+    assert "fmov d0, x0" in ei.value.compiler_output and "stp q" not in ei.value.compiler_output
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pkvmlab.arch.smccc import hcall_ids_header
 from pkvmlab.errors import FirmwareBuildError
-from pkvmlab.firmware.fpsimd import fp_simd_instructions
+from pkvmlab.firmware.fpsimd import FIRMWARE_FP_ROUTINES, fp_simd_instructions
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
 
@@ -91,11 +91,12 @@ def build_firmware(src: str | os.PathLike = FIRMWARE_DIR, *, force: bool = False
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not tmp_elf.is_file():
             raise FirmwareBuildError(f"building the firmware in {src} failed", (proc.stderr + proc.stdout).strip())
-        found = fp_simd_instructions(tmp_elf)
+        found = fp_simd_instructions(tmp_elf, FIRMWARE_FP_ROUTINES)
         if found:
             raise FirmwareBuildError(
                 f"the firmware in {src} uses FP/SIMD registers at EL2, which would clobber the host's: "
-                "pKVM's EL2 code never touches them (the trap path saves only x0..x30)",
+                "pKVM's EL2 code never touches them (the trap path saves only x0..x30) except in the world "
+                f"switch's own save and restore ({', '.join(FIRMWARE_FP_ROUTINES)}, firmware/fpsimd.S)",
                 "\n".join(found[:20]) + (f"\n... and {len(found) - 20} more" if len(found) > 20 else ""))
         os.replace(tmp_elf, elf)
     return elf

@@ -1,8 +1,12 @@
-"""The build-time check that the EL2 firmware never touches an FP/SIMD register.
+"""The build-time check that the EL2 firmware touches FP/SIMD registers only where it means to.
 
 The trap path saves only the host's x0..x30, as pKVM's does; an FP/SIMD instruction at EL2 would
-silently change the host's q0..q31.  The code regions of ``.text`` are found through the ELF's
-``$x``/``$d`` mapping symbols (AAELF64), so literal pools are never mistaken for instructions.
+silently change the host's q0..q31.  The one exception is the world switch's own save and restore of
+v0..v31, FPSR and FPCR (``firmware/fpsimd.S``, upstream's ``__fpsimd_save_state`` /
+``__fpsimd_restore_state`` in arch/arm64/kvm/hyp/fpsimd.S): those named routines, and nothing else, may
+hold FP/SIMD instructions.  The code regions of ``.text`` are found through the ELF's ``$x``/``$d``
+mapping symbols (AAELF64), so literal pools are never mistaken for instructions; an allowed routine is
+the [value, value + size) of its ELF symbol, so one without a ``.size`` allows nothing.
 """
 
 from __future__ import annotations
@@ -32,16 +36,33 @@ def _code_ranges(elf: ELFFile, text) -> list[tuple[int, int]]:
     return ranges
 
 
-def fp_simd_instructions(path: str | Path) -> list[str]:
-    """Every instruction in the image's code that reads or writes an FP/SIMD register, as ``"addr: text"``."""
+FIRMWARE_FP_ROUTINES = ("__fpsimd_save_state", "__fpsimd_restore_state")
+
+
+def _allowed_ranges(elf: ELFFile, names: tuple[str, ...]) -> list[tuple[int, int]]:
+    """[start, end) of each named function symbol (its ELF st_size; 0 allows nothing)."""
+    symtab = elf.get_section_by_name(".symtab")
+    return [(s["st_value"], s["st_value"] + s["st_size"]) for s in symtab.iter_symbols()
+            if s.name in names and s["st_info"]["type"] == "STT_FUNC"] if names else []
+
+
+def fp_simd_instructions(path: str | Path, allowed: tuple[str, ...] = ()) -> list[str]:
+    """Every instruction in the image's code that reads or writes an FP/SIMD register, as ``"addr: text"``.
+
+    ``allowed``: names of functions whose own instructions are not reported (the world switch's
+    FP/SIMD save and restore); everything outside them still is.
+    """
     md = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
     found = []
     with open(path, "rb") as fh:
         elf = ELFFile(fh)
         text = elf.get_section_by_name(".text")
         data, base = text.data(), text["sh_addr"]
+        skip = _allowed_ranges(elf, allowed)
         for start, end in _code_ranges(elf, text):
             for off in range(start - base, end - base, 4):
+                if any(lo <= base + off < hi for lo, hi in skip):
+                    continue
                 for insn in md.disasm(data[off:off + 4], base + off, 1):
                     if _FP_OPERAND.search(insn.op_str) or insn.mnemonic.startswith("f"):
                         found.append(f"{insn.address:#x}: {insn.mnemonic} {insn.op_str}")

@@ -61,11 +61,17 @@ class Hyp:
 
         return read_shadow_table(self)
 
-    def vcpu_registers(self, vm, vcpu_idx: int = 0, exit=None):
+    def register_view(self, vm, vcpu_idx: int = 0, exit=None):
         """vCPU ``vcpu_idx`` of ``vm``: the host's struct kvm_vcpu beside hyp's shadow vCPU, register by register."""
         from pkvmlab.inspect.vcpu_regs import register_views
 
         return register_views(self, vm, vcpu_idx, exit)
+
+    def vcpu_registers(self, handle: int, vcpu_idx: int = 0) -> dict[str, int]:
+        """Hyp's copy of a protected vCPU's registers (general, EL0/EL1 system, v0..v31, FPSR, FPCR) by name."""
+        from pkvmlab.inspect.vcpu_regs import shadow_vcpu_registers
+
+        return shadow_vcpu_registers(self, handle, vcpu_idx)
 
     def walk(self, addr: int, stage: str = "host-s2", vm=None, access: str = "r"):
         """A software translation walk of ``addr`` over the tables in emulated memory, every step kept."""
