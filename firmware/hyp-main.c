@@ -153,9 +153,13 @@ static void flush_shadow_state(struct kvm_shadow_vcpu_state *state)
 	if (state->last_exit != ARM_EXCEPTION_TRAP)
 		return;
 	switch (ESR_ELx_EC(esr)) {
-	case ESR_ELx_EC_HVC64:	/* a call the host handled: its results in x0..x3 */
-		for (int i = 0; i < 4; i++)
-			shadow_vcpu->arch.ctxt.regs.regs[i] = READ_ONCE(host_vcpu->arch.ctxt.regs.regs[i]);
+	case ESR_ELx_EC_HVC64:
+		/*
+		 * A call the host handled: its result in x0, nothing else (upstream,
+		 * Android 2022 nvhe/hyp-main.c: handle_pvm_entry_hvc64() and
+		 * handle_pvm_entry_psci() set only register 0).
+		 */
+		shadow_vcpu->arch.ctxt.regs.regs[0] = READ_ONCE(host_vcpu->arch.ctxt.regs.regs[0]);
 		break;
 	case ESR_ELx_EC_DABT_LOW:
 		/* Without INCREMENT_PC the host mapped a page instead: run the access again. */
