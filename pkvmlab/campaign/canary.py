@@ -6,8 +6,9 @@ lab's doorbell, an unknown hypercall with secrets in x1..x3, a stage-2 fault, a 
 MEM_UNSHARE, SYSTEM_OFF) and checks after each one that every secret register still holds its secret
 (else it rings the doorbell with ``x1 = CANARY_BAD``).  After every step the host looks for the secret:
 
-* in every register its own EL1 code can read: one host stub (:data:`HOST_DUMP`) stores x1..x30,
-  q0..q31, FPCR, FPSR and the EL0/EL1 system registers into a host page;
+* in every register its own EL1 code can read: one host stub (:func:`host_dump_code`) stores x1..x30,
+  q0..q31, FPCR, FPSR and the EL0/EL1 system registers into a host page, then uses the host's own
+  registers (its marks in v0..v31, FPSR, TPIDR_EL0, ...), so a guest given the host's sees it;
 * in every page the host may touch that it has allocated (its ``struct kvm``/``kvm_vcpu``, memcache
   pages, pages it shared): read through the debugger, filtered by the abstract state's host view.
 
@@ -82,7 +83,22 @@ def _dump_source() -> str:
     lines += ["mrs x1, fpcr", "str x1, [x0, #752]", "mrs x2, fpsr", "str x2, [x0, #760]"]
     for i, r in enumerate(SYSREGS):
         lines += [f"mrs x1, {r}", f"str x1, [x0, #{768 + 8 * i}]"]
+    # then the host uses its own registers: its marks (HOST_MARKS) into v0..v31, FPSR and the thread registers
+    lines += [f"ldr q{i}, [x0, #{MARKS_AT + 16 * i}]" for i in range(32)]
+    for i, r in enumerate(SCRIBBLED):
+        lines += [f"ldr x1, [x0, #{MARKS_AT + 512 + 8 * i}]", f"msr {r}, x1"]
     return "\n".join(lines)
+
+
+MARKS_AT = 2048                 # where in the dump page the host keeps the values it puts in its own registers
+SCRIBBLED = ("fpsr", "tpidr_el0", "tpidrro_el0", "contextidr_el1", "sp_el0")
+
+
+def host_marks() -> bytes:
+    """The host's own values for v0..v31 and SCRIBBLED: a guest that sees one got the host's register."""
+    words = [0x4057_0000_0000_0000 | i for i in range(64 + len(SCRIBBLED))]
+    words[64] = 0x0800_0010     # FPSR: QC and IXC, bits a guest does not start with
+    return b"".join(w.to_bytes(8, "little") for w in words)
 
 
 @lru_cache(maxsize=1)
@@ -94,7 +110,13 @@ def host_dump_code() -> bytes:
 
 
 def host_registers(host, page_pa: int) -> dict[str, int]:
-    """Every register the host's own EL1 code can read, as it reads them (x0 is the stub's pointer)."""
+    """Every register the host's own EL1 code can read, as it reads them (x0 is the stub's pointer).
+
+    The same stub then puts the host's own values (:func:`host_marks`) into its v0..v31, FPSR and thread
+    registers, as a host kernel uses them between two runs: a world switch that does not give the guest its
+    own back shows the guest the host's."""
+    if host.core.phys.read(page_pa + MARKS_AT, 8) != host_marks()[:8]:
+        host.write(page_pa + MARKS_AT, host_marks())
     host.execute(host_dump_code(), x0=page_pa)
     raw = np.frombuffer(host.core.phys.read(page_pa, 768 + 8 * len(SYSREGS)), dtype="<u8").tolist()
     out = {f"x{i}": raw[i - 1] for i in range(1, 31)}
