@@ -4,6 +4,8 @@ Run: ``.venv/bin/python bench/bench_guest.py``.  Nothing here passes or fails on
 
 (b) a guest hypercall handled at EL2 (HYP_MEMINFO: guest -> EL2 -> guest, no host exit), per call;
 (c) an MMIO exit through the host's Python handler and back into the guest, per exit;
+(c') the same with the guest's FP/SIMD registers in use (uart_loop_fp): the world switch saves and restores
+    v0..v31, FPSR and FPCR eagerly at every run, so (c) pays for them too;
 (d) a checksum loop over a guest page inside a run (with its instruction budget counting blocks),
     against the same loop run bare at EL1 by the host with no budget.
 """
@@ -84,11 +86,12 @@ def main() -> None:
         uc.emu_start(code_at + entry, done)
 
     rounds = 5
-    best = {k: float("inf") for k in ("bare", "hvc", "mmio", "mmio_native", "sum_guest", "sum_bare")}
+    best = {k: float("inf") for k in ("bare", "hvc", "mmio", "mmio_fp", "mmio_native", "sum_guest", "sum_bare")}
     for _ in range(rounds):
         best["bare"] = min(best["bare"], timed(lambda: [uc.emu_start(addr, addr + 8) for _ in range(4000)]) / 4000)
         best["hvc"] = min(best["hvc"], guest_run_time(lab, "hvc_loop", 1) / 10_000)
         best["mmio"] = min(best["mmio"], guest_run_time(lab, "uart_loop", 1) / 200)
+        best["mmio_fp"] = min(best["mmio_fp"], guest_run_time(lab, "uart_loop_fp", 1) / 200)
         # the same run again with the native calls timed (200 MMIO exits and SYSTEM_OFF)
         best["mmio_native"] = min(best["mmio_native"],
                                   native_seconds(lab, lambda: guest_run_time(lab, "uart_loop", 1)) / 201)
@@ -101,6 +104,8 @@ def main() -> None:
           "   (issue: <= 3x)")
     print(f"  (c) MMIO exit via the host's handler         {best['mmio'] * 1e6:8.2f} us  {best['mmio'] / bare:5.2f}x (a)"
           "   (issue: <= 6x)")
+    print(f"  (c') the same, guest FP/SIMD in use          {best['mmio_fp'] * 1e6:8.2f} us  "
+          f"{best['mmio_fp'] / bare:5.2f}x (a)   (issue: <= 8x)")
     print(f"      of which the native round trip (stub, world switch, exit at EL2)  {best['mmio_native'] * 1e6:8.2f} us"
           f"  {best['mmio_native'] / bare:5.2f}x (a); the host's Python handler the rest")
     print(f"  (d) checksum loop: guest {best['sum_guest'] * 1e3:.1f} ms, bare EL1 {best['sum_bare'] * 1e3:.1f} ms: "

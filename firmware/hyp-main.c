@@ -119,6 +119,13 @@ static void handle_pvm_exit_dabt(struct kvm_vcpu *host_vcpu, struct kvm_vcpu *sh
 	WRITE_ONCE(host_vcpu->arch.fault.hpfar_el2, shadow_vcpu->arch.fault.hpfar_el2);
 }
 
+/* WFI/WFE: the ESR and the guest's mode (upstream: handle_pvm_exit_wfx(), Android nvhe/hyp-main.c, 2022). */
+static void handle_pvm_exit_wfx(struct kvm_vcpu *host_vcpu, struct kvm_vcpu *shadow_vcpu)
+{
+	WRITE_ONCE(host_vcpu->arch.ctxt.regs.pstate, shadow_vcpu->arch.ctxt.regs.pstate & PSR_MODE_MASK);
+	WRITE_ONCE(host_vcpu->arch.fault.esr_el2, shadow_vcpu->arch.fault.esr_el2);
+}
+
 static void sync_shadow_state(struct kvm_shadow_vcpu_state *state, int exit_code)
 {
 	struct kvm_vcpu *shadow_vcpu = &state->shadow_vcpu, *host_vcpu = state->host_vcpu;
@@ -130,6 +137,9 @@ static void sync_shadow_state(struct kvm_shadow_vcpu_state *state, int exit_code
 	switch (ESR_ELx_EC(shadow_vcpu->arch.fault.esr_el2)) {
 	case ESR_ELx_EC_HVC64:
 		handle_pvm_exit_hvc64(host_vcpu, shadow_vcpu);
+		break;
+	case ESR_ELx_EC_WFx:
+		handle_pvm_exit_wfx(host_vcpu, shadow_vcpu);
 		break;
 	case ESR_ELx_EC_IABT_LOW:
 		handle_pvm_exit_iabt(host_vcpu, shadow_vcpu);
@@ -160,6 +170,22 @@ static void flush_shadow_state(struct kvm_shadow_vcpu_state *state)
 		 * handle_pvm_entry_psci() set only register 0).
 		 */
 		shadow_vcpu->arch.ctxt.regs.regs[0] = READ_ONCE(host_vcpu->arch.ctxt.regs.regs[0]);
+		break;
+	case ESR_ELx_EC_WFx:	/* the host blocked the vCPU and steps it over (handle_pvm_entry_wfx(), Android 2022) */
+		if (flags & KVM_ARM64_INCREMENT_PC)
+			shadow_vcpu->arch.ctxt.regs.pc += 4;
+		break;
+	case ESR_ELx_EC_SMC64:
+		/*
+		 * A trapped SMC stops at the SMC itself; the host answers it as KVM's
+		 * handle_smc() does (mainline handle_exit.c: kvm_incr_pc(), x0 = the
+		 * SMCCC result), and only that x0 comes back.  How upstream's pKVM hands
+		 * that back for a protected vCPU: not verified (the lab's reading).
+		 */
+		if (flags & KVM_ARM64_INCREMENT_PC) {
+			shadow_vcpu->arch.ctxt.regs.regs[0] = READ_ONCE(host_vcpu->arch.ctxt.regs.regs[0]);
+			shadow_vcpu->arch.ctxt.regs.pc += 4;
+		}
 		break;
 	case ESR_ELx_EC_DABT_LOW:
 		/* Without INCREMENT_PC the host mapped a page instead: run the access again. */

@@ -40,7 +40,7 @@
 	.text
 	.global	main
 main:
-	stp	x29, x30, [sp, #-16]!
+	mov	x29, x30		/* no stack: every exit is one the guest means */
 	ldr	x9, =S_CPACR
 	msr	cpacr_el1, x9
 	isb
@@ -86,7 +86,7 @@ main:
 	bl	check_all
 	mov	x1, x20
 	bl	doorbell		/* exit 3: the mask again */
-	ldp	x29, x30, [sp], #16
+	mov	x30, x29
 	mov	x0, #0
 	ret
 

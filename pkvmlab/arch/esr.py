@@ -12,6 +12,7 @@ EC_SHIFT = 26
 IL = 1 << 25
 
 EC_UNKNOWN = 0x00
+EC_WFX = 0x01
 EC_SVC32 = 0x11
 EC_SVC64 = 0x15
 EC_HVC64 = 0x16
@@ -28,6 +29,7 @@ EC_BRK64 = 0x3C
 
 EC_NAMES = {
     EC_UNKNOWN: "Unknown reason (e.g. an UNDEFINED instruction)",
+    EC_WFX: "WFI or WFE instruction trapped",
     EC_SVC32: "SVC instruction from AArch32",
     EC_SVC64: "SVC instruction from AArch64",
     EC_HVC64: "HVC instruction from AArch64",

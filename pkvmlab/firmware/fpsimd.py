@@ -40,10 +40,17 @@ FIRMWARE_FP_ROUTINES = ("__fpsimd_save_state", "__fpsimd_restore_state")
 
 
 def _allowed_ranges(elf: ELFFile, names: tuple[str, ...]) -> list[tuple[int, int]]:
-    """[start, end) of each named function symbol (its ELF st_size; 0 allows nothing)."""
-    symtab = elf.get_section_by_name(".symtab")
-    return [(s["st_value"], s["st_value"] + s["st_size"]) for s in symtab.iter_symbols()
-            if s.name in names and s["st_info"]["type"] == "STT_FUNC"] if names else []
+    """[start, end) of each named function symbol (its ELF st_size; 0 allows nothing); ``name*``: a prefix."""
+    if not names:
+        return []
+    exact = {n for n in names if not n.endswith("*")}
+    prefixes = tuple(n[:-1] for n in names if n.endswith("*"))
+
+    def wanted(name: str) -> bool:
+        return name in exact or bool(prefixes) and name.startswith(prefixes)
+
+    return [(s["st_value"], s["st_value"] + s["st_size"]) for s in elf.get_section_by_name(".symtab").iter_symbols()
+            if s["st_info"]["type"] == "STT_FUNC" and wanted(s.name)]
 
 
 def fp_simd_instructions(path: str | Path, allowed: tuple[str, ...] = ()) -> list[str]:

@@ -4,9 +4,8 @@ Each guest is ``<name>.c`` (or, for the benches' bare loops, ``<name>.S``) defin
 the shared ``start.S`` (stack at the top of the guest's memory, ``main()``, then PSCI SYSTEM_OFF) and
 ``guest.ld`` (everything from IPA 0), with ``guest.h`` for the UART and the hypercall ids.  They run with
 their stage-1 MMU off (VA = IPA).  The same ``zig cc`` as the firmware builds them, FP/SIMD-free like it
-(but for the routines named in ``GUEST_FP_ROUTINES``, written in assembly to fill and check v0..v31),
-cached under a hash of their sources, flags and compiler.  ``canary`` (``FP_GUESTS``) is all assembly and
-fills the FP/SIMD registers with a secret throughout, on purpose (pkvmlab/campaign/canary.py).
+(but for assembly functions named ``guest_fp_*``: ``GUEST_FP_ROUTINES``),
+cached under a hash of their sources, flags and compiler.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from pkvmlab.firmware.build import FIRMWARE_DIR, cache_dir
 
 GUESTS_DIR = FIRMWARE_DIR / "guests"
 SHARED = ("start.S", "guest.h", "guest.ld")
-FP_GUESTS = ("canary",)   # guests that fill the FP/SIMD registers on purpose (the register oracle's canary)
 GUEST_CFLAGS = (
     "-target", "aarch64-freestanding-none", "-mcpu=cortex_a72",
     "-ffreestanding", "-nostdlib", "-mgeneral-regs-only", "-fno-stack-protector",
@@ -37,8 +35,8 @@ GUEST_CFLAGS = (
 )
 
 
-# The only guest code allowed to touch FP/SIMD registers: vcpu_private.S's fill and check routines.
-GUEST_FP_ROUTINES = ("guest_fp_fill", "guest_fp_check")
+# The only guest code allowed to touch FP/SIMD registers: assembly functions named guest_fp_* (with a .size).
+GUEST_FP_ROUTINES = ("guest_fp_*",)
 
 
 def guest_names() -> list[str]:
@@ -77,7 +75,7 @@ def build_guest(name: str) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not tmp_elf.is_file():
             raise FirmwareBuildError(f"building guest {name!r} failed", (proc.stderr + proc.stdout).strip())
-        found = fp_simd_instructions(tmp_elf, GUEST_FP_ROUTINES) if name not in FP_GUESTS else []
+        found = fp_simd_instructions(tmp_elf, GUEST_FP_ROUTINES)
         if found:
             raise FirmwareBuildError(f"guest {name!r} uses FP/SIMD registers; the lab's guests are FP/SIMD-free "
                                      "like the firmware", "\n".join(found[:20]))

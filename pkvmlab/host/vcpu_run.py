@@ -71,7 +71,7 @@ class MmioAccess:
 class Exit:
     """One exit of a protected vCPU, as the host saw it."""
 
-    reason: str                      # "mmio", "page fault", "hypercall", "system off", "preempted"
+    reason: str                      # "mmio", "page fault", "hypercall", "system off", "wfx", "smc", "preempted"
     exit_code: int                   # ARM_EXCEPTION_TRAP or ARM_EXCEPTION_IRQ
     esr: int | None = None           # what hyp let the host see of ESR_EL2
     ipa: int | None = None           # from HPFAR_EL2 and FAR_EL2's page offset
@@ -253,6 +253,13 @@ class VcpuRunner:
                 return Exit("system off", code, esr=esr, hvc=regs, handled="the guest is off")
             self._answer = (SMCCC_RET_NOT_SUPPORTED, False)
             return Exit("hypercall", code, esr=esr, hvc=regs, handled="not supported (x0 = -1)")
+        if ec == E.EC_WFX:   # KVM's kvm_handle_wfx(): block until an interrupt (none here), then step over it
+            self._answer = (None, True)
+            kind = "WFE" if esr & 1 else "WFI"
+            return Exit("wfx", code, esr=esr, handled=f"{kind}: nothing to wait for; stepped over")
+        if ec == E.EC_SMC64:   # KVM's handle_smc(): step over it, x0 = the SMCCC answer (no firmware here)
+            self._answer = (SMCCC_RET_NOT_SUPPORTED, True)
+            return Exit("smc", code, esr=esr, handled="not supported (x0 = -1), stepped over")
         if ec in (E.EC_IABT_LOW, E.EC_DABT_LOW):
             # FAR: only its page offset reaches the host
             ipa = ((hpfar & HPFAR_FIPA_MASK) << 8) | (far & 0xFFF)

@@ -24,6 +24,7 @@ from pkvmlab.arch import pstate as P
 from pkvmlab.arch.sysregs import SCR_EL3_HCE, SCR_EL3_NS, SCR_EL3_RW, SYSREGS
 from pkvmlab.errors import HypPanic, MachineError, UsageError
 from pkvmlab.machine import aarch32 as A32
+from pkvmlab.machine import el2_traps
 from pkvmlab.machine import exceptions as X
 from pkvmlab.machine.panic import decode_panic
 from pkvmlab.machine.phys import PhysMemory, check_uint, serialised
@@ -216,6 +217,8 @@ class Core(RunStops):
             return True
         if intno == EXCP_UDEF and pc & 3:   # Unicorn raises a PC alignment fault as UNDEFINED
             X.enter(self, 1, pstate=pstate, elr=pc, esr=E.encode(E.EC_PC_ALIGN, 0), far=pc)
+        elif intno == EXCP_UDEF and el2_traps.take_hcr_trap(self, pstate):
+            pass                          # a WFI or system instruction HCR_EL2 traps to EL2 (machine/el2_traps.py)
         elif intno == EXCP_UDEF or (intno in (EXCP_HVC, EXCP_SMC, EXCP_HYP_TRAP) and el == 0):
             X.enter(self, 1, pstate=pstate, elr=pc, esr=E.encode(E.EC_UNKNOWN, 0))   # UNDEFINED: to the host's vector
         elif intno == EXCP_SWI:

@@ -100,6 +100,7 @@ static inline unsigned long except64_sync_offset(unsigned long spsr)
 #define ESR_ELx_EC(esr)		(((esr) >> ESR_ELx_EC_SHIFT) & 0x3f)
 #define ESR_ELx_IL		BIT(25)
 #define ESR_ELx_EC_UNKNOWN	0x00
+#define ESR_ELx_EC_WFx		0x01
 #define ESR_ELx_EC_HVC64	0x16
 #define ESR_ELx_EC_SMC64	0x17
 #define ESR_ELx_EC_SYS64	0x18
