@@ -51,6 +51,13 @@ def test_a_hypercall_exit_reveals_x0_and_only_the_arguments_upstream_passes(fn, 
     assert [i for i in range(31) if after[f"x{i}"]] == list(range(n))
 
 
+def test_a_wfi_exit_reveals_its_syndrome_and_the_mode_only():
+    esr = R.EC_WFX << 26
+    (after,) = R.host_vcpu_after_run(_host(), _guest(), {"esr_el2": esr, "far_el2": 0, "hpfar_el2": 0},
+                                     R.ARM_EXCEPTION_TRAP)
+    assert after == {**_host(), "esr_el2": esr, "pstate": 0x5}
+
+
 def test_a_preemption_reveals_nothing():
     assert R.host_vcpu_after_run(_host(), _guest(), {"esr_el2": 0, "far_el2": 0, "hpfar_el2": 0}, R.ARM_EXCEPTION_IRQ) \
         == [_host()]

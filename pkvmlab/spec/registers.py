@@ -18,6 +18,7 @@ keeps them, the host's ``struct kvm_vcpu`` and CPU registers before the call), n
      defect 2 (an FP/SIMD or writeback store has no transfer register); the rule follows the tree until
      the firmware's decoding is fixed, then ``and esr & ESR_ISV`` belongs here;
    * an instruction abort (``handle_pvm_exit_iabt()``): ESR and HPFAR;
+   * a WFI/WFE (``handle_pvm_exit_wfx()``): ESR and the mode bits of PSTATE;
    * any other trap: ESR; a preemption (``ARM_EXCEPTION_IRQ``): nothing;
    * ``arch.flags`` may lose ``KVM_ARM64_INCREMENT_PC`` (hyp took the host's answer in).
 
@@ -38,7 +39,7 @@ Pure Python: the registers arrive as dicts (register name -> value).
 from __future__ import annotations
 
 ESR_EC_SHIFT = 26
-EC_HVC64, EC_IABT_LOW, EC_DABT_LOW = 0x16, 0x20, 0x24
+EC_WFX, EC_HVC64, EC_IABT_LOW, EC_DABT_LOW = 0x01, 0x16, 0x20, 0x24
 ESR_ISV, ESR_WNR = 1 << 24, 1 << 6
 ESR_SRT_SHIFT, ESR_SRT_MASK = 16, 0x1F << 16
 PSR_MODE_MASK = 0xF
@@ -83,6 +84,8 @@ def host_vcpu_after_run(before: dict, guest: dict, fault: dict, exit_code: int) 
             after["hpfar_el2"] = fault["hpfar_el2"]
         elif ec == EC_IABT_LOW:
             after["hpfar_el2"] = fault["hpfar_el2"]
+        elif ec == EC_WFX:
+            after["pstate"] = guest["pstate"] & PSR_MODE_MASK
     cleared = dict(after, flags=before["flags"] & ~KVM_ARM64_INCREMENT_PC)
     return [after, cleared] if cleared != after else [after]
 
