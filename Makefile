@@ -75,13 +75,12 @@ test: setup chromium qemu lint
 	PKVMLAB_REQUIRE_QEMU=$$(command -v qemu-system-aarch64 >/dev/null && echo 1 || echo 0) \
 	  $(PY) -m pytest -q $(XDIST) --durations=20 tests notebooks --nbval-lax --nbval-current-env
 
-# The edit loop's tier (about a minute): lint, the tests marked `quick` and two notebooks (tests/conftest.py: QUICK).
+# The edit loop's tier (about a minute): lint, the tests marked `quick` and two notebooks (tests/conftest.py: QUICK_FILES, QUICK_NOTEBOOKS).
 check: setup lint
-	PKVMLAB_SPEC_CHECK=1 $(PY) -m pytest -q $(XDIST) -m quick tests $(QUICK_NOTEBOOKS) --nbval-lax --nbval-current-env
+	PKVMLAB_SPEC_CHECK=1 $(PY) -m pytest -q $(XDIST) -m quick tests notebooks --nbval-lax --nbval-current-env
 
 JOBS ?= auto
 XDIST := -n $(JOBS) --dist loadfile
-QUICK_NOTEBOOKS := notebooks/01_boot_and_exception_levels.ipynb notebooks/04_shadow_vm_table.ipynb
 
 bench: setup
 	$(PY) bench/run_all.py

@@ -29,12 +29,32 @@ UNCHECKED_FILES = {
                         "reused between calls), and its mutants are never checked by the environment anyway",
     "test_readme.py": "the README's code, run as a learner pastes it: a plain Lab()",
 }
+# Single tests that run unchecked, and why.  A create checked against the whole state costs in proportion to the VMs
+# there are, so filling the table costs ~40 s checked (~1 s unchecked): tests that fill it only to draw it do so
+# unchecked (tests/test_shadow_table.py fills it checked, and the 256th create's -ENOMEM is checked there).
+UNCHECKED_TESTS = {
+    "test_viz.py::test_full_shadow_table_draws_a_summary_and_marks_the_wrapped_next_slot": "a picture of 255 VMs",
+    "test_viz.py::test_shadow_table_of_255_vms_is_small_and_fits_a_column": "a picture of 255 VMs",
+}
+
+
+# `make check` (`-m quick`), the edit loop's tier, ≤ 90 s on two cores: lint, these files' tests but the ones marked
+# slow, and two notebooks.  Chosen from `--durations`: fast, and between them they boot the lab, make every kind of
+# hypercall (checked against the specification), fault, draw, and run the README.  A test file can also mark
+# single tests `@pytest.mark.quick`.
+QUICK_FILES = ("test_arch.py", "test_boot.py", "test_ownership.py", "test_host_behaviour.py", "test_spec.py",
+               "test_python_api.py", "test_exception_entry.py", "test_diff.py", "test_trace.py", "test_readme.py")
+QUICK_NOTEBOOKS = ("01_boot_and_exception_levels.ipynb", "03_who_owns_this_page.ipynb")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in UNCHECKED_FILES and item.path.parent.name == "tests":
+        name, folder = item.path.name, item.path.parent.name
+        if folder == "tests" and (name in UNCHECKED_FILES or f"{name}::{item.name}" in UNCHECKED_TESTS):
             item.add_marker(pytest.mark.unchecked)
+        if (folder == "tests" and name in QUICK_FILES and item.get_closest_marker("slow") is None) or \
+                (folder == "notebooks" and name in QUICK_NOTEBOOKS):
+            item.add_marker(pytest.mark.quick)
 
 
 @pytest.hookimpl(wrapper=True)
