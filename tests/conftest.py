@@ -9,15 +9,31 @@ kernel they start, the variable is removed while they run.  Which and why: docs/
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 
 import pytest
 
+import pkvmlab
 from pkvmlab import HypercallError, Lab
 
 PAGE = 4096
 SPEC_CHECK = "PKVMLAB_SPEC_CHECK"
 os.environ.setdefault(SPEC_CHECK, "1")
+
+
+def _import_all_of_pkvmlab() -> None:
+    """Hypothesis draws some values from the constants of the local modules imported so far (test files aside):
+    left alone, that pool depends on which tests ran before in the process — another pytest-xdist worker, another
+    order, one file on its own — and a derandomized test sees other examples (test_walk_vs_cpu's coverage check
+    failed so on a worker).  With all of pkvmlab imported first, the pool is the same wherever a test runs."""
+    for m in pkgutil.walk_packages(pkvmlab.__path__, "pkvmlab."):
+        if not m.name.endswith(".__main__"):   # `python -m pkvmlab.firmware` builds: not an import
+            importlib.import_module(m.name)
+
+
+_import_all_of_pkvmlab()
 
 
 # Whole files that run unchecked, and why (a single test can be marked ``@pytest.mark.unchecked`` itself).
