@@ -46,8 +46,9 @@ UNCHECKED_FILES = {
     "test_readme.py": "the README's code, run as a learner pastes it: a plain Lab()",
 }
 # Single tests that run unchecked, and why.  A create checked against the whole state costs in proportion to the VMs
-# there are, so filling the table costs ~40 s checked (~1 s unchecked): tests that fill it only to draw it do so
-# unchecked (tests/test_shadow_table.py fills it checked, and the 256th create's -ENOMEM is checked there).
+# there are, so filling the table costs 11–41 s checked on the loaded 2-core machine (under 2 s unchecked): tests
+# that fill it only to draw it do so unchecked (tests/test_shadow_table.py fills it checked, and the 256th create's
+# -ENOMEM is checked there).
 UNCHECKED_TESTS = {
     "test_viz.py::test_full_shadow_table_draws_a_summary_and_marks_the_wrapped_next_slot": "a picture of 255 VMs",
     "test_viz.py::test_shadow_table_of_255_vms_is_small_and_fits_a_column": "a picture of 255 VMs",
