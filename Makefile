@@ -1,10 +1,11 @@
-# pkvmlab: `make lab` to learn, `make test` to check.  Both install what they need and are safe to rerun.
+# pkvmlab: `make lab` to learn, `make test` to check everything (`make check`: the quick tier while editing).
+# All install what they need and are safe to rerun.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup lab test dot chromium qemu firmware bench docs lint notebooks clean
+.PHONY: setup lab test check dot chromium qemu firmware bench docs lint notebooks clean
 
 setup: $(STAMP) dot firmware
 
@@ -63,18 +64,23 @@ notebooks: setup
 lint: $(STAMP)
 	$(PY) -m ruff check pkvmlab tests tools docs $(wildcard bench)
 
-# tests/ and the notebooks (nbval) in one run; the browser test must run wherever Chromium is installed.
+# The whole suite in one run over all cores (pytest-xdist; `--dist loadfile` keeps a file's tests on one worker, so a
+# notebook's cells run in order in one kernel and a module's fixtures are made once): tests/ and the ten notebooks
+# (nbval), every hypercall checked against pkvmlab.spec (PKVMLAB_SPEC_CHECK=1) but in the few tests that need the
+# unchecked path (tests/conftest.py: UNCHECKED_FILES, and docs/testing.md).  The browser test must run wherever
+# Chromium is installed, the QEMU differential wherever QEMU is.
 test: setup chromium qemu lint
+	PKVMLAB_SPEC_CHECK=1 \
 	PKVMLAB_REQUIRE_BROWSER=$$(test -x /usr/bin/chromium && echo 1 || echo 0) \
 	PKVMLAB_REQUIRE_QEMU=$$(command -v qemu-system-aarch64 >/dev/null && echo 1 || echo 0) \
-	  $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env
-	# The whole suite again, every hypercall checked against pkvmlab.spec (what is left out and why: SPEC_CHECKED).
-	PKVMLAB_SPEC_CHECK=1 $(PY) -m pytest -q $(SPEC_CHECKED) --nbval-lax --nbval-current-env -p no:cacheprovider
+	  $(PY) -m pytest -q $(XDIST) --durations=20 tests notebooks --nbval-lax --nbval-current-env
 
-# Everything again with every hypercall checked (pkvmlab.spec), but the browser test (it is about pictures, and
-# nbval runs the same notebooks checked here) and the campaign (it checks every call itself).  A Lab with an
-# edited firmware (mutants, notebook 6's copy) is never checked: it is wrong on purpose.
-SPEC_CHECKED := tests notebooks --ignore=tests/test_browser.py --ignore=tests/test_campaign.py
+# The edit loop's tier (about a minute): lint, the tests marked `quick` and two notebooks (tests/conftest.py: QUICK_FILES, QUICK_NOTEBOOKS).
+check: setup lint
+	PKVMLAB_SPEC_CHECK=1 $(PY) -m pytest -q $(XDIST) -m quick tests notebooks --nbval-lax --nbval-current-env
+
+JOBS ?= auto
+XDIST := -n $(JOBS) --dist loadfile
 
 bench: setup
 	$(PY) bench/run_all.py

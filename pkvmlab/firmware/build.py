@@ -93,7 +93,7 @@ def build_firmware(src: str | os.PathLike = FIRMWARE_DIR, *, force: bool = False
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = out_dir / "gen"
     gen.mkdir(exist_ok=True)
-    (gen / "hcall_ids.h").write_text(hcall_ids_header())
+    _write_if_changed(gen / "hcall_ids.h", hcall_ids_header())
     units = [str(p) for p in _sources(src) if p.suffix in (".c", ".S")]
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_elf = Path(tmp) / "hyp.elf"
@@ -137,3 +137,17 @@ def copy_firmware(dst: str | os.PathLike, *, overwrite: bool = False) -> Path:
         shutil.rmtree(dst)
     shutil.copytree(FIRMWARE_DIR, dst)
     return dst
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Two processes (pytest-xdist workers) may build the same hash at once, each compiler reading ``path``:
+    never truncate it under them; write a copy and rename it over (atomic), and only when it differs."""
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
