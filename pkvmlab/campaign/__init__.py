@@ -11,7 +11,10 @@ what is already given).  It uses no lab-only door: only the hypercalls pKVM's ho
 hypercall runs under ``lab.spec_check``, so the specification checks it; every host load is checked
 against who may touch the page.  A failure is shrunk to a short sequence (``pkvmlab.campaign.shrink``:
 its recorded steps replayed with pieces left out) and printed as the host calls that reproduce it.
-The rules are in ``pkvmlab.campaign.rules`` and ``pkvmlab.campaign.hostile``.
+Canary guests fill every register with a secret and make every kind of exit; after each step the host
+looks for the secret in every register it can read and every page it may touch
+(``pkvmlab.campaign.canary``).  The rules are in ``pkvmlab.campaign.rules``, ``pkvmlab.campaign.hostile``
+and ``pkvmlab.campaign.canary``.
 """
 
 from __future__ import annotations

@@ -4,13 +4,18 @@ Pages in the carve-out or past RAM, wrapped handles, a vCPU loaded twice, a tear
 memcache list naming pages the host may not give, map_guest at a taken gfn or past the IPA space, a shadow
 area whose last page is not the host's, a second VM on a live ``struct kvm``, taking back a page given
 away.  A mixin of :class:`pkvmlab.campaign.rules` 's machine: the same helpers (``do``, ``pick``, ``raw``,
-``loaded``) and the same bookkeeping.
+``loaded``) and the same bookkeeping.  Imports nothing of the machine's file (it imports this one): the rules
+arrive as arguments, the helpers through ``self``.
 """
 
 from __future__ import annotations
 
-from pkvmlab.campaign.rules import GFNS, HANDLES, PAGE, SIZES
 from pkvmlab.errors import HypercallError
+
+PAGE = 4096
+HANDLES = (0, 0xFFF, 0x1000, 0x1001, 0x1002, 0x1003, 0x10FE, 0x10FF, (1 << 32) + 0x1000, (1 << 64) - 1)
+GFNS = (0, 1, 2, 3, 0x200, 0x40000, (1 << 28) - 1, 1 << 28, 1 << 36)   # map_guest's gfns: plain ones and hostile ones
+SIZES = (0, 1, PAGE - 1, PAGE, 2 * PAGE, 3 * PAGE, 1 << 40)
 
 
 def hostile_rules(st, rule, precondition, recorded, idx):

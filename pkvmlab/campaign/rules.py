@@ -10,12 +10,10 @@ from __future__ import annotations
 import functools
 
 from pkvmlab.arch.pgtable import PageState
+from pkvmlab.campaign.canary import canary_rules
+from pkvmlab.campaign.hostile import GFNS, PAGE, hostile_rules
 from pkvmlab.errors import HostAccessFault, HypercallError, PkvmLabError, SpecMismatch, UsageError
 
-PAGE = 4096
-HANDLES = (0, 0xFFF, 0x1000, 0x1001, 0x1002, 0x1003, 0x10FE, 0x10FF, (1 << 32) + 0x1000, (1 << 64) - 1)
-GFNS = (0, 1, 2, 3, 0x200, 0x40000, (1 << 28) - 1, 1 << 28, 1 << 36)
-SIZES = (0, 1, PAGE - 1, PAGE, 2 * PAGE, 3 * PAGE, 1 << 40)
 GUESTS = ("touch", "hello", "share", "spin")
 
 
@@ -36,11 +34,10 @@ def machine(lab_factory, stats):
 
     idx = st.integers(0, 63)
 
-    from pkvmlab.campaign.hostile import hostile_rules
-
     Hostile = hostile_rules(st, rule, precondition, recorded, idx)
+    Canary = canary_rules(st, rule, precondition, recorded)
 
-    class HostCampaign(Hostile, RuleBasedStateMachine):
+    class HostCampaign(Canary, Hostile, RuleBasedStateMachine):
         """A host, at random but with purpose; the specification watches every call."""
 
         def __init__(self):

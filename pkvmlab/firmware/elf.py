@@ -190,6 +190,27 @@ class Firmware:
                                  _type_name(t), sub, count)
         return Layout(f"struct {_attr(die, 'DW_AT_name', b'?').decode()}", _attr(die, "DW_AT_byte_size", 0), fields)
 
+    @cached_property
+    def _enums(self) -> dict[str, dict[str, int]]:
+        """Every named enum's constants, by ``"enum name"`` (parsed once per image)."""
+        out: dict[str, dict[str, int]] = {}
+        with open(self.path, "rb") as fh:
+            for cu in ELFFile(fh).get_dwarf_info().iter_CUs():
+                for die in cu.iter_DIEs():
+                    if die.tag == "DW_TAG_enumeration_type" and "DW_AT_name" in die.attributes:
+                        out.setdefault(f"enum {die.attributes['DW_AT_name'].value.decode()}",
+                                       {c.attributes["DW_AT_name"].value.decode(): c.attributes["DW_AT_const_value"].value
+                                        for c in die.iter_children() if c.tag == "DW_TAG_enumerator"})
+        return out
+
+    def enum(self, name: str) -> dict[str, int]:
+        """The constants of ``"enum NAME"`` (the ``enum`` may be left out), name -> value."""
+        key = name if name.startswith("enum ") else f"enum {name}"
+        try:
+            return dict(self._enums[key])
+        except KeyError:
+            raise UsageError(f"the firmware's debug info has no {key}") from None
+
     def layout(self, name: str) -> Layout:
         """The layout of ``"struct NAME"`` (the ``struct`` may be left out)."""
         key = name if name.startswith("struct ") else f"struct {name}"

@@ -61,6 +61,12 @@ class Hyp:
 
         return read_shadow_table(self)
 
+    def register_view(self, vm, vcpu_idx: int = 0, exit=None):
+        """vCPU ``vcpu_idx`` of ``vm``: the host's struct kvm_vcpu beside hyp's shadow vCPU, register by register."""
+        from pkvmlab.inspect.vcpu_regs import register_views
+
+        return register_views(self, vm, vcpu_idx, exit)
+
     def vcpu_registers(self, handle: int, vcpu_idx: int = 0) -> dict[str, int]:
         """Hyp's copy of a protected vCPU's registers (general, EL0/EL1 system, v0..v31, FPSR, FPCR) by name."""
         from pkvmlab.inspect.vcpu_regs import shadow_vcpu_registers

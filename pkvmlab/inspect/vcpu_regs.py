@@ -1,15 +1,121 @@
-"""A protected vCPU's registers as hyp keeps them: its shadow vCPU's ``struct kvm_cpu_context``.
+"""A vCPU's registers on both sides: what the host's ``struct kvm_vcpu`` holds beside hyp's shadow vCPU.
 
-pKVM keeps a protected guest's whole EL0/EL1 context in hyp's copy of the vCPU and switches it at EL2
-(``__kvm_vcpu_run`` in arch/arm64/kvm/hyp/nvhe/switch.c with the ``__sysreg_save_*`` helpers of
-hyp/include/hyp/sysreg-sr.h, mainline); the host's ``struct kvm_vcpu`` only ever gets what an exit
-hands it.  This reads hyp's copy (the debugger's view, from hyp memory) so it can be shown beside the
-host's: x0..x30, SP_EL0, PC, PSTATE, SP_EL1, the EL0/EL1 system registers, v0..v31, FPSR and FPCR.
+pKVM keeps a protected guest's registers in hyp's copy of the vCPU (the shadow vCPU, in memory the host
+donated and can no longer read); the host's own ``struct kvm_vcpu`` gets only what an exit must reveal
+(upstream, the Android tree of 2022: ``handle_pvm_exit_*()`` in nvhe/hyp-main.c).  Both are a
+``struct kvm_cpu_context``; its members (``regs``, ``sp_el1``, ``sys_regs[]`` by ``enum vcpu_sysreg``,
+``fp_regs`` when the firmware has them) come from the firmware's DWARF, so a context that grows needs no
+change here.  ``lab.hyp.register_view(vm, 0, exit)`` gives a frozen snapshot (:class:`RegisterView`);
+``lab.hyp.vcpu_registers(handle, 0)`` hyp's copy alone, by ARM ARM name (:func:`shadow_vcpu_registers`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 from pkvmlab.errors import UsageError
+
+
+@lru_cache(maxsize=16)
+def context_fields(fw) -> tuple[tuple[str, int, int], ...]:
+    """(register name, offset in ``struct kvm_cpu_context``, size in bytes), in the context's order."""
+    ctx = fw.layout("kvm_cpu_context")
+    out = [(f"x{i}", ctx.offset("regs.regs") + 8 * i, 8) for i in range(31)]
+    out += [("sp_el0", ctx.offset("regs.sp"), 8), ("pc", ctx.offset("regs.pc"), 8),
+            ("pstate", ctx.offset("regs.pstate"), 8), ("sp_el1", ctx.offset("sp_el1"), 8)]
+    sysregs = sorted((v, k) for k, v in fw.enum("vcpu_sysreg").items() if k != "NR_SYS_REGS")
+    base = ctx.offset("sys_regs")
+    out += [(name.lower(), base + 8 * v, 8) for v, name in sysregs]
+    if "fp_regs" in ctx.fields:
+        fp = ctx.field("fp_regs")
+        out += [(f"v{i}", fp.offset + fp.layout.offset("vregs") + 16 * i, 16) for i in range(32)]
+        out += [(r, fp.offset + fp.layout.offset(r), fp.layout.field(r).size) for r in ("fpsr", "fpcr")
+                if r in fp.layout.fields]
+    return tuple(out)
+
+
+def read_context(phys, fw, ctxt_pa: int) -> dict[str, int]:
+    """Every register of the ``struct kvm_cpu_context`` at ``ctxt_pa``, read in one go, name -> value."""
+    fields = context_fields(fw)
+    raw = phys.read(ctxt_pa, fw.layout("kvm_cpu_context").size)
+    return {name: int.from_bytes(raw[off:off + size], "little") for name, off, size in fields}
+
+
+def ctxt_offset(fw) -> int:
+    """Where ``arch.ctxt`` sits in ``struct kvm_vcpu`` (the host's and hyp's shadow vCPU alike)."""
+    return fw.layout("kvm_vcpu").offset("arch.ctxt")
+
+
+@dataclass(frozen=True)
+class RegisterView:
+    """One vCPU's registers as the host's ``struct kvm_vcpu`` has them and as hyp's shadow vCPU has them.
+
+    ``rows``: (register, host's value, hyp's value), in the context's order; a register whose two values
+    differ is hidden from the host (hyp holds the guest's; the host's copy is not it)."""
+
+    handle: int
+    vcpu_idx: int
+    exit: str                      # the exit the snapshot follows, in words ("" if none given)
+    rows: tuple[tuple[str, int, int], ...]
+
+    def hidden(self) -> tuple[str, ...]:
+        """The registers whose guest value the host's copy does not hold."""
+        return tuple(name for name, h, g in self.rows if h != g)
+
+    def host(self, name: str) -> int:
+        return self._row(name)[1]
+
+    def hyp(self, name: str) -> int:
+        return self._row(name)[2]
+
+    def _row(self, name: str) -> tuple[str, int, int]:
+        for row in self.rows:
+            if row[0] == name:
+                return row
+        from pkvmlab.errors import UsageError
+
+        raise UsageError(f"no register {name!r} in this firmware's kvm_cpu_context; known: "
+                         + ", ".join(r[0] for r in self.rows))
+
+    def _title(self) -> str:
+        return (f"vCPU {self.vcpu_idx} of VM {self.handle:#x}" + (f" after: {self.exit}" if self.exit else "")
+                + f" -- {len(self.hidden())} of {len(self.rows)} registers hidden from the host")
+
+    def __repr__(self) -> str:
+        width = max(len(r[0]) for r in self.rows)
+        lines = [self._title(), f"{'register':<{width}}  {'host (struct kvm_vcpu)':>34}  {'hyp (shadow vCPU)':>34}"]
+        for name, h, g in self.rows:
+            lines.append(f"{name:<{width}}  {h:>#34x}  {g:>#34x}")
+            if h != g:
+                lines[-1] += "   hidden from the host"
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from pkvmlab.viz.registers import register_table_html
+
+        return register_table_html(self._title(), self.rows)
+
+
+def register_views(hyp, vm, vcpu_idx: int = 0, exit=None) -> RegisterView:
+    """The host's and hyp's copies of vCPU ``vcpu_idx`` of ``vm`` now (``exit``: the exit it follows, for the title)."""
+    from pkvmlab.errors import UsageError
+
+    if not 0 <= vcpu_idx < len(vm.vcpus):
+        raise UsageError(f"VM {vm.handle:#x} has {len(vm.vcpus)} vCPU(s); vcpu_idx must be 0..{len(vm.vcpus) - 1}")
+    fw, phys = hyp.fw, hyp.core.phys
+    entry = hyp.shadow_table().by_handle(vm.handle)
+    if entry is None:
+        raise UsageError(f"hyp has no VM with handle {vm.handle:#x} (torn down?): no shadow vCPU to show")
+    off = ctxt_offset(fw)
+    host = read_context(phys, fw, vm.vcpus[vcpu_idx] + off)
+    hyp = read_context(phys, fw, entry.vcpus[vcpu_idx].address + fw.layout("kvm_shadow_vcpu_state").offset("shadow_vcpu")
+                       + off)
+    return RegisterView(vm.handle, vcpu_idx, "" if exit is None else str(exit),
+                        tuple((name, host[name], hyp[name]) for name, _, _ in context_fields(fw)))
+
+
+# -- hyp's copy alone, by ARM ARM name (the world switch's tests) ----------------------------------
 
 # enum vcpu_sysreg in firmware/include/hyp/trap_handler.h, in its order
 SYS_REG_NAMES = ("SCTLR_EL1", "VBAR_EL1", "ELR_EL1", "SPSR_EL1", "ESR_EL1", "FAR_EL1", "TPIDR_EL1", "CPACR_EL1",

@@ -5,6 +5,9 @@
 * :mod:`pkvmlab.spec.host_calls` -- one function per host hypercall: (state, arguments) -> allowed outcomes;
 * :mod:`pkvmlab.spec.guest_calls` -- the same for the calls that run guests (vCPU load/put, map_guest,
   reclaim, run) and for the guest's own hypercalls a run may make;
+* :mod:`pkvmlab.spec.registers` -- a protected vCPU's registers: what each exit kind reveals in the host's
+  ``struct kvm_vcpu``, the host's registers stay the host's, the guest's stay in hyp's copy
+  (:mod:`pkvmlab.spec.register_state` reads them from the machine);
 * :mod:`pkvmlab.spec.abstraction` -- from the concrete machine to the abstract state;
 * :mod:`pkvmlab.spec.checker` -- ``lab.spec_check = True``: every hypercall checked as it runs.
 

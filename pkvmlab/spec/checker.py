@@ -4,7 +4,9 @@ Every hypercall the host makes goes through ``lab.host.call``: the host's own, a
 (vCPU load/put, ``__kvm_vcpu_run``, map_guest, reclaim).  What it cannot check: a guest's registers (the
 value a guest hypercall returns to the guest is in the rules, :func:`pkvmlab.spec.guest_calls.guest_hvc`,
 and tested there, but never reaches the abstract state), and mappings (the host stage-2 maps lazily;
-the abstraction keeps who owns what, not what is mapped).
+the abstraction keeps who owns what, not what is mapped).  The register rules (:mod:`pkvmlab.spec.registers`,
+``checker.registers``) run around every call: the host's registers, what a run's exit reveals in the host's
+``struct kvm_vcpu``, the loaded guest's registers across every other call.
 
 For each call: the abstract state before, the outcomes the specification allows, the real call,
 the abstract state after, and a comparison.  A call that matches none of the allowed outcomes raises
@@ -47,6 +49,9 @@ class SpecChecker:
         # checks the whole state after every call.  A run, map_guest, reclaim, init and teardown are always
         # checked on the whole state.
         self.local = True
+        # True: the register rules too (pkvmlab.spec.registers): the host's registers after every call, what the
+        # host's struct kvm_vcpu holds after a run, the loaded guest's registers across every other call.
+        self.registers = True
         self._call = lab.host.call
         self._hyp_info = lab.host.hyp_info
 
@@ -115,7 +120,7 @@ class SpecChecker:
         before = AbstractState(a.config, {p: v for p, v in a.local(footprint).items() if v != a.config.boot_view(p)},
                                vms, a.pool_free())
         outs = allowed(before, name, args, self.peek)
-        ret, err = _run(run)
+        ret, err = self._run_with_registers(name, args, run)
         now, pool = a.local(footprint), a.pool_free()
         vms_now = a.vms(light=True) if light else {}
         self.checked += 1
@@ -156,7 +161,7 @@ class SpecChecker:
             self.unchecked += 1
             return run()
         outs = allowed(before, name, args, self.peek)
-        ret, err = _run(run)
+        ret, err = self._run_with_registers(name, args, run)
         after = abstract(self.lab)
         self._last = (after, self.lab.host.changes)
         self.checked += 1
@@ -168,6 +173,23 @@ class SpecChecker:
         if err is not None:
             raise err
         return ret
+
+    def _run_with_registers(self, name: str, args: tuple, run) -> tuple[int, HypercallError | None]:
+        """Make the call; with ``registers`` on, check the register rules around it (pkvmlab.spec.registers)."""
+        if not self.registers:
+            return _run(run)
+        from pkvmlab.spec.register_state import RegisterCheck
+
+        rc = RegisterCheck(self.lab, name)
+        rc.before()
+        ret, err = _run(run)
+        diffs = rc.after(ret)
+        if diffs:
+            self.checked += 1
+            raise SpecMismatch(name, args, ["registers as pKVM leaves them: the host's are the host's, an exit reveals "
+                                            "only what its kind defines, the guest's stay in hyp's copy"],
+                               _ret_words(ret), diffs)
+        return ret, err
 
     def _same(self, o, after, info) -> bool:
         s = o.state

@@ -1,0 +1,158 @@
+"""From the concrete machine to the register state :mod:`pkvmlab.spec.registers` speaks about.
+
+* the host's CPU registers it owns (x7..x30: x0..x6 carry a hypercall's arguments; SP_EL0, v0..v31, FPCR,
+  FPSR, the EL0/EL1 system registers), read from the core;
+* the loaded vCPU (``loaded_shadow_state``): hyp's copy of the guest's registers and fault info, and the
+  host's ``struct kvm_vcpu`` it pins (its registers, fault fields, flags, and every other byte of it).
+
+Offsets come from the firmware's DWARF (:mod:`pkvmlab.inspect.vcpu_regs`); a context that grows needs no
+change here.  :class:`RegisterCheck` is what ``lab.spec_check`` runs around every hypercall.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pkvmlab.inspect.vcpu_regs import context_fields, ctxt_offset
+from pkvmlab.spec import registers as R
+
+# (name, (crn, crm, op0, op1, op2)): the EL0/EL1 system registers the host's own code may use.
+HOST_SYSREGS = (
+    ("tpidr_el0", (13, 0, 3, 3, 2)), ("tpidrro_el0", (13, 0, 3, 3, 3)), ("tpidr_el1", (13, 0, 3, 0, 4)),
+    ("sp_el0", (4, 1, 3, 0, 0)), ("elr_el1", (4, 0, 3, 0, 1)), ("spsr_el1", (4, 0, 3, 0, 0)),
+    ("esr_el1", (5, 2, 3, 0, 0)), ("far_el1", (6, 0, 3, 0, 0)), ("contextidr_el1", (13, 0, 3, 0, 1)),
+    ("ttbr0_el1", (2, 0, 3, 0, 0)), ("ttbr1_el1", (2, 0, 3, 0, 1)), ("mair_el1", (10, 2, 3, 0, 0)),
+    ("amair_el1", (10, 3, 3, 0, 0)), ("tcr_el1", (2, 0, 3, 0, 2)), ("par_el1", (7, 4, 3, 0, 0)),
+    ("cntkctl_el1", (14, 1, 3, 0, 0)), ("cpacr_el1", (1, 0, 3, 0, 2)), ("mdscr_el1", (0, 2, 2, 0, 2)),
+    ("vbar_el1", (12, 0, 3, 0, 0)), ("sctlr_el1", (1, 0, 3, 0, 0)),
+)
+
+
+def _host_cpu_regs():
+    import unicorn.arm64_const as A
+
+    names = [f"x{i}" for i in range(7, 31)] + [f"v{i}" for i in range(32)] + ["fpcr", "fpsr"]
+    ids = ([A.UC_ARM64_REG_X7 + i for i in range(22)] + [A.UC_ARM64_REG_X29, A.UC_ARM64_REG_X30]
+           + [A.UC_ARM64_REG_Q0 + i for i in range(32)] + [A.UC_ARM64_REG_FPCR, A.UC_ARM64_REG_FPSR])
+    cp = []
+    for name, key in HOST_SYSREGS:   # unicorn names most: those go in the batch, the rest by encoding
+        const = getattr(A, f"UC_ARM64_REG_{name.upper()}", None)
+        if const is None:
+            cp.append((name, key))
+        else:
+            names.append(name)
+            ids.append(const)
+    return names, ids, cp
+
+
+_HOST_CPU = None
+
+
+def host_cpu(core) -> dict[str, int]:
+    """The host's own registers now (what a run must leave as they are), about 0.2 ms."""
+    import unicorn.arm64_const as A
+
+    global _HOST_CPU
+    if _HOST_CPU is None:
+        _HOST_CPU = _host_cpu_regs()
+    names, ids, cp = _HOST_CPU
+    uc = core.uc
+    read = uc.reg_read
+    with core.lock:   # one read each: unicorn's batch read is slower here
+        out = {name: read(i) for name, i in zip(names, ids)}
+        for name, key in cp:
+            out[name] = uc.reg_read(A.UC_ARM64_REG_CP_REG, key)
+    return out
+
+
+@lru_cache(maxsize=16)
+def _offsets(fw) -> tuple:
+    vcpu = fw.layout("kvm_vcpu")
+    state = fw.layout("kvm_shadow_vcpu_state")
+    fault = {k: vcpu.offset(f"arch.fault.{k}") for k in ("esr_el2", "far_el2", "hpfar_el2")}
+    memcache = vcpu.field("arch.pkvm_memcache")   # map_guest's refill takes pages off the host's list: host_calls' rules
+    return (ctxt_offset(fw), fault, vcpu.offset("arch.flags"), vcpu.size, state.offset("shadow_vcpu"),
+            state.offset("host_vcpu"), fw.symbol("loaded_shadow_state"), (memcache.offset, memcache.size))
+
+
+class LoadedVcpu:
+    """The loaded vCPU's two copies, read in two reads: hyp's shadow vCPU and the host's struct kvm_vcpu."""
+
+    def __init__(self, lab):
+        self.lab, self.fw, self.phys = lab, lab.fw, lab.core.phys
+        (self.ctxt, self.fault, self.flags, self.size, self.shadow, self.host_ptr, self.loaded_at,
+         self.memcache) = _offsets(lab.fw)
+
+    def state(self) -> int:
+        return int.from_bytes(self.phys.read(self.loaded_at, 8), "little")
+
+    def _regs(self, raw: bytes) -> dict[str, int]:
+        c = self.ctxt
+        return {name: int.from_bytes(raw[c + off:c + off + size], "little") for name, off, size in context_fields(self.fw)}
+
+    def guest(self, state: int) -> tuple[dict, dict]:
+        """hyp's copy of the guest: (registers, fault info)."""
+        raw = self.phys.read(state + self.shadow, self.size)
+        return self._regs(raw), {k: int.from_bytes(raw[o:o + 8], "little") for k, o in self.fault.items()}
+
+    def host_vcpu(self, state: int) -> tuple[int, bytes]:
+        """(PA, bytes) of the host's struct kvm_vcpu the loaded state pins."""
+        pa = int.from_bytes(self.phys.read(state + self.host_ptr, 8), "little")
+        return pa, self.phys.read(pa, self.size)
+
+    def host_view(self, raw: bytes) -> dict[str, int]:
+        """What the rules name in the host's struct kvm_vcpu: its registers, fault fields and flags."""
+        out = self._regs(raw)
+        out.update({k: int.from_bytes(raw[o:o + 8], "little") for k, o in self.fault.items()})
+        out["flags"] = int.from_bytes(raw[self.flags:self.flags + 8], "little")
+        return out
+
+    def named_bytes(self) -> set[int]:
+        """The byte offsets in struct kvm_vcpu that :meth:`host_view` covers (every other byte must not change)."""
+        out = set()
+        for _, off, size in context_fields(self.fw):
+            out.update(range(self.ctxt + off, self.ctxt + off + size))
+        for o in (*self.fault.values(), self.flags):
+            out.update(range(o, o + 8))
+        out.update(range(self.memcache[0], self.memcache[0] + self.memcache[1]))
+        return out
+
+
+class RegisterCheck:
+    """The register rules around one hypercall: ``before()`` then ``after(ret)`` -> what differs, in words."""
+
+    def __init__(self, lab, name: str):
+        self.lab, self.name = lab, name
+        self.v = LoadedVcpu(lab)
+
+    def before(self) -> None:
+        v = self.v
+        self.cpu = host_cpu(self.lab.core) if self.name == "__kvm_vcpu_run" else None
+        self.state = v.state()
+        if self.state:
+            self.guest0, _ = v.guest(self.state)
+            self.host_pa, self.host0 = v.host_vcpu(self.state)
+
+    def after(self, ret: int) -> list[str]:
+        out = [] if self.cpu is None else [f"host {d}" for d in R.differences(R.host_cpu_after_call(self.cpu),
+                                                                                 host_cpu(self.lab.core))]
+        if not self.state:
+            return out
+        v = self.v
+        guest, fault = v.guest(self.state)
+        host1 = self.lab.core.phys.read(self.host_pa, v.size)
+        if self.name != "__kvm_vcpu_run":
+            out += [f"guest {d}" for d in R.differences(R.guest_unchanged(self.guest0), guest)]
+            allowed = [v.host_view(self.host0)]
+        elif ret < 0:
+            allowed = [v.host_view(self.host0)]
+        else:
+            allowed = R.host_vcpu_after_run(v.host_view(self.host0), guest, fault, ret)
+        now = v.host_view(host1)
+        if not any(a == now for a in allowed):
+            out += [f"host's struct kvm_vcpu {d}" for d in R.differences(allowed[-1], now)]
+        named = v.named_bytes()
+        other = [i for i in range(v.size) if i not in named and self.host0[i] != host1[i]]
+        if other:
+            out.append(f"host's struct kvm_vcpu: bytes {other[0]}..{other[-1]} changed, which no exit writes")
+        return out
