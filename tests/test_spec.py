@@ -125,6 +125,17 @@ def test_map_guest_tops_up_the_memcache_by_donation_then_gives_the_page():
     assert again.ret == -errno.EPERM   # the gfn holds a page (two more memcache pages were taken first)
 
 
+def test_map_guest_names_the_host_memcache_head_and_count_hyp_must_leave():
+    """What hyp writes back into the host's struct kvm_vcpu is part of the outcome, computed before the call."""
+    s, peek = _vm_with_memcache()
+    (ok,) = allowed(s, "__pkvm_host_map_guest", (0x50000, 5), peek)
+    at = 0x41001 * 4096 + MC
+    assert ok.host_words == ((at, 8, 0x49000 * 4096), (at + 8, 8, 1))   # two pages taken: head on the third, 1 left
+    s1, peek1 = _vm_with_memcache(pages=(0x47000,))
+    (short,) = allowed(s1, "__pkvm_host_map_guest", (0x50000, 5), peek1)
+    assert short.ret == -errno.ENOMEM and short.host_words == ((at, 8, 0), (at + 8, 8, 0))   # the one page taken
+
+
 def test_map_guest_with_the_memcache_empty_is_enomem_and_keeps_what_it_took():
     s, peek = _vm_with_memcache(pages=(0x47000,))
     (out,) = allowed(s, "__pkvm_host_map_guest", (0x50000, 5), peek)
@@ -298,3 +309,19 @@ def test_a_planted_bug_raises_spec_mismatch_in_words():
     msg = str(e.value)
     assert "__pkvm_host_unshare_hyp" in msg and "-EBUSY" in msg and "returned 0x0" in msg
     assert f"pfn {vm.host_kvm >> 12:#x}" in msg and "1 pin(s)" in msg
+
+
+@pytest.mark.parametrize("name", ["28_memcache_refill_keeps_host_count", "29_memcache_refill_keeps_host_head"])
+def test_the_check_sees_what_hyp_writes_into_the_hosts_memcache(name):
+    """A refill that takes a page but leaves the host's count (or head) stale: the state comparison alone
+    passes it (the spec read the same stale list); the host words the outcome names do not."""
+    from pkvmlab import mutants
+    from pkvmlab.host.vcpu_run import VcpuRunner
+
+    lab = Lab(firmware=mutants.build(name), spec_check=True)
+    vm = lab.host.create_vm(1)
+    VcpuRunner(vm, 0).topup_memcache()
+    lab.host.call("__pkvm_vcpu_load", vm.handle, 0)
+    with pytest.raises(SpecMismatch) as e:
+        lab.host.call("__pkvm_host_map_guest", lab.host.alloc_pages(1), 0x10)
+    assert "host memory at" in str(e.value) and "hyp must leave" in str(e.value)

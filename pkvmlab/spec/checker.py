@@ -127,7 +127,7 @@ class SpecChecker:
         for o in outs:
             if (o.ret == ret and all(o.state.page(p) == now[p] for p in footprint) and o.state.vms == vms_now
                     and (o.pool == "any" or o.state.pool_free == pool)
-                    and not (info and (info[0][1] != 2 or info[0][2] != pool))):
+                    and not (info and (info[0][1] != 2 or info[0][2] != pool)) and not self._host_words(o)):
                 break
         else:
             after = AbstractState(a.config, {p: v for p, v in now.items() if v != a.config.boot_view(p)}, vms_now, pool)
@@ -202,7 +202,19 @@ class SpecChecker:
             return False
         if info and (info[0][1] != 2 or info[0][2] != after.pool_free):
             return False
-        return all(not any(self.lab.core.phys.read(pfn << 12, 4096)) for pfn in o.zeroed)
+        return (all(not any(self.lab.core.phys.read(pfn << 12, 4096)) for pfn in o.zeroed)
+                and not self._host_words(o))
+
+    def _host_words(self, o) -> list[str]:
+        """The words of host memory the outcome names that read otherwise (what hyp wrote back, wrongly)."""
+        out = []
+        for pa, size, want in o.host_words:
+            got = self.peek(pa, size)
+            got = None if got is None else int.from_bytes(got, "little")
+            if got != want:
+                out.append(f"host memory at {pa:#x}: {got:#x}, but hyp must leave {want:#x} there"
+                           if got is not None else f"host memory at {pa:#x}: unreadable")
+        return out
 
     def _mismatch(self, name, args, outs, ret, after, info):
         happened = _ret_words(ret)
@@ -216,6 +228,7 @@ class SpecChecker:
         for pfn in closest.zeroed:
             if any(self.lab.core.phys.read(pfn << 12, 4096)):
                 diffs.append(f"pfn {pfn:#x}: not zeroed, but hyp gave it back to the host")
+        diffs += self._host_words(closest)
         if info and info[0][2] != after.pool_free:
             diffs.append(f"hyp pool: reported {info[0][2]} free, has {after.pool_free}")
         raise SpecMismatch(name, args, [o.words() for o in outs], happened, diffs)
