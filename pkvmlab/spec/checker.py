@@ -52,6 +52,10 @@ class SpecChecker:
         # True: the register rules too (pkvmlab.spec.registers): the host's registers after every call, what the
         # host's struct kvm_vcpu holds after a run, the loaded guest's registers across every other call.
         self.registers = True
+        # Pages per call whose host access is asked of the CPU's own AT (pkvmlab.spec.mappings): the ones the call
+        # names, then the abstract state's other pages in turn.  0: off.
+        self.mappings = 3
+        self._turn = 0
         self._call = lab.host.call
         self._hyp_info = lab.host.hyp_info
 
@@ -132,6 +136,7 @@ class SpecChecker:
         else:
             after = AbstractState(a.config, {p: v for p, v in now.items() if v != a.config.boot_view(p)}, vms_now, pool)
             self._mismatch(name, args, outs, ret, after, info)
+        self._check_mappings(name, args, ret, footprint, now.get)
         if err is not None:
             raise err
         return ret
@@ -170,9 +175,29 @@ class SpecChecker:
                 break
         else:
             self._mismatch(name, args, outs, ret, after, info)
+        if self.mappings:
+            named = [a for a in args[:1] if after.config.in_ram(a)] if name in _NAMES_A_PAGE else []
+            self._turn += 1
+            rest = sorted(after.pages)
+            sample = rest[self._turn * 7 % len(rest):][:self.mappings - len(named)] if rest else []
+            self._check_mappings(name, args, ret, named + sample, after.page)
         if err is not None:
             raise err
         return ret
+
+    def _check_mappings(self, name: str, args: tuple, ret: int, pfns, page_of) -> None:
+        """The host's access to ``pfns`` as the CPU's AT answers it, against their views (pkvmlab.spec.mappings)."""
+        if not self.mappings or not pfns:
+            return
+        from pkvmlab.spec.mappings import judge, probe
+
+        diffs = []
+        for pfn, r, w in probe(self.lab.core, pfns[:self.mappings]):
+            diffs += judge(pfn, page_of(pfn), r, w)
+        if diffs:
+            self.checked += 1
+            raise SpecMismatch(name, args, ["the host can read and write exactly the pages it owns or shares (the CPU's "
+                                            "AT S12E1R/W after the call)"], _ret_words(ret), diffs)
 
     def _run_with_registers(self, name: str, args: tuple, run) -> tuple[int, HypercallError | None]:
         """Make the call; with ``registers`` on, check the register rules around it (pkvmlab.spec.registers)."""
@@ -232,6 +257,10 @@ class SpecChecker:
         if info and info[0][2] != after.pool_free:
             diffs.append(f"hyp pool: reported {info[0][2]} free, has {after.pool_free}")
         raise SpecMismatch(name, args, [o.words() for o in outs], happened, diffs)
+
+
+# Calls whose first argument is a pfn: that page is probed after the call first.
+_NAMES_A_PAGE = ("__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp", "__pkvm_host_map_guest", "__pkvm_host_reclaim_page")
 
 
 def _run(run) -> tuple[int, HypercallError | None]:
