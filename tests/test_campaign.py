@@ -17,11 +17,11 @@ CLEAN_STEPS = 7000
 MUTANT_BUDGET = 2000   # steps: every planted bug must be caught within this many
 # One mutant per class, each over 5 seeds: at least 4 must catch it (every mutant x 5 seeds takes too long for
 # CI on two cores: bench/bench_mutants.py runs the whole table, make bench).
-SEEDED = ("28_memcache_refill_keeps_host_count",   # host-visible memory (the spec's host words)
+SEEDED = ("29_memcache_refill_keeps_host_count",   # host-visible memory (the spec's host words)
           "12_map_guest_overwrites_gfn",           # a guest call
           "22_fpcr_not_restored",                  # register privacy
           "05_missing_host_tlbi",                  # TLB maintenance
-          "35_guest_share_maps_host_read_only",    # a mapping only the CPU's AT shows
+          "36_guest_share_maps_host_read_only",    # a mapping only the CPU's AT shows
           "13_unshare_ignores_pins")               # a host call
 
 
@@ -71,7 +71,7 @@ def test_the_campaign_catches_the_planted_bug_in_at_least_4_of_5_seeds(name, tal
 
 def test_the_seeds_make_different_sequences_and_each_is_the_same_every_time(tally):
     """A seed is another sequence (so 5 seeds are 5 chances), the same one each time it is used."""
-    fw = load_firmware(mutants.build("28_memcache_refill_keeps_host_count"))
+    fw = load_firmware(mutants.build("29_memcache_refill_keeps_host_count"))
     runs = [campaign.run(lambda: Lab(firmware=fw), steps=MUTANT_BUDGET, shrink=False, seed=s) for s in (1, 1, 2)]
     tally.extend(r.steps for r in runs)
     assert runs[0].steps_to_catch == runs[1].steps_to_catch and runs[0].reproducer == runs[1].reproducer

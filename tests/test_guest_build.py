@@ -33,6 +33,8 @@ def test_the_lab_guests_are_c_with_one_shared_start_file():
 def test_no_guest_touches_its_stack_after_start():
     """Their exits are only the ones they mean: a stack push would be a page fault at the top of memory."""
     for name in G.guest_names():
+        if name == "canary":   # sets SP to a secret on purpose (the register oracle's), and never pushes
+            continue
         image, syms = G.guest_image(name), G.guest_symbols(name)
         code_end = max((addr + size for addr, size in syms.values() if size), default=len(image))   # then data
         for pc in range(0x8, code_end, 4):    # past "mov x9, #top; mov sp, x9"

@@ -36,11 +36,12 @@ def test_an_mmio_write_reveals_only_its_transfer_register():
     assert after["esr_el2"] == esr & ~R.ESR_SRT_MASK and after["far_el2"] == 0x123 and after["pstate"] == 0x5
 
 
-def test_an_fp_store_to_mmio_without_a_valid_syndrome_reveals_no_register():
-    esr = (R.EC_DABT_LOW << 26) | R.ESR_WNR | (5 << 16)   # ISV = 0: no transfer register (ARM ARM, ISS of a data abort)
+def test_a_store_without_a_valid_syndrome_reveals_x_srt_as_the_2022_tree_does():
+    """ISV = 0 (a writeback or FP/SIMD store): SRT reads 0 and handle_pvm_exit_dabt() (2022) passes x0 anyway."""
+    esr = (R.EC_DABT_LOW << 26) | R.ESR_WNR
     (after,) = R.host_vcpu_after_run(_host(), _guest(), {"esr_el2": esr, "far_el2": 0, "hpfar_el2": 0},
                                      R.ARM_EXCEPTION_TRAP)
-    assert all(after[f"x{i}"] == 0 for i in range(31))
+    assert after["x0"] == 0x1000 and all(after[f"x{i}"] == 0 for i in range(1, 31))
 
 
 @pytest.mark.parametrize("fn, n", [(R.PSCI_SYSTEM_OFF, 1), (0xC600_0041, 1), (R.PKVMLAB_DOORBELL, 4), (R.MEM_SHARE, 4)])
@@ -48,6 +49,13 @@ def test_a_hypercall_exit_reveals_x0_and_only_the_arguments_upstream_passes(fn, 
     (after,) = R.host_vcpu_after_run(_host(), _guest(x0=fn), {"esr_el2": R.EC_HVC64 << 26, "far_el2": 0, "hpfar_el2": 0},
                                      R.ARM_EXCEPTION_TRAP)
     assert [i for i in range(31) if after[f"x{i}"]] == list(range(n))
+
+
+def test_a_wfi_exit_reveals_its_syndrome_and_the_mode_only():
+    esr = R.EC_WFX << 26
+    (after,) = R.host_vcpu_after_run(_host(), _guest(), {"esr_el2": esr, "far_el2": 0, "hpfar_el2": 0},
+                                     R.ARM_EXCEPTION_TRAP)
+    assert after == {**_host(), "esr_el2": esr, "pstate": 0x5}
 
 
 def test_a_preemption_reveals_nothing():

@@ -311,7 +311,7 @@ def test_a_planted_bug_raises_spec_mismatch_in_words():
     assert f"pfn {vm.host_kvm >> 12:#x}" in msg and "1 pin(s)" in msg
 
 
-@pytest.mark.parametrize("name", ["28_memcache_refill_keeps_host_count", "29_memcache_refill_keeps_host_head"])
+@pytest.mark.parametrize("name", ["29_memcache_refill_keeps_host_count", "30_memcache_refill_keeps_host_head"])
 def test_the_check_sees_what_hyp_writes_into_the_hosts_memcache(name):
     """A refill that takes a page but leaves the host's count (or head) stale: the state comparison alone
     passes it (the spec read the same stale list); the host words the outcome names do not."""

@@ -55,8 +55,17 @@ canary_params:
 	madd	x2, x2, x3, x1
 .endm
 
+/*
+ * All of it one FP/SIMD routine for the build's check (GUEST_FP_ROUTINES: guest_fp_*): it fills and
+ * checks v0..v31 throughout.
+ */
 	.global main
 main:
+	b	guest_fp_canary
+
+	.global	guest_fp_canary
+	.type	guest_fp_canary, %function
+guest_fp_canary:
 	mov	x4, #TABLE
 	str	xzr, [x4]			/* touch the table's page: a faulting store's value reaches the host */
 	adrp	x0, canary_params
@@ -276,3 +285,4 @@ bad:
 	mov	x5, xzr
 	hvc	#0
 	b	off
+	.size	guest_fp_canary, . - guest_fp_canary

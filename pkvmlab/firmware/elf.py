@@ -192,7 +192,14 @@ class Firmware:
 
     @cached_property
     def _enums(self) -> dict[str, dict[str, int]]:
-        """Every named enum's constants, by ``"enum name"`` (parsed once per image)."""
+        """Every named enum's constants, by ``"enum name"`` (parsed once per ELF file, as the structs)."""
+        st = os.stat(self.path)
+        key = (str(self.path), st.st_mtime_ns, st.st_size)
+        if key not in _ENUMS:
+            _ENUMS[key] = self._parse_enums()
+        return _ENUMS[key]
+
+    def _parse_enums(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         with open(self.path, "rb") as fh:
             for cu in ELFFile(fh).get_dwarf_info().iter_CUs():
@@ -223,6 +230,7 @@ class Firmware:
         return f"Firmware({self.path.parent.name}, entry={self.entry:#x}, {len(self.symbols)} symbols)"
 
 
+_ENUMS: dict[tuple, dict] = {}     # enum constants, the same way
 _STRUCTS: dict[tuple, dict] = {}   # DWARF layouts by (ELF path, mtime, size): every Lab on one image shares them
 
 
