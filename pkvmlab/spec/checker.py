@@ -1,12 +1,12 @@
 """Checking every hypercall against the specification at run time: ``lab.spec_check = True``.
 
 Every hypercall the host makes goes through ``lab.host.call``: the host's own, and those that run guests
-(vCPU load/put, ``__kvm_vcpu_run``, map_guest, reclaim).  What it cannot check: a guest's registers (the
-value a guest hypercall returns to the guest is in the rules, :func:`pkvmlab.spec.guest_calls.guest_hvc`,
-and tested there, but never reaches the abstract state), and mappings (the host stage-2 maps lazily;
-the abstraction keeps who owns what, not what is mapped).  The register rules (:mod:`pkvmlab.spec.registers`,
+(vCPU load/put, ``__kvm_vcpu_run``, map_guest, reclaim).  The register rules (:mod:`pkvmlab.spec.registers`,
 ``checker.registers``) run around every call: the host's registers, what a run's exit reveals in the host's
-``struct kvm_vcpu``, the loaded guest's registers across every other call.
+``struct kvm_vcpu``, the loaded guest's registers across every other call.  The words hyp writes back into
+host memory (``Outcome.host_words``) are compared after the call, and the host's access to a few pages
+(``checker.mappings`` per call: those the call names, then the state's others in turn) is asked of the CPU's
+own ``AT`` (:mod:`pkvmlab.spec.mappings`).  What is still out of reach: :mod:`pkvmlab.spec`'s docstring.
 
 For each call: the abstract state before, the outcomes the specification allows, the real call,
 the abstract state after, and a comparison.  A call that matches none of the allowed outcomes raises
