@@ -22,7 +22,8 @@ Still out of its reach, and why:
 
 * **The TLB.**  ``AT`` walks the tables in memory, not the TLB, and the abstraction reads tables: a stale
   translation shows only when the host really loads from that page (the campaign's ``touch`` rule does, on
-  sampled pages).  A stale entry for a page nobody touches again, or one in a guest's stage-2, is not seen.  Break-before-make is invisible on one emulated CPU with no walker racing
+  sampled pages).  A stale entry for a page nobody touches again, or one in a guest's stage-2, is not seen.
+  Break-before-make is invisible on one emulated CPU with no walker racing
   the update: a missing *break* shows only as the missing invalidation it implies.
 * **Mappings, beyond the host's reads and writes of sampled pages.**  Hyp's stage-1 and the guests' stage-2s are
   abstracted by page state, not by permissions or attributes (XN, memory type, shareability), and the host's by
