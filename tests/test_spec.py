@@ -325,3 +325,31 @@ def test_the_check_sees_what_hyp_writes_into_the_hosts_memcache(name):
     with pytest.raises(SpecMismatch) as e:
         lab.host.call("__pkvm_host_map_guest", lab.host.alloc_pages(1), 0x10)
     assert "host memory at" in str(e.value) and "hyp must leave" in str(e.value)
+
+
+def test_the_hosts_access_is_judged_from_the_cpus_at_answer():
+    from pkvmlab.spec.mappings import judge
+
+    pfn, ok = 0x40900, 0x40900 << 12                    # PAR_EL1: the identity, no fault
+    translation, permission = 1 | 0x07 << 1 | 1 << 9, 1 | 0x0F << 1 | 1 << 9   # stage-2 faults, level 3
+    owned, given = PageView(HOST, OWNED, NOPAGE), PageView(GUEST, NOPAGE, NOPAGE, guest=OWNED)
+    assert judge(pfn, owned, ok, ok) == [] and judge(pfn, owned, translation, translation) == []   # lazy: not yet
+    assert "a host write would fault" in judge(pfn, owned, ok, permission)[0]
+    assert "maps it to 0x40901000" in judge(pfn, owned, ok + 0x1000, ok)[0]
+    assert judge(pfn, given, translation, translation) == []
+    assert len(judge(pfn, given, ok, translation)) == 1 and "may not touch it" in judge(pfn, given, ok, translation)[0]
+
+
+def test_the_check_asks_the_cpu_about_the_pages_a_call_names():
+    """A guest-shared page mapped read-only for the host: every page state is right, only AT shows it."""
+    from pkvmlab import mutants
+
+    lab = Lab(firmware=mutants.build("36_guest_share_maps_host_read_only"), spec_check=True)
+    vm = lab.host.create_vm(1, guest="share")
+    lab._spec_checker.mappings = 0
+    vm.run()   # it shares a page with the host: the state comparison passes it
+    state = abstract(lab)
+    (pfn,) = [p for p in vm.mapped_pages.values() if state.page(p).host == SHARED_BORROWED]
+    lab._spec_checker.mappings = 3
+    with pytest.raises(SpecMismatch, match="a host write would fault"):
+        lab.host.call("__pkvm_host_reclaim_page", pfn)   # named: probed after the call
