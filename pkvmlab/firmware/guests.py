@@ -3,9 +3,9 @@
 Each guest is ``<name>.c`` (or, for the benches' bare loops, ``<name>.S``) defining ``main``, linked with
 the shared ``start.S`` (stack at the top of the guest's memory, ``main()``, then PSCI SYSTEM_OFF) and
 ``guest.ld`` (everything from IPA 0), with ``guest.h`` for the UART and the hypercall ids.  They run with
-their stage-1 MMU off (VA = IPA).  The same ``zig cc`` as the firmware builds them, FP/SIMD-free like it
-(but for assembly functions named ``guest_fp_*``: ``GUEST_FP_ROUTINES``),
-cached under a hash of their sources, flags and compiler.
+their stage-1 MMU off (VA = IPA), but for ``mmu_on``, which builds its own.  The same ``zig cc`` as the
+firmware builds them, FP/SIMD-free like it (but for assembly functions named ``guest_fp_*``:
+``GUEST_FP_ROUTINES``), cached under a hash of their sources, flags and compiler.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from elftools.elf.elffile import ELFFile
 
 from pkvmlab.errors import FirmwareBuildError, UsageError
 from pkvmlab.firmware.build import FIRMWARE_DIR, cache_dir
+from pkvmlab.progress import step
 
 GUESTS_DIR = FIRMWARE_DIR / "guests"
 SHARED = ("start.S", "guest.h", "guest.ld")
@@ -72,7 +73,8 @@ def build_guest(name: str) -> Path:
         tmp_elf = Path(tmp) / out.name
         cmd = [sys.executable, "-m", "ziglang", "cc", *GUEST_CFLAGS, f"-I{GUESTS_DIR}",
                f"-Wl,-T,{GUESTS_DIR / 'guest.ld'}", "-o", str(tmp_elf), str(GUESTS_DIR / "start.S"), str(src)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        with step(f"compiling the guest {name!r} with zig cc", first_use=True):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not tmp_elf.is_file():
             raise FirmwareBuildError(f"building guest {name!r} failed", (proc.stderr + proc.stdout).strip())
         found = fp_simd_instructions(tmp_elf, GUEST_FP_ROUTINES)
