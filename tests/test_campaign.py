@@ -86,6 +86,7 @@ def test_which_oracle_caught_it_is_named():
     assert oracle_of("SpecMismatch: __kvm_vcpu_run() ... the CPU's AT S12E1R/W after the call ...") == "spec: mappings (AT)"
     assert oracle_of("SpecMismatch: canary scan() ...") == "canary"
     assert oracle_of("HypPanic: hyp panicked at ...") == "hyp panic"
+    assert oracle_of("MachineError: the hypervisor has panicked; this machine is dead: ...") == "hyp panic"
 
 
 def test_a_failure_shrinks_to_a_reproducer_of_host_calls(tmp_path, tally):

@@ -18,8 +18,8 @@ SPEC, HOST_ACCESS, MAPPINGS, REGISTERS, CANARY, INVARIANT, PANIC, OTHER = (
 
 def oracle_of(failure: str) -> str:
     """Which oracle a campaign failure (``CampaignResult.failure``) came from."""
-    if failure.startswith("HypPanic"):
-        return PANIC
+    if failure.startswith("HypPanic") or "the hypervisor has panicked" in failure:
+        return PANIC   # the panic itself, or the next call on the dead machine (a put after it, say)
     if failure.startswith("SpecMismatch") and "the CPU's AT S12E1R/W" in failure:
         return MAPPINGS        # pkvmlab.spec.mappings: the host's access as the CPU's own AT answers it
     if failure.startswith("SpecMismatch: host load"):
