@@ -120,6 +120,7 @@ def test_the_register_view_shows_the_guests_secret_only_in_hyps_copy():
     found = secrets(lab, vm)
     assert rv.hyp("x6") in found and rv.host("x6") not in found
     assert "x6" in rv.hidden() and "pc" in rv.hidden()
+    assert rv.revealed_in("x5") == ("x0",) and "x5" not in rv.hidden()   # strb w5: the transfer register, in x0
     html = rv._repr_html_()
     assert "hidden from the host" in html and "<table" in html
     assert "mmio" in repr(rv) and "hidden from the host" in repr(rv)

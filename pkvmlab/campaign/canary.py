@@ -179,8 +179,8 @@ def canary_rules(st, rule, precondition, recorded):
     """The canary rule as a mixin of the campaign's machine (like :func:`pkvmlab.campaign.hostile.hostile_rules`)."""
 
     class Canary:
-        @rule(seed=st.integers(1, (1 << 64) - 1), plan=st.lists(st.integers(1, 8), min_size=1, max_size=6),
-              budget=st.sampled_from((1500, 20000)))
+        @rule(seed=st.integers(1, (1 << 64) - 1), plan=st.lists(st.integers(1, 8), min_size=1, max_size=4),
+              budget=st.sampled_from((3000, 20000)))
         @recorded
         def canary(self, seed, plan, budget):
             """A canary VM's whole life: its plan's exits one step at a time, the host looking after each."""

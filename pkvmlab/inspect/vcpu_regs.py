@@ -51,17 +51,32 @@ def ctxt_offset(fw) -> int:
 class RegisterView:
     """One vCPU's registers as the host's ``struct kvm_vcpu`` has them and as hyp's shadow vCPU has them.
 
-    ``rows``: (register, host's value, hyp's value), in the context's order; a register whose two values
-    differ is hidden from the host (hyp holds the guest's; the host's copy is not it)."""
+    ``rows``: (register, host's value, hyp's value), in the context's order.  A register whose value the
+    host's copy holds nowhere is hidden from the host; one it holds under another name was revealed by the
+    exit (an MMIO write's register, in the host's x0)."""
 
     handle: int
     vcpu_idx: int
     exit: str                      # the exit the snapshot follows, in words ("" if none given)
     rows: tuple[tuple[str, int, int], ...]
 
+    def revealed_in(self, name: str) -> tuple[str, ...]:
+        """Where the host's copy holds hyp's (non-zero) value of ``name`` under another name (an exit's transfer)."""
+        g = self.hyp(name)
+        if not g or self.host(name) == g:
+            return ()
+        return tuple(n for n, h, _ in self.rows if h == g and n != name)
+
     def hidden(self) -> tuple[str, ...]:
-        """The registers whose guest value the host's copy does not hold."""
-        return tuple(name for name, h, g in self.rows if h != g)
+        """The registers whose guest value the host's copy does not hold, under any name."""
+        return tuple(name for name, h, g in self.rows if h != g and not self.revealed_in(name))
+
+    def note(self, name: str) -> str:
+        """"hidden from the host", "revealed: the host's x0" or "" for one register."""
+        where = self.revealed_in(name)
+        if where:
+            return "revealed: the host's " + ", ".join(where)
+        return "hidden from the host" if name in self.hidden() else ""
 
     def host(self, name: str) -> int:
         return self._row(name)[1]
@@ -86,15 +101,14 @@ class RegisterView:
         width = max(len(r[0]) for r in self.rows)
         lines = [self._title(), f"{'register':<{width}}  {'host (struct kvm_vcpu)':>34}  {'hyp (shadow vCPU)':>34}"]
         for name, h, g in self.rows:
-            lines.append(f"{name:<{width}}  {h:>#34x}  {g:>#34x}")
-            if h != g:
-                lines[-1] += "   hidden from the host"
+            note = self.note(name)
+            lines.append(f"{name:<{width}}  {h:>#34x}  {g:>#34x}" + (f"   {note}" if note else ""))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         from pkvmlab.viz.registers import register_table_html
 
-        return register_table_html(self._title(), self.rows)
+        return register_table_html(self._title(), [(n, h, g, self.note(n)) for n, h, g in self.rows])
 
 
 def register_views(hyp, vm, vcpu_idx: int = 0, exit=None) -> RegisterView:

@@ -203,9 +203,11 @@ class SpecChecker:
         """Make the call; with ``registers`` on, check the register rules around it (pkvmlab.spec.registers)."""
         if not self.registers:
             return _run(run)
-        from pkvmlab.spec.register_state import RegisterCheck
+        from pkvmlab.spec.register_state import LoadedVcpu, RegisterCheck
 
-        rc = RegisterCheck(self.lab, name)
+        if self.__dict__.get("_loaded_vcpu") is None:
+            self._loaded_vcpu = LoadedVcpu(self.lab)   # the offsets, read once
+        rc = RegisterCheck(self.lab, name, self._loaded_vcpu)
         rc.before()
         ret, err = _run(run)
         diffs = rc.after(ret)

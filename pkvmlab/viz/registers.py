@@ -1,7 +1,7 @@
 """A vCPU's registers as an HTML table: the host's ``struct kvm_vcpu`` beside hyp's shadow vCPU.
 
-Each row is a register; a row whose two values differ is shaded and says "hidden from the host": the
-guest's value is only in hyp's copy.  Pure: takes the rows of a
+Each row is a register; a row whose guest value the host's copy holds nowhere is shaded and says "hidden
+from the host"; one the exit handed over says where ("revealed: the host's x0").  Pure: takes the rows of a
 :class:`pkvmlab.inspect.vcpu_regs.RegisterView`.
 """
 
@@ -23,16 +23,16 @@ def _hex(name: str, v: int) -> str:
 
 
 def register_table_html(title: str, rows) -> str:
-    """The table: register, host's value, hyp's value, and for a hidden one the words "hidden from the host"."""
+    """The table: register, host's value, hyp's value, and a note ("hidden from the host", "revealed: ...")."""
     head = ("<tr><th style='text-align:left'>register</th><th style='text-align:left'>host: struct kvm_vcpu</th>"
             "<th style='text-align:left'>hyp: shadow vCPU</th><th></th></tr>")
     body = []
-    for name, h, g in rows:
-        hidden = h != g
+    for name, h, g, note in rows:
+        hidden = note == "hidden from the host"
         style = f" style='background:{HIDDEN_FILL}'" if hidden else ""
         body.append(f"<tr{style}><td><code>{escape(name)}</code></td><td><code>{_hex(name, h)}</code></td>"
                     f"<td><code>{_hex(name, g)}</code></td>"
-                    f"<td style='color:{HIDDEN_COLOR}'>{'hidden from the host' if hidden else ''}"
+                    f"<td style='color:{HIDDEN_COLOR}'>{escape(note)}"
                     "</td></tr>")
     return (f"<div><b>{escape(title)}</b><table style='font-size:12px;border-collapse:collapse'>{head}"
             + "".join(body) + "</table></div>")
