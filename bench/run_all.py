@@ -24,7 +24,7 @@ from timing import ROW
 HERE = Path(__file__).resolve().parent
 # The order of the README's table; any other bench runs after these, in name order.
 ORDER = ("bench_hvc", "bench_mem", "bench_inspect", "bench_vms", "bench_widgets", "bench_notebooks", "bench_timeline",
-         "bench_guest", "bench_spec")
+         "bench_guest", "bench_spec", "bench_mutants")
 
 
 def scripts() -> list[Path]:

@@ -15,6 +15,14 @@ from pkvmlab.firmware import load_firmware
 
 CLEAN_STEPS = 7000
 MUTANT_BUDGET = 2000   # steps: every planted bug must be caught within this many
+# One mutant per class, each over 5 seeds: at least 4 must catch it (every mutant x 5 seeds takes too long for
+# CI on two cores: bench/bench_mutants.py runs the whole table, make bench).
+SEEDED = ("29_memcache_refill_keeps_host_count",   # host-visible memory (the spec's host words)
+          "12_map_guest_overwrites_gfn",           # a guest call
+          "22_fpcr_not_restored",                  # register privacy
+          "05_missing_host_tlbi",                  # TLB maintenance
+          "36_guest_share_maps_host_read_only",    # a mapping only the CPU's AT shows
+          "13_unshare_ignores_pins")               # a host call
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +45,9 @@ def test_the_correct_firmware_agrees_with_the_specification_for_thousands_of_ste
     assert r.steps >= CLEAN_STEPS * 0.9 and r.calls > r.steps // 2
 
 
-def test_there_are_at_least_twelve_planted_bugs_each_described():
+def test_there_are_at_least_thirty_planted_bugs_each_described():
     names = mutants.names()
-    assert len(names) >= 12
+    assert len(names) >= 30
     assert all(mutants.describe(n) for n in names)
 
 
@@ -50,6 +58,35 @@ def test_the_campaign_catches_the_planted_bug(name, tmp_path, tally):
     tally.append(r.steps)
     assert r.caught, f"{name} ({mutants.describe(name)}) survived {r.steps} steps"
     assert r.steps_to_catch <= MUTANT_BUDGET and r.reproducer
+
+
+@pytest.mark.parametrize("name", SEEDED)
+def test_the_campaign_catches_the_planted_bug_in_at_least_4_of_5_seeds(name, tally):
+    from pkvmlab.campaign.score import score
+
+    s = score(name, seeds=5, steps=MUTANT_BUDGET)
+    tally.append(sum(s.steps[k] or MUTANT_BUDGET for k in range(s.seeds)))
+    assert s.caught >= 4, f"{name} ({mutants.describe(name)}) caught by {s.caught} of 5 seeds: {s.steps}"
+
+
+def test_the_seeds_make_different_sequences_and_each_is_the_same_every_time(tally):
+    """A seed is another sequence (so 5 seeds are 5 chances), the same one each time it is used."""
+    fw = load_firmware(mutants.build("29_memcache_refill_keeps_host_count"))
+    runs = [campaign.run(lambda: Lab(firmware=fw), steps=MUTANT_BUDGET, shrink=False, seed=s) for s in (1, 1, 2)]
+    tally.extend(r.steps for r in runs)
+    assert runs[0].steps_to_catch == runs[1].steps_to_catch and runs[0].reproducer == runs[1].reproducer
+    assert runs[0].reproducer != runs[2].reproducer
+
+
+def test_which_oracle_caught_it_is_named():
+    from pkvmlab.campaign.score import oracle_of
+
+    assert oracle_of("SpecMismatch: __pkvm_host_map_guest(0x1, 0x2) did what ...") == "spec"
+    assert oracle_of("SpecMismatch: host load(0x40000000) did what ...") == "spec: host access"
+    assert oracle_of("SpecMismatch: __kvm_vcpu_run() ... the CPU's AT S12E1R/W after the call ...") == "spec: mappings (AT)"
+    assert oracle_of("SpecMismatch: canary scan() ...") == "canary"
+    assert oracle_of("HypPanic: hyp panicked at ...") == "hyp panic"
+    assert oracle_of("MachineError: the hypervisor has panicked; this machine is dead: ...") == "hyp panic"
 
 
 def test_a_failure_shrinks_to_a_reproducer_of_host_calls(tmp_path, tally):
@@ -82,6 +119,8 @@ def test_a_guest_side_failure_shrinks_to_steps_that_fail_again_only_on_the_mutan
 def test_campaign_misuse_is_a_usage_error():
     with pytest.raises(UsageError, match="function that makes a Lab"):
         campaign.run(42)
+    with pytest.raises(UsageError, match="seed must be"):
+        campaign.run(Lab, seed="1")
     with pytest.raises(UsageError, match="positive"):
         campaign.run(Lab, steps=0)
 

@@ -125,6 +125,17 @@ def test_map_guest_tops_up_the_memcache_by_donation_then_gives_the_page():
     assert again.ret == -errno.EPERM   # the gfn holds a page (two more memcache pages were taken first)
 
 
+def test_map_guest_names_the_host_memcache_head_and_count_hyp_must_leave():
+    """What hyp writes back into the host's struct kvm_vcpu is part of the outcome, computed before the call."""
+    s, peek = _vm_with_memcache()
+    (ok,) = allowed(s, "__pkvm_host_map_guest", (0x50000, 5), peek)
+    at = 0x41001 * 4096 + MC
+    assert ok.host_words == ((at, 8, 0x49000 * 4096), (at + 8, 8, 1))   # two pages taken: head on the third, 1 left
+    s1, peek1 = _vm_with_memcache(pages=(0x47000,))
+    (short,) = allowed(s1, "__pkvm_host_map_guest", (0x50000, 5), peek1)
+    assert short.ret == -errno.ENOMEM and short.host_words == ((at, 8, 0), (at + 8, 8, 0))   # the one page taken
+
+
 def test_map_guest_with_the_memcache_empty_is_enomem_and_keeps_what_it_took():
     s, peek = _vm_with_memcache(pages=(0x47000,))
     (out,) = allowed(s, "__pkvm_host_map_guest", (0x50000, 5), peek)
@@ -298,3 +309,47 @@ def test_a_planted_bug_raises_spec_mismatch_in_words():
     msg = str(e.value)
     assert "__pkvm_host_unshare_hyp" in msg and "-EBUSY" in msg and "returned 0x0" in msg
     assert f"pfn {vm.host_kvm >> 12:#x}" in msg and "1 pin(s)" in msg
+
+
+@pytest.mark.parametrize("name", ["29_memcache_refill_keeps_host_count", "30_memcache_refill_keeps_host_head"])
+def test_the_check_sees_what_hyp_writes_into_the_hosts_memcache(name):
+    """A refill that takes a page but leaves the host's count (or head) stale: the state comparison alone
+    passes it (the spec read the same stale list); the host words the outcome names do not."""
+    from pkvmlab import mutants
+    from pkvmlab.host.vcpu_run import VcpuRunner
+
+    lab = Lab(firmware=mutants.build(name), spec_check=True)
+    vm = lab.host.create_vm(1)
+    VcpuRunner(vm, 0).topup_memcache()
+    lab.host.call("__pkvm_vcpu_load", vm.handle, 0)
+    with pytest.raises(SpecMismatch) as e:
+        lab.host.call("__pkvm_host_map_guest", lab.host.alloc_pages(1), 0x10)
+    assert "host memory at" in str(e.value) and "hyp must leave" in str(e.value)
+
+
+def test_the_hosts_access_is_judged_from_the_cpus_at_answer():
+    from pkvmlab.spec.mappings import judge
+
+    pfn, ok = 0x40900, 0x40900 << 12                    # PAR_EL1: the identity, no fault
+    translation, permission = 1 | 0x07 << 1 | 1 << 9, 1 | 0x0F << 1 | 1 << 9   # stage-2 faults, level 3
+    owned, given = PageView(HOST, OWNED, NOPAGE), PageView(GUEST, NOPAGE, NOPAGE, guest=OWNED)
+    assert judge(pfn, owned, ok, ok) == [] and judge(pfn, owned, translation, translation) == []   # lazy: not yet
+    assert "a host write would fault" in judge(pfn, owned, ok, permission)[0]
+    assert "maps it to 0x40901000" in judge(pfn, owned, ok + 0x1000, ok)[0]
+    assert judge(pfn, given, translation, translation) == []
+    assert len(judge(pfn, given, ok, translation)) == 1 and "may not touch it" in judge(pfn, given, ok, translation)[0]
+
+
+def test_the_check_asks_the_cpu_about_the_pages_a_call_names():
+    """A guest-shared page mapped read-only for the host: every page state is right, only AT shows it."""
+    from pkvmlab import mutants
+
+    lab = Lab(firmware=mutants.build("36_guest_share_maps_host_read_only"), spec_check=True)
+    vm = lab.host.create_vm(1, guest="share")
+    lab._spec_checker.mappings = 0
+    vm.run()   # it shares a page with the host: the state comparison passes it
+    state = abstract(lab)
+    (pfn,) = [p for p in vm.mapped_pages.values() if state.page(p).host == SHARED_BORROWED]
+    lab._spec_checker.mappings = 3
+    with pytest.raises(SpecMismatch, match="a host write would fault"):
+        lab.host.call("__pkvm_host_reclaim_page", pfn)   # named: probed after the call

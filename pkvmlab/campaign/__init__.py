@@ -85,7 +85,7 @@ class _Stats:
 
 
 def run(lab_factory, steps: int = 1000, *, steps_per_run: int = 30, shrink: bool = True, shrink_seconds: float = 30,
-        progress=None) -> CampaignResult:
+        progress=None, seed: int | None = None) -> CampaignResult:
     """Run the campaign for about ``steps`` steps (in runs of ``steps_per_run``), each run on a fresh lab.
 
     ``lab_factory()`` makes a lab (``Lab`` itself, or ``lambda: Lab(firmware=dir)`` for a mutant);
@@ -93,13 +93,18 @@ def run(lab_factory, steps: int = 1000, *, steps_per_run: int = 30, shrink: bool
     Stops at the first failure and (``shrink=True``) shrinks it for at most ``shrink_seconds``: the failing
     run's recorded steps are replayed on fresh labs with pieces left out, keeping each shorter sequence that
     still fails the same way (:mod:`pkvmlab.campaign.shrink`; hypothesis only generates, through its public
-    API).  Returns a :class:`CampaignResult`.
+    API).  ``seed``: None for the one derandomised sequence (the same every time), or an int for another
+    sequence, the same for the same int (hypothesis's ``seed()``): a mutation score over several seeds.
+    Returns a :class:`CampaignResult`.
     """
     if not callable(lab_factory):
         raise UsageError("campaign.run() takes a function that makes a Lab, e.g. Lab or lambda: Lab(firmware=path)")
     if not isinstance(steps, int) or steps < 1:
         raise UsageError(f"steps must be a positive int, got {steps!r}")
+    if seed is not None and type(seed) is not int:
+        raise UsageError(f"seed must be None or an int, got {seed!r}")
     from hypothesis import HealthCheck, Phase, settings
+    from hypothesis import seed as with_seed
     from hypothesis.stateful import run_state_machine_as_test
 
     bar = _bar(steps) if progress == "bar" else progress
@@ -107,9 +112,11 @@ def run(lab_factory, steps: int = 1000, *, steps_per_run: int = 30, shrink: bool
     from pkvmlab.campaign.rules import machine
 
     cls = machine(lab_factory, stats)
+    if seed is not None:
+        cls = with_seed(seed)(cls)
     runs = max(1, -(-steps * 11 // (10 * steps_per_run)))   # a run may end early: ask for a tenth more
     cfg = settings(max_examples=runs, stateful_step_count=steps_per_run, deadline=None,
-                   database=None, derandomize=True, phases=[Phase.generate], suppress_health_check=list(HealthCheck),
+                   database=None, derandomize=seed is None, phases=[Phase.generate], suppress_health_check=list(HealthCheck),
                    report_multiple_bugs=False, print_blob=False)
     r = stats.result
     try:

@@ -139,6 +139,7 @@ def machine(lab_factory, stats):
             if not cfg.in_ram(pfn):
                 return
             from pkvmlab.spec.abstraction import abstract
+            from pkvmlab.spec.mappings import judge, probe
             from pkvmlab.spec.state import view_words
 
             page = abstract(self.lab).page(pfn)
@@ -157,6 +158,12 @@ def machine(lab_factory, stats):
                 raise SpecMismatch("host load", (pfn << 12,), [("a load" if may else "a stage-2 fault") +
                                                                f" (the page is {view_words(page)})"],
                                    "faulted" if faulted else "the load succeeded", [f"pfn {pfn:#x}: {view_words(page)}"])
+            (_, r, w), = probe(self.lab.core, [pfn])   # and what a write would do, as the CPU's AT says
+            diffs = judge(pfn, page, r, w)
+            if diffs:
+                stats.failed(self.calls, self.trace)
+                raise SpecMismatch("host access", (pfn << 12,), ["the host can read and write exactly the pages it owns "
+                                                                 "or shares (the CPU's AT S12E1R/W)"], "otherwise", diffs)
             stats.tick(0)
 
         @rule(i=idx)

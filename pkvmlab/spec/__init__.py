@@ -8,8 +8,36 @@
 * :mod:`pkvmlab.spec.registers` -- a protected vCPU's registers: what each exit kind reveals in the host's
   ``struct kvm_vcpu``, the host's registers stay the host's, the guest's stay in hyp's copy
   (:mod:`pkvmlab.spec.register_state` reads them from the machine);
+* :mod:`pkvmlab.spec.mappings` -- what the host can observe of its stage-2: a page it owns or shares reads
+  and writes (now, or after the fault that maps it), any other faults, as the CPU's own ``AT S12E1R/W`` says;
 * :mod:`pkvmlab.spec.abstraction` -- from the concrete machine to the abstract state;
 * :mod:`pkvmlab.spec.checker` -- ``lab.spec_check = True``: every hypercall checked as it runs.
+
+Host-visible memory: what hyp writes back into the host's memory is part of an outcome (``Outcome.host_words``:
+the memcache list head and count in the host's ``struct kvm_vcpu`` after map_guest; ``Outcome.zeroed``: pages
+given back), and what a run's exit writes into the host's ``struct kvm_vcpu`` is the register rules' (every
+other byte of it must not change).  All of it is computed from the state and the host's memory before the call.
+
+Still out of its reach, and why:
+
+* **The TLB.**  ``AT`` walks the tables in memory, not the TLB, and the abstraction reads tables: a stale
+  translation shows only when the host really loads from that page (the campaign's ``touch`` rule does, on
+  sampled pages).  A stale entry for a page nobody touches again, or one in a guest's stage-2, is not seen.
+  Break-before-make is invisible on one emulated CPU with no walker racing
+  the update: a missing *break* shows only as the missing invalidation it implies.
+* **Mappings, beyond the host's reads and writes of sampled pages.**  Hyp's stage-1 and the guests' stage-2s are
+  abstracted by page state, not by permissions or attributes (XN, memory type, shareability), and the host's by
+  what ``AT`` says of a few pages per call, not all of them (every page each call would be a walk of RAM).
+* **Page contents**, but for pages hyp must give back zeroed and the host words an outcome names: what a guest
+  writes into its own pages, what hyp keeps in its pool and its shadow structures beyond the fields the
+  abstraction reads.  The host's ``struct kvm`` is pinned, not compared byte by byte.
+* **What a guest sees between an exit and its next instruction** (the x0 a hypercall returns to it, an MMIO
+  read's register): inside ``__kvm_vcpu_run``, where no abstract state is taken; the canary guests check their
+  own registers after every exit instead (:mod:`pkvmlab.campaign.canary`), and :func:`guest_calls.guest_hvc`
+  says what x0 must be.
+* **Concurrency**: the lab has one CPU, so locks, races between CPUs and other CPUs' TLBs are not modelled.
+* **The order within a call**: only the state before and after; an intermediate state that exposes a page for
+  a few instructions is not seen (the host cannot run in between on one CPU).
 
 Pure Python: ``import pkvmlab.spec`` loads no emulator.
 """

@@ -1,12 +1,12 @@
 """Checking every hypercall against the specification at run time: ``lab.spec_check = True``.
 
 Every hypercall the host makes goes through ``lab.host.call``: the host's own, and those that run guests
-(vCPU load/put, ``__kvm_vcpu_run``, map_guest, reclaim).  What it cannot check: a guest's registers (the
-value a guest hypercall returns to the guest is in the rules, :func:`pkvmlab.spec.guest_calls.guest_hvc`,
-and tested there, but never reaches the abstract state), and mappings (the host stage-2 maps lazily;
-the abstraction keeps who owns what, not what is mapped).  The register rules (:mod:`pkvmlab.spec.registers`,
+(vCPU load/put, ``__kvm_vcpu_run``, map_guest, reclaim).  The register rules (:mod:`pkvmlab.spec.registers`,
 ``checker.registers``) run around every call: the host's registers, what a run's exit reveals in the host's
-``struct kvm_vcpu``, the loaded guest's registers across every other call.
+``struct kvm_vcpu``, the loaded guest's registers across every other call.  The words hyp writes back into
+host memory (``Outcome.host_words``) are compared after the call, and the host's access to a few pages
+(``checker.mappings`` per call: those the call names, then the state's others in turn) is asked of the CPU's
+own ``AT`` (:mod:`pkvmlab.spec.mappings`).  What is still out of reach: :mod:`pkvmlab.spec`'s docstring.
 
 For each call: the abstract state before, the outcomes the specification allows, the real call,
 the abstract state after, and a comparison.  A call that matches none of the allowed outcomes raises
@@ -52,6 +52,10 @@ class SpecChecker:
         # True: the register rules too (pkvmlab.spec.registers): the host's registers after every call, what the
         # host's struct kvm_vcpu holds after a run, the loaded guest's registers across every other call.
         self.registers = True
+        # Pages per call whose host access is asked of the CPU's own AT (pkvmlab.spec.mappings): the ones the call
+        # names, then the abstract state's other pages in turn.  0: off.
+        self.mappings = 3
+        self._turn = 0
         self._call = lab.host.call
         self._hyp_info = lab.host.hyp_info
 
@@ -127,11 +131,12 @@ class SpecChecker:
         for o in outs:
             if (o.ret == ret and all(o.state.page(p) == now[p] for p in footprint) and o.state.vms == vms_now
                     and (o.pool == "any" or o.state.pool_free == pool)
-                    and not (info and (info[0][1] != 2 or info[0][2] != pool))):
+                    and not (info and (info[0][1] != 2 or info[0][2] != pool)) and not self._host_words(o)):
                 break
         else:
             after = AbstractState(a.config, {p: v for p, v in now.items() if v != a.config.boot_view(p)}, vms_now, pool)
             self._mismatch(name, args, outs, ret, after, info)
+        self._check_mappings(name, args, ret, footprint, now.get)
         if err is not None:
             raise err
         return ret
@@ -170,9 +175,29 @@ class SpecChecker:
                 break
         else:
             self._mismatch(name, args, outs, ret, after, info)
+        if self.mappings:
+            named = [a for a in args[:1] if after.config.in_ram(a)] if name in _NAMES_A_PAGE else []
+            self._turn += 1
+            rest = sorted(after.pages)
+            sample = rest[self._turn * 7 % len(rest):][:self.mappings - len(named)] if rest else []
+            self._check_mappings(name, args, ret, named + sample, after.page)
         if err is not None:
             raise err
         return ret
+
+    def _check_mappings(self, name: str, args: tuple, ret: int, pfns, page_of) -> None:
+        """The host's access to ``pfns`` as the CPU's AT answers it, against their views (pkvmlab.spec.mappings)."""
+        if not self.mappings or not pfns:
+            return
+        from pkvmlab.spec.mappings import judge, probe
+
+        diffs = []
+        for pfn, r, w in probe(self.lab.core, pfns[:self.mappings]):
+            diffs += judge(pfn, page_of(pfn), r, w)
+        if diffs:
+            self.checked += 1
+            raise SpecMismatch(name, args, ["the host can read and write exactly the pages it owns or shares (the CPU's "
+                                            "AT S12E1R/W after the call)"], _ret_words(ret), diffs)
 
     def _run_with_registers(self, name: str, args: tuple, run) -> tuple[int, HypercallError | None]:
         """Make the call; with ``registers`` on, check the register rules around it (pkvmlab.spec.registers)."""
@@ -204,7 +229,19 @@ class SpecChecker:
             return False
         if info and (info[0][1] != 2 or info[0][2] != after.pool_free):
             return False
-        return all(not any(self.lab.core.phys.read(pfn << 12, 4096)) for pfn in o.zeroed)
+        return (all(not any(self.lab.core.phys.read(pfn << 12, 4096)) for pfn in o.zeroed)
+                and not self._host_words(o))
+
+    def _host_words(self, o) -> list[str]:
+        """The words of host memory the outcome names that read otherwise (what hyp wrote back, wrongly)."""
+        out = []
+        for pa, size, want in o.host_words:
+            got = self.peek(pa, size)
+            got = None if got is None else int.from_bytes(got, "little")
+            if got != want:
+                out.append(f"host memory at {pa:#x}: {got:#x}, but hyp must leave {want:#x} there"
+                           if got is not None else f"host memory at {pa:#x}: unreadable")
+        return out
 
     def _mismatch(self, name, args, outs, ret, after, info):
         happened = _ret_words(ret)
@@ -218,9 +255,14 @@ class SpecChecker:
         for pfn in closest.zeroed:
             if any(self.lab.core.phys.read(pfn << 12, 4096)):
                 diffs.append(f"pfn {pfn:#x}: not zeroed, but hyp gave it back to the host")
+        diffs += self._host_words(closest)
         if info and info[0][2] != after.pool_free:
             diffs.append(f"hyp pool: reported {info[0][2]} free, has {after.pool_free}")
         raise SpecMismatch(name, args, [o.words() for o in outs], happened, diffs)
+
+
+# Calls whose first argument is a pfn: that page is probed after the call first.
+_NAMES_A_PAGE = ("__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp", "__pkvm_host_map_guest", "__pkvm_host_reclaim_page")
 
 
 def _run(run) -> tuple[int, HypercallError | None]:

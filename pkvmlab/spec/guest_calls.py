@@ -107,29 +107,34 @@ def tables_needed(vm: AbstractVM, gfn: int) -> int:
     return (not any(g >> 18 == gfn >> 18 for g in gfns)) + (not any(g >> 9 == gfn >> 9 for g in gfns))
 
 
-def _refill(s: AbstractState, vm: AbstractVM, i: int, peek) -> tuple[dict, list[int], int | None, str]:
+def _refill(s: AbstractState, vm: AbstractVM, i: int, peek) -> tuple[dict, list[int], int | None, str, list]:
     """``refill_memcache()``: the host's list pages donated to hyp until the memcache holds enough.
 
-    Returns (page changes, pfns taken, errno or None, why)."""
+    Returns (page changes, pfns taken, errno or None, why, host words): ``host words[k]`` is what the host's
+    list head and count in its ``struct kvm_vcpu`` must read after ``k`` pages were taken -- hyp advances the
+    head to the taken page's link and counts one page fewer, each time (upstream ``pop_hyp_memcache()`` on the
+    host's ``struct kvm_hyp_memcache``, ``__topup_hyp_memcache()``/``admit_host_page()``)."""
     c = s.config
     at = vm.vcpus[i] + c.vcpu_memcache
     head, nr = _read_uint(peek, at, 8), _read_uint(peek, at + 8, 8)
+    words = [() if head is None or nr is None else ((at, 8, head), (at + 8, 8, nr))]
     changes: dict = {}
     taken: list[int] = []
     have = vm.memcache[i] if i < len(vm.memcache) else 0
     while have + len(taken) < c.mmu_cache_min_pages:
         if head is None or not nr:
-            return changes, taken, errno.ENOMEM, "the vCPU's memcache is empty and the host's list has no more pages"
+            return changes, taken, errno.ENOMEM, "the vCPU's memcache is empty and the host's list has no more pages", words
         if head % PAGE:
-            return changes, taken, errno.EINVAL, f"the host's memcache list names {head:#x}, not a page"
+            return changes, taken, errno.EINVAL, f"the host's memcache list names {head:#x}, not a page", words
         try:
             check_pfn_range(s, head >> PAGE_SHIFT, 1)
             changes.update(apply_transition(s.with_pages(changes), "__pkvm_host_donate_hyp", [head >> PAGE_SHIFT]))
         except Refused as r:
-            return changes, taken, r.err, f"a memcache page cannot be donated: {r.why}"
+            return changes, taken, r.err, f"a memcache page cannot be donated: {r.why}", words
         taken.append(head >> PAGE_SHIFT)
         head, nr = _read_uint(peek, head, 8), nr - 1   # a page's first word links to the next
-    return changes, taken, None, ""
+        words.append(() if head is None else ((at, 8, head), (at + 8, 8, nr)))
+    return changes, taken, None, "", words
 
 
 def map_guest(s: AbstractState, pfn: int, gfn: int, peek=None) -> list[Outcome]:
@@ -137,7 +142,8 @@ def map_guest(s: AbstractState, pfn: int, gfn: int, peek=None) -> list[Outcome]:
     if cur is None:
         return [Outcome(-errno.EINVAL, s, "no vCPU is loaded: map_guest maps into the loaded vCPU's guest")]
     vm, i = cur
-    changes, taken, err, why = _refill(s, vm, i, peek)
+    changes, taken, err, why, words = _refill(s, vm, i, peek)
+    host = words[len(taken)]
     mc = list(vm.memcache) or [0] * len(vm.vcpus)
     mc[i] += len(taken)
     vm1 = replace(vm, memcache=tuple(mc), hyp_pages=tuple(sorted((*vm.hyp_pages, *taken))))
@@ -150,9 +156,10 @@ def map_guest(s: AbstractState, pfn: int, gfn: int, peek=None) -> list[Outcome]:
             mk[i] -= len(taken) - k
             part = replace(vm, memcache=tuple(mk), hyp_pages=tuple(sorted((*vm.hyp_pages, *taken[:k]))))
             sub = s.with_pages({p: v for p, v in changes.items() if p in taken[:k]}).with_vm(vm.index, part)
-            outs.append(Outcome(-errno.ENOMEM, sub, "the hyp pool cannot cover a memcache page's mapping", "any"))
+            outs.append(Outcome(-errno.ENOMEM, sub, "the hyp pool cannot cover a memcache page's mapping", "any",
+                                host_words=words[k]))
     if err is not None:
-        return [Outcome(-err, s1, why, pool), *outs]
+        return [Outcome(-err, s1, why, pool, host_words=host), *outs]
     try:
         if pfn > MAX_PFN or not s.config.in_ram(pfn):
             raise Refused(errno.EINVAL, f"pfn {pfn:#x} is not RAM")
@@ -168,12 +175,13 @@ def map_guest(s: AbstractState, pfn: int, gfn: int, peek=None) -> list[Outcome]:
         if mc[i] < need:
             raise Refused(errno.ENOMEM, f"gfn {gfn:#x} needs {need} table(s), the memcache holds {mc[i]}")
     except Refused as r:
-        return [Outcome(-r.err, s1, r.why, pool), *outs]
+        return [Outcome(-r.err, s1, r.why, pool, host_words=host), *outs]
     mc[i] -= need
     vm2 = replace(vm1.with_page(gfn, pfn), memcache=tuple(mc))
     after = s1.with_pages({pfn: moved.after}).with_vm(vm.index, vm2)
     return _nomem_alternative(s, [Outcome(0, after, f"pfn {pfn:#x} is the guest's at gfn {gfn:#x} ({need} table(s) "
-                                                    f"from the memcache, {len(taken)} page(s) taken into it)", "any"),
+                                                    f"from the memcache, {len(taken)} page(s) taken into it)", "any",
+                                          host_words=host),
                                   *outs])
 
 

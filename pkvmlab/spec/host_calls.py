@@ -43,6 +43,9 @@ class Outcome:
     ``loose``: for a call whose effect is a set of states, not one (a guest run): a function of the state
     after that says, in words, what in it the rules do not allow (nothing: allowed); ``state`` is then the
     state before, for the message.
+    ``host_words``: (PA, size, value) of words in the host's memory that must read so afterwards -- what hyp
+    writes back into the host's structures (the memcache list head and count in its ``struct kvm_vcpu``),
+    computed from the state and the host's memory *before* the call, never read back after it.
     """
 
     ret: int
@@ -51,6 +54,7 @@ class Outcome:
     pool: str = "exact"
     zeroed: tuple[int, ...] = ()
     loose: Callable[[AbstractState], list[str]] | None = None
+    host_words: tuple[tuple[int, int, int], ...] = ()
 
     def words(self) -> str:
         r = f"-{errno.errorcode.get(-self.ret, -self.ret)}" if self.ret < 0 else f"{self.ret:#x}"

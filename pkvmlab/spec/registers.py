@@ -12,11 +12,11 @@ keeps them, the host's ``struct kvm_vcpu`` and CPU registers before the call), n
      SYSTEM_OFF/CPU_OFF (and the lab gives 1 to any call it forwards; upstream forwards no other),
      4 for MEM_SHARE/MEM_UNSHARE, and 4 for the lab's own doorbell 0xc6000040 (the lab's ABI, not pKVM's);
    * a data abort (``handle_pvm_exit_dabt()``): ESR with the register number (SRT) cleared, FAR's page
-     offset, HPFAR, the mode bits of PSTATE, and for a write the one transfer register x[SRT] in
-     ``regs[0]`` (``xzr`` reads as 0).  The 2022 tree does this for every write, whether the syndrome is
-     valid (ISV) or not; with ISV = 0 the SRT field is 0, so the host gets the guest's x0 -- issue 19's
-     defect 2 (an FP/SIMD or writeback store has no transfer register); the rule follows the tree until
-     the firmware's decoding is fixed, then ``and esr & ESR_ISV`` belongs here;
+     offset, HPFAR, the mode bits of PSTATE, and for a write whose syndrome is valid (ISV) the one
+     transfer register x[SRT] in ``regs[0]`` (``xzr`` reads as 0).  The 2022 tree does this for every
+     write, whether the syndrome is valid or not (with ISV = 0 the SRT field is 0, so the host gets the
+     guest's x0: issue 19's defect 2); the lab's firmware passes no register without a valid syndrome
+     (machine19's fix), and so does this rule;
    * an instruction abort (``handle_pvm_exit_iabt()``): ESR and HPFAR;
    * a WFI/WFE (``handle_pvm_exit_wfx()``): ESR and the mode bits of PSTATE;
    * any other trap: ESR; a preemption (``ARM_EXCEPTION_IRQ``): nothing;
@@ -76,7 +76,7 @@ def host_vcpu_after_run(before: dict, guest: dict, fault: dict, exit_code: int) 
                 after[f"x{i}"] = guest[f"x{i}"]
         elif ec == EC_DABT_LOW:
             after["esr_el2"] = esr & ~ESR_SRT_MASK
-            if esr & ESR_WNR:   # the 2022 tree: valid syndrome or not (see the module's docstring)
+            if esr & ESR_WNR and esr & ESR_ISV:   # the lab's fix of the 2022 tree (see the module's docstring)
                 rt = (esr & ESR_SRT_MASK) >> ESR_SRT_SHIFT
                 after["x0"] = 0 if rt == 31 else guest[f"x{rt}"]
             after["pstate"] = guest["pstate"] & PSR_MODE_MASK

@@ -1,0 +1,63 @@
+"""What the host can observe of its stage-2: an access to a page works or faults as the abstract state says.
+
+The host's stage-2 is built lazily (``host_stage2_idmap()``: a page the host owns is mapped on its first
+access), so *which* entries exist is the implementation's business and no part of the abstract state.  What
+the host observes is: for a page it owns or shares (its state OWNED, SHARED_OWNED or SHARED_BORROWED) a read
+and a write work -- now, or after the one fault that maps it; for any other page both fault, whatever
+tables hold.  :func:`judge` says that from the CPU's own answer, ``AT S12E1R`` / ``AT S12E1W`` (``PAR_EL1``):
+
+* a page the host may access: a translation that is the identity (the host's stage-2 is an idmap), or a
+  *translation* fault at stage 2 (not mapped yet: the next access maps it).  A permission fault, an access
+  flag fault or any other mapping is what the host would see wrongly;
+* a page the host may not access: any fault; a translation (to anywhere) is a mapping it must not have.
+
+``AT`` walks the tables in memory (QEMU's ``get_phys_addr()``), not the TLB: a stale TLB entry is the
+campaign's host loads' to find (``pkvmlab.campaign.rules``, ``touch``); this sees a wrong entry without
+touching the page, so without mapping it.  The probes (``__debug_at_s12e1r/w`` in firmware/debug.S) run at
+EL2 through the current VTTBR_EL2 -- the host's, between calls -- with the CPU context saved and restored, and
+invalidate nothing.
+
+:func:`judge` is pure; :func:`probe` reads the machine.
+"""
+
+from __future__ import annotations
+
+from pkvmlab.arch.pgtable import PageState
+
+HOST_MAY = (PageState.OWNED, PageState.SHARED_OWNED, PageState.SHARED_BORROWED)
+PAGE_SHIFT = 12
+
+
+def _fault(par: int) -> tuple[int, int] | None:
+    """(FSC, stage) of a faulting ``PAR_EL1``; None for a translation."""
+    return ((par >> 1) & 0x3F, 2 if par >> 9 & 1 else 1) if par & 1 else None
+
+
+def judge(pfn: int, view, par_r: int, par_w: int) -> list[str]:
+    """What the CPU's answers for page ``pfn`` (its first byte) show that the page's view does not allow, in words."""
+    from pkvmlab.spec.state import view_words
+
+    may = view.host in HOST_MAY
+    out = []
+    for access, par in (("read", par_r), ("write", par_w)):
+        f = _fault(par)
+        if f is None:
+            pa = par & 0x0000_FFFF_FFFF_F000
+            if not may:
+                out.append(f"pfn {pfn:#x} ({view_words(view)}): the host's stage-2 maps it for a {access} "
+                           f"(to {pa:#x}), but the host may not touch it")
+            elif pa != pfn << PAGE_SHIFT:
+                out.append(f"pfn {pfn:#x}: the host's stage-2 maps it to {pa:#x} for a {access}, not to itself")
+        elif may and not (f[1] == 2 and f[0] & 0x3C == 0x04):   # FSC 0b0001LL: translation fault, level LL
+            out.append(f"pfn {pfn:#x} ({view_words(view)}): a host {access} would fault (PAR_EL1 {par:#x}: "
+                       f"FSC {f[0]:#x} at stage {f[1]}), but the host may {access} it")
+    return out
+
+
+def probe(core, pfns) -> list[tuple[int, int, int]]:
+    """(pfn, PAR_EL1 after AT S12E1R, after AT S12E1W) for each page's first byte, through the current VTTBR_EL2."""
+    return [(p, core.call_symbol("__debug_at_s12e1r", p << PAGE_SHIFT), core.call_symbol("__debug_at_s12e1w", p << PAGE_SHIFT))
+            for p in pfns]
+
+
+__all__ = ["HOST_MAY", "judge", "probe"]
