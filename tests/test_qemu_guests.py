@@ -46,7 +46,13 @@ def observe(lab: Lab, guest: str, max_runs: int = MAX_RUNS) -> dict:
     return out
 
 
-@pytest.mark.parametrize("guest", guest_names())
+# Known and open: the canary (rewritten after this test was written) stops on QEMU after its third page fault
+# with no exit where Unicorn runs it to SYSTEM_OFF; strict, so the day it agrees this line must go.
+_OPEN = {"canary": "canary: QEMU's run ends after the third page fault, Unicorn's at SYSTEM_OFF (open, issue 22)"}
+
+
+@pytest.mark.parametrize("guest", [pytest.param(g, marks=pytest.mark.xfail(reason=_OPEN[g], strict=True))
+                                   if g in _OPEN else g for g in guest_names()])
 def test_every_guest_program_runs_the_same_on_unicorn_and_qemu(guest):
     """Exits (preemptions by kind only), console, the host's registers and hyp's copy of the vCPU: equal."""
     require_qemu()

@@ -77,14 +77,21 @@ class SourceMap:
             memo: dict[int, tuple | None] = {}
             variables = sorted((addr, size, name, _tree(t, memo)) for addr, size, name, t in self._var_dies)
             structs = {name: _tree(die, memo) for name, die in self._struct_dies.items()}
-        rows.sort(key=lambda r: (r[0], r[3]))
-        addrs, out_rows, last = [], [], ("?", 0)
+        # an end of sequence (one CU's last address) first: the next CU's row at the same address wins
+        rows.sort(key=lambda r: (r[0], not r[3]))
+        addrs, out_rows, last, pending = [], [], ("?", 0), []
         for addr, file, line, end in rows:
-            # line 0 is the compiler's "no particular line" (code shared by several): keep the row before
+            # line 0 is the compiler's "no particular line" (code shared by several): keep the row before;
+            # at the start of a sequence there is none, so take the first line that follows (as gdb does)
             if end:
-                last = ("?", 0)
+                last, pending = ("?", 0), []
             elif line:
                 last = (file, line)
+                for k in pending:
+                    out_rows[k] = last
+                pending = []
+            elif last == ("?", 0):
+                pending.append(len(out_rows))
             addrs.append(addr)
             out_rows.append(last)
         return addrs, out_rows, self._scope_segments(), variables, structs
@@ -308,7 +315,7 @@ def member_path(tree, offset: int) -> str:
     return out
 
 
-CACHE_VERSION = 1
+CACHE_VERSION = 3
 
 
 def _cache_path(elf: Path) -> Path:
