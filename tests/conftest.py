@@ -49,6 +49,12 @@ UNCHECKED_FILES = {
 # there are, so filling the table costs 11–41 s checked on the loaded 2-core machine (under 2 s unchecked): tests
 # that fill it only to draw it do so unchecked (tests/test_shadow_table.py fills it checked, and the 256th create's
 # -ENOMEM is checked there).
+# Notebooks whose kernel runs unchecked, and why.
+UNCHECKED_NOTEBOOKS = {
+    "08_inside_one_hypercall.ipynb": "it prints a traced call's instruction count, which depends on how much of the "
+                                     "host's lazily built stage-2 is there; the checker's own probes between calls "
+                                     "change that (1,210 instructions unchecked, 1,202 checked: open, see the issue note)",
+}
 UNCHECKED_TESTS = {
     "test_viz.py::test_full_shadow_table_draws_a_summary_and_marks_the_wrapped_next_slot": "a picture of 255 VMs",
     "test_viz.py::test_shadow_table_of_255_vms_is_small_and_fits_a_column": "a picture of 255 VMs",
@@ -67,7 +73,8 @@ QUICK_NOTEBOOKS = ("01_boot_and_exception_levels.ipynb", "03_who_owns_this_page.
 def pytest_collection_modifyitems(config, items):
     for item in items:
         name, folder = item.path.name, item.path.parent.name
-        if folder == "tests" and (name in UNCHECKED_FILES or f"{name}::{item.name}" in UNCHECKED_TESTS):
+        if (folder == "tests" and (name in UNCHECKED_FILES or f"{name}::{item.name}" in UNCHECKED_TESTS)) or \
+                (folder == "notebooks" and name in UNCHECKED_NOTEBOOKS):
             item.add_marker(pytest.mark.unchecked)
         if (folder == "tests" and name in QUICK_FILES and item.get_closest_marker("slow") is None) or \
                 (folder == "notebooks" and name in QUICK_NOTEBOOKS):

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_FILES, QUICK_NOTEBOOKS, UNCHECKED_FILES, UNCHECKED_TESTS
+from conftest import QUICK_FILES, QUICK_NOTEBOOKS, UNCHECKED_FILES, UNCHECKED_NOTEBOOKS, UNCHECKED_TESTS
 
 from pkvmlab import Lab
 
@@ -32,7 +32,7 @@ def test_a_test_marked_unchecked_gets_a_plain_lab():
 def test_every_test_the_conftest_lists_exists():
     for name in (*UNCHECKED_FILES, *QUICK_FILES):
         assert (TESTS / name).is_file(), name
-    for name in QUICK_NOTEBOOKS:
+    for name in (*QUICK_NOTEBOOKS, *UNCHECKED_NOTEBOOKS):
         assert (TESTS.parent / "notebooks" / name).is_file(), name
     for node in UNCHECKED_TESTS:
         file, test = node.split("::")
