@@ -81,18 +81,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.quick)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    """Setup, call and teardown of an ``unchecked`` test without PKVMLAB_SPEC_CHECK (a module fixture it starts,
-    such as the browser test's JupyterLab server and its kernels, inherits that)."""
-    if item.get_closest_marker("unchecked") is None:
-        return (yield)
-    saved = os.environ.pop(SPEC_CHECK, None)
-    try:
-        return (yield)
-    finally:
-        if saved is not None:
-            os.environ[SPEC_CHECK] = saved
+class _Unchecked:
+    """Registered as a plugin (not a conftest hook, which pytest would apply to tests/ alone), so that a notebook's
+    items are covered too: nbval starts the notebook's kernel in its first item's setup."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        """Setup, call and teardown of an ``unchecked`` test without PKVMLAB_SPEC_CHECK (a module fixture it
+        starts, such as the browser test's JupyterLab server and its kernels, inherits that)."""
+        if item.get_closest_marker("unchecked") is None:
+            return (yield)
+        saved = os.environ.pop(SPEC_CHECK, None)
+        try:
+            return (yield)
+        finally:
+            if saved is not None:
+                os.environ[SPEC_CHECK] = saved
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_Unchecked(), "pkvmlab-unchecked")
 
 
 @pytest.fixture
