@@ -14,25 +14,17 @@ Prints, never fails on time.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's pkvmlab, not an installed one
 
+from timing import median_time  # noqa: E402
+
 from pkvmlab import Lab  # noqa: E402
 from pkvmlab.widgets.stepper import HypercallStepper  # noqa: E402
 from pkvmlab.widgets.timeline import Timeline  # noqa: E402
-
-
-def median_time(fn, n: int = 7) -> float:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
 
 
 def line(label: str, seconds: float, baseline: float, target: bool = True) -> None:
@@ -52,8 +44,8 @@ def main() -> None:
         t0 = time.perf_counter()
         st.run(call, arg)
         line(f"{call}: Trace (record, first line drawn)", time.perf_counter() - t0, baseline, target=False)
-        line(f"{call}: one line step (line ▶)", median_time(lambda: st.next_button.click()), baseline)
-        line(f"{call}: the slider moved by one", median_time(lambda: setattr(st.slider, "value", st.step + 1)), baseline)
+        line(f"{call}: one line step (line ▶)", median_time(lambda: st.next_button.click(), 7), baseline)
+        line(f"{call}: the slider moved by one", median_time(lambda: setattr(st.slider, "value", st.step + 1), 7), baseline)
         st.goto(0)
         line(f"{call}: next write ▶▶ (new tables: walks and tiles drawn)",
              median_time(lambda: st.next_write_button.click(), 2), baseline)

@@ -10,20 +10,10 @@ machines.  Targets (issue 11): <= 0.3 s with a few VMs, <= 0.5 s with 250.  Prin
 
 from __future__ import annotations
 
-import statistics
-import time
+from timing import median_time
 
 from pkvmlab import Lab
 from pkvmlab.widgets import TranslationExplorer, VMBuilder
-
-
-def median_time(fn, n: int = 5) -> float:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
 
 
 def create_and_teardown(lab: Lab) -> None:
@@ -41,8 +31,8 @@ def clicks(lab: Lab, label: str, baseline: float) -> None:
         builder.create_button.click()
         builder.teardown_button.click()
 
-    click = median_time(create_then_teardown) / 2
-    slide = median_time(lambda: setattr(explorer.slider, "value", (explorer.slider.value + 1) % explorer.slider.max))
+    click = median_time(create_then_teardown, 5) / 2
+    slide = median_time(lambda: setattr(explorer.slider, "value", (explorer.slider.value + 1) % explorer.slider.max), 5)
     print(f"{label:10} one builder click (Create or Tear down), every view redrawn  {click * 1e3:7.1f} ms  "
           f"({click / baseline:5.1f} x the hypercalls)   target <= {300 if len(lab.host.vms) < 10 else 500} ms")
     print(f"{label:10} explorer: move the page slider, walk + AT + diagram        {slide * 1e3:7.1f} ms  "

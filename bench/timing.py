@@ -6,6 +6,7 @@ Benches run as scripts (``bench/run_all.py``), so ``bench/`` is on ``sys.path`` 
 
 from __future__ import annotations
 
+import statistics
 import time
 
 
@@ -15,6 +16,16 @@ def per_call(fn, n: int) -> float:
     for _ in range(n):
         fn()
     return (time.perf_counter() - t) / n
+
+
+def median_time(fn, n: int) -> float:
+    """The median wall time of ``n`` calls of ``fn`` (for what a learner waits for once: a click, a step)."""
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
 
 
 def best(fn, n: int, rounds: int = 5) -> float:
