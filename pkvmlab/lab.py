@@ -14,6 +14,7 @@ from pkvmlab.host import kernel_image as K
 from pkvmlab.inspect import Hyp
 from pkvmlab.machine import RAM_BASE, RAM_SIZE, Core, coverage
 from pkvmlab.machine.boot import boot
+from pkvmlab.machine.interface import Machine
 
 HYP_SIZE = 8 << 20
 PAGE = 4096
@@ -74,6 +75,7 @@ class Lab:
         if backend not in ("unicorn", "qemu"):
             raise UsageError(f"backend is 'unicorn' (the lab's core) or 'qemu' (pkvmlab.machine.qemu), not {backend!r}")
         self.hyp_size = hyp_size
+        self.core: Machine   # the CPU: Unicorn's Core or QEMU's QemuCore, one interface (pkvmlab/machine/interface.py)
         host_image = RAM_BASE + hyp_size
         with announce(firmware, native):   # the first Lab() on a machine compiles for several seconds: say so
             self.fw = firmware if isinstance(firmware, Firmware) else load_firmware(firmware)
@@ -116,9 +118,7 @@ class Lab:
 
     def close(self) -> None:
         """Release the machine (on the QEMU backend: kill QEMU); a Unicorn core is freed by the GC anyway."""
-        close = getattr(self.core, "close", None)
-        if close is not None:
-            close()
+        self.core.close()
 
     def __enter__(self) -> Lab:
         return self

@@ -67,6 +67,7 @@ class Timeline:
 
     def __init__(self, lab):
         self.lab = lab
+        lab.core.unicorn_engine("time travel (lab.checkpoint, undo, history)")   # QEMU's core says to use Lab()
         top = lab.fw.symbols.get("__hyp_stack_top", 0)
         self.journal = Journal(lab.core, eager=(top - EAGER_STACK, top) if top else None)
         self.journal.attach()

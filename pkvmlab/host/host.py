@@ -16,7 +16,7 @@ from pkvmlab.firmware.elf import Firmware
 from pkvmlab.host import kernel_image as K
 from pkvmlab.host.page_alloc import PageAllocator
 from pkvmlab.host.reasons import refusal_reason
-from pkvmlab.machine.core import Core, HostVector
+from pkvmlab.machine.interface import HostVector, Machine
 from pkvmlab.machine.phys import check_uint, serialised
 from pkvmlab.rows import Registers
 
@@ -32,7 +32,7 @@ def _signed(v: int) -> int:
 class Host:
     """What the host kernel does, as EL1 code on the core."""
 
-    def __init__(self, core: Core, image_base: int, fw: Firmware):
+    def __init__(self, core: Machine, image_base: int, fw: Firmware):
         self.core = core
         self.image_base = image_base
         self.fw = fw   # the firmware it runs on: struct kvm's layout comes from its DWARF

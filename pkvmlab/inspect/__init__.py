@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pkvmlab.firmware import Firmware
-from pkvmlab.machine import Core
+from pkvmlab.machine.interface import Machine
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class PoolStats:
 class Hyp:
     """``lab.hyp``: the hypervisor's own state, as snapshots."""
 
-    def __init__(self, core: Core, fw: Firmware, lab=None):
+    def __init__(self, core: Machine, fw: Firmware, lab=None):
         self.core, self.fw, self.lab = core, fw, lab
 
     def read_struct_field(self, addr: int, struct: str, path: str) -> int:

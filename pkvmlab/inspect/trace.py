@@ -385,6 +385,7 @@ def trace(lab, action) -> Trace:
 
     if not callable(action):
         raise UsageError(f"trace() takes a function to run, e.g. lab.trace(lambda: lab.host.share_hyp(pfn)); got {action!r}")
+    lab.core.unicorn_engine("lab.trace")   # a code hook on hyp's text: QEMU's core says to use Lab()
     fw = lab.fw
     source_map(fw)                       # read DWARF before, not during, the action
     tables, heap = _tables(lab), _heap(lab)

@@ -16,13 +16,13 @@ import struct
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pkvmlab.machine.core import Core
+    from pkvmlab.machine.interface import HandVectored
 
 OFF_REGS32, OFF_XREGS, OFF_PC, OFF_AARCH64 = 40, 104, 360, 372   # in unicorn 2.1's saved context
 PSR_MODE32_USR = 0x10
 
 
-def layout_ok(core: Core) -> bool:
+def layout_ok(core: HandVectored) -> bool:
     """Whether the saved-context offsets above match this unicorn (checked while the CPU is in AArch64)."""
     blob = bytes(core.uc.context_save())
     return (len(blob) > OFF_AARCH64 + 4 and struct.unpack_from("<Q", blob, OFF_PC)[0] == core.reg("pc")
@@ -30,11 +30,11 @@ def layout_ok(core: Core) -> bool:
             and struct.unpack_from("<Q", blob, OFF_XREGS + 8 * 30)[0] == core.reg("x30"))
 
 
-def in_aarch32(core: Core) -> bool:
+def in_aarch32(core: HandVectored) -> bool:
     return struct.unpack_from("<I", bytes(core.uc.context_save()), OFF_AARCH64)[0] == 0
 
 
-def leave(core: Core) -> tuple[int, int]:
+def leave(core: HandVectored) -> tuple[int, int]:
     """Bring the CPU back to AArch64 as exception entry would; returns (the AArch32 state as SPSR, r15)."""
     nzcv = core.reg("nzcv")
     ctx = core.uc.context_save()

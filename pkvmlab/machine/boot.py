@@ -9,10 +9,10 @@ from __future__ import annotations
 from pkvmlab.arch import pstate as P
 from pkvmlab.errors import UsageError
 from pkvmlab.firmware.elf import Firmware
-from pkvmlab.machine.core import Core
+from pkvmlab.machine.interface import HandVectored
 
 
-def load_image(core: Core, fw: Firmware) -> None:
+def load_image(core: HandVectored, fw: Firmware) -> None:
     """Copy every loadable segment to its physical address (debugger path: nothing runs yet)."""
     for seg in fw.segments:
         core.phys.write(seg.paddr, seg.data)
@@ -21,7 +21,7 @@ def load_image(core: Core, fw: Firmware) -> None:
     core.symbols = dict(fw.symbols)
 
 
-def boot(core: Core, fw: Firmware, *, hyp_size: int, host_entry: int, timeout_ms: int = 5000) -> None:
+def boot(core: HandVectored, fw: Firmware, *, hyp_size: int, host_entry: int, timeout_ms: int = 5000) -> None:
     """Run the firmware from its entry point at EL2h until it drops to the host at ``host_entry``."""
     if fw.entry != core.ram_base:
         raise UsageError(f"the firmware is linked at {fw.entry:#x} but RAM starts at {core.ram_base:#x}")

@@ -14,7 +14,6 @@ hypervisor's own bug and becomes HypPanic.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 import unicorn
 from unicorn import arm64_const as A
@@ -26,27 +25,22 @@ from pkvmlab.errors import HypPanic, MachineError, UsageError
 from pkvmlab.machine import aarch32 as A32
 from pkvmlab.machine import el1_faults, el2_traps
 from pkvmlab.machine import exceptions as X
+from pkvmlab.machine.excp import (
+    EXCP_BKPT,
+    EXCP_DATA_ABORT,
+    EXCP_HVC,
+    EXCP_HYP_TRAP,
+    EXCP_NAMES,
+    EXCP_PREFETCH_ABORT,
+    EXCP_SMC,
+    EXCP_SWI,
+    EXCP_UDEF,
+)
+from pkvmlab.machine.interface import RAM_BASE, RAM_SIZE, HostVector, Registers
 from pkvmlab.machine.panic import decode_panic
 from pkvmlab.machine.phys import PhysMemory, check_uint, serialised
 from pkvmlab.machine.stops import RunStops
 
-RAM_BASE = 0x4000_0000
-RAM_SIZE = 1 << 30
-
-# QEMU's exception numbers, as Unicorn passes them to UC_HOOK_INTR
-EXCP_UDEF = 1
-EXCP_SWI = 2
-EXCP_PREFETCH_ABORT = 3
-EXCP_DATA_ABORT = 4
-EXCP_BKPT = 7
-EXCP_HVC = 11
-EXCP_HYP_TRAP = 12     # e.g. an SMC trapped by HCR_EL2.TSC
-EXCP_SMC = 13
-EXCP_NAMES = {EXCP_UDEF: "undefined instruction", EXCP_SWI: "SVC", EXCP_PREFETCH_ABORT: "instruction abort",
-              EXCP_DATA_ABORT: "data abort", EXCP_BKPT: "BRK", EXCP_HVC: "HVC", EXCP_HYP_TRAP: "trap to EL2",
-              EXCP_SMC: "SMC"}
-
-HYP_PANIC_BRK = 0x800   # firmware/entry.S: hyp_panic() executes BRK #0x800 with the message in x0
 MAX_REPEATED_ABORTS = 32   # the same host abort again and again, nothing else in between: it will never change
 HOST_VECTORS_SIZE = 0x800  # VBAR_EL1's table: a BRK there is the host model's "stop here"
 
@@ -56,26 +50,6 @@ _GPR.update(x29=A.UC_ARM64_REG_X29, x30=A.UC_ARM64_REG_X30, fp=A.UC_ARM64_REG_X2
             fpcr=A.UC_ARM64_REG_FPCR, fpsr=A.UC_ARM64_REG_FPSR)
 _GPR.update({f"q{i}": A.UC_ARM64_REG_Q0 + i for i in range(32)})
 _REG_BITS = {name: 128 if name.startswith("q") else 64 for name in _GPR}
-
-
-@dataclass(frozen=True)
-class HostVector:
-    """The run stopped because the host took an exception at EL1 (its vector executed BRK)."""
-
-    pc: int
-
-
-class Registers:
-    """``core.x[0]`` reads x0; ``core.x[0] = 5`` writes it."""
-
-    def __init__(self, core: Core):
-        self._core = core
-
-    def __getitem__(self, i: int) -> int:
-        return self._core.reg(f"x{i}")
-
-    def __setitem__(self, i: int, value: int) -> None:
-        self._core.set_reg(f"x{i}", value)
 
 
 class Core(RunStops):
@@ -394,6 +368,13 @@ class Core(RunStops):
                 if self.panic is None:
                     self.uc.context_restore(ctx)
                     self.set_pstate(pstate)
+
+    def unicorn_engine(self, feature: str) -> unicorn.Uc:
+        """The Unicorn engine, for the recorders that hook it (time travel, ``lab.trace``, coverage, the spec's registers)."""
+        return self.uc
+
+    def close(self) -> None:
+        """Nothing to release by hand: the garbage collector frees the engine (the QEMU backend's close() kills QEMU)."""
 
     def call_symbol(self, name: str, *args: int) -> int:
         try:

@@ -22,8 +22,8 @@ from pkvmlab.arch import esr as E
 from pkvmlab.arch import pstate as P
 
 if TYPE_CHECKING:
-    from pkvmlab.machine.core import Core
     from pkvmlab.machine.decode import MemAccess
+    from pkvmlab.machine.interface import HandVectored
 
 FSC_ALIGNMENT = 0x21
 VECTOR_CURRENT_SP0 = 0x000
@@ -78,7 +78,7 @@ def el0_sys_syndrome(insn: int, sctlr_el1: int) -> int | None:
     return E.encode(E.EC_SYS64, iss)
 
 
-def enter_el1(core: Core, *, pstate: int, elr: int, esr: int, far: int) -> None:
+def enter_el1(core: HandVectored, *, pstate: int, elr: int, esr: int, far: int) -> None:
     """Synchronous exception entry from EL1 to EL1 (current EL): ELR/SPSR/ESR/FAR_EL1, EL1h, DAIF masked."""
     if pstate & 1 == 0:   # from EL1t: bank SP_EL0 and switch to SP_EL1
         core.set_sysreg("SP_EL0", core.reg("sp"))

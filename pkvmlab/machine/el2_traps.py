@@ -21,7 +21,7 @@ from pkvmlab.arch import pstate as P
 from pkvmlab.machine import exceptions as X
 
 if TYPE_CHECKING:
-    from pkvmlab.machine.core import Core
+    from pkvmlab.machine.interface import HandVectored
 
 HCR_TWI, HCR_TWE = 1 << 13, 1 << 14
 HCR_TID3, HCR_TIDCP, HCR_TACR, HCR_TSW = 1 << 18, 1 << 20, 1 << 21, 1 << 22
@@ -66,7 +66,7 @@ def trap_syndrome(insn: int, hcr: int) -> int | None:
     return E.encode(E.EC_SYS64, iss)
 
 
-def take_hcr_trap(core: Core, pstate: int) -> bool:
+def take_hcr_trap(core: HandVectored, pstate: int) -> bool:
     """An UNDEFINED at EL1 that ``HCR_EL2`` traps: enter EL2 with its syndrome and return True; else False."""
     if P.el(pstate) != 1 or pstate & 0x10:
         return False

@@ -19,7 +19,7 @@ from pkvmlab.machine import el1_faults
 from pkvmlab.machine.decode import decode_access, decode_access_a32, disassemble
 
 if TYPE_CHECKING:
-    from pkvmlab.machine.core import Core
+    from pkvmlab.machine.interface import HandVectored
 
 VECTOR_CURRENT_SP0 = 0x000
 VECTOR_CURRENT_SPX = 0x200
@@ -40,7 +40,7 @@ def vector_offset(pstate: int, target_el: int) -> int:
     return VECTOR_CURRENT_SPX if pstate & 1 else VECTOR_CURRENT_SP0
 
 
-def enter(core: Core, target_el: int, *, pstate: int, elr: int, esr: int, far: int | None = None,
+def enter(core: HandVectored, target_el: int, *, pstate: int, elr: int, esr: int, far: int | None = None,
           hpfar: int | None = None) -> None:
     """Take a synchronous exception from ``pstate`` to ``target_el`` (AArch64, ELxh, DAIF masked)."""
     from_el = P.el(pstate)
@@ -69,7 +69,7 @@ def enter(core: Core, target_el: int, *, pstate: int, elr: int, esr: int, far: i
 VECTOR_LOWER_A64_IRQ = 0x480
 
 
-def enter_irq(core: Core, *, pstate: int, elr: int) -> None:
+def enter_irq(core: HandVectored, *, pstate: int, elr: int) -> None:
     """Take an IRQ from EL1 to EL2 (HCR_EL2.IMO routes it there): ELR/SPSR, EL2h with DAIF masked, VBAR_EL2 + 0x480."""
     core.set_sysreg("SP_EL1" if pstate & 1 else "SP_EL0", core.reg("sp"))
     core.set_reg("pstate", P.MODE_EL2H | P.DAIF_MASK)
@@ -79,7 +79,7 @@ def enter_irq(core: Core, *, pstate: int, elr: int) -> None:
     core.set_reg("pc", core.sysreg("VBAR_EL2") + VECTOR_LOWER_A64_IRQ)
 
 
-def _faulting_address(core: Core, va: int, size: int, write: bool) -> tuple[int, int]:
+def _faulting_address(core: HandVectored, va: int, size: int, write: bool) -> tuple[int, int]:
     """(FAR, PAR) of the first byte of [va, va + size) that stage 2 refuses: an access that straddles
     two pages faults on the second when only that one is refused."""
     at = "__debug_at_s12e1w" if write else "__debug_at_s12e1r"
@@ -90,7 +90,7 @@ def _faulting_address(core: Core, va: int, size: int, write: bool) -> tuple[int,
     return va, par
 
 
-def _stage1_ipa(core: Core, far: int, write: bool, s1ptw: bool) -> int:
+def _stage1_ipa(core: HandVectored, far: int, write: bool, s1ptw: bool) -> int:
     """The IPA a stage-2 fault at VA ``far`` was for, as the hardware writes it to HPFAR_EL2.
 
     With EL1's stage 1 off, VA = IPA.  With it on (a guest that built its own tables) the CPU's own
@@ -109,7 +109,7 @@ def _stage1_ipa(core: Core, far: int, write: bool, s1ptw: bool) -> int:
     return (par & 0x0000_FFFF_FFFF_F000) | (far & 0xFFF)
 
 
-def _refused_table_entry(core: Core, va: int) -> int:
+def _refused_table_entry(core: HandVectored, va: int) -> int:
     """The IPA of the first stage-1 table entry (4 KiB granule) on ``va``'s walk that stage 2 refuses: each entry's
     IPA asked of the CPU with ``AT S12E1R`` and SCTLR_EL1.M cleared for the question (VA = IPA, stage 2 only)."""
     tcr, sctlr = core.sysreg("TCR_EL1"), core.sysreg("SCTLR_EL1")
@@ -135,7 +135,7 @@ def _refused_table_entry(core: Core, va: int) -> int:
         core.set_sysreg("SCTLR_EL1", sctlr)
 
 
-def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple[int, int]:
+def take_stage2_abort(core: HandVectored, instruction_fetch: bool, pstate: int) -> tuple[int, int]:
     """The host's access faulted: synthesise ESR/FAR (HPFAR) and enter EL2, or EL1 if stage 2 was not the cause.
 
     The CPU's own ``AT S12E1R/W`` says which stage refused: a stage-2 fault goes to the hypervisor; a
@@ -179,6 +179,6 @@ def take_stage2_abort(core: Core, instruction_fetch: bool, pstate: int) -> tuple
     return pc, far
 
 
-def insn_imm16(core: Core, addr: int) -> int:
+def insn_imm16(core: HandVectored, addr: int) -> int:
     """The 16-bit immediate of the SVC/HVC/SMC/BRK instruction at ``addr``."""
     return (core.read_insn(addr) >> 5) & 0xFFFF

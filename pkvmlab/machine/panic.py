@@ -7,15 +7,12 @@ CPU's own ``AT S1E2R/W``, or an UNDEFINED instruction; plus ELR, FAR and the dis
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pkvmlab.arch import esr as E
 from pkvmlab.errors import HypPanic, UsageError
 from pkvmlab.firmware.elf import is_section_marker
 from pkvmlab.machine.decode import decode_access, disassemble
-
-if TYPE_CHECKING:
-    from pkvmlab.machine.core import Core
+from pkvmlab.machine.excp import EXCP_BKPT, EXCP_DATA_ABORT, EXCP_NAMES, EXCP_PREFETCH_ABORT, EXCP_UDEF, HYP_PANIC_BRK
+from pkvmlab.machine.interface import Machine
 
 
 def symbolize(symbols: dict[str, int], addr: int) -> str:
@@ -32,7 +29,7 @@ def symbolize(symbols: dict[str, int], addr: int) -> str:
     return f"{best[1]}+{addr - best[0]:#x}" if best else f"{addr:#x}"
 
 
-def c_string(core: Core, pa: int, limit: int = 200) -> str:
+def c_string(core: Machine, pa: int, limit: int = 200) -> str:
     try:
         raw = core.phys.read(pa, limit)
     except UsageError:
@@ -40,7 +37,7 @@ def c_string(core: Core, pa: int, limit: int = 200) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def el2_fault_status(core: Core, va: int, write: bool) -> int:
+def el2_fault_status(core: Machine, va: int, write: bool) -> int:
     """The fault status of hyp's own access, from the CPU's ``AT S1E2R/W`` (0 if it cannot say)."""
     try:
         par = core.call_symbol("__debug_at_s1e2w" if write else "__debug_at_s1e2r", va)
@@ -49,10 +46,8 @@ def el2_fault_status(core: Core, va: int, write: bool) -> int:
     return (par >> 1) & 0x3F if par & 1 else 0
 
 
-def decode_panic(core: Core, intno: int | None, pc: int, unicorn_error=None) -> HypPanic:
+def decode_panic(core: Machine, intno: int | None, pc: int, unicorn_error=None) -> HypPanic:
     """HypPanic for an exception at EL2: ESR (in words), ELR, FAR and the instruction at ELR."""
-    from pkvmlab.machine.core import EXCP_BKPT, EXCP_DATA_ABORT, EXCP_NAMES, EXCP_PREFETCH_ABORT, EXCP_UDEF, HYP_PANIC_BRK
-
     sym = symbolize(core.symbols, pc)
     try:
         code = core.phys.read(pc, 4)

@@ -1,10 +1,10 @@
 """A second CPU nobody here wrote: the same firmware on QEMU, whose exception entry is real.
 
 ``QemuCore`` launches ``qemu-system-aarch64 -M virt,virtualization=on`` (Debian's ``qemu-system-arm``)
-and drives it through its gdbstub (``gdbremote.py``, no gdb binary).  It offers the part of
-``Core``'s interface the ``Host`` model uses, so ``Lab(backend="qemu")`` runs the same host on it:
-registers by name, ``sysreg()``, ``x[]``, ``phys`` (physical memory, ``Qqemu.PhyMemMode:1``),
-``symbols``, ``panic``, ``native = None`` and ``run(begin, until)``.
+and drives it through its gdbstub (``gdbremote.py``, no gdb binary).  It implements the whole machine
+interface (``interface.Machine``), so ``Lab(backend="qemu")`` runs the same host and guests on it; what
+QEMU's gdbstub cannot do (debugger calls at EL2, Unicorn's hooks) raises a one-line MachineError saying
+to use ``Lab()``.  Registers and memory over the gdbstub: ``qemu_state.py``.
 
 Unlike Unicorn, QEMU vectors every exception itself: an ``HVC`` or a stage-2 abort of the host goes
 through ``VBAR_EL2 + 0x400`` with ESR/FAR/HPFAR written by QEMU, which makes it the oracle for the
@@ -27,58 +27,27 @@ from __future__ import annotations
 import threading
 
 from pkvmlab.arch import esr as E
-from pkvmlab.arch import pstate as P
 from pkvmlab.errors import HypPanic, MachineError, UsageError
 from pkvmlab.firmware.elf import Firmware
 from pkvmlab.firmware.qemu_shim import shim_image
-from pkvmlab.machine.core import RAM_BASE, RAM_SIZE, HostVector, Registers
 from pkvmlab.machine.decode import disassemble
+from pkvmlab.machine.excp import HYP_PANIC_BRK
 from pkvmlab.machine.gdbremote import GdbError, GdbRemote, GdbTimeout
+from pkvmlab.machine.interface import RAM_BASE, RAM_SIZE, HostVector, Registers
 from pkvmlab.machine.panic import symbolize
-from pkvmlab.machine.phys import PhysAccess
 from pkvmlab.machine.qemu_process import QemuProcess, missing_reason, qemu_binary
+from pkvmlab.machine.qemu_state import _FP_REGS, QemuPhysMemory, QemuRegisters
 
 __all__ = ["QemuCore", "QemuPhysMemory", "missing_reason", "qemu_binary"]
 
-HYP_PANIC_BRK = 0x800
 VECTOR_LOWER_A64_SYNC = 0x400
 VECTOR_LOWER_A64_IRQ = 0x480   # the guest's timer interrupt (firmware/entry.S: __guest_irq)
 NS_PER_INSN = 1                # -icount shift=0 (qemu_process.py)
 PAGE = 4096
-# gdbstub names of system registers whose AArch64 name QEMU does not use
-_SYSREG_ALIASES = {"vbar_el1": "vbar", "sctlr_el1": "sctlr", "cpacr_el1": "cpacr", "csselr_el1": "csselr"}
-_GPR_ALIASES = {"fp": "x29", "lr": "x30", "pstate": "cpsr"}
-_FP_REGS = {f"q{i}": f"v{i}" for i in range(32)} | {"fpsr": "fpsr", "fpcr": "fpcr"}   # Core's name -> gdbstub's
 
 
-class QemuPhysMemory(PhysAccess):
-    """Debugger access to QEMU's physical memory (checks in :class:`PhysAccess`).
-
-    Reads come straight from QEMU's RAM, shared with this process (``QemuProcess.ram``; the CPU is
-    stopped whenever the lock is free): the 8 MiB carve-out in milliseconds, not seconds over the
-    gdbstub.  Writes still go through the gdbstub: QEMU then drops code it translated from those bytes,
-    which a write into the shared mapping behind its back would leave stale.
-    """
-
-    def __init__(self, core: QemuCore):
-        self._core = core
-        self.base, self.size = core.ram_base, core.ram_size
-
-    def _read(self, pa: int, n: int) -> bytes:
-        with self._core.lock:
-            link = self._core._link()
-            ram = self._core.process.ram
-            if ram is None:   # no memfd on this system
-                return link.read_memory(pa, n)
-            return ram[pa - self.base:pa - self.base + n]
-
-    def _write(self, pa: int, data: bytes) -> None:
-        with self._core.lock:
-            self._core._link().write_memory(pa, data)
-
-
-class QemuCore:
-    """One Cortex-A72 in QEMU's ``virt`` machine (EL2 present), driven like ``Core``.
+class QemuCore(QemuRegisters):
+    """One Cortex-A72 in QEMU's ``virt`` machine (EL2 present), driven like ``Core`` (``interface.Machine``).
 
     Build it with ``QemuCore.boot(...)`` (what ``Lab(backend="qemu")`` does): QEMU loads the
     firmware ELF as ``-kernel``, the host image and the shim with ``-device loader``, and the run
@@ -157,109 +126,12 @@ class QemuCore:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _link(self) -> GdbRemote:
-        if self._gdb is None or not self.alive:
-            log = self.process.log()
-            raise MachineError("the QEMU process is gone (closed or exited)" + (f": {log}" if log else ""))
-        return self._gdb
-
     def watch_host(self, start: int, end: int) -> None:
         """Unicorn's core needs to know where the host's code is to stop a long run cleanly; QEMU is
         interrupted wherever it is, and a run interrupted inside EL2 leaves the machine dead."""
 
     def watch_all_except(self, lo: int, hi: int) -> None:
         """Unicorn's core watches every block but hyp's for guest budgets; QEMU has no block hooks."""
-
-    # -- registers -------------------------------------------------------------------------
-    def _core_layout(self) -> dict[int, tuple[int, int]]:
-        """Register number -> (offset, size) in the 'g' block (x0..x30, sp, pc, cpsr)."""
-        layout, off = {}, 0
-        for name in [f"x{i}" for i in range(31)] + ["sp", "pc", "cpsr"]:
-            num, size = self._regmap[name]
-            layout[num] = (off, size)
-            off += size
-        return layout
-
-    def _gpr(self, name: str) -> tuple[int, int]:
-        n = name.lower() if isinstance(name, str) else ""
-        n = _GPR_ALIASES.get(n, n)
-        if n in self._regmap and self._regmap[n][0] in self._g_layout:
-            return self._regmap[n][0], self._g_layout[self._regmap[n][0]][1]
-        if n == "nzcv":
-            return -1, 8
-        fp = _FP_REGS.get(n)
-        if fp is not None and fp in self._regmap:   # v0..v31, FPSR, FPCR: outside the 'g' block, one 'p' each
-            return self._regmap[fp]
-        raise UsageError(f"unknown register {name!r}: use x0..x30, fp, lr, sp, pc, pstate or nzcv "
-                         "(system registers: core.sysreg('HCR_EL2'))")
-
-    def reg(self, name: str) -> int:
-        num, _ = self._gpr(name)
-        if num == -1:
-            return self.reg("cpsr") & 0xF000_0000
-        if num in self._dirty:
-            return self._dirty[num]
-        if num not in self._g_layout:
-            with self.lock:
-                return self._link().read_register(num)
-        if self._regs is None:
-            with self.lock:
-                self._regs = self._link().read_registers()
-        off, size = self._g_layout[num]
-        return int.from_bytes(self._regs[off:off + size], "little")
-
-    def set_reg(self, name: str, value: int) -> None:
-        num, size = self._gpr(name)
-        if num == -1:
-            num, size = self._gpr("cpsr")
-            value = (self.reg("cpsr") & 0x0FFF_FFFF) | (value & 0xF000_0000)
-        if num == self._gpr("cpsr")[0] and P.el(value) != self.current_el:
-            raise MachineError("QEMU's gdbstub cannot change the exception level: only the firmware can")
-        self._dirty[num] = value & (1 << 8 * size) - 1
-
-    def _flush(self) -> None:
-        if not self._dirty:
-            return
-        gdb = self._link()
-        if len(self._dirty) > 2:   # one 'G' for the whole block beats several 'P's
-            regs = bytearray(self._regs or gdb.read_registers())
-            for num, v in self._dirty.items():
-                if num not in self._g_layout:
-                    continue
-                off, size = self._g_layout[num]
-                regs[off:off + size] = v.to_bytes(size, "little")
-            gdb.ok("G" + bytes(regs).hex())
-        else:
-            for num, v in self._dirty.items():
-                if num in self._g_layout:
-                    gdb.write_register(num, v, self._g_layout[num][1])
-        for num, v in self._dirty.items():   # FP/SIMD registers: never in the 'G' block
-            if num not in self._g_layout:
-                gdb.write_register(num, v, self._fp_sizes[num])
-        self._dirty.clear()
-        self._regs = None
-
-    def sysreg(self, name: str) -> int:
-        key = name.lower()
-        if key == "currentel":
-            return self.current_el << 2
-        if key not in self._sysregs:
-            num = self._regmap.get(_SYSREG_ALIASES.get(key, key), self._regmap.get(key))
-            if num is None:
-                raise UsageError(f"QEMU's gdbstub does not show the system register {name!r}")
-            with self.lock:
-                self._sysregs[key] = self._link().read_register(num[0])
-        return self._sysregs[key]
-
-    def set_sysreg(self, name: str, value: int) -> None:
-        """Only a write of the value already there is allowed: QEMU's gdbstub ignores system-register writes."""
-        if self.sysreg(name) != value & (1 << 64) - 1:
-            raise MachineError(f"QEMU's gdbstub cannot write {name} (it ignores system-register writes); "
-                               "set it from the firmware or the boot shim (firmware/qemu/shim.s)")
-
-    @property
-    def current_el(self) -> int:
-        return P.el(self.reg("cpsr"))
 
     # -- running ---------------------------------------------------------------------------
     def _install_panic_breakpoints(self) -> None:
@@ -291,7 +163,7 @@ class QemuCore:
             raise MachineError("QEMU did not stop when interrupted; it was killed") from None
 
     def run(self, begin: int, until: int, *, timeout_ms: int = 0, resumed: bool = False,
-            resumed_timed_out: bool = False) -> HostVector | None:
+            resumed_timed_out: tuple[bool, bool] = (False, False)) -> HostVector | None:
         """Run from ``begin`` until PC reaches ``until``; QEMU takes every exception on the way itself.
 
         Returns None at ``until``, HostVector when the host reached one of its vector entries, raises
@@ -411,3 +283,7 @@ class QemuCore:
 
     def call_symbol(self, name: str, *args: int) -> int:
         return self.call(self.symbols.get(name, 0), *args)
+
+    def unicorn_engine(self, feature: str):
+        raise MachineError(f"{feature} needs the lab's own core (it hooks Unicorn's every store or instruction; QEMU's "
+                           "gdbstub has no such hooks): use Lab() for it")

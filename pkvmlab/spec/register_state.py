@@ -56,7 +56,7 @@ def host_cpu(core) -> dict[str, int]:
     if _HOST_CPU is None:
         _HOST_CPU = _host_cpu_regs()
     names, ids, cp = _HOST_CPU
-    uc = core.uc
+    uc = core.unicorn_engine("the spec's register check")
     read = uc.reg_read
     with core.lock:   # one read each: unicorn's batch read is slower here
         out = {name: read(i) for name, i in zip(names, ids)}
