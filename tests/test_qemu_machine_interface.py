@@ -19,6 +19,7 @@ from test_qemu_differential import require_qemu
 from pkvmlab import Lab, MachineError
 from pkvmlab.arch import insn as I
 from pkvmlab.host import kernel_image as K
+from pkvmlab.inspect import walk
 from pkvmlab.machine.core import Core
 from pkvmlab.machine.interface import RAM_BASE, RAM_SIZE, HostVector, Machine, Registers
 from pkvmlab.machine.phys import PhysAccess
@@ -192,7 +193,8 @@ def test_debugger_calls_work_on_unicorn_and_say_use_lab_on_qemu(lab):
     core, host_image = lab.core, RAM_BASE + lab.hyp_size
     if lab.backend == "qemu":
         for call in (lambda: core.call_symbol("__debug_at_s12e1r", host_image),
-                     lambda: core.call(lab.fw.symbol("__debug_at_s12e1r"), host_image)):
+                     lambda: core.call(lab.fw.symbol("__debug_at_s12e1r"), host_image),
+                     lambda: walk.at(lab.hyp, host_image), lambda: walk.tlbi(lab.hyp)):
             with pytest.raises(MachineError) as ei:
                 call()
             one_line_use_lab(ei.value)
@@ -204,8 +206,8 @@ def test_debugger_calls_work_on_unicorn_and_say_use_lab_on_qemu(lab):
 
 def test_unicorns_engine_is_there_for_the_hooks_and_qemu_says_use_lab(lab):
     if lab.backend == "qemu":
-        for feature in (lambda: lab.core.unicorn_engine("lab.trace"), lab.checkpoint,
-                        lambda: lab.trace(lab.hyp_info)):
+        for feature in (lambda: lab.core.unicorn_engine("lab.trace"), lab.checkpoint, lab.undo,
+                        lambda: lab.history, lambda: lab.trace(lab.hyp_info)):
             with pytest.raises(MachineError) as ei:
                 feature()
             one_line_use_lab(ei.value)

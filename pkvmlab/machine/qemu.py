@@ -278,8 +278,8 @@ class QemuCore(QemuRegisters):
         return self.panic
 
     def call(self, addr: int, *args: int, timeout_ms: int = 1000) -> int:
-        raise MachineError("debugger calls into the firmware (the AT oracle) need the Unicorn core: QEMU's gdbstub "
-                           "cannot switch to EL2; use Lab() for lab.hyp.walk(..., check=True)")
+        raise MachineError("debugger calls into the firmware at EL2 (the CPU's AT answer: pkvmlab.inspect.walk.at, "
+                           "tlbi) need the lab's own core: QEMU's gdbstub cannot switch to EL2; use Lab() for them")
 
     def call_symbol(self, name: str, *args: int) -> int:
         return self.call(self.symbols.get(name, 0), *args)
