@@ -66,6 +66,14 @@ main:
 	.global	guest_fp_canary
 	.type	guest_fp_canary, %function
 guest_fp_canary:
+	/*
+	 * FP/SIMD on at EL1 (CPACR_EL1.FPEN = 0b11) before the first FP instruction below: a vCPU starts with
+	 * FPEN = 0, so a CPU traps that instruction to the guest's own EL1 vector (EC 0x07), as QEMU does.
+	 * Unicorn never checks FPEN (tests/test_qemu_backend.py pins that), which hid this on the lab's core.
+	 */
+	mov	x5, #(3 << 20)
+	msr	cpacr_el1, x5
+	isb
 	mov	x4, #TABLE
 	str	xzr, [x4]			/* touch the table's page: a faulting store's value reaches the host */
 	adrp	x0, canary_params
