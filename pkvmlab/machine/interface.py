@@ -4,7 +4,7 @@
 ``pkvmlab.lab``, the widgets) use of ``lab.core``.  Two classes implement all of it: the lab's own
 Unicorn core (``core.Core``) and QEMU driven over its gdbstub (``qemu.QemuCore``).  A member a backend
 cannot honour is still there and raises a one-line ``MachineError`` saying what to use instead
-(the README lists them, with why); ``tests/test_machine_interface.py`` checks both classes against
+(the README lists them, with why); ``tests/test_qemu_machine_interface.py`` checks both classes against
 this file, member by member, signatures included, and runs every member on both.
 
 ``HandVectored`` adds what the lab's own exception entry (``exceptions.py``, ``el1_faults.py``,
