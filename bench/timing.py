@@ -1,4 +1,4 @@
-"""Timing helpers every bench shares: best-of-rounds per-call times, cases interleaved, ratios within rounds.
+"""Timing helpers every bench shares: best-of-rounds per-call times, cases interleaved.
 
 Benches run as scripts (``bench/run_all.py``), so ``bench/`` is on ``sys.path`` and they
 ``from timing import ...``.  Nothing here passes or fails on time.
@@ -48,38 +48,17 @@ def best_interleaved(cases: dict, rounds: int = 7) -> dict[str, float]:
     return out
 
 
-def per_call_both(fn, n: int = 1) -> tuple[float, float]:
-    """Wall seconds and this thread's CPU seconds per call of ``fn``, over ``n`` calls.
-
-    Wall time is what a learner waits for; CPU time leaves out the spells a loaded machine deschedules us.
-    """
-    w, c = time.perf_counter(), time.thread_time()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - w) / n, (time.thread_time() - c) / n
-
-
-def rounds_interleaved(cases: dict, rounds: int) -> dict[str, list[tuple[float, float]]]:
-    """Every round, each ``name: fn`` in turn; ``fn()`` returns its (wall, CPU) seconds per call for that round.
-
-    Returns each case's samples, round by round, so a ratio can be taken within each round (``round_ratios``):
-    a slow spell of a busy machine then hits both sides of it alike.
-    """
+def rounds_interleaved(cases: dict, rounds: int) -> dict[str, list[float]]:
+    """Every round, each ``name: fn`` in turn (after one warm-up call each); ``fn()`` returns its own per-call seconds
+    for that round.  Returns each case's samples, round by round: the best of them, or their median, or a ratio
+    taken within each round, as the bench needs."""
     for fn in cases.values():
         fn()  # warm-up
-    out: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+    out: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
             out[name].append(fn())
     return out
-
-
-def round_ratios(xs: list[tuple[float, float]], units: list[tuple[float, float]], clock: int = 0) -> dict[str, float]:
-    """``x / unit`` from samples of the same rounds (``clock`` 0: wall, 1: CPU): the median of the per-round ratios,
-    their spread (min, max), and the ratio of the two best-ofs."""
-    rs = sorted(x[clock] / u[clock] for x, u in zip(xs, units, strict=True))
-    return {"median": statistics.median(rs), "min": rs[0], "max": rs[-1],
-            "best": min(x[clock] for x in xs) / min(u[clock] for u in units)}
 
 
 ROW = "README| "
