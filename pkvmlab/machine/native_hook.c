@@ -144,13 +144,18 @@ void pk_hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_da
 static int run_stub(uc_engine *uc, pk_state *st, uint64_t begin, uint64_t until, uint64_t timeout_us, uint64_t *regs,
 		    uint32_t n_in, uint32_t n_out)
 {
+	int ids[29];
+	void *vals[29];
 	uc_err err;
 	uint32_t i;
 
 	if (n_in > 29 || n_out > 29)
 		return 1;
-	for (i = 0; i < n_in; i++)
-		uc_reg_write(uc, UC_ARM64_REG_X0 + (int)i, &regs[i]);
+	for (i = 0; i < 29; i++) {
+		ids[i] = UC_ARM64_REG_X0 + (int)i;	/* x0..x28 are numbered in a row */
+		vals[i] = &regs[i];
+	}
+	uc_reg_write_batch(uc, ids, vals, (int)n_in);	/* one call into Unicorn, not one a register */
 	st->pending = 0;
 	st->error = 0;
 	err = uc_emu_start(uc, begin, until, timeout_us, 0);
@@ -159,8 +164,7 @@ static int run_stub(uc_engine *uc, pk_state *st, uint64_t begin, uint64_t until,
 		st->error = err;
 		return 1;
 	}
-	for (i = 0; i < n_out; i++)
-		uc_reg_read(uc, UC_ARM64_REG_X0 + (int)i, &regs[i]);
+	uc_reg_read_batch(uc, ids, vals, (int)n_out);
 	return 0;
 }
 
