@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from timing import per_call, ratio, readme_row, rounds_interleaved
+from timing import each_call, per_call, ratio, readme_row, rounds_interleaved
 
 from pkvmlab import Lab
 from pkvmlab.arch import insn as I
@@ -65,16 +65,6 @@ def guest_run_time(lab, guest: str, warm_steps: int) -> float:
     assert vm.powered_off, vm.exits[-3:]
     vm.teardown()
     return secs
-
-
-def each_call(fn, n: int) -> list[float]:
-    """Seconds of each of ``n`` calls of ``fn``, one by one."""
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def each_exit(lab, guest: str) -> list[float]:

@@ -18,6 +18,16 @@ def per_call(fn, n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
+def each_call(fn, n: int) -> list[float]:
+    """Seconds of each of ``n`` calls of ``fn``, one by one (their median leaves out a call the machine descheduled)."""
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
 def median_time(fn, n: int) -> float:
     """The median wall time of ``n`` calls of ``fn`` (for what a learner waits for once: a click, a step)."""
     out = []
