@@ -18,6 +18,16 @@ def per_call(fn, n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
+def each_call(fn, n: int) -> list[float]:
+    """Seconds of each of ``n`` calls of ``fn``, one by one (their median leaves out a call the machine descheduled)."""
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
 def median_time(fn, n: int) -> float:
     """The median wall time of ``n`` calls of ``fn`` (for what a learner waits for once: a click, a step)."""
     out = []
@@ -45,6 +55,19 @@ def best_interleaved(cases: dict, rounds: int = 7) -> dict[str, float]:
     for _ in range(rounds):
         for name, (fn, n) in cases.items():
             out[name] = min(out[name], per_call(fn, n))
+    return out
+
+
+def rounds_interleaved(cases: dict, rounds: int) -> dict[str, list[float]]:
+    """Every round, each ``name: fn`` in turn (after one warm-up call each); ``fn()`` returns its own per-call seconds
+    for that round.  Returns each case's samples, round by round: the best of them, or their median, or a ratio
+    taken within each round, as the bench needs."""
+    for fn in cases.values():
+        fn()  # warm-up
+    out: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            out[name].append(fn())
     return out
 
 

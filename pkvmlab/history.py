@@ -109,7 +109,7 @@ def set_core_state(core, state: dict) -> None:
 
 
 def native_state(core) -> bytes | None:
-    """The native hook's state block (``pk_state`` in native_hook.c), byte for byte."""
+    """The native hook's state block (``pk_state`` in native_hook.h), byte for byte."""
     import ctypes
 
     st = getattr(core.native, "_st", None)

@@ -124,3 +124,15 @@ def test_memory_map_names_the_hyp_carveout(lab: Lab):
     assert mm.region_of(lab.fw.symbol("hyp_pool")).name == "hyp image"
     assert mm.region_of(lab.host.image_base).name == "host kernel"
     assert "<table>" in mm._repr_html_() and "hyp pool" in repr(mm)
+
+
+def test_the_host_kernel_runs_with_linuxs_mmu_off_sctlr_el1_the_value_a_new_vcpu_gets():
+    """Host.setup() writes SCTLR_EL1 = INIT_SCTLR_EL1_MMU_OFF as Linux's head.S does, and hyp resets a vCPU's to the
+    same: a world switch to a guest that keeps it changes nothing in SCTLR_EL1 (a change flushes QEMU's whole TLB)."""
+    INIT_SCTLR_EL1_MMU_OFF = 0x3050_0800   # LSMAOE, nTLSMD, EIS, TSCXT, EOS (arch/arm64/include/asm/sysreg.h)
+    lab = Lab()
+    assert lab.core.sysreg("SCTLR_EL1") == INIT_SCTLR_EL1_MMU_OFF
+    vm = lab.host.create_vm(nr_vcpus=1, guest="uart_loop")
+    vm.step(budget=10**9)
+    assert lab.hyp.vcpu_registers(vm.handle, 0)["SCTLR_EL1"] == INIT_SCTLR_EL1_MMU_OFF
+    assert lab.core.sysreg("SCTLR_EL1") == INIT_SCTLR_EL1_MMU_OFF   # the host's again after the run

@@ -1,4 +1,4 @@
-"""Both load/store decoders (native_hook.c's decode_ldst and machine/decode.py) give the ARM ARM's Data Abort syndrome
+"""Both load/store decoders (native_abort.c's decode_ldst and machine/decode.py) give the ARM ARM's Data Abort syndrome
 for every form: ISV = 1 only for a single general-purpose register without writeback and not exclusive (ESR_ELx, ISS
 encoding for an exception from a Data Abort); then SAS, SSE, SRT, SF, AR are RES0 (issue 19, defect 2)."""
 

@@ -1,4 +1,4 @@
-"""A guest's stage-2 aborts are entered natively (native_hook.c) exactly as Python enters them (AT S12E1R/W)."""
+"""A guest's stage-2 aborts are entered natively (native_abort.c) exactly as Python enters them (AT S12E1R/W)."""
 
 import pytest
 

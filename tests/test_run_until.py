@@ -29,3 +29,20 @@ def test_a_stub_that_ran_under_another_stop_address_still_stops_at_its_end(nativ
     pfn = lab.host.alloc_pages()
     lab.host.write_u64(pfn << 12, 0x1234)
     assert lab.host.read(pfn << 12, 16) == (0x1234).to_bytes(8, "little") + bytes(8)
+
+
+def test_a_stub_end_the_native_path_remembers_is_dropped_again_after_another_run():
+    """The native host stubs drop the block before a stub's end once and remember it (native_hook.c: pk_stub_ends);
+    any other run forgets that, since its blocks may run through the stub's end."""
+    lab = Lab(native=True)
+    with pytest.raises(HostAccessFault):
+        lab.host.read(HYP_PAGE, 8)   # ELR_EL1 = the LOAD64 stub's ldr
+    pfn = lab.host.alloc_pages()
+    lab.host.write_u64(pfn << 12, 0x1234)
+    assert lab.host.read_u64(pfn << 12) == 0x1234   # the LOAD64 stub's end is remembered now
+    code = lab.host.alloc_pages() << 12
+    lab.core.phys.write(code, ERET.to_bytes(4, "little"))
+    lab.core.set_reg("x0", 0xED0)
+    assert isinstance(lab.core.run(code, code + 4), HostVector)   # the stub's ldr again, with another stop address
+    assert lab.host.read_u64(pfn << 12) == 0x1234
+    assert lab.host.read(pfn << 12, 16) == (0x1234).to_bytes(8, "little") + bytes(8)

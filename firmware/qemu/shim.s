@@ -21,6 +21,9 @@ _shim:
 	ldr	x6, [x9, #48]		// the firmware's entry point (_start)
 	msr	vbar_el1, x4
 	msr	sp_el1, x5
+	mov	x10, #0x0800
+	movk	x10, #0x3050, lsl #16
+	msr	sctlr_el1, x10		// Host.setup()'s SCTLR_EL1 = INIT_SCTLR_EL1_MMU_OFF (0x30500800)
 	mov	x10, #(3 << 20)
 	msr	cpacr_el1, x10		// FP/SIMD for the host: Host.setup()'s CPACR_EL1.FPEN
 	// The guest's "timer" on QEMU: QemuCore.set_budget() arms the EL1 virtual timer from

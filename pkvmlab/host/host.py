@@ -22,6 +22,8 @@ from pkvmlab.rows import Registers
 
 _ZEROS = [0] * 6
 CPACR_EL1_FPEN = 3 << 20   # FP/SIMD at EL0 and EL1 not trapped
+# Linux's INIT_SCTLR_EL1_MMU_OFF (arch/arm64/include/asm/sysreg.h, mainline): LSMAOE, nTLSMD, EIS, TSCXT, EOS
+INIT_SCTLR_EL1_MMU_OFF = (1 << 29) | (1 << 28) | (1 << 22) | (1 << 20) | (1 << 11)
 _BLOCK = struct.Struct("<8Q")   # the 64 bytes a LOAD_BLOCK / STORE_BLOCK stub moves in x1..x8
 
 
@@ -147,12 +149,16 @@ class Host:
 
     @serialised
     def setup(self) -> None:
-        """What the host kernel does first at EL1: point VBAR_EL1 at its vectors, set its stack, enable FP/SIMD.
+        """What the host kernel does first at EL1: a known SCTLR_EL1, VBAR_EL1 at its vectors, its stack, FP/SIMD on.
 
-        CPACR_EL1.FPEN = 0b11 as Linux's ``__cpu_setup`` (arch/arm64/mm/proc.S, mainline) sets it: without it
-        QEMU traps the host's first FP/SIMD instruction (EC 0x07); Unicorn never enforces FPEN
-        (tests/test_qemu_backend.py pins that).
+        SCTLR_EL1 = INIT_SCTLR_EL1_MMU_OFF, as Linux's ``init_kernel_el`` (arch/arm64/kernel/head.S, mainline) writes
+        it before anything else: the host's stage 1 stays off, and the value is the one hyp gives a new vCPU
+        (firmware/vcpu.c), so a world switch to a guest that keeps it finds nothing to change in SCTLR_EL1 (a change
+        makes QEMU flush its whole TLB, EL2's entries too: docs/design_notes.md).  CPACR_EL1.FPEN = 0b11 as Linux's
+        ``__cpu_setup`` (arch/arm64/mm/proc.S, mainline) sets it: without it QEMU traps the host's first FP/SIMD
+        instruction (EC 0x07); Unicorn never enforces FPEN (tests/test_qemu_backend.py pins that).
         """
+        self.core.set_sysreg("SCTLR_EL1", INIT_SCTLR_EL1_MMU_OFF)
         self.core.set_sysreg("VBAR_EL1", self.image_base + K.VECTORS)
         self.core.set_sysreg("CPACR_EL1", CPACR_EL1_FPEN)
         # At EL1h the live SP is SP_EL1; QEMU keeps it in SP itself, not in the banked copy.

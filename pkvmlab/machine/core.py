@@ -273,6 +273,8 @@ class Core(RunStops):
                     # Unicorn bakes the stop address into the code it translates: a block translated in a run
                     # with another stop address may run straight through this one (tests/test_run_until.py).
                     self.uc.ctl_remove_cache(until - 4, until)
+                    if self.native is not None:
+                        self.native.forget_stub_ends()   # and this run's blocks may reach a stub's end
                     self.uc.emu_start(pc, until)
                 except unicorn.UcError as e:
                     err = e

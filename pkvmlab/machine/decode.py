@@ -5,7 +5,7 @@ instruction itself, as the ARM ARM defines them (ESR_ELx, ISS encoding for an ex
 Abort: ISV is 1 only for a load or store of a single general-purpose register, Acquire/Release ones
 included, but not a Load/Store Exclusive and not one with writeback).  So ISV is 0 for every SIMD&FP
 load/store (``str d5``, ``ld1 {v5.16b}``: there is no general register to name), for pairs, for
-writeback forms, exclusives and atomics; then SAS, SSE, SRT, SF and AR are RES0.  native_hook.c's
+writeback forms, exclusives and atomics; then SAS, SSE, SRT, SF and AR are RES0.  native_abort.c's
 decode_ldst agrees form by form (tests/test_decode_forms.py).
 """
 

@@ -2,7 +2,8 @@
 
 A Python ``UC_HOOK_INTR`` callback plus ``reg_read``/``reg_write`` per register cost ~60 us per
 hypercall; ``native_hook.c`` does the same exception entry inside Unicorn and runs a whole hypercall
-in one call.  It is compiled with ``python -m ziglang cc`` against the unicorn wheel's own headers
+in one call (``native_abort.c`` enters a guest's stage-2 abort the same way).  It is compiled with
+``python -m ziglang cc`` against the unicorn wheel's own headers
 and ``libunicorn.so.2``, cached under a hash of the source, compiler and unicorn versions, and its
 hook is registered through the binding's own loaded library.  If it cannot be built, ``Core``
 keeps its pure-Python hook (``Core(native=True)`` makes that an error instead).
@@ -25,9 +26,9 @@ from unicorn.unicorn_py3 import unicorn as _binding
 from pkvmlab.errors import MachineError
 from pkvmlab.progress import step
 
-SOURCE = Path(__file__).with_name("native_hook.c")
-# uc_ctl(uc, UC_CTL_WRITE(UC_CTL_TB_REMOVE_CACHE, 2), lbound, ubound), as the binding's ctl_remove_cache encodes it
-_REMOVE_CACHE = (unicorn.unicorn_const.UC_CTL_IO_WRITE << 30) | (2 << 26) | unicorn.unicorn_const.UC_CTL_TB_REMOVE_CACHE
+SOURCE = Path(__file__).with_name("native_hook.c")           # the hook plumbing and the one-call host stub
+ABORT_SOURCE = Path(__file__).with_name("native_abort.c")    # a guest's stage-2 abort: decode and walk
+HEADER = Path(__file__).with_name("native_hook.h")           # what the two share
 CFLAGS = ("-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror")
 LIB_NAME = "libpkvmlab_native" + (".dylib" if sys.platform == "darwin" else ".so")
 
@@ -37,7 +38,7 @@ _loaded: dict[Path, ctypes.CDLL] = {}
 
 
 class _State(ctypes.Structure):
-    """``pk_state`` in native_hook.c: the native HVC count and the pending event."""
+    """``pk_state`` in native_hook.h: the native HVC count and the pending event."""
 
     _fields_ = [("hvc_count", ctypes.c_uint64), ("pending", ctypes.c_uint32), ("intno", ctypes.c_uint32),
                 ("el", ctypes.c_uint64), ("pstate", ctypes.c_uint64), ("error", ctypes.c_uint64),
@@ -45,6 +46,12 @@ class _State(ctypes.Structure):
                 ("budget", ctypes.c_uint64), ("executed", ctypes.c_uint64), ("preempted_at", ctypes.c_uint64),
                 ("stage2_abort_count", ctypes.c_uint64), ("hpfar", ctypes.c_uint64), ("guest_abort_count", ctypes.c_uint64),
                 ("guest_timed_out", ctypes.c_uint64), ("guest_timeout_pc", ctypes.c_uint64)]
+
+
+class _StubEnds(ctypes.Structure):
+    """``pk_stub_ends`` in native_hook.c: the stub ends whose last block is known to stop there."""
+
+    _fields_ = [("n", ctypes.c_uint64), ("until", ctypes.c_uint64 * 16)]
 
 
 def _unicorn_lib() -> Path:
@@ -62,27 +69,28 @@ def library_path() -> Path:
     """Where the built library is cached: keyed by the C source, compiler, flags and libunicorn."""
     from pkvmlab.firmware.build import cache_dir
 
-    h = hashlib.sha256(SOURCE.read_bytes())
+    h = hashlib.sha256(b"".join(f.read_bytes() for f in (SOURCE, ABORT_SOURCE, HEADER)))
     for part in (_zig_version(), unicorn.__version__, " ".join(CFLAGS), str(_unicorn_lib())):
         h.update(b"\0" + part.encode())
     return cache_dir() / "native" / h.hexdigest()[:16] / LIB_NAME
 
 
 def build(*, force: bool = False) -> Path:
-    """Compile native_hook.c (or find it in the cache); raises MachineError with the compiler's message."""
+    """Compile native_hook.c and native_abort.c (or find them in the cache); MachineError with the compiler's words."""
     global builds
     out = library_path()
     if out.is_file() and not force:
         return out
     try:
-        compile_against_unicorn(SOURCE, CFLAGS, out, f"the native hook ({SOURCE.name})")
+        compile_against_unicorn((SOURCE, ABORT_SOURCE), CFLAGS, out, f"the native hook ({SOURCE.name})")
     finally:
         builds += 1
     return out
 
 
-def compile_against_unicorn(source: Path, cflags: tuple[str, ...], out: Path, what: str) -> None:
-    """Build ``source`` into the shared library ``out`` with zig cc, linked to the binding's own libunicorn.
+def compile_against_unicorn(source: Path | tuple[Path, ...], cflags: tuple[str, ...], out: Path, what: str) -> None:
+    """Build ``source`` (one C file or several) into the shared library ``out`` with zig cc, linked to the binding's
+    own libunicorn.  Headers beside the sources (``native_hook.h``) are found from this package's directory.
 
     Written atomically: a concurrent process sees the old file or the new one.  MachineError with the
     compiler's words if it fails.
@@ -98,8 +106,9 @@ def compile_against_unicorn(source: Path, cflags: tuple[str, ...], out: Path, wh
     env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=zig_cache, ZIG_LOCAL_CACHE_DIR=zig_cache)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_lib = Path(tmp) / out.name
-        cmd = [sys.executable, "-m", "ziglang", "cc", *cflags, f"-I{include}", "-o", str(tmp_lib), str(source),
-               str(lib), f"-Wl,-rpath,{lib.parent}"]
+        sources = (source,) if isinstance(source, Path) else source
+        cmd = [sys.executable, "-m", "ziglang", "cc", *cflags, f"-I{include}", f"-I{HEADER.parent}", "-o", str(tmp_lib),
+               *map(str, sources), str(lib), f"-Wl,-rpath,{lib.parent}"]
         with step(f"compiling {what} with zig cc", first_use=True):
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not tmp_lib.is_file():
@@ -125,8 +134,8 @@ def load() -> ctypes.CDLL:
     lib.pk_hvc.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
                            ctypes.c_void_p)
     lib.pk_call.restype = ctypes.c_int
-    lib.pk_call.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
-                            ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+    lib.pk_call.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
+                            ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
     lib.pk_decode.restype = ctypes.c_int
     lib.pk_decode.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
     _loaded[path] = lib
@@ -183,8 +192,8 @@ class Native:
         self._pk_call = lib.pk_call
         self._stub_regs = (ctypes.c_uint64 * 16)()
         self._stub_regs_addr = ctypes.addressof(self._stub_regs)
-        self._uc_ctl = _binding.uclib.uc_ctl
-        self._stub_ends: dict[int, tuple] = {}   # until -> uc_ctl's (lbound, ubound) of the block before it
+        self._ends = _StubEnds()
+        self._ends_addr = ctypes.addressof(self._ends)
         handle = _binding.uc_hook_h()
         status = _binding.uclib.uc_hook_add(core.uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_INTR,
                                             ctypes.cast(lib.pk_hook_intr, ctypes.c_void_p),
@@ -219,12 +228,17 @@ class Native:
         return out
 
     def decode(self, insn: int) -> dict | None:
-        """native_hook.c's decode_ldst of one instruction word (registers as the core has them): its access in the
+        """native_abort.c's decode_ldst of one instruction word (registers as the core has them): its access in the
         ESR's terms, or None when it leaves the instruction to Python's decoder (machine/decode.py)."""
         out = (ctypes.c_uint64 * 7)()
         if not self._lib.pk_decode(self._uch, insn, ctypes.addressof(out)):
             return None
         return dict(zip(("va", "size", "write", "isv", "srt", "sf", "sse"), out))
+
+    def forget_stub_ends(self) -> None:
+        """Another run is about to start (Core.run's own ``emu_start``): the blocks it translates may reach a stub's
+        end without stopping there, so pk_call drops the block before each stub's end again (native_hook.c)."""
+        self._ends.n = 0
 
     def request_stop(self) -> None:
         self._st.stop_requested = 1
@@ -295,6 +309,7 @@ class Native:
         self._core._event = None
         self._uc._hook_exception = None
         if self._pk_hvc(self._uch, self._st_addr, begin, until, timeout_ms * 1000, self._regs_addr):
+            self._ends.n = 0   # it stopped somewhere else: what ran there may have reached a stub's end
             return None
         return r[0], r[1], r[2], r[3]
 
@@ -303,22 +318,18 @@ class Native:
                   timeout_ms: int = 0) -> list[int] | None:
         """Like ``hvc()`` for any host stub: x0.. = ``regs`` (at most 16), run [begin, until), return x0..x(n_out-1).
 
-        As ``Core.run`` does, the translated block of the stub's last instruction is dropped first: one translated
-        in a run with another stop address (an ERET into the stub after a fault) would run straight through its
-        end (tests/test_run_until.py).  Through ``uc_ctl`` directly: the binding's ``ctl_remove_cache`` costs
-        ~1.6 us, more than the retranslation.
+        As ``Core.run`` does, the translated block of the stub's last instruction is dropped first, but only when it
+        may have been translated in a run with another stop address (an ERET into the stub after a fault would run
+        straight through its end: tests/test_run_until.py); pk_call remembers the ends it dropped until another run
+        (native_hook.c: ``pk_stub_ends``).
         """
-        bounds = self._stub_ends.get(until)
-        if bounds is None:
-            bounds = self._stub_ends[until] = (ctypes.c_uint64(until - 4), ctypes.c_uint64(until))
-        self._uc_ctl(self._uc._uch, _REMOVE_CACHE, *bounds)
         r = self._stub_regs
         r[:len(regs)] = regs
         self._st.guest_timed_out = 0
         self._core._event = None
         self._uc._hook_exception = None
-        if self._pk_call(self._uch, self._st_addr, begin, until, timeout_ms * 1000, self._stub_regs_addr,
-                         len(regs), n_out):
+        if self._pk_call(self._uch, self._st_addr, self._ends_addr, begin, until, timeout_ms * 1000,
+                         self._stub_regs_addr, len(regs), n_out):
             return None
         return r[:n_out]
 
