@@ -225,13 +225,17 @@ static void set_range(struct pgt_update *u, kvm_pte_t *table, u32 level, u64 add
 
 /*
  * Stage 2: TLBI VMALLS12E1IS invalidates the VMID in VTTBR_EL2, so a change to a
- * guest's table is flushed with that guest's VMID loaded for the moment (as
- * upstream's __kvm_tlb_flush_vmid does), then the host's VTTBR is put back.
+ * stage-2 is flushed with that table's VMID loaded for the moment, then the
+ * VTTBR that was there is put back -- the guest's or the host's: a guest's
+ * MEM_UNSHARE changes the host's stage-2 while the guest's VMID is loaded.
+ * Upstream: enter_vmid_context()/exit_vmid_context() in nvhe/tlb.c (mainline;
+ * Will Deacon's patch replacing __tlb_switch_to_{guest,host}() so that "both
+ * guest and host VMID invalidations" can be "issued from guest context").
  */
 static __attribute__((noinline)) void tlb_flush(struct kvm_pgtable *pgt, u64 addr, u64 size)
 {
 	dsb(ishst);
-	if (pgt->stage2 && pgt->vmid) {
+	if (pgt->stage2) {
 		u64 vttbr = read_sysreg(vttbr_el2);
 
 		write_sysreg(hyp_pa(pgt->pgd) | (pgt->vmid << VTTBR_VMID_SHIFT), vttbr_el2);
@@ -239,8 +243,6 @@ static __attribute__((noinline)) void tlb_flush(struct kvm_pgtable *pgt, u64 add
 		asm volatile("tlbi vmalls12e1is" : : : "memory");
 		dsb(ish);
 		write_sysreg(vttbr, vttbr_el2);
-	} else if (pgt->stage2) {
-		asm volatile("tlbi vmalls12e1is" : : : "memory");
 	} else if (size <= TLBI_VA_MAX_PAGES * PAGE_SIZE) {
 		for (u64 va = addr; va < addr + size; va += PAGE_SIZE)
 			asm volatile("tlbi vae2is, %0" : : "r"(va >> PAGE_SHIFT) : "memory");

@@ -86,7 +86,12 @@ def _load() -> ctypes.CDLL | None:
                 ("pk_journal_size", U64, (P,)), ("pk_journal_stores", U64, (P,)), ("pk_journal_nomem", ctypes.c_int, (P,)),
                 ("pk_trace_new", P, (U64, U64, U64, U64, U64)), ("pk_trace_free", None, (P,)),
                 ("pk_trace_regs", P, (P, ctypes.POINTER(U64))), ("pk_trace_writes", P, (P, ctypes.POINTER(U64))),
-                ("pk_trace_overflow", ctypes.c_int, (P,))):
+                ("pk_trace_overflow", ctypes.c_int, (P,)),
+                ("pk_s2log_new", P, (U64, U64, U64, U64)), ("pk_s2log_free", None, (P,)),
+                ("pk_s2log_watch", None, (P, P, U64, ctypes.c_uint32, ctypes.c_uint32)),
+                ("pk_s2log_unwatch", None, (P, P, U64)), ("pk_s2log_watched", ctypes.c_int, (P, U64)),
+                ("pk_s2log_events", P, (P, ctypes.POINTER(U64))), ("pk_s2log_clear", None, (P,)),
+                ("pk_s2log_overflow", ctypes.c_int, (P,))):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
         _lib = lib
