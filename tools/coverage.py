@@ -43,7 +43,8 @@ def describe(cov: Coverage, title: str, *, verbose: bool) -> str:
     missed = unreached(cov)
     out = [f"== {title} ({cov.runs} process file(s)) ==", cov.summary(), "",
            f"hypercall handlers and their helpers: {sum(1 for v in h.values() if v)} of {len(h)} lines "
-           f"({percent(sum(1 for v in h.values() if v), len(h)):.1f}%); without panic-only and defensive lines: "
+           f"({percent(sum(1 for v in h.values() if v), len(h)):.1f}%); without the lines only a hypervisor bug reaches "
+           "(panic paths, unexpected vectors), the defensive ones and out-of-line copies nobody calls: "
            f"{_without_reasoned(cov, h, missed)}",
            f"error returns (return -E...): {sum(1 for e in returns if e.reached)} reached, "
            f"{sum(1 for e in returns if e.reached is False)} not, {sum(1 for e in returns if e.reached is None)} "
@@ -89,8 +90,9 @@ def _reason_counts(missed: list) -> dict[str, int]:
 
 
 def _without_reasoned(cov: Coverage, h: dict, missed: list) -> str:
-    """Handler and helper lines run, leaving out the lines never run that only a hypervisor bug reaches
-    (panic paths) and the allowlisted defensive ones (``DEFENSIVE`` in pkvmlab/inspect/error_paths.py)."""
+    """Handler and helper lines run, leaving out the lines never run that have a reason: only a hypervisor bug
+    reaches them (panic paths, unexpected vectors), they are allowlisted defensive code (``DEFENSIVE`` in
+    pkvmlab/inspect/error_paths.py), or the out-of-line copy of a function every caller inlines."""
     reasoned = {(m.file, m.line) for m in missed if m.reason}
     names = {f.path: f.name for f in cov.files.values()}
     keep = {k: v for k, v in h.items() if (names[k[0]], k[1]) not in reasoned}

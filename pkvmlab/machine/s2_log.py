@@ -48,6 +48,7 @@ class S2Log:
         if on_entry is not None:
             pc, fn = on_entry
             self._py_hooks.append(core.uc.hook_add(unicorn.UC_HOOK_CODE, lambda *_: fn(), begin=pc, end=pc))
+        core.__dict__.setdefault("_s2_logs", []).append(self)   # the native hooks use it: it lives as long as the core
         ctx = core.uc.context_save()   # retranslating at EL1 may write HPFAR_EL2: keep the CPU state out of it
         core.uc.ctl_flush_tb()         # code hooks are compiled into translated blocks: retranslate with them
         flush_tlb(core)                # and stores must take the hooked path
@@ -75,6 +76,15 @@ class S2Log:
         self._lib.pk_s2log_clear(self._l)
         return out
 
+    def __del__(self):
+        # Unreachable only with its core (which holds it until close()): nothing runs its hooks again.
+        try:
+            if self._l is not None:
+                self._lib.pk_s2log_free(self._l)
+                self._l = None
+        except Exception:
+            pass
+
     def close(self) -> None:
         if self._l is None:
             return
@@ -88,3 +98,4 @@ class S2Log:
         core.uc.context_restore(ctx)
         self._lib.pk_s2log_free(self._l)
         self._l = None
+        core.__dict__.get("_s2_logs", []).remove(self)
