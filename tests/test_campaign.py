@@ -90,6 +90,7 @@ def test_which_oracle_caught_it_is_named():
     assert oracle_of("MachineError: the hypervisor has panicked; this machine is dead: ...") == "hyp panic"
     assert oracle_of("AssertionError: TLB maintenance:\nbreak-before-make: ...") == "invariant: TLB maintenance"
     assert oracle_of("AssertionError: hyp owns pages it cannot account for: ...") == "invariant"
+    assert oracle_of("HostAccessFault: host read of 8 bytes at 0x40809418 faulted: ...") == "host fault"
 
 
 def test_a_failure_shrinks_to_a_reproducer_of_host_calls(tmp_path, tally):
