@@ -7,17 +7,12 @@ on made-up event sequences.
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from pkvmlab import Lab, mutants
 from pkvmlab.firmware import load_firmware
 from pkvmlab.inspect.tlb_maintenance import TlbMaintenance, judge
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def exercise(lab: Lab, t: TlbMaintenance) -> list:
@@ -49,17 +44,25 @@ def test_the_correct_firmware_breaks_before_it_makes_and_invalidates_every_chang
     assert t.calls > 10 and t.stores > 20   # it did watch: stores into the host's and the guest's tables
 
 
+# pgtable.c's tlb_flush() as it was before the fix (main at 7cc79e8): only a guest's table loaded its VMID; a
+# host stage-2 change was invalidated under whatever VMID VTTBR_EL2 held.
+BEFORE_THE_FIX = ("--- a/pgtable.c\n+++ b/pgtable.c\n@@ -238,1 +238,1 @@\n"
+                  "-\tif (pgt->stage2) {\n"
+                  "+\tif (pgt->stage2 && pgt->vmid) {\n"
+                  "@@ -245,2 +245,4 @@\n"
+                  " \t\twrite_sysreg(vttbr, vttbr_el2);\n"
+                  "+\t} else if (pgt->stage2) {\n"
+                  "+\t\tasm volatile(\"tlbi vmalls12e1is\" : : : \"memory\");\n"
+                  " \t} else if (size <= TLBI_VA_MAX_PAGES * PAGE_SIZE) {\n")
+
+
 @pytest.fixture(scope="module")
 def main_firmware(tmp_path_factory):
-    """pgtable.c as it was before the fix (commit 7cc79e8): a host stage-2 flush ran under whatever VMID was loaded."""
-    dst = tmp_path_factory.mktemp("before") / "firmware"
     from pkvmlab.firmware.build import copy_firmware
 
+    dst = tmp_path_factory.mktemp("before") / "firmware"
     copy_firmware(dst, overwrite=True)
-    old = subprocess.run(["git", "show", "7cc79e8:firmware/pgtable.c"], cwd=ROOT, capture_output=True, text=True)
-    if old.returncode:
-        pytest.skip("no git history here to build the old pgtable.c from")
-    (dst / "pgtable.c").write_text(old.stdout)
+    mutants.apply_patch(BEFORE_THE_FIX, dst)
     return load_firmware(dst)
 
 
