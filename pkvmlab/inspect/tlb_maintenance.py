@@ -12,13 +12,14 @@ against three rules:
    flag and software bits (another output address, a block becoming a table or the reverse, other memory
    attributes) -- neither directly nor through an invalid entry with no TLBI of its VMID in between.
    Upstream: ``stage2_try_break_pte()`` (invalidate, then ``__kvm_tlb_flush_vmid_ipa``) before
-   ``stage2_make_pte()`` in arch/arm64/kvm/hyp/pgtable.c (mainline); the v1 series (May 2022) had the same
-   order in ``stage2_map_walker_try_leaf()`` through ``stage2_put_pte()``.
+   ``stage2_make_pte()`` in arch/arm64/kvm/hyp/pgtable.c (mainline); the 2022 trees had the same order in
+   ``stage2_put_pte()`` ("Clear the existing PTE, and perform break-before-make with TLB maintenance if it
+   was valid": ``kvm_clear_pte()`` then ``__kvm_tlb_flush_vmid_ipa``).
 2. **Invalidate after a change**: an entry that was valid and changed (in more than its software bits) is
    followed, before the call returns to the host, by a TLBI that covers its VMID.
 3. **A torn-down VM's VMID is invalidated**: if its entries are cleared in a call that removes it, a TLBI of
-   its VMID runs in that call (pKVM's ``__pkvm_teardown_shadow``: "Ensure the VMID is clean before it can be
-   reallocated", the v1 series' nvhe/pkvm.c).
+   its VMID runs in that call (pKVM's ``__pkvm_teardown_shadow`` in the 2022 trees' nvhe/pkvm.c, and mainline's
+   ``__pkvm_teardown_vm``: "Ensure the VMID is clean before it can be reallocated", ``__kvm_tlb_flush_vmid``).
 
 A TLBI covers a stage-2 entry of VMID v when it is ``VMALLS12E1(IS)`` run with VMID v in VTTBR_EL2, or
 ``ALLE1(IS)``.  ``IPAS2E1(IS)`` alone is not counted: it leaves combined stage-1-and-2 entries (ARM ARM), and
