@@ -98,6 +98,11 @@ class TlbMaintenance:
                                                       "kvm.arch.mmu.vmid.id", "kvm.arch.pkvm.shadow_handle")}
         self._slots = hyp.read_global("kvm_max_pvms", 4)
         self._table_ptr = fw.symbol("shadow_table")
+        # The shadow table changes only when these do (a VM made or torn down): read them, not the table, per call.
+        self._table_gen = (fw.symbol("nr_shadow_entries"), fw.symbol("next_shadow_alloc"))
+        self._gen = None
+        uc = getattr(self._phys, "_uc", None)   # the engine's own read: this runs on every host call
+        self._read = uc.mem_read if uc is not None else self._phys.read
         self.violations: list[Violation] = []
         self.calls = 0                 # host calls judged
         self.stores = 0                # table stores judged
@@ -110,7 +115,7 @@ class TlbMaintenance:
 
     # -- roots ------------------------------------------------------------------------------------
     def _u(self, pa: int, size: int = 8) -> int:
-        return int.from_bytes(self._phys.read(pa, size), "little")
+        return int.from_bytes(self._read(pa, size), "little")
 
     def _roots_now(self) -> dict[tuple[int, int], tuple[str, int, int]]:
         """(pgd, VMID) -> (whose, ia_bits, start level) of the host's stage-2 and every VM's in the shadow table."""
@@ -120,7 +125,7 @@ class TlbMaintenance:
         if not table:
             return out
         f = self._vm_f
-        for slot in np.frombuffer(self._phys.read(table, 8 * self._slots), np.uint64):
+        for slot in np.frombuffer(self._read(table, 8 * self._slots), np.uint64):
             vm = int(slot)
             if not vm:
                 continue
@@ -133,6 +138,10 @@ class TlbMaintenance:
 
     def _refresh_roots(self) -> set[int]:
         """Watch new roots, stop watching gone ones; returns the tags that are gone."""
+        gen = (self._u(self._table_gen[0], 4), self._u(self._table_gen[1], 4))
+        if gen == self._gen:
+            return set()
+        self._gen = gen
         now = self._roots_now()
         gone = {t for root, t in self._by_root.items() if root not in now}
         for t in gone:
@@ -164,7 +173,7 @@ class TlbMaintenance:
 
     def _judge_call(self) -> None:
         ev = self.log.take()
-        tags = dict(self._tags)
+        tags = dict(self._tags) if len(ev) else self._tags
         gone = self._refresh_roots()
         if len(ev):
             self.calls += 1
