@@ -224,13 +224,11 @@ static void set_range(struct pgt_update *u, kvm_pte_t *table, u32 level, u64 add
 #define TLBI_VA_MAX_PAGES	16
 
 /*
- * Stage 2: TLBI VMALLS12E1IS invalidates the VMID in VTTBR_EL2, so a change to a
- * stage-2 is flushed with that table's VMID loaded for the moment, then the
- * VTTBR that was there is put back -- the guest's or the host's: a guest's
- * MEM_UNSHARE changes the host's stage-2 while the guest's VMID is loaded.
- * Upstream: enter_vmid_context()/exit_vmid_context() in nvhe/tlb.c (mainline;
- * Will Deacon's patch replacing __tlb_switch_to_{guest,host}() so that "both
- * guest and host VMID invalidations" can be "issued from guest context").
+ * Stage 2: TLBI VMALLS12E1IS invalidates the VMID in VTTBR_EL2, so a stage-2
+ * change is flushed with that table's VMID loaded, then the VTTBR that was there
+ * is put back: a guest's MEM_UNSHARE changes the host's stage-2 under the guest's
+ * VMID.  Upstream: enter_vmid_context()/exit_vmid_context() in nvhe/tlb.c (mainline:
+ * "both guest and host VMID invalidations issued from guest context").
  */
 static __attribute__((noinline)) void tlb_flush(struct kvm_pgtable *pgt, u64 addr, u64 size)
 {

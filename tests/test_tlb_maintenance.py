@@ -46,10 +46,10 @@ def test_the_correct_firmware_breaks_before_it_makes_and_invalidates_every_chang
 
 # pgtable.c's tlb_flush() as it was before the fix (main at 7cc79e8): only a guest's table loaded its VMID; a
 # host stage-2 change was invalidated under whatever VMID VTTBR_EL2 held.
-BEFORE_THE_FIX = ("--- a/pgtable.c\n+++ b/pgtable.c\n@@ -238,1 +238,1 @@\n"
+BEFORE_THE_FIX = ("--- a/pgtable.c\n+++ b/pgtable.c\n@@ -236,1 +236,1 @@\n"
                   "-\tif (pgt->stage2) {\n"
                   "+\tif (pgt->stage2 && pgt->vmid) {\n"
-                  "@@ -245,2 +245,4 @@\n"
+                  "@@ -243,2 +243,4 @@\n"
                   " \t\twrite_sysreg(vttbr, vttbr_el2);\n"
                   "+\t} else if (pgt->stage2) {\n"
                   "+\t\tasm volatile(\"tlbi vmalls12e1is\" : : : \"memory\");\n"
