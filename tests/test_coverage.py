@@ -384,3 +384,17 @@ def test_a_guests_reads_of_five_more_id_registers_trap_and_show_only_features_th
     f = cov.file("sys_regs.c")
     for reg in ("id_aa64pfr1_el1", "id_aa64isar0_el1", "id_aa64isar1_el1", "id_aa64mmfr1_el1", "s3_0_c0_c7_2"):
         assert f.hits[_line_of("sys_regs.c", "pvm_read_id_reg", f"read_sysreg({reg})")] >= 1, reg
+
+
+def test_the_reports_index_lists_every_line_never_run_with_its_reason(measured):
+    from html import escape
+
+    from pkvmlab.viz.coverage import reasons_section
+
+    cov = Coverage(measured[1].copy())
+    missed = unreached(cov)
+    errs = [e for e in error_paths(cov) if e.is_return and e.reached is not True]
+    html = reasons_section(missed, errs)
+    assert html.count("<tr>") == len(missed) + len(errs) + 2   # a header row each
+    assert all(escape(m.reason) in html for m in missed if m.reason)
+    assert "no reason known" in html or all(m.reason for m in missed)
