@@ -28,6 +28,7 @@ from unicorn.unicorn_py3 import unicorn as _binding
 from pkvmlab.errors import MachineError, UsageError
 
 SOURCE = Path(__file__).with_name("recorder.c")
+INCLUDED = (Path(__file__).with_name("s2_log.c"),)   # #included by recorder.c: part of the build's hash
 CFLAGS = ("-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter")
 LIB_NAME = "libpkvmlab_recorder" + (".dylib" if sys.platform == "darwin" else ".so")
 PAGE = 4096
@@ -46,7 +47,7 @@ def library_path() -> Path:
     from pkvmlab.firmware.build import _zig_version, cache_dir
     from pkvmlab.machine.native import _unicorn_lib
 
-    h = hashlib.sha256(SOURCE.read_bytes())
+    h = hashlib.sha256(SOURCE.read_bytes() + b"".join(p.read_bytes() for p in INCLUDED))
     for part in (_zig_version(), unicorn.__version__, " ".join(CFLAGS), str(_unicorn_lib())):
         h.update(b"\0" + part.encode())
     return cache_dir() / "recorder" / h.hexdigest()[:16] / LIB_NAME
