@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python bench/bench_mutants.py`` (``make bench`` runs it; ``--workers N``, default 2).
 Per mutant: the seeds that caught it, the median steps to catch, which oracle caught it
-(``pkvmlab.campaign.score.oracle_of``: spec, spec: host access, spec: registers, canary, invariant, hyp panic)
+(``pkvmlab.campaign.score.oracle_of``: spec, spec: host access, spec: mappings (AT), spec: registers, canary,
+invariant, invariant: TLB maintenance, hyp panic, host fault: the host model's own access faulted)
 and the bug in words.  A patch that no longer applies to the firmware is listed as such, not scored.
 Prints the table as text, then as Markdown (README), then a README row.  Nothing here passes or fails: the
 test that holds CI to it is ``tests/test_campaign.py``.

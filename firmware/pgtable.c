@@ -224,14 +224,16 @@ static void set_range(struct pgt_update *u, kvm_pte_t *table, u32 level, u64 add
 #define TLBI_VA_MAX_PAGES	16
 
 /*
- * Stage 2: TLBI VMALLS12E1IS invalidates the VMID in VTTBR_EL2, so a change to a
- * guest's table is flushed with that guest's VMID loaded for the moment (as
- * upstream's __kvm_tlb_flush_vmid does), then the host's VTTBR is put back.
+ * Stage 2: TLBI VMALLS12E1IS invalidates the VMID in VTTBR_EL2, so a stage-2
+ * change is flushed with that table's VMID loaded, then the VTTBR that was there
+ * is put back: a guest's MEM_UNSHARE changes the host's stage-2 under the guest's
+ * VMID.  Upstream: enter_vmid_context()/exit_vmid_context() in nvhe/tlb.c (mainline:
+ * "both guest and host VMID invalidations issued from guest context").
  */
 static __attribute__((noinline)) void tlb_flush(struct kvm_pgtable *pgt, u64 addr, u64 size)
 {
 	dsb(ishst);
-	if (pgt->stage2 && pgt->vmid) {
+	if (pgt->stage2) {
 		u64 vttbr = read_sysreg(vttbr_el2);
 
 		write_sysreg(hyp_pa(pgt->pgd) | (pgt->vmid << VTTBR_VMID_SHIFT), vttbr_el2);
@@ -239,8 +241,6 @@ static __attribute__((noinline)) void tlb_flush(struct kvm_pgtable *pgt, u64 add
 		asm volatile("tlbi vmalls12e1is" : : : "memory");
 		dsb(ish);
 		write_sysreg(vttbr, vttbr_el2);
-	} else if (pgt->stage2) {
-		asm volatile("tlbi vmalls12e1is" : : : "memory");
 	} else if (size <= TLBI_VA_MAX_PAGES * PAGE_SIZE) {
 		for (u64 va = addr; va < addr + size; va += PAGE_SIZE)
 			asm volatile("tlbi vae2is, %0" : : "r"(va >> PAGE_SHIFT) : "memory");

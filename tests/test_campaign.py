@@ -21,6 +21,7 @@ SEEDED = ("29_memcache_refill_keeps_host_count",   # host-visible memory (the sp
           "12_map_guest_overwrites_gfn",           # a guest call
           "22_fpcr_not_restored",                  # register privacy
           "05_missing_host_tlbi",                  # TLB maintenance
+          "38_break_without_tlbi",                 # break-before-make (seen only by the TLB-maintenance invariant)
           "36_guest_share_maps_host_read_only",    # a mapping only the CPU's AT shows
           "13_unshare_ignores_pins")               # a host call
 
@@ -87,6 +88,9 @@ def test_which_oracle_caught_it_is_named():
     assert oracle_of("SpecMismatch: canary scan() ...") == "canary"
     assert oracle_of("HypPanic: hyp panicked at ...") == "hyp panic"
     assert oracle_of("MachineError: the hypervisor has panicked; this machine is dead: ...") == "hyp panic"
+    assert oracle_of("AssertionError: TLB maintenance:\nbreak-before-make: ...") == "invariant: TLB maintenance"
+    assert oracle_of("AssertionError: hyp owns pages it cannot account for: ...") == "invariant"
+    assert oracle_of("HostAccessFault: host read of 8 bytes at 0x40809418 faulted: ...") == "host fault"
 
 
 def test_a_failure_shrinks_to_a_reproducer_of_host_calls(tmp_path, tally):

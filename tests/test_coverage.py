@@ -204,13 +204,30 @@ def test_every_defensive_allowlist_entry_names_code_lines_of_its_function(measur
     from pkvmlab.inspect.error_paths import DEFENSIVE, c_function, defensive_reason
 
     cov = Coverage(measured[1].copy())
+    errs = error_paths(cov)
     for file, func, needle, why in DEFENSIVE:
         f = cov.file(file)
         hit = [n for n in f.hits if c_function(f.source, n) == func and needle in f.text(n)]
-        assert hit, (file, func, needle)
+        assert hit or any(e.file == file and e.defensive == why for e in errs), (file, func, needle)
         assert all(defensive_reason(f, n) == why for n in hit)
     f = cov.file("hyp-main.c")
     assert defensive_reason(f, _line_of("hyp-main.c", "handle_host_smc", "SMCCC_RET_NOT_SUPPORTED")) == ""
+
+
+def test_every_witness_names_a_test_that_exists_and_an_error_line_the_code_cannot_show():
+    """Each WITNESSES entry names a test function in its file, and an errno line of its C function (or that line's
+    guard) that the -O2 code cannot show reached: a stale entry after an edit of the firmware or the tests fails."""
+    import re
+
+    from pkvmlab.inspect.error_paths import WITNESSES
+
+    with M.measure() as counters:
+        Lab()
+    errs = error_paths(Coverage(counters))
+    for file, func, needle, test in WITNESSES:
+        path, name = test.split(" ")[0].split("::")
+        assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), test
+        assert any(e.file == file and e.witness == test for e in errs), (file, func, needle)
 
 
 def test_the_host_running_code_hyp_owns_gets_a_same_level_instruction_abort_and_the_iabt_repaint_runs(measured):
@@ -367,3 +384,17 @@ def test_a_guests_reads_of_five_more_id_registers_trap_and_show_only_features_th
     f = cov.file("sys_regs.c")
     for reg in ("id_aa64pfr1_el1", "id_aa64isar0_el1", "id_aa64isar1_el1", "id_aa64mmfr1_el1", "s3_0_c0_c7_2"):
         assert f.hits[_line_of("sys_regs.c", "pvm_read_id_reg", f"read_sysreg({reg})")] >= 1, reg
+
+
+def test_the_reports_index_lists_every_line_never_run_with_its_reason(measured):
+    from html import escape
+
+    from pkvmlab.viz.coverage import reasons_section
+
+    cov = Coverage(measured[1].copy())
+    missed = unreached(cov)
+    errs = [e for e in error_paths(cov) if e.is_return and e.reached is not True]
+    html = reasons_section(missed, errs)
+    assert html.count("<tr>") == len(missed) + len(errs) + 2   # a header row each
+    assert all(escape(m.reason) in html for m in missed if m.reason)
+    assert "no reason known" in html or all(m.reason for m in missed)

@@ -20,18 +20,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's
 from pkvmlab.inspect.coverage import Coverage, percent  # noqa: E402
 from pkvmlab.inspect.error_paths import error_paths, unreached  # noqa: E402
 from pkvmlab.machine.coverage import ENV, data_files  # noqa: E402
-from pkvmlab.viz.coverage import file_page, index_page, page_name  # noqa: E402
+from pkvmlab.viz.coverage import file_page, index_page, page_name, reasons_section  # noqa: E402
 
 TITLES = {"tests": "EL2 coverage: the test suite", "campaign": "EL2 coverage: the campaign"}
 
 
 def write_report(cov: Coverage, out: Path, title: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "index.html").write_text(index_page(cov, title))
+    missed = unreached(cov)
+    not_reached = [e for e in error_paths(cov) if e.is_return and e.reached is not True]
+    (out / "index.html").write_text(index_page(cov, title) + reasons_section(missed, not_reached))
     for f in cov.files.values():
         (out / page_name(f)).write_text(file_page(cov, f))
     (out / "error_paths.txt").write_text("\n".join(str(e) for e in error_paths(cov)) + "\n")
-    (out / "unreached.txt").write_text("\n".join(str(m) for m in unreached(cov)) + "\n")
+    (out / "unreached.txt").write_text("\n".join(str(m) for m in missed) + "\n")
 
 
 def describe(cov: Coverage, title: str, *, verbose: bool) -> str:
@@ -41,22 +43,59 @@ def describe(cov: Coverage, title: str, *, verbose: bool) -> str:
     missed = unreached(cov)
     out = [f"== {title} ({cov.runs} process file(s)) ==", cov.summary(), "",
            f"hypercall handlers and their helpers: {sum(1 for v in h.values() if v)} of {len(h)} lines "
-           f"({percent(sum(1 for v in h.values() if v), len(h)):.1f}%); without panic-only lines: "
-           f"{_without_panics(cov, h, missed)}",
+           f"({percent(sum(1 for v in h.values() if v), len(h)):.1f}%); without the lines only a hypervisor bug reaches "
+           "(panic paths, unexpected vectors), the defensive ones and out-of-line copies nobody calls: "
+           f"{_without_reasoned(cov, h, missed)}",
            f"error returns (return -E...): {sum(1 for e in returns if e.reached)} reached, "
            f"{sum(1 for e in returns if e.reached is False)} not, {sum(1 for e in returns if e.reached is None)} "
            f"cannot be told from the -O2 code, of {len(returns)}; every errno line: "
-           f"{sum(1 for e in errs if e.reached)}/{len(errs)} reached"]
+           f"{sum(1 for e in errs if e.reached)}/{len(errs)} reached; of the {_n(returns, None) + _n(returns, False)} not "
+           f"shown reached: {sum(1 for e in returns if e.reached is not True and e.witness)} reached by a named test "
+           "that asserts the errno, "
+           f"{sum(1 for e in returns if e.reached is not True and e.defensive and not e.witness)} defensive, "
+           f"{sum(1 for e in returns if e.reached is not True and not e.defensive and not e.witness)} unexplained", "",
+           f"lines never run: {len(missed)}; by reason: " +
+           ", ".join(f"{n} {why}" for why, n in _reason_counts(missed).items())]
+    # Always listed: what a reader must judge -- the defensive lines (each with its why) and any line with no reason.
+    listed = [m for m in missed if _category(m) not in ("panic paths", "unexpected exception vectors", "debugger doors")]
+    if listed:
+        out += ["lines never run that are neither a panic path, an exception vector nor a debugger door, and why:",
+                *("  " + str(m) if m.reason else "  " + str(m) + "(no reason known: a test should reach it)"
+                  for m in listed)]
+    not_reached = [e for e in returns if e.reached is not True]
+    if not_reached:
+        out += ["error returns not shown reached, and why:", *("  " + str(e) for e in not_reached)]
     if verbose:
         out += ["", "error lines:", *("  " + str(e) for e in errs), "", "lines never run:",
                 *("  " + str(m) for m in missed)]
     return "\n".join(out)
 
 
-def _without_panics(cov: Coverage, h: dict, missed: list) -> str:
-    panics = {(m.file, m.line) for m in missed if m.reason.startswith("panic")}
+def _n(errs: list, verdict) -> int:
+    return sum(1 for e in errs if e.reached is verdict)
+
+
+def _category(m) -> str:
+    r = m.reason
+    return ("panic paths" if r.startswith("panic") else "unexpected exception vectors" if "vector" in r
+            else "debugger doors" if "debugger" in r else "without a reason" if not r
+            else "out-of-line copies of inlined functions" if r.startswith("the out-of-line") else "defensive")
+
+
+def _reason_counts(missed: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for m in missed:
+        out[_category(m)] = out.get(_category(m), 0) + 1
+    return out
+
+
+def _without_reasoned(cov: Coverage, h: dict, missed: list) -> str:
+    """Handler and helper lines run, leaving out the lines never run that have a reason: only a hypervisor bug
+    reaches them (panic paths, unexpected vectors), they are allowlisted defensive code (``DEFENSIVE`` in
+    pkvmlab/inspect/error_paths.py), or the out-of-line copy of a function every caller inlines."""
+    reasoned = {(m.file, m.line) for m in missed if m.reason}
     names = {f.path: f.name for f in cov.files.values()}
-    keep = {k: v for k, v in h.items() if (names[k[0]], k[1]) not in panics}
+    keep = {k: v for k, v in h.items() if (names[k[0]], k[1]) not in reasoned}
     run = sum(1 for v in keep.values() if v)
     return f"{run} of {len(keep)} ({percent(run, len(keep)):.1f}%)"
 

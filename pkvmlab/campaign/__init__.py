@@ -13,8 +13,9 @@ against who may touch the page.  A failure is shrunk to a short sequence (``pkvm
 its recorded steps replayed with pieces left out) and printed as the host calls that reproduce it.
 Canary guests fill every register with a secret and make every kind of exit; after each step the host
 looks for the secret in every register it can read and every page it may touch
-(``pkvmlab.campaign.canary``).  The rules are in ``pkvmlab.campaign.rules``, ``pkvmlab.campaign.hostile``
-and ``pkvmlab.campaign.canary``.
+(``pkvmlab.campaign.canary``).  After each step the order of hyp's own stage-2 stores and TLBIs is judged for
+break-before-make and TLB maintenance (``pkvmlab.inspect.tlb_maintenance``).  The rules are in
+``pkvmlab.campaign.rules``, ``pkvmlab.campaign.hostile`` and ``pkvmlab.campaign.canary``.
 """
 
 from __future__ import annotations

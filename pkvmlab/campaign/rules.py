@@ -55,6 +55,10 @@ def machine(lab_factory, stats):
             from pkvmlab.spec.abstraction import abstract
 
             abstract(self.lab)   # builds lab._spec_abstraction: the configuration the rules pick hostile pages from
+            from pkvmlab.inspect.tlb_maintenance import TlbMaintenance
+
+            # break-before-make and TLBIs, from the order of hyp's stores: the lab's own core logs them (not QEMU)
+            self.tlb = TlbMaintenance(self.lab) if self.lab.backend == "unicorn" else None
             self.n0 = self.c.checked
             stats.result.examples += 1
             self.create_vm(n=1, guest="share")   # a host usually runs a VM: the rules that need one run from the start
@@ -274,6 +278,15 @@ def machine(lab_factory, stats):
         @invariant()
         def still_checked(self):
             assert self.c.unchecked == 0, "the abstraction could not describe the state"
+
+        @invariant()
+        def tlb_maintained(self):
+            """Break-before-make and TLB maintenance of every stage-2 change (``pkvmlab.inspect.tlb_maintenance``):
+            what no host can observe on one emulated CPU, judged from the order of hyp's stores and TLBIs."""
+            bad = self.tlb.check() if self.tlb is not None else []
+            if bad:
+                stats.failed(self.calls, self.trace)
+            assert not bad, "TLB maintenance:\n" + "\n".join(str(v) for v in bad[:4])
 
         @invariant()
         def hyp_pages_accounted(self):

@@ -12,8 +12,9 @@ import statistics
 from dataclasses import dataclass, field
 
 # The oracles a failure can come from, as a failure's text names them.
-SPEC, HOST_ACCESS, MAPPINGS, REGISTERS, CANARY, INVARIANT, PANIC, OTHER = (
-    "spec", "spec: host access", "spec: mappings (AT)", "spec: registers", "canary", "invariant", "hyp panic", "other")
+SPEC, HOST_ACCESS, MAPPINGS, REGISTERS, CANARY, INVARIANT, TLB, PANIC, HOST_FAULT, OTHER = (
+    "spec", "spec: host access", "spec: mappings (AT)", "spec: registers", "canary", "invariant",
+    "invariant: TLB maintenance", "hyp panic", "host fault", "other")
 
 
 def oracle_of(failure: str) -> str:
@@ -30,6 +31,10 @@ def oracle_of(failure: str) -> str:
         return REGISTERS
     if failure.startswith("SpecMismatch"):
         return SPEC
+    if failure.startswith("HostAccessFault"):
+        return HOST_FAULT      # the host model's own access to memory it holds faulted (the host kernel would oops)
+    if failure.startswith("AssertionError: TLB maintenance"):
+        return TLB             # pkvmlab.inspect.tlb_maintenance: break-before-make, TLBIs, from hyp's stores
     if failure.startswith("AssertionError"):
         return INVARIANT
     return OTHER

@@ -21,7 +21,7 @@ defensive lines no host or guest input reaches, each with its one-line reason.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pkvmlab.inspect.coverage import Coverage, FileCoverage, call_target, cond_branch_target
@@ -41,6 +41,8 @@ class ErrorPath:
     reached: bool | None   # None: cannot be told from the optimised code
     how: str           # how it was judged (or why it cannot be)
     hits: int = 0
+    witness: str = ""      # not shown reached by the code: the test that reaches it and asserts its errno (WITNESSES)
+    defensive: str = ""    # not reached: why no host or guest input can (DEFENSIVE)
 
     @property
     def is_return(self) -> bool:
@@ -48,7 +50,9 @@ class ErrorPath:
 
     def __str__(self) -> str:
         mark = {True: "reached", False: "NOT reached", None: "unknown"}[self.reached]
-        return f"{self.file}:{self.line:<4} {mark:<11} {self.text.strip()[:60]:<60} ({self.how})"
+        why = (f"; {self.defensive}" if self.defensive else f"; reached by {self.witness}" if self.witness
+               else "")
+        return f"{self.file}:{self.line:<4} {mark:<11} {self.text.strip()[:60]:<60} ({self.how}{why})"
 
 
 def error_paths(cov: Coverage) -> list[ErrorPath]:
@@ -66,7 +70,13 @@ def error_paths(cov: Coverage) -> list[ErrorPath]:
     for f, n, _, ways in found:
         for way in ways or ():
             owners.setdefault(way[1], set()).add((f.path, n))
-    return [_judge(cov, f, n, text, ways, owners) for f, n, text, ways in found]
+    out = []
+    for f, n, text, ways in found:
+        e = _judge(cov, f, n, text, ways, owners)
+        if e.reached is not True:
+            e = replace(e, witness=_listed(WITNESSES, f, n), defensive=_listed(DEFENSIVE, f, n, window=True))
+        out.append(e)
+    return out
 
 
 def _ways_out(cov: Coverage, f: FileCoverage, n: int, text: str) -> list[tuple[int, int, int | None]] | None:
@@ -208,6 +218,40 @@ DEFENSIVE = (
      "defensive: every memset in the firmware is of whole, 8-byte-aligned pages or structs"),
     ("lib.c", "memset", "(unsigned char)c",
      "defensive: every memset in the firmware is of whole, 8-byte-aligned pages or structs"),
+    ("pkvm.c", "set_host_vcpus", "vcpu_array_size <",
+     "defensive: at most KVM_MAX_VCPUS (8) vCPU pointers of 8 bytes, and the array passed is the 8 KiB PGD"),
+    ("pkvm.c", "remove_shadow_table", "}",
+     "defensive: the copy inlined in __pkvm_init_shadow's err_remove_shadow_table, after kvm_guest_prepare_stage2(), "
+     "which cannot fail"),
+    ("mem_guest.c", "guest_request_page", "level != PGT_LAST_LEVEL",
+     "defensive: a guest's stage-2 holds only pages (__pkvm_host_map_guest maps one; nothing maps a block there)"),
+    ("mem_protect.c", "host_check_owner_range", "!pte ||",
+     "defensive: every donation to hyp writes hyp's OWNED and the host's HYP annotation together, so a page hyp "
+     "owns is annotated hyp's"),
+)
+
+# Error returns the -O2 code cannot show reached (no instruction or branch of their own, or one arm of a
+# branch-free ?:), each with the test that makes that very refusal happen and asserts its errno -- or, for
+# host_stage2_idmap(), whose errno the host sees only as the abort it becomes, asserts that abort.  Matched as
+# DEFENSIVE is, on the line or its guard (the few lines above it).  tests/test_coverage.py checks each test exists.
+WITNESSES = (
+    ("mem_protect.c", "check_pool_for_range", "-ENOMEM",
+     "tests/test_mem_protect.py::test_an_empty_pool_refuses_only_what_needs_a_new_table"),
+    ("mem_protect.c", "host_stage2_idmap", "!addr_is_memory",
+     "tests/test_mem_protect.py::test_host_touching_memory_it_does_not_own_gets_a_fault_not_a_panic (outside RAM)"),
+    ("mem_protect.c", "host_stage2_idmap", "-EAGAIN : -EPERM",
+     "tests/test_mem_protect.py::test_host_touching_memory_it_does_not_own_gets_a_fault_not_a_panic (the carve-out: "
+     "-EPERM; -EAGAIN is for another CPU that mapped the page first, and the lab has one)"),
+    ("mem_protect.c", "host_stage2_idmap", "hyp_pool_free_pages() <",
+     "tests/test_mem_protect.py::test_host_fault_needing_a_table_with_an_empty_pool_is_refused_not_fatal"),
+    ("pkvm.c", "set_host_vcpus", "hyp_pin_shared_mem(host_vcpu",
+     "tests/test_shadow_table.py::test_set_host_vcpus_EBUSY_for_a_vcpu_pointer_hyp_cannot_pin"),
+    ("pkvm.c", "insert_shadow_table", "__exists_shadow(kvm)",
+     "tests/test_shadow_table.py::test_insert_shadow_table_EEXIST_for_the_same_host_kvm"),
+    ("pkvm.c", "check_shadow_size", "nr_vcpus < 1",
+     "tests/test_shadow_table.py::test_check_shadow_size_EINVAL_for_more_vcpus_than_KVM_MAX_VCPUS"),
+    ("pkvm.c", "check_shadow_size", "pkvm_get_shadow_size(nr_vcpus)",
+     "tests/test_shadow_table.py::test_check_shadow_size_ENOMEM_for_an_area_too_small"),
 )
 _C_FUNCTION = re.compile(r"^[A-Za-z_][\w \t*]*?\b(\w+)\s*\(")
 
@@ -223,9 +267,18 @@ def c_function(source: list[str], n: int) -> str:
 
 def defensive_reason(f: FileCoverage, n: int) -> str:
     """The allowlisted reason line ``n`` of ``f`` is defensive code, or "" (see DEFENSIVE)."""
-    fn, text = c_function(f.source, n), f.text(n)
-    return next((why for file, func, needle, why in DEFENSIVE
-                 if file == f.name and func == fn and needle in text), "")
+    return _listed(DEFENSIVE, f, n, window=False)
+
+
+def _listed(table, f: FileCoverage, n: int, *, window: bool = True) -> str:
+    """The last column of the ``table`` row naming line ``n`` of ``f`` (its file, its C function, text on the line --
+    or, with ``window``, on one of the three lines above it: an error line's guard), or ""."""
+    fn = c_function(f.source, n)
+    lines = [f.text(k) for k in range(max(1, n - (3 if window else 0)), n + 1)]
+    for file, func, needle, why in table:
+        if file == f.name and func == fn and any(needle in t for t in lines):
+            return why
+    return ""
 
 
 @dataclass(frozen=True)
@@ -261,4 +314,16 @@ def _reason(cov: Coverage, f: FileCoverage, n: int) -> str:
         return "the debugger's stop address: the emulator stops before it"
     if f.name == "debug.S":
         return "a debugger door (AT/TLBI oracle) no measured code used"
-    return defensive_reason(f, n)
+    return defensive_reason(f, n) or _inlined_everywhere(cov, f, n, fns)
+
+
+def _inlined_everywhere(cov: Coverage, f: FileCoverage, n: int, fns: set) -> str:
+    """A ``{`` or ``}`` of a function's own (out-of-line) copy that nobody calls, while its body ran inlined."""
+    fn = c_function(f.source, n)
+    entry = cov.fw.symbols.get(fn)
+    if f.text(n).strip() not in ("{", "}") or fns != {fn} or entry is None or cov.insn_hits(entry):
+        return ""
+    body_ran = any(h and c_function(f.source, k) == fn and f.text(k).strip() not in ("{", "}")
+                   for k, h in f.hits.items() if abs(k - n) < 60)
+    return ("the out-of-line copy of a function every caller inlines: its body ran inlined, its own entry and "
+            "return never" if body_ran else "")

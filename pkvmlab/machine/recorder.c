@@ -329,6 +329,9 @@ int pk_trace_overflow(pk_trace *t)
 	return t->overflow;
 }
 
+/* ---- the stage-2 write log: its own file, compiled into this library ------------------- */
+#include "s2_log.c"
+
 void *pk_recorder_uc_mem_write_addr(void)
 {
 	return (void *)&uc_mem_write;

@@ -28,6 +28,7 @@ from unicorn.unicorn_py3 import unicorn as _binding
 from pkvmlab.errors import MachineError, UsageError
 
 SOURCE = Path(__file__).with_name("recorder.c")
+INCLUDED = (Path(__file__).with_name("s2_log.c"),)   # #included by recorder.c: part of the build's hash
 CFLAGS = ("-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter")
 LIB_NAME = "libpkvmlab_recorder" + (".dylib" if sys.platform == "darwin" else ".so")
 PAGE = 4096
@@ -46,7 +47,7 @@ def library_path() -> Path:
     from pkvmlab.firmware.build import _zig_version, cache_dir
     from pkvmlab.machine.native import _unicorn_lib
 
-    h = hashlib.sha256(SOURCE.read_bytes())
+    h = hashlib.sha256(SOURCE.read_bytes() + b"".join(p.read_bytes() for p in INCLUDED))
     for part in (_zig_version(), unicorn.__version__, " ".join(CFLAGS), str(_unicorn_lib())):
         h.update(b"\0" + part.encode())
     return cache_dir() / "recorder" / h.hexdigest()[:16] / LIB_NAME
@@ -86,7 +87,12 @@ def _load() -> ctypes.CDLL | None:
                 ("pk_journal_size", U64, (P,)), ("pk_journal_stores", U64, (P,)), ("pk_journal_nomem", ctypes.c_int, (P,)),
                 ("pk_trace_new", P, (U64, U64, U64, U64, U64)), ("pk_trace_free", None, (P,)),
                 ("pk_trace_regs", P, (P, ctypes.POINTER(U64))), ("pk_trace_writes", P, (P, ctypes.POINTER(U64))),
-                ("pk_trace_overflow", ctypes.c_int, (P,))):
+                ("pk_trace_overflow", ctypes.c_int, (P,)),
+                ("pk_s2log_new", P, (U64, U64, U64, U64)), ("pk_s2log_free", None, (P,)),
+                ("pk_s2log_watch", None, (P, P, U64, ctypes.c_uint32, ctypes.c_uint32)),
+                ("pk_s2log_unwatch", None, (P, P, U64)), ("pk_s2log_watched", ctypes.c_int, (P, U64)),
+                ("pk_s2log_events", P, (P, ctypes.POINTER(U64))), ("pk_s2log_clear", None, (P,)),
+                ("pk_s2log_overflow", ctypes.c_int, (P,))):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
         _lib = lib

@@ -22,9 +22,10 @@ Still out of its reach, and why:
 
 * **The TLB.**  ``AT`` walks the tables in memory, not the TLB, and the abstraction reads tables: a stale
   translation shows only when the host really loads from that page (the campaign's ``touch`` rule does, on
-  sampled pages).  A stale entry for a page nobody touches again, or one in a guest's stage-2, is not seen.
-  Break-before-make is invisible on one emulated CPU with no walker racing
-  the update: a missing *break* shows only as the missing invalidation it implies.
+  sampled pages).  A stale entry for a page nobody touches again, or one in a guest's stage-2, is not seen
+  here.  Break-before-make and which VMID a TLBI invalidates are invisible to any state on one emulated CPU
+  (no walker races an update; Unicorn drops its TLB when VTTBR_EL2 changes): the campaign judges them from
+  the order of hyp's own stores and TLBIs instead (:mod:`pkvmlab.inspect.tlb_maintenance`).
 * **Mappings, beyond the host's reads and writes of sampled pages.**  Hyp's stage-1 and the guests' stage-2s are
   abstracted by page state, not by permissions or attributes (XN, memory type, shareability), and the host's by
   what ``AT`` says of a few pages per call, not all of them (every page each call would be a walk of RAM).

@@ -157,3 +157,17 @@ def index_page(cov: Coverage, title: str) -> str:
             "(the -O2 code's, as gcov counts them).</p>"
             "<table class=pkidx><tr><th>file</th><th>lines</th><th></th><th>branches</th><th></th></tr>"
             f"{''.join(rows)}</table>")
+
+
+def reasons_section(missed, error_returns) -> str:
+    """HTML for the report's index: every line never run with its reason, every error return not shown reached."""
+    def rows(items, cells):
+        return "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells(i)) + "</tr>" for i in items)
+    return ("<h3 style='font-family:sans-serif'>Lines never run, and why</h3><table class=pkidx>"
+            "<tr><th>file</th><th>line</th><th>code</th><th>why</th></tr>"
+            + rows(missed, lambda m: (m.file, m.line, m.text.strip()[:70], m.reason or "no reason known: a test should reach it"))
+            + "</table><h3 style='font-family:sans-serif'>Error returns not shown reached</h3><table class=pkidx>"
+            "<tr><th>file</th><th>line</th><th>code</th><th>verdict</th><th>why</th></tr>"
+            + rows(error_returns, lambda e: (e.file, e.line, e.text.strip()[:60],
+                                             {False: "not reached", None: "cannot be told"}[e.reached], e.how))
+            + "</table>")
