@@ -13,7 +13,8 @@ guest program of ``firmware/guests`` (``test_qemu_guests.py``); ``python``, the 
 earlier (an unmutated control need not run all of it).  Counted: one per host action, one per form of a
 generated guest program, one per guest program.  The output: ``{"caught", "kind", "actions",
 "difference", "pkvmlab"}``; ``kind`` is the action that showed the difference (a host form's name, "hvc",
-"read"/"write", a VM operation, "guest program N", or the guest's name).
+"read"/"write", a VM operation, "guest program N", or the guest's name).  A run that found nothing also
+says how often the native hook entered an HVC and a guest's stage-2 abort itself (``reached``).
 """
 
 from __future__ import annotations
@@ -60,14 +61,20 @@ def main(hook: str, max_actions: int) -> dict:
     def caught(kind: str, actions: int, difference: str) -> dict:
         return {"caught": True, "kind": kind, "actions": done + actions, "difference": difference[:600]}
 
+    try:
+        u = Side("unicorn", native=hook != "python")
+    except Exception as e:   # the lab does not even boot on Unicorn: QEMU's must, and that is the difference
+        q = Side("qemu")
+        q.close()
+        return caught("boot", 1, f"Unicorn: {type(e).__name__}: {e}; QEMU booted")
     if hook == "python":
-        u, q = Side("unicorn", native=False), Side("qemu")
+        q = Side("qemu")
         try:
             hit = host_actions(u, q, PYTHON_HOOK_SEED, min(PYTHON_HOOK_ACTIONS, max_actions))
         finally:
             q.close()
         return caught(*hit) if hit else {"caught": False, "actions": min(PYTHON_HOOK_ACTIONS, max_actions)}
-    u, q = Side("unicorn"), Side("qemu")
+    q = Side("qemu")
     try:
         for k, seed in enumerate(SEEDS):
             n = min(ACTIONS_PER_SEED, max_actions - done)
@@ -85,6 +92,9 @@ def main(hook: str, max_actions: int) -> dict:
                     done += GUEST_FORMS_PER_PROGRAM
     finally:
         q.close()
+    native = u.lab.core.native
+    reached = {"native hvc": native.hvc_count, "native guest aborts": native.guest_aborts,
+               "stage-2 aborts": u.lab.core.stats["stage2_abort"]} if native is not None else {}
     for name in guest_names():
         if done >= max_actions:
             break
@@ -94,7 +104,7 @@ def main(hook: str, max_actions: int) -> dict:
         if d:
             return caught(name, 1, d)
         done += 1
-    return {"caught": False, "actions": done}
+    return {"caught": False, "actions": done, "reached": reached}
 
 
 if __name__ == "__main__":
