@@ -7,7 +7,7 @@ branch coverage per file.  ``native_hook.c`` is compiled code: the runner report
 stage-2 aborts the native hook entered itself, and this tool lists which of the guest programs' load/store
 forms its decoder (``decode_ldst``) takes (the rest fall to ``machine/decode.py``).
 
-    python tools/differential_reach.py [--keep DIR]      (from the repository root; needs qemu-system-aarch64)
+    python tools/differential_reach.py [--keep DIR [--reuse]]      (from the repository root; needs qemu-system-aarch64)
 """
 
 from __future__ import annotations
@@ -54,13 +54,21 @@ def native_forms() -> tuple[list[str], list[str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", help="keep the coverage data (and an HTML report) in this directory")
+    ap.add_argument("--reuse", action="store_true", help="report from the data --keep kept, without running again")
     args = ap.parse_args()
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="differential-reach-"))
     out.mkdir(parents=True, exist_ok=True)
-    native = run("native", out / ".coverage.native")
-    python = run("python", out / ".coverage.python")
+    runs = out / "runs.json"
+    if args.reuse and runs.is_file():
+        native, python = json.loads(runs.read_text())
+    else:
+        native = run("native", out / ".coverage.native")
+        python = run("python", out / ".coverage.python")
+        runs.write_text(json.dumps([native, python]))
     for r in (native, python):
         assert not r["caught"], f"the unmutated code differs from QEMU: {r}"
+    here = Path(__file__).resolve().parent   # tools/coverage.py (the firmware's) must not shadow coverage.py
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     import coverage
 
     cov = coverage.Coverage(data_file=str(out / ".coverage"))
