@@ -56,9 +56,14 @@ PROLOGUE = (f"\tadr x9, . + {VECTORS_AT:#x}\n\tmsr vbar_el1, x9\n\tmov x9, #(3 <
 # 1 GiB Normal write-back blocks, VA [0, 1 GiB) -> IPA [0, 1 GiB) (the identity: its code keeps running) and
 # VA [2 GiB, 3 GiB) -> the same IPAs (an alias: a VA that is not its IPA, firmware/guests/mmu_on.c does the same)
 TABLE_AT, ALIAS = 0xE0000, 0x8000_0000
+# and VA [1 GiB, 2 GiB) through a level-2 table at L2_AT the guest never writes: the first walk through it takes a
+# stage-2 fault on the walk itself (ESR_EL2.S1PTW, HPFAR the table entry's IPA), then, the page being zeros, a
+# stage-1 translation fault at the guest's own vector
+L2_AT, UNTOUCHED_L2 = 0xD0000, 0x4000_0000
 TCR = 25 | 1 << 8 | 1 << 10 | 3 << 12 | 1 << 23 | 2 << 32   # T0SZ 25, WBWA walks, inner shareable, EPD1, IPS 40 bits
 MMU_PROLOGUE = (f"start:\n{PROLOGUE.rsplit(chr(10) + chr(9) + 'b ', 1)[0]}\n"
                 f"\tmov x9, #{TABLE_AT:#x}\n\tmov x10, #0x701\n\tstr x10, [x9]\n\tstr x10, [x9, #{8 * (ALIAS >> 30)}]\n"
+                f"\tmov x10, #{L2_AT:#x}\n\torr x10, x10, #3\n\tstr x10, [x9, #{8 * (UNTOUCHED_L2 >> 30)}]\n"
                 "\tmov x10, #0xff\n\tmsr mair_el1, x10\n"
                 f"\tmovz x10, #{TCR & 0xFFFF:#x}\n\tmovk x10, #{TCR >> 16 & 0xFFFF:#x}, lsl #16\n"
                 f"\tmovk x10, #{TCR >> 32:#x}, lsl #32\n\tmsr tcr_el1, x10\n\tmsr ttbr0_el1, x9\n\tdsb ish\n\tisb\n"
@@ -129,8 +134,12 @@ class GuestProgram:
             name = rng.choice(sorted(HVC_FORMS)) if rng.random() < 0.08 else rng.choice(names)
             last = mmio_end and k == n - 1
             x0 = self.address(rng, name, mmio=last)
-            if mmu and name not in HVC_FORMS and rng.random() < 0.5:   # through the alias: the fault's VA is not its IPA
-                x0 += ALIAS
+            if mmu and name not in HVC_FORMS:
+                k = rng.random()
+                if k < 0.5:   # through the alias: the fault's VA is not its IPA
+                    x0 += ALIAS
+                elif k < 0.55:   # through the table nobody wrote
+                    x0 = UNTOUCHED_L2 + (x0 & 0x3FFF_FFFF)
             if name in ACQ_REL:   # aligned: Unicorn lets an unaligned LDAR/STLR through (test_qemu_backend.py pins it)
                 x0 &= ~(ACQ_REL[name] - 1)
             if name in HVC_FORMS:
