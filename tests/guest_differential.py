@@ -8,7 +8,8 @@ It starts with its own EL1 vector table (every entry logs ESR/ELR/FAR_EL1 in gue
 past the instruction), and ends with PSCI SYSTEM_OFF.  The machine code is put together here from
 forms assembled once with ``zig cc``, so a program costs no compiler run.
 
-The guest's MMU is off (its VA is its IPA).  Compared per program: every exit the host saw but
+The guest's MMU is off (its VA is its IPA), or on (``mmu``: its own stage 1, an identity map and an
+alias at 2 GiB, which half its accesses go through).  Compared per program: every exit the host saw but
 preemptions (by kind only), the console, the host's registers, hyp's copy of the vCPU's registers at the
 end (general, SP, PC, PSTATE, EL1 system registers, v0..v31, FPSR/FPCR) and the guest's memory.
 """
@@ -39,16 +40,35 @@ MMIO_OK = {"ldr x", "ldr w", "ldrh", "ldrb", "ldrsb x", "ldrsh w", "ldrsw", "str
            "str xzr", "ldr x17", "str x29", "ldr imm", "str imm", "ldur neg", "ldr reg", "ldr reg lsl", "ldar", "stlr w",
            "ldarb", "stlrh"}
 GUEST_FORMS: tuple[tuple[str, str], ...] = tuple(
-    (n, a) for n, a in FORMS if n not in NOT_FOR_GUESTS and not n.startswith("el0 ")) + (
+    (n, a) for n, a in FORMS if n not in NOT_FOR_GUESTS and not n.startswith(("el0 ", "a32 "))) + (
     ("svc", "svc #0x42\n\tnop"), ("wfi", "wfi"), ("wfe", "wfe"),
     ("hvc", "hvc #0"), ("hvc imm", "hvc #0x77"),
-    ("mrs id", "mrs x1, id_aa64pfr0_el1"), ("mrs mmfr", "mrs x2, id_aa64mmfr0_el1"),
+    # hyp emulates the ID register from the CPU's own: Unicorn's A72 has EL3, QEMU's virt machine none (its EL3 field,
+    # bits [15:12]; test_qemu_id_registers.py pins it), so the form clears that field
+    ("mrs id", "mrs x1, id_aa64pfr0_el1\n\tbic x1, x1, #0xf000"), ("mrs mmfr", "mrs x2, id_aa64mmfr0_el1"),
     ("msr actlr", "msr actlr_el1, x1"), ("mrs actlr", "mrs x1, actlr_el1"), ("dc isw", "dc isw, x1"),
     ("fmov", "fmov d1, x1\n\tfadd d2, d1, d1"),
 )
 HVC_FORMS = {"hvc", "hvc imm"}
 PROLOGUE = (f"\tadr x9, . + {VECTORS_AT:#x}\n\tmsr vbar_el1, x9\n\tmov x9, #(3 << 20)\n\tmsr cpacr_el1, x9\n\tisb\n"
             f"\tmov x24, #{LOG_AT:#x}\n\tb . + {CODE_AT - 24:#x}\n")
+# The guest's MMU on: its own stage 1 (4 KiB granule, 39-bit VAs, TTBR0 only), one table at TABLE_AT with two
+# 1 GiB Normal write-back blocks, VA [0, 1 GiB) -> IPA [0, 1 GiB) (the identity: its code keeps running) and
+# VA [2 GiB, 3 GiB) -> the same IPAs (an alias: a VA that is not its IPA, firmware/guests/mmu_on.c does the same)
+TABLE_AT, ALIAS = 0xE0000, 0x8000_0000
+# and VA [1 GiB, 2 GiB) through a level-2 table at L2_AT the guest never writes: the first walk through it takes a
+# stage-2 fault on the walk itself (ESR_EL2.S1PTW, HPFAR the table entry's IPA), then, the page being zeros, a
+# stage-1 translation fault at the guest's own vector
+L2_AT, UNTOUCHED_L2 = 0xD0000, 0x4000_0000
+TCR = 25 | 1 << 8 | 1 << 10 | 3 << 12 | 1 << 23 | 2 << 32   # T0SZ 25, WBWA walks, inner shareable, EPD1, IPS 40 bits
+MMU_PROLOGUE = (f"start:\n{PROLOGUE.rsplit(chr(10) + chr(9) + 'b ', 1)[0]}\n"
+                f"\tmov x9, #{TABLE_AT:#x}\n\tmov x10, #0x701\n\tstr x10, [x9]\n\tstr x10, [x9, #{8 * (ALIAS >> 30)}]\n"
+                f"\tmov x10, #{L2_AT:#x}\n\torr x10, x10, #3\n\tstr x10, [x9, #{8 * (UNTOUCHED_L2 >> 30)}]\n"
+                "\tmov x10, #0xff\n\tmsr mair_el1, x10\n"
+                f"\tmovz x10, #{TCR & 0xFFFF:#x}\n\tmovk x10, #{TCR >> 16 & 0xFFFF:#x}, lsl #16\n"
+                f"\tmovk x10, #{TCR >> 32:#x}, lsl #32\n\tmsr tcr_el1, x10\n\tmsr ttbr0_el1, x9\n\tdsb ish\n\tisb\n"
+                "\tmrs x10, sctlr_el1\n\torr x10, x10, #1\n\tmsr sctlr_el1, x10\n\tisb\n"
+                f"\tb start + {CODE_AT:#x}\n")
 VECTOR = ("\tmrs x20, esr_el1\n\tmrs x21, elr_el1\n\tmrs x22, far_el1\n\tstp x20, x21, [x24], #16\n"
           "\tstr x22, [x24], #8\n\tadd x21, x21, #4\n\tmsr elr_el1, x21\n\teret\n")
 
@@ -77,6 +97,21 @@ def pieces() -> tuple[bytes, bytes, dict[str, bytes]]:
     return _assemble(PROLOGUE), vectors, forms
 
 
+# After every form, x0..x2 folded into x23 (the next form's movs overwrite them): a loaded value, a writeback, what
+# hyp emulates for a trapped MRS into its Rt all reach hyp's copy of the vCPU at the end
+FOLD = "\teor x23, x1, x23, ror #7\n\teor x23, x2, x23, ror #7\n\teor x23, x0, x23, ror #7\n"
+
+
+@lru_cache(maxsize=1)
+def fold() -> bytes:
+    return _assemble(FOLD)
+
+
+@lru_cache(maxsize=1)
+def mmu_prologue() -> bytes:
+    return _assemble(MMU_PROLOGUE)
+
+
 def _mov(rd: int, value: int) -> bytes:
     """movz + movk: ``value`` into x``rd``, 16 bits at a time (4 instructions)."""
     words = [0xD2800000 | (value & 0xFFFF) << 5 | rd]
@@ -87,16 +122,24 @@ def _mov(rd: int, value: int) -> bytes:
 class GuestProgram:
     """A random guest program: its image and what it does, form by form (for a difference's message)."""
 
-    def __init__(self, seed: int, n: int, mmio_end: bool = False):
-        self.seed = seed
+    def __init__(self, seed: int, n: int, mmio_end: bool = False, mmu: bool = False):
+        self.seed, self.mmu = seed, mmu
         rng = random.Random(seed)
         prologue, vectors, forms = pieces()
+        if mmu:
+            prologue = mmu_prologue()
         body, self.steps = bytearray(), []
         names = [name for name, _ in GUEST_FORMS]
         for k in range(n):
             name = rng.choice(sorted(HVC_FORMS)) if rng.random() < 0.08 else rng.choice(names)
             last = mmio_end and k == n - 1
             x0 = self.address(rng, name, mmio=last)
+            if mmu and name not in HVC_FORMS:
+                k = rng.random()
+                if k < 0.5:   # through the alias: the fault's VA is not its IPA
+                    x0 += ALIAS
+                elif k < 0.55:   # through the table nobody wrote
+                    x0 = UNTOUCHED_L2 + (x0 & 0x3FFF_FFFF)
             if name in ACQ_REL:   # aligned: Unicorn lets an unaligned LDAR/STLR through (test_qemu_backend.py pins it)
                 x0 &= ~(ACQ_REL[name] - 1)
             if name in HVC_FORMS:
@@ -107,7 +150,7 @@ class GuestProgram:
             regs = {0: x0, 1: x1, 2: rng.getrandbits(64), 4: rng.choice([0, 8, 16, (-8) & (1 << 64) - 1])}
             for r, v in regs.items():
                 body += _mov(r, v)
-            body += forms[name]
+            body += forms[name] + fold()
             self.steps.append((name, x0))
         body += _mov(0, SYSTEM_OFF) + (0xD4000002).to_bytes(4, "little")   # hvc #0
         image = bytearray(CODE_AT + len(body))
@@ -147,6 +190,17 @@ def run_program(lab, prog: GuestProgram, max_runs: int = 40) -> dict:
     pages = {gfn: lab.core.phys.read(pfn << 12, PAGE) for gfn, pfn in sorted(vm.mapped_pages.items())}
     return {"exits": seen, "console": vm.console, "host x": tuple(lab.core.reg(f"x{i}") for i in range(31)),
             "vcpu": lab.hyp.vcpu_registers(vm.handle), "pages": pages, "ended": seen[-1][0] if seen else None}
+
+
+def compare_program(u_lab, q_lab, seed: int, n: int) -> tuple[list[str], dict]:
+    """Program ``seed`` (``n`` forms; every fourth ends at MMIO hyp cannot describe, every third runs with its MMU
+    on) on both labs: ([the
+    difference in words] or [], what the Unicorn side saw)."""
+    prog = GuestProgram(seed, n, mmio_end=seed % 4 == 3, mmu=seed % 3 == 1)
+    a, b = run_program(u_lab, prog), run_program(q_lab, prog)
+    d = differences(a, b)
+    return ([f"program {seed} ({len(prog.steps)} forms, the last {prog.steps[-3:]}): " + "; ".join(d[:6])]
+            if d else []), a
 
 
 def differences(a: dict, b: dict) -> list[str]:

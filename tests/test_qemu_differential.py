@@ -18,7 +18,7 @@ import collections
 import os
 
 import pytest
-from differential import FORMS, HYP_BASE, PAGE, Actions, Side, fmt
+from differential import FORMS, HYP_BASE, PAGE, Side, run_sequence
 
 from pkvmlab.lab import HYP_SIZE
 from pkvmlab.machine.qemu import missing_reason, qemu_binary
@@ -42,43 +42,6 @@ def sides(request):
         yield u, q
     finally:
         q.close()
-
-
-def run_sequence(u: Side, q: Side, seed: int, n: int):
-    """Run ``n`` random actions on both sides; returns (differences, what ran)."""
-    pfns = [u.lab.host.alloc_pages() for _ in range(12)]
-    assert pfns == [q.lab.host.alloc_pages() for _ in range(12)]
-    acts = Actions(seed, pfns, u.code_pfn)
-    assert u.code_pfn == q.code_pfn
-    seen: collections.Counter = collections.Counter()
-    diffs: list[str] = []
-    for i in range(n):
-        k = acts.rng.random()
-        if k < 0.08:
-            op = acts.host_access()
-            what, ou, oq = op[:2] + (len(op[2]),), u.access(*op), q.access(*op)
-            seen[f"host {op[0]} {ou[0]}"] += 1
-        elif k < 0.12:
-            op = acts.vm_op()
-            what, ou, oq = op, u.vm(*op), q.vm(*op)
-            acts.saw(op, ou)
-            seen[f"vm {op[0]} {ou[0]}"] += 1
-        elif k < 0.3:
-            regs = acts.hypercall()
-            what, ou, oq = ("hvc",) + regs, u.hvc(regs), q.hvc(regs)
-            seen["hvc ok" if ou[0] == "hvc" and ou[1] == 0 and ou[2] < 1 << 63 else "hvc refused"] += 1
-        else:
-            name, regs = acts.form()
-            what, ou, oq = (name, regs["x0"]), u.form(name, dict(regs)), q.form(name, dict(regs))
-            seen[f"form {name}"] += 1
-            seen[ou[0]] += 1
-        d = u.observe(ou).differences(q.observe(oq))
-        if d:
-            diffs.append(f"action {i} {fmt(what)}: " + "; ".join(d))
-        if u.lab.core.panic is not None or q.lab.core.panic is not None:
-            diffs.append(f"action {i} {fmt(what)}: the hypervisor panicked: {ou} / {oq}")
-            break
-    return diffs, seen
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -141,16 +104,13 @@ GUEST_FORMS_PER_PROGRAM = 30
 def test_generated_guest_programs_agree_on_unicorn_and_qemu(sides):
     """Random guest programs (guest_differential.py): every exit the host sees, the console, hyp's copy of
     the vCPU and the guest's memory the same on both CPUs; some end at an MMIO access hyp cannot describe."""
-    from guest_differential import GuestProgram, differences, run_program
+    from guest_differential import compare_program
 
     u, q = sides
     diffs, ends, reasons, logged = [], collections.Counter(), collections.Counter(), 0
     for seed in range(GUEST_PROGRAMS):
-        prog = GuestProgram(seed, GUEST_FORMS_PER_PROGRAM, mmio_end=seed % 4 == 3)
-        a, b = run_program(u.lab, prog), run_program(q.lab, prog)
-        d = differences(a, b)
-        if d:
-            diffs.append(f"program {seed} ({len(prog.steps)} forms, the last {prog.steps[-3:]}): " + "; ".join(d[:6]))
+        d, a = compare_program(u.lab, q.lab, seed, GUEST_FORMS_PER_PROGRAM)
+        diffs += d
         ends[a.get("ended")] += 1
         reasons.update(e[0] for e in a.get("exits", []))
         logged += a.get("vcpu", {}).get("x24", 0) > 0xF0000   # the guest's own vector took an exception

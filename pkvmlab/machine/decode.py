@@ -149,7 +149,9 @@ def _cs_a32() -> capstone.Cs:
 def decode_access_a32(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAccess | None:
     """The address an A32 load/store at ``pc`` touches (r0..r14 read as x0..x14; r15 reads as pc + 8).
 
-    No instruction syndrome is given (ISV = 0, which the architecture allows): only FAR matters here.
+    The instruction syndrome as for A64 (ISV = 1, SAS, SSE, SRT = Rt) for a load or store of a single register
+    (LDR/STR, byte, halfword, signed) without writeback and not of PC, as QEMU gives it (found by the
+    differential); every other form (LDRD, LDM/STM, writeback) has ISV = 0.
     """
     from capstone import arm as cs_arm
 
@@ -186,5 +188,12 @@ def decode_access_a32(code: bytes, pc: int, read_reg: Callable[[str], int]) -> M
             va += -off if getattr(mem, "subtracted", False) else off
         size = 1 if m.startswith(("ldrb", "strb", "ldrsb")) else 2 if m.startswith(("ldrh", "strh", "ldrsh")) \
             else 8 if m.startswith(("ldrd", "strd")) else 4
-    return MemAccess(va=va & 0xFFFFFFFF, size=size, write=m.startswith(("st", "push")), isv=False, srt=0, sf=False,
+    write = m.startswith(("st", "push"))
+    rt = insn.reg_name(insn.operands[0].reg) if insn.operands and insn.operands[0].type == cs_arm.ARM_OP_REG else "pc"
+    single = m in ("ldr", "ldrb", "ldrh", "ldrsb", "ldrsh", "str", "strb", "strh")
+    if mem is not None and single and not post and not insn.writeback and rt != "pc":
+        srt = {"sb": 9, "sl": 10, "fp": 11, "ip": 12, "sp": 13, "lr": 14}.get(rt)
+        return MemAccess(va=va & 0xFFFFFFFF, size=size, write=write, isv=True, srt=int(rt[1:]) if srt is None else srt,
+                         sf=False, sse=m.startswith("ldrs"), ar=False, text=f"{m} {insn.op_str}")
+    return MemAccess(va=va & 0xFFFFFFFF, size=size, write=write, isv=False, srt=0, sf=False,
                      sse=False, ar=False, text=f"{m} {insn.op_str}")

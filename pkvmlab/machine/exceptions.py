@@ -171,7 +171,10 @@ def take_stage2_abort(core: HandVectored, instruction_fetch: bool, pstate: int) 
     if acc is None:
         esr = E.instruction_abort(lower=True, fsc=fsc, s1ptw=s1ptw)
     else:
-        esr = E.data_abort(lower=True, fsc=fsc, wnr=acc.write, isv=acc.isv, sas=acc.sas, sse=acc.sse,
+        # no instruction syndrome for a fault on the stage-1 walk: the access itself never happened (ESR_ELx.ISV;
+        # QEMU agrees; found by the differential's guests with their MMU on)
+        isv = acc.isv and not s1ptw
+        esr = E.data_abort(lower=True, fsc=fsc, wnr=acc.write, isv=isv, sas=acc.sas, sse=acc.sse,
                            srt=acc.srt, sf=acc.sf, ar=acc.ar, s1ptw=s1ptw)
     ipa = _stage1_ipa(core, far, acc is not None and acc.write, s1ptw)
     hpfar = ((ipa >> 12) & ((1 << 36) - 1)) << 4   # HPFAR_EL2.FIPA, bits [39:4], holds IPA[47:12]
