@@ -1,7 +1,7 @@
 """The QEMU differential catches bugs planted in the lab's own exception entry and abort decoding.
 
 Each machine mutant (``pkvmlab/mutants/machine/NN_name.patch``: a wrong FAR, ELR, ESR field, SPSR or target
-EL in ``machine/*.py`` or ``native_hook.c``) is applied to a copy of the pkvmlab package, and the differential
+EL in ``machine/*.py`` or ``native_hook.c``/``native_abort.c``) is applied to a copy of the pkvmlab package, and the differential
 (``tests/differential.py`` host actions, ``tests/guest_differential.py`` guest programs, every program of
 ``firmware/guests``) runs in a Python that imports that copy, at CI's budget, until its first difference
 (``tests/machine_mutant_run.py``).  Nothing but the differential decides: no test here knows what a bug
