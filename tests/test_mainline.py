@@ -15,8 +15,7 @@ import errno
 import pytest
 
 from pkvmlab import HostAccessFault, HypercallError, Lab
-from pkvmlab.arch.hypercalls_mainline import (FUNC_MAX, MAINLINE_ENUM, MAINLINE_HCALL_IDS, MAINLINE_HCALLS,
-                                              NOT_MODELLED, PKVM_ONLY)
+from pkvmlab.arch.hypercalls_mainline import FUNC_MAX, MAINLINE_ENUM, MAINLINE_HCALL_IDS, MAINLINE_HCALLS, NOT_MODELLED, PKVM_ONLY
 from pkvmlab.arch.smccc import SMCCC_RET_NOT_SUPPORTED, kvm_host_smccc_id
 from pkvmlab.firmware.build import FIRMWARE_DIR, MAINLINE_DIR, _sources
 
