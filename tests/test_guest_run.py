@@ -140,10 +140,10 @@ def test_mem_share_and_unshare_are_done_at_el2_and_then_exit_to_tell_the_host(la
     vm.teardown()
 
 
-def test_sharing_a_page_not_given_yet_is_a_page_request_and_the_hvc_runs_again(era_lab):
+def test_sharing_a_page_not_given_yet_is_a_page_request_and_the_hvc_runs_again(lab):
     """v1 series [PATCH 87/89] / Android nvhe/pkvm.c __pkvm_memshare_page_req(): a level-3 translation fault on a
     write, faked at that IPA (FAR 0), ELR rewound to the HVC; the host maps the page, the share then succeeds."""
-    vm = era_lab.host.create_vm(nr_vcpus=1, guest="share")
+    vm = lab.host.create_vm(nr_vcpus=1, guest="share")
     vm.run()
     exits = vm.run()
     request = exits[1]
@@ -151,7 +151,7 @@ def test_sharing_a_page_not_given_yet_is_a_page_request_and_the_hvc_runs_again(e
     assert request.esr == (0x24 << 26) | (1 << 6) | 0x07      # DABT_LOW, WnR, translation fault level 3; no ISV
     assert exits[2].reason == "mem share" and exits[2].hvc[1] == 0x5000 and exits[-1].hvc[2] == 0
     pfn = vm.mapped_pages[5]
-    assert era_lab.host.read(pfn * PAGE, 35) == b"still shared when the guest stopped"
+    assert lab.host.read(pfn * PAGE, 35) == b"still shared when the guest stopped"
     vm.run()
     vm.teardown()
 
