@@ -379,3 +379,28 @@ def test_hostile_arguments_to_every_mainline_call_get_an_errno_and_never_a_panic
             lab.host.hvc(lab.host.hypercalls["__pkvm_unreserve_vm"], ret)
     assert lab.core.panic is None
     assert lab.hyp_info()[1] == 2
+
+
+# -- the QEMU differential, a representative subset ------------------------------------------------------------
+
+@pytest.mark.parametrize("guest", ["hello", "touch", "share", "secret", "traps"])
+def test_mainline_guests_run_the_same_on_unicorn_and_qemu(guest):
+    """The mainline tree on QEMU (its own exception entry and MMU as the oracle) against Unicorn: the same exits,
+    console and host registers.  tests/test_qemu_guests.py runs every guest on the seed's tree; five here."""
+    from test_qemu_guests import run_to_end
+
+    from pkvmlab.machine.qemu import missing_reason, qemu_binary
+
+    if qemu_binary() is None:
+        pytest.skip(missing_reason())
+
+    def observe(lab):
+        vm = lab.host.create_vm(1, guest=guest)
+        exits = run_to_end(vm)
+        return ([(e.reason, e.exit_code, e.esr, e.ipa, e.hvc, e.mmio, e.handled) for e in exits
+                 if e.reason != "preempted"], vm.console, vm.powered_off, [lab.core.reg(f"x{i}") for i in range(31)])
+
+    with Lab(era="mainline") as u, Lab(era="mainline", backend="qemu") as q:
+        ou, oq = observe(u), observe(q)
+    assert ou == oq
+    assert ou[0]   # it ran (the same exits on both)
