@@ -145,6 +145,10 @@ class MainlineState(AbstractState):
                 don[pfn] = meta
         return replace(self, donations=don)
 
+    def same_as(self, other: AbstractState) -> bool:
+        return (super().same_as(other) and isinstance(other, MainlineState) and self.reserved == other.reserved
+                and self.shares == other.shares and self.donations == other.donations)
+
     def differences(self, other: AbstractState) -> list[str]:
         out = super().differences(other)
         if isinstance(other, MainlineState):
@@ -173,10 +177,4 @@ def _meta(v) -> str:
     return str(v)
 
 
-def same(a: MainlineState, b: MainlineState) -> bool:
-    """Equal in everything the specification compares but the pool."""
-    return (a.pages == b.pages and a.vms == b.vms and a.reserved == b.reserved and a.shares == b.shares
-            and a.donations == b.donations)
-
-
-__all__ = ["MainlineConfig", "MainlineState", "MainlineVM", "PageView", "same", "view_words"]
+__all__ = ["MainlineConfig", "MainlineState", "MainlineVM", "PageView", "view_words"]

@@ -130,6 +130,10 @@ class AbstractState:
             vms[index] = vm
         return replace(self, vms=vms)
 
+    def same_as(self, other: AbstractState) -> bool:
+        """Equal in everything the specification compares but the pool."""
+        return self.pages == other.pages and self.vms == other.vms
+
     def differences(self, other: AbstractState) -> list[str]:
         """What differs from ``other``, in words (pages in runs, then VMs, then the pool)."""
         out = []
