@@ -167,6 +167,35 @@ class MainlineAbstraction:
     def pool_free(self) -> int:
         return self._u(*self._pool_free)
 
+    def page_rows(self, pfns) -> list[dict]:
+        """The raw words behind ``pfns``' views, for :func:`pkvmlab.viz.mainline.vmemmap_view`: each page's
+        ``struct hyp_page`` fields, its host stage-2 entry (and the handle and gfn it names), the guest PTE mapping it."""
+        c = self.config
+        base = self._u(self._vmemmap)
+        ptes: dict[int, int] = {}
+        table = self._u(self._table)
+        ptrs = np.frombuffer(self.phys.read(table, 8 * c.max_pvms), dtype="<u8") if table else []
+        for slot, addr in enumerate(int(p) for p in ptrs):
+            if not addr or addr == RESERVED_ENTRY:
+                continue
+            head = self._u_bytes(addr, self._vm_size)
+            get = lambda n: int.from_bytes(head[self._f[n][0]:sum(self._f[n])], "little")   # noqa: E731
+            if get("pgt.pgd"):
+                for _, pte, lv in self._guest_walk(slot, get("pgt.pgd"), get("pgt.ia_bits"), get("pgt.start_level"))[0]:
+                    if pte & pt.VALID and lv == 3:
+                        ptes[(pte & pt.ADDR_MASK) >> PAGE_SHIFT] = pte
+        rows = []
+        for pfn in pfns:
+            raw = self._u_bytes(base + (pfn - c.ram[0]) * self._hp_size, self._hp_size)
+            ent = self._host_entry(pfn)
+            o = self._hp["host_share_guest_count"]
+            rows.append({"pfn": pfn, "refcount": int.from_bytes(raw[self._hp["refcount"]:self._hp["refcount"] + 2], "little"),
+                         "host_state": raw[self._state_byte] & 0xF, "hyp_state_comp": raw[self._state_byte] >> 4,
+                         "share_count": int.from_bytes(raw[o:o + 4], "little"), "host_pte": ent,
+                         "handle": (ent >> ANN_HANDLE[0]) & ANN_HANDLE[1], "gfn": (ent >> ANN_GFN[0]) & ANN_GFN[1],
+                         "guest_pte": ptes.get(pfn)})
+        return rows
+
     def vms(self, guest: dict | None = None) -> tuple[dict[int, MainlineVM], set[int]]:
         """Every VM in the table, and the reserved slots; ``guest`` gets pfn -> the state a guest maps it in."""
         c = self.config
