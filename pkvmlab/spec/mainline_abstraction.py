@@ -179,9 +179,10 @@ class MainlineAbstraction:
             if not addr or addr == RESERVED_ENTRY:
                 continue
             head = self._u_bytes(addr, self._vm_size)
-            get = lambda n: int.from_bytes(head[self._f[n][0]:sum(self._f[n])], "little")   # noqa: E731
-            if get("pgt.pgd"):
-                for _, pte, lv in self._guest_walk(slot, get("pgt.pgd"), get("pgt.ia_bits"), get("pgt.start_level"))[0]:
+            pgd, ia_bits, level = (int.from_bytes(head[self._f[n][0]:sum(self._f[n])], "little")
+                                   for n in ("pgt.pgd", "pgt.ia_bits", "pgt.start_level"))
+            if pgd:
+                for _, pte, lv in self._guest_walk(slot, pgd, ia_bits, level)[0]:
                     if pte & pt.VALID and lv == 3:
                         ptes[(pte & pt.ADDR_MASK) >> PAGE_SHIFT] = pte
         rows = []
