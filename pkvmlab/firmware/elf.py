@@ -139,6 +139,12 @@ class Firmware:
                     self._sizes.setdefault(s.name, s["st_size"])
         self._by_addr = sorted((a, n) for n, a in self.symbols.items() if not is_section_marker(n))
 
+    @property
+    def era(self) -> str:
+        """Which tree this image was built from: "mainline" (firmware/mainline/, it says so in ``pkvmlab_era``)
+        or "seed" (firmware/)."""
+        return "mainline" if "pkvmlab_era" in self.symbols else "seed"
+
     def symbol(self, name: str) -> int:
         """The address of a firmware symbol; a missing one names a few close matches."""
         try:

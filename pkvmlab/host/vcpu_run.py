@@ -38,7 +38,6 @@ import errno as _errno
 from dataclasses import dataclass
 
 from pkvmlab.arch import esr as E
-from pkvmlab.arch.smccc import HYPERCALLS
 from pkvmlab.errors import HypercallError, UsageError
 from pkvmlab.host import kernel_image as K
 
@@ -54,7 +53,6 @@ ARM_EXCEPTION_IRQ, ARM_EXCEPTION_TRAP = 0, 2
 KVM_ARM64_INCREMENT_PC = 1 << 9
 HPFAR_FIPA_MASK = ((1 << 40) - 1) & ~0xF
 MEMCACHE_TOPUP = 2                # kvm_mmu_cache_min_pages(): a table per level below the PGD
-_KVM_VCPU_RUN = HYPERCALLS["__kvm_vcpu_run"]
 VCPU_FIELDS = ("arch.ctxt.regs.regs", "arch.ctxt.regs.pc", "arch.ctxt.sp_el1", "arch.fault.esr_el2",
                "arch.fault.far_el2", "arch.fault.hpfar_el2", "arch.flags", "arch.pkvm_memcache.head",
                "arch.pkvm_memcache.nr_pages")
@@ -157,7 +155,7 @@ class VcpuRunner:
         self.host.write(pfn * PAGE, content + bytes(PAGE - len(content)))
         for attempt in range(3):
             try:
-                self.host.call("__pkvm_host_map_guest", pfn, gfn)
+                self.vm.map_call(pfn, gfn)
                 break
             except HypercallError as e:
                 if e.errno != _errno.ENOMEM or attempt == 2:
@@ -231,7 +229,7 @@ class VcpuRunner:
         value, incr = self._answer if self._answer is not None else (None, False)
         self._answer = None
         regs0_at, flags_at, fault_at = self._run_at
-        regs = [_KVM_VCPU_RUN, 0, 0, 0, 0, 0, 0, 0, 0, 0 if value is None else regs0_at, value or 0,
+        regs = [host.hypercalls["__kvm_vcpu_run"], 0, 0, 0, 0, 0, 0, 0, 0, 0 if value is None else regs0_at, value or 0,
                 flags_at if incr else 0, KVM_ARM64_INCREMENT_PC, fault_at, regs0_at]
         out = host.call_stub(K.VCPU_RUN, regs, 9, "hypercall __kvm_vcpu_run")
         return host._call_result("__kvm_vcpu_run", (), out[0], out[1]), tuple(out[2:])
