@@ -191,9 +191,11 @@ def finalize_teardown_vm(s: MainlineState, handle: int, peek=None) -> list[Outco
         give_back(s, first, nr, changes)
     for pfn in vm.hyp_pages:
         give_back(s, pfn, 1, changes)
+    # teardown_donated_memory(): zeroed, then pushed on the host's teardown memcache, whose link is each page's
+    # first word (upstream: push_hyp_memcache) -- zero from byte 8 on
     for _, _, p in vm.vcpus:
-        zeroed += range(p, p + -(-c.hyp_vcpu_size // PAGE))
-    zeroed += range(vm.vm_area[0], vm.vm_area[0] + vm.vm_area[1])
+        zeroed += ((q, 8) for q in range(p, p + -(-c.hyp_vcpu_size // PAGE)))
+    zeroed += ((q, 8) for q in range(vm.vm_area[0], vm.vm_area[0] + vm.vm_area[1]))
     for _, host_vcpu, _ in vm.vcpus:
         unpin(s, host_vcpu, c.vcpu_size, changes)
     unpin(s, vm.host_kvm, c.kvm_size, changes)
