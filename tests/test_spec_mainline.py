@@ -1,0 +1,121 @@
+"""The mainline era's specification checks firmware/mainline as it runs: every call of a VM's life passes it, and
+planted mainline bugs fail it.
+
+The rules are pkvmlab/spec/mainline*.py (written from upstream's C: docs/mainline.md); the planted bugs are small
+patches against firmware/mainline/, each a way to get a mainline-only behaviour wrong.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pkvmlab import Lab
+from pkvmlab.errors import SpecMismatch
+from pkvmlab.firmware.build import copy_firmware
+from pkvmlab.mutants import apply_patch
+from pkvmlab.spec.mainline_abstraction import mainline_abstract
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+# Each: (what the bug is, the patch against firmware/, the call the spec must stop at).
+MUTANTS = {
+    "reserve_takes_the_highest_slot": (
+        "__pkvm_reserve_vm takes the highest free slot (the seed era would allow it; mainline takes the lowest)",
+        """--- a/mainline/pkvm.c
++++ b/mainline/pkvm.c
+@@ -1,3 +1,3 @@
+-	for (int i = 0; i < KVM_MAX_PVMS; ++i)
+-		if (!vm_table[i])
+-			return i;
++	for (int i = KVM_MAX_PVMS - 1; i >= 0; --i)
++		if (!vm_table[i])
++			return i;
+""", "__pkvm_reserve_vm"),
+    "share_guest_forgets_the_count": (
+        "__pkvm_host_share_guest does not count the guest mapping in host_share_guest_count",
+        """--- a/mainline/mem_guest.c
++++ b/mainline/mem_guest.c
+@@ -1,2 +1,2 @@
+ 	__host_set_page_state_range(addr, PAGE_SIZE, PKVM_PAGE_SHARED_OWNED);
+-	page->host_share_guest_count++;
++	(void)page;
+""", "__pkvm_host_share_guest"),
+    "reclaim_keeps_the_guests_data": (
+        "__pkvm_reclaim_dying_guest_page gives a protected guest's page back without zeroing it",
+        """--- a/mainline/mem_guest.c
++++ b/mainline/mem_guest.c
+@@ -1,3 +1,3 @@
+ 	case PKVM_PAGE_OWNED:
+-		hyp_poison_page(addr);
++		(void)addr;
+ 		/* fallthrough */
+""", "__pkvm_reclaim_dying_guest_page"),
+}
+
+
+def _life(lab: Lab, protected: bool) -> None:
+    """Create a VM, run a guest that faults its memory in, tear it down (a protected VM's three phases; a
+    non-protected VM's pages unshared first, as upstream's host does: reclaim refuses a borrowed page)."""
+    vm = lab.host.create_vm(1, guest="hello", protected=protected)
+    vm.run()
+    if protected:
+        vm.teardown()
+        return
+    h = vm.handle
+    lab.host.call("__pkvm_start_teardown_vm", h)
+    for gfn in sorted(vm.mapped_pages):
+        lab.host.call("__pkvm_host_unshare_guest", h, gfn, 1)
+    lab.host.call("__pkvm_finalize_teardown_vm", h)
+
+
+@pytest.fixture(scope="module")
+def checked_lab():
+    return Lab(era="mainline", spec_check=True)
+
+
+def test_a_protected_vms_whole_life_passes_the_mainline_spec(checked_lab):
+    ck = checked_lab._spec_checker
+    before = ck.checked
+    _life(checked_lab, protected=True)
+    assert ck.checked - before >= 20 and ck.unchecked == 0
+    s = mainline_abstract(checked_lab)
+    assert not s.vms and not s.reserved and not s.donations
+
+
+def test_a_non_protected_vm_shares_and_unshares_within_the_spec(checked_lab):
+    ck = checked_lab._spec_checker
+    before = ck.checked
+    _life(checked_lab, protected=False)
+    assert ck.checked - before >= 10 and ck.unchecked == 0
+    assert not mainline_abstract(checked_lab).shares
+
+
+def test_a_second_vm_reuses_the_lowest_free_slot(checked_lab):
+    a = checked_lab.host.create_vm(1, protected=True)
+    b = checked_lab.host.create_vm(1, protected=True)
+    a.teardown()
+    c = checked_lab.host.create_vm(1, protected=True)   # the spec's reserve rule: exactly the lowest free slot
+    assert (a.handle, b.handle, c.handle) == (0x1000, 0x1001, 0x1000)
+    b.teardown()
+    c.teardown()
+
+
+@pytest.mark.xfail(strict=True, reason="firmware/mainline's __pkvm_reclaim_dying_guest_page takes back a page a "
+                   "non-protected guest borrows (returns 0); upstream's __pkvm_host_reclaim_page_guest refuses it "
+                   "-EPERM (nvhe/mem_protect.c, docs/mainline.md §9), and vm.teardown() relies on it")
+def test_a_non_protected_vm_torn_down_by_the_host_passes_the_spec(checked_lab):
+    vm = checked_lab.host.create_vm(1, guest="hello", protected=False)
+    vm.run()
+    vm.teardown()
+
+
+@pytest.mark.parametrize("name", sorted(MUTANTS))
+def test_a_planted_mainline_bug_fails_the_spec(name, tmp_path):
+    what, patch, call = MUTANTS[name]
+    dst = tmp_path / "firmware"
+    copy_firmware(dst, overwrite=True)
+    apply_patch(patch, dst)
+    lab = Lab(firmware=str(dst / "mainline"), era="mainline", spec_check=True)
+    with pytest.raises(SpecMismatch) as e:
+        _life(lab, protected=name != "share_guest_forgets_the_count")
+    assert str(e.value).startswith(call), (what, str(e.value))
