@@ -1,0 +1,340 @@
+"""The mainline era (``Lab(era="mainline")``, firmware/mainline/): what differs from the seed's, run on the core.
+
+upstream (mainline; the facts and their citations: docs/mainline.md): the hypercall table numbered as
+``enum __kvm_host_smccc_func`` (asm/kvm_asm.h); the VM table's lowest free slot and ``__pkvm_reserve_vm``
+(nvhe/pkvm.c); host and hyp page states in ``hyp_vmemmap`` (struct hyp_page, nvhe/memory.h); non-protected VMs
+whose pages the host shares and keeps (``__pkvm_host_share_guest``); protected memory donated on fault
+(``__pkvm_host_donate_guest``); teardown in three phases (``__pkvm_start_teardown_vm``,
+``__pkvm_reclaim_dying_guest_page``, ``__pkvm_finalize_teardown_vm``).
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from pkvmlab import HostAccessFault, HypercallError, Lab
+from pkvmlab.arch.hypercalls_mainline import FUNC_MAX, MAINLINE_ENUM, MAINLINE_HCALL_IDS, MAINLINE_HCALLS, NOT_MODELLED, PKVM_ONLY
+from pkvmlab.arch.smccc import SMCCC_RET_NOT_SUPPORTED, kvm_host_smccc_id
+from pkvmlab.firmware.build import FIRMWARE_DIR, MAINLINE_DIR, _sources
+
+PAGE = 4096
+OWNED, SHARED_OWNED, SHARED_BORROWED, NOPAGE = 0, 1, 2, 3   # enum pkvm_page_state, mainline
+
+
+@pytest.fixture(scope="module")
+def mlab():
+    return Lab(era="mainline")
+
+
+def _errno(lab, name, *args):
+    with pytest.raises(HypercallError) as e:
+        lab.host.call(name, *args)
+    return e.value.errno
+
+
+def vmemmap_states(lab, pfn: int) -> tuple[int, int, int, int]:
+    """(host state, hyp state, refcount, host_share_guest_count) of a page, from hyp_vmemmap (struct hyp_page)."""
+    size = lab.fw.layout("hyp_page").size
+    base = lab.core.phys.read_u64(lab.fw.symbol("hyp_vmemmap"))
+    raw = lab.core.phys.read(base + (pfn * PAGE - lab.core.ram_base) // PAGE * size, size)
+    refcount, states, count = int.from_bytes(raw[0:2], "little"), raw[3], int.from_bytes(raw[4:8], "little")
+    return states & 0xF, (states >> 4) ^ 3, refcount, count   # __hyp_state_comp is the complement
+
+
+def host_s2_leaf(lab, addr: int) -> int:
+    """The host stage-2 descriptor that decides ``addr`` (hyp's own walker, called at EL2)."""
+    return lab.core.call_symbol("kvm_pgtable_get_leaf", lab.fw.symbol("host_mmu"), addr, 0)
+
+
+# -- (a) the era, the build, the table -------------------------------------------------------------------------
+
+def test_the_default_stays_the_seed_and_mainline_boots_its_own_tree(mlab):
+    assert Lab().era == "seed" and mlab.era == "mainline"
+    version, el, _ = mlab.hyp_info()
+    assert el == 2 and version >> 16 == 3
+    assert "vm_table" in mlab.fw.symbols and "shadow_table" not in mlab.fw.symbols
+
+
+def test_the_two_trees_never_mix_in_a_build():
+    seed = {p.relative_to(FIRMWARE_DIR) for p in _sources(FIRMWARE_DIR)}
+    assert not any("mainline" in p.parts for p in seed)
+    mainline = set(_sources(MAINLINE_DIR))
+    assert MAINLINE_DIR / "pkvm.c" in mainline and FIRMWARE_DIR / "pgtable.c" in mainline   # shared file
+    assert FIRMWARE_DIR / "pkvm.c" not in mainline and FIRMWARE_DIR / "hyp-main.c" not in mainline
+
+
+def test_the_hypercall_table_is_numbered_as_mainlines_enum():
+    assert PKVM_ONLY == 29 and FUNC_MAX == 51
+    order = ["__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp", "__pkvm_host_donate_guest",
+             "__pkvm_host_share_guest", "__pkvm_host_unshare_guest", "__pkvm_host_relax_perms_guest",
+             "__pkvm_host_wrprotect_guest"]
+    assert [MAINLINE_HCALL_IDS[n] for n in order] == list(range(29, 36))
+    assert MAINLINE_HCALL_IDS["__pkvm_reserve_vm"] == 38 and MAINLINE_HCALL_IDS["__pkvm_tlb_flush_vmid"] == 50
+    assert MAINLINE_HCALL_IDS["__kvm_vcpu_run"] == 9
+    assert set(MAINLINE_HCALLS) - {"__pkvm_hyp_info"} | set(NOT_MODELLED) == set(MAINLINE_ENUM)
+    assert all(why for why in NOT_MODELLED.values())
+
+
+@pytest.mark.parametrize("name", sorted(NOT_MODELLED))
+def test_every_call_not_modelled_is_not_supported(mlab, name):
+    x0, _, _, _ = mlab.host.hvc(kvm_host_smccc_id(MAINLINE_ENUM.index(name)), 1, 2, 3)
+    assert x0 == SMCCC_RET_NOT_SUPPORTED
+
+
+def test_a_seed_only_call_is_refused_by_name_on_mainline(mlab):
+    with pytest.raises(Exception, match="mainline era"):
+        mlab.host.call("__pkvm_init_shadow", 0, 0, 0, 0)
+
+
+# -- (b) the VM table, init_vm / init_vcpu, hyp_vmemmap --------------------------------------------------------
+
+def test_the_vm_table_takes_the_lowest_free_slot():
+    """Where the seed searches round-robin from next_shadow_alloc (notebook 4), mainline's
+    find_free_vm_table_entry() takes the lowest free index."""
+    handles = {}
+    for era in ("seed", "mainline"):
+        lab = Lab(era=era)
+        a, b, c = (lab.host.create_vm(1) for _ in range(3))
+        b.teardown()
+        handles[era] = lab.host.create_vm(1).handle
+    assert handles == {"seed": 0x1003, "mainline": 0x1001}
+
+
+def test_reserve_gives_a_handle_unreserve_frees_it_and_init_vm_needs_it_reserved(mlab):
+    h1 = mlab.host.call("__pkvm_reserve_vm")
+    h2 = mlab.host.call("__pkvm_reserve_vm")
+    assert h2 == h1 + 1
+    mlab.host.call("__pkvm_unreserve_vm", h1)
+    assert mlab.host.call("__pkvm_reserve_vm") == h1           # the lowest again
+    mlab.host.call("__pkvm_unreserve_vm", h1)
+    mlab.host.call("__pkvm_unreserve_vm", h2)
+    # A reserved slot is no VM: vcpu_load and start_teardown find nothing there.
+    h = mlab.host.call("__pkvm_reserve_vm")
+    assert _errno(mlab, "__pkvm_vcpu_load", h, 0) == errno.ENOENT
+    assert _errno(mlab, "__pkvm_start_teardown_vm", h) == errno.ENOENT
+    mlab.host.call("__pkvm_unreserve_vm", h)
+    mlab.host.call("__pkvm_unreserve_vm", 0x1000 + 254)         # a free slot: nothing happens
+    # init_vm into a slot nobody reserved: -EINVAL, and everything it took comes back.
+    vm = mlab.host.create_vm(1)
+    free = mlab.hyp.pool().free_pages
+    kvm = mlab.host.alloc_pages(1)
+    mlab.host.write_u64(kvm * PAGE, 1)   # created_vcpus = 1 (handle field left 0: no slot reserved)
+    mlab.host.share_hyp(kvm)
+    area, pgd = mlab.host.alloc_pages(1), mlab.host.alloc_pages(2, align=2)
+    assert _errno(mlab, "__pkvm_init_vm", kvm * PAGE, area * PAGE, pgd * PAGE) == errno.EINVAL
+    assert vmemmap_states(mlab, area)[0] == OWNED and vmemmap_states(mlab, kvm)[2] == 0   # given back, unpinned
+    assert mlab.hyp.pool().free_pages == free
+    vm.teardown()
+
+
+def test_init_vcpu_takes_one_donated_page_per_vcpu_in_order(mlab):
+    vm = mlab.host.create_vm(2)
+    for area in vm.vcpu_areas:      # donated to hyp: host NOPAGE, hyp OWNED
+        assert vmemmap_states(mlab, area // PAGE)[:2] == (NOPAGE, OWNED)
+    assert _errno(mlab, "__pkvm_init_vcpu", vm.handle, vm.vcpus[0], mlab.host.alloc_pages(1) * PAGE) == errno.EINVAL
+    with pytest.raises(HostAccessFault):
+        mlab.host.read_u64(vm.vcpu_areas[0])
+    vm.teardown()
+    assert vmemmap_states(mlab, vm.vcpu_areas[0] // PAGE)[:2] == (OWNED, NOPAGE)
+    assert vm.teardown_mc_pages == 2 + 2 + 1   # two vCPUs, the PGD's two pages, the VM: on the teardown memcache
+
+
+def test_host_and_hyp_states_live_in_hyp_vmemmap_not_in_the_host_stage2(mlab):
+    pfn = mlab.host.alloc_pages(1)
+    mlab.host.read_u64(pfn * PAGE)                         # mapped for the host (lazily)
+    before = host_s2_leaf(mlab, pfn * PAGE)
+    assert vmemmap_states(mlab, pfn)[:2] == (OWNED, NOPAGE)
+    mlab.host.share_hyp(pfn)
+    assert vmemmap_states(mlab, pfn)[:2] == (SHARED_OWNED, SHARED_BORROWED)
+    assert host_s2_leaf(mlab, pfn * PAGE) == before        # no SW bits: the host stage-2 did not change
+    assert before & (3 << 55) == 0
+    mlab.host.unshare_hyp(pfn)
+    assert vmemmap_states(mlab, pfn)[:2] == (OWNED, NOPAGE)
+
+
+# -- (c) non-protected VMs ---------------------------------------------------------------------------------------
+
+def test_the_host_reads_a_non_protected_guests_page_but_faults_on_a_protected_ones(mlab):
+    """The lesson of __pkvm_host_share_guest: the host keeps a non-protected guest's pages (shared), and reads what
+    the guest wrote; the same read of a protected guest's page (donated) faults."""
+    np_vm = mlab.host.create_vm(1, guest="touch", protected=False)
+    p_vm = mlab.host.create_vm(1, guest="touch")
+    for vm in (np_vm, p_vm):
+        assert vm.run()[-1].reason == "hypercall"          # touched its 16 pages
+    np_pfn, p_pfn = np_vm.mapped_pages[0x10], p_vm.mapped_pages[0x10]
+    assert mlab.core.phys.read_u64(np_pfn * PAGE) == mlab.core.phys.read_u64(p_pfn * PAGE) == 1
+    assert mlab.host.read_u64(np_pfn * PAGE) == 1           # the host reads it
+    with pytest.raises(HostAccessFault):
+        mlab.host.read_u64(p_pfn * PAGE)
+    assert vmemmap_states(mlab, np_pfn) == (SHARED_OWNED, NOPAGE, 0, 1)
+    assert vmemmap_states(mlab, p_pfn)[:2] == (NOPAGE, NOPAGE)
+    for vm in (np_vm, p_vm):
+        vm.teardown()
+    assert vmemmap_states(mlab, np_pfn) == (OWNED, NOPAGE, 0, 0)
+
+
+def test_share_guest_refuses_a_protected_vm_and_donate_guest_a_non_protected_one(mlab):
+    p_vm, np_vm = mlab.host.create_vm(1), mlab.host.create_vm(1, protected=False)
+    from pkvmlab.host.vcpu_run import VcpuRunner
+
+    for vm, wrong in ((p_vm, ("__pkvm_host_share_guest", 1, 7)), (np_vm, ("__pkvm_host_donate_guest",))):
+        VcpuRunner(vm, 0).topup_memcache()
+        mlab.host.call("__pkvm_vcpu_load", vm.handle, 0)
+        pfn = mlab.host.alloc_pages(1)
+        assert _errno(mlab, wrong[0], pfn, 3, *wrong[1:]) == errno.EINVAL
+        mlab.host.call("__pkvm_vcpu_put")
+    # unshare / wrprotect name a non-protected VM by handle: a protected one is -EINVAL.
+    assert _errno(mlab, "__pkvm_host_unshare_guest", p_vm.handle, 0, 1) == errno.EINVAL
+    assert _errno(mlab, "__pkvm_host_wrprotect_guest", p_vm.handle, 0, 1) == errno.EINVAL
+    pfn = np_vm.donate(4)
+    assert vmemmap_states(mlab, pfn)[3] == 1
+    mlab.host.call("__pkvm_host_wrprotect_guest", np_vm.handle, 4, 1)
+    assert _errno(mlab, "__pkvm_host_unshare_guest", np_vm.handle, 5, 1) == errno.ENOENT
+    mlab.host.call("__pkvm_host_unshare_guest", np_vm.handle, 4, 1)
+    assert vmemmap_states(mlab, pfn) == (OWNED, NOPAGE, 0, 0)
+    del np_vm.mapped_pages[4]
+    p_vm.teardown()
+    np_vm.teardown()
+
+
+# -- (d) protected memory donated on fault, every guest --------------------------------------------------------
+
+def test_a_page_donated_to_a_guest_is_recorded_in_the_host_stage2_with_its_vm_and_gfn(mlab):
+    vm = mlab.host.create_vm(1, guest="touch")
+    vm.run()
+    pfn = vm.mapped_pages[0x13]
+    pte = host_s2_leaf(mlab, pfn * PAGE)
+    assert pte & 1 == 0                                       # invalid: the host may not touch it
+    assert (pte >> 2) & 0xFF == 2                             # owner PKVM_ID_GUEST (the lab's bits [9:2])
+    assert pte >> 60 == 1                                     # a donation
+    assert (pte >> 10) & 0xFFFF == vm.handle and (pte >> 26) & ((1 << 34) - 1) == 0x13
+    vm.teardown()
+
+
+GUESTS = ("canary", "checksum", "hello", "hvc_loop", "meminfo", "mmu_on", "nop_loop", "poke", "secret", "share",
+          "spin", "touch", "traps", "uart_loop", "uart_loop_fp", "unshare_mine", "vcpu_private", "x0_only")
+
+
+def test_every_guest_program_makes_the_same_exits_on_both_eras():
+    """Every program in firmware/guests/ (their list checked here) runs on mainline and exits exactly as on the
+    seed's firmware: the guest's world (exits, MEM_SHARE/UNSHARE, HYP_MEMINFO, traps) did not change."""
+    from pkvmlab.firmware.guests import GUESTS_DIR
+
+    assert set(GUESTS) == {p.stem for p in GUESTS_DIR.iterdir() if p.suffix in (".c", ".S")} - {"start"}
+    seen = {}
+    for era in ("seed", "mainline"):
+        lab = Lab(era=era)
+        for name in GUESTS:
+            vm = lab.host.create_vm(1, guest=name)
+            exits = []
+            for _ in range(3):
+                exits += vm.run()
+                if vm.powered_off:
+                    break
+            seen[era, name] = ([(e.reason, e.ipa, e.hvc and e.hvc[:2], e.esr) for e in exits], vm.console)
+            vm.teardown()
+    for name in GUESTS:
+        assert seen["mainline", name] == seen["seed", name], name
+        assert seen["mainline", name][0], name
+
+
+# -- (e) teardown in three phases --------------------------------------------------------------------------------
+
+def test_teardown_is_three_phases_and_each_refuses_out_of_order(mlab):
+    vm = mlab.host.create_vm(1, guest="touch")
+    vm.run()
+    h, pages = vm.handle, dict(vm.mapped_pages)
+    assert _errno(mlab, "__pkvm_finalize_teardown_vm", h) == errno.EBUSY        # not dying yet
+    assert _errno(mlab, "__pkvm_reclaim_dying_guest_page", h, 0x10) == errno.EPERM
+    mlab.host.call("__pkvm_vcpu_load", h, 0)
+    assert _errno(mlab, "__pkvm_start_teardown_vm", h) == errno.EBUSY           # a vCPU is loaded
+    mlab.host.call("__pkvm_vcpu_put")
+    mlab.host.call("__pkvm_start_teardown_vm", h)
+    assert _errno(mlab, "__pkvm_start_teardown_vm", h) == errno.EINVAL          # dying already
+    assert _errno(mlab, "__pkvm_vcpu_load", h, 0) == errno.EINVAL               # nothing runs on a dying VM
+    with pytest.raises(HostAccessFault):                                       # still the guest's
+        mlab.host.read_u64(pages[0x10] * PAGE)
+    mlab.host.call("__pkvm_reclaim_dying_guest_page", h, 0x10)
+    assert mlab.host.read(pages[0x10] * PAGE, PAGE) == bytes(PAGE)             # poisoned on the way back
+    assert vmemmap_states(mlab, pages[0x10])[0] == OWNED
+    assert _errno(mlab, "__pkvm_reclaim_dying_guest_page", h, 0x10) == errno.ENOENT   # nothing there now
+    for gfn in pages:
+        if gfn != 0x10:
+            mlab.host.call("__pkvm_reclaim_dying_guest_page", h, gfn)
+    mlab.host.call("__pkvm_finalize_teardown_vm", h)
+    assert _errno(mlab, "__pkvm_finalize_teardown_vm", h) == errno.ENOENT
+    assert mlab.host.call("__pkvm_reserve_vm") == h                           # the slot is free again
+    mlab.host.call("__pkvm_unreserve_vm", h)
+    vm.mapped_pages.clear()
+    vm.alive = False
+    del mlab.host.vms[h]
+
+
+def test_a_page_the_guest_shared_comes_back_not_zeroed(mlab):
+    vm = mlab.host.create_vm(1, guest="share")
+    while not vm.powered_off:
+        vm.run()
+    pfn = vm.mapped_pages[5]
+    assert mlab.host.read(pfn * PAGE, 35) == b"still shared when the guest stopped"
+    mlab.host.call("__pkvm_start_teardown_vm", vm.handle)
+    mlab.host.call("__pkvm_reclaim_dying_guest_page", vm.handle, 5)
+    assert mlab.host.read(pfn * PAGE, 35) == b"still shared when the guest stopped"
+    for gfn in vm.mapped_pages:
+        if gfn != 5:
+            mlab.host.call("__pkvm_reclaim_dying_guest_page", vm.handle, gfn)
+    mlab.host.call("__pkvm_finalize_teardown_vm", vm.handle)
+
+
+def test_create_run_teardown_cycles_leave_the_pool_and_the_vmemmap_as_before():
+    lab = Lab(era="mainline")
+    for protected in (True, False):
+        vm = lab.host.create_vm(2, guest="touch", protected=protected)
+        vm.run()
+        vm.teardown()
+    free = lab.hyp.pool().free_pages
+    pfns = set()
+    for protected in (True, False):
+        vm = lab.host.create_vm(2, guest="touch", protected=protected)
+        vm.run()
+        pfns |= set(vm.mapped_pages.values()) | {vm.host_kvm // PAGE, vm.shadow_va // PAGE, vm.pgd // PAGE}
+        vm.teardown()
+    assert lab.hyp.pool().free_pages == free
+    assert {vmemmap_states(lab, p) for p in pfns} == {(OWNED, NOPAGE, 0, 0)}
+
+
+# -- (f) hostile input: every mainline call validates at EL2, hyp never panics -----------------------------------
+
+NASTY = (0, 1, 0xFFF, 0x1000, 0x1001, 0x10FF, 0x40000, 0x40001, 0x40800, 0x7FFFFFFFF, 1 << 63, (1 << 64) - 1,
+         0x40000000, 0x40801000, 0x80000000)
+
+
+def test_hostile_arguments_to_every_mainline_call_get_an_errno_and_never_a_panic():
+    """Each implemented call, with arguments from a nasty pool (hyp's own memory, huge, unaligned, wrapping, other
+    VMs' handles), one VM live and one vCPU loaded or not: x0 is SUCCESS, x1 is 0 or a negative errno, and the lab
+    answers after (hyp_info).  Seeded, so the same calls every run."""
+    import random
+
+    lab = Lab(era="mainline")
+    vm = lab.host.create_vm(1, guest="touch")
+    vm.run()
+    rng = random.Random(24)
+    calls = [n for n in MAINLINE_HCALLS if n not in ("__kvm_vcpu_run", "__pkvm_hyp_info")]
+    for i in range(400):
+        name = calls[i % len(calls)]
+        args = [rng.choice(NASTY + (vm.handle, vm.host_kvm, vm.vcpus[0])) for _ in MAINLINE_HCALLS[name]]
+        if name in ("__pkvm_start_teardown_vm", "__pkvm_finalize_teardown_vm", "__pkvm_unreserve_vm") and \
+                vm.handle in args:
+            continue   # keep the VM alive: its own teardown is tested above
+        x0, x1, _, _ = lab.host.hvc(lab.host.hypercalls[name], *args)
+        assert x0 == 0, (name, args)
+        ret = x1 - (1 << 64) if x1 >> 63 else x1
+        assert ret >= -4095, (name, args, hex(x1))
+        if name == "__pkvm_vcpu_load" and ret == 0:
+            if rng.random() < 0.5:
+                lab.host.hvc(lab.host.hypercalls["__pkvm_vcpu_put"])
+        if name == "__pkvm_reserve_vm" and ret > 0 and ret != vm.handle:
+            lab.host.hvc(lab.host.hypercalls["__pkvm_unreserve_vm"], ret)
+    assert lab.core.panic is None
+    assert lab.hyp_info()[1] == 2
