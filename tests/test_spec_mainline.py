@@ -21,35 +21,32 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 MUTANTS = {
     "reserve_takes_the_highest_slot": (
         "__pkvm_reserve_vm takes the highest free slot (the seed era would allow it; mainline takes the lowest)",
-        """--- a/mainline/pkvm.c
-+++ b/mainline/pkvm.c
-@@ -1,3 +1,3 @@
--	for (int i = 0; i < KVM_MAX_PVMS; ++i)
--		if (!vm_table[i])
--			return i;
-+	for (int i = KVM_MAX_PVMS - 1; i >= 0; --i)
-+		if (!vm_table[i])
-+			return i;
-""", "__pkvm_reserve_vm"),
+        ("--- a/mainline/pkvm.c\n"
+         "+++ b/mainline/pkvm.c\n"
+         "@@ -1,3 +1,3 @@\n"
+         "-\tfor (int i = 0; i < KVM_MAX_PVMS; ++i)\n"
+         "-\t\tif (!vm_table[i])\n"
+         "-\t\t\treturn i;\n"
+         "+\tfor (int i = KVM_MAX_PVMS - 1; i >= 0; --i)\n"
+         "+\t\tif (!vm_table[i])\n"
+         "+\t\t\treturn i;\n"), "__pkvm_reserve_vm"),
     "share_guest_forgets_the_count": (
         "__pkvm_host_share_guest does not count the guest mapping in host_share_guest_count",
-        """--- a/mainline/mem_guest.c
-+++ b/mainline/mem_guest.c
-@@ -1,2 +1,2 @@
- 	__host_set_page_state_range(addr, PAGE_SIZE, PKVM_PAGE_SHARED_OWNED);
--	page->host_share_guest_count++;
-+	(void)page;
-""", "__pkvm_host_share_guest"),
+        ("--- a/mainline/mem_guest.c\n"
+         "+++ b/mainline/mem_guest.c\n"
+         "@@ -1,2 +1,2 @@\n"
+         " \t__host_set_page_state_range(addr, PAGE_SIZE, PKVM_PAGE_SHARED_OWNED);\n"
+         "-\tpage->host_share_guest_count++;\n"
+         "+\t(void)page;\n"), "__pkvm_host_share_guest"),
     "reclaim_keeps_the_guests_data": (
         "__pkvm_reclaim_dying_guest_page gives a protected guest's page back without zeroing it",
-        """--- a/mainline/mem_guest.c
-+++ b/mainline/mem_guest.c
-@@ -1,3 +1,3 @@
- 	case PKVM_PAGE_OWNED:
--		hyp_poison_page(addr);
-+		(void)addr;
- 		/* fallthrough */
-""", "__pkvm_reclaim_dying_guest_page"),
+        ("--- a/mainline/mem_guest.c\n"
+         "+++ b/mainline/mem_guest.c\n"
+         "@@ -1,3 +1,3 @@\n"
+         " \tcase PKVM_PAGE_OWNED:\n"
+         "-\t\thyp_poison_page(addr);\n"
+         "+\t\t(void)addr;\n"
+         " \t\t/* fallthrough */\n"), "__pkvm_reclaim_dying_guest_page"),
 }
 
 
