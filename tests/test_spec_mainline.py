@@ -116,3 +116,56 @@ def test_a_planted_mainline_bug_fails_the_spec(name, tmp_path):
     with pytest.raises(SpecMismatch) as e:
         _life(lab, protected=name != "share_guest_forgets_the_count")
     assert str(e.value).startswith(call), (what, str(e.value))
+
+
+def test_refused_calls_of_each_kind_pass_the_mainline_spec(checked_lab):
+    """Calls mainline refuses, each as mainline refuses it (the spec allows exactly that errno, nothing changed)."""
+    from pkvmlab.errors import HypercallError
+
+    lab = checked_lab
+    np, p = lab.host.create_vm(1, protected=False), lab.host.create_vm(1, protected=True)
+    pfn = lab.host.alloc_pages(1)
+    refused = [("__pkvm_host_donate_guest", (pfn, 0x10)),                 # no vCPU loaded
+               ("__pkvm_host_share_guest", (pfn, 0x10, 1, 0b111)),
+               ("__pkvm_host_unshare_guest", (p.handle, 0x10, 1)),        # a protected VM's handle
+               ("__pkvm_host_wrprotect_guest", (p.handle, 0x10, 1)),
+               ("__pkvm_init_vcpu", (0x1234, np.vcpus[0], lab.host.alloc_pages(1) << 12))]   # no such VM
+    before = lab._spec_checker.checked
+    for name, args in refused:
+        with pytest.raises(HypercallError):
+            lab.host.call(name, *args)
+    lab.host.call("__pkvm_vcpu_load", p.handle, 0)
+    for name, args in (("__pkvm_host_share_guest", (pfn, 0x10, 1, 0b111)),   # a protected vCPU
+                       ("__pkvm_host_relax_perms_guest", (0x10, 0b111))):
+        with pytest.raises(HypercallError):
+            lab.host.call(name, *args)
+    lab.host.call("__pkvm_vcpu_put")
+    assert lab._spec_checker.checked - before == len(refused) + 4
+    p.teardown()
+    lab.host.call("__pkvm_start_teardown_vm", np.handle)
+    lab.host.call("__pkvm_finalize_teardown_vm", np.handle)
+
+
+# Where firmware/mainline answered otherwise than upstream when this was written (docs/mainline.md, "Where the lab's
+# mainline firmware may differ"): each a strict xfail, so that fixing the firmware shows here.
+DEPARTURES = {
+    "start_teardown_of_no_vm": (("__pkvm_start_teardown_vm", (0x1234,)), "upstream -EINVAL, the lab -ENOENT"),
+    "finalize_of_a_live_vm": (("__pkvm_finalize_teardown_vm", None), "upstream -EINVAL, the lab -EBUSY"),
+    "reclaim_from_a_live_vm": (("__pkvm_reclaim_dying_guest_page", None), "upstream -EINVAL, the lab -EPERM"),
+    "share_hyp_of_no_memory": (("__pkvm_host_share_hyp", (0x40040820,)),
+                               "upstream -EPERM (check_range_allowed_memory), the lab -EINVAL"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEPARTURES))
+def test_a_refusal_answers_mainlines_errno(name):
+    (call, args), why = DEPARTURES[name]
+    lab = Lab(era="mainline", spec_check=True)
+    vm = lab.host.create_vm(1, protected=True)
+    args = args or ((vm.handle,) if call == "__pkvm_finalize_teardown_vm" else (vm.handle, 0))
+    try:
+        lab.host.call(call, *args)
+    except SpecMismatch:
+        pytest.xfail(why)
+    except Exception:
+        pass
