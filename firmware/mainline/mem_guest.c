@@ -159,10 +159,8 @@ static int guest_borrowed_page(struct pkvm_hyp_vm *vm, u64 ipa, u64 *addr)
 {
 	kvm_pte_t pte = guest_pte(vm, ipa);
 
-	if (!kvm_pte_valid(pte))
-		return -ENOENT;
-	if (pkvm_getstate(pte) != PKVM_PAGE_SHARED_BORROWED)
-		return -EPERM;
+	if (guest_get_page_state(pte) != PKVM_PAGE_SHARED_BORROWED)
+		return -EPERM;	/* no page there, or not a borrowed one (upstream: __check_host_shared_guest()) */
 	*addr = kvm_pte_to_phys(pte);
 	return 0;
 }
@@ -234,7 +232,7 @@ int __pkvm_host_wrprotect_guest(u64 gfn, u64 nr_pages, struct pkvm_hyp_vm *vm)
 /*
  * Give the host back the page at @gfn of a dying VM: one the guest owned is
  * poisoned (zeroed) first; one it had shared with the host comes back as it
- * is; one a non-protected guest borrowed is unshared.
+ * is; anything else is -EPERM (upstream: __pkvm_host_reclaim_page_guest()).
  */
 int reclaim_dying_guest_page(struct pkvm_hyp_vm *vm, u64 gfn)
 {
@@ -244,10 +242,8 @@ int reclaim_dying_guest_page(struct pkvm_hyp_vm *vm, u64 gfn)
 	if (gfn >= (1UL << (vm->pgt.ia_bits - PAGE_SHIFT)))
 		return -EINVAL;
 	pte = guest_pte(vm, ipa);
-	if (!kvm_pte_valid(pte))
-		return -ENOENT;
 	addr = kvm_pte_to_phys(pte);
-	switch (pkvm_getstate(pte)) {
+	switch (guest_get_page_state(pte)) {
 	case PKVM_PAGE_OWNED:
 		hyp_poison_page(addr);
 		/* fallthrough */
@@ -256,10 +252,7 @@ int reclaim_dying_guest_page(struct pkvm_hyp_vm *vm, u64 gfn)
 		BUG_ON(host_stage2_idmap_page(addr));
 		__host_set_page_state_range(addr, PAGE_SIZE, PKVM_PAGE_OWNED);
 		return 0;
-	case PKVM_PAGE_SHARED_BORROWED:
-		unshare_one(vm, addr, ipa);
-		return 0;
-	default:
+	default:	/* no page there, or a non-protected guest's (unshared instead) */
 		return -EPERM;
 	}
 }
@@ -280,7 +273,9 @@ static void destroy_leaf(u64 ipa, kvm_pte_t pte, u32 level, void *arg)
 	struct destroy_walk *w = arg;
 
 	(void)level;
-	if (kvm_pte_valid(pte))	/* a page the host did not reclaim: give it back all the same */
+	if (pkvm_getstate(pte) == PKVM_PAGE_SHARED_BORROWED)	/* a non-protected guest's, still shared */
+		unshare_one(w->vm, kvm_pte_to_phys(pte), ipa);
+	else	/* a page the host did not reclaim: give it back all the same */
 		BUG_ON(reclaim_dying_guest_page(w->vm, hyp_phys_to_pfn(ipa)));
 }
 

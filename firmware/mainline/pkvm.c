@@ -196,11 +196,11 @@ int __pkvm_init_vm(struct kvm *host_kvm, unsigned long vm_hva, unsigned long pgd
 		return ret;
 
 	nr_vcpus = READ_ONCE(host_kvm->created_vcpus);
-	if (nr_vcpus < 1 || nr_vcpus > KVM_MAX_VCPUS) {	/* upstream: nr_vcpus < 1 only (a size check bounds it) */
+	handle = READ_ONCE(host_kvm->arch.pkvm.handle);
+	if (nr_vcpus < 1 || handle < HANDLE_OFFSET) {	/* refused before anything is donated */
 		ret = -EINVAL;
 		goto err_unpin_kvm;
 	}
-	handle = READ_ONCE(host_kvm->arch.pkvm.handle);
 	vm_size = pkvm_get_hyp_vm_size(nr_vcpus);
 	pgd_size = kvm_pgtable_stage2_pgd_size(host_mmu.vtcr);
 	if (!IS_ALIGNED(pgd_hva, pgd_size)) {
@@ -222,20 +222,17 @@ int __pkvm_init_vm(struct kvm *host_kvm, unsigned long vm_hva, unsigned long pgd
 	hyp_vm->kvm.arch.vtcr = host_mmu.vtcr;
 	hyp_vm->kvm.arch.pkvm.is_protected = !!READ_ONCE(host_kvm->arch.pkvm.is_protected);
 
-	hyp_spin_lock(&vm_table_lock);
-	ret = insert_vm_table_entry(handle, hyp_vm);
-	if (ret < 0)
-		goto err_unlock;
 	ret = kvm_guest_prepare_stage2(hyp_vm, pgd);
 	if (ret)
-		goto err_remove_vm_table_entry;
-	hyp_spin_unlock(&vm_table_lock);
-	return 0;
+		goto err_remove_mappings;
 
-err_remove_vm_table_entry:
-	vm_table[vm_handle_to_idx(handle)] = RESERVED_ENTRY;
-err_unlock:
+	/* Last: this publishes the VM (a slot not reserved is -EINVAL, and everything goes back). */
+	hyp_spin_lock(&vm_table_lock);
+	ret = insert_vm_table_entry(handle, hyp_vm);
 	hyp_spin_unlock(&vm_table_lock);
+	if (!ret)
+		return 0;
+
 err_remove_mappings:
 	unmap_donated_memory(hyp_vm, vm_size);
 	unmap_donated_memory(pgd, pgd_size);
@@ -245,20 +242,28 @@ err_unpin_kvm:
 }
 
 static int init_pkvm_hyp_vcpu(struct pkvm_hyp_vcpu *hyp_vcpu, struct pkvm_hyp_vm *hyp_vm,
-			      struct kvm_vcpu *host_vcpu, unsigned int vcpu_idx)
+			      struct kvm_vcpu *host_vcpu)
 {
 	if (hyp_pin_shared_mem(host_vcpu, host_vcpu + 1))
 		return -EBUSY;
-	if (READ_ONCE(host_vcpu->vcpu_idx) != vcpu_idx) {
-		hyp_unpin_shared_mem(host_vcpu, host_vcpu + 1);
-		return -EINVAL;
-	}
 	hyp_vcpu->host_vcpu = host_vcpu;
 	hyp_vcpu->vcpu.kvm = &hyp_vm->kvm;
 	hyp_vcpu->vcpu.vcpu_id = READ_ONCE(host_vcpu->vcpu_id);
-	hyp_vcpu->vcpu.vcpu_idx = vcpu_idx;
+	hyp_vcpu->vcpu.vcpu_idx = READ_ONCE(host_vcpu->vcpu_idx);
 	hyp_vcpu->vcpu.arch.hw_mmu = &hyp_vm->kvm.arch.mmu;
 	hyp_vcpu->last_exit = 0xff;
+	return 0;
+}
+
+/* upstream: register_hyp_vcpu(): the host's vcpu_idx names the slot, in any order, each once. */
+static int register_hyp_vcpu(struct pkvm_hyp_vm *hyp_vm, struct pkvm_hyp_vcpu *hyp_vcpu)
+{
+	unsigned int idx = hyp_vcpu->vcpu.vcpu_idx;
+
+	if (idx >= hyp_vm->kvm.created_vcpus || hyp_vm->vcpus[idx])
+		return -EINVAL;
+	hyp_vm->vcpus[idx] = hyp_vcpu;
+	hyp_vm->nr_vcpus++;
 	return 0;
 }
 
@@ -266,7 +271,6 @@ int __pkvm_init_vcpu(pkvm_handle_t handle, struct kvm_vcpu *host_vcpu, unsigned 
 {
 	struct pkvm_hyp_vcpu *hyp_vcpu;
 	struct pkvm_hyp_vm *hyp_vm;
-	unsigned int idx;
 	int ret;
 
 	if (!IS_ALIGNED((unsigned long)host_vcpu, sizeof(u64)))
@@ -281,16 +285,12 @@ int __pkvm_init_vcpu(pkvm_handle_t handle, struct kvm_vcpu *host_vcpu, unsigned 
 		ret = -ENOENT;
 		goto unlock;
 	}
-	idx = hyp_vm->nr_vcpus;
-	if (idx >= hyp_vm->kvm.created_vcpus || hyp_vm->is_dying) {
-		ret = -EINVAL;
-		goto unlock;
-	}
-	ret = init_pkvm_hyp_vcpu(hyp_vcpu, hyp_vm, host_vcpu, idx);
+	ret = init_pkvm_hyp_vcpu(hyp_vcpu, hyp_vm, host_vcpu);
 	if (ret)
 		goto unlock;
-	hyp_vm->vcpus[idx] = hyp_vcpu;
-	hyp_vm->nr_vcpus++;
+	ret = register_hyp_vcpu(hyp_vm, hyp_vcpu);
+	if (ret)
+		hyp_unpin_shared_mem(host_vcpu, host_vcpu + 1);
 unlock:
 	hyp_spin_unlock(&vm_table_lock);
 	if (ret)
@@ -321,11 +321,8 @@ int __pkvm_start_teardown_vm(pkvm_handle_t handle)
 
 	hyp_spin_lock(&vm_table_lock);
 	hyp_vm = get_vm_by_handle(handle);
-	if (!hyp_vm)
-		ret = -ENOENT;
-	else if (hyp_page_count(hyp_vm))	/* a loaded vCPU holds it (upstream: WARN_ON(); a WARN stops the lab) */
-		ret = -EBUSY;
-	else if (hyp_vm->is_dying)
+	/* upstream: get_pkvm_unref_hyp_vm_locked(): no VM, a referenced one (a vCPU loaded), a dying one: -EINVAL */
+	if (!hyp_vm || hyp_page_count(hyp_vm) || hyp_vm->is_dying)
 		ret = -EINVAL;
 	else
 		hyp_vm->is_dying = true;
@@ -333,7 +330,7 @@ int __pkvm_start_teardown_vm(pkvm_handle_t handle)
 	return ret;
 }
 
-/* The lab's errno for a VM that is not dying yet: not verified against upstream. */
+/* No VM, or one not dying: -EINVAL (upstream: __pkvm_reclaim_dying_guest_page(), nvhe/pkvm.c). */
 int __pkvm_reclaim_dying_guest_page(pkvm_handle_t handle, u64 gfn)
 {
 	struct pkvm_hyp_vm *hyp_vm;
@@ -341,10 +338,8 @@ int __pkvm_reclaim_dying_guest_page(pkvm_handle_t handle, u64 gfn)
 
 	hyp_spin_lock(&vm_table_lock);
 	hyp_vm = get_vm_by_handle(handle);
-	if (!hyp_vm)
-		ret = -ENOENT;
-	else if (!hyp_vm->is_dying)
-		ret = -EPERM;
+	if (!hyp_vm || !hyp_vm->is_dying)
+		ret = -EINVAL;
 	else
 		ret = reclaim_dying_guest_page(hyp_vm, gfn);
 	hyp_spin_unlock(&vm_table_lock);
@@ -361,13 +356,10 @@ int __pkvm_finalize_teardown_vm(pkvm_handle_t handle)
 
 	hyp_spin_lock(&vm_table_lock);
 	hyp_vm = get_vm_by_handle(handle);
-	if (!hyp_vm) {
+	/* No VM, a referenced one, one not dying: -EINVAL (upstream: get_pkvm_unref_hyp_vm_locked()). */
+	if (!hyp_vm || hyp_page_count(hyp_vm) || !hyp_vm->is_dying) {
 		hyp_spin_unlock(&vm_table_lock);
-		return -ENOENT;
-	}
-	if (!hyp_vm->is_dying) {
-		hyp_spin_unlock(&vm_table_lock);
-		return -EBUSY;
+		return -EINVAL;
 	}
 	host_kvm = hyp_vm->host_kvm;
 	/* Ensure the VMID is clean before it can be reallocated */
@@ -379,9 +371,11 @@ int __pkvm_finalize_teardown_vm(pkvm_handle_t handle)
 	destroy_hyp_vm_pgt(hyp_vm, mc);
 	pgd = hyp_vm->pgt.pgd;
 	pgd_size = kvm_pgtable_stage2_pgd_size(hyp_vm->kvm.arch.vtcr);
-	for (unsigned int idx = 0; idx < hyp_vm->nr_vcpus; ++idx) {
+	for (unsigned int idx = 0; idx < hyp_vm->kvm.created_vcpus; ++idx) {
 		struct pkvm_hyp_vcpu *hyp_vcpu = hyp_vm->vcpus[idx];
 
+		if (!hyp_vcpu)
+			continue;
 		drain_memcache(&hyp_vcpu->vcpu.arch.pkvm_memcache);
 		hyp_unpin_shared_mem(hyp_vcpu->host_vcpu, hyp_vcpu->host_vcpu + 1);
 		teardown_donated_memory(mc, hyp_vcpu, sizeof(*hyp_vcpu));

@@ -54,7 +54,7 @@ int pkvm_load_hyp_vcpu(pkvm_handle_t handle, unsigned int vcpu_idx)
 		ret = -ENOENT;
 		goto unlock;
 	}
-	if (hyp_vm->is_dying || vcpu_idx >= hyp_vm->nr_vcpus) {
+	if (hyp_vm->is_dying || vcpu_idx >= hyp_vm->kvm.created_vcpus || !hyp_vm->vcpus[vcpu_idx]) {
 		ret = -EINVAL;
 		goto unlock;
 	}

@@ -1,8 +1,11 @@
 """The host hypercall table of mainline pKVM, numbered as mainline's ``enum __kvm_host_smccc_func``.
 
-upstream: arch/arm64/include/asm/kvm_asm.h, ``enum __kvm_host_smccc_func`` (mainline, the tree with the
-``__tracing_*`` and ``__vgic_v5_*`` calls, read as transcribed in the stored code corpus: not verified
-against a torvalds/linux commit of that date).  A ``MARKER()`` (``__KVM_HOST_SMCCC_FUNC_MIN_PKVM``,
+upstream: arch/arm64/include/asm/kvm_asm.h, ``enum __kvm_host_smccc_func`` (mainline of the 7.1 pull, the tree
+with the ``__tracing_*`` and ``__vgic_v5_*`` calls; the handler table, ``host_hcall[]`` in nvhe/hyp-main.c, of
+kernel-patches/bpf @ 06499de8f998, docs/mainline.md "T1", has exactly these entries).  A later kvm_asm.h
+(kernel-patches/bpf @ 43759e3c9631, "T2") has three more calls just before ``PKVM_ONLY`` (``__pkvm_hyp_topup``,
+``__pkvm_hyp_reclaim``, ``__pkvm_hyp_reclaimable``), which moves every pKVM-only id up by 3 (``PKVM_ONLY`` = 32
+there); the order from ``PKVM_ONLY`` on is the same.  The lab numbers as T1.  A ``MARKER()`` (``__KVM_HOST_SMCCC_FUNC_MIN_PKVM``,
 ``__KVM_HOST_SMCCC_FUNC_PKVM_ONLY``) takes no slot: it has the value of the entry after it.  Ids count from
 ``__KVM_HOST_SMCCC_FUNC___kvm_hyp_init`` = 0.
 

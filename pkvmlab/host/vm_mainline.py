@@ -14,7 +14,8 @@ The host's steps (upstream: arch/arm64/kvm/pkvm.c, mainline: ``pkvm_create_hyp_v
 A protected VM's memory is donated page by page as the guest faults (``__pkvm_host_donate_guest``); a
 non-protected VM's (``protected=False``) is shared (``__pkvm_host_share_guest``): the host keeps it and can
 still read it.  Teardown is three phases: ``__pkvm_start_teardown_vm``, ``__pkvm_reclaim_dying_guest_page``
-for each page, ``__pkvm_finalize_teardown_vm``; the metadata comes back on ``kvm->arch.pkvm.teardown_mc``.
+for each page of a protected guest, ``__pkvm_finalize_teardown_vm`` (a non-protected guest's pages are
+unshared first, ``__pkvm_host_unshare_guest``); the metadata comes back on ``kvm->arch.pkvm.teardown_mc``.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ def create_vm(host, nr_vcpus: int = 2, guest: str | None = None, *, protected: b
             areas.append(area_pfn * PAGE)
     except BaseException:
         if initialised:   # a vCPU failed: the VM is hyp's; tear it down as a whole, and all comes back
-            _teardown_calls(host, handle, {})
+            _teardown_calls(host, handle, {}, protected)
         elif handle is not None:
             host.call("__pkvm_unreserve_vm", handle)
         still_shared = _unshare_all(host, reversed(shared))
@@ -217,11 +218,17 @@ def create_vm(host, nr_vcpus: int = 2, guest: str | None = None, *, protected: b
     return vm
 
 
-def _teardown_calls(host, handle: int, pages: dict[int, int]) -> None:
-    """The three phases of teardown, as hypercalls."""
+def _teardown_calls(host, handle: int, pages: dict[int, int], protected: bool = True) -> None:
+    """The three phases of teardown, as hypercalls.  A non-protected guest's pages are the host's all along: it
+    unshares them first (``__pkvm_host_unshare_guest``); only a protected guest's are reclaimed from the dying VM
+    (upstream, host side: ``pkvm_pgtable_stage2_destroy()`` in arch/arm64/kvm/pkvm.c: not read, docs/mainline.md)."""
+    if not protected:
+        for gfn in pages:
+            host.call("__pkvm_host_unshare_guest", handle, gfn, 1)
     host.call("__pkvm_start_teardown_vm", handle)
-    for gfn in pages:
-        host.call("__pkvm_reclaim_dying_guest_page", handle, gfn)
+    if protected:
+        for gfn in pages:
+            host.call("__pkvm_reclaim_dying_guest_page", handle, gfn)
     host.call("__pkvm_finalize_teardown_vm", handle)
 
 
@@ -231,7 +238,7 @@ def teardown_vm(host, handle: int) -> None:
     if vm is None:
         raise UsageError(f"the host has no VM with handle {handle:#x}; live: {[hex(h) for h in host.vms]}; "
                          "to send hyp a raw handle, use lab.host.call(\"__pkvm_start_teardown_vm\", handle)")
-    _teardown_calls(host, handle, vm.mapped_pages)
+    _teardown_calls(host, handle, vm.mapped_pages, vm.protected)
     del host.vms[handle]
     vm.alive = False
     lay = _layouts(host.fw)

@@ -15,7 +15,8 @@
 
 #define KVM_MAX_VCPUS	8
 
-typedef u32 pkvm_handle_t;
+/* A VM's handle: 16 bits (upstream: "Change 'pkvm_handle_t' to u16", 7.1; docs/mainline.md). */
+typedef u16 pkvm_handle_t;
 
 struct kvm_vmid {
 	u64 id;

@@ -11,6 +11,15 @@
 #define __HYP_PKVM_H__
 #include <hyp/kvm_host.h>
 
+/*
+ * A guest's MEM_SHARE / MEM_UNSHARE is done at EL2 and returns to the guest:
+ * no exit, the host is not told (upstream: pkvm_memshare_call() /
+ * pkvm_memunshare_call() in nvhe/pkvm.c, mainline; docs/mainline.md section 8).
+ * Only a page request (a share of a page not there yet) exits.  The seed's
+ * era exited after each one (firmware/include/hyp/pkvm.h).
+ */
+#define PKVM_GUEST_SHARE_EXITS 0
+
 /* Maximum number of VMs that can co-exist under pKVM (upstream: KVM_MAX_PVMS, asm/kvm_pkvm.h). */
 #define KVM_MAX_PVMS 255
 
