@@ -97,9 +97,6 @@ def test_a_second_vm_reuses_the_lowest_free_slot(checked_lab):
     c.teardown()
 
 
-@pytest.mark.xfail(strict=True, reason="firmware/mainline's __pkvm_reclaim_dying_guest_page takes back a page a "
-                   "non-protected guest borrows (returns 0); upstream's __pkvm_host_reclaim_page_guest refuses it "
-                   "-EPERM (nvhe/mem_protect.c, docs/mainline.md §9), and vm.teardown() relies on it")
 def test_a_non_protected_vm_torn_down_by_the_host_passes_the_spec(checked_lab):
     vm = checked_lab.host.create_vm(1, guest="hello", protected=False)
     vm.run()
