@@ -160,6 +160,21 @@ def test_host_and_hyp_states_live_in_hyp_vmemmap_not_in_the_host_stage2(mlab):
     assert vmemmap_states(mlab, pfn)[:2] == (OWNED, NOPAGE)
 
 
+def test_a_traced_share_hyp_writes_hyp_vmemmap_on_mainline_and_the_host_stage2_on_the_seed():
+    """The same call traced at EL2 on both eras: the seed's commit writes the host stage-2 leaf's SW bits
+    (PKVM_PAGE_SHARED_OWNED); mainline's writes the page's struct hyp_page and leaves the host stage-2 alone."""
+    names = {}
+    for era in ("seed", "mainline"):
+        lab = Lab(era=era, spec_check=False)
+        pfn = lab.host.alloc_pages()
+        lab.host.read_u64(pfn * PAGE)                  # mapped for the host first
+        names[era] = [w.what for w in lab.trace(lambda: lab.host.share_hyp(pfn)).writes()]
+    assert any(n.startswith("host stage-2 L3") for n in names["seed"])
+    assert not any(n.startswith("hyp_vmemmap") and "state" in n for n in names["seed"])
+    assert not any(n.startswith("host stage-2") for n in names["mainline"])
+    assert sum(n.endswith("].__host_state/__hyp_state_comp") for n in names["mainline"]) == 2   # host's, then hyp's
+
+
 # -- (c) non-protected VMs ---------------------------------------------------------------------------------------
 
 def test_the_host_reads_a_non_protected_guests_page_but_faults_on_a_protected_ones(mlab):
