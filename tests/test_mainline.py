@@ -65,6 +65,23 @@ def test_the_two_trees_never_mix_in_a_build():
     assert FIRMWARE_DIR / "pkvm.c" not in mainline and FIRMWARE_DIR / "hyp-main.c" not in mainline
 
 
+def test_each_tree_is_cached_by_what_it_compiles(tmp_path):
+    """A shared file (pgtable.c) changes both trees' hashes; a file of one era's only changes that era's."""
+    from pkvmlab.firmware.build import copy_firmware, source_hash
+
+    tree = copy_firmware(tmp_path / "fw")
+    seed0, main0 = source_hash(tree), source_hash(tree / "mainline")
+    assert seed0 != main0
+    (tree / "pkvm.c").write_text((tree / "pkvm.c").read_text() + "\n/* seed only */\n")
+    seed1, main1 = source_hash(tree), source_hash(tree / "mainline")
+    assert seed1 != seed0 and main1 == main0
+    (tree / "mainline" / "pkvm.c").write_text((tree / "mainline" / "pkvm.c").read_text() + "\n/* mainline only */\n")
+    seed2, main2 = source_hash(tree), source_hash(tree / "mainline")
+    assert seed2 == seed1 and main2 != main1
+    (tree / "pgtable.c").write_text((tree / "pgtable.c").read_text() + "\n/* shared */\n")
+    assert source_hash(tree) != seed2 and source_hash(tree / "mainline") != main2
+
+
 def test_the_hypercall_table_is_numbered_as_mainlines_enum():
     assert PKVM_ONLY == 29 and FUNC_MAX == 51
     order = ["__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp", "__pkvm_host_donate_guest",

@@ -208,7 +208,8 @@ def regime(hyp, stage: str = "host-s2", vm=None) -> Regime:
         idx = handle - HANDLE_OFFSET
         ptr = ptrs[idx] if 0 <= idx < KVM_MAX_PVMS else 0
         if not ptr:
-            raise UsageError(f"no VM with handle {handle:#x} in the hypervisor's table")
+            raise UsageError(f"no protected VM with handle {handle:#x} in the shadow table" if struct == "kvm_shadow_vm"
+                             else f"no VM with handle {handle:#x} in vm_table")
         lay = fw.layout(struct)
 
         def rd(path: str) -> int:
