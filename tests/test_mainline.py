@@ -185,7 +185,7 @@ def test_a_traced_share_hyp_writes_hyp_vmemmap_on_mainline_and_the_host_stage2_o
         lab = Lab(era=era, spec_check=False)
         pfn = lab.host.alloc_pages()
         lab.host.read_u64(pfn * PAGE)                  # mapped for the host first
-        names[era] = [w.what for w in lab.trace(lambda: lab.host.share_hyp(pfn)).writes()]
+        names[era] = [w.what for w in lab.trace(lambda lab=lab, pfn=pfn: lab.host.share_hyp(pfn)).writes()]
     assert any(n.startswith("host stage-2 L3") for n in names["seed"])
     assert not any(n.startswith("hyp_vmemmap") and "state" in n for n in names["seed"])
     assert not any(n.startswith("host stage-2") for n in names["mainline"])
