@@ -78,6 +78,7 @@ class Lab:
             raise UsageError(f"backend is 'unicorn' (the lab's core) or 'qemu' (pkvmlab.machine.qemu), not {backend!r}")
         if era not in ERAS:
             raise UsageError(f"era is one of {', '.join(map(repr, ERAS))} ({'; '.join(ERAS.values())}), not {era!r}")
+        repository_firmware = firmware is None   # the spec checks the repository's trees only, never an edited copy
         if firmware is None and era == "mainline":
             from pkvmlab.firmware.build import MAINLINE_DIR
 
@@ -122,9 +123,7 @@ class Lab:
         self._spec_checker = None
         if spec_check is None:   # the test suite can run everything checked: PKVMLAB_SPEC_CHECK=1
             # (the repository's firmware only: an edited copy is there to misbehave, and to be caught on request)
-            # (the mainline era has no rules in pkvmlab.spec yet: the seed's would refuse its calls)
-            spec_check = (firmware is None and self.era == "seed"
-                          and os.environ.get("PKVMLAB_SPEC_CHECK", "") not in ("", "0"))
+            spec_check = repository_firmware and os.environ.get("PKVMLAB_SPEC_CHECK", "") not in ("", "0")
         self.spec_check = spec_check
         if history:
             self.timeline   # noqa: B018 - start recording now: step 0 is the freshly booted lab

@@ -229,7 +229,7 @@ def test_share_guest_refuses_a_protected_vm_and_donate_guest_a_non_protected_one
     pfn = np_vm.donate(4)
     assert vmemmap_states(mlab, pfn)[3] == 1
     mlab.host.call("__pkvm_host_wrprotect_guest", np_vm.handle, 4, 1)
-    assert _errno(mlab, "__pkvm_host_unshare_guest", np_vm.handle, 5, 1) == errno.EPERM   # no page there
+    assert _errno(mlab, "__pkvm_host_unshare_guest", np_vm.handle, 5, 1) == errno.ENOENT   # no page there
     mlab.host.call("__pkvm_host_unshare_guest", np_vm.handle, 4, 1)
     assert vmemmap_states(mlab, pfn) == (OWNED, NOPAGE, 0, 0)
     del np_vm.mapped_pages[4]
@@ -332,7 +332,7 @@ def test_teardown_is_three_phases_and_each_refuses_out_of_order(mlab):
     mlab.host.call("__pkvm_reclaim_dying_guest_page", h, 0x10)
     assert mlab.host.read(pages[0x10] * PAGE, PAGE) == bytes(PAGE)             # poisoned on the way back
     assert vmemmap_states(mlab, pages[0x10])[0] == OWNED
-    assert _errno(mlab, "__pkvm_reclaim_dying_guest_page", h, 0x10) == errno.EPERM    # nothing there now
+    assert _errno(mlab, "__pkvm_reclaim_dying_guest_page", h, 0x10) == errno.ENOENT   # nothing there now
     for gfn in pages:
         if gfn != 0x10:
             mlab.host.call("__pkvm_reclaim_dying_guest_page", h, gfn)

@@ -159,8 +159,11 @@ static int guest_borrowed_page(struct pkvm_hyp_vm *vm, u64 ipa, u64 *addr)
 {
 	kvm_pte_t pte = guest_pte(vm, ipa);
 
-	if (guest_get_page_state(pte) != PKVM_PAGE_SHARED_BORROWED)
-		return -EPERM;	/* no page there, or not a borrowed one (upstream: __check_host_shared_guest()) */
+	/* upstream: __check_host_shared_guest(): nothing mapped -ENOENT, a page not borrowed -EPERM */
+	if (!kvm_pte_valid(pte))
+		return -ENOENT;
+	if (pkvm_getstate(pte) != PKVM_PAGE_SHARED_BORROWED)
+		return -EPERM;
 	*addr = kvm_pte_to_phys(pte);
 	return 0;
 }
@@ -232,7 +235,8 @@ int __pkvm_host_wrprotect_guest(u64 gfn, u64 nr_pages, struct pkvm_hyp_vm *vm)
 /*
  * Give the host back the page at @gfn of a dying VM: one the guest owned is
  * poisoned (zeroed) first; one it had shared with the host comes back as it
- * is; anything else is -EPERM (upstream: __pkvm_host_reclaim_page_guest()).
+ * is; nothing there is -ENOENT, anything else -EPERM (upstream:
+ * __pkvm_host_reclaim_page_guest(); docs/mainline.md section 9).
  */
 int reclaim_dying_guest_page(struct pkvm_hyp_vm *vm, u64 gfn)
 {
@@ -242,8 +246,10 @@ int reclaim_dying_guest_page(struct pkvm_hyp_vm *vm, u64 gfn)
 	if (gfn >= (1UL << (vm->pgt.ia_bits - PAGE_SHIFT)))
 		return -EINVAL;
 	pte = guest_pte(vm, ipa);
+	if (!kvm_pte_valid(pte))
+		return -ENOENT;	/* nothing mapped there */
 	addr = kvm_pte_to_phys(pte);
-	switch (guest_get_page_state(pte)) {
+	switch (pkvm_getstate(pte)) {
 	case PKVM_PAGE_OWNED:
 		hyp_poison_page(addr);
 		/* fallthrough */
@@ -252,7 +258,7 @@ int reclaim_dying_guest_page(struct pkvm_hyp_vm *vm, u64 gfn)
 		BUG_ON(host_stage2_idmap_page(addr));
 		__host_set_page_state_range(addr, PAGE_SIZE, PKVM_PAGE_OWNED);
 		return 0;
-	default:	/* no page there, or a non-protected guest's (unshared instead) */
+	default:	/* a non-protected guest's page: unshared instead */
 		return -EPERM;
 	}
 }
