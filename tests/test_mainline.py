@@ -100,9 +100,13 @@ def test_every_call_not_modelled_is_not_supported(mlab, name):
     assert x0 == SMCCC_RET_NOT_SUPPORTED
 
 
-def test_a_seed_only_call_is_refused_by_name_on_mainline(mlab):
-    with pytest.raises(Exception, match="mainline era"):
+def test_a_seed_only_call_or_one_not_modelled_is_refused_by_name_on_mainline(mlab):
+    from pkvmlab.errors import UsageError
+
+    with pytest.raises(UsageError, match="mainline era"):
         mlab.host.call("__pkvm_init_shadow", 0, 0, 0, 0)
+    with pytest.raises(UsageError, match=r"id 43 in mainline's table\) is not modelled: reclaiming a live guest"):
+        mlab.host.call("__pkvm_force_reclaim_guest_page", 0)
 
 
 # -- (b) the VM table, init_vm / init_vcpu, hyp_vmemmap --------------------------------------------------------
@@ -436,3 +440,20 @@ def test_mainline_guests_run_the_same_on_unicorn_and_qemu(guest):
         ou, oq = observe(u), observe(q)
     assert ou == oq
     assert ou[0]   # it ran (the same exits on both)
+
+
+def test_time_travel_works_on_mainline():
+    """Checkpoints, restore and replay are the machine's and the host model's: the same on both eras."""
+    lab = Lab(era="mainline", history=True, spec_check=False)   # the timeline is the subject here
+    table = lab.core.phys.read_u64(lab.fw.symbol("vm_table"))
+    cp = lab.checkpoint()
+    vm = lab.host.create_vm(1, guest="hello")
+    vm.run()
+    assert lab.core.phys.read_u64(table) == vm.shadow_va and vm.console.startswith("Hello")
+    lab.restore(cp)
+    assert lab.core.phys.read_u64(table) == 0                          # the slot free again
+    assert vmemmap_states(lab, vm.shadow_va // PAGE)[:2] == (OWNED, NOPAGE)
+    lab.goto(2)                                                         # replayed: created and run again
+    assert lab.core.phys.read_u64(table) == vm.shadow_va and vm.console.startswith("Hello")
+    vm.teardown()
+    assert lab.core.phys.read_u64(table) == 0

@@ -263,6 +263,12 @@ class Host:
     def call(self, name: str, *args: int) -> int:
         """A named host hypercall: returns x1, or raises HypercallError naming the call and errno."""
         if name not in self.hypercalls:
+            if self.era == "mainline":
+                from pkvmlab.arch.hypercalls_mainline import MAINLINE_ENUM, NOT_MODELLED
+
+                if name in NOT_MODELLED:
+                    raise UsageError(f"{name} (id {MAINLINE_ENUM.index(name)} in mainline's table) is not modelled: "
+                                     f"{NOT_MODELLED[name]}; the firmware answers it SMCCC_RET_NOT_SUPPORTED")
             raise UsageError(f"unknown hypercall {name!r} in the {self.era} era's firmware; "
                              f"known: {', '.join(self.hypercalls)}")
         want = self.hypercall_args[name]
