@@ -228,9 +228,9 @@ static void handle___pkvm_tlb_flush_vmid(struct kvm_cpu_context *host_ctxt)
 
 /*
  * What the host sees of an exit, and what it hands back.  A non-protected
- * vCPU's whole register file goes to the host and comes back (upstream:
- * flush_hyp_vcpu() / sync_hyp_vcpu() copy the context for a non-protected
- * vCPU).  A protected vCPU's exit passes only what the host needs, as the
+ * vCPU's general registers and exit information go to the host and come back
+ * (how much upstream's flush_hyp_vcpu() / sync_hyp_vcpu() copy for each kind
+ * of vCPU: not verified).  A protected vCPU's exit passes only what the host needs, as the
  * seed's handle_pvm_exit_*() (firmware/hyp-main.c): the ESR, the fault
  * address's page offset, an MMIO write's value in x0, a hypercall's x0..x3.
  */

@@ -98,7 +98,7 @@ int __pkvm_host_donate_guest(u64 pfn, u64 gfn, struct pkvm_hyp_vcpu *vcpu)
 	return 0;
 }
 
-/* KVM_PGTABLE_PROT_R/W/X -> stage-2 leaf attributes (upstream: stage2_set_prot_attr()). */
+/* KVM_PGTABLE_PROT_R/W/X -> stage-2 leaf attributes (S2AP and XN, ARM ARM D8.5: the lab's own helper). */
 static kvm_pte_t guest_prot_attrs(u64 prot)
 {
 	kvm_pte_t attrs = KVM_PTE_LEAF_ATTR_LO_S2_MEMATTR | KVM_PTE_LEAF_ATTR_LO_S2_SH_IS | KVM_PTE_LEAF_ATTR_LO_AF;
@@ -194,8 +194,8 @@ int __pkvm_host_unshare_guest(u64 gfn, u64 nr_pages, struct pkvm_hyp_vm *vm)
 
 /*
  * Change the permissions of a page a non-protected guest borrows: relax only
- * adds (upstream: kvm_pgtable_stage2_relax_perms()), wrprotect only takes
- * write away (kvm_pgtable_stage2_wrprotect()).
+ * adds, wrprotect only takes write away (upstream: __pkvm_host_relax_perms_guest()
+ * and __pkvm_host_wrprotect_guest(); their page-table helpers: not read).
  */
 static int guest_set_prot(struct pkvm_hyp_vm *vm, u64 gfn, u64 prot, bool relax)
 {

@@ -4,10 +4,10 @@
  * live in hyp_vmemmap (struct hyp_page), not in their page tables' SW bits.
  * The host stage-2 only says where the host may go: a valid mapping (made
  * lazily on the host's aborts, as in the seed) or an invalid entry naming the
- * page's owner.  Every transition is "check, then commit", as upstream's
- * __pkvm_host_share_hyp() and friends in nvhe/mem_protect.c (mainline, since
- * Quentin Perret's rework of 2024-25 replaced do_share()/do_donate() with
- * one function per transition; docs/mainline.md).
+ * page's owner.  Every transition is "check, then commit": one function per
+ * transition, as upstream's __pkvm_host_share_hyp() and friends in
+ * nvhe/mem_protect.c (mainline: __host_check_page_state_range() and
+ * __hyp_check_page_state_range() read hyp_vmemmap; docs/mainline.md section 2).
  */
 #include <hyp/errno.h>
 #include <hyp/gfp.h>
@@ -310,8 +310,8 @@ int host_stage2_idmap_page(u64 addr)
 /*
  * Reflect a stage-2 abort back to the host's EL1 vector, ESR.S1PTW set as the
  * mark that hyp refused it (as the seed's host_inject_abort(); mainline:
- * inject_host_exception() in nvhe/mem_protect.c, since Will Deacon's series
- * of January 2026 "Inject SIGSEGV on illegal accesses"; docs/mainline.md).
+ * host_inject_mem_abort() in nvhe/mem_protect.c, since Will Deacon's series
+ * of January 2026, "Inject SIGSEGV on illegal accesses"; docs/mainline.md).
  */
 static void host_inject_abort(void)
 {

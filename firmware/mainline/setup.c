@@ -2,9 +2,8 @@
 /*
  * Boot at EL2, the mainline era: as the seed's (firmware/setup.c), and the
  * carve-out's pages recorded in hyp_vmemmap as hyp's (hyp OWNED, host
- * NOPAGE), where the seed records them in the host stage-2 only.  Upstream:
- * fix_host_ownership() / fix_hyp_pgtable_refcnt() in nvhe/setup.c (mainline)
- * walk hyp's stage-1 and set each page's state in hyp_vmemmap.
+ * NOPAGE), where the seed records them in the host stage-2 only.  How
+ * upstream's nvhe/setup.c sets those states at boot: not verified (not read).
  */
 #include <hyp/gfp.h>
 #include <hyp/mem_protect.h>

@@ -64,14 +64,16 @@ static inline void set_hyp_state(struct hyp_page *p, enum pkvm_page_state state)
 }
 
 /*
- * An invalid host stage-2 entry.  Upstream (mainline with Will Deacon's
- * protected-guest-memory series; docs/mainline.md): a type in bits [63:60]
- * (enum kvm_invalid_pte_type), the owner, and metadata in the bits between,
- * which for a page donated to a guest hold the VM's handle and the gfn.  The
- * lab's page-table library keeps the owner where the seed's era had it
- * (bits [9:2], KVM_INVALID_PTE_OWNER_SHIFT), so the metadata starts at bit 10:
- * the handle in [25:10], the gfn in [59:26].  How upstream packs handle and
- * gfn inside its metadata field: not verified.
+ * An invalid host stage-2 entry.  Upstream (host_stage2_set_owner_metadata_locked()
+ * and host_stage2_encode_gfn_meta() in nvhe/mem_protect.c, Will Deacon's
+ * protected-guest-memory series, 7.1; docs/mainline.md section 3): type
+ * KVM_HOST_INVALID_PTE_TYPE_DONATION, the owner in bits [3:1] and metadata in
+ * [59:4], which for a page donated to a guest holds the VM's handle in its
+ * bits [15:0] and the gfn in [55:16].  The lab's page-table library keeps the
+ * owner where the seed's era had it (bits [9:2], KVM_INVALID_PTE_OWNER_SHIFT),
+ * so the same 16-bit handle and the gfn sit 6 bits higher: the handle in
+ * [25:10], the gfn in [59:26]; the type in [63:60] (where upstream's
+ * KVM_INVALID_PTE_TYPE_MASK sits: not verified).
  */
 #define KVM_INVALID_PTE_TYPE_SHIFT		60
 #define KVM_HOST_INVALID_PTE_TYPE_DONATION	1UL
