@@ -65,6 +65,23 @@ def test_the_two_trees_never_mix_in_a_build():
     assert FIRMWARE_DIR / "pkvm.c" not in mainline and FIRMWARE_DIR / "hyp-main.c" not in mainline
 
 
+def test_each_tree_is_cached_by_what_it_compiles(tmp_path):
+    """A shared file (pgtable.c) changes both trees' hashes; a file of one era's only changes that era's."""
+    from pkvmlab.firmware.build import copy_firmware, source_hash
+
+    tree = copy_firmware(tmp_path / "fw")
+    seed0, main0 = source_hash(tree), source_hash(tree / "mainline")
+    assert seed0 != main0
+    (tree / "pkvm.c").write_text((tree / "pkvm.c").read_text() + "\n/* seed only */\n")
+    seed1, main1 = source_hash(tree), source_hash(tree / "mainline")
+    assert seed1 != seed0 and main1 == main0
+    (tree / "mainline" / "pkvm.c").write_text((tree / "mainline" / "pkvm.c").read_text() + "\n/* mainline only */\n")
+    seed2, main2 = source_hash(tree), source_hash(tree / "mainline")
+    assert seed2 == seed1 and main2 != main1
+    (tree / "pgtable.c").write_text((tree / "pgtable.c").read_text() + "\n/* shared */\n")
+    assert source_hash(tree) != seed2 and source_hash(tree / "mainline") != main2
+
+
 def test_the_hypercall_table_is_numbered_as_mainlines_enum():
     assert PKVM_ONLY == 29 and FUNC_MAX == 51
     order = ["__pkvm_host_share_hyp", "__pkvm_host_unshare_hyp", "__pkvm_host_donate_guest",
@@ -158,6 +175,21 @@ def test_host_and_hyp_states_live_in_hyp_vmemmap_not_in_the_host_stage2(mlab):
     assert before & (3 << 55) == 0
     mlab.host.unshare_hyp(pfn)
     assert vmemmap_states(mlab, pfn)[:2] == (OWNED, NOPAGE)
+
+
+def test_a_traced_share_hyp_writes_hyp_vmemmap_on_mainline_and_the_host_stage2_on_the_seed():
+    """The same call traced at EL2 on both eras: the seed's commit writes the host stage-2 leaf's SW bits
+    (PKVM_PAGE_SHARED_OWNED); mainline's writes the page's struct hyp_page and leaves the host stage-2 alone."""
+    names = {}
+    for era in ("seed", "mainline"):
+        lab = Lab(era=era, spec_check=False)
+        pfn = lab.host.alloc_pages()
+        lab.host.read_u64(pfn * PAGE)                  # mapped for the host first
+        names[era] = [w.what for w in lab.trace(lambda lab=lab, pfn=pfn: lab.host.share_hyp(pfn)).writes()]
+    assert any(n.startswith("host stage-2 L3") for n in names["seed"])
+    assert not any(n.startswith("hyp_vmemmap") and "state" in n for n in names["seed"])
+    assert not any(n.startswith("host stage-2") for n in names["mainline"])
+    assert sum(n.endswith("].__host_state/__hyp_state_comp") for n in names["mainline"]) == 2   # host's, then hyp's
 
 
 # -- (c) non-protected VMs ---------------------------------------------------------------------------------------
@@ -379,3 +411,28 @@ def test_hostile_arguments_to_every_mainline_call_get_an_errno_and_never_a_panic
             lab.host.hvc(lab.host.hypercalls["__pkvm_unreserve_vm"], ret)
     assert lab.core.panic is None
     assert lab.hyp_info()[1] == 2
+
+
+# -- the QEMU differential, a representative subset ------------------------------------------------------------
+
+@pytest.mark.parametrize("guest", ["hello", "touch", "share", "secret", "traps"])
+def test_mainline_guests_run_the_same_on_unicorn_and_qemu(guest):
+    """The mainline tree on QEMU (its own exception entry and MMU as the oracle) against Unicorn: the same exits,
+    console and host registers.  tests/test_qemu_guests.py runs every guest on the seed's tree; five here."""
+    from test_qemu_guests import run_to_end
+
+    from pkvmlab.machine.qemu import missing_reason, qemu_binary
+
+    if qemu_binary() is None:
+        pytest.skip(missing_reason())
+
+    def observe(lab):
+        vm = lab.host.create_vm(1, guest=guest)
+        exits = run_to_end(vm)
+        return ([(e.reason, e.exit_code, e.esr, e.ipa, e.hvc, e.mmio, e.handled) for e in exits
+                 if e.reason != "preempted"], vm.console, vm.powered_off, [lab.core.reg(f"x{i}") for i in range(31)])
+
+    with Lab(era="mainline") as u, Lab(era="mainline", backend="qemu") as q:
+        ou, oq = observe(u), observe(q)
+    assert ou == oq
+    assert ou[0]   # it ran (the same exits on both)

@@ -118,10 +118,18 @@ int host_stage2_set_donated_to_guest(u64 addr, u32 handle, u64 gfn)
 	return kvm_pgtable_set_range(&host_mmu.pgt, addr, PAGE_SIZE, &leaf);
 }
 
+/* A page that is not RAM: -EPERM, as upstream's check_range_allowed_memory() (docs/mainline.md). */
+static int check_hyp_share_range(u64 pfn, u64 *addr, u64 *size)
+{
+	int ret = check_pfn_range(pfn, 1, addr, size);
+
+	return ret && pfn <= (~0UL >> PAGE_SHIFT) ? -EPERM : ret;
+}
+
 int __pkvm_host_share_hyp(u64 pfn)
 {
 	u64 addr, size;
-	int ret = check_pfn_range(pfn, 1, &addr, &size);
+	int ret = check_hyp_share_range(pfn, &addr, &size);
 
 	if (!ret)
 		ret = __host_check_page_state_range(addr, size, PKVM_PAGE_OWNED);
@@ -145,7 +153,7 @@ int __pkvm_host_share_hyp(u64 pfn)
 int __pkvm_host_unshare_hyp(u64 pfn)
 {
 	u64 addr, size;
-	int ret = check_pfn_range(pfn, 1, &addr, &size);
+	int ret = check_hyp_share_range(pfn, &addr, &size);
 
 	if (!ret)
 		ret = __host_check_page_state_range(addr, size, PKVM_PAGE_SHARED_OWNED);
