@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from pkvmlab import Lab
-from pkvmlab.errors import SpecMismatch
+from pkvmlab.errors import HypercallError, SpecMismatch
 from pkvmlab.firmware.build import copy_firmware
 from pkvmlab.mutants import apply_patch
 from pkvmlab.spec.mainline_abstraction import mainline_abstract
@@ -98,9 +98,13 @@ def test_a_second_vm_reuses_the_lowest_free_slot(checked_lab):
 
 
 def test_a_non_protected_vm_torn_down_by_the_host_passes_the_spec(checked_lab):
+    """The host's own teardown (vm.teardown): a non-protected VM's pages unshared, not reclaimed -- upstream's
+    __pkvm_host_reclaim_page_guest refuses a borrowed page -EPERM (nvhe/mem_protect.c, docs/mainline.md)."""
+    before = checked_lab._spec_checker.checked
     vm = checked_lab.host.create_vm(1, guest="hello", protected=False)
     vm.run()
     vm.teardown()
+    assert checked_lab._spec_checker.checked - before >= 10 and not mainline_abstract(checked_lab).shares
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
@@ -117,8 +121,6 @@ def test_a_planted_mainline_bug_fails_the_spec(name, tmp_path):
 
 def test_refused_calls_of_each_kind_pass_the_mainline_spec(checked_lab):
     """Calls mainline refuses, each as mainline refuses it (the spec allows exactly that errno, nothing changed)."""
-    from pkvmlab.errors import HypercallError
-
     lab = checked_lab
     np, p = lab.host.create_vm(1, protected=False), lab.host.create_vm(1, protected=True)
     pfn = lab.host.alloc_pages(1)
@@ -145,24 +147,27 @@ def test_refused_calls_of_each_kind_pass_the_mainline_spec(checked_lab):
 
 # Where firmware/mainline answered otherwise than upstream when this was written (docs/mainline.md, "Where the lab's
 # mainline firmware may differ"): each a strict xfail, so that fixing the firmware shows here.
-DEPARTURES = {
-    "start_teardown_of_no_vm": (("__pkvm_start_teardown_vm", (0x1234,)), "upstream -EINVAL, the lab -ENOENT"),
-    "finalize_of_a_live_vm": (("__pkvm_finalize_teardown_vm", None), "upstream -EINVAL, the lab -EBUSY"),
-    "reclaim_from_a_live_vm": (("__pkvm_reclaim_dying_guest_page", None), "upstream -EINVAL, the lab -EPERM"),
-    "share_hyp_of_no_memory": (("__pkvm_host_share_hyp", (0x40040820,)),
+DEPARTURES = {   # name: (call, its arguments after the VM's handle (None: no handle), a protected VM?, the two answers)
+    "share_hyp_of_no_memory": ("__pkvm_host_share_hyp", None, True,
                                "upstream -EPERM (check_range_allowed_memory), the lab -EINVAL"),
+    "unshare_of_nothing": ("__pkvm_host_unshare_guest", (0x5, 1), False,
+                           "upstream -ENOENT (__check_host_shared_guest: no valid PTE), the lab -EPERM"),
+    "reclaim_of_nothing": ("__pkvm_reclaim_dying_guest_page", (0x10,), True,
+                           "upstream -ENOENT (get_valid_guest_pte), the lab -EPERM"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(DEPARTURES))
 def test_a_refusal_answers_mainlines_errno(name):
-    (call, args), why = DEPARTURES[name]
+    call, rest, protected, why = DEPARTURES[name]
     lab = Lab(era="mainline", spec_check=True)
-    vm = lab.host.create_vm(1, protected=True)
-    args = args or ((vm.handle,) if call == "__pkvm_finalize_teardown_vm" else (vm.handle, 0))
+    vm = lab.host.create_vm(1, protected=protected)
+    if call == "__pkvm_reclaim_dying_guest_page":
+        lab.host.call("__pkvm_start_teardown_vm", vm.handle)
+    args = (0x40040820,) if rest is None else (vm.handle, *rest)
     try:
         lab.host.call(call, *args)
     except SpecMismatch:
         pytest.xfail(why)
-    except Exception:
+    except HypercallError:
         pass
