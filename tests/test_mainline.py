@@ -217,6 +217,32 @@ def test_the_host_reads_a_non_protected_guests_page_but_faults_on_a_protected_on
     assert vmemmap_states(mlab, np_pfn) == (OWNED, NOPAGE, 0, 0)
 
 
+def test_the_host_sees_a_non_protected_guests_secret_and_never_a_protected_ones(mlab):
+    """The secret guest computes three values and keeps them in its memory and in x19..x21.  A non-protected VM
+    hides nothing from the host (its pages are shared, its registers come back at every exit); a protected VM's
+    stay with hyp."""
+    from test_guest_run import _secret_values
+
+    needles = _secret_values()
+    seen = {}
+    for protected in (False, True):
+        vm = mlab.host.create_vm(1, guest="secret", protected=protected)
+        while not vm.powered_off:
+            vm.run()
+        assert vm.console == "S!\n"
+        r = vm._runner(0)
+        regs = [mlab.host.read_u64(r._field("arch.ctxt.regs.regs", i)) for i in (19, 20, 21)]
+        page = vm.mapped_pages[max(vm.mapped_pages)]   # SECRET_IPA, the last page it was given
+        try:
+            mem = [mlab.host.read_u64(page * PAGE + 8 * i) for i in range(3)]
+        except HostAccessFault:
+            mem = None
+        seen[protected] = (regs, mem)
+        vm.teardown()
+    assert seen[False] == (needles, needles)
+    assert seen[True][1] is None and not set(seen[True][0]) & set(needles)
+
+
 def test_share_guest_refuses_a_protected_vm_and_donate_guest_a_non_protected_one(mlab):
     p_vm, np_vm = mlab.host.create_vm(1), mlab.host.create_vm(1, protected=False)
     from pkvmlab.host.vcpu_run import VcpuRunner
