@@ -312,6 +312,19 @@ def test_every_guest_program_makes_the_same_exits_on_both_eras_but_for_mem_share
     assert any(e[0] in told for e in seen["seed", "share"][0])   # the difference is there to see
 
 
+def test_features_offers_exactly_the_guest_calls_mainline_answers_at_el2(mlab):
+    """FEATURES' bitmap on mainline is the calls kvm_handle_pvm_hvc64() answers (no MMIO guard); the meminfo guest
+    reads it, and its stray-argument HYP_MEMINFO is INVALID_PARAMETER, all without an exit but the doorbell."""
+    from pkvmlab.arch.hypercalls_mainline import GUEST_CALLS_AT_EL2
+
+    vm = mlab.host.create_vm(1, guest="meminfo")
+    exits = vm.run()
+    assert [e.reason for e in exits] == ["page fault", "hypercall"]
+    assert exits[-1].hvc[1] == sum(1 << n for n in GUEST_CALLS_AT_EL2.values())
+    vm.run()
+    vm.teardown()
+
+
 def test_a_guest_share_is_done_at_el2_and_returns_to_the_guest_without_telling_the_host(mlab):
     """Mainline's pkvm_memshare_call(): success goes back to the guest (x0 = SMCCC_RET_SUCCESS), no exit; only a
     share of a page not there yet exits, as a page request.  The host may read the shared page all the same."""
