@@ -71,7 +71,10 @@ out:
 	cpu_reg(host_ctxt, 1) = ret;
 }
 
-/* A non-protected guest's page: the host keeps it, shared (-EINVAL for a protected VM, as upstream). */
+/*
+ * A non-protected guest's page: the host keeps it, shared (-EINVAL for a
+ * protected VM, as upstream's handle___pkvm_host_share_guest()).
+ */
 static void handle___pkvm_host_share_guest(struct kvm_cpu_context *host_ctxt)
 {
 	DECLARE_REG(u64, pfn, host_ctxt, 1);

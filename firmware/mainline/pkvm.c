@@ -98,7 +98,10 @@ unlock:
 	return idx;
 }
 
-/* Upstream returns nothing; a slot that is not reserved (free, or a live VM's) is left alone. */
+/*
+ * Upstream's __pkvm_unreserve_vm() returns nothing; a slot that is not
+ * reserved (free, or a live VM's) is left alone.
+ */
 void __pkvm_unreserve_vm(pkvm_handle_t handle)
 {
 	unsigned int idx = vm_handle_to_idx(handle);

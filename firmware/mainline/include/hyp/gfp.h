@@ -14,7 +14,7 @@
 struct hyp_page {
 	u16 refcount;
 	/*
-	 * Upstream has `u8 order` here (its buddy allocator's); the lab's pool
+	 * Upstream has `u8 order` here (its buddy allocator's: hyp_alloc_pages()); the lab's pool
 	 * hands out single pages only, and keeps its own flag in this byte.
 	 */
 	u8 flags;
