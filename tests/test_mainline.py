@@ -238,6 +238,10 @@ def test_the_host_sees_a_non_protected_guests_secret_and_never_a_protected_ones(
         except HostAccessFault:
             mem = None
         seen[protected] = (regs, mem)
+        if protected:   # hyp's own copy of the vCPU holds them (vm_table[i]->vcpus[0]->vcpu.arch.ctxt)
+            assert [mlab.hyp.vcpu_registers(vm.handle)[f"x{i}"] for i in (19, 20, 21)] == needles
+            view = mlab.hyp.register_view(vm)
+            assert [h for n, h, g in view.rows if n in ("x19", "x20", "x21")] == regs
         vm.teardown()
     assert seen[False] == (needles, needles)
     assert seen[True][1] is None and not set(seen[True][0]) & set(needles)
