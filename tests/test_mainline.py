@@ -426,6 +426,58 @@ def test_create_run_teardown_cycles_leave_the_pool_and_the_vmemmap_as_before():
 
 # -- (f) hostile input: every mainline call validates at EL2, hyp never panics -----------------------------------
 
+def test_each_refusal_leaves_hyp_as_it_was():
+    """Targeted hostile calls, each refused with its errno at EL2 and leaving the pool and every page's vmemmap entry
+    as they were: nothing half done ("check, then commit")."""
+    lab = Lab(era="mainline")
+    vm = lab.host.create_vm(1, guest="touch")
+    vm.run()
+    np_vm = lab.host.create_vm(1, protected=False)
+    from pkvmlab.host.vcpu_run import VcpuRunner
+
+    VcpuRunner(np_vm, 0).topup_memcache()
+    shared = lab.host.alloc_pages(1)
+    lab.host.share_hyp(shared)
+    free = lab.host.alloc_pages(4, align=2)
+    kvm = vm.host_kvm // PAGE
+    donated = vm.mapped_pages[0x10]
+    carve = lab.core.ram_base // PAGE + 0x10
+    cases = [
+        (None, "__pkvm_init_vm", (vm.host_kvm, kvm * PAGE, free * PAGE), errno.ENOMEM),   # area shared with hyp
+        (None, "__pkvm_init_vm", (vm.host_kvm, free * PAGE, (free + 2) * PAGE), errno.EINVAL),   # a live VM's slot
+        (None, "__pkvm_init_vm", (free * PAGE, free * PAGE, (free + 2) * PAGE), errno.EPERM),   # kvm not shared
+        (None, "__pkvm_init_vcpu", (vm.handle, free * PAGE, (free + 1) * PAGE), errno.EBUSY),   # vCPU not shared
+        (None, "__pkvm_init_vcpu", (vm.handle, vm.vcpus[0], shared * PAGE), errno.ENOMEM),   # area shared with hyp
+        (vm, "__pkvm_host_donate_guest", (carve, 0x40), errno.EPERM),                    # hyp's own page
+        (vm, "__pkvm_host_donate_guest", (donated, 0x40), errno.EPERM),                  # the guest's already
+        (vm, "__pkvm_host_donate_guest", (free, 0x10), errno.EPERM),                     # gfn taken
+        (vm, "__pkvm_host_donate_guest", (free, 1 << 40), errno.EINVAL),                 # outside the IPA space
+        (np_vm, "__pkvm_host_share_guest", (shared, 0x40, 1, 7), errno.EPERM),           # shared with hyp
+        (np_vm, "__pkvm_host_share_guest", (free, 0x40, 2, 7), errno.EINVAL),            # a block: the lab's 1 page
+        (np_vm, "__pkvm_host_share_guest", (free, 0x40, 1, 8), errno.EINVAL),            # prot beyond RWX
+        (np_vm, "__pkvm_host_relax_perms_guest", (0x40, 7), errno.ENOENT),               # nothing there
+        (None, "__pkvm_host_unshare_hyp", (kvm,), errno.EBUSY),                          # pinned by a live VM
+        (None, "__pkvm_host_share_hyp", (donated,), errno.EPERM),                        # the guest's
+    ]
+
+    def states():
+        pages = {kvm, shared, donated, carve, *range(free, free + 4), vm.shadow_va // PAGE}
+        return lab.hyp.pool().free_pages, {p: vmemmap_states(lab, p) for p in pages}
+
+    for load, name, args, err in cases:
+        if load is not None:
+            lab.host.call("__pkvm_vcpu_load", load.handle, 0)
+        before = states()
+        try:
+            assert _errno(lab, name, *args) == err, (name, args)
+            assert states() == before, (name, args)
+        finally:
+            if load is not None:
+                lab.host.call("__pkvm_vcpu_put")
+    vm.teardown()
+    np_vm.teardown()
+
+
 NASTY = (0, 1, 0xFFF, 0x1000, 0x1001, 0x10FF, 0x40000, 0x40001, 0x40800, 0x7FFFFFFFF, 1 << 63, (1 << 64) - 1,
          0x40000000, 0x40801000, 0x80000000)
 
