@@ -131,13 +131,13 @@ static int insert_vm_table_entry(pkvm_handle_t handle, struct pkvm_hyp_vm *hyp_v
 	return 0;
 }
 
-static void remove_vm_table_entry(pkvm_handle_t handle)
+void remove_vm_table_entry(pkvm_handle_t handle)
 {
 	hyp_assert_lock_held(&vm_table_lock);
 	vm_table[vm_handle_to_idx(handle)] = NULL;
 }
 
-static size_t pkvm_get_hyp_vm_size(unsigned int nr_vcpus)
+size_t pkvm_get_hyp_vm_size(unsigned int nr_vcpus)
 {
 	return sizeof(struct pkvm_hyp_vm) + sizeof(struct pkvm_hyp_vcpu *) * nr_vcpus;
 }
@@ -155,23 +155,11 @@ static void *map_donated_memory(unsigned long host_va, size_t size)
 	return va;
 }
 
-static void unmap_donated_memory(void *va, size_t size)
+void unmap_donated_memory(void *va, size_t size)
 {
 	if (!va)
 		return;
 	memset(va, 0, PAGE_ALIGN(size));
-	WARN_ON(__pkvm_hyp_donate_host(hyp_virt_to_pfn(va), PAGE_ALIGN(size) >> PAGE_SHIFT));
-}
-
-/* Zero the pages, give them back and push them on the host's teardown memcache (upstream: teardown_donated_memory()). */
-static void teardown_donated_memory(struct kvm_hyp_memcache *mc, void *va, size_t size)
-{
-	memset(va, 0, PAGE_ALIGN(size));
-	for (u64 p = hyp_pa(va); p < hyp_pa(va) + PAGE_ALIGN(size); p += PAGE_SIZE) {
-		*(phys_addr_t *)hyp_va(p) = READ_ONCE(mc->head);	/* push_hyp_memcache(), while hyp still maps it */
-		WRITE_ONCE(mc->head, p);
-		WRITE_ONCE(mc->nr_pages, READ_ONCE(mc->nr_pages) + 1);
-	}
 	WARN_ON(__pkvm_hyp_donate_host(hyp_virt_to_pfn(va), PAGE_ALIGN(size) >> PAGE_SHIFT));
 }
 
@@ -315,94 +303,4 @@ struct pkvm_hyp_vm *get_vm_by_handle_locked(pkvm_handle_t handle)
 {
 	hyp_assert_lock_held(&vm_table_lock);
 	return get_vm_by_handle(handle);
-}
-
-int __pkvm_start_teardown_vm(pkvm_handle_t handle)
-{
-	struct pkvm_hyp_vm *hyp_vm;
-	int ret = 0;
-
-	hyp_spin_lock(&vm_table_lock);
-	hyp_vm = get_vm_by_handle(handle);
-	/* upstream: get_pkvm_unref_hyp_vm_locked(): no VM, a referenced one (a vCPU loaded), a dying one: -EINVAL */
-	if (!hyp_vm || hyp_page_count(hyp_vm) || hyp_vm->is_dying)
-		ret = -EINVAL;
-	else
-		hyp_vm->is_dying = true;
-	hyp_spin_unlock(&vm_table_lock);
-	return ret;
-}
-
-/* No VM, or one not dying: -EINVAL (upstream: __pkvm_reclaim_dying_guest_page(), nvhe/pkvm.c). */
-int __pkvm_reclaim_dying_guest_page(pkvm_handle_t handle, u64 gfn)
-{
-	struct pkvm_hyp_vm *hyp_vm;
-	int ret;
-
-	hyp_spin_lock(&vm_table_lock);
-	hyp_vm = get_vm_by_handle(handle);
-	if (!hyp_vm || !hyp_vm->is_dying)
-		ret = -EINVAL;
-	else
-		ret = reclaim_dying_guest_page(hyp_vm, gfn);
-	hyp_spin_unlock(&vm_table_lock);
-	return ret;
-}
-
-int __pkvm_finalize_teardown_vm(pkvm_handle_t handle)
-{
-	struct kvm_hyp_memcache *mc;
-	struct pkvm_hyp_vm *hyp_vm;
-	struct kvm *host_kvm;
-	size_t pgd_size;
-	void *pgd;
-
-	hyp_spin_lock(&vm_table_lock);
-	hyp_vm = get_vm_by_handle(handle);
-	/* No VM, a referenced one, one not dying: -EINVAL (upstream: get_pkvm_unref_hyp_vm_locked()). */
-	if (!hyp_vm || hyp_page_count(hyp_vm) || !hyp_vm->is_dying) {
-		hyp_spin_unlock(&vm_table_lock);
-		return -EINVAL;
-	}
-	host_kvm = hyp_vm->host_kvm;
-	/* Ensure the VMID is clean before it can be reallocated */
-	__kvm_tlb_flush_vmid(&hyp_vm->kvm.arch.mmu);
-	remove_vm_table_entry(handle);
-	hyp_spin_unlock(&vm_table_lock);
-
-	mc = &host_kvm->arch.pkvm.teardown_mc;
-	destroy_hyp_vm_pgt(hyp_vm, mc);
-	pgd = hyp_vm->pgt.pgd;
-	pgd_size = kvm_pgtable_stage2_pgd_size(hyp_vm->kvm.arch.vtcr);
-	for (unsigned int idx = 0; idx < hyp_vm->kvm.created_vcpus; ++idx) {
-		struct pkvm_hyp_vcpu *hyp_vcpu = hyp_vm->vcpus[idx];
-
-		if (!hyp_vcpu)
-			continue;
-		drain_memcache(&hyp_vcpu->vcpu.arch.pkvm_memcache);
-		hyp_unpin_shared_mem(hyp_vcpu->host_vcpu, hyp_vcpu->host_vcpu + 1);
-		teardown_donated_memory(mc, hyp_vcpu, sizeof(*hyp_vcpu));
-	}
-	teardown_donated_memory(mc, pgd, pgd_size);
-	teardown_donated_memory(mc, hyp_vm, pkvm_get_hyp_vm_size(hyp_vm->kvm.created_vcpus));
-	hyp_unpin_shared_mem(host_kvm, host_kvm + 1);
-	return 0;
-}
-
-/* upstream: handle___pkvm_tlb_flush_vmid() -- a non-protected VM's (get_np_pkvm_hyp_vm()); void there. */
-int __pkvm_tlb_flush_vmid(pkvm_handle_t handle)
-{
-	struct pkvm_hyp_vm *hyp_vm;
-	int ret = 0;
-
-	hyp_spin_lock(&vm_table_lock);
-	hyp_vm = get_vm_by_handle(handle);
-	if (!hyp_vm)
-		ret = -ENOENT;
-	else if (pkvm_hyp_vm_is_protected(hyp_vm))
-		ret = -EINVAL;
-	else
-		__kvm_tlb_flush_vmid(&hyp_vm->kvm.arch.mmu);
-	hyp_spin_unlock(&vm_table_lock);
-	return ret;
 }

@@ -84,6 +84,9 @@ struct pkvm_hyp_vcpu *pkvm_get_loaded_hyp_vcpu(void);
 void pkvm_vm_table_lock(void);
 void pkvm_vm_table_unlock(void);
 struct pkvm_hyp_vm *get_vm_by_handle_locked(pkvm_handle_t handle);
+void remove_vm_table_entry(pkvm_handle_t handle);	/* with the table's lock held */
+size_t pkvm_get_hyp_vm_size(unsigned int nr_vcpus);
+void unmap_donated_memory(void *va, size_t size);
 
 /* mem_guest.c: the guest stage-2 side */
 int kvm_guest_prepare_stage2(struct pkvm_hyp_vm *vm, void *pgd);
@@ -95,6 +98,9 @@ int __pkvm_host_wrprotect_guest(u64 gfn, u64 nr_pages, struct pkvm_hyp_vm *vm);
 int reclaim_dying_guest_page(struct pkvm_hyp_vm *vm, u64 gfn);
 void destroy_hyp_vm_pgt(struct pkvm_hyp_vm *vm, struct kvm_hyp_memcache *mc);
 void __kvm_tlb_flush_vmid(struct kvm_s2_mmu *mmu);
+
+/* vcpu_run.c: the host's __kvm_vcpu_run hypercall */
+void handle___kvm_vcpu_run(struct kvm_cpu_context *host_ctxt);
 
 /* switch.c (shared with the seed): the world switch and a protected guest's own hypercalls */
 int __kvm_vcpu_run(struct kvm_vcpu *vcpu);
