@@ -8,7 +8,7 @@
  *    from memory the host donates; each vCPU follows with __pkvm_init_vcpu,
  *    in memory donated for it.  The seed searched round-robin from
  *    next_shadow_alloc and took the VM and all its vCPUs in one call;
- *  - teardown is three phases: __pkvm_start_teardown_vm marks the VM dying,
+ *  - teardown (teardown.c) is three phases: __pkvm_start_teardown_vm marks the VM dying,
  *    the host reclaims each guest page (__pkvm_reclaim_dying_guest_page, one
  *    hypercall a page, so none is unbounded), and
  *    __pkvm_finalize_teardown_vm flushes the VMID, frees the slot and gives
