@@ -62,7 +62,7 @@ static u32 pgt_nr_entries(struct kvm_pgtable *pgt, u32 level)
 static kvm_pte_t leaf_pte(const struct pgt_leaf *leaf, u64 offset, u32 level)
 {
 	if (!leaf->valid)
-		return (u64)leaf->owner << KVM_INVALID_PTE_OWNER_SHIFT;
+		return ((u64)leaf->owner << KVM_INVALID_PTE_OWNER_SHIFT) | leaf->meta;
 
 	return ((leaf->phys + offset) & KVM_PTE_ADDR_MASK) | leaf->attrs | KVM_PTE_VALID |
 	       (level == PGT_LAST_LEVEL ? KVM_PTE_TYPE : 0);

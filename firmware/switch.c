@@ -89,6 +89,8 @@ static bool pkvm_memshare_call(struct kvm_vcpu *vcpu)
 		goto out_guest_err;
 	switch (__pkvm_guest_share_host(vcpu, r[1])) {
 	case 0:
+		if (!PKVM_GUEST_SHARE_EXITS)		/* mainline: done, back to the guest */
+			goto out_guest_ok;
 		return false;				/* Success! Now tell the host. */
 	case -EFAULT:
 		__pkvm_memshare_page_req(vcpu, r[1]);	/* upstream: *exit_code = ...: a trap, as this exit already is */
@@ -97,6 +99,9 @@ static bool pkvm_memshare_call(struct kvm_vcpu *vcpu)
 out_guest_err:
 	smccc_set_retval(vcpu, (u64)SMCCC_RET_INVALID_PARAMETER, 0, 0, 0);
 	return true;
+out_guest_ok:
+	smccc_set_retval(vcpu, SMCCC_RET_SUCCESS, 0, 0, 0);
+	return true;
 }
 
 /* MEM_UNSHARE: the same, but an unshare that fails never exits (upstream: pkvm_memunshare_call()). */
@@ -104,8 +109,13 @@ static bool pkvm_memunshare_call(struct kvm_vcpu *vcpu)
 {
 	u64 *r = vcpu->arch.ctxt.regs.regs;
 
-	if (!r[2] && !r[3] && !__pkvm_guest_unshare_host(vcpu, r[1]))
+	if (!r[2] && !r[3] && !__pkvm_guest_unshare_host(vcpu, r[1])) {
+		if (!PKVM_GUEST_SHARE_EXITS) {		/* mainline: done, back to the guest */
+			smccc_set_retval(vcpu, SMCCC_RET_SUCCESS, 0, 0, 0);
+			return true;
+		}
 		return false;
+	}
 	smccc_set_retval(vcpu, (u64)SMCCC_RET_INVALID_PARAMETER, 0, 0, 0);
 	return true;
 }

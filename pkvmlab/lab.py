@@ -18,6 +18,9 @@ from pkvmlab.machine.interface import Machine
 
 HYP_SIZE = 8 << 20
 PAGE = 4096
+# Which pKVM the firmware follows: Lab(era=...).
+ERAS = {"seed": "pKVM of mid-2022 (the seed, firmware/)",
+        "mainline": "mainline Linux today (firmware/mainline/)"}
 
 
 @dataclass(frozen=True)
@@ -71,14 +74,25 @@ class Lab:
 
     def __init__(self, *, ram_size: int = RAM_SIZE, hyp_size: int = HYP_SIZE, firmware: Firmware | str | None = None,
                  native: bool | None = None, history: bool = False, backend: str = "unicorn",
-                 spec_check: bool | None = None):
+                 spec_check: bool | None = None, era: str = "seed"):
         if backend not in ("unicorn", "qemu"):
             raise UsageError(f"backend is 'unicorn' (the lab's core) or 'qemu' (pkvmlab.machine.qemu), not {backend!r}")
+        if era not in ERAS:
+            raise UsageError(f"era is one of {', '.join(map(repr, ERAS))} ({'; '.join(ERAS.values())}), not {era!r}")
+        repository_firmware = firmware is None   # the spec checks the repository's trees only, never an edited copy
+        if firmware is None and era == "mainline":
+            from pkvmlab.firmware.build import MAINLINE_DIR
+
+            firmware = MAINLINE_DIR
         self.hyp_size = hyp_size
         self.core: Machine   # the CPU: Unicorn's Core or QEMU's QemuCore, one interface (pkvmlab/machine/interface.py)
         host_image = RAM_BASE + hyp_size
         with announce(firmware, native):   # the first Lab() on a machine compiles for several seconds: say so
             self.fw = firmware if isinstance(firmware, Firmware) else load_firmware(firmware)
+            if self.fw.era != era and not (firmware is not None and era == "seed"):
+                raise UsageError(f"Lab(era={era!r}) was given a firmware of the {self.fw.era} era: "
+                                 f"pass era={self.fw.era!r}, or a firmware tree of the {era} era")
+            self.era = self.fw.era
             if backend == "unicorn":
                 self.core = Core(RAM_BASE, ram_size, native=native)
         if backend == "qemu":   # QEMU loads the images and boots through its shim (firmware/qemu/shim.s)
@@ -111,7 +125,7 @@ class Lab:
         self._spec_checker = None
         if spec_check is None:   # the test suite can run everything checked: PKVMLAB_SPEC_CHECK=1
             # (the repository's firmware only: an edited copy is there to misbehave, and to be caught on request)
-            spec_check = firmware is None and os.environ.get("PKVMLAB_SPEC_CHECK", "") not in ("", "0")
+            spec_check = repository_firmware and os.environ.get("PKVMLAB_SPEC_CHECK", "") not in ("", "0")
         self.spec_check = spec_check
         if history:
             self.timeline   # noqa: B018 - start recording now: step 0 is the freshly booted lab

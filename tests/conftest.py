@@ -58,6 +58,9 @@ UNCHECKED_NOTEBOOKS = {
 UNCHECKED_TESTS = {
     "test_viz.py::test_full_shadow_table_draws_a_summary_and_marks_the_wrapped_next_slot": "a picture of 255 VMs",
     "test_viz.py::test_shadow_table_of_255_vms_is_small_and_fits_a_column": "a picture of 255 VMs",
+    "test_mainline_guests.py::test_every_guest_program_makes_the_same_exits_on_both_eras_but_for_mem_share":
+        "it compares 18 guest programs' exits between the two eras (53 s checked, 5 s unchecked on the loaded 2-core "
+        "machine); each era's calls are checked elsewhere (test_guest_run.py's era_lab tests, test_spec_mainline.py)",
 }
 
 

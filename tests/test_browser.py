@@ -51,7 +51,7 @@ LEARNER_VIEWPORT = {"width": 1440, "height": 900}
 FIT_NOTEBOOKS = ["01_boot_and_exception_levels.ipynb", "02_stage2_translation.ipynb", "03_who_owns_this_page.ipynb",
                  "04_shadow_vm_table.ipynb", "05_protected_guest_memory.ipynb", "06_reviewing_the_patch.ipynb",
                  "07_vm_builder.ipynb", "08_inside_one_hypercall.ipynb", "09_a_protected_guest_runs.ipynb",
-                 "10_checking_against_a_specification.ipynb"]
+                 "10_checking_against_a_specification.ipynb", "11_then_and_now.ipynb"]
 MIN_TEXT_PX = 10
 BARE_REPR = r"^<(Figure size|graphviz\.|matplotlib\.|Digraph)"
 

@@ -18,6 +18,13 @@ def lab():
     return Lab()
 
 
+@pytest.fixture(scope="module", params=["seed", "mainline"])
+def era_lab(request):
+    """A lab of each era, for the tests whose behaviour is the same on both (the guest's world: its exits, its own
+    hypercalls at EL2, demand faults); what differs is tested in tests/test_mainline.py."""
+    return Lab(era=request.param)
+
+
 def _hcall_errno(lab, name, *args):
     with pytest.raises(HypercallError) as e:
         lab.host.call(name, *args)
@@ -92,8 +99,8 @@ def test_an_empty_memcache_is_enomem_until_the_host_tops_it_up(lab):
     vm.teardown()
 
 
-def test_touch_demand_faults_each_page_it_walks(lab):
-    vm = lab.host.create_vm(nr_vcpus=1, guest="touch")
+def test_touch_demand_faults_each_page_it_walks(era_lab):
+    vm = era_lab.host.create_vm(nr_vcpus=1, guest="touch")
     exits = vm.run()
     faults = [e.ipa for e in exits if e.reason == "page fault"]
     assert faults == [0] + [0x10000 + i * PAGE for i in range(16)]
@@ -149,24 +156,24 @@ def test_sharing_a_page_not_given_yet_is_a_page_request_and_the_hvc_runs_again(l
     vm.teardown()
 
 
-def test_after_a_hypercall_exit_only_x0_goes_back_into_the_guest(lab):
+def test_after_a_hypercall_exit_only_x0_goes_back_into_the_guest(era_lab):
     """Android nvhe/hyp-main.c handle_pvm_entry_hvc64(): "HVCs for pvms either don't return or use only one
     register".  The x0_only guest rings twice with x1..x3 unchanged in between; the host writes junk into its
     x1..x3 after the first exit: the second must still pass the guest's own."""
-    vm = lab.host.create_vm(nr_vcpus=1, guest="x0_only")
+    vm = era_lab.host.create_vm(nr_vcpus=1, guest="x0_only")
     first = vm.run()[-1]
     assert first.hvc == (0xC6000040, 0x111, 0x222, 0x333)
     r = vm._runner(0)
     for i in range(1, 4):
-        lab.host.write_u64(r._field("arch.ctxt.regs.regs", i), 0xBAD0 + i)
+        era_lab.host.write_u64(r._field("arch.ctxt.regs.regs", i), 0xBAD0 + i)
     assert vm.run()[-1].hvc == (0xC6000040, 0x111, 0x222, 0x333)
     assert vm.run()[-1].reason == "system off"
     vm.teardown()
 
 
-def test_kvm_features_and_hyp_meminfo_are_answered_at_el2_and_stray_arguments_refused(lab):
+def test_kvm_features_and_hyp_meminfo_are_answered_at_el2_and_stray_arguments_refused(era_lab):
     """HYP_MEMINFO gives the page size, but with a non-zero x1..x3 it is SMCCC_RET_INVALID_PARAMETER (as pKVM)."""
-    vm = lab.host.create_vm(nr_vcpus=1, guest="meminfo")
+    vm = era_lab.host.create_vm(nr_vcpus=1, guest="meminfo")
     exits = vm.run()
     assert exits[-1].reason == "hypercall"
     features, granule, refused = exits[-1].hvc[1:]
@@ -192,13 +199,13 @@ def test_spin_is_preempted_at_the_same_pc_for_the_same_budget(native):
     assert all(main <= pc < main + size for pc in pcs[0])      # in its loop
 
 
-def test_the_guest_cannot_reach_host_or_hyp_memory(lab):
-    before = (lab.core.phys.read(0x4000_0000, 8), lab.core.phys.read(0x4080_0000, 8))
-    vm = lab.host.create_vm(nr_vcpus=1, guest="poke")
+def test_the_guest_cannot_reach_host_or_hyp_memory(era_lab):
+    before = (era_lab.core.phys.read(0x4000_0000, 8), era_lab.core.phys.read(0x4080_0000, 8))
+    vm = era_lab.host.create_vm(nr_vcpus=1, guest="poke")
     exits = vm.run()
     mmio = [e.mmio for e in exits if e.reason == "mmio"]
     assert [(m.ipa, m.write) for m in mmio] == [(0x4000_0000, True), (0x4080_0000, True), (0x4080_0000, False)]
-    assert (lab.core.phys.read(0x4000_0000, 8), lab.core.phys.read(0x4080_0000, 8)) == before
+    assert (era_lab.core.phys.read(0x4000_0000, 8), era_lab.core.phys.read(0x4080_0000, 8)) == before
     assert exits[-1].hvc[:2] == (0xC6000040, 0)   # its load read what the host's MMIO model answered, not memory
     vm.teardown()
 

@@ -21,6 +21,11 @@ from pkvmlab.firmware.fpsimd import FIRMWARE_FP_ROUTINES, fp_simd_instructions
 from pkvmlab.progress import step
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
+# The mainline era's tree (Lab(era="mainline")): its own files, plus the seed tree's files that
+# firmware/mainline/shared.list names (the page tables, the allocator, the exception entry, ...) and the
+# seed's headers wherever it has none of its own (its include/ comes first).
+MAINLINE_DIR = FIRMWARE_DIR / "mainline"
+SHARED_LIST = "shared.list"
 
 CFLAGS = (
     "-target", "aarch64-freestanding-none", "-mcpu=cortex_a72",
@@ -46,10 +51,48 @@ def cache_dir() -> Path:
     return Path(env) if env else FIRMWARE_DIR.parent / "build" / "firmware"
 
 
+def is_mainline_tree(src: Path) -> bool:
+    """A mainline-era tree names the seed tree's files it shares (``shared.list``); the seed's tree is its parent."""
+    return (Path(src) / SHARED_LIST).is_file()
+
+
+def era_of(src: Path) -> str:
+    return "mainline" if is_mainline_tree(src) else "seed"
+
+
+def _shared(src: Path) -> list[Path]:
+    """The seed tree's files a mainline tree compiles too, as its shared.list names them (one a line, # comments)."""
+    names = [ln.split("#", 1)[0].strip() for ln in (src / SHARED_LIST).read_text().splitlines()]
+    out = []
+    for n in filter(None, names):
+        p = src.parent / n
+        if not p.is_file():
+            raise FirmwareBuildError(f"{src / SHARED_LIST} names {n}, which is not in {src.parent}")
+        out.append(p)
+    return out
+
+
 def _sources(src: Path) -> list[Path]:
-    """The hypervisor's sources: guests/ holds the guests' programs, built apart (pkvmlab.firmware.guests)."""
-    return sorted(p for p in src.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()
-                  and "guests" not in p.relative_to(src).parts)
+    """The hypervisor's sources: guests/ holds the guests' programs, built apart (pkvmlab.firmware.guests); a
+    mainline tree (mainline/) is a tree of its own, never mixed into the seed's build, and it takes the seed's
+    shared files and headers beside its own."""
+    own = sorted(p for p in src.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()
+                 and not {"guests", "mainline"} & set(p.relative_to(src).parts))
+    if not is_mainline_tree(src):
+        return own
+    headers = sorted(p for p in (src.parent / "include").rglob("*.h") if p.is_file())
+    return own + _shared(src) + headers
+
+
+def _include_dirs(src: Path) -> list[str]:
+    dirs = [f"-I{src / 'include'}"]
+    if is_mainline_tree(src):
+        dirs.append(f"-I{src.parent / 'include'}")
+    return dirs
+
+
+def _link_script(src: Path) -> Path:
+    return src / "link.ld" if (src / "link.ld").is_file() or not is_mainline_tree(src) else src.parent / "link.ld"
 
 
 @functools.cache
@@ -64,16 +107,20 @@ def _zig_version() -> str:
 
 
 def _cflags(src: Path) -> tuple[str, ...]:
-    """The compiler flags for ``src``: the repository's firmware/ as it is, an edited copy a little gentler."""
-    return CFLAGS if Path(src).resolve() == FIRMWARE_DIR.resolve() else CFLAGS + EDITED_COPY_CFLAGS
+    """The compiler flags for ``src``: the repository's trees as they are, an edited copy a little gentler."""
+    ours = Path(src).resolve() in (FIRMWARE_DIR.resolve(), MAINLINE_DIR.resolve())
+    return CFLAGS if ours else CFLAGS + EDITED_COPY_CFLAGS
 
 
 def source_hash(src: Path = FIRMWARE_DIR) -> str:
+    src = Path(src).resolve()
+    root = src.parent if is_mainline_tree(src) else src
     h = hashlib.sha256()
+    h.update(era_of(src).encode() + b"\0")
     for p in _sources(src):
-        h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes() + b"\0")
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
     h.update(" ".join(_cflags(src) + LDFLAGS).encode())
-    h.update(hcall_ids_header().encode())
+    h.update(hcall_ids_header(era_of(src)).encode())
     h.update(_zig_version().encode())
     return h.hexdigest()[:16]
 
@@ -84,7 +131,7 @@ def build_firmware(src: str | os.PathLike = FIRMWARE_DIR, *, force: bool = False
     A compile or link error raises FirmwareBuildError with the compiler's own message.
     """
     src = Path(src).resolve()
-    if not (src / "link.ld").is_file():
+    if not _link_script(src).is_file():
         raise FirmwareBuildError(f"{src} does not look like a firmware tree (no link.ld)")
     out_dir = cache_dir() / source_hash(src)
     elf = out_dir / "hyp.elf"
@@ -93,18 +140,18 @@ def build_firmware(src: str | os.PathLike = FIRMWARE_DIR, *, force: bool = False
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = out_dir / "gen"
     gen.mkdir(exist_ok=True)
-    _write_if_changed(gen / "hcall_ids.h", hcall_ids_header())
+    _write_if_changed(gen / "hcall_ids.h", hcall_ids_header(era_of(src)))
     units = [str(p) for p in _sources(src) if p.suffix in (".c", ".S")]
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_elf = Path(tmp) / "hyp.elf"
-        cmd = [sys.executable, "-m", "ziglang", "cc", *_cflags(src), f"-I{src / 'include'}", f"-I{gen}",
-               f"-Wl,-T,{src / 'link.ld'}", *LDFLAGS, "-o", str(tmp_elf), *units]
+        cmd = [sys.executable, "-m", "ziglang", "cc", *_cflags(src), *_include_dirs(src), f"-I{gen}",
+               f"-Wl,-T,{_link_script(src)}", *LDFLAGS, "-o", str(tmp_elf), *units]
         env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=str(cache_dir() / "zig-cache"),
                    ZIG_LOCAL_CACHE_DIR=str(cache_dir() / "zig-cache"))
         # The repository's firmware says so (the first Lab()); an edited copy or a mutant compiles in silence,
         # so a notebook that builds one stores the same output every time.
         said = step(f"compiling the EL2 firmware ({len(units)} files) with zig cc", first_use=True) \
-            if src == FIRMWARE_DIR.resolve() else contextlib.nullcontext()
+            if src in (FIRMWARE_DIR.resolve(), MAINLINE_DIR.resolve()) else contextlib.nullcontext()
         with said:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not tmp_elf.is_file():

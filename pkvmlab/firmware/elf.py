@@ -139,6 +139,12 @@ class Firmware:
                     self._sizes.setdefault(s.name, s["st_size"])
         self._by_addr = sorted((a, n) for n, a in self.symbols.items() if not is_section_marker(n))
 
+    @property
+    def era(self) -> str:
+        """Which tree this image was built from: "mainline" (firmware/mainline/, it says so in ``pkvmlab_era``)
+        or "seed" (firmware/)."""
+        return "mainline" if "pkvmlab_era" in self.symbols else "seed"
+
     def symbol(self, name: str) -> int:
         """The address of a firmware symbol; a missing one names a few close matches."""
         try:
@@ -186,8 +192,11 @@ class Firmware:
             sub = self._layout_of(st) if st is not None and st.tag == "DW_TAG_structure_type" else None
             count = _array_count(st) if st is not None and st.tag == "DW_TAG_array_type" else None
             name = _attr(m, "DW_AT_name", b"?").decode()
-            fields[name] = Field(name, _attr(m, "DW_AT_data_member_location", 0), _byte_size(t),
-                                 _type_name(t), sub, count)
+            # a bitfield (DWARF 4: DW_AT_data_bit_offset, no member location) is named by the byte it starts in
+            offset = _attr(m, "DW_AT_data_member_location", None)
+            if offset is None:
+                offset = _attr(m, "DW_AT_data_bit_offset", 0) // 8
+            fields[name] = Field(name, offset, _byte_size(t), _type_name(t), sub, count)
         return Layout(f"struct {_attr(die, 'DW_AT_name', b'?').decode()}", _attr(die, "DW_AT_byte_size", 0), fields)
 
     @cached_property

@@ -278,7 +278,9 @@ def _tree(type_die, memo: dict, depth: int = 0) -> tuple | None:
     if t.tag in ("DW_TAG_structure_type", "DW_TAG_union_type"):
         members = []
         for m in t.iter_children():
-            off = _attr(m, "DW_AT_data_member_location", 0)
+            off = _attr(m, "DW_AT_data_member_location", None)
+            if off is None:   # a bitfield (DWARF 4): named by the byte it starts in
+                off = _attr(m, "DW_AT_data_bit_offset", 0) // 8
             if m.tag != "DW_TAG_member" or not isinstance(off, int):
                 continue
             mt = _type_die(m)
@@ -301,6 +303,8 @@ def member_path(tree, offset: int) -> str:
             best = None
             for name, off, size, flexible, sub in tree[1]:
                 if off <= offset and (offset < off + size or flexible):
+                    if best is not None and best[1] == off and sub is None and best[2] is None:
+                        name = f"{best[0]}/{name}"   # bitfields sharing the byte: every one named
                     best = (name, off, sub)
             if best is None:
                 break
@@ -315,7 +319,7 @@ def member_path(tree, offset: int) -> str:
     return out
 
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4   # 4: bitfields named by the byte they start in (all that share it)
 
 
 def _cache_path(elf: Path) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 
 from pkvmlab.arch import esr as E
-from pkvmlab.arch.smccc import HYPERCALL_ARGS, HYPERCALLS, SMCCC_RET_NOT_SUPPORTED, SMCCC_RET_SUCCESS
+from pkvmlab.arch.smccc import SMCCC_RET_NOT_SUPPORTED, SMCCC_RET_SUCCESS, hypercall_table
 from pkvmlab.errors import HostAccessFault, HostException, HypercallError, MachineError, UsageError
 from pkvmlab.firmware.elf import Firmware
 from pkvmlab.host import kernel_image as K
@@ -38,6 +38,8 @@ class Host:
         self.core = core
         self.image_base = image_base
         self.fw = fw   # the firmware it runs on: struct kvm's layout comes from its DWARF
+        self.era = fw.era   # "seed" or "mainline": which hypercall table, which way to make a VM
+        self.hypercalls, self.hypercall_args = hypercall_table(self.era)
         self._hvc_begin, self._hvc_end = image_base + K.HVC, image_base + K.stub_end(K.HVC)
         self.log: list[tuple[str, tuple, int]] = []   # (call, args, result or -errno), newest last
         first_free = (image_base >> 12) + K.IMAGE_PAGES
@@ -67,7 +69,7 @@ class Host:
     # -- the hypercalls, by pKVM's names (each raises HypercallError with the errno in words) --
     def hyp_info(self) -> tuple[int, int, int]:
         """``__pkvm_hyp_info``: (firmware version, CurrentEL the handler saw, free hyp pool pages)."""
-        _, version, el, free = self.hvc(HYPERCALLS["__pkvm_hyp_info"])
+        _, version, el, free = self.hvc(self.hypercalls["__pkvm_hyp_info"])
         return version, el, free
 
     def share_hyp(self, pfn: int) -> None:
@@ -130,11 +132,21 @@ class Host:
 
     # -- protected VMs, as the host kernel makes them (pkvmlab/host/vm.py) -------------------
     @serialised
-    def create_vm(self, nr_vcpus: int = 2, guest: str | None = None):
+    def create_vm(self, nr_vcpus: int = 2, guest: str | None = None, *, protected: bool = True):
         """Allocate and share ``struct kvm`` and vCPUs, donate a shadow area and PGD, ``__pkvm_init_shadow``.
 
         ``guest="hello"`` (a program in ``firmware/guests/``) gives the VM something to run: ``vm.run()``.
+        On the mainline era (``Lab(era="mainline")``): ``__pkvm_reserve_vm``, ``__pkvm_init_vm``, then
+        ``__pkvm_init_vcpu`` per vCPU (pkvmlab/host/vm_mainline.py); ``protected=False`` makes a non-protected
+        VM, whose pages the host shares with it and keeps.
         """
+        if self.era == "mainline":
+            from pkvmlab.host.vm_mainline import create_vm as create_mainline_vm
+
+            return create_mainline_vm(self, nr_vcpus, guest, protected=protected)
+        if protected is not True:
+            raise UsageError("the seed's era has protected VMs only (__pkvm_init_shadow); "
+                             "non-protected VMs under pKVM are mainline's: Lab(era=\"mainline\")")
         from pkvmlab.host.vm import create_vm
 
         return create_vm(self, nr_vcpus, guest)
@@ -142,9 +154,13 @@ class Host:
     @serialised
     def teardown_vm(self, handle: int) -> None:
         """``__pkvm_teardown_shadow``, then unshare and free what the host had given."""
+        check_uint(handle, 64, "handle")
+        if self.era == "mainline":
+            from pkvmlab.host.vm_mainline import teardown_vm as teardown_mainline_vm
+
+            return teardown_mainline_vm(self, handle)
         from pkvmlab.host.vm import teardown_vm
 
-        check_uint(handle, 64, "handle")
         teardown_vm(self, handle)
 
     @serialised
@@ -252,14 +268,21 @@ class Host:
     @serialised
     def call(self, name: str, *args: int) -> int:
         """A named host hypercall: returns x1, or raises HypercallError naming the call and errno."""
-        if name not in HYPERCALLS:
-            raise UsageError(f"unknown hypercall {name!r}; known: {', '.join(HYPERCALLS)}")
-        want = HYPERCALL_ARGS[name]
+        if name not in self.hypercalls:
+            if self.era == "mainline":
+                from pkvmlab.arch.hypercalls_mainline import MAINLINE_ENUM, NOT_MODELLED
+
+                if name in NOT_MODELLED:
+                    raise UsageError(f"{name} (id {MAINLINE_ENUM.index(name)} in mainline's table) is not modelled: "
+                                     f"{NOT_MODELLED[name]}; the firmware answers it SMCCC_RET_NOT_SUPPORTED")
+            raise UsageError(f"unknown hypercall {name!r} in the {self.era} era's firmware; "
+                             f"known: {', '.join(self.hypercalls)}")
+        want = self.hypercall_args[name]
         if len(args) != len(want):
             raise UsageError(f"{name} takes ({', '.join(want)}), got {len(args)} argument(s)")
-        if name == "__pkvm_host_map_guest":
+        if name in ("__pkvm_host_map_guest", "__pkvm_host_donate_guest", "__pkvm_host_share_guest"):
             self._keep_own_memcache()
-        x0, x1, _, _ = self.hvc(HYPERCALLS[name], *args)
+        x0, x1, _, _ = self.hvc(self.hypercalls[name], *args)
         return self._call_result(name, args, x0, x1)
 
     def _call_result(self, name: str, args: tuple, x0: int, x1: int) -> int:

@@ -38,7 +38,6 @@ import errno as _errno
 from dataclasses import dataclass
 
 from pkvmlab.arch import esr as E
-from pkvmlab.arch.smccc import HYPERCALLS
 from pkvmlab.errors import HypercallError, UsageError
 from pkvmlab.host import kernel_image as K
 
@@ -54,7 +53,6 @@ ARM_EXCEPTION_IRQ, ARM_EXCEPTION_TRAP = 0, 2
 KVM_ARM64_INCREMENT_PC = 1 << 9
 HPFAR_FIPA_MASK = ((1 << 40) - 1) & ~0xF
 MEMCACHE_TOPUP = 2                # kvm_mmu_cache_min_pages(): a table per level below the PGD
-_KVM_VCPU_RUN = HYPERCALLS["__kvm_vcpu_run"]
 VCPU_FIELDS = ("arch.ctxt.regs.regs", "arch.ctxt.regs.pc", "arch.ctxt.sp_el1", "arch.fault.esr_el2",
                "arch.fault.far_el2", "arch.fault.hpfar_el2", "arch.flags", "arch.pkvm_memcache.head",
                "arch.pkvm_memcache.nr_pages")
@@ -125,7 +123,8 @@ class VcpuRunner:
             raise UsageError("struct kvm_vcpu_fault_info is not esr_el2, far_el2, hpfar_el2 in a row: "
                              "kernel_image.VCPU_RUN reads them with one ldp and one ldr")
         self._run_at = (self._field("arch.ctxt.regs.regs", 0), self._field("arch.flags"), esr_at + self.vcpu)
-        self._answer: tuple[int | None, bool] | None = None   # (regs[0] value or None, increment PC)
+        self._answer: tuple[int | None, bool] | None = None   # (regs[n] value or None, increment PC)
+        self._answer_reg = 0   # n: x0, hyp's transfer register for a protected vCPU; a non-protected one's own Rt
         self.exits: list[Exit] = []
 
     def _field(self, name: str, index: int = 0) -> int:
@@ -157,7 +156,7 @@ class VcpuRunner:
         self.host.write(pfn * PAGE, content + bytes(PAGE - len(content)))
         for attempt in range(3):
             try:
-                self.host.call("__pkvm_host_map_guest", pfn, gfn)
+                self.vm.map_call(pfn, gfn)
                 break
             except HypercallError as e:
                 if e.errno != _errno.ENOMEM or attempt == 2:
@@ -219,7 +218,7 @@ class VcpuRunner:
         if self._answer is not None:
             value, incr = self._answer
             if value is not None:
-                host.write_u64(self._field("arch.ctxt.regs.regs", 0), value)
+                host.write_u64(self._field("arch.ctxt.regs.regs", self._answer_reg), value)
             if incr:
                 host.write_u64(self._field("arch.flags"), KVM_ARM64_INCREMENT_PC)
             self._answer = None
@@ -231,13 +230,15 @@ class VcpuRunner:
         value, incr = self._answer if self._answer is not None else (None, False)
         self._answer = None
         regs0_at, flags_at, fault_at = self._run_at
-        regs = [_KVM_VCPU_RUN, 0, 0, 0, 0, 0, 0, 0, 0, 0 if value is None else regs0_at, value or 0,
+        answer_at = regs0_at + 8 * self._answer_reg
+        regs = [host.hypercalls["__kvm_vcpu_run"], 0, 0, 0, 0, 0, 0, 0, 0, 0 if value is None else answer_at, value or 0,
                 flags_at if incr else 0, KVM_ARM64_INCREMENT_PC, fault_at, regs0_at]
         out = host.call_stub(K.VCPU_RUN, regs, 9, "hypercall __kvm_vcpu_run")
         return host._call_result("__kvm_vcpu_run", (), out[0], out[1]), tuple(out[2:])
 
     def _handle(self, code: int, preempted_at: int, info: tuple[int, ...] | None) -> Exit:
         host = self.host
+        self._answer_reg = 0   # x0 unless an MMIO exit of a non-protected vCPU says otherwise (_mmio)
         if code == ARM_EXCEPTION_IRQ:
             return Exit("preempted", code, pc=preempted_at or None, handled="run again when the scheduler says so")
         if code != ARM_EXCEPTION_TRAP:
@@ -299,9 +300,16 @@ class VcpuRunner:
                                 "KVM would exit to the VMM with KVM_EXIT_ARM_NISV (or fail KVM_RUN with -ENOSYS)")
         size = 1 << ((esr >> E.ISS_SAS_SHIFT) & 3)
         write = bool(esr & E.ISS_WNR)
+        # A protected vCPU's transfer register is x0 (hyp moves the value; ESR.SRT reads 0).  A non-protected
+        # vCPU (mainline era) hands the host its whole register file: the value is in the guest's own Rt, ESR.SRT,
+        # as KVM's io_mem_abort() reads it (kvm_vcpu_dabt_get_rd(); arch/arm64/kvm/mmio.c).
+        rt = 0 if getattr(self.vm, "protected", True) else (esr >> E.ISS_SRT_SHIFT) & 0x1F
+        self._answer_reg = 0 if rt == 31 else rt
         if write:
-            if reg0 is None:
-                reg0 = host.read_u64(self._field("arch.ctxt.regs.regs", 0))
+            if rt == 31:
+                reg0 = 0                                    # xzr
+            elif rt or reg0 is None:
+                reg0 = host.read_u64(self._field("arch.ctxt.regs.regs", rt))
             value = reg0 & ((1 << 8 * size) - 1)
             if ipa == UART_BASE:
                 self.vm.console_bytes.append(value & 0xFF)
@@ -309,6 +317,6 @@ class VcpuRunner:
             handled = "UART: printed" if ipa == UART_BASE else "ignored (no device there)"
         else:
             value = 0   # UART_FR: never busy; nothing else is there either
-            self._answer = (value, True)
+            self._answer = (None if rt == 31 else value, True)
             handled = "read as 0"
         return Exit("mmio", code, esr=esr, ipa=ipa, mmio=MmioAccess(ipa, size, write, value), handled=handled)

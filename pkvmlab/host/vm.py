@@ -154,6 +154,10 @@ class VM:
         self.mapped_pages[gfn] = pfn
         return pfn
 
+    def map_call(self, pfn: int, gfn: int) -> None:
+        """The hypercall that gives the guest of the loaded vCPU the page ``pfn`` at ``gfn`` (a demand fault)."""
+        self.host.call("__pkvm_host_map_guest", pfn, gfn)
+
     @property
     def guest_pages(self) -> dict[int, int]:
         """gfn -> pfn of every page the host gave this guest (``donate()`` and demand faults alike)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pkvmlab.errors import UsageError
 from pkvmlab.firmware import Firmware
 from pkvmlab.machine.interface import Machine
 
@@ -49,16 +50,25 @@ class Hyp:
         return PoolStats(self.global_field("hyp_pool", "hyp_pool", "free_pages"),
                          self.global_field("hyp_pool", "hyp_pool", "nr_pages"))
 
+    def _seed_only(self, what: str) -> None:
+        """The readers below decode the seed's structures (page states in the tables' SW bits, the shadow table)."""
+        if self.fw.era != "seed":
+            raise UsageError(f"lab.hyp.{what}() reads the seed's era (firmware/); on the {self.fw.era} era read "
+                             "hyp_vmemmap and vm_table with pkvmlab.spec.mainline_abstraction.mainline_abstract(lab), "
+                             "or draw them with pkvmlab.viz.mainline")
+
     def ownership(self):
         """Who owns every page of RAM, read from the host stage-2 and hyp stage-1 tables."""
         from pkvmlab.inspect.ownership import read_ownership
 
+        self._seed_only("ownership")
         return read_ownership(self)
 
     def shadow_table(self):
         """The shadow VM table: ``nr_shadow_entries``, ``next_shadow_alloc`` and the 255 slots."""
         from pkvmlab.inspect.shadow import read_shadow_table
 
+        self._seed_only("shadow_table")
         return read_shadow_table(self)
 
     def register_view(self, vm, vcpu_idx: int = 0, exit=None):

@@ -19,7 +19,7 @@ import numpy as np
 
 from pkvmlab.arch.pgtable import ADDR_MASK, ENTRIES, PAGE_SIZE, Descriptor, granule_shift
 from pkvmlab.firmware.source_map import Place, source_map
-from pkvmlab.inspect.walk import HANDLE_OFFSET, KVM_MAX_PVMS, regime
+from pkvmlab.inspect.walk import HANDLE_OFFSET, KVM_MAX_PVMS, regime, vm_table
 from pkvmlab.machine.recorder import MAX_TRACE_INSNS, REG_NAMES, record_el2
 from pkvmlab.rows import Registers, Rows
 
@@ -325,15 +325,12 @@ def _tables(lab) -> dict[int, TableSlot]:
     """Every page-table page of the host stage-2, the hyp stage-1 and each guest stage-2."""
     hyp, phys = lab.hyp, lab.core.phys
     regimes = [(regime(hyp, "host-s2"), "host stage-2"), (regime(hyp, "hyp-s1"), "hyp stage-1")]
-    table = hyp.read_global("shadow_table")
-    if table:
-        raw = phys.read(table, 8 * KVM_MAX_PVMS)
-        for i in range(KVM_MAX_PVMS):
-            if int.from_bytes(raw[8 * i:8 * i + 8], "little"):
-                try:
-                    regimes.append((regime(hyp, "guest-s2", vm=HANDLE_OFFSET + i), f"guest stage-2 of VM {HANDLE_OFFSET + i:#x}"))
-                except Exception:  # noqa: BLE001 - a half-made VM has no table yet
-                    pass
+    for i, ptr in enumerate(vm_table(hyp)[2]):
+        if ptr:
+            try:
+                regimes.append((regime(hyp, "guest-s2", vm=HANDLE_OFFSET + i), f"guest stage-2 of VM {HANDLE_OFFSET + i:#x}"))
+            except Exception:  # noqa: BLE001 - a half-made VM has no table yet
+                pass
     out: dict[int, TableSlot] = {}
     for r, name in regimes:
         n = 1 << (r.ia_bits - granule_shift(r.start_level))
@@ -358,17 +355,21 @@ def _heap(lab) -> list:
     """Named regions outside the globals: shadow_table's page, each shadow VM, the vmemmap, the stack."""
     hyp, fw, phys = lab.hyp, lab.fw, lab.core.phys
     out = []
-    table = hyp.read_global("shadow_table")
+    table, struct, ptrs = vm_table(hyp)
+    name = "vm_table" if struct == "pkvm_hyp_vm" else "shadow_table"
     if table:
-        out.append((table, table + 8 * KVM_MAX_PVMS, "shadow_table", "[]"))
-        raw = phys.read(table, 8 * KVM_MAX_PVMS)
-        lay = fw.layout("kvm_shadow_vm")
-        size_field = lay.field("shadow_area_size")
-        for i in range(KVM_MAX_PVMS):
-            p = int.from_bytes(raw[8 * i:8 * i + 8], "little")
-            if p:   # the struct and its shadow_vcpu_states[] after it: the whole donated shadow area
+        out.append((table, table + 8 * KVM_MAX_PVMS, name, "[]"))
+        lay = fw.layout(struct)
+        for i, p in enumerate(ptrs):
+            if not p:
+                continue
+            if struct == "kvm_shadow_vm":   # the struct and its shadow_vcpu_states[] after it: the whole shadow area
+                size_field = lay.field("shadow_area_size")
                 size = max(lay.size, int.from_bytes(phys.read(p + size_field.offset, size_field.size), "little"))
-                out.append((p, p + size, f"shadow_table[{i}]->", (0, "kvm_shadow_vm")))
+            else:                           # struct pkvm_hyp_vm and its vcpus[] pointers (each vCPU a page apart)
+                created = lay.field("kvm.created_vcpus")
+                size = lay.size + 8 * int.from_bytes(phys.read(p + created.offset, created.size), "little")
+            out.append((p, p + size, f"{name}[{i}]->", (0, struct)))
     vmemmap = hyp.read_global("hyp_vmemmap")
     if vmemmap:
         size = fw.layout("hyp_page").size

@@ -118,13 +118,12 @@ def register_views(hyp, vm, vcpu_idx: int = 0, exit=None) -> RegisterView:
     if not 0 <= vcpu_idx < len(vm.vcpus):
         raise UsageError(f"VM {vm.handle:#x} has {len(vm.vcpus)} vCPU(s); vcpu_idx must be 0..{len(vm.vcpus) - 1}")
     fw, phys = hyp.fw, hyp.core.phys
-    entry = hyp.shadow_table().by_handle(vm.handle)
-    if entry is None:
+    ctxt = hyp_vcpu_ctxt(hyp, vm.handle, vcpu_idx)
+    if ctxt is None:
         raise UsageError(f"hyp has no VM with handle {vm.handle:#x} (torn down?): no shadow vCPU to show")
     off = ctxt_offset(fw)
     host = read_context(phys, fw, vm.vcpus[vcpu_idx] + off)
-    hyp = read_context(phys, fw, entry.vcpus[vcpu_idx].address + fw.layout("kvm_shadow_vcpu_state").offset("shadow_vcpu")
-                       + off)
+    hyp = read_context(phys, fw, ctxt)
     return RegisterView(vm.handle, vcpu_idx, "" if exit is None else str(exit),
                         tuple((name, host[name], hyp[name]) for name, _, _ in context_fields(fw)))
 
@@ -160,8 +159,33 @@ def context_registers(hyp, ctxt_addr: int) -> dict[str, int]:
 
 def shadow_vcpu_registers(hyp, handle: int, vcpu_idx: int = 0) -> dict[str, int]:
     """Hyp's copy of vCPU ``vcpu_idx`` of the protected VM ``handle``: every register it keeps for the guest."""
-    vm = hyp.shadow_table().by_handle(handle)
-    if vm is None or not 0 <= vcpu_idx < len(vm.vcpus):
-        raise UsageError(f"no vCPU {vcpu_idx} of a VM with handle {handle:#x} in hyp's shadow table")
-    st = hyp.fw.layout("kvm_shadow_vcpu_state")
-    return context_registers(hyp, vm.vcpus[vcpu_idx].address + st.offset("shadow_vcpu.arch.ctxt"))
+    ctxt = hyp_vcpu_ctxt(hyp, handle, vcpu_idx)
+    if ctxt is None:
+        raise UsageError(f"no vCPU {vcpu_idx} of a VM with handle {handle:#x} in hyp's VM table")
+    return context_registers(hyp, ctxt)
+
+
+def hyp_vcpu_ctxt(hyp, handle: int, vcpu_idx: int) -> int | None:
+    """Where hyp keeps vCPU ``vcpu_idx``'s ``struct kvm_cpu_context`` of VM ``handle``, or None if it has none.
+
+    The seed's era: in the shadow area, ``shadow_vcpu_states[i].shadow_vcpu.arch.ctxt``; mainline's: in the page
+    ``__pkvm_init_vcpu`` took, ``vm_table[idx]->vcpus[i]->vcpu.arch.ctxt``.
+    """
+    if hyp.fw.era == "seed":
+        vm = hyp.shadow_table().by_handle(handle)
+        if vm is None or not 0 <= vcpu_idx < len(vm.vcpus):
+            return None
+        st = hyp.fw.layout("kvm_shadow_vcpu_state")
+        return vm.vcpus[vcpu_idx].address + st.offset("shadow_vcpu.arch.ctxt")
+    from pkvmlab.inspect.walk import HANDLE_OFFSET, vm_table
+
+    ptrs = vm_table(hyp)[2]
+    idx = handle - HANDLE_OFFSET
+    if not 0 <= idx < len(ptrs) or not ptrs[idx]:
+        return None
+    lay = hyp.fw.layout("pkvm_hyp_vm")
+    created = hyp.read_struct_field(ptrs[idx], "pkvm_hyp_vm", "kvm.created_vcpus")
+    if not 0 <= vcpu_idx < created:
+        return None
+    vcpu = hyp.core.phys.read_u64(ptrs[idx] + lay.offset("vcpus") + 8 * vcpu_idx)
+    return vcpu + hyp.fw.layout("pkvm_hyp_vcpu").offset("vcpu.arch.ctxt") if vcpu else None

@@ -171,6 +171,21 @@ def _index_bits(r: Regime, level: int) -> tuple[int, int]:
 
 
 # -- finding the tables ---------------------------------------------------------------------------
+def vm_table(hyp) -> tuple[int, str, list[int]]:
+    """The hypervisor's table of VMs: (its address, the struct a slot points at, each slot's VM pointer or 0).
+
+    The seed's era: ``shadow_table`` of ``struct kvm_shadow_vm *``; mainline's: ``vm_table`` of ``struct pkvm_hyp_vm *``,
+    where a slot ``__pkvm_reserve_vm`` took but no VM fills yet holds ``RESERVED_ENTRY`` (read here as 0: no VM).
+    """
+    mainline = hyp.fw.era == "mainline"
+    table = hyp.read_global("vm_table" if mainline else "shadow_table")
+    raw = hyp.core.phys.read(table, 8 * KVM_MAX_PVMS) if table else bytes(8 * KVM_MAX_PVMS)
+    ram = hyp.core.phys
+    ptrs = [int.from_bytes(raw[8 * i:8 * i + 8], "little") for i in range(KVM_MAX_PVMS)]
+    ptrs = [p if ram.base <= p < ram.base + ram.size else 0 for p in ptrs]
+    return table, "pkvm_hyp_vm" if mainline else "kvm_shadow_vm", ptrs
+
+
 def regime(hyp, stage: str = "host-s2", vm=None) -> Regime:
     """The tables and sizes for ``stage``, read from the hypervisor's own variables (not from the CPU)."""
     fw = hyp.fw
@@ -189,12 +204,13 @@ def regime(hyp, stage: str = "host-s2", vm=None) -> Regime:
                       root_name="hyp_pgd")
     if stage == "guest-s2":
         handle = _vm_handle(hyp, vm)
-        table = hyp.read_global("shadow_table")
+        _, struct, ptrs = vm_table(hyp)
         idx = handle - HANDLE_OFFSET
-        ptr = hyp.core.phys.read_u64(table + 8 * idx) if table and 0 <= idx < KVM_MAX_PVMS else 0
+        ptr = ptrs[idx] if 0 <= idx < KVM_MAX_PVMS else 0
         if not ptr:
-            raise UsageError(f"no protected VM with handle {handle:#x} in the shadow table")
-        lay = fw.layout("kvm_shadow_vm")
+            raise UsageError(f"no protected VM with handle {handle:#x} in the shadow table" if struct == "kvm_shadow_vm"
+                             else f"no VM with handle {handle:#x} in vm_table")
+        lay = fw.layout(struct)
 
         def rd(path: str) -> int:
             fld = lay.field(path)
@@ -209,9 +225,7 @@ def regime(hyp, stage: str = "host-s2", vm=None) -> Regime:
 
 def _vm_handle(hyp, vm) -> int:
     if vm is None:
-        table = hyp.read_global("shadow_table")
-        raw = hyp.core.phys.read(table, 8 * KVM_MAX_PVMS) if table else b""
-        used = [i for i in range(len(raw) // 8) if int.from_bytes(raw[8 * i:8 * i + 8], "little")]
+        used = [i for i, p in enumerate(vm_table(hyp)[2]) if p]
         if len(used) != 1:
             raise UsageError(f"stage='guest-s2' needs vm= (a handle or a VM): {len(used)} VMs exist")
         return used[0] + HANDLE_OFFSET

@@ -11,7 +11,12 @@
 * :mod:`pkvmlab.spec.mappings` -- what the host can observe of its stage-2: a page it owns or shares reads
   and writes (now, or after the fault that maps it), any other faults, as the CPU's own ``AT S12E1R/W`` says;
 * :mod:`pkvmlab.spec.abstraction` -- from the concrete machine to the abstract state;
-* :mod:`pkvmlab.spec.checker` -- ``lab.spec_check = True``: every hypercall checked as it runs.
+* :mod:`pkvmlab.spec.checker` -- ``lab.spec_check = True``: every hypercall checked as it runs, against the rules of
+  the lab's era;
+* the mainline era (``Lab(era="mainline")``): :mod:`pkvmlab.spec.mainline` (its rule table: the shared transitions and
+  ``__pkvm_hyp_info``, plus :mod:`~pkvmlab.spec.mainline_vm_calls` and :mod:`~pkvmlab.spec.mainline_guest_calls`, written
+  from mainline's C as docs/mainline.md reads it), :mod:`pkvmlab.spec.mainline_state` (reserved slots, share counts,
+  donation annotations) and :mod:`pkvmlab.spec.mainline_abstraction` (host and hyp state from ``hyp_vmemmap``).
 
 Host-visible memory: what hyp writes back into the host's memory is part of an outcome (``Outcome.host_words``:
 the memcache list head and count in the host's ``struct kvm_vcpu`` after map_guest; ``Outcome.zeroed``: pages

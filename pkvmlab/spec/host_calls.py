@@ -36,7 +36,8 @@ MAX_PFN = U64 >> PAGE_SHIFT
 
 @dataclass(frozen=True)
 class Outcome:
-    """One thing the call may do: return ``ret`` (a value, or ``-errno``) and leave ``state``.
+    """One thing the call may do: return ``ret`` (a value, or ``-errno``; None: anything, for a call upstream
+    answers nothing) and leave ``state``.
 
     ``pool``: "exact" (the free count must be ``state.pool_free``) or "any".
     ``zeroed``: pfns that must read as zeros afterwards (pages hyp gives back).
@@ -48,7 +49,7 @@ class Outcome:
     computed from the state and the host's memory *before* the call, never read back after it.
     """
 
-    ret: int
+    ret: int | None
     state: AbstractState
     why: str
     pool: str = "exact"
@@ -57,6 +58,8 @@ class Outcome:
     host_words: tuple[tuple[int, int, int], ...] = ()
 
     def words(self) -> str:
+        if self.ret is None:   # a call upstream answers nothing: whatever the host reads back is the lab's
+            return f"return anything ({self.why})"
         r = f"-{errno.errorcode.get(-self.ret, -self.ret)}" if self.ret < 0 else f"{self.ret:#x}"
         return f"return {r} ({self.why})"
 

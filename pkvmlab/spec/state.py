@@ -10,7 +10,7 @@ Pure Python: imports nothing from the emulator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from pkvmlab.arch.ownership import GUEST, HOST, HYP, NOPAGE, OWNED, PageView
 from pkvmlab.arch.pgtable import NO_OWNER, Owner
@@ -130,6 +130,10 @@ class AbstractState:
             vms[index] = vm
         return replace(self, vms=vms)
 
+    def same_as(self, other: AbstractState) -> bool:
+        """Equal in everything the specification compares but the pool."""
+        return self.pages == other.pages and self.vms == other.vms
+
     def differences(self, other: AbstractState) -> list[str]:
         """What differs from ``other``, in words (pages in runs, then VMs, then the pool)."""
         out = []
@@ -165,11 +169,9 @@ class AbstractState:
         return f"AbstractState({self.summary()})"
 
 
-def _vm_detail(a: AbstractVM, b: AbstractVM) -> str:
-    parts = [f"{f} {getattr(a, f)!r} vs {getattr(b, f)!r}" for f in ("handle", "vmid", "host_kvm", "vcpus", "shadow",
-                                                                     "pgd", "pages", "loaded", "refs",
-                                                                     "memcache", "hyp_pages")
-             if getattr(a, f) != getattr(b, f)]
+def _vm_detail(a, b) -> str:
+    parts = [f"{f.name} {getattr(a, f.name)!r} vs {getattr(b, f.name)!r}" for f in fields(a)
+             if f.name != "index" and getattr(a, f.name) != getattr(b, f.name, None)]
     return " [" + "; ".join(parts) + "]"
 
 

@@ -63,6 +63,7 @@ struct pgt_leaf {
 	phys_addr_t phys;	/* output address of the range's first byte */
 	kvm_pte_t attrs;	/* leaf attributes for a mapping */
 	u8 owner;		/* owner id for an invalid entry */
+	kvm_pte_t meta;		/* more bits of an invalid entry (mainline: the VM and gfn a page was donated to) */
 };
 
 size_t kvm_pgtable_stage2_pgd_size(u64 vtcr);

@@ -3,6 +3,14 @@
 #define __HYP_PKVM_H__
 #include <hyp/kvm_host.h>
 
+/*
+ * A guest's MEM_SHARE / MEM_UNSHARE, done at EL2, then exits so the host
+ * learns of it ("Success! Now tell the host.": pkvm_memshare_call(), v1
+ * series [PATCH 87/89] and the Android common kernel of 2022).  Mainline's
+ * returns to the guest instead (firmware/mainline/include/hyp/pkvm.h).
+ */
+#define PKVM_GUEST_SHARE_EXITS 1
+
 /* Maximum number of protected VMs that can be created. */
 #define KVM_MAX_PVMS 255
 
