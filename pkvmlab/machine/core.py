@@ -93,6 +93,7 @@ class Core(RunStops):
         self.symbols: dict[str, int] = {}   # the firmware's, set by the boot loader
         self.panic: HypPanic | None = None
         self.stats = {"hvc": 0, "stage2_abort": 0}
+        self.recording = None   # while an action is traced (recorder.record_el2): pause(bool) for debugger calls
         self.run_limit_ms = 10_000   # a longer run is an endless loop: the watchdog stops it
         self.lock = threading.RLock()   # the engine is not thread-safe: every use holds this
         self.core = self                # so @serialised works on Core's own methods
@@ -374,35 +375,50 @@ class Core(RunStops):
         """Debugger: call a firmware function at EL2 with ``args`` in x0.., return its x0.
 
         The CPU context is saved and restored around the call, so the machine continues exactly
-        where it was.  Used for the AT oracle and to drive hyp-internal functions in tests.
+        where it was.  Used for the AT oracle and to drive hyp-internal functions in tests.  A call
+        made while an action is traced (``lab.trace``) is not recorded in its trace: it is not the action's.
         """
+        return self.call_regs(addr, *args, results=1, timeout_ms=timeout_ms)[0]
+
+    def call_regs(self, addr: int, *args: int, results: int = 1, timeout_ms: int = 1000) -> list[int]:
+        """``call()``, returning x0..x(results-1): a probe that answers in several registers (firmware/debug.S)."""
         if len(args) > 8:
             raise UsageError("at most 8 arguments (x0..x7)")
+        args = [check_uint(a, 64, f"x{i}") for i, a in enumerate(args)]
+        uc = self.uc
         with self.lock:
-            ctx = self.uc.context_save()
-            pstate = self.reg("pstate")
+            ctx = uc.context_save()
+            pstate = uc.reg_read(A.UC_ARM64_REG_PSTATE)
             try:
                 self.set_pstate(P.PSTATE_EL2H_DAIF)
                 for i, a in enumerate(args):
-                    self.set_reg(f"x{i}", a)
+                    uc.reg_write(A.UC_ARM64_REG_X0 + i, a)
                 done = self.symbols["__debug_call_done"]
-                self.set_reg("x30", done)
-                self.set_reg("sp", self.symbols["__debug_stack_top"])
-                self._run(addr, done, timeout_ms, False, (False, False), debugger=True)
-                return self.reg("x0")
+                uc.reg_write(A.UC_ARM64_REG_X30, done)
+                uc.reg_write(A.UC_ARM64_REG_SP, self.symbols["__debug_stack_top"])
+                pause = self.recording   # a traced action's trace holds the action's execution, not the debugger's
+                if pause is not None:
+                    pause(True)
+                try:
+                    self._run(addr, done, timeout_ms, False, (False, False), debugger=True)
+                finally:
+                    if pause is not None:
+                        pause(False)
+                return [uc.reg_read(A.UC_ARM64_REG_X0 + i) for i in range(results)]
             finally:
                 if self.panic is None:
-                    self.uc.context_restore(ctx)
+                    uc.context_restore(ctx)
                     self.set_pstate(pstate)
 
-    def call_symbol(self, name: str, *args: int) -> int:
+    def call_symbol(self, name: str, *args: int, results: int = 1):
+        """``call()`` by the function's name; with ``results`` > 1, x0..x(results-1) as a list."""
         try:
             addr = self.symbols[name]
         except KeyError:
             if not self.symbols:
                 raise UsageError("no firmware is loaded on this core yet: boot one first (Lab() does)") from None
             raise UsageError(f"the loaded firmware has no function {name!r}") from None
-        return self.call(addr, *args)
+        return self.call(addr, *args) if results == 1 else self.call_regs(addr, *args, results=results)
 
     def _panic(self, intno: int | None, pc: int, unicorn_error=None) -> HypPanic:
         """Record and return the HypPanic for an exception at EL2 (decoded in ``machine/panic.py``)."""
