@@ -26,6 +26,7 @@ from pkvmlab.errors import HypPanic, MachineError, UsageError
 from pkvmlab.machine import aarch32 as A32
 from pkvmlab.machine import el1_faults, el2_traps
 from pkvmlab.machine import exceptions as X
+from pkvmlab.machine import regs_batch as RB
 from pkvmlab.machine.panic import decode_panic
 from pkvmlab.machine.phys import PhysMemory, check_uint, serialised
 from pkvmlab.machine.stops import RunStops
@@ -50,6 +51,7 @@ HYP_PANIC_BRK = 0x800   # firmware/entry.S: hyp_panic() executes BRK #0x800 with
 MAX_REPEATED_ABORTS = 32   # the same host abort again and again, nothing else in between: it will never change
 HOST_VECTORS_SIZE = 0x800  # VBAR_EL1's table: a BRK there is the host model's "stop here"
 
+_TPIDR_EL0 = (13, 0, 3, 3, 2)   # (crn, crm, op0, op1, op2)
 _GPR = {f"x{i}": A.UC_ARM64_REG_X0 + i for i in range(29)}
 _GPR.update(x29=A.UC_ARM64_REG_X29, x30=A.UC_ARM64_REG_X30, fp=A.UC_ARM64_REG_X29, lr=A.UC_ARM64_REG_X30,
             sp=A.UC_ARM64_REG_SP, pc=A.UC_ARM64_REG_PC, pstate=A.UC_ARM64_REG_PSTATE, nzcv=A.UC_ARM64_REG_NZCV,
@@ -188,8 +190,9 @@ class Core(RunStops):
 
     def set_pstate(self, pstate: int) -> None:
         """Write PSTATE, then any CP register: that rebuilds QEMU's cached hflags (unicorn#2333)."""
-        self.uc.reg_write(A.UC_ARM64_REG_PSTATE, pstate)
-        self.set_sysreg("TPIDR_EL0", self.sysreg("TPIDR_EL0"))
+        uc = self.uc
+        RB.write(uc, A.UC_ARM64_REG_PSTATE, pstate)
+        uc.reg_write(A.UC_ARM64_REG_CP_REG, _TPIDR_EL0 + (RB.read(uc, A.UC_ARM64_REG_TPIDR_EL0),))
 
     # -- exceptions (machine/exceptions.py performs the entry) ---------------------------------
     def _on_intr(self, uc, intno: int, _user) -> None:
@@ -386,16 +389,17 @@ class Core(RunStops):
             raise UsageError("at most 8 arguments (x0..x7)")
         args = [check_uint(a, 64, f"x{i}") for i, a in enumerate(args)]
         uc = self.uc
+        read, write = RB.read, RB.write   # the C API: a call is a few dozen register moves
         with self.lock:
             ctx = uc.context_save()
-            pstate = uc.reg_read(A.UC_ARM64_REG_PSTATE)
+            pstate = read(uc, A.UC_ARM64_REG_PSTATE)
             try:
                 self.set_pstate(P.PSTATE_EL2H_DAIF)
                 for i, a in enumerate(args):
-                    uc.reg_write(A.UC_ARM64_REG_X0 + i, a)
+                    write(uc, A.UC_ARM64_REG_X0 + i, a)
                 done = self.symbols["__debug_call_done"]
-                uc.reg_write(A.UC_ARM64_REG_X30, done)
-                uc.reg_write(A.UC_ARM64_REG_SP, self.symbols["__debug_stack_top"])
+                write(uc, A.UC_ARM64_REG_X30, done)
+                write(uc, A.UC_ARM64_REG_SP, self.symbols["__debug_stack_top"])
                 pause = self.recording   # a traced action's trace holds the action's execution, not the debugger's
                 if pause is not None:
                     pause(True)
@@ -404,7 +408,7 @@ class Core(RunStops):
                 finally:
                     if pause is not None:
                         pause(False)
-                return [uc.reg_read(A.UC_ARM64_REG_X0 + i) for i in range(results)]
+                return [read(uc, A.UC_ARM64_REG_X0 + i) for i in range(results)]
             finally:
                 if self.panic is None:
                     uc.context_restore(ctx)

@@ -59,6 +59,17 @@ class SpecChecker:
         # into hyp's AT probes (pkvmlab.machine.qemu: call_symbol); there the rest of the spec still checks every call.
         self.mappings = 0 if lab.backend == "qemu" else 3
         self._turn = 0
+        # The pages each run, each call writes (a native store hook): the abstraction reads again only what lies on
+        # them (pkvmlab.spec.abstraction), so a whole-state check costs what the call changed, not what the lab holds.
+        self._written = None
+        if lab.backend != "qemu":
+            from pkvmlab.machine.journal import WrittenPages
+
+            sym = lab.fw.symbols
+            top, debug_top = sym.get("__hyp_stack_top"), sym.get("__debug_stack_top")
+            self._written = WrittenPages.make(lab.core, (top - 4 * 4096, debug_top) if top and debug_top else None)
+        if self._written is not None:
+            abstract_of(lab).written = self._written.take
         self._call = lab.host.call
         self._hyp_info = lab.host.hyp_info
 
@@ -85,6 +96,10 @@ class SpecChecker:
                 and all(type(a) is int and -(1 << 63) <= a < 1 << 64 for a in args))
 
     def remove(self) -> None:
+        if self._written is not None:
+            abstract_of(self.lab).written = None
+            self._written.close()
+            self._written = None
         host = self.lab.host
         host.__dict__.pop("call", None)
         host.__dict__.pop("hyp_info", None)
