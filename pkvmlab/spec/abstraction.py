@@ -97,14 +97,15 @@ class Abstraction:
             return int.from_bytes(self._raw(addr, size), "little")
         return int.from_bytes(self.phys.read(addr, size), "little")   # outside RAM: its UsageError
 
-    def _tree(self, pgt: tuple[int, int, int], written: set | None) -> tuple[tuple, set, dict]:
-        """(input address, descriptor, level) arrays of every leaf of one table tree, the pfns read, the tables read.
+    def _tree(self, pgt: tuple[int, int, int], written: set | None, defaults: tuple) -> tuple[dict, set, dict]:
+        """One table tree as :meth:`_sparse` maps it (``defaults``: its arguments), the pfns read, the tables read.
 
-        A table whose page was not written since the last walk (``written``; None: all were) is not read again."""
+        Each table's part of the map is kept; a table whose page was not written since the last walk
+        (``written``; None: all were) is neither read nor decoded again."""
         pgd, ia_bits, level = self._u(pgt[0]), self._u(pgt[1], 4) & 0xFF, self._u(pgt[2], 4) & 0xFF
         old = self._trees.get(pgt, (None, None, {}))[2] if written is not None else {}
         pages = {p >> PAGE_SHIFT for p in pgt}
-        found: list = []
+        out: dict = {}
         tables: dict = {}
 
         def walk(table_pa: int, lv: int, base: int, n: int) -> None:
@@ -118,32 +119,29 @@ class Abstraction:
                 ptes = t[nz]
                 is_table = (ptes & np.uint64(3)) == 3 if lv < 3 else np.zeros(len(nz), bool)
                 shift = pt.granule_shift(lv)
-                here = None
+                part = None
                 if (~is_table).any():
                     idx = nz[~is_table].astype(np.uint64)
-                    here = (np.uint64(base) + (idx << np.uint64(shift)), ptes[~is_table], np.full(len(idx), lv, np.uint8))
-                hit = (here, [(int(t[i]) & pt.ADDR_MASK, base + (int(i) << shift)) for i in nz[is_table]])
+                    part = self._sparse((np.uint64(base) + (idx << np.uint64(shift)), ptes[~is_table],
+                                         np.full(len(idx), lv, np.uint8)), *defaults)
+                hit = (part, [(int(t[i]) & pt.ADDR_MASK, base + (int(i) << shift)) for i in nz[is_table]])
             tables[key] = hit
-            if hit[0] is not None:
-                found.append(hit[0])
+            if hit[0]:
+                out.update(hit[0])
             for child, addr in hit[1]:
                 if not self.config.in_ram(child >> PAGE_SHIFT):
                     raise AbstractionError(f"a table descriptor points outside RAM: {child:#x} (for {addr:#x})")
                 walk(child, lv + 1, addr, pt.ENTRIES)
 
         walk(pgd, level, 0, 1 << (ia_bits - pt.granule_shift(level)))
-        if not found:
-            e = np.zeros(0, np.uint64)
-            return (e, e, np.zeros(0, np.uint8)), pages, tables
-        return tuple(np.concatenate(col) for col in zip(*found)), pages, tables
+        return out, pages, tables
 
-    def _stage(self, pgt, written, default_of, carve_default, else_default) -> tuple[dict, bool]:
+    def _stage(self, pgt, written, *defaults) -> tuple[dict, bool]:
         """One table tree as the sparse map :meth:`_sparse` makes, and whether it differs from the last one."""
         last = self._trees.get(pgt)
         if last is not None and written is not None and last[0].isdisjoint(written):
             return last[1], False
-        leaves, pages, tables = self._tree(pgt, written)
-        sparse = self._sparse(leaves, default_of, carve_default, else_default)
+        sparse, pages, tables = self._tree(pgt, written, defaults)
         self._trees[pgt] = (pages, sparse, tables)
         return sparse, last is None or last[1] != sparse
 
