@@ -228,10 +228,10 @@ class WrittenPages:
     def take(self) -> set[int] | None:
         n = ctypes.c_uint64()
         ptr = self._lib.pk_written_take(self._w, ctypes.byref(n))
-        pages = (np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_uint32)), (n.value,)) + self._pfn0
-                 ).tolist() if n.value else []
+        pfn0 = self._pfn0
+        pages = {p + pfn0 for p in (ctypes.c_uint32 * n.value).from_address(ptr)} if n.value else set()
         gen, self._generation = self._generation, self.core.phys.generation
-        return None if gen != self._generation else set(pages)
+        return None if gen != self._generation else pages
 
     def close(self) -> None:
         if self._hooks is None:

@@ -11,6 +11,8 @@ Offsets are the :class:`pkvmlab.spec.abstraction.Abstraction`'s (from DWARF); im
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from pkvmlab.arch import pgtable as pt
@@ -116,16 +118,21 @@ def read_vm(a, idx: int, addr: int, light: bool) -> tuple[AbstractVM, dict, set]
                 pages.append(((ipa + j) >> PAGE_SHIFT, (pa + j) >> PAGE_SHIFT))
                 guest[(pa + j) >> PAGE_SHIFT] = gs
     size = val("shadow_area_size")
-    refs = 0
-    if c.ram[0] <= addr >> PAGE_SHIFT < c.ram[1]:
-        at = a.vmemmap() + ((addr >> PAGE_SHIFT) - c.ram[0]) * a._page_size + a._ref[0]
-        refs = a._u(at, a._ref[1])
-        deps.add(at >> PAGE_SHIFT)
+    refs_at = _refs_at(a, addr)
     vm = AbstractVM(idx, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"),
                     tuple(vcpus), (addr >> PAGE_SHIFT, -(-size // 4096)), (pgd >> PAGE_SHIFT, c.pgd_pages),
-                    tuple(sorted(pages)), loaded=tuple(loaded), refs=refs, memcache=tuple(memcache),
-                    hyp_pages=tuple(sorted(hyp_pages)))
+                    tuple(sorted(pages)), loaded=tuple(loaded), refs=a._u(refs_at, a._ref[1]) if refs_at else 0,
+                    memcache=tuple(memcache), hyp_pages=tuple(sorted(hyp_pages)))
     return vm, guest, deps
+
+
+def _refs_at(a, addr: int) -> int:
+    """Where the VM's reference count lies: its shadow area's first page's vmemmap count (0: not in RAM).  The
+    vmemmap page it lies on holds many pages' counts: when only that page was written, only the count is read."""
+    c = a.config
+    if not c.ram[0] <= addr >> PAGE_SHIFT < c.ram[1]:
+        return 0
+    return a.vmemmap() + ((addr >> PAGE_SHIFT) - c.ram[0]) * a._page_size + a._ref[0]
 
 
 def read_vms(a, guest: dict | None = None, light: bool = False, written: set | None = None) -> dict[int, AbstractVM]:
@@ -150,6 +157,12 @@ def read_vms(a, guest: dict | None = None, light: bool = False, written: set | N
         if hit is None or hit[0] != addr or written is None or not hit[3].isdisjoint(written):
             vm, g, deps = read_vm(a, idx, addr, light)
             hit = (addr, vm, g, deps)
+        else:
+            at = _refs_at(a, addr)
+            if at and at >> PAGE_SHIFT in written:
+                refs = a._u(at, a._ref[1])
+                if refs != hit[1].refs:
+                    hit = (addr, replace(hit[1], refs=refs), hit[2], hit[3])
         fresh[idx] = hit
         out[idx] = hit[1]
         if guest is not None:

@@ -59,6 +59,7 @@ class SpecChecker:
         # into hyp's AT probes (pkvmlab.machine.qemu: call_symbol); there the rest of the spec still checks every call.
         self.mappings = 0 if lab.backend == "qemu" else 3
         self._turn = 0
+        self._sorted = (None, [])   # (a state's pages, their pfns sorted): the pages the host access check samples
         # The pages each run, each call writes (a native store hook): the abstraction reads again only what lies on
         # them (pkvmlab.spec.abstraction), so a whole-state check costs what the call changed, not what the lab holds.
         self._written = None
@@ -196,7 +197,9 @@ class SpecChecker:
         if self.mappings:
             named = [a for a in args[:1] if after.config.in_ram(a)] if name in _NAMES_A_PAGE else []
             self._turn += 1
-            rest = sorted(after.pages)
+            if self._sorted[0] is not after.pages:   # the abstraction hands the same dict back when no page changed
+                self._sorted = (after.pages, sorted(after.pages))
+            rest = self._sorted[1]
             sample = rest[self._turn * 7 % len(rest):][:self.mappings - len(named)] if rest else []
             self._check_mappings(name, args, ret, named + sample, after.page)
         if err is not None:
