@@ -2,8 +2,9 @@
 
 More than 10,000 campaign steps in all (on the correct firmware, seed after seed of 2,000 steps until at least
 50,000 hypercalls were checked; then each mutant until caught), each hypercall checked by the specification; the
-module prints its total at the end.  Steps and checked calls per second are measured in bench/bench_spec.py, not here.  The campaign uses only pKVM's own host hypercalls
-(no lab-only door): guests run, pages reach them through map_guest, and come back through reclaim.
+module prints its total at the end.  Steps and checked calls per second are measured in bench/bench_spec.py, not
+here.  The campaign uses only pKVM's own host hypercalls (no lab-only door): guests run, pages reach them through
+map_guest, and come back through reclaim.
 """
 
 from __future__ import annotations

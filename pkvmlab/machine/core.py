@@ -378,13 +378,16 @@ class Core(RunStops):
         """Debugger: call a firmware function at EL2 with ``args`` in x0.., return its x0.
 
         The CPU context is saved and restored around the call, so the machine continues exactly
-        where it was.  Used for the AT oracle and to drive hyp-internal functions in tests.  A call
-        made while an action is traced (``lab.trace``) is not recorded in its trace: it is not the action's.
+        where it was.  Used for the AT oracle and to drive hyp-internal functions in tests.
         """
         return self.call_regs(addr, *args, results=1, timeout_ms=timeout_ms)[0]
 
-    def call_regs(self, addr: int, *args: int, results: int = 1, timeout_ms: int = 1000) -> list[int]:
-        """``call()``, returning x0..x(results-1): a probe that answers in several registers (firmware/debug.S)."""
+    def call_regs(self, addr: int, *args: int, results: int = 1, timeout_ms: int = 1000,
+                  traced: bool = True) -> list[int]:
+        """``call()``, returning x0..x(results-1): a probe that answers in several registers (firmware/debug.S).
+
+        ``traced=False``: a call made while an action is traced (``lab.trace``) is left out of its trace -- the
+        specification's probes, which must change nothing the learner sees."""
         if len(args) > 8:
             raise UsageError("at most 8 arguments (x0..x7)")
         args = [check_uint(a, 64, f"x{i}") for i, a in enumerate(args)]
@@ -400,7 +403,7 @@ class Core(RunStops):
                 done = self.symbols["__debug_call_done"]
                 write(uc, A.UC_ARM64_REG_X30, done)
                 write(uc, A.UC_ARM64_REG_SP, self.symbols["__debug_stack_top"])
-                pause = self.recording   # a traced action's trace holds the action's execution, not the debugger's
+                pause = None if traced else self.recording
                 if pause is not None:
                     pause(True)
                 try:
@@ -414,15 +417,18 @@ class Core(RunStops):
                     uc.context_restore(ctx)
                     self.set_pstate(pstate)
 
-    def call_symbol(self, name: str, *args: int, results: int = 1):
-        """``call()`` by the function's name; with ``results`` > 1, x0..x(results-1) as a list."""
+    def call_symbol(self, name: str, *args: int, results: int = 1, traced: bool = True):
+        """``call()`` by the function's name; with ``results`` > 1, x0..x(results-1) as a list (``traced``: call_regs)."""
         try:
             addr = self.symbols[name]
         except KeyError:
             if not self.symbols:
                 raise UsageError("no firmware is loaded on this core yet: boot one first (Lab() does)") from None
             raise UsageError(f"the loaded firmware has no function {name!r}") from None
-        return self.call(addr, *args) if results == 1 else self.call_regs(addr, *args, results=results)
+        if results == 1 and traced:
+            return self.call(addr, *args)
+        out = self.call_regs(addr, *args, results=results, traced=traced)
+        return out[0] if results == 1 else out
 
     def _panic(self, intno: int | None, pc: int, unicorn_error=None) -> HypPanic:
         """Record and return the HypPanic for an exception at EL2 (decoded in ``machine/panic.py``)."""
