@@ -14,10 +14,13 @@ def full(lab):
     return Abstraction(lab)()
 
 
-def same(lab):
+def same(lab, pfns=()):
     got, want = abstract(lab), full(lab)
     assert got.pages == want.pages and got.vms == want.vms and got.pool_free == want.pool_free, \
         want.differences(got)
+    assert abstract_of(lab).vms(light=True) == Abstraction(lab).vms(light=True)
+    if pfns:
+        assert abstract_of(lab).local(pfns) == Abstraction(lab).local(pfns)
 
 
 @pytest.fixture
@@ -37,12 +40,13 @@ def test_the_abstraction_that_reads_only_written_pages_agrees_with_a_full_read_t
             vm.step()
             same(lab)
     pfn = host.alloc_pages(1)
+    same(lab, [pfn])
     host.share_hyp(pfn)
-    same(lab)
+    same(lab, [pfn])
     host.unshare_hyp(pfn)
-    same(lab)
+    same(lab, [pfn])
     host.teardown_vm(vms[1].handle)
-    same(lab)
+    same(lab, [pfn, vms[1].shadow_va >> 12])
 
 
 def test_a_debugger_write_and_an_undo_are_seen_though_no_store_hook_sees_them(lab):

@@ -192,7 +192,7 @@ class Core(RunStops):
         """Write PSTATE, then any CP register: that rebuilds QEMU's cached hflags (unicorn#2333)."""
         uc = self.uc
         RB.write(uc, A.UC_ARM64_REG_PSTATE, pstate)
-        uc.reg_write(A.UC_ARM64_REG_CP_REG, _TPIDR_EL0 + (RB.read(uc, A.UC_ARM64_REG_TPIDR_EL0),))
+        RB.write_cp(uc, _TPIDR_EL0, RB.read(uc, A.UC_ARM64_REG_TPIDR_EL0))
 
     # -- exceptions (machine/exceptions.py performs the entry) ---------------------------------
     def _on_intr(self, uc, intno: int, _user) -> None:
@@ -310,7 +310,8 @@ class Core(RunStops):
             ev = self._event
             if ev is None and self.native is not None:
                 ev = self.native.take_event()
-            a32 = self._a32_ok and A32.in_aarch32(self)   # then the API's PC and PSTATE are stale (aarch32.py)
+            # then the API's PC and PSTATE are stale (aarch32.py); a debugger call runs hyp's code, never AArch32
+            a32 = self._a32_ok and not debugger and A32.in_aarch32(self)
             if ev is None:
                 if a32:
                     now = A32.leave(self)[1]

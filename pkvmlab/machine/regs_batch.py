@@ -2,8 +2,8 @@
 
 A machine module allowed to import unicorn (beside ``core.py``).  The binding's ``reg_read`` costs about 2 µs a
 register (it picks a value class per call); :class:`RegBatch` prepares the ids and value buffers once and reads
-them all with one ``uc_reg_read_batch``, and :func:`read` / :func:`write` move one 64-bit register for about
-0.4 µs.  Values are what ``uc.reg_read`` returns: ints (128-bit for Q registers).
+them all with one ``uc_reg_read_batch``, and :func:`read` / :func:`write` (:func:`write_cp`: a system register by
+its encoding) move one 64-bit register for about 0.4 µs.  Values are what ``uc.reg_read`` returns: ints (128-bit for Q registers).
 """
 
 from __future__ import annotations
@@ -75,4 +75,9 @@ def write(uc, reg: int, value: int) -> None:
     _lib.uc_reg_write(uc._uch, reg, ctypes.byref(ctypes.c_uint64(value)))
 
 
-__all__ = ["RegBatch", "read", "write"]
+def write_cp(uc, key: tuple[int, int, int, int, int], value: int) -> None:
+    """One system register by its encoding (crn, crm, op0, op1, op2), as ``UC_ARM64_REG_CP_REG``."""
+    _lib.uc_reg_write(uc._uch, A.UC_ARM64_REG_CP_REG, ctypes.byref(UcRegCP64(*key, value)))
+
+
+__all__ = ["RegBatch", "read", "write", "write_cp"]

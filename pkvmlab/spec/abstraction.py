@@ -88,6 +88,7 @@ class Abstraction:
         self._vm_cache: dict = {}   # slot -> (shadow VM address, AbstractVM, its guest's pfn -> state, pfns read)
         self._vm_light_cache: dict = {}   # the same, light (pkvmlab.spec.abstract_vms.read_vms)
         self._since: dict = {}   # reader -> the pfns written since it last asked (None: all)
+        self._local: dict = {}   # pfn -> (its view, the pfns it was read from): local()
         self._last = None        # (what views were made from, the pages, the pfns whose pins were read, pins, pending)
         self._views: dict = {}   # (host (state, annotation), hyp state, guest state, pins) -> PageView: few distinct
         self._lo, self._hi = self.config.ram[0] << PAGE_SHIFT, self.config.ram[1] << PAGE_SHIFT
@@ -295,8 +296,9 @@ class Abstraction:
         guest = gs if gs is not None else PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
         return PageView(own, host=hs, hyp=ys, guest=guest, pins=pins)
 
-    def _leaf(self, pgt: tuple[int, int, int], addr: int) -> tuple[PageState, int | None] | None:
-        """(state, annotation) of the descriptor deciding ``addr`` in one table; None for an empty entry."""
+    def _leaf(self, pgt: tuple[int, int, int], addr: int, deps: set) -> tuple[PageState, int | None] | None:
+        """(state, annotation) of the descriptor deciding ``addr`` in one table; None for an empty entry.
+        ``deps`` gets the pfn of every descriptor read."""
         if self._roots is None:
             self._roots = {p: (self._u(p[0]), self._u(p[1], 4) & 0xFF, self._u(p[2], 4) & 0xFF)
                            for p in (self._host_pgt, self._hyp_pgt)}   # fixed at boot: read once
@@ -305,7 +307,9 @@ class Abstraction:
         while True:
             shift = pt.granule_shift(level)
             bits = ia_bits - shift if first else 9
-            pte = self._u(table + ((addr >> shift) & ((1 << bits) - 1)) * 8)
+            at = table + ((addr >> shift) & ((1 << bits) - 1)) * 8
+            deps.add(at >> PAGE_SHIFT)
+            pte = self._u(at)
             if not pte:
                 return None
             if level < 3 and (pte & 3) == 3:
@@ -316,15 +320,26 @@ class Abstraction:
             return PageState.NOPAGE, pt.pte_owner(pte)
 
     def local(self, pfns) -> dict[int, PageView]:
-        """The views of just ``pfns`` (pages of RAM), one table walk each: what a call's footprint needs."""
+        """The views of just ``pfns`` (pages of RAM), one table walk each: what a call's footprint needs.  A page none
+        of whose descriptors nor vmemmap entry lies on a page written since it was last read is not walked again."""
         if not pfns:
             return {}
         vmemmap = self.vmemmap()
+        written = self.taken("local")
+        if written is None or len(self._local) > 512:
+            self._local = {}
+        elif written:   # what was written is taken once: forget every page it touched, asked for now or not
+            self._local = {p: hit for p, hit in self._local.items() if hit[1].isdisjoint(written)}
         out = {}
         for pfn in pfns:
-            h = self._leaf(self._host_pgt, pfn << PAGE_SHIFT) or (PageState.OWNED, None)   # empty: the host's
-            y = self._leaf(self._hyp_pgt, pfn << PAGE_SHIFT) or (PageState.NOPAGE, None)
-            out[pfn] = self._view(pfn, h, (y[0], None), vmemmap)
+            hit = self._local.get(pfn)
+            if hit is None:
+                deps = {(vmemmap + (pfn - self.config.ram[0]) * self._page_size) >> PAGE_SHIFT}
+                h = self._leaf(self._host_pgt, pfn << PAGE_SHIFT, deps) or (PageState.OWNED, None)   # empty: the host's
+                y = self._leaf(self._hyp_pgt, pfn << PAGE_SHIFT, deps) or (PageState.NOPAGE, None)
+                hit = (self._view(pfn, h, (y[0], None), vmemmap), deps)
+            self._local[pfn] = hit
+            out[pfn] = hit[0]
         return out
 
     def pool_free(self) -> int:
