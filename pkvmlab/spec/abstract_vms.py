@@ -146,10 +146,17 @@ def read_vms(a, guest: dict | None = None, light: bool = False, written: set | N
     attr = "_vm_light_cache" if light else "_vm_cache"
     if not table:
         setattr(a, attr, {})
+        a.__dict__.pop(attr + "_whole", None)
         return {}
-    ptrs = np.frombuffer(a._u_bytes(table, 8 * a.config.max_pvms), dtype="<u8")
-    out = {}
+    raw = a._u_bytes(table, 8 * a.config.max_pvms)
     cache = getattr(a, attr)
+    whole = a.__dict__.get(attr + "_whole")   # (the pointers, every pfn any slot was read from, the VMs, guest states)
+    if whole is not None and written is not None and whole[0] == raw and whole[1].isdisjoint(written):
+        if guest is not None:
+            guest.update(whole[3])
+        return dict(whole[2])   # no slot's page was written: the VMs read last time
+    ptrs = np.frombuffer(raw, dtype="<u8")
+    out = {}
     fresh = {}
     for idx in np.flatnonzero(ptrs).tolist():
         addr = int(ptrs[idx])
@@ -168,6 +175,12 @@ def read_vms(a, guest: dict | None = None, light: bool = False, written: set | N
         if guest is not None:
             guest.update(hit[2])
     setattr(a, attr, fresh)
+    pfns = set().union(*(h[3] for h in fresh.values()))
+    pfns.update(at >> PAGE_SHIFT for at in (_refs_at(a, h[0]) for h in fresh.values()) if at)
+    merged: dict = {}
+    for h in fresh.values():
+        merged.update(h[2])
+    setattr(a, attr + "_whole", (raw, pfns, dict(out), merged))
     return out
 
 
