@@ -135,53 +135,82 @@ def _refs_at(a, addr: int) -> int:
     return a.vmemmap() + ((addr >> PAGE_SHIFT) - c.ram[0]) * a._page_size + a._ref[0]
 
 
+class _Slots:
+    """What :func:`read_vms` read last time, for one kind of read (whole or light): per slot (its shadow VM's address,
+    the VM, its guest's pfn -> state, the pfns read), and which slots each pfn was read for, as a VM or as its count."""
+
+    def __init__(self, raw: bytes):
+        self.raw = raw
+        self.hits: dict[int, tuple] = {}
+        self.by_page: dict[int, set] = {}    # pfn -> slots that read it (the VM's structures, its tables)
+        self.by_count: dict[int, set] = {}   # pfn -> slots whose reference count lies on it
+        self.guest: dict | None = None       # every slot's guest states merged (None: merge again)
+
+    def put(self, idx: int, hit: tuple, a) -> None:
+        self.drop(idx, a)
+        self.hits[idx] = hit
+        for p in hit[3]:
+            self.by_page.setdefault(p, set()).add(idx)
+        at = _refs_at(a, hit[0])
+        if at:
+            self.by_count.setdefault(at >> PAGE_SHIFT, set()).add(idx)
+
+    def drop(self, idx: int, a) -> None:
+        old = self.hits.pop(idx, None)
+        if old is None:
+            return
+        at = _refs_at(a, old[0])
+        for index, pages in ((self.by_page, old[3]), (self.by_count, [at >> PAGE_SHIFT] if at else [])):
+            for p in pages:
+                index[p].discard(idx)
+                if not index[p]:
+                    del index[p]
+        self.guest = None
+
+
 def read_vms(a, guest: dict | None = None, light: bool = False, written: set | None = None) -> dict[int, AbstractVM]:
     """Every VM in the shadow table; ``guest`` (if given) gets pfn -> the state its guest maps it in.
 
     ``light``: without what its stage-2 maps or its memcaches hold (``pages``, ``memcache``, ``hyp_pages``
     left empty): all a vCPU load or put may change, at a few reads per VM instead of a table walk.
-    ``written``: the pfns written since the last call of the same kind (None: all of them); a slot none of whose
-    pages were written is not read again."""
-    table = a._u(a._table)
+    ``written``: the pfns written since the last call of the same kind (None: all of them); only the slots one of
+    whose pages was written are read again (only the count, if that is all that lies on a written page), so a
+    call costs what it touched, not what the table holds."""
     attr = "_vm_light_cache" if light else "_vm_cache"
+    table = a._u(a._table)
     if not table:
-        setattr(a, attr, {})
-        a.__dict__.pop(attr + "_whole", None)
+        setattr(a, attr, None)
         return {}
     raw = a._u_bytes(table, 8 * a.config.max_pvms)
-    cache = getattr(a, attr)
-    whole = a.__dict__.get(attr + "_whole")   # (the pointers, every pfn any slot was read from, the VMs, guest states)
-    if whole is not None and written is not None and whole[0] == raw and whole[1].isdisjoint(written):
-        if guest is not None:
-            guest.update(whole[3])
-        return dict(whole[2])   # no slot's page was written: the VMs read last time
-    ptrs = np.frombuffer(raw, dtype="<u8")
-    out = {}
-    fresh = {}
-    for idx in np.flatnonzero(ptrs).tolist():
-        addr = int(ptrs[idx])
-        hit = cache.get(idx)
-        if hit is None or hit[0] != addr or written is None or not hit[3].isdisjoint(written):
+    last: _Slots | None = getattr(a, attr)
+    setattr(a, attr, None)   # until this read is whole: a read that fails half-way leaves nothing to trust
+    if last is None or written is None or last.raw != raw:
+        last = _Slots(raw)   # another slot filled or emptied: read every slot
+        ptrs = np.frombuffer(raw, dtype="<u8")
+        for idx in np.flatnonzero(ptrs).tolist():
+            vm, g, deps = read_vm(a, idx, int(ptrs[idx]), light)
+            last.put(idx, (int(ptrs[idx]), vm, g, deps), a)
+    else:
+        again = {i for p in written if p in last.by_page for i in last.by_page[p]}
+        for idx in again:
+            addr = last.hits[idx][0]
             vm, g, deps = read_vm(a, idx, addr, light)
-            hit = (addr, vm, g, deps)
-        else:
-            at = _refs_at(a, addr)
-            if at and at >> PAGE_SHIFT in written:
-                refs = a._u(at, a._ref[1])
-                if refs != hit[1].refs:
-                    hit = (addr, replace(hit[1], refs=refs), hit[2], hit[3])
-        fresh[idx] = hit
-        out[idx] = hit[1]
-        if guest is not None:
-            guest.update(hit[2])
-    setattr(a, attr, fresh)
-    pfns = set().union(*(h[3] for h in fresh.values()))
-    pfns.update(at >> PAGE_SHIFT for at in (_refs_at(a, h[0]) for h in fresh.values()) if at)
-    merged: dict = {}
-    for h in fresh.values():
-        merged.update(h[2])
-    setattr(a, attr + "_whole", (raw, pfns, dict(out), merged))
-    return out
+            if g != last.hits[idx][2]:
+                last.guest = None
+            last.put(idx, (addr, vm, g, deps), a)
+        for idx in {i for p in written if p in last.by_count for i in last.by_count[p]} - again:
+            addr, vm, g, deps = last.hits[idx]
+            refs = a._u(_refs_at(a, addr), a._ref[1])
+            if refs != vm.refs:
+                last.hits[idx] = (addr, replace(vm, refs=refs), g, deps)
+    setattr(a, attr, last)
+    if guest is not None:
+        if last.guest is None:
+            last.guest = {}
+            for idx in sorted(last.hits):
+                last.guest.update(last.hits[idx][2])
+        guest.update(last.guest)
+    return {idx: last.hits[idx][1] for idx in sorted(last.hits)}
 
 
 __all__ = ["guest_walk", "read_vm", "read_vms"]

@@ -85,8 +85,8 @@ class Abstraction:
         # What the last __call__ read, to read again only what lies on written pages (self.written):
         self.written = None      # None, or a function -> the pfns written since it was last called (None: all)
         self._trees: dict = {}   # root -> (pfns read, sparse map, table key -> (leaves, child tables))
-        self._vm_cache: dict = {}   # slot -> (shadow VM address, AbstractVM, its guest's pfn -> state, pfns read)
-        self._vm_light_cache: dict = {}   # the same, light (pkvmlab.spec.abstract_vms.read_vms)
+        self._vm_cache = None        # what read_vms read last (pkvmlab.spec.abstract_vms._Slots)
+        self._vm_light_cache = None  # the same, light
         self._since: dict = {}   # reader -> the pfns written since it last asked (None: all)
         self._local: dict = {}   # pfn -> (its view, the pfns it was read from): local()
         self._last = None        # (what views were made from, the pages, the pfns whose pins were read, pins, pending)
@@ -212,7 +212,7 @@ class Abstraction:
             guest: dict[int, PageState] = {}
             vms = self.vms(guest, written=written)
         except BaseException:
-            self._trees, self._vm_cache, self._last = {}, {}, None   # half-updated: read everything next time
+            self._trees, self._vm_cache, self._last = {}, None, None   # half-updated: read everything next time
             raise
         # a guest stage-2 table's vmemmap count is its count of used entries (pgtable.c), not hyp's pins
         tables = {p for vm in vms.values() for p in vm.hyp_pages}
