@@ -11,6 +11,7 @@ Offsets are the :class:`pkvmlab.spec.abstraction.Abstraction`'s (from DWARF); im
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -21,6 +22,7 @@ from pkvmlab.spec.state import AbstractVM
 
 PAGE_SHIFT = pt.PAGE_SHIFT
 _STATE = tuple(PageState(i) for i in range(4))
+_STAMPS = itertools.count(1)
 
 
 def _span(addr: int, n: int) -> range:
@@ -145,6 +147,7 @@ class _Slots:
         self.by_page: dict[int, set] = {}    # pfn -> slots that read it (the VM's structures, its tables)
         self.by_count: dict[int, set] = {}   # pfn -> slots whose reference count lies on it
         self.guest: dict | None = None       # every slot's guest states merged (None: merge again)
+        self.stamp = next(_STAMPS)           # a new one whenever a slot's guest states or hyp pages change
 
     def put(self, idx: int, hit: tuple, a) -> None:
         self.drop(idx, a)
@@ -192,12 +195,14 @@ def read_vms(a, guest: dict | None = None, light: bool = False, written: set | N
             last.put(idx, (int(ptrs[idx]), vm, g, deps), a)
     else:
         again = {i for p in written if p in last.by_page for i in last.by_page[p]}
+        merged = last.guest
         for idx in again:
-            addr = last.hits[idx][0]
-            vm, g, deps = read_vm(a, idx, addr, light)
-            if g != last.hits[idx][2]:
-                last.guest = None
-            last.put(idx, (addr, vm, g, deps), a)
+            old = last.hits[idx]
+            vm, g, deps = read_vm(a, idx, old[0], light)
+            if g != old[2] or vm.hyp_pages != old[1].hyp_pages:
+                last.stamp, merged = next(_STAMPS), None
+            last.put(idx, (old[0], vm, g, deps), a)
+        last.guest = merged
         for idx in {i for p in written if p in last.by_count for i in last.by_count[p]} - again:
             addr, vm, g, deps = last.hits[idx]
             refs = a._u(_refs_at(a, addr), a._ref[1])

@@ -214,11 +214,34 @@ class Abstraction:
         except BaseException:
             self._trees, self._vm_cache, self._last = {}, None, None   # half-updated: read everything next time
             raise
+        last = self._last
+        stamp = self._vm_cache.stamp if self._vm_cache is not None else None
+        pool = self._u(*self._pool_free)
+        if last is not None and written is not None and not moved_h and not moved_y and stamp == last[5]:
+            # no table, guest or hyp page changed: only the pages whose vmemmap entry lies on a written page
+            redo = [q for p in written if p in last[6] for q in last[6][p]]
+            if not redo:
+                return AbstractState(c, last[1], vms, pool)
+            pins_now, pending_now = self._pins(redo, self.vmemmap())
+            guest, tables, pins, pending = last[0]
+            redo = [q for q in redo if pins_now[q] != pins.get(q, 0) or (q in pending_now) != (q in pending)]
+            if not redo:   # the counts written were others' (a vmemmap page holds many)
+                return AbstractState(c, last[1], vms, pool)
+            pins = {**pins, **pins_now}
+            pending = (pending - set(redo)) | (pending_now & set(redo))
+            pages = dict(last[1])
+            for pfn in redo:
+                view = self._page_view(pfn, host, hypm, guest, tables, pins, pending, host_default, hyp_default)
+                if view is None:
+                    pages.pop(pfn, None)
+                else:
+                    pages[pfn] = view
+            self._last = ((guest, tables, pins, pending), pages, last[2], pins, pending, stamp, last[6])
+            return AbstractState(c, pages, vms, pool)
         # a guest stage-2 table's vmemmap count is its count of used entries (pgtable.c), not hyp's pins
         tables = {p for vm in vms.values() for p in vm.hyp_pages}
         cand = [p for p in set(host) | set(hypm) | set(guest) if c.ram[0] <= p < c.ram[1]]
         outside = [p for p in cand if not co[0] <= p < co[1]]
-        last = self._last
         vmemmap = self.vmemmap()
         if (last is not None and written is not None and last[2] == outside
                 and not any(self._vm_lo <= p < self._vm_hi for p in written)):
@@ -231,17 +254,25 @@ class Abstraction:
         else:
             pages = {}
             for pfn in cand:
-                view = self._view(pfn, host.get(pfn) or host_default(pfn), hypm.get(pfn) or hyp_default(pfn), vmemmap,
-                                  guest.get(pfn), pins.get(pfn, 0))
-                if pfn in tables and view.pins:
-                    view = PageView(view.owner, view.host, view.hyp, view.guest)
-                if view.owner == NO_OWNER and view.host == PageState.SHARED_BORROWED and pfn in pending:
-                    # a page a torn-down guest had shared: still the guest's (SHARED_OWNED) until the host reclaims it
-                    view = PageView(Owner.GUEST, view.host, view.hyp, PageState.SHARED_OWNED, view.pins)
-                if view != c.boot_view(pfn):
+                view = self._page_view(pfn, host, hypm, guest, tables, pins, pending, host_default, hyp_default)
+                if view is not None:
                     pages[pfn] = view
-        self._last = (inputs[2:], pages, outside, pins, pending)
-        return AbstractState(c, pages, vms, self._u(*self._pool_free))
+        by_entry: dict = {}   # vmemmap pfn -> the pages outside the carve-out whose count and flags lie on it
+        for p in outside:
+            by_entry.setdefault((vmemmap + (p - c.ram[0]) * self._page_size) >> PAGE_SHIFT, []).append(p)
+        self._last = (inputs[2:], pages, outside, pins, pending, stamp, by_entry)
+        return AbstractState(c, pages, vms, pool)
+
+    def _page_view(self, pfn, host, hypm, guest, tables, pins, pending, host_default, hyp_default) -> PageView | None:
+        """One page's view from what was read (None: as at boot)."""
+        view = self._view(pfn, host.get(pfn) or host_default(pfn), hypm.get(pfn) or hyp_default(pfn), self.vmemmap(),
+                          guest.get(pfn), pins.get(pfn, 0))
+        if pfn in tables and view.pins:
+            view = PageView(view.owner, view.host, view.hyp, view.guest)
+        if view.owner == NO_OWNER and view.host == PageState.SHARED_BORROWED and pfn in pending:
+            # a page a torn-down guest had shared: still the guest's (SHARED_OWNED) until the host reclaims it
+            view = PageView(Owner.GUEST, view.host, view.hyp, PageState.SHARED_OWNED, view.pins)
+        return None if view == self.config.boot_view(pfn) else view
 
     def _pins(self, pfns: list[int], vmemmap: int) -> tuple[dict[int, int], frozenset]:
         """The vmemmap refcounts of ``pfns`` (pages outside the carve-out), and those flagged
