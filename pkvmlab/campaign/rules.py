@@ -278,15 +278,9 @@ def machine(lab_factory, stats):
         @invariant()
         def hyp_pages_accounted(self):
             """Every page hyp owns is free in its pool, a page table of its own, or a live VM's
-            (``pkvmlab.inspect.invariants.check_hyp_pages``).  Asked again only after the CPU entered hyp (a
-            hypercall, a stage-2 abort: ``core.stats``): a step that did neither left hyp's pages as they were."""
+            (``pkvmlab.inspect.invariants.check_hyp_pages``)."""
             from pkvmlab.inspect.invariants import check_hyp_pages
 
-            stats_ = self.lab.core.stats
-            entered = (stats_["hvc"], stats_["stage2_abort"])
-            if entered == self.__dict__.get("_accounted_at"):
-                return
-            self._accounted_at = entered
             bad = check_hyp_pages(self.lab.hyp)
             if bad:
                 stats.failed(self.calls, self.trace)
