@@ -1,18 +1,19 @@
 """The abstraction function: from the concrete machine (page tables, vmemmap, shadow table in emulated
 memory) to the :class:`AbstractState` the specification speaks about.
 
-It reads what the inspectors read (the host stage-2 and hyp stage-1 with
-:class:`pkvmlab.inspect.tables.TableWalker`, the shadow table and each guest stage-2, the pool) but
-keeps only the pages that are not as they were at boot, so its cost follows the number of mappings
-and VMs, not the size of RAM: ``lab.hyp.ownership()`` decodes all 262,144 pages of a 1 GiB lab
-(about 20 ms); this needs well under a millisecond on a fresh lab.
+It reads what the inspectors read (the host stage-2 and hyp stage-1 table by table, the shadow table and
+each guest stage-2 (:mod:`pkvmlab.spec.abstract_vms`), the vmemmap, the pool) but keeps only the pages that
+are not as they were at boot, so its cost follows the number of mappings and VMs, not the size of RAM:
+``lab.hyp.ownership()`` decodes all 262,144 pages of a 1 GiB lab (about 20 ms); this needs well under a
+millisecond on a fresh lab.  Under ``lab.spec_check`` it reads again only what lies on pages written since
+its last read (``written``: :class:`pkvmlab.machine.journal.WrittenPages`), so a call that changes one VM
+costs one VM's reads; ``tests/test_spec_reads_what_changed.py`` holds it to a full read.
 
 The owner of a page is decided as ``read_ownership`` decides it: an annotated host entry names
 its owner, a page the host only borrows belongs to whoever holds it SHARED_OWNED.  A page the host
 owns but has not touched yet (no entry at all) is OWNED: mappings are not part of the abstraction.
 
-Reads the machine through duck-typed ``lab.core.phys`` and ``lab.fw``; imports no emulator itself
-(``pkvmlab.inspect.tables`` is imported when first used).
+Reads the machine through duck-typed ``lab.core.phys`` and ``lab.fw``; imports no emulator itself.
 """
 
 from __future__ import annotations
