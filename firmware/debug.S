@@ -127,3 +127,37 @@ __debug_tlbi_alle2:
 __debug_call_done:
 	nop
 	b	__debug_call_done
+
+/*
+ * The spec's host access check (pkvmlab/spec/mappings.py) after every checked
+ * hypercall, in one debugger call: x0..x2 = three addresses (repeat one for
+ * fewer); AT S12E1R then AT S12E1W of each through the current VTTBR_EL2,
+ * no TLB maintenance, no stack, no store.  Returns the PAR_EL1 of each in
+ * x0, x1 (the first's read, write), x2, x3 (the second's), x4, x5 (the third's).
+ * In its own section, linked after all other text: adding it moved no symbol.
+ */
+	.section .text_probes, "ax"
+	.global	__debug_at_s12e1rw3
+__debug_at_s12e1rw3:
+	mov	x8, x0
+	mov	x6, x1
+	mov	x7, x2
+	at	s12e1r, x8
+	isb
+	mrs	x0, par_el1
+	at	s12e1w, x8
+	isb
+	mrs	x1, par_el1
+	at	s12e1r, x6
+	isb
+	mrs	x2, par_el1
+	at	s12e1w, x6
+	isb
+	mrs	x3, par_el1
+	at	s12e1r, x7
+	isb
+	mrs	x4, par_el1
+	at	s12e1w, x7
+	isb
+	mrs	x5, par_el1
+	ret

@@ -195,6 +195,7 @@ def test_debugger_calls_work_on_unicorn_and_say_use_lab_on_qemu(lab):
     if lab.backend == "qemu":
         for call in (lambda: core.call_symbol("__debug_at_s12e1r", host_image),
                      lambda: core.call(lab.fw.symbol("__debug_at_s12e1r"), host_image),
+                     lambda: core.call_regs(lab.fw.symbol("__debug_at_s12e1rw3"), host_image, results=6),
                      lambda: walk.at(lab.hyp, host_image), lambda: walk.tlbi(lab.hyp)):
             with pytest.raises(MachineError) as ei:
                 call()
@@ -202,6 +203,8 @@ def test_debugger_calls_work_on_unicorn_and_say_use_lab_on_qemu(lab):
     else:
         assert core.call_symbol("__debug_at_s12e1r", host_image) & 1 == 0   # the host's own page translates
         assert core.call(lab.fw.symbol("__debug_at_s12e1r"), host_image) & 1 == 0
+        pars = core.call_regs(lab.fw.symbol("__debug_at_s12e1rw3"), host_image, host_image, host_image, results=6)
+        assert len(pars) == 6 and all(p & 1 == 0 for p in pars)   # read and write AT of each page: all translate
         assert core.current_el == 1
 
 

@@ -25,6 +25,7 @@ from pkvmlab.errors import HypPanic, MachineError, UsageError
 from pkvmlab.machine import aarch32 as A32
 from pkvmlab.machine import el1_faults, el2_traps
 from pkvmlab.machine import exceptions as X
+from pkvmlab.machine import regs_batch as RB
 from pkvmlab.machine.excp import (
     EXCP_BKPT,
     EXCP_DATA_ABORT,
@@ -44,6 +45,7 @@ from pkvmlab.machine.stops import RunStops
 MAX_REPEATED_ABORTS = 32   # the same host abort again and again, nothing else in between: it will never change
 HOST_VECTORS_SIZE = 0x800  # VBAR_EL1's table: a BRK there is the host model's "stop here"
 
+_TPIDR_EL0 = (13, 0, 3, 3, 2)   # (crn, crm, op0, op1, op2)
 _GPR = {f"x{i}": A.UC_ARM64_REG_X0 + i for i in range(29)}
 _GPR.update(x29=A.UC_ARM64_REG_X29, x30=A.UC_ARM64_REG_X30, fp=A.UC_ARM64_REG_X29, lr=A.UC_ARM64_REG_X30,
             sp=A.UC_ARM64_REG_SP, pc=A.UC_ARM64_REG_PC, pstate=A.UC_ARM64_REG_PSTATE, nzcv=A.UC_ARM64_REG_NZCV,
@@ -67,6 +69,7 @@ class Core(RunStops):
         self.symbols: dict[str, int] = {}   # the firmware's, set by the boot loader
         self.panic: HypPanic | None = None
         self.stats = {"hvc": 0, "stage2_abort": 0}
+        self.recording = None   # while an action is traced (recorder.record_el2): pause(bool) for debugger calls
         self.run_limit_ms = 10_000   # a longer run is an endless loop: the watchdog stops it
         self.lock = threading.RLock()   # the engine is not thread-safe: every use holds this
         self.core = self                # so @serialised works on Core's own methods
@@ -161,8 +164,9 @@ class Core(RunStops):
 
     def set_pstate(self, pstate: int) -> None:
         """Write PSTATE, then any CP register: that rebuilds QEMU's cached hflags (unicorn#2333)."""
-        self.uc.reg_write(A.UC_ARM64_REG_PSTATE, pstate)
-        self.set_sysreg("TPIDR_EL0", self.sysreg("TPIDR_EL0"))
+        uc = self.uc
+        RB.write(uc, A.UC_ARM64_REG_PSTATE, pstate)
+        RB.write_cp(uc, _TPIDR_EL0, RB.read(uc, A.UC_ARM64_REG_TPIDR_EL0))
 
     # -- exceptions (machine/exceptions.py performs the entry) ---------------------------------
     def _on_intr(self, uc, intno: int, _user) -> None:
@@ -282,7 +286,8 @@ class Core(RunStops):
             ev = self._event
             if ev is None and self.native is not None:
                 ev = self.native.take_event()
-            a32 = self._a32_ok and A32.in_aarch32(self)   # then the API's PC and PSTATE are stale (aarch32.py)
+            # then the API's PC and PSTATE are stale (aarch32.py); a debugger call runs hyp's code, never AArch32
+            a32 = self._a32_ok and not debugger and A32.in_aarch32(self)
             if ev is None:
                 if a32:
                     now = A32.leave(self)[1]
@@ -352,23 +357,41 @@ class Core(RunStops):
         The CPU context is saved and restored around the call, so the machine continues exactly
         where it was.  Used for the AT oracle and to drive hyp-internal functions in tests.
         """
+        return self.call_regs(addr, *args, results=1, timeout_ms=timeout_ms)[0]
+
+    def call_regs(self, addr: int, *args: int, results: int = 1, timeout_ms: int = 1000,
+                  traced: bool = True) -> list[int]:
+        """``call()``, returning x0..x(results-1): a probe that answers in several registers (firmware/debug.S).
+
+        ``traced=False``: a call made while an action is traced (``lab.trace``) is left out of its trace -- the
+        specification's probes, which must change nothing the learner sees."""
         if len(args) > 8:
             raise UsageError("at most 8 arguments (x0..x7)")
+        args = [check_uint(a, 64, f"x{i}") for i, a in enumerate(args)]
+        uc = self.uc
+        read, write = RB.read, RB.write   # the C API: a call is a few dozen register moves
         with self.lock:
-            ctx = self.uc.context_save()
-            pstate = self.reg("pstate")
+            ctx = uc.context_save()
+            pstate = read(uc, A.UC_ARM64_REG_PSTATE)
             try:
                 self.set_pstate(P.PSTATE_EL2H_DAIF)
                 for i, a in enumerate(args):
-                    self.set_reg(f"x{i}", a)
+                    write(uc, A.UC_ARM64_REG_X0 + i, a)
                 done = self.symbols["__debug_call_done"]
-                self.set_reg("x30", done)
-                self.set_reg("sp", self.symbols["__debug_stack_top"])
-                self._run(addr, done, timeout_ms, False, (False, False), debugger=True)
-                return self.reg("x0")
+                write(uc, A.UC_ARM64_REG_X30, done)
+                write(uc, A.UC_ARM64_REG_SP, self.symbols["__debug_stack_top"])
+                pause = None if traced else self.recording
+                if pause is not None:
+                    pause(True)
+                try:
+                    self._run(addr, done, timeout_ms, False, (False, False), debugger=True)
+                finally:
+                    if pause is not None:
+                        pause(False)
+                return [read(uc, A.UC_ARM64_REG_X0 + i) for i in range(results)]
             finally:
                 if self.panic is None:
-                    self.uc.context_restore(ctx)
+                    uc.context_restore(ctx)
                     self.set_pstate(pstate)
 
     def unicorn_engine(self, feature: str) -> unicorn.Uc:
@@ -378,14 +401,18 @@ class Core(RunStops):
     def close(self) -> None:
         """Nothing to release by hand: the garbage collector frees the engine (the QEMU backend's close() kills QEMU)."""
 
-    def call_symbol(self, name: str, *args: int) -> int:
+    def call_symbol(self, name: str, *args: int, results: int = 1, traced: bool = True):
+        """``call()`` by the function's name; with ``results`` > 1, x0..x(results-1) as a list (``traced``: call_regs)."""
         try:
             addr = self.symbols[name]
         except KeyError:
             if not self.symbols:
                 raise UsageError("no firmware is loaded on this core yet: boot one first (Lab() does)") from None
             raise UsageError(f"the loaded firmware has no function {name!r}") from None
-        return self.call(addr, *args)
+        if results == 1 and traced:
+            return self.call(addr, *args)
+        out = self.call_regs(addr, *args, results=results, traced=traced)
+        return out[0] if results == 1 else out
 
     def _panic(self, intno: int | None, pc: int, unicorn_error=None) -> HypPanic:
         """Record and return the HypPanic for an exception at EL2 (decoded in ``machine/panic.py``)."""

@@ -116,7 +116,14 @@ class Machine(Protocol):
         """Call a firmware function at EL2 with ``args`` in x0..x7 and the CPU state kept around it; its x0."""
         ...
 
-    def call_symbol(self, name: str, *args: int) -> int: ...
+    def call_regs(self, addr: int, *args: int, results: int = 1, timeout_ms: int = 1000,
+                  traced: bool = True) -> list[int]:
+        """``call()`` returning x0..x(results-1); ``traced=False`` leaves it out of a ``lab.trace`` (the spec's probes)."""
+        ...
+
+    def call_symbol(self, name: str, *args: int, results: int = 1, traced: bool = True):
+        """``call()`` by the firmware symbol's name; with ``results`` > 1 a list of x0..x(results-1)."""
+        ...
 
     def unicorn_engine(self, feature: str) -> Any:
         """The Unicorn engine under this core, for the lab's tools that hook its every store or instruction

@@ -140,6 +140,7 @@ class Journal:
     def rewind(self, mark: int) -> int:
         """Write back every page saved since ``mark``; returns how many.  Drops the TLB (and code, if touched)."""
         core = self.core
+        core.phys.generation += 1   # RAM changed behind every store hook
         code_lo = core.ram_base
         code_hi = core.symbols.get("__hyp_text_end", code_lo)
         if self._lib is not None:
@@ -193,6 +194,57 @@ class Journal:
         pa = _store_pa(self.core, addr)
         if pa is not None:
             self._py_note(pa, size)
+
+
+class WrittenPages:
+    """Which pages of RAM were written since the last ``take()``: a native store hook (recorder.c, ``pk_written``).
+
+    What lets a reader of RAM (the specification's abstraction) keep what it read and read again only what lies on
+    written pages.  ``skip``: a range no such reader reads and nearly every call writes (hyp's stacks), not hooked.
+    ``take()`` returns the set of pfns written since the last take, or None for "all of RAM": the first take, and any
+    take after RAM changed behind the hook's back (a debugger write, a rewind: ``core.phys.generation``).
+    Native only: ``WrittenPages.make(core)`` is None without the native recorder or on another backend.
+    """
+
+    def __init__(self, core, lib, skip: tuple[int, int] | None = None):
+        self.core, self._lib = core, lib
+        self._w = lib.pk_written_new(core.ram_base, core.ram_size // PAGE)
+        if not self._w:
+            raise MachineError("out of memory starting the written-pages hook")
+        self._pfn0 = core.ram_base // PAGE
+        ranges = [(1, 0)] if not skip else [(1, skip[0] - 1), (skip[1], (1 << 64) - 1)]
+        self._hooks = [_hook_add(core, unicorn.UC_HOOK_MEM_WRITE, lib.pk_written_hook, self._w, lo, hi)
+                       for lo, hi in ranges]
+        flush_tlb(core)   # TLB entries made before the hook skip it
+        self._generation = None
+
+    @classmethod
+    def make(cls, core, skip: tuple[int, int] | None = None) -> WrittenPages | None:
+        if getattr(core, "uc", None) is None or getattr(core.phys, "generation", None) is None:
+            return None
+        lib = recorder._load()
+        return cls(core, lib, skip) if lib is not None else None
+
+    def take(self) -> set[int] | None:
+        n = ctypes.c_uint64()
+        ptr = self._lib.pk_written_take(self._w, ctypes.byref(n))
+        pfn0 = self._pfn0
+        pages = {p + pfn0 for p in (ctypes.c_uint32 * n.value).from_address(ptr)} if n.value else set()
+        gen, self._generation = self._generation, self.core.phys.generation
+        return None if gen != self._generation else pages
+
+    def close(self) -> None:
+        if self._hooks is None:
+            return
+        core = self.core
+        for h in self._hooks:
+            _binding.uclib.uc_hook_del(core.uc._uch, _binding.uc_hook_h(h))
+        self._hooks = None
+        ctx = core.uc.context_save()
+        drop_deleted_hooks(core)
+        core.uc.context_restore(ctx)
+        self._lib.pk_written_free(self._w)
+        self._w = None
 
 
 def cpu_save(core):

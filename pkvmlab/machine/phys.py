@@ -85,6 +85,9 @@ class PhysMemory(PhysAccess):
     def __init__(self, core):
         self._uc, self.core = core.uc, core
         self.base, self.size = core.ram_base, core.ram_size
+        # Bumped by every write that no store hook sees (a debugger write here, a rewind of the RAM journal):
+        # a reader that keeps what it read of RAM (pkvmlab.machine.journal.WrittenPages) then reads it all again.
+        self.generation = 0
 
     @serialised
     def _read(self, pa: int, n: int) -> bytes:
@@ -93,5 +96,6 @@ class PhysMemory(PhysAccess):
     @serialised
     def _write(self, pa: int, data: bytes) -> None:
         """Translated code is dropped so a patched instruction really runs next time."""
+        self.generation += 1
         self._uc.mem_write(pa, data)
         self._uc.ctl_flush_tb()   # Unicorn does not see debugger writes to code it has already translated

@@ -281,7 +281,11 @@ class QemuCore(QemuRegisters):
         raise MachineError("debugger calls into the firmware at EL2 (the CPU's AT answer: pkvmlab.inspect.walk.at, "
                            "tlbi) need the lab's own core: QEMU's gdbstub cannot switch to EL2; use Lab() for them")
 
-    def call_symbol(self, name: str, *args: int) -> int:
+    def call_regs(self, addr: int, *args: int, results: int = 1, timeout_ms: int = 1000,
+                  traced: bool = True) -> list[int]:
+        return [self.call(addr, *args, timeout_ms=timeout_ms)]
+
+    def call_symbol(self, name: str, *args: int, results: int = 1, traced: bool = True):
         return self.call(self.symbols.get(name, 0), *args)
 
     def unicorn_engine(self, feature: str):

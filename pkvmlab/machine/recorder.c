@@ -213,6 +213,7 @@ typedef struct pk_trace {
 	uint64_t nw, capw;
 	uint64_t *writes;		/* WRITE_WORDS words per store */
 	int overflow;
+	int paused;			/* a debugger call inside the action: not the action's execution */
 	int ids[TRACE_REGS - 1];
 	void *ptrs[TRACE_REGS - 1];
 } pk_trace;
@@ -271,6 +272,8 @@ void pk_trace_code(uc_engine *uc, uint64_t addr, uint32_t size, void *user)
 	uint64_t *r;
 	int i;
 
+	if (t->paused)
+		return;
 	if (t->n >= t->max || !grow(&t->regs, &t->cap, t->n + 1, TRACE_REGS)) {
 		t->overflow = 1;
 		return;
@@ -290,6 +293,8 @@ void pk_trace_write(uc_engine *uc, uc_mem_type type, uint64_t addr, int size, in
 	pk_trace *t = user;
 	uint64_t pc = 0, pa, old = 0, *w;
 
+	if (t->paused)
+		return;
 	uc_reg_read(uc, UC_ARM64_REG_PC, &pc);
 	if (pc < t->code_lo || pc >= t->code_hi || t->n == 0)
 		return;
@@ -329,6 +334,82 @@ int pk_trace_overflow(pk_trace *t)
 	return t->overflow;
 }
 
+void pk_trace_pause(pk_trace *t, int paused)
+{
+	t->paused = paused;
+}
+
+/* ---- pages written ---------------------------------------------------------------------- */
+/*
+ * Which pages of RAM were written since the caller last asked: a UC_HOOK_MEM_WRITE puts each
+ * store's page on a list once; pk_written_take() hands the list over and starts a new one.  The
+ * specification's abstraction re-reads only what lies on written pages (pkvmlab/spec/abstraction.py).
+ */
+typedef struct pk_written {
+	uint64_t ram_base, nr_pages;
+	uint8_t *on;		/* per page: on the list already */
+	uint32_t *list;		/* room for every page: the list cannot overflow */
+	uint64_t n;
+} pk_written;
+
+pk_written *pk_written_new(uint64_t ram_base, uint64_t nr_pages)
+{
+	pk_written *w = calloc(1, sizeof(*w));
+
+	if (!w)
+		return NULL;
+	w->on = calloc(nr_pages, 1);
+	w->list = calloc(nr_pages, sizeof(*w->list));
+	if (!w->on || !w->list) {
+		free(w->on);
+		free(w->list);
+		free(w);
+		return NULL;
+	}
+	w->ram_base = ram_base;
+	w->nr_pages = nr_pages;
+	return w;
+}
+
+void pk_written_free(pk_written *w)
+{
+	if (!w)
+		return;
+	free(w->on);
+	free(w->list);
+	free(w);
+}
+
+static void written_page(pk_written *w, uint64_t p)
+{
+	if (p < w->nr_pages && !w->on[p]) {
+		w->on[p] = 1;
+		w->list[w->n++] = (uint32_t)p;
+	}
+}
+
+void pk_written_hook(uc_engine *uc, uc_mem_type type, uint64_t addr, int size, int64_t value, void *user)
+{
+	pk_written *w = user;
+	uint64_t pa;
+
+	if (!store_pa(uc, w->ram_base, w->nr_pages << PAGE_SHIFT, addr, &pa))
+		return;
+	written_page(w, (pa - w->ram_base) >> PAGE_SHIFT);
+	written_page(w, (pa + (size ? size - 1 : 0) - w->ram_base) >> PAGE_SHIFT);
+}
+
+/* The pages written since the last take (*n of them, page indices from ram_base); valid until the next store. */
+uint32_t *pk_written_take(pk_written *w, uint64_t *n)
+{
+	uint64_t i;
+
+	for (i = 0; i < w->n; i++)
+		w->on[w->list[i]] = 0;
+	*n = w->n;
+	w->n = 0;
+	return w->list;
+}
 /* ---- the stage-2 write log: its own file, compiled into this library ------------------- */
 #include "s2_log.c"
 

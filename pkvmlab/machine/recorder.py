@@ -87,7 +87,9 @@ def _load() -> ctypes.CDLL | None:
                 ("pk_journal_size", U64, (P,)), ("pk_journal_stores", U64, (P,)), ("pk_journal_nomem", ctypes.c_int, (P,)),
                 ("pk_trace_new", P, (U64, U64, U64, U64, U64)), ("pk_trace_free", None, (P,)),
                 ("pk_trace_regs", P, (P, ctypes.POINTER(U64))), ("pk_trace_writes", P, (P, ctypes.POINTER(U64))),
-                ("pk_trace_overflow", ctypes.c_int, (P,)),
+                ("pk_trace_overflow", ctypes.c_int, (P,)), ("pk_trace_pause", None, (P, ctypes.c_int)),
+                ("pk_written_new", P, (U64, U64)), ("pk_written_free", None, (P,)),
+                ("pk_written_take", P, (P, ctypes.POINTER(U64))),
                 ("pk_s2log_new", P, (U64, U64, U64, U64)), ("pk_s2log_free", None, (P,)),
                 ("pk_s2log_watch", None, (P, P, U64, ctypes.c_uint32, ctypes.c_uint32)),
                 ("pk_s2log_unwatch", None, (P, P, U64)), ("pk_s2log_watched", ctypes.c_int, (P, U64)),
@@ -178,13 +180,15 @@ def record_el2(core, action: Callable[[], object], code_lo: int, code_hi: int, *
         ids = [A.UC_ARM64_REG_X0 + i for i in range(29)] + [A.UC_ARM64_REG_X29, A.UC_ARM64_REG_X30,
                                                              A.UC_ARM64_REG_SP, A.UC_ARM64_REG_NZCV]
 
+        paused = [False]
+
         def on_code(uc_, addr, _size, _user):
-            if len(regs_rows) < MAX_TRACE_INSNS:
+            if len(regs_rows) < MAX_TRACE_INSNS and not paused[0]:
                 regs_rows.append([addr, *(uc_.reg_read(r) for r in ids)])
 
         def on_write(uc_, _access, addr, size, value, _user):
             pc = uc_.reg_read(A.UC_ARM64_REG_PC)
-            if not (code_lo <= pc < code_hi) or not regs_rows:
+            if not (code_lo <= pc < code_hi) or not regs_rows or paused[0]:
                 return
             pa = _store_pa(core, addr)
             old = int.from_bytes(uc_.mem_read(pa, size), "little") if pa is not None and size <= 8 else 0
@@ -196,12 +200,18 @@ def record_el2(core, action: Callable[[], object], code_lo: int, code_hi: int, *
     uc.context_restore(ctx)
     uc.ctl_flush_tb()      # code hooks are compiled into translated blocks: retranslate with them
     flush_tlb(core)        # and stores must take the hooked path
+    # A debugger call the action makes (core.call_regs: the specification's AT probes, say) is no part of it.
+    if lib is not None:
+        core.recording = lambda on: lib.pk_trace_pause(t, int(on))
+    else:
+        core.recording = lambda on: paused.__setitem__(0, on)
     result, error = None, None
     try:
         result = action()
     except BaseException as e:   # noqa: BLE001 - handed back to the caller with the trace so far
         error = e
     finally:
+        core.recording = None
         ctx = uc.context_save()
         for h in hooks:
             if lib is not None:

@@ -1,18 +1,19 @@
 """The abstraction function: from the concrete machine (page tables, vmemmap, shadow table in emulated
 memory) to the :class:`AbstractState` the specification speaks about.
 
-It reads what the inspectors read (the host stage-2 and hyp stage-1 with
-:class:`pkvmlab.inspect.tables.TableWalker`, the shadow table and each guest stage-2, the pool) but
-keeps only the pages that are not as they were at boot, so its cost follows the number of mappings
-and VMs, not the size of RAM: ``lab.hyp.ownership()`` decodes all 262,144 pages of a 1 GiB lab
-(about 20 ms); this needs well under a millisecond on a fresh lab.
+It reads what the inspectors read (the host stage-2 and hyp stage-1 table by table, the shadow table and
+each guest stage-2 (:mod:`pkvmlab.spec.abstract_vms`), the vmemmap, the pool) but keeps only the pages that
+are not as they were at boot, so its cost follows the number of mappings and VMs, not the size of RAM:
+``lab.hyp.ownership()`` decodes all 262,144 pages of a 1 GiB lab (about 20 ms); this needs well under a
+millisecond on a fresh lab.  Under ``lab.spec_check`` it reads again only what lies on pages written since
+its last read (``written``: :class:`pkvmlab.machine.journal.WrittenPages`), so a call that changes one VM
+costs one VM's reads; ``tests/test_spec_reads_what_changed.py`` holds it to a full read.
 
 The owner of a page is decided as ``read_ownership`` decides it: an annotated host entry names
 its owner, a page the host only borrows belongs to whoever holds it SHARED_OWNED.  A page the host
 owns but has not touched yet (no entry at all) is OWNED: mappings are not part of the abstraction.
 
-Reads the machine through duck-typed ``lab.core.phys`` and ``lab.fw``; imports no emulator itself
-(``pkvmlab.inspect.tables`` is imported when first used).
+Reads the machine through duck-typed ``lab.core.phys`` and ``lab.fw``; imports no emulator itself.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import PageView
 from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
+from pkvmlab.spec.abstract_vms import read_vms
 from pkvmlab.spec.state import AbstractState, AbstractVM, SpecConfig
 
 PAGE_SHIFT = pt.PAGE_SHIFT
@@ -81,6 +83,14 @@ class Abstraction:
         self._roots = None
         self._vmemmap_at = None
         self._tables: dict = {}  # (table PA, level, base IPA) -> (its bytes, its leaves, its child tables)
+        # What the last __call__ read, to read again only what lies on written pages (self.written):
+        self.written = None      # None, or a function -> the pfns written since it was last called (None: all)
+        self._trees: dict = {}   # root -> (pfns read, sparse map, table key -> (leaves, child tables))
+        self._vm_cache = None        # what read_vms read last (pkvmlab.spec.abstract_vms._Slots)
+        self._vm_light_cache = None  # the same, light
+        self._since: dict = {}   # reader -> the pfns written since it last asked (None: all)
+        self._local: dict = {}   # pfn -> (its view, the pfns it was read from): local()
+        self._last = None        # (what views were made from, the pages, the pfns whose pins were read, pins, pending)
         self._views: dict = {}   # (host (state, annotation), hyp state, guest state, pins) -> PageView: few distinct
         self._lo, self._hi = self.config.ram[0] << PAGE_SHIFT, self.config.ram[1] << PAGE_SHIFT
 
@@ -89,15 +99,53 @@ class Abstraction:
             return int.from_bytes(self._raw(addr, size), "little")
         return int.from_bytes(self.phys.read(addr, size), "little")   # outside RAM: its UsageError
 
-    def _leaves(self, pgt: tuple[int, int, int]):
-        from pkvmlab.inspect.tables import TableWalker
+    def _tree(self, pgt: tuple[int, int, int], written: set | None, defaults: tuple) -> tuple[dict, set, dict]:
+        """One table tree as :meth:`_sparse` maps it (``defaults``: its arguments), the pfns read, the tables read.
 
-        pgd, ia_bits, level = self._u(pgt[0]), self._u(pgt[1], 4), self._u(pgt[2], 4)
-        w = TableWalker(self.phys, ia_bits & 0xFF, level & 0xFF)
-        leaves = w.run(pgd)
-        if w.bad_tables:
-            raise AbstractionError(f"a table descriptor points outside RAM: {w.bad_tables[0]}")
-        return leaves
+        Each table's part of the map is kept; a table whose page was not written since the last walk
+        (``written``; None: all were) is neither read nor decoded again."""
+        pgd, ia_bits, level = self._u(pgt[0]), self._u(pgt[1], 4) & 0xFF, self._u(pgt[2], 4) & 0xFF
+        old = self._trees.get(pgt, (None, None, {}))[2] if written is not None else {}
+        pages = {p >> PAGE_SHIFT for p in pgt}
+        out: dict = {}
+        tables: dict = {}
+
+        def walk(table_pa: int, lv: int, base: int, n: int) -> None:
+            span = range(table_pa >> PAGE_SHIFT, ((table_pa + n * 8 - 1) >> PAGE_SHIFT) + 1)
+            pages.update(span)
+            key = (table_pa, lv, base, n)
+            hit = old.get(key)
+            if hit is None or not written.isdisjoint(span):
+                t = np.frombuffer(self._u_bytes(table_pa, n * 8), dtype="<u8")
+                nz = np.flatnonzero(t)
+                ptes = t[nz]
+                is_table = (ptes & np.uint64(3)) == 3 if lv < 3 else np.zeros(len(nz), bool)
+                shift = pt.granule_shift(lv)
+                part = None
+                if (~is_table).any():
+                    idx = nz[~is_table].astype(np.uint64)
+                    part = self._sparse((np.uint64(base) + (idx << np.uint64(shift)), ptes[~is_table],
+                                         np.full(len(idx), lv, np.uint8)), *defaults)
+                hit = (part, [(int(t[i]) & pt.ADDR_MASK, base + (int(i) << shift)) for i in nz[is_table]])
+            tables[key] = hit
+            if hit[0]:
+                out.update(hit[0])
+            for child, addr in hit[1]:
+                if not self.config.in_ram(child >> PAGE_SHIFT):
+                    raise AbstractionError(f"a table descriptor points outside RAM: {child:#x} (for {addr:#x})")
+                walk(child, lv + 1, addr, pt.ENTRIES)
+
+        walk(pgd, level, 0, 1 << (ia_bits - pt.granule_shift(level)))
+        return out, pages, tables
+
+    def _stage(self, pgt, written, *defaults) -> tuple[dict, bool]:
+        """One table tree as the sparse map :meth:`_sparse` makes, and whether it differs from the last one."""
+        last = self._trees.get(pgt)
+        if last is not None and written is not None and last[0].isdisjoint(written):
+            return last[1], False
+        sparse, pages, tables = self._tree(pgt, written, defaults)
+        self._trees[pgt] = (pages, sparse, tables)
+        return sparse, last is None or last[1] != sparse
 
     def _sparse(self, leaves, default_of, carve_default, else_default) -> dict[int, tuple]:
         """pfn -> (state, owner annotation or None) for every RAM page whose leaf is not its boot default.
@@ -144,8 +192,12 @@ class Abstraction:
         return b <= co[0] or a >= co[1] or (co[0] <= a and b <= co[1])
 
     def __call__(self) -> AbstractState:
+        """The abstract state now.  With ``self.written`` (a :class:`pkvmlab.machine.journal.WrittenPages`'s ``take``,
+        set by the checker) only what lies on pages written since the last call is read again: the table trees,
+        the VMs, the vmemmap; the pages' views are made again only when one of those changed."""
         c = self.config
         co = c.carveout
+        written = self.taken("whole")
 
         def host_default(p):   # annotated HYP in the carve-out; an empty entry (or mapped OWNED) elsewhere
             return (PageState.NOPAGE, int(Owner.HYP)) if co[0] <= p < co[1] else (PageState.OWNED, None)
@@ -153,47 +205,92 @@ class Abstraction:
         def hyp_default(p):
             return (PageState.OWNED, None) if co[0] <= p < co[1] else (PageState.NOPAGE, None)
 
-        host = self._sparse(self._leaves(self._host_pgt), host_default, (PageState.NOPAGE, int(Owner.HYP)),
-                            (PageState.OWNED, None))
-        hypm = self._sparse(self._leaves(self._hyp_pgt), hyp_default, (PageState.OWNED, None), (PageState.NOPAGE, None))
-        pages = {}
-        vmemmap = self._u(self._vmemmap)
-        guest: dict[int, PageState] = {}
-        vms = self.vms(guest)
+        try:
+            host, moved_h = self._stage(self._host_pgt, written, host_default, (PageState.NOPAGE, int(Owner.HYP)),
+                                        (PageState.OWNED, None))
+            hypm, moved_y = self._stage(self._hyp_pgt, written, hyp_default, (PageState.OWNED, None),
+                                        (PageState.NOPAGE, None))
+            guest: dict[int, PageState] = {}
+            vms = self.vms(guest, written=written)
+        except BaseException:
+            self._trees, self._vm_cache, self._last = {}, None, None   # half-updated: read everything next time
+            raise
+        last = self._last
+        stamp = self._vm_cache.stamp if self._vm_cache is not None else None
+        pool = self._u(*self._pool_free)
+        if last is not None and written is not None and not moved_h and not moved_y and stamp == last[5]:
+            # no table, guest or hyp page changed: only the pages whose vmemmap entry lies on a written page
+            redo = [q for p in written if p in last[6] for q in last[6][p]]
+            if not redo:
+                return AbstractState(c, last[1], vms, pool)
+            pins_now, pending_now = self._pins(redo, self.vmemmap())
+            guest, tables, pins, pending = last[0]
+            redo = [q for q in redo if pins_now[q] != pins.get(q, 0) or (q in pending_now) != (q in pending)]
+            if not redo:   # the counts written were others' (a vmemmap page holds many)
+                return AbstractState(c, last[1], vms, pool)
+            pins = {**pins, **pins_now}
+            pending = (pending - set(redo)) | (pending_now & set(redo))
+            pages = dict(last[1])
+            for pfn in redo:
+                view = self._page_view(pfn, host, hypm, guest, tables, pins, pending, host_default, hyp_default)
+                if view is None:
+                    pages.pop(pfn, None)
+                else:
+                    pages[pfn] = view
+            self._last = ((guest, tables, pins, pending), pages, last[2], pins, pending, stamp, last[6])
+            return AbstractState(c, pages, vms, pool)
         # a guest stage-2 table's vmemmap count is its count of used entries (pgtable.c), not hyp's pins
         tables = {p for vm in vms.values() for p in vm.hyp_pages}
         cand = [p for p in set(host) | set(hypm) | set(guest) if c.ram[0] <= p < c.ram[1]]
-        pins = self._pins([p for p in cand if not co[0] <= p < co[1]], vmemmap)
-        for pfn in cand:
-            view = self._view(pfn, host.get(pfn) or host_default(pfn), hypm.get(pfn) or hyp_default(pfn), vmemmap,
-                              guest.get(pfn), pins.get(pfn, 0))
-            if pfn in tables and view.pins:
-                view = PageView(view.owner, view.host, view.hyp, view.guest)
-            if view.owner == NO_OWNER and view.host == PageState.SHARED_BORROWED and self._pending_reclaim(pfn, vmemmap):
-                # a page a torn-down guest had shared: still the guest's (SHARED_OWNED) until the host reclaims it
-                view = PageView(Owner.GUEST, view.host, view.hyp, PageState.SHARED_OWNED, view.pins)
-            if view != c.boot_view(pfn):
-                pages[pfn] = view
-        return AbstractState(c, pages, vms, self._u(*self._pool_free))
+        outside = [p for p in cand if not co[0] <= p < co[1]]
+        vmemmap = self.vmemmap()
+        if (last is not None and written is not None and last[2] == outside
+                and not any(self._vm_lo <= p < self._vm_hi for p in written)):
+            pins, pending = last[3], last[4]   # no vmemmap page written: the counts and flags read last time
+        else:
+            pins, pending = self._pins(outside, vmemmap)
+        inputs = (host, hypm, guest, tables, pins, pending)
+        if last is not None and not moved_h and not moved_y and last[0] == inputs[2:]:
+            pages = last[1]   # nothing a view is made from changed
+        else:
+            pages = {}
+            for pfn in cand:
+                view = self._page_view(pfn, host, hypm, guest, tables, pins, pending, host_default, hyp_default)
+                if view is not None:
+                    pages[pfn] = view
+        by_entry: dict = {}   # vmemmap pfn -> the pages outside the carve-out whose count and flags lie on it
+        for p in outside:
+            by_entry.setdefault((vmemmap + (p - c.ram[0]) * self._page_size) >> PAGE_SHIFT, []).append(p)
+        self._last = (inputs[2:], pages, outside, pins, pending, stamp, by_entry)
+        return AbstractState(c, pages, vms, pool)
 
-    def _pending_reclaim(self, pfn: int, vmemmap: int) -> bool:
-        """``HOST_PAGE_PENDING_RECLAIM`` (bit 2, firmware/include/hyp/gfp.h) in the page's vmemmap flags."""
-        off, size = self._flags
-        return bool(self._u(vmemmap + (pfn - self.config.ram[0]) * self._page_size + off, size) & 1 << 2)
+    def _page_view(self, pfn, host, hypm, guest, tables, pins, pending, host_default, hyp_default) -> PageView | None:
+        """One page's view from what was read (None: as at boot)."""
+        view = self._view(pfn, host.get(pfn) or host_default(pfn), hypm.get(pfn) or hyp_default(pfn), self.vmemmap(),
+                          guest.get(pfn), pins.get(pfn, 0))
+        if pfn in tables and view.pins:
+            view = PageView(view.owner, view.host, view.hyp, view.guest)
+        if view.owner == NO_OWNER and view.host == PageState.SHARED_BORROWED and pfn in pending:
+            # a page a torn-down guest had shared: still the guest's (SHARED_OWNED) until the host reclaims it
+            view = PageView(Owner.GUEST, view.host, view.hyp, PageState.SHARED_OWNED, view.pins)
+        return None if view == self.config.boot_view(pfn) else view
 
-    def _pins(self, pfns: list[int], vmemmap: int) -> dict[int, int]:
-        """The vmemmap refcounts of ``pfns`` (pages outside the carve-out), in one read when they lie close."""
+    def _pins(self, pfns: list[int], vmemmap: int) -> tuple[dict[int, int], frozenset]:
+        """The vmemmap refcounts of ``pfns`` (pages outside the carve-out), and those flagged
+        ``HOST_PAGE_PENDING_RECLAIM`` (bit 2, firmware/include/hyp/gfp.h): in one read when they lie close."""
         if not pfns:
-            return {}
+            return {}, frozenset()
         lo, hi = min(pfns), max(pfns)
+        ps, (off, size), (foff, fsize) = self._page_size, self._ref, self._flags
         if hi - lo >= 1 << 16:
-            return {p: self._u(vmemmap + (p - self.config.ram[0]) * self._page_size + self._ref[0], self._ref[1])
-                    for p in pfns}
-        ps, (off, size) = self._page_size, self._ref
+            at = {p: vmemmap + (p - self.config.ram[0]) * ps for p in pfns}
+            return ({p: self._u(a + off, size) for p, a in at.items()},
+                    frozenset(p for p, a in at.items() if self._u(a + foff, fsize) & 1 << 2))
         raw = np.frombuffer(self._u_bytes(vmemmap + (lo - self.config.ram[0]) * ps, (hi - lo + 1) * ps), np.uint8)
         raw = raw.reshape(-1, ps).astype(np.int64)
-        counts = sum(raw[:, off + k] << (8 * k) for k in range(size))
-        return {p: int(counts[p - lo]) for p in pfns}
+        counts = sum(raw[:, off + k] << (8 * k) for k in range(size)).tolist()
+        flags = sum(raw[:, foff + k] << (8 * k) for k in range(fsize)).tolist()
+        return {p: counts[p - lo] for p in pfns}, frozenset(p for p in pfns if flags[p - lo] & 1 << 2)
 
     def _u_bytes(self, addr: int, n: int) -> bytes:
         if self._lo <= addr and addr + n <= self._hi:
@@ -231,8 +328,9 @@ class Abstraction:
         guest = gs if gs is not None else PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
         return PageView(own, host=hs, hyp=ys, guest=guest, pins=pins)
 
-    def _leaf(self, pgt: tuple[int, int, int], addr: int) -> tuple[PageState, int | None] | None:
-        """(state, annotation) of the descriptor deciding ``addr`` in one table; None for an empty entry."""
+    def _leaf(self, pgt: tuple[int, int, int], addr: int, deps: set) -> tuple[PageState, int | None] | None:
+        """(state, annotation) of the descriptor deciding ``addr`` in one table; None for an empty entry.
+        ``deps`` gets the pfn of every descriptor read."""
         if self._roots is None:
             self._roots = {p: (self._u(p[0]), self._u(p[1], 4) & 0xFF, self._u(p[2], 4) & 0xFF)
                            for p in (self._host_pgt, self._hyp_pgt)}   # fixed at boot: read once
@@ -241,7 +339,9 @@ class Abstraction:
         while True:
             shift = pt.granule_shift(level)
             bits = ia_bits - shift if first else 9
-            pte = self._u(table + ((addr >> shift) & ((1 << bits) - 1)) * 8)
+            at = table + ((addr >> shift) & ((1 << bits) - 1)) * 8
+            deps.add(at >> PAGE_SHIFT)
+            pte = self._u(at)
             if not pte:
                 return None
             if level < 3 and (pte & 3) == 3:
@@ -252,126 +352,56 @@ class Abstraction:
             return PageState.NOPAGE, pt.pte_owner(pte)
 
     def local(self, pfns) -> dict[int, PageView]:
-        """The views of just ``pfns`` (pages of RAM), one table walk each: what a call's footprint needs."""
+        """The views of just ``pfns`` (pages of RAM), one table walk each: what a call's footprint needs.  A page none
+        of whose descriptors nor vmemmap entry lies on a page written since it was last read is not walked again."""
         if not pfns:
             return {}
-        if self._vmemmap_at is None:
-            self._vmemmap_at = self._u(self._vmemmap)   # fixed at boot
-        vmemmap = self._vmemmap_at
+        vmemmap = self.vmemmap()
+        written = self.taken("local")
+        if written is None or len(self._local) > 512:
+            self._local = {}
+        elif written:   # what was written is taken once: forget every page it touched, asked for now or not
+            self._local = {p: hit for p, hit in self._local.items() if hit[1].isdisjoint(written)}
         out = {}
         for pfn in pfns:
-            h = self._leaf(self._host_pgt, pfn << PAGE_SHIFT) or (PageState.OWNED, None)   # empty: the host's
-            y = self._leaf(self._hyp_pgt, pfn << PAGE_SHIFT) or (PageState.NOPAGE, None)
-            out[pfn] = self._view(pfn, h, (y[0], None), vmemmap)
+            hit = self._local.get(pfn)
+            if hit is None:
+                deps = {(vmemmap + (pfn - self.config.ram[0]) * self._page_size) >> PAGE_SHIFT}
+                h = self._leaf(self._host_pgt, pfn << PAGE_SHIFT, deps) or (PageState.OWNED, None)   # empty: the host's
+                y = self._leaf(self._hyp_pgt, pfn << PAGE_SHIFT, deps) or (PageState.NOPAGE, None)
+                hit = (self._view(pfn, h, (y[0], None), vmemmap), deps)
+            self._local[pfn] = hit
+            out[pfn] = hit[0]
         return out
-
-    def _guest_walk(self, slot: int, pgd: int, ia_bits: int, level: int) -> tuple[list, list]:
-        """Every leaf (ipa, descriptor, level) and every table below the PGD of a guest stage-2.
-
-        Each table is read whole every time (one read); it is decoded again only when its bytes changed
-        since the last walk (a guest stage-2 changes on map_guest and the guest's share/unshare only)."""
-        leaves: list = []
-        tables: list = []
-
-        def walk(table_pa: int, lv: int, base: int, n: int) -> None:
-            if not self.config.in_ram(table_pa >> PAGE_SHIFT):
-                raise AbstractionError(f"VM slot {slot}: a stage-2 table descriptor points outside RAM ({table_pa:#x})")
-            raw = self._u_bytes(table_pa, n * 8)
-            key = (table_pa, lv, base)
-            hit = self._tables.get(key)
-            if hit is None or hit[0] != raw:
-                t = np.frombuffer(raw, dtype="<u8")
-                here, kids = [], []
-                shift = pt.granule_shift(lv)
-                for i in np.flatnonzero(t).tolist():
-                    pte = int(t[i])
-                    if lv < 3 and pte & 3 == 3:
-                        kids.append((pte & pt.ADDR_MASK, base + (i << shift)))
-                    else:
-                        here.append((base + (i << shift), pte, lv))
-                hit = self._tables[key] = (raw, here, kids)
-            leaves.extend(hit[1])
-            for child, addr in hit[2]:
-                tables.append(child)
-                walk(child, lv + 1, addr, pt.ENTRIES)
-
-        walk(pgd, level, 0, 1 << (ia_bits - pt.granule_shift(level)))
-        if len(self._tables) > 4096:
-            self._tables.clear()
-        return leaves, tables
 
     def pool_free(self) -> int:
         return self._u(*self._pool_free)
 
-    def vms(self, guest: dict | None = None, light: bool = False) -> dict[int, AbstractVM]:
-        """Every VM in the shadow table; ``guest`` (if given) gets pfn -> the state its guest maps it in.
+    def vmemmap(self) -> int:
+        """hyp's vmemmap (fixed at boot); ``_vm_lo``/``_vm_hi``: the pfns it lies on."""
+        if self._vmemmap_at is None:
+            at = self._vmemmap_at = self._u(self._vmemmap)
+            self._vm_lo = at >> PAGE_SHIFT
+            self._vm_hi = ((at + (self.config.ram[1] - self.config.ram[0]) * self._page_size - 1) >> PAGE_SHIFT) + 1
+        return self._vmemmap_at
 
-        ``light``: without what its stage-2 maps or its memcaches hold (``pages``, ``memcache``, ``hyp_pages``
-        left empty): all a vCPU load or put may change, at a few reads per VM instead of a table walk."""
-        table = self._u(self._table)
-        if not table:
-            return {}
-        c = self.config
-        ptrs = np.frombuffer(self.phys.read(table, 8 * c.max_pvms), dtype="<u8")
-        out = {}
-        vmemmap = None
-        for idx in np.flatnonzero(ptrs).tolist():
-            addr = int(ptrs[idx])
-            head = self._u_bytes(addr, self._vm_size)
+    def vms(self, guest: dict | None = None, light: bool = False, written: set | None = None) -> dict[int, AbstractVM]:
+        """Every VM in the shadow table (:func:`pkvmlab.spec.abstract_vms.read_vms`); ``light`` ones read again only
+        where pages were written since the last light read."""
+        return read_vms(self, guest, light, self.taken("light") if light else written)
 
-            def val(name: str, head: bytes = head) -> int:
-                off, size = self._f[name]
-                return int.from_bytes(head[off:off + size], "little")
-
-            n = min(val("kvm.created_vcpus"), 64)
-            states = self._u_bytes(addr + self._states, n * self._st_size)   # every vCPU's state in one read
-
-            def sval(k: int, off: int, size: int = 8, states: bytes = states) -> int:
-                at = k * self._st_size + off
-                return int.from_bytes(states[at:at + size], "little")
-
-            vcpus, loaded, memcache, hyp_pages = [], [], [], []
-            for k in range(n):
-                vcpus.append(sval(k, self._host_vcpu))
-                if sval(k, *self._loaded):
-                    loaded.append(k)
-                if light:
-                    continue
-                mc_head, mc_nr = sval(k, self._mc), sval(k, self._mc + 8)
-                memcache.append(mc_nr)
-                for _ in range(min(mc_nr, 64)):   # the list, linked through each page's first word
-                    if not c.in_ram(mc_head >> PAGE_SHIFT):
-                        raise AbstractionError(f"VM slot {idx} vCPU {k}: a memcache page at {mc_head:#x} outside RAM")
-                    hyp_pages.append(mc_head >> PAGE_SHIFT)
-                    mc_head = self._u(mc_head)
-            pgd, ia_bits = val("pgt.pgd"), val("pgt.ia_bits")
-            pages = []
-            if pgd and 30 < ia_bits <= 48 and not light:
-                leaves, tables = self._guest_walk(idx, pgd, ia_bits, val("pgt.start_level"))
-                hyp_pages += [t >> PAGE_SHIFT for t in tables if not c.in_carveout(t >> PAGE_SHIFT)]
-                for a, p, lv in leaves:
-                    if not p & pt.VALID or (lv == 3 and not p & pt.TYPE):
-                        continue
-                    size = pt.granule(lv)
-                    pa = p & pt.ADDR_MASK & ~(size - 1)
-                    gs = _STATE[(p >> pt.STATE_SHIFT) & 3]
-                    for j in range(0, size, pt.PAGE_SIZE):
-                        pages.append(((a + j) >> PAGE_SHIFT, (pa + j) >> PAGE_SHIFT))
-                        if guest is not None:
-                            guest[(pa + j) >> PAGE_SHIFT] = gs
-            size = val("shadow_area_size")
-            refs = 0
-            if c.ram[0] <= addr >> PAGE_SHIFT < c.ram[1]:
-                if vmemmap is None:
-                    vmemmap = self._u(self._vmemmap)
-                refs = self._u(vmemmap + ((addr >> PAGE_SHIFT) - c.ram[0]) * self._page_size + self._ref[0],
-                               self._ref[1])
-            out[idx] = AbstractVM(idx, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"),
-                                  tuple(vcpus), (addr >> PAGE_SHIFT, -(-size // 4096)), (pgd >> PAGE_SHIFT, c.pgd_pages),
-                                  tuple(sorted(pages)), loaded=tuple(loaded), refs=refs, memcache=tuple(memcache),
-                                  hyp_pages=tuple(sorted(hyp_pages)))
+    def taken(self, reader: str) -> set | None:
+        """The pfns written since ``reader`` last asked (None: read everything): ``self.written``'s pages, kept for
+        each reader (the whole state, the light VMs) until it asks."""
+        if self.written is None:
+            self._since = {}
+            return None
+        new = self.written()
+        for k, got in self._since.items():
+            self._since[k] = None if new is None or got is None else got | new
+        out = self._since.get(reader)
+        self._since[reader] = set()
         return out
-
 
 def abstract_of(lab) -> Abstraction:
     """The lab's :class:`Abstraction` (built once per lab: the DWARF offsets)."""

@@ -70,6 +70,18 @@ class SpecChecker:
 
             self._abstract, self._allowed = mainline_abstract, mainline_allowed
             self.local = self.registers = False
+        self._sorted = (None, [])   # (a state's pages, their pfns sorted): the pages the host access check samples
+        # The pages each run, each call writes (a native store hook): the abstraction reads again only what lies on
+        # them (pkvmlab.spec.abstraction), so a whole-state check costs what the call changed, not what the lab holds.
+        self._written = None
+        if lab.backend != "qemu" and self.era == "seed":   # mainline: whole state each call (above)
+            from pkvmlab.machine.journal import WrittenPages
+
+            sym = lab.fw.symbols
+            top, debug_top = sym.get("__hyp_stack_top"), sym.get("__debug_stack_top")
+            self._written = WrittenPages.make(lab.core, (top - 4 * 4096, debug_top) if top and debug_top else None)
+        if self._written is not None:
+            abstract_of(lab).written = self._written.take
         self._call = lab.host.call
         self._hyp_info = lab.host.hyp_info
 
@@ -101,6 +113,10 @@ class SpecChecker:
                 and all(type(a) is int and -(1 << 63) <= a < 1 << 64 for a in args))
 
     def remove(self) -> None:
+        if self._written is not None:
+            abstract_of(self.lab).written = None
+            self._written.close()
+            self._written = None
         host = self.lab.host
         host.__dict__.pop("call", None)
         host.__dict__.pop("hyp_info", None)
@@ -197,7 +213,9 @@ class SpecChecker:
         if self.mappings:
             named = [a for a in args[:1] if after.config.in_ram(a)] if name in _NAMES_A_PAGE else []
             self._turn += 1
-            rest = sorted(after.pages)
+            if self._sorted[0] is not after.pages:   # the abstraction hands the same dict back when no page changed
+                self._sorted = (after.pages, sorted(after.pages))
+            rest = self._sorted[1]
             sample = rest[self._turn * 7 % len(rest):][:self.mappings - len(named)] if rest else []
             self._check_mappings(name, args, ret, named + sample, after.page)
         if err is not None:

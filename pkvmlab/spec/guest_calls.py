@@ -265,7 +265,8 @@ def vcpu_run(s: AbstractState, peek=None) -> list[Outcome]:
 
     def what_is_not_allowed(after: AbstractState) -> list[str]:
         out = []
-        for pfn in sorted(set(s.pages) | set(after.pages)):
+        # (the abstraction hands back the very dict it read last time when no page changed: nothing to compare)
+        for pfn in sorted(set(s.pages) | set(after.pages)) if after.pages is not s.pages else ():
             b, a = s.page(pfn), after.page(pfn)
             if a == b:
                 continue

@@ -13,9 +13,10 @@ tables hold.  :func:`judge` says that from the CPU's own answer, ``AT S12E1R`` /
 
 ``AT`` walks the tables in memory (QEMU's ``get_phys_addr()``), not the TLB: a stale TLB entry is the
 campaign's host loads' to find (``pkvmlab.campaign.rules``, ``touch``); this sees a wrong entry without
-touching the page, so without mapping it.  The probes (``__debug_at_s12e1r/w`` in firmware/debug.S) run at
-EL2 through the current VTTBR_EL2 -- the host's, between calls -- with the CPU context saved and restored, and
-invalidate nothing.
+touching the page, so without mapping it.  The probes (``__debug_at_s12e1rw3`` in firmware/debug.S) run at
+EL2 through the current VTTBR_EL2 -- the host's, between calls -- with the CPU context saved and restored (PAR_EL1
+included), store nothing and invalidate nothing; a traced action's trace does not record them
+(``core.call_regs(traced=False)``): a check changes nothing the learner can see.
 
 :func:`judge` is pure; :func:`probe` reads the machine.
 """
@@ -55,9 +56,22 @@ def judge(pfn: int, view, par_r: int, par_w: int) -> list[str]:
 
 
 def probe(core, pfns) -> list[tuple[int, int, int]]:
-    """(pfn, PAR_EL1 after AT S12E1R, after AT S12E1W) for each page's first byte, through the current VTTBR_EL2."""
-    return [(p, core.call_symbol("__debug_at_s12e1r", p << PAGE_SHIFT), core.call_symbol("__debug_at_s12e1w", p << PAGE_SHIFT))
-            for p in pfns]
+    """(pfn, PAR_EL1 after AT S12E1R, after AT S12E1W) for each page's first byte, through the current VTTBR_EL2.
+
+    Three pages per debugger call (``__debug_at_s12e1rw3``, firmware/debug.S: both ATs of each, nothing stored);
+    a firmware without it is asked page by page, an AT a call."""
+    pfns = list(pfns)
+    if "__debug_at_s12e1rw3" not in core.symbols:
+        return [(p, core.call_symbol("__debug_at_s12e1r", p << PAGE_SHIFT, traced=False),
+                 core.call_symbol("__debug_at_s12e1w", p << PAGE_SHIFT, traced=False)) for p in pfns]
+    out = []
+    for i in range(0, len(pfns), 3):
+        some = pfns[i:i + 3]
+        addrs = [p << PAGE_SHIFT for p in some]
+        pars = core.call_symbol("__debug_at_s12e1rw3", *(addrs + addrs[-1:] * (3 - len(addrs))), results=6,
+                                traced=False)
+        out += [(p, pars[2 * k], pars[2 * k + 1]) for k, p in enumerate(some)]
+    return out
 
 
 __all__ = ["HOST_MAY", "judge", "probe"]

@@ -28,41 +28,27 @@ HOST_SYSREGS = (
 )
 
 
-def _host_cpu_regs():
+def _host_cpu_regs() -> list[tuple[str, int | tuple]]:
+    """(name, unicorn register id, or (crn, crm, op0, op1, op2) of a system register unicorn does not name)."""
     import unicorn.arm64_const as A
 
-    names = [f"x{i}" for i in range(7, 31)] + [f"v{i}" for i in range(32)] + ["fpcr", "fpsr"]
-    ids = ([A.UC_ARM64_REG_X7 + i for i in range(22)] + [A.UC_ARM64_REG_X29, A.UC_ARM64_REG_X30]
-           + [A.UC_ARM64_REG_Q0 + i for i in range(32)] + [A.UC_ARM64_REG_FPCR, A.UC_ARM64_REG_FPSR])
-    cp = []
-    for name, key in HOST_SYSREGS:   # unicorn names most: those go in the batch, the rest by encoding
-        const = getattr(A, f"UC_ARM64_REG_{name.upper()}", None)
-        if const is None:
-            cp.append((name, key))
-        else:
-            names.append(name)
-            ids.append(const)
-    return names, ids, cp
-
-
-_HOST_CPU = None
+    regs = ([(f"x{i}", A.UC_ARM64_REG_X7 + i - 7) for i in range(7, 29)] + [("x29", A.UC_ARM64_REG_X29),
+            ("x30", A.UC_ARM64_REG_X30)] + [(f"v{i}", A.UC_ARM64_REG_Q0 + i) for i in range(32)]
+            + [("fpcr", A.UC_ARM64_REG_FPCR), ("fpsr", A.UC_ARM64_REG_FPSR)])
+    for name, key in HOST_SYSREGS:
+        regs.append((name, getattr(A, f"UC_ARM64_REG_{name.upper()}", key)))
+    return regs
 
 
 def host_cpu(core) -> dict[str, int]:
-    """The host's own registers now (what a run must leave as they are), about 0.2 ms."""
-    import unicorn.arm64_const as A
+    """The host's own registers now (what a run must leave as they are): one batch read of libunicorn's."""
+    batch = core.__dict__.get("_spec_host_regs")
+    if batch is None:
+        from pkvmlab.machine.regs_batch import RegBatch
 
-    global _HOST_CPU
-    if _HOST_CPU is None:
-        _HOST_CPU = _host_cpu_regs()
-    names, ids, cp = _HOST_CPU
-    uc = core.unicorn_engine("the spec's register check")
-    read = uc.reg_read
-    with core.lock:   # one read each: unicorn's batch read is slower here
-        out = {name: read(i) for name, i in zip(names, ids)}
-        for name, key in cp:
-            out[name] = uc.reg_read(A.UC_ARM64_REG_CP_REG, key)
-    return out
+        batch = core._spec_host_regs = RegBatch(core.unicorn_engine("the spec's register check"), _host_cpu_regs())
+    with core.lock:
+        return batch.read()
 
 
 @lru_cache(maxsize=16)

@@ -120,7 +120,7 @@ class AbstractState:
                 pages.pop(pfn, None)
             else:
                 pages[pfn] = view
-        return replace(self, pages=pages)
+        return AbstractState(self.config, pages, self.vms, self.pool_free)   # (dataclasses.replace: 5x slower)
 
     def with_vm(self, index: int, vm: AbstractVM | None) -> AbstractState:
         vms = dict(self.vms)
@@ -128,7 +128,7 @@ class AbstractState:
             vms.pop(index, None)
         else:
             vms[index] = vm
-        return replace(self, vms=vms)
+        return AbstractState(self.config, self.pages, vms, self.pool_free)
 
     def same_as(self, other: AbstractState) -> bool:
         """Equal in everything the specification compares but the pool."""

@@ -1,0 +1,102 @@
+"""The checker's abstraction reads again only what lies on pages written since (the written-pages hook), and
+still says exactly what a full read says; a check changes nothing the learner can see (a trace, say)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pkvmlab import Lab
+from pkvmlab.spec.abstraction import Abstraction, abstract, abstract_of
+
+
+def full(lab):
+    """The abstract state read from scratch: a new Abstraction, no hook, no cache."""
+    return Abstraction(lab)()
+
+
+def same(lab, pfns=()):
+    got, want = abstract(lab), full(lab)
+    assert got.pages == want.pages and got.vms == want.vms and got.pool_free == want.pool_free, \
+        want.differences(got)
+    assert abstract_of(lab).vms(light=True) == Abstraction(lab).vms(light=True)
+    if pfns:
+        assert abstract_of(lab).local(pfns) == Abstraction(lab).local(pfns)
+
+
+@pytest.fixture
+def lab():
+    from pkvmlab.machine import recorder
+
+    if recorder._load() is None:
+        pytest.skip(f"the native recorder (its written-pages hook) is unavailable: {recorder.last_error}")
+    lab = Lab(history=True, spec_check=True)
+    assert abstract_of(lab).written is not None   # the hook is on: the abstraction reads what changed
+    return lab
+
+
+def test_the_abstraction_that_reads_only_written_pages_agrees_with_a_full_read_through_a_vms_life(lab):
+    host = lab.host
+    same(lab)
+    vms = [host.create_vm(2, guest="touch"), host.create_vm(1, guest="share")]
+    same(lab)
+    for _ in range(4):
+        for vm in vms:
+            vm.step()
+            same(lab)
+    pfn = host.alloc_pages(1)
+    same(lab, [pfn])
+    host.share_hyp(pfn)
+    same(lab, [pfn])
+    host.unshare_hyp(pfn)
+    same(lab, [pfn])
+    host.teardown_vm(vms[1].handle)
+    same(lab, [pfn, vms[1].shadow_va >> 12])
+
+
+def test_a_debugger_write_and_an_undo_are_seen_though_no_store_hook_sees_them(lab):
+    host = lab.host
+    vm = host.create_vm(1, guest="touch")
+    vm.step()
+    same(lab)
+    pfn = host.alloc_pages(1)
+    host.share_hyp(pfn)
+    before = abstract(lab)
+    lab.undo()   # the RAM journal writes the pages back behind every hook
+    same(lab)
+    assert abstract(lab).page(pfn) != before.page(pfn)
+    # a debugger write into the shadow VM: the VM's handle as the abstraction reads it changes
+    a = abstract_of(lab)
+    slot, = abstract(lab).vms
+    at = lab.core.phys.read_u64(lab.fw.symbol("shadow_table"))   # the table of pointers
+    shadow = lab.core.phys.read_u64(at + 8 * slot)
+    off = a._f["kvm.arch.pkvm.shadow_handle"][0]
+    lab.core.phys.write_u64(shadow + off, 0x1234)
+    assert abstract(lab).vms[slot].handle == 0x1234
+    same(lab)
+
+
+def test_turning_the_check_off_and_on_again_reads_everything_afresh(lab):
+    host = lab.host
+    vm = host.create_vm(1, guest="touch")
+    vm.step()
+    abstract(lab)
+    lab.spec_check = False
+    assert abstract_of(lab).written is None
+    vm.step()
+    pfn = host.alloc_pages(1)
+    host.share_hyp(pfn)
+    lab.spec_check = True
+    same(lab)
+
+
+def test_a_checked_call_traces_the_same_instructions_as_an_unchecked_one():
+    """The spec's AT probes are debugger calls: a trace records the action's execution, not the checker's."""
+    counts = []
+    for checked in (False, True):
+        lab = Lab(spec_check=checked)
+        lab.host.share_hyp(lab.host.alloc_pages())
+        lab.host.hyp_info()
+        pfn = lab.host.alloc_pages()
+        t = lab.trace(lambda lab=lab, pfn=pfn: lab.host.share_hyp(pfn))
+        counts.append((len(t), [str(s.place) for s in t.lines()], len(t.writes())))
+    assert counts[0] == counts[1]
