@@ -25,7 +25,8 @@ import numpy as np
 from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import PageView
 from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
-from pkvmlab.spec.abstraction import Abstraction, AbstractionError
+from pkvmlab.spec.abstract_vms import guest_walk
+from pkvmlab.spec.abstraction import AbstractionError
 from pkvmlab.spec.mainline_state import MainlineConfig, MainlineState, MainlineVM
 
 PAGE_SHIFT = pt.PAGE_SHIFT
@@ -40,7 +41,9 @@ _HOST_STATE = (PageState.OWNED, PageState.SHARED_OWNED, PageState.SHARED_BORROWE
 class MainlineAbstraction:
     """``MainlineAbstraction(lab)()``: the mainline abstract state of ``lab`` now.  Offsets from DWARF, once."""
 
-    _guest_walk = Abstraction._guest_walk      # the same table walk as the seed era's (same page-table library)
+    def _guest_walk(self, slot: int, pgd: int, ia_bits: int, level: int) -> tuple[list, list]:
+        """The same table walk as the seed era's (same page-table library): every leaf and table below ``pgd``."""
+        return guest_walk(self, slot, pgd, ia_bits, level, set())
 
     def __init__(self, lab):
         fw, hyp = lab.fw, lab.hyp
