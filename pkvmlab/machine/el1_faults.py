@@ -10,6 +10,9 @@ stage-1 MMU off, three kinds of fault never reach the hypervisor, they go to ``V
 - a branch to an address that is not a multiple of 4: a *PC alignment fault* (EC 0x22), which
   Unicorn raises as an undefined instruction.
 
+Each is entered by ``exceptions.enter`` (the PC alignment fault from ``core.py`` and ``stops.py``); this module
+keeps the checks they need, and the EL0 system instructions SCTLR_EL1 traps.
+
 ESR_EL1 as QEMU writes it for a fault taken to EL1: no instruction syndrome (ISV = 0; only a
 stage-2 abort taken to EL2 carries one), WnR for a write, the fault status; FAR_EL1 the address.
 """
