@@ -1,9 +1,10 @@
 """SP alignment faults: a known departure of *both* CPUs, pinned here (README, "Differences").
 
-The ARM ARM (ARM DDI 0487, D1 "SP alignment checking"): with SCTLR_EL1.SA set, a load or store at EL1 whose
+The ARM ARM (ARM DDI 0487, SP alignment checking): with SCTLR_EL1.SA set, a load or store at EL1 whose
 base register is SP and SP not a multiple of 16 takes an SP alignment fault (ESR EC 0x26) before it
 accesses memory; SCTLR_EL1.SA0 does the same at EL0.  The host runs with both clear (its SCTLR_EL1 is
-Linux's INIT_SCTLR_EL1_MMU_OFF), so the code here and the differential's SP forms set them for themselves;
+Linux's INIT_SCTLR_EL1_MMU_OFF, ``arch/arm64/include/asm/sysreg.h``, mainline; Linux sets SA and SA0 only in
+INIT_SCTLR_EL1_MMU_ON, with its MMU), so the code here and the differential's SP forms set them for themselves;
 still neither Unicorn nor QEMU raises the fault:
 QEMU's ``gen_check_sp_alignment`` (qemu/qemu ``target/arm/tcg/translate-a64.c``, 8.0 era; QEMU 7.2 here)
 is an empty hook, "we omit these checks for the sake of guest program performance", and Unicorn 2.1 is
