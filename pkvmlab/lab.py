@@ -79,6 +79,10 @@ class Lab:
             raise UsageError(f"backend is 'unicorn' (the lab's core) or 'qemu' (pkvmlab.machine.qemu), not {backend!r}")
         if era not in ERAS:
             raise UsageError(f"era is one of {', '.join(map(repr, ERAS))} ({'; '.join(ERAS.values())}), not {era!r}")
+        if history and backend == "qemu":   # refused before QEMU starts: nothing to kill afterwards
+            from pkvmlab.machine.qemu import needs_unicorn
+
+            raise needs_unicorn("Lab(history=True) (time travel: lab.checkpoint, undo, history)")
         repository_firmware = firmware is None   # the spec checks the repository's trees only, never an edited copy
         if firmware is None and era == "mainline":
             from pkvmlab.firmware.build import MAINLINE_DIR

@@ -30,6 +30,7 @@ FORM_BYTES = 64
 HYP_BASE = 0x4000_0000
 
 EL0_ENTRY = "adr x6, 1f\n\tmsr elr_el1, x6\n\tmov x7, #0x3c0\n\tmsr spsr_el1, x7\n\teret\n1:\t"
+SET_SA = "mrs x8, sctlr_el1\n\torr x9, x8, #0x18\n\tmsr sctlr_el1, x9\n\tisb\n\t"   # SA | SA0; x8 the old value
 A32_ENTRY = "adr x6, 1f\n\tmsr elr_el1, x6\n\tmov x7, #0x1d0\n\tmsr spsr_el1, x7\n\teret\n1:\t"
 
 # (name, instructions): every width and addressing form the host can use.  x0 = the address,
@@ -57,7 +58,13 @@ FORMS: tuple[tuple[str, str], ...] = (
     # the host's own exceptions at EL1, and the SMC HCR_EL2.TSC traps to EL2
     ("svc", "svc #0x42"), ("brk", "brk #0x7"), ("udf", "udf #0x5"), ("smc", "smc #0x17"),
     ("dc zva", "dc zva, x0"),
-    ("sp align", "mov x5, sp\n\tmov sp, x0\n\tldr x1, [sp]\n\tmov sp, x5"),
+    # SP as the base register, SP misaligned (x0), with SCTLR_EL1.SA (EL1) and SA0 (EL0) set by the form itself (the
+    # host runs with both clear): the ARM ARM's SP alignment fault (EC 0x26), which neither CPU raises
+    # (tests/test_qemu_sp_alignment.py pins it); the access itself still goes through stage 2 with SP as its base
+    # (x2 keeps a writeback's SP).  An EL1 form puts SCTLR_EL1 back; an EL0 one (``el0 sp ...``) cannot, and leaves SA and SA0 set
+    *((f"sp {name}", f"{SET_SA}mov x5, sp\n\tmov sp, x0\n\t{body}\n\tmov sp, x5\n\tmsr sctlr_el1, x8\n\tisb")
+      for name, body in (("align", "ldr x1, [sp]"), ("ldr", "ldr x1, [sp, #8]"), ("str", "str w1, [sp, #4]"),
+                         ("ldr q", "ldr q1, [sp, #16]"), ("stp pre", "stp x1, x2, [sp, #-16]!\n\tmov x2, sp"))),
     # FP/SIMD loads and stores: their own syndromes (no ISV for a SIMD register) and writebacks
     ("ldr q", "ldr q1, [x0]"), ("str q", "str q1, [x0]"), ("ldr d", "ldr d1, [x0]"), ("str s", "str s1, [x0]"),
     ("ldr b", "ldr b1, [x0]"), ("str h", "str h1, [x0]"), ("ldp q", "ldp q1, q2, [x0]"),
@@ -65,10 +72,11 @@ FORMS: tuple[tuple[str, str], ...] = (
     ("ld1", "ld1 {v1.16b}, [x0]"), ("st1 2", "st1 {v1.2d, v2.2d}, [x0]"), ("ld1r", "ld1r {v1.4s}, [x0]"),
     ("st1 lane", "st1 {v1.s}[1], [x0]"), ("ld1 post", "ld1 {v1.8b}, [x0], #8"),
     # the host at EL0 (ERET from EL1 with SPSR = EL0t, DAIF masked): each ends at the host's vector
-    *((f"el0 {name}", EL0_ENTRY + body + "\n\tbrk #0xe0") for name, body in (
+    *((f"el0 {name}", (SET_SA if name.startswith("sp ") else "") + EL0_ENTRY + body + "\n\tbrk #0xe0") for name, body in (
         ("svc", "svc #0x43"), ("brk", "brk #0x8"), ("udf", "udf #0x6"), ("hvc", "hvc #0x9"), ("smc", "smc #0x1"),
         ("ldr", "ldr x1, [x0]"), ("str", "str x1, [x0]"), ("ldxr", "ldxr x1, [x0]"), ("ldr q", "ldr q1, [x0]"),
-        ("dc zva", "dc zva, x0"), ("br", "br x0"))),
+        ("dc zva", "dc zva, x0"), ("br", "br x0"), ("sp ldr", "mov sp, x0\n\tldr x1, [sp, #8]"),
+        ("sp stp", "mov sp, x0\n\tstp x1, x2, [sp]"))),
     # the host at AArch32 EL0 (ERET with SPSR.M = 0b10000, usr; A, I, F masked): A32 code (``a32:`` lines, assembled
     # for the arm target), flags set by a CMP first (SPSR_EL1 keeps them); each ends with an SVC to the host's vector
     *((f"a32 {name}", A32_ENTRY + "\n\t".join(f"a32: {i}" for i in ("cmp r1, r2", body, "svc #0xe1")))
@@ -82,7 +90,7 @@ IFETCH = {"ifetch br", "ifetch blr", "el0 br", "a32 bx"}
 EL0 = {name for name, _ in FORMS if name.startswith("el0 ")}
 ACQ_REL = {"ldar": 8, "stlr w": 4, "ldarb": 1, "stlrh": 2}
 A32_ALIGNED = {"a32 ldm", "a32 ldrd"}
-PAIRS = {"ldp x", "stp x", "ldp pre", "stp post", "ldnp", "stnp", "ldxp", "stxp"}
+PAIRS = {"ldp x", "stp x", "ldp pre", "stp post", "ldnp", "stnp", "ldxp", "stxp", "sp stp pre", "el0 sp stp"}
 
 
 @lru_cache(maxsize=1)

@@ -38,7 +38,7 @@ NOT_FOR_GUESTS = {"ifetch br", "ifetch blr", "ifetch misaligned", "hvc #imm", "s
 # single general-purpose register, no writeback: what hyp can describe to the host for MMIO (ISV = 1)
 MMIO_OK = {"ldr x", "ldr w", "ldrh", "ldrb", "ldrsb x", "ldrsh w", "ldrsw", "str x", "str w", "strh", "strb",
            "str xzr", "ldr x17", "str x29", "ldr imm", "str imm", "ldur neg", "ldr reg", "ldr reg lsl", "ldar", "stlr w",
-           "ldarb", "stlrh"}
+           "ldarb", "stlrh", "sp ldr", "sp str"}
 GUEST_FORMS: tuple[tuple[str, str], ...] = tuple(
     (n, a) for n, a in FORMS if n not in NOT_FOR_GUESTS and not n.startswith(("el0 ", "a32 "))) + (
     ("svc", "svc #0x42\n\tnop"), ("wfi", "wfi"), ("wfe", "wfe"),

@@ -83,7 +83,7 @@ def test_the_comparison_catches_the_first_bug_it_found(sides, monkeypatch):
     diffs, _ = run_sequence(u, q, 5, 300)
     assert diffs, "the planted bug went unnoticed"
     first = diffs[0].split(":")[0]
-    assert any(f"({name}," in first for name in ("ldxr", "ldaxr w", "ldxrb", "ldxp", "ldxr; stxr")), diffs[:3]
+    assert any(f"({name}," in first for name in ("ldxr", "ldaxr w", "ldxrb", "ldxp", "ldxr; stxr", "el0 ldxr")), diffs[:3]
     assert "ESR_EL" in diffs[0]
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,6 +219,38 @@ def test_unicorns_engine_is_there_for_the_hooks_and_qemu_says_use_lab(lab):
             one_line_use_lab(ei.value)
     else:
         assert lab.core.unicorn_engine("lab.trace") is lab.core.uc
+
+
+def _qemu_children() -> set[int]:
+    """The pids of this Python's child processes that are QEMU and not a zombie (Linux's /proc)."""
+    pids = set()
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
+            pids |= {int(p) for p in f.read().split()}
+    out = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                comm_state = f.read().split(") ", 1)
+        except FileNotFoundError:
+            continue
+        if "qemu-system" in comm_state[0] and comm_state[1][0] != "Z":
+            out.add(pid)
+    return out
+
+
+def test_history_on_qemu_is_refused_before_qemu_starts():
+    """Lab(backend="qemu", history=True): the one-line refusal, and no QEMU child left behind (it used to start
+    QEMU, fail in the recorder and leave the process running until the Lab was garbage-collected)."""
+    require_qemu()
+    if not sys.platform.startswith("linux"):
+        pytest.skip("child processes are read from Linux's /proc")
+    before = _qemu_children()
+    with pytest.raises(MachineError) as ei:
+        Lab(backend="qemu", history=True)
+    one_line_use_lab(ei.value)
+    assert "history" in str(ei.value)
+    assert _qemu_children() == before   # checked while the traceback (and any Lab in it) is still alive
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -24,7 +24,6 @@ import contextlib
 import ctypes
 import hashlib
 import os
-import sys
 import uuid
 from pathlib import Path
 
@@ -33,11 +32,11 @@ import unicorn
 from unicorn.unicorn_py3 import unicorn as _binding
 
 from pkvmlab.errors import MachineError, UsageError
+from pkvmlab.machine import native_build
 
 ENV = "PKVMLAB_COVERAGE"
 SOURCE = Path(__file__).with_name("coverage.c")
 CFLAGS = ("-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror")
-LIB_NAME = "libpkvmlab_coverage" + (".dylib" if sys.platform == "darwin" else ".so")
 MAGIC = b"PKVMCOV1"
 HEADER = 64            # magic, lo, slots, spare, sha256 of the ELF
 SUFFIX = ".cov"
@@ -200,36 +199,14 @@ def _hook(core, counters: Counters) -> None:
 
 
 def library_path() -> Path:
-    from pkvmlab.firmware.build import _zig_version, cache_dir
-    from pkvmlab.machine.native import _unicorn_lib
-
-    h = hashlib.sha256(SOURCE.read_bytes())
-    for part in (_zig_version(), unicorn.__version__, " ".join(CFLAGS), str(_unicorn_lib())):
-        h.update(b"\0" + part.encode())
-    return cache_dir() / "coverage" / h.hexdigest()[:16] / LIB_NAME
+    return native_build.library_path("coverage", (SOURCE,), CFLAGS)
 
 
 def _load() -> ctypes.CDLL | None:
     """The native hook, or None (the Python hook is used) if it cannot be built or loaded."""
     global _lib, _tried, last_error
-    if _tried:
-        return _lib
-    _tried = True
-    if os.environ.get("PKVMLAB_NO_NATIVE_COVERAGE"):
-        last_error = "PKVMLAB_NO_NATIVE_COVERAGE is set"
-        return None
-    try:
-        from pkvmlab.machine.native import compile_against_unicorn
-
-        out = library_path()
-        if not out.is_file():
-            compile_against_unicorn(SOURCE, CFLAGS, out, SOURCE.name)
-        lib = ctypes.CDLL(str(out))
-        lib.pk_cov_uc_hook_add_addr.restype = ctypes.c_void_p
-        if lib.pk_cov_uc_hook_add_addr() != ctypes.cast(_binding.uclib.uc_hook_add, ctypes.c_void_p).value:
-            raise MachineError("coverage.c resolved a different libunicorn than the Python binding loaded")
-        _lib = lib
-    except Exception as e:  # no compiler, a failed build: the Python hook still works
-        last_error = str(e)
-        _lib = None
+    if not _tried:
+        _tried = True
+        _lib, last_error = native_build.load_optional("coverage", (SOURCE,), CFLAGS, SOURCE.name, probe="pk_cov_uc_hook_add_addr",
+                                                      uc_function="uc_hook_add", disable_env="PKVMLAB_NO_NATIVE_COVERAGE")
     return _lib

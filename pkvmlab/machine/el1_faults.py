@@ -10,6 +10,9 @@ stage-1 MMU off, three kinds of fault never reach the hypervisor, they go to ``V
 - a branch to an address that is not a multiple of 4: a *PC alignment fault* (EC 0x22), which
   Unicorn raises as an undefined instruction.
 
+Each is entered by ``exceptions.enter`` (the PC alignment fault from ``core.py`` and ``stops.py``); this module
+keeps the checks they need, and the EL0 system instructions SCTLR_EL1 traps.
+
 ESR_EL1 as QEMU writes it for a fault taken to EL1: no instruction syndrome (ISV = 0; only a
 stage-2 abort taken to EL2 carries one), WnR for a write, the fault status; FAR_EL1 the address.
 """
@@ -19,41 +22,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pkvmlab.arch import esr as E
-from pkvmlab.arch import pstate as P
 
 if TYPE_CHECKING:
     from pkvmlab.machine.decode import MemAccess
-    from pkvmlab.machine.interface import HandVectored
-
-FSC_ALIGNMENT = 0x21
-VECTOR_CURRENT_SP0 = 0x000
-VECTOR_CURRENT_SPX = 0x200
 
 
 def must_be_aligned(acc: MemAccess) -> bool:
     """Exclusives and acquire/release accesses must be aligned to their size (no FEAT_LSE2 on the A72)."""
     return (acc.exclusive or acc.ar) and acc.va % acc.size != 0
-
-
-def abort_syndrome(par: int, acc: MemAccess | None) -> int | None:
-    """ESR_EL1 when a host abort belongs to EL1 (``acc`` None: an instruction fetch); None for stage 2.
-
-    The alignment check comes first, as in the ARM ARM's pseudocode (``CheckAlignment`` before the
-    translation) and on QEMU: an unaligned exclusive to a page stage 2 refuses is an alignment fault.
-    """
-    if acc is not None and must_be_aligned(acc):
-        return E.data_abort(lower=False, fsc=FSC_ALIGNMENT, wnr=acc.write)
-    d = E.par_decode(par)
-    if d["F"] and d["S"]:
-        return None   # a stage-2 fault: EL2's
-    fsc = int(d["FST"]) if d["F"] else FSC_ALIGNMENT
-    if acc is None:
-        return E.instruction_abort(lower=False, fsc=fsc)
-    return E.data_abort(lower=False, fsc=fsc, wnr=acc.write)
-
-
-def pc_alignment_syndrome() -> int:
-    return E.encode(E.EC_PC_ALIGN, 0)
 
 
 SCTLR_UCI, SCTLR_DZE, SCTLR_UCT = 1 << 26, 1 << 14, 1 << 15
@@ -77,17 +53,3 @@ def el0_sys_syndrome(insn: int, sctlr_el1: int) -> int | None:
     iss = op0 << 20 | op2 << 17 | op1 << 14 | crn << 10 | (insn & 31) << 5 | crm << 1 | (insn >> 21 & 1)
     return E.encode(E.EC_SYS64, iss)
 
-
-def enter_el1(core: HandVectored, *, pstate: int, elr: int, esr: int, far: int) -> None:
-    """Synchronous exception entry from EL1 to EL1 (current EL): ELR/SPSR/ESR/FAR_EL1, EL1h, DAIF masked."""
-    if pstate & 1 == 0:   # from EL1t: bank SP_EL0 and switch to SP_EL1
-        core.set_sysreg("SP_EL0", core.reg("sp"))
-        core.set_pstate(P.PSTATE_EL1H_DAIF)
-        core.set_reg("sp", core.sysreg("SP_EL1"))
-    else:
-        core.set_pstate(P.PSTATE_EL1H_DAIF)
-    core.set_sysreg("ELR_EL1", elr)
-    core.set_sysreg("SPSR_EL1", pstate)
-    core.set_sysreg("ESR_EL1", esr)
-    core.set_sysreg("FAR_EL1", far)
-    core.set_reg("pc", core.sysreg("VBAR_EL1") + (VECTOR_CURRENT_SPX if pstate & 1 else VECTOR_CURRENT_SP0))

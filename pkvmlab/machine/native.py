@@ -12,11 +12,6 @@ keeps its pure-Python hook (``Core(native=True)`` makes that an error instead).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -24,13 +19,12 @@ import unicorn
 from unicorn.unicorn_py3 import unicorn as _binding
 
 from pkvmlab.errors import MachineError
-from pkvmlab.progress import step
+from pkvmlab.machine import native_build
 
 SOURCE = Path(__file__).with_name("native_hook.c")           # the hook plumbing and the one-call host stub
 ABORT_SOURCE = Path(__file__).with_name("native_abort.c")    # a guest's stage-2 abort: decode and walk
 HEADER = Path(__file__).with_name("native_hook.h")           # what the two share
 CFLAGS = ("-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror")
-LIB_NAME = "libpkvmlab_native" + (".dylib" if sys.platform == "darwin" else ".so")
 
 builds = 0                  # compiles done by this process: the tests check the cache with it
 last_error: str | None = None   # why the last attach() fell back to Python, for the curious
@@ -54,25 +48,9 @@ class _StubEnds(ctypes.Structure):
     _fields_ = [("n", ctypes.c_uint64), ("until", ctypes.c_uint64 * 16)]
 
 
-def _unicorn_lib() -> Path:
-    """The libunicorn the Python binding actually loaded: we must link against that very file."""
-    return Path(_binding.uclib._name).resolve()
-
-
-def _zig_version() -> str:
-    from pkvmlab.firmware.build import _zig_version as zv
-
-    return zv()
-
-
 def library_path() -> Path:
     """Where the built library is cached: keyed by the C source, compiler, flags and libunicorn."""
-    from pkvmlab.firmware.build import cache_dir
-
-    h = hashlib.sha256(b"".join(f.read_bytes() for f in (SOURCE, ABORT_SOURCE, HEADER)))
-    for part in (_zig_version(), unicorn.__version__, " ".join(CFLAGS), str(_unicorn_lib())):
-        h.update(b"\0" + part.encode())
-    return cache_dir() / "native" / h.hexdigest()[:16] / LIB_NAME
+    return native_build.library_path("native", (SOURCE, ABORT_SOURCE, HEADER), CFLAGS)
 
 
 def build(*, force: bool = False) -> Path:
@@ -82,38 +60,11 @@ def build(*, force: bool = False) -> Path:
     if out.is_file() and not force:
         return out
     try:
-        compile_against_unicorn((SOURCE, ABORT_SOURCE), CFLAGS, out, f"the native hook ({SOURCE.name})")
+        native_build.build("native", (SOURCE, ABORT_SOURCE), CFLAGS, f"the native hook ({SOURCE.name})",
+                           included=(HEADER,), force=True)
     finally:
         builds += 1
     return out
-
-
-def compile_against_unicorn(source: Path | tuple[Path, ...], cflags: tuple[str, ...], out: Path, what: str) -> None:
-    """Build ``source`` (one C file or several) into the shared library ``out`` with zig cc, linked to the binding's
-    own libunicorn.  Headers beside the sources (``native_hook.h``) are found from this package's directory.
-
-    Written atomically: a concurrent process sees the old file or the new one.  MachineError with the
-    compiler's words if it fails.
-    """
-    from pkvmlab.firmware.build import cache_dir
-
-    lib = _unicorn_lib()
-    include = Path(unicorn.__file__).resolve().parent / "include"
-    if not (include / "unicorn" / "unicorn.h").is_file():
-        raise MachineError(f"the unicorn package ships no C headers (looked in {include})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    zig_cache = str(cache_dir() / "zig-cache")
-    env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=zig_cache, ZIG_LOCAL_CACHE_DIR=zig_cache)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        tmp_lib = Path(tmp) / out.name
-        sources = (source,) if isinstance(source, Path) else source
-        cmd = [sys.executable, "-m", "ziglang", "cc", *cflags, f"-I{include}", f"-I{HEADER.parent}", "-o", str(tmp_lib),
-               *map(str, sources), str(lib), f"-Wl,-rpath,{lib.parent}"]
-        with step(f"compiling {what} with zig cc", first_use=True):
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0 or not tmp_lib.is_file():
-            raise MachineError(f"building {what} failed:\n{(proc.stderr + proc.stdout).strip()}")
-        os.replace(tmp_lib, out)
 
 
 def load() -> ctypes.CDLL:
@@ -122,14 +73,7 @@ def load() -> ctypes.CDLL:
     lib = _loaded.get(path)
     if lib is not None:
         return lib
-    lib = ctypes.CDLL(str(path))
-    lib.pk_uc_emu_start_addr.restype = ctypes.c_void_p
-    lib.pk_uc_emu_start_addr.argtypes = ()
-    ours = lib.pk_uc_emu_start_addr()
-    theirs = ctypes.cast(_binding.uclib.uc_emu_start, ctypes.c_void_p).value
-    if ours != theirs:
-        raise MachineError(f"{path.name} resolved a different libunicorn than the Python binding loaded "
-                           f"({_unicorn_lib()}): uc_emu_start at {ours:#x}, not {theirs:#x}")
+    lib = native_build.open_checked(path, "pk_uc_emu_start_addr", "uc_emu_start")
     lib.pk_hvc.restype = ctypes.c_int
     lib.pk_hvc.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
                            ctypes.c_void_p)

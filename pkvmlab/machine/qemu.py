@@ -289,5 +289,11 @@ class QemuCore(QemuRegisters):
         return self.call(self.symbols.get(name, 0), *args)
 
     def unicorn_engine(self, feature: str):
-        raise MachineError(f"{feature} needs the lab's own core (it hooks Unicorn's every store or instruction; QEMU's "
-                           "gdbstub has no such hooks): use Lab() for it")
+        raise needs_unicorn(feature)
+
+
+def needs_unicorn(feature: str) -> MachineError:
+    """The one-line refusal of a feature QEMU's core cannot give (``Lab(backend="qemu", history=True)`` says it before
+    QEMU starts)."""
+    return MachineError(f"{feature} needs the lab's own core (it hooks Unicorn's every store or instruction; QEMU's "
+                        "gdbstub has no such hooks): use Lab() for it")

@@ -13,9 +13,6 @@ pure-Python fallback (slower, same results, tested).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +23,11 @@ from unicorn import arm64_const as A
 from unicorn.unicorn_py3 import unicorn as _binding
 
 from pkvmlab.errors import MachineError, UsageError
+from pkvmlab.machine import native_build
 
 SOURCE = Path(__file__).with_name("recorder.c")
 INCLUDED = (Path(__file__).with_name("s2_log.c"),)   # #included by recorder.c: part of the build's hash
 CFLAGS = ("-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter")
-LIB_NAME = "libpkvmlab_recorder" + (".dylib" if sys.platform == "darwin" else ".so")
 PAGE = 4096
 TRACE_REGS = 34          # pc, x0..x30, sp, nzcv
 WRITE_WORDS = 6          # insn index, va, pa, size, value, old value
@@ -44,24 +41,7 @@ _tried = False
 
 # -- building and loading recorder.c --------------------------------------------------------------
 def library_path() -> Path:
-    from pkvmlab.firmware.build import _zig_version, cache_dir
-    from pkvmlab.machine.native import _unicorn_lib
-
-    h = hashlib.sha256(SOURCE.read_bytes() + b"".join(p.read_bytes() for p in INCLUDED))
-    for part in (_zig_version(), unicorn.__version__, " ".join(CFLAGS), str(_unicorn_lib())):
-        h.update(b"\0" + part.encode())
-    return cache_dir() / "recorder" / h.hexdigest()[:16] / LIB_NAME
-
-
-def build() -> Path:
-    """Compile recorder.c against the binding's own libunicorn (cached); MachineError with the compiler's words."""
-    from pkvmlab.machine.native import compile_against_unicorn
-
-    out = library_path()
-    if out.is_file():
-        return out
-    compile_against_unicorn(SOURCE, CFLAGS, out, f"the time-travel recorder ({SOURCE.name})")
-    return out
+    return native_build.library_path("recorder", (SOURCE, *INCLUDED), CFLAGS)
 
 
 def _load() -> ctypes.CDLL | None:
@@ -70,14 +50,10 @@ def _load() -> ctypes.CDLL | None:
     if _tried:
         return _lib
     _tried = True
-    if os.environ.get("PKVMLAB_NO_NATIVE_RECORDER"):
-        last_error = "PKVMLAB_NO_NATIVE_RECORDER is set"
-        return None
-    try:
-        lib = ctypes.CDLL(str(build()))
-        lib.pk_recorder_uc_mem_write_addr.restype = ctypes.c_void_p
-        if lib.pk_recorder_uc_mem_write_addr() != ctypes.cast(_binding.uclib.uc_mem_write, ctypes.c_void_p).value:
-            raise MachineError("recorder.c resolved a different libunicorn than the Python binding loaded")
+    lib, last_error = native_build.load_optional("recorder", (SOURCE,), CFLAGS, f"the time-travel recorder ({SOURCE.name})",
+                                                 probe="pk_recorder_uc_mem_write_addr", uc_function="uc_mem_write",
+                                                 disable_env="PKVMLAB_NO_NATIVE_RECORDER", included=INCLUDED)
+    if lib is not None:
         P, U64 = ctypes.c_void_p, ctypes.c_uint64
         for name, res, args in (
                 ("pk_journal_new", P, (U64, U64)), ("pk_journal_free", None, (P,)),
@@ -97,10 +73,7 @@ def _load() -> ctypes.CDLL | None:
                 ("pk_s2log_overflow", ctypes.c_int, (P,))):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
-        _lib = lib
-    except Exception as e:  # no compiler, a failed build: the Python fallback still works
-        last_error = str(e)
-        _lib = None
+    _lib = lib
     return _lib
 
 
