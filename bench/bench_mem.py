@@ -46,7 +46,7 @@ def round_trip(native: bool | None) -> None:
           f"{tables[1]} (the first share split the host's block): "
           f"{'no page leaked' if before.pool_free + tables[0] == after.pool_free + tables[1] else 'PAGES LEAKED'}")
     print(f"  mainline: {ratio['mainline']:.2f}x; its hyp pool {pool_before} -> {labs['mainline'].hyp.pool().free_pages} free "
-          "(hyp_vmemmap holds the states: the same tables)")
+          "(the states live in hyp_vmemmap: the host stage-2 is left alone, no block split)")
     if labs["seed"].core.native is not None:
         readme_row("share + unshare", f"{ratio['seed']:.2f}× two bare hypercalls", "≤ 2×",
                    mainline=f"{ratio['mainline']:.2f}×")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 
-from timing import readme_row
+from timing import ratio, readme_row
 
 from pkvmlab import Lab, campaign
 from pkvmlab.firmware import load_firmware
@@ -90,12 +90,13 @@ def overhead() -> None:
     readme_row("a host hypercall checked against `pkvmlab.spec` (`Lab(spec_check=True)`) / the same unchecked",
                f"{min(hyp['seed']):.1f}–{max(hyp['seed']):.1f}× (share/unshare, with 0, 4, 16 VMs: the page named "
                "abstracted, the host's registers read in one batch, both `AT`s of the page in one debugger call)",
-               "≤ 10×", mainline=f"{min(hyp['mainline']):.1f}–{max(hyp['mainline']):.1f}× (against its whole state)")
+               "≤ 10×", mainline=f"{ratio(min(hyp['mainline']), 1)}–{ratio(max(hyp['mainline']), 1)}× (against its whole "
+                                 "state)")
     g, m = guest["seed"], guest["mainline"]
     readme_row("one guest step checked (`vm.step()`: load, run, put) / the same unchecked — with 0, 4, 16 other VMs",
                f"{g[0]:.1f}×, {g[1]:.1f}×, {g[2]:.1f}×: the run is checked against the whole state, read "
                "again only where pages were written", "flat, ≤ 10×",
-               mainline=f"{m[0]:.1f}×, {m[1]:.1f}×, {m[2]:.1f}× (the whole state read again at every call)")
+               mainline=f"{ratio(m[0], 1)}×, {ratio(m[1], 1)}×, {ratio(m[2], 1)}× (the whole state read again at every call)")
 
 
 def steps_per_second(era: str = "seed"):
