@@ -331,10 +331,7 @@ class Abstraction:
     def _leaf(self, pgt: tuple[int, int, int], addr: int, deps: set) -> tuple[PageState, int | None] | None:
         """(state, annotation) of the descriptor deciding ``addr`` in one table; None for an empty entry.
         ``deps`` gets the pfn of every descriptor read."""
-        if self._roots is None:
-            self._roots = {p: (self._u(p[0]), self._u(p[1], 4) & 0xFF, self._u(p[2], 4) & 0xFF)
-                           for p in (self._host_pgt, self._hyp_pgt)}   # fixed at boot: read once
-        table, ia_bits, level = self._roots[pgt]
+        table, ia_bits, level = self._root(pgt)
         first = True
         while True:
             shift = pt.granule_shift(level)
@@ -350,6 +347,22 @@ class Abstraction:
             if pte & pt.VALID:
                 return _STATE[(pte >> pt.STATE_SHIFT) & 3], None
             return PageState.NOPAGE, pt.pte_owner(pte)
+
+    def _root(self, pgt: tuple[int, int, int]) -> tuple[int, int, int]:
+        """(PGD, input bits, start level) of one of the two trees (fixed at boot: read once)."""
+        if self._roots is None:
+            self._roots = {p: (self._u(p[0]), self._u(p[1], 4) & 0xFF, self._u(p[2], 4) & 0xFF)
+                           for p in (self._host_pgt, self._hyp_pgt)}
+        return self._roots[pgt]
+
+    def host_root(self) -> tuple[int, int, int]:
+        """(PGD, input bits, start level) of the host's stage-2 as :meth:`host_walk` walks it."""
+        return self._root(self._host_pgt)
+
+    def host_walk(self, pfn: int, deps: set):
+        """The host stage-2 descriptor deciding page ``pfn`` ((state, annotation); None: an empty entry); ``deps`` gets
+        the pfn of every descriptor read on the way: what the CPU's walk of that address reads (spec.mappings)."""
+        return self._leaf(self._host_pgt, pfn << PAGE_SHIFT, deps)
 
     def local(self, pfns) -> dict[int, PageView]:
         """The views of just ``pfns`` (pages of RAM), one table walk each: what a call's footprint needs.  A page none

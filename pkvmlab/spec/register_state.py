@@ -11,6 +11,7 @@ change here.  :class:`RegisterCheck` is what ``lab.spec_check`` runs around ever
 
 from __future__ import annotations
 
+import struct
 from functools import lru_cache
 
 from pkvmlab.inspect.vcpu_regs import context_fields, ctxt_offset
@@ -40,15 +41,48 @@ def _host_cpu_regs() -> list[tuple[str, int | tuple]]:
     return regs
 
 
-def host_cpu(core) -> dict[str, int]:
-    """The host's own registers now (what a run must leave as they are): one batch read of libunicorn's."""
+def _host_batch(core):
     batch = core.__dict__.get("_spec_host_regs")
     if batch is None:
         from pkvmlab.machine.regs_batch import RegBatch
 
         batch = core._spec_host_regs = RegBatch(core.unicorn_engine("the spec's register check"), _host_cpu_regs())
+    return batch
+
+
+def host_cpu(core) -> dict[str, int]:
+    """The host's own registers now (what a run must leave as they are): one batch read of libunicorn's."""
+    batch = _host_batch(core)
     with core.lock:
         return batch.read()
+
+
+def host_cpu_raw(core) -> bytes:
+    """The same registers as bytes (``RegBatch.raw``): equal bytes, equal registers; ``host_cpu_decode`` names them."""
+    batch = _host_batch(core)
+    with core.lock:
+        return batch.raw()
+
+
+def host_cpu_decode(core, raw: bytes) -> dict[str, int]:
+    return _host_batch(core).decode(raw)
+
+
+@lru_cache(maxsize=16)
+def _context_struct(fw) -> tuple[struct.Struct, tuple[str, ...], tuple[str, ...]]:
+    """The whole context as one ``struct`` format (its fields in offset order, gaps skipped): (the format, a name per
+    value it unpacks -- a 16-byte field as two 8-byte halves, the second named ``name + "'"`` --, the 16-byte names)."""
+    fmt, at, names, wide = ["<"], 0, [], []
+    for name, off, size in sorted(context_fields(fw), key=lambda f: f[1]):
+        if off < at or size not in (1, 2, 4, 8, 16):
+            raise ValueError(f"kvm_cpu_context field {name} (offset {off}, {size} bytes) does not unpack")
+        fmt.append(f"{off - at}x" if off > at else "")
+        fmt.append({1: "B", 2: "H", 4: "I", 8: "Q", 16: "QQ"}[size])
+        names += [name, name + "'"] if size == 16 else [name]
+        if size == 16:
+            wide.append(name)
+        at = off + size
+    return struct.Struct("".join(fmt)), tuple(names), tuple(wide)
 
 
 @lru_cache(maxsize=16)
@@ -69,13 +103,18 @@ class LoadedVcpu:
         (self.ctxt, self.fault, self.flags, self.size, self.shadow, self.host_ptr, self.loaded_at,
          self.memcache) = _offsets(lab.fw)
         self.ctxt_size = lab.fw.layout("kvm_cpu_context").size
+        self._struct = _context_struct(lab.fw)
 
     def state(self) -> int:
         return int.from_bytes(self.phys.read(self.loaded_at, 8), "little")
 
     def _regs(self, raw: bytes) -> dict[str, int]:
-        c = self.ctxt
-        return {name: int.from_bytes(raw[c + off:c + off + size], "little") for name, off, size in context_fields(self.fw)}
+        """The context's registers (:func:`context_fields`), unpacked at once."""
+        fmt, names, wide = self._struct
+        out = dict(zip(names, fmt.unpack_from(raw, self.ctxt)))
+        for name in wide:
+            out[name] |= out.pop(name + "'") << 64
+        return out
 
     def guest_raw(self, state: int) -> bytes:
         return self.phys.read(state + self.shadow, self.size)
@@ -120,15 +159,22 @@ class RegisterCheck:
     def before(self) -> None:
         v = self.v
         self.run = self.name == "__kvm_vcpu_run"
-        self.cpu = host_cpu(self.lab.core) if self.run else None
+        self.cpu = host_cpu_raw(self.lab.core) if self.run else None
         self.state = v.state()
         if self.state:
             self.guest0 = v.guest_raw(self.state)
             self.host_pa, self.host0 = v.host_vcpu(self.state)
 
     def after(self, ret: int) -> list[str]:
-        out = [] if self.cpu is None else [f"host {d}" for d in R.differences(R.host_cpu_after_call(self.cpu),
-                                                                                 host_cpu(self.lab.core))]
+        out = []
+        if self.cpu is not None:
+            # Compared as bytes first: the rule (as before, but for what it lets a call change) allows "unchanged"
+            # -- equal bytes, equal registers --; only a difference is decoded and asked of it.
+            cpu1 = host_cpu_raw(self.lab.core)
+            if cpu1 != self.cpu:
+                core = self.lab.core
+                out += [f"host {d}" for d in R.differences(R.host_cpu_after_call(host_cpu_decode(core, self.cpu)),
+                                                           host_cpu_decode(core, cpu1))]
         if not self.state:
             return out
         v = self.v
