@@ -170,9 +170,12 @@ class _Slots:
         self.sigs: dict[int, tuple] = {}     # slot -> (the bytes of the fields its VM was read from (fields_read),
         #                                     the pages read through them: memcache pages, stage-2 tables)
         self.stamp = next(_STAMPS)           # a new one whenever a slot's guest states or hyp pages change
+        self.table_pages: set = set()        # the pfns of the table's pointer and of the table
+        self.result: dict | None = None      # what read_vms returned last (None: build it again)
 
     def put(self, idx: int, hit: tuple, a) -> None:
         self.drop(idx, a)
+        self.result = None
         self.hits[idx] = hit
         for p in hit[3]:
             self.by_page.setdefault(p, set()).add(idx)
@@ -202,23 +205,26 @@ def read_vms(a, guest: dict | None = None, light: bool = False, written: set | N
     whose pages was written are read again (only the count, if that is all that lies on a written page), so a
     call costs what it touched, not what the table holds."""
     attr = "_vm_light_cache" if light else "_vm_cache"
-    table = a._u(a._table)
-    if not table:
-        setattr(a, attr, None)
-        return {}
-    raw = a._u_bytes(table, 8 * a.config.max_pvms)
     last: _Slots | None = getattr(a, attr)
     setattr(a, attr, None)   # until this read is whole: a read that fails half-way leaves nothing to trust
+    if last is not None and written is not None and written.isdisjoint(last.table_pages):
+        raw = last.raw   # neither the table's pointer nor the table was written: as read last time
+    else:
+        table = a._u(a._table)
+        if not table:
+            return {}
+        raw = a._u_bytes(table, 8 * a.config.max_pvms)
     if last is None or written is None or last.raw != raw:
         last = _Slots(raw)   # another slot filled or emptied: read every slot
+        last.table_pages = {a._table >> PAGE_SHIFT, *_span(table, 8 * a.config.max_pvms)}
         ptrs = np.frombuffer(raw, dtype="<u8")
         for idx in np.flatnonzero(ptrs).tolist():
             sig = fields_read(a, int(ptrs[idx]))
             vm, g, deps, walked = read_vm(a, idx, int(ptrs[idx]), light)
             last.sigs[idx] = (sig, walked)
             last.put(idx, (int(ptrs[idx]), vm, g, deps), a)
-    else:
-        again = {i for p in written if p in last.by_page for i in last.by_page[p]}
+    elif written:
+        again = {i for p in written & last.by_page.keys() for i in last.by_page[p]}
         merged = last.guest
         reread = set()
         for idx in again:
@@ -233,11 +239,16 @@ def read_vms(a, guest: dict | None = None, light: bool = False, written: set | N
                 last.stamp, merged = next(_STAMPS), None
             last.put(idx, (old[0], vm, g, deps), a)
         last.guest = merged
-        for idx in {i for p in written if p in last.by_count for i in last.by_count[p]} - reread:
-            addr, vm, g, deps = last.hits[idx]
-            refs = a._u(_refs_at(a, addr), a._ref[1])
-            if refs != vm.refs:
-                last.hits[idx] = (addr, replace(vm, refs=refs), g, deps)
+        size = a._ref[1]
+        for p in written & last.by_count.keys():   # the count page: read once for every VM whose count lies on it
+            page = a._u_bytes(p << PAGE_SHIFT, 4096)
+            for idx in last.by_count[p] - reread:
+                addr, vm, g, deps = last.hits[idx]
+                at = _refs_at(a, addr) - (p << PAGE_SHIFT)
+                refs = int.from_bytes(page[at:at + size], "little") if at + size <= 4096 else a._u(at + (p << 12), size)
+                if refs != vm.refs:
+                    last.hits[idx] = (addr, replace(vm, refs=refs), g, deps)
+                    last.result = None
     setattr(a, attr, last)
     if guest is not None:
         if last.guest is None:
@@ -245,7 +256,9 @@ def read_vms(a, guest: dict | None = None, light: bool = False, written: set | N
             for idx in sorted(last.hits):
                 last.guest.update(last.hits[idx][2])
         guest.update(last.guest)
-    return {idx: last.hits[idx][1] for idx in sorted(last.hits)}
+    if last.result is None:
+        last.result = {idx: last.hits[idx][1] for idx in sorted(last.hits)}
+    return dict(last.result)
 
 
 __all__ = ["fields_read", "guest_walk", "read_vm", "read_vms"]

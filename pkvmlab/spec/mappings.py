@@ -94,7 +94,8 @@ class ProbeCache:
 
     def __init__(self, core, abstraction):
         self.core, self.a = core, abstraction
-        self.answers: dict[int, tuple[int, int, set]] = {}   # pfn -> (PAR after AT S12E1R, after AT S12E1W, pages)
+        self.answers: dict[int, tuple[int, int]] = {}   # pfn -> (PAR after AT S12E1R, after AT S12E1W)
+        self._by_page: dict[int, set] = {}   # pfn of a descriptor -> the pages whose kept answer its walk read
         self._regs = None
         self._batch = None
         self.asked = self.kept = 0
@@ -126,9 +127,11 @@ class ProbeCache:
         written = self.a.taken("at")   # None: the first time, or RAM changed behind the hook (a debugger write)
         regs = self._walk_regs() if written is not None else None
         if regs is None or regs != self._regs:
-            self.answers = {}
+            self.answers, self._by_page = {}, {}
         elif written:
-            self.answers = {p: hit for p, hit in self.answers.items() if hit[2].isdisjoint(written)}
+            for page in written & self._by_page.keys():
+                for pfn in self._by_page.pop(page):
+                    self.answers.pop(pfn, None)
         self._regs = regs
         ask = [p for p in dict.fromkeys(pfns) if p not in self.answers]
         got = {pfn: (r, w) for pfn, r, w in probe(self.core, ask)} if ask else {}
@@ -139,10 +142,12 @@ class ProbeCache:
                     self.a.host_walk(pfn, pages)
                 except Exception:   # a descriptor outside RAM: the CPU's answer stands, but is not kept
                     continue
-                self.answers[pfn] = (r, w, pages)
+                self.answers[pfn] = (r, w)
+                for page in pages:
+                    self._by_page.setdefault(page, set()).add(pfn)
         self.asked += len(ask)
         self.kept += len(pfns) - len(ask)
-        return [(p, *(got.get(p) or self.answers[p][:2])) for p in pfns]
+        return [(p, *(got.get(p) or self.answers[p])) for p in pfns]
 
 
 __all__ = ["HOST_MAY", "ProbeCache", "judge", "probe"]
