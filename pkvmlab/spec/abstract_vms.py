@@ -165,7 +165,7 @@ class _Slots:
         self.raw = raw
         self.hits: dict[int, tuple] = {}
         self.by_page: dict[int, set] = {}    # pfn -> slots that read it (the VM's structures, its tables)
-        self.by_count: dict[int, set] = {}   # pfn -> slots whose reference count lies on it
+        self.by_count: dict[int, dict] = {}  # pfn -> {slot whose reference count lies on it: the count's offset}
         self.guest: dict | None = None       # every slot's guest states merged (None: merge again)
         self.sigs: dict[int, tuple] = {}     # slot -> (the bytes of the fields its VM was read from (fields_read),
         #                                     the pages read through them: memcache pages, stage-2 tables)
@@ -181,18 +181,22 @@ class _Slots:
             self.by_page.setdefault(p, set()).add(idx)
         at = _refs_at(a, hit[0])
         if at:
-            self.by_count.setdefault(at >> PAGE_SHIFT, set()).add(idx)
+            self.by_count.setdefault(at >> PAGE_SHIFT, {})[idx] = at & 0xFFF
 
     def drop(self, idx: int, a) -> None:
         old = self.hits.pop(idx, None)
         if old is None:
             return
         at = _refs_at(a, old[0])
-        for index, pages in ((self.by_page, old[3]), (self.by_count, [at >> PAGE_SHIFT] if at else [])):
-            for p in pages:
-                index[p].discard(idx)
-                if not index[p]:
-                    del index[p]
+        for p in old[3]:
+            self.by_page[p].discard(idx)
+            if not self.by_page[p]:
+                del self.by_page[p]
+        if at:
+            on = self.by_count[at >> PAGE_SHIFT]
+            del on[idx]
+            if not on:
+                del self.by_count[at >> PAGE_SHIFT]
         self.guest = None
 
 
@@ -242,9 +246,10 @@ def read_vms(a, guest: dict | None = None, light: bool = False, written: set | N
         size = a._ref[1]
         for p in written & last.by_count.keys():   # the count page: read once for every VM whose count lies on it
             page = a._u_bytes(p << PAGE_SHIFT, 4096)
-            for idx in last.by_count[p] - reread:
+            for idx, at in last.by_count[p].items():
+                if idx in reread:
+                    continue
                 addr, vm, g, deps = last.hits[idx]
-                at = _refs_at(a, addr) - (p << PAGE_SHIFT)
                 refs = int.from_bytes(page[at:at + size], "little") if at + size <= 4096 else a._u(at + (p << 12), size)
                 if refs != vm.refs:
                     last.hits[idx] = (addr, replace(vm, refs=refs), g, deps)
