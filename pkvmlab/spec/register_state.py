@@ -104,6 +104,10 @@ class LoadedVcpu:
          self.memcache) = _offsets(lab.fw)
         self.ctxt_size = lab.fw.layout("kvm_cpu_context").size
         self._struct = _context_struct(lab.fw)
+        self._view = (None, None)   # (bytes, host_view of them): the host's copy is often as the last call left it
+        mc, n = self.memcache
+        self._named = sorted([(self.ctxt, self.ctxt + self.ctxt_size), (self.flags, self.flags + 8), (mc, mc + n),
+                              *((o, o + 8) for o in self.fault.values())])
 
     def state(self) -> int:
         return int.from_bytes(self.phys.read(self.loaded_at, 8), "little")
@@ -129,19 +133,19 @@ class LoadedVcpu:
         return pa, self.phys.read(pa, self.size)
 
     def host_view(self, raw: bytes) -> dict[str, int]:
-        """What the rules name in the host's struct kvm_vcpu: its registers, fault fields and flags."""
+        """What the rules name in the host's struct kvm_vcpu: its registers, fault fields and flags (a new dict)."""
+        if raw == self._view[0]:
+            return dict(self._view[1])
         out = self._regs(raw)
         out.update({k: int.from_bytes(raw[o:o + 8], "little") for k, o in self.fault.items()})
         out["flags"] = int.from_bytes(raw[self.flags:self.flags + 8], "little")
+        self._view = (raw, dict(out))
         return out
 
     def others(self, raw: bytes) -> bytes:
         """The bytes of struct kvm_vcpu no rule names (no call may change them); the memcache is host_calls'."""
-        mc, n = self.memcache
-        named = sorted([(self.ctxt, self.ctxt + self.ctxt_size), (self.flags, self.flags + 8), (mc, mc + n),
-                        *((o, o + 8) for o in self.fault.values())])
         out, at = [], 0
-        for lo, hi in named:
+        for lo, hi in self._named:
             out.append(raw[at:lo])
             at = max(at, hi)
         return b"".join(out) + raw[at:]
