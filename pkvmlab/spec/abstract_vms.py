@@ -171,6 +171,7 @@ class _Slots:
         #                                     the pages read through them: memcache pages, stage-2 tables)
         self.stamp = next(_STAMPS)           # a new one whenever a slot's guest states or hyp pages change
         self.table_pages: set = set()        # the pfns of the table's pointer and of the table
+        self.count_pages: dict = {}          # pfn -> its bytes when the counts on it were last read (read_vms)
         self.result: dict | None = None      # what read_vms returned last (None: build it again)
 
     def put(self, idx: int, hit: tuple, a) -> None:
@@ -244,9 +245,17 @@ def read_vms(a, guest: dict | None = None, light: bool = False, written: set | N
             last.put(idx, (old[0], vm, g, deps), a)
         last.guest = merged
         size = a._ref[1]
-        for p in written & last.by_count.keys():   # the count page: read once for every VM whose count lies on it
+        for p in written & last.by_count.keys():   # a count page: read once for every VM whose count lies on it
             page = a._u_bytes(p << PAGE_SHIFT, 4096)
-            for idx, at in last.by_count[p].items():
+            on = last.by_count[p]
+            seen, last.count_pages[p] = last.count_pages.get(p), page
+            if seen is None:   # not looked at since this cache was made: every count on it
+                slots = list(on.items())
+            else:              # only the counts whose bytes changed since it was last looked at
+                diff = np.flatnonzero(np.frombuffer(page, np.uint8) != np.frombuffer(seen, np.uint8)).tolist()
+                starts = {b - k for b in diff for k in range(size)}
+                slots = [(idx, at) for idx, at in on.items() if at in starts]
+            for idx, at in slots:
                 if idx in reread:
                     continue
                 addr, vm, g, deps = last.hits[idx]
