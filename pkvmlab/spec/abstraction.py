@@ -224,7 +224,7 @@ class Abstraction:
             redo = []
             for p in written & last[6].keys():
                 changed = self._entries_changed(p)   # None: all of them (the page not looked at since the full read)
-                redo += last[6][p] if changed is None else [q for q in last[6][p] if q in changed]
+                redo += last[6][p] if changed is None else changed & last[6][p]
             if not redo:
                 return AbstractState(c, last[1], vms, pool)
             pins_now, pending_now = self._pins(redo, self.vmemmap())
@@ -265,7 +265,7 @@ class Abstraction:
                     pages[pfn] = view
         by_entry: dict = {}   # vmemmap pfn -> the pages outside the carve-out whose count and flags lie on it
         for p in outside:
-            by_entry.setdefault((vmemmap + (p - c.ram[0]) * self._page_size) >> PAGE_SHIFT, []).append(p)
+            by_entry.setdefault((vmemmap + (p - c.ram[0]) * self._page_size) >> PAGE_SHIFT, set()).add(p)
         self._last = (inputs[2:], pages, outside, pins, pending, stamp, by_entry)
         return AbstractState(c, pages, vms, pool)
 
