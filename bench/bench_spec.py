@@ -53,10 +53,11 @@ def booted(nr_vms: int):
 
 
 def best_interleaved(lab, measure, warm: int = 1) -> dict[bool, float]:
-    """Best of 5 rounds, checked and unchecked in turn; each round's first runs after the switch are not counted (turning
-    the check on reads the whole state once, and asks the CPU's ``AT`` once about each page it samples, 3 a call, the
-    answers kept while nothing they read is written -- a guest step's check samples every page within ~300 steps of a
-    lab of 16 VMs: ``warm`` runs; turning it off drops the written-pages hook, and with it the translated code: the next run translates again)."""
+    """Best of 5 rounds, checked and unchecked in turn; each round's first runs after the switch are not counted:
+    turning the check on reads the whole state once, and asks the CPU's ``AT`` once about each page it samples, 3 a call
+    (the answers are kept while nothing they read is written; a guest step's check has asked about every page of a lab
+    of 16 VMs within ~300 steps): ``warm`` runs; turning it off drops the written-pages hook, and with it the translated
+    code: the next run translates again."""
     best = {False: float("inf"), True: float("inf")}
     for _ in range(5):
         for on in (False, True):

@@ -6,7 +6,8 @@ Every hypercall the host makes goes through ``lab.host.call``: the host's own, a
 ``struct kvm_vcpu``, the loaded guest's registers across every other call.  The words hyp writes back into
 host memory (``Outcome.host_words``) are compared after the call, and the host's access to a few pages
 (``checker.mappings`` per call: those the call names, then the state's others in turn) is asked of the CPU's
-own ``AT`` (:mod:`pkvmlab.spec.mappings`).  What is still out of reach: :mod:`pkvmlab.spec`'s docstring.
+own ``AT`` (:mod:`pkvmlab.spec.mappings`; an answer is kept while no page its walk reads is written:
+``ProbeCache``).  What is still out of reach: :mod:`pkvmlab.spec`'s docstring.
 
 For each call: the abstract state before, the outcomes the specification allows, the real call,
 the abstract state after, and a comparison.  A call that matches none of the allowed outcomes raises

@@ -18,7 +18,8 @@ EL2 through the current VTTBR_EL2 -- the host's, between calls -- with the CPU c
 included), store nothing and invalidate nothing; a traced action's trace does not record them
 (``core.call_regs(traced=False)``): a check changes nothing the learner can see.
 
-:func:`judge` is pure; :func:`probe` reads the machine.
+:func:`judge` is pure; :func:`probe` reads the machine; :class:`ProbeCache` keeps its answers while nothing they
+read was written.
 """
 
 from __future__ import annotations
