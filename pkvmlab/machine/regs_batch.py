@@ -19,48 +19,51 @@ from pkvmlab.errors import MachineError
 _lib = _binding.uclib
 
 
-class _U128(ctypes.Structure):
-    _fields_ = (("lo", ctypes.c_uint64), ("hi", ctypes.c_uint64))
-
-
 class RegBatch:
     """``RegBatch(uc, regs)``: ``regs`` = [(name, register id or (crn, crm, op0, op1, op2) of a system register)];
-    ``read()`` -> {name: value} in one C call."""
+    ``read()`` -> {name: value} in one C call.
+
+    Every register has a 32-byte slot in one buffer (a Q register's 16 bytes, or a system register's
+    ``UcRegCP64``: its encoding, then its value), so ``raw()`` is the whole batch as bytes: what a check that only
+    asks "did any of them change?" compares, decoding (``decode``) only when one did."""
+
+    SLOT = 32
 
     def __init__(self, uc, regs):
         self.uc = uc
         self.names = [n for n, _ in regs]
-        self._bufs = []
-        ids = []
-        for _, r in regs:
+        n = len(regs)
+        self._buf = ctypes.create_string_buffer(self.SLOT * n)
+        base = ctypes.addressof(self._buf)
+        ids, self._kinds = [], []   # per register: (value offset in the batch's bytes, 16 for a Q register else 8)
+        cp_val = UcRegCP64.val.offset
+        for i, (_, r) in enumerate(regs):
             if isinstance(r, tuple):
-                b = UcRegCP64(*r, 0)
+                cp = UcRegCP64.from_buffer(self._buf, self.SLOT * i)
+                cp.crn, cp.crm, cp.op0, cp.op1, cp.op2 = r
                 ids.append(A.UC_ARM64_REG_CP_REG)
-            elif A.UC_ARM64_REG_Q0 <= r <= A.UC_ARM64_REG_Q31 or A.UC_ARM64_REG_V0 <= r <= A.UC_ARM64_REG_V31:
-                b = _U128()
-                ids.append(r)
+                self._kinds.append((self.SLOT * i + cp_val, 8))
             else:
-                b = ctypes.c_uint64()
+                q = A.UC_ARM64_REG_Q0 <= r <= A.UC_ARM64_REG_Q31 or A.UC_ARM64_REG_V0 <= r <= A.UC_ARM64_REG_V31
                 ids.append(r)
-            self._bufs.append(b)
-        n = len(ids)
+                self._kinds.append((self.SLOT * i, 16 if q else 8))
         self._ids = (ctypes.c_int32 * n)(*ids)
-        self._ptrs = (ctypes.c_void_p * n)(*(ctypes.cast(ctypes.pointer(b), ctypes.c_void_p) for b in self._bufs))
+        self._ptrs = (ctypes.c_void_p * n)(*(base + self.SLOT * i for i in range(n)))
         self._n = n
 
-    def read(self) -> dict[str, int]:
+    def raw(self) -> bytes:
+        """Every register's slot, as bytes, in one C call: equal bytes, equal registers."""
         status = _lib.uc_reg_read_batch(self.uc._uch, self._ids, self._ptrs, self._n)
         if status:
             raise MachineError(f"reading {self._n} registers failed: unicorn error {status}")
-        out = {}
-        for name, b in zip(self.names, self._bufs):
-            if isinstance(b, _U128):
-                out[name] = b.hi << 64 | b.lo
-            elif isinstance(b, UcRegCP64):
-                out[name] = b.val
-            else:
-                out[name] = b.value
-        return out
+        return self._buf.raw
+
+    def decode(self, raw: bytes) -> dict[str, int]:
+        """``raw()``'s bytes as {name: value}."""
+        return {name: int.from_bytes(raw[off:off + size], "little") for name, (off, size) in zip(self.names, self._kinds)}
+
+    def read(self) -> dict[str, int]:
+        return self.decode(self.raw())
 
 
 def read(uc, reg: int) -> int:

@@ -70,13 +70,33 @@ def guest_walk(a, slot: int, pgd: int, ia_bits: int, level: int, deps: set) -> t
     return leaves, tables
 
 
-def read_vm(a, idx: int, addr: int, light: bool) -> tuple[AbstractVM, dict, set]:
-    """Slot ``idx``'s VM (its shadow VM at ``addr``): (the VM, pfn -> the state its guest maps it in, the pfns read)."""
+def fields_read(a, addr: int) -> bytes:
+    """The bytes of every field :func:`read_vm` reads of the shadow VM at ``addr`` and its vCPUs' states, not of the
+    pages they lead to (memcache pages, stage-2 tables: ``read_vm``'s ``walked``).  Equal bytes and none of those
+    pages written: :func:`read_vm` would read the same VM again -- what a load, a run or a put writes beside them
+    (the shadow vCPU's registers, its fault info) makes its pages written, not its VM changed."""
+    head = a._u_bytes(addr, a._vm_size)
+    off, size = a._f["kvm.created_vcpus"]
+    n = min(int.from_bytes(head[off:off + size], "little"), 64)
+    states = a._u_bytes(addr + a._states, n * a._st_size)
+    parts = [head[o:o + z] for o, z in a._f.values()]
+    st = a._st_size
+    for k in range(n):
+        at = k * st
+        for o, z in ((a._host_vcpu, 8), a._loaded, (a._mc, 16)):
+            parts.append(states[at + o:at + o + z])
+    return b"".join(parts)
+
+
+def read_vm(a, idx: int, addr: int, light: bool) -> tuple[AbstractVM, dict, set, set]:
+    """Slot ``idx``'s VM (its shadow VM at ``addr``): (the VM, pfn -> the state its guest maps it in, the pfns read,
+    those of them read through the VM's fields: its memcache pages and stage-2 tables)."""
     from pkvmlab.spec.abstraction import AbstractionError
 
     c = a.config
     head = a._u_bytes(addr, a._vm_size)
     deps = set(_span(addr, a._vm_size))
+    walked: set = set()
 
     def val(name: str) -> int:
         off, size = a._f[name]
@@ -103,12 +123,12 @@ def read_vm(a, idx: int, addr: int, light: bool) -> tuple[AbstractVM, dict, set]
             if not c.in_ram(mc_head >> PAGE_SHIFT):
                 raise AbstractionError(f"VM slot {idx} vCPU {k}: a memcache page at {mc_head:#x} outside RAM")
             hyp_pages.append(mc_head >> PAGE_SHIFT)
-            deps.add(mc_head >> PAGE_SHIFT)
+            walked.add(mc_head >> PAGE_SHIFT)
             mc_head = a._u(mc_head)
     pgd, ia_bits = val("pgt.pgd"), val("pgt.ia_bits")
     pages, guest = [], {}
     if pgd and 30 < ia_bits <= 48 and not light:
-        leaves, tables = guest_walk(a, idx, pgd, ia_bits, val("pgt.start_level"), deps)
+        leaves, tables = guest_walk(a, idx, pgd, ia_bits, val("pgt.start_level"), walked)
         hyp_pages += [t >> PAGE_SHIFT for t in tables if not c.in_carveout(t >> PAGE_SHIFT)]
         for ipa, p, lv in leaves:
             if not p & pt.VALID or (lv == 3 and not p & pt.TYPE):
@@ -125,7 +145,7 @@ def read_vm(a, idx: int, addr: int, light: bool) -> tuple[AbstractVM, dict, set]
                     tuple(vcpus), (addr >> PAGE_SHIFT, -(-size // 4096)), (pgd >> PAGE_SHIFT, c.pgd_pages),
                     tuple(sorted(pages)), loaded=tuple(loaded), refs=a._u(refs_at, a._ref[1]) if refs_at else 0,
                     memcache=tuple(memcache), hyp_pages=tuple(sorted(hyp_pages)))
-    return vm, guest, deps
+    return vm, guest, deps | walked, walked
 
 
 def _refs_at(a, addr: int) -> int:
@@ -145,29 +165,39 @@ class _Slots:
         self.raw = raw
         self.hits: dict[int, tuple] = {}
         self.by_page: dict[int, set] = {}    # pfn -> slots that read it (the VM's structures, its tables)
-        self.by_count: dict[int, set] = {}   # pfn -> slots whose reference count lies on it
+        self.by_count: dict[int, dict] = {}  # pfn -> {slot whose reference count lies on it: the count's offset}
         self.guest: dict | None = None       # every slot's guest states merged (None: merge again)
+        self.sigs: dict[int, tuple] = {}     # slot -> (the bytes of the fields its VM was read from (fields_read),
+        #                                     the pages read through them: memcache pages, stage-2 tables)
         self.stamp = next(_STAMPS)           # a new one whenever a slot's guest states or hyp pages change
+        self.table_pages: set = set()        # the pfns of the table's pointer and of the table
+        self.count_pages: dict = {}          # pfn -> its bytes when the counts on it were last read (read_vms)
+        self.result: dict | None = None      # what read_vms returned last (None: build it again)
 
     def put(self, idx: int, hit: tuple, a) -> None:
         self.drop(idx, a)
+        self.result = None
         self.hits[idx] = hit
         for p in hit[3]:
             self.by_page.setdefault(p, set()).add(idx)
         at = _refs_at(a, hit[0])
         if at:
-            self.by_count.setdefault(at >> PAGE_SHIFT, set()).add(idx)
+            self.by_count.setdefault(at >> PAGE_SHIFT, {})[idx] = at & 0xFFF
 
     def drop(self, idx: int, a) -> None:
         old = self.hits.pop(idx, None)
         if old is None:
             return
         at = _refs_at(a, old[0])
-        for index, pages in ((self.by_page, old[3]), (self.by_count, [at >> PAGE_SHIFT] if at else [])):
-            for p in pages:
-                index[p].discard(idx)
-                if not index[p]:
-                    del index[p]
+        for p in old[3]:
+            self.by_page[p].discard(idx)
+            if not self.by_page[p]:
+                del self.by_page[p]
+        if at:
+            on = self.by_count[at >> PAGE_SHIFT]
+            del on[idx]
+            if not on:
+                del self.by_count[at >> PAGE_SHIFT]
         self.guest = None
 
 
@@ -180,34 +210,59 @@ def read_vms(a, guest: dict | None = None, light: bool = False, written: set | N
     whose pages was written are read again (only the count, if that is all that lies on a written page), so a
     call costs what it touched, not what the table holds."""
     attr = "_vm_light_cache" if light else "_vm_cache"
-    table = a._u(a._table)
-    if not table:
-        setattr(a, attr, None)
-        return {}
-    raw = a._u_bytes(table, 8 * a.config.max_pvms)
     last: _Slots | None = getattr(a, attr)
     setattr(a, attr, None)   # until this read is whole: a read that fails half-way leaves nothing to trust
+    if last is not None and written is not None and written.isdisjoint(last.table_pages):
+        raw = last.raw   # neither the table's pointer nor the table was written: as read last time
+    else:
+        table = a._u(a._table)
+        if not table:
+            return {}
+        raw = a._u_bytes(table, 8 * a.config.max_pvms)
     if last is None or written is None or last.raw != raw:
         last = _Slots(raw)   # another slot filled or emptied: read every slot
+        last.table_pages = {a._table >> PAGE_SHIFT, *_span(table, 8 * a.config.max_pvms)}
         ptrs = np.frombuffer(raw, dtype="<u8")
         for idx in np.flatnonzero(ptrs).tolist():
-            vm, g, deps = read_vm(a, idx, int(ptrs[idx]), light)
+            sig = fields_read(a, int(ptrs[idx]))
+            vm, g, deps, walked = read_vm(a, idx, int(ptrs[idx]), light)
+            last.sigs[idx] = (sig, walked)
             last.put(idx, (int(ptrs[idx]), vm, g, deps), a)
-    else:
-        again = {i for p in written if p in last.by_page for i in last.by_page[p]}
+    elif written:
+        again = {i for p in written & last.by_page.keys() for i in last.by_page[p]}
         merged = last.guest
+        reread = set()
         for idx in again:
             old = last.hits[idx]
-            vm, g, deps = read_vm(a, idx, old[0], light)
+            sig = fields_read(a, old[0])
+            if sig == last.sigs[idx][0] and written.isdisjoint(last.sigs[idx][1]):
+                continue   # only bytes no field is read from were written (a run: the shadow vCPU's registers)
+            reread.add(idx)
+            vm, g, deps, walked = read_vm(a, idx, old[0], light)
+            last.sigs[idx] = (sig, walked)
             if g != old[2] or vm.hyp_pages != old[1].hyp_pages:
                 last.stamp, merged = next(_STAMPS), None
             last.put(idx, (old[0], vm, g, deps), a)
         last.guest = merged
-        for idx in {i for p in written if p in last.by_count for i in last.by_count[p]} - again:
-            addr, vm, g, deps = last.hits[idx]
-            refs = a._u(_refs_at(a, addr), a._ref[1])
-            if refs != vm.refs:
-                last.hits[idx] = (addr, replace(vm, refs=refs), g, deps)
+        size = a._ref[1]
+        for p in written & last.by_count.keys():   # a count page: read once for every VM whose count lies on it
+            page = a._u_bytes(p << PAGE_SHIFT, 4096)
+            on = last.by_count[p]
+            seen, last.count_pages[p] = last.count_pages.get(p), page
+            if seen is None:   # not looked at since this cache was made: every count on it
+                slots = list(on.items())
+            else:              # only the counts whose bytes changed since it was last looked at
+                diff = np.flatnonzero(np.frombuffer(page, np.uint8) != np.frombuffer(seen, np.uint8)).tolist()
+                starts = {b - k for b in diff for k in range(size)}
+                slots = [(idx, at) for idx, at in on.items() if at in starts]
+            for idx, at in slots:
+                if idx in reread:
+                    continue
+                addr, vm, g, deps = last.hits[idx]
+                refs = int.from_bytes(page[at:at + size], "little") if at + size <= 4096 else a._u(at + (p << 12), size)
+                if refs != vm.refs:
+                    last.hits[idx] = (addr, replace(vm, refs=refs), g, deps)
+                    last.result = None
     setattr(a, attr, last)
     if guest is not None:
         if last.guest is None:
@@ -215,7 +270,9 @@ def read_vms(a, guest: dict | None = None, light: bool = False, written: set | N
             for idx in sorted(last.hits):
                 last.guest.update(last.hits[idx][2])
         guest.update(last.guest)
-    return {idx: last.hits[idx][1] for idx in sorted(last.hits)}
+    if last.result is None:
+        last.result = {idx: last.hits[idx][1] for idx in sorted(last.hits)}
+    return dict(last.result)
 
 
-__all__ = ["guest_walk", "read_vm", "read_vms"]
+__all__ = ["fields_read", "guest_walk", "read_vm", "read_vms"]

@@ -89,9 +89,10 @@ class Abstraction:
         self._vm_cache = None        # what read_vms read last (pkvmlab.spec.abstract_vms._Slots)
         self._vm_light_cache = None  # the same, light
         self._since: dict = {}   # reader -> the pfns written since it last asked (None: all)
-        self._local: dict = {}   # pfn -> (its view, the pfns it was read from): local()
+        self._local: dict = {}   # pfn -> (its view, its descriptors' pfns, its vmemmap entry's pfn, ...): local()
         self._last = None        # (what views were made from, the pages, the pfns whose pins were read, pins, pending)
         self._views: dict = {}   # (host (state, annotation), hyp state, guest state, pins) -> PageView: few distinct
+        self._vmemmap_seen: dict = {}   # vmemmap pfn -> its bytes when the counts on it were last read (_entries_changed)
         self._lo, self._hi = self.config.ram[0] << PAGE_SHIFT, self.config.ram[1] << PAGE_SHIFT
 
     def _u(self, addr: int, size: int = 8) -> int:
@@ -220,7 +221,10 @@ class Abstraction:
         pool = self._u(*self._pool_free)
         if last is not None and written is not None and not moved_h and not moved_y and stamp == last[5]:
             # no table, guest or hyp page changed: only the pages whose vmemmap entry lies on a written page
-            redo = [q for p in written if p in last[6] for q in last[6][p]]
+            redo = []
+            for p in written & last[6].keys():
+                changed = self._entries_changed(p)   # None: all of them (the page not looked at since the full read)
+                redo += last[6][p] if changed is None else changed & last[6][p]
             if not redo:
                 return AbstractState(c, last[1], vms, pool)
             pins_now, pending_now = self._pins(redo, self.vmemmap())
@@ -240,6 +244,7 @@ class Abstraction:
             self._last = ((guest, tables, pins, pending), pages, last[2], pins, pending, stamp, last[6])
             return AbstractState(c, pages, vms, pool)
         # a guest stage-2 table's vmemmap count is its count of used entries (pgtable.c), not hyp's pins
+        self._vmemmap_seen = {}   # the counts are read afresh below: no page of them was looked at since
         tables = {p for vm in vms.values() for p in vm.hyp_pages}
         cand = [p for p in set(host) | set(hypm) | set(guest) if c.ram[0] <= p < c.ram[1]]
         outside = [p for p in cand if not co[0] <= p < co[1]]
@@ -260,9 +265,23 @@ class Abstraction:
                     pages[pfn] = view
         by_entry: dict = {}   # vmemmap pfn -> the pages outside the carve-out whose count and flags lie on it
         for p in outside:
-            by_entry.setdefault((vmemmap + (p - c.ram[0]) * self._page_size) >> PAGE_SHIFT, []).append(p)
+            by_entry.setdefault((vmemmap + (p - c.ram[0]) * self._page_size) >> PAGE_SHIFT, set()).add(p)
         self._last = (inputs[2:], pages, outside, pins, pending, stamp, by_entry)
         return AbstractState(c, pages, vms, pool)
+
+    def _entries_changed(self, vpage: int) -> set[int] | None:
+        """The pages whose vmemmap entry (count and flags) lies on vmemmap page ``vpage`` and changed since this last
+        looked at ``vpage`` (its bytes kept since; None: not looked at since the last full read, or entries that
+        straddle pages).  A page written for one VM's count (a load, a put) holds the counts of hundreds of pages."""
+        if 4096 % self._page_size:
+            return None
+        now = np.frombuffer(self._u_bytes(vpage << PAGE_SHIFT, 4096), np.uint8)
+        old = self._vmemmap_seen.get(vpage)
+        self._vmemmap_seen[vpage] = now
+        if old is None:
+            return None
+        at = (vpage << PAGE_SHIFT) - self.vmemmap() + np.flatnonzero(now != old)
+        return {self.config.ram[0] + e for e in set((at // self._page_size).tolist())}
 
     def _page_view(self, pfn, host, hypm, guest, tables, pins, pending, host_default, hyp_default) -> PageView | None:
         """One page's view from what was read (None: as at boot)."""
@@ -331,10 +350,7 @@ class Abstraction:
     def _leaf(self, pgt: tuple[int, int, int], addr: int, deps: set) -> tuple[PageState, int | None] | None:
         """(state, annotation) of the descriptor deciding ``addr`` in one table; None for an empty entry.
         ``deps`` gets the pfn of every descriptor read."""
-        if self._roots is None:
-            self._roots = {p: (self._u(p[0]), self._u(p[1], 4) & 0xFF, self._u(p[2], 4) & 0xFF)
-                           for p in (self._host_pgt, self._hyp_pgt)}   # fixed at boot: read once
-        table, ia_bits, level = self._roots[pgt]
+        table, ia_bits, level = self._root(pgt)
         first = True
         while True:
             shift = pt.granule_shift(level)
@@ -351,25 +367,46 @@ class Abstraction:
                 return _STATE[(pte >> pt.STATE_SHIFT) & 3], None
             return PageState.NOPAGE, pt.pte_owner(pte)
 
+    def _root(self, pgt: tuple[int, int, int]) -> tuple[int, int, int]:
+        """(PGD, input bits, start level) of one of the two trees (fixed at boot: read once)."""
+        if self._roots is None:
+            self._roots = {p: (self._u(p[0]), self._u(p[1], 4) & 0xFF, self._u(p[2], 4) & 0xFF)
+                           for p in (self._host_pgt, self._hyp_pgt)}
+        return self._roots[pgt]
+
+    def host_root(self) -> tuple[int, int, int]:
+        """(PGD, input bits, start level) of the host's stage-2 as :meth:`host_walk` walks it."""
+        return self._root(self._host_pgt)
+
+    def host_walk(self, pfn: int, deps: set):
+        """The host stage-2 descriptor deciding page ``pfn`` ((state, annotation); None: an empty entry); ``deps`` gets
+        the pfn of every descriptor read on the way: what the CPU's walk of that address reads (spec.mappings)."""
+        return self._leaf(self._host_pgt, pfn << PAGE_SHIFT, deps)
+
     def local(self, pfns) -> dict[int, PageView]:
         """The views of just ``pfns`` (pages of RAM), one table walk each: what a call's footprint needs.  A page none
-        of whose descriptors nor vmemmap entry lies on a page written since it was last read is not walked again."""
+        of whose descriptors lies on a page written since it was last read is not walked again; if only its vmemmap
+        entry's page was written, only its count is read again."""
         if not pfns:
             return {}
         vmemmap = self.vmemmap()
         written = self.taken("local")
         if written is None or len(self._local) > 512:
             self._local = {}
-        elif written:   # what was written is taken once: forget every page it touched, asked for now or not
-            self._local = {p: hit for p, hit in self._local.items() if hit[1].isdisjoint(written)}
+        elif written:   # what was written is taken once: forget every walk it touched, asked for now or not
+            self._local = {p: hit if hit[2] not in written else (None, *hit[1:])
+                           for p, hit in self._local.items() if hit[1].isdisjoint(written)}
         out = {}
         for pfn in pfns:
             hit = self._local.get(pfn)
             if hit is None:
-                deps = {(vmemmap + (pfn - self.config.ram[0]) * self._page_size) >> PAGE_SHIFT}
+                deps: set = set()
                 h = self._leaf(self._host_pgt, pfn << PAGE_SHIFT, deps) or (PageState.OWNED, None)   # empty: the host's
                 y = self._leaf(self._hyp_pgt, pfn << PAGE_SHIFT, deps) or (PageState.NOPAGE, None)
-                hit = (self._view(pfn, h, (y[0], None), vmemmap), deps)
+                entry = (vmemmap + (pfn - self.config.ram[0]) * self._page_size) >> PAGE_SHIFT
+                hit = (None, deps, entry, h, (y[0], None))
+            if hit[0] is None:   # (the view, the descriptors' pfns, the vmemmap entry's pfn, host and hyp descriptors)
+                hit = (self._view(pfn, hit[3], hit[4], vmemmap), *hit[1:])
             self._local[pfn] = hit
             out[pfn] = hit[0]
         return out
@@ -397,8 +434,12 @@ class Abstraction:
             self._since = {}
             return None
         new = self.written()
-        for k, got in self._since.items():
-            self._since[k] = None if new is None or got is None else got | new
+        if new is None:
+            self._since = dict.fromkeys(self._since)
+        elif new:
+            for got in self._since.values():
+                if got is not None:
+                    got |= new   # each reader's own set (a new one each time it asks)
         out = self._since.get(reader)
         self._since[reader] = set()
         return out

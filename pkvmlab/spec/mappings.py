@@ -18,7 +18,8 @@ EL2 through the current VTTBR_EL2 -- the host's, between calls -- with the CPU c
 included), store nothing and invalidate nothing; a traced action's trace does not record them
 (``core.call_regs(traced=False)``): a check changes nothing the learner can see.
 
-:func:`judge` is pure; :func:`probe` reads the machine.
+:func:`judge` is pure; :func:`probe` reads the machine; :class:`ProbeCache` keeps its answers while nothing they
+read was written.
 """
 
 from __future__ import annotations
@@ -74,4 +75,80 @@ def probe(core, pfns) -> list[tuple[int, int, int]]:
     return out
 
 
-__all__ = ["HOST_MAY", "judge", "probe"]
+class ProbeCache:
+    """:func:`probe`'s answers, kept while nothing they depend on changed: what lets the check ask ``AT`` of only
+    the pages whose answer could have changed since it last asked (a debugger call into hyp costs ~50 µs).
+
+    Why a kept answer is the CPU's answer now.  ``AT S12E1R/W`` of an address, with the host's stage 1 off
+    (``SCTLR_EL1.M`` = 0: the host's VA is its IPA; the lab's host runs so, ``pkvmlab.host``), is a function of
+    the registers that select and shape the walk (``SCTLR_EL1``, ``HCR_EL2``, ``VTTBR_EL2``, ``VTCR_EL2``: kept as
+    the key, any change drops every answer) and of the stage-2 descriptors on that address's path, one per level
+    from ``VTTBR_EL2``'s table down (``AT`` walks tables in memory, not the TLB: the module's docstring).  Each
+    answer keeps the pages those descriptors lie on, found by the abstraction's own walk of the host's stage-2
+    (``Abstraction._leaf``: the same root, input size and start level as the CPU's, checked against
+    ``VTTBR_EL2``/``VTCR_EL2`` -- else nothing is kept); an answer is dropped as soon as one of those pages is
+    written (the native store hook the abstraction reads by, ``pkvmlab.machine.journal.WrittenPages``: every store
+    to RAM, a debugger write drops everything).  A descriptor that changes is a store to its page, so a kept answer
+    is one whose every input is as it was.  :func:`judge` is then asked again with the page's view now: the view
+    changes without the host's stage-2 changing (a pin, a guest's state), and the verdict follows it.
+    Without the store hook (QEMU, the mainline era) or with the host's stage 1 on, every page is asked of the CPU."""
+
+    def __init__(self, core, abstraction):
+        self.core, self.a = core, abstraction
+        self.answers: dict[int, tuple[int, int]] = {}   # pfn -> (PAR after AT S12E1R, after AT S12E1W)
+        self._by_page: dict[int, set] = {}   # pfn of a descriptor -> the pages whose kept answer its walk read
+        self._regs = None
+        self._batch = None
+        self.asked = self.kept = 0
+
+    def _walk_regs(self) -> bytes | None:
+        """The walk's registers as bytes, or None when the abstraction's walk of the host's stage-2 is not the CPU's."""
+        if self._batch is None:
+            from pkvmlab.arch.sysregs import SYSREGS
+            from pkvmlab.machine.regs_batch import RegBatch
+
+            self._batch = RegBatch(self.core.unicorn_engine("the spec's AT probes"), [
+                (n, (SYSREGS[n].crn, SYSREGS[n].crm, SYSREGS[n].op0, SYSREGS[n].op1, SYSREGS[n].op2))
+                for n in ("SCTLR_EL1", "HCR_EL2", "VTTBR_EL2", "VTCR_EL2")])
+        with self.core.lock:
+            raw = self._batch.raw()
+        if raw == self._regs:
+            return raw
+        from pkvmlab.arch.sysregs import vtcr_fields
+
+        r = self._batch.decode(raw)
+        f = vtcr_fields(r["VTCR_EL2"])
+        root = self.a.host_root()
+        if r["SCTLR_EL1"] & 1 or (r["VTTBR_EL2"] & 0x0000_FFFF_FFFF_FFFE, f["ia_bits"], f["start_level"]) != root:
+            return None
+        return raw
+
+    def probe(self, pfns) -> list[tuple[int, int, int]]:
+        """:func:`probe` of ``pfns``, asking the CPU only for those without a kept answer."""
+        written = self.a.taken("at")   # None: the first time, or RAM changed behind the hook (a debugger write)
+        regs = self._walk_regs() if written is not None else None
+        if regs is None or regs != self._regs:
+            self.answers, self._by_page = {}, {}
+        elif written:
+            for page in written & self._by_page.keys():
+                for pfn in self._by_page.pop(page):
+                    self.answers.pop(pfn, None)
+        self._regs = regs
+        ask = [p for p in dict.fromkeys(pfns) if p not in self.answers]
+        got = {pfn: (r, w) for pfn, r, w in probe(self.core, ask)} if ask else {}
+        if regs is not None:
+            for pfn, (r, w) in got.items():
+                pages: set = set()
+                try:
+                    self.a.host_walk(pfn, pages)
+                except Exception:   # a descriptor outside RAM: the CPU's answer stands, but is not kept
+                    continue
+                self.answers[pfn] = (r, w)
+                for page in pages:
+                    self._by_page.setdefault(page, set()).add(pfn)
+        self.asked += len(ask)
+        self.kept += len(pfns) - len(ask)
+        return [(p, *(got.get(p) or self.answers[p])) for p in pfns]
+
+
+__all__ = ["HOST_MAY", "ProbeCache", "judge", "probe"]

@@ -11,6 +11,7 @@ change here.  :class:`RegisterCheck` is what ``lab.spec_check`` runs around ever
 
 from __future__ import annotations
 
+import struct
 from functools import lru_cache
 
 from pkvmlab.inspect.vcpu_regs import context_fields, ctxt_offset
@@ -40,15 +41,48 @@ def _host_cpu_regs() -> list[tuple[str, int | tuple]]:
     return regs
 
 
-def host_cpu(core) -> dict[str, int]:
-    """The host's own registers now (what a run must leave as they are): one batch read of libunicorn's."""
+def _host_batch(core):
     batch = core.__dict__.get("_spec_host_regs")
     if batch is None:
         from pkvmlab.machine.regs_batch import RegBatch
 
         batch = core._spec_host_regs = RegBatch(core.unicorn_engine("the spec's register check"), _host_cpu_regs())
+    return batch
+
+
+def host_cpu(core) -> dict[str, int]:
+    """The host's own registers now (what a run must leave as they are): one batch read of libunicorn's."""
+    batch = _host_batch(core)
     with core.lock:
         return batch.read()
+
+
+def host_cpu_raw(core) -> bytes:
+    """The same registers as bytes (``RegBatch.raw``): equal bytes, equal registers; ``host_cpu_decode`` names them."""
+    batch = _host_batch(core)
+    with core.lock:
+        return batch.raw()
+
+
+def host_cpu_decode(core, raw: bytes) -> dict[str, int]:
+    return _host_batch(core).decode(raw)
+
+
+@lru_cache(maxsize=16)
+def _context_struct(fw) -> tuple[struct.Struct, tuple[str, ...], tuple[str, ...]]:
+    """The whole context as one ``struct`` format (its fields in offset order, gaps skipped): (the format, a name per
+    value it unpacks -- a 16-byte field as two 8-byte halves, the second named ``name + "'"`` --, the 16-byte names)."""
+    fmt, at, names, wide = ["<"], 0, [], []
+    for name, off, size in sorted(context_fields(fw), key=lambda f: f[1]):
+        if off < at or size not in (1, 2, 4, 8, 16):
+            raise ValueError(f"kvm_cpu_context field {name} (offset {off}, {size} bytes) does not unpack")
+        fmt.append(f"{off - at}x" if off > at else "")
+        fmt.append({1: "B", 2: "H", 4: "I", 8: "Q", 16: "QQ"}[size])
+        names += [name, name + "'"] if size == 16 else [name]
+        if size == 16:
+            wide.append(name)
+        at = off + size
+    return struct.Struct("".join(fmt)), tuple(names), tuple(wide)
 
 
 @lru_cache(maxsize=16)
@@ -66,19 +100,35 @@ class LoadedVcpu:
 
     def __init__(self, lab):
         self.lab, self.fw, self.phys = lab, lab.fw, lab.core.phys
+        # RAM through the engine's own read, without the debugger's per-call lock and checks (the check runs under the
+        # core's lock); an address outside RAM goes to the debugger's read, and its one-line error.
+        uc = getattr(self.phys, "_uc", None)
+        self._read = self.phys.read
+        if uc is not None:
+            lo, hi, phys_read = self.phys.base, self.phys.base + self.phys.size, self.phys.read
+            self._read = lambda pa, n: bytes(uc.mem_read(pa, n)) if lo <= pa and pa + n <= hi else phys_read(pa, n)
         (self.ctxt, self.fault, self.flags, self.size, self.shadow, self.host_ptr, self.loaded_at,
          self.memcache) = _offsets(lab.fw)
         self.ctxt_size = lab.fw.layout("kvm_cpu_context").size
+        self._struct = _context_struct(lab.fw)
+        self._view = (None, None)   # (bytes, host_view of them): the host's copy is often as the last call left it
+        mc, n = self.memcache
+        self._named = sorted([(self.ctxt, self.ctxt + self.ctxt_size), (self.flags, self.flags + 8), (mc, mc + n),
+                              *((o, o + 8) for o in self.fault.values())])
 
     def state(self) -> int:
-        return int.from_bytes(self.phys.read(self.loaded_at, 8), "little")
+        return int.from_bytes(self._read(self.loaded_at, 8), "little")
 
     def _regs(self, raw: bytes) -> dict[str, int]:
-        c = self.ctxt
-        return {name: int.from_bytes(raw[c + off:c + off + size], "little") for name, off, size in context_fields(self.fw)}
+        """The context's registers (:func:`context_fields`), unpacked at once."""
+        fmt, names, wide = self._struct
+        out = dict(zip(names, fmt.unpack_from(raw, self.ctxt)))
+        for name in wide:
+            out[name] |= out.pop(name + "'") << 64
+        return out
 
     def guest_raw(self, state: int) -> bytes:
-        return self.phys.read(state + self.shadow, self.size)
+        return self._read(state + self.shadow, self.size)
 
     def guest(self, raw: bytes) -> tuple[dict, dict]:
         """hyp's copy of the guest (the shadow vCPU's bytes): (registers, fault info)."""
@@ -86,23 +136,23 @@ class LoadedVcpu:
 
     def host_vcpu(self, state: int) -> tuple[int, bytes]:
         """(PA, bytes) of the host's struct kvm_vcpu the loaded state pins."""
-        pa = int.from_bytes(self.phys.read(state + self.host_ptr, 8), "little")
-        return pa, self.phys.read(pa, self.size)
+        pa = int.from_bytes(self._read(state + self.host_ptr, 8), "little")
+        return pa, self._read(pa, self.size)
 
     def host_view(self, raw: bytes) -> dict[str, int]:
-        """What the rules name in the host's struct kvm_vcpu: its registers, fault fields and flags."""
+        """What the rules name in the host's struct kvm_vcpu: its registers, fault fields and flags (a new dict)."""
+        if raw == self._view[0]:
+            return dict(self._view[1])
         out = self._regs(raw)
         out.update({k: int.from_bytes(raw[o:o + 8], "little") for k, o in self.fault.items()})
         out["flags"] = int.from_bytes(raw[self.flags:self.flags + 8], "little")
+        self._view = (raw, dict(out))
         return out
 
     def others(self, raw: bytes) -> bytes:
         """The bytes of struct kvm_vcpu no rule names (no call may change them); the memcache is host_calls'."""
-        mc, n = self.memcache
-        named = sorted([(self.ctxt, self.ctxt + self.ctxt_size), (self.flags, self.flags + 8), (mc, mc + n),
-                        *((o, o + 8) for o in self.fault.values())])
         out, at = [], 0
-        for lo, hi in named:
+        for lo, hi in self._named:
             out.append(raw[at:lo])
             at = max(at, hi)
         return b"".join(out) + raw[at:]
@@ -120,20 +170,27 @@ class RegisterCheck:
     def before(self) -> None:
         v = self.v
         self.run = self.name == "__kvm_vcpu_run"
-        self.cpu = host_cpu(self.lab.core) if self.run else None
+        self.cpu = host_cpu_raw(self.lab.core) if self.run else None
         self.state = v.state()
         if self.state:
             self.guest0 = v.guest_raw(self.state)
             self.host_pa, self.host0 = v.host_vcpu(self.state)
 
     def after(self, ret: int) -> list[str]:
-        out = [] if self.cpu is None else [f"host {d}" for d in R.differences(R.host_cpu_after_call(self.cpu),
-                                                                                 host_cpu(self.lab.core))]
+        out = []
+        if self.cpu is not None:
+            # Compared as bytes first: the rule (as before, but for what it lets a call change) allows "unchanged"
+            # -- equal bytes, equal registers --; only a difference is decoded and asked of it.
+            cpu1 = host_cpu_raw(self.lab.core)
+            if cpu1 != self.cpu:
+                core = self.lab.core
+                out += [f"host {d}" for d in R.differences(R.host_cpu_after_call(host_cpu_decode(core, self.cpu)),
+                                                           host_cpu_decode(core, cpu1))]
         if not self.state:
             return out
         v = self.v
         guest1 = v.guest_raw(self.state)
-        host1 = self.lab.core.phys.read(self.host_pa, v.size)
+        host1 = v._read(self.host_pa, v.size)
         c = v.ctxt
         if not self.run:
             if guest1[c:c + v.ctxt_size] != self.guest0[c:c + v.ctxt_size]:

@@ -136,7 +136,7 @@ class AbstractState:
 
     def same_as(self, other: AbstractState) -> bool:
         """Equal in everything the specification compares but the pool."""
-        return self.pages == other.pages and self.vms == other.vms
+        return (self.pages is other.pages or self.pages == other.pages) and self.vms == other.vms
 
     def differences(self, other: AbstractState) -> list[str]:
         """What differs from ``other``, in words (pages in runs, then VMs, then the pool)."""
