@@ -25,32 +25,29 @@ import numpy as np
 from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import PageView
 from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
+from pkvmlab.inspect.vmemmap import ANN_GFN, ANN_HANDLE, RESERVED_ENTRY, VmemmapReader
 from pkvmlab.spec.abstract_vms import guest_walk
 from pkvmlab.spec.abstraction import AbstractionError
 from pkvmlab.spec.mainline_state import MainlineConfig, MainlineState, MainlineVM
 
 PAGE_SHIFT = pt.PAGE_SHIFT
-RESERVED_ENTRY = 0xA110CA7ED          # upstream nvhe/pkvm.c: a reserved, not yet used VM-table slot
-# The lab's host stage-2 annotation for a page donated to a guest (firmware/mainline/include/hyp/mem_protect.h):
-# the owner where the seed era had it (bits [9:2]), the handle in [25:10], the gfn in [59:26].
-ANN_HANDLE = (10, 0xFFFF)
-ANN_GFN = (26, (1 << 34) - 1)
 _HOST_STATE = (PageState.OWNED, PageState.SHARED_OWNED, PageState.SHARED_BORROWED, PageState.NOPAGE)
 
 
-class MainlineAbstraction:
-    """``MainlineAbstraction(lab)()``: the mainline abstract state of ``lab`` now.  Offsets from DWARF, once."""
+class MainlineAbstraction(VmemmapReader):
+    """``MainlineAbstraction(lab)()``: the mainline abstract state of ``lab`` now.  Offsets from DWARF, once; the raw
+    reads (the vmemmap, a host stage-2 entry, the VM table's slots) are :class:`pkvmlab.inspect.vmemmap.VmemmapReader`'s,
+    shared with ``lab.hyp.ownership()`` and ``lab.hyp.vm_table()``."""
 
     def _guest_walk(self, slot: int, pgd: int, ia_bits: int, level: int) -> tuple[list, list]:
-        """The same table walk as the seed era's (same page-table library): every leaf and table below ``pgd``."""
+        """The same table walk as the seed era's (same page-table library): every leaf and table below ``pgd``,
+        each table decoded again only when its bytes changed."""
         return guest_walk(self, slot, pgd, ia_bits, level, set())
 
     def __init__(self, lab):
         fw, hyp = lab.fw, lab.hyp
-        self.lab, self.phys = lab, lab.core.phys
-        uc = getattr(self.phys, "_uc", None)
-        self._raw = uc.mem_read if uc is not None else self.phys.read
-        mem = {m: hyp.global_field("hyp_memory", "hyp_memory", m) for m in ("ram_start", "ram_end", "hyp_start", "hyp_end")}
+        super().__init__(lab.core.phys, fw, hyp)
+        self.lab = lab
         kvm, vcpu = fw.layout("kvm"), fw.layout("kvm_vcpu")
 
         def at(lay, path):
@@ -58,102 +55,20 @@ class MainlineAbstraction:
             return f.offset, f.size
 
         self.config = MainlineConfig(
-            ram=(mem["ram_start"] >> PAGE_SHIFT, mem["ram_end"] >> PAGE_SHIFT),
-            carveout=(mem["hyp_start"] >> PAGE_SHIFT, mem["hyp_end"] >> PAGE_SHIFT),
-            version=getattr(lab, "version", 0x10000), max_pvms=hyp.read_global("kvm_max_pvms", 4),
+            ram=self.ram, carveout=self.carveout,
+            version=getattr(lab, "version", 0x10000), max_pvms=self.max_pvms,
             max_vcpus=8, kvm_size=kvm.size, vcpu_size=vcpu.size, pgd_pages=2,
             created_vcpus=at(kvm, "created_vcpus"), guest_ipa_bits=40, vcpu_memcache=at(vcpu, "arch.pkvm_memcache.head")[0],
             hyp_vm_size=fw.layout("pkvm_hyp_vm").size, hyp_vcpu_size=fw.layout("pkvm_hyp_vcpu").size,
             kvm_handle=at(kvm, "arch.pkvm.handle"), kvm_protected=at(kvm, "arch.pkvm.is_protected"),
             vcpu_idx=at(vcpu, "vcpu_idx"))
-        hp = fw.layout("hyp_page")
-        self._hp_size = hp.size
-        self._hp = {n: hp.field(n).offset for n in ("refcount", "host_share_guest_count")}
-        self._state_byte = hp.field("host_share_guest_count").offset - 1   # the byte holding the two 4-bit states
-        self._vmemmap = fw.symbol("hyp_vmemmap")
-        pool = fw.layout("hyp_pool")
-        self._pool_free = (fw.symbol("hyp_pool") + pool.field("free_pages").offset, pool.field("free_pages").size)
-        self._host_pgt = tuple(fw.symbol("host_mmu") + fw.layout("host_mmu").field(f"pgt.{m}").offset
-                               for m in ("pgd", "ia_bits", "start_level"))
-        self._table = fw.symbol("vm_table")
-        vm, vc = fw.layout("pkvm_hyp_vm"), fw.layout("pkvm_hyp_vcpu")
-        self._vm_size = vm.size
-        self._f = {p: at(vm, p) for p in ("kvm.arch.pkvm.handle", "kvm.arch.mmu.vmid.id", "host_kvm", "kvm.created_vcpus",
-                                          "kvm.arch.pkvm.is_protected", "is_dying", "nr_vcpus", "pgt.pgd", "pgt.ia_bits",
-                                          "pgt.start_level")}
-        self._vcpus_at = vm.size                # the flexible array vcpus[] starts where the struct ends
-        self._vc = {p: at(vc, p) for p in ("host_vcpu", "loaded", "vcpu.vcpu_idx", "vcpu.arch.pkvm_memcache.head",
-                                           "vcpu.arch.pkvm_memcache.nr_pages")}
-        self._vc_size = vc.size
         self._tables: dict = {}
-        self._lo, self._hi = self.config.ram[0] << PAGE_SHIFT, self.config.ram[1] << PAGE_SHIFT
-
-    # -- raw reads (the names _guest_walk expects) ------------------------------------------------
-
-    def _u(self, addr: int, size: int = 8) -> int:
-        return int.from_bytes(self._u_bytes(addr, size), "little")
-
-    def _u_bytes(self, addr: int, n: int) -> bytes:
-        if self._lo <= addr and addr + n <= self._hi:
-            return bytes(self._raw(addr, n))
-        return self.phys.read(addr, n)
-
-    def _read_words(self, addr: int, n: int) -> np.ndarray:
-        """``n`` little-endian u64 at ``addr``: on Unicorn into one buffer kept between calls (the binding's own
-        mem_read allocates, zero-fills and copies 2 MiB for a 1 GiB lab's vmemmap: ~5 ms; this ~0.3 ms)."""
-        uc = getattr(self.phys, "_uc", None)
-        if uc is None or not (self._lo <= addr and addr + 8 * n <= self._hi):
-            return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
-        import ctypes
-
-        from unicorn.unicorn_py3.unicorn import uclib
-
-        buf = self.__dict__.get("_words_buf")
-        if buf is None or len(buf) != 8 * n:
-            buf = self._words_buf = ctypes.create_string_buffer(8 * n)
-        if uclib.uc_mem_read(uc._uch, addr, buf, 8 * n) != 0:
-            return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
-        return np.frombuffer(buf, "<u8", count=n)
-
-    # -- the vmemmap -------------------------------------------------------------------------------
 
     def vmemmap(self) -> dict[int, tuple[int, int, int, int]]:
-        """Every page of RAM whose ``struct hyp_page`` is not as at boot: pfn -> (host state, hyp state, refcount,
-        share count).  One 8-byte word a page: outside the carve-out boot's word is 0 (host OWNED, hyp's complement
-        0 = NOPAGE, no pins, no shares); inside it the state byte is host NOPAGE / hyp OWNED and the rest is the
-        pool's own (the allocator's count and flag), so only that byte is compared there."""
-        c = self.config
-        n = c.ram[1] - c.ram[0]
-        if self._hp_size != 8:
-            raise AbstractionError(f"struct hyp_page is {self._hp_size} bytes, not 8 (upstream's BUILD_BUG_ON)")
-        words = self._read_words(self._u(self._vmemmap), n)
-        co0, co1 = c.carveout[0] - c.ram[0], c.carveout[1] - c.ram[0]
-        sb = np.uint64(8 * self._state_byte)
-        odd = np.flatnonzero(words[:co0]).tolist() + (np.flatnonzero(words[co1:]) + co1).tolist()
-        inside = words[co0:co1]
-        odd += (np.flatnonzero(((inside >> sb) & np.uint64(0xFF)) != np.uint64(0x33)) + co0).tolist()
-        ref_at, share_at = self._hp["refcount"] * 8, self._hp["host_share_guest_count"] * 8
-        out = {}
-        for i in odd:
-            w = int(words[i])
-            b = (w >> (8 * self._state_byte)) & 0xFF
-            pins = 0 if co0 <= i < co1 else (w >> ref_at) & 0xFFFF
-            out[i + c.ram[0]] = (b & 0xF, (b >> 4) ^ 3, pins, (w >> share_at) & 0xFFFF_FFFF)
-        return out
-
-    def _host_entry(self, pfn: int) -> int:
-        """The host stage-2 descriptor deciding ``pfn`` (0: none)."""
-        pgd, ia_bits, level = self._u(self._host_pgt[0]), self._u(self._host_pgt[1], 4) & 0xFF, \
-            self._u(self._host_pgt[2], 4) & 0xFF
-        table, first, addr = pgd, True, pfn << PAGE_SHIFT
-        while True:
-            shift = pt.granule_shift(level)
-            bits = ia_bits - shift if first else 9
-            pte = self._u(table + ((addr >> shift) & ((1 << bits) - 1)) * 8)
-            if level < 3 and (pte & 3) == 3:
-                table, level, first = pte & pt.ADDR_MASK, level + 1, False
-                continue
-            return pte
+        try:
+            return super().vmemmap()
+        except ValueError as e:
+            raise AbstractionError(str(e)) from None
 
     # -- the whole state ---------------------------------------------------------------------------
 
@@ -170,7 +85,7 @@ class MainlineAbstraction:
             pins = 0 if pfn in tables else ref
             gs = guest.get(pfn)
             if hs == PageState.NOPAGE:
-                pte = self._host_entry(pfn)
+                pte = self.host_entry(pfn)
                 owner = pt.pte_owner(pte) if pte and not pte & pt.VALID else NO_OWNER
                 if owner == Owner.GUEST:
                     donations[pfn] = ((pte >> ANN_HANDLE[0]) & ANN_HANDLE[1], (pte >> ANN_GFN[0]) & ANN_GFN[1])
@@ -188,39 +103,6 @@ class MainlineAbstraction:
             if view != c.boot_view(pfn):
                 pages[pfn] = view
         return MainlineState(c, pages, vms, self.pool_free(), frozenset(reserved), shares, donations)
-
-    def pool_free(self) -> int:
-        return self._u(*self._pool_free)
-
-    def page_rows(self, pfns) -> list[dict]:
-        """The raw words behind ``pfns``' views, for :func:`pkvmlab.viz.mainline.vmemmap_view`: each page's
-        ``struct hyp_page`` fields, its host stage-2 entry (and the handle and gfn it names), the guest PTE mapping it."""
-        c = self.config
-        base = self._u(self._vmemmap)
-        ptes: dict[int, int] = {}
-        table = self._u(self._table)
-        ptrs = np.frombuffer(self.phys.read(table, 8 * c.max_pvms), dtype="<u8") if table else []
-        for slot, addr in enumerate(int(p) for p in ptrs):
-            if not addr or addr == RESERVED_ENTRY:
-                continue
-            head = self._u_bytes(addr, self._vm_size)
-            pgd, ia_bits, level = (int.from_bytes(head[self._f[n][0]:sum(self._f[n])], "little")
-                                   for n in ("pgt.pgd", "pgt.ia_bits", "pgt.start_level"))
-            if pgd:
-                for _, pte, lv in self._guest_walk(slot, pgd, ia_bits, level)[0]:
-                    if pte & pt.VALID and lv == 3:
-                        ptes[(pte & pt.ADDR_MASK) >> PAGE_SHIFT] = pte
-        rows = []
-        for pfn in pfns:
-            raw = self._u_bytes(base + (pfn - c.ram[0]) * self._hp_size, self._hp_size)
-            ent = self._host_entry(pfn)
-            o = self._hp["host_share_guest_count"]
-            rows.append({"pfn": pfn, "refcount": int.from_bytes(raw[self._hp["refcount"]:self._hp["refcount"] + 2], "little"),
-                         "host_state": raw[self._state_byte] & 0xF, "hyp_state_comp": raw[self._state_byte] >> 4,
-                         "share_count": int.from_bytes(raw[o:o + 4], "little"), "host_pte": ent,
-                         "handle": (ent >> ANN_HANDLE[0]) & ANN_HANDLE[1], "gfn": (ent >> ANN_GFN[0]) & ANN_GFN[1],
-                         "guest_pte": ptes.get(pfn)})
-        return rows
 
     def vms(self, guest: dict | None = None) -> tuple[dict[int, MainlineVM], set[int]]:
         """Every VM in the table, and the reserved slots; ``guest`` gets pfn -> the state a guest maps it in."""
