@@ -27,7 +27,7 @@ def shadow_table(snap, **kw):
 def vm_table(snap, **kw):
     """Mainline's ``vm_table`` snapshot (``lab.hyp.vm_table()``): used, reserved and free slots, the lowest free one
     marked, each ``struct pkvm_hyp_vm`` with its ``struct pkvm_hyp_vcpu`` s (graphviz)."""
-    from pkvmlab.viz.vm_table import vm_table as _draw
+    from pkvmlab.viz.hyp_vms import vm_table as _draw
 
     return _draw(snap, **kw)
 
