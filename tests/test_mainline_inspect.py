@@ -4,6 +4,7 @@ mainline era: read from hyp_vmemmap, the host stage-2's annotations and the gues
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 from mainline_helpers import vmemmap_states
@@ -132,3 +133,29 @@ def test_trace_names_mainline_structures():
     assert [w.what.split(" L")[0] for w in t.pte_writes()].count("host stage-2") >= 1
     functions = {f for s in t.lines() for f in s.place.functions}
     assert {"__pkvm_host_donate_guest", "set_host_state"} <= functions
+
+
+def test_each_mainline_guest_transition_written_as_data_is_what_the_snapshot_sees():
+    """pkvmlab.arch.ownership.MAINLINE_TRANSITION predicts each page's view after the host's guest calls."""
+    from pkvmlab.arch.ownership import MAINLINE_TRANSITION as T
+
+    lab = Lab(era="mainline")
+    p, np_ = lab.host.create_vm(nr_vcpus=1), lab.host.create_vm(nr_vcpus=1, protected=False)
+
+    def view(pfn):
+        page = lab.hyp.ownership().page(pfn)
+        return replace(page.view, guest=page.guest)
+
+    def step(call, pfn, action):
+        before = view(pfn)
+        action()
+        out = T[call].outcome(before)
+        assert out.errno == 0 and view(pfn) == out.after, (call, str(before), str(view(pfn)))
+
+    a, b = lab.host.alloc_pages(), lab.host.alloc_pages()
+    step("__pkvm_host_donate_guest", a, lambda: p.donate(3, a))
+    step("__pkvm_host_share_guest", b, lambda: np_.donate(4, b))
+    step("__pkvm_host_unshare_guest", b, lambda: lab.host.call("__pkvm_host_unshare_guest", np_.handle, 4, 1))
+    lab.host.call("__pkvm_start_teardown_vm", p.handle)
+    step("__pkvm_reclaim_dying_guest_page", a, lambda: lab.host.call("__pkvm_reclaim_dying_guest_page", p.handle, 3))
+    assert T["__pkvm_host_donate_guest"].hypercall and T["__pkvm_host_share_guest"].hypercall

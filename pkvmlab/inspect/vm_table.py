@@ -144,7 +144,8 @@ def read_vm_table(hyp) -> VMTable:
         created = r.vm_field(head, "kvm.created_vcpus")
         n_read = min(created, 64)   # a corrupt count must not make the inspector read megabytes
         vcpus = []
-        for k, vp in enumerate(int.from_bytes(phys.read(addr + r._vcpus_at + 8 * k, 8), "little") for k in range(n_read)):
+        raw_ptrs = phys.read(addr + r._vcpus_at, 8 * n_read) if n_read else b""
+        for vp in (int.from_bytes(raw_ptrs[8 * k:8 * k + 8], "little") for k in range(n_read)):
             if not vp:
                 continue
             raw = phys.read(vp, r._vc_size)

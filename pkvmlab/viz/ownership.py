@@ -31,7 +31,8 @@ PRIORITY_RANK = np.zeros(len(C.PAGE_CATEGORIES), np.uint8)
 PRIORITY_RANK[[C.CATEGORY_INDEX[k] for k in PRIORITY]] = np.arange(len(PRIORITY))
 BY_RANK = np.array([C.CATEGORY_INDEX[k] for k in PRIORITY], np.uint8)
 SHORT = {"host": "host, mapped", "host-lazy": "host, not mapped yet", "shared": "shared with hyp", "hyp": "hyp",
-         "memcache": "hyp, in a memcache", "guest-borrowed": "shared with a guest", "guest": "guest", "guest-shared": "guest, shared with host",
+         "memcache": "hyp, in a memcache", "guest-borrowed": "shared with a guest",
+         "guest": "guest", "guest-shared": "guest, shared with host",
          "reclaim": "pending reclaim", "other": "broken"}
 _CMAP = ListedColormap([c for _, c, _ in C.PAGE_CATEGORIES])
 
