@@ -31,7 +31,8 @@ def ownership_heading(era: str) -> str:
 def gives_words(era: str, protected: bool) -> str:
     """What "Give pages" does on this era, for its tooltip."""
     if era != "mainline":
-        return "vm.donate(gfn) for each page: the host gives the guest a page with __pkvm_host_map_guest(pfn, gfn) on a loaded vCPU"
+        return ("vm.donate(gfn) for each page: the host gives the guest a page with __pkvm_host_map_guest(pfn, gfn) "
+                "on a loaded vCPU")
     if protected:
         return "vm.donate(gfn) for each page: __pkvm_host_donate_guest(pfn, gfn) on a loaded vCPU (the host loses it)"
     return "vm.donate(gfn) for each page: __pkvm_host_share_guest(pfn, gfn, 1, RWX) on a loaded vCPU (the host keeps it)"
