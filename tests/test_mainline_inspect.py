@@ -159,3 +159,23 @@ def test_each_mainline_guest_transition_written_as_data_is_what_the_snapshot_see
     lab.host.call("__pkvm_start_teardown_vm", p.handle)
     step("__pkvm_reclaim_dying_guest_page", a, lambda: lab.host.call("__pkvm_reclaim_dying_guest_page", p.handle, 3))
     assert T["__pkvm_host_donate_guest"].hypercall and T["__pkvm_host_share_guest"].hypercall
+
+
+def test_every_page_hyp_owns_is_accounted_for_on_mainline_and_a_leak_is_found(lab):
+    """check_hyp_pages on mainline: vm_table's page, each struct pkvm_hyp_vm / pkvm_hyp_vcpu, PGD and stage-2 table."""
+    from pkvmlab.inspect.hyp_pages import account_hyp_pages
+    from pkvmlab.inspect.invariants import check_hyp_pages
+
+    a = account_hyp_pages(lab.hyp)
+    assert check_hyp_pages(lab.hyp) == [] and a.shadow_table == lab.hyp.vm_table().address >> 12
+    vm = lab.hyp.vm_table().vms[0]
+    assert a.vm_pages[vm.area >> 12] == "VM 0x1000's struct pkvm_hyp_vm"
+    assert a.vm_pages[vm.vcpus[0].address >> 12] == "VM 0x1000's vCPU 0 struct pkvm_hyp_vcpu"
+    cp = lab.checkpoint()
+    try:   # hyp takes a free pool page and forgets it: refcount 1, on no list
+        free = min(a.free)
+        base = lab.core.phys.read_u64(lab.fw.symbol("hyp_vmemmap"))
+        lab.core.phys.write(base + (free - (lab.core.ram_base >> 12)) * 8, (1).to_bytes(2, "little"))
+        assert [v.start_pfn for v in check_hyp_pages(lab.hyp)] == [free, a.pool[0]]
+    finally:
+        lab.restore(cp)
