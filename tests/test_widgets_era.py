@@ -35,6 +35,10 @@ def test_switching_to_mainline_boots_its_lab_and_redraws_the_vm_table_for_it(see
     b.create_button.click()
     assert status_kind(b) == "ok" and b.handles == [0x1001]     # slot 1: the lowest free one
     assert "struct pkvm_hyp_vm @" in words(b.diagram.value) and "hyp_vm" in words(b.ownership_view.value)
+    b.timeline.undo_button.click()                              # time travel on the mainline lab: back before
+    b.timeline.undo_button.click()                              # its page (vm.donate(0)) and its create_vm
+    assert b.handles == [] and "struct pkvm_hyp_vm @" not in words(b.diagram.value)
+    assert "RESERVED_ENTRY" in words(b.diagram.value)
 
 
 def test_a_non_protected_vm_from_the_builder_leaves_its_pages_the_hosts():
