@@ -206,7 +206,14 @@ def finalize_teardown_vm(s: MainlineState, handle: int, peek=None) -> list[Outco
 
 
 def tlb_flush_vmid(s: MainlineState, handle: int, peek=None) -> list[Outcome]:
-    """``__pkvm_tlb_flush_vmid``: no state change, no answer (x1 keeps the handle; 0: lab ABI)."""
+    """``__pkvm_tlb_flush_vmid``: no state change.  Upstream's handler is void and flushes only a non-protected
+    VM's VMID (``get_np_pkvm_hyp_vm()``, nvhe/hyp-main.c, mainline); the lab answers as it refuses (lab ABI):
+    no VM (or a reserved slot) -ENOENT, a protected VM -EINVAL, else 0 (or x1 keeping the handle)."""
+    vm = s.vm_by_handle(handle)
+    if vm is None:
+        return [Outcome(-errno.ENOENT, s, f"no VM has handle {handle & 0xFFFF:#x}")]
+    if vm.protected:
+        return [Outcome(-errno.EINVAL, s, "only a non-protected VM's VMID is flushed (get_np_pkvm_hyp_vm)")]
     return [Outcome(handle, s, "a TLB flush changes no state"), Outcome(0, s, "a TLB flush changes no state (lab ABI)")]
 
 
