@@ -61,7 +61,7 @@ class SpecChecker:
         self._turn = 0
         # The era's rules and abstraction: the seed era's (pkvmlab.spec.host_calls, .guest_calls, .abstraction) or
         # mainline's (pkvmlab.spec.mainline*).  Mainline's are checked on the whole state after every call (no local
-        # footprints yet) and without the register rules, which read the seed era's shadow vCPU.
+        # footprints yet); the register rules read mainline's struct pkvm_hyp_vcpu (pkvmlab.spec.register_state).
         self.era = getattr(lab, "era", "seed")
         self._abstract, self._allowed = abstract, allowed
         if self.era == "mainline":
@@ -69,7 +69,7 @@ class SpecChecker:
             from pkvmlab.spec.mainline_abstraction import mainline_abstract
 
             self._abstract, self._allowed = mainline_abstract, mainline_allowed
-            self.local = self.registers = False
+            self.local = False
         self._sorted = (None, [])   # (a state's pages, their pfns sorted): the pages the host access check samples
         # The pages each run, each call writes (a native store hook): the abstraction reads again only what lies on
         # them (pkvmlab.spec.abstraction), so a whole-state check costs what the call changed, not what the lab holds.
