@@ -6,7 +6,8 @@ Run: ``.venv/bin/python bench/run_all.py`` (or ``make bench``).  Exits non-zero 
 
 Each bench imports the ``pkvmlab`` of the tree it lives in (``PYTHONPATH`` is set to it), whatever is
 installed.  A bench prints the table rows it measured as lines starting ``README| `` (``timing.readme_row``):
-they are collected here, in the order they came, into the table to paste into README.md.
+they are collected here, in the order they came, into the table to paste into README.md: a column per era (the
+seed's, mainline's), each row's two figures measured in the same process against the same baseline.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main() -> int:
     took = datetime.datetime.now(datetime.UTC) - started
     print(f"\n== the README's \"Speed\" table: `make bench` on {started:%Y-%m-%d}, {where}; "
           f"{int(took.total_seconds())} s in all\n")
-    print("| what | measured | target |\n|---|---|---|")
+    print("| what | seed (`Lab()`) | mainline (`Lab(era=\"mainline\")`) | target |\n|---|---|---|---|")
     for row in rows:
         print(f"| {row}")
     if silent:

@@ -72,11 +72,16 @@ def rounds_interleaved(cases: dict, rounds: int) -> dict[str, list[float]]:
 
 
 ROW = "README| "
+UNMEASURED = "— (unmeasured)"
 
 
-def readme_row(what: str, measured: str, target: str = "") -> None:
-    """A row of the README's "Speed" table, from this run: ``bench/run_all.py`` collects them into the table."""
-    print(f"{ROW}{what} | {measured} | {target} |", flush=True)
+def readme_row(what: str, measured: str, target: str = "", *, mainline: str = UNMEASURED) -> None:
+    """A row of the README's "Speed" table, from this run: ``bench/run_all.py`` collects them into the table.
+
+    ``measured`` is the seed era's figure (``Lab()``), ``mainline`` the same operation's on ``Lab(era="mainline")``,
+    measured in the same run against the same baseline and held to the same ``target``; where the operation has no
+    mainline counterpart, ``"— (why, in a word)"``."""
+    print(f"{ROW}{what} | {measured} | {mainline} | {target} |", flush=True)
 
 
 def ratio(x: float, unit: float) -> str:

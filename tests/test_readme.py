@@ -66,6 +66,19 @@ def check_in_a_notebook(ran: Ran, ns: dict) -> None:
     assert "-EPERM" in str(e.value) and e.value.reason
 
 
+def check_mainline_beside_the_seed(ran: Ran, ns: dict) -> None:
+    """On the mainline era the host reads the non-protected guest's page (the 1 the guest wrote) and faults on the
+    protected guest's: hyp_vmemmap says the first is shared with a guest, the second is no longer the host's."""
+    from mainline_helpers import NOPAGE, SHARED_OWNED, vmemmap_states
+
+    mlab, shared, donated = ns["mlab"], ns["shared"], ns["donated"]
+    assert mlab.era == "mainline" and not shared.protected and donated.protected
+    assert ran.out[0] == "1" and len(ran.out) == 2, ran.out
+    assert ran.out[1].startswith("host read of 8 bytes at") and "faulted" in ran.out[1], ran.out
+    assert vmemmap_states(mlab, shared.guest_pages[0x10])[0::3] == (SHARED_OWNED, 1)   # host state, share count
+    assert vmemmap_states(mlab, donated.guest_pages[0x10])[0] == NOPAGE
+
+
 def check_going_back_in_time(ran: Ran, ns: dict) -> None:
     """restore goes back to step 0 with steps 1-3 kept to redo; redo, goto and undo land where the comments say;
     the diff and the trace show the share."""
@@ -114,6 +127,7 @@ def check_what_the_lab_draws(ran: Ran, ns: dict) -> None:
 
 CHECKS = {   # the first line of each block, in README order -> its check (and a probe run after each statement)
     "from pkvmlab import HostAccessFault, Lab": (check_in_a_notebook, None),
+    "mlab = Lab(era=\"mainline\")": (check_mainline_beside_the_seed, None),
     "lab = Lab(history=True)": (check_going_back_in_time,
                                 lambda ns: ns["lab"].history.position if "lab" in ns and ns["lab"]._timeline else None),
     "from pkvmlab import viz": (check_what_the_lab_draws, None),
