@@ -138,15 +138,20 @@ class VmemmapReader:
         share = ((w >> np.uint64(8 * self._hp["host_share_guest_count"])) & np.uint64(0xFFFF_FFFF)).astype(np.uint32)
         return host, hyp, ref, share
 
-    def host_entry(self, pfn: int) -> int:
-        """The host stage-2 descriptor deciding ``pfn`` (0: none)."""
+    def host_entry(self, pfn: int, deps: set | None = None) -> int:
+        """The host stage-2 descriptor deciding ``pfn`` (0: none); ``deps`` gets the pfn of every word read."""
         pgd, ia_bits, level = self._u(self._host_pgt[0]), self._u(self._host_pgt[1], 4) & 0xFF, \
             self._u(self._host_pgt[2], 4) & 0xFF
         table, first, addr = pgd, True, pfn << PAGE_SHIFT
+        if deps is not None:
+            deps.update(a >> PAGE_SHIFT for a in self._host_pgt)
         while True:
             shift = pt.granule_shift(level)
             bits = ia_bits - shift if first else 9
-            pte = self._u(table + ((addr >> shift) & ((1 << bits) - 1)) * 8)
+            at = table + ((addr >> shift) & ((1 << bits) - 1)) * 8
+            if deps is not None:
+                deps.add(at >> PAGE_SHIFT)
+            pte = self._u(at)
             if level < 3 and (pte & 3) == 3:
                 table, level, first = pte & pt.ADDR_MASK, level + 1, False
                 continue

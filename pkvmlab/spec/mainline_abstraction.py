@@ -20,6 +20,8 @@ Reads the machine through duck-typed ``lab.core.phys`` and ``lab.fw``; imports n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from pkvmlab.arch import pgtable as pt
@@ -27,8 +29,9 @@ from pkvmlab.arch.ownership import PageView
 from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
 from pkvmlab.inspect.vmemmap import ANN_GFN, ANN_HANDLE, RESERVED_ENTRY, VmemmapReader
 from pkvmlab.spec.abstract_vms import guest_walk
-from pkvmlab.spec.abstraction import AbstractionError
+from pkvmlab.spec.abstraction import Abstraction, AbstractionError
 from pkvmlab.spec.mainline_state import MainlineConfig, MainlineState, MainlineVM
+from pkvmlab.spec.mainline_vms import read_slot, with_refs
 
 PAGE_SHIFT = pt.PAGE_SHIFT
 _HOST_STATE = (PageState.OWNED, PageState.SHARED_OWNED, PageState.SHARED_BORROWED, PageState.NOPAGE)
@@ -62,7 +65,16 @@ class MainlineAbstraction(VmemmapReader):
             hyp_vm_size=fw.layout("pkvm_hyp_vm").size, hyp_vcpu_size=fw.layout("pkvm_hyp_vcpu").size,
             kvm_handle=at(kvm, "arch.pkvm.handle"), kvm_protected=at(kvm, "arch.pkvm.is_protected"),
             vcpu_idx=at(vcpu, "vcpu_idx"))
-        self._tables: dict = {}
+        self._tables: dict = {}   # (table PA, level, base IPA) -> (its bytes, its leaves, its child tables)
+        # What the last __call__ read, to read again only what lies on written pages (self.written):
+        self.written = None       # None, or a function -> the pfns written since it was last called (None: all)
+        self._since: dict = {}    # reader -> the pfns written since it last asked (None: all)
+        self._last = None         # _Last: what the last whole read found
+        self._entries: dict = {}  # pfn -> its host stage-2 entry, as read last
+        self._entry_by: dict = {}  # pfn of a descriptor read -> the pfns whose entry it decided
+        n = self.ram[1] - self.ram[0]
+        base = self._u(self._vmemmap)   # hyp_vmemmap: fixed at boot; the pfns it lies on
+        self._vm_lo, self._vm_hi = base >> PAGE_SHIFT, ((base + n * self._hp_size - 1) >> PAGE_SHIFT) + 1
 
     def vmemmap(self) -> dict[int, tuple[int, int, int, int]]:
         try:
@@ -73,107 +85,233 @@ class MainlineAbstraction(VmemmapReader):
     # -- the whole state ---------------------------------------------------------------------------
 
     def __call__(self) -> MainlineState:
-        c = self.config
-        v = self.vmemmap()
-        guest: dict[int, PageState] = {}
-        vms, reserved = self.vms(guest)
-        tables = {p for vm in vms.values() for p in (*vm.hyp_pages, *range(vm.pgd[0], vm.pgd[0] + vm.pgd[1]))}
-        pages, shares, donations = {}, {}, {}
-        for pfn in sorted(set(v) | set(guest)):
-            hn, yn, ref, share = v.get(pfn) or ((3, 0, 0, 0) if c.in_carveout(pfn) else (0, 3, 0, 0))
-            hs, ys = _HOST_STATE[hn & 3], _HOST_STATE[yn & 3]
-            pins = 0 if pfn in tables else ref
-            gs = guest.get(pfn)
-            if hs == PageState.NOPAGE:
-                pte = self.host_entry(pfn)
-                owner = pt.pte_owner(pte) if pte and not pte & pt.VALID else NO_OWNER
-                if owner == Owner.GUEST:
-                    donations[pfn] = ((pte >> ANN_HANDLE[0]) & ANN_HANDLE[1], (pte >> ANN_GFN[0]) & ANN_GFN[1])
-            elif hs == PageState.SHARED_BORROWED:
-                owner = Owner.HYP if ys == PageState.SHARED_OWNED else Owner.GUEST if gs == PageState.SHARED_OWNED \
-                    else NO_OWNER
-            else:
-                owner = Owner.HOST
-            own = Owner(owner) if owner in Owner._value2member_map_ else owner
-            if gs is None:   # no live VM maps it: a guest's page a torn-down VM left is still the guest's
-                gs = PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
-            if share:
-                shares[pfn] = share
-            view = PageView(own, host=hs, hyp=ys, guest=gs, pins=pins)
-            if view != c.boot_view(pfn):
-                pages[pfn] = view
-        return MainlineState(c, pages, vms, self.pool_free(), frozenset(reserved), shares, donations)
+        """The abstract state now.  With ``self.written`` (a :class:`pkvmlab.machine.journal.WrittenPages`'s ``take``,
+        set by the checker) only what lies on pages written since the last call is read again: the vmemmap's pages,
+        the VM table's slots (:func:`pkvmlab.spec.mainline_vms.read_slot`), the host stage-2 entries walked; and only
+        the pages whose inputs changed get their view made again."""
+        written = self.taken("whole")
+        try:
+            if written is None or self._last is None:
+                return self._full()
+            return self._again(written)
+        except BaseException:
+            self._last = None   # half-updated: read everything next time
+            raise
 
-    def vms(self, guest: dict | None = None) -> tuple[dict[int, MainlineVM], set[int]]:
-        """Every VM in the table, and the reserved slots; ``guest`` gets pfn -> the state a guest maps it in."""
-        c = self.config
-        table = self._u(self._table)
-        if not table:
-            return {}, set()
-        ptrs = np.frombuffer(self.phys.read(table, 8 * c.max_pvms), dtype="<u8")
-        out, reserved = {}, set()
-        for idx in np.flatnonzero(ptrs).tolist():
-            addr = int(ptrs[idx])
+    def _full(self) -> MainlineState:
+        self._last = None
+        words = self._words().copy()
+        v = self._decode(words, range(len(words)))
+        table, raw = self._slot_raw()
+        slots, reserved = {}, set()
+        for idx, addr in enumerate(np.frombuffer(raw, "<u8").tolist()):
             if addr == RESERVED_ENTRY:
                 reserved.add(idx)
+            elif addr:
+                slots[idx] = read_slot(self, idx, addr)
+        guest = self._merged(slots)
+        tables = self._table_pfns(slots)
+        self._entries, self._entry_by = {}, {}
+        pages, shares, donations = {}, {}, {}
+        for pfn in sorted(set(v) | set(guest)):
+            self._redo(pfn, v, guest, tables, pages, shares, donations)
+        self._last = _Last(words, v, table, raw, slots, frozenset(reserved), guest, tables, pages, shares, donations)
+        return self._state()
+
+    def _again(self, written: set) -> MainlineState:
+        last = self._last
+        if not written:
+            return self._state()
+        dirty: set = set()
+        # the vmemmap: only its written pages, and of those only the entries that changed
+        base, n = self._u(self._vmemmap), len(last.words)
+        v, words = last.v, last.words
+        for vp in sorted(p for p in written if self._vm_lo <= p < self._vm_hi):
+            lo = max(0, ((vp << PAGE_SHIFT) - base) // 8)
+            hi = min(n, (((vp + 1) << PAGE_SHIFT) - base + 7) // 8)
+            if lo >= hi:
                 continue
-            if not c.in_ram(addr >> PAGE_SHIFT):
-                raise AbstractionError(f"VM slot {idx}: {addr:#x} is outside RAM")
-            head = self._u_bytes(addr, self._vm_size)
+            now = np.frombuffer(self._u_bytes(base + 8 * lo, 8 * (hi - lo)), "<u8")
+            changed = (np.flatnonzero(now != words[lo:hi]) + lo).tolist()
+            if changed:
+                if v is last.v:
+                    v = dict(v)
+                words[lo:hi] = now
+                for i, d in self._decode(words, changed, all_=True).items():
+                    if d is None:
+                        v.pop(i, None)
+                    else:
+                        v[i] = d
+                dirty.update(changed)
+        dirty = {i + self.ram[0] for i in dirty}
+        # the VM table: its pointers, then each slot read again only where its pages were written
+        table, raw = self._slot_raw()
+        reserved, slots = last.reserved, {}
+        if table != last.table or raw != last.raw:
+            reserved = frozenset(i for i, p in enumerate(np.frombuffer(raw, "<u8").tolist()) if p == RESERVED_ENTRY)
+        for idx, addr in enumerate(np.frombuffer(raw, "<u8").tolist()):
+            if addr and addr != RESERVED_ENTRY:
+                old = last.slots.get(idx)
+                slots[idx] = read_slot(self, idx, addr, old if old is not None and old.addr == addr else None, written)
+        guest, tables = last.guest, last.tables
+        changed = [i for i in set(slots) | set(last.slots) if slots.get(i) is not last.slots.get(i)]
+        if not changed:
+            slots = last.slots
+        else:
+            if any(slots.get(i) is None or last.slots.get(i) is None or slots[i].guest is not last.slots[i].guest
+                   for i in changed):
+                guest = self._merged(slots)
+                for i in changed:
+                    for d in (slots.get(i), last.slots.get(i)):
+                        if d is not None:
+                            dirty.update(p for p in d.guest if guest.get(p) != last.guest.get(p))
+            tables = self._table_pfns(slots)
+            if tables != last.tables:
+                dirty.update(tables ^ last.tables)
+        # the host stage-2 entries walked last time whose descriptors lie on written pages
+        for p in written:
+            dirty.update(self._entry_by.get(p, ()))
+        pages, shares, donations = last.pages, last.shares, last.donations
+        if dirty:
+            pages, shares, donations = dict(pages), dict(shares), dict(donations)
+            for pfn in dirty:
+                self._entries.pop(pfn, None)
+                pages.pop(pfn, None)
+                shares.pop(pfn, None)
+                donations.pop(pfn, None)
+                if pfn in v or pfn in guest:
+                    self._redo(pfn, v, guest, tables, pages, shares, donations)
+        self._last = _Last(words, v, table, raw, slots, reserved, guest, tables, pages, shares, donations)
+        return self._state()
 
-            def val(name: str, head: bytes = head) -> int:
-                off, size = self._f[name]
-                return int.from_bytes(head[off:off + size], "little")
+    def _state(self) -> MainlineState:
+        last = self._last
+        words, base = last.words, self.ram[0]
+        ref_at = np.uint64(8 * self._hp["refcount"])
+        vms = {}
+        for idx in sorted(last.slots):
+            s = last.slots[idx]
+            i = (s.addr >> PAGE_SHIFT) - base
+            vms[idx] = with_refs(s, int((words[i] >> ref_at) & np.uint64(0xFFFF)) if 0 <= i < len(words) else 0)
+        return MainlineState(self.config, last.pages, vms, self.pool_free(), last.reserved, last.shares, last.donations)
 
-            created = min(val("kvm.created_vcpus"), 64)
-            ptrs_v = np.frombuffer(self._u_bytes(addr + self._vcpus_at, 8 * created), "<u8") if created else []
-            vcpus, loaded, hyp_pages = [], [], []
-            for k, vp in enumerate(int(p) for p in ptrs_v):
-                if not vp:
-                    continue
-                if not c.in_ram(vp >> PAGE_SHIFT):
-                    raise AbstractionError(f"VM slot {idx}: vCPU {k} at {vp:#x} is outside RAM")
-                hv = self._u_bytes(vp, self._vc_size)
+    def _slot_raw(self) -> tuple[int, bytes]:
+        """(``vm_table``'s address, its pointers' bytes): two reads, made every time."""
+        table = self._u(self._table)
+        if not table:
+            return 0, b""
+        return table, self.phys.read(table, 8 * self.config.max_pvms)
 
-                def cv(name: str, hv: bytes = hv) -> int:
-                    off, size = self._vc[name]
-                    return int.from_bytes(hv[off:off + size], "little")
+    @staticmethod
+    def _merged(slots: dict) -> dict:
+        guest: dict = {}
+        for idx in sorted(slots):
+            guest.update(slots[idx].guest)
+        return guest
 
-                vcpus.append((cv("vcpu.vcpu_idx"), cv("host_vcpu"), vp >> PAGE_SHIFT))
-                if cv("loaded"):
-                    loaded.append(cv("vcpu.vcpu_idx"))
-                head_mc = cv("vcpu.arch.pkvm_memcache.head")
-                for _ in range(min(cv("vcpu.arch.pkvm_memcache.nr_pages"), 64)):
-                    if not c.in_ram(head_mc >> PAGE_SHIFT):
-                        raise AbstractionError(f"VM slot {idx} vCPU {k}: a memcache page at {head_mc:#x} outside RAM")
-                    hyp_pages.append(head_mc >> PAGE_SHIFT)
-                    head_mc = self._u(head_mc)
-            pgd, ia_bits = val("pgt.pgd"), val("pgt.ia_bits")
-            pages = []
-            if pgd and 30 < ia_bits <= 48:
-                leaves, tbls = self._guest_walk(idx, pgd, ia_bits, val("pgt.start_level"))
-                hyp_pages += [t >> PAGE_SHIFT for t in tbls if not c.in_carveout(t >> PAGE_SHIFT)]
-                for a, p, lv in leaves:
-                    if not p & pt.VALID or (lv == 3 and not p & pt.TYPE):
-                        continue
-                    size = pt.granule(lv)
-                    pa = p & pt.ADDR_MASK & ~(size - 1)
-                    gs = PageState((p >> pt.STATE_SHIFT) & 3)
-                    for j in range(0, size, pt.PAGE_SIZE):
-                        pages.append(((a + j) >> PAGE_SHIFT, (pa + j) >> PAGE_SHIFT, gs))
-                        if guest is not None:
-                            guest[(pa + j) >> PAGE_SHIFT] = gs
-            nr = -(-(self.config.hyp_vm_size + 8 * created) // pt.PAGE_SIZE)
-            refs = 0
-            if c.in_ram(addr >> PAGE_SHIFT):
-                vm_page = self._u(self._u(self._vmemmap) + ((addr >> PAGE_SHIFT) - c.ram[0]) * self._hp_size, 2)
-                refs = vm_page
-            out[idx] = MainlineVM(idx, val("kvm.arch.pkvm.handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"),
-                                  created, bool(val("kvm.arch.pkvm.is_protected")), (addr >> PAGE_SHIFT, nr),
-                                  (pgd >> PAGE_SHIFT, c.pgd_pages), tuple(sorted(vcpus)), tuple(sorted(pages)),
-                                  dying=bool(val("is_dying")), loaded=tuple(loaded), refs=refs,
-                                  hyp_pages=tuple(sorted(hyp_pages)))
+    @staticmethod
+    def _table_pfns(slots: dict) -> frozenset:
+        """A guest stage-2 table's or PGD's vmemmap count is its count of used entries (pgtable.c), not hyp's pins."""
+        return frozenset(p for s in slots.values() for p in (*s.vm.hyp_pages, *range(s.vm.pgd[0], s.vm.pgd[0] + s.vm.pgd[1])))
+
+    def _decode(self, words: np.ndarray, idxs, all_: bool = False) -> dict:
+        """Entry index -> (host state, hyp state, refcount, share count) for the entries at ``idxs`` not as at boot
+        (``all_``: every index, None for one as at boot).  Boot's word is 0 outside the carve-out; inside it the state
+        byte is host NOPAGE / hyp OWNED and the rest is the pool's own (the allocator's count and flag)."""
+        co0, co1 = self.carveout[0] - self.ram[0], self.carveout[1] - self.ram[0]
+        sb = 8 * self._state_byte
+        ref_at, share_at = self._hp["refcount"] * 8, self._hp["host_share_guest_count"] * 8
+        idxs = list(idxs)
+        if not all_:   # the whole vmemmap: the odd entries found with numpy
+            sbn = np.uint64(sb)
+            idxs = np.flatnonzero(words[:co0]).tolist() + (np.flatnonzero(words[co1:]) + co1).tolist()
+            inside = words[co0:co1]
+            idxs += (np.flatnonzero(((inside >> sbn) & np.uint64(0xFF)) != np.uint64(0x33)) + co0).tolist()
+        out = {}
+        r0 = self.ram[0]
+        for i in idxs:
+            w = int(words[i])
+            b = (w >> sb) & 0xFF
+            pool = co0 <= i < co1
+            if (b == 0x33) if pool else w == 0:
+                if all_:
+                    out[i + r0] = None
+                continue
+            out[i + r0] = (b & 0xF, (b >> 4) ^ 3, 0 if pool else (w >> ref_at) & 0xFFFF, (w >> share_at) & 0xFFFF_FFFF)
+        return out
+
+    def _host_entry(self, pfn: int) -> int:
+        """:meth:`host_entry`, kept with the pages its descriptors lie on until one of them is written."""
+        hit = self._entries.get(pfn)
+        if hit is None:
+            deps: set = set()
+            hit = self._entries[pfn] = self.host_entry(pfn, deps)
+            for d in deps:
+                self._entry_by.setdefault(d, set()).add(pfn)
+        return hit
+
+    def _redo(self, pfn, v, guest, tables, pages, shares, donations) -> None:
+        """One page's view (into ``pages`` unless as at boot), share count and donation."""
+        c = self.config
+        hn, yn, ref, share = v.get(pfn) or ((3, 0, 0, 0) if c.in_carveout(pfn) else (0, 3, 0, 0))
+        hs, ys = _HOST_STATE[hn & 3], _HOST_STATE[yn & 3]
+        pins = 0 if pfn in tables else ref
+        gs = guest.get(pfn)
+        if hs == PageState.NOPAGE:
+            pte = self._host_entry(pfn)
+            owner = pt.pte_owner(pte) if pte and not pte & pt.VALID else NO_OWNER
+            if owner == Owner.GUEST:
+                donations[pfn] = ((pte >> ANN_HANDLE[0]) & ANN_HANDLE[1], (pte >> ANN_GFN[0]) & ANN_GFN[1])
+        elif hs == PageState.SHARED_BORROWED:
+            owner = Owner.HYP if ys == PageState.SHARED_OWNED else Owner.GUEST if gs == PageState.SHARED_OWNED \
+                else NO_OWNER
+        else:
+            owner = Owner.HOST
+        own = Owner(owner) if owner in Owner._value2member_map_ else owner
+        if gs is None:   # no live VM maps it: a guest's page a torn-down VM left is still the guest's
+            gs = PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
+        if share:
+            shares[pfn] = share
+        view = PageView(own, host=hs, hyp=ys, guest=gs, pins=pins)
+        if view != c.boot_view(pfn):
+            pages[pfn] = view
+
+    def vms(self, guest: dict | None = None) -> tuple[dict[int, MainlineVM], set[int]]:
+        """Every VM in the table, and the reserved slots; ``guest`` gets pfn -> the state a guest maps it in.  Read
+        afresh (not the checker's incremental read)."""
+        words = self._words()
+        _, raw = self._slot_raw()
+        out, reserved = {}, set()
+        ref_at = np.uint64(8 * self._hp["refcount"])
+        for idx, addr in enumerate(np.frombuffer(raw, "<u8").tolist()):
+            if addr == RESERVED_ENTRY:
+                reserved.add(idx)
+            elif addr:
+                s = read_slot(self, idx, addr)
+                i = (addr >> PAGE_SHIFT) - self.ram[0]
+                out[idx] = with_refs(s, int((words[i] >> ref_at) & np.uint64(0xFFFF)) if 0 <= i < len(words) else 0)
+                if guest is not None:
+                    guest.update(s.guest)
         return out, reserved
+
+    taken = Abstraction.taken   # the pfns written since a reader last asked (the seed era's bookkeeping)
+
+
+@dataclass
+class _Last:
+    """What the last whole read found: the vmemmap's words and odd entries, the VM table, the pages' views."""
+
+    words: np.ndarray
+    v: dict
+    table: int
+    raw: bytes
+    slots: dict
+    reserved: frozenset
+    guest: dict
+    tables: frozenset
+    pages: dict
+    shares: dict
+    donations: dict
 
 
 def mainline_abstract_of(lab) -> MainlineAbstraction:

@@ -1,0 +1,108 @@
+"""The mainline checker's abstraction reads again only what lies on pages written since (the written-pages hook:
+hyp_vmemmap's written pages, the VM table's slots whose structures or stage-2 tables were written, the host stage-2
+entries on written pages), and still says exactly what a fresh full read says."""
+
+from __future__ import annotations
+
+import pytest
+
+from pkvmlab import Lab
+from pkvmlab.spec.abstraction import abstract_of
+from pkvmlab.spec.mainline_abstraction import MainlineAbstraction, mainline_abstract
+
+
+def full(lab):
+    """The abstract state read from scratch: a new MainlineAbstraction, no hook, no cache."""
+    return MainlineAbstraction(lab)()
+
+
+def same(lab):
+    got, want = mainline_abstract(lab), full(lab)
+    assert got.pages == want.pages and got.vms == want.vms and got.pool_free == want.pool_free, \
+        want.differences(got)
+    assert (got.reserved, got.shares, got.donations) == (want.reserved, want.shares, want.donations)
+
+
+@pytest.fixture
+def lab():
+    from pkvmlab.machine import recorder
+
+    if recorder._load() is None:
+        pytest.skip(f"the native recorder (its written-pages hook) is unavailable: {recorder.last_error}")
+    lab = Lab(era="mainline", history=True, spec_check=True)
+    assert abstract_of(lab).written is not None   # the hook is on: the abstraction reads what changed
+    return lab
+
+
+def test_the_mainline_abstraction_that_reads_only_written_pages_agrees_with_a_full_read_through_a_vms_life(lab):
+    host = lab.host
+    same(lab)
+    vms = [host.create_vm(2, guest="touch"), host.create_vm(1, guest="share"),
+           host.create_vm(1, guest="touch", protected=False)]
+    same(lab)
+    for _ in range(4):
+        for vm in vms:
+            vm.step()
+            same(lab)
+    pfn = host.alloc_pages(1)
+    host.share_hyp(pfn)
+    same(lab)
+    host.unshare_hyp(pfn)
+    same(lab)
+    h = vms[2].handle   # the non-protected VM: its shared pages back, then the three phases
+    host.call("__pkvm_start_teardown_vm", h)
+    same(lab)
+    for gfn in sorted(vms[2].mapped_pages):
+        host.call("__pkvm_host_unshare_guest", h, gfn, 1)
+        same(lab)
+    host.call("__pkvm_finalize_teardown_vm", h)
+    same(lab)
+    vms[1].teardown()
+    same(lab)
+    assert set(mainline_abstract(lab).vms) == {0}
+
+
+def test_a_debugger_write_and_an_undo_are_seen_on_mainline_though_no_store_hook_sees_them(lab):
+    host = lab.host
+    vm = host.create_vm(1, guest="touch")
+    vm.step()
+    same(lab)
+    pfn = host.alloc_pages(1)
+    host.share_hyp(pfn)
+    before = mainline_abstract(lab)
+    lab.undo()   # the RAM journal writes the pages back behind every hook
+    same(lab)
+    assert mainline_abstract(lab).page(pfn) != before.page(pfn)
+    # a debugger write into the struct pkvm_hyp_vm: the VM's handle as the abstraction reads it changes
+    a = abstract_of(lab)
+    slot, = mainline_abstract(lab).vms
+    table = lab.core.phys.read_u64(lab.fw.symbol("vm_table"))
+    vm_at = lab.core.phys.read_u64(table + 8 * slot)
+    lab.core.phys.write_u64(vm_at + a._f["kvm.arch.pkvm.handle"][0], 0x1234)
+    assert mainline_abstract(lab).vms[slot].handle == 0x1234
+    same(lab)
+    # and one into hyp_vmemmap: a page's refcount
+    base = lab.core.phys.read_u64(lab.fw.symbol("hyp_vmemmap"))
+    lab.core.phys.write_u64(base + (pfn - a.ram[0]) * 8 + a._hp["refcount"], 3)
+    assert mainline_abstract(lab).page(pfn).pins == 3
+    same(lab)
+
+
+def test_a_checked_mainline_call_reads_only_the_vmemmap_page_it_wrote(lab):
+    """With the hook on, a share reads hyp_vmemmap's written page, not the whole vmemmap (the check's speed)."""
+    a = abstract_of(lab)
+    host = lab.host
+    for _ in range(3):
+        host.create_vm(1, guest="touch").step()
+    pfn = host.alloc_pages(1)
+    mainline_abstract(lab)
+    whole = []
+    original = a._words
+    a._words = lambda: whole.append(1) or original()
+    try:
+        host.share_hyp(pfn)
+        host.unshare_hyp(pfn)
+    finally:
+        del a._words
+    assert not whole
+    same(lab)
