@@ -73,7 +73,7 @@ class MainlineAbstraction(VmemmapReader):
         self._entries: dict = {}  # pfn -> its host stage-2 entry, as read last
         self._entry_by: dict = {}  # pfn of a descriptor read -> the pfns whose entry it decided
         n = self.ram[1] - self.ram[0]
-        base = self._u(self._vmemmap)   # hyp_vmemmap: fixed at boot; the pfns it lies on
+        base = self._vm_base = self._u(self._vmemmap)   # hyp_vmemmap: fixed at boot; the pfns it lies on
         self._vm_lo, self._vm_hi = base >> PAGE_SHIFT, ((base + n * self._hp_size - 1) >> PAGE_SHIFT) + 1
 
     def vmemmap(self) -> dict[int, tuple[int, int, int, int]]:
@@ -124,7 +124,7 @@ class MainlineAbstraction(VmemmapReader):
             return self._state()
         dirty: set = set()
         # the vmemmap: only its written pages, and of those only the entries that changed
-        base, n = self._u(self._vmemmap), len(last.words)
+        base, n = self._vm_base, len(last.words)
         v, words = last.v, last.words
         for vp in sorted(p for p in written if self._vm_lo <= p < self._vm_hi):
             lo = max(0, ((vp << PAGE_SHIFT) - base) // 8)
@@ -149,15 +149,22 @@ class MainlineAbstraction(VmemmapReader):
         reserved, slots = last.reserved, {}
         if table != last.table or raw != last.raw:
             reserved = frozenset(i for i, p in enumerate(np.frombuffer(raw, "<u8").tolist()) if p == RESERVED_ENTRY)
-        for idx, addr in enumerate(np.frombuffer(raw, "<u8").tolist()):
-            if addr and addr != RESERVED_ENTRY:
-                old = last.slots.get(idx)
-                slots[idx] = read_slot(self, idx, addr, old if old is not None and old.addr == addr else None, written)
-        guest, tables = last.guest, last.tables
+            for idx, addr in enumerate(np.frombuffer(raw, "<u8").tolist()):
+                if addr and addr != RESERVED_ENTRY:
+                    old = last.slots.get(idx)
+                    slots[idx] = read_slot(self, idx, addr, old if old is not None and old.addr == addr else None,
+                                           written)
+        else:   # the same pointers: each slot read again only if a page it was read from was written
+            for idx, old in last.slots.items():
+                slots[idx] = read_slot(self, idx, old.addr, old, written)
+        guest, tables, vms = last.guest, last.tables, last.vms
         changed = [i for i in set(slots) | set(last.slots) if slots.get(i) is not last.slots.get(i)]
+        if dirty and vms is not None and any(s.addr >> PAGE_SHIFT in dirty for s in slots.values()):
+            vms = None   # a VM's reference count changed
         if not changed:
             slots = last.slots
         else:
+            vms = None
             if any(slots.get(i) is None or last.slots.get(i) is None or slots[i].guest is not last.slots[i].guest
                    for i in changed):
                 guest = self._merged(slots)
@@ -165,8 +172,9 @@ class MainlineAbstraction(VmemmapReader):
                     for d in (slots.get(i), last.slots.get(i)):
                         if d is not None:
                             dirty.update(p for p in d.guest if guest.get(p) != last.guest.get(p))
-            tables = self._table_pfns(slots)
-            if tables != last.tables:
+            if any(slots.get(i) is None or last.slots.get(i) is None or slots[i].vm.hyp_pages != last.slots[i].vm.hyp_pages
+                   or slots[i].vm.pgd != last.slots[i].vm.pgd for i in changed):
+                tables = self._table_pfns(slots)
                 dirty.update(tables ^ last.tables)
         # the host stage-2 entries walked last time whose descriptors lie on written pages
         for p in written:
@@ -181,19 +189,22 @@ class MainlineAbstraction(VmemmapReader):
                 donations.pop(pfn, None)
                 if pfn in v or pfn in guest:
                     self._redo(pfn, v, guest, tables, pages, shares, donations)
-        self._last = _Last(words, v, table, raw, slots, reserved, guest, tables, pages, shares, donations)
+        self._last = _Last(words, v, table, raw, slots, reserved, guest, tables, pages, shares, donations, vms)
         return self._state()
 
     def _state(self) -> MainlineState:
+        """The state from what was read last; the VMs made again (their reference counts) only when they changed."""
         last = self._last
-        words, base = last.words, self.ram[0]
-        ref_at = np.uint64(8 * self._hp["refcount"])
-        vms = {}
-        for idx in sorted(last.slots):
-            s = last.slots[idx]
-            i = (s.addr >> PAGE_SHIFT) - base
-            vms[idx] = with_refs(s, int((words[i] >> ref_at) & np.uint64(0xFFFF)) if 0 <= i < len(words) else 0)
-        return MainlineState(self.config, last.pages, vms, self.pool_free(), last.reserved, last.shares, last.donations)
+        if last.vms is None:
+            words, base = last.words, self.ram[0]
+            ref_at = np.uint64(8 * self._hp["refcount"])
+            last.vms = {}
+            for idx in sorted(last.slots):
+                s = last.slots[idx]
+                i = (s.addr >> PAGE_SHIFT) - base
+                last.vms[idx] = with_refs(s, int((words[i] >> ref_at) & np.uint64(0xFFFF)) if 0 <= i < len(words) else 0)
+        return MainlineState(self.config, last.pages, last.vms, self.pool_free(), last.reserved, last.shares,
+                             last.donations)
 
     def _slot_raw(self) -> tuple[int, bytes]:
         """(``vm_table``'s address, its pointers' bytes): two reads, made every time."""
@@ -312,6 +323,7 @@ class _Last:
     pages: dict
     shares: dict
     donations: dict
+    vms: dict | None = None   # slot -> MainlineVM with its reference count (None: make again)
 
 
 def mainline_abstract_of(lab) -> MainlineAbstraction:
