@@ -115,7 +115,12 @@ class MainlineAbstraction(VmemmapReader):
         pages, shares, donations = {}, {}, {}
         for pfn in sorted(set(v) | set(guest)):
             self._redo(pfn, v, guest, tables, pages, shares, donations)
-        self._last = _Last(words, v, table, raw, slots, frozenset(reserved), guest, tables, pages, shares, donations)
+        by_page: dict = {}
+        for idx, slot in slots.items():
+            for p in (*slot.deps, *slot.table_deps):
+                by_page.setdefault(p, set()).add(idx)
+        self._last = _Last(words, v, table, raw, slots, frozenset(reserved), guest, tables, pages, shares, donations,
+                           None, by_page, frozenset(x.addr >> PAGE_SHIFT for x in slots.values()))
         return self._state()
 
     def _again(self, written: set) -> MainlineState:
@@ -131,7 +136,7 @@ class MainlineAbstraction(VmemmapReader):
             hi = min(n, (((vp + 1) << PAGE_SHIFT) - base + 7) // 8)
             if lo >= hi:
                 continue
-            now = np.frombuffer(self._u_bytes(base + 8 * lo, 8 * (hi - lo)), "<u8")
+            now = self._page_words(base + 8 * lo, hi - lo)
             changed = (np.flatnonzero(now != words[lo:hi]) + lo).tolist()
             if changed:
                 if v is last.v:
@@ -146,25 +151,42 @@ class MainlineAbstraction(VmemmapReader):
         dirty = {i + self.ram[0] for i in dirty}
         # the VM table: its pointers, then each slot read again only where its pages were written
         table, raw = self._slot_raw()
-        reserved, slots = last.reserved, {}
-        if table != last.table or raw != last.raw:
+        reserved, slots, by_page = last.reserved, last.slots, last.by_page
+        if table != last.table or raw != last.raw:   # a slot filled, emptied or reserved: look at every slot
             reserved = frozenset(i for i, p in enumerate(np.frombuffer(raw, "<u8").tolist()) if p == RESERVED_ENTRY)
+            slots = {}
             for idx, addr in enumerate(np.frombuffer(raw, "<u8").tolist()):
                 if addr and addr != RESERVED_ENTRY:
                     old = last.slots.get(idx)
                     slots[idx] = read_slot(self, idx, addr, old if old is not None and old.addr == addr else None,
                                            written)
-        else:   # the same pointers: each slot read again only if a page it was read from was written
-            for idx, old in last.slots.items():
-                slots[idx] = read_slot(self, idx, old.addr, old, written)
+            changed = [i for i in set(slots) | set(last.slots) if slots.get(i) is not last.slots.get(i)]
+        else:   # the same pointers: only the slots a written page was read for
+            changed = []
+            for idx in {i for p in written for i in by_page.get(p, ())}:
+                old = slots[idx]
+                new = read_slot(self, idx, old.addr, old, written)
+                if new is not old:
+                    if slots is last.slots:
+                        slots = dict(slots)
+                    slots[idx] = new
+                    changed.append(idx)
         guest, tables, vms = last.guest, last.tables, last.vms
-        changed = [i for i in set(slots) | set(last.slots) if slots.get(i) is not last.slots.get(i)]
-        if dirty and vms is not None and any(s.addr >> PAGE_SHIFT in dirty for s in slots.values()):
+        if dirty and vms is not None and not dirty.isdisjoint(last.vm_pages):
             vms = None   # a VM's reference count changed
-        if not changed:
-            slots = last.slots
-        else:
+        vm_pages = last.vm_pages
+        if changed:
             vms = None
+            vm_pages = frozenset(x.addr >> PAGE_SHIFT for x in slots.values())
+            for i in changed:   # what each slot was read from (this object's own index: updated in place)
+                for d, add in ((last.slots.get(i), False), (slots.get(i), True)):
+                    for p in () if d is None else (*d.deps, *d.table_deps):
+                        if add:
+                            by_page.setdefault(p, set()).add(i)
+                        elif p in by_page:
+                            by_page[p].discard(i)
+                            if not by_page[p]:
+                                del by_page[p]
             if any(slots.get(i) is None or last.slots.get(i) is None or slots[i].guest is not last.slots[i].guest
                    for i in changed):
                 guest = self._merged(slots)
@@ -189,8 +211,25 @@ class MainlineAbstraction(VmemmapReader):
                 donations.pop(pfn, None)
                 if pfn in v or pfn in guest:
                     self._redo(pfn, v, guest, tables, pages, shares, donations)
-        self._last = _Last(words, v, table, raw, slots, reserved, guest, tables, pages, shares, donations, vms)
+        self._last = _Last(words, v, table, raw, slots, reserved, guest, tables, pages, shares, donations, vms, by_page,
+                           vm_pages)
         return self._state()
+
+    def _page_words(self, addr: int, n: int) -> np.ndarray:
+        """``n`` (at most a page's) little-endian u64 at ``addr``, into a buffer kept for it (no allocation)."""
+        uc = getattr(self.phys, "_uc", None)
+        if uc is None or n > 512 or not (self._lo <= addr and addr + 8 * n <= self._hi):
+            return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
+        import ctypes
+
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        buf = self.__dict__.get("_page_buf")
+        if buf is None:
+            buf = self._page_buf = ctypes.create_string_buffer(4096)
+        if uclib.uc_mem_read(uc._uch, addr, buf, 8 * n) != 0:
+            return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
+        return np.frombuffer(buf, "<u8", count=n)
 
     def _state(self) -> MainlineState:
         """The state from what was read last; the VMs made again (their reference counts) only when they changed."""
@@ -323,7 +362,9 @@ class _Last:
     pages: dict
     shares: dict
     donations: dict
-    vms: dict | None = None   # slot -> MainlineVM with its reference count (None: make again)
+    vms: dict | None          # slot -> MainlineVM with its reference count (None: make again)
+    by_page: dict             # pfn -> the slots read from it (structures or stage-2 tables)
+    vm_pages: frozenset       # each VM's first page: its reference count is that page's vmemmap refcount
 
 
 def mainline_abstract_of(lab) -> MainlineAbstraction:
