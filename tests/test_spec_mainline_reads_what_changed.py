@@ -16,11 +16,15 @@ def full(lab):
     return MainlineAbstraction(lab)()
 
 
-def same(lab):
+def same(lab, pfns=()):
     got, want = mainline_abstract(lab), full(lab)
     assert got.pages == want.pages and got.vms == want.vms and got.pool_free == want.pool_free, \
         want.differences(got)
     assert (got.reserved, got.shares, got.donations) == (want.reserved, want.shares, want.donations)
+    if pfns:   # the local check's views: as a fresh read makes them, and the whole state's for a page no guest maps
+        local = abstract_of(lab).local(pfns)
+        assert local == MainlineAbstraction(lab).local(pfns)
+        assert all(local[p] == want.page(p) for p in pfns)
 
 
 @pytest.fixture
@@ -45,10 +49,11 @@ def test_the_mainline_abstraction_that_reads_only_written_pages_agrees_with_a_fu
             vm.step()
             same(lab)
     pfn = host.alloc_pages(1)
+    same(lab, [pfn])
     host.share_hyp(pfn)
-    same(lab)
+    same(lab, [pfn])
     host.unshare_hyp(pfn)
-    same(lab)
+    same(lab, [pfn, mainline_abstract(lab).vms[0].vm_area[0]])   # a page hyp holds: its host stage-2 entry
     h = vms[2].handle   # the non-protected VM: its shared pages back, then the three phases
     host.call("__pkvm_start_teardown_vm", h)
     same(lab)
@@ -58,7 +63,7 @@ def test_the_mainline_abstraction_that_reads_only_written_pages_agrees_with_a_fu
     host.call("__pkvm_finalize_teardown_vm", h)
     same(lab)
     vms[1].teardown()
-    same(lab)
+    same(lab, [pfn])
     assert set(mainline_abstract(lab).vms) == {0}
 
 
@@ -71,7 +76,7 @@ def test_a_debugger_write_and_an_undo_are_seen_on_mainline_though_no_store_hook_
     host.share_hyp(pfn)
     before = mainline_abstract(lab)
     lab.undo()   # the RAM journal writes the pages back behind every hook
-    same(lab)
+    same(lab, [pfn])
     assert mainline_abstract(lab).page(pfn) != before.page(pfn)
     # a debugger write into the struct pkvm_hyp_vm: the VM's handle as the abstraction reads it changes
     a = abstract_of(lab)
@@ -85,11 +90,13 @@ def test_a_debugger_write_and_an_undo_are_seen_on_mainline_though_no_store_hook_
     base = lab.core.phys.read_u64(lab.fw.symbol("hyp_vmemmap"))
     lab.core.phys.write_u64(base + (pfn - a.ram[0]) * 8 + a._hp["refcount"], 3)
     assert mainline_abstract(lab).page(pfn).pins == 3
-    same(lab)
+    assert abstract_of(lab).local([pfn])[pfn].pins == 3
+    same(lab, [pfn])
 
 
-def test_a_checked_mainline_call_reads_only_the_vmemmap_page_it_wrote(lab):
-    """With the hook on, a share reads hyp_vmemmap's written page, not the whole vmemmap (the check's speed)."""
+def test_a_checked_mainline_share_reads_neither_the_whole_vmemmap_nor_the_vm_table(lab):
+    """With the hook on, a share is checked on the page it names (its hyp_vmemmap entry), and a whole-state read
+    after it reads hyp_vmemmap's written pages, not the whole vmemmap (the check's speed)."""
     a = abstract_of(lab)
     host = lab.host
     for _ in range(3):
@@ -102,7 +109,9 @@ def test_a_checked_mainline_call_reads_only_the_vmemmap_page_it_wrote(lab):
     try:
         host.share_hyp(pfn)
         host.unshare_hyp(pfn)
+        assert not whole
+        mainline_abstract(lab)
+        assert not whole
     finally:
         del a._words
-    assert not whole
-    same(lab)
+    same(lab, [pfn])

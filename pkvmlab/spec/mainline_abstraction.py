@@ -72,6 +72,7 @@ class MainlineAbstraction(VmemmapReader):
         self._last = None         # _Last: what the last whole read found
         self._entries: dict = {}  # pfn -> its host stage-2 entry, as read last
         self._entry_by: dict = {}  # pfn of a descriptor read -> the pfns whose entry it decided
+        self._local: dict = {}    # pfn -> (its view, the pfns it was read from): local()
         n = self.ram[1] - self.ram[0]
         base = self._vm_base = self._u(self._vmemmap)   # hyp_vmemmap: fixed at boot; the pfns it lies on
         self._vm_lo, self._vm_hi = base >> PAGE_SHIFT, ((base + n * self._hp_size - 1) >> PAGE_SHIFT) + 1
@@ -280,14 +281,44 @@ class MainlineAbstraction(VmemmapReader):
         out = {}
         r0 = self.ram[0]
         for i in idxs:
-            w = int(words[i])
-            b = (w >> sb) & 0xFF
-            pool = co0 <= i < co1
-            if (b == 0x33) if pool else w == 0:
-                if all_:
-                    out[i + r0] = None
-                continue
-            out[i + r0] = (b & 0xF, (b >> 4) ^ 3, 0 if pool else (w >> ref_at) & 0xFFFF, (w >> share_at) & 0xFFFF_FFFF)
+            d = self._entry(i, int(words[i]), co0 <= i < co1, sb, ref_at, share_at)
+            if d is not None or all_:
+                out[i + r0] = d
+        return out
+
+    @staticmethod
+    def _entry(i: int, w: int, pool: bool, sb: int, ref_at: int, share_at: int) -> tuple | None:
+        """One ``struct hyp_page`` word decoded, None as at boot (``pool``: a page of the carve-out)."""
+        b = (w >> sb) & 0xFF
+        if (b == 0x33) if pool else w == 0:
+            return None
+        return (b & 0xF, (b >> 4) ^ 3, 0 if pool else (w >> ref_at) & 0xFFFF, (w >> share_at) & 0xFFFF_FFFF)
+
+    def local(self, pfns) -> dict[int, PageView]:
+        """The views of just ``pfns`` (pages of RAM): what a call that names its page needs (the checker's local
+        check of ``__pkvm_host_share_hyp`` / ``__pkvm_host_unshare_hyp``).  Each from its ``hyp_vmemmap`` entry and,
+        when the host has it ``PKVM_NOPAGE``, the host stage-2 entry naming its owner; no VM is read, so a page a guest
+        maps has no guest state here (those calls refuse such a page on its host state alone).  A page none of whose
+        words lies on a page written since it was last read is not read again."""
+        written = self.taken("local")
+        if written is None or len(self._local) > 512:
+            self._local = {}
+        elif written:   # what was written is taken once: forget every page it touched, asked for now or not
+            self._local = {p: hit for p, hit in self._local.items() if hit[1].isdisjoint(written)}
+        co0, co1 = self.carveout
+        out = {}
+        for pfn in pfns:
+            hit = self._local.get(pfn)
+            if hit is None:
+                at = self._vm_base + 8 * (pfn - self.ram[0])
+                deps = {at >> PAGE_SHIFT}
+                d = self._entry(pfn, self._u(at), co0 <= pfn < co1, 8 * self._state_byte, self._hp["refcount"] * 8,
+                                self._hp["host_share_guest_count"] * 8)
+                pages: dict = {}
+                self._redo(pfn, {pfn: d} if d else {}, {}, frozenset(), pages, {}, {},
+                           entry=lambda p, deps=deps: self.host_entry(p, deps))
+                hit = self._local[pfn] = (pages.get(pfn) or self.config.boot_view(pfn), deps)
+            out[pfn] = hit[0]
         return out
 
     def _host_entry(self, pfn: int) -> int:
@@ -300,15 +331,16 @@ class MainlineAbstraction(VmemmapReader):
                 self._entry_by.setdefault(d, set()).add(pfn)
         return hit
 
-    def _redo(self, pfn, v, guest, tables, pages, shares, donations) -> None:
-        """One page's view (into ``pages`` unless as at boot), share count and donation."""
+    def _redo(self, pfn, v, guest, tables, pages, shares, donations, entry=None) -> None:
+        """One page's view (into ``pages`` unless as at boot), share count and donation (``entry``: how to read a
+        host stage-2 entry; the whole read's cache by default)."""
         c = self.config
         hn, yn, ref, share = v.get(pfn) or ((3, 0, 0, 0) if c.in_carveout(pfn) else (0, 3, 0, 0))
         hs, ys = _HOST_STATE[hn & 3], _HOST_STATE[yn & 3]
         pins = 0 if pfn in tables else ref
         gs = guest.get(pfn)
         if hs == PageState.NOPAGE:
-            pte = self._host_entry(pfn)
+            pte = (entry or self._host_entry)(pfn)
             owner = pt.pte_owner(pte) if pte and not pte & pt.VALID else NO_OWNER
             if owner == Owner.GUEST:
                 donations[pfn] = ((pte >> ANN_HANDLE[0]) & ANN_HANDLE[1], (pte >> ANN_GFN[0]) & ANN_GFN[1])
