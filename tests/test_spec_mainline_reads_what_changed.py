@@ -115,3 +115,51 @@ def test_a_checked_mainline_share_reads_neither_the_whole_vmemmap_nor_the_vm_tab
     finally:
         del a._words
     same(lab, [pfn])
+
+
+def _word_at(lab, pages, value):
+    """The address of the one 8-byte word equal to ``value`` on ``pages``."""
+    import numpy as np
+
+    hits = [(p << 12) + 8 * int(i) for p in sorted(pages)
+            for i in np.flatnonzero(np.frombuffer(lab.core.phys.read(p << 12, 4096), "<u8") == value)]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+def test_each_word_the_mainline_abstraction_reads_is_read_again_when_its_page_is_written(lab):
+    """A store the hook reports (a raw store, reported as the hook would): a donated page's host stage-2 annotation,
+    a guest stage-2 leaf, a VM's reference count in hyp_vmemmap, a vCPU's memcache count -- each seen."""
+    vm = lab.host.create_vm(1, guest="touch")
+    for _ in range(3):
+        vm.step()
+    a = abstract_of(lab)
+    s = mainline_abstract(lab)
+    slot = a._last.slots[0]
+    pfn, (handle, gfn) = next(iter(sorted(s.donations.items())))
+    deps: set = set()
+    pte = a.host_entry(pfn, deps)
+    guest_pfn = next(p for _, p, _ in slot.vm.pages)
+    leaf = next(p for _, p, lv in a._guest_walk(0, slot.root[0], slot.root[1], slot.root[2])[0]
+                if (p & 0xFFFF_FFFF_F000) >> 12 == guest_pfn)
+    base = lab.core.phys.read_u64(lab.fw.symbol("hyp_vmemmap"))
+    targets = [
+        ("host stage-2 annotation", _word_at(lab, deps, pte), pte ^ (1 << 26)),       # another gfn
+        ("guest stage-2 leaf", _word_at(lab, slot.table_deps, leaf), leaf ^ (1 << 55)),   # its SW bits
+        ("VM reference count", base + 8 * (slot.addr // 4096 - a.ram[0]), None),
+    ]
+    for what, at, value in targets:
+        old = int.from_bytes(bytes(lab.core.uc.mem_read(at, 8)), "little")
+        new = value if value is not None else old + 1
+        lab.core.uc.mem_write(at, new.to_bytes(8, "little"))   # behind the debugger: no generation bump
+        real = a.written
+        a.written = lambda at=at: {at >> 12}
+        try:
+            got, want = mainline_abstract(lab), full(lab)
+        finally:
+            lab.core.uc.mem_write(at, old.to_bytes(8, "little"))
+            mainline_abstract(lab)   # and back again
+            a.written = real
+        assert got.pages == want.pages and got.vms == want.vms and got.donations == want.donations, what
+        assert got != s, what
+    same(lab)

@@ -173,11 +173,14 @@ class MainlineAbstraction(VmemmapReader):
                     slots[idx] = new
                     changed.append(idx)
         guest, tables, vms = last.guest, last.tables, last.vms
-        if dirty and vms is not None and not dirty.isdisjoint(last.vm_pages):
-            vms = None   # a VM's reference count changed
+        redo_vms = set(changed)
+        if dirty and not dirty.isdisjoint(last.vm_pages):   # a VM's reference count changed
+            redo_vms.update(i for i, x in slots.items() if x.addr >> PAGE_SHIFT in dirty)
+        if redo_vms and vms is not None:
+            vms = None if slots is not last.slots and set(slots) != set(last.slots) else self._vms(slots, words, redo_vms,
+                                                                                                      dict(vms))
         vm_pages = last.vm_pages
         if changed:
-            vms = None
             vm_pages = frozenset(x.addr >> PAGE_SHIFT for x in slots.values())
             for i in changed:   # what each slot was read from (this object's own index: updated in place)
                 for d, add in ((last.slots.get(i), False), (slots.get(i), True)):
@@ -200,13 +203,16 @@ class MainlineAbstraction(VmemmapReader):
                 tables = self._table_pfns(slots)
                 dirty.update(tables ^ last.tables)
         # the host stage-2 entries walked last time whose descriptors lie on written pages
+        stale: set = set()
         for p in written:
-            dirty.update(self._entry_by.get(p, ()))
+            stale.update(self._entry_by.pop(p, ()))
+        for pfn in stale:
+            self._entries.pop(pfn, None)
+        dirty |= stale
         pages, shares, donations = last.pages, last.shares, last.donations
         if dirty:
             pages, shares, donations = dict(pages), dict(shares), dict(donations)
             for pfn in dirty:
-                self._entries.pop(pfn, None)
                 pages.pop(pfn, None)
                 shares.pop(pfn, None)
                 donations.pop(pfn, None)
@@ -236,15 +242,21 @@ class MainlineAbstraction(VmemmapReader):
         """The state from what was read last; the VMs made again (their reference counts) only when they changed."""
         last = self._last
         if last.vms is None:
-            words, base = last.words, self.ram[0]
-            ref_at = np.uint64(8 * self._hp["refcount"])
-            last.vms = {}
-            for idx in sorted(last.slots):
-                s = last.slots[idx]
-                i = (s.addr >> PAGE_SHIFT) - base
-                last.vms[idx] = with_refs(s, int((words[i] >> ref_at) & np.uint64(0xFFFF)) if 0 <= i < len(words) else 0)
+            last.vms = self._vms(last.slots, last.words, last.slots, {})
         return MainlineState(self.config, last.pages, last.vms, self.pool_free(), last.reserved, last.shares,
                              last.donations)
+
+    def _vms(self, slots: dict, words: np.ndarray, which, vms: dict) -> dict:
+        """``vms`` with the slots ``which`` made again from ``slots`` (their reference counts from ``words``)."""
+        base, ref_at = self.ram[0], np.uint64(8 * self._hp["refcount"])
+        for idx in which:
+            s = slots.get(idx)
+            if s is None:
+                vms.pop(idx, None)
+                continue
+            i = (s.addr >> PAGE_SHIFT) - base
+            vms[idx] = with_refs(s, int((words[i] >> ref_at) & np.uint64(0xFFFF)) if 0 <= i < len(words) else 0)
+        return dict(sorted(vms.items()))
 
     def _slot_raw(self) -> tuple[int, bytes]:
         """(``vm_table``'s address, its pointers' bytes): two reads, made every time."""
