@@ -72,7 +72,8 @@ class SpecChecker:
             self._abstract, self._allowed = mainline_abstract, mainline_allowed
         self._sorted = (None, [])   # (a state's pages, their pfns sorted): the pages the host access check samples
         # The pages each run, each call writes (a native store hook): the abstraction reads again only what lies on
-        # them (pkvmlab.spec.abstraction), so a whole-state check costs what the call changed, not what the lab holds.
+        # them (pkvmlab.spec.abstraction, .mainline_abstraction), so a whole-state check costs what the call changed, not
+        # what the lab holds.
         self._written = None
         if lab.backend != "qemu":   # both eras' abstractions read again only what lies on written pages
             from pkvmlab.machine.journal import WrittenPages

@@ -15,6 +15,14 @@ What differs from the seed era's (:mod:`pkvmlab.spec.abstraction`), as mainline 
   of pointers to its ``struct pkvm_hyp_vcpu`` s, each in its own donated area (upstream: nvhe/pkvm.h, T4).
 * guest stage-2s are walked as in the seed era (the same table library).
 
+Under ``lab.spec_check`` it reads again only what lies on pages written since its last read (``written``:
+:class:`pkvmlab.machine.journal.WrittenPages`, as the seed era's): the vmemmap's written pages (and of their entries
+only those that changed), the VM-table slots one of whose structures or stage-2 tables lies on a written page
+(:mod:`pkvmlab.spec.mainline_vms`), the host stage-2 entries whose descriptors do; and it makes the views again only
+of the pages whose inputs changed.  So a call costs what it wrote, not what the lab holds;
+``tests/test_spec_mainline_reads_what_changed.py`` holds it to a fresh full read.  :meth:`MainlineAbstraction.local`
+reads just the pages a share or unshare names.
+
 Reads the machine through duck-typed ``lab.core.phys`` and ``lab.fw``; imports no emulator itself.
 """
 
