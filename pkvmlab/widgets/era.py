@@ -91,3 +91,35 @@ class EraSwitch(W.HBox):
         else:
             text = "non-protected: its pages shared, the host keeps and can read them"
         self.note.value = f"<small>{text}</small>"
+
+
+def switch(builder, era: str, new_timeline) -> None:
+    """``builder`` (a VMBuilder) shows ``era``'s lab: booted on first use (``new_timeline(lab)`` makes its history
+    slider), kept after; every view redraws for it."""
+    if era == builder.lab.era:
+        return
+    new = era not in builder.era_switch.labs
+    builder._set_status("busy", f"booting Lab(era={era!r}) …" if new else f"back to the {era} era's lab …")
+    builder.lab = builder.era_switch.lab_for(era)
+    if new:
+        builder._listen(builder.lab)
+    if builder.timeline is not None:   # the history slider follows the lab shown
+        old = builder.timeline
+        builder.timeline = new_timeline(builder.lab)
+        builder.children = tuple(builder.timeline if c is old else c for c in builder.children)
+    builder._log_mark = builder._exit_mark = builder._created = None
+    builder.vm_list.value = None
+    era_words(builder)
+    builder.refresh()
+    builder._set_status("info", f"the {era} era's lab: {len(builder.lab.host.vms)} live VM(s); "
+                                + ("Create makes a protected or non-protected VM (the box beside the era)"
+                                   if era == "mainline" else "every VM is protected"))
+
+
+def era_words(builder) -> None:
+    """The builder's headings and tooltips in its era's words."""
+    era = builder.lab.era
+    builder.table_heading.value = f"<b>{table_heading(era)}</b>"
+    builder.ownership_heading.value = f"<b>{ownership_heading(era)}</b>"
+    builder.donate_button.tooltip = gives_words(era, builder.era_switch.protected.value)
+    builder.teardown_button.tooltip = teardown_words(era)

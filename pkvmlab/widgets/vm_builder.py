@@ -157,32 +157,10 @@ class VMBuilder(W.VBox):
 
     def switch_era(self, era: str) -> None:
         """The era switch: show that era's lab (booted on first use, kept after); every view redraws for it."""
-        if era == self.lab.era:
-            return
-        new = era not in self.era_switch.labs
-        self._set_status("busy", f"booting Lab(era={era!r}) …" if new else f"back to the {era} era's lab …")
-        self.lab = self.era_switch.lab_for(era)
-        if new:
-            self._listen(self.lab)
-        if self.timeline is not None:   # the history slider follows the lab shown
-            old = self.timeline
-            self.timeline = Timeline(self.lab, on_change=lambda _lab: self._moved_in_time())
-            self.children = tuple(self.timeline if c is old else c for c in self.children)
-        self._log_mark = self._exit_mark = self._created = None
-        self.vm_list.value = None
-        self._era_words()
-        self.refresh()
-        self._set_status("info", f"the {era} era's lab: {len(self.lab.host.vms)} live VM(s); "
-                                 + ("Create makes a protected or non-protected VM (the box beside the era)"
-                                    if era == "mainline" else "every VM is protected"))
+        eras.switch(self, era, lambda lab: Timeline(lab, on_change=lambda _lab: self._moved_in_time()))
 
     def _era_words(self) -> None:
-        """Headings and tooltips in the era's words."""
-        era = self.lab.era
-        self.table_heading.value = f"<b>{eras.table_heading(era)}</b>"
-        self.ownership_heading.value = f"<b>{eras.ownership_heading(era)}</b>"
-        self.donate_button.tooltip = eras.gives_words(era, self.era_switch.protected.value)
-        self.teardown_button.tooltip = eras.teardown_words(era)
+        eras.era_words(self)
 
     # -- what the buttons do (each returns whether it worked; errors go to the status line) -------
     def create(self) -> bool:
