@@ -215,7 +215,7 @@ class Step:
 
 @dataclass(frozen=True)
 class StepDiff:
-    """What changed from step ``a`` to step ``b``: pages (ownership) and the shadow VM table."""
+    """What changed from step ``a`` to step ``b``: pages (ownership) and the VM table (shadow_table, or vm_table)."""
 
     a: int
     b: int

@@ -201,7 +201,8 @@ class Lab:
         self.timeline.goto(step)
 
     def diff(self, a: int, b: int):
-        """What changed in ownership and in the shadow VM table from step ``a`` to step ``b``."""
+        """What changed in ownership and in the VM table (the seed's shadow table, mainline's vm_table) from step ``a``
+        to step ``b``."""
         return self.timeline.diff(a, b)
 
     def retrace(self, step: int):

@@ -225,8 +225,9 @@ int hyp_pin_shared_mem(void *from, void *to)
 	u64 start = hyp_pa(from) & PAGE_MASK, end = PAGE_ALIGN(hyp_pa(to));
 	int ret;
 
+	/* upstream: __host_check_page_state_range()'s check_range_allowed_memory(): not memory is -EPERM */
 	if (end <= start || !range_is_memory(start, end - start))
-		return -EINVAL;
+		return -EPERM;
 	ret = __host_check_page_state_range(start, end - start, PKVM_PAGE_SHARED_OWNED);
 	if (!ret)
 		ret = __hyp_check_page_state_range(start, end - start, PKVM_PAGE_SHARED_BORROWED);

@@ -213,13 +213,16 @@ int __pkvm_init_vm(struct kvm *host_kvm, unsigned long vm_hva, unsigned long pgd
 	hyp_vm->kvm.arch.vtcr = host_mmu.vtcr;
 	hyp_vm->kvm.arch.pkvm.is_protected = !!READ_ONCE(host_kvm->arch.pkvm.is_protected);
 
-	ret = kvm_guest_prepare_stage2(hyp_vm, pgd);
-	if (ret)
-		goto err_remove_mappings;
-
-	/* Last: this publishes the VM (a slot not reserved is -EINVAL, and everything goes back). */
+	/*
+	 * This publishes the VM (a slot not reserved is -EINVAL, and everything
+	 * goes back).  The stage-2 after it, as upstream: insert_vm_table_entry()
+	 * gives the VM its VMID, which kvm_guest_prepare_stage2() copies into the
+	 * table's (every TLBI of the guest's stage-2 runs under it).
+	 */
 	hyp_spin_lock(&vm_table_lock);
 	ret = insert_vm_table_entry(handle, hyp_vm);
+	if (!ret)
+		WARN_ON(kvm_guest_prepare_stage2(hyp_vm, pgd));
 	hyp_spin_unlock(&vm_table_lock);
 	if (!ret)
 		return 0;

@@ -20,10 +20,16 @@ PAGE_CATEGORIES: tuple[tuple[str, str, str], ...] = (
     ("memcache", "#ffbf79", "PKVM_ID_HYP: PKVM_PAGE_OWNED, in a vCPU's memcache (for guest stage-2 tables)"),
     ("guest", "#54a24b", "PKVM_ID_GUEST: PKVM_PAGE_OWNED"),
     ("guest-shared", "#72b7b2", "PKVM_ID_GUEST: PKVM_PAGE_SHARED_OWNED (host: PKVM_PAGE_SHARED_BORROWED), after MEM_SHARE"),
+    ("guest-borrowed", "#c7e9c0", "PKVM_ID_HOST: PKVM_PAGE_SHARED_OWNED with a non-protected guest (guest: "
+                                  "PKVM_PAGE_SHARED_BORROWED), mainline's __pkvm_host_share_guest"),
     ("reclaim", "#9d755d", "PKVM_ID_GUEST, its VM torn down: pending __pkvm_host_reclaim_page"),
     ("other", "#222222", "anything else: an ownership invariant is broken"),
 )
 CATEGORY_INDEX = {key: i for i, (key, _, _) in enumerate(PAGE_CATEGORIES)}
+# What differs on the mainline era (Lab(era="mainline")): a page shared with a non-protected guest exists only there,
+# and a guest's page waits for reclaim while its VM is dying, not after a teardown.
+MAINLINE_LABELS = {"reclaim": "PKVM_ID_GUEST, its VM dying: pending __pkvm_reclaim_dying_guest_page"}
+MAINLINE_ONLY_CATEGORIES = ("guest-borrowed",)
 NOT_RAM_COLOR = "#ffffff"
 
 STATE_COLORS = {PageState.OWNED: "#4c78a8", PageState.SHARED_OWNED: "#b279a2",

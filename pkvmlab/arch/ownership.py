@@ -173,3 +173,40 @@ GUEST_TRANSITIONS: tuple[Transition, ...] = (
 )
 
 GUEST_TRANSITION: dict[str, Transition] = {t.call: t for t in GUEST_TRANSITIONS}
+
+
+# The mainline era (Lab(era="mainline"), firmware/mainline/).  The host<->hyp transitions are the same states as
+# above, kept where they live now (struct hyp_page in hyp_vmemmap, not the tables' SW bits); what differs is where
+# the hyp-internal donations happen, and the guest side: the host's calls give a page to a protected guest
+# (__pkvm_host_donate_guest is a host hypercall now), share one with a non-protected guest and take it back, and
+# reclaim a dying guest's pages one by one.  upstream: arch/arm64/kvm/hyp/nvhe/mem_protect.c, mainline:
+# __pkvm_host_share_guest() (host OWNED -> SHARED_OWNED, or SHARED_OWNED again while host_share_guest_count says
+# other guests share it, +1; the guest's PTE pkvm_mkstate(prot, PKVM_PAGE_SHARED_BORROWED)), __pkvm_host_unshare_guest(),
+# __pkvm_host_donate_guest(); nvhe/pkvm.c __pkvm_reclaim_dying_guest_page(); docs/mainline.md.
+MAINLINE_TRANSITIONS: tuple[Transition, ...] = (
+    TRANSITION["__pkvm_host_share_hyp"], TRANSITION["__pkvm_host_unshare_hyp"],
+    replace(TRANSITION["__pkvm_host_donate_hyp"], via=("__pkvm_init_vm", "__pkvm_init_vcpu", "pkvm_refill_memcache"),
+            doc="the host gives pages to hyp for good, only with a purpose: a VM's struct pkvm_hyp_vm and PGD "
+                "(__pkvm_init_vm), each vCPU's struct pkvm_hyp_vcpu (__pkvm_init_vcpu), the loaded vCPU's memcache "
+                "pages (pkvm_refill_memcache, before __pkvm_host_donate_guest / __pkvm_host_share_guest)"),
+    replace(TRANSITION["__pkvm_hyp_donate_host"], via=("__pkvm_finalize_teardown_vm", "__pkvm_init_vm", "__pkvm_init_vcpu"),
+            doc="hyp gives a torn-down VM's pages back (its struct pkvm_hyp_vm, PGD, vCPUs, guest stage-2 tables: "
+                "teardown_donated_memory), or what a failed __pkvm_init_vm / __pkvm_init_vcpu took "
+                "(unmap_donated_memory)"),
+    TRANSITION["hyp_pin_shared_mem"], TRANSITION["hyp_unpin_shared_mem"],
+)
+
+MAINLINE_GUEST_TRANSITIONS: tuple[Transition, ...] = (
+    replace(GUEST_TRANSITION["__pkvm_host_donate_guest"], hypercall=True,
+            doc="the host gives a page to a protected guest on its stage-2 fault (the loaded vCPU's VM); the host "
+                "stage-2's invalid entry names the guest, the VM's handle and the gfn"),
+    Transition("__pkvm_host_share_guest", HOST, GUEST, OWNED, SHARED_OWNED, NOPAGE, SHARED_BORROWED,
+               doc="the host shares a page with a non-protected guest and keeps it (host_share_guest_count + 1)"),
+    Transition("__pkvm_host_unshare_guest", HOST, GUEST, SHARED_OWNED, OWNED, SHARED_BORROWED, NOPAGE,
+               doc="the host takes a shared page back from a non-protected guest (when no other guest shares it)"),
+    Transition("__pkvm_reclaim_dying_guest_page", GUEST, HOST, OWNED, NOPAGE, NOPAGE, OWNED, donate=True,
+               doc="after __pkvm_start_teardown_vm, the host takes back a protected guest's page, zeroed"),
+    GUEST_TRANSITION["__pkvm_guest_share_host"], GUEST_TRANSITION["__pkvm_guest_unshare_host"],
+)
+
+MAINLINE_TRANSITION: dict[str, Transition] = {t.call: t for t in MAINLINE_TRANSITIONS + MAINLINE_GUEST_TRANSITIONS}

@@ -110,9 +110,7 @@ def run(lab_factory, steps: int = 1000, *, steps_per_run: int = 30, shrink: bool
 
     bar = _bar(steps) if progress == "bar" else progress
     stats = _Stats(bar, steps)
-    from pkvmlab.campaign.rules import machine
-
-    cls = machine(lab_factory, stats)
+    cls = machine_for(lab_factory, stats)
     if seed is not None:
         cls = with_seed(seed)(cls)
     runs = max(1, -(-steps * 11 // (10 * steps_per_run)))   # a run may end early: ask for a tenth more
@@ -137,6 +135,22 @@ def run(lab_factory, steps: int = 1000, *, steps_per_run: int = 30, shrink: bool
     if bar:
         bar(r)
     return r
+
+
+def machine_for(lab_factory, stats):
+    """The campaign's machine for the era of the labs ``lab_factory`` makes: the seed's rules
+    (:mod:`pkvmlab.campaign.rules`) or mainline's (:mod:`pkvmlab.campaign.rules_mainline`).  The first lab made to
+    learn the era is the first run's lab."""
+    first = [lab_factory()]
+
+    def factory():
+        return first.pop() if first else lab_factory()
+
+    if getattr(first[0], "era", "seed") == "mainline":
+        from pkvmlab.campaign.rules_mainline import machine
+    else:
+        from pkvmlab.campaign.rules import machine
+    return machine(factory, stats)
 
 
 def _run_quiet(test) -> None:

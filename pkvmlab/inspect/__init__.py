@@ -50,26 +50,34 @@ class Hyp:
         return PoolStats(self.global_field("hyp_pool", "hyp_pool", "free_pages"),
                          self.global_field("hyp_pool", "hyp_pool", "nr_pages"))
 
-    def _seed_only(self, what: str) -> None:
-        """The readers below decode the seed's structures (page states in the tables' SW bits, the shadow table)."""
-        if self.fw.era != "seed":
-            raise UsageError(f"lab.hyp.{what}() reads the seed's era (firmware/); on the {self.fw.era} era read "
-                             "hyp_vmemmap and vm_table with pkvmlab.spec.mainline_abstraction.mainline_abstract(lab), "
-                             "or draw them with pkvmlab.viz.mainline")
-
     def ownership(self):
-        """Who owns every page of RAM, read from the host stage-2 and hyp stage-1 tables."""
+        """Who owns every page of RAM: on the seed's era read from the host stage-2 and hyp stage-1 tables' SW bits,
+        on mainline from ``hyp_vmemmap`` and the host stage-2's annotations (``pkvmlab.inspect.ownership_mainline``);
+        every live guest's stage-2 beside them."""
+        if self.fw.era == "mainline":
+            from pkvmlab.inspect.ownership_mainline import read_ownership_mainline
+
+            return read_ownership_mainline(self)
         from pkvmlab.inspect.ownership import read_ownership
 
-        self._seed_only("ownership")
         return read_ownership(self)
 
     def shadow_table(self):
-        """The shadow VM table: ``nr_shadow_entries``, ``next_shadow_alloc`` and the 255 slots."""
+        """The era's VM table: the seed's ``shadow_table`` (``nr_shadow_entries``, ``next_shadow_alloc``, 255 slots),
+        or on mainline ``vm_table`` (:meth:`vm_table`)."""
+        if self.fw.era == "mainline":
+            return self.vm_table()
         from pkvmlab.inspect.shadow import read_shadow_table
 
-        self._seed_only("shadow_table")
         return read_shadow_table(self)
+
+    def vm_table(self):
+        """Mainline's ``vm_table`` of ``struct pkvm_hyp_vm``: used, reserved (``RESERVED_ENTRY``) and free slots."""
+        if self.fw.era != "mainline":
+            raise UsageError("vm_table is mainline's; the seed's era keeps the shadow table: lab.hyp.shadow_table()")
+        from pkvmlab.inspect.vm_table import read_vm_table
+
+        return read_vm_table(self)
 
     def register_view(self, vm, vcpu_idx: int = 0, exit=None):
         """vCPU ``vcpu_idx`` of ``vm``: the host's struct kvm_vcpu beside hyp's shadow vCPU, register by register."""

@@ -3,7 +3,8 @@
 Ownership snapshots: runs of pages whose owner, page states or pins changed the same way, as address
 ranges in pKVM's words; apart from them, the runs whose only change is a mapping (``remapped``: a host
 page unmapped by break-before-make, or mapped again on a touch, still belongs to whom it belonged).
-Shadow-table snapshots: slots that filled, emptied or changed, and the table's counters.
+Shadow-table snapshots: slots that filled, emptied or changed, and the table's counters; mainline's
+``vm_table`` snapshots: the same, and the slots reserved or unreserved (``RESERVED_ENTRY``).
 Pure: compares two frozen snapshots, never touches the core.
 """
 
@@ -203,10 +204,11 @@ class ShadowDiff:
 
 
 def _vm_change(x, y) -> str:
-    if x.handle != y.handle or x.shadow_area != y.shadow_area:
+    area = "shadow_area" if hasattr(x, "shadow_area") else "area"   # the seed's shadow area; mainline's pkvm_hyp_vm
+    if x.handle != y.handle or getattr(x, area) != getattr(y, area):
         return f"handle {x.handle:#x} → {y.handle:#x} (another VM)"
-    parts = [f"{f} {getattr(x, f)!r} → {getattr(y, f)!r}" for f in ("vmid", "nr_vcpus", "host_kvm", "pgd")
-             if getattr(x, f) != getattr(y, f)]
+    parts = [f"{f} {getattr(x, f)!r} → {getattr(y, f)!r}" for f in ("vmid", "nr_vcpus", "host_kvm", "pgd", "dying")
+             if getattr(x, f, None) != getattr(y, f, None)]
     gx, gy = dict(x.guest_pages), dict(y.guest_pages)
     added = sorted(set(gy) - set(gx))
     removed = sorted(set(gx) - set(gy))
@@ -232,13 +234,57 @@ def shadow_diff(a, b) -> ShadowDiff:
                       (a.next_shadow_alloc, b.next_shadow_alloc))
 
 
+@dataclass(frozen=True)
+class VMTableDiff:
+    """Mainline's ``vm_table`` between two snapshots: slots that filled, emptied or changed, reserved or unreserved."""
+
+    filled: tuple              # HypVM now in a slot that held none
+    emptied: tuple             # HypVM that was in a slot that holds none now
+    changed: tuple             # (before, after) HypVM pairs
+    reserved: tuple[int, ...]      # slots that became RESERVED_ENTRY (__pkvm_reserve_vm)
+    unreserved: tuple[int, ...]    # slots that stopped being RESERVED_ENTRY (filled by __pkvm_init_vm, or unreserved)
+    lowest_free: tuple             # the slot the next __pkvm_reserve_vm takes, before and after
+
+    def __bool__(self) -> bool:
+        return bool(self.filled or self.emptied or self.changed or self.reserved or self.unreserved)
+
+    def __repr__(self) -> str:
+        if not self:
+            return "VMTableDiff: nothing changed"
+        lines = ["VMTableDiff:"]
+        lines += [f"  slot {i} reserved (RESERVED_ENTRY)" for i in self.reserved]
+        lines += [f"  slot {i} no longer reserved" for i in self.unreserved]
+        lines += [f"  slot {v.index} filled: handle {v.handle:#x}, VMID {v.vmid}, {v.kind}, {v.nr_vcpus} vCPU(s), "
+                  f"struct pkvm_hyp_vm at {v.area:#x}" for v in self.filled]
+        lines += [f"  slot {v.index} emptied: handle {v.handle:#x} (VMID {v.vmid}) is gone" for v in self.emptied]
+        lines += [f"  slot {x.index} changed: {_vm_change(x, y)}" for x, y in self.changed]
+        a, b = self.lowest_free
+        if a != b:
+            lines.append(f"  lowest free slot {a} → {b}")
+        return "\n".join(lines)
+
+
+def vm_table_diff(a, b) -> VMTableDiff:
+    """Which slots of mainline's ``vm_table`` filled, emptied, changed, or were reserved between two snapshots."""
+    if len(a.slots) != len(b.slots):
+        raise UsageError("these VM tables have different sizes: they cannot be compared slot by slot")
+    filled = tuple(y for x, y in zip(a.slots, b.slots) if x is None and y is not None)
+    emptied = tuple(x for x, y in zip(a.slots, b.slots) if x is not None and y is None)
+    changed = tuple((x, y) for x, y in zip(a.slots, b.slots) if x is not None and y is not None and x != y)
+    return VMTableDiff(filled, emptied, changed, tuple(sorted(b.reserved - a.reserved)),
+                       tuple(sorted(a.reserved - b.reserved)), (a.lowest_free, b.lowest_free))
+
+
 def diff(before, after, *, mappings: bool = True):
     """What changed from ``before`` to ``after``: two ownership snapshots, or two shadow-table snapshots.
 
     For ownership, pages that only became mapped or unmapped are listed apart (``remapped``);
     ``mappings=False`` leaves them out.
     """
-    if hasattr(before, "slots") and hasattr(after, "slots"):
+    if hasattr(before, "reserved") and hasattr(after, "reserved"):
+        return vm_table_diff(before, after)
+    if hasattr(before, "slots") and hasattr(after, "slots") and not hasattr(before, "reserved") \
+            and not hasattr(after, "reserved"):
         return shadow_diff(before, after)
     if hasattr(before, "sides") and hasattr(after, "sides"):
         return ownership_diff(before, after, mappings=mappings)

@@ -8,8 +8,9 @@ lives and the host's again at teardown.  So every page hyp owns is one of:
 
 - free in the pool (refcount 0 in hyp's vmemmap, as many as ``hyp_pool.free_pages`` counts);
 - a table of hyp's stage-1 or of the host stage-2 (a pool page);
-- the shadow table's page (a pool page);
-- a live VM's shadow area, stage-2 PGD, memcache page or guest stage-2 table (a host page, donated).
+- the shadow table's page (a pool page; on the mainline era ``vm_table``'s);
+- a live VM's shadow area, stage-2 PGD, memcache page or guest stage-2 table (a host page, donated); on the
+  mainline era its ``struct pkvm_hyp_vm`` and each ``struct pkvm_hyp_vcpu`` where the seed had the shadow area.
 
 Anything else is a leak: ``unaccounted`` lists it.  Read with the debugger (``core.phys``), nothing runs.
 """
@@ -81,12 +82,20 @@ def account_hyp_pages(hyp) -> HypPages:
     host_tables, (addrs, ptes, levels, _) = _walk(hyp, "host_mmu", "pgt.")
     hyp_tables, _ = _walk(hyp, "hyp_pgtable")
     tables = {pa >> PAGE_SHIFT for pa in (*host_tables, *hyp_tables)}
-    shadow = hyp.read_global("shadow_table") >> PAGE_SHIFT
+    mainline = hyp.fw.era == "mainline"   # vm_table (a pool page too, firmware/mainline/setup.c) and its VMs
+    shadow = hyp.read_global("vm_table" if mainline else "shadow_table") >> PAGE_SHIFT
     vm_pages: dict[int, str] = {}
     for vm in hyp.shadow_table().vms:
         who = f"VM {vm.handle:#x}'s"
-        for pfn in range(vm.shadow_area >> PAGE_SHIFT, (vm.shadow_area + vm.shadow_area_size) >> PAGE_SHIFT):
-            vm_pages[pfn] = f"{who} shadow area"
+        if mainline:   # struct pkvm_hyp_vm (__pkvm_init_vm), each struct pkvm_hyp_vcpu (__pkvm_init_vcpu)
+            for pfn in range(vm.area >> PAGE_SHIFT, (vm.area + vm.area_size) >> PAGE_SHIFT):
+                vm_pages[pfn] = f"{who} struct pkvm_hyp_vm"
+            for v in vm.vcpus:
+                for pfn in range(v.address >> PAGE_SHIFT, (v.address + vm.vcpu_area_size) >> PAGE_SHIFT):
+                    vm_pages[pfn] = f"{who} vCPU {v.vcpu_idx} struct pkvm_hyp_vcpu"
+        else:
+            for pfn in range(vm.shadow_area >> PAGE_SHIFT, (vm.shadow_area + vm.shadow_area_size) >> PAGE_SHIFT):
+                vm_pages[pfn] = f"{who} shadow area"
         for pfn in (vm.pgd >> PAGE_SHIFT, (vm.pgd >> PAGE_SHIFT) + 1):   # two concatenated level-1 tables
             vm_pages[pfn] = f"{who} stage-2 PGD"
         for v in vm.vcpus:

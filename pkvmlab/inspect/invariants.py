@@ -17,6 +17,12 @@ The rules, per page of RAM:
 - ``hyp-mapped``: hyp's stage-1 maps it only if hyp owns it (the host stage-2 records it as hyp's)
   or borrows it, and only RAM;
 - ``carveout``: every page of the hypervisor's carve-out is owned by hyp and mapped by hyp.
+
+On the mainline era (``Lab(era="mainline")``, ``snap.era == "mainline"``) the host's and hyp's states come from
+``hyp_vmemmap`` (``pkvmlab.inspect.ownership_mainline``) and the rules above hold as they are; one more:
+- ``share-count``: a host page's ``host_share_guest_count`` (``struct hyp_page``) is the number of live guests whose
+  stage-2 borrows it, and the host's state is ``PKVM_PAGE_SHARED_OWNED`` when it is not zero (upstream:
+  ``__pkvm_host_share_guest()`` / ``__pkvm_host_unshare_guest()`` in arch/arm64/kvm/hyp/nvhe/mem_protect.c, mainline).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import numpy as np
 from pkvmlab.arch.pgtable import Owner, PageState
 from pkvmlab.inspect.ownership import Ownership, owner_name
 
-KINDS = ("owner", "share", "host-mapped", "hyp-mapped", "carveout")
+KINDS = ("owner", "share", "host-mapped", "hyp-mapped", "carveout", "share-count")
 OWNED, SHARED_OWNED, SHARED_BORROWED, NOPAGE = (PageState.OWNED, PageState.SHARED_OWNED,
                                                 PageState.SHARED_BORROWED, PageState.NOPAGE)
 
@@ -159,6 +165,14 @@ def check_invariants(snap: Ownership) -> list[Violation]:
     out += _runs(snap, "carveout", bad,
                  lambda i: f"the hypervisor's carve-out must be owned and mapped by hyp alone, but {_states(snap, i)}, "
                            f"owner {owner_name(int(snap.owner[i]))}", sig)
+
+    # share-count (mainline): host_share_guest_count counts the live guests that borrow the page.
+    if snap.share_count is not None and snap.guest_borrowers is not None:
+        count, borrowers = snap.share_count, snap.guest_borrowers
+        bad = (count != borrowers) | ((count != 0) & (host.state != SHARED_OWNED))
+        out += _runs(snap, "share-count", bad,
+                     lambda i: f"hyp_vmemmap's host_share_guest_count is {int(count[i])} but {int(borrowers[i])} live "
+                               f"guest(s) borrow it ({_states(snap, i)})", sig)
     return out
 
 

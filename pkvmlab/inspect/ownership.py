@@ -170,6 +170,9 @@ class Ownership:
     guest_vm: np.ndarray | None = None     # uint16: the handle of the VM whose stage-2 maps the page (0: none)
     reclaim: np.ndarray | None = None      # bool: HOST_PAGE_PENDING_RECLAIM (its VM was torn down)
     memcache: np.ndarray | None = None     # uint16: the VM whose vCPU memcache holds the page (0: none)
+    era: str = "seed"                      # "mainline": host and hyp states from hyp_vmemmap (ownership_mainline.py)
+    share_count: np.ndarray | None = None  # mainline: uint32 host_share_guest_count, from hyp_vmemmap
+    guest_borrowers: np.ndarray | None = None   # mainline: uint16 live guests whose stage-2 borrows the page
 
     @property
     def host(self) -> StageView:
@@ -260,8 +263,8 @@ class Ownership:
         more = f"<p>... and {len(rs) - 200} more ranges</p>" if len(rs) > 200 else ""
         counts = ", ".join(f"{escape(k)}: {v} pages" for k, v in self.owner_counts().items())
         return (f"<p><b>Ownership</b> of {self.nr_pages} pages at <code>{self.ram_start:#x}</code> ({counts})</p>"
-                "<table><thead><tr><th>start</th><th>end</th><th>pages</th><th>owner</th><th>host stage-2</th>"
-                f"<th>hyp stage-1</th></tr></thead><tbody>{rows}</tbody></table>{more}")
+                f"<table><thead><tr><th>start</th><th>end</th><th>pages</th><th>owner</th><th>{escape(self.host.name)}</th>"
+                f"<th>{escape(self.hyp.name)}</th></tr></thead><tbody>{rows}</tbody></table>{more}")
 
 
 # -- the walk ---------------------------------------------------------------------------------------

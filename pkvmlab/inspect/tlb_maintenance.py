@@ -43,6 +43,7 @@ SW = 0xF << 55                    # software bits [58:55]: pKVM's page state; th
 # shareability, contiguous -- needs break-before-make.
 NO_BBM = SW | (3 << 53) | (1 << 51) | (1 << 10) | (3 << 6)
 PAGE = 4096
+RESERVED_ENTRY = 0xA110CA7ED      # mainline's reserved, not yet used VM-table slot (upstream: nvhe/pkvm.c)
 
 
 def _tlbi_covers(insn: int, vttbr: int) -> int | None:
@@ -93,13 +94,20 @@ class TlbMaintenance:
         host = fw.symbol("host_mmu")
         lay = fw.layout("host_mmu")
         self._host_root = tuple(host + lay.field(f"pgt.{m}").offset for m in ("pgd", "ia_bits", "start_level"))
-        vm = fw.layout("kvm_shadow_vm")
+        # The VM table: the seed's shadow table of struct kvm_shadow_vm, or mainline's vm_table of struct pkvm_hyp_vm
+        # (firmware/mainline/include/hyp/pkvm.h), whose reserved slots hold RESERVED_ENTRY.
+        self._mainline = getattr(lab, "era", "seed") == "mainline"
+        vm = fw.layout("pkvm_hyp_vm" if self._mainline else "kvm_shadow_vm")
+        handle = "kvm.arch.pkvm.handle" if self._mainline else "kvm.arch.pkvm.shadow_handle"
         self._vm_f = {m: vm.field(m).offset for m in ("pgt.pgd", "pgt.ia_bits", "pgt.start_level",
-                                                      "kvm.arch.mmu.vmid.id", "kvm.arch.pkvm.shadow_handle")}
+                                                      "kvm.arch.mmu.vmid.id", handle)}
+        self._vm_f["handle"] = self._vm_f.pop(handle)
+        self._handle_size = vm.field(handle).size
         self._slots = hyp.read_global("kvm_max_pvms", 4)
-        self._table_ptr = fw.symbol("shadow_table")
-        # The shadow table changes only when these do (a VM made or torn down): read them, not the table, per call.
-        self._table_gen = (fw.symbol("nr_shadow_entries"), fw.symbol("next_shadow_alloc"))
+        self._table_ptr = fw.symbol("vm_table" if self._mainline else "shadow_table")
+        # The seed's shadow table changes only when these do (a VM made or torn down): read them, not the table, per
+        # call.  Mainline keeps no such counters: the table's own words are its generation.
+        self._table_gen = None if self._mainline else (fw.symbol("nr_shadow_entries"), fw.symbol("next_shadow_alloc"))
         self._gen = None
         uc = getattr(self._phys, "_uc", None)   # the engine's own read: this runs on every host call
         self._read = uc.mem_read if uc is not None else self._phys.read
@@ -127,10 +135,10 @@ class TlbMaintenance:
         f = self._vm_f
         for slot in np.frombuffer(self._read(table, 8 * self._slots), np.uint64):
             vm = int(slot)
-            if not vm:
+            if not vm or vm == RESERVED_ENTRY:
                 continue
             vmid = self._u(vm + f["kvm.arch.mmu.vmid.id"], 4) & 0xFF
-            handle = self._u(vm + f["kvm.arch.pkvm.shadow_handle"], 4)
+            handle = self._u(vm + f["handle"], self._handle_size)
             out[(self._u(vm + f["pgt.pgd"]), vmid)] = (f"VM {handle:#x}'s stage-2 (VMID {vmid})",
                                                        self._u(vm + f["pgt.ia_bits"], 4) & 0xFF,
                                                        self._u(vm + f["pgt.start_level"], 4) & 0xFF)
@@ -138,7 +146,11 @@ class TlbMaintenance:
 
     def _refresh_roots(self) -> set[int]:
         """Watch new roots, stop watching gone ones; returns the tags that are gone."""
-        gen = (self._u(self._table_gen[0], 4), self._u(self._table_gen[1], 4))
+        if self._table_gen is None:
+            table = self._u(self._table_ptr)
+            gen = bytes(self._read(table, 8 * self._slots)) if table else b""
+        else:
+            gen = (self._u(self._table_gen[0], 4), self._u(self._table_gen[1], 4))
         if gen == self._gen:
             return set()
         self._gen = gen

@@ -368,7 +368,13 @@ def _heap(lab) -> list:
                 size = max(lay.size, int.from_bytes(phys.read(p + size_field.offset, size_field.size), "little"))
             else:                           # struct pkvm_hyp_vm and its vcpus[] pointers (each vCPU a page apart)
                 created = lay.field("kvm.created_vcpus")
-                size = lay.size + 8 * int.from_bytes(phys.read(p + created.offset, created.size), "little")
+                n = min(int.from_bytes(phys.read(p + created.offset, created.size), "little"), 64)
+                size = lay.size + 8 * n
+                vsize = fw.layout("pkvm_hyp_vcpu").size
+                for k in range(n):   # each struct pkvm_hyp_vcpu in the area the host donated to __pkvm_init_vcpu
+                    vp = int.from_bytes(phys.read(p + lay.size + 8 * k, 8), "little")
+                    if phys.base <= vp < phys.base + phys.size:
+                        out.append((vp, vp + vsize, f"{name}[{i}]->vcpus[{k}]->", (0, "pkvm_hyp_vcpu")))
             out.append((p, p + size, f"{name}[{i}]->", (0, struct)))
     vmemmap = hyp.read_global("hyp_vmemmap")
     if vmemmap:

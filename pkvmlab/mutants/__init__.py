@@ -4,6 +4,9 @@ Each ``NN_name.patch`` is a unified diff against ``firmware/`` with a first line
 ``build(name, dst)`` copies the firmware, applies the patch and returns the directory
 (``Lab(firmware=dir)`` builds it; builds are cached by source hash, so a second use is cheap).
 The applier is a small one of our own (exact context, no fuzz): no ``patch`` binary needed.
+The mainline era's planted bugs are ``mainline/NN_name.patch`` (against ``firmware/mainline/``), named
+``"mainline/NN_name"``: ``mainline_names()``; ``build()`` of one returns the copy's ``mainline/`` tree
+(``Lab(firmware=dir)`` boots it on the mainline era).
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ def names() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.patch"))
 
 
+def mainline_names() -> list[str]:
+    """Every planted bug of the mainline tree (``"mainline/NN_name"``), in order."""
+    return sorted(f"mainline/{p.stem}" for p in (HERE / "mainline").glob("*.patch"))
+
+
 def describe(name: str) -> str:
     """The patch's first line: the bug in words."""
     return _path(name).read_text().splitlines()[0].lstrip("# ").strip()
@@ -29,7 +37,7 @@ def describe(name: str) -> str:
 def _path(name: str) -> Path:
     p = HERE / f"{name}.patch"
     if not p.is_file():
-        raise UsageError(f"no mutant {name!r}; known: {', '.join(names())}")
+        raise UsageError(f"no mutant {name!r}; known: {', '.join(names() + mainline_names())}")
     return p
 
 
@@ -71,7 +79,7 @@ def build(name: str, dst: str | Path | None = None) -> Path:
     from pkvmlab.firmware.build import copy_firmware
 
     patch = _path(name).read_text()
-    dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix=f"pkvmlab-{name}-")) / "firmware"
+    dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix=f"pkvmlab-{name.replace('/', '-')}-")) / "firmware"
     copy_firmware(dst, overwrite=True)
     apply_patch(patch, dst)
-    return dst
+    return dst / "mainline" if name.startswith("mainline/") else dst

@@ -16,7 +16,8 @@
 * the mainline era (``Lab(era="mainline")``): :mod:`pkvmlab.spec.mainline` (its rule table: the shared transitions and
   ``__pkvm_hyp_info``, plus :mod:`~pkvmlab.spec.mainline_vm_calls` and :mod:`~pkvmlab.spec.mainline_guest_calls`, written
   from mainline's C as docs/mainline.md reads it), :mod:`pkvmlab.spec.mainline_state` (reserved slots, share counts,
-  donation annotations) and :mod:`pkvmlab.spec.mainline_abstraction` (host and hyp state from ``hyp_vmemmap``).
+  donation annotations) and :mod:`pkvmlab.spec.mainline_abstraction` (host and hyp state from ``hyp_vmemmap``; read
+  again, as the seed era's, only where pages were written: :mod:`~pkvmlab.spec.mainline_vms` per VM-table slot).
 
 Host-visible memory: what hyp writes back into the host's memory is part of an outcome (``Outcome.host_words``:
 the memcache list head and count in the host's ``struct kvm_vcpu`` after map_guest; ``Outcome.zeroed``: pages

@@ -445,10 +445,16 @@ class Abstraction:
         return out
 
 def abstract_of(lab) -> Abstraction:
-    """The lab's :class:`Abstraction` (built once per lab: the DWARF offsets)."""
+    """The lab's :class:`Abstraction` (built once per lab: the DWARF offsets); on the mainline era, mainline's
+    (:class:`pkvmlab.spec.mainline_abstraction.MainlineAbstraction`: the same ``config`` and ``()``)."""
     a = lab.__dict__.get("_spec_abstraction")
     if a is None:
-        a = lab._spec_abstraction = Abstraction(lab)
+        if getattr(lab, "era", "seed") == "mainline":
+            from pkvmlab.spec.mainline_abstraction import mainline_abstract_of
+
+            a = lab._spec_abstraction = mainline_abstract_of(lab)
+        else:
+            a = lab._spec_abstraction = Abstraction(lab)
     return a
 
 

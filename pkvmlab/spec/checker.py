@@ -61,8 +61,9 @@ class SpecChecker:
         self.mappings = 0 if lab.backend == "qemu" else 3
         self._turn = 0
         # The era's rules and abstraction: the seed era's (pkvmlab.spec.host_calls, .guest_calls, .abstraction) or
-        # mainline's (pkvmlab.spec.mainline*).  Mainline's are checked on the whole state after every call (no local
-        # footprints yet) and without the register rules, which read the seed era's shadow vCPU.
+        # mainline's (pkvmlab.spec.mainline*): share/unshare local on both (mainline's MainlineAbstraction.local reads
+        # the page's hyp_vmemmap entry); a vCPU load or put light on the seed's only (mainline reads the slot it wrote,
+        # on the whole state); the register rules read mainline's struct pkvm_hyp_vcpu (pkvmlab.spec.register_state).
         self.era = getattr(lab, "era", "seed")
         self._abstract, self._allowed = abstract, allowed
         if self.era == "mainline":
@@ -70,12 +71,12 @@ class SpecChecker:
             from pkvmlab.spec.mainline_abstraction import mainline_abstract
 
             self._abstract, self._allowed = mainline_abstract, mainline_allowed
-            self.local = self.registers = False
         self._sorted = (None, [])   # (a state's pages, their pfns sorted): the pages the host access check samples
         # The pages each run, each call writes (a native store hook): the abstraction reads again only what lies on
-        # them (pkvmlab.spec.abstraction), so a whole-state check costs what the call changed, not what the lab holds.
+        # them (pkvmlab.spec.abstraction, .mainline_abstraction), so a whole-state check costs what the call changed, not
+        # what the lab holds.
         self._written = None
-        if lab.backend != "qemu" and self.era == "seed":   # mainline: whole state each call (above)
+        if lab.backend != "qemu":   # both eras' abstractions read again only what lies on written pages
             from pkvmlab.machine.journal import WrittenPages
 
             sym = lab.fw.symbols
@@ -161,9 +162,12 @@ class SpecChecker:
         light = vms is not None
         if not light:
             vms = {}
-        before = AbstractState(a.config, {p: v for p, v in a.local(footprint).items() if v != a.config.boot_view(p)},
-                               vms, a.pool_free())
-        outs = allowed(before, name, args, self.peek)
+        state = AbstractState
+        if self.era == "mainline":
+            from pkvmlab.spec.mainline_state import MainlineState as state
+        before = state(a.config, {p: v for p, v in a.local(footprint).items() if v != a.config.boot_view(p)},
+                       vms, a.pool_free())
+        outs = self._allowed(before, name, args, self.peek)
         ret, err = self._run_with_registers(name, args, run)
         now, pool = a.local(footprint), a.pool_free()
         vms_now = a.vms(light=True) if light else {}
@@ -174,7 +178,7 @@ class SpecChecker:
                     and not (info and (info[0][1] != 2 or info[0][2] != pool)) and not self._host_words(o)):
                 break
         else:
-            after = AbstractState(a.config, {p: v for p, v in now.items() if v != a.config.boot_view(p)}, vms_now, pool)
+            after = state(a.config, {p: v for p, v in now.items() if v != a.config.boot_view(p)}, vms_now, pool)
             self._mismatch(name, args, outs, ret, after, info)
         self._check_mappings(name, args, ret, footprint, now.get)
         if err is not None:
@@ -189,7 +193,8 @@ class SpecChecker:
             except AbstractionError:
                 self.unchecked += 1
                 return run()
-        if name in ("__pkvm_vcpu_load", "__pkvm_vcpu_put") and self.local and not self.reuse_between_calls:
+        if (name in ("__pkvm_vcpu_load", "__pkvm_vcpu_put") and self.local and not self.reuse_between_calls
+                and self.era == "seed"):
             try:
                 footprint, vms = self._light(name, args)
                 return self.check_local(name, args, run, footprint, info, vms)

@@ -15,42 +15,50 @@ What differs from the seed era's (:mod:`pkvmlab.spec.abstraction`), as mainline 
   of pointers to its ``struct pkvm_hyp_vcpu`` s, each in its own donated area (upstream: nvhe/pkvm.h, T4).
 * guest stage-2s are walked as in the seed era (the same table library).
 
+Under ``lab.spec_check`` it reads again only what lies on pages written since its last read (``written``:
+:class:`pkvmlab.machine.journal.WrittenPages`, as the seed era's): the vmemmap's written pages (and of their entries
+only those that changed), the VM-table slots one of whose structures or stage-2 tables lies on a written page
+(:mod:`pkvmlab.spec.mainline_vms`), the host stage-2 entries whose descriptors do; and it makes the views again only
+of the pages whose inputs changed.  So a call costs what it wrote, not what the lab holds;
+``tests/test_spec_mainline_reads_what_changed.py`` holds it to a fresh full read.  :meth:`MainlineAbstraction.local`
+reads just the pages a share or unshare names.
+
 Reads the machine through duck-typed ``lab.core.phys`` and ``lab.fw``; imports no emulator itself.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import PageView
 from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
+from pkvmlab.inspect.vmemmap import ANN_GFN, ANN_HANDLE, RESERVED_ENTRY, VmemmapReader
 from pkvmlab.spec.abstract_vms import guest_walk
-from pkvmlab.spec.abstraction import AbstractionError
+from pkvmlab.spec.abstraction import Abstraction, AbstractionError
 from pkvmlab.spec.mainline_state import MainlineConfig, MainlineState, MainlineVM
+from pkvmlab.spec.mainline_vms import read_slot, with_refs
 
 PAGE_SHIFT = pt.PAGE_SHIFT
-RESERVED_ENTRY = 0xA110CA7ED          # upstream nvhe/pkvm.c: a reserved, not yet used VM-table slot
-# The lab's host stage-2 annotation for a page donated to a guest (firmware/mainline/include/hyp/mem_protect.h):
-# the owner where the seed era had it (bits [9:2]), the handle in [25:10], the gfn in [59:26].
-ANN_HANDLE = (10, 0xFFFF)
-ANN_GFN = (26, (1 << 34) - 1)
 _HOST_STATE = (PageState.OWNED, PageState.SHARED_OWNED, PageState.SHARED_BORROWED, PageState.NOPAGE)
 
 
-class MainlineAbstraction:
-    """``MainlineAbstraction(lab)()``: the mainline abstract state of ``lab`` now.  Offsets from DWARF, once."""
+class MainlineAbstraction(VmemmapReader):
+    """``MainlineAbstraction(lab)()``: the mainline abstract state of ``lab`` now.  Offsets from DWARF, once; the raw
+    reads (the vmemmap, a host stage-2 entry, the VM table's slots) are :class:`pkvmlab.inspect.vmemmap.VmemmapReader`'s,
+    shared with ``lab.hyp.ownership()`` and ``lab.hyp.vm_table()``."""
 
     def _guest_walk(self, slot: int, pgd: int, ia_bits: int, level: int) -> tuple[list, list]:
-        """The same table walk as the seed era's (same page-table library): every leaf and table below ``pgd``."""
+        """The same table walk as the seed era's (same page-table library): every leaf and table below ``pgd``,
+        each table decoded again only when its bytes changed."""
         return guest_walk(self, slot, pgd, ia_bits, level, set())
 
     def __init__(self, lab):
         fw, hyp = lab.fw, lab.hyp
-        self.lab, self.phys = lab, lab.core.phys
-        uc = getattr(self.phys, "_uc", None)
-        self._raw = uc.mem_read if uc is not None else self.phys.read
-        mem = {m: hyp.global_field("hyp_memory", "hyp_memory", m) for m in ("ram_start", "ram_end", "hyp_start", "hyp_end")}
+        super().__init__(lab.core.phys, fw, hyp)
+        self.lab = lab
         kvm, vcpu = fw.layout("kvm"), fw.layout("kvm_vcpu")
 
         def at(lay, path):
@@ -58,240 +66,357 @@ class MainlineAbstraction:
             return f.offset, f.size
 
         self.config = MainlineConfig(
-            ram=(mem["ram_start"] >> PAGE_SHIFT, mem["ram_end"] >> PAGE_SHIFT),
-            carveout=(mem["hyp_start"] >> PAGE_SHIFT, mem["hyp_end"] >> PAGE_SHIFT),
-            version=getattr(lab, "version", 0x10000), max_pvms=hyp.read_global("kvm_max_pvms", 4),
+            ram=self.ram, carveout=self.carveout,
+            version=getattr(lab, "version", 0x10000), max_pvms=self.max_pvms,
             max_vcpus=8, kvm_size=kvm.size, vcpu_size=vcpu.size, pgd_pages=2,
             created_vcpus=at(kvm, "created_vcpus"), guest_ipa_bits=40, vcpu_memcache=at(vcpu, "arch.pkvm_memcache.head")[0],
             hyp_vm_size=fw.layout("pkvm_hyp_vm").size, hyp_vcpu_size=fw.layout("pkvm_hyp_vcpu").size,
             kvm_handle=at(kvm, "arch.pkvm.handle"), kvm_protected=at(kvm, "arch.pkvm.is_protected"),
             vcpu_idx=at(vcpu, "vcpu_idx"))
-        hp = fw.layout("hyp_page")
-        self._hp_size = hp.size
-        self._hp = {n: hp.field(n).offset for n in ("refcount", "host_share_guest_count")}
-        self._state_byte = hp.field("host_share_guest_count").offset - 1   # the byte holding the two 4-bit states
-        self._vmemmap = fw.symbol("hyp_vmemmap")
-        pool = fw.layout("hyp_pool")
-        self._pool_free = (fw.symbol("hyp_pool") + pool.field("free_pages").offset, pool.field("free_pages").size)
-        self._host_pgt = tuple(fw.symbol("host_mmu") + fw.layout("host_mmu").field(f"pgt.{m}").offset
-                               for m in ("pgd", "ia_bits", "start_level"))
-        self._table = fw.symbol("vm_table")
-        vm, vc = fw.layout("pkvm_hyp_vm"), fw.layout("pkvm_hyp_vcpu")
-        self._vm_size = vm.size
-        self._f = {p: at(vm, p) for p in ("kvm.arch.pkvm.handle", "kvm.arch.mmu.vmid.id", "host_kvm", "kvm.created_vcpus",
-                                          "kvm.arch.pkvm.is_protected", "is_dying", "nr_vcpus", "pgt.pgd", "pgt.ia_bits",
-                                          "pgt.start_level")}
-        self._vcpus_at = vm.size                # the flexible array vcpus[] starts where the struct ends
-        self._vc = {p: at(vc, p) for p in ("host_vcpu", "loaded", "vcpu.vcpu_idx", "vcpu.arch.pkvm_memcache.head",
-                                           "vcpu.arch.pkvm_memcache.nr_pages")}
-        self._vc_size = vc.size
-        self._tables: dict = {}
-        self._lo, self._hi = self.config.ram[0] << PAGE_SHIFT, self.config.ram[1] << PAGE_SHIFT
+        self._tables: dict = {}   # (table PA, level, base IPA) -> (its bytes, its leaves, its child tables)
+        # What the last __call__ read, to read again only what lies on written pages (self.written):
+        self.written = None       # None, or a function -> the pfns written since it was last called (None: all)
+        self._since: dict = {}    # reader -> the pfns written since it last asked (None: all)
+        self._last = None         # _Last: what the last whole read found
+        self._entries: dict = {}  # pfn -> its host stage-2 entry, as read last
+        self._entry_by: dict = {}  # pfn of a descriptor read -> the pfns whose entry it decided
+        self._local: dict = {}    # pfn -> (its view, the pfns it was read from): local()
+        n = self.ram[1] - self.ram[0]
+        base = self._vm_base = self._u(self._vmemmap)   # hyp_vmemmap: fixed at boot; the pfns it lies on
+        self._vm_lo, self._vm_hi = base >> PAGE_SHIFT, ((base + n * self._hp_size - 1) >> PAGE_SHIFT) + 1
 
-    # -- raw reads (the names _guest_walk expects) ------------------------------------------------
+    def vmemmap(self) -> dict[int, tuple[int, int, int, int]]:
+        try:
+            return super().vmemmap()
+        except ValueError as e:
+            raise AbstractionError(str(e)) from None
 
-    def _u(self, addr: int, size: int = 8) -> int:
-        return int.from_bytes(self._u_bytes(addr, size), "little")
+    # -- the whole state ---------------------------------------------------------------------------
 
-    def _u_bytes(self, addr: int, n: int) -> bytes:
-        if self._lo <= addr and addr + n <= self._hi:
-            return bytes(self._raw(addr, n))
-        return self.phys.read(addr, n)
+    def __call__(self) -> MainlineState:
+        """The abstract state now.  With ``self.written`` (a :class:`pkvmlab.machine.journal.WrittenPages`'s ``take``,
+        set by the checker) only what lies on pages written since the last call is read again: the vmemmap's pages,
+        the VM table's slots (:func:`pkvmlab.spec.mainline_vms.read_slot`), the host stage-2 entries walked; and only
+        the pages whose inputs changed get their view made again."""
+        written = self.taken("whole")
+        try:
+            if written is None or self._last is None:
+                return self._full()
+            return self._again(written)
+        except BaseException:
+            self._last = None   # half-updated: read everything next time
+            raise
 
-    def _read_words(self, addr: int, n: int) -> np.ndarray:
-        """``n`` little-endian u64 at ``addr``: on Unicorn into one buffer kept between calls (the binding's own
-        mem_read allocates, zero-fills and copies 2 MiB for a 1 GiB lab's vmemmap: ~5 ms; this ~0.3 ms)."""
+    def _full(self) -> MainlineState:
+        self._last = None
+        words = self._words().copy()
+        v = self._decode(words, range(len(words)))
+        table, raw = self._slot_raw()
+        slots, reserved = {}, set()
+        for idx, addr in enumerate(np.frombuffer(raw, "<u8").tolist()):
+            if addr == RESERVED_ENTRY:
+                reserved.add(idx)
+            elif addr:
+                slots[idx] = read_slot(self, idx, addr)
+        guest = self._merged(slots)
+        tables = self._table_pfns(slots)
+        self._entries, self._entry_by = {}, {}
+        pages, shares, donations = {}, {}, {}
+        for pfn in sorted(set(v) | set(guest)):
+            self._redo(pfn, v, guest, tables, pages, shares, donations)
+        by_page: dict = {}
+        for idx, slot in slots.items():
+            for p in (*slot.deps, *slot.table_deps):
+                by_page.setdefault(p, set()).add(idx)
+        self._last = _Last(words, v, table, raw, slots, frozenset(reserved), guest, tables, pages, shares, donations,
+                           None, by_page, frozenset(x.addr >> PAGE_SHIFT for x in slots.values()))
+        return self._state()
+
+    def _again(self, written: set) -> MainlineState:
+        last = self._last
+        if not written:
+            return self._state()
+        dirty: set = set()
+        # the vmemmap: only its written pages, and of those only the entries that changed
+        base, n = self._vm_base, len(last.words)
+        v, words = last.v, last.words
+        for vp in sorted(p for p in written if self._vm_lo <= p < self._vm_hi):
+            lo = max(0, ((vp << PAGE_SHIFT) - base) // 8)
+            hi = min(n, (((vp + 1) << PAGE_SHIFT) - base + 7) // 8)
+            if lo >= hi:
+                continue
+            now = self._page_words(base + 8 * lo, hi - lo)
+            changed = (np.flatnonzero(now != words[lo:hi]) + lo).tolist()
+            if changed:
+                if v is last.v:
+                    v = dict(v)
+                words[lo:hi] = now
+                for i, d in self._decode(words, changed, all_=True).items():
+                    if d is None:
+                        v.pop(i, None)
+                    else:
+                        v[i] = d
+                dirty.update(changed)
+        dirty = {i + self.ram[0] for i in dirty}
+        # the VM table: its pointers, then each slot read again only where its pages were written
+        table, raw = self._slot_raw()
+        reserved, slots, by_page = last.reserved, last.slots, last.by_page
+        if table != last.table or raw != last.raw:   # a slot filled, emptied or reserved: look at every slot
+            reserved = frozenset(i for i, p in enumerate(np.frombuffer(raw, "<u8").tolist()) if p == RESERVED_ENTRY)
+            slots = {}
+            for idx, addr in enumerate(np.frombuffer(raw, "<u8").tolist()):
+                if addr and addr != RESERVED_ENTRY:
+                    old = last.slots.get(idx)
+                    slots[idx] = read_slot(self, idx, addr, old if old is not None and old.addr == addr else None,
+                                           written)
+            changed = [i for i in set(slots) | set(last.slots) if slots.get(i) is not last.slots.get(i)]
+        else:   # the same pointers: only the slots a written page was read for
+            changed = []
+            for idx in {i for p in written for i in by_page.get(p, ())}:
+                old = slots[idx]
+                new = read_slot(self, idx, old.addr, old, written)
+                if new is not old:
+                    if slots is last.slots:
+                        slots = dict(slots)
+                    slots[idx] = new
+                    changed.append(idx)
+        guest, tables, vms = last.guest, last.tables, last.vms
+        redo_vms = set(changed)
+        if dirty and not dirty.isdisjoint(last.vm_pages):   # a VM's reference count changed
+            redo_vms.update(i for i, x in slots.items() if x.addr >> PAGE_SHIFT in dirty)
+        if redo_vms and vms is not None:
+            vms = None if slots is not last.slots and set(slots) != set(last.slots) else self._vms(slots, words, redo_vms,
+                                                                                                      dict(vms))
+        vm_pages = last.vm_pages
+        if changed:
+            vm_pages = frozenset(x.addr >> PAGE_SHIFT for x in slots.values())
+            for i in changed:   # what each slot was read from (this object's own index: updated in place)
+                for d, add in ((last.slots.get(i), False), (slots.get(i), True)):
+                    for p in () if d is None else (*d.deps, *d.table_deps):
+                        if add:
+                            by_page.setdefault(p, set()).add(i)
+                        elif p in by_page:
+                            by_page[p].discard(i)
+                            if not by_page[p]:
+                                del by_page[p]
+            if any(slots.get(i) is None or last.slots.get(i) is None or slots[i].guest is not last.slots[i].guest
+                   for i in changed):
+                guest = self._merged(slots)
+                for i in changed:
+                    for d in (slots.get(i), last.slots.get(i)):
+                        if d is not None:
+                            dirty.update(p for p in d.guest if guest.get(p) != last.guest.get(p))
+            if any(slots.get(i) is None or last.slots.get(i) is None or slots[i].vm.hyp_pages != last.slots[i].vm.hyp_pages
+                   or slots[i].vm.pgd != last.slots[i].vm.pgd for i in changed):
+                tables = self._table_pfns(slots)
+                dirty.update(tables ^ last.tables)
+        # the host stage-2 entries walked last time whose descriptors lie on written pages
+        stale: set = set()
+        for p in written:
+            stale.update(self._entry_by.pop(p, ()))
+        for pfn in stale:
+            self._entries.pop(pfn, None)
+        dirty |= stale
+        pages, shares, donations = last.pages, last.shares, last.donations
+        if dirty:
+            pages, shares, donations = dict(pages), dict(shares), dict(donations)
+            for pfn in dirty:
+                pages.pop(pfn, None)
+                shares.pop(pfn, None)
+                donations.pop(pfn, None)
+                if pfn in v or pfn in guest:
+                    self._redo(pfn, v, guest, tables, pages, shares, donations)
+        self._last = _Last(words, v, table, raw, slots, reserved, guest, tables, pages, shares, donations, vms, by_page,
+                           vm_pages)
+        return self._state()
+
+    def _page_words(self, addr: int, n: int) -> np.ndarray:
+        """``n`` (at most a page's) little-endian u64 at ``addr``, into a buffer kept for it (no allocation)."""
         uc = getattr(self.phys, "_uc", None)
-        if uc is None or not (self._lo <= addr and addr + 8 * n <= self._hi):
+        if uc is None or n > 512 or not (self._lo <= addr and addr + 8 * n <= self._hi):
             return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
         import ctypes
 
         from unicorn.unicorn_py3.unicorn import uclib
 
-        buf = self.__dict__.get("_words_buf")
-        if buf is None or len(buf) != 8 * n:
-            buf = self._words_buf = ctypes.create_string_buffer(8 * n)
+        buf = self.__dict__.get("_page_buf")
+        if buf is None:
+            buf = self._page_buf = ctypes.create_string_buffer(4096)
         if uclib.uc_mem_read(uc._uch, addr, buf, 8 * n) != 0:
             return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
         return np.frombuffer(buf, "<u8", count=n)
 
-    # -- the vmemmap -------------------------------------------------------------------------------
+    def _state(self) -> MainlineState:
+        """The state from what was read last; the VMs made again (their reference counts) only when they changed."""
+        last = self._last
+        if last.vms is None:
+            last.vms = self._vms(last.slots, last.words, last.slots, {})
+        return MainlineState(self.config, last.pages, last.vms, self.pool_free(), last.reserved, last.shares,
+                             last.donations)
 
-    def vmemmap(self) -> dict[int, tuple[int, int, int, int]]:
-        """Every page of RAM whose ``struct hyp_page`` is not as at boot: pfn -> (host state, hyp state, refcount,
-        share count).  One 8-byte word a page: outside the carve-out boot's word is 0 (host OWNED, hyp's complement
-        0 = NOPAGE, no pins, no shares); inside it the state byte is host NOPAGE / hyp OWNED and the rest is the
-        pool's own (the allocator's count and flag), so only that byte is compared there."""
-        c = self.config
-        n = c.ram[1] - c.ram[0]
-        if self._hp_size != 8:
-            raise AbstractionError(f"struct hyp_page is {self._hp_size} bytes, not 8 (upstream's BUILD_BUG_ON)")
-        words = self._read_words(self._u(self._vmemmap), n)
-        co0, co1 = c.carveout[0] - c.ram[0], c.carveout[1] - c.ram[0]
-        sb = np.uint64(8 * self._state_byte)
-        odd = np.flatnonzero(words[:co0]).tolist() + (np.flatnonzero(words[co1:]) + co1).tolist()
-        inside = words[co0:co1]
-        odd += (np.flatnonzero(((inside >> sb) & np.uint64(0xFF)) != np.uint64(0x33)) + co0).tolist()
+    def _vms(self, slots: dict, words: np.ndarray, which, vms: dict) -> dict:
+        """``vms`` with the slots ``which`` made again from ``slots`` (their reference counts from ``words``)."""
+        base, ref_at = self.ram[0], np.uint64(8 * self._hp["refcount"])
+        for idx in which:
+            s = slots.get(idx)
+            if s is None:
+                vms.pop(idx, None)
+                continue
+            i = (s.addr >> PAGE_SHIFT) - base
+            vms[idx] = with_refs(s, int((words[i] >> ref_at) & np.uint64(0xFFFF)) if 0 <= i < len(words) else 0)
+        return dict(sorted(vms.items()))
+
+    def _slot_raw(self) -> tuple[int, bytes]:
+        """(``vm_table``'s address, its pointers' bytes): two reads, made every time."""
+        table = self._u(self._table)
+        if not table:
+            return 0, b""
+        return table, self.phys.read(table, 8 * self.config.max_pvms)
+
+    @staticmethod
+    def _merged(slots: dict) -> dict:
+        guest: dict = {}
+        for idx in sorted(slots):
+            guest.update(slots[idx].guest)
+        return guest
+
+    @staticmethod
+    def _table_pfns(slots: dict) -> frozenset:
+        """A guest stage-2 table's or PGD's vmemmap count is its count of used entries (pgtable.c), not hyp's pins."""
+        return frozenset(p for s in slots.values() for p in (*s.vm.hyp_pages, *range(s.vm.pgd[0], s.vm.pgd[0] + s.vm.pgd[1])))
+
+    def _decode(self, words: np.ndarray, idxs, all_: bool = False) -> dict:
+        """Entry index -> (host state, hyp state, refcount, share count) for the entries at ``idxs`` not as at boot
+        (``all_``: every index, None for one as at boot).  Boot's word is 0 outside the carve-out; inside it the state
+        byte is host NOPAGE / hyp OWNED and the rest is the pool's own (the allocator's count and flag)."""
+        co0, co1 = self.carveout[0] - self.ram[0], self.carveout[1] - self.ram[0]
+        sb = 8 * self._state_byte
         ref_at, share_at = self._hp["refcount"] * 8, self._hp["host_share_guest_count"] * 8
+        idxs = list(idxs)
+        if not all_:   # the whole vmemmap: the odd entries found with numpy
+            sbn = np.uint64(sb)
+            idxs = np.flatnonzero(words[:co0]).tolist() + (np.flatnonzero(words[co1:]) + co1).tolist()
+            inside = words[co0:co1]
+            idxs += (np.flatnonzero(((inside >> sbn) & np.uint64(0xFF)) != np.uint64(0x33)) + co0).tolist()
         out = {}
-        for i in odd:
-            w = int(words[i])
-            b = (w >> (8 * self._state_byte)) & 0xFF
-            pins = 0 if co0 <= i < co1 else (w >> ref_at) & 0xFFFF
-            out[i + c.ram[0]] = (b & 0xF, (b >> 4) ^ 3, pins, (w >> share_at) & 0xFFFF_FFFF)
+        r0 = self.ram[0]
+        for i in idxs:
+            d = self._entry(i, int(words[i]), co0 <= i < co1, sb, ref_at, share_at)
+            if d is not None or all_:
+                out[i + r0] = d
+        return out
+
+    @staticmethod
+    def _entry(i: int, w: int, pool: bool, sb: int, ref_at: int, share_at: int) -> tuple | None:
+        """One ``struct hyp_page`` word decoded, None as at boot (``pool``: a page of the carve-out)."""
+        b = (w >> sb) & 0xFF
+        if (b == 0x33) if pool else w == 0:
+            return None
+        return (b & 0xF, (b >> 4) ^ 3, 0 if pool else (w >> ref_at) & 0xFFFF, (w >> share_at) & 0xFFFF_FFFF)
+
+    def local(self, pfns) -> dict[int, PageView]:
+        """The views of just ``pfns`` (pages of RAM): what a call that names its page needs (the checker's local
+        check of ``__pkvm_host_share_hyp`` / ``__pkvm_host_unshare_hyp``).  Each from its ``hyp_vmemmap`` entry and,
+        when the host has it ``PKVM_NOPAGE``, the host stage-2 entry naming its owner; no VM is read, so a page a guest
+        maps has no guest state here (those calls refuse such a page on its host state alone).  A page none of whose
+        words lies on a page written since it was last read is not read again."""
+        written = self.taken("local")
+        if written is None or len(self._local) > 512:
+            self._local = {}
+        elif written:   # what was written is taken once: forget every page it touched, asked for now or not
+            self._local = {p: hit for p, hit in self._local.items() if hit[1].isdisjoint(written)}
+        co0, co1 = self.carveout
+        out = {}
+        for pfn in pfns:
+            hit = self._local.get(pfn)
+            if hit is None:
+                at = self._vm_base + 8 * (pfn - self.ram[0])
+                deps = {at >> PAGE_SHIFT}
+                d = self._entry(pfn, self._u(at), co0 <= pfn < co1, 8 * self._state_byte, self._hp["refcount"] * 8,
+                                self._hp["host_share_guest_count"] * 8)
+                pages: dict = {}
+                self._redo(pfn, {pfn: d} if d else {}, {}, frozenset(), pages, {}, {},
+                           entry=lambda p, deps=deps: self.host_entry(p, deps))
+                hit = self._local[pfn] = (pages.get(pfn) or self.config.boot_view(pfn), deps)
+            out[pfn] = hit[0]
         return out
 
     def _host_entry(self, pfn: int) -> int:
-        """The host stage-2 descriptor deciding ``pfn`` (0: none)."""
-        pgd, ia_bits, level = self._u(self._host_pgt[0]), self._u(self._host_pgt[1], 4) & 0xFF, \
-            self._u(self._host_pgt[2], 4) & 0xFF
-        table, first, addr = pgd, True, pfn << PAGE_SHIFT
-        while True:
-            shift = pt.granule_shift(level)
-            bits = ia_bits - shift if first else 9
-            pte = self._u(table + ((addr >> shift) & ((1 << bits) - 1)) * 8)
-            if level < 3 and (pte & 3) == 3:
-                table, level, first = pte & pt.ADDR_MASK, level + 1, False
-                continue
-            return pte
+        """:meth:`host_entry`, kept with the pages its descriptors lie on until one of them is written."""
+        hit = self._entries.get(pfn)
+        if hit is None:
+            deps: set = set()
+            hit = self._entries[pfn] = self.host_entry(pfn, deps)
+            for d in deps:
+                self._entry_by.setdefault(d, set()).add(pfn)
+        return hit
 
-    # -- the whole state ---------------------------------------------------------------------------
-
-    def __call__(self) -> MainlineState:
+    def _redo(self, pfn, v, guest, tables, pages, shares, donations, entry=None) -> None:
+        """One page's view (into ``pages`` unless as at boot), share count and donation (``entry``: how to read a
+        host stage-2 entry; the whole read's cache by default)."""
         c = self.config
-        v = self.vmemmap()
-        guest: dict[int, PageState] = {}
-        vms, reserved = self.vms(guest)
-        tables = {p for vm in vms.values() for p in (*vm.hyp_pages, *range(vm.pgd[0], vm.pgd[0] + vm.pgd[1]))}
-        pages, shares, donations = {}, {}, {}
-        for pfn in sorted(set(v) | set(guest)):
-            hn, yn, ref, share = v.get(pfn) or ((3, 0, 0, 0) if c.in_carveout(pfn) else (0, 3, 0, 0))
-            hs, ys = _HOST_STATE[hn & 3], _HOST_STATE[yn & 3]
-            pins = 0 if pfn in tables else ref
-            gs = guest.get(pfn)
-            if hs == PageState.NOPAGE:
-                pte = self._host_entry(pfn)
-                owner = pt.pte_owner(pte) if pte and not pte & pt.VALID else NO_OWNER
-                if owner == Owner.GUEST:
-                    donations[pfn] = ((pte >> ANN_HANDLE[0]) & ANN_HANDLE[1], (pte >> ANN_GFN[0]) & ANN_GFN[1])
-            elif hs == PageState.SHARED_BORROWED:
-                owner = Owner.HYP if ys == PageState.SHARED_OWNED else Owner.GUEST if gs == PageState.SHARED_OWNED \
-                    else NO_OWNER
-            else:
-                owner = Owner.HOST
-            own = Owner(owner) if owner in Owner._value2member_map_ else owner
-            if gs is None:   # no live VM maps it: a guest's page a torn-down VM left is still the guest's
-                gs = PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
-            if share:
-                shares[pfn] = share
-            view = PageView(own, host=hs, hyp=ys, guest=gs, pins=pins)
-            if view != c.boot_view(pfn):
-                pages[pfn] = view
-        return MainlineState(c, pages, vms, self.pool_free(), frozenset(reserved), shares, donations)
-
-    def pool_free(self) -> int:
-        return self._u(*self._pool_free)
-
-    def page_rows(self, pfns) -> list[dict]:
-        """The raw words behind ``pfns``' views, for :func:`pkvmlab.viz.mainline.vmemmap_view`: each page's
-        ``struct hyp_page`` fields, its host stage-2 entry (and the handle and gfn it names), the guest PTE mapping it."""
-        c = self.config
-        base = self._u(self._vmemmap)
-        ptes: dict[int, int] = {}
-        table = self._u(self._table)
-        ptrs = np.frombuffer(self.phys.read(table, 8 * c.max_pvms), dtype="<u8") if table else []
-        for slot, addr in enumerate(int(p) for p in ptrs):
-            if not addr or addr == RESERVED_ENTRY:
-                continue
-            head = self._u_bytes(addr, self._vm_size)
-            pgd, ia_bits, level = (int.from_bytes(head[self._f[n][0]:sum(self._f[n])], "little")
-                                   for n in ("pgt.pgd", "pgt.ia_bits", "pgt.start_level"))
-            if pgd:
-                for _, pte, lv in self._guest_walk(slot, pgd, ia_bits, level)[0]:
-                    if pte & pt.VALID and lv == 3:
-                        ptes[(pte & pt.ADDR_MASK) >> PAGE_SHIFT] = pte
-        rows = []
-        for pfn in pfns:
-            raw = self._u_bytes(base + (pfn - c.ram[0]) * self._hp_size, self._hp_size)
-            ent = self._host_entry(pfn)
-            o = self._hp["host_share_guest_count"]
-            rows.append({"pfn": pfn, "refcount": int.from_bytes(raw[self._hp["refcount"]:self._hp["refcount"] + 2], "little"),
-                         "host_state": raw[self._state_byte] & 0xF, "hyp_state_comp": raw[self._state_byte] >> 4,
-                         "share_count": int.from_bytes(raw[o:o + 4], "little"), "host_pte": ent,
-                         "handle": (ent >> ANN_HANDLE[0]) & ANN_HANDLE[1], "gfn": (ent >> ANN_GFN[0]) & ANN_GFN[1],
-                         "guest_pte": ptes.get(pfn)})
-        return rows
+        hn, yn, ref, share = v.get(pfn) or ((3, 0, 0, 0) if c.in_carveout(pfn) else (0, 3, 0, 0))
+        hs, ys = _HOST_STATE[hn & 3], _HOST_STATE[yn & 3]
+        pins = 0 if pfn in tables else ref
+        gs = guest.get(pfn)
+        if hs == PageState.NOPAGE:
+            pte = (entry or self._host_entry)(pfn)
+            owner = pt.pte_owner(pte) if pte and not pte & pt.VALID else NO_OWNER
+            if owner == Owner.GUEST:
+                donations[pfn] = ((pte >> ANN_HANDLE[0]) & ANN_HANDLE[1], (pte >> ANN_GFN[0]) & ANN_GFN[1])
+        elif hs == PageState.SHARED_BORROWED:
+            owner = Owner.HYP if ys == PageState.SHARED_OWNED else Owner.GUEST if gs == PageState.SHARED_OWNED \
+                else NO_OWNER
+        else:
+            owner = Owner.HOST
+        own = Owner(owner) if owner in Owner._value2member_map_ else owner
+        if gs is None:   # no live VM maps it: a guest's page a torn-down VM left is still the guest's
+            gs = PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
+        if share:
+            shares[pfn] = share
+        view = PageView(own, host=hs, hyp=ys, guest=gs, pins=pins)
+        if view != c.boot_view(pfn):
+            pages[pfn] = view
 
     def vms(self, guest: dict | None = None) -> tuple[dict[int, MainlineVM], set[int]]:
-        """Every VM in the table, and the reserved slots; ``guest`` gets pfn -> the state a guest maps it in."""
-        c = self.config
-        table = self._u(self._table)
-        if not table:
-            return {}, set()
-        ptrs = np.frombuffer(self.phys.read(table, 8 * c.max_pvms), dtype="<u8")
+        """Every VM in the table, and the reserved slots; ``guest`` gets pfn -> the state a guest maps it in.  Read
+        afresh (not the checker's incremental read)."""
+        words = self._words()
+        _, raw = self._slot_raw()
         out, reserved = {}, set()
-        for idx in np.flatnonzero(ptrs).tolist():
-            addr = int(ptrs[idx])
+        ref_at = np.uint64(8 * self._hp["refcount"])
+        for idx, addr in enumerate(np.frombuffer(raw, "<u8").tolist()):
             if addr == RESERVED_ENTRY:
                 reserved.add(idx)
-                continue
-            if not c.in_ram(addr >> PAGE_SHIFT):
-                raise AbstractionError(f"VM slot {idx}: {addr:#x} is outside RAM")
-            head = self._u_bytes(addr, self._vm_size)
-
-            def val(name: str, head: bytes = head) -> int:
-                off, size = self._f[name]
-                return int.from_bytes(head[off:off + size], "little")
-
-            created = min(val("kvm.created_vcpus"), 64)
-            ptrs_v = np.frombuffer(self._u_bytes(addr + self._vcpus_at, 8 * created), "<u8") if created else []
-            vcpus, loaded, hyp_pages = [], [], []
-            for k, vp in enumerate(int(p) for p in ptrs_v):
-                if not vp:
-                    continue
-                if not c.in_ram(vp >> PAGE_SHIFT):
-                    raise AbstractionError(f"VM slot {idx}: vCPU {k} at {vp:#x} is outside RAM")
-                hv = self._u_bytes(vp, self._vc_size)
-
-                def cv(name: str, hv: bytes = hv) -> int:
-                    off, size = self._vc[name]
-                    return int.from_bytes(hv[off:off + size], "little")
-
-                vcpus.append((cv("vcpu.vcpu_idx"), cv("host_vcpu"), vp >> PAGE_SHIFT))
-                if cv("loaded"):
-                    loaded.append(cv("vcpu.vcpu_idx"))
-                head_mc = cv("vcpu.arch.pkvm_memcache.head")
-                for _ in range(min(cv("vcpu.arch.pkvm_memcache.nr_pages"), 64)):
-                    if not c.in_ram(head_mc >> PAGE_SHIFT):
-                        raise AbstractionError(f"VM slot {idx} vCPU {k}: a memcache page at {head_mc:#x} outside RAM")
-                    hyp_pages.append(head_mc >> PAGE_SHIFT)
-                    head_mc = self._u(head_mc)
-            pgd, ia_bits = val("pgt.pgd"), val("pgt.ia_bits")
-            pages = []
-            if pgd and 30 < ia_bits <= 48:
-                leaves, tbls = self._guest_walk(idx, pgd, ia_bits, val("pgt.start_level"))
-                hyp_pages += [t >> PAGE_SHIFT for t in tbls if not c.in_carveout(t >> PAGE_SHIFT)]
-                for a, p, lv in leaves:
-                    if not p & pt.VALID or (lv == 3 and not p & pt.TYPE):
-                        continue
-                    size = pt.granule(lv)
-                    pa = p & pt.ADDR_MASK & ~(size - 1)
-                    gs = PageState((p >> pt.STATE_SHIFT) & 3)
-                    for j in range(0, size, pt.PAGE_SIZE):
-                        pages.append(((a + j) >> PAGE_SHIFT, (pa + j) >> PAGE_SHIFT, gs))
-                        if guest is not None:
-                            guest[(pa + j) >> PAGE_SHIFT] = gs
-            nr = -(-(self.config.hyp_vm_size + 8 * created) // pt.PAGE_SIZE)
-            refs = 0
-            if c.in_ram(addr >> PAGE_SHIFT):
-                vm_page = self._u(self._u(self._vmemmap) + ((addr >> PAGE_SHIFT) - c.ram[0]) * self._hp_size, 2)
-                refs = vm_page
-            out[idx] = MainlineVM(idx, val("kvm.arch.pkvm.handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"),
-                                  created, bool(val("kvm.arch.pkvm.is_protected")), (addr >> PAGE_SHIFT, nr),
-                                  (pgd >> PAGE_SHIFT, c.pgd_pages), tuple(sorted(vcpus)), tuple(sorted(pages)),
-                                  dying=bool(val("is_dying")), loaded=tuple(loaded), refs=refs,
-                                  hyp_pages=tuple(sorted(hyp_pages)))
+            elif addr:
+                s = read_slot(self, idx, addr)
+                i = (addr >> PAGE_SHIFT) - self.ram[0]
+                out[idx] = with_refs(s, int((words[i] >> ref_at) & np.uint64(0xFFFF)) if 0 <= i < len(words) else 0)
+                if guest is not None:
+                    guest.update(s.guest)
         return out, reserved
+
+    taken = Abstraction.taken   # the pfns written since a reader last asked (the seed era's bookkeeping)
+
+
+@dataclass
+class _Last:
+    """What the last whole read found: the vmemmap's words and odd entries, the VM table, the pages' views."""
+
+    words: np.ndarray
+    v: dict
+    table: int
+    raw: bytes
+    slots: dict
+    reserved: frozenset
+    guest: dict
+    tables: frozenset
+    pages: dict
+    shares: dict
+    donations: dict
+    vms: dict | None          # slot -> MainlineVM with its reference count (None: make again)
+    by_page: dict             # pfn -> the slots read from it (structures or stage-2 tables)
+    vm_pages: frozenset       # each VM's first page: its reference count is that page's vmemmap refcount
 
 
 def mainline_abstract_of(lab) -> MainlineAbstraction:

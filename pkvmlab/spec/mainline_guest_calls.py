@@ -99,12 +99,17 @@ def _host_list(s: MainlineState, host_vcpu: int, peek) -> tuple[int, list[int], 
         if head is None:
             break
         words.append(((at, 8, head), (at + 8, 8, nr - len(pfns))))
+    if head is not None and len(pfns) < min(nr, REFILL_MAX) and head % PAGE:
+        words.append(None)   # the next page is not page aligned: refill_memcache() refuses it (-EINVAL)
     return nr, pfns, words
 
 
 def _refills(s: MainlineState, vm: MainlineVM, idx: int, peek):
     """Every state a refill may leave: (state, pages taken, host words, the errno a refused page gives or None)."""
     nr, pfns, words = _host_list(s, vm.vcpu(idx)[1], peek)
+    unaligned = words[-1] is None
+    if unaligned:
+        words.pop()
     out = [(s, [], words[0], None)]
     changes: dict = {}
     for k, pfn in enumerate(pfns, 1):
@@ -116,6 +121,8 @@ def _refills(s: MainlineState, vm: MainlineVM, idx: int, peek):
             break
         vm_k = replace(vm, hyp_pages=tuple(sorted((*vm.hyp_pages, *pfns[:k]))))
         out.append((s.with_pages(changes).with_vm(vm.index, vm_k), pfns[:k], words[k] if k < len(words) else (), None))
+    if unaligned and out[-1][3] is None and len(out) == len(pfns) + 1:
+        out[-1] = (*out[-1][:3], errno.EINVAL)
     return out
 
 
@@ -141,14 +148,15 @@ def donate_guest(s: MainlineState, pfn: int, gfn: int, peek=None) -> list[Outcom
             outs.append(Outcome(-bad, sk, "a page on the host's memcache list cannot be donated", pool, host_words=words))
         vmk = sk.vms[vm.index]
         try:
-            page = sk.page(pfn) if pfn <= MAX_PFN else None
-            if page is None or not s.config.in_ram(pfn):
-                raise Refused(errno.EPERM, f"pfn {pfn:#x} is not memory")
+            # check_gfn_pfn() first (firmware/mainline/mem_guest.c): a pfn not memory, a gfn past the IPA space
+            if pfn > MAX_PFN or not s.config.in_ram(pfn):
+                raise Refused(errno.EINVAL, f"pfn {pfn:#x} is not memory (check_gfn_pfn)")
+            if gfn >= 1 << (s.config.guest_ipa_bits - PAGE_SHIFT):
+                raise Refused(errno.EINVAL, f"gfn {gfn:#x} is past the guest's IPA space (check_gfn_pfn)")
+            page = sk.page(pfn)
             moved = GUEST_TRANSITION["__pkvm_host_donate_guest"].outcome(page)
             if moved.errno or page.owner != HOST:
                 raise Refused(errno.EPERM, f"pfn {pfn:#x} is {view_words(page)}, not the host's own")
-            if gfn >= 1 << (s.config.guest_ipa_bits - PAGE_SHIFT):
-                raise Refused(errno.ERANGE, f"gfn {gfn:#x} is past the guest's IPA space")
             if vmk.page_at(gfn) is not None:
                 raise Refused(errno.EPERM, f"gfn {gfn:#x} of VM {vm.handle:#x} holds a page already")
         except Refused as r:
@@ -180,8 +188,8 @@ def share_guest(s: MainlineState, pfn: int, gfn: int, nr_pages: int, prot: int, 
                 raise Refused(errno.EINVAL, f"prot {prot:#x} has bits other than R/W/X")
             if nr_pages != 1:
                 raise Refused(errno.EINVAL, f"{nr_pages} pages: the lab shares one page at a time (lab ABI)")
-            if pfn > MAX_PFN or not s.config.in_ram(pfn):
-                raise Refused(errno.EPERM if pfn <= MAX_PFN else errno.EINVAL, f"pfn {pfn:#x} is not memory")
+            if pfn > MAX_PFN or not s.config.in_ram(pfn):   # check_gfn_pfn() (firmware/mainline/mem_guest.c)
+                raise Refused(errno.EINVAL, f"pfn {pfn:#x} is not memory")
             if gfn >= 1 << (s.config.guest_ipa_bits - PAGE_SHIFT):
                 raise Refused(errno.ERANGE, f"gfn {gfn:#x} is past the guest's IPA space")
             if vmk.page_at(gfn) is not None:
@@ -214,10 +222,11 @@ def unshare_guest(s: MainlineState, handle: int, gfn: int, nr_pages: int, peek=N
         return [Outcome(-errno.EINVAL, s, "no non-protected VM has that handle")]
     if nr_pages != 1:
         return [Outcome(-errno.EINVAL, s, f"{nr_pages} pages: one at a time (lab ABI)")]
+    if gfn >= 1 << (s.config.guest_ipa_bits - PAGE_SHIFT):
+        return [Outcome(-errno.EINVAL, s, f"gfn {gfn:#x} is past the guest's IPA space")]
     got = vm.page_at(gfn)
     if got is None:
-        return [Outcome(-errno.ENOENT, s, f"nothing is mapped at gfn {gfn:#x}"),
-                Outcome(-errno.ERANGE, s, f"gfn {gfn:#x}: the walk refuses it (loose)")]
+        return [Outcome(-errno.ENOENT, s, f"nothing is mapped at gfn {gfn:#x}")]
     pfn, st = got
     count = s.shares.get(pfn, 0)
     page = s.page(pfn)
@@ -247,10 +256,11 @@ def reclaim_dying_guest_page(s: MainlineState, handle: int, gfn: int, peek=None)
     vm = s.vm_by_handle(handle)
     if vm is None or not vm.dying:
         return [Outcome(-errno.EINVAL, s, "no VM has that handle" if vm is None else "the VM is not dying")]
+    if gfn >= 1 << (s.config.guest_ipa_bits - PAGE_SHIFT):
+        return [Outcome(-errno.EINVAL, s, f"gfn {gfn:#x} is past the guest's IPA space")]
     got = vm.page_at(gfn)
     if got is None:
-        return [Outcome(-errno.ENOENT, s, f"nothing is mapped at gfn {gfn:#x}"),
-                Outcome(-errno.ERANGE, s, f"gfn {gfn:#x}: the walk refuses it (loose)")]
+        return [Outcome(-errno.ENOENT, s, f"nothing is mapped at gfn {gfn:#x}")]
     pfn, st = got
     if st not in (OWNED, SHARED_OWNED):
         return [Outcome(-errno.EPERM, s, f"gfn {gfn:#x} is borrowed from the host, not the guest's to give back")]
@@ -313,7 +323,9 @@ def vcpu_run(s: MainlineState, peek=None) -> list[Outcome]:
 
     def what_is_not_allowed(after: MainlineState) -> list[str]:
         out = []
-        for pfn in sorted(set(s.pages) | set(after.pages) | set(s.donations) | set(after.donations)):
+        # the abstraction hands the same dicts back when no page changed: then no page is compared
+        same = s.pages is after.pages and s.donations is after.donations
+        for pfn in () if same else sorted(set(s.pages) | set(after.pages) | set(s.donations) | set(after.donations)):
             b, a = s.page(pfn), after.page(pfn)
             if a == b and s.donations.get(pfn) == after.donations.get(pfn):
                 continue
@@ -323,7 +335,7 @@ def vcpu_run(s: MainlineState, peek=None) -> list[Outcome]:
                 out.append(f"pfn {pfn:#x}: {view_words(b)}  ->  {view_words(a)}, which no MEM_SHARE/MEM_UNSHARE makes")
         for k in sorted(set(s.vms) | set(after.vms)):
             b, a = s.vms.get(k), after.vms.get(k)
-            if b != a and not (b and a and k == vm.index and replace(a, pages=b.pages) == b
+            if b is not a and b != a and not (b and a and k == vm.index and replace(a, pages=b.pages) == b
                                and {(g, p) for g, p, _ in a.pages} == {(g, p) for g, p, _ in b.pages}):
                 out.append(f"slot {k}: {b or 'empty'}  ->  {a or 'empty'}: a run changes no VM but its pages' sharing")
         if s.reserved != after.reserved or s.shares != after.shares:

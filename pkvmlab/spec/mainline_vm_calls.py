@@ -185,8 +185,20 @@ def finalize_teardown_vm(s: MainlineState, handle: int, peek=None) -> list[Outco
         why = ("no VM has that handle" if vm is None else "the VM is referenced (a vCPU is loaded)"
                if vm.refs or vm.loaded else "the VM is not dying (__pkvm_start_teardown_vm first)")
         return [Outcome(-errno.EINVAL, s, why)]
+    # destroy_hyp_vm_pgt(): a page still mapped goes back to the host first -- a non-protected guest's unshared, any
+    # other reclaimed as __pkvm_reclaim_dying_guest_page would (the lab's choice, firmware/mainline/mem_guest.c)
+    from pkvmlab.arch.ownership import SHARED_BORROWED
+    from pkvmlab.spec.mainline_guest_calls import reclaim_dying_guest_page, unshare_guest
+
+    zeroed: list = []
+    left = len(vm.pages)
+    for gfn, _, st in vm.pages:
+        o = (unshare_guest if st == SHARED_BORROWED else reclaim_dying_guest_page)(s, *(
+            (handle, gfn, 1) if st == SHARED_BORROWED else (handle, gfn)))[0]
+        if o.ret == 0:
+            s, zeroed = o.state, zeroed + list(o.zeroed)
+    vm = s.vm_by_handle(handle)
     changes: dict = {}
-    zeroed: list[int] = []
     for first, nr in (vm.pgd, *((p, -(-c.hyp_vcpu_size // PAGE)) for _, _, p in vm.vcpus), vm.vm_area):
         give_back(s, first, nr, changes)
     for pfn in vm.hyp_pages:
@@ -200,13 +212,19 @@ def finalize_teardown_vm(s: MainlineState, handle: int, peek=None) -> list[Outco
         unpin(s, host_vcpu, c.vcpu_size, changes)
     unpin(s, vm.host_kvm, c.kvm_size, changes)
     after = s.with_pages(changes).with_vm(vm.index, None)
-    left = len(vm.pages)
-    return [Outcome(0, after, f"VM {vm.handle:#x} gone; {left} guest page(s) never reclaimed stay the guest's",
+    return [Outcome(0, after, f"VM {vm.handle:#x} gone; {left} guest page(s) not reclaimed before given back to the host",
                     "any", tuple(zeroed))]
 
 
 def tlb_flush_vmid(s: MainlineState, handle: int, peek=None) -> list[Outcome]:
-    """``__pkvm_tlb_flush_vmid``: no state change, no answer (x1 keeps the handle; 0: lab ABI)."""
+    """``__pkvm_tlb_flush_vmid``: no state change.  Upstream's handler is void and flushes only a non-protected
+    VM's VMID (``get_np_pkvm_hyp_vm()``, nvhe/hyp-main.c, mainline); the lab answers as it refuses (lab ABI):
+    no VM (or a reserved slot) -ENOENT, a protected VM -EINVAL, else 0 (or x1 keeping the handle)."""
+    vm = s.vm_by_handle(handle)
+    if vm is None:
+        return [Outcome(-errno.ENOENT, s, f"no VM has handle {handle & 0xFFFF:#x}")]
+    if vm.protected:
+        return [Outcome(-errno.EINVAL, s, "only a non-protected VM's VMID is flushed (get_np_pkvm_hyp_vm)")]
     return [Outcome(handle, s, "a TLB flush changes no state"), Outcome(0, s, "a TLB flush changes no state (lab ABI)")]
 
 

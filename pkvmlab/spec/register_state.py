@@ -2,8 +2,9 @@
 
 * the host's CPU registers it owns (x7..x30: x0..x6 carry a hypercall's arguments; SP_EL0, v0..v31, FPCR,
   FPSR, the EL0/EL1 system registers), read from the core;
-* the loaded vCPU (``loaded_shadow_state``): hyp's copy of the guest's registers and fault info, and the
-  host's ``struct kvm_vcpu`` it pins (its registers, fault fields, flags, and every other byte of it).
+* the loaded vCPU (``loaded_shadow_state``; on the mainline era ``loaded_hyp_vcpu``, a ``struct pkvm_hyp_vcpu``):
+  hyp's copy of the guest's registers and fault info, and the host's ``struct kvm_vcpu`` it pins (its registers,
+  fault fields, flags, and every other byte of it); on mainline whether its VM is protected, which picks the rule.
 
 Offsets come from the firmware's DWARF (:mod:`pkvmlab.inspect.vcpu_regs`); a context that grows needs no
 change here.  :class:`RegisterCheck` is what ``lab.spec_check`` runs around every hypercall.
@@ -87,12 +88,22 @@ def _context_struct(fw) -> tuple[struct.Struct, tuple[str, ...], tuple[str, ...]
 
 @lru_cache(maxsize=16)
 def _offsets(fw) -> tuple:
+    """The seed's loaded ``struct kvm_shadow_vcpu_state`` (``loaded_shadow_state``), or mainline's loaded
+    ``struct pkvm_hyp_vcpu`` (``loaded_hyp_vcpu``: hyp's ``vcpu`` and the ``host_vcpu`` it pins; upstream
+    nvhe/pkvm.h, mainline).  On mainline also where the vCPU's VM says whether it is protected."""
     vcpu = fw.layout("kvm_vcpu")
-    state = fw.layout("kvm_shadow_vcpu_state")
     fault = {k: vcpu.offset(f"arch.fault.{k}") for k in ("esr_el2", "far_el2", "hpfar_el2")}
     memcache = vcpu.field("arch.pkvm_memcache")   # map_guest's refill takes pages off the host's list: host_calls' rules
-    return (ctxt_offset(fw), fault, vcpu.offset("arch.flags"), vcpu.size, state.offset("shadow_vcpu"),
-            state.offset("host_vcpu"), fw.symbol("loaded_shadow_state"), (memcache.offset, memcache.size))
+    if fw.era == "mainline":
+        state = fw.layout("pkvm_hyp_vcpu")
+        where = (state.offset("vcpu"), state.offset("host_vcpu"), fw.symbol("loaded_hyp_vcpu"))
+        protected = (vcpu.offset("kvm"), fw.layout("kvm").offset("arch.pkvm.is_protected"))
+    else:
+        state = fw.layout("kvm_shadow_vcpu_state")
+        where = (state.offset("shadow_vcpu"), state.offset("host_vcpu"), fw.symbol("loaded_shadow_state"))
+        protected = None   # the seed's era has protected VMs only
+    return (ctxt_offset(fw), fault, vcpu.offset("arch.flags"), vcpu.size, *where, (memcache.offset, memcache.size),
+            protected)
 
 
 class LoadedVcpu:
@@ -108,13 +119,21 @@ class LoadedVcpu:
             lo, hi, phys_read = self.phys.base, self.phys.base + self.phys.size, self.phys.read
             self._read = lambda pa, n: bytes(uc.mem_read(pa, n)) if lo <= pa and pa + n <= hi else phys_read(pa, n)
         (self.ctxt, self.fault, self.flags, self.size, self.shadow, self.host_ptr, self.loaded_at,
-         self.memcache) = _offsets(lab.fw)
+         self.memcache, self._protected) = _offsets(lab.fw)
         self.ctxt_size = lab.fw.layout("kvm_cpu_context").size
         self._struct = _context_struct(lab.fw)
         self._view = (None, None)   # (bytes, host_view of them): the host's copy is often as the last call left it
         mc, n = self.memcache
         self._named = sorted([(self.ctxt, self.ctxt + self.ctxt_size), (self.flags, self.flags + 8), (mc, mc + n),
                               *((o, o + 8) for o in self.fault.values())])
+
+    def protected(self, state: int) -> bool:
+        """Whether the loaded vCPU's VM is protected (always on the seed's era): hyp's ``vcpu.kvm->arch.pkvm``."""
+        if self._protected is None:
+            return True
+        kvm_ptr, flag = self._protected
+        kvm = int.from_bytes(self.phys.read(state + self.shadow + kvm_ptr, 8), "little")
+        return bool(self.phys.read(kvm + flag, 1)[0])
 
     def state(self) -> int:
         return int.from_bytes(self._read(self.loaded_at, 8), "little")
@@ -203,7 +222,8 @@ class RegisterCheck:
             allowed = [v.host_view(self.host0)]
         else:
             guest, fault = v.guest(guest1)
-            allowed = R.host_vcpu_after_run(v.host_view(self.host0), guest, fault, ret)
+            rule = R.host_vcpu_after_run if v.protected(self.state) else R.host_vcpu_after_np_run
+            allowed = rule(v.host_view(self.host0), guest, fault, ret)
         now = v.host_view(host1)
         if not any(a == now for a in allowed):
             out += [f"host's struct kvm_vcpu {d}" for d in R.differences(allowed[-1], now)]

@@ -90,6 +90,23 @@ def host_vcpu_after_run(before: dict, guest: dict, fault: dict, exit_code: int) 
     return [after, cleared] if cleared != after else [after]
 
 
+def host_vcpu_after_np_run(before: dict, guest: dict, fault: dict, exit_code: int) -> list[dict]:
+    """The same for a **non-protected** vCPU (the mainline era): the host owns its state, so a trap hands the host
+    the guest's general registers, PSTATE and the whole fault information (ESR with its register number, FAR and
+    HPFAR whole).  Upstream copies more still: ``sync_hyp_vcpu()`` in nvhe/hyp-main.c (mainline) writes back the
+    whole ``arch.ctxt`` and ``arch.fault`` (``host_vcpu->arch.ctxt = hyp_vcpu->vcpu.arch.ctxt``), as
+    ``flush_hyp_vcpu()`` takes the whole context from the host; the lab's firmware (firmware/mainline/vcpu_run.c,
+    ``sync_np_exit()``) copies x0..x30, PSTATE and the fault, and this rule holds it to exactly that.  A preemption
+    (``ARM_EXCEPTION_IRQ``) passes nothing.  ``arch.flags`` may lose ``KVM_ARM64_INCREMENT_PC`` as for a protected one."""
+    after = dict(before)
+    if exit_code == ARM_EXCEPTION_TRAP:
+        after.update({f"x{i}": guest[f"x{i}"] for i in range(31)})
+        after["pstate"] = guest["pstate"]
+        after.update({k: fault[k] for k in ("esr_el2", "far_el2", "hpfar_el2")})
+    cleared = dict(after, flags=before["flags"] & ~KVM_ARM64_INCREMENT_PC)
+    return [after, cleared] if cleared != after else [after]
+
+
 def differences(expected: dict, actual: dict) -> list[str]:
     """The registers/fields whose values differ, in words."""
     return [f"{k}: {actual.get(k, 0):#x}, but {expected[k]:#x} was allowed" for k in expected
@@ -106,4 +123,5 @@ def guest_unchanged(before: dict) -> dict:
     return dict(before)
 
 
-__all__ = ["differences", "guest_unchanged", "host_cpu_after_call", "host_vcpu_after_run", "hvc_args_passed"]
+__all__ = ["differences", "guest_unchanged", "host_cpu_after_call", "host_vcpu_after_np_run", "host_vcpu_after_run",
+           "hvc_args_passed"]

@@ -15,8 +15,19 @@ def translation(walk):
 
 
 def shadow_table(snap, **kw):
-    """The shadow VM table snapshot (``lab.hyp.shadow_table()``) as a ``graphviz.Digraph``."""
+    """The era's VM table snapshot (``lab.hyp.shadow_table()``) as a ``graphviz.Digraph``: the seed's shadow table,
+    or mainline's ``vm_table`` (:func:`vm_table`)."""
+    if hasattr(snap, "reserved"):
+        return vm_table(snap, **kw)
     from pkvmlab.viz.shadow import shadow_table as _draw
+
+    return _draw(snap, **kw)
+
+
+def vm_table(snap, **kw):
+    """Mainline's ``vm_table`` snapshot (``lab.hyp.vm_table()``): used, reserved and free slots, the lowest free one
+    marked, each ``struct pkvm_hyp_vm`` with its ``struct pkvm_hyp_vcpu`` s (graphviz)."""
+    from pkvmlab.viz.hyp_vms import vm_table as _draw
 
     return _draw(snap, **kw)
 

@@ -25,12 +25,14 @@ from pkvmlab.viz.pages import page_names
 LABEL_PAGES = 64     # up to this many pages, every page is drawn and labelled
 MAX_CELLS = 8192     # beyond this many pages, a cell stands for several (a power of two)
 # Which category a cell of several pages shows: the rarest, most telling one present.
-PRIORITY = ("host-lazy", "host", "hyp", "memcache", "shared", "guest", "reclaim", "guest-shared", "other")
+PRIORITY = ("host-lazy", "host", "hyp", "memcache", "shared", "guest-borrowed", "guest", "reclaim", "guest-shared",
+            "other")
 PRIORITY_RANK = np.zeros(len(C.PAGE_CATEGORIES), np.uint8)
 PRIORITY_RANK[[C.CATEGORY_INDEX[k] for k in PRIORITY]] = np.arange(len(PRIORITY))
 BY_RANK = np.array([C.CATEGORY_INDEX[k] for k in PRIORITY], np.uint8)
 SHORT = {"host": "host, mapped", "host-lazy": "host, not mapped yet", "shared": "shared with hyp", "hyp": "hyp",
-         "memcache": "hyp, in a memcache", "guest": "guest", "guest-shared": "guest, shared with host",
+         "memcache": "hyp, in a memcache", "guest-borrowed": "shared with a guest",
+         "guest": "guest", "guest-shared": "guest, shared with host",
          "reclaim": "pending reclaim", "other": "broken"}
 _CMAP = ListedColormap([c for _, c, _ in C.PAGE_CATEGORIES])
 
@@ -48,17 +50,30 @@ def categories(snap) -> np.ndarray:
     if snap.memcache is not None:
         cat[(owner == Owner.HYP) & (hyp.state == PageState.OWNED) & (snap.memcache != 0)] = I["memcache"]
     guest = snap.sides.get("guest")
+    if getattr(snap, "era", "seed") == "mainline":   # host SHARED_OWNED, a non-protected guest SHARED_BORROWED
+        cat[by_host & (host.state == PageState.SHARED_OWNED) & (hyp.state == PageState.NOPAGE)
+            & (guest.state == PageState.SHARED_BORROWED)] = I["guest-borrowed"]
     if guest is None:   # a snapshot without the guests' side: the host stage-2's word alone
         cat[owner == Owner.GUEST] = I["guest"]
         return cat
     cat[(owner == Owner.GUEST) & (guest.state == PageState.OWNED) & host.annotated] = I["guest"]
     cat[(owner == Owner.GUEST) & (guest.state == PageState.SHARED_OWNED)
         & (host.state == PageState.SHARED_BORROWED)] = I["guest-shared"]
-    if snap.reclaim is not None:
+    if getattr(snap, "era", "seed") == "mainline":   # a dying VM's pages, still in its stage-2 until reclaimed
+        cat[(owner == Owner.GUEST) & snap.reclaim] = I["reclaim"]
+    elif snap.reclaim is not None:
         # annotated (the guest owned it) or still borrowed by the host (the guest had shared it): reclaim_walker()
         left_by = host.annotated | (host.state == PageState.SHARED_BORROWED)
         cat[(owner == Owner.GUEST) & (guest.state == PageState.NOPAGE) & left_by & snap.reclaim] = I["reclaim"]
     return cat
+
+
+def shown_categories(snap) -> list[tuple[int, str, str, str]]:
+    """(index, key, colour, legend label) of every category the snapshot's era can have (``arch.colors``)."""
+    mainline = getattr(snap, "era", "seed") == "mainline"
+    return [(k, key, color, C.MAINLINE_LABELS.get(key, label) if mainline else label)
+            for k, (key, color, label) in enumerate(C.PAGE_CATEGORIES)
+            if mainline or key not in C.MAINLINE_ONLY_CATEGORIES]
 
 
 def _pfn_range(snap, start: int | None, end: int | None) -> tuple[int, int]:
@@ -95,7 +110,8 @@ def aggregate(cat: np.ndarray, per_cell: int) -> np.ndarray:
 def _short(snap, i: int, cat: int, names: dict[int, str]) -> str:
     key = C.PAGE_CATEGORIES[cat][0]
     words = {"host": "host\nOWNED", "host-lazy": "host\nOWNED\n(unmapped)", "shared": "host\nSHARED_OWNED",
-             "hyp": "hyp\nOWNED", "memcache": "hyp\nmemcache", "guest": "guest\nOWNED",
+             "hyp": "hyp\nOWNED", "memcache": "hyp\nmemcache", "guest-borrowed": "host\nSHARED_OWNED\n(guest borrows)",
+             "guest": "guest\nOWNED",
              "guest-shared": "guest\nSHARED_OWNED", "reclaim": "guest\nto reclaim", "other": "?"}[key]
     pfn = (snap.ram_start >> PAGE_SHIFT) + i
     if pfn in names:   # "VM 0x1000 gfn 0x3" on two lines: a box is narrow
@@ -122,7 +138,8 @@ def ownership_map(snap, start: int | None = None, end: int | None = None, *, tit
     # Heights in inches, top to bottom: title, grid, its axis labels, summary bars, their label, legend.
     # The legend: one entry a line (pKVM's names are long), its title clear of the bars' axis label.
     top, gap, bar_h, bar_gap = 0.45, 0.2 if n <= LABEL_PAGES else 0.6, 1.5, 0.65
-    legend_h = 0.165 * len(C.PAGE_CATEGORIES) + 0.3
+    shown = shown_categories(snap)
+    legend_h = 0.165 * len(shown) + 0.3
     height = top + grid_h + gap + bar_h + bar_gap + legend_h
     fig = Picture(figsize=(width, height),
                   name=f"ownership map {base:#x}-{base + (n << PAGE_SHIFT):#x}: {_count(n)}")
@@ -148,9 +165,9 @@ def ownership_map(snap, start: int | None = None, end: int | None = None, *, tit
     ax.set_title(title or f"page ownership {base:#x}-{base + (n << PAGE_SHIFT):#x} ({n:,} pages, {_bytes(n << PAGE_SHIFT)})",
                  fontsize=11)
     counts = np.bincount(cat, minlength=len(C.PAGE_CATEGORIES))
-    _summary(bar, counts)
+    _summary(bar, counts, shown)
     handles = [Patch(facecolor=color, edgecolor="#444444", label=f"{label}  ({_count(int(counts[k]))})")
-               for k, (_, color, label) in enumerate(C.PAGE_CATEGORIES)]
+               for k, _, color, label in shown]
     fig.legend(handles=handles, loc="lower center", ncols=1, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0),
                title="owner: page state (pKVM's names)", title_fontsize=8)
     return fig
@@ -169,15 +186,16 @@ def _boxes(ax, snap, lo: int, cat: np.ndarray, cols: int, rows: int, base: int, 
     ax.set_axis_off()
 
 
-def _summary(bar, counts: np.ndarray) -> None:
+def _summary(bar, counts: np.ndarray, shown) -> None:
     """Pages per category, one bar each on a linear scale (1 and 3 pages must look different), the count beside it."""
-    y = np.arange(len(C.PAGE_CATEGORIES))
-    bar.barh(y, np.maximum(counts, 0), color=[c for _, c, _ in C.PAGE_CATEGORIES], edgecolor="#444444", height=0.75)
+    counts = counts[[k for k, _, _, _ in shown]]
+    y = np.arange(len(shown))
+    bar.barh(y, np.maximum(counts, 0), color=[c for _, _, c, _ in shown], edgecolor="#444444", height=0.75)
     top = max(int(counts.max()), 1)
     bar.set_xlim(0, top * 1.18)
     bar.xaxis.set_major_locator(MaxNLocator(integer=True))    # pages come whole: 0 1 2 3, never 0 0 1 1 2 2
     bar.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{int(v):,}"))
-    bar.set_yticks(y, [SHORT[k] for k, _, _ in C.PAGE_CATEGORIES], fontsize=8)
+    bar.set_yticks(y, [SHORT[key] for _, key, _, _ in shown], fontsize=8)
     bar.invert_yaxis()
     for k, v in enumerate(counts):
         bar.text(int(v) + top * 0.01, k, f"{int(v):,}", va="center", fontsize=8)
@@ -223,7 +241,8 @@ def ownership_compare(before, after, start: int, end: int, *, vms=None, vms_befo
     height = 1.1 + rows * 0.95 + legend_h
     fig = Picture(figsize=(width, height), name=f"ownership before/after {base:#x}-{base + (n << PAGE_SHIFT):#x}: "
                                                 f"{int(changed.sum())} of {_count(n)} changed")
-    fig.legend(handles=[Patch(facecolor=C.PAGE_CATEGORIES[c][1], edgecolor="#444444", label=C.PAGE_CATEGORIES[c][2])
+    labels = {k: label for k, _, _, label in shown_categories(after)}
+    fig.legend(handles=[Patch(facecolor=C.PAGE_CATEGORIES[c][1], edgecolor="#444444", label=labels[c])
                         for c in shown], loc="lower center", ncols=1, fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 0.0))
     for k, (snap, cat, label, names) in enumerate(((before, cats[0], "before", page_names(vms_before)),

@@ -15,7 +15,7 @@ import numpy as np
 
 from pkvmlab.arch import colors as C
 from pkvmlab.arch.pgtable import PAGE_SHIFT
-from pkvmlab.viz.ownership import SHORT, _pfn_range, categories
+from pkvmlab.viz.ownership import SHORT, _pfn_range, categories, shown_categories
 from pkvmlab.viz.pages import page_names
 
 MAX_TILES = 512
@@ -23,6 +23,7 @@ _DARK = {"host", "shared", "other", "hyp", "guest", "guest-shared", "reclaim"}
 _WORDS = {"host": ("host", "OWNED"), "host-lazy": ("host", "OWNED, not mapped yet"), "shared": ("host", "SHARED_OWNED"),
           "hyp": ("hyp", "OWNED"), "memcache": ("hyp", "OWNED, memcache"), "guest": ("guest", "OWNED"),
           "guest-shared": ("guest", "SHARED_OWNED, host borrows"), "reclaim": ("guest", "pending reclaim"),
+          "guest-borrowed": ("host", "SHARED_OWNED, a guest borrows"),
           "other": ("?", "invariant broken")}
 
 
@@ -48,9 +49,12 @@ def ownership_tiles(snap, start: int | None = None, end: int | None = None, *, v
     cat = categories(snap)[lo:hi]
     names = page_names(vms)
     base_pfn = (snap.ram_start >> PAGE_SHIFT) + lo
+    shown = shown_categories(snap)   # the era's categories, in its words
+    labels = {k: label for k, _, _, label in shown}
     tiles = []
     for k, c in enumerate(cat):
-        key, colour, label = C.PAGE_CATEGORIES[int(c)]
+        key, colour, _ = C.PAGE_CATEGORIES[int(c)]
+        label = labels.get(int(c), C.PAGE_CATEGORIES[int(c)][2])
         pfn = base_pfn + k
         who, state = _WORDS[key]
         extra = []
@@ -68,7 +72,7 @@ def ownership_tiles(snap, start: int | None = None, end: int | None = None, *, v
     counts = np.bincount(cat, minlength=len(C.PAGE_CATEGORIES))
     top = max(int(counts.max()), 1)
     bars = []
-    for k, (key, colour, label) in enumerate(C.PAGE_CATEGORIES):
+    for k, key, colour, label in shown:
         n = int(counts[k])
         bars.append(f"<div style='display:flex;align-items:center;gap:6px;font-size:12px' title='{escape(label)}'>"
                     f"<span style='width:150px;text-align:right'>{escape(SHORT[key])}</span>"
@@ -80,4 +84,4 @@ def ownership_tiles(snap, start: int | None = None, end: int | None = None, *, v
             f"<div style='display:grid;grid-template-columns:repeat({columns},minmax(0,1fr));gap:3px'>{''.join(tiles)}</div>"
             f"<div style='margin-top:6px'>{''.join(bars)}</div><div style='font-size:11px;color:#555'>pages per owner and "
             "state (linear)</div></div>")
-    return Tiles(html, first, last, {key: int(counts[k]) for k, (key, _, _) in enumerate(C.PAGE_CATEGORIES)})
+    return Tiles(html, first, last, {key: int(counts[k]) for k, key, _, _ in shown})

@@ -141,4 +141,5 @@ def vm_label(handle: int, vm) -> str:
     run = ""
     if guest is not None:
         run = f"  ·  {guest}" + (", off" if vm.powered_off else f", {len(vm.exits)} exit(s)" if vm.exits else "")
-    return f"{handle:#x}  ·  {vm.nr_vcpus} vCPU(s)  ·  {pages} guest page(s){run}"
+    kind = "  ·  non-protected" if getattr(vm, "protected", True) is False else ""   # mainline's __pkvm_host_share_guest
+    return f"{handle:#x}{kind}  ·  {vm.nr_vcpus} vCPU(s)  ·  {pages} guest page(s){run}"

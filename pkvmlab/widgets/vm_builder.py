@@ -42,6 +42,7 @@ from html import escape
 import ipywidgets as W
 
 from pkvmlab.errors import UsageError
+from pkvmlab.widgets import era as eras
 from pkvmlab.widgets import host_ram, render, sync
 from pkvmlab.widgets.guest_panes import console_html, exit_log_html, exit_words, guest_choices, vm_label
 from pkvmlab.widgets.timeline import Timeline
@@ -95,6 +96,8 @@ class VMBuilder(W.VBox):
                                             "__pkvm_vcpu_put")
         self.teardown_button = W.Button(description="Tear down", button_style="danger", icon="trash", layout=auto,
                                         tooltip="lab.host.teardown_vm(handle): __pkvm_teardown_shadow, then reclaim")
+        self.era_switch = eras.EraSwitch(lab, self.switch_era)   # seed / mainline, and protected or not on mainline
+        self.era_switch.protected.observe(lambda _c: self._era_words(), names="value")
         self.refresh_button = W.Button(description="Refresh", icon="refresh", layout=auto,
                                        tooltip="redraw everything from the machine as it is now")
         self.vm_list = W.Select(options=[], value=None, description="live VMs", rows=5,
@@ -125,7 +128,9 @@ class VMBuilder(W.VBox):
 
         self.buttons = (self.create_button, self.donate_button, self.run_button, self.step_button, self.teardown_button,
                         self.refresh_button)
+        self.table_heading, self.ownership_heading = heading(""), heading("")
         controls = W.VBox([
+            self.era_switch,
             W.HBox([self.vcpus, self.pages]),
             W.HBox([self.guest, self.guest_note], layout=W.Layout(align_items="center")),
             W.HBox(list(self.buttons), layout=W.Layout(flex_flow="row wrap")),
@@ -138,15 +143,24 @@ class VMBuilder(W.VBox):
                           heading("Console of the selected VM's guest (vm.console)"), self.console,
                           heading("Its exits (vm.exits), newest first: what the host was told, and what it did"),
                           self.exit_log,
-                          heading("Shadow VM table (lab.hyp.shadow_table()), each vCPU's state as hyp keeps it"),
-                          self.diagram,
-                          heading("Who owns the host RAM in use (lab.hyp.ownership())"), self.ownership_view,
+                          self.table_heading, self.diagram, self.ownership_heading, self.ownership_view,
                           heading("Hypercall log (lab.host.log), newest first"), self.hypercall_log])
         self.add_class("pkvmlab-vm-builder")
+        self._era_words()
         self.refresh()
         sync.register(self)
+        self._listen(lab)
+
+    def _listen(self, lab) -> None:
         me = weakref.WeakMethod(self._guest_exited)   # the host must not keep a closed dashboard alive
         lab.host.exit_listeners.append(lambda vm, ex: (m := me()) is not None and m(vm, ex))
+
+    def switch_era(self, era: str) -> None:
+        """The era switch: show that era's lab (booted on first use, kept after); every view redraws for it."""
+        eras.switch(self, era, lambda lab: Timeline(lab, on_change=lambda _lab: self._moved_in_time()))
+
+    def _era_words(self) -> None:
+        eras.era_words(self)
 
     # -- what the buttons do (each returns whether it worked; errors go to the status line) -------
     def create(self) -> bool:
@@ -155,11 +169,11 @@ class VMBuilder(W.VBox):
 
         def action() -> str:
             if guest is not None:   # its pages come when it faults on them (Run / Step): none given up front
-                vm = self.lab.host.create_vm(nr_vcpus, guest=guest)
+                vm = self.lab.host.create_vm(nr_vcpus, guest=guest, **self.era_switch.create_kwargs())
                 self._created = vm.handle
                 return (f"created VM {vm.handle:#x} with {nr_vcpus} vCPU(s) running the guest {guest!r}: its pages "
                         "come when it faults on them (press Run or Step)")
-            vm = self.lab.host.create_vm(nr_vcpus)
+            vm = self.lab.host.create_vm(nr_vcpus, **self.era_switch.create_kwargs())
             self._created = vm.handle
             for gfn in range(nr_pages):
                 vm.donate(gfn)
@@ -213,8 +227,7 @@ class VMBuilder(W.VBox):
         def action() -> str:
             vm = self._selected_vm("tear down")
             self.lab.host.teardown_vm(vm.handle)
-            return (f"tore down VM {vm.handle:#x}: its shadow area, PGD and {len(vm.guest_pages)} guest page(s) "
-                    "are the host's again (the guest's pages zeroed)")
+            return f"tore down VM {vm.handle:#x}: " + eras.torn_down_words(self.lab.era, len(vm.guest_pages))
 
         return self._run(action, f"tearing down VM {target:#x}" if target is not None else "tearing down")
 
