@@ -87,7 +87,8 @@ class SpecChecker:
             from pkvmlab.spec.mappings import ProbeCache
 
             abstract_of(lab).written = self._written.take
-            self._probes = ProbeCache(lab.core, abstract_of(lab))
+            if self.era == "seed":   # it walks the seed's host stage-2 (Abstraction.host_walk); mainline asks the CPU each time
+                self._probes = ProbeCache(lab.core, abstract_of(lab))
         self._call = lab.host.call
         self._hyp_info = lab.host.hyp_info
 
