@@ -179,3 +179,24 @@ def test_every_page_hyp_owns_is_accounted_for_on_mainline_and_a_leak_is_found(la
         assert [v.start_pfn for v in check_hyp_pages(lab.hyp)] == [free, a.pool[0]]
     finally:
         lab.restore(cp)
+
+
+def test_the_invariants_hold_through_the_three_teardown_phases_of_a_guest_that_shared_a_page():
+    """A dying VM keeps its stage-2 until each page is reclaimed: the page its guest shared with the host (MEM_SHARE)
+    is still SHARED_OWNED there and SHARED_BORROWED for the host; one owner, one lender, pending reclaim."""
+    from pkvmlab.arch.colors import CATEGORY_INDEX as I
+
+    lab = Lab(era="mainline")
+    vm = lab.host.create_vm(1, guest="share")
+    vm.run()
+    vm.run()
+    phases = [("ran", lambda: None), ("dying", lambda: lab.host.call("__pkvm_start_teardown_vm", vm.handle)),
+              ("reclaimed", lambda: [lab.host.call("__pkvm_reclaim_dying_guest_page", vm.handle, g)
+                                     for g in sorted(vm.mapped_pages)]),
+              ("finalized", lambda: lab.host.call("__pkvm_finalize_teardown_vm", vm.handle))]
+    for name, action in phases:
+        action()
+        o = lab.hyp.ownership()
+        assert check_invariants(o) == [], name
+        pending = int((categories(o) == I["reclaim"]).sum())
+        assert pending == (len(vm.mapped_pages) if name == "dying" else 0), name

@@ -105,6 +105,8 @@ def check_invariants(snap: Ownership) -> list[Violation]:
     # a page a torn-down guest had shared, pending reclaim: the host still borrows it from that (gone) guest
     reclaim = snap.reclaim if snap.reclaim is not None else np.zeros(snap.nr_pages, bool)
     dead_lent = (host.state == SHARED_BORROWED) & reclaim
+    if "guest" in snap.sides:   # mainline: a dying VM's stage-2 still maps it, SHARED_OWNED: that claim counts already
+        dead_lent &= snap.sides["guest"].state != SHARED_OWNED
     claims = claims + dead_lent
     lent = lent | dead_lent
     if "guest" in snap.sides:   # the host stage-2's record counts for a guest page no guest maps (any more)
