@@ -343,6 +343,49 @@ def machine(lab_factory, stats):
                 self.do(f"host.call('__pkvm_host_wrprotect_guest', {vm.handle:#x}, {gfn:#x}, {n})",
                         lambda: self.raw("__pkvm_host_wrprotect_guest", vm.handle, gfn, n))
 
+        @precondition(lambda self: any(not vm.protected and vm.mapped_pages for vm in self.vms))
+        @rule(v=idx, g=idx, w=idx, back=st.booleans())
+        @recorded
+        def share_again(self, v, g, w, back):
+            """A host page a non-protected guest already borrows, shared again at another gfn of the same or another
+            non-protected VM (upstream counts each in ``host_share_guest_count``); ``back``: then unshared from the
+            first, the page still shared with the second."""
+            vms = [vm for vm in self.vms if not vm.protected]
+            src = [vm for vm in vms if vm.mapped_pages]
+            vm = src[v % len(src)]
+            first = sorted(vm.mapped_pages)[g % len(vm.mapped_pages)]
+            pfn = vm.mapped_pages[first]
+            dst = vms[w % len(vms)]
+            gfn = 0x200 + len(dst.mapped_pages) + (w % 7)
+
+            def go():
+                self.give(dst, 0, pfn, gfn)
+                if back:
+                    self.raw("__pkvm_host_unshare_guest", vm.handle, first, 1)
+                    vm.mapped_pages.pop(first)
+            self.do(f"load({dst.handle:#x}, 0); topup; {self.call_text(dst, pfn, gfn)}; put"
+                    + (f"; host.call('__pkvm_host_unshare_guest', {vm.handle:#x}, {first:#x}, 1)" if back else ""), go)
+
+        @precondition(lambda self: self.vms)
+        @rule(v=idx, i=idx)
+        @recorded
+        def give_what_is_not_mine(self, v, i):
+            """Hostile: donate (protected VM) or share (non-protected) a page the host does not own alone now, as the
+            abstract state says: shared with hyp or a guest, a guest's, hyp's (each refused with -EPERM)."""
+            from pkvmlab.arch.pgtable import PageState
+
+            last = self.c._last
+            state = last[0] if last is not None and last[1] == self.host.changes else self.lab._spec_abstraction()
+            cfg = state.config
+            pool = [p for p in dict.fromkeys(self.candidates())
+                    if cfg.in_ram(p) and state.page(p).host != PageState.OWNED]
+            if not pool:
+                return
+            vm = self.vms[v % len(self.vms)]
+            pfn, gfn = pool[(i * 7919) % len(pool)], 0x300 + i
+            self.do(f"load({vm.handle:#x}, 0); topup; {self.call_text(vm, pfn, gfn)}; put",
+                    lambda: self.give(vm, 0, pfn, gfn))
+
         @precondition(lambda self: self.vms)
         @rule(v=idx)
         @recorded
