@@ -343,28 +343,32 @@ def machine(lab_factory, stats):
                 self.do(f"host.call('__pkvm_host_wrprotect_guest', {vm.handle:#x}, {gfn:#x}, {n})",
                         lambda: self.raw("__pkvm_host_wrprotect_guest", vm.handle, gfn, n))
 
-        @precondition(lambda self: any(not vm.protected and vm.mapped_pages for vm in self.vms))
+        @precondition(lambda self: any(not vm.protected for vm in self.vms))
         @rule(v=idx, g=idx, w=idx, back=st.booleans())
         @recorded
         def share_again(self, v, g, w, back):
-            """A host page a non-protected guest already borrows, shared again at another gfn of the same or another
-            non-protected VM (upstream counts each in ``host_share_guest_count``); ``back``: then unshared from the
-            first, the page still shared with the second."""
+            """A host page a non-protected guest borrows (one it has, or a fresh one shared first), shared again at
+            another gfn of the same or another non-protected VM (upstream counts each in ``host_share_guest_count``);
+            ``back``: then unshared from the first, the page still shared with the second."""
             vms = [vm for vm in self.vms if not vm.protected]
-            src = [vm for vm in vms if vm.mapped_pages]
-            vm = src[v % len(src)]
-            first = sorted(vm.mapped_pages)[g % len(vm.mapped_pages)]
-            pfn = vm.mapped_pages[first]
+            vm = vms[v % len(vms)]
+            first = sorted(vm.mapped_pages)[g % len(vm.mapped_pages)] if vm.mapped_pages else None
+            pfn = vm.mapped_pages[first] if first is not None else self.host.alloc_pages(1)
             dst = vms[w % len(vms)]
             gfn = 0x200 + len(dst.mapped_pages) + (w % 7)
 
             def go():
+                nonlocal first
+                if first is None:
+                    first = 0x280 + g % 16
+                    self.pages.append(pfn)
+                    self.give(vm, 0, pfn, first)
                 self.give(dst, 0, pfn, gfn)
                 if back:
                     self.raw("__pkvm_host_unshare_guest", vm.handle, first, 1)
                     vm.mapped_pages.pop(first)
-            self.do(f"load({dst.handle:#x}, 0); topup; {self.call_text(dst, pfn, gfn)}; put"
-                    + (f"; host.call('__pkvm_host_unshare_guest', {vm.handle:#x}, {first:#x}, 1)" if back else ""), go)
+            self.do(f"(share {pfn:#x} with VM {vm.handle:#x} first); load({dst.handle:#x}, 0); topup; "
+                    f"{self.call_text(dst, pfn, gfn)}; put" + (f"; unshare it from VM {vm.handle:#x}" if back else ""), go)
 
         @precondition(lambda self: self.vms)
         @rule(v=idx, i=idx)
