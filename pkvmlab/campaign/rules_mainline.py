@@ -41,7 +41,9 @@ def machine(lab_factory, stats):
 
         def __init__(self):
             self.dying: list = []     # VMs torn down (start) behind the host model's back: reclaim, finalize
-            super().__init__()
+            super().__init__()        # a protected VM first (the seed's machine makes it)
+            self.create_vm(n=1, guest="touch", protected=False)   # and a non-protected one: mainline's host runs both
+            self.trace = []
 
         def candidates(self) -> list[int]:
             extra = []
@@ -276,10 +278,14 @@ def machine(lab_factory, stats):
             self.touch_pfn(pfn)
 
         # -- the VM table and the metadata pages: hostile reserve/unreserve/init_vm/init_vcpu ------------
-        @rule(h=st.sampled_from(HANDLES), keep=st.booleans())
+        @rule(h=st.sampled_from(HANDLES), keep=st.booleans(), v=idx)
         @recorded
-        def reserve_raw(self, h, keep):
-            """``__pkvm_reserve_vm`` (the lowest free slot), then ``__pkvm_unreserve_vm`` of it or of any handle."""
+        def reserve_raw(self, h, keep, v):
+            """``__pkvm_reserve_vm`` (the lowest free slot), then ``__pkvm_unreserve_vm`` of it, of a live VM's handle
+            (hostile: a slot in use is not the host's to give back) or of any handle."""
+            if not keep and v % 2 and self.vms:
+                h = self.vms[v % len(self.vms)].handle
+
             def go():
                 got = self.raw("__pkvm_reserve_vm")
                 self.raw("__pkvm_unreserve_vm", got if keep else h)
