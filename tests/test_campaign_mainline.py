@@ -2,7 +2,7 @@
 
 The mainline machine (pkvmlab/campaign/rules_mainline.py) is the seed's with mainline's calls; the mainline
 specification (pkvmlab/spec/mainline*.py) checks every call.  Budgets are a fraction of the seed's (tests/
-test_campaign.py: 2,000 steps a mutant, 50,000 clean calls): CLEAN_STEPS x CLEAN_SEEDS on the correct firmware,
+test_campaign.py: 2,000 steps a mutant, 50,000 clean calls): CLEAN_STEPS x CLEAN_SEEDS on the correct firmware
 MUTANT_BUDGET steps a mutant on one (the derandomised) sequence.  The 5-seed scores are measured by bench/ (make bench).
 """
 
@@ -13,8 +13,8 @@ import pytest
 from pkvmlab import Lab, campaign, mutants
 from pkvmlab.firmware import load_firmware
 
-CLEAN_STEPS = 600      # steps per seed on the correct mainline firmware
-CLEAN_SEEDS = (1, 2)
+CLEAN_STEPS = 1000     # steps per seed on the correct mainline firmware
+CLEAN_SEEDS = (1, 2, 3)
 MUTANT_BUDGET = 1000   # steps: every planted mainline bug must be caught within this many
 
 
