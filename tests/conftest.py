@@ -43,6 +43,7 @@ UNCHECKED_FILES = {
                        "its kernels",
     "test_campaign.py": "the campaign turns the checker on itself, with its own settings (whole-state checks, state "
                         "reused between calls), and its mutants are never checked by the environment anyway",
+    "test_campaign_mainline.py": "as test_campaign.py, on the mainline era",
     "test_readme.py": "the README's code, run as a learner pastes it: a plain Lab()",
 }
 # Single tests that run unchecked, and why.  A create checked against the whole state costs in proportion to the VMs

@@ -161,8 +161,9 @@ def fmt(t: tuple) -> str:
 class Side:
     """One backend's lab plus the host code page holding FORMS."""
 
-    def __init__(self, backend: str, native: bool | None = None):
-        self.lab = Lab(backend=backend) if native is None else Lab(backend=backend, native=native)
+    def __init__(self, backend: str, native: bool | None = None, era: str = "seed"):
+        kw = {} if native is None else {"native": native}
+        self.lab = Lab(backend=backend, era=era, **kw)
         self.code_pfn = self.lab.host.alloc_pages(CODE_PAGES)
         self.code = self.code_pfn * PAGE
         self.lab.core.phys.write(self.code, assembled_forms())
@@ -240,7 +241,8 @@ class Side:
 class Actions:
     """A random sequence of host actions, the same on both backends (one RNG decides everything)."""
 
-    def __init__(self, seed: int, test_pfns: list[int], code_pfn: int = 0):
+    def __init__(self, seed: int, test_pfns: list[int], code_pfn: int = 0, era: str = "seed"):
+        self.era = era
         self.rng = random.Random(seed)
         self.pfns = test_pfns
         self.code_pfn = code_pfn
@@ -273,6 +275,8 @@ class Actions:
         return base + off
 
     def hypercall(self) -> tuple[int, ...]:
+        if self.era == "mainline":
+            return self.mainline_hypercall()
         rng = self.rng
         name = rng.choice(list(HYPERCALLS))
         k = rng.random()
@@ -296,6 +300,34 @@ class Actions:
         else:
             args = ()
         return (HYPERCALLS[name], *args)
+
+    def mainline_hypercall(self) -> tuple[int, ...]:
+        """A mainline host hypercall (pkvmlab/arch/hypercalls_mainline.py), each argument drawn by what it names."""
+        from pkvmlab.arch.hypercalls_mainline import MAINLINE_HCALL_ARGS, MAINLINE_HYPERCALLS
+
+        rng = self.rng
+        name = rng.choice(list(MAINLINE_HYPERCALLS))
+        if rng.random() < 0.08:   # a function id nobody defined
+            return (rng.choice([0, 1, 0xC600_0000 | rng.randrange(len(MAINLINE_HYPERCALLS) + 40, 64),
+                                rng.getrandbits(64)]),)
+        wild = rng.random() < 0.25
+        args = []
+        for a in MAINLINE_HCALL_ARGS[name]:
+            if wild:
+                args.append(rng.getrandbits(rng.choice([8, 20, 36, 64])))
+            elif a == "pfn":
+                args.append(self.address_pfn())
+            elif a == "gfn":
+                args.append(rng.getrandbits(rng.choice([4, 20, 64])))
+            elif a == "handle":
+                args.append(rng.choice(self.handles + [0, 0xFFF, 0x10FF]))
+            elif a in ("nr_pages", "vcpu_idx"):
+                args.append(rng.choice([0, 1, 1, 2, 7]))
+            elif a == "prot":
+                args.append(rng.choice([0, 1, 3, 7, 0xFF]))
+            else:   # host_kvm, host_vcpu, vm_hva, pgd_hva, vcpu_hva: a host page (or the carve-out, or past RAM)
+                args.append(self.address_pfn() << 12)
+        return (MAINLINE_HYPERCALLS[name], *args)
 
     def host_access(self) -> tuple:
         """A read or write through the Host model: any length, any alignment, possibly across pages."""
@@ -343,7 +375,9 @@ class Actions:
             pfn = rng.choice([(HYP_BASE >> 12) + rng.randrange(0, 0x800), 0x9000, 0x8000_0, 1 << 32])
             regs["x0"] = (pfn << 12) + rng.choice([4 * rng.randrange(0, 1024), rng.randrange(0, PAGE)])
         if name == "hvc #imm":
-            regs["x0"] = HYPERCALLS["__pkvm_hyp_info"]
+            from pkvmlab.arch.hypercalls_mainline import MAINLINE_HYPERCALLS
+
+            regs["x0"] = (MAINLINE_HYPERCALLS if self.era == "mainline" else HYPERCALLS)["__pkvm_hyp_info"]
         if name in A32_ALIGNED:   # word-aligned: Unicorn lets an unaligned LDM/LDRD through (test_qemu_aarch32.py pins it)
             regs["x0"] &= ~3
         if name == "a32 bx":   # an even target, A32 state: the lab does not carry Thumb state into SPSR (aarch32.py)
@@ -356,7 +390,7 @@ def run_sequence(u: Side, q: Side, seed: int, n: int, first_only: bool = False):
     difference (a planted bug is caught: tests/test_machine_mutants.py)."""
     pfns = [u.lab.host.alloc_pages() for _ in range(12)]
     assert pfns == [q.lab.host.alloc_pages() for _ in range(12)]
-    acts = Actions(seed, pfns, u.code_pfn)
+    acts = Actions(seed, pfns, u.code_pfn, era=u.lab.era)
     assert u.code_pfn == q.code_pfn
     seen: collections.Counter = collections.Counter()
     diffs: list[str] = []

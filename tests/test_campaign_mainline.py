@@ -2,7 +2,7 @@
 
 The mainline machine (pkvmlab/campaign/rules_mainline.py) is the seed's with mainline's calls; the mainline
 specification (pkvmlab/spec/mainline*.py) checks every call.  Budgets are a fraction of the seed's (tests/
-test_campaign.py: 2,000 steps a mutant, 50,000 clean calls): CLEAN_STEPS x CLEAN_SEEDS on the correct firmware,
+test_campaign.py: 2,000 steps a mutant, 50,000 clean calls): CLEAN_STEPS x CLEAN_SEEDS on the correct firmware
 MUTANT_BUDGET steps a mutant on one (the derandomised) sequence.  The 5-seed scores are measured by bench/ (make bench).
 """
 
@@ -13,8 +13,8 @@ import pytest
 from pkvmlab import Lab, campaign, mutants
 from pkvmlab.firmware import load_firmware
 
-CLEAN_STEPS = 600      # steps per seed on the correct mainline firmware
-CLEAN_SEEDS = (1, 2)
+CLEAN_STEPS = 1000     # steps per seed on the correct mainline firmware
+CLEAN_SEEDS = (1, 2, 3)
 MUTANT_BUDGET = 1000   # steps: every planted mainline bug must be caught within this many
 
 
@@ -94,3 +94,39 @@ def test_hyp_refuses_to_pin_what_is_not_memory_with_eperm_and_a_tlb_flush_of_no_
     np_vm = lab.host.create_vm(1, protected=False)
     lab.host.call("__pkvm_tlb_flush_vmid", np_vm.handle)
     assert lab._spec_checker.checked >= 4
+
+
+def test_the_spec_predicts_the_refusals_and_the_finalize_the_mainline_campaign_found_it_got_wrong():
+    """Each of these was a SpecMismatch on the correct firmware until the mainline spec learnt it: a reclaim past the
+    IPA space (-EINVAL), a finalize with guest pages never reclaimed (given back to the host, zeroed), a memcache
+    head that is not page aligned (-EINVAL), a PGD not aligned to its size refused before the VM area is donated."""
+    from pkvmlab.errors import HypercallError
+    from pkvmlab.host.vcpu_run import VcpuRunner
+
+    lab = Lab(era="mainline", spec_check=True)
+    host = lab.host
+    vm = host.create_vm(1, guest="touch")
+    for _ in range(4):
+        vm.step(0)
+    assert vm.mapped_pages
+    # an unaligned memcache head, on a fresh VM whose vCPU's memcache hyp must fill: refill_memcache() refuses it
+    fresh = host.create_vm(1)
+    at = VcpuRunner(fresh, 0)._field("arch.pkvm_memcache.head")
+    host.write_u64(at, host.alloc_pages(1) * 4096 + 8)
+    host.write_u64(at + 8, 1)
+    host.call("__pkvm_vcpu_load", fresh.handle, 0)
+    with pytest.raises(HypercallError, match="EINVAL"):
+        host.call("__pkvm_host_donate_guest", host.alloc_pages(1), 0x3FF)
+    host.call("__pkvm_vcpu_put")
+    # a PGD not aligned to its two pages, with a VM area hyp owns: -EINVAL before any donation
+    kvm = host.vms[vm.handle].host_kvm
+    with pytest.raises(HypercallError, match="EINVAL"):
+        host.call("__pkvm_init_vm", kvm, vm.shadow_va, vm.pgd + 4096)
+    # teardown: a reclaim past the IPA space, then finalize with every guest page still the guest's
+    host.call("__pkvm_start_teardown_vm", vm.handle)
+    with pytest.raises(HypercallError, match="EINVAL"):
+        host.call("__pkvm_reclaim_dying_guest_page", vm.handle, 1 << 36)
+    host.call("__pkvm_finalize_teardown_vm", vm.handle)
+    for pfn in vm.mapped_pages.values():
+        assert host.read(pfn * 4096, 4096) == bytes(4096)   # the host's again, zeroed
+    assert lab._spec_checker.checked >= 6

@@ -34,17 +34,27 @@ def require_qemu() -> None:
         pytest.skip(missing_reason())
 
 
+# The mainline era (Lab(era="mainline"), firmware/mainline/): the same comparisons on a representative budget, a fifth
+# of the seed's host actions (one seed of 2,000) and the same 12 guest programs (fewer leave out the SMC exit).
+MAINLINE_SEEDS = (1,)
+ERA_SEEDS = [(("seed", s)) for s in SEEDS] + [("mainline", s) for s in MAINLINE_SEEDS]
+
+
 @pytest.fixture(params=[None], ids=["native"])
 def sides(request):
+    """(Unicorn side, QEMU side); the param: the native hook (None: as the lab picks, False: the Python one), or
+    (that, era)."""
     require_qemu()
-    u, q = Side("unicorn", native=request.param), Side("qemu")
+    native, era = request.param if isinstance(request.param, tuple) else (request.param, "seed")
+    u, q = Side("unicorn", native=native, era=era), Side("qemu", era=era)
     try:
         yield u, q
     finally:
         q.close()
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("sides, seed", [((None, era), s) for era, s in ERA_SEEDS], indirect=["sides"],
+                         ids=[f"{era}-{s}" for era, s in ERA_SEEDS])
 def test_random_host_actions_agree_on_unicorn_and_qemu(sides, seed):
     """1,000 random host actions: every outcome, register and syndrome the same on both CPUs, then the carve-out."""
     u, q = sides
@@ -97,30 +107,32 @@ def test_the_pure_python_exception_entry_agrees_with_qemu_too(sides):
     assert seen["vector"] > 50 and seen["hvc ok"] > 5, seen
 
 
-GUEST_PROGRAMS = 12
+GUEST_PROGRAMS = {"seed": 12, "mainline": 12}
 GUEST_FORMS_PER_PROGRAM = 30
 
 
+@pytest.mark.parametrize("sides", [(None, "seed"), (None, "mainline")], ids=["seed", "mainline"], indirect=True)
 def test_generated_guest_programs_agree_on_unicorn_and_qemu(sides):
     """Random guest programs (guest_differential.py): every exit the host sees, the console, hyp's copy of
     the vCPU and the guest's memory the same on both CPUs; some end at an MMIO access hyp cannot describe."""
     from guest_differential import compare_program
 
     u, q = sides
+    n = GUEST_PROGRAMS[u.lab.era]
     diffs, ends, reasons, logged = [], collections.Counter(), collections.Counter(), 0
-    for seed in range(GUEST_PROGRAMS):
+    for seed in range(n):
         d, a = compare_program(u.lab, q.lab, seed, GUEST_FORMS_PER_PROGRAM)
         diffs += d
         ends[a.get("ended")] += 1
         reasons.update(e[0] for e in a.get("exits", []))
         logged += a.get("vcpu", {}).get("x24", 0) > 0xF0000   # the guest's own vector took an exception
-    assert not diffs, f"{len(diffs)} of {GUEST_PROGRAMS} guest programs differ:\n" + "\n".join(diffs[:5])
+    assert not diffs, f"{len(diffs)} of {n} guest programs differ:\n" + "\n".join(diffs[:5])
     # not vacuous: programs that ran to SYSTEM_OFF and ones stopped by an access hyp cannot describe; every
     # kind of exit; exceptions the guest took itself
-    assert ends["system off"] >= GUEST_PROGRAMS // 2 and ends["unhandled"] >= 1, ends
+    assert ends["system off"] >= n // 2 and ends["unhandled"] >= 1, ends
     assert {"page fault", "mmio", "wfx", "smc", "system off"} <= set(reasons), reasons
     assert set(reasons) & {"hypercall", "mem share", "mem unshare"}, reasons
-    assert logged >= GUEST_PROGRAMS // 2, logged
+    assert logged >= n // 2, logged
     carve_u, carve_q = u.lab.core.phys.read(HYP_BASE, HYP_SIZE), q.lab.core.phys.read(HYP_BASE, HYP_SIZE)
     assert carve_u == carve_q, "the hyp carve-out differs after the guest programs"
     assert_host_ram_equal(u, q)
@@ -130,22 +142,29 @@ def unknown_hpfar_copies(side: Side) -> list[int]:
     """Where hyp keeps each live vCPU's ``fault.hpfar_el2`` (in the shadow area the host donated): hyp saves
     HPFAR_EL2 at every exit, and after one that is not a stage-2 abort it is UNKNOWN; Unicorn's own stage-2
     walker writes HPFAR_EL2 on walks, so there the two CPUs leave different stale values."""
+    return vcpu_field_copies(side, "arch.fault.hpfar_el2")
+
+
+def vcpu_field_copies(side: Side, field: str) -> list[int]:
+    """Where hyp keeps ``field`` of each live vCPU: in its shadow area (the seed's era, ``field`` of the shadow vCPU,
+    or of its state when it has no ``arch.``), or in the area ``__pkvm_init_vcpu`` took (mainline's
+    ``struct pkvm_hyp_vcpu``)."""
     fw = side.lab.fw
+    vms = side.lab.host.vms.values()
+    if side.lab.era == "mainline":
+        at = fw.layout("pkvm_hyp_vcpu").offset(("vcpu." if field.startswith("arch.") else "") + field)
+        return [area + at for vm in vms for area in vm.vcpu_areas]
     first = fw.layout("kvm_shadow_vm").offset("shadow_vcpu_states")
     st = fw.layout("kvm_shadow_vcpu_state")
-    field = st.offset("shadow_vcpu.arch.fault.hpfar_el2")
-    return [vm.shadow_va + first + i * st.size + field for vm in side.lab.host.vms.values() for i in range(vm.nr_vcpus)]
+    at = st.offset(("shadow_vcpu." if field.startswith("arch.") else "") + field)
+    return [vm.shadow_va + first + i * st.size + at for vm in vms for i in range(vm.nr_vcpus)]
 
 
 def run_counts(side: Side) -> list[int]:
     """Where hyp counts each live vCPU's runs (``nr_runs``, in the shadow area the host donated): a guest preempted
     by QEMU's real timer and by Unicorn's budget is preempted a different number of times, so it runs a different
     number of times (preemptions are compared by kind only)."""
-    fw = side.lab.fw
-    first = fw.layout("kvm_shadow_vm").offset("shadow_vcpu_states")
-    st = fw.layout("kvm_shadow_vcpu_state")
-    return [vm.shadow_va + first + i * st.size + st.offset("nr_runs") for vm in side.lab.host.vms.values()
-            for i in range(vm.nr_vcpus)]
+    return vcpu_field_copies(side, "nr_runs")
 
 
 def assert_host_ram_equal(u: Side, q: Side) -> None:

@@ -124,3 +124,58 @@ def test_the_register_view_shows_the_guests_secret_only_in_hyps_copy():
     html = rv._repr_html_()
     assert "hidden from the host" in html and "<table" in html
     assert "mmio" in repr(rv) and "hidden from the host" in repr(rv)
+
+
+# -- the mainline era: a protected vCPU's rules as the seed's, a non-protected vCPU's state is the host's ------------
+
+def test_a_non_protected_exit_hands_the_host_every_general_register_pstate_and_the_whole_fault():
+    esr = (R.EC_DABT_LOW << 26) | R.ESR_ISV | R.ESR_WNR | (7 << 16)
+    fault = {"esr_el2": esr, "far_el2": 0x9000123, "hpfar_el2": 0x90000}
+    (after,) = R.host_vcpu_after_np_run(_host(), _guest(), fault, R.ARM_EXCEPTION_TRAP)
+    assert all(after[f"x{i}"] == 0x1000 + i for i in range(31)) and after["pstate"] == 0x3C5
+    assert after["esr_el2"] == esr and after["far_el2"] == 0x9000123 and after["hpfar_el2"] == 0x90000
+    (protected,) = R.host_vcpu_after_run(_host(), _guest(), fault, R.ARM_EXCEPTION_TRAP)
+    assert protected != after   # the same exit of a protected vCPU reveals x7 only, FAR's page offset only
+    assert R.host_vcpu_after_np_run(_host(), _guest(), fault, R.ARM_EXCEPTION_IRQ) == [_host()]
+
+
+@pytest.mark.parametrize("protected", [True, False])
+def test_the_mainline_checker_runs_the_register_rule_of_the_vcpus_kind(protected):
+    """A run that leaks one guest register into the host's struct kvm_vcpu beyond what the kind reveals is refused:
+    for a protected vCPU x19 (hidden), for a non-protected one the fault's bytes past FAR (none exist: we leak into
+    the memcache-free flags word instead)."""
+    lab = Lab(era="mainline", spec_check=True)
+    assert lab._spec_checker.registers
+    vm = lab.host.create_vm(1, guest="secret", protected=protected)
+    vm.step(0)
+    checker, real = lab._spec_checker, lab._spec_checker._call
+    from pkvmlab.inspect.vcpu_regs import ctxt_offset
+
+    reg = 19 if protected else 31   # x19, or past x30: the context's SP_EL0, which the lab's sync never writes
+    at = vm.vcpus[0] + ctxt_offset(lab.fw) + reg * 8
+
+    def leaky_run():
+        ret = real("__kvm_vcpu_run")
+        lab.core.phys.write(at, (0x5EC2E7).to_bytes(8, "little"))
+        return ret
+
+    lab.host.call("__pkvm_vcpu_load", vm.handle, 0)
+    with pytest.raises(SpecMismatch, match="sp_el0" if not protected else "x19"):
+        checker.check("__kvm_vcpu_run", (), leaky_run)
+
+
+def test_on_mainline_the_canary_leaks_nothing_from_a_protected_vcpu_and_everything_from_a_non_protected_one():
+    lab = Lab(era="mainline", spec_check=True)
+    dump = lab.host.alloc_pages(1) * 4096
+    _run_canary(lab, ALL_EXITS, 3000, dump)   # protected: no secret anywhere the host reads
+    assert lab._spec_checker.checked > 20
+    vm = lab.host.create_vm(1, guest="canary", protected=False)
+    from pkvmlab.firmware.guests import guest_symbols
+
+    at = guest_symbols("canary")["canary_params"][0]
+    image = bytearray(vm.image)
+    image[at:at + 16] = (0x1CE_C0FFEE_5EED).to_bytes(8, "little") + (1).to_bytes(8, "little")
+    vm.image = bytes(image)
+    with pytest.raises(SpecMismatch, match="canary scan"):   # the host owns a non-protected vCPU's registers
+        for _ in range(40):
+            check_step(lab, vm, vm.step(0, budget=3000), dump)

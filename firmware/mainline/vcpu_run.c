@@ -13,8 +13,8 @@
 /*
  * What the host sees of an exit, and what it hands back.  A non-protected
  * vCPU's general registers and exit information go to the host and come back
- * (how much upstream's flush_hyp_vcpu() / sync_hyp_vcpu() copy for each kind
- * of vCPU: not verified).  A protected vCPU's exit passes only what the host needs, as the
+ * (upstream, mainline nvhe/hyp-main.c: sync_hyp_vcpu() copies the whole ctxt and
+ * fault out, flush_hyp_vcpu() the ctxt in; the lab: x0..x30, PSTATE, the fault).  A protected vCPU's exit passes only what the host needs, as the
  * seed's handle_pvm_exit_*() (firmware/hyp-main.c): the ESR, the fault
  * address's page offset, an MMIO write's value in x0, a hypercall's x0..x3.
  */

@@ -7,12 +7,11 @@ is a rule of the same name here, which replaces the seed's (hypothesis collects 
 
 * a guest's page: ``__pkvm_host_donate_guest`` for a protected VM, ``__pkvm_host_share_guest`` for a
   non-protected one (the host keeps it), each on the loaded vCPU (``map_guest`` and the hostile variants);
-* a non-protected VM's pages: ``__pkvm_host_unshare_guest``, ``__pkvm_host_relax_perms_guest`` (on the loaded
-  vCPU), ``__pkvm_host_wrprotect_guest``;
 * teardown in three phases: ``__pkvm_start_teardown_vm`` (raw, any handle: the VM is then *dying* behind the
   host model's back), ``__pkvm_reclaim_dying_guest_page`` per page, ``__pkvm_finalize_teardown_vm``;
-* the VM table: ``__pkvm_reserve_vm`` / ``__pkvm_unreserve_vm`` with any handle, ``__pkvm_init_vm`` and
-  ``__pkvm_init_vcpu`` with pages the host may not give.
+* in :mod:`pkvmlab.campaign.hostile_mainline`: the VM table (``__pkvm_reserve_vm`` / ``__pkvm_unreserve_vm`` with
+  any handle, ``__pkvm_init_vm`` and ``__pkvm_init_vcpu`` with pages the host may not give), a non-protected VM's
+  pages (unshare, relax, wrprotect, a page shared twice), a page the host does not own given away.
 
 Its sequences are hypothesis's from this file's source (derandomised per machine class): editing this file
 changes the mainline campaign's sequences, never the seed's.
@@ -21,9 +20,8 @@ changes the mainline campaign's sequences, never the seed's.
 from __future__ import annotations
 
 from pkvmlab.campaign.hostile import GFNS, HANDLES, PAGE
+from pkvmlab.campaign.hostile_mainline import mainline_hostile_rules
 from pkvmlab.errors import HypercallError
-
-PROTS = (0b001, 0b011, 0b111, 0b101, 0)   # KVM_PGTABLE_PROT_R, RW, RWX, RX, none (asm/kvm_pgtable.h)
 
 
 def machine(lab_factory, stats):
@@ -35,13 +33,16 @@ def machine(lab_factory, stats):
     from pkvmlab.host.vcpu_run import VcpuRunner
 
     idx = st.integers(0, 63)
+    Hostile = mainline_hostile_rules(st, rule, precondition, recorded, idx)
 
-    class MainlineCampaign(seed_machine(lab_factory, stats)):
+    class MainlineCampaign(Hostile, seed_machine(lab_factory, stats)):
         """The seed's host with mainline's calls; the mainline specification watches every call."""
 
         def __init__(self):
             self.dying: list = []     # VMs torn down (start) behind the host model's back: reclaim, finalize
-            super().__init__()
+            super().__init__()        # a protected VM first (the seed's machine makes it)
+            self.create_vm(n=1, guest="touch", protected=False)   # and a non-protected one: mainline's host runs both
+            self.trace = []
 
         def candidates(self) -> list[int]:
             extra = []
@@ -274,74 +275,6 @@ def machine(lab_factory, stats):
                 self.do(f"load({vm.handle:#x}, 0); topup; {self.call_text(vm, pfn, gfn)}; put",
                         lambda: self.give(vm, 0, pfn, gfn))
             self.touch_pfn(pfn)
-
-        # -- the VM table and the metadata pages: hostile reserve/unreserve/init_vm/init_vcpu ------------
-        @rule(h=st.sampled_from(HANDLES), keep=st.booleans())
-        @recorded
-        def reserve_raw(self, h, keep):
-            """``__pkvm_reserve_vm`` (the lowest free slot), then ``__pkvm_unreserve_vm`` of it or of any handle."""
-            def go():
-                got = self.raw("__pkvm_reserve_vm")
-                self.raw("__pkvm_unreserve_vm", got if keep else h)
-            self.do(f"h = host.call('__pkvm_reserve_vm'); host.call('__pkvm_unreserve_vm', "
-                    f"{'h' if keep else hex(h)})", go)
-
-        @rule(k=idx, s=idx, p=idx, koff=st.sampled_from((0, 0, 8, PAGE - 8)))
-        @recorded
-        def init_vm_hostile(self, k, s, p, koff):
-            """Hostile: ``__pkvm_init_vm`` of a freshly reserved slot with pages the host picks from all it knows."""
-            kvm, va, pgd = self.pick(k) * PAGE + koff, self.pick(s) * PAGE, self.pick(p) * PAGE
-
-            def go():
-                h = self.raw("__pkvm_reserve_vm")
-                try:
-                    self.raw("__pkvm_init_vm", kvm, va, pgd)
-                except HypercallError:
-                    self.raw("__pkvm_unreserve_vm", h)
-                    raise
-                # Accepted: nobody on the host side knows this VM (its struct kvm named another handle): end it.
-                for call in ("__pkvm_start_teardown_vm", "__pkvm_finalize_teardown_vm"):
-                    try:
-                        self.raw(call, h)
-                    except HypercallError:
-                        pass
-            self.do(f"host.call('__pkvm_reserve_vm'); host.call('__pkvm_init_vm', {kvm:#x}, {va:#x}, {pgd:#x})", go)
-
-        @precondition(lambda self: self.vms)
-        @rule(v=idx, c=idx, a=idx, h=st.sampled_from(HANDLES))
-        @recorded
-        def init_vcpu_hostile(self, v, c, a, h):
-            """Hostile: ``__pkvm_init_vcpu`` again for a live VM (a vCPU it has, or any page) with any area."""
-            vm = self.vms[v % len(self.vms)]
-            handle = vm.handle if c % 4 else h
-            vcpu = vm.vcpus[c % vm.nr_vcpus] if c % 2 else self.pick(c) * PAGE
-            area = self.pick(a) * PAGE
-            self.do(f"host.call('__pkvm_init_vcpu', {handle:#x}, {vcpu:#x}, {area:#x})",
-                    lambda: self.raw("__pkvm_init_vcpu", handle, vcpu, area))
-
-        # -- a non-protected VM's pages: unshare, relax, wrprotect ----------------------------------------
-        @precondition(lambda self: any(not vm.protected for vm in self.vms))
-        @rule(v=idx, g=idx, what=st.sampled_from(("unshare", "relax", "wrprotect")), prot=st.sampled_from(PROTS),
-              n=st.sampled_from((1, 1, 2, 0)))
-        @recorded
-        def non_protected(self, v, g, what, prot, n):
-            """A non-protected VM's page (or a gfn it has none at): unshared, its permissions relaxed on the loaded
-            vCPU, or write-protected; ``n`` pages (upstream takes one at a time here: 2 and 0 are refused)."""
-            vms = [vm for vm in self.vms if not vm.protected]
-            vm = vms[v % len(vms)]
-            gfns = sorted(vm.mapped_pages) + [0x3FE]
-            gfn = gfns[g % len(gfns)]
-            if what == "unshare":
-                def go():
-                    self.raw("__pkvm_host_unshare_guest", vm.handle, gfn, n)
-                    self.pages.append(vm.mapped_pages.pop(gfn))   # the host's again, shared with nobody
-                self.do(f"host.call('__pkvm_host_unshare_guest', {vm.handle:#x}, {gfn:#x}, {n})", go)
-            elif what == "relax":
-                self.do(f"load({vm.handle:#x}, 0); host.call('__pkvm_host_relax_perms_guest', {gfn:#x}, {prot:#b}); put",
-                        lambda: self.loaded(vm, 0, lambda: self.raw("__pkvm_host_relax_perms_guest", gfn, prot)))
-            else:
-                self.do(f"host.call('__pkvm_host_wrprotect_guest', {vm.handle:#x}, {gfn:#x}, {n})",
-                        lambda: self.raw("__pkvm_host_wrprotect_guest", vm.handle, gfn, n))
 
         @precondition(lambda self: self.vms)
         @rule(v=idx)

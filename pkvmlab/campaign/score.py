@@ -74,7 +74,9 @@ class MutantScore:
 
 
 def score(name: str, seeds: int = 5, steps: int = 2000, *, first_seed: int = 1) -> MutantScore:
-    """Mutant ``name`` under the campaign with seeds ``first_seed .. first_seed + seeds - 1``, ``steps`` each."""
+    """Mutant ``name`` under the campaign with seeds ``first_seed .. first_seed + seeds - 1``, ``steps`` each.  A
+    mainline one (``"mainline/NN_name"``, :func:`pkvmlab.mutants.mainline_names`) boots on the mainline era, whose
+    campaign (:mod:`pkvmlab.campaign.rules_mainline`) ``campaign.run`` picks from the lab's era."""
     import time
 
     from pkvmlab import Lab, campaign, mutants

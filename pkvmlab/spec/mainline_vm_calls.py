@@ -122,6 +122,8 @@ def init_vm(s: MainlineState, host_kvm: int, vm_hva: int, pgd_hva: int, peek=Non
         handle = _read_uint(peek, host_kvm + c.kvm_handle[0], c.kvm_handle[1])
         if handle is None or handle < HANDLE_OFFSET:
             raise Refused(errno.EINVAL, f"kvm->arch.pkvm.handle = {handle}: no handle was reserved")
+        if pgd_hva % (c.pgd_pages * PAGE):   # before anything is donated (firmware/mainline/pkvm.c; lab ABI)
+            raise Refused(errno.EINVAL, f"the PGD at {pgd_hva:#x} is not aligned to its {c.pgd_pages} pages")
         vm_area = donate_area(s, vm_hva, c.hyp_vm_size + PTR * nr, changes, "VM area")
         pgd = donate_area(s, pgd_hva, c.pgd_pages * PAGE, changes, "PGD")
         idx = s.slot_of(handle)
