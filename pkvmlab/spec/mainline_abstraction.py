@@ -37,9 +37,10 @@ from pkvmlab.arch.ownership import PageView
 from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
 from pkvmlab.inspect.vmemmap import ANN_GFN, ANN_HANDLE, RESERVED_ENTRY, VmemmapReader
 from pkvmlab.spec.abstract_vms import guest_walk
-from pkvmlab.spec.abstraction import Abstraction, AbstractionError
+from pkvmlab.spec.abstraction import Abstraction
 from pkvmlab.spec.mainline_state import MainlineConfig, MainlineState, MainlineVM
 from pkvmlab.spec.mainline_vms import read_slot, with_refs
+from pkvmlab.spec.state import AbstractionError
 
 PAGE_SHIFT = pt.PAGE_SHIFT
 _HOST_STATE = (PageState.OWNED, PageState.SHARED_OWNED, PageState.SHARED_BORROWED, PageState.NOPAGE)
