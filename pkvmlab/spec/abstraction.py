@@ -42,7 +42,7 @@ class Abstraction:
         uc = getattr(self.phys, "_uc", None)
         self._raw = uc.mem_read if uc is not None else self.phys.read
         mem = {m: hyp.global_field("hyp_memory", "hyp_memory", m) for m in ("ram_start", "ram_end", "hyp_start", "hyp_end")}
-        from pkvmlab.host.vm import host_layouts  # the host's view of the same DWARF
+        from pkvmlab.host.kvm_structs import host_layouts  # the host's view of the same DWARF
 
         lay = host_layouts(lab.host)
         kvm = fw.layout("kvm")
