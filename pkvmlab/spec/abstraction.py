@@ -26,11 +26,12 @@ from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
 from pkvmlab.spec.abstract_vms import read_vms
 from pkvmlab.spec.stage_tables import StageTables
 from pkvmlab.spec.state import AbstractState, AbstractVM, SpecConfig
+from pkvmlab.spec.written_since import WrittenSince
 
 PAGE_SHIFT = pt.PAGE_SHIFT
 
 
-class Abstraction:
+class Abstraction(WrittenSince):
     """``Abstraction(lab)(...)``: the abstract state of ``lab`` now.  Offsets are read from DWARF once."""
 
     def __init__(self, lab):
@@ -304,23 +305,6 @@ class Abstraction:
         """Every VM in the shadow table (:func:`pkvmlab.spec.abstract_vms.read_vms`); ``light`` ones read again only
         where pages were written since the last light read."""
         return read_vms(self, guest, light, self.taken("light") if light else written)
-
-    def taken(self, reader: str) -> set | None:
-        """The pfns written since ``reader`` last asked (None: read everything): ``self.written``'s pages, kept for
-        each reader (the whole state, the light VMs) until it asks."""
-        if self.written is None:
-            self._since = {}
-            return None
-        new = self.written()
-        if new is None:
-            self._since = dict.fromkeys(self._since)
-        elif new:
-            for got in self._since.values():
-                if got is not None:
-                    got |= new   # each reader's own set (a new one each time it asks)
-        out = self._since.get(reader)
-        self._since[reader] = set()
-        return out
 
 def abstract_of(lab) -> Abstraction:
     """The lab's :class:`Abstraction` (built once per lab: the DWARF offsets); on the mainline era, mainline's

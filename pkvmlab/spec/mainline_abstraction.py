@@ -36,16 +36,16 @@ from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import PageView
 from pkvmlab.inspect.vmemmap import RESERVED_ENTRY, VmemmapReader
 from pkvmlab.spec.abstract_vms import guest_walk
-from pkvmlab.spec.abstraction import Abstraction
 from pkvmlab.spec.mainline_pages import decode, page_into, word_entry
 from pkvmlab.spec.mainline_state import MainlineConfig, MainlineState, MainlineVM
 from pkvmlab.spec.mainline_vms import read_slot, with_refs
 from pkvmlab.spec.state import AbstractionError
+from pkvmlab.spec.written_since import WrittenSince
 
 PAGE_SHIFT = pt.PAGE_SHIFT
 
 
-class MainlineAbstraction(VmemmapReader):
+class MainlineAbstraction(VmemmapReader, WrittenSince):
     """``MainlineAbstraction(lab)()``: the mainline abstract state of ``lab`` now.  Offsets from DWARF, once; the raw
     reads (the vmemmap, a host stage-2 entry, the VM table's slots) are :class:`pkvmlab.inspect.vmemmap.VmemmapReader`'s,
     shared with ``lab.hyp.ownership()`` and ``lab.hyp.vm_table()``."""
@@ -339,8 +339,6 @@ class MainlineAbstraction(VmemmapReader):
                 if guest is not None:
                     guest.update(s.guest)
         return out, reserved
-
-    taken = Abstraction.taken   # the pfns written since a reader last asked (the seed era's bookkeeping)
 
 
 @dataclass
