@@ -126,7 +126,8 @@ def hyp_internal(lab: Lab, name: str, *args: int) -> int:
 def vm_parts(lab: Lab, nr_vcpus: int = 1) -> tuple[int, int]:
     """What a raw ``__pkvm_init_shadow`` needs besides its shadow area: (struct kvm, PGD), the kvm and its vCPUs
     written and shared with hyp, the PGD (2 pages, size-aligned) carrying the vCPU pointers (the seed's way)."""
-    from pkvmlab.host.vm import host_layouts, write_kvm, write_vcpu, write_vcpu_array
+    from pkvmlab.host.kvm_structs import host_layouts, write_kvm, write_vcpu
+    from pkvmlab.host.vm import write_vcpu_array
 
     h, lay = lab.host, host_layouts(lab.host)
     kvm = h.alloc_pages(1) * PAGE

@@ -11,7 +11,7 @@ from conftest import assert_invariants
 from test_shadow_table import expect_errno, ownership_map, pins, trace
 
 from pkvmlab import HostAccessFault, HypercallError, Lab, UsageError
-from pkvmlab.host.vm import host_layouts, write_kvm, write_vcpu
+from pkvmlab.host.kvm_structs import host_layouts, write_kvm, write_vcpu
 
 PAGE = 4096
 HANDLE_OFFSET = 0x1000

@@ -52,7 +52,8 @@ def test_a_memcache_list_of_host_pages_still_maps(lab: Lab):
 
 def _raw_vm(lab: Lab, pointers) -> tuple[int, int, int, int, int]:
     """A struct kvm with len(pointers) vCPUs, its pages shared; the PGD carries ``pointers`` (the seed's way)."""
-    from pkvmlab.host.vm import host_layouts, write_kvm, write_vcpu, write_vcpu_array
+    from pkvmlab.host.kvm_structs import host_layouts, write_kvm, write_vcpu
+    from pkvmlab.host.vm import write_vcpu_array
 
     h, lay = lab.host, host_layouts(lab.host)
     kvm = h.alloc_pages(1) * PAGE

@@ -12,7 +12,7 @@ from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import TRANSITION, initial_page, reachable_views
 from pkvmlab.arch.pgtable import Owner
 from pkvmlab.inspect.invariants import KINDS, Violation, check_invariants
-from pkvmlab.inspect.ownership import find_descriptor
+from pkvmlab.inspect.ownership_walk import find_descriptor
 
 PAGE = 4096
 

@@ -105,7 +105,7 @@ def test_init_shadow_argument_checks(lab: Lab) -> None:
     assert e.errno == errno.EINVAL
     assert e.reason == f"created_vcpus = 0 in the struct kvm at {kvm:#x}: it must be 1..8 (KVM_MAX_VCPUS)"
     lab.host.write_u64(kvm, 3)   # created_vcpus is the first field (checked against DWARF below)
-    from pkvmlab.host.vm import host_layouts
+    from pkvmlab.host.kvm_structs import host_layouts
 
     assert host_layouts(lab.host).off["kvm.created_vcpus"][0] == 0
     e = refused(lab.host.init_shadow, kvm, area, PAGE, pgd)   # size fine: the seed then pins the PGD's vCPU array

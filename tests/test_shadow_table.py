@@ -15,7 +15,8 @@ from conftest import assert_invariants
 
 from pkvmlab import HostAccessFault, HypercallError, Lab
 from pkvmlab.arch.pgtable import ADDR_MASK, TYPE, VALID, granule_shift, host_page_state, hyp_page_state, pte_owner
-from pkvmlab.host.vm import host_layouts, write_kvm, write_vcpu, write_vcpu_array
+from pkvmlab.host.kvm_structs import host_layouts, write_kvm, write_vcpu
+from pkvmlab.host.vm import write_vcpu_array
 
 PAGE = 4096
 HANDLE_OFFSET = 0x1000

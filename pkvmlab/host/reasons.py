@@ -39,7 +39,7 @@ class HostView:
 
 def host_view(host) -> HostView:
     """Replay ``host.log`` (only the calls that succeeded) into what the host knows now."""
-    from pkvmlab.host.vm import host_layouts
+    from pkvmlab.host.kvm_structs import host_layouts
 
     pgd_pages = host_layouts(host).pgd_pages
     v = HostView()
@@ -166,7 +166,7 @@ def _unshare_hyp(host, view, args, err):
 
 
 def _init_shadow(host, view, args, err):
-    from pkvmlab.host.vm import host_layouts
+    from pkvmlab.host.kvm_structs import host_layouts
 
     kvm, va, size, pgd = args
     lay = host_layouts(host)

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from pkvmlab.errors import HypercallError, UsageError
-from pkvmlab.host.vm import PAGE, VM, _padded, _unshare_all
+from pkvmlab.host.kvm_structs import PAGE, _padded
+from pkvmlab.host.vm import VM, _unshare_all
 
 PROT_RWX = 0b111   # KVM_PGTABLE_PROT_X | _W | _R (asm/kvm_pgtable.h)
 PGD_PAGES = 2      # kvm_pgtable_stage2_pgd_size() for the 40-bit IPA: two concatenated level-1 tables

@@ -58,7 +58,7 @@ class Hyp:
             from pkvmlab.inspect.ownership_mainline import read_ownership_mainline
 
             return read_ownership_mainline(self)
-        from pkvmlab.inspect.ownership import read_ownership
+        from pkvmlab.inspect.ownership_walk import read_ownership
 
         return read_ownership(self)
 

@@ -28,7 +28,8 @@ import numpy as np
 from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
 from pkvmlab.inspect.guests import guest_side
-from pkvmlab.inspect.ownership import Ownership, StageView, _stage_view, _walk
+from pkvmlab.inspect.ownership import Ownership, StageView
+from pkvmlab.inspect.ownership_walk import _stage_view, _walk
 from pkvmlab.inspect.vmemmap import vmemmap_reader
 
 # mainline's 2-bit enum pkvm_page_state -> the lab's PageState (PKVM_NOPAGE is 0b11 in struct hyp_page)

@@ -5,7 +5,8 @@ and every store with the value it replaced; this module says what they mean: eac
 and function chain (DWARF, ``pkvmlab.firmware.source_map``), the call stack (calls and returns
 followed as they ran), the registers each instruction changed, and for each store what it hit: a
 page-table entry (which table, level, index; old and new descriptor decoded), a global
-(``hyp_pool.free_pages``), the shadow table (``shadow_table[3]``), a shadow VM, the vmemmap.
+(``hyp_pool.free_pages``), the shadow table (``shadow_table[3]``), a shadow VM, the vmemmap
+(:mod:`pkvmlab.inspect.store_names`).
 ``t.lines()`` collapses instructions into source-line steps; ``t.writes()`` lists what changed.
 """
 
@@ -17,33 +18,22 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pkvmlab.arch.pgtable import ADDR_MASK, ENTRIES, PAGE_SIZE, Descriptor, granule_shift
+from pkvmlab.arch.pgtable import Descriptor
 from pkvmlab.firmware.source_map import Place, source_map
-from pkvmlab.inspect.walk import HANDLE_OFFSET, KVM_MAX_PVMS, regime, vm_table
+from pkvmlab.inspect.store_names import STACK, TableSlot, heap_regions, name_store, table_slots
+from pkvmlab.inspect.walk import regime
 from pkvmlab.machine.recorder import MAX_TRACE_INSNS, REG_NAMES, record_el2
 from pkvmlab.rows import Registers, Rows
 
 _BL_MASK, _BL = 0xFC000000, 0x94000000
 _BLR_MASK, _BLR = 0xFFFFFC1F, 0xD63F0000
 _RET_MASK, _RET = 0xFFFFFC1F, 0xD65F0000
-STACK = "hyp stack"
 LINE_COLUMNS = (("step", lambda s: s.index), ("where", lambda s: s.place),
                 ("depth", lambda s: len(s.stack) - 1), ("instructions", lambda s: f"{s.first}–{s.last}"),
                 ("changed", lambda s: ", ".join(w.what for w in s.writes if w.changed and w.what != STACK)))
 WRITE_COLUMNS = (("insn", lambda w: w.insn), ("line", lambda w: f"{w.place.short_file}:{w.place.line}"),
                  ("what", lambda w: w.what if w.ia is None else f"{w.what} (maps {w.ia:#x})"),
                  ("old → new", lambda w: f"{w.pte[0].words()} → {w.pte[1].words()}" if w.pte else f"{w.old:#x} → {w.new:#x}"))
-
-
-@dataclass(frozen=True)
-class TableSlot:
-    """A page-table page: which tree, which level, and the input address its entry 0 maps."""
-
-    table: str        # "host stage-2", "hyp stage-1", "guest stage-2 of VM 0x1000"
-    stage: int
-    level: int
-    base: int         # input address of entry 0 of this 4 KiB page
-    first_index: int  # index of its entry 0 in the (maybe concatenated) table
 
 
 @dataclass(frozen=True)
@@ -229,31 +219,8 @@ class Trace:
         pa = None if pa == (1 << 64) - 1 else pa
         pc = self.pcs[insn]
         new = value & mask
-        what, pte, ia = self._name(pa if pa is not None else va, size, old, new)
+        what, pte, ia = name_store(self.smap, self._tables, self._heap, pa if pa is not None else va, size, old, new)
         return Write(insn, pc, self.smap.place(pc), va, pa, size, old & mask, new, what, pte, ia)
-
-    def _name(self, pa: int, size: int, old: int, new: int):
-        slot = self._tables.get(pa & ~(PAGE_SIZE - 1))
-        if slot is not None and size == 8 and pa % 8 == 0:
-            idx = (pa % PAGE_SIZE) // 8
-            ia = slot.base + (idx << granule_shift(slot.level))
-            name = f"{slot.table} L{slot.level}[{slot.first_index + idx:#x}]"
-            return name, (Descriptor(old, slot.level, slot.stage), Descriptor(new, slot.level, slot.stage)), ia
-        for lo, hi, label, struct in self._heap:
-            if lo <= pa < hi:
-                if struct is None:
-                    return label, None, None
-                if struct == "[]":
-                    return f"{label}[{(pa - lo) // 8}]", None, None
-                esize, sname = struct
-                if esize:
-                    return f"{label}[{(pa - lo) // esize}]{self.smap.struct_path(sname, (pa - lo) % esize)}", None, None
-                path = self.smap.struct_path(sname, pa - lo)
-                return f"{label}{path[1:] if label.endswith('->') else path}", None, None
-        var = self.smap.variable_at(pa)
-        if var is not None and not var.startswith("?"):
-            return var, None, None
-        return f"memory at {pa:#x}", None, None
 
     # -- the machine as it was at a step ------------------------------------------------------
     def phys_at(self, i: int) -> PhysAt:
@@ -320,72 +287,6 @@ class PhysAt:
         return int.from_bytes(self.read(pa, 4), "little")
 
 
-# -- what the stores can hit: found before and after the action -------------------------------------
-def _tables(lab) -> dict[int, TableSlot]:
-    """Every page-table page of the host stage-2, the hyp stage-1 and each guest stage-2."""
-    hyp, phys = lab.hyp, lab.core.phys
-    regimes = [(regime(hyp, "host-s2"), "host stage-2"), (regime(hyp, "hyp-s1"), "hyp stage-1")]
-    for i, ptr in enumerate(vm_table(hyp)[2]):
-        if ptr:
-            try:
-                regimes.append((regime(hyp, "guest-s2", vm=HANDLE_OFFSET + i), f"guest stage-2 of VM {HANDLE_OFFSET + i:#x}"))
-            except Exception:  # noqa: BLE001 - a half-made VM has no table yet
-                pass
-    out: dict[int, TableSlot] = {}
-    for r, name in regimes:
-        n = 1 << (r.ia_bits - granule_shift(r.start_level))
-        _collect(phys, out, name, r.s, r.root, r.start_level, 0, n)
-    return out
-
-
-def _collect(phys, out, name, stage, pa, level, base, n) -> None:
-    if not phys.base <= pa < phys.base + phys.size:
-        return
-    shift = granule_shift(level)
-    for page in range(max(1, n // ENTRIES)):
-        out[pa + page * PAGE_SIZE] = TableSlot(name, stage, level, base + ((page * ENTRIES) << shift), page * ENTRIES)
-    if level == 3:
-        return
-    t = np.frombuffer(phys.read(pa, n * 8), dtype="<u8")
-    for i in np.flatnonzero((t & np.uint64(3)) == 3).tolist():
-        _collect(phys, out, name, stage, int(t[i]) & ADDR_MASK, level + 1, base + (i << shift), ENTRIES)
-
-
-def _heap(lab) -> list:
-    """Named regions outside the globals: shadow_table's page, each shadow VM, the vmemmap, the stack."""
-    hyp, fw, phys = lab.hyp, lab.fw, lab.core.phys
-    out = []
-    table, struct, ptrs = vm_table(hyp)
-    name = "vm_table" if struct == "pkvm_hyp_vm" else "shadow_table"
-    if table:
-        out.append((table, table + 8 * KVM_MAX_PVMS, name, "[]"))
-        lay = fw.layout(struct)
-        for i, p in enumerate(ptrs):
-            if not p:
-                continue
-            if struct == "kvm_shadow_vm":   # the struct and its shadow_vcpu_states[] after it: the whole shadow area
-                size_field = lay.field("shadow_area_size")
-                size = max(lay.size, int.from_bytes(phys.read(p + size_field.offset, size_field.size), "little"))
-            else:                           # struct pkvm_hyp_vm and its vcpus[] pointers (each vCPU a page apart)
-                created = lay.field("kvm.created_vcpus")
-                n = min(int.from_bytes(phys.read(p + created.offset, created.size), "little"), 64)
-                size = lay.size + 8 * n
-                vsize = fw.layout("pkvm_hyp_vcpu").size
-                for k in range(n):   # each struct pkvm_hyp_vcpu in the area the host donated to __pkvm_init_vcpu
-                    vp = int.from_bytes(phys.read(p + lay.size + 8 * k, 8), "little")
-                    if phys.base <= vp < phys.base + phys.size:
-                        out.append((vp, vp + vsize, f"{name}[{i}]->vcpus[{k}]->", (0, "pkvm_hyp_vcpu")))
-            out.append((p, p + size, f"{name}[{i}]->", (0, struct)))
-    vmemmap = hyp.read_global("hyp_vmemmap")
-    if vmemmap:
-        size = fw.layout("hyp_page").size
-        out.append((vmemmap, vmemmap + size * (lab.core.ram_size // PAGE_SIZE), "hyp_vmemmap", (size, "hyp_page")))
-    top = fw.symbols.get("__hyp_stack_top")
-    if top:
-        out.append((top - 4 * PAGE_SIZE, top, STACK, None))   # link.ld: 16 KiB below __hyp_stack_top
-    return out
-
-
 def trace(lab, action) -> Trace:
     """Run ``action()`` and return its EL2 execution; an exception it raises is kept in ``.error``, not raised."""
     from pkvmlab.errors import UsageError
@@ -395,12 +296,12 @@ def trace(lab, action) -> Trace:
     lab.core.unicorn_engine("lab.trace")   # a code hook on hyp's text: QEMU's core says to use Lab()
     fw = lab.fw
     source_map(fw)                       # read DWARF before, not during, the action
-    tables, heap = _tables(lab), _heap(lab)
+    tables, heap = table_slots(lab), heap_regions(lab)
     result, raw, error = record_el2(lab.core, action, fw.symbol("__hyp_text_start"), fw.symbol("__hyp_text_end"))
     if isinstance(error, (KeyboardInterrupt, SystemExit)):
         raise error
-    after = _tables(lab)
+    after = table_slots(lab)
     for pa, slot in after.items():
         tables.setdefault(pa, slot)      # a table made during the action: named as what it became
-    heap = _heap(lab) + heap
+    heap = heap_regions(lab) + heap
     return Trace(lab, raw, result, error, tables, heap)

@@ -26,6 +26,7 @@ from pkvmlab.machine import aarch32 as A32
 from pkvmlab.machine import el1_faults, el2_traps
 from pkvmlab.machine import exceptions as X
 from pkvmlab.machine import regs_batch as RB
+from pkvmlab.machine.debug_calls import DebugCalls
 from pkvmlab.machine.excp import (
     EXCP_BKPT,
     EXCP_DATA_ABORT,
@@ -54,7 +55,7 @@ _GPR.update({f"q{i}": A.UC_ARM64_REG_Q0 + i for i in range(32)})
 _REG_BITS = {name: 128 if name.startswith("q") else 64 for name in _GPR}
 
 
-class Core(RunStops):
+class Core(RunStops, DebugCalls):
     """One ARMv8-A CPU (Cortex-A72 model, EL2 and EL3 present) with RAM, seen by register names."""
 
     def __init__(self, ram_base: int = RAM_BASE, ram_size: int = RAM_SIZE, *, native: bool | None = None):
@@ -351,68 +352,12 @@ class Core(RunStops):
         """A pure-Python UC_HOOK_BLOCK ``fn(addr, size)`` over [start, end) (stops.py's watch_host)."""
         self.uc.hook_add(unicorn.UC_HOOK_BLOCK, lambda _uc, addr, size, _user: fn(addr, size), begin=start, end=end - 1)
 
-    def call(self, addr: int, *args: int, timeout_ms: int = 1000) -> int:
-        """Debugger: call a firmware function at EL2 with ``args`` in x0.., return its x0.
-
-        The CPU context is saved and restored around the call, so the machine continues exactly
-        where it was.  Used for the AT oracle and to drive hyp-internal functions in tests.
-        """
-        return self.call_regs(addr, *args, results=1, timeout_ms=timeout_ms)[0]
-
-    def call_regs(self, addr: int, *args: int, results: int = 1, timeout_ms: int = 1000,
-                  traced: bool = True) -> list[int]:
-        """``call()``, returning x0..x(results-1): a probe that answers in several registers (firmware/debug.S).
-
-        ``traced=False``: a call made while an action is traced (``lab.trace``) is left out of its trace -- the
-        specification's probes, which must change nothing the learner sees."""
-        if len(args) > 8:
-            raise UsageError("at most 8 arguments (x0..x7)")
-        args = [check_uint(a, 64, f"x{i}") for i, a in enumerate(args)]
-        uc = self.uc
-        read, write = RB.read, RB.write   # the C API: a call is a few dozen register moves
-        with self.lock:
-            ctx = uc.context_save()
-            pstate = read(uc, A.UC_ARM64_REG_PSTATE)
-            try:
-                self.set_pstate(P.PSTATE_EL2H_DAIF)
-                for i, a in enumerate(args):
-                    write(uc, A.UC_ARM64_REG_X0 + i, a)
-                done = self.symbols["__debug_call_done"]
-                write(uc, A.UC_ARM64_REG_X30, done)
-                write(uc, A.UC_ARM64_REG_SP, self.symbols["__debug_stack_top"])
-                pause = None if traced else self.recording
-                if pause is not None:
-                    pause(True)
-                try:
-                    self._run(addr, done, timeout_ms, False, (False, False), debugger=True)
-                finally:
-                    if pause is not None:
-                        pause(False)
-                return [read(uc, A.UC_ARM64_REG_X0 + i) for i in range(results)]
-            finally:
-                if self.panic is None:
-                    uc.context_restore(ctx)
-                    self.set_pstate(pstate)
-
     def unicorn_engine(self, feature: str) -> unicorn.Uc:
         """The Unicorn engine, for the recorders that hook it (time travel, ``lab.trace``, coverage, the spec's registers)."""
         return self.uc
 
     def close(self) -> None:
         """Nothing to release by hand: the garbage collector frees the engine (the QEMU backend's close() kills QEMU)."""
-
-    def call_symbol(self, name: str, *args: int, results: int = 1, traced: bool = True):
-        """``call()`` by the function's name; with ``results`` > 1, x0..x(results-1) as a list (``traced``: call_regs)."""
-        try:
-            addr = self.symbols[name]
-        except KeyError:
-            if not self.symbols:
-                raise UsageError("no firmware is loaded on this core yet: boot one first (Lab() does)") from None
-            raise UsageError(f"the loaded firmware has no function {name!r}") from None
-        if results == 1 and traced:
-            return self.call(addr, *args)
-        out = self.call_regs(addr, *args, results=results, traced=traced)
-        return out[0] if results == 1 else out
 
     def _panic(self, intno: int | None, pc: int, unicorn_error=None) -> HypPanic:
         """Record and return the HypPanic for an exception at EL2 (decoded in ``machine/panic.py``)."""

@@ -1,7 +1,7 @@
 """Building and loading the lab's C libraries against Unicorn, in one place.
 
 Three libraries call into the unicorn wheel's own ``libunicorn``: the native hook (``native_hook.c`` and
-``native_abort.c``, ``native.py``), the recorder (``recorder.c`` with ``s2_log.c``, ``recorder.py``; the
+``native_abort.c``, ``native.py``), the recorder (``recorder.c`` with ``journal.c`` and ``s2_log.c``, ``recorder.py``; the
 stage-2 write log and the RAM journal use it) and the coverage hook (``coverage.c``, ``coverage.py``).  Each
 is compiled with ``python -m ziglang cc`` against the wheel's headers and the very ``libunicorn`` the Python
 binding loaded, cached under ``cache_dir()/<kind>/<hash>/libpkvmlab_<kind>.so`` (the hash: the C files, the

@@ -26,7 +26,8 @@ from pkvmlab.errors import MachineError, UsageError
 from pkvmlab.machine import native_build
 
 SOURCE = Path(__file__).with_name("recorder.c")
-INCLUDED = (Path(__file__).with_name("s2_log.c"),)   # #included by recorder.c: part of the build's hash
+# #included by recorder.c: part of the build's hash
+INCLUDED = (Path(__file__).with_name("journal.c"), Path(__file__).with_name("s2_log.c"))
 CFLAGS = ("-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter")
 PAGE = 4096
 TRACE_REGS = 34          # pc, x0..x30, sp, nzcv

@@ -18,7 +18,7 @@ import numpy as np
 
 from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.pgtable import PageState
-from pkvmlab.spec.state import AbstractVM
+from pkvmlab.spec.state import AbstractionError, AbstractVM
 
 PAGE_SHIFT = pt.PAGE_SHIFT
 _STATE = tuple(PageState(i) for i in range(4))
@@ -36,8 +36,6 @@ def guest_walk(a, slot: int, pgd: int, ia_bits: int, level: int, deps: set) -> t
     Each table is read whole every time (one read); it is decoded again only when its bytes changed
     since the last walk (a guest stage-2 changes on map_guest and the guest's share/unshare only).
     ``deps`` gets the pfns of every table read."""
-    from pkvmlab.spec.abstraction import AbstractionError
-
     leaves: list = []
     tables: list = []
 
@@ -91,8 +89,6 @@ def fields_read(a, addr: int) -> bytes:
 def read_vm(a, idx: int, addr: int, light: bool) -> tuple[AbstractVM, dict, set, set]:
     """Slot ``idx``'s VM (its shadow VM at ``addr``): (the VM, pfn -> the state its guest maps it in, the pfns read,
     those of them read through the VM's fields: its memcache pages and stage-2 tables)."""
-    from pkvmlab.spec.abstraction import AbstractionError
-
     c = a.config
     head = a._u_bytes(addr, a._vm_size)
     deps = set(_span(addr, a._vm_size))

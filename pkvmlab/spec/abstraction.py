@@ -24,18 +24,14 @@ from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import PageView
 from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
 from pkvmlab.spec.abstract_vms import read_vms
+from pkvmlab.spec.stage_tables import StageTables
 from pkvmlab.spec.state import AbstractState, AbstractVM, SpecConfig
+from pkvmlab.spec.written_since import WrittenSince
 
 PAGE_SHIFT = pt.PAGE_SHIFT
-_STATE = tuple(PageState(i) for i in range(4))   # a descriptor's SW bits -> PageState, without the enum's lookup
-_BY_VALUE = {int(s): s for s in PageState}
 
 
-class AbstractionError(Exception):
-    """The concrete state is outside what the abstraction can describe (a corrupted table, say)."""
-
-
-class Abstraction:
+class Abstraction(WrittenSince):
     """``Abstraction(lab)(...)``: the abstract state of ``lab`` now.  Offsets are read from DWARF once."""
 
     def __init__(self, lab):
@@ -47,7 +43,7 @@ class Abstraction:
         uc = getattr(self.phys, "_uc", None)
         self._raw = uc.mem_read if uc is not None else self.phys.read
         mem = {m: hyp.global_field("hyp_memory", "hyp_memory", m) for m in ("ram_start", "ram_end", "hyp_start", "hyp_end")}
-        from pkvmlab.host.vm import host_layouts  # the host's view of the same DWARF
+        from pkvmlab.host.kvm_structs import host_layouts  # the host's view of the same DWARF
 
         lay = host_layouts(lab.host)
         kvm = fw.layout("kvm")
@@ -60,10 +56,12 @@ class Abstraction:
             shadow_vm_size=lay.shadow_vm_size, shadow_vcpu_state_size=lay.shadow_vcpu_state_size,
             pgd_pages=lay.pgd_pages, created_vcpus=(cv.offset, cv.size), guest_ipa_bits=40,
             vcpu_memcache=fw.layout("kvm_vcpu").field("arch.pkvm_memcache.head").offset)
-        self._host_pgt = tuple(fw.symbol("host_mmu") + fw.layout("host_mmu").field(f"pgt.{m}").offset
-                               for m in ("pgd", "ia_bits", "start_level"))
-        self._hyp_pgt = tuple(fw.symbol("hyp_pgtable") + fw.layout("kvm_pgtable").field(m).offset
-                              for m in ("pgd", "ia_bits", "start_level"))
+        self.stages = StageTables(   # the host stage-2 and hyp stage-1, table by table
+            self._u, self._u_bytes, self.config,
+            tuple(fw.symbol("host_mmu") + fw.layout("host_mmu").field(f"pgt.{m}").offset
+                  for m in ("pgd", "ia_bits", "start_level")),
+            tuple(fw.symbol("hyp_pgtable") + fw.layout("kvm_pgtable").field(m).offset
+                  for m in ("pgd", "ia_bits", "start_level")))
         pool = fw.layout("hyp_pool")
         self._pool_free = (fw.symbol("hyp_pool") + pool.field("free_pages").offset, pool.field("free_pages").size)
         self._vmemmap = fw.symbol("hyp_vmemmap")
@@ -80,12 +78,10 @@ class Abstraction:
         self._host_vcpu = st_lay.field("host_vcpu").offset
         self._loaded = (st_lay.field("loaded").offset, st_lay.field("loaded").size)
         self._mc = st_lay.field("shadow_vcpu.arch.pkvm_memcache.head").offset   # head, then nr_pages
-        self._roots = None
         self._vmemmap_at = None
         self._tables: dict = {}  # (table PA, level, base IPA) -> (its bytes, its leaves, its child tables)
         # What the last __call__ read, to read again only what lies on written pages (self.written):
         self.written = None      # None, or a function -> the pfns written since it was last called (None: all)
-        self._trees: dict = {}   # root -> (pfns read, sparse map, table key -> (leaves, child tables))
         self._vm_cache = None        # what read_vms read last (pkvmlab.spec.abstract_vms._Slots)
         self._vm_light_cache = None  # the same, light
         self._since: dict = {}   # reader -> the pfns written since it last asked (None: all)
@@ -99,98 +95,6 @@ class Abstraction:
         if self._lo <= addr and addr + size <= self._hi:
             return int.from_bytes(self._raw(addr, size), "little")
         return int.from_bytes(self.phys.read(addr, size), "little")   # outside RAM: its UsageError
-
-    def _tree(self, pgt: tuple[int, int, int], written: set | None, defaults: tuple) -> tuple[dict, set, dict]:
-        """One table tree as :meth:`_sparse` maps it (``defaults``: its arguments), the pfns read, the tables read.
-
-        Each table's part of the map is kept; a table whose page was not written since the last walk
-        (``written``; None: all were) is neither read nor decoded again."""
-        pgd, ia_bits, level = self._u(pgt[0]), self._u(pgt[1], 4) & 0xFF, self._u(pgt[2], 4) & 0xFF
-        old = self._trees.get(pgt, (None, None, {}))[2] if written is not None else {}
-        pages = {p >> PAGE_SHIFT for p in pgt}
-        out: dict = {}
-        tables: dict = {}
-
-        def walk(table_pa: int, lv: int, base: int, n: int) -> None:
-            span = range(table_pa >> PAGE_SHIFT, ((table_pa + n * 8 - 1) >> PAGE_SHIFT) + 1)
-            pages.update(span)
-            key = (table_pa, lv, base, n)
-            hit = old.get(key)
-            if hit is None or not written.isdisjoint(span):
-                t = np.frombuffer(self._u_bytes(table_pa, n * 8), dtype="<u8")
-                nz = np.flatnonzero(t)
-                ptes = t[nz]
-                is_table = (ptes & np.uint64(3)) == 3 if lv < 3 else np.zeros(len(nz), bool)
-                shift = pt.granule_shift(lv)
-                part = None
-                if (~is_table).any():
-                    idx = nz[~is_table].astype(np.uint64)
-                    part = self._sparse((np.uint64(base) + (idx << np.uint64(shift)), ptes[~is_table],
-                                         np.full(len(idx), lv, np.uint8)), *defaults)
-                hit = (part, [(int(t[i]) & pt.ADDR_MASK, base + (int(i) << shift)) for i in nz[is_table]])
-            tables[key] = hit
-            if hit[0]:
-                out.update(hit[0])
-            for child, addr in hit[1]:
-                if not self.config.in_ram(child >> PAGE_SHIFT):
-                    raise AbstractionError(f"a table descriptor points outside RAM: {child:#x} (for {addr:#x})")
-                walk(child, lv + 1, addr, pt.ENTRIES)
-
-        walk(pgd, level, 0, 1 << (ia_bits - pt.granule_shift(level)))
-        return out, pages, tables
-
-    def _stage(self, pgt, written, *defaults) -> tuple[dict, bool]:
-        """One table tree as the sparse map :meth:`_sparse` makes, and whether it differs from the last one."""
-        last = self._trees.get(pgt)
-        if last is not None and written is not None and last[0].isdisjoint(written):
-            return last[1], False
-        sparse, pages, tables = self._tree(pgt, written, defaults)
-        self._trees[pgt] = (pages, sparse, tables)
-        return sparse, last is None or last[1] != sparse
-
-    def _sparse(self, leaves, default_of, carve_default, else_default) -> dict[int, tuple]:
-        """pfn -> (state, owner annotation or None) for every RAM page whose leaf is not its boot default.
-
-        Pages (level 3) are decoded all at once with numpy; blocks one by one (there are few).
-        """
-        c, out = self.config, {}
-        addr, pte, level = leaves[:3]
-        co0, co1 = c.carveout
-        small = level == 3
-        if small.any():
-            a, p = addr[small], pte[small]
-            valid = (p & np.uint64(pt.VALID)) != 0
-            if (valid & ((p & np.uint64(pt.TYPE)) == 0)).any():
-                raise AbstractionError("a reserved level-3 descriptor in a table")
-            pfn = np.where(valid, p & np.uint64(pt.ADDR_MASK), a) >> np.uint64(PAGE_SHIFT)
-            state = np.where(valid, (p >> np.uint64(pt.STATE_SHIFT)) & np.uint64(3), np.uint64(PageState.NOPAGE))
-            ann = np.where(valid, np.uint64(0xFFFF), (p & np.uint64(pt.OWNER_MASK)) >> np.uint64(pt.OWNER_SHIFT))
-            inside = (pfn >= co0) & (pfn < co1)
-            cs, ca = carve_default
-            es, ea = else_default
-            dflt_s = np.where(inside, np.uint64(cs), np.uint64(es))
-            dflt_a = np.where(inside, np.uint64(0xFFFF if ca is None else ca), np.uint64(0xFFFF if ea is None else ea))
-            odd = ((state != dflt_s) | (ann != dflt_a)) & (pfn >= c.ram[0]) & (pfn < c.ram[1])
-            for f, st, an in zip(pfn[odd].tolist(), state[odd].tolist(), ann[odd].tolist()):
-                out[f] = (_BY_VALUE[st], None if an == 0xFFFF else an)
-        for addr_, pte_, level_ in zip(*(x[~small].tolist() for x in (addr, pte, level))):
-            size = pt.granule(level_)
-            valid = pte_ & pt.VALID
-            start = (pte_ & pt.ADDR_MASK & ~(size - 1)) if valid else addr_
-            info = (PageState((pte_ >> pt.STATE_SHIFT) & 3), None) if valid else (PageState.NOPAGE, pt.pte_owner(pte_))
-            a, b = max(start >> PAGE_SHIFT, c.ram[0]), min((start + size) >> PAGE_SHIFT, c.ram[1])
-            if a >= b:
-                continue
-            if self._uniform_default(a, b) and default_of(a) == info:
-                continue
-            for p in range(a, b):
-                if default_of(p) != info:
-                    out[p] = info
-        return out
-
-    def _uniform_default(self, a: int, b: int) -> bool:
-        co = self.config.carveout
-        return b <= co[0] or a >= co[1] or (co[0] <= a and b <= co[1])
 
     def __call__(self) -> AbstractState:
         """The abstract state now.  With ``self.written`` (a :class:`pkvmlab.machine.journal.WrittenPages`'s ``take``,
@@ -207,14 +111,15 @@ class Abstraction:
             return (PageState.OWNED, None) if co[0] <= p < co[1] else (PageState.NOPAGE, None)
 
         try:
-            host, moved_h = self._stage(self._host_pgt, written, host_default, (PageState.NOPAGE, int(Owner.HYP)),
-                                        (PageState.OWNED, None))
-            hypm, moved_y = self._stage(self._hyp_pgt, written, hyp_default, (PageState.OWNED, None),
-                                        (PageState.NOPAGE, None))
+            s = self.stages
+            host, moved_h = s.stage(s.host_pgt, written, host_default, (PageState.NOPAGE, int(Owner.HYP)),
+                                    (PageState.OWNED, None))
+            hypm, moved_y = s.stage(s.hyp_pgt, written, hyp_default, (PageState.OWNED, None), (PageState.NOPAGE, None))
             guest: dict[int, PageState] = {}
             vms = self.vms(guest, written=written)
         except BaseException:
-            self._trees, self._vm_cache, self._last = {}, None, None   # half-updated: read everything next time
+            self.stages.forget()   # half-updated: read everything next time
+            self._vm_cache, self._last = None, None
             raise
         last = self._last
         stamp = self._vm_cache.stamp if self._vm_cache is not None else None
@@ -347,41 +252,14 @@ class Abstraction:
         guest = gs if gs is not None else PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
         return PageView(own, host=hs, hyp=ys, guest=guest, pins=pins)
 
-    def _leaf(self, pgt: tuple[int, int, int], addr: int, deps: set) -> tuple[PageState, int | None] | None:
-        """(state, annotation) of the descriptor deciding ``addr`` in one table; None for an empty entry.
-        ``deps`` gets the pfn of every descriptor read."""
-        table, ia_bits, level = self._root(pgt)
-        first = True
-        while True:
-            shift = pt.granule_shift(level)
-            bits = ia_bits - shift if first else 9
-            at = table + ((addr >> shift) & ((1 << bits) - 1)) * 8
-            deps.add(at >> PAGE_SHIFT)
-            pte = self._u(at)
-            if not pte:
-                return None
-            if level < 3 and (pte & 3) == 3:
-                table, level, first = pte & pt.ADDR_MASK, level + 1, False
-                continue
-            if pte & pt.VALID:
-                return _STATE[(pte >> pt.STATE_SHIFT) & 3], None
-            return PageState.NOPAGE, pt.pte_owner(pte)
-
-    def _root(self, pgt: tuple[int, int, int]) -> tuple[int, int, int]:
-        """(PGD, input bits, start level) of one of the two trees (fixed at boot: read once)."""
-        if self._roots is None:
-            self._roots = {p: (self._u(p[0]), self._u(p[1], 4) & 0xFF, self._u(p[2], 4) & 0xFF)
-                           for p in (self._host_pgt, self._hyp_pgt)}
-        return self._roots[pgt]
-
     def host_root(self) -> tuple[int, int, int]:
         """(PGD, input bits, start level) of the host's stage-2 as :meth:`host_walk` walks it."""
-        return self._root(self._host_pgt)
+        return self.stages.root(self.stages.host_pgt)
 
     def host_walk(self, pfn: int, deps: set):
         """The host stage-2 descriptor deciding page ``pfn`` ((state, annotation); None: an empty entry); ``deps`` gets
         the pfn of every descriptor read on the way: what the CPU's walk of that address reads (spec.mappings)."""
-        return self._leaf(self._host_pgt, pfn << PAGE_SHIFT, deps)
+        return self.stages.leaf(self.stages.host_pgt, pfn << PAGE_SHIFT, deps)
 
     def local(self, pfns) -> dict[int, PageView]:
         """The views of just ``pfns`` (pages of RAM), one table walk each: what a call's footprint needs.  A page none
@@ -401,8 +279,9 @@ class Abstraction:
             hit = self._local.get(pfn)
             if hit is None:
                 deps: set = set()
-                h = self._leaf(self._host_pgt, pfn << PAGE_SHIFT, deps) or (PageState.OWNED, None)   # empty: the host's
-                y = self._leaf(self._hyp_pgt, pfn << PAGE_SHIFT, deps) or (PageState.NOPAGE, None)
+                s = self.stages
+                h = s.leaf(s.host_pgt, pfn << PAGE_SHIFT, deps) or (PageState.OWNED, None)   # empty: the host's
+                y = s.leaf(s.hyp_pgt, pfn << PAGE_SHIFT, deps) or (PageState.NOPAGE, None)
                 entry = (vmemmap + (pfn - self.config.ram[0]) * self._page_size) >> PAGE_SHIFT
                 hit = (None, deps, entry, h, (y[0], None))
             if hit[0] is None:   # (the view, the descriptors' pfns, the vmemmap entry's pfn, host and hyp descriptors)
@@ -426,23 +305,6 @@ class Abstraction:
         """Every VM in the shadow table (:func:`pkvmlab.spec.abstract_vms.read_vms`); ``light`` ones read again only
         where pages were written since the last light read."""
         return read_vms(self, guest, light, self.taken("light") if light else written)
-
-    def taken(self, reader: str) -> set | None:
-        """The pfns written since ``reader`` last asked (None: read everything): ``self.written``'s pages, kept for
-        each reader (the whole state, the light VMs) until it asks."""
-        if self.written is None:
-            self._since = {}
-            return None
-        new = self.written()
-        if new is None:
-            self._since = dict.fromkeys(self._since)
-        elif new:
-            for got in self._since.values():
-                if got is not None:
-                    got |= new   # each reader's own set (a new one each time it asks)
-        out = self._since.get(reader)
-        self._since[reader] = set()
-        return out
 
 def abstract_of(lab) -> Abstraction:
     """The lab's :class:`Abstraction` (built once per lab: the DWARF offsets); on the mainline era, mainline's

@@ -22,9 +22,9 @@ import errno
 import functools
 
 from pkvmlab.errors import HypercallError, SpecMismatch
-from pkvmlab.spec.abstraction import AbstractionError, abstract, abstract_of
+from pkvmlab.spec.abstraction import abstract, abstract_of
 from pkvmlab.spec.host_calls import HOST_RULES, allowed
-from pkvmlab.spec.state import AbstractState
+from pkvmlab.spec.state import AbstractionError, AbstractState
 
 
 def _ret_words(ret: int) -> str:

@@ -34,18 +34,18 @@ import numpy as np
 
 from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import PageView
-from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
-from pkvmlab.inspect.vmemmap import ANN_GFN, ANN_HANDLE, RESERVED_ENTRY, VmemmapReader
+from pkvmlab.inspect.vmemmap import RESERVED_ENTRY, VmemmapReader
 from pkvmlab.spec.abstract_vms import guest_walk
-from pkvmlab.spec.abstraction import Abstraction, AbstractionError
+from pkvmlab.spec.mainline_pages import decode, page_into, word_entry
 from pkvmlab.spec.mainline_state import MainlineConfig, MainlineState, MainlineVM
 from pkvmlab.spec.mainline_vms import read_slot, with_refs
+from pkvmlab.spec.state import AbstractionError
+from pkvmlab.spec.written_since import WrittenSince
 
 PAGE_SHIFT = pt.PAGE_SHIFT
-_HOST_STATE = (PageState.OWNED, PageState.SHARED_OWNED, PageState.SHARED_BORROWED, PageState.NOPAGE)
 
 
-class MainlineAbstraction(VmemmapReader):
+class MainlineAbstraction(VmemmapReader, WrittenSince):
     """``MainlineAbstraction(lab)()``: the mainline abstract state of ``lab`` now.  Offsets from DWARF, once; the raw
     reads (the vmemmap, a host stage-2 entry, the VM table's slots) are :class:`pkvmlab.inspect.vmemmap.VmemmapReader`'s,
     shared with ``lab.hyp.ownership()`` and ``lab.hyp.vm_table()``."""
@@ -110,7 +110,7 @@ class MainlineAbstraction(VmemmapReader):
     def _full(self) -> MainlineState:
         self._last = None
         words = self._words().copy()
-        v = self._decode(words, range(len(words)))
+        v = decode(self, words, range(len(words)))
         table, raw = self._slot_raw()
         slots, reserved = {}, set()
         for idx, addr in enumerate(np.frombuffer(raw, "<u8").tolist()):
@@ -123,7 +123,7 @@ class MainlineAbstraction(VmemmapReader):
         self._entries, self._entry_by = {}, {}
         pages, shares, donations = {}, {}, {}
         for pfn in sorted(set(v) | set(guest)):
-            self._redo(pfn, v, guest, tables, pages, shares, donations)
+            page_into(self.config, pfn, v, guest, tables, self._host_entry, pages, shares, donations)
         by_page: dict = {}
         for idx, slot in slots.items():
             for p in (*slot.deps, *slot.table_deps):
@@ -151,7 +151,7 @@ class MainlineAbstraction(VmemmapReader):
                 if v is last.v:
                     v = dict(v)
                 words[lo:hi] = now
-                for i, d in self._decode(words, changed, all_=True).items():
+                for i, d in decode(self, words, changed, all_=True).items():
                     if d is None:
                         v.pop(i, None)
                     else:
@@ -225,7 +225,7 @@ class MainlineAbstraction(VmemmapReader):
                 shares.pop(pfn, None)
                 donations.pop(pfn, None)
                 if pfn in v or pfn in guest:
-                    self._redo(pfn, v, guest, tables, pages, shares, donations)
+                    page_into(self.config, pfn, v, guest, tables, self._host_entry, pages, shares, donations)
         self._last = _Last(words, v, table, raw, slots, reserved, guest, tables, pages, shares, donations, vms, by_page,
                            vm_pages)
         return self._state()
@@ -285,35 +285,6 @@ class MainlineAbstraction(VmemmapReader):
         """A guest stage-2 table's or PGD's vmemmap count is its count of used entries (pgtable.c), not hyp's pins."""
         return frozenset(p for s in slots.values() for p in (*s.vm.hyp_pages, *range(s.vm.pgd[0], s.vm.pgd[0] + s.vm.pgd[1])))
 
-    def _decode(self, words: np.ndarray, idxs, all_: bool = False) -> dict:
-        """Entry index -> (host state, hyp state, refcount, share count) for the entries at ``idxs`` not as at boot
-        (``all_``: every index, None for one as at boot).  Boot's word is 0 outside the carve-out; inside it the state
-        byte is host NOPAGE / hyp OWNED and the rest is the pool's own (the allocator's count and flag)."""
-        co0, co1 = self.carveout[0] - self.ram[0], self.carveout[1] - self.ram[0]
-        sb = 8 * self._state_byte
-        ref_at, share_at = self._hp["refcount"] * 8, self._hp["host_share_guest_count"] * 8
-        idxs = list(idxs)
-        if not all_:   # the whole vmemmap: the odd entries found with numpy
-            sbn = np.uint64(sb)
-            idxs = np.flatnonzero(words[:co0]).tolist() + (np.flatnonzero(words[co1:]) + co1).tolist()
-            inside = words[co0:co1]
-            idxs += (np.flatnonzero(((inside >> sbn) & np.uint64(0xFF)) != np.uint64(0x33)) + co0).tolist()
-        out = {}
-        r0 = self.ram[0]
-        for i in idxs:
-            d = self._entry(i, int(words[i]), co0 <= i < co1, sb, ref_at, share_at)
-            if d is not None or all_:
-                out[i + r0] = d
-        return out
-
-    @staticmethod
-    def _entry(i: int, w: int, pool: bool, sb: int, ref_at: int, share_at: int) -> tuple | None:
-        """One ``struct hyp_page`` word decoded, None as at boot (``pool``: a page of the carve-out)."""
-        b = (w >> sb) & 0xFF
-        if (b == 0x33) if pool else w == 0:
-            return None
-        return (b & 0xF, (b >> 4) ^ 3, 0 if pool else (w >> ref_at) & 0xFFFF, (w >> share_at) & 0xFFFF_FFFF)
-
     def local(self, pfns) -> dict[int, PageView]:
         """The views of just ``pfns`` (pages of RAM): what a call that names its page needs (the checker's local
         check of ``__pkvm_host_share_hyp`` / ``__pkvm_host_unshare_hyp``).  Each from its ``hyp_vmemmap`` entry and,
@@ -332,11 +303,11 @@ class MainlineAbstraction(VmemmapReader):
             if hit is None:
                 at = self._vm_base + 8 * (pfn - self.ram[0])
                 deps = {at >> PAGE_SHIFT}
-                d = self._entry(pfn, self._u(at), co0 <= pfn < co1, 8 * self._state_byte, self._hp["refcount"] * 8,
-                                self._hp["host_share_guest_count"] * 8)
+                d = word_entry(self._u(at), co0 <= pfn < co1, 8 * self._state_byte, self._hp["refcount"] * 8,
+                               self._hp["host_share_guest_count"] * 8)
                 pages: dict = {}
-                self._redo(pfn, {pfn: d} if d else {}, {}, frozenset(), pages, {}, {},
-                           entry=lambda p, deps=deps: self.host_entry(p, deps))
+                page_into(self.config, pfn, {pfn: d} if d else {}, {}, frozenset(),
+                          lambda p, deps=deps: self.host_entry(p, deps), pages, {}, {})
                 hit = self._local[pfn] = (pages.get(pfn) or self.config.boot_view(pfn), deps)
             out[pfn] = hit[0]
         return out
@@ -350,33 +321,6 @@ class MainlineAbstraction(VmemmapReader):
             for d in deps:
                 self._entry_by.setdefault(d, set()).add(pfn)
         return hit
-
-    def _redo(self, pfn, v, guest, tables, pages, shares, donations, entry=None) -> None:
-        """One page's view (into ``pages`` unless as at boot), share count and donation (``entry``: how to read a
-        host stage-2 entry; the whole read's cache by default)."""
-        c = self.config
-        hn, yn, ref, share = v.get(pfn) or ((3, 0, 0, 0) if c.in_carveout(pfn) else (0, 3, 0, 0))
-        hs, ys = _HOST_STATE[hn & 3], _HOST_STATE[yn & 3]
-        pins = 0 if pfn in tables else ref
-        gs = guest.get(pfn)
-        if hs == PageState.NOPAGE:
-            pte = (entry or self._host_entry)(pfn)
-            owner = pt.pte_owner(pte) if pte and not pte & pt.VALID else NO_OWNER
-            if owner == Owner.GUEST:
-                donations[pfn] = ((pte >> ANN_HANDLE[0]) & ANN_HANDLE[1], (pte >> ANN_GFN[0]) & ANN_GFN[1])
-        elif hs == PageState.SHARED_BORROWED:
-            owner = Owner.HYP if ys == PageState.SHARED_OWNED else Owner.GUEST if gs == PageState.SHARED_OWNED \
-                else NO_OWNER
-        else:
-            owner = Owner.HOST
-        own = Owner(owner) if owner in Owner._value2member_map_ else owner
-        if gs is None:   # no live VM maps it: a guest's page a torn-down VM left is still the guest's
-            gs = PageState.OWNED if own == Owner.GUEST else PageState.NOPAGE
-        if share:
-            shares[pfn] = share
-        view = PageView(own, host=hs, hyp=ys, guest=gs, pins=pins)
-        if view != c.boot_view(pfn):
-            pages[pfn] = view
 
     def vms(self, guest: dict | None = None) -> tuple[dict[int, MainlineVM], set[int]]:
         """Every VM in the table, and the reserved slots; ``guest`` gets pfn -> the state a guest maps it in.  Read
@@ -395,8 +339,6 @@ class MainlineAbstraction(VmemmapReader):
                 if guest is not None:
                     guest.update(s.guest)
         return out, reserved
-
-    taken = Abstraction.taken   # the pfns written since a reader last asked (the seed era's bookkeeping)
 
 
 @dataclass

@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.pgtable import PageState
 from pkvmlab.spec.abstract_vms import _span, guest_walk
-from pkvmlab.spec.abstraction import AbstractionError
 from pkvmlab.spec.mainline_state import MainlineVM
+from pkvmlab.spec.state import AbstractionError
 
 PAGE_SHIFT = pt.PAGE_SHIFT
 _STATE = tuple(PageState(i) for i in range(4))

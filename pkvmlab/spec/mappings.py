@@ -85,7 +85,7 @@ class ProbeCache:
     the key, any change drops every answer) and of the stage-2 descriptors on that address's path, one per level
     from ``VTTBR_EL2``'s table down (``AT`` walks tables in memory, not the TLB: the module's docstring).  Each
     answer keeps the pages those descriptors lie on, found by the abstraction's own walk of the host's stage-2
-    (``Abstraction._leaf``: the same root, input size and start level as the CPU's, checked against
+    (``StageTables.leaf``: the same root, input size and start level as the CPU's, checked against
     ``VTTBR_EL2``/``VTCR_EL2`` -- else nothing is kept); an answer is dropped as soon as one of those pages is
     written (the native store hook the abstraction reads by, ``pkvmlab.machine.journal.WrittenPages``: every store
     to RAM, a debugger write drops everything).  A descriptor that changes is a store to its page, so a kept answer

@@ -18,6 +18,10 @@ from pkvmlab.arch.pgtable import NO_OWNER, Owner
 HANDLE_OFFSET = 0x1000   # the seed's: handle = slot index + HANDLE_OFFSET
 
 
+class AbstractionError(Exception):
+    """The concrete state is outside what the abstraction can describe (a corrupted table, say)."""
+
+
 BOOT_HOST = PageView(HOST, host=OWNED, hyp=NOPAGE)    # every page of RAM outside the carve-out at boot
 BOOT_HYP = PageView(HYP, host=NOPAGE, hyp=OWNED)      # every page of the carve-out, for ever
 
