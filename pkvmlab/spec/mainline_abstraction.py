@@ -249,10 +249,12 @@ class MainlineAbstraction(VmemmapReader):
     def _state(self) -> MainlineState:
         """The state from what was read last; the VMs made again (their reference counts) only when they changed."""
         last = self._last
-        if last.vms is None:
-            last.vms = self._vms(last.slots, last.words, last.slots, {})
-        return MainlineState(self.config, last.pages, last.vms, self.pool_free(), last.reserved, last.shares,
-                             last.donations)
+        if last.state is None:   # kept while nothing is written (_again hands it back): RAM, pool included, is as read
+            if last.vms is None:
+                last.vms = self._vms(last.slots, last.words, last.slots, {})
+            last.state = MainlineState(self.config, last.pages, last.vms, self.pool_free(), last.reserved, last.shares,
+                                       last.donations)
+        return last.state
 
     def _vms(self, slots: dict, words: np.ndarray, which, vms: dict) -> dict:
         """``vms`` with the slots ``which`` made again from ``slots`` (their reference counts from ``words``)."""
@@ -271,7 +273,7 @@ class MainlineAbstraction(VmemmapReader):
         table = self._u(self._table)
         if not table:
             return 0, b""
-        return table, self.phys.read(table, 8 * self.config.max_pvms)
+        return table, self._u_bytes(table, 8 * self.config.max_pvms)   # the engine's read (phys.read's checks: ~15 µs)
 
     @staticmethod
     def _merged(slots: dict) -> dict:
@@ -417,6 +419,7 @@ class _Last:
     vms: dict | None          # slot -> MainlineVM with its reference count (None: make again)
     by_page: dict             # pfn -> the slots read from it (structures or stage-2 tables)
     vm_pages: frozenset       # each VM's first page: its reference count is that page's vmemmap refcount
+    state: MainlineState | None = None   # the state made from it (None: make it)
 
 
 def mainline_abstract_of(lab) -> MainlineAbstraction:
