@@ -100,6 +100,22 @@ class VmemmapReader:
             return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
         return np.frombuffer(buf, "<u8", count=n)
 
+    def _page_words(self, addr: int, n: int) -> np.ndarray:
+        """``n`` (at most a page's) little-endian u64 at ``addr``, into a buffer kept for it (no allocation)."""
+        uc = getattr(self.phys, "_uc", None)
+        if uc is None or n > 512 or not (self._lo <= addr and addr + 8 * n <= self._hi):
+            return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
+        import ctypes
+
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        buf = self.__dict__.get("_page_buf")
+        if buf is None:
+            buf = self._page_buf = ctypes.create_string_buffer(4096)
+        if uclib.uc_mem_read(uc._uch, addr, buf, 8 * n) != 0:
+            return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
+        return np.frombuffer(buf, "<u8", count=n)
+
     def _words(self) -> np.ndarray:
         if self._hp_size != 8:
             raise ValueError(f"struct hyp_page is {self._hp_size} bytes, not 8 (upstream's BUILD_BUG_ON)")

@@ -25,6 +25,7 @@ read was written.
 from __future__ import annotations
 
 from pkvmlab.arch.pgtable import PageState
+from pkvmlab.spec.state import view_words
 
 HOST_MAY = (PageState.OWNED, PageState.SHARED_OWNED, PageState.SHARED_BORROWED)
 PAGE_SHIFT = 12
@@ -37,8 +38,6 @@ def _fault(par: int) -> tuple[int, int] | None:
 
 def judge(pfn: int, view, par_r: int, par_w: int) -> list[str]:
     """What the CPU's answers for page ``pfn`` (its first byte) show that the page's view does not allow, in words."""
-    from pkvmlab.spec.state import view_words
-
     may = view.host in HOST_MAY
     out = []
     for access, par in (("read", par_r), ("write", par_w)):
