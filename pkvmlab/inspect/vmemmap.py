@@ -100,6 +100,22 @@ class VmemmapReader:
             return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
         return np.frombuffer(buf, "<u8", count=n)
 
+    def _page_words(self, addr: int, n: int) -> np.ndarray:
+        """``n`` (at most a page's) little-endian u64 at ``addr``, into a buffer kept for it (no allocation)."""
+        uc = getattr(self.phys, "_uc", None)
+        if uc is None or n > 512 or not (self._lo <= addr and addr + 8 * n <= self._hi):
+            return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
+        import ctypes
+
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        buf = self.__dict__.get("_page_buf")
+        if buf is None:
+            buf = self._page_buf = ctypes.create_string_buffer(4096)
+        if uclib.uc_mem_read(uc._uch, addr, buf, 8 * n) != 0:
+            return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
+        return np.frombuffer(buf, "<u8", count=n)
+
     def _words(self) -> np.ndarray:
         if self._hp_size != 8:
             raise ValueError(f"struct hyp_page is {self._hp_size} bytes, not 8 (upstream's BUILD_BUG_ON)")
@@ -138,13 +154,23 @@ class VmemmapReader:
         share = ((w >> np.uint64(8 * self._hp["host_share_guest_count"])) & np.uint64(0xFFFF_FFFF)).astype(np.uint32)
         return host, hyp, ref, share
 
+    def host_root(self) -> tuple[int, int, int]:
+        """(PGD, input bits, start level) of the host's stage-2 (``host_mmu.pgt``) as :meth:`host_walk` walks it."""
+        return (self._u(self._host_pgt[0]), self._u(self._host_pgt[1], 4) & 0xFF, self._u(self._host_pgt[2], 4) & 0xFF)
+
     def host_entry(self, pfn: int, deps: set | None = None) -> int:
-        """The host stage-2 descriptor deciding ``pfn`` (0: none); ``deps`` gets the pfn of every word read."""
-        pgd, ia_bits, level = self._u(self._host_pgt[0]), self._u(self._host_pgt[1], 4) & 0xFF, \
-            self._u(self._host_pgt[2], 4) & 0xFF
-        table, first, addr = pgd, True, pfn << PAGE_SHIFT
+        """The host stage-2 descriptor deciding ``pfn`` (0: none); ``deps`` gets the pfn of every word read (``host_mmu``'s
+        root fields included)."""
         if deps is not None:
             deps.update(a >> PAGE_SHIFT for a in self._host_pgt)
+        return self.host_walk(pfn, deps)
+
+    def host_walk(self, pfn: int, deps: set | None = None) -> int:
+        """The host stage-2 descriptor deciding ``pfn`` (0: none), walked from :meth:`host_root`; ``deps`` gets the pfn of
+        every descriptor read on the way, one a level: what the CPU's walk of that address through ``VTTBR_EL2`` reads
+        (:class:`pkvmlab.spec.mappings.ProbeCache`, which checks the root against ``VTTBR_EL2``/``VTCR_EL2`` itself)."""
+        table, ia_bits, level = self.host_root()
+        first, addr = True, pfn << PAGE_SHIFT
         while True:
             shift = pt.granule_shift(level)
             bits = ia_bits - shift if first else 9

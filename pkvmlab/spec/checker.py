@@ -87,8 +87,9 @@ class SpecChecker:
             from pkvmlab.spec.mappings import ProbeCache
 
             abstract_of(lab).written = self._written.take
-            if self.era == "seed":   # it walks the seed's host stage-2 (Abstraction.host_walk); mainline asks the CPU each time
-                self._probes = ProbeCache(lab.core, abstract_of(lab))
+            # It walks the host's stage-2 as the abstraction reads it: the seed's Abstraction.host_walk, mainline's
+            # VmemmapReader.host_walk (the same page-table library, firmware/pgtable.c, rooted at host_mmu.pgt).
+            self._probes = ProbeCache(lab.core, abstract_of(lab))
         self._call = lab.host.call
         self._hyp_info = lab.host.hyp_info
 

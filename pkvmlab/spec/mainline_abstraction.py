@@ -159,7 +159,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                 dirty.update(changed)
         dirty = {i + self.ram[0] for i in dirty}
         # the VM table: its pointers, then each slot read again only where its pages were written
-        table, raw = self._slot_raw()
+        table, raw = self._slot_raw(last, written)
         reserved, slots, by_page = last.reserved, last.slots, last.by_page
         if table != last.table or raw != last.raw:   # a slot filled, emptied or reserved: look at every slot
             reserved = frozenset(i for i, p in enumerate(np.frombuffer(raw, "<u8").tolist()) if p == RESERVED_ENTRY)
@@ -230,29 +230,15 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                            vm_pages)
         return self._state()
 
-    def _page_words(self, addr: int, n: int) -> np.ndarray:
-        """``n`` (at most a page's) little-endian u64 at ``addr``, into a buffer kept for it (no allocation)."""
-        uc = getattr(self.phys, "_uc", None)
-        if uc is None or n > 512 or not (self._lo <= addr and addr + 8 * n <= self._hi):
-            return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
-        import ctypes
-
-        from unicorn.unicorn_py3.unicorn import uclib
-
-        buf = self.__dict__.get("_page_buf")
-        if buf is None:
-            buf = self._page_buf = ctypes.create_string_buffer(4096)
-        if uclib.uc_mem_read(uc._uch, addr, buf, 8 * n) != 0:
-            return np.frombuffer(self._u_bytes(addr, 8 * n), "<u8")
-        return np.frombuffer(buf, "<u8", count=n)
-
     def _state(self) -> MainlineState:
         """The state from what was read last; the VMs made again (their reference counts) only when they changed."""
         last = self._last
-        if last.vms is None:
-            last.vms = self._vms(last.slots, last.words, last.slots, {})
-        return MainlineState(self.config, last.pages, last.vms, self.pool_free(), last.reserved, last.shares,
-                             last.donations)
+        if last.state is None:   # kept while nothing is written (_again hands it back): RAM, pool included, is as read
+            if last.vms is None:
+                last.vms = self._vms(last.slots, last.words, last.slots, {})
+            last.state = MainlineState(self.config, last.pages, last.vms, self.pool_free(), last.reserved, last.shares,
+                                       last.donations)
+        return last.state
 
     def _vms(self, slots: dict, words: np.ndarray, which, vms: dict) -> dict:
         """``vms`` with the slots ``which`` made again from ``slots`` (their reference counts from ``words``)."""
@@ -266,12 +252,16 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
             vms[idx] = with_refs(s, int((words[i] >> ref_at) & np.uint64(0xFFFF)) if 0 <= i < len(words) else 0)
         return dict(sorted(vms.items()))
 
-    def _slot_raw(self) -> tuple[int, bytes]:
-        """(``vm_table``'s address, its pointers' bytes): two reads, made every time."""
+    def _slot_raw(self, last=None, written: set | None = None) -> tuple[int, bytes]:
+        """(``vm_table``'s address, its pointers' bytes); given what was read ``last`` and the pages ``written`` since,
+        the pointers are read again only when the table moved or one of its pages was written."""
         table = self._u(self._table)
         if not table:
             return 0, b""
-        return table, self.phys.read(table, 8 * self.config.max_pvms)
+        if last is not None and table == last.table and written is not None \
+                and written.isdisjoint(range(table >> PAGE_SHIFT, ((table + 8 * self.config.max_pvms - 1) >> PAGE_SHIFT) + 1)):
+            return table, last.raw
+        return table, self._u_bytes(table, 8 * self.config.max_pvms)   # the engine's read (phys.read's checks: ~15 µs)
 
     @staticmethod
     def _merged(slots: dict) -> dict:
@@ -359,6 +349,7 @@ class _Last:
     vms: dict | None          # slot -> MainlineVM with its reference count (None: make again)
     by_page: dict             # pfn -> the slots read from it (structures or stage-2 tables)
     vm_pages: frozenset       # each VM's first page: its reference count is that page's vmemmap refcount
+    state: MainlineState | None = None   # the state made from it (None: make it)
 
 
 def mainline_abstract_of(lab) -> MainlineAbstraction:

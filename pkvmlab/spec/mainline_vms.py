@@ -6,8 +6,9 @@ first word) and the VM's stage-2.  :func:`read_slot` keeps, per slot, what it re
 two parts: the structures (the VM, its vCPUs, the memcache pages) and the stage-2 tables.  Given the pages written
 since (``written``: :class:`pkvmlab.machine.journal.WrittenPages`), a slot none of whose pages was written is not
 read at all, and one whose structures alone were written (a vCPU load or put, say) is read without its stage-2
-walk when the stage-2's root is the same.  The VM's reference count (its first page's ``hyp_vmemmap`` refcount)
-is the caller's: it follows the vmemmap, read apart.
+walk when the stage-2's root is the same -- and is the same ``Slot`` when every field the VM is made from reads as
+before (a run writes its vCPU's context, which the abstract VM does not hold).  The VM's reference count (its first
+page's ``hyp_vmemmap`` refcount) is the caller's: it follows the vmemmap, read apart.
 
 Offsets are the :class:`pkvmlab.spec.mainline_abstraction.MainlineAbstraction`'s (from DWARF); imports no emulator.
 """
@@ -38,6 +39,7 @@ class Slot:
     table_deps: frozenset    # the stage-2's tables
     root: tuple              # (pgd, ia_bits, start_level) the walk started from
     walk: tuple              # (pages, table pfns outside the carve-out)
+    fields: tuple = ()       # every value ``vm`` was made from but the walk's: equal fields, equal VM
 
 
 def _walk(a, idx: int, root: tuple) -> tuple[tuple, dict, list, set]:
@@ -64,8 +66,9 @@ def _walk(a, idx: int, root: tuple) -> tuple[tuple, dict, list, set]:
 
 def read_slot(a, idx: int, addr: int, old: Slot | None = None, written: set | None = None) -> Slot:
     """Slot ``idx``'s VM (its ``struct pkvm_hyp_vm`` at ``addr``).  With ``old`` (what was read of it last time, at
-    the same address) and ``written``: ``old`` itself when none of its pages was written, its stage-2 walk kept when
-    none of its tables was written and the root is the same."""
+    the same address) and ``written``: ``old`` itself when none of its pages was written, or when none of its tables was
+    and the root and every field read (``Slot.fields``: the VM's, each vCPU's index, host vCPU, loaded flag, memcache
+    pages) are as they were; its stage-2 walk kept when none of its tables was written and the root is the same."""
     if old is not None and written is not None and old.deps.isdisjoint(written) \
             and old.table_deps.isdisjoint(written):
         return old
@@ -102,7 +105,11 @@ def read_slot(a, idx: int, addr: int, old: Slot | None = None, written: set | No
             deps.add(head_mc >> PAGE_SHIFT)
             head_mc = a._u(head_mc)
     root = (val("pgt.pgd"), val("pgt.ia_bits"), val("pgt.start_level"))
+    fields = (created, val("kvm.arch.pkvm.handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"),
+              val("kvm.arch.pkvm.is_protected"), val("is_dying"), ptrs, tuple(vcpus), tuple(loaded), tuple(hyp_pages))
     if old is not None and written is not None and old.root == root and old.table_deps.isdisjoint(written):
+        if old.fields == fields:   # what a run writes (the vCPU's context) is none of it: the same VM, the same deps
+            return old
         walk, guest, table_deps = old.walk, old.guest, old.table_deps
     else:
         pages, guest, tables, tdeps = _walk(a, idx, root)
@@ -112,7 +119,7 @@ def read_slot(a, idx: int, addr: int, old: Slot | None = None, written: set | No
                     bool(val("kvm.arch.pkvm.is_protected")), (addr >> PAGE_SHIFT, nr), (root[0] >> PAGE_SHIFT, c.pgd_pages),
                     tuple(sorted(vcpus)), walk[0], dying=bool(val("is_dying")), loaded=tuple(loaded), refs=0,
                     hyp_pages=tuple(sorted(hyp_pages + list(walk[1]))))
-    return Slot(addr, vm, guest, frozenset(deps), table_deps, root, walk)
+    return Slot(addr, vm, guest, frozenset(deps), table_deps, root, walk, fields)
 
 
 def with_refs(slot: Slot, refs: int) -> MainlineVM:

@@ -25,6 +25,7 @@ read was written.
 from __future__ import annotations
 
 from pkvmlab.arch.pgtable import PageState
+from pkvmlab.spec.state import view_words
 
 HOST_MAY = (PageState.OWNED, PageState.SHARED_OWNED, PageState.SHARED_BORROWED)
 PAGE_SHIFT = 12
@@ -37,8 +38,6 @@ def _fault(par: int) -> tuple[int, int] | None:
 
 def judge(pfn: int, view, par_r: int, par_w: int) -> list[str]:
     """What the CPU's answers for page ``pfn`` (its first byte) show that the page's view does not allow, in words."""
-    from pkvmlab.spec.state import view_words
-
     may = view.host in HOST_MAY
     out = []
     for access, par in (("read", par_r), ("write", par_w)):
@@ -85,13 +84,14 @@ class ProbeCache:
     the key, any change drops every answer) and of the stage-2 descriptors on that address's path, one per level
     from ``VTTBR_EL2``'s table down (``AT`` walks tables in memory, not the TLB: the module's docstring).  Each
     answer keeps the pages those descriptors lie on, found by the abstraction's own walk of the host's stage-2
-    (``StageTables.leaf``: the same root, input size and start level as the CPU's, checked against
-    ``VTTBR_EL2``/``VTCR_EL2`` -- else nothing is kept); an answer is dropped as soon as one of those pages is
+    (``host_walk``: the seed's ``Abstraction.host_walk`` (``StageTables.leaf``), mainline's ``VmemmapReader.host_walk``, both walking the
+    lab's one page-table library's tables from ``host_root()``: the same root, input size and start level as the CPU's,
+    checked against ``VTTBR_EL2``/``VTCR_EL2`` -- else nothing is kept); an answer is dropped as soon as one of those pages is
     written (the native store hook the abstraction reads by, ``pkvmlab.machine.journal.WrittenPages``: every store
     to RAM, a debugger write drops everything).  A descriptor that changes is a store to its page, so a kept answer
     is one whose every input is as it was.  :func:`judge` is then asked again with the page's view now: the view
     changes without the host's stage-2 changing (a pin, a guest's state), and the verdict follows it.
-    Without the store hook (QEMU, the mainline era) or with the host's stage 1 on, every page is asked of the CPU."""
+    Without the store hook (QEMU) or with the host's stage 1 on, every page is asked of the CPU."""
 
     def __init__(self, core, abstraction):
         self.core, self.a = core, abstraction
