@@ -84,7 +84,8 @@ class ProbeCache:
     the key, any change drops every answer) and of the stage-2 descriptors on that address's path, one per level
     from ``VTTBR_EL2``'s table down (``AT`` walks tables in memory, not the TLB: the module's docstring).  Each
     answer keeps the pages those descriptors lie on, found by the abstraction's own walk of the host's stage-2
-    (``host_walk``: the seed's ``Abstraction.host_walk`` (``StageTables.leaf``), mainline's ``VmemmapReader.host_walk``, both walking the
+    (``host_walk``: the seed's ``Abstraction.host_walk`` (``StageTables.leaf``), mainline's
+    ``VmemmapReader.host_walk``, both walking the
     lab's one page-table library's tables from ``host_root()``: the same root, input size and start level as the CPU's,
     checked against ``VTTBR_EL2``/``VTCR_EL2`` -- else nothing is kept); an answer is dropped as soon as one of those pages is
     written (the native store hook the abstraction reads by, ``pkvmlab.machine.journal.WrittenPages``: every store
