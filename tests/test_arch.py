@@ -12,6 +12,7 @@ from pkvmlab.arch import esr as E
 from pkvmlab.arch import insn as I
 from pkvmlab.arch import pstate as P
 from pkvmlab.arch import smccc
+from pkvmlab.arch.hypercalls import hcall_ids_header
 from pkvmlab.arch.pgtable import Descriptor, PageState, granule, host_page_state, pte_owner
 from pkvmlab.arch.sysregs import stage2_pgd_pages, vtcr_fields
 
@@ -94,7 +95,7 @@ def test_smccc_ids_are_vendor_hyp_fast_calls():
     """KVM_HOST_SMCCC_ID(n) = 0xC6000000 + n, and the table numbers calls in order."""
     assert smccc.kvm_host_smccc_id(0) == 0xC600_0000
     assert list(smccc.HYPERCALLS.values()) == [0xC600_0000 + i for i in range(len(smccc.HYPERCALLS))]
-    hdr = smccc.hcall_ids_header()
+    hdr = hcall_ids_header()
     assert "#define __KVM_HOST_SMCCC_FUNC___pkvm_host_share_hyp 1" in hdr
 
 

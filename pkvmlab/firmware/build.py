@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pkvmlab.arch.smccc import hcall_ids_header
+from pkvmlab.arch.hypercalls import hcall_ids_header
 from pkvmlab.errors import FirmwareBuildError
 from pkvmlab.firmware.fpsimd import FIRMWARE_FP_ROUTINES, fp_simd_instructions
 from pkvmlab.progress import step

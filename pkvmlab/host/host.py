@@ -10,7 +10,8 @@ from __future__ import annotations
 import struct
 
 from pkvmlab.arch import esr as E
-from pkvmlab.arch.smccc import SMCCC_RET_NOT_SUPPORTED, SMCCC_RET_SUCCESS, hypercall_table
+from pkvmlab.arch.hypercalls import hypercall_table
+from pkvmlab.arch.smccc import SMCCC_RET_NOT_SUPPORTED, SMCCC_RET_SUCCESS
 from pkvmlab.errors import HostAccessFault, HostException, HypercallError, MachineError, UsageError
 from pkvmlab.firmware.elf import Firmware
 from pkvmlab.host import kernel_image as K
