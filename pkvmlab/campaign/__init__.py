@@ -110,7 +110,7 @@ def run(lab_factory, steps: int = 1000, *, steps_per_run: int = 30, shrink: bool
 
     bar = _bar(steps) if progress == "bar" else progress
     stats = _Stats(bar, steps)
-    cls = machine_for(lab_factory, stats)
+    cls = machine_for(_hyp_pages_tracked(lab_factory), stats)
     if seed is not None:
         cls = with_seed(seed)(cls)
     runs = max(1, -(-steps * 11 // (10 * steps_per_run)))   # a run may end early: ask for a tenth more
@@ -135,6 +135,19 @@ def run(lab_factory, steps: int = 1000, *, steps_per_run: int = 30, shrink: bool
     if bar:
         bar(r)
     return r
+
+
+def _hyp_pages_tracked(lab_factory):
+    """``lab_factory`` whose labs let the hyp-pages invariant (checked after every step) answer again while no page it
+    read was written: the spec checker's store hook says which (``pkvmlab.inspect.hyp_pages.account_hyp_pages``)."""
+    from pkvmlab.spec.abstraction import abstract_of
+
+    def make():
+        lab = lab_factory()
+        lab.hyp.pages_written = lambda: abstract_of(lab).taken("hyp_pages")
+        return lab
+
+    return make
 
 
 def machine_for(lab_factory, stats):
