@@ -188,6 +188,12 @@ class SpecChecker:
         return ret
 
     def check(self, name: str, args: tuple, run, info=None):
+        """``run()`` the call, checked: the state before, the call and the state after under the engine's lock, so
+        that another thread sharing the lab cannot change the state between them."""
+        with self.lab.core.lock:
+            return self._check(name, args, run, info)
+
+    def _check(self, name: str, args: tuple, run, info=None):
         footprint = self._footprint(name, args)
         if footprint is not None:
             try:
