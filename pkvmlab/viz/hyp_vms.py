@@ -6,7 +6,8 @@ lowest free slot, marked here (upstream: arch/arm64/kvm/hyp/nvhe/pkvm.c, mainlin
 ``allocate_vm_table_entry()``).  Each VM is drawn with its ``vcpus[]``: each ``struct pkvm_hyp_vcpu`` in the area
 the host donated to ``__pkvm_init_vcpu``, with the hypervisor's view of it.  Hyp memory on top, the host's
 ``struct kvm`` and ``struct kvm_vcpu`` (shared with hyp and pinned) below: the seed era's shadow-table picture
-(:mod:`pkvmlab.viz.shadow`), redrawn for mainline's structures.  Pure: reads only the ``VMTable`` snapshot.
+(:mod:`pkvmlab.viz.shadow`), redrawn for mainline's structures in the same frame (:mod:`pkvmlab.viz.vm_memory`).
+Pure: reads only the ``VMTable`` snapshot.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from __future__ import annotations
 import graphviz
 
 from pkvmlab.arch import colors as C
-from pkvmlab.arch.pgtable import Owner
-from pkvmlab.viz._html import FONT, cell, row, table, text
-from pkvmlab.viz.diagram import Diagram
-from pkvmlab.viz.shadow import BR, VCPU_FILL, shown_vms
+from pkvmlab.viz._html import cell, row, table, text
+from pkvmlab.viz.vm_memory import BR, HOST_COLOR, HYP_COLOR, VCPU_FILL, VMMemory, host_structs_rows, host_vcpu_row, shown_vms
 
 RESERVED_FILL = "#fff7ec"
 
@@ -60,38 +59,26 @@ def _table_rows(snap, drawn: set[int]) -> list[str]:
 def vm_table(snap, *, title: str | None = None) -> graphviz.Digraph:
     """The ``VMTable`` snapshot as a diagram: slots → ``struct pkvm_hyp_vm`` → its ``struct pkvm_hyp_vcpu`` s →
     the host structs hyp keeps pinned."""
-    hyp_c, host_c = C.OWNER_COLORS[Owner.HYP], C.OWNER_COLORS[Owner.HOST]
-    g = Diagram("vm_table", graph_attr={"rankdir": "LR", "fontname": FONT, "labelloc": "t", "nodesep": "0.12",
-                                        "ranksep": "0.35", "newrank": "true", "label": title or _title(snap)},
-                node_attr={"fontname": FONT, "shape": "plain", "fontsize": "11"},
-                edge_attr={"fontname": FONT, "fontsize": "9"})
+    m = VMMemory("vm_table", title or _title(snap))
     full, counted = shown_vms(snap)
     drawn = {vm.index for vm in full}
-    head = [row(cell(text(f"vm_table @ {snap.address:#x}", bold=True, color="white"), bgcolor=hyp_c, colspan=3)),
+    head = [row(cell(text(f"vm_table @ {snap.address:#x}", bold=True, color="white"), bgcolor=HYP_COLOR, colspan=3)),
             row(cell(text(f"{len(snap.slots)} slots (KVM_MAX_PVMS) · {len(snap)} VMs · {len(snap.reserved)} reserved",
                           size=10), colspan=3)),
             row(cell(text("index", size=10)), cell(text("handle", size=10)), cell(text("struct pkvm_hyp_vm *", size=10)))]
     if not snap.address:
         head.append(row(cell(text("never set up (vm_table == NULL)", italic=True), colspan=3)))
-    hyp = graphviz.Digraph("cluster_hyp", graph_attr={"label": "hyp memory (PKVM_ID_HYP): carve-out and donated pages",
-                                                      "style": "filled", "fillcolor": C.OWNER_FILLS[Owner.HYP],
-                                                      "color": hyp_c, "fontname": FONT, "labeljust": "l"})
-    host = graphviz.Digraph("cluster_host", graph_attr={"label": "host memory (PKVM_ID_HOST), shared with hyp and pinned",
-                                                        "style": "filled", "fillcolor": C.OWNER_FILLS[Owner.HOST],
-                                                        "color": host_c, "fontname": FONT, "labeljust": "l"})
-    hyp.node("table", table(*head, *(_table_rows(snap, drawn) if snap.address else []), color=hyp_c))
-    edges = []
+    m.hyp.node("table", table(*head, *(_table_rows(snap, drawn) if snap.address else []), color=HYP_COLOR))
     for vm in full:
         i = vm.index
-        rows = [row(cell(text(f"struct pkvm_hyp_vm @ {vm.area:#x}", bold=True, color="white"), bgcolor=hyp_c,
+        rows = [row(cell(text(f"struct pkvm_hyp_vm @ {vm.area:#x}", bold=True, color="white"), bgcolor=HYP_COLOR,
                          port="hdr")),
                 row(cell(text(f"handle {vm.handle:#x} · VMID {vm.vmid} · {vm.kind}"))),
                 row(cell(text(f"{vm.area_size >> 12} page(s) from __pkvm_init_vm · pgd {vm.pgd:#x}", size=10))),
                 row(cell(text(f"{len(vm.guest_pages)} guest page{'s' if len(vm.guest_pages) != 1 else ''} mapped",
                               size=10))),
                 row(cell(text(f"host_kvm = {vm.host_kvm:#x}", size=10), port="kvm"))]
-        host_rows = [row(cell(text(f"VM {vm.handle:#x}: host structs", bold=True, color="white"), bgcolor=host_c)),
-                     row(cell(text(f"struct kvm @ {vm.host_kvm:#x} · created_vcpus = {vm.nr_vcpus}", size=10), port="kvm"))]
+        host_rows = host_structs_rows(vm.handle, vm.host_kvm, vm.nr_vcpus)
         for v in vm.vcpus:   # each struct pkvm_hyp_vcpu in its own donated page: one box each would widen the picture
             rows.append(row(cell(text(f"vcpus[{v.vcpu_idx}] → struct pkvm_hyp_vcpu @ {v.address:#x}", size=10)
                                  + BR + text(f"   .host_vcpu = {v.host_vcpu:#x}", size=10) + BR, port=f"v{v.vcpu_idx}")))
@@ -99,25 +86,16 @@ def vm_table(snap, *, title: str | None = None) -> graphviz.Digraph:
             rows.append(row(cell(text("hyp's view: ", size=10, italic=True)
                                  + text(where, size=10, bold=v.loaded, color=C.OK_COLOR if v.loaded else "#000000")
                                  + text(" · " + " · ".join(rest), size=10), bgcolor=VCPU_FILL)))
-            host_rows.append(row(cell(text(f"struct kvm_vcpu @ {v.host_vcpu:#x} · vcpu_idx {v.vcpu_idx}", size=10),
-                                      port=f"v{v.vcpu_idx}")))
-            edges.append((f"vm{i}:v{v.vcpu_idx}", f"kvm{i}:v{v.vcpu_idx}",
-                          {"color": host_c, "style": "dashed", "constraint": "false"}))
-        hyp.node(f"vm{i}", table(*rows, color=hyp_c))
-        edges.append((f"table:s{i}", f"vm{i}:hdr", {"color": hyp_c}))
-        host.node(f"kvm{i}", table(*host_rows, color=host_c))
-        edges.append((f"vm{i}:kvm", f"kvm{i}:kvm", {"color": host_c, "style": "dashed", "constraint": "false"}))
+            host_rows.append(host_vcpu_row(v.host_vcpu, v.vcpu_idx))
+            m.pin(f"vm{i}:v{v.vcpu_idx}", f"kvm{i}:v{v.vcpu_idx}")
+        m.hyp.node(f"vm{i}", table(*rows, color=HYP_COLOR))
+        m.slot(i)
+        m.host.node(f"kvm{i}", table(*host_rows, color=HOST_COLOR))
+        m.pin(f"vm{i}:kvm", f"kvm{i}:kvm")
     if counted:
-        hyp.node("more", table(
-            row(cell(text(f"… {len(counted)} more VMs", bold=True))),
-            row(cell(text(f"handles {counted[0].handle:#x}–{counted[-1].handle:#x}", size=10))),
-            row(cell(text("all listed in lab.hyp.vm_table()", size=10, italic=True))), color=hyp_c))
-        edges.append(("table:more", "more", {"color": hyp_c, "style": "dotted"}))
-    g.subgraph(hyp)
-    g.subgraph(host)
-    for a, b, attrs in edges:
-        g.edge(a, b, **attrs)
-    return g
+        m.more(f"… {len(counted)} more VMs", f"handles {counted[0].handle:#x}–{counted[-1].handle:#x}",
+               "all listed in lab.hyp.vm_table()")
+    return m.draw()
 
 
 def _title(snap) -> str:

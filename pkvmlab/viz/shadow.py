@@ -14,13 +14,10 @@ from __future__ import annotations
 import graphviz
 
 from pkvmlab.arch import colors as C
-from pkvmlab.arch.pgtable import Owner
-from pkvmlab.viz._html import FONT, cell, row, table, text
-from pkvmlab.viz.diagram import Diagram
+from pkvmlab.viz._html import cell, row, table, text
+from pkvmlab.viz.vm_memory import BR, HOST_COLOR, HYP_COLOR, VCPU_FILL, VMMemory, host_structs_rows, host_vcpu_row, shown_vms
 
 HANDLE_OFFSET = 0x1000
-BR = '<br align="left"/>'   # a line break in a cell, the line before it left-aligned
-VCPU_FILL = "#fff7ec"    # a vCPU's state as hyp keeps it: in the shadow vCPU, never in the host's struct kvm_vcpu
 
 
 def _size(n: int) -> str:
@@ -71,32 +68,16 @@ def _table_rows(snap, drawn: set[int] | None = None) -> list[str]:
     return rows
 
 
-FULL_VMS = 6       # up to this many VMs, every VM is drawn; beyond, the first HEAD and last TAIL ones and a count
-HEAD, TAIL = 3, 2
-
-
-def shown_vms(snap) -> tuple[list, list]:
-    """(VMs drawn in full, VMs only counted): all of them up to FULL_VMS, else the first HEAD and the last TAIL."""
-    vms = list(snap.vms)
-    if len(vms) <= FULL_VMS:
-        return vms, []
-    return vms[:HEAD] + vms[-TAIL:], vms[HEAD:-TAIL]
-
-
 def shadow_table(snap, *, title: str | None = None) -> graphviz.Digraph:
     """The ``ShadowTable`` snapshot as a diagram: slots → ``kvm_shadow_vm`` with its vCPU states → pinned host structs.
 
     Hyp memory on top, host memory below it (so the picture stays about 900 px wide); with more than
-    ``FULL_VMS`` VMs the first and last few are drawn in full and the rest are counted in one box.
+    ``vm_memory.FULL_VMS`` VMs the first and last few are drawn in full and the rest are counted in one box.
     """
-    hyp_c, host_c = C.OWNER_COLORS[Owner.HYP], C.OWNER_COLORS[Owner.HOST]
-    g = Diagram("shadow_table", graph_attr={"rankdir": "LR", "fontname": FONT, "labelloc": "t", "nodesep": "0.12",
-                                            "ranksep": "0.35", "newrank": "true", "label": title or _title(snap)},
-                node_attr={"fontname": FONT, "shape": "plain", "fontsize": "11"},
-                edge_attr={"fontname": FONT, "fontsize": "9"})
+    m = VMMemory("shadow_table", title or _title(snap))
     full, counted = shown_vms(snap)
     drawn = {vm.index for vm in full}
-    head = [row(cell(text(f"shadow_table @ {snap.address:#x}", bold=True, color="white"), bgcolor=hyp_c, colspan=3)),
+    head = [row(cell(text(f"shadow_table @ {snap.address:#x}", bold=True, color="white"), bgcolor=HYP_COLOR, colspan=3)),
             row(cell(text(f"{len(snap.slots)} slots (KVM_MAX_PVMS) · nr_shadow_entries = {snap.nr_shadow_entries}",
                           size=10), colspan=3)),
             row(cell(text(f"next_shadow_alloc = {snap.next_shadow_alloc}", size=10), colspan=3)),
@@ -104,17 +85,10 @@ def shadow_table(snap, *, title: str | None = None) -> graphviz.Digraph:
                 cell(text("struct kvm_shadow_vm *", size=10)))]
     if not snap.address:
         head.append(row(cell(text("never set up (shadow_table == NULL)", italic=True), colspan=3)))
-    hyp = graphviz.Digraph("cluster_hyp", graph_attr={"label": "hyp memory (PKVM_ID_HYP): carve-out and donated pages",
-                                                      "style": "filled", "fillcolor": C.OWNER_FILLS[Owner.HYP],
-                                                      "color": hyp_c, "fontname": FONT, "labeljust": "l"})
-    host = graphviz.Digraph("cluster_host", graph_attr={"label": "host memory (PKVM_ID_HOST), shared with hyp and pinned",
-                                                        "style": "filled", "fillcolor": C.OWNER_FILLS[Owner.HOST],
-                                                        "color": host_c, "fontname": FONT, "labeljust": "l"})
-    hyp.node("table", table(*head, *(_table_rows(snap, drawn) if snap.address else []), color=hyp_c))
-    edges = []
+    m.hyp.node("table", table(*head, *(_table_rows(snap, drawn) if snap.address else []), color=HYP_COLOR))
     for vm in full:
         i = vm.index
-        rows = [row(cell(text(f"struct kvm_shadow_vm @ {vm.shadow_area:#x}", bold=True, color="white"), bgcolor=hyp_c,
+        rows = [row(cell(text(f"struct kvm_shadow_vm @ {vm.shadow_area:#x}", bold=True, color="white"), bgcolor=HYP_COLOR,
                          port="hdr")),
                 row(cell(text(f"handle {vm.handle:#x} · VMID {vm.vmid} · {vm.nr_vcpus} vCPU{'s' if vm.nr_vcpus != 1 else ''}"))),
                 row(cell(text(f"shadow area {_size(vm.shadow_area_size)} ({_pages(vm.shadow_area_size)}, donated)",
@@ -131,37 +105,24 @@ def shadow_table(snap, *, title: str | None = None) -> graphviz.Digraph:
                                  + text(where, size=10, bold=v.loaded, color=C.OK_COLOR if v.loaded else "#000000")
                                  + text(" · " + rest[0], size=10) + BR + text(" · ".join(rest[1:]), size=10) + BR,
                                  bgcolor=VCPU_FILL)))
-        hyp.node(f"vm{i}", table(*rows, color=hyp_c))
-        edges.append((f"table:s{i}", f"vm{i}:hdr", {"color": hyp_c}))
-        host_rows = [row(cell(text(f"VM {vm.handle:#x}: host structs", bold=True, color="white"), bgcolor=host_c)),
-                     row(cell(text(f"struct kvm @ {vm.host_kvm:#x} · created_vcpus = {vm.nr_vcpus}", size=10), port="kvm"))]
+        m.hyp.node(f"vm{i}", table(*rows, color=HYP_COLOR))
+        m.slot(i)
+        host_rows = host_structs_rows(vm.handle, vm.host_kvm, vm.nr_vcpus)
         for v in vm.vcpus:
-            host_rows.append(row(cell(text(f"struct kvm_vcpu @ {v.host_vcpu:#x} · vcpu_idx {v.vcpu_idx}", size=10),
-                                      port=f"v{v.vcpu_idx}")))
+            host_rows.append(host_vcpu_row(v.host_vcpu, v.vcpu_idx))
             if v.nr_runs or v.loaded:   # the host's copy says nothing of the run: only what hyp chose to write back
                 host_rows.append(row(cell(text(f"host's view: regs.pc = {v.host_pc:#x}", size=10, italic=True)
                                           + BR + text("(hyp never copies the guest's PC back)", size=10, italic=True) + BR)))
-        host.node(f"kvm{i}", table(*host_rows, color=host_c))
-        # Pins point down into the host cluster without pulling it to the right: no rank constraint.
-        edges.append((f"vm{i}:kvm", f"kvm{i}:kvm", {"color": host_c, "style": "dashed", "constraint": "false"}))
+        m.host.node(f"kvm{i}", table(*host_rows, color=HOST_COLOR))
+        m.pin(f"vm{i}:kvm", f"kvm{i}:kvm")
         for v in vm.vcpus:
-            edges.append((f"vm{i}:v{v.vcpu_idx}", f"kvm{i}:v{v.vcpu_idx}",
-                          {"color": host_c, "style": "dashed", "constraint": "false"}))
+            m.pin(f"vm{i}:v{v.vcpu_idx}", f"kvm{i}:v{v.vcpu_idx}")
     if counted:
-        hyp.node("more", table(
-            row(cell(text(f"… {len(counted)} more VMs", bold=True))),
-            row(cell(text(f"handles {counted[0].handle:#x}–{counted[-1].handle:#x} (slots {counted[0].index}–"
-                          f"{counted[-1].index})", size=10))),
-            row(cell(text(f"{sum(v.nr_vcpus for v in counted)} vCPUs · "
-                          f"{sum(len(v.guest_pages) for v in counted)} guest pages", size=10))),
-            row(cell(text("all listed in lab.hyp.shadow_table()", size=10, italic=True))),
-            color=hyp_c))
-        edges.append(("table:more", "more", {"color": hyp_c, "style": "dotted"}))
-    g.subgraph(hyp)
-    g.subgraph(host)
-    for a, b, attrs in edges:
-        g.edge(a, b, **attrs)
-    return g
+        m.more(f"… {len(counted)} more VMs",
+               f"handles {counted[0].handle:#x}–{counted[-1].handle:#x} (slots {counted[0].index}–{counted[-1].index})",
+               f"{sum(v.nr_vcpus for v in counted)} vCPUs · {sum(len(v.guest_pages) for v in counted)} guest pages",
+               "all listed in lab.hyp.shadow_table()")
+    return m.draw()
 
 
 def _title(snap) -> str:
