@@ -208,7 +208,8 @@ class Timeline:
             for action, node in zip(actions, nodes):
                 outcomes.append(self._perform(action, node))
                 self.node = node
-                self._auto(node)
+                if node is target or not node.depth % THIN or action.vm is not None or action.name in VM_MAKERS:
+                    self._auto(node)
         finally:
             self._replaying = False
         on_line = target.depth <= tip.depth and tip.ancestor(target.depth) is target
@@ -245,7 +246,7 @@ class Timeline:
         self._depth += 1
         result, error = None, None
         try:
-            result = fn(*a.args, **dict(a.kwargs))
+            result = fn(*a.args, **dict(a.kwargs)) if a.kwargs else fn(*a.args)
         except Exception as e:  # noqa: BLE001 - the live run failed the same way: that is part of what it did
             error = e
         finally:
@@ -298,7 +299,9 @@ class Timeline:
         def recorded(*args, **kwargs):
             if touches_vms:
                 self._vms_touched = True
-            if self._depth or self._replaying:
+            if self._depth:          # part of a recorded or replayed action, which wraps any new VM after it
+                return fn(*args, **kwargs)
+            if self._replaying:
                 return self._passthrough(fn, args, kwargs)
             log_len = len(self.lab.host.log)
             self._depth += 1
@@ -306,6 +309,7 @@ class Timeline:
                 result = fn(*args, **kwargs)
             except UsageError:       # refused in Python before anything ran: nothing happened
                 self._depth -= 1
+                self._wrap_new_vms()
                 raise
             except Exception as e:   # it still happened (a refused call, a fault): a step like any other
                 self._depth -= 1
@@ -314,6 +318,7 @@ class Timeline:
                 raise
             except BaseException:
                 self._depth -= 1
+                self._wrap_new_vms()
                 raise
             self._depth -= 1
             self._record(name, args, kwargs, vm, _outcome(result), log_len)
