@@ -18,8 +18,9 @@ Going forward again replays the recorded actions from the nearest valid checkpoi
 deterministic, so replay rebuilds the same state byte for byte (``tests/test_timeline.py``).  A replay
 checkpoints every 16th step, each step of a VM (made, torn down, donated to, run) and the step it goes to, not
 every step: a checkpoint costs about a hypercall, so one per step made replaying 1,000 host actions 3.7x doing
-them live (1.7x now); an undo after a replay replays at most 15 steps of a hypercall or less
-(``tests/test_replay_checkpoints.py``: every step between comes back as it was live).
+them live (1.7x now); an undo after a replay replays at most 15 steps, none of them a VM's (measured: 0.13 ms, not
+0.01 ms, after replaying 1,000 host actions; ``tests/test_replay_checkpoints.py``: every step between comes back as
+it was live).
 
 A guest run (``vm.step()``, ``vm.run()``) is a host action like any other: the checkpoint after it
 holds the guest's memory and hyp's shadow vCPU (RAM) and the host's side of the run (the pages it
