@@ -86,16 +86,20 @@ CORE_NOT_STATE = frozenset({"uc", "phys", "x", "lock", "core", "native", "symbol
 HOST_STATE = ("loaded_vcpu", "_code_page")
 
 
+_CONTAINERS = (list, dict, set, bytearray)
+
+
 def _copied(v):
     """A copy of a container, so the saved state never changes with the live one (values are immutable)."""
-    if isinstance(v, (list, dict, set, bytearray)):
+    if isinstance(v, _CONTAINERS):
         return type(v)(v)
     return v
 
 
 def core_state(core) -> dict:
     """The core's flags: "the host is stuck", a pending event, a budget, a stop request, the last HPFAR..."""
-    out = {k: _copied(v) for k, v in core.__dict__.items() if k not in CORE_NOT_STATE}
+    out = {k: type(v)(v) if isinstance(v, _CONTAINERS) else v   # _copied(v), inline: every checkpoint runs it
+           for k, v in core.__dict__.items() if k not in CORE_NOT_STATE}
     out["_hpfar"] = getattr(core, "_hpfar", 0)
     return out
 
@@ -134,7 +138,6 @@ def set_host_state(host, state: dict) -> None:
 
 
 OBJECT_NOT_STATE = frozenset({"_elsewhere", "_runner_objs"})   # which timeline it is in; every runner it ever made
-_CONTAINERS = (list, dict, set, bytearray)
 
 
 def _own(obj) -> tuple[dict, dict]:
