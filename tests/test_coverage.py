@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pkvmlab import Lab
+from pkvmlab import HypercallError, Lab
 from pkvmlab.firmware import FIRMWARE_DIR, copy_firmware
 from pkvmlab.inspect.coverage import Coverage, cond_branch_target
 from pkvmlab.inspect.error_paths import error_paths, unreached
@@ -159,20 +159,63 @@ def test_the_python_hook_counts_what_the_native_one_counts(monkeypatch):
 
 
 def test_each_process_writes_its_own_file_and_the_report_merges_them(tmp_path):
-    script = "from pkvmlab import Lab; lab = Lab(); lab.host.share_hyp(lab.host.alloc_pages(1))"
+    """Two processes, each booting a seed and a mainline lab: one file per process and era; the report merges each
+    era's files apart and writes a section for each (build/coverage/<run>/ and build/coverage/mainline/<run>/)."""
+    script = ("from pkvmlab import Lab\nfor era in ('seed', 'mainline'):\n"
+              "    lab = Lab(era=era); lab.host.share_hyp(lab.host.alloc_pages(1))")
     env = dict(os.environ, **{M.ENV: str(tmp_path / "data" / "tests")})
     for _ in range(2):
         subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, timeout=300)
     files = M.data_files(tmp_path / "data" / "tests")
-    assert len(files) == 2
-    one = M.Counters.load(files[0])
-    merged = Coverage.from_dir(tmp_path / "data" / "tests")
-    assert merged.runs == 2 and np.array_equal(merged.counters.insn, 2 * one.insn)   # the same run twice
+    assert len(files) == 4
+    for era in ("seed", "mainline"):
+        merged = Coverage.from_dir(tmp_path / "data" / "tests", era=era)
+        one = next(c for c in map(M.Counters.load, files) if c.elf_sha == merged.counters.elf_sha)
+        assert merged.era == era and merged.runs == 2 and merged.other_images == 2
+        assert np.array_equal(merged.counters.insn, 2 * one.insn)   # the same run twice
     out = subprocess.run([sys.executable, "tools/coverage.py", str(tmp_path)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, check=True).stdout
     assert "all firmware" in out and "error returns" in out
+    assert "== EL2 coverage: the test suite (mainline era) (2 process file(s)) ==" in out
+    assert "\n  tests, seed: lines " in out and "\n  tests, mainline: lines " in out
     index = (tmp_path / "tests" / "index.html").read_text()
     assert "mem_protect.c.html" in index and (tmp_path / "tests" / "mem_protect.c.html").is_file()
+    assert "mainline_" not in index                       # the seed's section has the seed's files only
+    m_index = (tmp_path / "mainline" / "tests" / "index.html").read_text()
+    assert "mainline_mem_protect.c.html" in m_index and "pgtable.c.html" in m_index   # its own files and shared.list's
+    assert (tmp_path / "mainline" / "tests" / "mainline_mem_protect.c.html").is_file()
+    assert "mainline/tests/index.html" in (tmp_path / "index.html").read_text()
+
+
+def test_a_mainline_lab_counts_into_its_own_image_exactly_what_the_recorder_traces():
+    """``measure(era="mainline")`` hooks ``Lab(era="mainline")`` and not a seed lab (and the seed's ``measure()`` not a
+    mainline lab); its block counts of a share and unshare equal the recorder's instruction trace; the lines are
+    mainline's own files': a share hyp refuses (hyp's own page: the host's state is NOPAGE) runs
+    ``__host_check_page_state_range`` and never the mapping a share that works makes."""
+    with M.measure(era="mainline") as counters, M.measure() as seed_counters:
+        lab, seed_lab = Lab(era="mainline", spec_check=False), Lab(spec_check=False)
+    assert lab.core.coverage_hooks == [counters] and seed_lab.core.coverage_hooks == [seed_counters]
+    pfn = lab.host.alloc_pages(1)
+    good = counters.copy()
+    for action in (lambda: lab.host.share_hyp(pfn), lambda: lab.host.unshare_hyp(pfn)):
+        before = counters.copy()
+        t = lab.trace(action)
+        want = np.zeros(counters.slots, np.uint64)
+        for slot, n in Counter((pc - counters.lo) >> 2 for pc in t.pcs).items():
+            want[slot] = n
+        assert len(t.pcs) > 100 and np.array_equal(counters.since(before).insn, want)
+    shared = Coverage(counters.since(good)).file("mainline/mem_protect.c")
+    seed_before, before = seed_counters.copy(), counters.copy()
+    with pytest.raises(HypercallError) as refused:
+        lab.host.call("__pkvm_host_share_hyp", lab.fw.symbol("__hyp_text_start") >> 12)
+    assert refused.value.errno == 1                                         # -EPERM
+    assert not seed_counters.since(seed_before).insn.any()                  # the seed's image counted nothing
+    cov = Coverage(counters.since(before))
+    assert cov.era == "mainline"
+    f = cov.file("mainline/mem_protect.c")
+    check = _line_of("mainline/mem_protect.c", "__host_check_page_state_range", "if (get_host_state(")
+    mapping = _line_of("mainline/mem_protect.c", "int __pkvm_host_share_hyp", "BUG_ON(kvm_pgtable_map(&hyp_pgtable")
+    assert f.hits[check] >= 1 and f.hits[mapping] == 0 and shared.hits[mapping] >= 1
 
 
 def test_the_pictures_colour_lines_run_and_missed(measured):
