@@ -98,7 +98,7 @@ def test_after_a_mainline_campaign_and_a_clean_up_in_three_phases_the_pool_is_ba
     every step), each run then cleaned up as a mainline host does (put; per handle: unshare a non-protected guest's
     pages, ``__pkvm_start_teardown_vm``, ``__pkvm_reclaim_dying_guest_page`` per gfn, ``__pkvm_finalize_teardown_vm``;
     unreserve; unshare): hyp's pool is its boot count again and no page hyp owns is unaccounted for."""
-    pools = run_and_clean(lambda: Lab(era="mainline"), steps=120, steps_per_run=30)
+    pools = run_and_clean(lambda: Lab(era="mainline"), steps=90, steps_per_run=30)
     assert len(pools) >= 3
     for boot, after in pools:
         assert sum(after) == sum(boot), (boot, after)     # free + tables: nothing else is left behind
