@@ -92,9 +92,11 @@ docs: setup
 clean:
 	rm -rf build .pytest_cache
 
-# Line and branch coverage of the EL2 firmware, measured by the lab's own core (pkvmlab/machine/coverage.py): the
-# suite (tests/, but the campaign, measured apart, and the browser and QEMU tests, which run no measured core) and
-# then the campaign (7,000 steps on the correct firmware); HTML under build/coverage/{tests,campaign}/index.html.
+# Line and branch coverage of the EL2 firmware of both eras, measured by the lab's own core (pkvmlab/machine/coverage.py):
+# the suite (tests/, but the campaign, measured apart, and the browser and QEMU tests, which run no measured core;
+# every Lab() and Lab(era="mainline") it boots counts into its era's image) and then each era's campaign (7,000 steps
+# on the correct firmware); HTML under build/coverage/{tests,campaign}/ (the seed's firmware/) and
+# build/coverage/mainline/{tests,campaign}/ (firmware/mainline/ and the seed's files it builds: shared.list).
 COVERAGE_TESTS := tests --ignore=tests/test_campaign.py --ignore=tests/test_browser.py \
 	--ignore=tests/test_qemu_differential.py --ignore=tests/test_qemu_backend.py
 .PHONY: coverage
@@ -102,4 +104,5 @@ coverage: setup
 	rm -rf build/coverage
 	PKVMLAB_COVERAGE=build/coverage/data/tests $(PY) -m pytest -q -p no:cacheprovider $(COVERAGE_TESTS)
 	$(PY) tools/coverage.py build/coverage --campaign 7000
+	$(PY) tools/coverage.py build/coverage --campaign 7000 --era mainline
 	$(PY) tools/coverage.py build/coverage

@@ -42,3 +42,19 @@ def test_a_row_without_a_counterpart_says_why_in_a_word(capsys):
             if k.arg == "mainline" and isinstance(k.value, ast.Constant):
                 dash, _, why = k.value.value.partition(" ")
                 assert dash == "—" and why.startswith("(") and why.endswith(")") and " " not in why, (where, why)
+
+
+def test_the_ownership_pictures_row_times_the_mainline_figure_rendered_too():
+    """The ownership row's mainline cell is measured, like against like: bench_inspect times the mainline lab's
+    ``viz.ownership_map`` rendered to its PNG, and the README's row gives a figure there, not "seed-only"."""
+    row = "ownership snapshot of 1 GiB / + its figure, rendered (the PNG a notebook shows)"
+    call = next(c for w, c in readme_row_calls() if isinstance(c.args[0], ast.Constant) and c.args[0].value == row)
+    cell = ast.unparse(next(k.value for k in call.keywords if k.arg == "mainline"))
+    assert "mainline: snapshot + figure + PNG, 1 GiB" in cell and "seed-only" not in cell
+    source = (BENCH / "bench_inspect.py").read_text()
+    assert '("mainline: snapshot + figure + PNG, 1 GiB", best(lambda: png(viz.ownership_map(m_lab.hyp.ownership()))' \
+        in source
+    readme = (BENCH.parent / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith(f"| {row} |"))
+    mainline_cell = line.split(" | ")[2]
+    assert "seed-only" not in mainline_cell and " ms / " in mainline_cell

@@ -159,20 +159,32 @@ def test_the_python_hook_counts_what_the_native_one_counts(monkeypatch):
 
 
 def test_each_process_writes_its_own_file_and_the_report_merges_them(tmp_path):
-    script = "from pkvmlab import Lab; lab = Lab(); lab.host.share_hyp(lab.host.alloc_pages(1))"
+    """Two processes, each booting a seed and a mainline lab: one file per process and era; the report merges each
+    era's files apart and writes a section for each (build/coverage/<run>/ and build/coverage/mainline/<run>/)."""
+    script = ("from pkvmlab import Lab\nfor era in ('seed', 'mainline'):\n"
+              "    lab = Lab(era=era); lab.host.share_hyp(lab.host.alloc_pages(1))")
     env = dict(os.environ, **{M.ENV: str(tmp_path / "data" / "tests")})
     for _ in range(2):
         subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, timeout=300)
     files = M.data_files(tmp_path / "data" / "tests")
-    assert len(files) == 2
-    one = M.Counters.load(files[0])
-    merged = Coverage.from_dir(tmp_path / "data" / "tests")
-    assert merged.runs == 2 and np.array_equal(merged.counters.insn, 2 * one.insn)   # the same run twice
+    assert len(files) == 4
+    for era in ("seed", "mainline"):
+        merged = Coverage.from_dir(tmp_path / "data" / "tests", era=era)
+        one = next(c for c in map(M.Counters.load, files) if c.elf_sha == merged.counters.elf_sha)
+        assert merged.era == era and merged.runs == 2 and merged.other_images == 2
+        assert np.array_equal(merged.counters.insn, 2 * one.insn)   # the same run twice
     out = subprocess.run([sys.executable, "tools/coverage.py", str(tmp_path)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, check=True).stdout
     assert "all firmware" in out and "error returns" in out
+    assert "== EL2 coverage: the test suite (mainline era) (2 process file(s)) ==" in out
+    assert "\n  tests, seed: lines " in out and "\n  tests, mainline: lines " in out
     index = (tmp_path / "tests" / "index.html").read_text()
     assert "mem_protect.c.html" in index and (tmp_path / "tests" / "mem_protect.c.html").is_file()
+    assert "mainline_" not in index                       # the seed's section has the seed's files only
+    m_index = (tmp_path / "mainline" / "tests" / "index.html").read_text()
+    assert "mainline_mem_protect.c.html" in m_index and "pgtable.c.html" in m_index   # its own files and shared.list's
+    assert (tmp_path / "mainline" / "tests" / "mainline_mem_protect.c.html").is_file()
+    assert "mainline/tests/index.html" in (tmp_path / "index.html").read_text()
 
 
 def test_the_pictures_colour_lines_run_and_missed(measured):

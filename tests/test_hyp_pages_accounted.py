@@ -91,3 +91,16 @@ def test_the_campaigns_remembered_accounting_is_read_again_once_hyp_writes(lab: 
     va = lab.core.call_symbol("hyp_alloc_pages")
     bad = check_hyp_pages(lab.hyp)
     assert [v.start_pfn for v in bad] == [va >> 12]
+
+
+def test_after_a_mainline_campaign_and_a_clean_up_in_three_phases_the_pool_is_back_at_its_boot_count():
+    """The same on ``Lab(era="mainline")``: its campaign (hostile calls included, the mainline pool invariant after
+    every step), each run then cleaned up as a mainline host does (put; per handle: unshare a non-protected guest's
+    pages, ``__pkvm_start_teardown_vm``, ``__pkvm_reclaim_dying_guest_page`` per gfn, ``__pkvm_finalize_teardown_vm``;
+    unreserve; unshare): hyp's pool is its boot count again and no page hyp owns is unaccounted for."""
+    pools = run_and_clean(lambda: Lab(era="mainline"), steps=90, steps_per_run=30)
+    assert len(pools) >= 3
+    for boot, after in pools:
+        assert sum(after) == sum(boot), (boot, after)     # free + tables: nothing else is left behind
+        assert after[2] == boot[2], (boot, after)          # hyp's stage-1 is as at boot
+        assert after[1] >= boot[1]                         # the host stage-2 keeps its splits

@@ -1,11 +1,13 @@
 """The coverage report ``make coverage`` writes: ``python tools/coverage.py build/coverage``.
 
-Reads ``<dir>/data/<run>/*.cov`` (one file per measured process, written when ``PKVMLAB_COVERAGE`` was set;
-``pkvmlab/machine/coverage.py``), merges each run's files, and writes ``<dir>/<run>/index.html`` (per file,
-lines and branches run) with one annotated-source page per file, the gcov/lcov look; and prints, per run,
-the summary, every error return judged reached or not, and every line never run with its reason.
-``--campaign STEPS`` first runs the campaign (correct firmware, every call checked) measured into
-``<dir>/data/campaign``.
+Reads ``<dir>/data/<run>/*.cov`` (one file per measured process and firmware image, written when
+``PKVMLAB_COVERAGE`` was set; ``pkvmlab/machine/coverage.py``), merges each run's files per era -- the seed's
+firmware (``Lab()``) and mainline's (``Lab(era="mainline")``) are two images, each measured apart -- and writes
+``<dir>/<run>/index.html`` (the seed's) and ``<dir>/mainline/<run>/index.html`` (mainline's: per file, lines and
+branches run) with one annotated-source page per file, the gcov/lcov look; and prints, per run and era, the
+summary, every error return judged reached or not, and every line never run with its reason; last, one summary
+line per run and era.  ``--campaign STEPS [--era mainline]`` first runs that era's campaign (correct firmware,
+every call checked) measured into ``<dir>/data/campaign``.
 """
 
 from __future__ import annotations
@@ -17,12 +19,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's pkvmlab, however we were started
 
+from pkvmlab.errors import UsageError  # noqa: E402
 from pkvmlab.inspect.coverage import Coverage, percent  # noqa: E402
 from pkvmlab.inspect.error_paths import error_paths, unreached  # noqa: E402
 from pkvmlab.machine.coverage import ENV, data_files  # noqa: E402
 from pkvmlab.viz.coverage import file_page, index_page, page_name, reasons_section  # noqa: E402
 
 TITLES = {"tests": "EL2 coverage: the test suite", "campaign": "EL2 coverage: the campaign"}
+ERAS = {"seed": "", "mainline": " (mainline era)"}
+
+
+def title_of(run: str, era: str) -> str:
+    return TITLES.get(run, f"EL2 coverage: {run}") + ERAS[era]
+
+
+def report_dir(out: Path, run: str, era: str) -> Path:
+    """Where a run's report goes: ``<dir>/<run>`` for the seed's firmware, ``<dir>/mainline/<run>`` for mainline's."""
+    return out / run if era == "seed" else out / era / run
+
+
+def summary_line(cov: Coverage, run: str, era: str) -> str:
+    h = cov.handler_lines()
+    run_h = sum(1 for v in h.values() if v)
+    return (f"{run}, {era}: lines {cov.lines_run}/{cov.lines} ({percent(cov.lines_run, cov.lines):.1f}%), branch "
+            f"directions {cov.branch_directions_run}/{cov.branch_directions} "
+            f"({percent(cov.branch_directions_run, cov.branch_directions):.1f}%), handlers + helpers "
+            f"{run_h}/{len(h)} ({percent(run_h, len(h)):.1f}%), {cov.runs} process file(s)")
 
 
 def write_report(cov: Coverage, out: Path, title: str) -> None:
@@ -100,34 +122,48 @@ def _without_reasoned(cov: Coverage, h: dict, missed: list) -> str:
     return f"{run} of {len(keep)} ({percent(run, len(keep)):.1f}%)"
 
 
-def run_campaign(data: Path, steps: int) -> None:
+def run_campaign(data: Path, steps: int, era: str = "seed") -> None:
     os.environ[ENV] = str(data)
     from pkvmlab import Lab, campaign
 
-    print(campaign.run(Lab, steps=steps, shrink=False))
+    print(f"{era}: {campaign.run(lambda: Lab(era=era), steps=steps, shrink=False)}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dir", type=Path, help="where data/<run>/ is and the report goes (build/coverage)")
     ap.add_argument("--campaign", type=int, metavar="STEPS", help="first run the campaign measured, this many steps")
+    ap.add_argument("--era", choices=tuple(ERAS), default="seed", help="the era whose campaign --campaign runs")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every error line and every line never run")
     args = ap.parse_args()
     if args.campaign:
-        run_campaign(args.dir / "data" / "campaign", args.campaign)
+        run_campaign(args.dir / "data" / "campaign", args.campaign, args.era)
         return 0
     runs = [d for d in sorted((args.dir / "data").glob("*")) if d.is_dir() and data_files(d)]
     if not runs:
         print(f"no coverage data under {args.dir / 'data'}: run with {ENV}={args.dir}/data/<run>", file=sys.stderr)
         return 1
+    made, lines = [], []
     for d in runs:
-        title = TITLES.get(d.name, f"EL2 coverage: {d.name}")
-        cov = Coverage.from_dir(d, label=d.name)
-        write_report(cov, args.dir / d.name, title)
-        print(describe(cov, title, verbose=args.verbose), end="\n\n")
-    links = "".join(f"<li><a href='{d.name}/index.html'>{TITLES.get(d.name, d.name)}</a></li>" for d in runs)
+        for era in ERAS:
+            try:
+                cov = Coverage.from_dir(d, era=era, label=d.name)
+            except UsageError:   # no process of this run booted this era's firmware
+                continue
+            title = title_of(d.name, era)
+            write_report(cov, report_dir(args.dir, d.name, era), title)
+            print(describe(cov, title, verbose=args.verbose), end="\n\n")
+            made.append((d.name, era, title))
+            lines.append(summary_line(cov, d.name, era))
+        if not any(run == d.name for run, _, _ in made):
+            print(f"{d}: its files are of another firmware image (the sources changed since?): measure again",
+                  file=sys.stderr)
+    links = "".join(f"<li><a href='{report_dir(Path('.'), run, era).as_posix()}/index.html'>{title}</a></li>"
+                    for run, era, title in made)
     (args.dir / "index.html").write_text(f"<!doctype html><meta charset=utf-8><title>EL2 coverage</title><ul>{links}</ul>")
-    print(f"HTML: {args.dir / 'index.html'} ({', '.join(str(args.dir / d.name / 'index.html') for d in runs)})")
+    print("summary:", *("  " + ln for ln in lines), sep="\n")
+    print(f"HTML: {args.dir / 'index.html'} "
+          f"({', '.join(str(report_dir(args.dir, run, era) / 'index.html') for run, era, _ in made)})")
     return 0
 
 

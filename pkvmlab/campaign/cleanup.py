@@ -69,29 +69,40 @@ def check_hyp_pages(m) -> None:
 
 
 def run_and_clean(lab_factory, steps: int = 300, *, steps_per_run: int = 30) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """A campaign of about ``steps`` steps; after each run ``clean_up`` and ``check_hyp_pages``.  Returns, per run,
+    """A campaign of about ``steps`` steps; after each run ``clean_up`` and ``check_hyp_pages`` (on the mainline
+    era, ``Lab(era="mainline")``: :mod:`pkvmlab.campaign.cleanup_mainline`, teardown in three phases).  Returns, per run,
     (the pool at boot, the pool after the clean-up), each as ``pool_pages`` gives it.
     """
     from hypothesis import HealthCheck, Phase, settings
     from hypothesis.stateful import run_state_machine_as_test
 
-    from pkvmlab.campaign import _Stats
-    from pkvmlab.campaign.rules import machine
+    from pkvmlab.campaign import _Stats, machine_for
 
     stats = _Stats(None, steps)
     boots: list = []
+    eras: list[str] = []
 
     def factory():   # the pool at boot: before the machine makes its first VM
         lab = lab_factory()
         boots.append(pool_pages(lab))
+        eras.append(lab.fw.era)
         return lab
 
     pools: list = []
 
-    class Cleaned(machine(factory, stats)):
+    base = machine_for(factory, stats)   # the seed's rules or mainline's, by the era of the first lab (made now)
+    mainline = eras[0] == "mainline"
+
+    class Cleaned(base):
         def teardown(self):
-            clean_up(self)
-            check_hyp_pages(self)
+            if mainline:
+                from pkvmlab.campaign.cleanup_mainline import check_hyp_pages_mainline, clean_up_mainline
+
+                clean_up_mainline(self)
+                check_hyp_pages_mainline(self)
+            else:
+                clean_up(self)
+                check_hyp_pages(self)
             pools.append((boots[-1], pool_pages(self.lab)))
 
     runs = max(1, -(-steps // steps_per_run))

@@ -12,14 +12,18 @@ from pkvmlab.inspect.coverage import Coverage
 from pkvmlab.machine.coverage import measure
 
 
-def campaign_coverage(steps: int = 300, *, steps_per_run: int = 30) -> Coverage:
-    """A campaign of about ``steps`` steps on the correct firmware, measured; its CampaignResult is ``cov.campaign``."""
+def campaign_coverage(steps: int = 300, *, steps_per_run: int = 30, era: str = "seed") -> Coverage:
+    """A campaign of about ``steps`` steps on the correct firmware, measured; its CampaignResult is ``cov.campaign``.
+
+    ``era="mainline"``: the mainline campaign on ``Lab(era="mainline")``, its firmware measured."""
     if not isinstance(steps, int) or steps < 1:
         raise UsageError(f"steps must be a positive int, got {steps!r}")
+    if era not in ("seed", "mainline"):
+        raise UsageError(f"era is 'seed' or 'mainline', not {era!r}")
     from pkvmlab import Lab, campaign
 
-    with measure() as counters:
-        result = campaign.run(Lab, steps=steps, steps_per_run=steps_per_run, shrink=False)
+    with measure(era) as counters:
+        result = campaign.run(lambda: Lab(era=era), steps=steps, steps_per_run=steps_per_run, shrink=False)
     cov = Coverage(counters.copy(), label=f"the campaign, {result.steps} steps, {result.calls} hypercalls")
     cov.campaign = result
     return cov

@@ -11,8 +11,10 @@ block was left.  This module turns that into source coverage with the firmware's
   started at the next slot" is its not-taken direction and "started anywhere else" its taken one.
   Conditions the compiler made branch-free (``csel``, ``ccmp``) have no branch to count.
 
-``Coverage.from_dir(dir)`` merges the data files of every process of a measured run;
-``Coverage(counters)`` reads one in-memory measurement (``pkvmlab.machine.coverage.measure()``).
+``Coverage.from_dir(dir)`` merges the data files of every process of a measured run (``era="mainline"``: those of
+``Lab(era="mainline")``'s firmware, its files named ``mainline/...`` and the seed's files it builds as they are by
+their own names); ``Coverage(counters)`` reads one in-memory measurement (``pkvmlab.machine.coverage.measure()``),
+of whichever era's firmware it was counted on.
 """
 
 from __future__ import annotations
@@ -102,9 +104,7 @@ class Coverage:
     """A coverage snapshot of the repository's firmware: per file, line hits and branch directions."""
 
     def __init__(self, counters: M.Counters, fw=None, *, runs: int = 1, label: str = ""):
-        from pkvmlab.firmware import load_firmware
-
-        self.fw = fw if fw is not None else load_firmware()
+        self.fw = fw if fw is not None else _firmware_of(counters)
         if M.elf_sha(self.fw.path) != counters.elf_sha:
             raise UsageError("these counts were measured on another firmware image (the sources changed since?): "
                              "measure again")
@@ -115,11 +115,10 @@ class Coverage:
         self._build()
 
     @classmethod
-    def from_dir(cls, directory: str | Path, fw=None, *, label: str = "") -> Coverage:
-        """Merge every process's data file in ``directory`` (files of another firmware image are left out, counted)."""
-        from pkvmlab.firmware import load_firmware
-
-        fw = fw if fw is not None else load_firmware()
+    def from_dir(cls, directory: str | Path, fw=None, *, era: str = "seed", label: str = "") -> Coverage:
+        """Merge every process's data file in ``directory`` of the repository's firmware of ``era`` (or of ``fw``);
+        files of another image (the other era's, an older build's) are left out, counted."""
+        fw = fw if fw is not None else M.repository_firmware(era)
         sha = M.elf_sha(fw.path)
         total, used, other = None, 0, 0
         for path in M.data_files(directory):
@@ -138,6 +137,10 @@ class Coverage:
         cov = cls(total, fw, runs=used, label=label)
         cov.other_images = other
         return cov
+
+    @property
+    def era(self) -> str:
+        return self.fw.era
 
     def _build(self) -> None:
         c, sm = self.counters, self.smap
@@ -233,23 +236,33 @@ class Coverage:
 
     def summary(self) -> str:
         """Lines and branch directions run, per file and in all (the text ``make coverage`` prints)."""
-        rows = [f"{'file':<24} {'lines':>14} {'%':>6}  {'branches':>14} {'%':>6}"]
+        w = max([24, *(len(f.name) for f in self.files.values())])   # mainline's files: mainline/include/hyp/...
+        rows = [f"{'file':<{w}} {'lines':>14} {'%':>6}  {'branches':>14} {'%':>6}"]
         for f in self.files.values():
-            rows.append(f"{f.name:<24} {f.lines_run:>6} / {f.lines:<5} {percent(f.lines_run, f.lines):>6.1f}  "
+            rows.append(f"{f.name:<{w}} {f.lines_run:>6} / {f.lines:<5} {percent(f.lines_run, f.lines):>6.1f}  "
                         f"{f.branch_directions_run:>6} / {f.branch_directions:<5} "
                         f"{percent(f.branch_directions_run, f.branch_directions):>6.1f}")
-        rows.append(f"{'all firmware':<24} {self.lines_run:>6} / {self.lines:<5} {percent(self.lines_run, self.lines):>6.1f}  "
+        rows.append(f"{'all firmware':<{w}} {self.lines_run:>6} / {self.lines:<5} {percent(self.lines_run, self.lines):>6.1f}  "
                     f"{self.branch_directions_run:>6} / {self.branch_directions:<5} "
                     f"{percent(self.branch_directions_run, self.branch_directions):>6.1f}")
         h = self.handler_lines()
         run = sum(1 for v in h.values() if v)
-        rows.append(f"{'hypercall handlers+helpers':<24} {run:>4} / {len(h):<5} {percent(run, len(h)):>6.1f}")
+        rows.append(f"{'hypercall handlers+helpers':<{w}} {run:>4} / {len(h):<5} {percent(run, len(h)):>6.1f}")
         return "\n".join(rows)
 
     def __repr__(self) -> str:
         return (f"Coverage({self.label + ': ' if self.label else ''}{self.lines_run}/{self.lines} lines "
                 f"{percent(self.lines_run, self.lines):.1f}%, {self.branch_directions_run}/{self.branch_directions} "
                 f"branch directions {percent(self.branch_directions_run, self.branch_directions):.1f}%)")
+
+
+def _firmware_of(counters: M.Counters):
+    """The repository's firmware (of either era) the counters were measured on."""
+    for era in M.ERAS:
+        fw = M.repository_firmware(era)
+        if M.elf_sha(fw.path) == counters.elf_sha:
+            return fw
+    return M.repository_firmware("seed")   # neither: Coverage() says the counts are of another image
 
 
 def snapshot_of(counters: M.Counters, label: str = "") -> Coverage:

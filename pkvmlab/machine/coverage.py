@@ -46,7 +46,8 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 _in_memory: list[Counters] = []          # measure() blocks open in this process
 _files: dict[tuple[str, str], Counters] = {}   # (directory, ELF) -> this process's data file
-_repo_elf: list[Path] = []               # the repository's firmware ELF, found once per process
+_repo_elf: dict[str, Path] = {}          # era -> the repository's firmware ELF, found once per process
+_sha_of: dict[str, bytes] = {}           # ELF path -> its sha256, computed once per process
 
 
 class _Cov(ctypes.Structure):
@@ -125,19 +126,19 @@ def attach(core, fw) -> None:
         return
     if not _is_repository_firmware(fw):
         return
-    for counters in ([_file_counters(directory, fw)] if directory else []) + _in_memory:
+    ours = [c for c in _in_memory if c.elf_sha == _sha(fw.path)]   # a measure() of the other era: not this image
+    for counters in ([_file_counters(directory, fw)] if directory else []) + ours:
         _hook(core, counters)
 
 
 @contextlib.contextmanager
-def measure():
+def measure(era: str = "seed"):
     """``with measure() as counters:`` every Lab (the repository's firmware) booted inside counts into ``counters``.
 
-    Labs booted inside keep their hook afterwards; read ``counters`` after the block (``pkvmlab.inspect.coverage``).
+    ``era="mainline"``: the labs of ``Lab(era="mainline")`` instead (each era's firmware is its own image).  Labs
+    booted inside keep their hook afterwards; read ``counters`` after the block (``pkvmlab.inspect.coverage``).
     """
-    from pkvmlab.firmware import load_firmware
-
-    fw = load_firmware()
+    fw = repository_firmware(era)
     lo, hi = _text(fw)
     counters = Counters(lo, (hi - lo) // 4, elf_sha(fw.path))
     _in_memory.append(counters)
@@ -162,12 +163,35 @@ def _text(fw) -> tuple[int, int]:
         raise MachineError("this firmware has no __hyp_text_start/__hyp_text_end: coverage cannot find its text") from None
 
 
-def _is_repository_firmware(fw) -> bool:
-    if not _repo_elf:
-        from pkvmlab.firmware.build import build_firmware
+ERAS = ("seed", "mainline")
 
-        _repo_elf.append(Path(build_firmware()).resolve())
-    return Path(fw.path).resolve() == _repo_elf[0]
+
+def repository_firmware(era: str = "seed"):
+    """The repository's firmware of ``era`` ("seed": firmware/, "mainline": firmware/mainline/), loaded."""
+    from pkvmlab.firmware import load_firmware
+
+    return load_firmware(_repository_elf(era))
+
+
+def _repository_elf(era: str) -> Path:
+    if era not in ERAS:
+        raise UsageError(f"era is 'seed' or 'mainline', not {era!r}")
+    if era not in _repo_elf:
+        from pkvmlab.firmware.build import FIRMWARE_DIR, MAINLINE_DIR, build_firmware
+
+        _repo_elf[era] = Path(build_firmware(MAINLINE_DIR if era == "mainline" else FIRMWARE_DIR)).resolve()
+    return _repo_elf[era]
+
+
+def _is_repository_firmware(fw) -> bool:
+    return Path(fw.path).resolve() in (_repository_elf(e) for e in ERAS)
+
+
+def _sha(path) -> bytes:
+    key = str(Path(path).resolve())
+    if key not in _sha_of:
+        _sha_of[key] = elf_sha(path)
+    return _sha_of[key]
 
 
 def _file_counters(directory: str, fw) -> Counters:
@@ -177,7 +201,7 @@ def _file_counters(directory: str, fw) -> Counters:
         Path(directory).mkdir(parents=True, exist_ok=True)
         lo, hi = _text(fw)
         path = Path(directory) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
-        c = _files[key] = Counters(lo, (hi - lo) // 4, elf_sha(fw.path), path)
+        c = _files[key] = Counters(lo, (hi - lo) // 4, _sha(fw.path), path)
     return c
 
 
