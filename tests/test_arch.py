@@ -83,6 +83,7 @@ def test_pstate_levels_and_words():
     (I.ldst("str", 8, 3, 0, 24), "str x3, [x0, #0x18]"), (I.ldst("str", 1, 1, 2), "strb w1, [x2]"),
     (I.b(0), "b #0x1000"), (I.NOP, "nop"),
     (I.cbz(9, 8), "cbz x9, #0x1008"), (I.ldp(5, 6, 14), "ldp x5, x6, [x14]"), (I.ldp(7, 8, 14, 16), "ldp x7, x8, [x14, #0x10]"),
+    (I.add_imm(0, 0, 64), "add x0, x0, #0x40"), (I.cmp(0, 9), "cmp x0, x9"), (I.b_cond(I.COND_LO, -40), "b.lo #0xfd8"),
 ])
 def test_instruction_encodings_match_capstone(word, text):
     """Each hand-encoded instruction disassembles (capstone) to what it claims to be."""

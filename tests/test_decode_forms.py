@@ -112,3 +112,17 @@ def test_the_native_decoder_agrees_with_the_python_one_on_every_form_it_takes(co
     sas = {1: 0, 2: 1, 4: 2, 8: 3}.get(nat["size"], 3)
     got = _iss(nat["isv"], sas, nat["sse"], nat["srt"], nat["sf"], 0, nat["write"])
     assert got == _iss(*FORMS[form]), f"{form}: native ISS {got:#x}, the ARM ARM's {_iss(*FORMS[form]):#x}"
+
+
+def test_decoding_the_same_instruction_again_reads_the_registers_again():
+    """decode_access keeps capstone's parse of an instruction word (a function of the word and PC alone), never the
+    address: the same store at the same PC with another base register touches another address."""
+    from pkvmlab.arch import insn as I
+
+    word = I.words(I.ldst("str", 8, 1, 0, 8))
+    regs = {"x0": 0x4080_0000}
+    first = decode_access(word, 0x4080_0200, lambda r: regs[r])
+    regs["x0"] = 0x4090_0040
+    again = decode_access(word, 0x4080_0200, lambda r: regs[r])
+    assert (first.va, again.va) == (0x4080_0008, 0x4090_0048)
+    assert (again.write, again.size, again.srt, again.isv) == (True, 8, 1, True)

@@ -34,6 +34,26 @@ def ldp(rt: int, rt2: int, rn: int, offset: int = 0) -> int:
     return 0xA9400000 | ((offset >> 3) & 0x7F) << 15 | (rt2 & 31) << 10 | (rn & 31) << 5 | (rt & 31)
 
 
+def add_imm(rd: int, rn: int, imm12: int) -> int:
+    """``ADD Xd, Xn, #imm12`` (64-bit, unshifted)."""
+    assert 0 <= imm12 < 4096
+    return 0x91000000 | imm12 << 10 | (rn & 31) << 5 | (rd & 31)
+
+
+def cmp(rn: int, rm: int) -> int:
+    """``CMP Xn, Xm`` (``SUBS XZR, Xn, Xm``, 64-bit)."""
+    return 0xEB000000 | (rm & 31) << 16 | (rn & 31) << 5 | 31
+
+
+COND_LO = 0x3   # unsigned lower (carry clear)
+
+
+def b_cond(cond: int, offset: int) -> int:
+    """``B.<cond>`` to ``pc + offset`` (a multiple of 4 within +-1 MiB)."""
+    assert offset % 4 == 0 and -(1 << 20) <= offset < (1 << 20)
+    return 0x54000000 | ((offset >> 2) & 0x7FFFF) << 5 | (cond & 15)
+
+
 # Load/store (unsigned immediate offset): size bits [31:30], opc [23:22]
 _LDST = {("ldr", 8): 0xF9400000, ("ldr", 4): 0xB9400000, ("ldr", 2): 0x79400000, ("ldr", 1): 0x39400000,
          ("str", 8): 0xF9000000, ("str", 4): 0xB9000000, ("str", 2): 0x79000000, ("str", 1): 0x39000000}

@@ -26,6 +26,7 @@ CPACR_EL1_FPEN = 3 << 20   # FP/SIMD at EL0 and EL1 not trapped
 # Linux's INIT_SCTLR_EL1_MMU_OFF (arch/arm64/include/asm/sysreg.h, mainline): LSMAOE, nTLSMD, EIS, TSCXT, EOS
 INIT_SCTLR_EL1_MMU_OFF = (1 << 29) | (1 << 28) | (1 << 22) | (1 << 20) | (1 << 11)
 _BLOCK = struct.Struct("<8Q")   # the 64 bytes a LOAD_BLOCK / STORE_BLOCK stub moves in x1..x8
+_ZERO_BLOCK = bytes(K.BLOCK)
 
 
 def _signed(v: int) -> int:
@@ -357,7 +358,12 @@ class Host:
 
     @serialised
     def write(self, pa: int, data: bytes) -> None:
-        """Write ``data`` at ``pa`` with EL1 stores (so stage 2 applies)."""
+        """Write ``data`` at ``pa`` with EL1 stores (so stage 2 applies).
+
+        Each aligned 64-byte block is eight STRs (the STORE_BLOCK stub); a run of zero blocks (a zeroed page,
+        a struct's padding) is one call of the same stub, looping over them with the same eight STRs, so the
+        stores, their order and any fault are those of one call per block.
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise UsageError(f"write() takes bytes, got {type(data).__name__} {data!r}: "
                              "pass e.g. b'\\x05' or (5).to_bytes(8, 'little'), or use write_u64()")
@@ -368,8 +374,17 @@ class Host:
         while addr < end:   # each store one native call (call_stub), as a hypercall
             off = addr - pa
             if addr % K.BLOCK == 0 and end - addr >= K.BLOCK:
-                self.call_stub(K.STORE_BLOCK, [addr, *_BLOCK.unpack_from(data, off)], 0, what, addr)
-                addr += K.BLOCK
+                stop = addr + K.BLOCK
+                if data.startswith(_ZERO_BLOCK, off):
+                    while end - stop >= K.BLOCK and data.startswith(_ZERO_BLOCK, stop - pa):
+                        stop += K.BLOCK
+                try:
+                    self.call_stub(K.STORE_BLOCK, [addr, *_BLOCK.unpack_from(data, off), stop], 0, what, addr)
+                except HostException as e:
+                    if stop - addr > K.BLOCK:   # x0 is the block whose store faulted: the stub moves on only after one
+                        e.address = self.core.x[0]
+                    raise
+                addr = stop
             elif addr % 8 == 0 and end - addr >= 8:
                 self.call_stub(K.STORE64, [addr, int.from_bytes(data[off:off + 8], "little")], 0, what, addr)
                 addr += 8

@@ -14,7 +14,7 @@ LOAD8 = 0x020          # ldrb w1, [x0]
 STORE64 = 0x030        # str x1, [x0]
 STORE8 = 0x040         # strb w1, [x0]
 LOAD_BLOCK = 0x100     # ldr x1..x8, [x0, #0..56]: 64 bytes
-STORE_BLOCK = 0x200    # str x1..x8, [x0, #0..56]
+STORE_BLOCK = 0x200    # str x1..x8, [x0, #0..56]; x0 += 64 while x0 < x9: the same 64 bytes over [x0, x9)
 VCPU_RUN = 0x300       # KVM_RUN's one round trip (pkvmlab/host/vcpu_run.py): answer, hvc, read the exit
 TIMER_ARM = 0x380      # the EL1 virtual timer: CNTV_TVAL_EL0 = x15, enabled, then br x16 (QEMU's guest budget, machine/qemu.py)
 TIMER_DISARM = 0x3A0   # CNTV_CTL_EL0 = 0
@@ -37,7 +37,10 @@ STUBS = {
     STORE64: [I.ldst("str", 8, 1, 0)],
     STORE8: [I.ldst("str", 1, 1, 0)],
     LOAD_BLOCK: [I.ldst("ldr", 8, 1 + i, 0, 8 * i) for i in range(8)],
-    STORE_BLOCK: [I.ldst("str", 8, 1 + i, 0, 8 * i) for i in range(8)],
+    # x9 = x0 + 64 stores one block; a run of zero blocks (x1..x8 = 0) is one call, each block stored by the very
+    # same eight STRs, so a fault on any of them says what a block's own call would (ESR, FAR, ELR: host.py's write)
+    STORE_BLOCK: [*(I.ldst("str", 8, 1 + i, 0, 8 * i) for i in range(8)), I.add_imm(0, 0, BLOCK),
+                  I.cmp(0, 9), I.b_cond(I.COND_LO, -4 * 10)],
     # x9/x10: where and what to store as the answer to the last exit (regs[0]; x9 = 0: none), x11/x12 the
     # same for arch.flags; hvc #0 (x0 = __kvm_vcpu_run); then the exit as hyp left it in the host's own
     # struct kvm_vcpu: x2..x4 = arch.fault.{esr,far,hpfar}_el2 (x13 points there), x5..x8 = regs[0..3] (x14)

@@ -53,6 +53,7 @@ _GPR.update(x29=A.UC_ARM64_REG_X29, x30=A.UC_ARM64_REG_X30, fp=A.UC_ARM64_REG_X2
             fpcr=A.UC_ARM64_REG_FPCR, fpsr=A.UC_ARM64_REG_FPSR)
 _GPR.update({f"q{i}": A.UC_ARM64_REG_Q0 + i for i in range(32)})
 _REG_BITS = {name: 128 if name.startswith("q") else 64 for name in _GPR}
+_Q_REGS = frozenset(A.UC_ARM64_REG_Q0 + i for i in range(32))   # 128 bits: through the binding's own reg_read/write
 
 
 class Core(RunStops, DebugCalls):
@@ -106,12 +107,17 @@ class Core(RunStops, DebugCalls):
 
     @serialised
     def reg(self, name: str) -> int:
-        return self.uc.reg_read(self._gpr(name))
+        reg = self._gpr(name)
+        return self.uc.reg_read(reg) if reg in _Q_REGS else RB.read_checked(self.uc, reg)
 
     @serialised
     def set_reg(self, name: str, value: int) -> None:
         reg = self._gpr(name)
-        self.uc.reg_write(reg, check_uint(value, _REG_BITS[name.lower()], name))
+        value = check_uint(value, _REG_BITS[name.lower()], name)
+        if reg in _Q_REGS:
+            self.uc.reg_write(reg, value)
+        else:
+            RB.write_checked(self.uc, reg, value)
 
     def _sysreg(self, name: str):
         try:
@@ -124,12 +130,12 @@ class Core(RunStops, DebugCalls):
     @serialised
     def sysreg(self, name: str) -> int:
         r = self._sysreg(name)
-        return self.uc.reg_read(A.UC_ARM64_REG_CP_REG, (r.crn, r.crm, r.op0, r.op1, r.op2))
+        return RB.read_cp_checked(self.uc, (r.crn, r.crm, r.op0, r.op1, r.op2))
 
     @serialised
     def set_sysreg(self, name: str, value: int) -> None:
         r = self._sysreg(name)
-        self.uc.reg_write(A.UC_ARM64_REG_CP_REG, (r.crn, r.crm, r.op0, r.op1, r.op2, check_uint(value, 64, name)))
+        RB.write_cp_checked(self.uc, (r.crn, r.crm, r.op0, r.op1, r.op2), check_uint(value, 64, name))
 
     def read_insn(self, va: int) -> int:
         """The instruction word at ``va`` as EL1 sees it now: the host's VA is its PA, a running guest's is an IPA."""

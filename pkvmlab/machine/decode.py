@@ -26,6 +26,15 @@ def _cs() -> capstone.Cs:
     return md
 
 
+@lru_cache(maxsize=4096)
+def _first_insn(code: bytes, pc: int):
+    """Capstone's first instruction of ``code`` at ``pc`` with its operands, or None: a function of the two alone
+    (a CsInsn keeps its own copy of what it decoded), so a host stub's store that faults again is decoded once."""
+    for insn in _cs().disasm(code, pc, 1):
+        return insn, tuple(insn.operands)
+    return None
+
+
 def disassemble(code: bytes, addr: int) -> str:
     """``"ldr x1, [x0]"`` for the first instruction in ``code``, or ``".word 0x…"``."""
     for insn in _cs().disasm(code, addr, 1):
@@ -68,12 +77,11 @@ def _regnum(name: str) -> int:
 
 def decode_access(code: bytes, pc: int, read_reg: Callable[[str], int]) -> MemAccess | None:
     """The memory access made by the instruction at ``pc``; None if it is not a load/store."""
-    insns = list(_cs().disasm(code, pc, 1))
-    if not insns:
+    first = _first_insn(bytes(code), pc)
+    if first is None:
         return None
-    insn = insns[0]
+    insn, ops = first
     m = insn.mnemonic
-    ops = insn.operands
     if m == "dc" and insn.op_str.startswith("zva"):
         # DC ZVA zeroes a whole block (DCZID_EL0.BS: 64 bytes on the Cortex-A72) and counts as a write, with
         # no instruction syndrome; FAR is the address in the register, not the block's start (QEMU's

@@ -12,6 +12,7 @@ of the library returns the address of a unicorn function it calls, which must be
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import subprocess
@@ -29,8 +30,12 @@ from pkvmlab.progress import step
 HEADERS = Path(__file__).parent   # native_hook.h and the C files' other headers sit beside them
 
 
+@functools.cache
 def unicorn_lib() -> Path:
-    """The libunicorn the Python binding actually loaded: we must link against that very file."""
+    """The libunicorn the Python binding actually loaded: we must link against that very file.
+
+    One answer per process (the binding loads its library once): every Lab() asks, through library_path().
+    """
     return Path(_binding.uclib._name).resolve()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 
+from unicorn import UcError
 from unicorn import arm64_const as A
 from unicorn.unicorn_py3 import unicorn as _binding
 from unicorn.unicorn_py3.arch.arm64 import UcRegCP64
@@ -83,4 +84,37 @@ def write_cp(uc, key: tuple[int, int, int, int, int], value: int) -> None:
     _lib.uc_reg_write(uc._uch, A.UC_ARM64_REG_CP_REG, ctypes.byref(UcRegCP64(*key, value)))
 
 
-__all__ = ["RegBatch", "read", "write", "write_cp"]
+def read_checked(uc, reg: int) -> int:
+    """``uc.reg_read(reg)`` for a register of at most 64 bits, without the binding's per-call value class: the same
+    value, the same UcError if Unicorn refuses."""
+    buf = ctypes.c_uint64()
+    status = _lib.uc_reg_read(uc._uch, reg, ctypes.byref(buf))
+    if status:
+        raise UcError(status, reg)
+    return buf.value
+
+
+def write_checked(uc, reg: int, value: int) -> None:
+    """``uc.reg_write(reg, value)`` for a register of at most 64 bits (``value`` already checked to fit)."""
+    status = _lib.uc_reg_write(uc._uch, reg, ctypes.byref(ctypes.c_uint64(value)))
+    if status:
+        raise UcError(status, reg)
+
+
+def read_cp_checked(uc, key: tuple[int, int, int, int, int]) -> int:
+    """``uc.reg_read(UC_ARM64_REG_CP_REG, key)``: a system register by its encoding (crn, crm, op0, op1, op2)."""
+    cp = UcRegCP64(*key, 0)
+    status = _lib.uc_reg_read(uc._uch, A.UC_ARM64_REG_CP_REG, ctypes.byref(cp))
+    if status:
+        raise UcError(status, A.UC_ARM64_REG_CP_REG)
+    return cp.val
+
+
+def write_cp_checked(uc, key: tuple[int, int, int, int, int], value: int) -> None:
+    """``uc.reg_write(UC_ARM64_REG_CP_REG, (*key, value))``."""
+    status = _lib.uc_reg_write(uc._uch, A.UC_ARM64_REG_CP_REG, ctypes.byref(UcRegCP64(*key, value)))
+    if status:
+        raise UcError(status, A.UC_ARM64_REG_CP_REG)
+
+
+__all__ = ["RegBatch", "read", "read_checked", "read_cp_checked", "write", "write_checked", "write_cp", "write_cp_checked"]
