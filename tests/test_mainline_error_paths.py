@@ -12,8 +12,8 @@ from __future__ import annotations
 import errno
 
 import pytest
-from mainline_helpers import PAGE, refused_errno
-from test_coverage import _line_of
+from mainline_helpers import OWNED, PAGE, refused_errno, vmemmap_states
+from test_coverage import DOORBELL, GUEST_BAD_SHARES, ID_REGS, _line_of
 from test_mem_protect import drain_pool
 
 from pkvmlab import HostAccessFault, Lab
@@ -135,3 +135,127 @@ def test_donate_guest_needing_a_host_stage2_split_with_an_empty_pool_is_enomem_a
     _put_back(lab, taken)
     vm.donate(0x43, block)
     vm.teardown()
+
+
+def test_reclaiming_a_page_a_non_protected_guest_borrows_from_a_dying_vm_is_eperm(measured):
+    """``reclaim_dying_guest_page()``: only a protected guest's pages are reclaimed; one a non-protected guest borrows
+    is the host's all along (unshared instead): -EPERM, and the page stays shared until finalize gives it back."""
+    lab, _ = measured
+    h = lab.host
+    np_vm = h.create_vm(1, protected=False)
+    pfn = np_vm.donate(4)
+    h.call("__pkvm_start_teardown_vm", np_vm.handle)
+    assert refused_errno(lab, "__pkvm_reclaim_dying_guest_page", np_vm.handle, 4) == errno.EPERM
+    assert refused_errno(lab, "__pkvm_reclaim_dying_guest_page", np_vm.handle, 5) == errno.ENOENT   # nothing there
+    h.call("__pkvm_finalize_teardown_vm", np_vm.handle)
+    h.read_u64(pfn * PAGE)                               # the host's page throughout
+
+
+def test_the_vm_table_full_a_handle_past_it_and_a_vcpu_index_taken_are_refused(measured):
+    """``find_free_vm_table_entry()``: 255 slots reserved, the next reserve is -ENOMEM; ``insert_vm_table_entry()``:
+    a handle whose index is past the table is -EINVAL (and everything given back); ``register_hyp_vcpu()``: a
+    second vCPU at an index already registered is -EINVAL."""
+    from pkvmlab.host.vm_mainline import _layouts
+
+    lab, _ = measured
+    h = lab.host
+    vm = h.create_vm(1)
+    handles = []
+    while True:
+        x0, x1, _, _ = h.hvc(h.hypercalls["__pkvm_reserve_vm"])
+        ret = x1 - (1 << 64) if x1 >> 63 else x1
+        if ret < 0:
+            break
+        handles.append(ret)
+    assert (ret, len(handles)) == (-errno.ENOMEM, 254)   # 255 slots, one the VM's
+    for handle in handles:
+        h.call("__pkvm_unreserve_vm", handle)
+    lay = _layouts(lab.fw)
+    kvm = h.alloc_pages(1)
+    h.write_u64(kvm * PAGE + lay.off["kvm.created_vcpus"][0], 1)
+    h.write_u64(kvm * PAGE + (lay.off["kvm.arch.pkvm.handle"][0] & ~7), 0x1000 + 255)   # index 255: past the table
+    h.share_hyp(kvm)
+    area, pgd = h.alloc_pages(1), h.alloc_pages(2, align=2)
+    free = lab.hyp.pool().free_pages
+    assert refused_errno(lab, "__pkvm_init_vm", kvm * PAGE, area * PAGE, pgd * PAGE) == errno.EINVAL
+    assert vmemmap_states(lab, area)[0] == OWNED and vmemmap_states(lab, kvm)[2] == 0 and lab.hyp.pool().free_pages == free
+    again = h.alloc_pages(1)
+    assert refused_errno(lab, "__pkvm_init_vcpu", vm.handle, vm.vcpus[0], again * PAGE) == errno.EINVAL
+    assert vmemmap_states(lab, again)[0] == OWNED       # the vCPU area given back
+    vm.teardown()
+
+
+def _guest_runs(lab, code: str):
+    """A protected VM whose vCPU 0 starts at the given code (put by the host at IPA 0x2000's page, gfn 0)."""
+    h = lab.host
+    vm = h.create_vm(1, guest="hello")
+    pfn = h.alloc_pages(1)
+    h.write(pfn * PAGE, assemble(code))
+    vm.donate(0, pfn)
+    vm.set_entry(0, 0x2000)
+    return vm, pfn
+
+
+def test_a_guest_sharing_an_unaligned_ipa_or_one_past_its_space_is_refused_einval_and_erange(measured):
+    """``guest_request_page()`` on mainline (the guest's MEM_SHARE is done at EL2): IPA 0x1001 is -EINVAL, 2**48 is
+    -ERANGE, both SMCCC_RET_INVALID_PARAMETER to the guest, no page changes hands, and each return's own branch ran."""
+    lab, _ = measured
+    vm, pfn = _guest_runs(lab, GUEST_BAD_SHARES)
+    before = lab.hyp.ownership()
+    cov = _during(measured, vm.run)
+    assert vm.exits[-1].hvc[1:3] == ((1 << 64) - 3, (1 << 64) - 3)   # both refused: INVALID_PARAMETER
+    assert lab.hyp.ownership().page(pfn) == before.page(pfn)
+    for needle in ("return -ERANGE", "return -EINVAL"):
+        e = _judged(cov, MEM_GUEST, "static int guest_request_page", needle)
+        assert e.reached is True, str(e)
+
+
+def test_a_guests_id_register_reads_on_mainline_show_only_features_the_cpu_has(measured):
+    """``pvm_read_id_reg()`` (sys_regs.c, shared by both eras): PFR1, ISAR0, ISAR1, MMFR1 and MMFR2 trapped by
+    HCR_EL2.TID3 on mainline too, each a subset of the CPU's own bits, each case's line run."""
+    lab, _ = measured
+    h = lab.host
+    cpu = [h.execute(f"mrs x0, {r}")["x0"] for r in ID_REGS]
+    code = (f"mrs x1, {ID_REGS[0]}\nmrs x2, {ID_REGS[1]}\nmrs x3, {ID_REGS[2]}\n" + DOORBELL
+            + f"mrs x1, {ID_REGS[3]}\nmrs x2, {ID_REGS[4]}\nmov x3, #0\n" + DOORBELL)
+    vm, _ = _guest_runs(lab, code)
+    cov = _during(measured, lambda: (vm.run(), vm.run()))
+    seen = [*vm.exits[-2].hvc[1:4], *vm.exits[-1].hvc[1:3]]
+    assert all(v & ~c == 0 for v, c in zip(seen, cpu)), [hex(v) for v in seen]
+    f = cov.file("sys_regs.c")
+    for reg in ID_REGS:
+        assert f.hits[_line_of("sys_regs.c", "pvm_read_id_reg", f"read_sysreg({reg})")] >= 1, reg
+
+
+def test_a_guest_smc_is_stepped_over_with_the_hosts_answer_and_a_host_smc_is_not_supported(measured):
+    """A protected guest's SMC exits to the host, which answers and asks hyp to step over it (KVM_ARM64_INCREMENT_PC:
+    ``flush_pvm_entry()``'s SMC case copies the host's x0 and moves the PC on); the host's own SMC traps to hyp
+    (HCR_EL2.TSC) and is answered NOT_SUPPORTED (-1) and stepped over (``handle_host_smc()``)."""
+    lab, _ = measured
+    vm, _ = _guest_runs(lab, "movz x0, #0x8400, lsl #16\nsmc #0\nmov x1, x0\nmov x2, #7\n" + DOORBELL)
+    cov = _during(measured, lambda: (vm.run(), vm.run()))
+    assert [e.reason for e in vm.exits[-2:]] == ["smc", "hypercall"]
+    assert vm.exits[-1].hvc[1:3] == ((1 << 64) - 1, 7)   # the host's answer, and the next instruction ran
+    f = cov.file("mainline/vcpu_run.c")
+    line = _line_of("mainline/vcpu_run.c", "flush_pvm_entry", "case ESR_ELx_EC_SMC64")
+    assert f.hits.get(line + 1, 0) >= 1                  # its test of KVM_ARM64_INCREMENT_PC
+    out = {}
+    cov = _during(measured, lambda: out.update(lab.host.execute("smc #0\nmov x5, #9", x0=0x8400_0000)))
+    assert (out["x0"], out["x5"]) == ((1 << 64) - 1, 9)
+    assert cov.file("mainline/hyp-main.c").hits[_line_of("mainline/hyp-main.c", "handle_host_smc",
+                                                         "SMCCC_RET_NOT_SUPPORTED")] >= 1
+
+
+def test_the_host_running_code_hyp_owns_gets_a_same_level_instruction_abort_on_mainline(measured):
+    """The host branching into hyp's carve-out: a stage-2 instruction abort (EC 0x20) injected back as EC 0x21 (same
+    level) with S1PTW (``host_inject_abort()``'s IABT repaint), nothing mapped."""
+    from pkvmlab.arch import esr as E
+
+    lab, _ = measured
+    target = lab.core.ram_base + 0x3000
+    cov = _during(measured, lambda: pytest.raises(HostAccessFault, lab.host.execute, "br x9", x9=target))
+    esr = lab.core.sysreg("ESR_EL1")
+    assert (esr >> 26, bool(esr & E.ISS_S1PTW)) == (0x21, True) and lab.core.sysreg("FAR_EL1") == target
+    line = _line_of(MEM_PROTECT, "static void host_inject_abort", "else if (ec == ESR_ELx_EC_IABT_LOW)")
+    f = cov.file(MEM_PROTECT)
+    assert f.hits.get(line, 0) >= 1 or any(b.directions_run for b in f.branches.get(line, ()))
