@@ -71,3 +71,30 @@ def test_two_inlined_returns_merged_into_one_exit_are_judged_cannot_be_told_not_
                                                     "return -EPERM")]
     assert (host.reached, hyp.reached) == (None, None), (str(host), str(hyp))
     assert "__host_check_page_state_range" in host.how and "mem_protect.c:" in hyp.how
+
+
+def test_every_mainline_allowlist_entry_names_lines_of_its_function_and_every_witness_a_test_that_exists():
+    """Each DEFENSIVE_MAINLINE entry matches a line with code of its C function (or an error line judged with its
+    why), and each WITNESSES_MAINLINE entry names a test function in its file and an errno line of its function the
+    bare boot does not reach (so it carries the witness): a stale entry after an edit of the firmware or the tests
+    fails."""
+    import re
+    from pathlib import Path
+
+    from pkvmlab.inspect.error_paths import c_function, defensive_reason, error_paths
+    from pkvmlab.inspect.error_paths_mainline import DEFENSIVE_MAINLINE, WITNESSES_MAINLINE
+
+    root = Path(__file__).resolve().parents[1]
+    with M.measure(era="mainline") as counters:
+        Lab(era="mainline")
+    cov = Coverage(counters)
+    errs = error_paths(cov)
+    for file, func, needle, why in DEFENSIVE_MAINLINE:
+        f = cov.file(file)
+        hit = [n for n in f.hits if c_function(f.source, n) == func and needle in f.text(n)]
+        assert hit or any(e.file == file and e.defensive == why for e in errs), (file, func, needle)
+        assert all(defensive_reason(f, n) == why for n in hit)
+    for file, func, needle, test in WITNESSES_MAINLINE:
+        path, name = test.split(" ")[0].split("::")
+        assert re.search(rf"^def {name}\(", (root / path).read_text(), re.M), test
+        assert any(e.file == file and e.witness == test for e in errs), (file, func, needle)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pkvmlab.inspect.coverage import Coverage, FileCoverage, call_target, cond_branch_target
+from pkvmlab.inspect.error_paths_mainline import DEFENSIVE_MAINLINE, WITNESSES_MAINLINE
 
 ERRNO = re.compile(r"(return\s+-E[A-Z]+|[^=!<>]=\s*-E[A-Z]+\s*;|\?\s*-E[A-Z]+|:\s*-E[A-Z]+\s*;)")
 _RET, _RET_MASK = 0xD65F0000, 0xFFFFFC1F
@@ -82,7 +83,8 @@ def error_paths(cov: Coverage) -> list[ErrorPath]:
     for f, n, text, ways in found:
         e = _judge(cov, f, n, text, ways, owners, holders, into)
         if e.reached is not True:
-            e = replace(e, witness=_listed(WITNESSES, f, n), defensive=_listed(DEFENSIVE, f, n, window=True))
+            e = replace(e, witness=_listed(WITNESSES + WITNESSES_MAINLINE, f, n),
+                        defensive=_listed(DEFENSIVE + DEFENSIVE_MAINLINE, f, n, window=True))
         out.append(e)
     return out
 
@@ -297,7 +299,8 @@ DEFENSIVE = (
 # Error returns the -O2 code cannot show reached (no instruction or branch of their own, or one arm of a
 # branch-free ?:), each with the test that makes that very refusal happen and asserts its errno -- or, for
 # host_stage2_idmap(), whose errno the host sees only as the abort it becomes, asserts that abort.  Matched as
-# DEFENSIVE is, on the line or its guard (the few lines above it).  tests/test_coverage.py checks each test exists.
+# DEFENSIVE is, on the line or its guard (or the three lines above it when it has none).  tests/test_coverage.py checks each
+# test exists.  Mainline's own files' entries: pkvmlab/inspect/error_paths_mainline.py.
 WITNESSES = (
     ("mem_protect.c", "check_pool_for_range", "-ENOMEM",
      "tests/test_mem_protect.py::test_an_empty_pool_refuses_only_what_needs_a_new_table"),
@@ -331,14 +334,16 @@ def c_function(source: list[str], n: int) -> str:
 
 def defensive_reason(f: FileCoverage, n: int) -> str:
     """The allowlisted reason line ``n`` of ``f`` is defensive code, or "" (see DEFENSIVE)."""
-    return _listed(DEFENSIVE, f, n, window=False)
+    return _listed(DEFENSIVE + DEFENSIVE_MAINLINE, f, n, window=False)
 
 
 def _listed(table, f: FileCoverage, n: int, *, window: bool = True) -> str:
     """The last column of the ``table`` row naming line ``n`` of ``f`` (its file, its C function, text on the line --
-    or, with ``window``, on one of the three lines above it: an error line's guard), or ""."""
+    or, with ``window``, on its guard's lines, or on the three lines above it when no ``if`` is right above it:
+    a ``default:``, an unlock before the return), or ""."""
     fn = c_function(f.source, n)
-    lines = [f.text(k) for k in range(max(1, n - (3 if window else 0)), n + 1)]
+    above = (_guard_lines(f.source, n) or range(max(1, n - 3), n)) if window else ()
+    lines = [f.text(k) for k in (n, *above)]
     for file, func, needle, why in table:
         if file == f.name and func == fn and any(needle in t for t in lines):
             return why
@@ -382,12 +387,16 @@ def _reason(cov: Coverage, f: FileCoverage, n: int) -> str:
 
 
 def _inlined_everywhere(cov: Coverage, f: FileCoverage, n: int, fns: set) -> str:
-    """A ``{`` or ``}`` of a function's own (out-of-line) copy that nobody calls, while its body ran inlined."""
+    """A line all of whose instructions are in a function's own (out-of-line) copy that nobody calls, while its body
+    ran inlined: its ``{`` and ``}``, or a statement the inlined copies compiled into other lines."""
     fn = c_function(f.source, n)
     entry = cov.fw.symbols.get(fn)
-    if f.text(n).strip() not in ("{", "}") or fns != {fn} or entry is None or cov.insn_hits(entry):
+    if fns != {fn} or entry is None or cov.insn_hits(entry):
         return ""
     body_ran = any(h and c_function(f.source, k) == fn and f.text(k).strip() not in ("{", "}")
                    for k, h in f.hits.items() if abs(k - n) < 60)
+    if not body_ran:
+        return ""
     return ("the out-of-line copy of a function every caller inlines: its body ran inlined, its own entry and "
-            "return never" if body_ran else "")
+            "return never" if f.text(n).strip() in ("{", "}") else "the out-of-line copy of a function every caller "
+            "inlines: this line's code is in that copy only (the inlined copies compiled it into other lines)")
