@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import pytest
 
+from pkvmlab import Lab
+
 EINVAL = -22
 VALID, TYPE = 1, 2
 ADDR = 0x0000_FFFF_FFFF_F000
 OWNER_SHIFT = 2
 MiB, GiB = 1 << 20, 1 << 30
 ATTRS = 0x70C   # MemAttr index 0 would do; any attributes: nothing walks this table
+
+
+@pytest.fixture(params=["seed", "mainline"])
+def lab(request):
+    """Both eras: pgtable.c is one of the seed's files mainline builds as it is (firmware/mainline/shared.list), and
+    each era's image is measured apart, so each runs the cases."""
+    return Lab(era=request.param)
 
 
 @pytest.fixture

@@ -8,8 +8,10 @@ the prologue) and the ``if`` branches straight to the epilogue.  So an error lin
    whose directions leaves the function with its errno (straight-line code up to a ``ret``, calls such as an
    unlock followed over, the errno in w0 or moved there from a callee-saved register) while the other does
    not.  Reached when such an edge was taken, or when a way out that sets its errno and belongs to no other
-   error line ran (an inlined helper's ``return NULL`` may branch there directly); *not reached* only when
-   none of its ways out ever ran, by any route;
+   error line ran (an inlined helper's ``return NULL`` may branch there directly) -- unless a branch in an
+   inlined copy of another function holding the same errno enters it too (two inlined ``return -EPERM``s the
+   compiler merged into one exit: which one ran cannot be told); *not reached* only when none of its ways out
+   ever ran, by any route, and no inlined copy of its function left through a run exit setting its errno;
 3. otherwise it *cannot be told* from the optimised code (the condition was compiled branch-free, the
    errno flows on through more conditions, or its way out is shared with other paths): said so, never guessed.
 
@@ -25,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pkvmlab.inspect.coverage import Coverage, FileCoverage, call_target, cond_branch_target
+from pkvmlab.inspect.error_paths_mainline import DEFENSIVE_MAINLINE, WITNESSES_MAINLINE
 
 ERRNO = re.compile(r"(return\s+-E[A-Z]+|[^=!<>]=\s*-E[A-Z]+\s*;|\?\s*-E[A-Z]+|:\s*-E[A-Z]+\s*;)")
 _RET, _RET_MASK = 0xD65F0000, 0xFFFFFC1F
@@ -70,17 +73,24 @@ def error_paths(cov: Coverage) -> list[ErrorPath]:
     for f, n, _, ways in found:
         for way in ways or ():
             owners.setdefault(way[1], set()).add((f.path, n))
+    # which C functions hold an errno line, with which values: an inlined copy of one may share another's exit
+    holders: dict[str, set[tuple[tuple[str, int], int]]] = {}
+    for f, n, text, _ in found:
+        for name in re.findall(r"-(E[A-Z]+)", text.split("/*")[0].split("//")[0]):
+            holders.setdefault(c_function(f.source, n), set()).add(((f.path, n), -_errno(cov, name)))
+    into = _branches_into(cov)
     out = []
     for f, n, text, ways in found:
-        e = _judge(cov, f, n, text, ways, owners)
+        e = _judge(cov, f, n, text, ways, owners, holders, into)
         if e.reached is not True:
-            e = replace(e, witness=_listed(WITNESSES, f, n), defensive=_listed(DEFENSIVE, f, n, window=True))
+            e = replace(e, witness=_listed(WITNESSES + WITNESSES_MAINLINE, f, n),
+                        defensive=_listed(DEFENSIVE + DEFENSIVE_MAINLINE, f, n, window=True))
         out.append(e)
     return out
 
 
-def _ways_out(cov: Coverage, f: FileCoverage, n: int, text: str) -> list[tuple[int, int, int | None]] | None:
-    """(times taken, start, errno it sets or None) of each edge of the line's guard (or its own ?:) leaving
+def _ways_out(cov: Coverage, f: FileCoverage, n: int, text: str) -> list[tuple[int, int, int | None, int]] | None:
+    """(times taken, start, errno it sets or None, branch pc) of each edge of the line's guard (or its own ?:) leaving
     the function with its errno; None when the line owns instructions and is no ?: (judged by them)."""
     own = n in f.hits
     if own and "?" not in text.split("/*")[0]:
@@ -97,11 +107,11 @@ def _ways_out(cov: Coverage, f: FileCoverage, n: int, text: str) -> list[tuple[i
                 if this is False or other in values:
                     continue   # not a way out, or the other way leaves with the same errno: cannot tell them apart
                 if this in values or (this is None and other is False and not tests_x0):
-                    ways.append((count, start, this))   # leaves with this errno, or (the only way out) with what x0 held
+                    ways.append((count, start, this, b.pc))   # leaves with this errno, or (the only way out) with what x0 held
     return ways
 
 
-def _judge(cov: Coverage, f: FileCoverage, n: int, text: str, ways, owners) -> ErrorPath:
+def _judge(cov: Coverage, f: FileCoverage, n: int, text: str, ways, owners, holders, into) -> ErrorPath:
     own = n in f.hits
     if ways is None or (own and not f.hits[n]):
         return ErrorPath(f.name, n, text, f.hits[n] > 0, "its own instructions", f.hits[n])
@@ -114,18 +124,74 @@ def _judge(cov: Coverage, f: FileCoverage, n: int, text: str, ways, owners) -> E
                f"owns no instruction; no branch of {where} leaves the function with its errno "
                "(compiled branch-free, or the errno flows on)")
         return ErrorPath(f.name, n, text, None, why)
-    taken = sum(count for count, _, _ in ways)
+    taken = sum(count for count, _, _, _ in ways)
     if taken:
         return ErrorPath(f.name, n, text, True, f"exit edge of {where}", taken)
-    ran = [start for _, start, _ in ways if cov.insn_hits(start)]
+    ran = [start for _, start, _, _ in ways if cov.insn_hits(start)]
     if not ran:
+        merged = _merged_exit_ran(cov, f, n, {v for _, _, v, _ in ways if v is not None},
+                                  {pc for _, _, _, pc in ways}, into)
+        if merged:
+            return ErrorPath(f.name, n, text, None, f"no exit edge of {where} taken, but {merged}")
         return ErrorPath(f.name, n, text, False, f"no exit edge of {where} taken, and no other way into its exits")
-    own_exit = [s for _, s, v in ways if s in ran and v is not None and owners.get(s) == {(f.path, n)}]
-    if own_exit:   # e.g. an inlined helper's "return NULL" branches straight to this line's errno
+    own_exit = [s for _, s, v, _ in ways if s in ran and v is not None and owners.get(s) == {(f.path, n)}]
+    shared = {s: _shared_with(cov, f, n, s, ways, holders, into) for s in own_exit}
+    if any(not w for w in shared.values()):   # e.g. an inlined helper's "return NULL" branches straight here
+        s = next(s for s, w in shared.items() if not w)
         return ErrorPath(f.name, n, text, True, "its own way out (setting its errno) ran, entered from elsewhere",
-                         cov.insn_hits(own_exit[0]))
+                         cov.insn_hits(s))
+    if shared:
+        return ErrorPath(f.name, n, text, None, f"no exit edge of {where} taken; the exit it leaves through ran, but "
+                         f"inlined code of {', '.join(sorted(set(shared.values())))} branches there too (one merged "
+                         "return): which one ran cannot be told")
     return ErrorPath(f.name, n, text, None, f"no exit edge of {where} taken, but the code it leaves through ran "
                      "(shared with other paths)")
+
+
+def _branches_into(cov: Coverage) -> dict[int, list[int]]:
+    """pc -> the pcs of every branch (conditional, or a ``B``) whose target it is."""
+    c, sm = cov.counters, cov.smap
+    out: dict[int, list[int]] = {}
+    for k in range(c.slots):
+        pc = c.lo + 4 * k
+        word = sm.word(pc)
+        if word is None:
+            continue
+        target = cond_branch_target(word, pc)
+        if target is None and not word >> 31:
+            target = call_target(word, pc)   # B (not BL)
+        if target is not None:
+            out.setdefault(target, []).append(pc)
+    return out
+
+
+def _shared_with(cov: Coverage, f: FileCoverage, n: int, start: int, ways, holders, into) -> str:
+    """The other errno lines (file:line) whose function's inlined code also branches to ``start``, an exit setting
+    this line's errno, from outside this line's own function chain; "" when none does."""
+    own_pcs = {pc for _, _, _, pc in ways}
+    mine = {fn for pc in own_pcs for fn in cov.smap.place(pc).functions} | {c_function(f.source, n)}
+    values = {v for _, s, v, _ in ways if s == start}
+    others = set()
+    for pc in into.get(start, ()):
+        if pc not in own_pcs:
+            for fn in set(cov.smap.place(pc).functions) - mine:
+                others |= {key for key, v in holders.get(fn, ()) if v in values and key != (f.path, n)}
+    names = {g.path: g.name for g in cov.files.values()}
+    return ", ".join(f"{names.get(p, p)}:{k}" for p, k in sorted(others))
+
+
+def _merged_exit_ran(cov: Coverage, f: FileCoverage, n: int, values: set, own_pcs: set, into) -> str:
+    """A branch in an inlined copy of the line's function (one on another line: an inlined helper's, whose
+    branches are not its guard's) entered an exit that sets its errno, and that exit ran: the line may have run,
+    through a return merged with others.  The words saying so, or "" when there is none."""
+    fn = c_function(f.source, n)
+    for start, pcs in into.items():
+        if cov.insn_hits(start) and _exit_value(cov, start) in values:
+            for pc in pcs:
+                if pc not in own_pcs and fn in cov.smap.place(pc).functions:
+                    return (f"a branch in an inlined copy of {fn}() ({pc:#x}) enters an exit setting its errno "
+                            f"({start:#x}) that ran: which return cannot be told")
+    return ""
 
 
 def _errno(cov: Coverage, name: str) -> int:
@@ -233,7 +299,8 @@ DEFENSIVE = (
 # Error returns the -O2 code cannot show reached (no instruction or branch of their own, or one arm of a
 # branch-free ?:), each with the test that makes that very refusal happen and asserts its errno -- or, for
 # host_stage2_idmap(), whose errno the host sees only as the abort it becomes, asserts that abort.  Matched as
-# DEFENSIVE is, on the line or its guard (the few lines above it).  tests/test_coverage.py checks each test exists.
+# DEFENSIVE is, on the line or its guard (or the three lines above it when it has none).  tests/test_coverage.py checks each
+# test exists.  Mainline's own files' entries: pkvmlab/inspect/error_paths_mainline.py.
 WITNESSES = (
     ("mem_protect.c", "check_pool_for_range", "-ENOMEM",
      "tests/test_mem_protect.py::test_an_empty_pool_refuses_only_what_needs_a_new_table"),
@@ -267,14 +334,16 @@ def c_function(source: list[str], n: int) -> str:
 
 def defensive_reason(f: FileCoverage, n: int) -> str:
     """The allowlisted reason line ``n`` of ``f`` is defensive code, or "" (see DEFENSIVE)."""
-    return _listed(DEFENSIVE, f, n, window=False)
+    return _listed(DEFENSIVE + DEFENSIVE_MAINLINE, f, n, window=False)
 
 
 def _listed(table, f: FileCoverage, n: int, *, window: bool = True) -> str:
     """The last column of the ``table`` row naming line ``n`` of ``f`` (its file, its C function, text on the line --
-    or, with ``window``, on one of the three lines above it: an error line's guard), or ""."""
+    or, with ``window``, on its guard's lines, or on the three lines above it when no ``if`` is right above it:
+    a ``default:``, an unlock before the return), or ""."""
     fn = c_function(f.source, n)
-    lines = [f.text(k) for k in range(max(1, n - (3 if window else 0)), n + 1)]
+    above = (_guard_lines(f.source, n) or range(max(1, n - 3), n)) if window else ()
+    lines = [f.text(k) for k in (n, *above)]
     for file, func, needle, why in table:
         if file == f.name and func == fn and any(needle in t for t in lines):
             return why
@@ -318,12 +387,16 @@ def _reason(cov: Coverage, f: FileCoverage, n: int) -> str:
 
 
 def _inlined_everywhere(cov: Coverage, f: FileCoverage, n: int, fns: set) -> str:
-    """A ``{`` or ``}`` of a function's own (out-of-line) copy that nobody calls, while its body ran inlined."""
+    """A line all of whose instructions are in a function's own (out-of-line) copy that nobody calls, while its body
+    ran inlined: its ``{`` and ``}``, or a statement the inlined copies compiled into other lines."""
     fn = c_function(f.source, n)
     entry = cov.fw.symbols.get(fn)
-    if f.text(n).strip() not in ("{", "}") or fns != {fn} or entry is None or cov.insn_hits(entry):
+    if fns != {fn} or entry is None or cov.insn_hits(entry):
         return ""
     body_ran = any(h and c_function(f.source, k) == fn and f.text(k).strip() not in ("{", "}")
                    for k, h in f.hits.items() if abs(k - n) < 60)
+    if not body_ran:
+        return ""
     return ("the out-of-line copy of a function every caller inlines: its body ran inlined, its own entry and "
-            "return never" if body_ran else "")
+            "return never" if f.text(n).strip() in ("{", "}") else "the out-of-line copy of a function every caller "
+            "inlines: this line's code is in that copy only (the inlined copies compiled it into other lines)")
