@@ -78,8 +78,9 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         self.written = None       # None, or a function -> the pfns written since it was last called (None: all)
         self._since: dict = {}    # reader -> the pfns written since it last asked (None: all)
         self._last = None         # _Last: what the last whole read found
-        self._entries: dict = {}  # pfn -> its host stage-2 entry, as read last
-        self._entry_by: dict = {}  # pfn of a descriptor read -> the pfns whose entry it decided
+        self._entries: dict = {}  # pfn -> (its host stage-2 entry, the words its walk read), as read last
+        self._entry_by: dict = {}  # pfn of a word read -> the pfns whose entry it decided
+        self._root = None          # host_mmu's root fields as (address, size, value), read once per whole read
         self._local: dict = {}    # pfn -> (its view, the pfns it was read from): local()
         n = self.ram[1] - self.ram[0]
         base = self._vm_base = self._u(self._vmemmap)   # hyp_vmemmap: fixed at boot; the pfns it lies on
@@ -120,7 +121,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                 slots[idx] = read_slot(self, idx, addr)
         guest = self._merged(slots)
         tables = self._table_pfns(slots)
-        self._entries, self._entry_by = {}, {}
+        self._entries, self._entry_by, self._root = {}, {}, None
         pages, shares, donations = {}, {}, {}
         for pfn in sorted(set(v) | set(guest)):
             page_into(self.config, pfn, v, guest, tables, self._host_entry, pages, shares, donations)
@@ -210,13 +211,8 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                    or slots[i].vm.pgd != last.slots[i].vm.pgd for i in changed):
                 tables = self._table_pfns(slots)
                 dirty.update(tables ^ last.tables)
-        # the host stage-2 entries walked last time whose descriptors lie on written pages
-        stale: set = set()
-        for p in written:
-            stale.update(self._entry_by.pop(p, ()))
-        for pfn in stale:
-            self._entries.pop(pfn, None)
-        dirty |= stale
+        # the host stage-2 entries walked last time one of whose words (descriptors, host_mmu's root) changed
+        dirty |= self._stale_entries(written)
         pages, shares, donations = last.pages, last.shares, last.donations
         if dirty:
             pages, shares, donations = dict(pages), dict(shares), dict(donations)
@@ -303,14 +299,65 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         return out
 
     def _host_entry(self, pfn: int) -> int:
-        """:meth:`host_entry`, kept with the pages its descriptors lie on until one of them is written."""
+        """:meth:`host_entry`, kept with the words its walk read (``host_mmu``'s root fields, one descriptor a level):
+        :meth:`_stale_entries` drops it when one of them reads otherwise."""
         hit = self._entries.get(pfn)
         if hit is None:
-            deps: set = set()
-            hit = self._entries[pfn] = self.host_entry(pfn, deps)
-            for d in deps:
-                self._entry_by.setdefault(d, set()).add(pfn)
-        return hit
+            words: list = []
+            hit = self._entries[pfn] = (self._walk_words(pfn, words), tuple(words))
+            for addr, _, _ in words:
+                self._entry_by.setdefault(addr >> PAGE_SHIFT, set()).add(pfn)
+        return hit[0]
+
+    def _walk_words(self, pfn: int, words: list) -> int:
+        """:meth:`host_entry` of ``pfn`` (the same walk), ``words`` getting (address, size, value) of every word read.
+        The root's fields are read once per whole read (``_root``: None at its start)."""
+        if self._root is None:
+            self._root = tuple((a, z, self._u(a, z)) for a, z in zip(self._host_pgt, (8, 4, 4)))
+        words += self._root
+        table, ia_bits, level = self._root[0][2], self._root[1][2] & 0xFF, self._root[2][2] & 0xFF
+        first, addr = True, pfn << PAGE_SHIFT
+        while True:
+            shift = pt.granule_shift(level)
+            bits = ia_bits - shift if first else 9
+            at = table + ((addr >> shift) & ((1 << bits) - 1)) * 8
+            pte = self._u(at)
+            words.append((at, 8, pte))
+            if level < 3 and (pte & 3) == 3:
+                table, level, first = pte & pt.ADDR_MASK, level + 1, False
+                continue
+            return pte
+
+    def _stale_entries(self, written: set) -> set:
+        """The pfns whose kept host stage-2 entry (``_entries``) may differ now: those one of whose words lies on a
+        written page and reads otherwise (each written page read once).  A kept entry is a function of those words
+        alone, so one whose words all read as they did is the entry now.  They are dropped from ``_entries``."""
+        self._root = None
+        stale: set = set()
+        pages: dict = {}   # written pfn -> its bytes now
+        for p in written & self._entry_by.keys():
+            on = self._entry_by[p]
+            for pfn in list(on):
+                hit = self._entries.get(pfn)
+                if hit is None:   # dropped (for another page's word) since it was registered here
+                    on.discard(pfn)
+                    continue
+                for at, size, value in hit[1]:
+                    q = at >> PAGE_SHIFT
+                    if q not in written:
+                        continue
+                    raw = pages.get(q)
+                    if raw is None:
+                        raw = pages[q] = self._u_bytes(q << PAGE_SHIFT, 1 << PAGE_SHIFT)
+                    off = at & 0xFFF
+                    if int.from_bytes(raw[off:off + size], "little") != value:
+                        stale.add(pfn)
+                        del self._entries[pfn]
+                        on.discard(pfn)
+                        break
+            if not on:
+                del self._entry_by[p]
+        return stale
 
     def vms(self, guest: dict | None = None) -> tuple[dict[int, MainlineVM], set[int]]:
         """Every VM in the table, and the reserved slots; ``guest`` gets pfn -> the state a guest maps it in.  Read
