@@ -138,20 +138,31 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         if not written:
             return self._state()
         dirty: set = set()
+        counts: set = set()   # the entries that changed at all (a VM's reference count among them)
         # the vmemmap: only its written pages, and of those only the entries that changed
         base, n = self._vm_base, len(last.words)
         v, words = last.v, last.words
+        co0, co1 = self.carveout[0] - self.ram[0], self.carveout[1] - self.ram[0]
+        sb, ff, boot = np.uint64(8 * self._state_byte), np.uint64(0xFF), np.uint64(0x33)
         for vp in sorted(p for p in written if self._vm_lo <= p < self._vm_hi):
             lo = max(0, ((vp << PAGE_SHIFT) - base) // 8)
             hi = min(n, (((vp + 1) << PAGE_SHIFT) - base + 7) // 8)
             if lo >= hi:
                 continue
             now = self._page_words(base + 8 * lo, hi - lo)
-            changed = (np.flatnonzero(now != words[lo:hi]) + lo).tolist()
+            at = np.flatnonzero(now != words[lo:hi])
+            if not at.size:
+                continue
+            old, new, at = words[lo:hi][at], now[at], at + lo
+            counts.update(at.tolist())
+            # a pool page whose state byte reads as at boot before and after decodes to None both times (its count
+            # and flag are the allocator's): its view cannot have changed
+            pool = (at >= co0) & (at < co1) & ((old >> sb) & ff == boot) & ((new >> sb) & ff == boot)
+            changed = at[~pool].tolist()
+            words[lo:hi] = now
             if changed:
                 if v is last.v:
                     v = dict(v)
-                words[lo:hi] = now
                 for i, d in decode(self, words, changed, all_=True).items():
                     if d is None:
                         v.pop(i, None)
@@ -159,6 +170,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                         v[i] = d
                 dirty.update(changed)
         dirty = {i + self.ram[0] for i in dirty}
+        counts = {i + self.ram[0] for i in counts}
         # the VM table: its pointers, then each slot read again only where its pages were written
         table, raw = self._slot_raw(last, written)
         reserved, slots, by_page = last.reserved, last.slots, last.by_page
@@ -183,8 +195,8 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                     changed.append(idx)
         guest, tables, vms = last.guest, last.tables, last.vms
         redo_vms = set(changed)
-        if dirty and not dirty.isdisjoint(last.vm_pages):   # a VM's reference count changed
-            redo_vms.update(i for i, x in slots.items() if x.addr >> PAGE_SHIFT in dirty)
+        if counts and not counts.isdisjoint(last.vm_pages):   # a VM's reference count changed
+            redo_vms.update(i for i, x in slots.items() if x.addr >> PAGE_SHIFT in counts)
         if redo_vms and vms is not None:
             vms = None if slots is not last.slots and set(slots) != set(last.slots) else self._vms(slots, words, redo_vms,
                                                                                                       dict(vms))
