@@ -325,7 +325,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         """:meth:`host_entry` of ``pfn`` (the same walk), ``words`` getting (address, size, value) of every word read.
         The root's fields are read once per whole read (``_root``: None at its start)."""
         if self._root is None:
-            self._root = tuple((a, z, self._u(a, z)) for a, z in zip(self._host_pgt, (8, 4, 4)))
+            self._root = self._root_words()
         words += self._root
         table, ia_bits, level = self._root[0][2], self._root[1][2] & 0xFF, self._root[2][2] & 0xFF
         first, addr = True, pfn << PAGE_SHIFT
@@ -339,6 +339,21 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                 table, level, first = pte & pt.ADDR_MASK, level + 1, False
                 continue
             return pte
+
+    def _root_words(self) -> tuple:
+        """``host_mmu.pgt``'s ``pgd``, ``ia_bits`` and ``start_level`` as (address, size, value): one read when they lie
+        together, as in ``struct kvm_pgtable``."""
+        pgd, ia, lv = self._host_pgt
+        if (ia, lv) != (pgd + 8, pgd + 12):
+            return tuple((a, z, self._u(a, z)) for a, z in zip(self._host_pgt, (8, 4, 4)))
+        raw = self._u_bytes(pgd, 16)
+        return ((pgd, 8, int.from_bytes(raw[:8], "little")), (ia, 4, int.from_bytes(raw[8:12], "little")),
+                (lv, 4, int.from_bytes(raw[12:], "little")))
+
+    def host_root(self) -> tuple[int, int, int]:
+        """(PGD, input bits, start level) of the host's stage-2, as :meth:`VmemmapReader.host_root` reads it."""
+        (_, _, pgd), (_, _, ia_bits), (_, _, level) = self._root_words()
+        return pgd, ia_bits & 0xFF, level & 0xFF
 
     def _stale_entries(self, written: set) -> set:
         """The pfns whose kept host stage-2 entry (``_entries``) may differ now: those one of whose words lies on a
