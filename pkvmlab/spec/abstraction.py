@@ -24,6 +24,7 @@ from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import PageView
 from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
 from pkvmlab.spec.abstract_vms import read_vms
+from pkvmlab.spec.ram_reads import RamReads
 from pkvmlab.spec.stage_tables import StageTables
 from pkvmlab.spec.state import AbstractState, AbstractVM, SpecConfig
 from pkvmlab.spec.written_since import WrittenSince
@@ -38,10 +39,6 @@ class Abstraction(WrittenSince):
         self.lab = lab
         fw, hyp = lab.fw, lab.hyp
         self.phys = lab.core.phys
-        # The engine's own read, without the debugger's per-call lock and checks (addresses are checked below);
-        # another backend without one gets the debugger's read.
-        uc = getattr(self.phys, "_uc", None)
-        self._raw = uc.mem_read if uc is not None else self.phys.read
         mem = {m: hyp.global_field("hyp_memory", "hyp_memory", m) for m in ("ram_start", "ram_end", "hyp_start", "hyp_end")}
         from pkvmlab.host.kvm_structs import host_layouts  # the host's view of the same DWARF
 
@@ -90,11 +87,10 @@ class Abstraction(WrittenSince):
         self._views: dict = {}   # (host (state, annotation), hyp state, guest state, pins) -> PageView: few distinct
         self._vmemmap_seen: dict = {}   # vmemmap pfn -> its bytes when the counts on it were last read (_entries_changed)
         self._lo, self._hi = self.config.ram[0] << PAGE_SHIFT, self.config.ram[1] << PAGE_SHIFT
+        self._reads = RamReads(self.phys, self._lo, self._hi)   # the engine's own read, into a buffer kept
 
     def _u(self, addr: int, size: int = 8) -> int:
-        if self._lo <= addr and addr + size <= self._hi:
-            return int.from_bytes(self._raw(addr, size), "little")
-        return int.from_bytes(self.phys.read(addr, size), "little")   # outside RAM: its UsageError
+        return int.from_bytes(self._reads.read(addr, size), "little")
 
     def __call__(self) -> AbstractState:
         """The abstract state now.  With ``self.written`` (a :class:`pkvmlab.machine.journal.WrittenPages`'s ``take``,
@@ -217,9 +213,7 @@ class Abstraction(WrittenSince):
         return {p: counts[p - lo] for p in pfns}, frozenset(p for p in pfns if flags[p - lo] & 1 << 2)
 
     def _u_bytes(self, addr: int, n: int) -> bytes:
-        if self._lo <= addr and addr + n <= self._hi:
-            return bytes(self._raw(addr, n))
-        return self.phys.read(addr, n)
+        return self._reads.read(addr, n)
 
     def _view(self, pfn: int, host_info: tuple, hyp_info: tuple, vmemmap: int, gs: PageState | None = None,
               pins: int | None = None) -> PageView:

@@ -39,6 +39,7 @@ from pkvmlab.spec.abstract_vms import guest_walk
 from pkvmlab.spec.mainline_pages import decode, page_into, word_entry
 from pkvmlab.spec.mainline_state import MainlineConfig, MainlineState, MainlineVM
 from pkvmlab.spec.mainline_vms import read_slot, with_refs
+from pkvmlab.spec.ram_reads import RamReads
 from pkvmlab.spec.state import AbstractionError
 from pkvmlab.spec.written_since import WrittenSince
 
@@ -59,6 +60,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         fw, hyp = lab.fw, lab.hyp
         super().__init__(lab.core.phys, fw, hyp)
         self.lab = lab
+        self._reads = RamReads(self.phys, self._lo, self._hi)   # the engine's own read, into a buffer kept
         kvm, vcpu = fw.layout("kvm"), fw.layout("kvm_vcpu")
 
         def at(lay, path):
@@ -85,6 +87,12 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         n = self.ram[1] - self.ram[0]
         base = self._vm_base = self._u(self._vmemmap)   # hyp_vmemmap: fixed at boot; the pfns it lies on
         self._vm_lo, self._vm_hi = base >> PAGE_SHIFT, ((base + n * self._hp_size - 1) >> PAGE_SHIFT) + 1
+
+    def _u(self, addr: int, size: int = 8) -> int:
+        return int.from_bytes(self._reads.read(addr, size), "little")
+
+    def _u_bytes(self, addr: int, n: int) -> bytes:
+        return self._reads.read(addr, n)
 
     def vmemmap(self) -> dict[int, tuple[int, int, int, int]]:
         try:

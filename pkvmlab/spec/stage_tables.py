@@ -94,7 +94,7 @@ class StageTables:
             return None
         _, carve_default, else_default = defaults
         c, co = self.config, self.config.carveout
-        part = dict(hit[0] or {})
+        part = hit[0] if hit[0] is not None else {}   # (updated in place: the old tree is dropped, or all of it on an error)
         first = base >> PAGE_SHIFT
         for i in diff:
             pfn = first + i
