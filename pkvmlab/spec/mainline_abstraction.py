@@ -83,6 +83,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         self._entries: dict = {}  # pfn -> (its host stage-2 entry, the words its walk read), as read last
         self._entry_by: dict = {}  # pfn of a word read -> the pfns whose entry it decided
         self._root = None          # host_mmu's root fields as (address, size, value), read once per whole read
+        self._root_seen = None     # the root fields every kept entry was walked from
         self._local: dict = {}    # pfn -> (its view, the pfns it was read from): local()
         n = self.ram[1] - self.ram[0]
         base = self._vm_base = self._u(self._vmemmap)   # hyp_vmemmap: fixed at boot; the pfns it lies on
@@ -129,7 +130,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                 slots[idx] = read_slot(self, idx, addr)
         guest = self._merged(slots)
         tables = self._table_pfns(slots)
-        self._entries, self._entry_by, self._root = {}, {}, None
+        self._entries, self._entry_by, self._root, self._root_seen = {}, {}, None, None
         pages, shares, donations = {}, {}, {}
         for pfn in sorted(set(v) | set(guest)):
             page_into(self.config, pfn, v, guest, tables, self._host_entry, pages, shares, donations)
@@ -319,8 +320,9 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         return out
 
     def _host_entry(self, pfn: int) -> int:
-        """:meth:`host_entry`, kept with the words its walk read (``host_mmu``'s root fields, one descriptor a level):
-        :meth:`_stale_entries` drops it when one of them reads otherwise."""
+        """:meth:`host_entry`, kept with the words its walk read (one descriptor a level; ``host_mmu``'s root fields,
+        the same for every kept entry, are ``_root_seen``): :meth:`_stale_entries` drops it when one of them reads
+        otherwise."""
         hit = self._entries.get(pfn)
         if hit is None:
             words: list = []
@@ -334,7 +336,8 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         The root's fields are read once per whole read (``_root``: None at its start)."""
         if self._root is None:
             self._root = self._root_words()
-        words += self._root
+        if self._root_seen is None:   # (no entry kept: _stale_entries drops them all when the root changes)
+            self._root_seen = self._root
         table, ia_bits, level = self._root[0][2], self._root[1][2] & 0xFF, self._root[2][2] & 0xFF
         first, addr = True, pfn << PAGE_SHIFT
         while True:
@@ -368,6 +371,11 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         written page and reads otherwise (each written page read once).  A kept entry is a function of those words
         alone, so one whose words all read as they did is the entry now.  They are dropped from ``_entries``."""
         self._root = None
+        seen = self._root_seen
+        if seen is not None and any(at >> PAGE_SHIFT in written for at, _, _ in seen) and self._root_words() != seen:
+            stale = set(self._entries)   # another root: every entry walked again
+            self._entries, self._entry_by, self._root_seen = {}, {}, None
+            return stale
         stale: set = set()
         pages: dict = {}   # written pfn -> its bytes now
         for p in written & self._entry_by.keys():
