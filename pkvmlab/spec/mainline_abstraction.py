@@ -18,7 +18,8 @@ What differs from the seed era's (:mod:`pkvmlab.spec.abstraction`), as mainline 
 Under ``lab.spec_check`` it reads again only what lies on pages written since its last read (``written``:
 :class:`pkvmlab.machine.journal.WrittenPages`, as the seed era's): the vmemmap's written pages (and of their entries
 only those that changed), the VM-table slots one of whose structures or stage-2 tables lies on a written page
-(:mod:`pkvmlab.spec.mainline_vms`), the host stage-2 entries whose descriptors do; and it makes the views again only
+(:mod:`pkvmlab.spec.mainline_vms`), the host stage-2 entries one of whose descriptors reads otherwise
+(:mod:`pkvmlab.spec.mainline_entries`); and it makes the views again only
 of the pages whose inputs changed.  So a call costs what it wrote, not what the lab holds;
 ``tests/test_spec_mainline_reads_what_changed.py`` holds it to a fresh full read.  :meth:`MainlineAbstraction.local`
 reads just the pages a share or unshare names.
@@ -36,6 +37,7 @@ from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import PageView
 from pkvmlab.inspect.vmemmap import RESERVED_ENTRY, VmemmapReader
 from pkvmlab.spec.abstract_vms import guest_walk
+from pkvmlab.spec.mainline_entries import HostEntries
 from pkvmlab.spec.mainline_pages import decode, page_into, word_entry
 from pkvmlab.spec.mainline_state import MainlineConfig, MainlineState, MainlineVM
 from pkvmlab.spec.mainline_vms import read_slot, with_refs
@@ -80,10 +82,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         self.written = None       # None, or a function -> the pfns written since it was last called (None: all)
         self._since: dict = {}    # reader -> the pfns written since it last asked (None: all)
         self._last = None         # _Last: what the last whole read found
-        self._entries: dict = {}  # pfn -> (its host stage-2 entry, the words its walk read), as read last
-        self._entry_by: dict = {}  # pfn of a word read -> the pfns whose entry it decided
-        self._root = None          # host_mmu's root fields as (address, size, value), read once per whole read
-        self._root_seen = None     # the root fields every kept entry was walked from
+        self._hosts = HostEntries(self)   # the host stage-2 entries walked, each kept while its words read the same
         self._local: dict = {}    # pfn -> (its view, the pfns it was read from): local()
         n = self.ram[1] - self.ram[0]
         base = self._vm_base = self._u(self._vmemmap)   # hyp_vmemmap: fixed at boot; the pfns it lies on
@@ -130,10 +129,10 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                 slots[idx] = read_slot(self, idx, addr)
         guest = self._merged(slots)
         tables = self._table_pfns(slots)
-        self._entries, self._entry_by, self._root, self._root_seen = {}, {}, None, None
+        self._hosts.reset()
         pages, shares, donations = {}, {}, {}
         for pfn in sorted(set(v) | set(guest)):
-            page_into(self.config, pfn, v, guest, tables, self._host_entry, pages, shares, donations)
+            page_into(self.config, pfn, v, guest, tables, self._hosts.entry, pages, shares, donations)
         by_page: dict = {}
         for idx, slot in slots.items():
             for p in (*slot.deps, *slot.table_deps):
@@ -238,7 +237,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                 tables = self._table_pfns(slots)
                 dirty.update(tables ^ last.tables)
         # the host stage-2 entries walked last time one of whose words (descriptors, host_mmu's root) changed
-        dirty |= self._stale_entries(written)
+        dirty |= self._hosts.stale(written)
         pages, shares, donations = last.pages, last.shares, last.donations
         if dirty:
             pages, shares, donations = dict(pages), dict(shares), dict(donations)
@@ -247,7 +246,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                 shares.pop(pfn, None)
                 donations.pop(pfn, None)
                 if pfn in v or pfn in guest:
-                    page_into(self.config, pfn, v, guest, tables, self._host_entry, pages, shares, donations)
+                    page_into(self.config, pfn, v, guest, tables, self._hosts.entry, pages, shares, donations)
         self._last = _Last(words, v, table, raw, slots, reserved, guest, tables, pages, shares, donations, vms, by_page,
                            vm_pages)
         return self._state()
@@ -324,88 +323,10 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
             out[pfn] = hit[0]
         return out
 
-    def _host_entry(self, pfn: int) -> int:
-        """:meth:`host_entry`, kept with the words its walk read (one descriptor a level; ``host_mmu``'s root fields,
-        the same for every kept entry, are ``_root_seen``): :meth:`_stale_entries` drops it when one of them reads
-        otherwise."""
-        hit = self._entries.get(pfn)
-        if hit is None:
-            words: list = []
-            hit = self._entries[pfn] = (self._walk_words(pfn, words), tuple(words))
-            for addr, _, _ in words:
-                self._entry_by.setdefault(addr >> PAGE_SHIFT, set()).add(pfn)
-        return hit[0]
-
-    def _walk_words(self, pfn: int, words: list) -> int:
-        """:meth:`host_entry` of ``pfn`` (the same walk), ``words`` getting (address, size, value) of every word read.
-        The root's fields are read once per whole read (``_root``: None at its start)."""
-        if self._root is None:
-            self._root = self._root_words()
-        if self._root_seen is None:   # (no entry kept: _stale_entries drops them all when the root changes)
-            self._root_seen = self._root
-        table, ia_bits, level = self._root[0][2], self._root[1][2] & 0xFF, self._root[2][2] & 0xFF
-        first, addr = True, pfn << PAGE_SHIFT
-        while True:
-            shift = pt.granule_shift(level)
-            bits = ia_bits - shift if first else 9
-            at = table + ((addr >> shift) & ((1 << bits) - 1)) * 8
-            pte = self._u(at)
-            words.append((at, 8, pte))
-            if level < 3 and (pte & 3) == 3:
-                table, level, first = pte & pt.ADDR_MASK, level + 1, False
-                continue
-            return pte
-
-    def _root_words(self) -> tuple:
-        """``host_mmu.pgt``'s ``pgd``, ``ia_bits`` and ``start_level`` as (address, size, value): one read when they lie
-        together, as in ``struct kvm_pgtable``."""
-        pgd, ia, lv = self._host_pgt
-        if (ia, lv) != (pgd + 8, pgd + 12):
-            return tuple((a, z, self._u(a, z)) for a, z in zip(self._host_pgt, (8, 4, 4)))
-        raw = self._u_bytes(pgd, 16)
-        return ((pgd, 8, int.from_bytes(raw[:8], "little")), (ia, 4, int.from_bytes(raw[8:12], "little")),
-                (lv, 4, int.from_bytes(raw[12:], "little")))
-
     def host_root(self) -> tuple[int, int, int]:
         """(PGD, input bits, start level) of the host's stage-2, as :meth:`VmemmapReader.host_root` reads it."""
-        (_, _, pgd), (_, _, ia_bits), (_, _, level) = self._root_words()
+        (_, _, pgd), (_, _, ia_bits), (_, _, level) = self._hosts.root_words()
         return pgd, ia_bits & 0xFF, level & 0xFF
-
-    def _stale_entries(self, written: set) -> set:
-        """The pfns whose kept host stage-2 entry (``_entries``) may differ now: those one of whose words lies on a
-        written page and reads otherwise (each written page read once).  A kept entry is a function of those words
-        alone, so one whose words all read as they did is the entry now.  They are dropped from ``_entries``."""
-        self._root = None
-        seen = self._root_seen
-        if seen is not None and any(at >> PAGE_SHIFT in written for at, _, _ in seen) and self._root_words() != seen:
-            stale = set(self._entries)   # another root: every entry walked again
-            self._entries, self._entry_by, self._root_seen = {}, {}, None
-            return stale
-        stale: set = set()
-        pages: dict = {}   # written pfn -> its bytes now
-        for p in written & self._entry_by.keys():
-            on = self._entry_by[p]
-            for pfn in list(on):
-                hit = self._entries.get(pfn)
-                if hit is None:   # dropped (for another page's word) since it was registered here
-                    on.discard(pfn)
-                    continue
-                for at, size, value in hit[1]:
-                    q = at >> PAGE_SHIFT
-                    if q not in written:
-                        continue
-                    raw = pages.get(q)
-                    if raw is None:
-                        raw = pages[q] = self._u_bytes(q << PAGE_SHIFT, 1 << PAGE_SHIFT)
-                    off = at & 0xFFF
-                    if int.from_bytes(raw[off:off + size], "little") != value:
-                        stale.add(pfn)
-                        del self._entries[pfn]
-                        on.discard(pfn)
-                        break
-            if not on:
-                del self._entry_by[p]
-        return stale
 
     def vms(self, guest: dict | None = None) -> tuple[dict[int, MainlineVM], set[int]]:
         """Every VM in the table, and the reserved slots; ``guest`` gets pfn -> the state a guest maps it in.  Read

@@ -37,7 +37,8 @@ class StageTables:
         """One table tree as :meth:`_sparse` maps it (``defaults``: its arguments), the pfns read, the tables read.
 
         Each table's part of the map is kept; a table whose page was not written since the last walk
-        (``written``; None: all were) is neither read nor decoded again."""
+        (``written``; None: all were) is neither read nor decoded again, one whose page was is read again and decoded
+        only if its bytes changed -- a level-3 table from the entries that changed alone (:meth:`_entries_again`)."""
         pgd, ia_bits, level = self._u(pgt[0]), self._u(pgt[1], 4) & 0xFF, self._u(pgt[2], 4) & 0xFF
         old = self._trees.get(pgt, (None, None, {}))[2] if written is not None else {}
         pages = {p >> PAGE_SHIFT for p in pgt}
