@@ -56,13 +56,17 @@ class HypPages:
 def _pool_free(hyp, start: int, end: int) -> list[int]:
     """The pool's free pages: refcount 0 in hyp's vmemmap (``hyp_alloc_pages`` sets 1, ``hyp_put_page`` pushes a
     page back on the free list when its count reaches 0).  One read of the pool's slice of the vmemmap."""
+    return (np.flatnonzero(_pool_refcounts(hyp, start, end) == 0) + start).tolist()
+
+
+def _pool_refcounts(hyp, start: int, end: int) -> np.ndarray:
+    """The refcount of each pool page [start, end) in hyp's vmemmap, in one read."""
     lay = hyp.fw.layout("hyp_page")
     ref = lay.field("refcount")
     ram_start = hyp.global_field("hyp_memory", "hyp_memory", "ram_start") >> PAGE_SHIFT
     at = hyp.read_global("hyp_vmemmap") + (start - ram_start) * lay.size
     raw = np.frombuffer(hyp.core.phys.read(at, (end - start) * lay.size), dtype=np.uint8).reshape(end - start, lay.size)
-    counts = raw[:, ref.offset:ref.offset + ref.size].copy().view(f"<u{ref.size}").ravel()
-    return (np.flatnonzero(counts == 0) + start).tolist()
+    return raw[:, ref.offset:ref.offset + ref.size].copy().view(f"<u{ref.size}").ravel()
 
 
 def _walk(hyp, symbol: str, path: str = ""):
@@ -100,7 +104,8 @@ def account_hyp_pages(hyp) -> HypPages:
 def _account(hyp) -> HypPages:
     start, end = (hyp.global_field("hyp_pool", "hyp_pool", m) >> PAGE_SHIFT for m in ("start", "end"))
     nr_free = hyp.global_field("hyp_pool", "hyp_pool", "free_pages")
-    free = _pool_free(hyp, start, end)
+    counts = _pool_refcounts(hyp, start, end)
+    free = (np.flatnonzero(counts == 0) + start).tolist()
     host_tables, (addrs, ptes, levels, _) = _walk(hyp, "host_mmu", "pgt.")
     hyp_tables, _ = _walk(hyp, "hyp_pgtable")
     tables = {pa >> PAGE_SHIFT for pa in (*host_tables, *hyp_tables)}
@@ -125,8 +130,8 @@ def _account(hyp) -> HypPages:
                 vm_pages[pfn] = f"{who} vCPU {v.vcpu_idx} memcache page"
         for pa in vm.table_pages:
             vm_pages[pa >> PAGE_SHIFT] = f"{who} guest stage-2 table"
-    known = set(free) | tables | {shadow}
-    unaccounted_pool = tuple(p for p in range(start, end) if p not in known)
+    known = tables | {shadow}   # and the free pages: only the pages in use are looked at
+    unaccounted_pool = tuple(p for p in (np.flatnonzero(counts != 0) + start).tolist() if p not in known)
     # The host stage-2 records a page given to hyp as an invalid entry annotated PKVM_ID_HYP.
     lo = hyp.global_field("hyp_memory", "hyp_memory", "hyp_start") >> PAGE_SHIFT
     hi = hyp.global_field("hyp_memory", "hyp_memory", "hyp_end") >> PAGE_SHIFT
@@ -135,8 +140,10 @@ def _account(hyp) -> HypPages:
     donated = []
     for addr, level in zip(addrs[hyps].tolist(), levels[hyps].tolist()):
         first = addr >> PAGE_SHIFT
-        for p in range(first, first + (pt.granule(level) >> PAGE_SHIFT)):
-            if not lo <= p < hi and p not in vm_pages:
+        last = first + (pt.granule(level) >> PAGE_SHIFT)
+        # the pages outside the carve-out [lo, hi) (a block over the carve-out is skipped whole), in address order
+        for p in (*range(first, min(last, lo)), *range(max(first, hi), last)):
+            if p not in vm_pages:
                 donated.append(p)
     return HypPages((start, end), frozenset(free), frozenset(tables), frozenset(pa >> PAGE_SHIFT for pa in hyp_tables),
                     shadow, vm_pages, unaccounted_pool, tuple(donated), nr_free)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from html import escape
 
+import numpy as np
+
 from pkvmlab.inspect.tables import TableWalker, leaf_pages
 
 HANDLE_OFFSET = 0x1000   # the seed's: handle = index + HANDLE_OFFSET
@@ -159,12 +161,10 @@ def read_shadow_table(hyp) -> ShadowTable:
                                      "last_exit", "nr_runs", "shadow_vcpu.arch.ctxt.regs.pc",
                                      "shadow_vcpu.arch.pkvm_memcache.nr_pages", "shadow_vcpu.arch.pkvm_memcache.head")}
     host_pc = fw.layout("kvm_vcpu").field("arch.ctxt.regs.pc")
-    slots: list[ShadowVM | None] = []
-    for i in range(max_pvms):
-        addr = _u(ptrs, 8 * i, 8)
-        if not addr:
-            slots.append(None)
-            continue
+    slots: list[ShadowVM | None] = [None] * max_pvms
+    words = np.frombuffer(ptrs, dtype="<u8")
+    for i in np.flatnonzero(words).tolist():   # the used slots only: one numpy pass over the pointers
+        addr = int(words[i])
         head = phys.read(addr, vm_lay.size)
 
         def val(name: str, buf: bytes = head, base: int = 0, fields: dict = f) -> int:
@@ -193,9 +193,9 @@ def read_shadow_table(hyp) -> ShadowTable:
             w = TableWalker(phys, ia_bits, val("pgt.start_level"))
             pages = tuple(leaf_pages(w.run(pgd)))
             tables = tuple(w.tables)
-        slots.append(ShadowVM(i, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"), n,
-                              addr, val("shadow_area_size"), pgd, ia_bits, vcpus, tuple((gfn, pfn) for gfn, pfn, _ in pages),
-                              tables, pages))
+        slots[i] = ShadowVM(i, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"), n,
+                            addr, val("shadow_area_size"), pgd, ia_bits, vcpus, tuple((gfn, pfn) for gfn, pfn, _ in pages),
+                            tables, pages)
     return ShadowTable(table, nr, nxt, tuple(slots))
 
 

@@ -71,8 +71,9 @@ class S2Log:
             raise MachineError("the stage-2 write log overflowed: take() its events more often")
         n = ctypes.c_uint64()
         p = self._lib.pk_s2log_events(self._l, ctypes.byref(n))
-        out = (np.ctypeslib.as_array(ctypes.cast(p, ctypes.POINTER(ctypes.c_uint64)), (n.value, WORDS)).copy()
-               if n.value else np.zeros((0, WORDS), np.uint64))
+        if not n.value:   # nothing logged (most host calls store into no stage-2 table): nothing to empty
+            return np.zeros((0, WORDS), np.uint64)
+        out = np.ctypeslib.as_array(ctypes.cast(p, ctypes.POINTER(ctypes.c_uint64)), (n.value, WORDS)).copy()
         self._lib.pk_s2log_clear(self._l)
         return out
 
