@@ -91,3 +91,58 @@ def test_the_campaigns_remembered_accounting_is_read_again_once_hyp_writes(lab: 
     va = lab.core.call_symbol("hyp_alloc_pages")
     bad = check_hyp_pages(lab.hyp)
     assert [v.start_pfn for v in bad] == [va >> 12]
+
+
+def _remembering(lab: Lab):
+    """``lab.hyp`` with the campaign's store hook: the accounting remembers its parts (pool, tables, VMs)."""
+    from pkvmlab.spec.abstraction import abstract_of
+
+    lab.spec_check = True
+    lab.hyp.pages_written = lambda: abstract_of(lab).taken("hyp_pages")
+    return lab.hyp
+
+
+def test_each_remembered_part_is_read_again_once_hyp_writes_a_page_it_read(lab: Lab):
+    """After every call (VMs made, run, given pages, torn down; shares; a pool page taken and lost) the remembered
+    accounting equals a fresh read without the hook, and some parts were given again, not read."""
+    hyp = _remembering(lab)
+    fresh = lab.hyp.__class__(lab.core, lab.fw, lab)   # no pages_written: reads everything every time
+    reused = set()
+
+    def same():
+        before = dict(hyp.__dict__.get("_hyp_pages_parts", {}))
+        a = account_hyp_pages(hyp)
+        assert a == account_hyp_pages(fresh)
+        after = hyp.__dict__["_hyp_pages_parts"]
+        reused.update(n for n, p in before.items() if n != "answer" and after.get(n) is p)
+
+    same()
+    vms = [lab.host.create_vm(n, guest=g) for n, g in ((1, "hello"), (2, "touch"))]
+    same()
+    for vm in vms:
+        vm.run(budget=20_000)
+        same()
+    vms[0].donate(0x40)
+    same()
+    lab.host.share_hyp(lab.host.alloc_pages(1))
+    same()
+    va = lab.core.call_symbol("hyp_alloc_pages")   # a pool page taken and lost: only the pool's refcounts change
+    same()
+    assert [v.start_pfn for v in check_hyp_pages(hyp)] == [va >> 12]
+    vms[1].teardown()
+    same()
+    assert reused >= {"host_mmu", "hyp_pgtable"}, reused
+
+
+def test_the_mainline_pool_invariant_reads_its_remembered_pool_again_once_hyp_takes_a_page():
+    """Mainline's pool invariant (``pkvmlab.campaign.hyp_pages_mainline``) with the campaign's store hook: the pool's
+    refcounts and the table trees are remembered, and a pool page hyp then takes and loses is still named."""
+    from pkvmlab.campaign.hyp_pages_mainline import unaccounted_mainline
+
+    lab = Lab(era="mainline")
+    _remembering(lab)
+    assert unaccounted_mainline(lab) == []
+    assert unaccounted_mainline(lab) == [] and {"pool", "host_mmu", "hyp_pgtable"} <= set(lab.hyp._hyp_pages_parts)
+    va = lab.core.call_symbol("hyp_alloc_pages")
+    bad = unaccounted_mainline(lab)
+    assert len(bad) == 1 and f"page {va >> 12:#x} of the hyp pool" in bad[0]

@@ -53,29 +53,104 @@ class HypPages:
                 f"{len(self.unaccounted)} unaccounted)")
 
 
-def _pool_free(hyp, start: int, end: int) -> list[int]:
+class _ReadPages:
+    """``phys`` for one computation, noting the pfn of every byte it reads: what its answer depends on."""
+
+    def __init__(self, phys):
+        self.phys, self.base, self.size, self.pages = phys, phys.base, phys.size, set()
+
+    def read(self, pa: int, n: int) -> bytes:
+        data = self.phys.read(pa, n)
+        if n:
+            self.pages.update(range(pa >> PAGE_SHIFT, ((pa + n - 1) >> PAGE_SHIFT) + 1))
+        return data
+
+    def read_u64(self, pa: int) -> int:
+        return int.from_bytes(self.read(pa, 8), "little")
+
+
+def _remembered(hyp) -> dict | None:
+    """What the accounting remembers of ``hyp`` (part -> (key, pfns it read, value)), every part one of whose pages
+    was written since the last call forgotten; None without ``hyp.pages_written``: nothing is remembered.
+
+    The one reader of ``hyp.pages_written``: each call takes the pages written since the last, so every part is
+    checked against every write.  A part's key is what it was computed from, read again each time (the globals that
+    point at it: their page holds locks and counters written on almost every call); its pages are every page its
+    computation read (:class:`_ReadPages`), so a part is given again only while nothing it read was written."""
+    written = getattr(hyp, "pages_written", None)
+    if written is None:
+        return None
+    parts, pages = hyp.__dict__.setdefault("_hyp_pages_parts", {}), written()
+    if pages is None:
+        parts.clear()
+    elif pages:
+        for name in [n for n, (_, read, _, (lo, hi)) in parts.items()
+                     if not read.isdisjoint(pages) or any(lo <= p < hi for p in pages)]:
+            del parts[name]
+    return parts
+
+
+def _part(parts: dict | None, name, key, phys, compute):
+    """``compute(reads)`` for ``key``, or its remembered value while ``parts`` holds it for the same key."""
+    hit = parts.get(name) if parts is not None else None
+    if hit is not None and hit[0] == key:
+        return hit[2]
+    reads = _ReadPages(phys)
+    value = compute(reads)
+    if parts is not None:
+        parts[name] = (key, frozenset(reads.pages), value, (0, 0))
+    return value
+
+
+def _pool_free(hyp, start: int, end: int, parts: dict | None = None) -> list[int]:
     """The pool's free pages: refcount 0 in hyp's vmemmap (``hyp_alloc_pages`` sets 1, ``hyp_put_page`` pushes a
     page back on the free list when its count reaches 0).  One read of the pool's slice of the vmemmap."""
-    return (np.flatnonzero(_pool_refcounts(hyp, start, end) == 0) + start).tolist()
+    return (np.flatnonzero(_pool_refcounts(hyp, start, end, parts) == 0) + start).tolist()
 
 
-def _pool_refcounts(hyp, start: int, end: int) -> np.ndarray:
-    """The refcount of each pool page [start, end) in hyp's vmemmap, in one read."""
+def _pool_refcounts(hyp, start: int, end: int, parts: dict | None = None) -> np.ndarray:
+    """The refcount of each pool page [start, end) in hyp's vmemmap, in one read (remembered in ``parts``)."""
     lay = hyp.fw.layout("hyp_page")
     ref = lay.field("refcount")
     ram_start = hyp.global_field("hyp_memory", "hyp_memory", "ram_start") >> PAGE_SHIFT
     at = hyp.read_global("hyp_vmemmap") + (start - ram_start) * lay.size
-    raw = np.frombuffer(hyp.core.phys.read(at, (end - start) * lay.size), dtype=np.uint8).reshape(end - start, lay.size)
-    return raw[:, ref.offset:ref.offset + ref.size].copy().view(f"<u{ref.size}").ravel()
+
+    def read(phys) -> np.ndarray:
+        raw = np.frombuffer(phys.read(at, (end - start) * lay.size), dtype=np.uint8).reshape(end - start, lay.size)
+        counts = raw[:, ref.offset:ref.offset + ref.size].copy().view(f"<u{ref.size}").ravel()
+        counts.flags.writeable = False   # remembered: nobody may change it
+        return counts
+
+    return _part(parts, "pool", (at, start, end, lay.size, ref.offset, ref.size), hyp.core.phys, read)
 
 
-def _walk(hyp, symbol: str, path: str = ""):
-    """(tables below the PGD, leaves) of one of hyp's own page tables (a ``struct kvm_pgtable`` global)."""
+def _walk(hyp, symbol: str, path: str = "", parts: dict | None = None):
+    """(tables below the PGD, leaves) of one of hyp's own page tables (a ``struct kvm_pgtable`` global), remembered
+    in ``parts`` while no table page of it is written."""
     struct = "host_mmu" if path else "kvm_pgtable"
     pgd, ia_bits, level = (hyp.global_field(symbol, struct, f"{path}{m}") for m in ("pgd", "ia_bits", "start_level"))
-    w = TableWalker(hyp.core.phys, ia_bits, level)
-    leaves = w.run(pgd)
-    return w.tables, leaves
+
+    def walk(phys):
+        w = TableWalker(phys, ia_bits, level)
+        leaves = w.run(pgd)
+        for a in leaves:
+            a.flags.writeable = False
+        return tuple(w.tables), leaves
+
+    return _part(parts, symbol, (pgd, ia_bits, level), hyp.core.phys, walk)
+
+
+def _vms(hyp, parts: dict | None):
+    """The live VMs of the VM table (the seed's: remembered in ``parts`` while nothing they were read from changes)."""
+    if hyp.fw.era == "mainline":
+        return hyp.shadow_table().vms
+    from pkvmlab.inspect.shadow import read_slots
+
+    table, max_pvms = hyp.read_global("shadow_table"), hyp.read_global("kvm_max_pvms", 4)
+    if not table:
+        return ()
+    return _part(parts, "vms", (table, max_pvms), hyp.core.phys,
+                 lambda phys: tuple(vm for vm in read_slots(hyp.fw, phys, table, max_pvms) if vm is not None))
 
 
 def account_hyp_pages(hyp) -> HypPages:
@@ -85,34 +160,35 @@ def account_hyp_pages(hyp) -> HypPages:
     of them": the campaign sets it from the spec checker's store hook, which checks this after every step) the
     last answer is given again while no page it was read from was written: every read below lies in the carve-out
     (hyp's globals, ``hyp_vmemmap``, its page tables, the VM table) or on a page of ``vm_pages`` (VM areas, PGDs,
-    memcache pages, guest tables)."""
-    written = getattr(hyp, "pages_written", None)
-    if written is None:
-        return _account(hyp)
-    pages, memo = written(), hyp.__dict__.get("_hyp_pages_memo")
-    if memo is not None and pages is not None:
-        r, (lo, hi), deps = memo
-        if not any(lo <= p < hi or p in deps for p in pages):
-            return r
-    r = _account(hyp)
-    lo = hyp.global_field("hyp_memory", "hyp_memory", "hyp_start") >> PAGE_SHIFT
-    hi = hyp.global_field("hyp_memory", "hyp_memory", "hyp_end") >> PAGE_SHIFT
-    hyp._hyp_pages_memo = (r, (lo, hi), frozenset(r.vm_pages))
+    memcache pages, guest tables).  Else each part (the pool's refcounts, each table tree, the VMs) is read again
+    only if a page it read was written (:func:`_remembered`)."""
+    parts = _remembered(hyp)
+    if parts is None:
+        return _account(hyp, None)
+    memo = parts.get("answer")
+    if memo is not None:
+        return memo[2]
+    r = _account(hyp, parts)
+    if hyp.fw.era != "mainline":   # (mainline's VMs are read unremembered: what they were read from is not known)
+        # every other read: hyp's globals (in the carve-out) and the parts, as each part's own pages say
+        lo = hyp.global_field("hyp_memory", "hyp_memory", "hyp_start") >> PAGE_SHIFT
+        hi = hyp.global_field("hyp_memory", "hyp_memory", "hyp_end") >> PAGE_SHIFT
+        parts["answer"] = (None, frozenset().union(*(p[1] for p in parts.values())), r, (lo, hi))
     return r
 
 
-def _account(hyp) -> HypPages:
+def _account(hyp, parts: dict | None) -> HypPages:
     start, end = (hyp.global_field("hyp_pool", "hyp_pool", m) >> PAGE_SHIFT for m in ("start", "end"))
     nr_free = hyp.global_field("hyp_pool", "hyp_pool", "free_pages")
-    counts = _pool_refcounts(hyp, start, end)
+    counts = _pool_refcounts(hyp, start, end, parts)
     free = (np.flatnonzero(counts == 0) + start).tolist()
-    host_tables, (addrs, ptes, levels, _) = _walk(hyp, "host_mmu", "pgt.")
-    hyp_tables, _ = _walk(hyp, "hyp_pgtable")
+    host_tables, (addrs, ptes, levels, _) = _walk(hyp, "host_mmu", "pgt.", parts)
+    hyp_tables, _ = _walk(hyp, "hyp_pgtable", parts=parts)
     tables = {pa >> PAGE_SHIFT for pa in (*host_tables, *hyp_tables)}
     mainline = hyp.fw.era == "mainline"   # vm_table (a pool page too, firmware/mainline/setup.c) and its VMs
     shadow = hyp.read_global("vm_table" if mainline else "shadow_table") >> PAGE_SHIFT
     vm_pages: dict[int, str] = {}
-    for vm in hyp.shadow_table().vms:
+    for vm in _vms(hyp, parts):
         who = f"VM {vm.handle:#x}'s"
         if mainline:   # struct pkvm_hyp_vm (__pkvm_init_vm), each struct pkvm_hyp_vcpu (__pkvm_init_vcpu)
             for pfn in range(vm.area >> PAGE_SHIFT, (vm.area + vm.area_size) >> PAGE_SHIFT):

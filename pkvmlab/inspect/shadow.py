@@ -152,6 +152,12 @@ def read_shadow_table(hyp) -> ShadowTable:
     nxt = hyp.read_global("next_shadow_alloc", 4)
     if not table:
         return ShadowTable(0, nr, nxt, (None,) * max_pvms)
+    return ShadowTable(table, nr, nxt, read_slots(fw, phys, table, max_pvms))
+
+
+def read_slots(fw, phys, table: int, max_pvms: int) -> tuple[ShadowVM | None, ...]:
+    """The shadow table's ``max_pvms`` slots at ``table``, each used one read from ``phys`` (its struct, its vCPUs'
+    states, their memcache lists, its stage-2 tables, the host vCPUs' PCs)."""
     ptrs = phys.read(table, 8 * max_pvms)
     vm_lay, st_lay = fw.layout("kvm_shadow_vm"), fw.layout("kvm_shadow_vcpu_state")
     f = {p: vm_lay.field(p) for p in ("kvm.arch.pkvm.shadow_handle", "kvm.arch.mmu.vmid.id", "host_kvm",
@@ -196,7 +202,7 @@ def read_shadow_table(hyp) -> ShadowTable:
         slots[i] = ShadowVM(i, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"), n,
                             addr, val("shadow_area_size"), pgd, ia_bits, vcpus, tuple((gfn, pfn) for gfn, pfn, _ in pages),
                             tables, pages)
-    return ShadowTable(table, nr, nxt, tuple(slots))
+    return tuple(slots)
 
 
 def _read_u64(phys, pa: int) -> int:
