@@ -146,3 +146,29 @@ def test_the_mainline_pool_invariant_reads_its_remembered_pool_again_once_hyp_ta
     va = lab.core.call_symbol("hyp_alloc_pages")
     bad = unaccounted_mainline(lab)
     assert len(bad) == 1 and f"page {va >> 12:#x} of the hyp pool" in bad[0]
+
+
+def test_a_remembered_table_walk_decodes_again_every_table_whose_bytes_changed(lab: Lab):
+    """``TableWalker(..., memo)``: the same leaves object while no table changed; after hyp changes the host stage-2
+    (a share) or the debugger rewrites one descriptor, exactly what a walk without the memo finds."""
+    import numpy as np
+
+    from pkvmlab.inspect.tables import TableWalker
+
+    hyp, phys = lab.hyp, lab.core.phys
+    pgd, ia, lvl = (hyp.global_field("host_mmu", "host_mmu", f"pgt.{m}") for m in ("pgd", "ia_bits", "start_level"))
+    memo: dict = {}
+
+    def both():
+        got, fresh = TableWalker(phys, ia, lvl, memo).run(pgd), TableWalker(phys, ia, lvl).run(pgd)
+        assert all(np.array_equal(a, b) for a, b in zip(got, fresh))
+        return got
+
+    first = both()
+    assert both() is first                     # nothing changed: not decoded again
+    lab.host.share_hyp(lab.host.alloc_pages(1))
+    shared = both()
+    assert shared is not first and not all(np.array_equal(a, b) for a, b in zip(shared, first))
+    ptep = int(shared[3][-1])                  # the last leaf's descriptor: flip one software bit behind hyp's back
+    phys.write_u64(ptep, phys.read_u64(ptep) ^ (1 << 56))
+    assert not np.array_equal(both()[1], shared[1])

@@ -130,11 +130,11 @@ def _walk(hyp, symbol: str, path: str = "", parts: dict | None = None):
     struct = "host_mmu" if path else "kvm_pgtable"
     pgd, ia_bits, level = (hyp.global_field(symbol, struct, f"{path}{m}") for m in ("pgd", "ia_bits", "start_level"))
 
+    memo = hyp.__dict__.setdefault("_hyp_pages_tables", {}).setdefault(symbol, {})   # decoded tables, by content
+
     def walk(phys):
-        w = TableWalker(phys, ia_bits, level)
-        leaves = w.run(pgd)
-        for a in leaves:
-            a.flags.writeable = False
+        w = TableWalker(phys, ia_bits, level, memo)
+        leaves = w.run(pgd)   # (read-only: the memo gives them again)
         return tuple(w.tables), leaves
 
     return _part(parts, symbol, (pgd, ia_bits, level), hyp.core.phys, walk)
