@@ -84,8 +84,9 @@ def _remembered(hyp) -> dict | None:
     if pages is None:
         parts.clear()
     elif pages:
+        low, high = min(pages), max(pages)
         for name in [n for n, (_, read, _, (lo, hi)) in parts.items()
-                     if not read.isdisjoint(pages) or any(lo <= p < hi for p in pages)]:
+                     if not read.isdisjoint(pages) or (low < hi and high >= lo and any(lo <= p < hi for p in pages))]:
             del parts[name]
     return parts
 
@@ -158,10 +159,10 @@ def account_hyp_pages(hyp) -> HypPages:
 
     With ``hyp.pages_written`` set (a function giving the pfns written since it was last called, or None for "all
     of them": the campaign sets it from the spec checker's store hook, which checks this after every step) the
-    last answer is given again while no page it was read from was written: every read below lies in the carve-out
-    (hyp's globals, ``hyp_vmemmap``, its page tables, the VM table) or on a page of ``vm_pages`` (VM areas, PGDs,
-    memcache pages, guest tables).  Else each part (the pool's refcounts, each table tree, the VMs) is read again
-    only if a page it read was written (:func:`_remembered`)."""
+    last answer is given again while no page it was read from was written: hyp's globals (in the carve-out, all of
+    which counts) and every page each part read.  Else each part (the pool's refcounts, each table tree, the seed's
+    VMs) is read again only if a page it read was written (:func:`_remembered`), and a table tree decodes again only
+    the tables whose bytes changed (``TableWalker``'s memo)."""
     parts = _remembered(hyp)
     if parts is None:
         return _account(hyp, None)
