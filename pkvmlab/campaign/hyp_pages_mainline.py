@@ -20,13 +20,13 @@ PAGE_SHIFT = 12
 
 def unaccounted_mainline(lab, state=None) -> list[str]:
     """Every page hyp owns for nothing on a mainline lab, in words (empty: all accounted)."""
-    from pkvmlab.inspect.hyp_pages import _pool_refcounts, _remembered, _walk
+    from pkvmlab.inspect.hyp_pages import _fields, _pool_refcounts, _remembered, _walk
     from pkvmlab.spec.mainline_abstraction import mainline_abstract
 
     hyp = lab.hyp
     s = state if state is not None else mainline_abstract(lab)
-    start, end = (hyp.global_field("hyp_pool", "hyp_pool", m) >> PAGE_SHIFT for m in ("start", "end"))
-    nr_free = hyp.global_field("hyp_pool", "hyp_pool", "free_pages")
+    start, end, nr_free = _fields(hyp, "hyp_pool", "hyp_pool", "start", "end", "free_pages")
+    start, end = start >> PAGE_SHIFT, end >> PAGE_SHIFT
     parts = _remembered(hyp)   # with the campaign's store hook: each table tree, the pool, read again once written
     counts = _pool_refcounts(hyp, start, end, parts)
     nr_zero = int((counts == 0).sum())

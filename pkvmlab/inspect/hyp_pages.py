@@ -103,6 +103,22 @@ def _part(parts: dict | None, name, key, phys, compute):
     return value
 
 
+def _fields(hyp, symbol: str, struct: str, *paths: str) -> tuple[int, ...]:
+    """The integer members ``paths`` of hyp's global ``struct`` ``symbol``, in one read (their offsets from DWARF,
+    looked up once per ``hyp``)."""
+    spans = hyp.__dict__.setdefault("_hyp_pages_fields", {})
+    span = spans.get((symbol, struct, paths))
+    if span is None:
+        lay = hyp.fw.layout(struct)
+        fs = [lay.field(p) for p in paths]
+        lo = min(f.offset for f in fs)
+        span = spans[(symbol, struct, paths)] = (hyp.fw.symbol(symbol) + lo, max(f.offset + f.size for f in fs) - lo,
+                                                 tuple((f.offset - lo, f.offset - lo + f.size) for f in fs))
+    at, n, offs = span
+    raw = hyp.core.phys.read(at, n)
+    return tuple(int.from_bytes(raw[a:b], "little") for a, b in offs)
+
+
 def _pool_free(hyp, start: int, end: int, parts: dict | None = None) -> list[int]:
     """The pool's free pages: refcount 0 in hyp's vmemmap (``hyp_alloc_pages`` sets 1, ``hyp_put_page`` pushes a
     page back on the free list when its count reaches 0).  One read of the pool's slice of the vmemmap."""
@@ -113,7 +129,7 @@ def _pool_refcounts(hyp, start: int, end: int, parts: dict | None = None) -> np.
     """The refcount of each pool page [start, end) in hyp's vmemmap, in one read (remembered in ``parts``)."""
     lay = hyp.fw.layout("hyp_page")
     ref = lay.field("refcount")
-    ram_start = hyp.global_field("hyp_memory", "hyp_memory", "ram_start") >> PAGE_SHIFT
+    ram_start = _fields(hyp, "hyp_memory", "hyp_memory", "ram_start")[0] >> PAGE_SHIFT
     at = hyp.read_global("hyp_vmemmap") + (start - ram_start) * lay.size
 
     def read(phys) -> np.ndarray:
@@ -129,7 +145,7 @@ def _walk(hyp, symbol: str, path: str = "", parts: dict | None = None):
     """(tables below the PGD, leaves) of one of hyp's own page tables (a ``struct kvm_pgtable`` global), remembered
     in ``parts`` while no table page of it is written."""
     struct = "host_mmu" if path else "kvm_pgtable"
-    pgd, ia_bits, level = (hyp.global_field(symbol, struct, f"{path}{m}") for m in ("pgd", "ia_bits", "start_level"))
+    pgd, ia_bits, level = _fields(hyp, symbol, struct, *(f"{path}{m}" for m in ("pgd", "ia_bits", "start_level")))
 
     memo = hyp.__dict__.setdefault("_hyp_pages_tables", {}).setdefault(symbol, {})   # decoded tables, by content
 
@@ -172,15 +188,14 @@ def account_hyp_pages(hyp) -> HypPages:
     r = _account(hyp, parts)
     if hyp.fw.era != "mainline":   # (mainline's VMs are read unremembered: what they were read from is not known)
         # every other read: hyp's globals (in the carve-out) and the parts, as each part's own pages say
-        lo = hyp.global_field("hyp_memory", "hyp_memory", "hyp_start") >> PAGE_SHIFT
-        hi = hyp.global_field("hyp_memory", "hyp_memory", "hyp_end") >> PAGE_SHIFT
+        lo, hi = (a >> PAGE_SHIFT for a in _fields(hyp, "hyp_memory", "hyp_memory", "hyp_start", "hyp_end"))
         parts["answer"] = (None, frozenset().union(*(p[1] for p in parts.values())), r, (lo, hi))
     return r
 
 
 def _account(hyp, parts: dict | None) -> HypPages:
-    start, end = (hyp.global_field("hyp_pool", "hyp_pool", m) >> PAGE_SHIFT for m in ("start", "end"))
-    nr_free = hyp.global_field("hyp_pool", "hyp_pool", "free_pages")
+    start, end, nr_free = _fields(hyp, "hyp_pool", "hyp_pool", "start", "end", "free_pages")
+    start, end = start >> PAGE_SHIFT, end >> PAGE_SHIFT
     counts = _pool_refcounts(hyp, start, end, parts)
     free = (np.flatnonzero(counts == 0) + start).tolist()
     host_tables, (addrs, ptes, levels, _) = _walk(hyp, "host_mmu", "pgt.", parts)
@@ -210,8 +225,7 @@ def _account(hyp, parts: dict | None) -> HypPages:
     known = tables | {shadow}   # and the free pages: only the pages in use are looked at
     unaccounted_pool = tuple(p for p in (np.flatnonzero(counts != 0) + start).tolist() if p not in known)
     # The host stage-2 records a page given to hyp as an invalid entry annotated PKVM_ID_HYP.
-    lo = hyp.global_field("hyp_memory", "hyp_memory", "hyp_start") >> PAGE_SHIFT
-    hi = hyp.global_field("hyp_memory", "hyp_memory", "hyp_end") >> PAGE_SHIFT
+    lo, hi = (a >> PAGE_SHIFT for a in _fields(hyp, "hyp_memory", "hyp_memory", "hyp_start", "hyp_end"))
     hyps = ((ptes & np.uint64(pt.VALID)) == 0) & (((ptes & np.uint64(pt.OWNER_MASK)) >> np.uint64(pt.OWNER_SHIFT))
                                                  == np.uint64(Owner.HYP))
     donated = []
