@@ -11,8 +11,6 @@ areas, memcache pages and stage-2 tables).  Read with the debugger, nothing runs
 
 from __future__ import annotations
 
-import numpy as np
-
 from pkvmlab.arch.pgtable import PageState
 
 PAGE_SHIFT = 12
@@ -20,7 +18,7 @@ PAGE_SHIFT = 12
 
 def unaccounted_mainline(lab, state=None) -> list[str]:
     """Every page hyp owns for nothing on a mainline lab, in words (empty: all accounted)."""
-    from pkvmlab.inspect.hyp_pages import _fields, _pool_refcounts, _remembered, _walk
+    from pkvmlab.inspect.hyp_pages import _fields, _pool, _remembered, _walk
     from pkvmlab.spec.mainline_abstraction import mainline_abstract
 
     hyp = lab.hyp
@@ -28,15 +26,14 @@ def unaccounted_mainline(lab, state=None) -> list[str]:
     start, end, nr_free = _fields(hyp, "hyp_pool", "hyp_pool", "start", "end", "free_pages")
     start, end = start >> PAGE_SHIFT, end >> PAGE_SHIFT
     parts = _remembered(hyp)   # with the campaign's store hook: each table tree, the pool, read again once written
-    counts = _pool_refcounts(hyp, start, end, parts)
-    nr_zero = int((counts == 0).sum())
+    free, used = _pool(hyp, start, end, parts)
     host_tables, _ = _walk(hyp, "host_mmu", "pgt.", parts)
     hyp_tables, _ = _walk(hyp, "hyp_pgtable", parts=parts)
     tables = {pa >> PAGE_SHIFT for pa in (*host_tables, *hyp_tables)}
     table = hyp.read_global("vm_table") >> PAGE_SHIFT
     vm_table = set(range(table, table + -(-8 * hyp.read_global("kvm_max_pvms", 4) // 4096))) if table else set()
     out = [f"page {p:#x} of the hyp pool is neither free, nor a page table, nor the VM table: hyp took it and lost it"
-           for p in (np.flatnonzero(counts != 0) + start).tolist() if p not in tables and p not in vm_table]
+           for p in used if p not in tables and p not in vm_table]
     held: set[int] = set()
     for vm in s.vms.values():
         held.update(range(vm.vm_area[0], vm.vm_area[0] + vm.vm_area[1]))
@@ -50,6 +47,6 @@ def unaccounted_mainline(lab, state=None) -> list[str]:
         if view.hyp == PageState.OWNED and not c.in_carveout(pfn) and pfn not in held:
             out.append(f"page {pfn:#x} is hyp's (donated by the host) but no VM holds it as its VM area, PGD, vCPU area, "
                        "memcache page or stage-2 table")
-    if nr_zero != nr_free:
-        out.append(f"hyp_pool.free_pages says {nr_free} but {nr_zero} pool pages have a refcount of 0")
+    if len(free) != nr_free:
+        out.append(f"hyp_pool.free_pages says {nr_free} but {len(free)} pool pages have a refcount of 0")
     return out

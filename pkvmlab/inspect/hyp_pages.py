@@ -119,24 +119,20 @@ def _fields(hyp, symbol: str, struct: str, *paths: str) -> tuple[int, ...]:
     return tuple(int.from_bytes(raw[a:b], "little") for a, b in offs)
 
 
-def _pool_free(hyp, start: int, end: int, parts: dict | None = None) -> list[int]:
-    """The pool's free pages: refcount 0 in hyp's vmemmap (``hyp_alloc_pages`` sets 1, ``hyp_put_page`` pushes a
-    page back on the free list when its count reaches 0).  One read of the pool's slice of the vmemmap."""
-    return (np.flatnonzero(_pool_refcounts(hyp, start, end, parts) == 0) + start).tolist()
-
-
-def _pool_refcounts(hyp, start: int, end: int, parts: dict | None = None) -> np.ndarray:
-    """The refcount of each pool page [start, end) in hyp's vmemmap, in one read (remembered in ``parts``)."""
+def _pool(hyp, start: int, end: int, parts: dict | None = None) -> tuple[frozenset[int], tuple[int, ...]]:
+    """(free, in use): the pool's pages [start, end) with a refcount of 0 in hyp's vmemmap (``hyp_alloc_pages`` sets
+    1, ``hyp_put_page`` pushes a page back on the free list when its count reaches 0), and the others.  One read of the
+    pool's slice of the vmemmap, remembered in ``parts``."""
     lay = hyp.fw.layout("hyp_page")
     ref = lay.field("refcount")
     ram_start = _fields(hyp, "hyp_memory", "hyp_memory", "ram_start")[0] >> PAGE_SHIFT
     at = hyp.read_global("hyp_vmemmap") + (start - ram_start) * lay.size
 
-    def read(phys) -> np.ndarray:
+    def read(phys):
         raw = np.frombuffer(phys.read(at, (end - start) * lay.size), dtype=np.uint8).reshape(end - start, lay.size)
         counts = raw[:, ref.offset:ref.offset + ref.size].copy().view(f"<u{ref.size}").ravel()
-        counts.flags.writeable = False   # remembered: nobody may change it
-        return counts
+        return (frozenset((np.flatnonzero(counts == 0) + start).tolist()),
+                tuple((np.flatnonzero(counts != 0) + start).tolist()))
 
     return _part(parts, "pool", (at, start, end, lay.size, ref.offset, ref.size), hyp.core.phys, read)
 
@@ -196,8 +192,7 @@ def account_hyp_pages(hyp) -> HypPages:
 def _account(hyp, parts: dict | None) -> HypPages:
     start, end, nr_free = _fields(hyp, "hyp_pool", "hyp_pool", "start", "end", "free_pages")
     start, end = start >> PAGE_SHIFT, end >> PAGE_SHIFT
-    counts = _pool_refcounts(hyp, start, end, parts)
-    free = (np.flatnonzero(counts == 0) + start).tolist()
+    free, used = _pool(hyp, start, end, parts)
     host_tables, (addrs, ptes, levels, _) = _walk(hyp, "host_mmu", "pgt.", parts)
     hyp_tables, _ = _walk(hyp, "hyp_pgtable", parts=parts)
     tables = {pa >> PAGE_SHIFT for pa in (*host_tables, *hyp_tables)}
@@ -223,7 +218,7 @@ def _account(hyp, parts: dict | None) -> HypPages:
         for pa in vm.table_pages:
             vm_pages[pa >> PAGE_SHIFT] = f"{who} guest stage-2 table"
     known = tables | {shadow}   # and the free pages: only the pages in use are looked at
-    unaccounted_pool = tuple(p for p in (np.flatnonzero(counts != 0) + start).tolist() if p not in known)
+    unaccounted_pool = tuple(p for p in used if p not in known)
     # The host stage-2 records a page given to hyp as an invalid entry annotated PKVM_ID_HYP.
     lo, hi = (a >> PAGE_SHIFT for a in _fields(hyp, "hyp_memory", "hyp_memory", "hyp_start", "hyp_end"))
     hyps = ((ptes & np.uint64(pt.VALID)) == 0) & (((ptes & np.uint64(pt.OWNER_MASK)) >> np.uint64(pt.OWNER_SHIFT))
