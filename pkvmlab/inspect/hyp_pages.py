@@ -122,19 +122,26 @@ def _fields(hyp, symbol: str, struct: str, *paths: str) -> tuple[int, ...]:
 def _pool(hyp, start: int, end: int, parts: dict | None = None) -> tuple[frozenset[int], tuple[int, ...]]:
     """(free, in use): the pool's pages [start, end) with a refcount of 0 in hyp's vmemmap (``hyp_alloc_pages`` sets
     1, ``hyp_put_page`` pushes a page back on the free list when its count reaches 0), and the others.  One read of the
-    pool's slice of the vmemmap, remembered in ``parts``."""
+    pool's slice of the vmemmap, remembered in ``parts``; the sets made again only if a refcount changed."""
     lay = hyp.fw.layout("hyp_page")
     ref = lay.field("refcount")
     ram_start = _fields(hyp, "hyp_memory", "hyp_memory", "ram_start")[0] >> PAGE_SHIFT
     at = hyp.read_global("hyp_vmemmap") + (start - ram_start) * lay.size
 
+    key = (at, start, end, lay.size, ref.offset, ref.size)
+
     def read(phys):
         raw = np.frombuffer(phys.read(at, (end - start) * lay.size), dtype=np.uint8).reshape(end - start, lay.size)
         counts = raw[:, ref.offset:ref.offset + ref.size].copy().view(f"<u{ref.size}").ravel()
-        return (frozenset((np.flatnonzero(counts == 0) + start).tolist()),
-                tuple((np.flatnonzero(counts != 0) + start).tolist()))
+        last, now = hyp.__dict__.get("_hyp_pages_pool"), counts.tobytes()
+        if last is not None and last[0] == key and last[1] == now:   # the same refcounts: the same answer
+            return last[2]
+        out = (frozenset((np.flatnonzero(counts == 0) + start).tolist()),
+               tuple((np.flatnonzero(counts != 0) + start).tolist()))
+        hyp._hyp_pages_pool = (key, now, out)
+        return out
 
-    return _part(parts, "pool", (at, start, end, lay.size, ref.offset, ref.size), hyp.core.phys, read)
+    return _part(parts, "pool", key, hyp.core.phys, read)
 
 
 def _walk(hyp, symbol: str, path: str = "", parts: dict | None = None):
