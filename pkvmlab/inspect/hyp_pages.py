@@ -170,7 +170,8 @@ def _vms(hyp, parts: dict | None):
     if not table:
         return ()
     return _part(parts, "vms", (table, max_pvms), hyp.core.phys,
-                 lambda phys: tuple(vm for vm in read_slots(hyp.fw, phys, table, max_pvms) if vm is not None))
+                 lambda phys: tuple(vm for vm in read_slots(hyp.fw, phys, table, max_pvms, mapped=False)
+                                        if vm is not None))
 
 
 def account_hyp_pages(hyp) -> HypPages:

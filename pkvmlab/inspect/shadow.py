@@ -155,9 +155,10 @@ def read_shadow_table(hyp) -> ShadowTable:
     return ShadowTable(table, nr, nxt, read_slots(fw, phys, table, max_pvms))
 
 
-def read_slots(fw, phys, table: int, max_pvms: int) -> tuple[ShadowVM | None, ...]:
+def read_slots(fw, phys, table: int, max_pvms: int, mapped: bool = True) -> tuple[ShadowVM | None, ...]:
     """The shadow table's ``max_pvms`` slots at ``table``, each used one read from ``phys`` (its struct, its vCPUs'
-    states, their memcache lists, its stage-2 tables, the host vCPUs' PCs)."""
+    states, their memcache lists, its stage-2 tables, the host vCPUs' PCs).  ``mapped=False``: without the pages each
+    guest stage-2 maps (``guest_pages`` and ``page_states`` empty; its tables are still walked for ``table_pages``)."""
     ptrs = phys.read(table, 8 * max_pvms)
     vm_lay, st_lay = fw.layout("kvm_shadow_vm"), fw.layout("kvm_shadow_vcpu_state")
     f = {p: vm_lay.field(p) for p in ("kvm.arch.pkvm.shadow_handle", "kvm.arch.mmu.vmid.id", "host_kvm",
@@ -197,7 +198,8 @@ def read_slots(fw, phys, table: int, max_pvms: int) -> tuple[ShadowVM | None, ..
         tables: tuple = ()
         if pgd and 30 < ia_bits <= 48:
             w = TableWalker(phys, ia_bits, val("pgt.start_level"))
-            pages = tuple(leaf_pages(w.run(pgd)))
+            leaves = w.run(pgd)
+            pages = tuple(leaf_pages(leaves)) if mapped else ()
             tables = tuple(w.tables)
         slots[i] = ShadowVM(i, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"), n,
                             addr, val("shadow_area_size"), pgd, ia_bits, vcpus, tuple((gfn, pfn) for gfn, pfn, _ in pages),
