@@ -27,8 +27,8 @@ def unaccounted_mainline(lab, state=None) -> list[str]:
     start, end = start >> PAGE_SHIFT, end >> PAGE_SHIFT
     parts = _remembered(hyp)   # with the campaign's store hook: each table tree, the pool, read again once written
     free, used = _pool(hyp, start, end, parts)
-    host_tables, _ = _walk(hyp, "host_mmu", "pgt.", parts)
-    hyp_tables, _ = _walk(hyp, "hyp_pgtable", parts=parts)
+    host_tables, _ = _walk(hyp, "host_mmu", "pgt.", parts, leaves=False)
+    hyp_tables, _ = _walk(hyp, "hyp_pgtable", parts=parts, leaves=False)
     tables = {pa >> PAGE_SHIFT for pa in (*host_tables, *hyp_tables)}
     table = hyp.read_global("vm_table") >> PAGE_SHIFT
     vm_table = set(range(table, table + -(-8 * hyp.read_global("kvm_max_pvms", 4) // 4096))) if table else set()

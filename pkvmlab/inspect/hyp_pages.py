@@ -144,20 +144,22 @@ def _pool(hyp, start: int, end: int, parts: dict | None = None) -> tuple[frozens
     return _part(parts, "pool", key, hyp.core.phys, read)
 
 
-def _walk(hyp, symbol: str, path: str = "", parts: dict | None = None):
-    """(tables below the PGD, leaves) of one of hyp's own page tables (a ``struct kvm_pgtable`` global), remembered
-    in ``parts`` while no table page of it is written."""
+def _walk(hyp, symbol: str, path: str = "", parts: dict | None = None, leaves: bool = True):
+    """(tables below the PGD, leaves or None) of one of hyp's own page tables (a ``struct kvm_pgtable`` global),
+    remembered in ``parts`` while no table page of it is written; ``leaves=False``: where its tables are, only."""
     struct = "host_mmu" if path else "kvm_pgtable"
     pgd, ia_bits, level = _fields(hyp, symbol, struct, *(f"{path}{m}" for m in ("pgd", "ia_bits", "start_level")))
-
-    memo = hyp.__dict__.setdefault("_hyp_pages_tables", {}).setdefault(symbol, {})   # decoded tables, by content
+    # the decoded tables, by content (``TableWalker``'s memo)
+    memo = hyp.__dict__.setdefault("_hyp_pages_tables", {}).setdefault((symbol, leaves), {})
 
     def walk(phys):
         w = TableWalker(phys, ia_bits, level, memo)
-        leaves = w.run(pgd)   # (read-only: the memo gives them again)
-        return tuple(w.tables), leaves
+        if not leaves:
+            return tuple(w.walk_tables(pgd)), None
+        found = w.run(pgd)   # (read-only: the memo gives them again)
+        return tuple(w.tables), found
 
-    return _part(parts, symbol, (pgd, ia_bits, level), hyp.core.phys, walk)
+    return _part(parts, (symbol, leaves), (pgd, ia_bits, level), hyp.core.phys, walk)
 
 
 def _vms(hyp, parts: dict | None):
@@ -202,7 +204,7 @@ def _account(hyp, parts: dict | None) -> HypPages:
     start, end = start >> PAGE_SHIFT, end >> PAGE_SHIFT
     free, used = _pool(hyp, start, end, parts)
     host_tables, (addrs, ptes, levels, _) = _walk(hyp, "host_mmu", "pgt.", parts)
-    hyp_tables, _ = _walk(hyp, "hyp_pgtable", parts=parts)
+    hyp_tables, _ = _walk(hyp, "hyp_pgtable", parts=parts, leaves=False)
     tables = {pa >> PAGE_SHIFT for pa in (*host_tables, *hyp_tables)}
     mainline = hyp.fw.era == "mainline"   # vm_table (a pool page too, firmware/mainline/setup.c) and its VMs
     shadow = hyp.read_global("vm_table" if mainline else "shadow_table") >> PAGE_SHIFT

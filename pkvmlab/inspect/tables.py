@@ -81,6 +81,14 @@ class TableWalker:
             memo[whole] = out
         return out
 
+    def walk_tables(self, pgd: int) -> list[int]:
+        """Only where the tables are (``tables``, ``bad_tables``): the walk of :meth:`run` without gathering leaves."""
+        self._walk(pgd, self.start_level, 0, 1 << (self.ia_bits - pt.granule_shift(self.start_level)))
+        if self._memo is not None:
+            self._memo.clear()
+            self._memo.update(self._seen)
+        return self.tables
+
     def _leaves(self) -> tuple[np.ndarray, ...]:
         if not self.found:
             e = np.zeros(0, np.uint64)
