@@ -71,10 +71,12 @@ def secrets(lab, vm) -> dict[int, str]:
     if pfn is None:
         return {}
     words = np.frombuffer(lab.core.phys.read(pfn * PAGE, 8 * 117), dtype="<u8")
+    # a value with a secret's entropy (not 0, not a flag or two): high half set, at least 8 bits set
+    keep = ((words >> np.uint64(32)) != 0) & (np.bitwise_count(words) >= 8)
+    names = table_names()
     out = {}
-    for name, w in zip(table_names(), words.tolist()):
-        if w >> 32 and bin(w).count("1") >= 8:   # a value with a secret's entropy (not 0, not a flag or two)
-            out[w] = name
+    for i in np.flatnonzero(keep).tolist():
+        out[int(words[i])] = names[i]
     return out
 
 
@@ -95,6 +97,7 @@ MARKS_AT = 2048                 # where in the dump page the host keeps the valu
 SCRIBBLED = ("fpsr", "tpidr_el0", "tpidrro_el0", "contextidr_el1", "sp_el0")
 
 
+@lru_cache(maxsize=1)
 def host_marks() -> bytes:
     """The host's own values for v0..v31 and SCRIBBLED: a guest that sees one got the host's register."""
     words = [0x4057_0000_0000_0000 | i for i in range(64 + len(SCRIBBLED))]
