@@ -193,12 +193,13 @@ class TlbMaintenance:
 
     def _judge_call(self) -> None:
         ev = self.log.take()
-        tags = dict(self._tags) if len(ev) else self._tags
+        # the call is judged with the tables watched while it ran (before the refresh below)
+        tags = {t: (root[1], whose) for t, (root, whose, _) in self._tags.items()} if len(ev) else None
         gone = self._refresh_roots()
-        if len(ev):
+        if tags is not None:
             self.calls += 1
-            self.violations += judge(ev, {t: (root[1], whose) for t, (root, whose, _) in tags.items()}, gone)
-            self.stores += int((ev[:, 0] == 1).sum())
+            self.violations += judge(ev, tags, gone)
+            self.stores += int(np.count_nonzero(ev[:, 0] == 1))
 
     def check(self) -> list[Violation]:
         """Judge the last call too (the host is running); return every violation since the last check, and forget them."""
