@@ -104,3 +104,85 @@ def test_after_a_mainline_campaign_and_a_clean_up_in_three_phases_the_pool_is_ba
         assert sum(after) == sum(boot), (boot, after)     # free + tables: nothing else is left behind
         assert after[2] == boot[2], (boot, after)          # hyp's stage-1 is as at boot
         assert after[1] >= boot[1]                         # the host stage-2 keeps its splits
+
+
+def _remembering(lab: Lab):
+    """``lab.hyp`` with the campaign's store hook: the accounting remembers its parts (pool, tables, VMs)."""
+    from pkvmlab.spec.abstraction import abstract_of
+
+    lab.spec_check = True
+    lab.hyp.pages_written = lambda: abstract_of(lab).taken("hyp_pages")
+    return lab.hyp
+
+
+def test_each_remembered_part_is_read_again_once_hyp_writes_a_page_it_read(lab: Lab):
+    """After every call (VMs made, run, given pages, torn down; shares; a pool page taken and lost) the remembered
+    accounting equals a fresh read without the hook, and some parts were given again, not read."""
+    hyp = _remembering(lab)
+    fresh = lab.hyp.__class__(lab.core, lab.fw, lab)   # no pages_written: reads everything every time
+    reused = set()
+
+    def same():
+        before = dict(hyp.__dict__.get("_hyp_pages_parts", {}))
+        a = account_hyp_pages(hyp)
+        assert a == account_hyp_pages(fresh)
+        after = hyp.__dict__["_hyp_pages_parts"]
+        reused.update(n for n, p in before.items() if n != "answer" and after.get(n) is p)
+
+    same()
+    vms = [lab.host.create_vm(n, guest=g) for n, g in ((1, "hello"), (2, "touch"))]
+    same()
+    for vm in vms:
+        vm.run(budget=20_000)
+        same()
+    vms[0].donate(0x40)
+    same()
+    lab.host.share_hyp(lab.host.alloc_pages(1))
+    same()
+    va = lab.core.call_symbol("hyp_alloc_pages")   # a pool page taken and lost: only the pool's refcounts change
+    same()
+    assert [v.start_pfn for v in check_hyp_pages(hyp)] == [va >> 12]
+    vms[1].teardown()
+    same()
+    assert reused >= {("host_mmu", True), ("hyp_pgtable", False)}, reused
+
+
+def test_the_mainline_pool_invariant_reads_its_remembered_pool_again_once_hyp_takes_a_page():
+    """Mainline's pool invariant (``pkvmlab.campaign.hyp_pages_mainline``) with the campaign's store hook: the pool's
+    refcounts and the table trees are remembered, and a pool page hyp then takes and loses is still named."""
+    from pkvmlab.campaign.hyp_pages_mainline import unaccounted_mainline
+
+    lab = Lab(era="mainline")
+    _remembering(lab)
+    assert unaccounted_mainline(lab) == []
+    assert unaccounted_mainline(lab) == []
+    assert {"pool", ("host_mmu", False), ("hyp_pgtable", False)} <= set(lab.hyp._hyp_pages_parts)
+    va = lab.core.call_symbol("hyp_alloc_pages")
+    bad = unaccounted_mainline(lab)
+    assert len(bad) == 1 and f"page {va >> 12:#x} of the hyp pool" in bad[0]
+
+
+def test_a_remembered_table_walk_decodes_again_every_table_whose_bytes_changed(lab: Lab):
+    """``TableWalker(..., memo)``: the same leaves object while no table changed; after hyp changes the host stage-2
+    (a share) or the debugger rewrites one descriptor, exactly what a walk without the memo finds."""
+    import numpy as np
+
+    from pkvmlab.inspect.tables import TableWalker
+
+    hyp, phys = lab.hyp, lab.core.phys
+    pgd, ia, lvl = (hyp.global_field("host_mmu", "host_mmu", f"pgt.{m}") for m in ("pgd", "ia_bits", "start_level"))
+    memo: dict = {}
+
+    def both():
+        got, fresh = TableWalker(phys, ia, lvl, memo).run(pgd), TableWalker(phys, ia, lvl).run(pgd)
+        assert all(np.array_equal(a, b) for a, b in zip(got, fresh))
+        return got
+
+    first = both()
+    assert both() is first                     # nothing changed: not decoded again
+    lab.host.share_hyp(lab.host.alloc_pages(1))
+    shared = both()
+    assert shared is not first and not all(np.array_equal(a, b) for a, b in zip(shared, first))
+    ptep = int(shared[3][-1])                  # the last leaf's descriptor: flip one software bit behind hyp's back
+    phys.write_u64(ptep, phys.read_u64(ptep) ^ (1 << 56))
+    assert not np.array_equal(both()[1], shared[1])

@@ -35,7 +35,8 @@ SYSREGS = ("tpidr_el0", "tpidrro_el0", "tpidr_el1", "sp_el0", "elr_el1", "spsr_e
            "cpacr_el1", "mdscr_el1", "vbar_el1")   # canary.S's SYSREGS, in its order
 
 
-def table_names() -> list[str]:
+@lru_cache(maxsize=1)
+def table_names() -> tuple[str, ...]:
     """The name of each 8-byte slot of the canary's TABLE (canary.S's T_* layout)."""
     names = [f"slot {i}" for i in range(98 + len(SYSREGS))]
     for i in (1, 2, 3, *range(6, 31)):
@@ -46,7 +47,7 @@ def table_names() -> list[str]:
     names[96], names[97] = "fpcr", "fpsr"
     for i, r in enumerate(SYSREGS):
         names[98 + i] = r
-    return names
+    return tuple(names)
 
 
 def make_canary(host, seed: int, plan: list[int]):
@@ -70,10 +71,12 @@ def secrets(lab, vm) -> dict[int, str]:
     if pfn is None:
         return {}
     words = np.frombuffer(lab.core.phys.read(pfn * PAGE, 8 * 117), dtype="<u8")
+    # a value with a secret's entropy (not 0, not a flag or two): high half set, at least 8 bits set
+    keep = ((words >> np.uint64(32)) != 0) & (np.bitwise_count(words) >= 8)
+    names = table_names()
     out = {}
-    for name, w in zip(table_names(), words.tolist()):
-        if w >> 32 and bin(w).count("1") >= 8:   # a value with a secret's entropy (not 0, not a flag or two)
-            out[w] = name
+    for i in np.flatnonzero(keep).tolist():
+        out[int(words[i])] = names[i]
     return out
 
 
@@ -94,6 +97,7 @@ MARKS_AT = 2048                 # where in the dump page the host keeps the valu
 SCRIBBLED = ("fpsr", "tpidr_el0", "tpidrro_el0", "contextidr_el1", "sp_el0")
 
 
+@lru_cache(maxsize=1)
 def host_marks() -> bytes:
     """The host's own values for v0..v31 and SCRIBBLED: a guest that sees one got the host's register."""
     words = [0x4057_0000_0000_0000 | i for i in range(64 + len(SCRIBBLED))]
@@ -153,13 +157,20 @@ def leaks(lab, vm, found: dict[int, str], dump_pa: int) -> list[str]:
     out = [f"the host's {reg} holds the guest's {found[v]}"
            for reg, v in host_registers(lab.host, dump_pa).items() if v in found]
     keys = np.array(sorted(found), dtype=np.uint64)
-    for pfn in host_pages(lab):
-        if pfn == dump_pa >> 12:
-            continue
-        words = np.frombuffer(lab.core.phys.read(pfn * PAGE, PAGE), dtype="<u8")
-        hit = np.flatnonzero(np.isin(words, keys))
-        for i in hit[:4].tolist():
-            out.append(f"host page {pfn:#x} (+{8 * i:#x}) holds the guest's {found[int(words[i])]}")
+    pfns = np.array([p for p in host_pages(lab) if p != dump_pa >> 12], dtype=np.int64)
+    if not len(pfns):
+        return out
+    # one read per run of consecutive pages, one sorted lookup of every word among the secrets
+    cut = np.flatnonzero(np.diff(pfns) != 1) + 1
+    words = np.concatenate([np.frombuffer(lab.core.phys.read(int(pfns[a]) * PAGE, int(b - a) * PAGE), dtype="<u8")
+                            for a, b in zip(np.concatenate(([0], cut)), np.append(cut, len(pfns)))])
+    at = np.minimum(np.searchsorted(keys, words), len(keys) - 1)
+    shown: dict[int, int] = {}
+    for k in np.flatnonzero(keys[at] == words).tolist():
+        pfn, i = int(pfns[k // (PAGE // 8)]), k % (PAGE // 8)
+        if shown.setdefault(pfn, 0) < 4:   # at most four per page
+            shown[pfn] += 1
+            out.append(f"host page {pfn:#x} (+{8 * i:#x}) holds the guest's {found[int(words[k])]}")
     return out
 
 

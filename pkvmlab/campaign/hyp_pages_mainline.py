@@ -18,21 +18,22 @@ PAGE_SHIFT = 12
 
 def unaccounted_mainline(lab, state=None) -> list[str]:
     """Every page hyp owns for nothing on a mainline lab, in words (empty: all accounted)."""
-    from pkvmlab.inspect.hyp_pages import _pool_free, _walk
+    from pkvmlab.inspect.hyp_pages import _fields, _pool, _remembered, _walk
     from pkvmlab.spec.mainline_abstraction import mainline_abstract
 
     hyp = lab.hyp
     s = state if state is not None else mainline_abstract(lab)
-    start, end = (hyp.global_field("hyp_pool", "hyp_pool", m) >> PAGE_SHIFT for m in ("start", "end"))
-    nr_free = hyp.global_field("hyp_pool", "hyp_pool", "free_pages")
-    free = set(_pool_free(hyp, start, end))
-    host_tables, _ = _walk(hyp, "host_mmu", "pgt.")
-    hyp_tables, _ = _walk(hyp, "hyp_pgtable")
+    start, end, nr_free = _fields(hyp, "hyp_pool", "hyp_pool", "start", "end", "free_pages")
+    start, end = start >> PAGE_SHIFT, end >> PAGE_SHIFT
+    parts = _remembered(hyp)   # with the campaign's store hook: each table tree, the pool, read again once written
+    free, used = _pool(hyp, start, end, parts)
+    host_tables, _ = _walk(hyp, "host_mmu", "pgt.", parts, leaves=False)
+    hyp_tables, _ = _walk(hyp, "hyp_pgtable", parts=parts, leaves=False)
     tables = {pa >> PAGE_SHIFT for pa in (*host_tables, *hyp_tables)}
     table = hyp.read_global("vm_table") >> PAGE_SHIFT
     vm_table = set(range(table, table + -(-8 * hyp.read_global("kvm_max_pvms", 4) // 4096))) if table else set()
     out = [f"page {p:#x} of the hyp pool is neither free, nor a page table, nor the VM table: hyp took it and lost it"
-           for p in range(start, end) if p not in free and p not in tables and p not in vm_table]
+           for p in used if p not in tables and p not in vm_table]
     held: set[int] = set()
     for vm in s.vms.values():
         held.update(range(vm.vm_area[0], vm.vm_area[0] + vm.vm_area[1]))

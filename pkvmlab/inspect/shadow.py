@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from html import escape
 
+import numpy as np
+
 from pkvmlab.inspect.tables import TableWalker, leaf_pages
 
 HANDLE_OFFSET = 0x1000   # the seed's: handle = index + HANDLE_OFFSET
@@ -150,6 +152,13 @@ def read_shadow_table(hyp) -> ShadowTable:
     nxt = hyp.read_global("next_shadow_alloc", 4)
     if not table:
         return ShadowTable(0, nr, nxt, (None,) * max_pvms)
+    return ShadowTable(table, nr, nxt, read_slots(fw, phys, table, max_pvms))
+
+
+def read_slots(fw, phys, table: int, max_pvms: int, mapped: bool = True) -> tuple[ShadowVM | None, ...]:
+    """The shadow table's ``max_pvms`` slots at ``table``, each used one read from ``phys`` (its struct, its vCPUs'
+    states, their memcache lists, its stage-2 tables, the host vCPUs' PCs).  ``mapped=False``: without the pages each
+    guest stage-2 maps (``guest_pages`` and ``page_states`` empty; its tables are still walked for ``table_pages``)."""
     ptrs = phys.read(table, 8 * max_pvms)
     vm_lay, st_lay = fw.layout("kvm_shadow_vm"), fw.layout("kvm_shadow_vcpu_state")
     f = {p: vm_lay.field(p) for p in ("kvm.arch.pkvm.shadow_handle", "kvm.arch.mmu.vmid.id", "host_kvm",
@@ -159,12 +168,10 @@ def read_shadow_table(hyp) -> ShadowTable:
                                      "last_exit", "nr_runs", "shadow_vcpu.arch.ctxt.regs.pc",
                                      "shadow_vcpu.arch.pkvm_memcache.nr_pages", "shadow_vcpu.arch.pkvm_memcache.head")}
     host_pc = fw.layout("kvm_vcpu").field("arch.ctxt.regs.pc")
-    slots: list[ShadowVM | None] = []
-    for i in range(max_pvms):
-        addr = _u(ptrs, 8 * i, 8)
-        if not addr:
-            slots.append(None)
-            continue
+    slots: list[ShadowVM | None] = [None] * max_pvms
+    words = np.frombuffer(ptrs, dtype="<u8")
+    for i in np.flatnonzero(words).tolist():   # the used slots only: one numpy pass over the pointers
+        addr = int(words[i])
         head = phys.read(addr, vm_lay.size)
 
         def val(name: str, buf: bytes = head, base: int = 0, fields: dict = f) -> int:
@@ -191,12 +198,13 @@ def read_shadow_table(hyp) -> ShadowTable:
         tables: tuple = ()
         if pgd and 30 < ia_bits <= 48:
             w = TableWalker(phys, ia_bits, val("pgt.start_level"))
-            pages = tuple(leaf_pages(w.run(pgd)))
+            leaves = w.run(pgd)
+            pages = tuple(leaf_pages(leaves)) if mapped else ()
             tables = tuple(w.tables)
-        slots.append(ShadowVM(i, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"), n,
-                              addr, val("shadow_area_size"), pgd, ia_bits, vcpus, tuple((gfn, pfn) for gfn, pfn, _ in pages),
-                              tables, pages))
-    return ShadowTable(table, nr, nxt, tuple(slots))
+        slots[i] = ShadowVM(i, val("kvm.arch.pkvm.shadow_handle"), val("kvm.arch.mmu.vmid.id"), val("host_kvm"), n,
+                            addr, val("shadow_area_size"), pgd, ia_bits, vcpus, tuple((gfn, pfn) for gfn, pfn, _ in pages),
+                            tables, pages)
+    return tuple(slots)
 
 
 def _read_u64(phys, pa: int) -> int:

@@ -14,28 +14,51 @@ from pkvmlab.arch import pgtable as pt
 
 
 class TableWalker:
-    """Every non-empty, non-table descriptor of one table tree, with where it sits."""
+    """Every non-empty, non-table descriptor of one table tree, with where it sits.
 
-    def __init__(self, phys, ia_bits: int, start_level: int):
+    ``memo``: a dict this walker may keep its decoded tables in, for the next walker given the same dict: a table
+    whose bytes are as they were is not decoded again, and a tree none of whose tables changed gives its last
+    leaves again (keyed by content: it holds whatever wrote the tables).  It keeps only the tables of the last walk.
+    """
+
+    def __init__(self, phys, ia_bits: int, start_level: int, memo: dict | None = None):
         self.phys, self.ia_bits, self.start_level = phys, ia_bits, start_level
         self.found: list[tuple[np.ndarray, ...]] = []   # (addr, pte, level, ptep) per table
         self.tables: list[int] = []                     # PA of every table below the top level
         self.bad_tables: list[tuple[int, int, int, int]] = []   # (addr, level, pte, ptep): table outside RAM
+        self._memo, self._seen, self._decoded = memo, {}, False
 
-    def _walk(self, table_pa: int, level: int, base: int, n: int) -> None:
-        t = np.frombuffer(self.phys.read(table_pa, n * 8), dtype="<u8")
+    def _decode(self, t: np.ndarray, table_pa: int, level: int, base: int):
+        """(the table's leaves as a ``found`` row or None, [(child table, its input address, pte, ptep)])."""
         nz = np.flatnonzero(t)
         ptes = t[nz]
         is_table = (ptes & np.uint64(3)) == 3 if level < 3 else np.zeros(len(nz), bool)
         shift = pt.granule_shift(level)
+        row = None
         if (~is_table).any():
             idx = nz[~is_table].astype(np.uint64)
-            self.found.append((np.uint64(base) + (idx << np.uint64(shift)), ptes[~is_table],
-                               np.full(len(idx), level, np.uint8), np.uint64(table_pa) + idx * np.uint64(8)))
-        for i in nz[is_table]:
-            child, addr = int(t[i]) & pt.ADDR_MASK, base + (int(i) << shift)
+            row = (np.uint64(base) + (idx << np.uint64(shift)), ptes[~is_table],
+                   np.full(len(idx), level, np.uint8), np.uint64(table_pa) + idx * np.uint64(8))
+        links = [(int(t[i]) & pt.ADDR_MASK, base + (int(i) << shift), int(t[i]), table_pa + 8 * int(i))
+                 for i in nz[is_table].tolist()]
+        return row, links
+
+    def _walk(self, table_pa: int, level: int, base: int, n: int) -> None:
+        raw = self.phys.read(table_pa, n * 8)
+        key = (table_pa, level, base, n)
+        hit = self._memo.get(key) if self._memo is not None else None
+        if hit is not None and hit[0] == raw:
+            row, links = hit[1], hit[2]
+        else:
+            row, links = self._decode(np.frombuffer(raw, dtype="<u8"), table_pa, level, base)
+            self._decoded = True
+        if self._memo is not None:
+            self._seen[key] = (bytes(raw), row, links)
+        if row is not None:
+            self.found.append(row)
+        for child, addr, pte, ptep in links:
             if not self.phys.base <= child < self.phys.base + self.phys.size:
-                self.bad_tables.append((addr, level, int(t[i]), table_pa + 8 * int(i)))
+                self.bad_tables.append((addr, level, pte, ptep))
                 continue
             self.tables.append(child)
             self._walk(child, level + 1, addr, pt.ENTRIES)
@@ -43,6 +66,30 @@ class TableWalker:
     def run(self, pgd: int) -> tuple[np.ndarray, ...]:
         """(input address, descriptor, level, descriptor's PA) of every leaf, in address order."""
         self._walk(pgd, self.start_level, 0, 1 << (self.ia_bits - pt.granule_shift(self.start_level)))
+        memo, whole = self._memo, ("leaves", pgd, self.ia_bits, self.start_level)
+        if memo is not None:
+            last = memo.get(whole)
+            memo.clear()
+            memo.update(self._seen)   # the tables of this walk only
+            if last is not None and not self._decoded:   # every table as last time: the same leaves
+                memo[whole] = last
+                return last
+        out = self._leaves()
+        if memo is not None:
+            for a in out:
+                a.flags.writeable = False   # given again to the next walk: nobody may change it
+            memo[whole] = out
+        return out
+
+    def walk_tables(self, pgd: int) -> list[int]:
+        """Only where the tables are (``tables``, ``bad_tables``): the walk of :meth:`run` without gathering leaves."""
+        self._walk(pgd, self.start_level, 0, 1 << (self.ia_bits - pt.granule_shift(self.start_level)))
+        if self._memo is not None:
+            self._memo.clear()
+            self._memo.update(self._seen)
+        return self.tables
+
+    def _leaves(self) -> tuple[np.ndarray, ...]:
         if not self.found:
             e = np.zeros(0, np.uint64)
             return e, e, np.zeros(0, np.uint8), e

@@ -57,9 +57,12 @@ def _tlbi_covers(insn: int, vttbr: int) -> int | None:
     return None
 
 
+TLBI_MASK, TLBI_BITS = 0xFFF8F000, 0xD5088000
+
+
 def is_tlbi(word: int) -> bool:
     """``TLBI <op>{, Xt}``: SYS #op1, C8, Cm, #op2 (ARM ARM C5.5)."""
-    return (word & 0xFFF8F000) == 0xD5088000
+    return (word & TLBI_MASK) == TLBI_BITS
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,9 @@ class TlbMaintenance:
         fw, hyp = lab.fw, lab.hyp
         self._phys = lab.core.phys
         lo, hi = fw.symbol("__hyp_text_start"), fw.symbol("__hyp_text_end")
-        text = lab.core.phys.read(lo, hi - lo)
-        tlbis = [lo + i for i in range(0, len(text) - 3, 4)
-                 if is_tlbi(int.from_bytes(text[i:i + 4], "little"))
-                 and not fw.symbolize(lo + i).startswith("__debug")]   # the debugger's doors are no part of hyp
+        words = np.frombuffer(lab.core.phys.read(lo, (hi - lo) & ~3), dtype="<u4")
+        tlbis = [lo + 4 * i for i in np.flatnonzero((words & TLBI_MASK) == TLBI_BITS).tolist()
+                 if not fw.symbolize(lo + 4 * i).startswith("__debug")]   # the debugger's doors are no part of hyp
         host = fw.symbol("host_mmu")
         lay = fw.layout("host_mmu")
         self._host_root = tuple(host + lay.field(f"pgt.{m}").offset for m in ("pgd", "ia_bits", "start_level"))
@@ -107,7 +109,12 @@ class TlbMaintenance:
         self._table_ptr = fw.symbol("vm_table" if self._mainline else "shadow_table")
         # The seed's shadow table changes only when these do (a VM made or torn down): read them, not the table, per
         # call.  Mainline keeps no such counters: the table's own words are its generation.
-        self._table_gen = None if self._mainline else (fw.symbol("nr_shadow_entries"), fw.symbol("next_shadow_alloc"))
+        # Both words in one read: the bytes from the first to the end of the last (anything else between them
+        # changing only costs a refresh that finds the same roots).
+        self._table_gen = None
+        if not self._mainline:
+            at = sorted((fw.symbol("nr_shadow_entries"), fw.symbol("next_shadow_alloc")))
+            self._table_gen = (at[0], at[1] + 4 - at[0])
         self._gen = None
         uc = getattr(self._phys, "_uc", None)   # the engine's own read: this runs on every host call
         self._read = uc.mem_read if uc is not None else self._phys.read
@@ -150,7 +157,8 @@ class TlbMaintenance:
             table = self._u(self._table_ptr)
             gen = bytes(self._read(table, 8 * self._slots)) if table else b""
         else:
-            gen = (self._u(self._table_gen[0], 4), self._u(self._table_gen[1], 4))
+            at, n = self._table_gen
+            gen = bytes(self._read(at, n)) if n <= 64 else (self._u(at, 4), self._u(at + n - 4, 4))
         if gen == self._gen:
             return set()
         self._gen = gen
@@ -185,12 +193,13 @@ class TlbMaintenance:
 
     def _judge_call(self) -> None:
         ev = self.log.take()
-        tags = dict(self._tags) if len(ev) else self._tags
+        # the call is judged with the tables watched while it ran (before the refresh below)
+        tags = {t: (root[1], whose) for t, (root, whose, _) in self._tags.items()} if len(ev) else None
         gone = self._refresh_roots()
-        if len(ev):
+        if tags is not None:
             self.calls += 1
-            self.violations += judge(ev, {t: (root[1], whose) for t, (root, whose, _) in tags.items()}, gone)
-            self.stores += int((ev[:, 0] == 1).sum())
+            self.violations += judge(ev, tags, gone)
+            self.stores += int(np.count_nonzero(ev[:, 0] == 1))
 
     def check(self) -> list[Violation]:
         """Judge the last call too (the host is running); return every violation since the last check, and forget them."""

@@ -28,6 +28,8 @@ from pkvmlab.machine.recorder import PAGE, _hook_add, drop_deleted_hooks, flush_
 
 WORDS = 5                        # kind, then per kind (recorder.c: S2_WORDS)
 STORE, TLBI = 1, 2               # store: pa, old, new, level | tag << 8; tlbi: insn, VTTBR_EL2, Xt
+_EMPTY = np.zeros((0, WORDS), np.uint64)
+_EMPTY.flags.writeable = False
 
 
 class S2Log:
@@ -71,10 +73,11 @@ class S2Log:
             raise MachineError("the stage-2 write log overflowed: take() its events more often")
         n = ctypes.c_uint64()
         p = self._lib.pk_s2log_events(self._l, ctypes.byref(n))
-        out = (np.ctypeslib.as_array(ctypes.cast(p, ctypes.POINTER(ctypes.c_uint64)), (n.value, WORDS)).copy()
-               if n.value else np.zeros((0, WORDS), np.uint64))
+        if not n.value:   # nothing logged (most host calls store into no stage-2 table): nothing to empty
+            return _EMPTY
+        out = np.frombuffer(ctypes.string_at(p, n.value * WORDS * 8), dtype=np.uint64).reshape(n.value, WORDS)
         self._lib.pk_s2log_clear(self._l)
-        return out
+        return out   # (a copy: read-only)
 
     def __del__(self):
         # Unreachable only with its core (which holds it until close()): nothing runs its hooks again.
