@@ -20,6 +20,7 @@ from pkvmlab.arch.ownership import GUEST, NOPAGE, OWNED, PageView
 from pkvmlab.arch.pgtable import PageState
 from pkvmlab.errors import SpecMismatch
 from pkvmlab.firmware import load_firmware
+from pkvmlab.spec.host_tables import span
 from pkvmlab.spec.mainline import allowed
 
 PAGE = 4096
@@ -117,3 +118,26 @@ def test_a_seed_guest_sharing_a_page_alone_in_its_2mib_and_unsharing_it_moves_no
         assert lab.hyp.ownership().page(page).host == state
         assert lab.hyp.pool().free_pages == free
     assert lab._spec_checker.checked >= 2
+
+
+def test_the_host_stage2_tables_read_where_written_agree_with_a_fresh_read_as_a_share_frees_one_and_an_unshare_takes_it():
+    """The abstraction reads the host stage-2's tables again only where their pages were written (spec/host_tables.py):
+    after the share that empties the page's level-3 table and the unshare that needs one again, it says what a fresh
+    read says -- and the table did leave and come back."""
+    from pkvmlab.machine import recorder
+    from pkvmlab.spec.mainline_abstraction import MainlineAbstraction, mainline_abstract
+
+    if recorder._load() is None:
+        pytest.skip(f"the native recorder (its written-pages hook) is unavailable: {recorder.last_error}")
+    lab = Lab(era="mainline", spec_check=True)
+    h = lab.host
+    vm_, _ = _guest_runs(lab, SHARE_THEN_UNSHARE)
+    page = h.alloc_pages(512, align=512) + 7
+    vm_.donate(5, page)
+    seen = []
+    for _ in range(2):   # share, unshare
+        vm_.run()
+        got, want = mainline_abstract(lab).host_tables, MainlineAbstraction(lab)().host_tables
+        assert got == want
+        seen.append({t for t in got if page in span(t) and t[1] == 3})
+    assert seen[0] == set() and len(seen[1]) == 1   # the level-3 table mapping the page: gone, then back
