@@ -81,6 +81,19 @@ def test_init_shadow_may_use_any_free_slot_and_takes_the_areas_and_pins():
     assert again.ret == -errno.EEXIST and again.zeroed == (0x44000,)   # the shadow area comes back zeroed
 
 
+
+def test_init_shadow_makes_each_slots_outcome_only_when_the_check_looks_at_it():
+    """One outcome per free slot (~250) reads as a list, but a check that finds hyp's slot among the first makes only
+    those: the campaign's init_shadow checks cost a few outcomes, not 255.  With the pool nearly empty, -ENOMEM last."""
+    s, peek = _kvm_state()
+    s = AbstractState(CFG, s.pages, pool_free=CFG.pool_slack - 1)
+    outs = allowed(s, "__pkvm_init_shadow", (0x41000 * 4096, 0x43000 * 4096, 4096, 0x42000 * 4096), peek)
+    assert len(outs) == 256 and outs[-1].ret == -errno.ENOMEM and not outs._made
+    first = next(o for o in outs if o.ret == 0x1002)
+    assert sorted(outs._made) == [0, 1, 2] and first.state.vms[2].vmid == 3 and outs[2] is first
+    assert [o.ret for o in outs[253:]] == [0x1000 + 253, 0x1000 + 254, -errno.ENOMEM]
+    assert outs == list(outs) and len(outs._made) == 255
+
 MC = 0x40                  # where the host's struct kvm_vcpu keeps its memcache list (head, nr_pages) in CFG
 CFG_G = SpecConfig(**{**CFG.__dict__, "vcpu_memcache": MC})
 

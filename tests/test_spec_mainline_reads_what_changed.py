@@ -164,3 +164,27 @@ def test_each_word_the_mainline_abstraction_reads_is_read_again_when_its_page_is
         assert got.pages == want.pages and got.vms == want.vms and got.donations == want.donations, what
         assert got != s, what
     same(lab)
+
+
+def test_a_kept_host_stage2_entry_is_dropped_when_a_word_its_walk_read_changes_and_kept_when_none_did(lab):
+    """The entries kept for the pages the host has PKVM_NOPAGE (pkvmlab.spec.mainline_entries): a written page whose
+    words read as before keeps them (host_mmu's page is written by every call that takes its lock); another root
+    drops every one."""
+    vm = lab.host.create_vm(1, guest="touch")
+    vm.step()
+    a = abstract_of(lab)
+    mainline_abstract(lab)
+    hosts = a._hosts
+    kept = set(hosts.entries)
+    assert kept
+    root_page = a._host_pgt[0] >> 12
+    pfn = min(kept)
+    desc_page = hosts.entries[pfn][1][-1][0] >> 12   # the page of its deciding descriptor
+    assert hosts.stale({root_page, desc_page}) == set() and set(hosts.entries) == kept   # written, as they were
+    real = hosts.root_words
+    hosts.root_words = lambda: ((a._host_pgt[0], 8, real()[0][2] + 0x1000), *real()[1:])   # another PGD
+    try:
+        assert hosts.stale({root_page}) == kept and not hosts.entries
+    finally:
+        del hosts.root_words
+    same(lab)

@@ -68,22 +68,27 @@ def guest_walk(a, slot: int, pgd: int, ia_bits: int, level: int, deps: set) -> t
     return leaves, tables
 
 
-def fields_read(a, addr: int) -> bytes:
-    """The bytes of every field :func:`read_vm` reads of the shadow VM at ``addr`` and its vCPUs' states, not of the
-    pages they lead to (memcache pages, stage-2 tables: ``read_vm``'s ``walked``).  Equal bytes and none of those
-    pages written: :func:`read_vm` would read the same VM again -- what a load, a run or a put writes beside them
-    (the shadow vCPU's registers, its fault info) makes its pages written, not its VM changed."""
+def fields_read(a, addr: int) -> tuple[bytes, tuple[int, ...]]:
+    """The bytes of every field :func:`read_vm` reads of the shadow VM at ``addr`` and its vCPUs' states but their
+    ``loaded`` flags, and the vCPUs those flags say are loaded (``read_vm``'s ``loaded``); not the pages they lead to
+    (memcache pages, stage-2 tables: ``read_vm``'s ``walked``).  Equal bytes and none of those pages written:
+    :func:`read_vm` would read the same VM again, but for its ``loaded`` (and its count, read apart) -- what a load, a
+    run or a put writes beside them (the shadow vCPU's registers, its fault info) makes its pages written, not its VM
+    changed."""
     head = a._u_bytes(addr, a._vm_size)
     off, size = a._f["kvm.created_vcpus"]
     n = min(int.from_bytes(head[off:off + size], "little"), 64)
     states = a._u_bytes(addr + a._states, n * a._st_size)
     parts = [head[o:o + z] for o, z in a._f.values()]
-    st = a._st_size
+    st, (lo, lz) = a._st_size, a._loaded
+    loaded = []
     for k in range(n):
         at = k * st
-        for o, z in ((a._host_vcpu, 8), a._loaded, (a._mc, 16)):
+        for o, z in ((a._host_vcpu, 8), (a._mc, 16)):
             parts.append(states[at + o:at + o + z])
-    return b"".join(parts)
+        if any(states[at + lo:at + lo + lz]):
+            loaded.append(k)
+    return b"".join(parts), tuple(loaded)
 
 
 def read_vm(a, idx: int, addr: int, light: bool) -> tuple[AbstractVM, dict, set, set]:
@@ -231,9 +236,16 @@ def read_vms(a, guest: dict | None = None, light: bool = False, written: set | N
         for idx in again:
             old = last.hits[idx]
             sig = fields_read(a, old[0])
-            if sig == last.sigs[idx][0] and written.isdisjoint(last.sigs[idx][1]):
+            same = sig[0] == last.sigs[idx][0][0] and written.isdisjoint(last.sigs[idx][1])
+            if same and sig[1] == last.sigs[idx][0][1]:
                 continue   # only bytes no field is read from were written (a run: the shadow vCPU's registers)
             reread.add(idx)
+            if same:   # a load or a put: every field the VM is made from as it was but the loaded flags
+                refs_at = _refs_at(a, old[0])
+                last.sigs[idx] = (sig, last.sigs[idx][1])
+                last.put(idx, (old[0], replace(old[1], loaded=sig[1], refs=a._u(refs_at, a._ref[1]) if refs_at else 0),
+                               old[2], old[3]), a)
+                continue
             vm, g, deps, walked = read_vm(a, idx, old[0], light)
             last.sigs[idx] = (sig, walked)
             if g != old[2] or vm.hyp_pages != old[1].hyp_pages:

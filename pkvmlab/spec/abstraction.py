@@ -24,6 +24,7 @@ from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import PageView
 from pkvmlab.arch.pgtable import NO_OWNER, Owner, PageState
 from pkvmlab.spec.abstract_vms import read_vms
+from pkvmlab.spec.ram_reads import RamReads
 from pkvmlab.spec.stage_tables import StageTables
 from pkvmlab.spec.state import AbstractState, AbstractVM, SpecConfig
 from pkvmlab.spec.written_since import WrittenSince
@@ -38,10 +39,6 @@ class Abstraction(WrittenSince):
         self.lab = lab
         fw, hyp = lab.fw, lab.hyp
         self.phys = lab.core.phys
-        # The engine's own read, without the debugger's per-call lock and checks (addresses are checked below);
-        # another backend without one gets the debugger's read.
-        uc = getattr(self.phys, "_uc", None)
-        self._raw = uc.mem_read if uc is not None else self.phys.read
         mem = {m: hyp.global_field("hyp_memory", "hyp_memory", m) for m in ("ram_start", "ram_end", "hyp_start", "hyp_end")}
         from pkvmlab.host.kvm_structs import host_layouts  # the host's view of the same DWARF
 
@@ -86,15 +83,15 @@ class Abstraction(WrittenSince):
         self._vm_light_cache = None  # the same, light
         self._since: dict = {}   # reader -> the pfns written since it last asked (None: all)
         self._local: dict = {}   # pfn -> (its view, its descriptors' pfns, its vmemmap entry's pfn, ...): local()
-        self._last = None        # (what views were made from, the pages, the pfns whose pins were read, pins, pending)
+        self._last = None        # (what views were made from, the pages, the pfns whose pins were read, pins, pending,
+        #                           the VMs' stamp, vmemmap pfn -> pages whose entries lie on it, (host, hyp) maps)
         self._views: dict = {}   # (host (state, annotation), hyp state, guest state, pins) -> PageView: few distinct
         self._vmemmap_seen: dict = {}   # vmemmap pfn -> its bytes when the counts on it were last read (_entries_changed)
         self._lo, self._hi = self.config.ram[0] << PAGE_SHIFT, self.config.ram[1] << PAGE_SHIFT
+        self._reads = RamReads(self.phys, self._lo, self._hi)   # the engine's own read, into a buffer kept
 
     def _u(self, addr: int, size: int = 8) -> int:
-        if self._lo <= addr and addr + size <= self._hi:
-            return int.from_bytes(self._raw(addr, size), "little")
-        return int.from_bytes(self.phys.read(addr, size), "little")   # outside RAM: its UsageError
+        return int.from_bytes(self._reads.read(addr, size), "little")
 
     def __call__(self) -> AbstractState:
         """The abstract state now.  With ``self.written`` (a :class:`pkvmlab.machine.journal.WrittenPages`'s ``take``,
@@ -146,7 +143,7 @@ class Abstraction(WrittenSince):
                     pages.pop(pfn, None)
                 else:
                     pages[pfn] = view
-            self._last = ((guest, tables, pins, pending), pages, last[2], pins, pending, stamp, last[6])
+            self._last = ((guest, tables, pins, pending), pages, last[2], pins, pending, stamp, last[6], last[7])
             return AbstractState(c, pages, vms, pool)
         # a guest stage-2 table's vmemmap count is its count of used entries (pgtable.c), not hyp's pins
         self._vmemmap_seen = {}   # the counts are read afresh below: no page of them was looked at since
@@ -162,6 +159,19 @@ class Abstraction(WrittenSince):
         inputs = (host, hypm, guest, tables, pins, pending)
         if last is not None and not moved_h and not moved_y and last[0] == inputs[2:]:
             pages = last[1]   # nothing a view is made from changed
+        elif last is not None and written is not None:
+            # a page's view is made from its entries in these alone: only those whose entries changed are made again
+            (host0, hypm0), (guest0, tables0, pins0, pending0) = last[7], last[0]
+            pages = dict(last[1])
+            for pfn in (_changed(host, host0) | _changed(hypm, hypm0) | _changed(guest, guest0) | (tables ^ tables0)
+                        | _changed(pins, pins0) | (pending ^ pending0)):
+                view = None
+                if c.ram[0] <= pfn < c.ram[1] and (pfn in host or pfn in hypm or pfn in guest):
+                    view = self._page_view(pfn, host, hypm, guest, tables, pins, pending, host_default, hyp_default)
+                if view is None:
+                    pages.pop(pfn, None)
+                else:
+                    pages[pfn] = view
         else:
             pages = {}
             for pfn in cand:
@@ -171,7 +181,7 @@ class Abstraction(WrittenSince):
         by_entry: dict = {}   # vmemmap pfn -> the pages outside the carve-out whose count and flags lie on it
         for p in outside:
             by_entry.setdefault((vmemmap + (p - c.ram[0]) * self._page_size) >> PAGE_SHIFT, set()).add(p)
-        self._last = (inputs[2:], pages, outside, pins, pending, stamp, by_entry)
+        self._last = (inputs[2:], pages, outside, pins, pending, stamp, by_entry, (host, hypm))
         return AbstractState(c, pages, vms, pool)
 
     def _entries_changed(self, vpage: int) -> set[int] | None:
@@ -217,9 +227,7 @@ class Abstraction(WrittenSince):
         return {p: counts[p - lo] for p in pfns}, frozenset(p for p in pfns if flags[p - lo] & 1 << 2)
 
     def _u_bytes(self, addr: int, n: int) -> bytes:
-        if self._lo <= addr and addr + n <= self._hi:
-            return bytes(self._raw(addr, n))
-        return self.phys.read(addr, n)
+        return self._reads.read(addr, n)
 
     def _view(self, pfn: int, host_info: tuple, hyp_info: tuple, vmemmap: int, gs: PageState | None = None,
               pins: int | None = None) -> PageView:
@@ -305,6 +313,13 @@ class Abstraction(WrittenSince):
         """Every VM in the shadow table (:func:`pkvmlab.spec.abstract_vms.read_vms`); ``light`` ones read again only
         where pages were written since the last light read."""
         return read_vms(self, guest, light, self.taken("light") if light else written)
+
+def _changed(now: dict, before: dict) -> set:
+    """The keys whose value differs between two maps (one in only one of them included)."""
+    if now is before:
+        return set()
+    return {k for k in now.keys() | before.keys() if now.get(k) != before.get(k)}
+
 
 def abstract_of(lab) -> Abstraction:
     """The lab's :class:`Abstraction` (built once per lab: the DWARF offsets); on the mainline era, mainline's

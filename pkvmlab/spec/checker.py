@@ -109,16 +109,8 @@ class SpecChecker:
 
     @staticmethod
     def _checkable(name, args, era: str = "seed") -> bool:
-        if era == "mainline":
-            from pkvmlab.arch.hypercalls_mainline import MAINLINE_HCALL_ARGS as HYPERCALL_ARGS
-            from pkvmlab.spec.mainline import MAINLINE_RULES as GUEST_RULES
-        else:
-            from pkvmlab.arch.smccc import HYPERCALL_ARGS
-            from pkvmlab.spec.guest_calls import GUEST_RULES
-
-        return ((name in HOST_RULES or name in GUEST_RULES) and name in HYPERCALL_ARGS
-                and len(args) == len(HYPERCALL_ARGS[name])
-                and all(type(a) is int and -(1 << 63) <= a < 1 << 64 for a in args))
+        nargs = _arg_counts(era).get(name)   # the calls the era's rules cover: how many arguments each takes
+        return nargs == len(args) and all(type(a) is int and -(1 << 63) <= a < 1 << 64 for a in args)
 
     def remove(self) -> None:
         if self._written is not None:
@@ -324,6 +316,19 @@ class SpecChecker:
         if info and info[0][2] != after.pool_free:
             diffs.append(f"hyp pool: reported {info[0][2]} free, has {after.pool_free}")
         raise SpecMismatch(name, args, [o.words() for o in outs], happened, diffs)
+
+
+@functools.cache
+def _arg_counts(era: str) -> dict[str, int]:
+    """name -> its number of arguments, for each hypercall of ``era`` the rules cover (fixed: made once)."""
+    if era == "mainline":
+        from pkvmlab.arch.hypercalls_mainline import MAINLINE_HCALL_ARGS as HYPERCALL_ARGS
+        from pkvmlab.spec.mainline import MAINLINE_RULES as GUEST_RULES
+    else:
+        from pkvmlab.arch.smccc import HYPERCALL_ARGS
+        from pkvmlab.spec.guest_calls import GUEST_RULES
+
+    return {n: len(a) for n, a in HYPERCALL_ARGS.items() if n in HOST_RULES or n in GUEST_RULES}
 
 
 # Calls whose first argument is a pfn: that page is probed after the call first.

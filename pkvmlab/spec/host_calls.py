@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import errno
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pkvmlab.arch.ownership import HOST, TRANSITION, PageView
@@ -212,17 +212,54 @@ def init_shadow(s: AbstractState, host_kvm: int, shadow_va: int, shadow_size: in
             outs.append(Outcome(-errno.ENOMEM, s, "the hyp pool cannot cover a donation's page tables", "any"))
         return outs
     after = s.with_pages(changes)
-    outs = []
-    for idx in range(c.max_pvms):
-        if idx in s.vms:
-            continue
-        vmid = idx + 1
-        if vmid > 0xFF:   # VMID 0 is the host's; 8-bit VMIDs
-            continue
-        vm = AbstractVM(idx, idx + HANDLE_OFFSET, vmid, host_kvm, vcpus, (sh_pfn, sh_nr), (pgd_pfn, c.pgd_pages),
+
+    def new_vm(idx: int) -> Outcome:
+        vm = AbstractVM(idx, idx + HANDLE_OFFSET, idx + 1, host_kvm, vcpus, (sh_pfn, sh_nr), (pgd_pfn, c.pgd_pages),
                         memcache=(0,) * nr_vcpus)
-        outs.append(Outcome(idx + HANDLE_OFFSET, after.with_vm(idx, vm), f"a new VM in free slot {idx}", pool="any"))
-    return _nomem_alternative(s, outs)
+        return Outcome(idx + HANDLE_OFFSET, after.with_vm(idx, vm), f"a new VM in free slot {idx}", pool="any")
+
+    # VMID 0 is the host's; 8-bit VMIDs: slot idx has VMID idx + 1
+    free = [idx for idx in range(min(c.max_pvms, 0xFF)) if idx not in s.vms]
+    return _nomem_alternative(s, OneOutcomeEach(new_vm, free))
+
+
+class OneOutcomeEach(Sequence):
+    """A list of outcomes, one for each of ``keys`` (``make(key)``: made the first time it is looked at), then any
+    appended: what a rule that allows one outcome per free slot returns, so that a check that finds the slot hyp chose
+    among the first does not make the other ~250.  Reads as a list (iteration, ``len``, indexing, ``==``)."""
+
+    def __init__(self, make: Callable[[int], Outcome], keys: list[int]):
+        self._make, self._keys, self._made, self._tail = make, keys, {}, []
+
+    def __len__(self) -> int:
+        return len(self._keys) + len(self._tail)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self._keys)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i >= n:
+            return self._tail[i - n]
+        o = self._made.get(i)
+        if o is None:
+            o = self._made[i] = self._make(self._keys[i])
+        return o
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def append(self, o: Outcome) -> None:
+        self._tail.append(o)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (list, OneOutcomeEach)) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 def teardown_shadow(s: AbstractState, shadow_handle: int, peek=None) -> list[Outcome]:

@@ -18,7 +18,8 @@ What differs from the seed era's (:mod:`pkvmlab.spec.abstraction`), as mainline 
 Under ``lab.spec_check`` it reads again only what lies on pages written since its last read (``written``:
 :class:`pkvmlab.machine.journal.WrittenPages`, as the seed era's): the vmemmap's written pages (and of their entries
 only those that changed), the VM-table slots one of whose structures or stage-2 tables lies on a written page
-(:mod:`pkvmlab.spec.mainline_vms`), the host stage-2 entries whose descriptors do; and it makes the views again only
+(:mod:`pkvmlab.spec.mainline_vms`), the host stage-2 entries one of whose descriptors reads otherwise
+(:mod:`pkvmlab.spec.mainline_entries`); and it makes the views again only
 of the pages whose inputs changed.  So a call costs what it wrote, not what the lab holds;
 ``tests/test_spec_mainline_reads_what_changed.py`` holds it to a fresh full read.  :meth:`MainlineAbstraction.local`
 reads just the pages a share or unshare names.
@@ -37,9 +38,11 @@ from pkvmlab.arch.ownership import PageView
 from pkvmlab.inspect.vmemmap import RESERVED_ENTRY, VmemmapReader
 from pkvmlab.spec.abstract_vms import guest_walk
 from pkvmlab.spec.host_tables import HostTables
+from pkvmlab.spec.mainline_entries import HostEntries
 from pkvmlab.spec.mainline_pages import decode, page_into, word_entry
 from pkvmlab.spec.mainline_state import MainlineConfig, MainlineState, MainlineVM
 from pkvmlab.spec.mainline_vms import read_slot, with_refs
+from pkvmlab.spec.ram_reads import RamReads
 from pkvmlab.spec.state import AbstractionError
 from pkvmlab.spec.written_since import WrittenSince
 
@@ -60,6 +63,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         fw, hyp = lab.fw, lab.hyp
         super().__init__(lab.core.phys, fw, hyp)
         self.lab = lab
+        self._reads = RamReads(self.phys, self._lo, self._hi)   # the engine's own read, into a buffer kept
         kvm, vcpu = fw.layout("kvm"), fw.layout("kvm_vcpu")
 
         def at(lay, path):
@@ -79,13 +83,18 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         self.written = None       # None, or a function -> the pfns written since it was last called (None: all)
         self._since: dict = {}    # reader -> the pfns written since it last asked (None: all)
         self._last = None         # _Last: what the last whole read found
-        self._entries: dict = {}  # pfn -> its host stage-2 entry, as read last
-        self._entry_by: dict = {}  # pfn of a descriptor read -> the pfns whose entry it decided
+        self._hosts = HostEntries(self)   # the host stage-2 entries walked, each kept while its words read the same
         self._local: dict = {}    # pfn -> (its view, the pfns it was read from): local()
         self._host_tables = HostTables(self._u_bytes, self.host_root, self.config)   # the host stage-2's table pages
         n = self.ram[1] - self.ram[0]
         base = self._vm_base = self._u(self._vmemmap)   # hyp_vmemmap: fixed at boot; the pfns it lies on
         self._vm_lo, self._vm_hi = base >> PAGE_SHIFT, ((base + n * self._hp_size - 1) >> PAGE_SHIFT) + 1
+
+    def _u(self, addr: int, size: int = 8) -> int:
+        return int.from_bytes(self._reads.read(addr, size), "little")
+
+    def _u_bytes(self, addr: int, n: int) -> bytes:
+        return self._reads.read(addr, n)
 
     def vmemmap(self) -> dict[int, tuple[int, int, int, int]]:
         try:
@@ -122,10 +131,10 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                 slots[idx] = read_slot(self, idx, addr)
         guest = self._merged(slots)
         tables = self._table_pfns(slots)
-        self._entries, self._entry_by = {}, {}
+        self._hosts.reset()
         pages, shares, donations = {}, {}, {}
         for pfn in sorted(set(v) | set(guest)):
-            page_into(self.config, pfn, v, guest, tables, self._host_entry, pages, shares, donations)
+            page_into(self.config, pfn, v, guest, tables, self._hosts.entry, pages, shares, donations)
         by_page: dict = {}
         for idx, slot in slots.items():
             for p in (*slot.deps, *slot.table_deps):
@@ -139,20 +148,36 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         if not written:
             return self._state()
         dirty: set = set()
+        counts: set = set()   # the entries that changed at all (a VM's reference count among them)
         # the vmemmap: only its written pages, and of those only the entries that changed
         base, n = self._vm_base, len(last.words)
         v, words = last.v, last.words
+        co0, co1 = self.carveout[0] - self.ram[0], self.carveout[1] - self.ram[0]
+        sb = 8 * self._state_byte
         for vp in sorted(p for p in written if self._vm_lo <= p < self._vm_hi):
             lo = max(0, ((vp << PAGE_SHIFT) - base) // 8)
             hi = min(n, (((vp + 1) << PAGE_SHIFT) - base + 7) // 8)
             if lo >= hi:
                 continue
             now = self._page_words(base + 8 * lo, hi - lo)
-            changed = (np.flatnonzero(now != words[lo:hi]) + lo).tolist()
+            seg = words[lo:hi]
+            at = np.flatnonzero(now != seg).tolist()
+            if not at:
+                continue
+            # a pool page whose state byte reads as at boot before and after decodes to None both times (its count
+            # and flag are the allocator's): its view cannot have changed
+            if len(at) > 24:   # many (numpy's fixed cost, ~20 µs, is then the smaller)
+                i = np.array(at) + lo
+                s0, s1 = (seg[at] >> np.uint64(sb)) & np.uint64(0xFF), (now[at] >> np.uint64(sb)) & np.uint64(0xFF)
+                changed = i[~((i >= co0) & (i < co1) & (s0 == 0x33) & (s1 == 0x33))].tolist()
+            else:
+                changed = [i + lo for i in at if not (co0 <= i + lo < co1 and (int(seg[i]) >> sb) & 0xFF == 0x33
+                                                      and (int(now[i]) >> sb) & 0xFF == 0x33)]
+            counts.update(i + lo for i in at)
+            words[lo:hi] = now
             if changed:
                 if v is last.v:
                     v = dict(v)
-                words[lo:hi] = now
                 for i, d in decode(self, words, changed, all_=True).items():
                     if d is None:
                         v.pop(i, None)
@@ -160,6 +185,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                         v[i] = d
                 dirty.update(changed)
         dirty = {i + self.ram[0] for i in dirty}
+        counts = {i + self.ram[0] for i in counts}
         # the VM table: its pointers, then each slot read again only where its pages were written
         table, raw = self._slot_raw(last, written)
         reserved, slots, by_page = last.reserved, last.slots, last.by_page
@@ -184,8 +210,8 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                     changed.append(idx)
         guest, tables, vms = last.guest, last.tables, last.vms
         redo_vms = set(changed)
-        if dirty and not dirty.isdisjoint(last.vm_pages):   # a VM's reference count changed
-            redo_vms.update(i for i, x in slots.items() if x.addr >> PAGE_SHIFT in dirty)
+        if counts and not counts.isdisjoint(last.vm_pages):   # a VM's reference count changed
+            redo_vms.update(i for i, x in slots.items() if x.addr >> PAGE_SHIFT in counts)
         if redo_vms and vms is not None:
             vms = None if slots is not last.slots and set(slots) != set(last.slots) else self._vms(slots, words, redo_vms,
                                                                                                       dict(vms))
@@ -212,13 +238,8 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                    or slots[i].vm.pgd != last.slots[i].vm.pgd for i in changed):
                 tables = self._table_pfns(slots)
                 dirty.update(tables ^ last.tables)
-        # the host stage-2 entries walked last time whose descriptors lie on written pages
-        stale: set = set()
-        for p in written:
-            stale.update(self._entry_by.pop(p, ()))
-        for pfn in stale:
-            self._entries.pop(pfn, None)
-        dirty |= stale
+        # the host stage-2 entries walked last time one of whose words (descriptors, host_mmu's root) changed
+        dirty |= self._hosts.stale(written)
         pages, shares, donations = last.pages, last.shares, last.donations
         if dirty:
             pages, shares, donations = dict(pages), dict(shares), dict(donations)
@@ -227,7 +248,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
                 shares.pop(pfn, None)
                 donations.pop(pfn, None)
                 if pfn in v or pfn in guest:
-                    page_into(self.config, pfn, v, guest, tables, self._host_entry, pages, shares, donations)
+                    page_into(self.config, pfn, v, guest, tables, self._hosts.entry, pages, shares, donations)
         self._last = _Last(words, v, table, raw, slots, reserved, guest, tables, pages, shares, donations, vms, by_page,
                            vm_pages)
         return self._state()
@@ -304,15 +325,10 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
             out[pfn] = hit[0]
         return out
 
-    def _host_entry(self, pfn: int) -> int:
-        """:meth:`host_entry`, kept with the pages its descriptors lie on until one of them is written."""
-        hit = self._entries.get(pfn)
-        if hit is None:
-            deps: set = set()
-            hit = self._entries[pfn] = self.host_entry(pfn, deps)
-            for d in deps:
-                self._entry_by.setdefault(d, set()).add(pfn)
-        return hit
+    def host_root(self) -> tuple[int, int, int]:
+        """(PGD, input bits, start level) of the host's stage-2, as :meth:`VmemmapReader.host_root` reads it."""
+        (_, _, pgd), (_, _, ia_bits), (_, _, level) = self._hosts.root_words()
+        return pgd, ia_bits & 0xFF, level & 0xFF
 
     def vms(self, guest: dict | None = None) -> tuple[dict[int, MainlineVM], set[int]]:
         """Every VM in the table, and the reserved slots; ``guest`` gets pfn -> the state a guest maps it in.  Read

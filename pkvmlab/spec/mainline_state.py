@@ -129,8 +129,18 @@ class MainlineState(AbstractState):
 
     # -- building ----------------------------------------------------------------------------------
 
+    def _with(self, pages: dict, vms: dict, reserved=None, shares=None, donations=None) -> MainlineState:
+        """This state with the fields given (dataclasses.replace: 5x slower)."""
+        if type(self) is not MainlineState:
+            return replace(self, pages=pages, vms=vms, reserved=self.reserved if reserved is None else reserved,
+                           shares=self.shares if shares is None else shares,
+                           donations=self.donations if donations is None else donations)
+        return MainlineState(self.config, pages, vms, self.pool_free, self.reserved if reserved is None else reserved,
+                             self.shares if shares is None else shares, self.donations if donations is None else donations,
+                             self.host_tables)
+
     def with_reserved(self, reserved) -> MainlineState:
-        return replace(self, reserved=frozenset(reserved))
+        return self._with(self.pages, self.vms, reserved=frozenset(reserved))
 
     def with_shares(self, changes: dict) -> MainlineState:
         shares = dict(self.shares)
@@ -139,7 +149,7 @@ class MainlineState(AbstractState):
                 shares[pfn] = n
             else:
                 shares.pop(pfn, None)
-        return replace(self, shares=shares)
+        return self._with(self.pages, self.vms, shares=shares)
 
     def with_donations(self, changes: dict) -> MainlineState:
         don = dict(self.donations)
@@ -148,7 +158,7 @@ class MainlineState(AbstractState):
                 don.pop(pfn, None)
             else:
                 don[pfn] = meta
-        return replace(self, donations=don)
+        return self._with(self.pages, self.vms, donations=don)
 
     def same_as(self, other: AbstractState) -> bool:
         return (super().same_as(other) and isinstance(other, MainlineState) and self.reserved == other.reserved

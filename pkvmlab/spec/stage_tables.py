@@ -37,7 +37,8 @@ class StageTables:
         """One table tree as :meth:`_sparse` maps it (``defaults``: its arguments), the pfns read, the tables read.
 
         Each table's part of the map is kept; a table whose page was not written since the last walk
-        (``written``; None: all were) is neither read nor decoded again."""
+        (``written``; None: all were) is neither read nor decoded again, one whose page was is read again and decoded
+        only if its bytes changed -- a level-3 table from the entries that changed alone (:meth:`_entries_again`)."""
         pgd, ia_bits, level = self._u(pgt[0]), self._u(pgt[1], 4) & 0xFF, self._u(pgt[2], 4) & 0xFF
         old = self._trees.get(pgt, (None, None, {}))[2] if written is not None else {}
         pages = {p >> PAGE_SHIFT for p in pgt}
@@ -50,17 +51,10 @@ class StageTables:
             key = (table_pa, lv, base, n)
             hit = old.get(key)
             if hit is None or not written.isdisjoint(span):
-                t = np.frombuffer(self._u_bytes(table_pa, n * 8), dtype="<u8")
-                nz = np.flatnonzero(t)
-                ptes = t[nz]
-                is_table = (ptes & np.uint64(3)) == 3 if lv < 3 else np.zeros(len(nz), bool)
-                shift = pt.granule_shift(lv)
-                part = None
-                if (~is_table).any():
-                    idx = nz[~is_table].astype(np.uint64)
-                    part = self._sparse((np.uint64(base) + (idx << np.uint64(shift)), ptes[~is_table],
-                                         np.full(len(idx), lv, np.uint8)), *defaults)
-                hit = (part, [(int(t[i]) & pt.ADDR_MASK, base + (int(i) << shift)) for i in nz[is_table]])
+                raw = self._u_bytes(table_pa, n * 8)
+                if hit is None or raw != hit[2]:   # (written with what it held: as decoded)
+                    hit = (lv == 3 and hit is not None and hit[3] and self._entries_again(hit, raw, base, defaults)
+                           or self._decode(raw, lv, base, defaults))
             tables[key] = hit
             if hit[0]:
                 out.update(hit[0])
@@ -71,6 +65,55 @@ class StageTables:
 
         walk(pgd, level, 0, 1 << (ia_bits - pt.granule_shift(level)))
         return out, pages, tables
+
+    def _decode(self, raw: bytes, lv: int, base: int, defaults: tuple) -> tuple:
+        """One table (its bytes; at level ``lv``, mapping from ``base``): (its part of the sparse map or None, its child
+        tables as (PA, base), its bytes, whether every valid entry of a level-3 table maps its page to itself)."""
+        t = np.frombuffer(raw, dtype="<u8")
+        nz = np.flatnonzero(t)
+        ptes = t[nz]
+        is_table = (ptes & np.uint64(3)) == 3 if lv < 3 else np.zeros(len(nz), bool)
+        shift = pt.granule_shift(lv)
+        part = None
+        if (~is_table).any():
+            idx = nz[~is_table].astype(np.uint64)
+            part = self._sparse((np.uint64(base) + (idx << np.uint64(shift)), ptes[~is_table],
+                                 np.full(len(idx), lv, np.uint8)), *defaults)
+        ident = False
+        if lv == 3:
+            valid = (ptes & np.uint64(pt.VALID)) != 0
+            ident = not (valid & ((ptes & np.uint64(pt.ADDR_MASK)) != np.uint64(base) + (nz.astype(np.uint64) << 12))).any()
+        return part, [(int(t[i]) & pt.ADDR_MASK, base + (int(i) << shift)) for i in nz[is_table]], raw, ident
+
+    def _entries_again(self, hit: tuple, raw: bytes, base: int, defaults: tuple) -> tuple | None:
+        """A level-3 table :meth:`_decode` decoded as ``hit``, now reading ``raw``: its part of the sparse map made again
+        from the entries that changed alone, as :meth:`_sparse` makes it, when every valid entry maps its own page (then
+        entry ``i`` is all that decides page ``base + i``, and a page's leaf is the one entry at its index);
+        None: decode it whole (many changed, or one maps another page)."""
+        diff = np.flatnonzero(np.frombuffer(raw, "<u8") != np.frombuffer(hit[2], "<u8")).tolist()
+        if len(diff) > 16:
+            return None
+        _, carve_default, else_default = defaults
+        c, co = self.config, self.config.carveout
+        part = hit[0] if hit[0] is not None else {}   # (updated in place: the old tree is dropped, or all of it on an error)
+        first = base >> PAGE_SHIFT
+        for i in diff:
+            pfn = first + i
+            p = int.from_bytes(raw[8 * i:8 * i + 8], "little")
+            part.pop(pfn, None)
+            if not p:
+                continue
+            if p & pt.VALID:
+                if not p & pt.TYPE:
+                    raise AbstractionError("a reserved level-3 descriptor in a table")
+                if (p & pt.ADDR_MASK) >> PAGE_SHIFT != pfn:
+                    return None
+                info = (_BY_VALUE[(p >> pt.STATE_SHIFT) & 3], None)
+            else:
+                info = (PageState.NOPAGE, (p & pt.OWNER_MASK) >> pt.OWNER_SHIFT)
+            if c.ram[0] <= pfn < c.ram[1] and info != (carve_default if co[0] <= pfn < co[1] else else_default):
+                part[pfn] = info
+        return part or None, hit[1], raw, True
 
     def stage(self, pgt, written, *defaults) -> tuple[dict, bool]:
         """One table tree as the sparse map :meth:`_sparse` makes, and whether it differs from the last one."""

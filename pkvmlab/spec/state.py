@@ -124,9 +124,7 @@ class AbstractState:
                 pages.pop(pfn, None)
             else:
                 pages[pfn] = view
-        if type(self) is not AbstractState:   # an era's subclass (spec/mainline_state.py) keeps its own fields
-            return replace(self, pages=pages)
-        return AbstractState(self.config, pages, self.vms, self.pool_free)   # (dataclasses.replace: 5x slower)
+        return self._with(pages, self.vms)
 
     def with_vm(self, index: int, vm: AbstractVM | None) -> AbstractState:
         vms = dict(self.vms)
@@ -134,9 +132,13 @@ class AbstractState:
             vms.pop(index, None)
         else:
             vms[index] = vm
+        return self._with(self.pages, vms)
+
+    def _with(self, pages: dict, vms: dict) -> AbstractState:
+        """This state with ``pages`` and ``vms`` (an era's subclass, spec/mainline_state.py, keeps its own fields)."""
         if type(self) is not AbstractState:
-            return replace(self, vms=vms)
-        return AbstractState(self.config, self.pages, vms, self.pool_free)
+            return replace(self, pages=pages, vms=vms)
+        return AbstractState(self.config, pages, vms, self.pool_free)   # (dataclasses.replace: 5x slower)
 
     def same_as(self, other: AbstractState) -> bool:
         """Equal in everything the specification compares but the pool."""
