@@ -21,6 +21,7 @@ def same(lab, pfns=()):
     assert got.pages == want.pages and got.vms == want.vms and got.pool_free == want.pool_free, \
         want.differences(got)
     assert (got.reserved, got.shares, got.donations) == (want.reserved, want.shares, want.donations)
+    assert got.host_tables == want.host_tables and want.host_tables   # the host stage-2's tables (spec/host_tables.py)
     if pfns:   # the local check's views: as a fresh read makes them, and the whole state's for a page no guest maps
         local = abstract_of(lab).local(pfns)
         assert local == MainlineAbstraction(lab).local(pfns)

@@ -37,6 +37,7 @@ from pkvmlab.arch import pgtable as pt
 from pkvmlab.arch.ownership import PageView
 from pkvmlab.inspect.vmemmap import RESERVED_ENTRY, VmemmapReader
 from pkvmlab.spec.abstract_vms import guest_walk
+from pkvmlab.spec.host_tables import HostTables
 from pkvmlab.spec.mainline_entries import HostEntries
 from pkvmlab.spec.mainline_pages import decode, page_into, word_entry
 from pkvmlab.spec.mainline_state import MainlineConfig, MainlineState, MainlineVM
@@ -84,6 +85,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
         self._last = None         # _Last: what the last whole read found
         self._hosts = HostEntries(self)   # the host stage-2 entries walked, each kept while its words read the same
         self._local: dict = {}    # pfn -> (its view, the pfns it was read from): local()
+        self._host_tables = HostTables(self._u_bytes, self.host_root, self.config)   # the host stage-2's table pages
         n = self.ram[1] - self.ram[0]
         base = self._vm_base = self._u(self._vmemmap)   # hyp_vmemmap: fixed at boot; the pfns it lies on
         self._vm_lo, self._vm_hi = base >> PAGE_SHIFT, ((base + n * self._hp_size - 1) >> PAGE_SHIFT) + 1
@@ -258,7 +260,7 @@ class MainlineAbstraction(VmemmapReader, WrittenSince):
             if last.vms is None:
                 last.vms = self._vms(last.slots, last.words, last.slots, {})
             last.state = MainlineState(self.config, last.pages, last.vms, self.pool_free(), last.reserved, last.shares,
-                                       last.donations)
+                                       last.donations, self._host_tables(self.taken("host_tables")))
         return last.state
 
     def _vms(self, slots: dict, words: np.ndarray, which, vms: dict) -> dict:

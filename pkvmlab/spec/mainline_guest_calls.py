@@ -24,7 +24,8 @@ tree T1 = kernel-patches/bpf @ 06499de8f998; nvhe/mem_protect.c, T3 = @ 197dac8a
 * ``__pkvm_reclaim_dying_guest_page(handle, gfn)``: a VM (-EINVAL), dying (-EINVAL); a mapping there (-ENOENT);
   guest-``OWNED``: zeroed and the host's; guest-``SHARED_OWNED``: the host's, not zeroed; borrowed: -EPERM.
 * ``__kvm_vcpu_run()``: as in the seed era, loose in what the guest did, exact in what it may change: only its own
-  pages, only by its own MEM_SHARE / MEM_UNSHARE (a protected guest's; a non-protected guest's run changes nothing).
+  pages, only by its own MEM_SHARE / MEM_UNSHARE (a protected guest's; a non-protected guest's run changes nothing);
+  the pool only by the host stage-2 tables those free or take, each one mapping a page of the guest's (``_pool_moves``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from pkvmlab.spec.guest_calls import (
     SMCCC_RET_SUCCESS,
 )
 from pkvmlab.spec.host_calls import MAX_PFN, PAGE, PAGE_SHIFT, Outcome, Refused, _read_uint, apply_transition, check_pfn_range
+from pkvmlab.spec.host_tables import span
 from pkvmlab.spec.mainline_state import MainlineState, MainlineVM
 from pkvmlab.spec.state import view_words
 
@@ -340,13 +342,41 @@ def vcpu_run(s: MainlineState, peek=None) -> list[Outcome]:
                 out.append(f"slot {k}: {b or 'empty'}  ->  {a or 'empty'}: a run changes no VM but its pages' sharing")
         if s.reserved != after.reserved or s.shares != after.shares:
             out.append("a run changes no reserved slot and no host_share_guest_count")
-        if s.pool_free is not None and after.pool_free is not None and s.pool_free != after.pool_free:
-            out.append(f"hyp pool: {s.pool_free} free  ->  {after.pool_free} free: a run takes no pool page")
-        return out
+        return out + _pool_moves(s, after, vm)
 
     who = f"vCPU {idx} of VM {vm.handle:#x}"
-    return [Outcome(ARM_EXCEPTION_IRQ, s, f"{who} preempted", loose=what_is_not_allowed),
-            Outcome(ARM_EXCEPTION_TRAP, s, f"{who} exits to the host", loose=what_is_not_allowed)]
+    # pool "any": what_is_not_allowed holds the free count to the host stage-2 tables that moved (_pool_moves)
+    return [Outcome(ARM_EXCEPTION_IRQ, s, f"{who} preempted", "any", loose=what_is_not_allowed),
+            Outcome(ARM_EXCEPTION_TRAP, s, f"{who} exits to the host", "any", loose=what_is_not_allowed)]
+
+
+def _pool_moves(s: MainlineState, after: MainlineState, vm: MainlineVM) -> list[str]:
+    """A run's pool rule, exact: the free count moves by the host stage-2 tables that left the tree minus those that
+    joined it, and a table may leave or join only where it maps a page of the running guest (what its MEM_SHARE /
+    MEM_UNSHARE change).  The lab's share clears the host's entry (firmware/mainline/mem_protect.c
+    ``host_stage2_idmap_page``) and the page-table library gives the table it empties back to the pool
+    (firmware/pgtable.c ``set_range``; upstream ``stage2_unmap_walker`` puts an emptied table too); its unshare
+    writes the donation record again, which may take tables (``__pkvm_guest_unshare_host``, -ENOMEM without them).
+    Upstream's host stage-2 tables come from their own pool (``host_s2_pool``), not hyp's (docs/mainline.md)."""
+    if s.pool_free is None or after.pool_free is None:
+        return []
+    before_t, after_t = s.host_tables, after.host_tables
+    if before_t is None or after_t is None:   # tables unknown: no pool page may move
+        left = joined = frozenset()
+    else:
+        left, joined = before_t - after_t, after_t - before_t
+    out = []
+    mine = {p for _, p, _ in vm.pages} | {p for _, p, _ in (after.vms.get(vm.index) or vm).pages}
+    for what, tables in (("left", left), ("joined", joined)):
+        for t in sorted(tables):
+            if mine.isdisjoint(span(t)):
+                out.append(f"host stage-2 table pfn {t[0]:#x} (level {t[1]}, from {t[2]:#x}) {what} the tree, but it maps "
+                           "no page of the running guest's")
+    moved = len(left) - len(joined)
+    if after.pool_free - s.pool_free != moved:
+        out.append(f"the pool: {s.pool_free} free  ->  {after.pool_free} free, but a run moves it only by the host stage-2 "
+                   f"tables its MEM_SHARE/MEM_UNSHARE freed ({len(left)}) minus those they took ({len(joined)})")
+    return out
 
 
 GUEST_RULES = {

@@ -93,12 +93,17 @@ class MainlineState(AbstractState):
     """:class:`AbstractState` (pages, VMs by slot, pool) plus the reserved slots, share counts, annotations.
 
     ``shares``: pfn -> ``host_share_guest_count`` (non-zero only); ``donations``: pfn -> (handle, gfn) the host
-    stage-2 records for a page a guest owns; ``reserved``: slot indices marked ``RESERVED_ENTRY``.
+    stage-2 records for a page a guest owns; ``reserved``: slot indices marked ``RESERVED_ENTRY``; ``host_tables``:
+    the host stage-2's table pages, which only a guest run's rule reads (``same_as`` does not compare them: every
+    other call's pool count is compared whole).
     """
 
     reserved: frozenset = frozenset()
     shares: dict = None              # type: ignore[assignment]   (a dict treated as frozen; None: empty)
     donations: dict = None           # type: ignore[assignment]
+    # The host stage-2's tables below its PGD, (pfn, level, first input address) each (pool pages: a guest run's
+    # MEM_SHARE / MEM_UNSHARE may free or take some, spec/host_tables.py); None: not read (a local check's state)
+    host_tables: frozenset | None = None
 
     def __post_init__(self):
         if self.shares is None:
@@ -131,7 +136,8 @@ class MainlineState(AbstractState):
                            shares=self.shares if shares is None else shares,
                            donations=self.donations if donations is None else donations)
         return MainlineState(self.config, pages, vms, self.pool_free, self.reserved if reserved is None else reserved,
-                             self.shares if shares is None else shares, self.donations if donations is None else donations)
+                             self.shares if shares is None else shares, self.donations if donations is None else donations,
+                             self.host_tables)
 
     def with_reserved(self, reserved) -> MainlineState:
         return self._with(self.pages, self.vms, reserved=frozenset(reserved))
