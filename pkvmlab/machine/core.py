@@ -283,7 +283,7 @@ class Core(RunStops, DebugCalls):
                 try:
                     # Unicorn bakes the stop address into the code it translates: a block translated in a run
                     # with another stop address may run straight through this one (tests/test_run_until.py).
-                    self.uc.ctl_remove_cache(until - 4, until)
+                    RB.remove_cache(self.uc, until - 4, until)
                     if self.native is not None:
                         self.native.forget_stub_ends()   # and this run's blocks may reach a stub's end
                     self.uc.emu_start(pc, until)
@@ -304,7 +304,7 @@ class Core(RunStops, DebugCalls):
                         raise hang
                     raise MachineError(f"the run stopped in AArch32 EL0 at {now:#x}: the lab runs AArch32 code only "
                                        "until it traps back to the host kernel (SVC, an abort, an UNDEFINED instruction)")
-                now = self.reg("pc")
+                now = RB.read_checked(self.uc, A.UC_ARM64_REG_PC)   # self.reg("pc"), the lock already held
                 if err is None and now == until:
                     if not debugger:   # (a debugger call made while handling this run's exception is not the run)
                         self.raise_guest_timeout(limit_ms)   # a guest the watchdog preempted on the way

@@ -14,6 +14,39 @@ from pkvmlab.errors import UsageError
 from pkvmlab.machine import regs_batch as RB
 from pkvmlab.machine.phys import check_uint
 
+_TPIDR_EL0 = (13, 0, 3, 3, 2)   # (crn, crm, op0, op1, op2): written as itself, it rebuilds hflags (core.set_pstate)
+_X = [A.UC_ARM64_REG_X0 + i for i in range(8)]
+
+
+class _DebugIO:
+    """A core's register batches and saved contexts for debugger calls, made once (libunicorn's C API:
+    regs_batch.py): a call is then one context save, three batched register moves, a run and one restore."""
+
+    def __init__(self, uc):
+        self.uc = uc
+        self._contexts: list[RB.Context] = []
+        self.entry_read = RB.RegBatch(uc, [("pstate", A.UC_ARM64_REG_PSTATE), ("tpidr", A.UC_ARM64_REG_TPIDR_EL0)])
+        self.exit_write = RB.RegBatch(uc, [("pstate", A.UC_ARM64_REG_PSTATE), ("tpidr", _TPIDR_EL0)])
+        self._entry = [RB.RegBatch(uc, [("pstate", A.UC_ARM64_REG_PSTATE), ("tpidr", _TPIDR_EL0),
+                                        *((f"x{i}", _X[i]) for i in range(n)),
+                                        ("x30", A.UC_ARM64_REG_X30), ("sp", A.UC_ARM64_REG_SP)])
+                       for n in range(9)]
+        self._results: dict[int, RB.RegBatch] = {}
+
+    def context(self, depth: int) -> RB.Context:
+        while len(self._contexts) <= depth:
+            self._contexts.append(RB.Context(self.uc))
+        return self._contexts[depth]
+
+    def entry_write(self, nargs: int) -> RB.RegBatch:
+        return self._entry[nargs]
+
+    def results(self, n: int) -> RB.RegBatch:
+        batch = self._results.get(n)
+        if batch is None:
+            batch = self._results[n] = RB.RegBatch(self.uc, [(f"x{i}", A.UC_ARM64_REG_X0 + i) for i in range(n)])
+        return batch
+
 
 class DebugCalls:
     """``call``, ``call_regs`` and ``call_symbol`` of the core (see the module docstring)."""
@@ -35,18 +68,19 @@ class DebugCalls:
         if len(args) > 8:
             raise UsageError("at most 8 arguments (x0..x7)")
         args = [check_uint(a, 64, f"x{i}") for i, a in enumerate(args)]
-        uc = self.uc
-        read, write = RB.read, RB.write   # the C API: a call is a few dozen register moves
+        io = self._debug_io()
         with self.lock:
-            ctx = uc.context_save()
-            pstate = read(uc, A.UC_ARM64_REG_PSTATE)
+            depth = self._debug_depth   # a call made while another one runs (decoding its panic) saves its own
+            ctx = io.context(depth)
+            ctx.save()
+            pstate, tpidr = io.entry_read.values()
+            self._debug_depth = depth + 1
             try:
-                self.set_pstate(P.PSTATE_EL2H_DAIF)
-                for i, a in enumerate(args):
-                    write(uc, A.UC_ARM64_REG_X0 + i, a)
+                # set_pstate(EL2h, DAIF masked) -- PSTATE, then TPIDR_EL0 as itself to rebuild QEMU's hflags --
+                # then x0.., x30 = the return address, SP_EL2 = the debug stack: one C call, in that order
                 done = self.symbols["__debug_call_done"]
-                write(uc, A.UC_ARM64_REG_X30, done)
-                write(uc, A.UC_ARM64_REG_SP, self.symbols["__debug_stack_top"])
+                io.entry_write(len(args)).write((P.PSTATE_EL2H_DAIF, tpidr, *args, done,
+                                                 self.symbols["__debug_stack_top"]))
                 pause = None if traced else self.recording
                 if pause is not None:
                     pause(True)
@@ -55,11 +89,22 @@ class DebugCalls:
                 finally:
                     if pause is not None:
                         pause(False)
-                return [read(uc, A.UC_ARM64_REG_X0 + i) for i in range(results)]
+                return io.results(max(results, 0)).values()
             finally:
+                self._debug_depth = depth
                 if self.panic is None:
-                    uc.context_restore(ctx)
-                    self.set_pstate(pstate)
+                    ctx.restore()
+                    # set_pstate(pstate): the context put TPIDR_EL0 back to ``tpidr``; writing it rebuilds hflags
+                    io.exit_write.write((pstate, tpidr))
+
+    _debug_depth = 0
+    _debug_regs = None
+
+    def _debug_io(self) -> _DebugIO:
+        io = self._debug_regs
+        if io is None:
+            io = self._debug_regs = _DebugIO(self.uc)
+        return io
 
     def call_symbol(self, name: str, *args: int, results: int = 1, traced: bool = True):
         """``call()`` by the function's name; with ``results`` > 1, x0..x(results-1) as a list (``traced``: call_regs)."""

@@ -217,6 +217,8 @@ class WrittenPages:
                        for lo, hi in ranges]
         flush_tlb(core)   # TLB entries made before the hook skip it
         self._generation = None
+        self._count = ctypes.c_uint64()   # take()'s out-parameter, made once
+        self._count_ref = ctypes.byref(self._count)
 
     @classmethod
     def make(cls, core, skip: tuple[int, int] | None = None) -> WrittenPages | None:
@@ -226,10 +228,11 @@ class WrittenPages:
         return cls(core, lib, skip) if lib is not None else None
 
     def take(self) -> set[int] | None:
-        n = ctypes.c_uint64()
-        ptr = self._lib.pk_written_take(self._w, ctypes.byref(n))
-        pfn0 = self._pfn0
-        pages = {p + pfn0 for p in (ctypes.c_uint32 * n.value).from_address(ptr)} if n.value else set()
+        n = self._count
+        ptr = self._lib.pk_written_take(self._w, self._count_ref)
+        # the C array of uint32 page numbers (from RAM's first page) copied out whole, each offset by RAM's first pfn
+        pages = set(map(self._pfn0.__add__, memoryview(ctypes.string_at(ptr, 4 * n.value)).cast("I"))) \
+            if n.value else set()
         gen, self._generation = self._generation, self.core.phys.generation
         return None if gen != self._generation else pages
 

@@ -14,6 +14,7 @@ from unicorn import UcError
 from unicorn import arm64_const as A
 from unicorn.unicorn_py3 import unicorn as _binding
 from unicorn.unicorn_py3.arch.arm64 import UcRegCP64
+from unicorn.unicorn_py3.unicorn import UcContext
 
 from pkvmlab.errors import MachineError
 
@@ -51,6 +52,8 @@ class RegBatch:
         self._ids = (ctypes.c_int32 * n)(*ids)
         self._ptrs = (ctypes.c_void_p * n)(*(base + self.SLOT * i for i in range(n)))
         self._n = n
+        self._u64 = (ctypes.c_uint64 * (self.SLOT // 8 * n)).from_buffer(self._buf)
+        self._words = [off // 8 if size == 8 else None for off, size in self._kinds]   # a 64-bit value's word
 
     def raw(self) -> bytes:
         """Every register's slot, as bytes, in one C call: equal bytes, equal registers."""
@@ -66,6 +69,43 @@ class RegBatch:
     def read(self) -> dict[str, int]:
         return self.decode(self.raw())
 
+    def values(self) -> list[int]:
+        """Every register's value, in the batch's order, in one C call (64-bit registers only)."""
+        self.raw()
+        u64 = self._u64
+        return [u64[w] for w in self._words]
+
+    def write(self, values) -> None:
+        """Write every register (64-bit ones, system registers included), in the batch's order, in one C call: what
+        as many ``write`` / ``write_cp`` calls in that order do (``uc_reg_write_batch`` writes one after another).
+        ``values`` already checked to fit."""
+        u64 = self._u64
+        for w, v in zip(self._words, values, strict=True):
+            u64[w] = v
+        status = _lib.uc_reg_write_batch(self.uc._uch, self._ids, self._ptrs, self._n)
+        if status:
+            raise MachineError(f"writing {self._n} registers failed: unicorn error {status}")
+
+
+class Context:
+    """One Unicorn CPU context, allocated once and saved into / restored from through the C API: what
+    ``uc.context_save()`` / ``uc.context_restore(ctx)`` do, without allocating a context per save."""
+
+    def __init__(self, uc):
+        self.uc = uc
+        self._ctx = UcContext(uc._uch, uc._arch, uc._mode)   # the binding's: freed with this object
+        self._h = self._ctx.context
+
+    def save(self) -> None:
+        status = _lib.uc_context_save(self.uc._uch, self._h)
+        if status:
+            raise UcError(status)
+
+    def restore(self) -> None:
+        status = _lib.uc_context_restore(self.uc._uch, self._h)
+        if status:
+            raise UcError(status)
+
 
 def read(uc, reg: int) -> int:
     """One 64-bit register (not a Q or system register)."""
@@ -77,6 +117,17 @@ def read(uc, reg: int) -> int:
 def write(uc, reg: int, value: int) -> None:
     """One 64-bit register (not a Q or system register); ``value`` already checked to fit."""
     _lib.uc_reg_write(uc._uch, reg, ctypes.byref(ctypes.c_uint64(value)))
+
+
+_REMOVE_CACHE = (_binding.uc.UC_CTL_IO_WRITE << 30) | (2 << 26) | _binding.uc.UC_CTL_TB_REMOVE_CACHE
+
+
+def remove_cache(uc, lbound: int, ubound: int) -> None:
+    """``uc.ctl_remove_cache(lbound, ubound)`` (drop the translated blocks in [lbound, ubound)), without the
+    binding's per-call argument encoding: the same ``uc_ctl`` call, the same UcError if Unicorn refuses."""
+    status = _lib.uc_ctl(uc._uch, _REMOVE_CACHE, ctypes.c_uint64(lbound), ctypes.c_uint64(ubound))
+    if status:
+        raise UcError(status)
 
 
 def write_cp(uc, key: tuple[int, int, int, int, int], value: int) -> None:
@@ -117,4 +168,5 @@ def write_cp_checked(uc, key: tuple[int, int, int, int, int], value: int) -> Non
         raise UcError(status, A.UC_ARM64_REG_CP_REG)
 
 
-__all__ = ["RegBatch", "read", "read_checked", "read_cp_checked", "write", "write_checked", "write_cp", "write_cp_checked"]
+__all__ = ["Context", "RegBatch", "read", "read_checked", "read_cp_checked", "remove_cache", "write",
+           "write_checked", "write_cp", "write_cp_checked"]
