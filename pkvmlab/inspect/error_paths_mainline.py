@@ -1,4 +1,4 @@
-"""The mainline era's entries of ``DEFENSIVE`` and ``WITNESSES`` (pkvmlab/inspect/error_paths.py): its own files,
+"""The mainline era's entries of ``DEFENSIVE`` and ``WITNESSES`` (pkvmlab/inspect/error_paths.py judges with them): its own files,
 named ``mainline/...``.  The seed's files mainline builds as they are (firmware/mainline/shared.list) keep their
 names, so the seed's entries for them hold on both eras.
 
