@@ -79,13 +79,13 @@ class VM:
             raise UsageError(f"donate() takes a guest frame number (an int >= 0), got {gfn!r}")
         loaded = self.host.loaded_vcpu
         if loaded is not None and loaded[0] != self.handle:
-            raise UsageError(f"vCPU {loaded[1]} of VM {loaded[0]:#x} is loaded: __pkvm_host_map_guest maps into the "
+            raise UsageError(f"vCPU {loaded[1]} of VM {loaded[0]:#x} is loaded: {self.map_call_name()} maps into the "
                              f"loaded vCPU's VM; put it first (lab.host.call(\"__pkvm_vcpu_put\"))")
         own = pfn is None
         if own:
             pfn = self.host.alloc_pages(1)
         else:
-            self.host._keep_own_image(pfn, 1, "__pkvm_host_map_guest")
+            self.host._keep_own_image(pfn, 1, self.map_call_name())
         idx = 0 if loaded is None else loaded[1]
         runner = self._runners.get(idx) or VcpuRunner(self, idx)
         have = self.host.read_u64(runner._field("arch.pkvm_memcache.nr_pages"))
@@ -95,7 +95,7 @@ class VM:
             if loaded is None:
                 self.host.call("__pkvm_vcpu_load", self.handle, idx)
             try:
-                self.host.call("__pkvm_host_map_guest", pfn, gfn)
+                self.map_call(pfn, gfn)
             finally:
                 if loaded is None:
                     self.host.call("__pkvm_vcpu_put")
@@ -109,6 +109,10 @@ class VM:
     def map_call(self, pfn: int, gfn: int) -> None:
         """The hypercall that gives the guest of the loaded vCPU the page ``pfn`` at ``gfn`` (a demand fault)."""
         self.host.call("__pkvm_host_map_guest", pfn, gfn)
+
+    def map_call_name(self) -> str:
+        """The name of ``map_call``'s hypercall, for messages."""
+        return "__pkvm_host_map_guest"
 
     @property
     def guest_pages(self) -> dict[int, int]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from pkvmlab.errors import HypercallError, UsageError
+from pkvmlab.errors import UsageError
 from pkvmlab.host.kvm_structs import PAGE, _padded
 from pkvmlab.host.vm import VM, _unshare_all
 
@@ -87,43 +87,14 @@ class MainlineVM(VM):
         else:
             self.host.call("__pkvm_host_share_guest", pfn, gfn, 1, PROT_RWX)
 
+    def map_call_name(self) -> str:
+        return "__pkvm_host_donate_guest" if self.protected else "__pkvm_host_share_guest"
+
     def donate(self, gfn: int, pfn: int | None = None) -> int:
         """Give the guest a page at ``gfn`` as on its stage-2 fault (donated if protected, shared if not); allocates
         one unless ``pfn`` is given.  Loads vCPU 0 around the call unless a vCPU of this VM is loaded (the call works
         on the loaded vCPU: its memcache is topped up first).  Returns the pfn."""
-        from pkvmlab.host.vcpu_run import MEMCACHE_TOPUP, VcpuRunner
-
-        self._check_alive("give a page to")
-        if type(gfn) is not int or gfn < 0:
-            raise UsageError(f"donate() takes a guest frame number (an int >= 0), got {gfn!r}")
-        loaded = self.host.loaded_vcpu
-        if loaded is not None and loaded[0] != self.handle:
-            raise UsageError(f"vCPU {loaded[1]} of VM {loaded[0]:#x} is loaded: the call maps into the loaded "
-                             f"vCPU's VM; put it first (lab.host.call(\"__pkvm_vcpu_put\"))")
-        own = pfn is None
-        if own:
-            pfn = self.host.alloc_pages(1)
-        else:
-            self.host._keep_own_image(pfn, 1, "__pkvm_host_donate_guest")
-        idx = 0 if loaded is None else loaded[1]
-        runner = self._runners.get(idx) or VcpuRunner(self, idx)
-        have = self.host.read_u64(runner._field("arch.pkvm_memcache.nr_pages"))
-        if have < MEMCACHE_TOPUP:
-            runner.topup_memcache(MEMCACHE_TOPUP - have)
-        try:
-            if loaded is None:
-                self.host.call("__pkvm_vcpu_load", self.handle, idx)
-            try:
-                self.map_call(pfn, gfn)
-            finally:
-                if loaded is None:
-                    self.host.call("__pkvm_vcpu_put")
-        except HypercallError:
-            if own:
-                self.host.free_pages(pfn)
-            raise
-        self.mapped_pages[gfn] = pfn
-        return pfn
+        return super().donate(gfn, pfn)   # the seed's steps; map_call() is this era's call
 
     def teardown(self) -> None:
         """The three phases: ``__pkvm_start_teardown_vm``, ``__pkvm_reclaim_dying_guest_page`` per page,
