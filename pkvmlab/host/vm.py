@@ -301,6 +301,12 @@ def teardown_vm(host, handle: int) -> None:
         host.free_pages(pfn)
     for pfn in vm.memcache_pages:   # tables and unused memcache pages came back at teardown
         host.free_pages(pfn)
+    unshare_host_structs(host, vm)
+
+
+def unshare_host_structs(host, vm) -> None:
+    """The last step of a teardown: the host unshares its ``struct kvm`` and vCPUs (hyp unpinned them) and frees them;
+    one hyp refuses to unshare stays shared and allocated, and its refusal is raised after the others are done."""
     pfns = [addr // PAGE for addr in (vm.host_kvm, *vm.vcpus)]
     still_shared = _unshare_all(host, pfns)
     for pfn in pfns:

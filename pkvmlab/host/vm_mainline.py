@@ -25,7 +25,7 @@ from functools import lru_cache
 
 from pkvmlab.errors import UsageError
 from pkvmlab.host.kvm_structs import PAGE, _padded
-from pkvmlab.host.vm import VM, _unshare_all
+from pkvmlab.host.vm import VM, _unshare_all, unshare_host_structs
 
 PROT_RWX = 0b111   # KVM_PGTABLE_PROT_X | _W | _R (asm/kvm_pgtable.h)
 PGD_PAGES = 2      # kvm_pgtable_stage2_pgd_size() for the 40-bit IPA: two concatenated level-1 tables
@@ -223,10 +223,4 @@ def teardown_vm(host, handle: int) -> None:
         host.free_pages(area // PAGE, vm.vcpu_area_size // PAGE)
     for pfn in vm.memcache_pages:
         host.free_pages(pfn)
-    pfns = [addr // PAGE for addr in (vm.host_kvm, *vm.vcpus)]
-    still_shared = _unshare_all(host, pfns)
-    for pfn in pfns:
-        if pfn not in still_shared:
-            host.free_pages(pfn)
-    if still_shared:
-        raise next(iter(still_shared.values()))
+    unshare_host_structs(host, vm)
