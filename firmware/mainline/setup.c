@@ -2,8 +2,12 @@
 /*
  * Boot at EL2, the mainline era: as the seed's (firmware/setup.c), and the
  * carve-out's pages recorded in hyp_vmemmap as hyp's (hyp OWNED, host
- * NOPAGE), where the seed records them in the host stage-2 only.  How
- * upstream's nvhe/setup.c sets those states at boot: not verified (not read).
+ * NOPAGE), where the seed records them in the host stage-2 only.  As
+ * upstream: nvhe/setup.c, fix_host_ownership_walker() (mainline,
+ * kernel-patches/bpf @ 9aa9d5eaf78b) gives each page hyp's stage-1 maps
+ * OWNED set_hyp_state(page, PKVM_PAGE_OWNED) and
+ * host_stage2_set_owner_locked(..., PKVM_ID_HYP); hyp text alone stays
+ * mapped read-only for the host, its host state PKVM_NOPAGE too.
  */
 #include <hyp/gfp.h>
 #include <hyp/mem_protect.h>

@@ -11,12 +11,12 @@
 #include <hyp/trap_handler.h>
 
 /*
- * What the host sees of an exit, and what it hands back.  A non-protected
- * vCPU's general registers and exit information go to the host and come back
- * (upstream, mainline nvhe/hyp-main.c: sync_hyp_vcpu() copies the whole ctxt and
- * fault out, flush_hyp_vcpu() the ctxt in; the lab: x0..x30, PSTATE, the fault).  A protected vCPU's exit passes only what the host needs, as the
- * seed's handle_pvm_exit_*() (firmware/hyp-main.c): the ESR, the fault
- * address's page offset, an MMIO write's value in x0, a hypercall's x0..x3.
+ * The lab: a non-protected vCPU's x0..x30, PSTATE and fault go out, x0..x30 come back; a protected vCPU's exit
+ * passes only what the host needs, as the seed's handle_pvm_exit_*() (firmware/hyp-main.c): the ESR, the fault
+ * address's page offset, an MMIO write's value in x0, a hypercall's x0..x3.  Upstream, mainline nvhe/hyp-main.c
+ * (kernel-patches/bpf @ 06499de8f998): sync_hyp_vcpu() copies a protected vCPU's whole ctxt and fault out and
+ * flush_hyp_vcpu() its whole ctxt in; a non-protected one's PC, PSTATE and fault out, its ctxt in only when
+ * PKVM_HOST_STATE_DIRTY (all on demand: handle___pkvm_vcpu_sync_state()).  The lab hides more than upstream.
  */
 #define PKVMLAB_GUEST_DOORBELL_FUNC_ID	0xc6000040UL
 #define ARM_SMCCC_VENDOR_HYP_KVM_MEM_SHARE_FUNC_ID	0xc6000003UL

@@ -118,8 +118,8 @@ MAINLINE_HCALL_ARGS: dict[str, tuple[str, ...]] = dict(MAINLINE_HCALLS)
 
 # A protected guest's own calls (ARM_SMCCC_VENDOR_HYP_KVM_*_FUNC_ID: fast, SMC64 but FEATURES, vendor hyp), as
 # mainline's kvm_handle_pvm_hvc64() (nvhe/pkvm.c, docs/mainline.md section 8, T1) answers them at EL2: FEATURES
-# offers exactly these four.  The function numbers 2..4: docs/mainline.md (include/linux/arm-smccc.h copies; not
-# verified in T1).  MMIO guard: T1's kvm_handle_pvm_hvc64() has no case for it and FEATURES does not offer it, so
-# it is "punted back to the host" as any other call -- as the lab's shared switch.c does; the number a 2024 posting
-# gave it (ARM_SMCCC_KVM_FUNC_MMIO_GUARD): not verified for 7.1, so the lab names none.
+# offers exactly these four.  The function numbers 2..4: include/linux/arm-smccc.h (ARM_SMCCC_KVM_FUNC_HYP_MEMINFO,
+# _MEM_SHARE, _MEM_UNSHARE; torvalds/linux @ 0f1269495800, docs/mainline.md section 8).  MMIO guard
+# (ARM_SMCCC_KVM_FUNC_MMIO_GUARD, 7 in the same file): T1's kvm_handle_pvm_hvc64() has no case for it and FEATURES
+# does not offer it, so it is "punted back to the host" as any other call -- as the lab's shared switch.c does.
 GUEST_CALLS_AT_EL2: dict[str, int] = {"FEATURES": 0, "HYP_MEMINFO": 2, "MEM_SHARE": 3, "MEM_UNSHARE": 4}

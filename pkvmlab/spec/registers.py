@@ -93,9 +93,11 @@ def host_vcpu_after_run(before: dict, guest: dict, fault: dict, exit_code: int) 
 def host_vcpu_after_np_run(before: dict, guest: dict, fault: dict, exit_code: int) -> list[dict]:
     """The same for a **non-protected** vCPU (the mainline era): the host owns its state, so a trap hands the host
     the guest's general registers, PSTATE and the whole fault information (ESR with its register number, FAR and
-    HPFAR whole).  Upstream copies more still: ``sync_hyp_vcpu()`` in nvhe/hyp-main.c (mainline) writes back the
-    whole ``arch.ctxt`` and ``arch.fault`` (``host_vcpu->arch.ctxt = hyp_vcpu->vcpu.arch.ctxt``), as
-    ``flush_hyp_vcpu()`` takes the whole context from the host; the lab's firmware (firmware/mainline/vcpu_run.c,
+    HPFAR whole).  Upstream differs: ``sync_hyp_vcpu()`` in nvhe/hyp-main.c (mainline, kernel-patches/bpf @
+    06499de8f998) writes back a non-protected vCPU's PC, PSTATE and ``arch.fault`` only, the rest of its context on
+    demand (``handle___pkvm_vcpu_sync_state()``), and ``flush_hyp_vcpu()`` takes its context back only when the host
+    marked it ``PKVM_HOST_STATE_DIRTY``; it is a *protected* vCPU whose whole ``arch.ctxt`` goes out
+    (``host_vcpu->arch.ctxt = hyp_vcpu->vcpu.arch.ctxt``) and back.  The lab's firmware (firmware/mainline/vcpu_run.c,
     ``sync_np_exit()``) copies x0..x30, PSTATE and the fault, and this rule holds it to exactly that.  A preemption
     (``ARM_EXCEPTION_IRQ``) passes nothing.  ``arch.flags`` may lose ``KVM_ARM64_INCREMENT_PC`` as for a protected one."""
     after = dict(before)
