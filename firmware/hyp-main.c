@@ -211,10 +211,8 @@ static void flush_shadow_state(struct kvm_shadow_vcpu_state *state)
 		/*
 		 * A trapped SMC stops at the SMC itself; the host answers it as KVM's
 		 * handle_smc() does (mainline handle_exit.c: kvm_incr_pc(), x0 = the
-		 * SMCCC result), and only that x0 comes back.  Mainline copies a
-		 * protected vCPU's whole context both ways instead (hyp-main.c:
-		 * flush_hyp_vcpu(), sync_hyp_vcpu(); kernel-patches/bpf @ 06499de8f998);
-		 * how Android 2022 hands it back: not verified (the lab's reading).
+		 * SMCCC result), and only that x0 comes back.  Mainline (T1) copies a
+		 * protected vCPU's whole context both ways: hyp-main.c, sync_hyp_vcpu().
 		 */
 		if (flags & KVM_ARM64_INCREMENT_PC) {
 			shadow_vcpu->arch.ctxt.regs.regs[0] = READ_ONCE(host_vcpu->arch.ctxt.regs.regs[0]);
