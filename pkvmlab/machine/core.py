@@ -108,7 +108,7 @@ class Core(RunStops, DebugCalls):
     @serialised
     def reg(self, name: str) -> int:
         reg = self._gpr(name)
-        return self.uc.reg_read(reg) if reg in _Q_REGS else RB.read_checked(self.uc, reg)
+        return self.uc.reg_read(reg) if reg in _Q_REGS else RB.read(self.uc, reg)
 
     @serialised
     def set_reg(self, name: str, value: int) -> None:
@@ -117,7 +117,7 @@ class Core(RunStops, DebugCalls):
         if reg in _Q_REGS:
             self.uc.reg_write(reg, value)
         else:
-            RB.write_checked(self.uc, reg, value)
+            RB.write(self.uc, reg, value)
 
     def _sysreg(self, name: str):
         try:
@@ -130,12 +130,12 @@ class Core(RunStops, DebugCalls):
     @serialised
     def sysreg(self, name: str) -> int:
         r = self._sysreg(name)
-        return RB.read_cp_checked(self.uc, (r.crn, r.crm, r.op0, r.op1, r.op2))
+        return RB.read_cp(self.uc, (r.crn, r.crm, r.op0, r.op1, r.op2))
 
     @serialised
     def set_sysreg(self, name: str, value: int) -> None:
         r = self._sysreg(name)
-        RB.write_cp_checked(self.uc, (r.crn, r.crm, r.op0, r.op1, r.op2), check_uint(value, 64, name))
+        RB.write_cp(self.uc, (r.crn, r.crm, r.op0, r.op1, r.op2), check_uint(value, 64, name))
 
     def read_insn(self, va: int) -> int:
         """The instruction word at ``va`` as EL1 sees it now: the host's VA is its PA, a running guest's is an IPA."""
@@ -304,7 +304,7 @@ class Core(RunStops, DebugCalls):
                         raise hang
                     raise MachineError(f"the run stopped in AArch32 EL0 at {now:#x}: the lab runs AArch32 code only "
                                        "until it traps back to the host kernel (SVC, an abort, an UNDEFINED instruction)")
-                now = RB.read_checked(self.uc, A.UC_ARM64_REG_PC)   # self.reg("pc"), the lock already held
+                now = RB.read(self.uc, A.UC_ARM64_REG_PC)   # self.reg("pc"), the lock already held
                 if err is None and now == until:
                     if not debugger:   # (a debugger call made while handling this run's exception is not the run)
                         self.raise_guest_timeout(limit_ms)   # a guest the watchdog preempted on the way

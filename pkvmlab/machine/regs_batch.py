@@ -107,18 +107,6 @@ class Context:
             raise UcError(status)
 
 
-def read(uc, reg: int) -> int:
-    """One 64-bit register (not a Q or system register)."""
-    buf = ctypes.c_uint64()
-    _lib.uc_reg_read(uc._uch, reg, ctypes.byref(buf))
-    return buf.value
-
-
-def write(uc, reg: int, value: int) -> None:
-    """One 64-bit register (not a Q or system register); ``value`` already checked to fit."""
-    _lib.uc_reg_write(uc._uch, reg, ctypes.byref(ctypes.c_uint64(value)))
-
-
 _REMOVE_CACHE = (_binding.uc.UC_CTL_IO_WRITE << 30) | (2 << 26) | _binding.uc.UC_CTL_TB_REMOVE_CACHE
 
 
@@ -130,14 +118,9 @@ def remove_cache(uc, lbound: int, ubound: int) -> None:
         raise UcError(status)
 
 
-def write_cp(uc, key: tuple[int, int, int, int, int], value: int) -> None:
-    """One system register by its encoding (crn, crm, op0, op1, op2), as ``UC_ARM64_REG_CP_REG``."""
-    _lib.uc_reg_write(uc._uch, A.UC_ARM64_REG_CP_REG, ctypes.byref(UcRegCP64(*key, value)))
-
-
-def read_checked(uc, reg: int) -> int:
-    """``uc.reg_read(reg)`` for a register of at most 64 bits, without the binding's per-call value class: the same
-    value, the same UcError if Unicorn refuses."""
+def read(uc, reg: int) -> int:
+    """``uc.reg_read(reg)`` for a register of at most 64 bits (not a Q or system register), without the binding's
+    per-call value class: the same value, the same UcError if Unicorn refuses."""
     buf = ctypes.c_uint64()
     status = _lib.uc_reg_read(uc._uch, reg, ctypes.byref(buf))
     if status:
@@ -145,14 +128,14 @@ def read_checked(uc, reg: int) -> int:
     return buf.value
 
 
-def write_checked(uc, reg: int, value: int) -> None:
+def write(uc, reg: int, value: int) -> None:
     """``uc.reg_write(reg, value)`` for a register of at most 64 bits (``value`` already checked to fit)."""
     status = _lib.uc_reg_write(uc._uch, reg, ctypes.byref(ctypes.c_uint64(value)))
     if status:
         raise UcError(status, reg)
 
 
-def read_cp_checked(uc, key: tuple[int, int, int, int, int]) -> int:
+def read_cp(uc, key: tuple[int, int, int, int, int]) -> int:
     """``uc.reg_read(UC_ARM64_REG_CP_REG, key)``: a system register by its encoding (crn, crm, op0, op1, op2)."""
     cp = UcRegCP64(*key, 0)
     status = _lib.uc_reg_read(uc._uch, A.UC_ARM64_REG_CP_REG, ctypes.byref(cp))
@@ -161,12 +144,11 @@ def read_cp_checked(uc, key: tuple[int, int, int, int, int]) -> int:
     return cp.val
 
 
-def write_cp_checked(uc, key: tuple[int, int, int, int, int], value: int) -> None:
+def write_cp(uc, key: tuple[int, int, int, int, int], value: int) -> None:
     """``uc.reg_write(UC_ARM64_REG_CP_REG, (*key, value))``."""
     status = _lib.uc_reg_write(uc._uch, A.UC_ARM64_REG_CP_REG, ctypes.byref(UcRegCP64(*key, value)))
     if status:
         raise UcError(status, A.UC_ARM64_REG_CP_REG)
 
 
-__all__ = ["Context", "RegBatch", "read", "read_checked", "read_cp_checked", "remove_cache", "write",
-           "write_checked", "write_cp", "write_cp_checked"]
+__all__ = ["Context", "RegBatch", "read", "read_cp", "remove_cache", "write", "write_cp"]
