@@ -46,7 +46,6 @@ from pkvmlab.machine.stops import RunStops
 MAX_REPEATED_ABORTS = 32   # the same host abort again and again, nothing else in between: it will never change
 HOST_VECTORS_SIZE = 0x800  # VBAR_EL1's table: a BRK there is the host model's "stop here"
 
-_TPIDR_EL0 = (13, 0, 3, 3, 2)   # (crn, crm, op0, op1, op2)
 _GPR = {f"x{i}": A.UC_ARM64_REG_X0 + i for i in range(29)}
 _GPR.update(x29=A.UC_ARM64_REG_X29, x30=A.UC_ARM64_REG_X30, fp=A.UC_ARM64_REG_X29, lr=A.UC_ARM64_REG_X30,
             sp=A.UC_ARM64_REG_SP, pc=A.UC_ARM64_REG_PC, pstate=A.UC_ARM64_REG_PSTATE, nzcv=A.UC_ARM64_REG_NZCV,
@@ -173,7 +172,7 @@ class Core(RunStops, DebugCalls):
         """Write PSTATE, then any CP register: that rebuilds QEMU's cached hflags (unicorn#2333)."""
         uc = self.uc
         RB.write(uc, A.UC_ARM64_REG_PSTATE, pstate)
-        RB.write_cp(uc, _TPIDR_EL0, RB.read(uc, A.UC_ARM64_REG_TPIDR_EL0))
+        RB.write_cp(uc, RB.TPIDR_EL0_CP, RB.read(uc, A.UC_ARM64_REG_TPIDR_EL0))
 
     # -- exceptions (machine/exceptions.py performs the entry) ---------------------------------
     def _on_intr(self, uc, intno: int, _user) -> None:

@@ -14,7 +14,6 @@ from pkvmlab.errors import UsageError
 from pkvmlab.machine import regs_batch as RB
 from pkvmlab.machine.phys import check_uint
 
-_TPIDR_EL0 = (13, 0, 3, 3, 2)   # (crn, crm, op0, op1, op2): written as itself, it rebuilds hflags (core.set_pstate)
 _X = [A.UC_ARM64_REG_X0 + i for i in range(8)]
 
 
@@ -26,8 +25,8 @@ class _DebugIO:
         self.uc = uc
         self._contexts: list[RB.Context] = []
         self.entry_read = RB.RegBatch(uc, [("pstate", A.UC_ARM64_REG_PSTATE), ("tpidr", A.UC_ARM64_REG_TPIDR_EL0)])
-        self.exit_write = RB.RegBatch(uc, [("pstate", A.UC_ARM64_REG_PSTATE), ("tpidr", _TPIDR_EL0)])
-        self._entry = [RB.RegBatch(uc, [("pstate", A.UC_ARM64_REG_PSTATE), ("tpidr", _TPIDR_EL0),
+        self.exit_write = RB.RegBatch(uc, [("pstate", A.UC_ARM64_REG_PSTATE), ("tpidr", RB.TPIDR_EL0_CP)])
+        self._entry = [RB.RegBatch(uc, [("pstate", A.UC_ARM64_REG_PSTATE), ("tpidr", RB.TPIDR_EL0_CP),
                                         *((f"x{i}", _X[i]) for i in range(n)),
                                         ("x30", A.UC_ARM64_REG_X30), ("sp", A.UC_ARM64_REG_SP)])
                        for n in range(9)]

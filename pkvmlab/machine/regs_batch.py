@@ -107,6 +107,10 @@ class Context:
             raise UcError(status)
 
 
+# TPIDR_EL0 by its encoding (crn, crm, op0, op1, op2): written as itself, as a system register, it makes QEMU rebuild
+# its cached CPU flags after a PSTATE write (Core.set_pstate, the debugger's calls).
+TPIDR_EL0_CP = (13, 0, 3, 3, 2)
+
 _REMOVE_CACHE = (_binding.uc.UC_CTL_IO_WRITE << 30) | (2 << 26) | _binding.uc.UC_CTL_TB_REMOVE_CACHE
 
 
@@ -151,4 +155,4 @@ def write_cp(uc, key: tuple[int, int, int, int, int], value: int) -> None:
         raise UcError(status, A.UC_ARM64_REG_CP_REG)
 
 
-__all__ = ["Context", "RegBatch", "read", "read_cp", "remove_cache", "write", "write_cp"]
+__all__ = ["TPIDR_EL0_CP", "Context", "RegBatch", "read", "read_cp", "remove_cache", "write", "write_cp"]
