@@ -14,7 +14,7 @@ non-memory ranges, when the pool runs out (``host_stage2_unmap_dev_all()``, arch
 
 from __future__ import annotations
 
-from pkvmlab.errors import HostAccessFault, HypercallError, UsageError
+from pkvmlab.campaign.cleanup_mainline import check_hyp_pages_mainline, clean_up_mainline, try_call
 
 PAGE = 4096
 
@@ -38,25 +38,18 @@ def clean_up(m) -> None:
     """
     host = m.host
     done = [(name, args) for name, args, ret in host.log if ret >= 0]
-    _try(host, "__pkvm_vcpu_put")
+    try_call(host, "__pkvm_vcpu_put")
     handles = [ret for name, args, ret in host.log if name == "__pkvm_init_shadow" and ret >= 0]
     for h in dict.fromkeys(handles):
-        _try(host, "__pkvm_teardown_shadow", h)
+        try_call(host, "__pkvm_teardown_shadow", h)
     guest_pages = [args[0] for name, args in done if name == "__pkvm_host_map_guest"] + list(m.pending)
     for pfn in dict.fromkeys(guest_pages):   # hyp zeroes each, then the host owns it again
-        _try(host, "__pkvm_host_reclaim_page", pfn)
+        try_call(host, "__pkvm_host_reclaim_page", pfn)
     for pfn in dict.fromkeys(args[0] for name, args in done if name == "__pkvm_host_share_hyp"):
-        _try(host, "__pkvm_host_unshare_hyp", pfn)
+        try_call(host, "__pkvm_host_unshare_hyp", pfn)
     for vm in [*m.vms, *host.vms.values()]:
         vm.alive = False
     m.vms, m.pending, host.vms = [], [], {}
-
-
-def _try(host, name: str, *args: int) -> None:
-    try:
-        host.call(name, *args)
-    except (HypercallError, UsageError, HostAccessFault):
-        pass
 
 
 def check_hyp_pages(m) -> None:
@@ -96,8 +89,6 @@ def run_and_clean(lab_factory, steps: int = 300, *, steps_per_run: int = 30) -> 
     class Cleaned(base):
         def teardown(self):
             if mainline:
-                from pkvmlab.campaign.cleanup_mainline import check_hyp_pages_mainline, clean_up_mainline
-
                 clean_up_mainline(self)
                 check_hyp_pages_mainline(self)
             else:

@@ -42,18 +42,18 @@ def clean_up_mainline(m) -> None:
             gfns.update(dict.fromkeys(range(args[1], args[1] + min(max(args[2], 1), MAX_NR))))
     for vm in [*m.vms, *m.dying, *host.vms.values()]:
         gfns.update(dict.fromkeys(vm.mapped_pages))
-    _try(host, "__pkvm_vcpu_put")
+    try_call(host, "__pkvm_vcpu_put")
     for h in handles:
         for gfn in gfns:   # a protected VM's are refused here (-EPERM): they are reclaimed below
-            _try(host, "__pkvm_host_unshare_guest", h, gfn, 1)
-        _try(host, "__pkvm_start_teardown_vm", h)
+            try_call(host, "__pkvm_host_unshare_guest", h, gfn, 1)
+        try_call(host, "__pkvm_start_teardown_vm", h)
         for gfn in gfns:
-            _try(host, "__pkvm_reclaim_dying_guest_page", h, gfn)
-        _try(host, "__pkvm_finalize_teardown_vm", h)
+            try_call(host, "__pkvm_reclaim_dying_guest_page", h, gfn)
+        try_call(host, "__pkvm_finalize_teardown_vm", h)
     for h in handles:   # a slot reserved and never made a VM (refused for one finalized above)
-        _try(host, "__pkvm_unreserve_vm", h)
+        try_call(host, "__pkvm_unreserve_vm", h)
     for pfn in dict.fromkeys(args[0] for name, args in done if name == "__pkvm_host_share_hyp"):
-        _try(host, "__pkvm_host_unshare_hyp", pfn)
+        try_call(host, "__pkvm_host_unshare_hyp", pfn)
     for vm in [*m.vms, *m.dying, *host.vms.values()]:
         vm.alive = False
     m.vms, m.dying, m.pending, host.vms = [], [], [], {}
@@ -74,8 +74,9 @@ def check_hyp_pages_mainline(m) -> None:
     assert not kept, f"pages still hyp's after the clean-up: {[hex(p) for p in kept[:8]]}"
 
 
-def _try(host, name: str, *args: int) -> None:
-    """One clean-up call, allowed to be refused (the invariant checked after the clean-up judges what is left)."""
+def try_call(host, name: str, *args: int) -> None:
+    """One clean-up call, allowed to be refused (the invariant checked after the clean-up judges what is left); the
+    seed's clean-up (pkvmlab.campaign.cleanup) makes its calls with it too."""
     try:
         host.call(name, *args)
     except (HypercallError, UsageError, HostAccessFault):
