@@ -90,29 +90,21 @@ class StageTables:
         from the entries that changed alone, as :meth:`_sparse` makes it, when every valid entry maps its own page (then
         entry ``i`` is all that decides page ``base + i``, and a page's leaf is the one entry at its index);
         None: decode it whole (many changed, or one maps another page)."""
-        diff = np.flatnonzero(np.frombuffer(raw, "<u8") != np.frombuffer(hit[2], "<u8")).tolist()
+        t = np.frombuffer(raw, "<u8")
+        diff = np.flatnonzero(t != np.frombuffer(hit[2], "<u8"))
         if len(diff) > 16:
             return None
-        _, carve_default, else_default = defaults
-        c, co = self.config, self.config.carveout
+        ptes = t[diff]
+        idx = diff.astype(np.uint64)
+        addrs = np.uint64(base) + (idx << np.uint64(PAGE_SHIFT))
+        valid = (ptes & np.uint64(pt.VALID)) != 0
+        if (valid & ((ptes & np.uint64(pt.ADDR_MASK)) != addrs)).any():
+            return None   # an entry maps another page: its page is not its index's
         part = hit[0] if hit[0] is not None else {}   # (updated in place: the old tree is dropped, or all of it on an error)
-        first = base >> PAGE_SHIFT
-        for i in diff:
-            pfn = first + i
-            p = int.from_bytes(raw[8 * i:8 * i + 8], "little")
+        for pfn in (addrs >> np.uint64(PAGE_SHIFT)).tolist():
             part.pop(pfn, None)
-            if not p:
-                continue
-            if p & pt.VALID:
-                if not p & pt.TYPE:
-                    raise AbstractionError("a reserved level-3 descriptor in a table")
-                if (p & pt.ADDR_MASK) >> PAGE_SHIFT != pfn:
-                    return None
-                info = (_BY_VALUE[(p >> pt.STATE_SHIFT) & 3], None)
-            else:
-                info = (PageState.NOPAGE, (p & pt.OWNER_MASK) >> pt.OWNER_SHIFT)
-            if c.ram[0] <= pfn < c.ram[1] and info != (carve_default if co[0] <= pfn < co[1] else else_default):
-                part[pfn] = info
+        nz = ptes != 0
+        part.update(self._sparse((addrs[nz], ptes[nz], np.full(int(nz.sum()), 3, np.uint8)), *defaults))
         return part or None, hit[1], raw, True
 
     def stage(self, pgt, written, *defaults) -> tuple[dict, bool]:
